@@ -1,0 +1,119 @@
+//! Building and running the gateway: `build` binds the listener (port 0 works, for tests),
+//! connects the store and starts the background tasks; `run_until_stopped` serves until the
+//! stop signal, lets in-flight requests finish within the grace period, then flushes every
+//! buffered record before it returns.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::auth::KeyCache;
+use crate::config::Settings;
+use crate::measure::sink::RecordSink;
+use crate::measure::tokens;
+use crate::resolve::RoutingTable;
+use crate::state::{App, AppState};
+use crate::store::Store;
+
+pub struct Server {
+    listener: TcpListener,
+    app: AppState,
+    /// Background tasks, all stopped through `shutdown` and awaited on the way out.
+    tasks: Vec<JoinHandle<()>>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Server {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        // One TLS provider for every client in the process (reqwest is built without one).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let store = Store::connect(&settings.database_url).await?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
+        let routing = RoutingTable::from_settings(&settings)?;
+        // Off the request path: the first estimate would otherwise pay ~0.3 s for the tables.
+        tokio::task::spawn_blocking(tokens::warm_up);
+
+        let (sink, records) = RecordSink::new(settings.config.server.record_queue);
+        let sink = Arc::new(sink);
+        let app = Arc::new(App {
+            settings,
+            store: store.clone(),
+            keys: KeyCache::default(),
+            routing: ArcSwap::from_pointee(routing),
+            sink: sink.clone(),
+        });
+        let (shutdown, stopped) = watch::channel(false);
+        let writer = tokio::spawn(async move { sink.run_writer(records, store, stopped).await });
+        Ok(Self {
+            listener,
+            app,
+            tasks: vec![writer],
+            shutdown,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    pub fn state(&self) -> AppState {
+        self.app.clone()
+    }
+
+    pub async fn run_until_stopped(
+        self,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Server {
+            listener,
+            app,
+            tasks,
+            shutdown,
+        } = self;
+        let grace = Duration::from_millis(app.settings.config.server.shutdown_grace_ms);
+        let (stopping_tx, mut stopping) = watch::channel(false);
+        let router = crate::http::router(app.clone());
+        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+            stop.await;
+            tracing::info!(
+                grace_ms = grace.as_millis() as u64,
+                "stopping: no new connections, in-flight requests finish"
+            );
+            let _ = stopping_tx.send(true);
+        });
+        let mut serve = std::pin::pin!(serve.into_future());
+        tokio::select! {
+            result = &mut serve => result?,
+            _ = async { let _ = stopping.wait_for(|s| *s).await; tokio::time::sleep(grace).await } => {
+                tracing::warn!("grace period over; cutting the requests still running");
+            }
+        }
+        // Records of requests cut at the grace limit were submitted when they were dropped.
+        let _ = shutdown.send(true);
+        for task in tasks {
+            let _ = task.await;
+        }
+        let counters = app.sink.counters();
+        tracing::info!(
+            records_written = counters.written,
+            records_dropped = counters.dropped,
+            "stopped"
+        );
+        app.store.close().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,153 @@
+//! Auth: a gateway key (`sk-sluice-…`) names its workspace; the admin token opens the admin API.
+//!
+//! Keys are stored only as SHA-256 hashes (they are 190 random bits, so a slow hash adds
+//! nothing). Live keys sit in a bounded cache: a revoke on this replica removes the key from
+//! the cache at once; other replicas forget it within [`KEY_CACHE_TTL`].
+
+use std::time::Duration;
+
+use moka::future::Cache;
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::secret::Secret;
+use crate::store::Store;
+
+pub const KEY_PREFIX: &str = "sk-sluice-";
+const KEY_RANDOM_CHARS: usize = 32;
+/// How long another replica may still accept a key revoked elsewhere.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
+const KEY_CACHE_CAPACITY: u64 = 100_000;
+
+/// The workspace a request acts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub workspace: String,
+    pub key_id: String,
+}
+
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// A new key: the secret (shown once), its id and the prefix kept to tell keys apart.
+pub struct NewKey {
+    pub id: String,
+    pub key: Secret,
+    pub hash: String,
+    pub prefix: String,
+}
+
+pub fn generate_key() -> NewKey {
+    let random = |n| -> String {
+        rand::rng()
+            .sample_iter(&Alphanumeric)
+            .take(n)
+            .map(char::from)
+            .collect()
+    };
+    let key = format!("{KEY_PREFIX}{}", random(KEY_RANDOM_CHARS));
+    NewKey {
+        id: format!("key_{}", random(12).to_lowercase()),
+        hash: hash_key(&key),
+        prefix: key[..KEY_PREFIX.len() + 4].to_owned(),
+        key: Secret::new(key),
+    }
+}
+
+/// The bearer token of an `Authorization` header value, if it is one.
+pub fn bearer(header: Option<&str>) -> Option<&str> {
+    let value = header?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+pub struct KeyCache {
+    cache: Cache<String, Caller>,
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        Self {
+            cache: Cache::builder()
+                .max_capacity(KEY_CACHE_CAPACITY)
+                .time_to_live(KEY_CACHE_TTL)
+                .build(),
+        }
+    }
+}
+
+impl KeyCache {
+    /// The caller a key stands for; unknown and revoked keys are refused.
+    pub async fn authenticate(&self, store: &Store, key: Option<&str>) -> Result<Caller, ApiError> {
+        let key = key.ok_or(ApiError::MissingKey)?;
+        if !key.starts_with(KEY_PREFIX) {
+            return Err(ApiError::InvalidKey);
+        }
+        let hash = hash_key(key);
+        if let Some(caller) = self.cache.get(&hash).await {
+            return Ok(caller);
+        }
+        let found = store
+            .key_by_hash(&hash)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let (workspace, key_id) = found.ok_or(ApiError::InvalidKey)?;
+        let caller = Caller { workspace, key_id };
+        self.cache.insert(hash, caller.clone()).await;
+        Ok(caller)
+    }
+
+    pub async fn forget(&self, hash: &str) {
+        self.cache.invalidate(hash).await;
+    }
+}
+
+/// Compares the admin token without leaking through timing how much of it matched.
+pub fn admin_token_matches(expected: &Secret, given: Option<&str>) -> bool {
+    let Some(given) = given else { return false };
+    let a = Sha256::digest(expected.expose().as_bytes());
+    let b = Sha256::digest(given.as_bytes());
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_are_unique_and_hash_stably() {
+        let a = generate_key();
+        let b = generate_key();
+        assert!(a.key.expose().starts_with(KEY_PREFIX));
+        assert_eq!(a.key.expose().len(), KEY_PREFIX.len() + KEY_RANDOM_CHARS);
+        assert_ne!(a.key, b.key);
+        assert_eq!(a.hash, hash_key(a.key.expose()));
+        assert!(a.key.expose().starts_with(&a.prefix));
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_from_the_header() {
+        assert_eq!(bearer(Some("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(Some("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer(Some("Basic abc")), None);
+        assert_eq!(bearer(Some("Bearer ")), None);
+        assert_eq!(bearer(None), None);
+    }
+
+    #[test]
+    fn the_admin_token_must_match_exactly() {
+        let t = Secret::new("admin");
+        assert!(admin_token_matches(&t, Some("admin")));
+        assert!(!admin_token_matches(&t, Some("admin2")));
+        assert!(!admin_token_matches(&t, None));
+    }
+}

@@ -1,0 +1,201 @@
+//! Every error a client can see, mapped to an HTTP status and OpenAI's error shape in one place.
+//!
+//! `{"error": {"message", "type", "param", "code"}}` with the statuses the official SDKs turn
+//! into their exception classes. Upstream error bodies that already have that shape are
+//! passed on byte for byte.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::json;
+
+use crate::measure::Outcome;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<&'static str>,
+    },
+    #[error(
+        "missing bearer token: pass your sluice API key as `Authorization: Bearer sk-sluice-…`"
+    )]
+    MissingKey,
+    #[error("invalid API key")]
+    InvalidKey,
+    #[error("the model `{0}` does not exist: it is not a route of this gateway")]
+    UnknownRoute(String),
+    #[error("the request body is larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("admin token missing or wrong: pass `Authorization: Bearer $SLUICE_ADMIN_TOKEN`")]
+    AdminUnauthorized,
+    #[error("the upstream of version `{version}` could not be reached")]
+    UpstreamUnreachable { version: String },
+    #[error("the upstream of version `{version}` sent an invalid answer: {reason}")]
+    UpstreamInvalid { version: String, reason: String },
+    #[error("the upstream of version `{version}` did not answer within {after_ms} ms")]
+    UpstreamTimeout { version: String, after_ms: u64 },
+    /// The upstream answered with an error status; its body is passed on.
+    #[error("the upstream answered {status}")]
+    UpstreamStatus { status: StatusCode, body: Bytes },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidJson(_) | Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::MissingKey | Self::InvalidKey | Self::AdminUnauthorized => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::UnknownRoute(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::UpstreamUnreachable { .. } | Self::UpstreamInvalid { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamStatus { status, .. } => *status,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// OpenAI's `type` and `code` for this error.
+    fn kind(&self) -> (&'static str, Option<&'static str>) {
+        match self {
+            Self::InvalidJson(_) => ("invalid_request_error", Some("invalid_json")),
+            Self::InvalidRequest { .. } => ("invalid_request_error", None),
+            Self::MissingKey => ("invalid_request_error", Some("missing_api_key")),
+            Self::InvalidKey => ("invalid_request_error", Some("invalid_api_key")),
+            Self::AdminUnauthorized => ("invalid_request_error", Some("invalid_admin_token")),
+            Self::UnknownRoute(_) => ("invalid_request_error", Some("model_not_found")),
+            Self::NotFound(_) => ("invalid_request_error", Some("not_found")),
+            Self::Conflict(_) => ("invalid_request_error", Some("conflict")),
+            Self::BodyTooLarge { .. } => ("invalid_request_error", Some("request_too_large")),
+            Self::Unprocessable(_) => ("invalid_request_error", Some("unprocessable")),
+            Self::UpstreamUnreachable { .. } => ("upstream_error", Some("upstream_unreachable")),
+            Self::UpstreamInvalid { .. } => ("upstream_error", Some("upstream_invalid_response")),
+            Self::UpstreamTimeout { .. } => ("upstream_error", Some("upstream_timeout")),
+            Self::UpstreamStatus { .. } => ("upstream_error", None),
+            Self::Internal(_) => ("server_error", None),
+        }
+    }
+
+    fn param(&self) -> Option<&'static str> {
+        match self {
+            Self::InvalidRequest { param, .. } => *param,
+            Self::UnknownRoute(_) => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// The class this error is counted under in a measurement record.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Self::UpstreamUnreachable { .. } => Outcome::UpstreamUnreachable,
+            Self::UpstreamInvalid { .. } => Outcome::UpstreamInvalid,
+            Self::UpstreamTimeout { .. } => Outcome::UpstreamTimeout,
+            Self::UpstreamStatus { status, .. } if status.is_client_error() => Outcome::Upstream4xx,
+            Self::UpstreamStatus { .. } => Outcome::Upstream5xx,
+            _ => Outcome::GatewayError,
+        }
+    }
+
+    /// The error as one JSON body in OpenAI's shape.
+    pub fn body(&self) -> Bytes {
+        if let Self::UpstreamStatus { body, .. } = self {
+            if is_openai_error(body) {
+                return body.clone();
+            }
+            // Not OpenAI-shaped: wrap the upstream's words so SDKs still parse it.
+            let text = String::from_utf8_lossy(body);
+            let text: String = text.chars().take(1000).collect();
+            return json_body(
+                &format!("upstream error: {text}"),
+                "upstream_error",
+                None,
+                None,
+            );
+        }
+        let (kind, code) = self.kind();
+        json_body(&self.to_string(), kind, self.param(), code)
+    }
+}
+
+fn json_body(message: &str, kind: &str, param: Option<&str>, code: Option<&str>) -> Bytes {
+    let value = json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
+    Bytes::from(serde_json::to_vec(&value).expect("a JSON value serializes"))
+}
+
+fn is_openai_error(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .map(|v| v.get("error").is_some_and(|e| e.is_object()))
+        .unwrap_or(false)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status(), self.body()).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(e: &ApiError) -> serde_json::Value {
+        serde_json::from_slice(&e.body()).unwrap()
+    }
+
+    #[test]
+    fn errors_have_openai_shape_and_status() {
+        let e = ApiError::UnknownRoute("nope".into());
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        let v = parsed(&e);
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["param"], "model");
+        assert!(v["error"]["message"].as_str().unwrap().contains("nope"));
+    }
+
+    #[test]
+    fn an_openai_shaped_upstream_error_passes_unchanged() {
+        let body = Bytes::from_static(
+            br#"{"error":{"message":"slow down","type":"rate_limit","param":null,"code":"x"}}"#,
+        );
+        let e = ApiError::UpstreamStatus {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            body: body.clone(),
+        };
+        assert_eq!(e.body(), body);
+        assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.outcome(), Outcome::Upstream4xx);
+    }
+
+    #[test]
+    fn a_plain_upstream_error_is_wrapped() {
+        let e = ApiError::UpstreamStatus {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            body: Bytes::from_static(b"<html>down</html>"),
+        };
+        let v = parsed(&e);
+        assert_eq!(v["error"]["message"], "upstream error: <html>down</html>");
+        assert_eq!(e.outcome(), Outcome::Upstream5xx);
+    }
+}

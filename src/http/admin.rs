@@ -1,0 +1,200 @@
+//! The admin API under `/admin/v1`, behind the admin token: workspaces, keys, routes, stats.
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{bearer_of, body_error};
+use crate::auth::{admin_token_matches, generate_key};
+use crate::error::ApiError;
+use crate::measure::aggregate::StatsSnapshot;
+use crate::state::AppState;
+use crate::store::StoreError;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/workspaces", post(create_workspace).get(list_workspaces))
+        .route("/workspaces/{id}/keys", post(create_key).get(list_keys))
+        .route("/workspaces/{id}/keys/{key_id}", delete(revoke_key))
+        .route("/routes", get(list_routes))
+        .route("/routes/{route}/stats", get(route_stats))
+}
+
+/// Proof that the request carried the admin token; handlers take it as their first argument.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        if admin_token_matches(&app.settings.admin_token, bearer_of(&parts.headers)) {
+            Ok(Admin)
+        } else {
+            Err(ApiError::AdminUnauthorized)
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
+            other => {
+                tracing::error!(error = %other, "store failed");
+                ApiError::Internal("the database failed; see the gateway's log".into())
+            }
+        }
+    }
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(
+    app: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|r| body_error(r, app.settings.config.server.max_body_bytes))?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::InvalidRequest {
+        message: format!("invalid body: {e}"),
+        param: None,
+    })
+}
+
+/// A workspace id: 1–64 lowercase letters, digits, `-` or `_`, starting with a letter or digit.
+fn check_workspace_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidRequest {
+            message: format!(
+                "`{id}` is not a workspace id: use 1–64 lowercase letters, digits, - or _"
+            ),
+            param: Some("id"),
+        })
+    }
+}
+
+async fn existing_workspace(app: &AppState, id: &str) -> Result<(), ApiError> {
+    match app.store.workspace(id).await? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::NotFound(format!("no workspace `{id}`"))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewWorkspace {
+    id: String,
+}
+
+async fn create_workspace(
+    _: Admin,
+    State(app): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let new: NewWorkspace = json_body(&app, body)?;
+    check_workspace_id(&new.id)?;
+    let workspace = app.store.create_workspace(&new.id).await?;
+    tracing::info!(workspace = %workspace.id, "workspace created");
+    Ok((StatusCode::CREATED, Json(workspace)).into_response())
+}
+
+async fn list_workspaces(_: Admin, State(app): State<AppState>) -> Result<Response, ApiError> {
+    Ok(Json(json!({"data": app.store.workspaces().await?})).into_response())
+}
+
+async fn create_key(
+    _: Admin,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    existing_workspace(&app, &id).await?;
+    let new = generate_key();
+    let info = app
+        .store
+        .create_key(&id, &new.id, &new.hash, &new.prefix)
+        .await?;
+    tracing::info!(workspace = %id, key_id = %info.id, "key created");
+    // The only time the key is ever shown.
+    let body = json!({
+        "id": info.id, "workspace": info.workspace, "key": new.key.expose(),
+        "prefix": info.prefix, "created_at_ms": info.created_at_ms,
+    });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn list_keys(
+    _: Admin,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    existing_workspace(&app, &id).await?;
+    Ok(Json(json!({"data": app.store.keys(&id).await?})).into_response())
+}
+
+async fn revoke_key(
+    _: Admin,
+    State(app): State<AppState>,
+    Path((id, key_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let Some(hash) = app.store.revoke_key(&id, &key_id).await? else {
+        return Err(ApiError::NotFound(format!(
+            "workspace `{id}` has no live key `{key_id}`"
+        )));
+    };
+    app.keys.forget(&hash).await;
+    tracing::info!(workspace = %id, key_id = %key_id, "key revoked");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_routes(_: Admin, State(app): State<AppState>) -> Result<Response, ApiError> {
+    let routing = app.routing.load();
+    let data: Vec<_> = routing
+        .route_names()
+        .filter_map(|name| routing.route(name).map(|r| (name, r)))
+        .map(|(name, r)| json!({"route": name, "stable": &*r.stable.version.name, "model": &*r.stable.version.model}))
+        .collect();
+    Ok(Json(json!({"data": data})).into_response())
+}
+
+/// Live figures per version of one route since this process started, plus the record
+/// sink's counters (how many records were written, dropped or lost).
+async fn route_stats(
+    _: Admin,
+    State(app): State<AppState>,
+    Path(route): Path<String>,
+) -> Result<Response, ApiError> {
+    let routing = app.routing.load();
+    let entry = routing
+        .route(&route)
+        .ok_or_else(|| ApiError::NotFound(format!("no route `{route}`")))?;
+    let mut total = StatsSnapshot::default();
+    let mut versions = serde_json::Map::new();
+    for (version, stats) in &entry.stats {
+        let snapshot = stats.snapshot();
+        total.merge(&snapshot);
+        versions.insert(
+            version.to_string(),
+            serde_json::to_value(snapshot.summary()).unwrap_or_default(),
+        );
+    }
+    let body = json!({
+        "route": route,
+        "stable": &*entry.stable.version.name,
+        "versions": versions,
+        "total": total.summary(),
+        "records": app.sink.counters(),
+    });
+    Ok(Json(body).into_response())
+}

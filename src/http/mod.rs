@@ -1,0 +1,47 @@
+//! HTTP: the axum router. Handlers extract, call the pipeline or the store, and respond.
+//!
+//! Every route needs a credential (a gateway key under `/v1`, the admin token under
+//! `/admin/v1`) except the short allowlist here: `/healthz`.
+
+mod admin;
+mod openai;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub fn router(state: AppState) -> Router {
+    let max_body = state.settings.config.server.max_body_bytes;
+    Router::new()
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/models", get(openai::models))
+        .nest("/admin/v1", admin::router())
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// The bearer token of a request, if any.
+fn bearer_of(headers: &axum::http::HeaderMap) -> Option<&str> {
+    crate::auth::bearer(
+        headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
+/// Maps a body that could not be read (too large, broken off) to our error.
+fn body_error(rejection: axum::extract::rejection::BytesRejection, limit: usize) -> ApiError {
+    if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::BodyTooLarge { limit }
+    } else {
+        ApiError::InvalidRequest {
+            message: rejection.body_text(),
+            param: None,
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! sluice: an OpenAI-compatible gateway that routes chat requests to model versions,
+//! measures every answer per version, and (in later stages) rolls new versions out.
+//!
+//! The path of one request, one module per stage:
+//!
+//! ```text
+//! client ─► http (axum) ─► auth (key → workspace) ─► pipeline: parse (model, stream; rest raw)
+//!        ─► resolve (route → version, arm) ─► upstream (mock | OpenAI-compatible HTTP)
+//!        ─► measure (status, latency, TTFT, tokens, cost, length) ─► response (+ x-sluice-*)
+//!                      └─► record sink (bounded queue) ─► store (SQLite | PostgreSQL)
+//! ```
+//!
+//! `app` builds and runs all of it; `config` reads `sluice.toml`; `error` maps every error
+//! to HTTP in one place.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod measure;
+pub mod pipeline;
+pub mod resolve;
+pub mod secret;
+pub mod state;
+pub mod store;
+pub mod upstream;

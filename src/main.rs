@@ -1,0 +1,229 @@
+//! The `sluice` command: parse the CLI, load the config, run or talk to the gateway.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sluice::app::Server;
+use sluice::cli::AdminClient;
+use sluice::config;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "An OpenAI-compatible LLM gateway that rolls out model versions safely"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway until SIGTERM or Ctrl-C.
+    Serve {
+        /// The configuration file.
+        #[arg(long, short, default_value = "sluice.toml", env = "SLUICE_CONFIG")]
+        config: PathBuf,
+        /// Listen on this address instead of `[server] listen`.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Create or update the database schema, then exit.
+    Migrate {
+        #[arg(long, short, default_value = "sluice.toml", env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Check a configuration without starting.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Workspaces (a client of the admin API).
+    Workspaces {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: WorkspaceCommand,
+    },
+    /// API keys of a workspace (a client of the admin API).
+    Keys {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Report every mistake in the file, one per line; exit 1 if there is any.
+    Check {
+        #[arg(long, short, default_value = "sluice.toml", env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Base URL of a running sluice.
+    #[arg(
+        long,
+        global = true,
+        default_value = "http://127.0.0.1:8080",
+        env = "SLUICE_URL"
+    )]
+    url: String,
+    /// The admin token.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    admin_token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum WorkspaceCommand {
+    /// Create a workspace.
+    Create { id: String },
+    /// List workspaces.
+    List,
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create a key; it is printed once and stored only as a hash.
+    Create {
+        #[arg(long)]
+        workspace: String,
+    },
+    /// List a workspace's keys (ids and prefixes, never the keys).
+    List {
+        #[arg(long)]
+        workspace: String,
+    },
+    /// Revoke a key.
+    Revoke {
+        #[arg(long)]
+        workspace: String,
+        key_id: String,
+    },
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+fn load(path: &std::path::Path) -> Result<config::Settings, ExitCode> {
+    config::load(path).map_err(|errors| {
+        eprint!("{errors}");
+        ExitCode::from(2)
+    })
+}
+
+async fn stop_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, listen } => {
+            init_logging();
+            let mut settings = match load(&config) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            if let Some(listen) = listen {
+                match listen.parse() {
+                    Ok(addr) => settings.listen = addr,
+                    Err(_) => {
+                        eprintln!("--listen: `{listen}` is not an address such as 127.0.0.1:8080");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            serve(settings).await
+        }
+        Command::Migrate { config } => {
+            init_logging();
+            match load(&config) {
+                Ok(settings) => sluice::store::Store::connect(&settings.database_url)
+                    .await
+                    .map(|_| println!("database is up to date"))
+                    .map_err(anyhow::Error::from),
+                Err(code) => return code,
+            }
+        }
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => match load(&config) {
+            Ok(settings) => {
+                let c = &settings.config;
+                println!(
+                    "{}: ok ({} providers, {} versions, {} routes)",
+                    config.display(),
+                    c.providers.len(),
+                    c.versions.len(),
+                    c.routes.len()
+                );
+                Ok(())
+            }
+            Err(code) => return code,
+        },
+        Command::Workspaces { admin, command } => {
+            let client = AdminClient::new(&admin.url, admin.admin_token);
+            match command {
+                WorkspaceCommand::Create { id } => client.create_workspace(&id).await,
+                WorkspaceCommand::List => client.list_workspaces().await,
+            }
+        }
+        Command::Keys { admin, command } => {
+            let client = AdminClient::new(&admin.url, admin.admin_token);
+            match command {
+                KeyCommand::Create { workspace } => client.create_key(&workspace).await,
+                KeyCommand::List { workspace } => client.list_keys(&workspace).await,
+                KeyCommand::Revoke { workspace, key_id } => {
+                    client.revoke_key(&workspace, &key_id).await
+                }
+            }
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: config::Settings) -> anyhow::Result<()> {
+    let file = settings.file.display().to_string();
+    let server = Server::build(settings).await?;
+    tracing::info!(config = %file, address = %server.local_addr(), "sluice is listening");
+    server.run_until_stopped(stop_signal()).await
+}

@@ -1,0 +1,259 @@
+//! Measure: every request that reached a route yields exactly one [`Record`].
+//!
+//! A [`Meter`] is started once the route and version are known and travels with the request:
+//! into the handler for a plain answer, into the stream relay for a streamed one. Whatever
+//! ends the request (an answer, an upstream error, the client hanging up, shutdown), the
+//! meter is finished or dropped, and either way one record goes to the version's live
+//! [`aggregate::VersionStats`] and to the [`sink::RecordSink`] that writes to the database.
+
+pub mod aggregate;
+pub mod histogram;
+pub mod sink;
+pub mod sse;
+pub mod tokens;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::config::Price;
+use crate::resolve::{Arm, Target};
+
+/// How a request ended, as counted in records and aggregates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    /// The upstream answered 4xx.
+    Upstream4xx,
+    /// The upstream answered 5xx.
+    Upstream5xx,
+    UpstreamUnreachable,
+    UpstreamTimeout,
+    /// The upstream answered 2xx with a body that is not a chat completion.
+    UpstreamInvalid,
+    /// The upstream broke off a stream midway.
+    StreamInterrupted,
+    /// The client went away before the answer was complete.
+    ClientDisconnected,
+    /// sluice itself failed after the route was resolved.
+    GatewayError,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 9] = [
+        Outcome::Ok,
+        Outcome::Upstream4xx,
+        Outcome::Upstream5xx,
+        Outcome::UpstreamUnreachable,
+        Outcome::UpstreamTimeout,
+        Outcome::UpstreamInvalid,
+        Outcome::StreamInterrupted,
+        Outcome::ClientDisconnected,
+        Outcome::GatewayError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Upstream4xx => "upstream_4xx",
+            Outcome::Upstream5xx => "upstream_5xx",
+            Outcome::UpstreamUnreachable => "upstream_unreachable",
+            Outcome::UpstreamTimeout => "upstream_timeout",
+            Outcome::UpstreamInvalid => "upstream_invalid",
+            Outcome::StreamInterrupted => "stream_interrupted",
+            Outcome::ClientDisconnected => "client_disconnected",
+            Outcome::GatewayError => "gateway_error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether this counts against the version in an error rate. A client hanging up does
+    /// not: it says nothing about the model. An upstream 4xx does: a new version that
+    /// refuses what the old one took is a regression.
+    pub fn is_error(self) -> bool {
+        !matches!(self, Outcome::Ok | Outcome::ClientDisconnected)
+    }
+}
+
+/// Token counts for one request, and whether they were counted by sluice (estimated) or
+/// reported by the upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub estimated: bool,
+}
+
+/// What one request did: the unit of measurement everything downstream is built from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Record {
+    pub request_id: String,
+    pub at_ms: i64,
+    pub workspace: String,
+    pub route: String,
+    pub version: String,
+    pub arm: Arm,
+    pub stream: bool,
+    /// The HTTP status the client got (0 when the client left before any).
+    pub status: u16,
+    pub outcome: Outcome,
+    pub latency_ms: f64,
+    pub ttft_ms: Option<f64>,
+    pub usage: Usage,
+    pub cost_usd: f64,
+    pub response_chars: u64,
+    pub finish_reason: Option<String>,
+}
+
+/// What a finished answer looked like, filled in by the handler or the stream relay.
+#[derive(Debug, Default, Clone)]
+pub struct Observed {
+    pub usage: Option<Usage>,
+    pub response_chars: u64,
+    pub finish_reason: Option<String>,
+    pub first_token: Option<Instant>,
+}
+
+/// Carries one request's measurement until it ends. Dropping an unfinished meter records the
+/// request as `client_disconnected`: the only way a request ends without finishing it is
+/// that its future or stream was dropped.
+pub struct Meter {
+    started: Instant,
+    at_ms: i64,
+    request_id: String,
+    workspace: String,
+    target: Target,
+    stream: bool,
+    sink: Arc<sink::RecordSink>,
+    finished: bool,
+    /// Estimator for a prompt the upstream did not count; set by the pipeline.
+    prompt_estimate: Option<Box<dyn FnOnce() -> u64 + Send>>,
+    pub observed: Observed,
+    pub status: u16,
+}
+
+impl Meter {
+    pub fn start(
+        request_id: String,
+        workspace: String,
+        target: Target,
+        stream: bool,
+        sink: Arc<sink::RecordSink>,
+    ) -> Self {
+        let at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_millis() as i64;
+        Self {
+            started: Instant::now(),
+            at_ms,
+            request_id,
+            workspace,
+            target,
+            stream,
+            sink,
+            finished: false,
+            prompt_estimate: None,
+            observed: Observed::default(),
+            status: 0,
+        }
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    pub fn set_prompt_estimate(&mut self, estimate: impl FnOnce() -> u64 + Send + 'static) {
+        self.prompt_estimate = Some(Box::new(estimate));
+    }
+
+    /// Prompt tokens counted by sluice, for an answer that came without usage.
+    pub fn estimate_prompt(&mut self) -> u64 {
+        self.prompt_estimate.take().map(|f| f()).unwrap_or(0)
+    }
+
+    /// Ends the measurement with `outcome`; later calls and the drop do nothing.
+    pub fn finish(&mut self, outcome: Outcome) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        let record = self.build_record(outcome);
+        self.target.stats.observe(&record);
+        self.sink.submit(record);
+    }
+
+    fn build_record(&mut self, outcome: Outcome) -> Record {
+        let observed = std::mem::take(&mut self.observed);
+        let usage = match observed.usage {
+            Some(usage) => usage,
+            None => Usage {
+                // The upstream sent no count (an error, a hang-up): the prompt was still sent.
+                prompt_tokens: self.estimate_prompt(),
+                completion_tokens: 0,
+                estimated: true,
+            },
+        };
+        let price: Price = self.target.version.price;
+        Record {
+            request_id: std::mem::take(&mut self.request_id),
+            at_ms: self.at_ms,
+            workspace: std::mem::take(&mut self.workspace),
+            route: self.target.route.to_string(),
+            version: self.target.version.name.to_string(),
+            arm: self.target.arm,
+            stream: self.stream,
+            status: self.status,
+            outcome,
+            latency_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            ttft_ms: observed
+                .first_token
+                .map(|t| t.duration_since(self.started).as_secs_f64() * 1000.0),
+            cost_usd: price.cost_usd(usage.prompt_tokens, usage.completion_tokens),
+            usage,
+            response_chars: observed.response_chars,
+            finish_reason: observed.finish_reason,
+        }
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.finish(Outcome::ClientDisconnected);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_names_round_trip() {
+        for o in Outcome::ALL {
+            assert_eq!(Outcome::parse(o.as_str()), Some(o));
+            assert_eq!(Outcome::ALL[o.index()], o);
+        }
+    }
+
+    #[test]
+    fn only_model_failures_count_as_errors() {
+        assert!(!Outcome::Ok.is_error());
+        assert!(!Outcome::ClientDisconnected.is_error());
+        assert!(Outcome::Upstream5xx.is_error());
+        assert!(Outcome::UpstreamTimeout.is_error());
+    }
+}

@@ -1,0 +1,427 @@
+//! The stream relay: passes an upstream's server-sent events to the client as they arrive
+//! and measures them on the way.
+//!
+//! Events are forwarded whole (a client never sees half an event), each as soon as its
+//! closing blank line has arrived. On the way the relay stamps the first token, counts the
+//! answer's characters, keeps the finish reason and the usage chunk, and drops that usage
+//! chunk again when sluice asked for it on the client's behalf. The [`Meter`] lives inside
+//! the relay, so a client that hangs up drops the relay, which ends the upstream call and
+//! still yields a record.
+
+use std::borrow::Cow;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use serde::Deserialize;
+use tokio::time::Sleep;
+
+use super::{Meter, Outcome, Usage};
+use crate::upstream::{ByteStream, UpstreamError};
+
+/// The usage object of an OpenAI answer, streamed or not.
+#[derive(Debug, Deserialize, Clone, Copy)]
+pub struct UsageView {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+}
+
+impl From<UsageView> for Usage {
+    fn from(u: UsageView) -> Self {
+        Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            estimated: false,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ChunkView<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<ChunkChoice<'a>>,
+    usage: Option<UsageView>,
+    error: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct ChunkChoice<'a> {
+    #[serde(default, borrow)]
+    delta: Option<Delta<'a>>,
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    refusal: Option<Cow<'a, str>>,
+    tool_calls: Option<serde::de::IgnoredAny>,
+}
+
+/// What an event told us.
+enum EventKind {
+    /// A chunk that carries only usage: the one `stream_options.include_usage` adds.
+    UsageOnly,
+    Other,
+}
+
+/// Accumulates what a stream said, event by event.
+#[derive(Default)]
+struct StreamObserver {
+    text: String,
+    usage: Option<Usage>,
+    finish_reason: Option<String>,
+    first_token: Option<Instant>,
+    saw_error: bool,
+}
+
+impl StreamObserver {
+    fn observe(&mut self, event: &[u8]) -> EventKind {
+        let Some(data) = event_data(event) else {
+            return EventKind::Other;
+        };
+        if data.as_ref() == b"[DONE]" {
+            return EventKind::Other;
+        }
+        let Ok(chunk) = serde_json::from_slice::<ChunkView>(&data) else {
+            return EventKind::Other;
+        };
+        if chunk.error.is_some() {
+            self.saw_error = true;
+        }
+        for choice in &chunk.choices {
+            if let Some(delta) = &choice.delta {
+                let text = delta
+                    .content
+                    .as_deref()
+                    .into_iter()
+                    .chain(delta.refusal.as_deref());
+                let mut carried_token = delta.tool_calls.is_some();
+                for t in text {
+                    carried_token |= !t.is_empty();
+                    self.text.push_str(t);
+                }
+                if carried_token && self.first_token.is_none() {
+                    self.first_token = Some(Instant::now());
+                }
+            }
+            if let Some(reason) = &choice.finish_reason {
+                self.finish_reason.get_or_insert_with(|| reason.to_string());
+            }
+        }
+        if let Some(usage) = chunk.usage {
+            self.usage = Some(usage.into());
+            if chunk.choices.is_empty() {
+                return EventKind::UsageOnly;
+            }
+        }
+        EventKind::Other
+    }
+}
+
+/// The payload of an event's `data:` lines (joined by newlines when there are several).
+fn event_data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
+    let mut lines = event
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter_map(|l| l.strip_prefix(b"data:"))
+        .map(|l| l.strip_prefix(b" ").unwrap_or(l));
+    let first = lines.next()?;
+    match lines.next() {
+        None => Some(Cow::Borrowed(first)),
+        Some(second) => {
+            let mut joined = first.to_vec();
+            for line in std::iter::once(second).chain(lines) {
+                joined.push(b'\n');
+                joined.extend_from_slice(line);
+            }
+            Some(Cow::Owned(joined))
+        }
+    }
+}
+
+/// End (exclusive) of the first complete event in `buf`, i.e. just past its blank line.
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while let Some(nl) = buf[i..].iter().position(|&b| b == b'\n') {
+        let at = i + nl + 1;
+        match buf.get(at) {
+            Some(b'\n') => return Some(at + 1),
+            Some(b'\r') if buf.get(at + 1) == Some(&b'\n') => return Some(at + 2),
+            _ => i = at,
+        }
+    }
+    None
+}
+
+pub struct StreamRelay {
+    upstream: ByteStream,
+    buf: BytesMut,
+    observer: StreamObserver,
+    meter: Meter,
+    /// sluice added `include_usage`; the client did not ask for the usage chunk.
+    strip_usage: bool,
+    idle_limit: Duration,
+    idle: Pin<Box<Sleep>>,
+    /// A last event to send before ending (an error the client must see).
+    trailer: Option<Bytes>,
+    done: bool,
+}
+
+impl StreamRelay {
+    pub fn new(
+        upstream: ByteStream,
+        meter: Meter,
+        strip_usage: bool,
+        idle_limit: Duration,
+    ) -> Self {
+        Self {
+            upstream,
+            buf: BytesMut::new(),
+            observer: StreamObserver::default(),
+            meter,
+            strip_usage,
+            idle_limit,
+            idle: Box::pin(tokio::time::sleep(idle_limit)),
+            trailer: None,
+            done: false,
+        }
+    }
+
+    /// Cuts every complete event out of the buffer, observes them, and returns what the client gets.
+    fn take_events(&mut self) -> Option<Bytes> {
+        let mut end = 0;
+        let mut keep_all = true;
+        let mut kept = BytesMut::new();
+        while let Some(len) = event_end(&self.buf[end..]) {
+            let event = &self.buf[end..end + len];
+            let kind = self.observer.observe(event);
+            if self.strip_usage && matches!(kind, EventKind::UsageOnly) {
+                if keep_all {
+                    kept.extend_from_slice(&self.buf[..end]);
+                    keep_all = false;
+                }
+            } else if !keep_all {
+                kept.extend_from_slice(event);
+            }
+            end += len;
+        }
+        if end == 0 {
+            return None;
+        }
+        let consumed = self.buf.split_to(end);
+        let out = if keep_all { consumed } else { kept };
+        (!out.is_empty()).then(|| out.freeze())
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        self.done = true;
+        // A partial last event (no closing blank line) is still part of the answer.
+        if !self.buf.is_empty() {
+            let rest = self.buf.split();
+            self.observer.observe(&rest);
+        }
+        let outcome = if outcome == Outcome::Ok && self.observer.saw_error {
+            Outcome::Upstream5xx
+        } else {
+            outcome
+        };
+        let observer = std::mem::take(&mut self.observer);
+        let usage = match observer.usage {
+            Some(usage) => usage,
+            None => Usage {
+                prompt_tokens: self.meter.estimate_prompt(),
+                completion_tokens: self.meter.target().version.encoding.count(&observer.text),
+                estimated: true,
+            },
+        };
+        let observed = &mut self.meter.observed;
+        observed.usage = Some(usage);
+        observed.response_chars = observer.text.chars().count() as u64;
+        observed.finish_reason = observer.finish_reason;
+        observed.first_token = observer.first_token;
+        self.meter.finish(outcome);
+    }
+
+    fn fail(&mut self, error: UpstreamError) -> Option<Bytes> {
+        let outcome = error.outcome();
+        tracing::warn!(request_id = self.meter.request_id(), error = %error, "upstream stream broke off");
+        let body = serde_json::json!({"error": {
+            "message": format!("the upstream stream broke off: {error}"),
+            "type": "upstream_error", "param": null, "code": outcome.as_str(),
+        }});
+        let event = format!("data: {body}\n\n");
+        // Forward what complete events remain, then the error event.
+        let pending = self.take_events();
+        self.finish(outcome);
+        match pending {
+            Some(p) => {
+                self.trailer = Some(Bytes::from(event));
+                Some(p)
+            }
+            None => Some(Bytes::from(event)),
+        }
+    }
+}
+
+impl Stream for StreamRelay {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(this.trailer.take().map(Ok));
+        }
+        loop {
+            match this.upstream.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    this.buf.extend_from_slice(&chunk);
+                    if let Some(out) = this.take_events() {
+                        let deadline = tokio::time::Instant::now() + this.idle_limit;
+                        this.idle.as_mut().reset(deadline);
+                        return Poll::Ready(Some(Ok(out)));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(this.fail(e).map(Ok)),
+                Poll::Ready(None) => {
+                    let out = this.take_events();
+                    let rest = (!this.buf.is_empty()).then(|| this.buf.clone().freeze());
+                    this.finish(Outcome::Ok);
+                    let last = match (out, rest) {
+                        (Some(o), Some(r)) => Some([o, r].concat().into()),
+                        (o, r) => o.or(r),
+                    };
+                    return Poll::Ready(last.map(Ok));
+                }
+                Poll::Pending => {
+                    if this.idle.as_mut().poll(cx).is_ready() {
+                        let error = UpstreamError::Timeout {
+                            after_ms: this.idle_limit.as_millis() as u64,
+                        };
+                        return Poll::Ready(this.fail(error).map(Ok));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for StreamRelay {
+    fn drop(&mut self) {
+        if !self.done {
+            // The client hung up: what it received so far is still measured.
+            self.finish(Outcome::ClientDisconnected);
+        }
+    }
+}
+
+/// What a whole (non-streamed) chat completion says, for measurement.
+pub struct CompletionSummary {
+    pub usage: Option<Usage>,
+    pub text: String,
+    pub finish_reason: Option<String>,
+}
+
+/// Reads a non-streamed answer; an error means the body is not a chat completion.
+pub fn summarize_completion(body: &[u8]) -> Result<CompletionSummary, String> {
+    #[derive(Deserialize)]
+    struct Completion<'a> {
+        #[serde(borrow)]
+        choices: Vec<Choice<'a>>,
+        usage: Option<UsageView>,
+    }
+    #[derive(Deserialize)]
+    struct Choice<'a> {
+        #[serde(borrow)]
+        message: Option<Message<'a>>,
+        finish_reason: Option<Cow<'a, str>>,
+    }
+    #[derive(Deserialize)]
+    struct Message<'a> {
+        #[serde(default, borrow)]
+        content: Option<Cow<'a, str>>,
+        #[serde(default, borrow)]
+        refusal: Option<Cow<'a, str>>,
+    }
+    let completion: Completion = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    for choice in &completion.choices {
+        if let Some(m) = &choice.message {
+            text.extend(m.content.as_deref());
+            text.extend(m.refusal.as_deref());
+        }
+    }
+    Ok(CompletionSummary {
+        usage: completion.usage.map(Usage::from),
+        text,
+        finish_reason: completion
+            .choices
+            .first()
+            .and_then(|c| c.finish_reason.as_ref())
+            .map(|r| r.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_boundaries_accept_lf_and_crlf() {
+        assert_eq!(event_end(b"data: a\n\ndata: b\n\n"), Some(9));
+        assert_eq!(event_end(b"data: a\r\n\r\nrest"), Some(11));
+        assert_eq!(event_end(b"data: a\ndata: b\n"), None);
+    }
+
+    #[test]
+    fn multi_line_data_is_joined() {
+        assert_eq!(
+            event_data(b"data: {\"a\":\ndata: 1}\n\n").unwrap().as_ref(),
+            b"{\"a\":\n1}"
+        );
+        assert_eq!(event_data(b": comment\n\n"), None);
+    }
+
+    #[test]
+    fn observer_reads_text_finish_and_usage() {
+        let mut o = StreamObserver::default();
+        o.observe(br#"data: {"choices":[{"delta":{"role":"assistant","content":""}}]}"#);
+        assert!(o.first_token.is_none(), "an empty delta is not a token");
+        o.observe(br#"data: {"choices":[{"delta":{"content":"h\u00e9llo"}}]}"#);
+        assert!(o.first_token.is_some());
+        o.observe(br#"data: {"choices":[{"delta":{},"finish_reason":"stop"}],"usage":null}"#);
+        let kind = o.observe(br#"data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":2,"total_tokens":9}}"#);
+        assert!(matches!(kind, EventKind::UsageOnly));
+        assert_eq!(o.text, "héllo");
+        assert_eq!(o.finish_reason.as_deref(), Some("stop"));
+        assert_eq!(
+            o.usage,
+            Some(Usage {
+                prompt_tokens: 7,
+                completion_tokens: 2,
+                estimated: false
+            })
+        );
+    }
+
+    #[test]
+    fn a_non_completion_body_is_refused() {
+        assert!(summarize_completion(b"<html>").is_err());
+        assert!(summarize_completion(br#"{"object":"list"}"#).is_err());
+        let s = summarize_completion(
+            br#"{"choices":[{"message":{"content":"hi"},"finish_reason":"length"}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.text.as_str(), s.finish_reason.as_deref()),
+            ("hi", Some("length"))
+        );
+    }
+}

@@ -1,0 +1,129 @@
+//! Token counts for answers whose upstream reported none, with tiktoken-rs.
+//!
+//! o200k_base for the gpt-4o / gpt-4.1 / gpt-5 / o-series families (and for any model
+//! tiktoken does not know, the current default), cl100k_base for gpt-4, gpt-3.5 and older.
+//! Message framing follows OpenAI's cookbook: 3 tokens per message, 1 per `name`, 3 to
+//! prime the reply.
+
+use serde_json::Value;
+use tiktoken_rs::CoreBPE;
+use tiktoken_rs::tokenizer::{Tokenizer, get_tokenizer};
+
+const TOKENS_PER_MESSAGE: u64 = 3;
+const TOKENS_PER_NAME: u64 = 1;
+const REPLY_PRIMING: u64 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    O200kBase,
+    Cl100kBase,
+}
+
+impl Encoding {
+    pub fn for_model(model: &str) -> Self {
+        match get_tokenizer(model) {
+            Some(
+                Tokenizer::Cl100kBase
+                | Tokenizer::P50kBase
+                | Tokenizer::P50kEdit
+                | Tokenizer::R50kBase
+                | Tokenizer::Gpt2,
+            ) => Encoding::Cl100kBase,
+            _ => Encoding::O200kBase,
+        }
+    }
+
+    fn bpe(self) -> &'static CoreBPE {
+        match self {
+            Encoding::O200kBase => tiktoken_rs::o200k_base_singleton(),
+            Encoding::Cl100kBase => tiktoken_rs::cl100k_base_singleton(),
+        }
+    }
+
+    pub fn count(self, text: &str) -> u64 {
+        self.bpe().count_ordinary(text) as u64
+    }
+}
+
+/// Loads both vocabularies (≈ 0.3 s) so the first estimate does not pay for it.
+pub fn warm_up() {
+    Encoding::O200kBase.count("warm");
+    Encoding::Cl100kBase.count("warm");
+}
+
+/// Prompt tokens of a chat request body, estimated from its `messages`.
+pub fn count_prompt(encoding: Encoding, body: &[u8]) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Messages {
+        #[serde(default)]
+        messages: Vec<Value>,
+    }
+    let Ok(request) = serde_json::from_slice::<Messages>(body) else {
+        return 0;
+    };
+    let mut tokens = REPLY_PRIMING;
+    for message in &request.messages {
+        tokens += TOKENS_PER_MESSAGE;
+        if let Some(role) = message.get("role").and_then(Value::as_str) {
+            tokens += encoding.count(role);
+        }
+        if let Some(name) = message.get("name").and_then(Value::as_str) {
+            tokens += encoding.count(name) + TOKENS_PER_NAME;
+        }
+        match message.get("content") {
+            Some(Value::String(text)) => tokens += encoding.count(text),
+            Some(Value::Array(parts)) => {
+                for part in parts {
+                    if let Some(text) = part.get("text").and_then(Value::as_str) {
+                        tokens += encoding.count(text);
+                    }
+                }
+            }
+            _ => {}
+        }
+        if let Some(Value::Array(calls)) = message.get("tool_calls") {
+            for call in calls {
+                if let Some(f) = call.get("function") {
+                    for field in ["name", "arguments"] {
+                        if let Some(text) = f.get(field).and_then(Value::as_str) {
+                            tokens += encoding.count(text);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    tokens
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_families_pick_their_encoding() {
+        assert_eq!(
+            Encoding::for_model("gpt-4o-2024-08-06"),
+            Encoding::O200kBase
+        );
+        assert_eq!(Encoding::for_model("gpt-4.1-mini"), Encoding::O200kBase);
+        assert_eq!(Encoding::for_model("o3-mini"), Encoding::O200kBase);
+        assert_eq!(Encoding::for_model("gpt-4-0613"), Encoding::Cl100kBase);
+        assert_eq!(Encoding::for_model("gpt-3.5-turbo"), Encoding::Cl100kBase);
+        assert_eq!(Encoding::for_model("llama-3-70b"), Encoding::O200kBase);
+    }
+
+    #[test]
+    fn counts_match_known_tokenizations() {
+        // "hello world" is two tokens in both vocabularies.
+        assert_eq!(Encoding::O200kBase.count("hello world"), 2);
+        assert_eq!(Encoding::Cl100kBase.count("hello world"), 2);
+    }
+
+    #[test]
+    fn prompt_count_follows_the_cookbook_framing() {
+        let body = br#"{"model":"x","messages":[{"role":"system","content":"hello world"},{"role":"user","content":[{"type":"text","text":"hello world"}]}]}"#;
+        // 3 priming + 2 × (3 framing + 1 role + 2 content)
+        assert_eq!(count_prompt(Encoding::O200kBase, body), 3 + 2 * (3 + 1 + 2));
+    }
+}

@@ -1,0 +1,425 @@
+//! The hot path of one chat request, without HTTP-framework types:
+//! parse → resolve → upstream → measure.
+//!
+//! The body is forwarded as the client sent it with two edits: `model` becomes the
+//! version's model, and a streamed request asks for `stream_options.include_usage` (the
+//! relay removes the extra chunk again when the client did not ask for it). Every other
+//! field, known or not, goes upstream byte for byte.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, StatusCode, header};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use indexmap::IndexMap;
+use serde_json::value::RawValue;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::measure::sse::{StreamRelay, summarize_completion};
+use crate::measure::tokens::count_prompt;
+use crate::measure::{Meter, Outcome, Usage};
+use crate::resolve::{Arm, RouteName, Target};
+use crate::state::App;
+use crate::upstream::{ByteStream, Call, UpstreamError};
+
+/// The largest non-streamed upstream answer sluice reads.
+const MAX_UPSTREAM_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// A chat request with only what the gateway needs parsed; the rest stays raw JSON.
+pub struct ChatRequest {
+    fields: IndexMap<String, Box<RawValue>>,
+    pub model: String,
+    pub stream: bool,
+    /// The client asked for the usage chunk itself.
+    pub client_wants_usage: bool,
+}
+
+impl ChatRequest {
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let fields: IndexMap<String, Box<RawValue>> =
+            serde_json::from_slice(body).map_err(|e| {
+                if e.is_data() {
+                    ApiError::InvalidJson("the body must be a JSON object".into())
+                } else {
+                    ApiError::InvalidJson(e.to_string())
+                }
+            })?;
+        let model = match fields
+            .get("model")
+            .map(|raw| serde_json::from_str::<String>(raw.get()))
+        {
+            Some(Ok(model)) if !model.is_empty() => model,
+            Some(_) => {
+                return Err(ApiError::InvalidRequest {
+                    message: "`model` must be a non-empty string".into(),
+                    param: Some("model"),
+                });
+            }
+            None => {
+                return Err(ApiError::InvalidRequest {
+                    message: "you must provide a model parameter".into(),
+                    param: Some("model"),
+                });
+            }
+        };
+        let stream = match fields
+            .get("stream")
+            .map(|raw| serde_json::from_str::<Option<bool>>(raw.get()))
+        {
+            None => false,
+            Some(Ok(flag)) => flag.unwrap_or(false),
+            Some(Err(_)) => {
+                return Err(ApiError::InvalidRequest {
+                    message: "`stream` must be a boolean".into(),
+                    param: Some("stream"),
+                });
+            }
+        };
+        let client_wants_usage = fields
+            .get("stream_options")
+            .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw.get()).ok())
+            .and_then(|v| v.get("include_usage").and_then(|u| u.as_bool()))
+            .unwrap_or(false);
+        Ok(Self {
+            fields,
+            model,
+            stream,
+            client_wants_usage,
+        })
+    }
+
+    /// The body to send upstream: `model` replaced, and usage asked for when `ask_usage`.
+    pub fn upstream_body(&mut self, model: &str, ask_usage: bool) -> Bytes {
+        let model = serde_json::value::to_raw_value(model).expect("a string serializes");
+        self.fields.insert("model".into(), model);
+        if ask_usage {
+            let mut options = self
+                .fields
+                .get("stream_options")
+                .and_then(|raw| {
+                    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw.get())
+                        .ok()
+                })
+                .unwrap_or_default();
+            options.insert("include_usage".into(), true.into());
+            let raw = serde_json::value::to_raw_value(&options).expect("a map serializes");
+            self.fields.insert("stream_options".into(), raw);
+        }
+        Bytes::from(serde_json::to_vec(&self.fields).expect("raw JSON values serialize"))
+    }
+}
+
+/// What the client gets back.
+pub enum Body {
+    Whole {
+        status: StatusCode,
+        headers: HeaderMap,
+        bytes: Bytes,
+    },
+    Stream {
+        status: StatusCode,
+        headers: HeaderMap,
+        relay: StreamRelay,
+    },
+}
+
+/// Where a request was routed, for the `x-sluice-*` headers.
+pub struct Routed {
+    pub route: RouteName,
+    pub version: Arc<str>,
+    pub arm: Arm,
+}
+
+pub struct Answer {
+    pub request_id: String,
+    pub routed: Option<Routed>,
+    pub result: Result<Body, ApiError>,
+}
+
+pub fn new_request_id() -> String {
+    format!("req_{:032x}", rand::random::<u128>())
+}
+
+/// Serves one `POST /v1/chat/completions` for an authenticated caller.
+pub async fn chat_completion(app: &App, caller: Caller, raw: Bytes) -> Answer {
+    let request_id = new_request_id();
+    let mut request = match ChatRequest::parse(&raw) {
+        Ok(r) => r,
+        Err(e) => {
+            return Answer {
+                request_id,
+                routed: None,
+                result: Err(e),
+            };
+        }
+    };
+    let Some(target) = app.routing.load().resolve(&request.model).cloned() else {
+        let error = ApiError::UnknownRoute(request.model.clone());
+        return Answer {
+            request_id,
+            routed: None,
+            result: Err(error),
+        };
+    };
+    let routed = Routed {
+        route: target.route.clone(),
+        version: target.version.name.clone(),
+        arm: target.arm,
+    };
+    let result = serve(app, caller, &request_id, &mut request, raw, target).await;
+    Answer {
+        request_id,
+        routed: Some(routed),
+        result,
+    }
+}
+
+async fn serve(
+    app: &App,
+    caller: Caller,
+    request_id: &str,
+    request: &mut ChatRequest,
+    raw: Bytes,
+    target: Target,
+) -> Result<Body, ApiError> {
+    let version = target.version.clone();
+    let provider = version.provider.clone();
+    let ask_usage = request.stream && provider.streams_usage_on_request();
+    let strip_usage = ask_usage && !request.client_wants_usage;
+    let body = request.upstream_body(&version.model, ask_usage && !request.client_wants_usage);
+
+    let mut meter = Meter::start(
+        request_id.to_owned(),
+        caller.workspace,
+        target,
+        request.stream,
+        app.sink.clone(),
+    );
+    let encoding = version.encoding;
+    meter.set_prompt_estimate(move || count_prompt(encoding, &raw));
+
+    let call = Call {
+        body,
+        stream: request.stream,
+        include_usage: ask_usage,
+        model: &version.model,
+        request_id,
+        mock: version.mock.as_ref(),
+    };
+    let reply = match provider.send(call).await {
+        Ok(reply) => reply,
+        Err(e) => return Err(fail(&mut meter, upstream_error(e, &version.name))),
+    };
+    let headers = forwardable_headers(&reply.headers);
+
+    if !reply.status.is_success() {
+        // The upstream's error goes to the client as it is; a body we cannot read is empty.
+        let body = read_body(reply.body, provider.timeout())
+            .await
+            .unwrap_or_default();
+        return Err(fail(
+            &mut meter,
+            ApiError::UpstreamStatus {
+                status: reply.status,
+                body,
+            },
+        ));
+    }
+
+    if request.stream {
+        meter.status = reply.status.as_u16();
+        let relay = StreamRelay::new(reply.body, meter, strip_usage, provider.timeout());
+        return Ok(Body::Stream {
+            status: reply.status,
+            headers,
+            relay,
+        });
+    }
+
+    let bytes = match read_body(reply.body, provider.timeout()).await {
+        Ok(bytes) => bytes,
+        Err(e) => return Err(fail(&mut meter, upstream_error(e, &version.name))),
+    };
+    let summary = match summarize_completion(&bytes) {
+        Ok(summary) => summary,
+        Err(reason) => {
+            let error = ApiError::UpstreamInvalid {
+                version: version.name.to_string(),
+                reason,
+            };
+            return Err(fail(&mut meter, error));
+        }
+    };
+    let usage = match summary.usage {
+        Some(usage) => usage,
+        None => Usage {
+            prompt_tokens: meter.estimate_prompt(),
+            completion_tokens: version.encoding.count(&summary.text),
+            estimated: true,
+        },
+    };
+    meter.observed.usage = Some(usage);
+    meter.observed.response_chars = summary.text.chars().count() as u64;
+    meter.observed.finish_reason = summary.finish_reason;
+    meter.status = reply.status.as_u16();
+    meter.finish(Outcome::Ok);
+    Ok(Body::Whole {
+        status: reply.status,
+        headers,
+        bytes,
+    })
+}
+
+/// Records a failed request and hands its error back.
+fn fail(meter: &mut Meter, error: ApiError) -> ApiError {
+    meter.status = error.status().as_u16();
+    meter.finish(error.outcome());
+    error
+}
+
+fn upstream_error(e: UpstreamError, version: &str) -> ApiError {
+    let version = version.to_owned();
+    match e {
+        UpstreamError::Timeout { after_ms } => ApiError::UpstreamTimeout { version, after_ms },
+        UpstreamError::Unreachable(reason) => {
+            tracing::warn!(version = %version, reason = %reason, "upstream unreachable");
+            ApiError::UpstreamUnreachable { version }
+        }
+        UpstreamError::Interrupted(reason) => ApiError::UpstreamInvalid { version, reason },
+    }
+}
+
+/// Reads a whole upstream body, with `idle` as the limit between chunks.
+async fn read_body(mut body: ByteStream, idle: Duration) -> Result<Bytes, UpstreamError> {
+    let mut buf = BytesMut::new();
+    loop {
+        match tokio::time::timeout(idle, body.next()).await {
+            Err(_) => {
+                return Err(UpstreamError::Timeout {
+                    after_ms: idle.as_millis() as u64,
+                });
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(Err(e))) => return Err(e),
+            Ok(Some(Ok(chunk))) => {
+                if buf.len() + chunk.len() > MAX_UPSTREAM_BODY_BYTES {
+                    return Err(UpstreamError::Interrupted(format!(
+                        "the answer is larger than {MAX_UPSTREAM_BODY_BYTES} bytes"
+                    )));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
+/// Upstream headers the client gets: all but hop-by-hop ones and those sluice sets itself.
+/// The upstream's own request id is kept as `x-upstream-request-id`.
+fn forwardable_headers(upstream: &HeaderMap) -> HeaderMap {
+    const DROP: [&str; 9] = [
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "content-length",
+        "proxy-connection",
+        "set-cookie",
+    ];
+    let mut out = HeaderMap::with_capacity(upstream.len());
+    for (name, value) in upstream {
+        if DROP.contains(&name.as_str()) || name.as_str().starts_with("x-sluice-") {
+            continue;
+        }
+        if name == "x-request-id" {
+            out.insert(
+                HeaderName::from_static("x-upstream-request-id"),
+                value.clone(),
+            );
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out.entry(header::CONTENT_TYPE)
+        .or_insert(axum::http::HeaderValue::from_static("application/json"));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_survive_and_model_is_rewritten() {
+        let raw = br#"{"model":"chat","messages":[],"seed":7,"x_vendor":{"deep":[1,2]},"n":2}"#;
+        let mut req = ChatRequest::parse(raw).unwrap();
+        assert_eq!(req.model, "chat");
+        let body: serde_json::Value =
+            serde_json::from_slice(&req.upstream_body("gpt-4o-2024-08-06", false)).unwrap();
+        assert_eq!(body["model"], "gpt-4o-2024-08-06");
+        assert_eq!(body["seed"], 7);
+        assert_eq!(body["n"], 2);
+        assert_eq!(body["x_vendor"]["deep"][1], 2);
+        assert!(body.get("stream_options").is_none());
+    }
+
+    #[test]
+    fn usage_is_asked_for_without_losing_other_stream_options() {
+        let raw = br#"{"model":"chat","stream":true,"stream_options":{"x":1}}"#;
+        let mut req = ChatRequest::parse(raw).unwrap();
+        assert!(req.stream && !req.client_wants_usage);
+        let body: serde_json::Value =
+            serde_json::from_slice(&req.upstream_body("m", true)).unwrap();
+        assert_eq!(
+            body["stream_options"],
+            serde_json::json!({"x": 1, "include_usage": true})
+        );
+    }
+
+    #[test]
+    fn bad_bodies_are_refused() {
+        assert!(matches!(
+            ChatRequest::parse(b"{"),
+            Err(ApiError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            ChatRequest::parse(b"[1]"),
+            Err(ApiError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            ChatRequest::parse(b"{}"),
+            Err(ApiError::InvalidRequest {
+                param: Some("model"),
+                ..
+            })
+        ));
+        assert!(matches!(
+            ChatRequest::parse(br#"{"model":3}"#),
+            Err(ApiError::InvalidRequest { .. })
+        ));
+        assert!(matches!(
+            ChatRequest::parse(br#"{"model":"m","stream":"yes"}"#),
+            Err(ApiError::InvalidRequest {
+                param: Some("stream"),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_not_forwarded() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive".parse().unwrap());
+        h.insert("content-length", "10".parse().unwrap());
+        h.insert("x-request-id", "up-1".parse().unwrap());
+        h.insert("openai-processing-ms", "12".parse().unwrap());
+        let out = forwardable_headers(&h);
+        assert!(out.get("connection").is_none() && out.get("content-length").is_none());
+        assert_eq!(out["x-upstream-request-id"], "up-1");
+        assert_eq!(out["openai-processing-ms"], "12");
+        assert_eq!(out["content-type"], "application/json");
+    }
+}

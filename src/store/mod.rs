@@ -1,0 +1,354 @@
+//! Store: everything sluice keeps, in SQLite (the embedded default) or PostgreSQL.
+//!
+//! One code path for both through sqlx's `Any` driver: `$n` placeholders, timestamps as
+//! epoch milliseconds, no engine-specific types. Migrations are embedded per engine from
+//! `migrations/{sqlite,postgres}` and run at connect.
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, Row, SqlSafeStr};
+
+use crate::measure::{Outcome, Record};
+use crate::resolve::Arm;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("migrating the database failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Each engine's migrations, embedded so the binary needs no files beside it.
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+)];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../migrations/postgres/0001_init.sql"),
+)];
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    engine: Engine,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as i64
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Workspace {
+    pub id: String,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct KeyInfo {
+    pub id: String,
+    pub workspace: String,
+    /// The first characters of the key, to tell keys apart; never enough to use one.
+    pub prefix: String,
+    pub created_at_ms: i64,
+    pub revoked_at_ms: Option<i64>,
+}
+
+impl Store {
+    /// Connects (creating a SQLite file if needed) and brings the schema up to date.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let engine = if url.starts_with("sqlite:") {
+            Engine::Sqlite
+        } else {
+            Engine::Postgres
+        };
+        let url = match engine {
+            Engine::Sqlite if !url.contains("mode=") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                Cow::Owned(format!("{url}{sep}mode=rwc"))
+            }
+            _ => Cow::Borrowed(url),
+        };
+        let options = AnyConnectOptions::from_str(&url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(if engine == Engine::Sqlite { 4 } else { 10 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if engine == Engine::Sqlite {
+                        // WAL: readers never wait for the writer; NORMAL: a commit survives a
+                        // process crash (the OS still holds the WAL), fsync only at checkpoints.
+                        for pragma in [
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA synchronous = NORMAL",
+                            "PRAGMA busy_timeout = 5000",
+                            "PRAGMA foreign_keys = ON",
+                        ] {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        let store = Self { pool, engine };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let source = match self.engine {
+            Engine::Sqlite => SQLITE_MIGRATIONS,
+            Engine::Postgres => POSTGRES_MIGRATIONS,
+        };
+        let migrations = source
+            .iter()
+            .map(|(version, name, sql)| {
+                Migration::new(
+                    *version,
+                    Cow::Borrowed(*name),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect();
+        Migrator::with_migrations(migrations)
+            .run(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub async fn create_workspace(&self, id: &str) -> Result<Workspace, StoreError> {
+        let created_at_ms = now_ms();
+        let result = sqlx::query("INSERT INTO workspaces (id, created_at_ms) VALUES ($1, $2)")
+            .bind(id)
+            .bind(created_at_ms)
+            .execute(&self.pool)
+            .await;
+        match result {
+            Ok(_) => Ok(Workspace {
+                id: id.to_owned(),
+                created_at_ms,
+            }),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::Conflict(format!("workspace `{id}`")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn workspace(&self, id: &str) -> Result<Option<Workspace>, StoreError> {
+        let row = sqlx::query("SELECT id, created_at_ms FROM workspaces WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| Workspace {
+            id: r.get(0),
+            created_at_ms: r.get(1),
+        }))
+    }
+
+    pub async fn workspaces(&self) -> Result<Vec<Workspace>, StoreError> {
+        let rows = sqlx::query("SELECT id, created_at_ms FROM workspaces ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Workspace {
+                id: r.get(0),
+                created_at_ms: r.get(1),
+            })
+            .collect())
+    }
+
+    pub async fn create_key(
+        &self,
+        workspace: &str,
+        id: &str,
+        hash: &str,
+        prefix: &str,
+    ) -> Result<KeyInfo, StoreError> {
+        let created_at_ms = now_ms();
+        sqlx::query(
+            "INSERT INTO api_keys (id, workspace_id, key_hash, key_prefix, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(workspace)
+        .bind(hash)
+        .bind(prefix)
+        .bind(created_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(KeyInfo {
+            id: id.to_owned(),
+            workspace: workspace.to_owned(),
+            prefix: prefix.to_owned(),
+            created_at_ms,
+            revoked_at_ms: None,
+        })
+    }
+
+    pub async fn keys(&self, workspace: &str) -> Result<Vec<KeyInfo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, workspace_id, key_prefix, created_at_ms, revoked_at_ms FROM api_keys WHERE workspace_id = $1 ORDER BY created_at_ms, id",
+        )
+        .bind(workspace)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| KeyInfo {
+                id: r.get(0),
+                workspace: r.get(1),
+                prefix: r.get(2),
+                created_at_ms: r.get(3),
+                revoked_at_ms: r.get(4),
+            })
+            .collect())
+    }
+
+    /// Revokes a live key; returns its hash (so caches can forget it), or `None` when the
+    /// workspace has no such live key.
+    pub async fn revoke_key(
+        &self,
+        workspace: &str,
+        id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "UPDATE api_keys SET revoked_at_ms = $1 WHERE workspace_id = $2 AND id = $3 AND revoked_at_ms IS NULL RETURNING key_hash",
+        )
+        .bind(now_ms())
+        .bind(workspace)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// The workspace and key id of a live key, by the key's hash.
+    pub async fn key_by_hash(&self, hash: &str) -> Result<Option<(String, String)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT workspace_id, id FROM api_keys WHERE key_hash = $1 AND revoked_at_ms IS NULL",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// Writes a batch of measurement records in one transaction. A record already stored
+    /// (same request id) is left as it is, so a retried batch does not fail.
+    pub async fn insert_records(&self, records: &[Record]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for r in records {
+            sqlx::query(
+                "INSERT INTO requests (request_id, at_ms, workspace_id, route, version, arm, stream, status, outcome, \
+                 latency_ms, ttft_ms, prompt_tokens, completion_tokens, tokens_estimated, cost_usd, response_chars, finish_reason) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+                 ON CONFLICT (request_id) DO NOTHING",
+            )
+            .bind(r.request_id.as_str())
+            .bind(r.at_ms)
+            .bind(r.workspace.as_str())
+            .bind(r.route.as_str())
+            .bind(r.version.as_str())
+            .bind(r.arm.as_str())
+            .bind(r.stream)
+            .bind(r.status as i32)
+            .bind(r.outcome.as_str())
+            .bind(r.latency_ms)
+            .bind(r.ttft_ms)
+            .bind(r.usage.prompt_tokens as i64)
+            .bind(r.usage.completion_tokens as i64)
+            .bind(r.usage.estimated)
+            .bind(r.cost_usd)
+            .bind(r.response_chars as i64)
+            .bind(r.finish_reason.as_deref())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stored records, newest first, optionally of one route only.
+    pub async fn records(
+        &self,
+        route: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Record>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT request_id, at_ms, workspace_id, route, version, arm, stream, status, outcome, latency_ms, ttft_ms, \
+             prompt_tokens, completion_tokens, tokens_estimated, cost_usd, response_chars, finish_reason \
+             FROM requests WHERE ($1 IS NULL OR route = $1) ORDER BY at_ms DESC, request_id LIMIT $2",
+        )
+        .bind(route)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let arm: String = r.try_get(5)?;
+                let outcome: String = r.try_get(8)?;
+                Ok(Record {
+                    request_id: r.try_get(0)?,
+                    at_ms: r.try_get(1)?,
+                    workspace: r.try_get(2)?,
+                    route: r.try_get(3)?,
+                    version: r.try_get(4)?,
+                    arm: Arm::parse(&arm).unwrap_or(Arm::Stable),
+                    stream: r.try_get(6)?,
+                    status: r.try_get::<i32, _>(7)? as u16,
+                    outcome: Outcome::parse(&outcome).unwrap_or(Outcome::GatewayError),
+                    latency_ms: r.try_get(9)?,
+                    ttft_ms: r.try_get(10)?,
+                    usage: crate::measure::Usage {
+                        prompt_tokens: r.try_get::<i64, _>(11)? as u64,
+                        completion_tokens: r.try_get::<i64, _>(12)? as u64,
+                        estimated: r.try_get(13)?,
+                    },
+                    cost_usd: r.try_get(14)?,
+                    response_chars: r.try_get::<i64, _>(15)? as u64,
+                    finish_reason: r.try_get(16)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    pub async fn count_records(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM requests")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+}

@@ -1,0 +1,85 @@
+//! Upstream: sends the rewritten request to the version's provider and hands back its
+//! status, headers and body as a byte stream, untouched.
+//!
+//! Two kinds: [`http::HttpProvider`] for any OpenAI-compatible server (reqwest, no retries:
+//! a retry would hide the version's real latency and error rate from the judge), and
+//! [`mock::MockProvider`], a built-in synthetic model for the demo, tests and benchmarks.
+
+pub mod http;
+pub mod mock;
+
+use std::pin::Pin;
+
+use axum::http::{HeaderMap, StatusCode};
+use bytes::Bytes;
+use futures_util::Stream;
+
+use crate::config::MockConfig;
+use crate::measure::Outcome;
+
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
+
+/// The upstream's answer before its body is read.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: ByteStream,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connection failed: {0}")]
+    Unreachable(String),
+    #[error("no answer within {after_ms} ms")]
+    Timeout { after_ms: u64 },
+    #[error("the answer broke off: {0}")]
+    Interrupted(String),
+}
+
+impl UpstreamError {
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            UpstreamError::Unreachable(_) => Outcome::UpstreamUnreachable,
+            UpstreamError::Timeout { .. } => Outcome::UpstreamTimeout,
+            UpstreamError::Interrupted(_) => Outcome::StreamInterrupted,
+        }
+    }
+}
+
+/// One call to make: the body as it goes upstream, and what the provider needs to know of it.
+pub struct Call<'a> {
+    pub body: Bytes,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub model: &'a str,
+    pub request_id: &'a str,
+    /// For the mock provider: the version's answer shape.
+    pub mock: Option<&'a MockConfig>,
+}
+
+pub enum Provider {
+    Http(http::HttpProvider),
+    Mock(mock::MockProvider),
+}
+
+impl Provider {
+    pub async fn send(&self, call: Call<'_>) -> Result<Reply, UpstreamError> {
+        match self {
+            Provider::Http(p) => p.send(call).await,
+            Provider::Mock(p) => p.send(call).await,
+        }
+    }
+
+    /// How long the upstream may stay silent: before its headers and between stream chunks.
+    pub fn timeout(&self) -> std::time::Duration {
+        match self {
+            Provider::Http(p) => p.timeout,
+            Provider::Mock(p) => p.timeout,
+        }
+    }
+
+    /// Whether the provider reports usage in streams when asked with `stream_options`.
+    pub fn streams_usage_on_request(&self) -> bool {
+        true
+    }
+}
