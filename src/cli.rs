@@ -96,7 +96,7 @@ impl AdminClient {
                 None,
             )
             .await?;
-        println!("{:<20} {:<16} {}", "ID", "PREFIX", "STATE");
+        println!("{:<20} {:<16} STATE", "ID", "PREFIX");
         for k in v["data"].as_array().into_iter().flatten() {
             let state = if k["revoked_at_ms"].is_null() {
                 "live"

@@ -385,7 +385,7 @@ pub fn parse(
             issues.push(issue(&format!("{key}.model"), "must not be empty".into()));
         }
         let price = version.price;
-        if !(price.input_per_mtok >= 0.0 && price.output_per_mtok >= 0.0) {
+        if [price.input_per_mtok, price.output_per_mtok].iter().any(|p| p.is_nan() || *p < 0.0) {
             issues.push(issue(
                 &format!("{key}.price"),
                 "prices must be zero or more".into(),
@@ -398,7 +398,7 @@ pub fn parse(
                     "must be between 0 and 1".into(),
                 ));
             }
-            if !(mock.tokens_per_s > 0.0) {
+            if mock.tokens_per_s.is_nan() || mock.tokens_per_s <= 0.0 {
                 issues.push(issue(
                     &format!("{key}.mock.tokens_per_s"),
                     "must be greater than 0".into(),

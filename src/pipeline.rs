@@ -121,7 +121,7 @@ pub enum Body {
     Stream {
         status: StatusCode,
         headers: HeaderMap,
-        relay: StreamRelay,
+        relay: Box<StreamRelay>,
     },
 }
 
@@ -230,7 +230,7 @@ async fn serve(
 
     if request.stream {
         meter.status = reply.status.as_u16();
-        let relay = StreamRelay::new(reply.body, meter, strip_usage, provider.timeout());
+        let relay = Box::new(StreamRelay::new(reply.body, meter, strip_usage, provider.timeout()));
         return Ok(Body::Stream {
             status: reply.status,
             headers,

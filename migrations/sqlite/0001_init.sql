@@ -21,14 +21,14 @@ CREATE TABLE requests (
     route             TEXT NOT NULL,
     version           TEXT NOT NULL,
     arm               TEXT NOT NULL,
-    stream            BOOLEAN NOT NULL,
+    stream            INTEGER NOT NULL,  -- 0 or 1: sqlx's Any driver reads no SQLite booleans
     status            INTEGER NOT NULL,
     outcome           TEXT NOT NULL,
     latency_ms        DOUBLE PRECISION NOT NULL,
     ttft_ms           DOUBLE PRECISION,
     prompt_tokens     BIGINT NOT NULL,
     completion_tokens BIGINT NOT NULL,
-    tokens_estimated  BOOLEAN NOT NULL,
+    tokens_estimated  INTEGER NOT NULL,  -- 0 or 1
     cost_usd          DOUBLE PRECISION NOT NULL,
     response_chars    BIGINT NOT NULL,
     finish_reason     TEXT

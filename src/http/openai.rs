@@ -25,7 +25,8 @@ pub async fn chat_completions(
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {
-            return body_error(rejection, app.settings.config.server.max_body_bytes).into_response();
+            return body_error(rejection, app.settings.config.server.max_body_bytes)
+                .into_response();
         }
     };
     respond(pipeline::chat_completion(&app, caller, body).await)
@@ -42,7 +43,7 @@ fn respond(answer: Answer) -> Response {
             status,
             headers,
             relay,
-        }) => (status, headers, HttpBody::from_stream(relay)).into_response(),
+        }) => (status, headers, HttpBody::from_stream(*relay)).into_response(),
         Err(e) => e.into_response(),
     };
     let out = response.headers_mut();

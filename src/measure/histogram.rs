@@ -14,7 +14,7 @@ const MAX_VALUE: f64 = 1e9;
 const BUCKETS: usize = 1 + 1397 + 1;
 
 fn bucket_of(value: f64) -> usize {
-    if !(value >= MIN_VALUE) {
+    if value.is_nan() || value < MIN_VALUE {
         return 0;
     }
     if value >= MAX_VALUE {

@@ -282,14 +282,14 @@ impl Store {
             .bind(r.route.as_str())
             .bind(r.version.as_str())
             .bind(r.arm.as_str())
-            .bind(r.stream)
+            .bind(r.stream as i32)
             .bind(r.status as i32)
             .bind(r.outcome.as_str())
             .bind(r.latency_ms)
             .bind(r.ttft_ms)
             .bind(r.usage.prompt_tokens as i64)
             .bind(r.usage.completion_tokens as i64)
-            .bind(r.usage.estimated)
+            .bind(r.usage.estimated as i32)
             .bind(r.cost_usd)
             .bind(r.response_chars as i64)
             .bind(r.finish_reason.as_deref())
@@ -326,7 +326,7 @@ impl Store {
                     route: r.try_get(3)?,
                     version: r.try_get(4)?,
                     arm: Arm::parse(&arm).unwrap_or(Arm::Stable),
-                    stream: r.try_get(6)?,
+                    stream: r.try_get::<i32, _>(6)? != 0,
                     status: r.try_get::<i32, _>(7)? as u16,
                     outcome: Outcome::parse(&outcome).unwrap_or(Outcome::GatewayError),
                     latency_ms: r.try_get(9)?,
@@ -334,7 +334,7 @@ impl Store {
                     usage: crate::measure::Usage {
                         prompt_tokens: r.try_get::<i64, _>(11)? as u64,
                         completion_tokens: r.try_get::<i64, _>(12)? as u64,
-                        estimated: r.try_get(13)?,
+                        estimated: r.try_get::<i32, _>(13)? != 0,
                     },
                     cost_usd: r.try_get(14)?,
                     response_chars: r.try_get::<i64, _>(15)? as u64,

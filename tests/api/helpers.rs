@@ -1,0 +1,522 @@
+//! `TestApp::spawn()`: sluice on port 0 with a temporary SQLite file (or a fresh PostgreSQL
+//! schema) in front of `MockUpstream`, a real HTTP server on port 0 that records what it got.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_openai::Client;
+use async_openai::config::OpenAIConfig;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use serde_json::{Value, json};
+use sluice::app::Server;
+use sluice::state::AppState;
+use sluice::store::Store;
+use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinHandle;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const UPSTREAM_KEY: &str = "sk-upstream-secret-123";
+
+/// The answer every `ok` upstream call gives, in words.
+pub const OK_TEXT: &str = "Hello world!";
+pub const OK_USAGE: (u64, u64) = (11, 3);
+
+/// What the mock upstream received in one call.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+#[derive(Default)]
+pub struct UpstreamState {
+    pub received: std::sync::Mutex<Vec<Received>>,
+    /// Lets a `gated` stream go on past its first chunks.
+    pub release: Notify,
+    /// Streams whose body is still being produced (dropped when the gateway hangs up).
+    pub open_streams: AtomicUsize,
+    pub finished_streams: AtomicUsize,
+}
+
+pub struct MockUpstream {
+    pub url: String,
+    pub state: Arc<UpstreamState>,
+}
+
+impl MockUpstream {
+    pub async fn start() -> Self {
+        let state = Arc::new(UpstreamState::default());
+        let app = Router::new()
+            .route("/v1/chat/completions", post(upstream_chat))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { url, state }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+}
+
+fn chunk(model: &str, delta: Value, finish: Option<&str>) -> String {
+    let c = json!({"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+    format!("data: {c}\n\n")
+}
+
+fn ok_events(model: &str, with_usage: bool) -> Vec<String> {
+    let mut events = vec![chunk(
+        model,
+        json!({"role": "assistant", "content": ""}),
+        None,
+    )];
+    for word in ["Hello", " world", "!"] {
+        events.push(chunk(model, json!({"content": word}), None));
+    }
+    events.push(chunk(model, json!({}), Some("stop")));
+    if with_usage {
+        let (p, c) = OK_USAGE;
+        let u = json!({"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": [],
+            "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}});
+        events.push(format!("data: {u}\n\n"));
+    }
+    events.push("data: [DONE]\n\n".into());
+    events
+}
+
+fn sse(events: impl futures_util::Stream<Item = String> + Send + 'static) -> Response {
+    use futures_util::StreamExt;
+    let body = Body::from_stream(events.map(|e| Ok::<_, Infallible>(Bytes::from(e))));
+    ([("content-type", "text/event-stream")], body).into_response()
+}
+
+/// Counts a stream as open until it is dropped or ends.
+struct OpenStream(Arc<UpstreamState>);
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.open_streams.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn upstream_chat(
+    State(state): State<Arc<UpstreamState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    state.received.lock().unwrap().push(Received {
+        headers: headers.clone(),
+        body: body.clone(),
+    });
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    let wants_usage = body["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
+    let (p, c) = OK_USAGE;
+    let completion = |usage: bool| {
+        let mut v = json!({"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": OK_TEXT}, "finish_reason": "stop", "logprobs": null}]});
+        if usage {
+            v["usage"] = json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c});
+        }
+        ([("x-request-id", "up-123")], axum::Json(v)).into_response()
+    };
+    match model.as_str() {
+        "ok" if stream => sse(futures_util::stream::iter(ok_events(&model, wants_usage))),
+        "ok" => completion(true),
+        "nousage" if stream => sse(futures_util::stream::iter(ok_events(&model, false))),
+        "nousage" => completion(false),
+        "gated" => {
+            // Two events, then wait for the test to say go on.
+            let events = ok_events(&model, wants_usage);
+            let s = state.clone();
+            let stream = futures_util::stream::unfold((0usize, events), move |(i, events)| {
+                let s = s.clone();
+                async move {
+                    if i == 2 {
+                        s.release.notified().await;
+                    }
+                    if i == events.len() {
+                        s.finished_streams.fetch_add(1, Ordering::SeqCst);
+                        return None;
+                    }
+                    Some((events[i].clone(), (i + 1, events)))
+                }
+            });
+            sse(stream)
+        }
+        "endless" => {
+            state.open_streams.fetch_add(1, Ordering::SeqCst);
+            let guard = OpenStream(state.clone());
+            let stream = futures_util::stream::unfold(guard, move |guard| async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Some((chunk("endless", json!({"content": " more"}), None), guard))
+            });
+            sse(stream)
+        }
+        "garbage" => (StatusCode::OK, "this is not json").into_response(),
+        "error-500" => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({"error": {"message": "upstream exploded", "type": "server_error", "param": null, "code": "boom"}})),
+        )
+            .into_response(),
+        "error-429" => (
+            StatusCode::TOO_MANY_REQUESTS,
+            axum::Json(json!({"error": {"message": "rate limited upstream", "type": "rate_limit_error", "param": null, "code": "rate_limit_exceeded"}})),
+        )
+            .into_response(),
+        "error-html" => (StatusCode::SERVICE_UNAVAILABLE, "<html>maintenance</html>").into_response(),
+        "hang" => {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            completion(true)
+        }
+        other => (StatusCode::NOT_FOUND, format!("mock upstream has no model {other}")).into_response(),
+    }
+}
+
+/// Which database a test app runs on.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Sqlite,
+    Postgres(String),
+}
+
+/// The PostgreSQL URL for tests: `SLUICE_TEST_PG_URL`; in CI its absence is a failure.
+pub fn pg_url() -> Option<String> {
+    match std::env::var("SLUICE_TEST_PG_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but SLUICE_TEST_PG_URL is not set: the PostgreSQL tests must run in CI"
+            );
+            eprintln!("SLUICE_TEST_PG_URL not set: skipping the PostgreSQL half of this test");
+            None
+        }
+    }
+}
+
+/// A URL to a schema of its own in the test PostgreSQL, so tests never see each other's rows.
+pub async fn fresh_pg_schema(base: &str) -> String {
+    sqlx::any::install_default_drivers();
+    let schema = format!("sluice_t_{:016x}", rand::random::<u64>());
+    let pool = sqlx::AnyPool::connect(base)
+        .await
+        .expect("connect to the test PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
+/// Every database the store tests run on here: SQLite always, PostgreSQL when configured.
+pub async fn databases() -> Vec<(&'static str, String, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}", dir.path().join("store.db").display());
+    let mut dbs = vec![("sqlite", sqlite, Some(dir))];
+    if let Some(base) = pg_url() {
+        dbs.push(("postgres", fresh_pg_schema(&base).await, None));
+    }
+    dbs
+}
+
+pub fn config_toml(upstream_url: &str, listen: &str, db_url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "{listen}"
+max_body_bytes = 65536
+shutdown_grace_ms = 5000
+
+[database]
+url = "{db_url}"
+
+[providers.up]
+kind = "openai"
+base_url = "{upstream_url}"
+api_key_env = "TEST_UPSTREAM_KEY"
+timeout_ms = 2000
+
+[providers.slowpoke]
+kind = "openai"
+base_url = "{upstream_url}"
+api_key_env = "TEST_UPSTREAM_KEY"
+timeout_ms = 300
+
+[providers.nowhere]
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+timeout_ms = 2000
+
+[providers.sim]
+kind = "mock"
+
+[versions.gpt-4o]
+provider = "up"
+model = "ok"
+price = {{ input_per_mtok = 2.50, output_per_mtok = 10.00 }}
+
+[versions.counted]
+provider = "up"
+model = "nousage"
+price = {{ input_per_mtok = 2.50, output_per_mtok = 10.00 }}
+
+[versions.v-gated]
+provider = "up"
+model = "gated"
+[versions.v-endless]
+provider = "up"
+model = "endless"
+[versions.v-garbage]
+provider = "up"
+model = "garbage"
+[versions.v-500]
+provider = "up"
+model = "error-500"
+[versions.v-429]
+provider = "up"
+model = "error-429"
+[versions.v-html]
+provider = "up"
+model = "error-html"
+[versions.v-hang]
+provider = "slowpoke"
+model = "hang"
+[versions.v-down]
+provider = "nowhere"
+model = "ok"
+
+[versions.sim-small]
+provider = "sim"
+model = "sim-small"
+price = {{ input_per_mtok = 0.15, output_per_mtok = 0.60 }}
+mock = {{ ttft_ms = 5, tokens_per_s = 2000, output_tokens = 20 }}
+
+[routes.chat]
+stable = "gpt-4o"
+[routes.counted]
+stable = "counted"
+[routes.gated]
+stable = "v-gated"
+[routes.endless]
+stable = "v-endless"
+[routes.garbage]
+stable = "v-garbage"
+[routes.e500]
+stable = "v-500"
+[routes.e429]
+stable = "v-429"
+[routes.ehtml]
+stable = "v-html"
+[routes.hang]
+stable = "v-hang"
+[routes.down]
+stable = "v-down"
+[routes.demo]
+stable = "sim-small"
+{extra}
+"#
+    )
+}
+
+pub fn test_env(name: &str) -> Option<String> {
+    match name {
+        "SLUICE_ADMIN_TOKEN" => Some(ADMIN_TOKEN.into()),
+        "TEST_UPSTREAM_KEY" => Some(UPSTREAM_KEY.into()),
+        _ => None,
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub state: AppState,
+    pub upstream: MockUpstream,
+    pub db_url: String,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_on(Db::Sqlite).await
+    }
+
+    pub async fn spawn_on(db: Db) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db_url = match db {
+            Db::Sqlite => format!("sqlite://{}", dir.path().join("sluice.db").display()),
+            Db::Postgres(base) => fresh_pg_schema(&base).await,
+        };
+        let upstream = MockUpstream::start().await;
+        let text = config_toml(&upstream.url, "127.0.0.1:0", &db_url, "");
+        let settings = sluice::config::parse(Path::new("test.toml"), &text, &test_env)
+            .expect("test config is valid");
+        let server = Server::build(settings).await.expect("sluice starts");
+        let base = format!("http://{}", server.local_addr());
+        let state = server.state();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let handle = tokio::spawn(server.run_until_stopped(async move {
+            let _ = stop_rx.await;
+        }));
+        Self {
+            base,
+            state,
+            upstream,
+            db_url,
+            http: reqwest::Client::new(),
+            stop: Some(stop_tx),
+            server: Some(handle),
+            _dir: dir,
+        }
+    }
+
+    /// Stops the gateway as SIGTERM would and waits until it has flushed its records.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}/admin/v1{path}", self.base))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// A fresh key for `workspace`, creating the workspace when it does not exist.
+    pub async fn key(&self, workspace: &str) -> String {
+        let (status, _) = self
+            .admin(
+                reqwest::Method::POST,
+                "/workspaces",
+                Some(json!({"id": workspace})),
+            )
+            .await;
+        assert!(
+            status == StatusCode::CREATED || status == StatusCode::CONFLICT,
+            "{status}"
+        );
+        let (status, body) = self
+            .admin(
+                reqwest::Method::POST,
+                &format!("/workspaces/{workspace}/keys"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["key"].as_str().unwrap().to_owned()
+    }
+
+    pub fn openai(&self, key: &str) -> Client<OpenAIConfig> {
+        Client::with_config(
+            OpenAIConfig::new()
+                .with_api_base(format!("{}/v1", self.base))
+                .with_api_key(key),
+        )
+    }
+
+    /// A raw chat call, for asserting on status and headers exactly.
+    pub async fn chat_raw(&self, key: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/chat/completions", self.base))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn stats(&self, route: &str) -> Value {
+        let (status, body) = self
+            .admin(
+                reqwest::Method::GET,
+                &format!("/routes/{route}/stats"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    /// Waits until the record writer has written at least `n` records.
+    pub async fn wait_written(&self, n: u64) {
+        for _ in 0..200 {
+            if self.state.sink.counters().written >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "only {:?} records written, wanted {n}",
+            self.state.sink.counters()
+        );
+    }
+
+    pub async fn store(&self) -> Store {
+        Store::connect(&self.db_url).await.unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A chat request body with one user message.
+pub fn chat_body(model: &str, extra: Value) -> Value {
+    let mut body = json!({"model": model, "messages": [{"role": "user", "content": "Say hello to the world"}]});
+    if let (Some(b), Value::Object(extra)) = (body.as_object_mut(), extra) {
+        b.extend(extra);
+    }
+    body
+}
+
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn headers_of(r: &reqwest::Response) -> BTreeMap<String, String> {
+    r.headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+        .collect()
+}

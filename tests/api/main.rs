@@ -1,0 +1,12 @@
+//! Integration tests through the real HTTP surface: sluice on port 0, a real mock upstream,
+//! async-openai as the caller, SQLite always and PostgreSQL when `SLUICE_TEST_PG_URL` is set.
+
+mod helpers;
+
+mod chat;
+mod cli;
+mod errors;
+mod keys;
+mod records;
+mod store;
+mod streaming;

@@ -1,0 +1,94 @@
+//! The store on every engine: the same calls, the same answers.
+
+use sluice::measure::{Outcome, Record, Usage};
+use sluice::resolve::Arm;
+use sluice::store::{Store, StoreError};
+
+use crate::helpers::databases;
+
+fn record(id: &str, at_ms: i64, route: &str) -> Record {
+    Record {
+        request_id: id.into(),
+        at_ms,
+        workspace: "acme".into(),
+        route: route.into(),
+        version: "gpt-4o".into(),
+        arm: Arm::Canary,
+        stream: true,
+        status: 200,
+        outcome: Outcome::Ok,
+        latency_ms: 812.5,
+        ttft_ms: Some(120.25),
+        usage: Usage {
+            prompt_tokens: 1200,
+            completion_tokens: 345,
+            estimated: true,
+        },
+        cost_usd: 0.00645,
+        response_chars: 1500,
+        finish_reason: Some("stop".into()),
+    }
+}
+
+#[tokio::test]
+async fn the_store_behaves_the_same_on_every_engine() {
+    for (engine, url, _dir) in databases().await {
+        let store = Store::connect(&url).await.unwrap();
+        // Migrating again is a no-op.
+        Store::connect(&url).await.unwrap();
+
+        store.create_workspace("acme").await.unwrap();
+        assert!(
+            matches!(
+                store.create_workspace("acme").await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{engine}"
+        );
+        assert_eq!(store.workspace("acme").await.unwrap().unwrap().id, "acme");
+        assert!(store.workspace("ghost").await.unwrap().is_none());
+
+        store
+            .create_key("acme", "key_1", "hash-1", "sk-sluice-ab")
+            .await
+            .unwrap();
+        assert_eq!(
+            store.key_by_hash("hash-1").await.unwrap(),
+            Some(("acme".into(), "key_1".into()))
+        );
+        assert_eq!(
+            store.revoke_key("other", "key_1").await.unwrap(),
+            None,
+            "{engine}: another workspace's key"
+        );
+        assert_eq!(
+            store.revoke_key("acme", "key_1").await.unwrap().as_deref(),
+            Some("hash-1")
+        );
+        assert_eq!(store.key_by_hash("hash-1").await.unwrap(), None, "{engine}");
+        assert!(store.keys("acme").await.unwrap()[0].revoked_at_ms.is_some());
+
+        let mut batch: Vec<Record> = (0..300)
+            .map(|i| record(&format!("req_{i:04}"), 1_000 + i, "chat"))
+            .collect();
+        batch[7].ttft_ms = None;
+        batch[7].finish_reason = None;
+        batch[7].outcome = Outcome::Upstream5xx;
+        batch[7].stream = false;
+        batch[7].arm = Arm::Stable;
+        batch[8].route = "other".into();
+        store.insert_records(&batch).await.unwrap();
+        // A retried batch is not an error and does not double-count.
+        store.insert_records(&batch[..10]).await.unwrap();
+        assert_eq!(store.count_records().await.unwrap(), 300, "{engine}");
+
+        let back = store.records(Some("chat"), 1000).await.unwrap();
+        assert_eq!(back.len(), 299, "{engine}");
+        let r7 = back.iter().find(|r| r.request_id == "req_0007").unwrap();
+        assert_eq!(r7, &batch[7], "{engine}");
+        let r9 = back.iter().find(|r| r.request_id == "req_0009").unwrap();
+        assert_eq!(r9, &batch[9], "{engine}");
+        assert_eq!(back[0].request_id, "req_0299", "{engine}: newest first");
+        store.close().await;
+    }
+}
