@@ -281,10 +281,11 @@ impl Stream for StreamRelay {
         loop {
             match this.upstream.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
+                    // Any bytes show the upstream is alive, even half an event.
+                    let deadline = tokio::time::Instant::now() + this.idle_limit;
+                    this.idle.as_mut().reset(deadline);
                     this.buf.extend_from_slice(&chunk);
                     if let Some(out) = this.take_events() {
-                        let deadline = tokio::time::Instant::now() + this.idle_limit;
-                        this.idle.as_mut().reset(deadline);
                         return Poll::Ready(Some(Ok(out)));
                     }
                 }

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The bench rig's `--extra` command for sluice: writes a config that maps the rig's models
+# (`mock` → the canned upstream, `mock-stream` → its streaming path), starts sluice, mints
+# a key into {workdir}/sluice.key (the rig reads it as a header line), then waits on sluice
+# so the rig can measure and stop it.
+#   sluice-target.sh PORT UPSTREAM_URL UPSTREAM_STREAM_URL WORKDIR SLUICE_BIN
+set -euo pipefail
+port=$1 upstream=$2 upstream_stream=$3 work=$4 bin=$5
+conf="$work/sluice-bench.toml"
+db="$work/sluice-bench.db"
+rm -f "$db" "$db-wal" "$db-shm" "$work/sluice.key"
+cat > "$conf" <<CONF
+[server]
+listen = "127.0.0.1:$port"
+shutdown_grace_ms = 2000
+
+[database]
+url = "sqlite://$db"
+
+[providers.up]
+kind = "openai"
+base_url = "$upstream"
+timeout_ms = 30000
+
+[providers.up-stream]
+kind = "openai"
+base_url = "$upstream_stream"
+timeout_ms = 30000
+
+[versions.mock]
+provider = "up"
+model = "gpt-4o-mini"
+price = { input_per_mtok = 0.15, output_per_mtok = 0.60 }
+
+[versions.mock-stream]
+provider = "up-stream"
+model = "gpt-4o-mini"
+price = { input_per_mtok = 0.15, output_per_mtok = 0.60 }
+
+[routes.mock]
+stable = "mock"
+
+[routes.mock-stream]
+stable = "mock-stream"
+CONF
+export SLUICE_ADMIN_TOKEN=bench-admin-token SLUICE_LOG=warn
+"$bin" serve --config "$conf" &
+pid=$!
+trap 'kill -TERM $pid 2>/dev/null; wait $pid' TERM INT
+url="http://127.0.0.1:$port"
+for _ in $(seq 1 200); do
+  curl -fsS "$url/healthz" >/dev/null 2>&1 && break
+  sleep 0.05
+done
+"$bin" workspaces create bench --url "$url" >/dev/null
+key=$("$bin" keys create --workspace bench --url "$url" 2>/dev/null)
+echo "Authorization: Bearer $key" > "$work/sluice.key"
+wait $pid
