@@ -40,6 +40,8 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Run the real judge and rollout state machine against seeded synthetic traffic.
+    Simulate(sluice::simulate::SimulateArgs),
     /// Workspaces (a client of the admin API).
     Workspaces {
         #[command(flatten)]
@@ -194,6 +196,7 @@ async fn main() -> ExitCode {
             }
             Err(code) => return code,
         },
+        Command::Simulate(args) => sluice::simulate::run(args),
         Command::Workspaces { admin, command } => {
             let client = AdminClient::new(&admin.url, admin.admin_token);
             match command {
