@@ -17,7 +17,8 @@ use crate::auth::KeyCache;
 use crate::config::Settings;
 use crate::measure::sink::RecordSink;
 use crate::measure::tokens;
-use crate::resolve::RoutingTable;
+use crate::resolve::{Catalog, RoutingTable};
+use crate::rollout::control::Controller;
 use crate::state::{App, AppState};
 use crate::store::Store;
 
@@ -37,7 +38,18 @@ impl Server {
         let listener = TcpListener::bind(settings.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
-        let routing = RoutingTable::from_settings(&settings)?;
+        let catalog = Arc::new(Catalog::from_settings(&settings)?);
+        let routing = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
+        // Publishes the table: configured stables, promotions, and every live rollout.
+        let rollouts = Arc::new(
+            Controller::restore(
+                store.clone(),
+                catalog.clone(),
+                settings.policies.clone(),
+                routing.clone(),
+            )
+            .await?,
+        );
         // Off the request path: the first estimate would otherwise pay ~0.3 s for the tables.
         tokio::task::spawn_blocking(tokens::warm_up);
 
@@ -47,15 +59,20 @@ impl Server {
             settings,
             store: store.clone(),
             keys: KeyCache::default(),
-            routing: ArcSwap::from_pointee(routing),
+            catalog,
+            routing,
             sink: sink.clone(),
+            rollouts: rollouts.clone(),
         });
         let (shutdown, stopped) = watch::channel(false);
-        let writer = tokio::spawn(async move { sink.run_writer(records, store, stopped).await });
+        let tasks = vec![
+            tokio::spawn(rollouts.run(stopped.clone())),
+            tokio::spawn(async move { sink.run_writer(records, store, stopped).await }),
+        ];
         Ok(Self {
             listener,
             app,
-            tasks: vec![writer],
+            tasks,
             shutdown,
         })
     }

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::rollout::policy::{self, Policy};
 use crate::secret::Secret;
+use std::sync::Arc;
 
 /// Environment variable that overrides `[database] url`.
 pub const DATABASE_URL_ENV: &str = "SLUICE_DATABASE_URL";
@@ -30,6 +32,27 @@ pub struct Config {
     pub versions: BTreeMap<String, VersionConfig>,
     #[serde(default)]
     pub routes: BTreeMap<String, RouteConfig>,
+    #[serde(default)]
+    pub policies: PoliciesConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PoliciesConfig {
+    /// Rollout policies (`*.toml`), relative to the config file.
+    #[serde(default = "default_policies_dir")]
+    pub dir: String,
+}
+
+impl Default for PoliciesConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_policies_dir(),
+        }
+    }
+}
+
+fn default_policies_dir() -> String {
+    "policies".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -153,6 +176,10 @@ pub struct MockConfig {
     pub output_tokens: u32,
     #[serde(default)]
     pub error_rate: f64,
+    /// Spread of answer length and time to first token: each request draws a factor
+    /// uniformly from [1 − jitter, 1 + jitter]. 0 makes every answer the same.
+    #[serde(default)]
+    pub jitter: f64,
 }
 
 impl Default for MockConfig {
@@ -162,6 +189,7 @@ impl Default for MockConfig {
             tokens_per_s: default_mock_tokens_per_s(),
             output_tokens: default_mock_output_tokens(),
             error_rate: 0.0,
+            jitter: 0.0,
         }
     }
 }
@@ -232,8 +260,10 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub database_url: String,
     pub admin_token: Secret,
-    /// Provider name → its API key, only for `openai` providers that have `api_key_env`.
+    /// Provider name → its API key, for `openai` providers whose `api_key_env` is set.
     pub provider_keys: BTreeMap<String, Secret>,
+    /// Rollout policies by name, read from `[policies] dir`.
+    pub policies: BTreeMap<String, Arc<Policy>>,
 }
 
 /// Reads `path` and checks it, taking environment variables from the process.
@@ -385,7 +415,10 @@ pub fn parse(
             issues.push(issue(&format!("{key}.model"), "must not be empty".into()));
         }
         let price = version.price;
-        if [price.input_per_mtok, price.output_per_mtok].iter().any(|p| p.is_nan() || *p < 0.0) {
+        if [price.input_per_mtok, price.output_per_mtok]
+            .iter()
+            .any(|p| p.is_nan() || *p < 0.0)
+        {
             issues.push(issue(
                 &format!("{key}.price"),
                 "prices must be zero or more".into(),
@@ -396,6 +429,12 @@ pub fn parse(
                 issues.push(issue(
                     &format!("{key}.mock.error_rate"),
                     "must be between 0 and 1".into(),
+                ));
+            }
+            if !(0.0..1.0).contains(&mock.jitter) {
+                issues.push(issue(
+                    &format!("{key}.mock.jitter"),
+                    "must be at least 0 and below 1".into(),
                 ));
             }
             if mock.tokens_per_s.is_nan() || mock.tokens_per_s <= 0.0 {
@@ -423,25 +462,39 @@ pub fn parse(
             }
         }
     }
-    for name in used_providers {
-        let Some(provider) = config.providers.get(&name) else {
-            continue;
-        };
-        if provider.kind != ProviderKind::Openai {
-            continue;
-        }
-        let Some(var) = &provider.api_key_env else {
+    for (name, provider) in &config.providers {
+        let (ProviderKind::Openai, Some(var)) = (provider.kind, &provider.api_key_env) else {
             continue;
         };
         match env(var) {
             Some(value) if !value.is_empty() => {
                 provider_keys.insert(name.clone(), Secret::new(value));
             }
-            _ => issues.push(issue(
+            // A provider only canary versions use may lack its key: a rollout to it is refused.
+            _ if used_providers.contains(name) => issues.push(issue(
                 &format!("providers.{name}.api_key_env"),
                 format!("environment variable {var} is not set, and a route uses this provider"),
             )),
+            _ => {}
         }
+    }
+
+    // Policies live beside the config file; the default folder may be absent.
+    let policies_dir = file
+        .parent()
+        .unwrap_or(Path::new(""))
+        .join(&config.policies.dir);
+    let mut policies = BTreeMap::new();
+    if policies_dir.is_dir() {
+        match policy::load_dir(&policies_dir) {
+            Ok(loaded) => policies = loaded.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
+            Err(errors) => issues.extend(errors.0),
+        }
+    } else if config.policies.dir != default_policies_dir() {
+        issues.push(issue(
+            "policies.dir",
+            format!("`{}` is not a folder", policies_dir.display()),
+        ));
     }
 
     if !issues.is_empty() {
@@ -454,6 +507,7 @@ pub fn parse(
         database_url,
         admin_token: admin_token.expect("checked above"),
         provider_keys,
+        policies,
     })
 }
 

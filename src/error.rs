@@ -10,6 +10,7 @@ use bytes::Bytes;
 use serde_json::json;
 
 use crate::measure::Outcome;
+use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -130,6 +131,18 @@ impl ApiError {
         }
         let (kind, code) = self.kind();
         json_body(&self.to_string(), kind, self.param(), code)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
+            other => {
+                tracing::error!(error = %other, "store failed");
+                ApiError::Internal("the database failed; see the gateway's log".into())
+            }
+        }
     }
 }
 

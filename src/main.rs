@@ -21,6 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// A whole rollout in about a minute on mock versions: a bad canary reverted, a good one promoted.
+    Demo,
     /// Run the gateway until SIGTERM or Ctrl-C.
     Serve {
         /// The configuration file.
@@ -42,6 +44,13 @@ enum Command {
     },
     /// Run the real judge and rollout state machine against seeded synthetic traffic.
     Simulate(sluice::simulate::SimulateArgs),
+    /// Rollouts: start, watch and steer them (a client of the admin API).
+    Rollout {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
     /// Workspaces (a client of the admin API).
     Workspaces {
         #[command(flatten)]
@@ -85,6 +94,40 @@ struct AdminArgs {
         hide_env_values = true
     )]
     admin_token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// Start moving a route to a canary version under a policy; prints the rollout id.
+    Start {
+        #[arg(long)]
+        route: String,
+        #[arg(long)]
+        canary: String,
+        #[arg(long, default_value = "default")]
+        policy: String,
+    },
+    /// List rollouts, newest first.
+    List,
+    /// A rollout's state, both arms side by side, each gate's evidence and the last events.
+    Status { id: String },
+    /// Stop advancing (the judge still reverts on harm).
+    Pause { id: String },
+    /// Advance again after a pause or an inconclusive hold.
+    Resume { id: String },
+    /// Make the canary the stable version now.
+    Promote { id: String },
+    /// Send all traffic back to stable and end the rollout.
+    Abort { id: String },
+    /// Pin a workspace to an arm (beats the percentage), or remove its pin with --remove.
+    Pin {
+        id: String,
+        workspace: String,
+        #[arg(long, value_parser = ["stable", "canary"], required_unless_present = "remove")]
+        arm: Option<String>,
+        #[arg(long)]
+        remove: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -197,6 +240,40 @@ async fn main() -> ExitCode {
             Err(code) => return code,
         },
         Command::Simulate(args) => sluice::simulate::run(args),
+        Command::Demo => {
+            let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_target(false)
+                .init();
+            sluice::demo::run().await
+        }
+        Command::Rollout { admin, command } => {
+            let client = AdminClient::new(&admin.url, admin.admin_token);
+            match command {
+                RolloutCommand::Start {
+                    route,
+                    canary,
+                    policy,
+                } => client.start_rollout(&route, &canary, &policy).await,
+                RolloutCommand::List => client.list_rollouts().await,
+                RolloutCommand::Status { id } => client.show_rollout(&id).await,
+                RolloutCommand::Pause { id } => client.operate_rollout(&id, "pause").await,
+                RolloutCommand::Resume { id } => client.operate_rollout(&id, "resume").await,
+                RolloutCommand::Promote { id } => client.operate_rollout(&id, "promote").await,
+                RolloutCommand::Abort { id } => client.operate_rollout(&id, "abort").await,
+                RolloutCommand::Pin {
+                    id,
+                    workspace,
+                    arm,
+                    remove,
+                } => {
+                    let arm = if remove { None } else { arm };
+                    client.pin_rollout(&id, &workspace, arm.as_deref()).await
+                }
+            }
+        }
         Command::Workspaces { admin, command } => {
             let client = AdminClient::new(&admin.url, admin.admin_token);
             match command {

@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use crate::measure::sse::{StreamRelay, summarize_completion};
 use crate::measure::tokens::count_prompt;
 use crate::measure::{Meter, Outcome, Usage};
-use crate::resolve::{Arm, RouteName, Target};
+use crate::resolve::{Arm, RouteName, Target, Unit};
 use crate::state::App;
 use crate::upstream::{ByteStream, Call, UpstreamError};
 
@@ -32,6 +32,8 @@ pub struct ChatRequest {
     fields: IndexMap<String, Box<RawValue>>,
     pub model: String,
     pub stream: bool,
+    /// The `user` field, for `sticky = "user"`.
+    pub user: Option<String>,
     /// The client asked for the usage chunk itself.
     pub client_wants_usage: bool,
 }
@@ -82,10 +84,14 @@ impl ChatRequest {
             .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw.get()).ok())
             .and_then(|v| v.get("include_usage").and_then(|u| u.as_bool()))
             .unwrap_or(false);
+        let user = fields
+            .get("user")
+            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
         Ok(Self {
             fields,
             model,
             stream,
+            user,
             client_wants_usage,
         })
     }
@@ -143,7 +149,7 @@ pub fn new_request_id() -> String {
 }
 
 /// Serves one `POST /v1/chat/completions` for an authenticated caller.
-pub async fn chat_completion(app: &App, caller: Caller, raw: Bytes) -> Answer {
+pub async fn chat_completion(app: &App, caller: Caller, headers: &HeaderMap, raw: Bytes) -> Answer {
     let request_id = new_request_id();
     let mut request = match ChatRequest::parse(&raw) {
         Ok(r) => r,
@@ -155,7 +161,13 @@ pub async fn chat_completion(app: &App, caller: Caller, raw: Bytes) -> Answer {
             };
         }
     };
-    let Some(target) = app.routing.load().resolve(&request.model).cloned() else {
+    let unit = Unit {
+        workspace: &caller.workspace,
+        request_id: &request_id,
+        user: request.user.as_deref(),
+        headers,
+    };
+    let Some(target) = app.routing.load().resolve(&request.model, &unit) else {
         let error = ApiError::UnknownRoute(request.model.clone());
         return Answer {
             request_id,
@@ -206,7 +218,7 @@ async fn serve(
         include_usage: ask_usage,
         model: &version.model,
         request_id,
-        mock: version.mock.as_ref(),
+        mock: version.mock.as_ref().map(|m| m.load_full()),
     };
     let reply = match provider.send(call).await {
         Ok(reply) => reply,
@@ -230,7 +242,12 @@ async fn serve(
 
     if request.stream {
         meter.status = reply.status.as_u16();
-        let relay = Box::new(StreamRelay::new(reply.body, meter, strip_usage, provider.timeout()));
+        let relay = Box::new(StreamRelay::new(
+            reply.body,
+            meter,
+            strip_usage,
+            provider.timeout(),
+        ));
         return Ok(Body::Stream {
             status: reply.status,
             headers,

@@ -1,4 +1,5 @@
-//! The state every handler shares: settings, store, key cache, routing table, record sink.
+//! The state every handler shares: settings, store, key cache, catalog, routing table,
+//! record sink, and the rollout controller.
 
 use std::sync::Arc;
 
@@ -7,16 +8,19 @@ use arc_swap::ArcSwap;
 use crate::auth::KeyCache;
 use crate::config::Settings;
 use crate::measure::sink::RecordSink;
-use crate::resolve::RoutingTable;
+use crate::resolve::{Catalog, RoutingTable};
+use crate::rollout::control::Controller;
 use crate::store::Store;
 
 pub struct App {
     pub settings: Settings,
     pub store: Store,
     pub keys: KeyCache,
-    /// Read by every request without a lock; replaced whole when routing changes.
-    pub routing: ArcSwap<RoutingTable>,
+    pub catalog: Arc<Catalog>,
+    /// Read by every request without a lock; replaced whole by the rollout controller.
+    pub routing: Arc<ArcSwap<RoutingTable>>,
     pub sink: Arc<RecordSink>,
+    pub rollouts: Arc<Controller>,
 }
 
 pub type AppState = Arc<App>;

@@ -16,7 +16,6 @@ use crate::auth::{admin_token_matches, generate_key};
 use crate::error::ApiError;
 use crate::measure::aggregate::StatsSnapshot;
 use crate::state::AppState;
-use crate::store::StoreError;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -25,6 +24,7 @@ pub fn router() -> Router<AppState> {
         .route("/workspaces/{id}/keys/{key_id}", delete(revoke_key))
         .route("/routes", get(list_routes))
         .route("/routes/{route}/stats", get(route_stats))
+        .merge(super::rollouts::router())
 }
 
 /// Proof that the request carried the admin token; handlers take it as their first argument.
@@ -42,19 +42,7 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
-            other => {
-                tracing::error!(error = %other, "store failed");
-                ApiError::Internal("the database failed; see the gateway's log".into())
-            }
-        }
-    }
-}
-
-fn json_body<T: serde::de::DeserializeOwned>(
+pub(super) fn json_body<T: serde::de::DeserializeOwned>(
     app: &AppState,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
@@ -163,7 +151,14 @@ async fn list_routes(_: Admin, State(app): State<AppState>) -> Result<Response, 
     let data: Vec<_> = routing
         .route_names()
         .filter_map(|name| routing.route(name).map(|r| (name, r)))
-        .map(|(name, r)| json!({"route": name, "stable": &*r.stable.version.name, "model": &*r.stable.version.model}))
+        .map(|(name, r)| {
+            json!({
+                "route": name,
+                "stable": &*r.stable.version.name,
+                "model": &*r.stable.version.model,
+                "rollout": r.rollout.as_ref().map(|ro| &*ro.tap.rollout_id),
+            })
+        })
         .collect();
     Ok(Json(json!({"data": data})).into_response())
 }
@@ -181,17 +176,18 @@ async fn route_stats(
         .ok_or_else(|| ApiError::NotFound(format!("no route `{route}`")))?;
     let mut total = StatsSnapshot::default();
     let mut versions = serde_json::Map::new();
-    for (version, stats) in &entry.stats {
+    for (version, stats) in app.catalog.route_stats(&route) {
         let snapshot = stats.snapshot();
         total.merge(&snapshot);
         versions.insert(
-            version.to_string(),
+            version,
             serde_json::to_value(snapshot.summary()).unwrap_or_default(),
         );
     }
     let body = json!({
         "route": route,
         "stable": &*entry.stable.version.name,
+        "rollout": entry.rollout.as_ref().map(|ro| &*ro.tap.rollout_id),
         "versions": versions,
         "total": total.summary(),
         "records": app.sink.counters(),

@@ -5,6 +5,7 @@
 
 mod admin;
 mod openai;
+mod rollouts;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

@@ -29,7 +29,7 @@ pub async fn chat_completions(
                 .into_response();
         }
     };
-    respond(pipeline::chat_completion(&app, caller, body).await)
+    respond(pipeline::chat_completion(&app, caller, &headers, body).await)
 }
 
 fn respond(answer: Answer) -> Response {

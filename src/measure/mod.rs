@@ -112,6 +112,14 @@ pub struct Record {
     pub cost_usd: f64,
     pub response_chars: u64,
     pub finish_reason: Option<String>,
+    /// The rollout live on the route when the request was assigned.
+    pub rollout_id: Option<String>,
+    /// The canary probability in force then.
+    pub w: Option<f64>,
+    /// False when a pin or a targeted step chose the arm.
+    pub randomized: bool,
+    /// The rollout's step then.
+    pub step: Option<u32>,
 }
 
 /// What a finished answer looked like, filled in by the handler or the stream relay.
@@ -192,6 +200,9 @@ impl Meter {
         }
         let record = self.build_record(outcome);
         self.target.stats.observe(&record);
+        if let Some(assignment) = &self.target.rollout {
+            assignment.tap.observe(&record);
+        }
         self.sink.submit(record);
     }
 
@@ -207,6 +218,7 @@ impl Meter {
             },
         };
         let price: Price = self.target.version.price;
+        let assignment = self.target.rollout.as_ref();
         Record {
             request_id: std::mem::take(&mut self.request_id),
             at_ms: self.at_ms,
@@ -225,6 +237,10 @@ impl Meter {
             usage,
             response_chars: observed.response_chars,
             finish_reason: observed.finish_reason,
+            rollout_id: assignment.map(|a| a.tap.rollout_id.to_string()),
+            w: assignment.map(|a| a.w),
+            randomized: assignment.is_none_or(|a| a.randomized),
+            step: assignment.map(|a| a.step),
         }
     }
 }

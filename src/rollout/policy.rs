@@ -1,13 +1,15 @@
-//! Rollout policies: `policies/*.toml`, parsed and checked with errors that name file and key.
-//! (Interface fixed; bodies to be written.)
+//! Rollout policies: `policies/*.toml` in, a checked [`Policy`] out (steps, gates, kill
+//! switch), or every mistake at once, each naming the file and the dotted key
+//! (`steps.2.weight`, `gates.latency_p95.max_ms`). Steps are numbered from 0, as
+//! `serde_ignored` numbers them. Defaults for absent keys live in one place below.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigErrors;
+use crate::config::{ConfigErrors, ConfigIssue};
 
 /// How requests are bucketed for the canary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -36,7 +38,9 @@ pub struct Step {
 }
 
 /// The metrics a gate can watch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
     ErrorRate,
@@ -120,14 +124,637 @@ mod humantime_serde_ms {
     }
 }
 
+/// Defaults for keys a policy leaves out; `policies/default.toml` documents them.
+pub const DEFAULT_ALPHA: f64 = 0.01;
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_MAX_STEP_HOLD: Duration = Duration::from_secs(6 * 3600);
+/// Without a `[gates]` table the judge still watches errors: any more than 1.2 × stable.
+pub const DEFAULT_ERROR_RATE_MAX_RATIO: f64 = 1.2;
+/// Without a `[kill_switch]` table the research note's default still guards the canary.
+pub const DEFAULT_KILL_SWITCH: KillSwitch = KillSwitch {
+    error_rate: 0.5,
+    min_requests: 20,
+    window: Duration::from_secs(60),
+};
+
+impl Metric {
+    /// Rates of a yes/no event per request (judged by counting events), as opposed to
+    /// continuous per-request quantities (judged on a log scale).
+    pub fn is_binary(self) -> bool {
+        matches!(
+            self,
+            Metric::ErrorRate | Metric::SchemaFailureRate | Metric::GuardrailBlockRate
+        )
+    }
+
+    /// Gates whose hard limit `max_ms` makes sense.
+    pub fn is_time(self) -> bool {
+        matches!(self, Metric::LatencyP95 | Metric::TtftP95)
+    }
+
+    pub fn parse(key: &str) -> Option<Metric> {
+        Metric::ALL.into_iter().find(|m| m.key() == key)
+    }
+}
+
+impl Sticky {
+    pub fn parse(s: &str) -> Result<Sticky, String> {
+        match s {
+            "request" => Ok(Sticky::Request),
+            "user" => Ok(Sticky::User),
+            "conversation" => Ok(Sticky::Conversation),
+            other => match other.strip_prefix("header:") {
+                Some(name)
+                    if !name.is_empty()
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+                {
+                    Ok(Sticky::Header(name.to_ascii_lowercase()))
+                }
+                _ => Err(format!(
+                    "`{other}` is not one of request, user, conversation, header:<name>"
+                )),
+            },
+        }
+    }
+}
+
+impl Policy {
+    /// The gate watching `metric`, if the policy has one.
+    pub fn gate(&self, metric: Metric) -> Option<&Gate> {
+        self.gates.iter().find(|g| g.metric == metric)
+    }
+
+    /// Workspaces targeted (canary at 100 %) at `step`: every step's list up to it, since a
+    /// workspace once given the canary keeps it while the rollout lives.
+    pub fn targeted_workspaces(&self, step: usize) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for s in self.steps.iter().take(step + 1) {
+            for w in &s.workspaces {
+                if !out.contains(&w.as_str()) {
+                    out.push(w);
+                }
+            }
+        }
+        out
+    }
+}
+
+// The file as written; every key optional here so that each absence is one clear message.
+#[derive(Deserialize)]
+struct RawPolicy {
+    description: Option<String>,
+    alpha: Option<f64>,
+    interval: Option<String>,
+    max_step_hold: Option<String>,
+    sticky: Option<String>,
+    webhook: Option<String>,
+    steps: Option<Vec<RawStep>>,
+    gates: Option<BTreeMap<String, RawGate>>,
+    kill_switch: Option<RawKillSwitch>,
+}
+
+#[derive(Deserialize)]
+struct RawStep {
+    weight: Option<f64>,
+    workspaces: Option<Vec<String>>,
+    hold: Option<String>,
+    min_requests: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct RawGate {
+    max_ratio: Option<f64>,
+    min_ratio: Option<f64>,
+    max_ms: Option<f64>,
+}
+
+#[derive(Deserialize)]
+struct RawKillSwitch {
+    error_rate: Option<f64>,
+    min_requests: Option<u64>,
+    window: Option<String>,
+}
+
 /// Reads one policy file; its name is the file stem.
 pub fn load_policy(path: &Path) -> Result<Policy, ConfigErrors> {
-    let _ = path;
-    unimplemented!("policy parsing")
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigIssue {
+            file: path.to_owned(),
+            key: String::new(),
+            message: format!("cannot read the file: {e}"),
+        }])
+    })?;
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    parse_policy(path, &name, &text)
 }
 
 /// Reads every `*.toml` directly in `dir` (not `guardrails/`), by name.
 pub fn load_dir(dir: &Path) -> Result<BTreeMap<String, Policy>, ConfigErrors> {
-    let _ = dir;
-    unimplemented!("policy directory")
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        ConfigErrors(vec![ConfigIssue {
+            file: dir.to_owned(),
+            key: String::new(),
+            message: format!("cannot read the policies folder: {e}"),
+        }])
+    })?;
+    let mut paths: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    paths.sort();
+    let mut policies = BTreeMap::new();
+    let mut issues = Vec::new();
+    for path in paths {
+        match load_policy(&path) {
+            Ok(policy) => {
+                policies.insert(policy.name.clone(), policy);
+            }
+            Err(ConfigErrors(mut more)) => issues.append(&mut more),
+        }
+    }
+    if issues.is_empty() {
+        Ok(policies)
+    } else {
+        Err(ConfigErrors(issues))
+    }
+}
+
+/// Parses and checks one policy text; `file` only labels the messages.
+pub fn parse_policy(file: &Path, name: &str, text: &str) -> Result<Policy, ConfigErrors> {
+    parse_policy_at(file, name, text, "")
+}
+
+/// As [`parse_policy`], for a policy nested under `prefix` in a larger file (a simulation
+/// scenario's `[policy]` table): keys in messages start with `prefix`.
+pub fn parse_policy_at(
+    file: &Path,
+    name: &str,
+    text: &str,
+    prefix: &str,
+) -> Result<Policy, ConfigErrors> {
+    let issue = |key: &str, message: String| ConfigIssue {
+        file: file.to_owned(),
+        key: format!("{prefix}{key}"),
+        message,
+    };
+    let mut unknown = Vec::new();
+    let deserializer = toml::Deserializer::parse(text)
+        .map_err(|e| ConfigErrors(vec![issue("", e.to_string().trim_end().to_owned())]))?;
+    let raw: RawPolicy =
+        match serde_ignored::deserialize(deserializer, |path| unknown.push(path.to_string())) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let e: toml::de::Error = e;
+                return Err(ConfigErrors(vec![issue(
+                    "",
+                    e.to_string().trim_end().to_owned(),
+                )]));
+            }
+        };
+    let mut issues: Vec<ConfigIssue> = unknown
+        .iter()
+        // serde_ignored writes `?` for the inside of an Option; a reader wants the key.
+        .map(|k| issue(&k.replace(".?", ""), "unknown key".into()))
+        .collect();
+    let mut duration = |key: &str, raw: Option<&String>, default: Option<Duration>| match raw {
+        None => default,
+        Some(text) => match humantime::parse_duration(text) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => {
+                issues.push(issue(key, "must be longer than 0".into()));
+                None
+            }
+            Err(e) => {
+                issues.push(issue(
+                    key,
+                    format!("`{text}` is not a duration such as \"5s\", \"10m\" or \"6h\": {e}"),
+                ));
+                None
+            }
+        },
+    };
+    let interval = duration("interval", raw.interval.as_ref(), Some(DEFAULT_INTERVAL));
+    let max_step_hold = duration(
+        "max_step_hold",
+        raw.max_step_hold.as_ref(),
+        Some(DEFAULT_MAX_STEP_HOLD),
+    );
+    let mut steps = Vec::new();
+    for (i, s) in raw.steps.iter().flatten().enumerate() {
+        let key = format!("steps.{i}");
+        let hold = duration(&format!("{key}.hold"), s.hold.as_ref(), None);
+        steps.push((key, s, hold));
+    }
+    drop(duration);
+
+    let alpha = raw.alpha.unwrap_or(DEFAULT_ALPHA);
+    if !(alpha > 0.0 && alpha < 0.5) {
+        issues.push(issue("alpha", format!("{alpha} is not in (0, 0.5)")));
+    }
+    let sticky = match raw.sticky.as_deref().map(Sticky::parse) {
+        None => Sticky::Request,
+        Some(Ok(s)) => s,
+        Some(Err(why)) => {
+            issues.push(issue("sticky", why));
+            Sticky::Request
+        }
+    };
+    if let Some(hook) = &raw.webhook {
+        match url::Url::parse(hook) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+            _ => issues.push(issue("webhook", format!("`{hook}` is not an http(s) URL"))),
+        }
+    }
+
+    let mut out_steps = Vec::new();
+    if raw.steps.as_ref().is_none_or(|s| s.is_empty()) {
+        issues.push(issue(
+            "steps",
+            "a policy needs at least one [[steps]]".into(),
+        ));
+    }
+    let mut last_weight_bp = 0u32;
+    for (key, s, hold) in steps {
+        let workspaces = s.workspaces.clone().unwrap_or_default();
+        if workspaces.iter().any(|w| w.trim().is_empty()) {
+            issues.push(issue(
+                &format!("{key}.workspaces"),
+                "workspace names must not be empty".into(),
+            ));
+        }
+        let weight_bp = match s.weight {
+            None if workspaces.is_empty() => {
+                issues.push(issue(
+                    &format!("{key}.weight"),
+                    "a step needs a weight (percent), workspaces, or both".into(),
+                ));
+                None
+            }
+            None => Some(0),
+            Some(w) if !(w > 0.0 && w <= 100.0) => {
+                issues.push(issue(
+                    &format!("{key}.weight"),
+                    format!("{w} is not a percentage in (0, 100]"),
+                ));
+                None
+            }
+            Some(w) => {
+                let bp = w * 100.0;
+                if (bp - bp.round()).abs() > 1e-6 {
+                    issues.push(issue(
+                        &format!("{key}.weight"),
+                        format!("{w} % is finer than 0.01 %"),
+                    ));
+                    None
+                } else {
+                    Some(bp.round() as u32)
+                }
+            }
+        };
+        if let Some(bp) = weight_bp {
+            // Weights only rise inside a rollout, so a unit once on the canary stays there.
+            if bp < last_weight_bp {
+                issues.push(issue(
+                    &format!("{key}.weight"),
+                    format!(
+                        "{} % is below the step before ({} %): weights must not fall",
+                        bp as f64 / 100.0,
+                        last_weight_bp as f64 / 100.0
+                    ),
+                ));
+            }
+            last_weight_bp = last_weight_bp.max(bp);
+        }
+        if s.hold.is_none() {
+            issues.push(issue(
+                &format!("{key}.hold"),
+                "is required (e.g. \"10m\")".into(),
+            ));
+        }
+        if let (Some(hold), Some(max)) = (hold, max_step_hold)
+            && hold > max
+        {
+            issues.push(issue(
+                &format!("{key}.hold"),
+                format!(
+                    "{} is longer than max_step_hold ({}): the step could never pass",
+                    humantime::format_duration(hold),
+                    humantime::format_duration(max)
+                ),
+            ));
+        }
+        let min_requests = match s.min_requests {
+            Some(0) | None => {
+                issues.push(issue(
+                    &format!("{key}.min_requests"),
+                    "is required and must be at least 1: a step passes only on evidence".into(),
+                ));
+                None
+            }
+            Some(n) => Some(n),
+        };
+        if let (Some(weight_bp), Some(hold), Some(min_requests)) = (weight_bp, hold, min_requests) {
+            out_steps.push(Step {
+                weight_bp,
+                workspaces,
+                hold,
+                min_requests,
+            });
+        }
+    }
+
+    let mut gates = Vec::new();
+    match &raw.gates {
+        None => gates.push(Gate {
+            metric: Metric::ErrorRate,
+            max_ratio: Some(DEFAULT_ERROR_RATE_MAX_RATIO),
+            min_ratio: None,
+            max_ms: None,
+        }),
+        Some(table) if table.is_empty() => issues.push(issue(
+            "gates",
+            "an empty [gates] table judges nothing; leave it out for the default error_rate gate"
+                .into(),
+        )),
+        Some(table) => {
+            for (k, g) in table {
+                let key = format!("gates.{k}");
+                let Some(metric) = Metric::parse(k) else {
+                    let known: Vec<&str> = Metric::ALL.iter().map(|m| m.key()).collect();
+                    issues.push(issue(
+                        &key,
+                        format!("unknown gate; known gates: {}", known.join(", ")),
+                    ));
+                    continue;
+                };
+                let before = issues.len();
+                if let Some(r) = g.max_ratio
+                    && !(r >= 1.0 && r.is_finite())
+                {
+                    issues.push(issue(
+                        &format!("{key}.max_ratio"),
+                        format!("{r} must be at least 1 (1 = no tolerance)"),
+                    ));
+                }
+                if let Some(r) = g.min_ratio {
+                    if metric.is_binary() {
+                        issues.push(issue(
+                            &format!("{key}.min_ratio"),
+                            "a fall in a failure rate is not harm; only max_ratio applies".into(),
+                        ));
+                    } else if !(r > 0.0 && r <= 1.0) {
+                        issues.push(issue(
+                            &format!("{key}.min_ratio"),
+                            format!("{r} must be in (0, 1]"),
+                        ));
+                    }
+                }
+                if let Some(ms) = g.max_ms {
+                    if !metric.is_time() {
+                        issues.push(issue(
+                            &format!("{key}.max_ms"),
+                            "only latency_p95 and ttft_p95 take a hard limit in ms".into(),
+                        ));
+                    } else if !(ms > 0.0 && ms.is_finite()) {
+                        issues.push(issue(
+                            &format!("{key}.max_ms"),
+                            format!("{ms} must be greater than 0"),
+                        ));
+                    }
+                }
+                if g.max_ratio.is_none() && g.min_ratio.is_none() && g.max_ms.is_none() {
+                    issues.push(issue(
+                        &key,
+                        "the gate watches nothing: set max_ratio, min_ratio or max_ms".into(),
+                    ));
+                }
+                if issues.len() == before {
+                    gates.push(Gate {
+                        metric,
+                        max_ratio: g.max_ratio,
+                        min_ratio: g.min_ratio,
+                        max_ms: g.max_ms,
+                    });
+                }
+            }
+        }
+    }
+    gates.sort_by_key(|g| g.metric);
+
+    let kill_switch = match &raw.kill_switch {
+        None => Some(DEFAULT_KILL_SWITCH),
+        Some(k) => {
+            let error_rate = k.error_rate.unwrap_or(DEFAULT_KILL_SWITCH.error_rate);
+            if !(error_rate > 0.0 && error_rate <= 1.0) {
+                issues.push(issue(
+                    "kill_switch.error_rate",
+                    format!("{error_rate} is not a rate in (0, 1]"),
+                ));
+            }
+            let min_requests = k.min_requests.unwrap_or(DEFAULT_KILL_SWITCH.min_requests);
+            if min_requests == 0 {
+                issues.push(issue(
+                    "kill_switch.min_requests",
+                    "must be at least 1".into(),
+                ));
+            }
+            let window = match &k.window {
+                None => Some(DEFAULT_KILL_SWITCH.window),
+                Some(text) => match humantime::parse_duration(text) {
+                    Ok(d) if !d.is_zero() => Some(d),
+                    _ => {
+                        issues.push(issue(
+                            "kill_switch.window",
+                            format!("`{text}` is not a duration longer than 0, such as \"60s\""),
+                        ));
+                        None
+                    }
+                },
+            };
+            window.map(|window| KillSwitch {
+                error_rate,
+                min_requests,
+                window,
+            })
+        }
+    };
+
+    if !issues.is_empty() {
+        return Err(ConfigErrors(issues));
+    }
+    Ok(Policy {
+        name: name.to_owned(),
+        description: raw.description.unwrap_or_default(),
+        alpha,
+        interval: interval.expect("checked above"),
+        max_step_hold: max_step_hold.expect("checked above"),
+        sticky,
+        webhook: raw.webhook,
+        steps: out_steps,
+        gates,
+        kill_switch,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped(name: &str) -> Policy {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("policies")
+            .join(format!("{name}.toml"));
+        load_policy(&path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_issue_policy_parses_as_written() {
+        let p = shipped("internal-first");
+        assert_eq!(p.name, "internal-first");
+        assert_eq!(p.alpha, 0.01);
+        assert_eq!(p.interval, Duration::from_secs(5));
+        assert_eq!(p.max_step_hold, Duration::from_secs(6 * 3600));
+        assert_eq!(p.sticky, Sticky::Request);
+        assert_eq!(p.webhook.as_deref(), Some("http://127.0.0.1:9999/hook"));
+        let weights: Vec<u32> = p.steps.iter().map(|s| s.weight_bp).collect();
+        assert_eq!(weights, [0, 100, 500, 2500, 5000]);
+        assert_eq!(p.steps[0].workspaces, ["internal"]);
+        assert_eq!(p.steps[3].hold, Duration::from_secs(1800));
+        assert_eq!(p.steps[2].min_requests, 500);
+        assert_eq!(p.gates.len(), 6);
+        let latency = p.gate(Metric::LatencyP95).unwrap();
+        assert_eq!(
+            (latency.max_ratio, latency.max_ms),
+            (Some(1.3), Some(10000.0))
+        );
+        let length = p.gate(Metric::ResponseLength).unwrap();
+        assert_eq!((length.max_ratio, length.min_ratio), (Some(1.5), Some(0.5)));
+        assert_eq!(
+            p.kill_switch,
+            Some(KillSwitch {
+                error_rate: 0.5,
+                min_requests: 20,
+                window: Duration::from_secs(60)
+            })
+        );
+        assert_eq!(p.targeted_workspaces(3), ["internal"]);
+    }
+
+    #[test]
+    fn the_default_policy_parses_and_the_folder_loads_both() {
+        let p = shipped("default");
+        let weights: Vec<u32> = p.steps.iter().map(|s| s.weight_bp).collect();
+        assert_eq!(weights, [100, 500, 2500, 5000]);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let all = load_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
+        assert!(all.contains_key("default") && all.contains_key("internal-first"));
+    }
+
+    #[test]
+    fn absent_keys_take_the_documented_defaults() {
+        let p = parse_policy(
+            Path::new("p/min.toml"),
+            "min",
+            "[[steps]]\nweight = 0.5\nhold = \"1m\"\nmin_requests = 10\n",
+        )
+        .unwrap();
+        assert_eq!(p.alpha, DEFAULT_ALPHA);
+        assert_eq!(p.interval, DEFAULT_INTERVAL);
+        assert_eq!(p.max_step_hold, DEFAULT_MAX_STEP_HOLD);
+        assert_eq!(p.steps[0].weight_bp, 50);
+        assert_eq!(
+            p.gates,
+            [Gate {
+                metric: Metric::ErrorRate,
+                max_ratio: Some(1.2),
+                min_ratio: None,
+                max_ms: None
+            }]
+        );
+        assert_eq!(p.kill_switch, Some(DEFAULT_KILL_SWITCH));
+    }
+
+    #[test]
+    fn every_mistake_is_reported_once_with_file_and_key() {
+        let text = r#"
+alpha = 2
+interval = "soon"
+sticky = "cookie"
+colour = "blue"
+
+[[steps]]
+weight = 5
+hold = "10m"
+min_requests = 100
+
+[[steps]]
+weight = 1
+hold = "10m"
+min_requests = 100
+speed = 3
+
+[[steps]]
+weight = 150
+min_requests = 0
+
+[gates.error_rate]
+min_ratio = 0.5
+[gates.happiness]
+max_ratio = 2
+[gates.tokens_per_request]
+max_ms = 100
+
+[kill_switch]
+error_rate = 0
+"#;
+        let errors = parse_policy(Path::new("policies/bad.toml"), "bad", text).unwrap_err();
+        let lines: Vec<String> = errors.0.iter().map(|i| i.to_string()).collect();
+        let expect = [
+            "policies/bad.toml: colour: unknown key",
+            "policies/bad.toml: steps.1.speed: unknown key",
+            "policies/bad.toml: interval: `soon` is not a duration",
+            "policies/bad.toml: alpha: 2 is not in (0, 0.5)",
+            "policies/bad.toml: sticky: `cookie` is not one of",
+            "policies/bad.toml: steps.1.weight: 1 % is below the step before (5 %)",
+            "policies/bad.toml: steps.2.weight: 150 is not a percentage",
+            "policies/bad.toml: steps.2.hold: is required",
+            "policies/bad.toml: steps.2.min_requests: is required",
+            "policies/bad.toml: gates.error_rate.min_ratio: a fall in a failure rate",
+            "policies/bad.toml: gates.happiness: unknown gate",
+            "policies/bad.toml: gates.tokens_per_request.max_ms: only latency_p95",
+            "policies/bad.toml: kill_switch.error_rate: 0 is not a rate",
+        ];
+        for want in expect {
+            assert!(
+                lines.iter().any(|l| l.starts_with(want)),
+                "missing `{want}` in {lines:#?}"
+            );
+        }
+        assert_eq!(lines.len(), expect.len(), "{lines:#?}");
+    }
+
+    #[test]
+    fn a_type_error_names_the_file() {
+        let errors = parse_policy(Path::new("p/t.toml"), "t", "alpha = \"high\"\n").unwrap_err();
+        assert_eq!(errors.0.len(), 1);
+        assert!(
+            errors.0[0].to_string().starts_with("p/t.toml: "),
+            "{errors}"
+        );
+        assert!(errors.0[0].message.contains("alpha"), "{errors}");
+    }
+
+    #[test]
+    fn a_workspace_only_step_has_no_randomized_weight_and_sticky_headers_parse() {
+        let text = "sticky = \"header:X-Team\"\n[[steps]]\nworkspaces = [\"a\"]\nhold = \"1m\"\nmin_requests = 1\n[[steps]]\nweight = 100\nhold = \"1m\"\nmin_requests = 1\n";
+        let p = parse_policy(Path::new("p.toml"), "p", text).unwrap();
+        assert_eq!(p.steps[0].weight_bp, 0);
+        assert_eq!(p.steps[1].weight_bp, 10_000);
+        assert_eq!(p.sticky, Sticky::Header("x-team".into()));
+    }
 }

@@ -13,6 +13,10 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row, SqlSafeStr};
 
+mod rollouts;
+
+pub use rollouts::{Actor, EventRow, NewEvent, RolloutRow};
+
 use crate::measure::{Outcome, Record};
 use crate::resolve::Arm;
 
@@ -33,16 +37,30 @@ pub enum StoreError {
 }
 
 /// Each engine's migrations, embedded so the binary needs no files beside it.
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/postgres/0001_init.sql"),
-)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "rollouts",
+        include_str!("../../migrations/sqlite/0002_rollouts.sql"),
+    ),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "rollouts",
+        include_str!("../../migrations/postgres/0002_rollouts.sql"),
+    ),
+];
 
 #[derive(Clone)]
 pub struct Store {
@@ -272,8 +290,9 @@ impl Store {
         for r in records {
             sqlx::query(
                 "INSERT INTO requests (request_id, at_ms, workspace_id, route, version, arm, stream, status, outcome, \
-                 latency_ms, ttft_ms, prompt_tokens, completion_tokens, tokens_estimated, cost_usd, response_chars, finish_reason) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+                 latency_ms, ttft_ms, prompt_tokens, completion_tokens, tokens_estimated, cost_usd, response_chars, finish_reason, \
+                 rollout_id, canary_weight, randomized, step) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
                  ON CONFLICT (request_id) DO NOTHING",
             )
             .bind(r.request_id.as_str())
@@ -293,6 +312,10 @@ impl Store {
             .bind(r.cost_usd)
             .bind(r.response_chars as i64)
             .bind(r.finish_reason.as_deref())
+            .bind(r.rollout_id.as_deref())
+            .bind(r.w)
+            .bind(r.randomized as i32)
+            .bind(r.step.map(|s| s as i32))
             .execute(&mut *tx)
             .await?;
         }
@@ -308,8 +331,8 @@ impl Store {
     ) -> Result<Vec<Record>, StoreError> {
         let rows = sqlx::query(
             "SELECT request_id, at_ms, workspace_id, route, version, arm, stream, status, outcome, latency_ms, ttft_ms, \
-             prompt_tokens, completion_tokens, tokens_estimated, cost_usd, response_chars, finish_reason \
-             FROM requests WHERE ($1 IS NULL OR route = $1) ORDER BY at_ms DESC, request_id LIMIT $2",
+             prompt_tokens, completion_tokens, tokens_estimated, cost_usd, response_chars, finish_reason, \
+             rollout_id, canary_weight, randomized, step FROM requests WHERE ($1 IS NULL OR route = $1) ORDER BY at_ms DESC, request_id LIMIT $2",
         )
         .bind(route)
         .bind(limit)
@@ -339,6 +362,10 @@ impl Store {
                     cost_usd: r.try_get(14)?,
                     response_chars: r.try_get::<i64, _>(15)? as u64,
                     finish_reason: r.try_get(16)?,
+                    rollout_id: r.try_get(17)?,
+                    w: r.try_get(18)?,
+                    randomized: r.try_get::<i32, _>(19)? != 0,
+                    step: r.try_get::<Option<i32>, _>(20)?.map(|s| s as u32),
                 })
             })
             .collect::<Result<_, sqlx::Error>>()

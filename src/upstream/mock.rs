@@ -36,9 +36,16 @@ pub struct MockProvider {
 
 impl MockProvider {
     pub async fn send(&self, call: Call<'_>) -> Result<Reply, UpstreamError> {
-        let shape = call.mock.cloned().unwrap_or_default();
+        let shape = call.mock.as_deref().cloned().unwrap_or_default();
         let fail = shape.error_rate > 0.0 && rand::rng().random_bool(shape.error_rate.min(1.0));
-        let ttft = Duration::from_millis(shape.ttft_ms);
+        let spread = || {
+            if shape.jitter > 0.0 {
+                rand::rng().random_range(1.0 - shape.jitter..=1.0 + shape.jitter)
+            } else {
+                1.0
+            }
+        };
+        let ttft = Duration::from_millis(shape.ttft_ms).mul_f64(spread());
         if fail {
             tokio::time::sleep(ttft).await;
             let body = json!({"error": {"message": "mock upstream failure", "type": "server_error", "param": null, "code": "mock_error"}});
@@ -50,7 +57,7 @@ impl MockProvider {
         }
         let id = format!("chatcmpl-mock-{}", call.request_id);
         let model = call.model.to_owned();
-        let tokens = shape.output_tokens as usize;
+        let tokens = ((f64::from(shape.output_tokens) * spread()).round() as usize).max(1);
         let prompt_tokens = count_prompt(Encoding::for_model(&model), &call.body);
         let per_token = Duration::from_secs_f64(1.0 / shape.tokens_per_s);
         let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens as usize + tokens});

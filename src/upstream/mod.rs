@@ -54,7 +54,7 @@ pub struct Call<'a> {
     pub model: &'a str,
     pub request_id: &'a str,
     /// For the mock provider: the version's answer shape.
-    pub mock: Option<&'a MockConfig>,
+    pub mock: Option<std::sync::Arc<MockConfig>>,
 }
 
 pub enum Provider {

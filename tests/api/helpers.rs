@@ -135,8 +135,29 @@ async fn upstream_chat(
         ([("x-request-id", "up-123")], axum::Json(v)).into_response()
     };
     match model.as_str() {
-        "ok" if stream => sse(futures_util::stream::iter(ok_events(&model, wants_usage))),
-        "ok" => completion(true),
+        "ok" | "ok-canary" if stream => sse(futures_util::stream::iter(ok_events(&model, wants_usage))),
+        "ok" | "ok-canary" => completion(true),
+        "err-canary" => {
+            // Every other request fails.
+            if state.received.lock().unwrap().len() % 2 == 0 {
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    axum::Json(json!({"error": {"message": "canary broke", "type": "server_error", "param": null, "code": null}})),
+                )
+                    .into_response();
+            }
+            completion(true)
+        }
+        "tokens-canary" => {
+            let v = json!({"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": OK_TEXT.repeat(3)}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": p, "completion_tokens": c * 3 + 20, "total_tokens": p + c * 3 + 20}});
+            axum::Json(v).into_response()
+        }
+        "slow-canary" => {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            completion(true)
+        }
         "nousage" if stream => sse(futures_util::stream::iter(ok_events(&model, false))),
         "nousage" => completion(false),
         "gated" => {
@@ -308,6 +329,27 @@ model = "sim-small"
 price = {{ input_per_mtok = 0.15, output_per_mtok = 0.60 }}
 mock = {{ ttft_ms = 5, tokens_per_s = 2000, output_tokens = 20 }}
 
+[versions.gpt-4-1]
+provider = "up"
+model = "ok-canary"
+price = {{ input_per_mtok = 2.00, output_per_mtok = 8.00 }}
+[versions.broken-canary]
+provider = "up"
+model = "err-canary"
+price = {{ input_per_mtok = 2.50, output_per_mtok = 10.00 }}
+[versions.wordy-canary]
+provider = "up"
+model = "tokens-canary"
+price = {{ input_per_mtok = 2.50, output_per_mtok = 10.00 }}
+[versions.slow-canary]
+provider = "up"
+model = "slow-canary"
+price = {{ input_per_mtok = 2.50, output_per_mtok = 10.00 }}
+[versions.pricey-canary]
+provider = "up"
+model = "ok-canary"
+price = {{ input_per_mtok = 10.00, output_per_mtok = 40.00 }}
+
 [routes.chat]
 stable = "gpt-4o"
 [routes.counted]
@@ -361,14 +403,16 @@ impl TestApp {
 
     pub async fn spawn_on(db: Db) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        write_policies(dir.path());
         let db_url = match db {
             Db::Sqlite => format!("sqlite://{}", dir.path().join("sluice.db").display()),
             Db::Postgres(base) => fresh_pg_schema(&base).await,
         };
         let upstream = MockUpstream::start().await;
         let text = config_toml(&upstream.url, "127.0.0.1:0", &db_url, "");
-        let settings = sluice::config::parse(Path::new("test.toml"), &text, &test_env)
-            .expect("test config is valid");
+        let config_path = dir.path().join("sluice.toml");
+        let settings =
+            sluice::config::parse(&config_path, &text, &test_env).expect("test config is valid");
         let server = Server::build(settings).await.expect("sluice starts");
         let base = format!("http://{}", server.local_addr());
         let state = server.state();
@@ -519,4 +563,87 @@ pub fn headers_of(r: &reqwest::Response) -> BTreeMap<String, String> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
         .collect()
+}
+
+/// Policies for tests: quick looks, short holds, few requests per step.
+pub const FAST_POLICY: &str = r#"
+description = "tests: 20 → 50 %, quick"
+alpha = 0.01
+interval = "100ms"
+max_step_hold = "1m"
+
+[[steps]]
+weight = 20
+hold = "300ms"
+min_requests = 15
+
+[[steps]]
+weight = 50
+hold = "300ms"
+min_requests = 15
+
+[gates.error_rate]
+max_ratio = 1.2
+[gates.latency_p95]
+max_ratio = 1.3
+[gates.tokens_per_request]
+max_ratio = 1.1
+[gates.cost_per_request]
+max_ratio = 1.1
+[gates.response_length]
+max_ratio = 1.5
+min_ratio = 0.5
+
+[kill_switch]
+error_rate = 0.5
+min_requests = 20
+window = "60s"
+"#;
+
+/// One step that never ends on its own: for split and pin tests.
+pub const HOLD_POLICY: &str = r#"
+description = "tests: 30 % and stay"
+interval = "100ms"
+max_step_hold = "1h"
+
+[[steps]]
+weight = 30
+hold = "1h"
+min_requests = 1000000
+
+[gates.error_rate]
+max_ratio = 1.2
+"#;
+
+/// Sticky by user, two steps, for the monotonicity test.
+pub const STICKY_POLICY: &str = r#"
+description = "tests: sticky users, 20 → 60 %"
+interval = "100ms"
+max_step_hold = "1h"
+sticky = "user"
+
+[[steps]]
+weight = 20
+hold = "200ms"
+min_requests = 1
+
+[[steps]]
+weight = 60
+hold = "1h"
+min_requests = 1000000
+
+[gates.error_rate]
+max_ratio = 1.2
+"#;
+
+pub fn write_policies(dir: &Path) {
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    for (name, text) in [
+        ("fast", FAST_POLICY),
+        ("hold", HOLD_POLICY),
+        ("sticky", STICKY_POLICY),
+    ] {
+        std::fs::write(policies.join(format!("{name}.toml")), text).unwrap();
+    }
 }

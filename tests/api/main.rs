@@ -8,5 +8,7 @@ mod cli;
 mod errors;
 mod keys;
 mod records;
+mod restart;
+mod rollouts;
 mod store;
 mod streaming;

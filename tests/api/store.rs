@@ -27,6 +27,10 @@ fn record(id: &str, at_ms: i64, route: &str) -> Record {
         cost_usd: 0.00645,
         response_chars: 1500,
         finish_reason: Some("stop".into()),
+        rollout_id: Some("ro_1".into()),
+        w: Some(0.05),
+        randomized: true,
+        step: Some(2),
     }
 }
 
@@ -76,6 +80,10 @@ async fn the_store_behaves_the_same_on_every_engine() {
         batch[7].outcome = Outcome::Upstream5xx;
         batch[7].stream = false;
         batch[7].arm = Arm::Stable;
+        batch[7].rollout_id = None;
+        batch[7].w = None;
+        batch[7].step = None;
+        batch[7].randomized = false;
         batch[8].route = "other".into();
         store.insert_records(&batch).await.unwrap();
         // A retried batch is not an error and does not double-count.

@@ -1,0 +1,358 @@
+//! `sluice demo`: a whole rollout in about a minute, on a temporary SQLite file and mock
+//! versions, driven by sluice's own traffic and shown live in the terminal.
+//!
+//! Act 1: a canary that turns bad at its second step (errors 1 % → 8 %, answers 50 %
+//! longer); the judge reverts it and the event log says why. Act 2: a healthy canary walks
+//! every step to promotion. The admin API stays open at the printed URL throughout.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use crate::app::Server;
+use crate::cli::{render_events, render_rollout};
+use crate::config::MockConfig;
+use crate::state::AppState;
+
+const ADMIN_TOKEN_VAR: &str = "SLUICE_ADMIN_TOKEN";
+const DEMO_ADMIN_TOKEN: &str = "demo-admin-token";
+/// Concurrent simulated clients; each sends one request after another.
+const CLIENTS: usize = 24;
+/// How long each act may take before the demo gives up on it.
+const ACT_LIMIT: Duration = Duration::from_secs(60);
+
+const CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace_ms = 2000
+
+[database]
+url = "sqlite://DB_PATH"
+
+[providers.sim]
+kind = "mock"
+
+[versions.assistant-v1]
+provider = "sim"
+model = "assistant-v1"
+price = { input_per_mtok = 2.50, output_per_mtok = 10.00 }
+mock = { ttft_ms = 30, tokens_per_s = 400, output_tokens = 40, error_rate = 0.01, jitter = 0.3 }
+
+[versions.assistant-v2]
+provider = "sim"
+model = "assistant-v2"
+price = { input_per_mtok = 2.00, output_per_mtok = 8.00 }
+mock = { ttft_ms = 30, tokens_per_s = 400, output_tokens = 40, error_rate = 0.01, jitter = 0.3 }
+
+[versions.assistant-v3]
+provider = "sim"
+model = "assistant-v3"
+price = { input_per_mtok = 2.00, output_per_mtok = 8.00 }
+mock = { ttft_ms = 28, tokens_per_s = 420, output_tokens = 40, error_rate = 0.01, jitter = 0.3 }
+
+[routes.support]
+stable = "assistant-v1"
+"#;
+
+const POLICY: &str = r#"
+description = "demo: 10 → 25 → 50 %, short holds"
+alpha = 0.01
+interval = "1s"
+max_step_hold = "2m"
+
+[[steps]]
+weight = 10
+hold = "6s"
+min_requests = 40
+
+[[steps]]
+weight = 25
+hold = "6s"
+min_requests = 80
+
+[[steps]]
+weight = 50
+hold = "6s"
+min_requests = 120
+
+[gates.error_rate]
+max_ratio = 1.2
+[gates.latency_p95]
+max_ratio = 1.3
+max_ms = 5000
+[gates.ttft_p95]
+max_ratio = 1.3
+[gates.tokens_per_request]
+max_ratio = 1.1
+[gates.cost_per_request]
+max_ratio = 1.1
+[gates.response_length]
+max_ratio = 1.3
+min_ratio = 0.5
+
+[kill_switch]
+error_rate = 0.5
+min_requests = 20
+window = "30s"
+"#;
+
+pub async fn run() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir().context("cannot make a temporary folder")?;
+    let config_path = dir.path().join("sluice.toml");
+    let db = dir.path().join("demo.db");
+    std::fs::write(
+        &config_path,
+        CONFIG.replace("DB_PATH", &db.display().to_string()),
+    )?;
+    std::fs::create_dir(dir.path().join("policies"))?;
+    std::fs::write(dir.path().join("policies/demo.toml"), POLICY)?;
+    let env = |name: &str| match name {
+        ADMIN_TOKEN_VAR => Some(DEMO_ADMIN_TOKEN.to_owned()),
+        other => std::env::var(other).ok(),
+    };
+    let text = std::fs::read_to_string(&config_path)?;
+    let settings =
+        crate::config::parse(&config_path, &text, &env).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let server = Server::build(settings).await?;
+    let base = format!("http://{}", server.local_addr());
+    let app = server.state();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.run_until_stopped(async move {
+        let _ = stop_rx.await;
+    }));
+
+    println!("sluice demo: gateway at {base}/v1, admin API at {base}/admin/v1");
+    println!(
+        "  try: curl -s {base}/admin/v1/rollouts -H 'Authorization: Bearer {DEMO_ADMIN_TOKEN}'"
+    );
+    let http = reqwest::Client::new();
+    let key = mint_key(&http, &base).await?;
+    let traffic = Traffic::start(&http, &base, &key);
+
+    let outcome = async {
+        println!("\nAct 1: assistant-v2 as the canary; it will turn bad at its second step.");
+        let id = start_rollout(&http, &base, "assistant-v2").await?;
+        let bad = watch(&http, &base, &id, |view| {
+            // The regression: once the rollout reaches its second step.
+            if view["step"].as_u64() >= Some(1) && view["state"] == "progressing" {
+                inject_regression(&app, "assistant-v2");
+            }
+        })
+        .await?;
+        if bad["state"] != "rolled_back" {
+            bail!("act 1 ended `{}` instead of rolled_back", bad["state"]);
+        }
+        println!("\nThe judge reverted assistant-v2. Its event log:");
+        print!(
+            "{}",
+            render_events(
+                &get(&http, &base, &format!("/rollouts/{id}/events")).await?,
+                20
+            )
+        );
+
+        println!("\nAct 2: assistant-v3, a healthy canary, walks every step.");
+        let id = start_rollout(&http, &base, "assistant-v3").await?;
+        let good = watch(&http, &base, &id, |_| {}).await?;
+        if good["state"] != "promoted" {
+            bail!("act 2 ended `{}` instead of promoted", good["state"]);
+        }
+        println!("\nassistant-v3 is the stable version of `support` now. Its event log:");
+        print!(
+            "{}",
+            render_events(
+                &get(&http, &base, &format!("/rollouts/{id}/events")).await?,
+                20
+            )
+        );
+        Ok(())
+    }
+    .await;
+
+    let sent = traffic.stop().await;
+    let _ = stop_tx.send(());
+    serving.await??;
+    println!(
+        "\n{sent} requests sent; records kept in {} until exit.",
+        db.display()
+    );
+    outcome
+}
+
+async fn get(http: &reqwest::Client, base: &str, path: &str) -> anyhow::Result<Value> {
+    let r = http
+        .get(format!("{base}/admin/v1{path}"))
+        .bearer_auth(DEMO_ADMIN_TOKEN)
+        .send()
+        .await?;
+    Ok(r.error_for_status()?.json().await?)
+}
+
+async fn mint_key(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    let admin = |path: &str| {
+        http.post(format!("{base}/admin/v1{path}"))
+            .bearer_auth(DEMO_ADMIN_TOKEN)
+    };
+    admin("/workspaces")
+        .json(&json!({"id": "demo"}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let v: Value = admin("/workspaces/demo/keys")
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(v["key"].as_str().unwrap_or_default().to_owned())
+}
+
+async fn start_rollout(http: &reqwest::Client, base: &str, canary: &str) -> anyhow::Result<String> {
+    let r = http
+        .post(format!("{base}/admin/v1/rollouts"))
+        .bearer_auth(DEMO_ADMIN_TOKEN)
+        .json(&json!({"route": "support", "canary": canary, "policy": "demo"}))
+        .send()
+        .await?;
+    let status = r.status();
+    let v: Value = r.json().await?;
+    if !status.is_success() {
+        bail!("starting the rollout failed: {status} {v}");
+    }
+    Ok(v["id"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Errors 1 % → 8 %, answers 50 % longer.
+fn inject_regression(app: &AppState, version: &str) {
+    let Some(v) = app.catalog.version(version) else {
+        return;
+    };
+    let Some(mock) = &v.mock else { return };
+    let now = mock.load();
+    if now.error_rate >= 0.08 {
+        return;
+    }
+    let worse = MockConfig {
+        error_rate: 0.08,
+        output_tokens: now.output_tokens * 3 / 2,
+        ..(**now).clone()
+    };
+    mock.store(Arc::new(worse));
+    println!("\n>>> injected a regression into {version}: errors 1 % → 8 %, answers 50 % longer\n");
+}
+
+/// Redraws the rollout every second until it ends; returns its final view.
+async fn watch(
+    http: &reqwest::Client,
+    base: &str,
+    id: &str,
+    mut on_view: impl FnMut(&Value),
+) -> anyhow::Result<Value> {
+    let started = Instant::now();
+    let tty = std::io::stdout().is_terminal();
+    loop {
+        let view = get(http, base, &format!("/rollouts/{id}")).await?;
+        on_view(&view);
+        let events = get(http, base, &format!("/rollouts/{id}/events")).await?;
+        let mut out = std::io::stdout().lock();
+        if tty {
+            // Clear the screen and draw the live view from the top.
+            let _ = write!(out, "\x1b[2J\x1b[H{}", render_rollout(&view));
+            let _ = write!(out, "{}", render_events(&events, 6));
+        } else {
+            let e = &view["judge"]["e_global"];
+            let _ = writeln!(
+                out,
+                "  t={:>4.1}s state {} step {} weight {}% E={} canary requests {}",
+                started.elapsed().as_secs_f64(),
+                view["state"].as_str().unwrap_or("?"),
+                view["step"],
+                view["weight"],
+                e.as_f64().map_or("-".into(), |e| format!("{e:.2}")),
+                view["arms"]["canary"]["requests"],
+            );
+        }
+        let _ = out.flush();
+        drop(out);
+        if view["state"] != "progressing" && view["state"] != "paused" {
+            if tty {
+                print!("{}", render_rollout(&view));
+            }
+            return Ok(view);
+        }
+        if started.elapsed() > ACT_LIMIT {
+            bail!(
+                "rollout {id} did not end within {ACT_LIMIT:?}: {}",
+                view["state"]
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Simulated clients sending chat requests, streamed and not, until stopped.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(http: &reqwest::Client, base: &str, key: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let tasks = (0..CLIENTS)
+            .map(|client| {
+                let (http, url, key) = (
+                    http.clone(),
+                    format!("{base}/v1/chat/completions"),
+                    key.to_owned(),
+                );
+                let (stop, sent) = (stop.clone(), sent.clone());
+                tokio::spawn(async move {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        let body = json!({
+                            "model": "support", "stream": (client + i as usize) % 3 == 0,
+                            "user": format!("user-{}", (client as u64 * 7919 + i) % 500),
+                            "messages": [{"role": "user", "content": "Where is my order?"}],
+                        });
+                        if let Ok(r) = http.post(&url).bearer_auth(&key).json(&body).send().await {
+                            let _ = r.bytes().await;
+                        }
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Self { stop, sent, tasks }
+    }
+
+    async fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn the_demo_policy_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("demo.toml");
+        std::fs::write(&path, super::POLICY).unwrap();
+        let policy = crate::rollout::policy::load_policy(Path::new(&path)).unwrap();
+        assert_eq!(policy.steps.len(), 3);
+        assert_eq!(policy.interval, std::time::Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,109 @@
+//! The rollout admin API under `/admin/v1/rollouts`: start, read, operate, pin, audit log.
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::admin::{Admin, json_body};
+use crate::error::ApiError;
+use crate::resolve::Arm;
+use crate::rollout::control::Operation;
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/rollouts", post(start).get(list))
+        .route("/rollouts/{id}", get(show))
+        .route("/rollouts/{id}/events", get(events))
+        .route("/rollouts/{id}/pins/{workspace}", put(pin).delete(unpin))
+        .route("/rollouts/{id}/{operation}", post(operate))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewRollout {
+    route: String,
+    canary: String,
+    #[serde(default = "default_policy")]
+    policy: String,
+}
+
+fn default_policy() -> String {
+    "default".into()
+}
+
+async fn start(
+    _: Admin,
+    State(app): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let new: NewRollout = json_body(&app, body)?;
+    let rollout = app
+        .rollouts
+        .start(&new.route, &new.canary, &new.policy)
+        .await?;
+    Ok((StatusCode::CREATED, Json(rollout)).into_response())
+}
+
+async fn list(_: Admin, State(app): State<AppState>) -> Result<Response, ApiError> {
+    Ok(Json(json!({"data": app.rollouts.list().await?})).into_response())
+}
+
+async fn show(
+    _: Admin,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(app.rollouts.view(&id).await?).into_response())
+}
+
+async fn events(
+    _: Admin,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(json!({"data": app.rollouts.events(&id).await?})).into_response())
+}
+
+async fn operate(
+    _: Admin,
+    State(app): State<AppState>,
+    Path((id, operation)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let op = Operation::parse(&operation).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no operation `{operation}`: use pause, resume, promote or abort"
+        ))
+    })?;
+    Ok(Json(app.rollouts.operate(&id, op).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewPin {
+    arm: Arm,
+}
+
+async fn pin(
+    _: Admin,
+    State(app): State<AppState>,
+    Path((id, workspace)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let new: NewPin = json_body(&app, body)?;
+    Ok(Json(app.rollouts.pin(&id, &workspace, Some(new.arm)).await?).into_response())
+}
+
+async fn unpin(
+    _: Admin,
+    State(app): State<AppState>,
+    Path((id, workspace)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    Ok(Json(app.rollouts.pin(&id, &workspace, None).await?).into_response())
+}

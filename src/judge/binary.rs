@@ -1,0 +1,223 @@
+//! Binary gates (error, schema failure, guardrail block): in, each randomized request's
+//! arm, its canary probability `w` and whether it was bad; out, the tolerance e-value of
+//! research §6.3, the conditional rate-ratio estimate and its confidence set.
+//!
+//! Only bad events carry information about the label under the tolerance null: given a bad
+//! event at canary probability `w`, it is canary with probability at most
+//! `p0 = wθ_tol/(1−w+wθ_tol)` when the canary's rate is at most θ_tol × stable. The
+//! likelihood ratio against `q_j = wθ_j/(1−w+wθ_j)` is a product over events that depends
+//! only on how many bad events each arm had at each `w`, so the state is a few counters
+//! per step weight, and the e-value for any null θ can be computed at a look.
+
+use serde::{Deserialize, Serialize};
+
+/// Rate-ratio alternatives, as multiples of the tolerance θ_tol (§6.3).
+pub const RATIO_GRID: [f64; 6] = [1.25, 1.5, 2.0, 3.0, 5.0, 8.0];
+
+/// Bad events by arm at one canary probability (`w` in basis points).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Cell {
+    pub w_bp: u32,
+    pub canary_bad: u64,
+    pub stable_bad: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CountProcess {
+    pub cells: Vec<Cell>,
+    /// Randomized requests and bad ones, per arm (for rates and the data floor).
+    pub n_canary: u64,
+    pub n_stable: u64,
+    pub bad_canary: u64,
+    pub bad_stable: u64,
+}
+
+impl CountProcess {
+    pub fn observe(&mut self, canary: bool, w: f64, bad: bool) {
+        if canary {
+            self.n_canary += 1;
+            self.bad_canary += u64::from(bad);
+        } else {
+            self.n_stable += 1;
+            self.bad_stable += u64::from(bad);
+        }
+        let w_bp = (w * 10_000.0).round() as u32;
+        // At w = 0 or 1 the label is certain: no information either way.
+        if !bad || w_bp == 0 || w_bp >= 10_000 {
+            return;
+        }
+        let cell = match self.cells.iter().position(|c| c.w_bp == w_bp) {
+            Some(i) => &mut self.cells[i],
+            None => {
+                self.cells.push(Cell {
+                    w_bp,
+                    ..Cell::default()
+                });
+                self.cells.last_mut().expect("just pushed")
+            }
+        };
+        if canary {
+            cell.canary_bad += 1;
+        } else {
+            cell.stable_bad += 1;
+        }
+    }
+
+    /// log of the likelihood ratio of θ_alt against θ_null over all bad events so far.
+    fn log_lr(&self, theta_null: f64, theta_alt: f64) -> f64 {
+        self.cells
+            .iter()
+            .map(|c| {
+                let w = f64::from(c.w_bp) / 10_000.0;
+                let p0 = w * theta_null / (1.0 - w + w * theta_null);
+                let q = w * theta_alt / (1.0 - w + w * theta_alt);
+                c.canary_bad as f64 * (q / p0).ln()
+                    + c.stable_bad as f64 * ((1.0 - q) / (1.0 - p0)).ln()
+            })
+            .sum()
+    }
+
+    /// The one-sided e-value against "canary rate ≤ θ_tol × stable": the mean over the
+    /// grid of alternatives θ_tol·RATIO_GRID.
+    pub fn e_value(&self, theta_tol: f64) -> f64 {
+        mean_exp(RATIO_GRID.map(|g| self.log_lr(theta_tol, theta_tol * g)))
+    }
+
+    /// Two-sided e-value for the point null θ0 (alternatives above and below), used only
+    /// to invert into a confidence set.
+    fn e_two_sided(&self, theta0: f64) -> f64 {
+        let up = RATIO_GRID.map(|g| self.log_lr(theta0, theta0 * g));
+        let down = RATIO_GRID.map(|g| self.log_lr(theta0, theta0 / g));
+        0.5 * (mean_exp(up) + mean_exp(down))
+    }
+
+    /// The conditional maximum-likelihood rate ratio (canary / stable) given the bad
+    /// events and their `w`: robust to drift shared by the arms and to changing weights.
+    pub fn ratio_estimate(&self) -> Option<f64> {
+        let (c, s): (u64, u64) = self
+            .cells
+            .iter()
+            .fold((0, 0), |(c, s), x| (c + x.canary_bad, s + x.stable_bad));
+        if c + s == 0 {
+            return None;
+        }
+        if c == 0 {
+            return Some(0.0);
+        }
+        if s == 0 {
+            return Some(f64::INFINITY);
+        }
+        // Newton on x = log θ; the log-likelihood is concave in x.
+        let mut x = 0.0f64;
+        for _ in 0..50 {
+            let (mut d1, mut d2) = (0.0, 0.0);
+            for cell in &self.cells {
+                let w = f64::from(cell.w_bp) / 10_000.0;
+                let n = (cell.canary_bad + cell.stable_bad) as f64;
+                let q = w * x.exp() / (1.0 - w + w * x.exp());
+                d1 += cell.canary_bad as f64 - n * q;
+                d2 -= n * q * (1.0 - q);
+            }
+            let step = d1 / d2;
+            x = (x - step).clamp(-20.0, 20.0);
+            if step.abs() < 1e-10 {
+                break;
+            }
+        }
+        Some(x.exp())
+    }
+
+    /// The confidence sequence for the rate ratio: every θ0 whose two-sided e-process has
+    /// not reached 1/α. Found by bisection on each side of the estimate, assuming the
+    /// e-value rises away from it (it does for these unimodal likelihoods).
+    pub fn ratio_ci(&self, alpha: f64) -> Option<(f64, f64)> {
+        let est = self.ratio_estimate()?;
+        let limit = 1.0 / alpha;
+        let centre = est.clamp(1e-3, 1e3).ln();
+        let edge = |far: f64| {
+            if self.e_two_sided(far.exp()) < limit {
+                return far;
+            }
+            let (mut inside, mut outside) = (centre, far);
+            for _ in 0..30 {
+                let mid = 0.5 * (inside + outside);
+                if self.e_two_sided(mid.exp()) < limit {
+                    inside = mid;
+                } else {
+                    outside = mid;
+                }
+            }
+            inside
+        };
+        let lo = edge(1e-3f64.ln());
+        let hi = edge(1e3f64.ln());
+        let lo = if lo <= 1e-3f64.ln() + 1e-9 { 0.0 } else { lo.exp() };
+        let hi = if hi >= 1e3f64.ln() - 1e-9 {
+            f64::INFINITY
+        } else {
+            hi.exp()
+        };
+        Some((lo, hi))
+    }
+}
+
+/// mean(exp(x)) without overflow.
+pub fn mean_exp<const N: usize>(logs: [f64; N]) -> f64 {
+    let max = logs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    if max == f64::NEG_INFINITY {
+        return 0.0;
+    }
+    let sum: f64 = logs.iter().map(|l| (l - max).exp()).sum();
+    (max + (sum / N as f64).ln()).exp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_canary_error_at_five_percent_matches_the_hand_computation() {
+        // One bad event, on the canary, w = 0.05, θ_tol = 1: p0 = 0.05 and for θ_j,
+        // q_j = 0.05θ_j / (0.95 + 0.05θ_j). LR_j = q_j / 0.05 = θ_j / (0.95 + 0.05θ_j):
+        // θ = 1.25 → 1.2346, 1.5 → 1.4634, 2 → 1.9048, 3 → 2.7273, 5 → 4.1667, 8 → 5.9259.
+        // Mean = 17.4227 / 6 = 2.90378.
+        let mut p = CountProcess::default();
+        p.observe(true, 0.05, true);
+        assert!((p.e_value(1.0) - 2.90378).abs() < 1e-4, "{}", p.e_value(1.0));
+    }
+
+    #[test]
+    fn a_stable_error_with_a_tolerance_matches_the_hand_computation() {
+        // One bad event on stable, w = 0.5, θ_tol = 2: p0 = 1/(0.5+1) = 2/3.
+        // θ_j = 2·{1.25,…,8} = {2.5,3,4,6,10,16}; q_j = θ_j/(1+θ_j) =
+        // {0.71429, 0.75, 0.8, 0.85714, 0.90909, 0.94118}; LR_j = (1−q_j)/(1/3) =
+        // {0.85714, 0.75, 0.6, 0.42857, 0.27273, 0.17647}; mean = 3.08491/6 = 0.514152.
+        let mut p = CountProcess::default();
+        p.observe(false, 0.5, true);
+        assert!((p.e_value(2.0) - 0.514152).abs() < 1e-5, "{}", p.e_value(2.0));
+    }
+
+    #[test]
+    fn good_requests_and_certain_labels_carry_no_evidence() {
+        let mut p = CountProcess::default();
+        for _ in 0..100 {
+            p.observe(true, 0.05, false);
+            p.observe(true, 1.0, true);
+        }
+        assert_eq!(p.e_value(1.0), 1.0);
+        assert_eq!(p.n_canary, 200);
+    }
+
+    #[test]
+    fn the_estimate_recovers_the_ratio_and_the_interval_covers_it() {
+        // At w = 0.5, 30 canary and 10 stable bad events: the conditional MLE solves
+        // q = 30/40 = θ/(1+θ), so θ̂ = 3.
+        let mut p = CountProcess::default();
+        for i in 0..40 {
+            p.observe(i < 30, 0.5, true);
+        }
+        assert!((p.ratio_estimate().unwrap() - 3.0).abs() < 1e-6);
+        let (lo, hi) = p.ratio_ci(0.05).unwrap();
+        assert!(lo < 3.0 && 3.0 < hi && lo > 1.0, "({lo}, {hi})");
+    }
+}

@@ -1,0 +1,638 @@
+//! The rollout controller: the only writer of the routing table.
+//!
+//! Every `interval` it drains each live rollout's observations into its judge, asks the
+//! state machine for a decision, and when the decision changes anything it writes the new
+//! position and an event with the evidence to the database first, then swaps the routing
+//! table. Operator commands (start, pause, resume, promote, abort, pins) take the same path.
+//! A restart reads the live rollouts back (step, weight, salt, pins, judge state) and
+//! publishes the same table again.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rand::Rng;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, mpsc, watch};
+
+use super::feed::RolloutTap;
+use super::machine::{Decision, Position, RolloutState};
+use super::policy::Policy;
+use crate::error::ApiError;
+use crate::judge::{Judge, JudgeReport, Observation};
+use crate::resolve::{Arm, Catalog, LiveRollout, RouteName, RoutingTable};
+use crate::store::{Actor, EventRow, NewEvent, RolloutRow, Store, now_ms};
+
+/// How often the controller wakes to see whose interval has come.
+const LOOK_TICK: Duration = Duration::from_millis(100);
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An operator's command on a live rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Pause,
+    Resume,
+    /// Straight to 100 %: the canary becomes the route's stable version.
+    Promote,
+    Abort,
+}
+
+impl Operation {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pause" => Some(Self::Pause),
+            "resume" => Some(Self::Resume),
+            "promote" => Some(Self::Promote),
+            "abort" => Some(Self::Abort),
+            _ => None,
+        }
+    }
+}
+
+struct Running {
+    row: RolloutRow,
+    policy: Arc<Policy>,
+    judge: Judge,
+    rx: mpsc::Receiver<Observation>,
+    tap: Arc<RolloutTap>,
+    pins: BTreeMap<String, Arm>,
+    /// Canary requests measured since the current step began.
+    canary_in_step: u64,
+    /// Randomized assignments already handed to the judge, per arm.
+    assigned_seen: [u64; 2],
+    last_look_ms: i64,
+    last_report: Option<JudgeReport>,
+    last_decision: Option<Decision>,
+}
+
+#[derive(Default)]
+struct Inner {
+    running: BTreeMap<String, Running>,
+    /// Route → stable version set by a promotion (wins over the config).
+    stables: BTreeMap<String, String>,
+}
+
+pub struct Controller {
+    store: Store,
+    catalog: Arc<Catalog>,
+    policies: BTreeMap<String, Arc<Policy>>,
+    routing: Arc<ArcSwap<RoutingTable>>,
+    inner: Mutex<Inner>,
+    http: reqwest::Client,
+}
+
+impl Controller {
+    /// Reads the live rollouts and promoted stables back and publishes the routing table.
+    pub async fn restore(
+        store: Store,
+        catalog: Arc<Catalog>,
+        policies: BTreeMap<String, Arc<Policy>>,
+        routing: Arc<ArcSwap<RoutingTable>>,
+    ) -> anyhow::Result<Self> {
+        let mut inner = Inner::default();
+        for (route, version) in store.route_stables().await? {
+            if catalog.routes().contains_key(&route) && catalog.version(&version).is_some() {
+                inner.stables.insert(route, version);
+            } else {
+                tracing::warn!(route = %route, version = %version, "a promoted stable is no longer in the config; using the config's");
+            }
+        }
+        for row in store.rollouts(true).await? {
+            let Some(policy) = policies.get(&row.policy).cloned() else {
+                tracing::error!(rollout = %row.id, policy = %row.policy, "the rollout's policy file is gone; its canary gets no traffic until it is back");
+                continue;
+            };
+            let judge = row
+                .judge_state
+                .as_deref()
+                .and_then(|s| serde_json::from_str(s).ok())
+                .unwrap_or_else(|| Judge::new(&policy));
+            let pins = store.pins(&row.id).await?.into_iter().collect();
+            let (tap, rx) = RolloutTap::new(&row.id);
+            tracing::info!(rollout = %row.id, route = %row.route, state = row.position.state.as_str(), step = row.position.step, weight_bp = row.position.weight_bp, "rollout resumed after restart");
+            let running = Running::new(row, policy, judge, rx, tap, pins);
+            inner.running.insert(running.row.id.clone(), running);
+        }
+        let controller = Self {
+            store,
+            catalog,
+            policies,
+            routing,
+            inner: Mutex::new(inner),
+            http: reqwest::Client::builder()
+                .timeout(WEBHOOK_TIMEOUT)
+                .build()?,
+        };
+        let inner = controller.inner.lock().await;
+        controller.publish(&inner)?;
+        drop(inner);
+        Ok(controller)
+    }
+
+    pub fn policies(&self) -> &BTreeMap<String, Arc<Policy>> {
+        &self.policies
+    }
+
+    /// Builds the routing table from the stables and the live rollouts, and swaps it in.
+    fn publish(&self, inner: &Inner) -> anyhow::Result<()> {
+        let mut table = RoutingTable::new(&self.catalog, &inner.stables)?;
+        for r in inner.running.values() {
+            let route = RouteName::parse(&r.row.route).map_err(anyhow::Error::msg)?;
+            let Some(canary) = self
+                .catalog
+                .target(&route, &r.row.canary_version, Arm::Canary)
+            else {
+                continue;
+            };
+            let last = r
+                .row
+                .position
+                .step
+                .min(r.policy.steps.len().saturating_sub(1));
+            let targeted: HashSet<String> = r.policy.steps[..=last]
+                .iter()
+                .flat_map(|s| s.workspaces.iter().cloned())
+                .collect();
+            let live = LiveRollout {
+                salt: u64::from_str_radix(&r.row.salt, 16).unwrap_or(0),
+                weight: f64::from(r.row.position.weight_bp) / 10_000.0,
+                step: r.row.position.step as u32,
+                canary,
+                pins: r
+                    .pins
+                    .iter()
+                    .map(|(w, a)| (w.clone(), *a))
+                    .collect::<HashMap<_, _>>(),
+                targeted,
+                sticky: r.policy.sticky.clone(),
+                tap: r.tap.clone(),
+            };
+            table.set_rollout(&r.row.route, live);
+        }
+        self.routing.store(Arc::new(table));
+        Ok(())
+    }
+
+    pub async fn start(
+        &self,
+        route: &str,
+        canary: &str,
+        policy_name: &str,
+    ) -> Result<Value, ApiError> {
+        let Some(configured) = self.catalog.routes().get(route) else {
+            return Err(ApiError::NotFound(format!("no route `{route}`")));
+        };
+        let Some(version) = self.catalog.version(canary) else {
+            return Err(ApiError::Unprocessable(format!(
+                "no version `{canary}` in the config"
+            )));
+        };
+        if let Some(var) = &version.missing_key {
+            return Err(ApiError::Unprocessable(format!(
+                "version `{canary}` cannot serve: its provider's key variable {var} is not set"
+            )));
+        }
+        let Some(policy) = self.policies.get(policy_name).cloned() else {
+            let known: Vec<&str> = self.policies.keys().map(String::as_str).collect();
+            return Err(ApiError::Unprocessable(format!(
+                "no policy `{policy_name}` (known: {})",
+                known.join(", ")
+            )));
+        };
+        let mut inner = self.inner.lock().await;
+        let stable = inner.stables.get(route).unwrap_or(configured).clone();
+        if stable == canary {
+            return Err(ApiError::Unprocessable(format!(
+                "`{canary}` is already the stable version of `{route}`"
+            )));
+        }
+        if let Some(live) = inner.running.values().find(|r| r.row.route == route) {
+            return Err(ApiError::Conflict(format!(
+                "route `{route}` already has a live rollout: {}",
+                live.row.id
+            )));
+        }
+        let now = now_ms();
+        let id = format!("ro_{}", random_id(12));
+        let row = RolloutRow {
+            id: id.clone(),
+            route: route.to_owned(),
+            stable_version: stable.clone(),
+            canary_version: canary.to_owned(),
+            policy: policy_name.to_owned(),
+            policy_json: serde_json::to_string(&*policy).unwrap_or_default(),
+            salt: format!("{:016x}", rand::random::<u64>()),
+            position: Position::start(&policy, now),
+            started_at_ms: now,
+            updated_at_ms: now,
+            ended_at_ms: None,
+            judge_state: None,
+            last_report: None,
+        };
+        let event = NewEvent {
+            actor: Actor::Operator,
+            kind: "started",
+            message: format!(
+                "rollout of `{route}` from `{stable}` to `{canary}` under policy `{policy_name}`"
+            ),
+            evidence: None,
+        };
+        self.store.insert_rollout(&row, &event).await?;
+        tracing::info!(rollout = %id, route, stable = %stable, canary, policy = policy_name, "rollout started");
+        let (tap, rx) = RolloutTap::new(&id);
+        let judge = Judge::new(&policy);
+        let running = Running::new(row, policy, judge, rx, tap, BTreeMap::new());
+        self.notify(&running, &event);
+        inner.running.insert(id.clone(), running);
+        self.publish(&inner)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(view_running(&inner.running[&id]))
+    }
+
+    pub async fn operate(&self, id: &str, op: Operation) -> Result<Value, ApiError> {
+        let mut inner = self.inner.lock().await;
+        let Some(r) = inner.running.get(id) else {
+            return match self.store.rollout(id).await? {
+                Some(row) => Err(ApiError::Conflict(format!(
+                    "rollout {id} has ended ({})",
+                    row.position.state.as_str()
+                ))),
+                None => Err(ApiError::NotFound(format!("no rollout `{id}`"))),
+            };
+        };
+        let now = now_ms();
+        let pos = &r.row.position;
+        let (next, kind, message) = match op {
+            Operation::Pause if pos.state == RolloutState::Progressing => {
+                (pos.paused(), "paused", "paused by an operator".to_owned())
+            }
+            Operation::Resume if pos.state == RolloutState::Paused || pos.inconclusive => (
+                pos.resumed(now),
+                "resumed",
+                "resumed by an operator".to_owned(),
+            ),
+            Operation::Promote => (
+                pos.promoted(&r.policy, now),
+                "promoted",
+                format!(
+                    "promoted by an operator: `{}` is now the stable version",
+                    r.row.canary_version
+                ),
+            ),
+            Operation::Abort => (
+                pos.aborted(),
+                "aborted",
+                "aborted by an operator: traffic back on stable".to_owned(),
+            ),
+            Operation::Pause | Operation::Resume => {
+                return Err(ApiError::Conflict(format!(
+                    "rollout {id} is {}",
+                    pos.state.as_str()
+                )));
+            }
+        };
+        let event = NewEvent {
+            actor: Actor::Operator,
+            kind,
+            message,
+            evidence: None,
+        };
+        self.transition(&mut inner, id, next, event, now).await?;
+        Ok(self.view_locked(&inner, id).await?)
+    }
+
+    pub async fn pin(
+        &self,
+        id: &str,
+        workspace: &str,
+        arm: Option<Arm>,
+    ) -> Result<Value, ApiError> {
+        let mut inner = self.inner.lock().await;
+        let Some(r) = inner.running.get_mut(id) else {
+            return Err(ApiError::NotFound(format!("no live rollout `{id}`")));
+        };
+        let (kind, message) = match arm {
+            Some(arm) => (
+                "pinned",
+                format!("workspace `{workspace}` pinned to {}", arm.as_str()),
+            ),
+            None if r.pins.contains_key(workspace) => {
+                ("unpinned", format!("workspace `{workspace}` unpinned"))
+            }
+            None => {
+                return Err(ApiError::NotFound(format!(
+                    "workspace `{workspace}` has no pin on {id}"
+                )));
+            }
+        };
+        let event = NewEvent {
+            actor: Actor::Operator,
+            kind,
+            message,
+            evidence: None,
+        };
+        self.store
+            .set_pin(id, workspace, arm, &r.row.position, &event)
+            .await?;
+        match arm {
+            Some(arm) => r.pins.insert(workspace.to_owned(), arm),
+            None => r.pins.remove(workspace),
+        };
+        let r = &inner.running[id];
+        self.notify(r, &event);
+        self.publish(&inner)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(view_running(&inner.running[id]))
+    }
+
+    pub async fn view(&self, id: &str) -> Result<Value, ApiError> {
+        let inner = self.inner.lock().await;
+        self.view_locked(&inner, id).await
+    }
+
+    async fn view_locked(&self, inner: &Inner, id: &str) -> Result<Value, ApiError> {
+        if let Some(r) = inner.running.get(id) {
+            return Ok(view_running(r));
+        }
+        match self.store.rollout(id).await? {
+            Some(row) => Ok(view_row(&row)),
+            None => Err(ApiError::NotFound(format!("no rollout `{id}`"))),
+        }
+    }
+
+    pub async fn list(&self) -> Result<Vec<Value>, ApiError> {
+        let inner = self.inner.lock().await;
+        let rows = self.store.rollouts(false).await?;
+        Ok(rows
+            .iter()
+            .map(|row| match inner.running.get(&row.id) {
+                Some(r) => view_running(r),
+                None => view_row(row),
+            })
+            .collect())
+    }
+
+    pub async fn events(&self, id: &str) -> Result<Vec<EventRow>, ApiError> {
+        if self.store.rollout(id).await?.is_none() {
+            return Err(ApiError::NotFound(format!("no rollout `{id}`")));
+        }
+        Ok(self.store.events(id).await?)
+    }
+
+    /// Writes the change, then applies it: the router never acts on what is not stored.
+    async fn transition(
+        &self,
+        inner: &mut Inner,
+        id: &str,
+        next: Position,
+        event: NewEvent,
+        now: i64,
+    ) -> Result<(), ApiError> {
+        let r = inner.running.get(id).expect("caller checked");
+        let promote_to = (next.state == RolloutState::Promoted)
+            .then(|| (r.row.route.clone(), r.row.canary_version.clone()));
+        self.store
+            .update_rollout(
+                id,
+                &next,
+                now,
+                &event,
+                promote_to.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+            )
+            .await?;
+        tracing::info!(rollout = %id, kind = event.kind, state = next.state.as_str(), step = next.step, weight_bp = next.weight_bp, actor = event.actor.as_str(), message = %event.message, "rollout changed");
+        let r = inner.running.get_mut(id).expect("caller checked");
+        if next.step != r.row.position.step {
+            r.canary_in_step = 0;
+        }
+        r.row.position = next;
+        r.row.updated_at_ms = now;
+        self.notify(r, &event);
+        if !r.row.position.state.is_live() {
+            let mut ended = inner.running.remove(id).expect("present");
+            ended.row.ended_at_ms = Some(now);
+            self.checkpoint(&ended).await;
+        }
+        if let Some((route, version)) = promote_to {
+            inner.stables.insert(route, version);
+        }
+        self.publish(inner)
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    /// One look at every live rollout whose interval has come.
+    pub async fn look(&self, now: i64) {
+        let mut inner = self.inner.lock().await;
+        let due: Vec<String> = inner
+            .running
+            .values()
+            .filter(|r| now - r.last_look_ms >= r.policy.interval.as_millis() as i64)
+            .map(|r| r.row.id.clone())
+            .collect();
+        for id in due {
+            let r = inner.running.get_mut(&id).expect("listed");
+            r.last_look_ms = now;
+            while let Ok(obs) = r.rx.try_recv() {
+                if obs.arm == Arm::Canary {
+                    r.canary_in_step += 1;
+                }
+                r.judge.observe(&obs);
+            }
+            let assigned = r.tap.assigned();
+            for arm in [Arm::Stable, Arm::Canary] {
+                let i = arm.index();
+                for _ in r.assigned_seen[i]..assigned[i] {
+                    r.judge.note_assigned(arm);
+                }
+                r.assigned_seen[i] = assigned[i];
+            }
+            let report = r.judge.report(now);
+            let decision = r
+                .row
+                .position
+                .decide(&r.policy, &report, r.canary_in_step, now);
+            r.last_report = Some(report.clone());
+            r.last_decision = Some(decision.clone());
+            if !matches!(decision, Decision::Hold { .. }) {
+                let next = r.row.position.apply(&r.policy, &decision, now);
+                let event = decision_event(&decision, &r.policy, &next, &report);
+                if let Err(e) = self.transition(&mut inner, &id, next, event, now).await {
+                    tracing::error!(rollout = %id, error = %e, "could not apply the judge's decision; will look again");
+                    continue;
+                }
+            }
+            if let Some(r) = inner.running.get(&id) {
+                self.checkpoint(r).await;
+            }
+        }
+    }
+
+    async fn checkpoint(&self, r: &Running) {
+        let judge = serde_json::to_string(&r.judge).unwrap_or_default();
+        let report = r
+            .last_report
+            .as_ref()
+            .map(|x| serde_json::to_string(x).unwrap_or_default())
+            .unwrap_or_default();
+        if let Err(e) = self
+            .store
+            .checkpoint_rollout(&r.row.id, &judge, &report)
+            .await
+        {
+            tracing::warn!(rollout = %r.row.id, error = %e, "judge checkpoint failed");
+        }
+    }
+
+    /// Posts the event to the policy's webhook, in the background.
+    fn notify(&self, r: &Running, event: &NewEvent) {
+        let Some(url) = r.policy.webhook.clone() else {
+            return;
+        };
+        let body = json!({
+            "rollout": r.row.id, "route": r.row.route, "stable": r.row.stable_version, "canary": r.row.canary_version,
+            "event": event.kind, "actor": event.actor, "message": event.message,
+            "state": r.row.position.state, "step": r.row.position.step, "weight": f64::from(r.row.position.weight_bp) / 100.0,
+            "at_ms": now_ms(), "evidence": event.evidence,
+        });
+        let http = self.http.clone();
+        tokio::spawn(async move {
+            if let Err(e) = http.post(&url).json(&body).send().await {
+                tracing::warn!(url = %url, error = %e, "webhook failed");
+            }
+        });
+    }
+
+    /// Looks every `LOOK_TICK` until shutdown.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(LOOK_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.look(now_ms()).await,
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
+            }
+        }
+    }
+}
+
+impl Running {
+    fn new(
+        row: RolloutRow,
+        policy: Arc<Policy>,
+        judge: Judge,
+        rx: mpsc::Receiver<Observation>,
+        tap: Arc<RolloutTap>,
+        pins: BTreeMap<String, Arm>,
+    ) -> Self {
+        let last_report = row
+            .last_report
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok());
+        Self {
+            last_look_ms: now_ms(),
+            row,
+            policy,
+            judge,
+            rx,
+            tap,
+            pins,
+            canary_in_step: 0,
+            assigned_seen: [0, 0],
+            last_report,
+            last_decision: None,
+        }
+    }
+}
+
+fn decision_event(
+    decision: &Decision,
+    policy: &Policy,
+    next: &Position,
+    report: &JudgeReport,
+) -> NewEvent {
+    let weight = |bp: u32| format!("{} %", f64::from(bp) / 100.0);
+    let (kind, message) = match decision {
+        Decision::Advance { to_step, weight_bp } => (
+            "advanced",
+            format!(
+                "step {} of {} passed; canary at {}",
+                to_step,
+                policy.steps.len(),
+                weight(*weight_bp)
+            ),
+        ),
+        Decision::Promote => (
+            "promoted",
+            "every step passed: the canary is the stable version now".to_owned(),
+        ),
+        Decision::Revert { reasons } => (
+            "rolled_back",
+            format!("rolled back: {}", reasons.join("; ")),
+        ),
+        Decision::Inconclusive { why } => (
+            "inconclusive",
+            format!("inconclusive, holding at {}: {why}", weight(next.weight_bp)),
+        ),
+        Decision::Hold { why } => ("held", why.clone()),
+    };
+    NewEvent {
+        actor: Actor::Judge,
+        kind,
+        message,
+        evidence: Some(json!({ "decision": decision, "report": report })),
+    }
+}
+
+#[derive(Serialize)]
+struct ArmView {
+    version: String,
+    #[serde(flatten)]
+    figures: crate::measure::aggregate::StatsSummary,
+}
+
+fn view_row(row: &RolloutRow) -> Value {
+    let report: Option<Value> = row
+        .last_report
+        .as_deref()
+        .and_then(|s| serde_json::from_str(s).ok());
+    let steps = serde_json::from_str::<Value>(&row.policy_json)
+        .ok()
+        .and_then(|p| p["steps"].as_array().map(Vec::len))
+        .unwrap_or(0);
+    json!({
+        "id": row.id, "route": row.route, "stable": row.stable_version, "canary": row.canary_version,
+        "policy": row.policy, "state": row.position.state, "step": row.position.step, "steps": steps,
+        "weight": f64::from(row.position.weight_bp) / 100.0, "inconclusive": row.position.inconclusive,
+        "started_at_ms": row.started_at_ms, "step_started_at_ms": row.position.step_started_ms,
+        "updated_at_ms": row.updated_at_ms, "ended_at_ms": row.ended_at_ms,
+        "judge": report,
+    })
+}
+
+fn view_running(r: &Running) -> Value {
+    let mut v = view_row(&r.row);
+    let arm = |a: Arm, version: &str| ArmView {
+        version: version.to_owned(),
+        figures: r.tap.arms[a.index()].snapshot().summary(),
+    };
+    v["arms"] = json!({
+        "stable": arm(Arm::Stable, &r.row.stable_version),
+        "canary": arm(Arm::Canary, &r.row.canary_version),
+    });
+    v["pins"] = json!(r.pins);
+    v["canary_requests_in_step"] = json!(r.canary_in_step);
+    v["observations_dropped"] = json!(r.tap.dropped());
+    v["judge"] = json!(r.last_report);
+    v["last_decision"] = json!(r.last_decision);
+    v
+}
+
+fn random_id(n: usize) -> String {
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(n)
+        .map(|c| char::from(c).to_ascii_lowercase())
+        .collect()
+}

@@ -1,0 +1,344 @@
+//! Rollouts in the store: the row that says where a rollout stands, its pins, its event log,
+//! and the stable versions that promotions set.
+//!
+//! Every state change is one transaction that updates the row and appends the event, so
+//! the log and the state can never disagree; the controller writes it before the router
+//! acts on it.
+
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{Store, StoreError};
+use crate::resolve::Arm;
+use crate::rollout::machine::{Position, RolloutState};
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RolloutRow {
+    pub id: String,
+    pub route: String,
+    pub stable_version: String,
+    pub canary_version: String,
+    pub policy: String,
+    #[serde(skip)]
+    pub policy_json: String,
+    /// Hex; a fresh one per rollout attempt, so a retry re-randomizes.
+    #[serde(skip)]
+    pub salt: String,
+    pub position: Position,
+    pub started_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
+    #[serde(skip)]
+    pub judge_state: Option<String>,
+    #[serde(skip)]
+    pub last_report: Option<String>,
+}
+
+/// Who made a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Actor {
+    Judge,
+    Operator,
+}
+
+impl Actor {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Actor::Judge => "judge",
+            Actor::Operator => "operator",
+        }
+    }
+}
+
+/// An entry for the audit log.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub actor: Actor,
+    pub kind: &'static str,
+    pub message: String,
+    pub evidence: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EventRow {
+    pub id: i64,
+    pub rollout_id: String,
+    pub at_ms: i64,
+    pub actor: String,
+    pub kind: String,
+    pub state: String,
+    pub step: i64,
+    pub weight_bp: i64,
+    pub message: String,
+    pub evidence: Option<serde_json::Value>,
+}
+
+const ROLLOUT_COLUMNS: &str = "id, route, stable_version, canary_version, policy, policy_json, salt, state, step, weight_bp, \
+     inconclusive, step_started_at_ms, started_at_ms, updated_at_ms, ended_at_ms, judge_state, last_report";
+
+fn rollout_from(r: AnyRow) -> Result<RolloutRow, sqlx::Error> {
+    let state: String = r.try_get(7)?;
+    let state = RolloutState::parse(&state)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown rollout state `{state}`").into()))?;
+    Ok(RolloutRow {
+        id: r.try_get(0)?,
+        route: r.try_get(1)?,
+        stable_version: r.try_get(2)?,
+        canary_version: r.try_get(3)?,
+        policy: r.try_get(4)?,
+        policy_json: r.try_get(5)?,
+        salt: r.try_get(6)?,
+        position: Position {
+            state,
+            step: r.try_get::<i32, _>(8)? as usize,
+            weight_bp: r.try_get::<i32, _>(9)? as u32,
+            inconclusive: r.try_get::<i32, _>(10)? != 0,
+            step_started_ms: r.try_get(11)?,
+        },
+        started_at_ms: r.try_get(12)?,
+        updated_at_ms: r.try_get(13)?,
+        ended_at_ms: r.try_get(14)?,
+        judge_state: r.try_get(15)?,
+        last_report: r.try_get(16)?,
+    })
+}
+
+async fn append_event<'c>(
+    tx: &mut sqlx::Transaction<'c, sqlx::Any>,
+    rollout_id: &str,
+    at_ms: i64,
+    position: &Position,
+    event: &NewEvent,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO rollout_events (rollout_id, at_ms, actor, kind, state, step, weight_bp, message, evidence) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(rollout_id)
+    .bind(at_ms)
+    .bind(event.actor.as_str())
+    .bind(event.kind)
+    .bind(position.state.as_str())
+    .bind(position.step as i32)
+    .bind(position.weight_bp as i32)
+    .bind(event.message.as_str())
+    .bind(event.evidence.as_ref().map(|e| e.to_string()))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Creates a rollout with its first event; `Conflict` when its route already has a live one.
+    pub async fn insert_rollout(
+        &self,
+        row: &RolloutRow,
+        event: &NewEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let p = &row.position;
+        let inserted = sqlx::query(
+            "INSERT INTO rollouts (id, route, stable_version, canary_version, policy, policy_json, salt, state, step, weight_bp, \
+             inconclusive, step_started_at_ms, started_at_ms, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(row.id.as_str())
+        .bind(row.route.as_str())
+        .bind(row.stable_version.as_str())
+        .bind(row.canary_version.as_str())
+        .bind(row.policy.as_str())
+        .bind(row.policy_json.as_str())
+        .bind(row.salt.as_str())
+        .bind(p.state.as_str())
+        .bind(p.step as i32)
+        .bind(p.weight_bp as i32)
+        .bind(p.inconclusive as i32)
+        .bind(p.step_started_ms)
+        .bind(row.started_at_ms)
+        .bind(row.updated_at_ms)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(StoreError::Conflict(format!(
+                    "a live rollout on route `{}`",
+                    row.route
+                )));
+            }
+            other => {
+                other?;
+            }
+        }
+        append_event(&mut tx, &row.id, row.started_at_ms, p, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Moves a rollout to `position` and logs why, in one transaction. When the rollout was
+    /// promoted, `promote_to` makes its canary the route's stable version in the same commit.
+    pub async fn update_rollout(
+        &self,
+        id: &str,
+        position: &Position,
+        at_ms: i64,
+        event: &NewEvent,
+        promote_to: Option<(&str, &str)>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let ended = (!position.state.is_live()).then_some(at_ms);
+        sqlx::query(
+            "UPDATE rollouts SET state = $1, step = $2, weight_bp = $3, inconclusive = $4, step_started_at_ms = $5, \
+             updated_at_ms = $6, ended_at_ms = COALESCE(ended_at_ms, $7) WHERE id = $8",
+        )
+        .bind(position.state.as_str())
+        .bind(position.step as i32)
+        .bind(position.weight_bp as i32)
+        .bind(position.inconclusive as i32)
+        .bind(position.step_started_ms)
+        .bind(at_ms)
+        .bind(ended)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if let Some((route, version)) = promote_to {
+            sqlx::query(
+                "INSERT INTO route_stable (route, version, rollout_id, updated_at_ms) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (route) DO UPDATE SET version = excluded.version, rollout_id = excluded.rollout_id, \
+                 updated_at_ms = excluded.updated_at_ms",
+            )
+            .bind(route)
+            .bind(version)
+            .bind(id)
+            .bind(at_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        append_event(&mut tx, id, at_ms, position, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Saves the judge's running state and last report (no event: nothing changed).
+    pub async fn checkpoint_rollout(
+        &self,
+        id: &str,
+        judge_state: &str,
+        last_report: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE rollouts SET judge_state = $1, last_report = $2 WHERE id = $3")
+            .bind(judge_state)
+            .bind(last_report)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn rollout(&self, id: &str) -> Result<Option<RolloutRow>, StoreError> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = $1"
+        ));
+        let row = sqlx::query(sql).bind(id).fetch_optional(&self.pool).await?;
+        Ok(row.map(rollout_from).transpose()?)
+    }
+
+    /// All rollouts, newest first; only the live ones when `live_only`.
+    pub async fn rollouts(&self, live_only: bool) -> Result<Vec<RolloutRow>, StoreError> {
+        let filter = if live_only {
+            "WHERE state IN ('progressing', 'paused')"
+        } else {
+            ""
+        };
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {ROLLOUT_COLUMNS} FROM rollouts {filter} ORDER BY started_at_ms DESC, id"
+        ));
+        let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
+        Ok(rows
+            .into_iter()
+            .map(rollout_from)
+            .collect::<Result<_, _>>()?)
+    }
+
+    pub async fn set_pin(
+        &self,
+        id: &str,
+        workspace: &str,
+        arm: Option<Arm>,
+        position: &Position,
+        event: &NewEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM rollout_pins WHERE rollout_id = $1 AND workspace = $2")
+            .bind(id)
+            .bind(workspace)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(arm) = arm {
+            sqlx::query(
+                "INSERT INTO rollout_pins (rollout_id, workspace, arm) VALUES ($1, $2, $3)",
+            )
+            .bind(id)
+            .bind(workspace)
+            .bind(arm.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        append_event(&mut tx, id, super::now_ms(), position, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn pins(&self, id: &str) -> Result<Vec<(String, Arm)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT workspace, arm FROM rollout_pins WHERE rollout_id = $1 ORDER BY workspace",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                let arm: String = r.get(1);
+                Arm::parse(&arm).map(|a| (r.get(0), a))
+            })
+            .collect())
+    }
+
+    pub async fn events(&self, id: &str) -> Result<Vec<EventRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, rollout_id, at_ms, actor, kind, state, step, weight_bp, message, evidence \
+             FROM rollout_events WHERE rollout_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let evidence: Option<String> = r.try_get(9)?;
+                Ok(EventRow {
+                    id: r.try_get(0)?,
+                    rollout_id: r.try_get(1)?,
+                    at_ms: r.try_get(2)?,
+                    actor: r.try_get(3)?,
+                    kind: r.try_get(4)?,
+                    state: r.try_get(5)?,
+                    step: r.try_get::<i32, _>(6)? as i64,
+                    weight_bp: r.try_get::<i32, _>(7)? as i64,
+                    message: r.try_get(8)?,
+                    evidence: evidence.and_then(|e| serde_json::from_str(&e).ok()),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Routes whose stable version a promotion changed: route → version.
+    pub async fn route_stables(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT route, version FROM route_stable ORDER BY route")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}

@@ -1,0 +1,248 @@
+//! Durability: SIGKILL a real `sluice serve` mid-rollout and start it again, on SQLite and
+//! PostgreSQL; the rollout is where it was and an aborted canary stays aborted.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[database]
+url = "sqlite://DB_PATH"
+
+[providers.sim]
+kind = "mock"
+
+[versions.v1]
+provider = "sim"
+model = "sim-v1"
+mock = { ttft_ms = 1, tokens_per_s = 10000, output_tokens = 5 }
+[versions.v2]
+provider = "sim"
+model = "sim-v2"
+mock = { ttft_ms = 1, tokens_per_s = 10000, output_tokens = 5 }
+
+[routes.chat]
+stable = "v1"
+[routes.other]
+stable = "v1"
+"#;
+
+const POLICY: &str = r#"
+interval = "100ms"
+max_step_hold = "1h"
+sticky = "user"
+
+[[steps]]
+weight = 10
+hold = "200ms"
+min_requests = 1
+
+[[steps]]
+weight = 40
+hold = "1h"
+min_requests = 1000000
+
+[gates.error_rate]
+max_ratio = 1.2
+"#;
+
+struct Sluice {
+    child: Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Sluice {
+    async fn start(dir: &std::path::Path, db_url: Option<&str>) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command
+            .args(["serve", "--config"])
+            .arg(dir.join("sluice.toml"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(url) = db_url {
+            command.env("SLUICE_DATABASE_URL", url);
+        }
+        let child = command.spawn().unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        while http.get(format!("{base}/healthz")).send().await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "sluice did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self { child, base, http }
+    }
+
+    async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        let mut r = self
+            .http
+            .request(method, format!("{}/admin/v1{path}", self.base))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            r = r.json(&body);
+        }
+        let response = r.send().await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+        response.json().await.unwrap_or(Value::Null)
+    }
+
+    /// The arm each of 60 users gets on `route`.
+    async fn arms(&self, key: &str, route: &str) -> Vec<String> {
+        let mut arms = Vec::new();
+        for u in 0..60 {
+            let r = self
+                .http
+                .post(format!("{}/v1/chat/completions", self.base))
+                .bearer_auth(key)
+                .json(&chat_body(route, json!({"user": format!("user-{u}")})))
+                .send()
+                .await
+                .unwrap();
+            arms.push(headers_of(&r)["x-sluice-arm"].clone());
+        }
+        arms
+    }
+
+    fn kill(mut self) {
+        // SIGKILL: no graceful shutdown, no flush.
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+async fn rollout_survives_sigkill(db_url: Option<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sluice.db");
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        CONFIG.replace("DB_PATH", &db.display().to_string()),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/steps.toml"), POLICY).unwrap();
+
+    let s = Sluice::start(dir.path(), db_url.as_deref()).await;
+    s.admin(Method::POST, "/workspaces", Some(json!({"id": "acme"})))
+        .await;
+    let key = s.admin(Method::POST, "/workspaces/acme/keys", None).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = s
+        .admin(
+            Method::POST,
+            "/rollouts",
+            Some(json!({"route": "chat", "canary": "v2", "policy": "steps"})),
+        )
+        .await;
+    let id = r["id"].as_str().unwrap().to_owned();
+    let other = s
+        .admin(
+            Method::POST,
+            "/rollouts",
+            Some(json!({"route": "other", "canary": "v2", "policy": "steps"})),
+        )
+        .await;
+    let other_id = other["id"].as_str().unwrap().to_owned();
+    s.admin(Method::POST, &format!("/rollouts/{other_id}/abort"), None)
+        .await;
+    s.admin(
+        Method::PUT,
+        &format!("/rollouts/{id}/pins/vip"),
+        Some(json!({"arm": "canary"})),
+    )
+    .await;
+
+    // Let the judge move it to its second step.
+    let started = Instant::now();
+    let before = loop {
+        s.arms(&key, "chat").await;
+        let v = s.admin(Method::GET, &format!("/rollouts/{id}"), None).await;
+        if v["step"] == 1 {
+            break v;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never advanced: {v:#}"
+        );
+    };
+    let arms_before = s.arms(&key, "chat").await;
+    assert!(arms_before.iter().any(|a| a == "canary") && arms_before.iter().any(|a| a == "stable"));
+    s.kill();
+
+    let s = Sluice::start(dir.path(), db_url.as_deref()).await;
+    let after = s.admin(Method::GET, &format!("/rollouts/{id}"), None).await;
+    for field in [
+        "state",
+        "step",
+        "weight",
+        "started_at_ms",
+        "step_started_at_ms",
+        "stable",
+        "canary",
+    ] {
+        assert_eq!(
+            after[field], before[field],
+            "{field} changed across the restart"
+        );
+    }
+    assert_eq!(after["pins"], json!({"vip": "canary"}));
+    assert_eq!(
+        s.arms(&key, "chat").await,
+        arms_before,
+        "same salt: every user keeps its arm"
+    );
+    let aborted = s
+        .admin(Method::GET, &format!("/rollouts/{other_id}"), None)
+        .await;
+    assert_eq!(aborted["state"], "aborted");
+    assert!(
+        s.arms(&key, "other").await.iter().all(|a| a == "stable"),
+        "an aborted canary stays off"
+    );
+    let events = s
+        .admin(Method::GET, &format!("/rollouts/{id}/events"), None)
+        .await;
+    let kinds: Vec<&str> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["started", "pinned", "advanced"]);
+    s.kill();
+}
+
+#[tokio::test]
+async fn a_rollout_survives_sigkill_on_sqlite() {
+    rollout_survives_sigkill(None).await;
+}
+
+#[tokio::test]
+async fn a_rollout_survives_sigkill_on_postgres() {
+    if let Some(base) = pg_url() {
+        rollout_survives_sigkill(Some(fresh_pg_schema(&base).await)).await;
+    }
+}

@@ -1,0 +1,453 @@
+//! Rollouts through the HTTP surface: split, stickiness, pins, the judge's advances and
+//! reverts, operator commands and the audit log.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+pub async fn start(app: &TestApp, route: &str, canary: &str, policy: &str) -> Value {
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            "/rollouts",
+            Some(json!({"route": route, "canary": canary, "policy": policy})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body
+}
+
+pub async fn view(app: &TestApp, id: &str) -> Value {
+    let (status, body) = app
+        .admin(Method::GET, &format!("/rollouts/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// Polls the rollout until `done` holds, sending traffic meanwhile when `key` is given.
+pub async fn wait_for(
+    app: &TestApp,
+    id: &str,
+    key: Option<&str>,
+    route: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let started = Instant::now();
+    loop {
+        let v = view(app, id).await;
+        if done(&v) {
+            return v;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "timed out; rollout is now {v:#}"
+        );
+        match key {
+            Some(key) => {
+                drive(app, key, route, 20, json!({})).await;
+            }
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Sends `n` requests (8 at a time) and counts the arms that served them.
+pub async fn drive(
+    app: &TestApp,
+    key: &str,
+    route: &str,
+    n: usize,
+    extra: Value,
+) -> (usize, usize) {
+    let mut stable = 0;
+    let mut canary = 0;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(8) {
+        let calls = chunk
+            .iter()
+            .map(|_| app.chat_raw(key, chat_body(route, extra.clone())));
+        for response in futures_util::future::join_all(calls).await {
+            match headers_of(&response)
+                .get("x-sluice-arm")
+                .map(String::as_str)
+            {
+                Some("canary") => canary += 1,
+                Some("stable") => stable += 1,
+                other => panic!("no arm header: {other:?}"),
+            }
+            let _ = response.bytes().await;
+        }
+    }
+    (stable, canary)
+}
+
+#[tokio::test]
+async fn the_split_matches_the_weight_within_binomial_limits() {
+    let app = TestApp::spawn().await;
+    let key = app.key("acme").await;
+    let r = start(&app, "chat", "gpt-4-1", "hold").await;
+    assert_eq!(r["weight"], 30.0);
+    let n = 400;
+    let (stable, canary) = drive(&app, &key, "chat", n, json!({})).await;
+    assert_eq!(stable + canary, n);
+    // Binomial(400, 0.3): mean 120, sd 9.2; ±4 sd.
+    assert!(
+        (83..=157).contains(&canary),
+        "canary served {canary} of {n}"
+    );
+    let received = app.upstream.received();
+    assert_eq!(
+        received
+            .iter()
+            .filter(|r| r.body["model"] == "ok-canary")
+            .count(),
+        canary
+    );
+
+    app.wait_written(n as u64).await;
+    let records = app.store().await.records(Some("chat"), 1000).await.unwrap();
+    let id = r["id"].as_str().unwrap();
+    assert!(
+        records
+            .iter()
+            .all(|rec| rec.rollout_id.as_deref() == Some(id)
+                && rec.w == Some(0.3)
+                && rec.randomized
+                && rec.step == Some(0))
+    );
+}
+
+#[tokio::test]
+async fn sticky_users_stay_in_the_canary_when_the_weight_rises() {
+    let app = TestApp::spawn().await;
+    let key = app.key("acme").await;
+    let r = start(&app, "chat", "gpt-4-1", "sticky").await;
+    let id = r["id"].as_str().unwrap().to_owned();
+    let first = canary_users(&app, &key).await;
+    assert_eq!(
+        first,
+        canary_users(&app, &key).await,
+        "the same users, the same arm"
+    );
+    let v = wait_for(&app, &id, None, "chat", |v| v["step"] == 1).await;
+    assert_eq!(v["weight"], 60.0);
+    let second = canary_users(&app, &key).await;
+    assert!(
+        second.len() > first.len(),
+        "{} then {}",
+        first.len(),
+        second.len()
+    );
+    for u in &first {
+        assert!(
+            second.contains(u),
+            "user u{u} left the canary when the weight rose"
+        );
+    }
+}
+
+/// Which of 120 users the canary serves.
+async fn canary_users(app: &TestApp, key: &str) -> Vec<u32> {
+    let mut canary = Vec::new();
+    for u in 0..120 {
+        let response = app
+            .chat_raw(key, chat_body("chat", json!({"user": format!("u{u}")})))
+            .await;
+        if headers_of(&response)["x-sluice-arm"] == "canary" {
+            canary.push(u);
+        }
+    }
+    canary
+}
+
+#[tokio::test]
+async fn pins_beat_the_percentage_and_are_logged() {
+    let app = TestApp::spawn().await;
+    let beta = app.key("beta").await;
+    let legacy = app.key("legacy").await;
+    let other = app.key("other").await;
+    let r = start(&app, "chat", "gpt-4-1", "hold").await;
+    let id = r["id"].as_str().unwrap();
+    let (status, _) = app
+        .admin(
+            Method::PUT,
+            &format!("/rollouts/{id}/pins/beta"),
+            Some(json!({"arm": "canary"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = app
+        .admin(
+            Method::PUT,
+            &format!("/rollouts/{id}/pins/legacy"),
+            Some(json!({"arm": "stable"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(drive(&app, &beta, "chat", 40, json!({})).await, (0, 40));
+    assert_eq!(drive(&app, &legacy, "chat", 40, json!({})).await, (40, 0));
+    let (_, canary) = drive(&app, &other, "chat", 80, json!({})).await;
+    assert!(canary > 0 && canary < 80);
+
+    let (status, _) = app
+        .admin(Method::DELETE, &format!("/rollouts/{id}/pins/beta"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (stable, _) = drive(&app, &beta, "chat", 60, json!({})).await;
+    assert!(stable > 0, "an unpinned workspace is randomized again");
+
+    app.wait_written(260).await;
+    let records = app.store().await.records(Some("chat"), 1000).await.unwrap();
+    assert!(
+        records
+            .iter()
+            .filter(|r| r.workspace == "legacy")
+            .all(|r| !r.randomized),
+        "pinned requests are marked"
+    );
+
+    let (_, events) = app
+        .admin(Method::GET, &format!("/rollouts/{id}/events"), None)
+        .await;
+    let kinds: Vec<&str> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["started", "pinned", "pinned", "unpinned"]);
+}
+
+#[tokio::test]
+async fn a_healthy_canary_is_promoted_through_every_step() {
+    let app = TestApp::spawn().await;
+    let key = app.key("acme").await;
+    let r = start(&app, "chat", "gpt-4-1", "fast").await;
+    let id = r["id"].as_str().unwrap().to_owned();
+    let v = wait_for(&app, &id, Some(&key), "chat", |v| {
+        v["state"] != "progressing"
+    })
+    .await;
+    assert_eq!(v["state"], "promoted", "{v:#}");
+    assert_eq!(v["weight"], 100.0);
+
+    // The canary is the route's stable version now.
+    let response = app.chat_raw(&key, chat_body("chat", json!({}))).await;
+    let headers = headers_of(&response);
+    assert_eq!(
+        (
+            headers["x-sluice-version"].as_str(),
+            headers["x-sluice-arm"].as_str()
+        ),
+        ("gpt-4-1", "stable")
+    );
+    let (_, events) = app
+        .admin(Method::GET, &format!("/rollouts/{id}/events"), None)
+        .await;
+    let kinds: Vec<&str> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["started", "advanced", "promoted"]);
+    let advanced = &events["data"][1];
+    assert_eq!(advanced["actor"], "judge");
+    assert!(
+        advanced["evidence"]["report"]["gates"].is_array(),
+        "every decision stores its evidence"
+    );
+}
+
+async fn assert_reverted(canary: &str, extra: Value) {
+    let app = TestApp::spawn().await;
+    let key = app.key("acme").await;
+    let r = start(&app, "chat", canary, "fast").await;
+    let id = r["id"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    let v = loop {
+        drive(&app, &key, "chat", 16, extra.clone()).await;
+        let v = view(&app, &id).await;
+        if v["state"] != "progressing" {
+            break v;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{canary} was never reverted: {v:#}"
+        );
+    };
+    assert_eq!(v["state"], "rolled_back", "{canary}: {v:#}");
+    assert_eq!(v["weight"], 0.0);
+    // The revert is in the table at once: every request is on stable now.
+    assert_eq!(
+        drive(&app, &key, "chat", 24, extra).await,
+        (24, 0),
+        "{canary}"
+    );
+    let (_, events) = app
+        .admin(Method::GET, &format!("/rollouts/{id}/events"), None)
+        .await;
+    let last = events["data"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["kind"].as_str(), last["actor"].as_str()),
+        (Some("rolled_back"), Some("judge"))
+    );
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("rolled back: "),
+        "{last}"
+    );
+    assert!(last["evidence"]["report"]["revert"].as_bool().unwrap());
+}
+
+#[tokio::test]
+async fn a_canary_that_raises_the_error_rate_is_reverted() {
+    assert_reverted("broken-canary", json!({})).await;
+}
+
+#[tokio::test]
+async fn a_canary_that_uses_more_tokens_is_reverted() {
+    assert_reverted("wordy-canary", json!({})).await;
+}
+
+#[tokio::test]
+async fn a_canary_with_a_slower_tail_is_reverted() {
+    assert_reverted("slow-canary", json!({})).await;
+}
+
+#[tokio::test]
+async fn a_canary_that_costs_more_is_reverted() {
+    assert_reverted("pricey-canary", json!({})).await;
+}
+
+#[tokio::test]
+async fn operators_pause_resume_promote_and_abort_and_each_is_logged() {
+    let app = TestApp::spawn().await;
+    let key = app.key("acme").await;
+    let r = start(&app, "chat", "gpt-4-1", "hold").await;
+    let id = r["id"].as_str().unwrap().to_owned();
+    let op = |name: &'static str| {
+        let id = id.clone();
+        let app = &app;
+        async move {
+            app.admin(Method::POST, &format!("/rollouts/{id}/{name}"), None)
+                .await
+        }
+    };
+    let (status, v) = op("pause").await;
+    assert_eq!(
+        (status, v["state"].as_str()),
+        (StatusCode::OK, Some("paused"))
+    );
+    let (status, _) = op("pause").await;
+    assert_eq!(status, StatusCode::CONFLICT, "pausing twice");
+    let (_, v) = op("resume").await;
+    assert_eq!(v["state"], "progressing");
+    let (status, _) = app
+        .admin(Method::POST, &format!("/rollouts/{id}/dance"), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, v) = op("promote").await;
+    assert_eq!(v["state"], "promoted");
+    assert_eq!(drive(&app, &key, "chat", 10, json!({})).await, (10, 0));
+    let response = app.chat_raw(&key, chat_body("chat", json!({}))).await;
+    assert_eq!(headers_of(&response)["x-sluice-version"], "gpt-4-1");
+    let (status, _) = op("abort").await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "an ended rollout takes no command"
+    );
+
+    // A new rollout on the same route, aborted: traffic back on the (new) stable.
+    let r = start(&app, "chat", "gpt-4o", "hold").await;
+    let second = r["id"].as_str().unwrap();
+    let (status, _) = app
+        .admin(
+            Method::POST,
+            "/rollouts",
+            Some(json!({"route": "chat", "canary": "wordy-canary", "policy": "hold"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "one live rollout per route");
+    let (_, v) = app
+        .admin(Method::POST, &format!("/rollouts/{second}/abort"), None)
+        .await;
+    assert_eq!(v["state"], "aborted");
+    assert_eq!(drive(&app, &key, "chat", 10, json!({})).await, (10, 0));
+
+    let (_, events) = app
+        .admin(Method::GET, &format!("/rollouts/{id}/events"), None)
+        .await;
+    let log: Vec<(String, String)> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_owned(),
+                e["actor"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expect =
+        ["started", "paused", "resumed", "promoted"].map(|k| (k.to_owned(), "operator".to_owned()));
+    assert_eq!(log, expect);
+    let (_, list) = app.admin(Method::GET, "/rollouts", None).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn bad_rollout_requests_are_refused_clearly() {
+    let app = TestApp::spawn().await;
+    let cases = [
+        (
+            json!({"route": "nope", "canary": "gpt-4-1", "policy": "fast"}),
+            StatusCode::NOT_FOUND,
+            "nope",
+        ),
+        (
+            json!({"route": "chat", "canary": "gpt-9", "policy": "fast"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "gpt-9",
+        ),
+        (
+            json!({"route": "chat", "canary": "gpt-4-1", "policy": "yolo"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "yolo",
+        ),
+        (
+            json!({"route": "chat", "canary": "gpt-4o", "policy": "fast"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "already",
+        ),
+        (json!({"route": "chat"}), StatusCode::BAD_REQUEST, "canary"),
+    ];
+    for (body, status, needle) in cases {
+        let (got, answer) = app
+            .admin(Method::POST, "/rollouts", Some(body.clone()))
+            .await;
+        assert_eq!(got, status, "{body}: {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(needle),
+            "{answer}"
+        );
+    }
+    let (status, _) = app.admin(Method::GET, "/rollouts/ro_missing", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let unauth = app
+        .http
+        .get(format!("{}/admin/v1/rollouts", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauth.status(), 401);
+}
