@@ -46,6 +46,7 @@ impl Server {
                 store.clone(),
                 catalog.clone(),
                 settings.policies.clone(),
+                settings.policies_dir.clone(),
                 routing.clone(),
             )
             .await?,

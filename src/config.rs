@@ -262,8 +262,10 @@ pub struct Settings {
     pub admin_token: Secret,
     /// Provider name → its API key, for `openai` providers whose `api_key_env` is set.
     pub provider_keys: BTreeMap<String, Secret>,
-    /// Rollout policies by name, read from `[policies] dir`.
+    /// Rollout policies by name, read from `[policies] dir` at start.
     pub policies: BTreeMap<String, Arc<Policy>>,
+    /// That folder: a rollout reads its policy file again when it starts.
+    pub policies_dir: PathBuf,
 }
 
 /// Reads `path` and checks it, taking environment variables from the process.
@@ -508,6 +510,7 @@ pub fn parse(
         admin_token: admin_token.expect("checked above"),
         provider_keys,
         policies,
+        policies_dir,
     })
 }
 

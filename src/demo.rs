@@ -318,7 +318,7 @@ impl Traffic {
                     while !stop.load(Ordering::Relaxed) {
                         i += 1;
                         let body = json!({
-                            "model": "support", "stream": (client + i as usize) % 3 == 0,
+                            "model": "support", "stream": (client + i as usize).is_multiple_of(3),
                             "user": format!("user-{}", (client as u64 * 7919 + i) % 500),
                             "messages": [{"role": "user", "content": "Where is my order?"}],
                         });

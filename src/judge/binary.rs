@@ -14,6 +14,11 @@ use serde::{Deserialize, Serialize};
 /// Rate-ratio alternatives, as multiples of the tolerance θ_tol (§6.3).
 pub const RATIO_GRID: [f64; 6] = [1.25, 1.5, 2.0, 3.0, 5.0, 8.0];
 
+/// The range searched for ratio estimates and intervals; an interval ending at
+/// `RATIO_MAX` is open above (JSON has no infinity).
+pub const RATIO_MIN: f64 = 1e-3;
+pub const RATIO_MAX: f64 = 1e3;
+
 /// Bad events by arm at one canary probability (`w` in basis points).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Cell {
@@ -105,7 +110,8 @@ impl CountProcess {
             return Some(0.0);
         }
         if s == 0 {
-            return Some(f64::INFINITY);
+            // Unbounded; reported as the edge of the searched range (JSON has no ∞).
+            return Some(RATIO_MAX);
         }
         // Newton on x = log θ; the log-likelihood is concave in x.
         let mut x = 0.0f64;
@@ -118,7 +124,8 @@ impl CountProcess {
                 d1 += cell.canary_bad as f64 - n * q;
                 d2 -= n * q * (1.0 - q);
             }
-            let step = d1 / d2;
+            // Damped: far from the optimum the curvature is tiny and a full step overshoots.
+            let step = (d1 / d2).clamp(-1.0, 1.0);
             x = (x - step).clamp(-20.0, 20.0);
             if step.abs() < 1e-10 {
                 break;
@@ -133,7 +140,7 @@ impl CountProcess {
     pub fn ratio_ci(&self, alpha: f64) -> Option<(f64, f64)> {
         let est = self.ratio_estimate()?;
         let limit = 1.0 / alpha;
-        let centre = est.clamp(1e-3, 1e3).ln();
+        let centre = est.clamp(RATIO_MIN, RATIO_MAX).ln();
         let edge = |far: f64| {
             if self.e_two_sided(far.exp()) < limit {
                 return far;
@@ -149,15 +156,14 @@ impl CountProcess {
             }
             inside
         };
-        let lo = edge(1e-3f64.ln());
-        let hi = edge(1e3f64.ln());
-        let lo = if lo <= 1e-3f64.ln() + 1e-9 { 0.0 } else { lo.exp() };
-        let hi = if hi >= 1e3f64.ln() - 1e-9 {
-            f64::INFINITY
+        let lo = edge(RATIO_MIN.ln());
+        let hi = edge(RATIO_MAX.ln());
+        let lo = if lo <= RATIO_MIN.ln() + 1e-9 {
+            0.0
         } else {
-            hi.exp()
+            lo.exp()
         };
-        Some((lo, hi))
+        Some((lo, hi.exp()))
     }
 }
 
@@ -168,7 +174,8 @@ pub fn mean_exp<const N: usize>(logs: [f64; N]) -> f64 {
         return 0.0;
     }
     let sum: f64 = logs.iter().map(|l| (l - max).exp()).sum();
-    (max + (sum / N as f64).ln()).exp()
+    // Capped so that reports stay finite JSON numbers.
+    (max + (sum / N as f64).ln()).exp().min(1e300)
 }
 
 #[cfg(test)]
@@ -183,7 +190,11 @@ mod tests {
         // Mean = 17.4227 / 6 = 2.90378.
         let mut p = CountProcess::default();
         p.observe(true, 0.05, true);
-        assert!((p.e_value(1.0) - 2.90378).abs() < 1e-4, "{}", p.e_value(1.0));
+        assert!(
+            (p.e_value(1.0) - 2.90378).abs() < 1e-4,
+            "{}",
+            p.e_value(1.0)
+        );
     }
 
     #[test]
@@ -194,7 +205,11 @@ mod tests {
         // {0.85714, 0.75, 0.6, 0.42857, 0.27273, 0.17647}; mean = 3.08491/6 = 0.514152.
         let mut p = CountProcess::default();
         p.observe(false, 0.5, true);
-        assert!((p.e_value(2.0) - 0.514152).abs() < 1e-5, "{}", p.e_value(2.0));
+        assert!(
+            (p.e_value(2.0) - 0.514152).abs() < 1e-5,
+            "{}",
+            p.e_value(2.0)
+        );
     }
 
     #[test]

@@ -50,7 +50,8 @@ impl Window {
             next: 0,
             sum: 0.0,
             sum_sq: 0.0,
-            q95: f64::INFINITY,
+            // No tail scores before the window has a quantile (JSON has no ∞).
+            q95: f64::MAX,
             since_q: 0,
         }
     }
@@ -274,7 +275,8 @@ impl ContinuousGate {
                 let g = ((z - m) / s).clamp(-4.0, 4.0);
                 self.up.update(canary, w, shift_tilts(g));
                 if self.tail {
-                    self.tail_up.update(canary, w, tail_tilts(z > self.stable.q95));
+                    self.tail_up
+                        .update(canary, w, tail_tilts(z > self.stable.q95));
                 }
             }
             if let Some(delta) = self.down_shift {
@@ -326,8 +328,8 @@ impl ContinuousGate {
         let v = c.var() / c.n as f64 + s.var() / s.n as f64;
         let n = c.n.min(s.n) as f64;
         let rho2 = (-2.0 * alpha.ln() + (-2.0 * alpha.ln() + 1.0).ln()) / 500.0;
-        let scale = (2.0 * (n * rho2 + 1.0) / (n * rho2) * ((n * rho2 + 1.0).sqrt() / alpha).ln())
-            .sqrt();
+        let scale =
+            (2.0 * (n * rho2 + 1.0) / (n * rho2) * ((n * rho2 + 1.0).sqrt() / alpha).ln()).sqrt();
         let h = v.sqrt() * scale;
         Some(((d - h).exp(), (d + h).exp()))
     }
@@ -362,7 +364,11 @@ mod tests {
         }
         let s = (32.0f64 / 31.0).sqrt();
         gate.observe(true, 0.5, (1.0 + s).exp());
-        assert!((gate.e_value() - 1.126143).abs() < 1e-5, "{}", gate.e_value());
+        assert!(
+            (gate.e_value() - 1.126143).abs() < 1e-5,
+            "{}",
+            gate.e_value()
+        );
     }
 
     #[test]
@@ -371,7 +377,11 @@ mod tests {
         for _ in 0..10 {
             gate.observe(true, 0.5, 100.0);
         }
-        assert_eq!(gate.e_value(), 1.0, "no stable window yet: no score, no evidence");
+        assert_eq!(
+            gate.e_value(),
+            1.0,
+            "no stable window yet: no score, no evidence"
+        );
         assert_eq!(gate.raw_canary.n, 10);
     }
 

@@ -174,7 +174,11 @@ mod tests {
         assert_eq!(k.fires(2_500), None, "three requests are below the minimum");
         k.observe(3_000, false);
         assert_eq!(k.fires(3_500), Some((4, 3)));
-        assert_eq!(k.counts(62_500), (2, 1), "the first two seconds left the window");
+        assert_eq!(
+            k.counts(62_500),
+            (2, 1),
+            "the first two seconds left the window"
+        );
     }
 
     #[test]

@@ -1,9 +1,31 @@
 //! The judge: design-based e-processes per gate over the arm labels given the outcomes
 //! (research note §6), a weighted average across gates, a kill switch and an SRM guard.
-//! Pure: no I/O, no clock (time comes in as milliseconds).
-//! (Interface fixed; bodies to be written.)
+//! In: a policy, then every measured request as an [`Observation`] (and every randomized
+//! assignment for the SRM guard). Out: a [`JudgeReport`] at any look. Pure: no I/O, no
+//! clock (time comes in as milliseconds); the state serializes so a restart resumes the
+//! e-processes where they stood.
+//!
+//! Choices the research note leaves open, fixed here:
+//! - gate weights π_k (§6.4): error 0.30, guardrail 0.15, schema 0.15, TTFT 0.10,
+//!   latency 0.10, tokens 0.10, cost 0.10, length 0.10, renormalized over the policy's
+//!   judged gates (a gate with only `max_ms` is a hard limit and has no weight);
+//! - a gate passes once it has [`MIN_PER_ARM_FOR_PASS`] randomized requests per arm and
+//!   does not fail; before that it is "not yet";
+//! - a hard limit needs [`HARD_LIMIT_MIN_CANARY`] canary requests before it can fire;
+//! - continuous gates skip errored requests (the error gate judges those), except for
+//!   the latency hard limit, which sees every canary request;
+//! - the revert is decided on the current e-value at each look (anytime-valid, so looking
+//!   every `interval` keeps the α guarantee).
 
 use serde::{Deserialize, Serialize};
+
+pub mod binary;
+pub mod continuous;
+pub mod guards;
+
+use binary::CountProcess;
+use continuous::ContinuousGate;
+use guards::{ALPHA_SRM, KillWindow, Srm};
 
 use crate::resolve::Arm;
 use crate::rollout::policy::{Metric, Policy};
@@ -46,14 +68,17 @@ pub enum GateVerdict {
 pub struct GateReport {
     pub gate: Metric,
     pub verdict: GateVerdict,
-    /// The gate's e-value (mixture over its alternatives; the largest of its one-sided parts).
+    /// The gate's e-value: the mixture over its alternatives, averaged over its one-sided
+    /// parts (shift up, tail, shift down), so that it is itself an e-value.
     pub e_value: f64,
     /// Its weight π_k in the global average.
     pub weight: f64,
     /// The canary's effect estimate: a rate ratio (binary gates) or a ratio of geometric
     /// means (continuous gates), canary / stable.
     pub effect: Option<f64>,
-    /// Confidence interval (1 − α) for `effect`, when there is one.
+    /// Confidence interval (1 − α) for `effect`, when there is one: for binary gates the
+    /// ratios θ0 whose two-sided e-process has not reached 1/α (a confidence sequence);
+    /// for continuous gates an asymptotic normal-mixture confidence sequence.
     pub ci: Option<(f64, f64)>,
     pub stable_value: Option<f64>,
     pub canary_value: Option<f64>,
@@ -94,31 +119,351 @@ pub struct JudgeReport {
     pub stable_requests: u64,
 }
 
+/// Randomized requests per arm a gate needs before it can pass.
+pub const MIN_PER_ARM_FOR_PASS: u64 = 100;
+/// Canary requests a hard limit needs before it can fire (one slow request is no p95).
+pub const HARD_LIMIT_MIN_CANARY: usize = 20;
+
+/// π_k before renormalization (research §6.4).
+pub fn default_weight(metric: Metric) -> f64 {
+    match metric {
+        Metric::ErrorRate => 0.30,
+        Metric::GuardrailBlockRate | Metric::SchemaFailureRate => 0.15,
+        Metric::TtftP95
+        | Metric::LatencyP95
+        | Metric::TokensPerRequest
+        | Metric::CostPerRequest
+        | Metric::ResponseLength => 0.10,
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Process {
+    Binary {
+        theta_tol: f64,
+        counts: CountProcess,
+    },
+    Continuous(Box<ContinuousGate>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct JudgedGate {
+    metric: Metric,
+    weight: f64,
+    max_ms: Option<f64>,
+    process: Process,
+}
+
+impl JudgedGate {
+    fn e_value(&self) -> f64 {
+        match &self.process {
+            Process::Binary { theta_tol, counts } => counts.e_value(*theta_tol),
+            Process::Continuous(c) => c.e_value(),
+        }
+    }
+}
+
+/// The value of `metric` in one observation, if it applies to it.
+fn value_of(metric: Metric, obs: &Observation) -> Option<f64> {
+    match metric {
+        Metric::ErrorRate => Some(f64::from(u8::from(obs.error))),
+        Metric::SchemaFailureRate => obs.schema_failed.map(|f| f64::from(u8::from(f))),
+        Metric::GuardrailBlockRate => Some(f64::from(u8::from(obs.guardrail_blocked))),
+        _ if obs.error => None,
+        Metric::LatencyP95 => Some(obs.latency_ms),
+        Metric::TtftP95 => obs.ttft_ms,
+        Metric::TokensPerRequest => Some(obs.tokens),
+        Metric::CostPerRequest => Some(obs.cost_usd),
+        Metric::ResponseLength => Some(obs.response_chars),
+    }
+}
+
 /// The judge's running state for one rollout; serializable so it survives a restart.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Judge {
-    // fields to be written
+    alpha: f64,
+    gates: Vec<JudgedGate>,
+    kill: Option<KillWindow>,
+    srm: Srm,
+    canary_requests: u64,
+    stable_requests: u64,
 }
 
 impl Judge {
     pub fn new(policy: &Policy) -> Self {
-        let _ = policy;
-        unimplemented!("judge")
+        let judged =
+            |g: &crate::rollout::policy::Gate| g.max_ratio.is_some() || g.min_ratio.is_some();
+        let total: f64 = policy
+            .gates
+            .iter()
+            .filter(|g| judged(g))
+            .map(|g| default_weight(g.metric))
+            .sum();
+        let gates = policy
+            .gates
+            .iter()
+            .map(|g| JudgedGate {
+                metric: g.metric,
+                weight: if judged(g) && total > 0.0 {
+                    default_weight(g.metric) / total
+                } else {
+                    0.0
+                },
+                max_ms: g.max_ms,
+                process: if g.metric.is_binary() {
+                    Process::Binary {
+                        theta_tol: g.max_ratio.unwrap_or(1.0),
+                        counts: CountProcess::default(),
+                    }
+                } else {
+                    Process::Continuous(Box::new(ContinuousGate::new(
+                        g.max_ratio,
+                        g.min_ratio,
+                        g.metric.is_time(),
+                    )))
+                },
+            })
+            .collect();
+        Judge {
+            alpha: policy.alpha,
+            gates,
+            kill: policy.kill_switch.as_ref().map(|k| {
+                KillWindow::new(k.error_rate, k.min_requests, k.window.as_millis() as i64)
+            }),
+            srm: Srm::new(policy.sticky == crate::rollout::policy::Sticky::Request),
+            canary_requests: 0,
+            stable_requests: 0,
+        }
     }
 
     /// A request was assigned to `arm` by randomization (for the SRM guard).
     pub fn note_assigned(&mut self, arm: Arm) {
-        let _ = arm;
+        self.srm.assigned(arm == Arm::Canary);
     }
 
     /// A measured request.
     pub fn observe(&mut self, obs: &Observation) {
-        let _ = obs;
+        let canary = obs.arm == Arm::Canary;
+        if canary {
+            self.canary_requests += 1;
+            if let Some(kill) = &mut self.kill {
+                kill.observe(obs.at_ms, obs.error);
+            }
+        } else {
+            self.stable_requests += 1;
+        }
+        if obs.randomized {
+            self.srm.measured(canary, obs.w);
+        }
+        for gate in &mut self.gates {
+            match &mut gate.process {
+                Process::Binary { counts, .. } => {
+                    if obs.randomized
+                        && let Some(bad) = value_of(gate.metric, obs)
+                    {
+                        counts.observe(canary, obs.w, bad > 0.5);
+                    }
+                }
+                Process::Continuous(c) => {
+                    if canary && gate.metric.is_time() {
+                        let any = match gate.metric {
+                            Metric::LatencyP95 => Some(obs.latency_ms),
+                            _ => obs.ttft_ms,
+                        };
+                        if let Some(y) = any {
+                            c.observe_canary_any(y);
+                        }
+                    }
+                    if obs.randomized
+                        && let Some(y) = value_of(gate.metric, obs)
+                    {
+                        c.observe(canary, obs.w, y);
+                    }
+                }
+            }
+        }
     }
 
     /// The verdict now.
     pub fn report(&self, now_ms: i64) -> JudgeReport {
-        let _ = now_ms;
-        unimplemented!("judge report")
+        self.report_inner(now_ms, true)
+    }
+
+    /// The same verdicts as [`Judge::report`] without the confidence intervals, which cost
+    /// a few thousand e-value evaluations: for the simulator's millions of looks.
+    pub fn look(&self, now_ms: i64) -> JudgeReport {
+        self.report_inner(now_ms, false)
+    }
+
+    fn report_inner(&self, now_ms: i64, with_ci: bool) -> JudgeReport {
+        let threshold = 1.0 / self.alpha;
+        let e: Vec<f64> = self.gates.iter().map(JudgedGate::e_value).collect();
+        let e_global: f64 = self.gates.iter().zip(&e).map(|(g, e)| g.weight * e).sum();
+        let mut reasons = Vec::new();
+
+        let kill = self
+            .kill
+            .as_ref()
+            .and_then(|k| k.fires(now_ms).map(|f| (k, f)));
+        if let Some((k, (n, errors))) = kill {
+            reasons.push(format!(
+                "kill switch: canary error rate {:.0} % ({errors} of {n}) in the last {} s is at or above {:.0} %",
+                100.0 * errors as f64 / n as f64,
+                k.window_ms / 1000,
+                100.0 * k.error_rate
+            ));
+        }
+
+        let mut hard_failed = vec![false; self.gates.len()];
+        for (i, gate) in self.gates.iter().enumerate() {
+            let (Some(limit), Process::Continuous(c)) = (gate.max_ms, &gate.process) else {
+                continue;
+            };
+            if c.canary_recent() < HARD_LIMIT_MIN_CANARY {
+                continue;
+            }
+            if let (_, Some(p95)) = c.p95s()
+                && p95 > limit
+            {
+                hard_failed[i] = true;
+                reasons.push(format!(
+                    "{}: canary p95 {p95:.0} ms over the last {} canary requests is above the hard limit {limit:.0} ms",
+                    gate.metric.key(),
+                    c.canary_recent()
+                ));
+            }
+        }
+
+        let statistical = e_global >= threshold;
+        // A gate fails when its own share crosses 1/α (weighted Bonferroni inside the
+        // average); when only the sum crosses, the largest share is named as the cause.
+        let mut failed: Vec<bool> = self
+            .gates
+            .iter()
+            .zip(&e)
+            .enumerate()
+            .map(|(i, (g, e))| hard_failed[i] || (g.weight > 0.0 && g.weight * e >= threshold))
+            .collect();
+        if statistical {
+            let cause = self
+                .gates
+                .iter()
+                .zip(&e)
+                .enumerate()
+                .max_by(|a, b| (a.1.0.weight * a.1.1).total_cmp(&(b.1.0.weight * b.1.1)))
+                .map(|(i, _)| i);
+            if let Some(i) = cause {
+                failed[i] = true;
+            }
+            let named: Vec<String> = self
+                .gates
+                .iter()
+                .zip(&e)
+                .filter(|(g, e)| g.weight * **e >= 0.05 * e_global)
+                .map(|(g, e)| {
+                    format!(
+                        "{} {:.0} %",
+                        g.metric.key(),
+                        100.0 * g.weight * e / e_global
+                    )
+                })
+                .collect();
+            reasons.push(format!(
+                "judge: evidence of harm E = {e_global:.1} ≥ 1/α = {threshold:.0} (shares: {})",
+                named.join(", ")
+            ));
+        }
+
+        let gates = self
+            .gates
+            .iter()
+            .zip(&e)
+            .zip(&failed)
+            .map(|((g, &e_value), &failed)| self.gate_report(g, e_value, failed, with_ci))
+            .collect();
+
+        let srm_e = self.srm.e_value();
+        JudgeReport {
+            at_ms: now_ms,
+            alpha: self.alpha,
+            e_global,
+            threshold,
+            revert: !reasons.is_empty(),
+            reasons,
+            kill_switch_fired: kill.is_some(),
+            gates,
+            srm: SrmReport {
+                assigned_stable: self.srm.assigned_stable,
+                assigned_canary: self.srm.assigned_canary,
+                measured_stable: self.srm.measured_stable,
+                measured_canary: self.srm.measured_canary,
+                e_value: srm_e,
+                broken: srm_e >= 1.0 / ALPHA_SRM,
+            },
+            canary_requests: self.canary_requests,
+            stable_requests: self.stable_requests,
+        }
+    }
+
+    fn gate_report(&self, g: &JudgedGate, e_value: f64, failed: bool, with_ci: bool) -> GateReport {
+        let (n_stable, n_canary, effect, ci, stable_value, canary_value) = match &g.process {
+            Process::Binary { counts, .. } => {
+                let rate = |bad: u64, n: u64| (n > 0).then(|| bad as f64 / n as f64);
+                (
+                    counts.n_stable,
+                    counts.n_canary,
+                    counts.ratio_estimate(),
+                    if with_ci {
+                        counts.ratio_ci(self.alpha)
+                    } else {
+                        None
+                    },
+                    rate(counts.bad_stable, counts.n_stable),
+                    rate(counts.bad_canary, counts.n_canary),
+                )
+            }
+            Process::Continuous(c) => {
+                let (stable_value, canary_value) = if g.metric.is_time() {
+                    c.p95s()
+                } else {
+                    let mean = |m: &continuous::Moments| (m.n > 0).then(|| m.mean());
+                    (mean(&c.raw_stable), mean(&c.raw_canary))
+                };
+                (
+                    c.raw_stable.n,
+                    c.raw_canary.n,
+                    c.effect(),
+                    if with_ci {
+                        c.effect_ci(self.alpha)
+                    } else {
+                        None
+                    },
+                    stable_value,
+                    canary_value,
+                )
+            }
+        };
+        let verdict = if failed {
+            GateVerdict::Fail
+        } else if n_stable >= MIN_PER_ARM_FOR_PASS && n_canary >= MIN_PER_ARM_FOR_PASS {
+            GateVerdict::Pass
+        } else {
+            GateVerdict::NotYet
+        };
+        GateReport {
+            gate: g.metric,
+            verdict,
+            e_value,
+            weight: g.weight,
+            effect,
+            ci,
+            stable_value,
+            canary_value,
+            n_stable,
+            n_canary,
+        }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -19,11 +19,12 @@ use tokio::sync::{Mutex, mpsc, watch};
 
 use super::feed::RolloutTap;
 use super::machine::{Decision, Position, RolloutState};
-use super::policy::Policy;
+use super::policy::{Policy, load_policy};
 use crate::error::ApiError;
 use crate::judge::{Judge, JudgeReport, Observation};
 use crate::resolve::{Arm, Catalog, LiveRollout, RouteName, RoutingTable};
 use crate::store::{Actor, EventRow, NewEvent, RolloutRow, Store, now_ms};
+use std::path::PathBuf;
 
 /// How often the controller wakes to see whose interval has come.
 const LOOK_TICK: Duration = Duration::from_millis(100);
@@ -78,6 +79,7 @@ pub struct Controller {
     store: Store,
     catalog: Arc<Catalog>,
     policies: BTreeMap<String, Arc<Policy>>,
+    policies_dir: PathBuf,
     routing: Arc<ArcSwap<RoutingTable>>,
     inner: Mutex<Inner>,
     http: reqwest::Client,
@@ -89,6 +91,7 @@ impl Controller {
         store: Store,
         catalog: Arc<Catalog>,
         policies: BTreeMap<String, Arc<Policy>>,
+        policies_dir: PathBuf,
         routing: Arc<ArcSwap<RoutingTable>>,
     ) -> anyhow::Result<Self> {
         let mut inner = Inner::default();
@@ -110,15 +113,15 @@ impl Controller {
                 .and_then(|s| serde_json::from_str(s).ok())
                 .unwrap_or_else(|| Judge::new(&policy));
             let pins = store.pins(&row.id).await?.into_iter().collect();
-            let (tap, rx) = RolloutTap::new(&row.id);
             tracing::info!(rollout = %row.id, route = %row.route, state = row.position.state.as_str(), step = row.position.step, weight_bp = row.position.weight_bp, "rollout resumed after restart");
-            let running = Running::new(row, policy, judge, rx, tap, pins);
+            let running = Running::new(row, policy, judge, pins);
             inner.running.insert(running.row.id.clone(), running);
         }
         let controller = Self {
             store,
             catalog,
             policies,
+            policies_dir,
             routing,
             inner: Mutex::new(inner),
             http: reqwest::Client::builder()
@@ -133,6 +136,29 @@ impl Controller {
 
     pub fn policies(&self) -> &BTreeMap<String, Arc<Policy>> {
         &self.policies
+    }
+
+    /// The policy file as it is now: edits take effect for the next rollout without a
+    /// restart, and a broken file is refused with its mistakes.
+    fn read_policy(&self, name: &str) -> Result<Arc<Policy>, ApiError> {
+        let valid_name = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c));
+        let path = self.policies_dir.join(format!("{name}.toml"));
+        if !valid_name || !path.is_file() {
+            let known: Vec<&str> = self.policies.keys().map(String::as_str).collect();
+            return Err(ApiError::Unprocessable(format!(
+                "no policy `{name}` (known: {})",
+                known.join(", ")
+            )));
+        }
+        match load_policy(&path) {
+            Ok(policy) => Ok(Arc::new(policy)),
+            Err(errors) => Err(ApiError::Unprocessable(
+                errors.to_string().trim_end().to_owned(),
+            )),
+        }
     }
 
     /// Builds the routing table from the stables and the live rollouts, and swaps it in.
@@ -194,13 +220,7 @@ impl Controller {
                 "version `{canary}` cannot serve: its provider's key variable {var} is not set"
             )));
         }
-        let Some(policy) = self.policies.get(policy_name).cloned() else {
-            let known: Vec<&str> = self.policies.keys().map(String::as_str).collect();
-            return Err(ApiError::Unprocessable(format!(
-                "no policy `{policy_name}` (known: {})",
-                known.join(", ")
-            )));
-        };
+        let policy = self.read_policy(policy_name)?;
         let mut inner = self.inner.lock().await;
         let stable = inner.stables.get(route).unwrap_or(configured).clone();
         if stable == canary {
@@ -241,9 +261,8 @@ impl Controller {
         };
         self.store.insert_rollout(&row, &event).await?;
         tracing::info!(rollout = %id, route, stable = %stable, canary, policy = policy_name, "rollout started");
-        let (tap, rx) = RolloutTap::new(&id);
         let judge = Judge::new(&policy);
-        let running = Running::new(row, policy, judge, rx, tap, BTreeMap::new());
+        let running = Running::new(row, policy, judge, BTreeMap::new());
         self.notify(&running, &event);
         inner.running.insert(id.clone(), running);
         self.publish(&inner)
@@ -300,7 +319,7 @@ impl Controller {
             evidence: None,
         };
         self.transition(&mut inner, id, next, event, now).await?;
-        Ok(self.view_locked(&inner, id).await?)
+        self.view_locked(&inner, id).await
     }
 
     pub async fn pin(
@@ -518,14 +537,14 @@ impl Controller {
 }
 
 impl Running {
+    /// A rollout taken up by this process, with a fresh feed from the request path.
     fn new(
         row: RolloutRow,
         policy: Arc<Policy>,
         judge: Judge,
-        rx: mpsc::Receiver<Observation>,
-        tap: Arc<RolloutTap>,
         pins: BTreeMap<String, Arm>,
     ) -> Self {
+        let (tap, rx) = RolloutTap::new(&row.id);
         let last_report = row
             .last_report
             .as_deref()

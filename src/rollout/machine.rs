@@ -250,3 +250,243 @@ impl Position {
 fn fmt_ms(ms: u128) -> String {
     humantime::format_duration(std::time::Duration::from_secs((ms / 1000) as u64)).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge::SrmReport;
+    use std::path::Path;
+
+    const MIN: i64 = 60_000;
+
+    fn policy() -> Policy {
+        crate::rollout::policy::load_policy(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/internal-first.toml"),
+        )
+        .unwrap()
+    }
+
+    fn report(revert: bool, srm_broken: bool) -> JudgeReport {
+        JudgeReport {
+            at_ms: 0,
+            alpha: 0.01,
+            e_global: if revert { 500.0 } else { 0.5 },
+            threshold: 100.0,
+            revert,
+            reasons: if revert {
+                vec!["judge: evidence of harm".into()]
+            } else {
+                vec![]
+            },
+            kill_switch_fired: false,
+            gates: vec![],
+            srm: SrmReport {
+                assigned_stable: 0,
+                assigned_canary: 0,
+                measured_stable: 0,
+                measured_canary: 0,
+                e_value: if srm_broken { 5000.0 } else { 1.0 },
+                broken: srm_broken,
+            },
+            canary_requests: 0,
+            stable_requests: 0,
+        }
+    }
+
+    fn at(step: usize, state: RolloutState, inconclusive: bool) -> Position {
+        let p = policy();
+        Position {
+            state,
+            step,
+            weight_bp: p.steps[step].weight_bp,
+            step_started_ms: 0,
+            inconclusive,
+        }
+    }
+
+    #[test]
+    fn decisions_follow_the_rules_in_order() {
+        use RolloutState::*;
+        let p = policy();
+        // (case, position, revert, srm broken, canary requests in step, minutes in step, expected kind)
+        let table: [(&str, Position, bool, bool, u64, i64, &str); 12] = [
+            (
+                "hold time not met",
+                at(1, Progressing, false),
+                false,
+                false,
+                5000,
+                9,
+                "hold",
+            ),
+            (
+                "requests not met",
+                at(1, Progressing, false),
+                false,
+                false,
+                199,
+                11,
+                "hold",
+            ),
+            (
+                "both met: advance",
+                at(1, Progressing, false),
+                false,
+                false,
+                200,
+                10,
+                "advance",
+            ),
+            (
+                "last step met: promote",
+                at(4, Progressing, false),
+                false,
+                false,
+                1000,
+                30,
+                "promote",
+            ),
+            (
+                "harm reverts",
+                at(2, Progressing, false),
+                true,
+                false,
+                0,
+                1,
+                "revert",
+            ),
+            (
+                "harm reverts even when paused",
+                at(2, Paused, false),
+                true,
+                false,
+                0,
+                1,
+                "revert",
+            ),
+            (
+                "paused never advances",
+                at(2, Paused, false),
+                false,
+                false,
+                9999,
+                99,
+                "hold",
+            ),
+            (
+                "broken design is inconclusive",
+                at(2, Progressing, false),
+                false,
+                true,
+                9999,
+                99,
+                "inconclusive",
+            ),
+            (
+                "inconclusive only once",
+                at(2, Progressing, true),
+                false,
+                true,
+                9999,
+                99,
+                "hold",
+            ),
+            (
+                "undecided past max_step_hold",
+                at(2, Progressing, false),
+                false,
+                false,
+                10,
+                361,
+                "inconclusive",
+            ),
+            (
+                "an inconclusive step waits for an operator",
+                at(2, Progressing, true),
+                false,
+                false,
+                9999,
+                400,
+                "hold",
+            ),
+            (
+                "an ended rollout only holds",
+                at(2, RolledBack, false),
+                true,
+                false,
+                9999,
+                99,
+                "hold",
+            ),
+        ];
+        for (case, pos, revert, srm, requests, minutes, want) in table {
+            let d = pos.decide(&p, &report(revert, srm), requests, minutes * MIN);
+            let kind = match d {
+                Decision::Hold { .. } => "hold",
+                Decision::Advance { .. } => "advance",
+                Decision::Promote => "promote",
+                Decision::Revert { .. } => "revert",
+                Decision::Inconclusive { .. } => "inconclusive",
+            };
+            assert_eq!(kind, want, "{case}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn applying_decisions_moves_weights_only_up_until_the_end() {
+        let p = policy();
+        let start = Position::start(&p, 0);
+        assert_eq!(
+            (start.step, start.weight_bp, start.state),
+            (0, 0, RolloutState::Progressing)
+        );
+        let advanced = start.apply(
+            &p,
+            &Decision::Advance {
+                to_step: 1,
+                weight_bp: 100,
+            },
+            5,
+        );
+        assert_eq!(
+            (advanced.step, advanced.weight_bp, advanced.step_started_ms),
+            (1, 100, 5)
+        );
+        let held = advanced.apply(&p, &Decision::Hold { why: String::new() }, 9);
+        assert_eq!(held, advanced);
+        let inconclusive = held.apply(&p, &Decision::Inconclusive { why: String::new() }, 9);
+        assert!(inconclusive.inconclusive);
+        let reverted = inconclusive.apply(&p, &Decision::Revert { reasons: vec![] }, 10);
+        assert_eq!(
+            (reverted.state, reverted.weight_bp),
+            (RolloutState::RolledBack, 0)
+        );
+        let promoted = advanced.apply(&p, &Decision::Promote, 11);
+        assert_eq!(
+            (promoted.state, promoted.step, promoted.weight_bp),
+            (RolloutState::Promoted, p.steps.len(), 10_000)
+        );
+    }
+
+    #[test]
+    fn operator_commands_pause_resume_and_abort() {
+        let p = policy();
+        let pos = at(2, RolloutState::Progressing, true);
+        let paused = pos.paused();
+        assert_eq!(
+            (paused.state, paused.weight_bp),
+            (RolloutState::Paused, 500)
+        );
+        let resumed = paused.resumed(42);
+        assert_eq!(resumed.state, RolloutState::Progressing);
+        assert_eq!((resumed.step_started_ms, resumed.inconclusive), (42, false));
+        let aborted = resumed.aborted();
+        assert_eq!(
+            (aborted.state, aborted.weight_bp),
+            (RolloutState::Aborted, 0)
+        );
+        assert!(!aborted.state.is_live());
+        let promoted = resumed.promoted(&p, 50);
+        assert_eq!(promoted.weight_bp, 10_000);
+    }
+}

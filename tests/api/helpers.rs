@@ -425,7 +425,7 @@ impl TestApp {
             state,
             upstream,
             db_url,
-            http: reqwest::Client::new(),
+            http: http_client(),
             stop: Some(stop_tx),
             server: Some(handle),
             _dir: dir,
@@ -624,7 +624,7 @@ sticky = "user"
 
 [[steps]]
 weight = 20
-hold = "200ms"
+hold = "3s"
 min_requests = 1
 
 [[steps]]
@@ -646,4 +646,10 @@ pub fn write_policies(dir: &Path) {
     ] {
         std::fs::write(policies.join(format!("{name}.toml")), text).unwrap();
     }
+}
+
+/// A reqwest client; reqwest is built without a TLS provider, so install sluice's first.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
 }

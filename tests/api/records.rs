@@ -148,7 +148,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_loses_no_record() {
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    let http = http_client();
     let mut up = false;
     for _ in 0..300 {
         if http.get(format!("{base}/healthz")).send().await.is_ok() {

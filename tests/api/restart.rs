@@ -79,7 +79,7 @@ impl Sluice {
         }
         let child = command.spawn().unwrap();
         let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
+        let http = http_client();
         let started = Instant::now();
         while http.get(format!("{base}/healthz")).send().await.is_err() {
             assert!(

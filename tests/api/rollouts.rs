@@ -199,7 +199,7 @@ async fn pins_beat_the_percentage_and_are_logged() {
     let (stable, _) = drive(&app, &beta, "chat", 60, json!({})).await;
     assert!(stable > 0, "an unpinned workspace is randomized again");
 
-    app.wait_written(260).await;
+    app.wait_written(220).await;
     let records = app.store().await.records(Some("chat"), 1000).await.unwrap();
     assert!(
         records

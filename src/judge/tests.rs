@@ -1,0 +1,325 @@
+use std::path::Path;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+use crate::rollout::policy::parse_policy;
+
+fn policy(gates: &str) -> Policy {
+    let text =
+        format!("alpha = 0.01\n[[steps]]\nweight = 5\nhold = \"10m\"\nmin_requests = 100\n{gates}");
+    parse_policy(Path::new("test.toml"), "test", &text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+const ALL_GATES_NO_TOLERANCE: &str = "
+[gates.error_rate]
+max_ratio = 1
+[gates.latency_p95]
+max_ratio = 1
+[gates.ttft_p95]
+max_ratio = 1
+[gates.tokens_per_request]
+max_ratio = 1
+[gates.cost_per_request]
+max_ratio = 1
+[gates.response_length]
+max_ratio = 1
+min_ratio = 1
+[gates.schema_failure_rate]
+max_ratio = 1
+[gates.guardrail_block_rate]
+max_ratio = 1
+";
+
+fn obs(rng: &mut StdRng, at_ms: i64, canary: bool, w: f64) -> Observation {
+    let tokens = (6.0 + 0.9 * normal(rng)).exp();
+    Observation {
+        at_ms,
+        arm: if canary { Arm::Canary } else { Arm::Stable },
+        w,
+        randomized: true,
+        error: rng.random::<f64>() < 0.02,
+        latency_ms: (7.0 + 0.5 * normal(rng)).exp(),
+        ttft_ms: Some((5.5 + 0.5 * normal(rng)).exp()),
+        tokens,
+        cost_usd: tokens * 2e-6,
+        response_chars: tokens * 3.5,
+        schema_failed: (rng.random::<f64>() < 0.2).then(|| rng.random::<f64>() < 0.05),
+        guardrail_blocked: rng.random::<f64>() < 0.01,
+    }
+}
+
+fn normal(rng: &mut StdRng) -> f64 {
+    let u: f64 = rng.random::<f64>().max(1e-300);
+    let v: f64 = rng.random();
+    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+}
+
+#[test]
+fn the_weights_follow_the_research_defaults_renormalized_over_the_policy_gates() {
+    // internal-first judges error (0.30) and five continuous gates (0.10 each): total 0.8,
+    // so error_rate weighs 0.30 / 0.8 = 0.375 and each other gate 0.125.
+    let p = crate::rollout::policy::load_policy(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/internal-first.toml"),
+    )
+    .unwrap();
+    let report = Judge::new(&p).report(0);
+    let weight = |m| report.gates.iter().find(|g| g.gate == m).unwrap().weight;
+    assert!((weight(Metric::ErrorRate) - 0.375).abs() < 1e-12);
+    assert!((weight(Metric::TokensPerRequest) - 0.125).abs() < 1e-12);
+    assert_eq!(report.e_global, 1.0);
+}
+
+#[test]
+fn every_step_is_a_martingale_step_whatever_the_outcome() {
+    // Under the null the label of the next request is canary with probability w whatever
+    // its outcome, so w·E(after canary) + (1 − w)·E(after stable) must equal E(now)
+    // exactly, for the global average and for each gate, at any point of a run.
+    let p = policy(ALL_GATES_NO_TOLERANCE);
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut judge = Judge::new(&p);
+    for i in 0..3000 {
+        let w = [0.05, 0.25, 0.5][i / 1000];
+        let canary = rng.random::<f64>() < w;
+        let o = obs(&mut rng, i as i64 * 100, canary, w);
+        if i % 250 == 249 {
+            let now = judge.look(o.at_ms);
+            let mut as_canary = judge.clone();
+            as_canary.observe(&Observation {
+                arm: Arm::Canary,
+                ..o.clone()
+            });
+            let mut as_stable = judge.clone();
+            as_stable.observe(&Observation {
+                arm: Arm::Stable,
+                ..o.clone()
+            });
+            let (c, s) = (as_canary.look(o.at_ms), as_stable.look(o.at_ms));
+            let expect = w * c.e_global + (1.0 - w) * s.e_global;
+            assert!(
+                (expect - now.e_global).abs() < 1e-9 * now.e_global.max(1.0),
+                "{expect} vs {}",
+                now.e_global
+            );
+            for k in 0..now.gates.len() {
+                let expect = w * c.gates[k].e_value + (1.0 - w) * s.gates[k].e_value;
+                let got = now.gates[k].e_value;
+                assert!(
+                    (expect - got).abs() < 1e-9 * got.max(1.0),
+                    "{:?}: {expect} vs {got}",
+                    now.gates[k].gate
+                );
+            }
+        }
+        judge.observe(&o);
+    }
+}
+
+#[test]
+fn a_a_runs_average_one_and_rarely_cross_the_threshold() {
+    // 400 seeded A/A runs of 1 500 requests at w = 0.2 with every gate and no tolerance.
+    // Ville: P(sup_t E ≥ 1/α) ≤ α. At α = 0.1 the Monte-Carlo bound is
+    // 0.1 + 3·sqrt(0.1·0.9/400) = 0.145. The mean of E after 200 requests estimates
+    // E[E] = 1 (its spread is small that early).
+    let p = policy(ALL_GATES_NO_TOLERANCE);
+    let (runs, mut crossed, mut sum_early) = (400, 0, 0.0);
+    for seed in 0..runs {
+        let mut rng = StdRng::seed_from_u64(1000 + seed);
+        let mut judge = Judge::new(&p);
+        let mut hit = false;
+        for i in 0..1500 {
+            let canary = rng.random::<f64>() < 0.2;
+            judge.observe(&obs(&mut rng, i * 200, canary, 0.2));
+            if i % 25 == 24 {
+                let e = judge.look(i * 200).e_global;
+                hit |= e >= 10.0;
+                if i == 199 {
+                    sum_early += e;
+                }
+            }
+        }
+        crossed += u32::from(hit);
+    }
+    let rate = f64::from(crossed) / runs as f64;
+    let mean = sum_early / runs as f64;
+    assert!(rate <= 0.145, "sup E ≥ 10 in {rate} of A/A runs");
+    assert!(
+        (0.8..1.2).contains(&mean),
+        "mean E after 200 requests = {mean}"
+    );
+}
+
+#[test]
+fn canary_is_reverted_when_its_error_rate_quintuples() {
+    let p = policy("[gates.error_rate]\nmax_ratio = 1.2\n");
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut judge = Judge::new(&p);
+    let mut reverted_at = None;
+    for i in 0..40_000i64 {
+        let canary = rng.random::<f64>() < 0.05;
+        let mut o = obs(&mut rng, i * 100, canary, 0.05);
+        o.error = rng.random::<f64>() < if canary { 0.05 } else { 0.01 };
+        judge.observe(&o);
+        if i % 50 == 0 && judge.look(o.at_ms).revert {
+            reverted_at = Some(judge.canary_requests);
+            break;
+        }
+    }
+    let n = reverted_at.expect("a fivefold error rate is caught");
+    assert!(n < 1000, "took {n} canary requests");
+    let report = judge.report(0);
+    assert_eq!(report.gates[0].verdict, GateVerdict::Fail);
+    let (lo, hi) = report.gates[0].ci.unwrap();
+    let effect = report.gates[0].effect.unwrap();
+    assert!(
+        lo > 1.0 && hi > effect && lo < effect,
+        "{lo}..{hi} around {effect}"
+    );
+    assert!(
+        report.reasons[0].starts_with("judge: evidence of harm"),
+        "{:?}",
+        report.reasons
+    );
+}
+
+#[test]
+fn no_data_is_neither_a_pass_nor_a_revert() {
+    let p = policy(ALL_GATES_NO_TOLERANCE);
+    let report = Judge::new(&p).report(5_000);
+    assert!(!report.revert && !report.srm.broken);
+    assert!(
+        report
+            .gates
+            .iter()
+            .all(|g| g.verdict == GateVerdict::NotYet)
+    );
+}
+
+#[test]
+fn pinned_requests_are_never_judged_but_trip_the_kill_switch() {
+    // 30 pinned canary requests that all fail: the e-processes see nothing, the kill
+    // switch (≥ 50 % over ≥ 20 in 60 s, the default) fires.
+    let p = policy("[gates.error_rate]\nmax_ratio = 1\n");
+    let mut rng = StdRng::seed_from_u64(4);
+    let mut judge = Judge::new(&p);
+    for i in 0..30 {
+        let mut o = obs(&mut rng, i * 1000, true, 1.0);
+        o.randomized = false;
+        o.error = true;
+        judge.observe(&o);
+    }
+    let report = judge.report(30_000);
+    assert_eq!(report.e_global, 1.0);
+    assert_eq!(report.gates[0].n_canary, 0);
+    assert!(report.kill_switch_fired && report.revert);
+    assert_eq!(report.canary_requests, 30);
+}
+
+#[test]
+fn a_hard_limit_needs_twenty_canary_requests_then_fires() {
+    let p = policy("[gates.latency_p95]\nmax_ms = 1000\n");
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut judge = Judge::new(&p);
+    for i in 0..19 {
+        let mut o = obs(&mut rng, i, true, 0.05);
+        o.latency_ms = 5000.0;
+        judge.observe(&o);
+    }
+    assert!(
+        !judge.report(20).revert,
+        "19 slow requests are not yet a p95"
+    );
+    let mut o = obs(&mut rng, 20, true, 0.05);
+    o.latency_ms = 5000.0;
+    judge.observe(&o);
+    let report = judge.report(21);
+    assert!(report.revert, "{report:?}");
+    assert_eq!(report.gates[0].verdict, GateVerdict::Fail);
+    assert_eq!(
+        report.gates[0].weight, 0.0,
+        "a hard limit alone carries no statistical weight"
+    );
+}
+
+#[test]
+fn lost_canary_records_break_the_design() {
+    let p = policy("[gates.error_rate]\nmax_ratio = 1\n");
+    let mut rng = StdRng::seed_from_u64(6);
+    let mut judge = Judge::new(&p);
+    let mut lost = 0;
+    for i in 0..5000 {
+        let canary = rng.random::<f64>() < 0.05;
+        judge.note_assigned(if canary { Arm::Canary } else { Arm::Stable });
+        if canary && rng.random::<f64>() < 0.05 {
+            lost += 1;
+            continue;
+        }
+        judge.observe(&obs(&mut rng, i * 100, canary, 0.05));
+    }
+    let report = judge.report(500_000);
+    assert!(lost >= 5, "{lost}");
+    assert!(report.srm.broken, "{:?}", report.srm);
+}
+
+#[test]
+fn a_checkpointed_judge_resumes_exactly() {
+    let p = policy(ALL_GATES_NO_TOLERANCE);
+    let mut rng = StdRng::seed_from_u64(8);
+    let mut judge = Judge::new(&p);
+    let stream: Vec<Observation> = (0..2000)
+        .map(|i| {
+            let c = rng.random::<f64>() < 0.25;
+            obs(&mut rng, i * 100, c, 0.25)
+        })
+        .collect();
+    for o in &stream[..1000] {
+        judge.observe(o);
+    }
+    let json = serde_json::to_string(&judge).unwrap();
+    let mut restored: Judge = serde_json::from_str(&json).unwrap();
+    for o in &stream[1000..] {
+        judge.observe(o);
+        restored.observe(o);
+    }
+    // serde_json may round a float's last bit on the way back, so compare closely.
+    let (a, b) = (judge.report(200_000), restored.report(200_000));
+    let close = |x: f64, y: f64| (x - y).abs() <= 1e-9 * x.abs().max(1.0);
+    assert!(
+        close(a.e_global, b.e_global),
+        "{} vs {}",
+        a.e_global,
+        b.e_global
+    );
+    for (x, y) in a.gates.iter().zip(&b.gates) {
+        assert!(close(x.e_value, y.e_value), "{:?}", x.gate);
+        assert_eq!(
+            (x.n_stable, x.n_canary, x.verdict),
+            (y.n_stable, y.n_canary, y.verdict)
+        );
+    }
+}
+
+#[test]
+fn a_longer_response_trips_only_the_upper_side_and_a_collapse_the_lower() {
+    let p = policy("[gates.response_length]\nmax_ratio = 1.5\nmin_ratio = 0.5\n");
+    for (factor, harm) in [(3.0, true), (0.2, true), (1.0, false)] {
+        let mut rng = StdRng::seed_from_u64(9);
+        let mut judge = Judge::new(&p);
+        for i in 0..20_000i64 {
+            let canary = rng.random::<f64>() < 0.25;
+            let mut o = obs(&mut rng, i * 100, canary, 0.25);
+            if canary {
+                o.response_chars *= factor;
+            }
+            judge.observe(&o);
+        }
+        let report = judge.report(2_000_000);
+        assert_eq!(report.revert, harm, "×{factor}: E = {}", report.e_global);
+        let effect = report.gates[0].effect.unwrap();
+        assert!(
+            (effect / factor - 1.0).abs() < 0.1,
+            "×{factor} estimated ×{effect}"
+        );
+    }
+}
