@@ -64,6 +64,8 @@ impl Server {
             routing,
             sink: sink.clone(),
             rollouts: rollouts.clone(),
+            schemas: Arc::default(),
+            guardrail_counts: Arc::default(),
         });
         let (shutdown, stopped) = watch::channel(false);
         let tasks = vec![

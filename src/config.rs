@@ -216,6 +216,21 @@ pub struct VersionConfig {
 #[derive(Debug, Clone, Deserialize)]
 pub struct RouteConfig {
     pub stable: String,
+    /// A guardrail policy in `policies/guardrails/` (file stem).
+    pub guardrails: Option<String>,
+    #[serde(default)]
+    pub on_schema_failure: OnSchemaFailure,
+}
+
+/// What an answer that does not fit its requested schema becomes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSchemaFailure {
+    /// Counted and marked (`x-sluice-schema: fail`), passed through unchanged.
+    #[default]
+    Pass,
+    /// A 502 naming the path that failed (a stream ends with an error event).
+    Error,
 }
 
 /// One mistake in a config file, located by the file and the dotted key.
@@ -266,6 +281,8 @@ pub struct Settings {
     pub policies: BTreeMap<String, Arc<Policy>>,
     /// That folder: a rollout reads its policy file again when it starts.
     pub policies_dir: PathBuf,
+    /// Guardrail policies by name, from `guardrails/` in that folder.
+    pub guardrails: BTreeMap<String, Arc<crate::guardrails::GuardrailSet>>,
 }
 
 /// Reads `path` and checks it, taking environment variables from the process.
@@ -499,6 +516,27 @@ pub fn parse(
         ));
     }
 
+    let guardrails = match crate::guardrails::load_dir(&policies_dir.join("guardrails")) {
+        Ok(sets) => sets,
+        Err(errors) => {
+            issues.extend(errors.0);
+            BTreeMap::new()
+        }
+    };
+    for (name, route) in &config.routes {
+        if let Some(g) = &route.guardrails
+            && !guardrails.contains_key(g)
+        {
+            issues.push(issue(
+                &format!("routes.{name}.guardrails"),
+                format!(
+                    "no guardrail policy `{g}` in {}",
+                    policies_dir.join("guardrails").display()
+                ),
+            ));
+        }
+    }
+
     if !issues.is_empty() {
         return Err(ConfigErrors(issues));
     }
@@ -511,6 +549,7 @@ pub fn parse(
         provider_keys,
         policies,
         policies_dir,
+        guardrails,
     })
 }
 

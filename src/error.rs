@@ -48,6 +48,16 @@ pub enum ApiError {
     /// The upstream answered with an error status; its body is passed on.
     #[error("the upstream answered {status}")]
     UpstreamStatus { status: StatusCode, body: Bytes },
+    #[error("the {stage} was blocked by guardrail `{rule}`")]
+    GuardrailBlocked { stage: &'static str, rule: String },
+    #[error(
+        "the answer of version `{version}` does not fit the requested schema at {path}: {reason}"
+    )]
+    SchemaInvalid {
+        version: String,
+        path: String,
+        reason: String,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -55,7 +65,10 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidJson(_) | Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::InvalidJson(_) | Self::InvalidRequest { .. } | Self::GuardrailBlocked { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::SchemaInvalid { .. } => StatusCode::BAD_GATEWAY,
             Self::MissingKey | Self::InvalidKey | Self::AdminUnauthorized => {
                 StatusCode::UNAUTHORIZED
             }
@@ -89,6 +102,8 @@ impl ApiError {
             Self::UpstreamInvalid { .. } => ("upstream_error", Some("upstream_invalid_response")),
             Self::UpstreamTimeout { .. } => ("upstream_error", Some("upstream_timeout")),
             Self::UpstreamStatus { .. } => ("upstream_error", None),
+            Self::GuardrailBlocked { .. } => ("invalid_request_error", Some("guardrail_blocked")),
+            Self::SchemaInvalid { .. } => ("upstream_error", Some("schema_validation_failed")),
             Self::Internal(_) => ("server_error", None),
         }
     }
@@ -109,6 +124,8 @@ impl ApiError {
             Self::UpstreamTimeout { .. } => Outcome::UpstreamTimeout,
             Self::UpstreamStatus { status, .. } if status.is_client_error() => Outcome::Upstream4xx,
             Self::UpstreamStatus { .. } => Outcome::Upstream5xx,
+            Self::GuardrailBlocked { .. } => Outcome::GuardrailBlocked,
+            Self::SchemaInvalid { .. } => Outcome::UpstreamInvalid,
             _ => Outcome::GatewayError,
         }
     }

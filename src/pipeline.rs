@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderName, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use indexmap::IndexMap;
@@ -17,6 +17,9 @@ use serde_json::value::RawValue;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::guardrails::{self, Stage, StageRules};
+use crate::measure::checks::{AnswerChecks, StreamChecks, apply_redactions};
+use crate::measure::schema::{Expectation, SchemaVerdict};
 use crate::measure::sse::{StreamRelay, summarize_completion};
 use crate::measure::tokens::count_prompt;
 use crate::measure::{Meter, Outcome, Usage};
@@ -94,6 +97,15 @@ impl ChatRequest {
             user,
             client_wants_usage,
         })
+    }
+
+    /// A field's raw JSON text, if the client sent it.
+    pub fn raw(&self, field: &str) -> Option<&str> {
+        self.fields.get(field).map(|raw| raw.get())
+    }
+
+    pub fn set_raw(&mut self, field: &str, value: Box<RawValue>) {
+        self.fields.insert(field.to_owned(), value);
     }
 
     /// The body to send upstream: `model` replaced, and usage asked for when `ask_usage`.
@@ -198,9 +210,16 @@ async fn serve(
 ) -> Result<Body, ApiError> {
     let version = target.version.clone();
     let provider = version.provider.clone();
-    let ask_usage = request.stream && provider.streams_usage_on_request();
-    let strip_usage = ask_usage && !request.client_wants_usage;
-    let body = request.upstream_body(&version.model, ask_usage && !request.client_wants_usage);
+    let route = target.settings.clone();
+    let checks = AnswerChecks {
+        expect: Expectation::from_request(request.raw("response_format"), request.raw("tools")),
+        schemas: app.schemas.clone(),
+        output: route.guardrails.clone(),
+        on_schema_failure: route.on_schema_failure,
+        counters: app.guardrail_counts.clone(),
+        version: version.name.clone(),
+        arm: target.arm,
+    };
 
     let mut meter = Meter::start(
         request_id.to_owned(),
@@ -212,6 +231,29 @@ async fn serve(
     let encoding = version.encoding;
     meter.set_prompt_estimate(move || count_prompt(encoding, &raw));
 
+    if let Some(rules) = route
+        .guardrails
+        .as_deref()
+        .map(|g| &g.input)
+        .filter(|r| !r.is_empty())
+    {
+        let applied = guard_input(rules, request);
+        checks.count(Stage::Input, &applied.fired);
+        if let Some(rule) = applied.blocked_by {
+            meter.observed.guardrail_blocked = true;
+            return Err(fail(
+                &mut meter,
+                ApiError::GuardrailBlocked {
+                    stage: "input",
+                    rule,
+                },
+            ));
+        }
+    }
+
+    let ask_usage = request.stream && provider.streams_usage_on_request();
+    let strip_usage = ask_usage && !request.client_wants_usage;
+    let body = request.upstream_body(&version.model, strip_usage);
     let call = Call {
         body,
         stream: request.stream,
@@ -224,7 +266,7 @@ async fn serve(
         Ok(reply) => reply,
         Err(e) => return Err(fail(&mut meter, upstream_error(e, &version.name))),
     };
-    let headers = forwardable_headers(&reply.headers);
+    let mut headers = forwardable_headers(&reply.headers);
 
     if !reply.status.is_success() {
         // The upstream's error goes to the client as it is; a body we cannot read is empty.
@@ -242,11 +284,13 @@ async fn serve(
 
     if request.stream {
         meter.status = reply.status.as_u16();
+        let checks = checks.active().then(|| StreamChecks::new(checks));
         let relay = Box::new(StreamRelay::new(
             reply.body,
             meter,
             strip_usage,
             provider.timeout(),
+            checks,
         ));
         return Ok(Body::Stream {
             status: reply.status,
@@ -255,7 +299,7 @@ async fn serve(
         });
     }
 
-    let bytes = match read_body(reply.body, provider.timeout()).await {
+    let mut bytes = match read_body(reply.body, provider.timeout()).await {
         Ok(bytes) => bytes,
         Err(e) => return Err(fail(&mut meter, upstream_error(e, &version.name))),
     };
@@ -273,13 +317,47 @@ async fn serve(
         Some(usage) => usage,
         None => Usage {
             prompt_tokens: meter.estimate_prompt(),
-            completion_tokens: version.encoding.count(&summary.text),
+            completion_tokens: version.encoding.count(&summary.all_text()),
             estimated: true,
         },
     };
     meter.observed.usage = Some(usage);
-    meter.observed.response_chars = summary.text.chars().count() as u64;
-    meter.observed.finish_reason = summary.finish_reason;
+    meter.observed.response_chars = summary.chars();
+    meter.observed.finish_reason = summary.finish_reason.clone();
+    if checks.active() {
+        let verdict = checks.check_whole(&summary.choices);
+        let schema = verdict.schema.unwrap_or(SchemaVerdict::NotAsked);
+        meter.observed.schema_failed = schema.failed();
+        if let Some(rule) = verdict.blocked_by {
+            meter.observed.guardrail_blocked = true;
+            return Err(fail(
+                &mut meter,
+                ApiError::GuardrailBlocked {
+                    stage: "answer",
+                    rule,
+                },
+            ));
+        }
+        if let (true, SchemaVerdict::Fail { path, reason }) =
+            (checks.schema_is_fatal(&schema), &schema)
+        {
+            let error = ApiError::SchemaInvalid {
+                version: version.name.to_string(),
+                path: path.clone(),
+                reason: reason.clone(),
+            };
+            return Err(fail(&mut meter, error));
+        }
+        if let Some(failed) = schema.failed() {
+            let value = HeaderValue::from_static(if failed { "fail" } else { "pass" });
+            headers.insert(HeaderName::from_static("x-sluice-schema"), value);
+        }
+        if verdict.redacted.iter().any(Option::is_some)
+            && let Some(redacted) = apply_redactions(&bytes, &verdict.redacted)
+        {
+            bytes = Bytes::from(redacted);
+        }
+    }
     meter.status = reply.status.as_u16();
     meter.finish(Outcome::Ok);
     Ok(Body::Whole {
@@ -287,6 +365,46 @@ async fn serve(
         headers,
         bytes,
     })
+}
+
+/// Runs the input rules over every text of the request's messages, masking in place.
+fn guard_input(rules: &StageRules, request: &mut ChatRequest) -> guardrails::Applied {
+    let mut total = guardrails::Applied::default();
+    let Some(mut messages) = request
+        .raw("messages")
+        .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw).ok())
+    else {
+        return total;
+    };
+    let mut changed = false;
+    let mut visit = |text: &mut String| {
+        let applied = rules.apply(text);
+        total.fired.extend(applied.fired);
+        if total.blocked_by.is_none() {
+            total.blocked_by = applied.blocked_by;
+        }
+        if let Some(redacted) = applied.redacted {
+            *text = redacted;
+            changed = true;
+        }
+    };
+    for message in messages.as_array_mut().into_iter().flatten() {
+        match message.get_mut("content") {
+            Some(serde_json::Value::String(text)) => visit(text),
+            Some(serde_json::Value::Array(parts)) => {
+                for part in parts {
+                    if let Some(serde_json::Value::String(text)) = part.get_mut("text") {
+                        visit(text);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if changed && let Ok(raw) = serde_json::value::to_raw_value(&messages) {
+        request.set_raw("messages", raw);
+    }
+    total
 }
 
 /// Records a failed request and hands its error back.

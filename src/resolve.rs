@@ -16,7 +16,8 @@ use axum::http::HeaderMap;
 use serde::Serialize;
 use siphasher::sip::SipHasher24;
 
-use crate::config::{MockConfig, Price, ProviderKind, Settings};
+use crate::config::{MockConfig, OnSchemaFailure, Price, ProviderKind, Settings};
+use crate::guardrails::GuardrailSet;
 use crate::measure::aggregate::VersionStats;
 use crate::measure::tokens::Encoding;
 use crate::rollout::feed::RolloutTap;
@@ -107,6 +108,13 @@ pub struct Version {
     pub missing_key: Option<String>,
 }
 
+/// What a route adds to every request on it: its guardrails and its schema rule.
+#[derive(Default)]
+pub struct RouteSettings {
+    pub guardrails: Option<Arc<GuardrailSet>>,
+    pub on_schema_failure: OnSchemaFailure,
+}
+
 /// How a request came to its arm, for the judge and the record.
 #[derive(Clone)]
 pub struct Assignment {
@@ -126,6 +134,7 @@ pub struct Target {
     pub arm: Arm,
     pub stats: Arc<VersionStats>,
     pub rollout: Option<Assignment>,
+    pub settings: Arc<RouteSettings>,
 }
 
 /// What the router may look at to place a request.
@@ -162,6 +171,7 @@ pub struct Catalog {
     versions: BTreeMap<String, Arc<Version>>,
     /// Route → its stable version as configured.
     configured: BTreeMap<String, String>,
+    settings: BTreeMap<String, Arc<RouteSettings>>,
     stats: Mutex<BTreeMap<(String, String), Arc<VersionStats>>>,
 }
 
@@ -212,9 +222,24 @@ impl Catalog {
             .iter()
             .map(|(route, r)| (route.clone(), r.stable.clone()))
             .collect();
+        let settings = config
+            .routes
+            .iter()
+            .map(|(route, r)| {
+                let s = RouteSettings {
+                    guardrails: r
+                        .guardrails
+                        .as_ref()
+                        .and_then(|g| settings.guardrails.get(g).cloned()),
+                    on_schema_failure: r.on_schema_failure,
+                };
+                (route.clone(), Arc::new(s))
+            })
+            .collect();
         Ok(Self {
             versions,
             configured,
+            settings,
             stats: Mutex::new(BTreeMap::new()),
         })
     }
@@ -259,6 +284,11 @@ impl Catalog {
             version,
             arm,
             rollout: None,
+            settings: self
+                .settings
+                .get(route.as_str())
+                .cloned()
+                .unwrap_or_default(),
         })
     }
 }

@@ -7,6 +7,8 @@ use arc_swap::ArcSwap;
 
 use crate::auth::KeyCache;
 use crate::config::Settings;
+use crate::guardrails::GuardrailCounters;
+use crate::measure::schema::SchemaChecker;
 use crate::measure::sink::RecordSink;
 use crate::resolve::{Catalog, RoutingTable};
 use crate::rollout::control::Controller;
@@ -21,6 +23,9 @@ pub struct App {
     pub routing: Arc<ArcSwap<RoutingTable>>,
     pub sink: Arc<RecordSink>,
     pub rollouts: Arc<Controller>,
+    /// Compiled response schemas, shared by every request.
+    pub schemas: Arc<SchemaChecker>,
+    pub guardrail_counts: Arc<GuardrailCounters>,
 }
 
 pub type AppState = Arc<App>;

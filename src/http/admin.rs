@@ -184,9 +184,17 @@ async fn route_stats(
             serde_json::to_value(snapshot.summary()).unwrap_or_default(),
         );
     }
+    let served: Vec<String> = versions.keys().cloned().collect();
+    let guardrails: Vec<_> = app
+        .guardrail_counts
+        .rows()
+        .into_iter()
+        .filter(|row| served.contains(&row.version))
+        .collect();
     let body = json!({
         "route": route,
         "stable": &*entry.stable.version.name,
+        "guardrails": guardrails,
         "rollout": entry.rollout.as_ref().map(|ro| &*ro.tap.rollout_id),
         "versions": versions,
         "total": total.summary(),

@@ -21,6 +21,9 @@ pub struct VersionStats {
     completion_tokens: AtomicU64,
     estimated: AtomicU64,
     cost_nano_usd: AtomicU64,
+    schema_requests: AtomicU64,
+    schema_failures: AtomicU64,
+    guardrail_blocks: AtomicU64,
     latency_ms: AtomicHistogram,
     ttft_ms: AtomicHistogram,
     response_chars: AtomicHistogram,
@@ -41,6 +44,15 @@ impl VersionStats {
             (record.cost_usd * NANO_USD_PER_USD).round() as u64,
             Ordering::Relaxed,
         );
+        if let Some(failed) = record.schema_failed {
+            self.schema_requests.fetch_add(1, Ordering::Relaxed);
+            if failed {
+                self.schema_failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if record.guardrail_blocked {
+            self.guardrail_blocks.fetch_add(1, Ordering::Relaxed);
+        }
         self.latency_ms.record(record.latency_ms);
         if let Some(ttft) = record.ttft_ms {
             self.ttft_ms.record(ttft);
@@ -59,6 +71,9 @@ impl VersionStats {
             completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
             estimated: self.estimated.load(Ordering::Relaxed),
             cost_nano_usd: self.cost_nano_usd.load(Ordering::Relaxed),
+            schema_requests: self.schema_requests.load(Ordering::Relaxed),
+            schema_failures: self.schema_failures.load(Ordering::Relaxed),
+            guardrail_blocks: self.guardrail_blocks.load(Ordering::Relaxed),
             latency_ms: self.latency_ms.snapshot(),
             ttft_ms: self.ttft_ms.snapshot(),
             response_chars: self.response_chars.snapshot(),
@@ -74,6 +89,9 @@ pub struct StatsSnapshot {
     pub completion_tokens: u64,
     pub estimated: u64,
     pub cost_nano_usd: u64,
+    pub schema_requests: u64,
+    pub schema_failures: u64,
+    pub guardrail_blocks: u64,
     pub latency_ms: Snapshot,
     pub ttft_ms: Snapshot,
     pub response_chars: Snapshot,
@@ -101,6 +119,9 @@ impl StatsSnapshot {
         self.completion_tokens += other.completion_tokens;
         self.estimated += other.estimated;
         self.cost_nano_usd += other.cost_nano_usd;
+        self.schema_requests += other.schema_requests;
+        self.schema_failures += other.schema_failures;
+        self.guardrail_blocks += other.guardrail_blocks;
         self.latency_ms.merge(&other.latency_ms);
         self.ttft_ms.merge(&other.ttft_ms);
         self.response_chars.merge(&other.response_chars);
@@ -136,6 +157,12 @@ impl StatsSnapshot {
             estimated_token_requests: self.estimated,
             cost_usd,
             cost_per_request_usd: per_request(cost_usd),
+            schema_requests: self.schema_requests,
+            schema_failures: self.schema_failures,
+            schema_failure_rate: (self.schema_requests > 0)
+                .then(|| self.schema_failures as f64 / self.schema_requests as f64),
+            guardrail_blocks: self.guardrail_blocks,
+            guardrail_block_rate: per_request(self.guardrail_blocks as f64),
         }
     }
 }
@@ -156,6 +183,12 @@ pub struct StatsSummary {
     pub estimated_token_requests: u64,
     pub cost_usd: f64,
     pub cost_per_request_usd: Option<f64>,
+    /// Requests that asked for structured output, and those whose answer did not fit.
+    pub schema_requests: u64,
+    pub schema_failures: u64,
+    pub schema_failure_rate: Option<f64>,
+    pub guardrail_blocks: u64,
+    pub guardrail_block_rate: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

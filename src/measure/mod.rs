@@ -7,7 +7,9 @@
 //! [`aggregate::VersionStats`] and to the [`sink::RecordSink`] that writes to the database.
 
 pub mod aggregate;
+pub mod checks;
 pub mod histogram;
+pub mod schema;
 pub mod sink;
 pub mod sse;
 pub mod tokens;
@@ -39,10 +41,12 @@ pub enum Outcome {
     ClientDisconnected,
     /// sluice itself failed after the route was resolved.
     GatewayError,
+    /// A guardrail blocked the input (the upstream was never called) or the output.
+    GuardrailBlocked,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 9] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::Ok,
         Outcome::Upstream4xx,
         Outcome::Upstream5xx,
@@ -52,6 +56,7 @@ impl Outcome {
         Outcome::StreamInterrupted,
         Outcome::ClientDisconnected,
         Outcome::GatewayError,
+        Outcome::GuardrailBlocked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +70,7 @@ impl Outcome {
             Outcome::StreamInterrupted => "stream_interrupted",
             Outcome::ClientDisconnected => "client_disconnected",
             Outcome::GatewayError => "gateway_error",
+            Outcome::GuardrailBlocked => "guardrail_blocked",
         }
     }
 
@@ -77,10 +83,14 @@ impl Outcome {
     }
 
     /// Whether this counts against the version in an error rate. A client hanging up does
-    /// not: it says nothing about the model. An upstream 4xx does: a new version that
-    /// refuses what the old one took is a regression.
+    /// not: it says nothing about the model; a guardrail block neither (it has its own
+    /// gate). An upstream 4xx does: a new version that refuses what the old one took is a
+    /// regression.
     pub fn is_error(self) -> bool {
-        !matches!(self, Outcome::Ok | Outcome::ClientDisconnected)
+        !matches!(
+            self,
+            Outcome::Ok | Outcome::ClientDisconnected | Outcome::GuardrailBlocked
+        )
     }
 }
 
@@ -120,6 +130,10 @@ pub struct Record {
     pub randomized: bool,
     /// The rollout's step then.
     pub step: Option<u32>,
+    /// `Some(failed)` when the request asked for structured output.
+    pub schema_failed: Option<bool>,
+    /// A guardrail blocked the input or the output.
+    pub guardrail_blocked: bool,
 }
 
 /// What a finished answer looked like, filled in by the handler or the stream relay.
@@ -129,6 +143,8 @@ pub struct Observed {
     pub response_chars: u64,
     pub finish_reason: Option<String>,
     pub first_token: Option<Instant>,
+    pub schema_failed: Option<bool>,
+    pub guardrail_blocked: bool,
 }
 
 /// Carries one request's measurement until it ends. Dropping an unfinished meter records the
@@ -241,6 +257,8 @@ impl Meter {
             w: assignment.map(|a| a.w),
             randomized: assignment.is_none_or(|a| a.randomized),
             step: assignment.map(|a| a.step),
+            schema_failed: observed.schema_failed,
+            guardrail_blocked: observed.guardrail_blocked,
         }
     }
 }

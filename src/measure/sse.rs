@@ -18,6 +18,8 @@ use futures_util::Stream;
 use serde::Deserialize;
 use tokio::time::Sleep;
 
+use super::checks::{ChoiceText, EventAction, StreamChecks};
+use super::schema::ToolCall;
 use super::{Meter, Outcome, Usage};
 use crate::upstream::{ByteStream, UpstreamError};
 
@@ -50,6 +52,8 @@ struct ChunkView<'a> {
 
 #[derive(Deserialize)]
 struct ChunkChoice<'a> {
+    #[serde(default)]
+    index: usize,
     #[serde(default, borrow)]
     delta: Option<Delta<'a>>,
     finish_reason: Option<Cow<'a, str>>,
@@ -61,7 +65,24 @@ struct Delta<'a> {
     content: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     refusal: Option<Cow<'a, str>>,
-    tool_calls: Option<serde::de::IgnoredAny>,
+    #[serde(default, borrow)]
+    tool_calls: Option<Vec<ToolCallDelta<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallDelta<'a> {
+    #[serde(default)]
+    index: usize,
+    #[serde(default, borrow)]
+    function: Option<FunctionDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionDelta<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    arguments: Option<Cow<'a, str>>,
 }
 
 /// What an event told us.
@@ -74,7 +95,10 @@ enum EventKind {
 /// Accumulates what a stream said, event by event.
 #[derive(Default)]
 struct StreamObserver {
-    text: String,
+    /// Per choice index: its text and tool calls so far.
+    choices: Vec<ChoiceText>,
+    /// Characters of all choices' text so far.
+    chars: u64,
     usage: Option<Usage>,
     finish_reason: Option<String>,
     first_token: Option<Instant>,
@@ -82,36 +106,55 @@ struct StreamObserver {
 }
 
 impl StreamObserver {
-    fn observe(&mut self, event: &[u8]) -> EventKind {
-        let Some(data) = event_data(event) else {
-            return EventKind::Other;
-        };
-        if data.as_ref() == b"[DONE]" {
+    fn choice(&mut self, index: usize) -> &mut ChoiceText {
+        if self.choices.len() <= index {
+            self.choices.resize_with(index + 1, ChoiceText::default);
+        }
+        &mut self.choices[index]
+    }
+
+    fn observe(&mut self, data: &[u8]) -> EventKind {
+        if data == b"[DONE]" {
             return EventKind::Other;
         }
-        let Ok(chunk) = serde_json::from_slice::<ChunkView>(&data) else {
+        let Ok(chunk) = serde_json::from_slice::<ChunkView>(data) else {
             return EventKind::Other;
         };
         if chunk.error.is_some() {
             self.saw_error = true;
         }
-        for choice in &chunk.choices {
-            if let Some(delta) = &choice.delta {
-                let text = delta
+        for c in &chunk.choices {
+            if let Some(delta) = &c.delta {
+                let mut carried_token = delta.tool_calls.is_some();
+                for t in delta
                     .content
                     .as_deref()
                     .into_iter()
-                    .chain(delta.refusal.as_deref());
-                let mut carried_token = delta.tool_calls.is_some();
-                for t in text {
+                    .chain(delta.refusal.as_deref())
+                {
                     carried_token |= !t.is_empty();
-                    self.text.push_str(t);
+                    self.chars += t.chars().count() as u64;
+                    self.choice(c.index).text.push_str(t);
+                }
+                for call in delta.tool_calls.iter().flatten() {
+                    let choice = self.choice(c.index);
+                    if choice.tool_calls.len() <= call.index {
+                        choice
+                            .tool_calls
+                            .resize_with(call.index + 1, ToolCall::default);
+                    }
+                    let slot = &mut choice.tool_calls[call.index];
+                    if let Some(f) = &call.function {
+                        slot.name.push_str(f.name.as_deref().unwrap_or_default());
+                        slot.arguments
+                            .push_str(f.arguments.as_deref().unwrap_or_default());
+                    }
                 }
                 if carried_token && self.first_token.is_none() {
                     self.first_token = Some(Instant::now());
                 }
             }
-            if let Some(reason) = &choice.finish_reason {
+            if let Some(reason) = &c.finish_reason {
                 self.finish_reason.get_or_insert_with(|| reason.to_string());
             }
         }
@@ -122,6 +165,10 @@ impl StreamObserver {
             }
         }
         EventKind::Other
+    }
+
+    fn all_text(&self) -> String {
+        self.choices.iter().map(|c| c.text.as_str()).collect()
     }
 }
 
@@ -172,6 +219,10 @@ pub struct StreamRelay {
     /// A last event to send before ending (an error the client must see).
     trailer: Option<Bytes>,
     done: bool,
+    /// Schema and output-guardrail checks, when the request or the route asks for any.
+    checks: Option<StreamChecks>,
+    /// The checks ended the stream early: with this outcome.
+    cut: Option<Outcome>,
 }
 
 impl StreamRelay {
@@ -180,6 +231,7 @@ impl StreamRelay {
         meter: Meter,
         strip_usage: bool,
         idle_limit: Duration,
+        checks: Option<StreamChecks>,
     ) -> Self {
         Self {
             upstream,
@@ -191,24 +243,58 @@ impl StreamRelay {
             idle: Box::pin(tokio::time::sleep(idle_limit)),
             trailer: None,
             done: false,
+            checks,
+            cut: None,
         }
     }
 
-    /// Cuts every complete event out of the buffer, observes them, and returns what the client gets.
+    /// Cuts every complete event out of the buffer, observes (and checks) them, and returns
+    /// what the client gets. Unchanged events go out as the very bytes that came in.
     fn take_events(&mut self) -> Option<Bytes> {
         let mut end = 0;
-        let mut keep_all = true;
-        let mut kept = BytesMut::new();
+        let mut changed = false;
+        let mut out = BytesMut::new();
         while let Some(len) = event_end(&self.buf[end..]) {
             let event = &self.buf[end..end + len];
-            let kind = self.observer.observe(event);
-            if self.strip_usage && matches!(kind, EventKind::UsageOnly) {
-                if keep_all {
-                    kept.extend_from_slice(&self.buf[..end]);
-                    keep_all = false;
+            let data = event_data(event);
+            let kind = match &data {
+                Some(d) => self.observer.observe(d),
+                None => EventKind::Other,
+            };
+            let action = match (&mut self.checks, &data) {
+                (Some(checks), Some(d)) => checks.on_event(d, &self.observer.choices),
+                _ => EventAction::Keep,
+            };
+            let dropped = self.strip_usage && matches!(kind, EventKind::UsageOnly);
+            let replacement = match action {
+                EventAction::Keep if !dropped => None,
+                EventAction::Keep => Some(Vec::new()),
+                EventAction::Replace(bytes) => Some(bytes),
+                EventAction::End { bytes, blocked } => {
+                    // The client gets the error and nothing after it.
+                    if !changed {
+                        out.extend_from_slice(&self.buf[..end]);
+                    }
+                    out.extend_from_slice(&bytes);
+                    self.buf.clear();
+                    self.cut = Some(if blocked {
+                        Outcome::GuardrailBlocked
+                    } else {
+                        Outcome::UpstreamInvalid
+                    });
+                    return Some(out.freeze());
                 }
-            } else if !keep_all {
-                kept.extend_from_slice(event);
+            };
+            match replacement {
+                Some(bytes) => {
+                    if !changed {
+                        out.extend_from_slice(&self.buf[..end]);
+                        changed = true;
+                    }
+                    out.extend_from_slice(&bytes);
+                }
+                None if changed => out.extend_from_slice(event),
+                None => {}
             }
             end += len;
         }
@@ -216,7 +302,7 @@ impl StreamRelay {
             return None;
         }
         let consumed = self.buf.split_to(end);
-        let out = if keep_all { consumed } else { kept };
+        let out = if changed { out } else { consumed };
         (!out.is_empty()).then(|| out.freeze())
     }
 
@@ -225,25 +311,37 @@ impl StreamRelay {
         // A partial last event (no closing blank line) is still part of the answer.
         if !self.buf.is_empty() {
             let rest = self.buf.split();
-            self.observer.observe(&rest);
+            if let Some(data) = event_data(&rest) {
+                self.observer.observe(&data);
+            }
         }
-        let outcome = if outcome == Outcome::Ok && self.observer.saw_error {
-            Outcome::Upstream5xx
-        } else {
-            outcome
+        let outcome = match self.cut {
+            Some(cut) => cut,
+            None if outcome == Outcome::Ok && self.observer.saw_error => Outcome::Upstream5xx,
+            None => outcome,
         };
         let observer = std::mem::take(&mut self.observer);
+        if let Some(checks) = &self.checks {
+            let verdict = checks.conclude(&observer.choices);
+            self.meter.observed.schema_failed = verdict.failed();
+            self.meter.observed.guardrail_blocked = checks.blocked_by.is_some();
+        }
         let usage = match observer.usage {
             Some(usage) => usage,
             None => Usage {
                 prompt_tokens: self.meter.estimate_prompt(),
-                completion_tokens: self.meter.target().version.encoding.count(&observer.text),
+                completion_tokens: self
+                    .meter
+                    .target()
+                    .version
+                    .encoding
+                    .count(&observer.all_text()),
                 estimated: true,
             },
         };
         let observed = &mut self.meter.observed;
         observed.usage = Some(usage);
-        observed.response_chars = observer.text.chars().count() as u64;
+        observed.response_chars = observer.chars;
         observed.finish_reason = observer.finish_reason;
         observed.first_token = observer.first_token;
         self.meter.finish(outcome);
@@ -286,6 +384,9 @@ impl Stream for StreamRelay {
                     this.idle.as_mut().reset(deadline);
                     this.buf.extend_from_slice(&chunk);
                     if let Some(out) = this.take_events() {
+                        if let Some(cut) = this.cut {
+                            this.finish(cut);
+                        }
                         return Poll::Ready(Some(Ok(out)));
                     }
                 }
@@ -293,11 +394,15 @@ impl Stream for StreamRelay {
                 Poll::Ready(None) => {
                     let out = this.take_events();
                     let rest = (!this.buf.is_empty()).then(|| this.buf.clone().freeze());
+                    // Text a redactor still holds when the upstream never finished its choices.
+                    let held = this
+                        .checks
+                        .as_mut()
+                        .and_then(StreamChecks::flush)
+                        .map(Bytes::from);
                     this.finish(Outcome::Ok);
-                    let last = match (out, rest) {
-                        (Some(o), Some(r)) => Some([o, r].concat().into()),
-                        (o, r) => o.or(r),
-                    };
+                    let parts: Vec<Bytes> = [out, held, rest].into_iter().flatten().collect();
+                    let last = (!parts.is_empty()).then(|| Bytes::from(parts.concat()));
                     return Poll::Ready(last.map(Ok));
                 }
                 Poll::Pending => {
@@ -323,11 +428,24 @@ impl Drop for StreamRelay {
     }
 }
 
-/// What a whole (non-streamed) chat completion says, for measurement.
+/// What a whole (non-streamed) chat completion says, for measurement and checks.
 pub struct CompletionSummary {
     pub usage: Option<Usage>,
-    pub text: String,
+    pub choices: Vec<ChoiceText>,
     pub finish_reason: Option<String>,
+}
+
+impl CompletionSummary {
+    pub fn all_text(&self) -> String {
+        self.choices.iter().map(|c| c.text.as_str()).collect()
+    }
+
+    pub fn chars(&self) -> u64 {
+        self.choices
+            .iter()
+            .map(|c| c.text.chars().count() as u64)
+            .sum()
+    }
 }
 
 /// Reads a non-streamed answer; an error means the body is not a chat completion.
@@ -350,18 +468,47 @@ pub fn summarize_completion(body: &[u8]) -> Result<CompletionSummary, String> {
         content: Option<Cow<'a, str>>,
         #[serde(default, borrow)]
         refusal: Option<Cow<'a, str>>,
+        #[serde(default)]
+        tool_calls: Vec<Call>,
+    }
+    #[derive(Deserialize)]
+    struct Call {
+        function: Function,
+    }
+    #[derive(Deserialize)]
+    struct Function {
+        #[serde(default)]
+        name: String,
+        #[serde(default)]
+        arguments: String,
     }
     let completion: Completion = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    let mut text = String::new();
-    for choice in &completion.choices {
-        if let Some(m) = &choice.message {
-            text.extend(m.content.as_deref());
-            text.extend(m.refusal.as_deref());
-        }
-    }
+    let choices = completion
+        .choices
+        .iter()
+        .map(|c| match &c.message {
+            Some(m) => ChoiceText {
+                text: m
+                    .content
+                    .as_deref()
+                    .into_iter()
+                    .chain(m.refusal.as_deref())
+                    .collect(),
+                tool_calls: m
+                    .tool_calls
+                    .iter()
+                    .map(|t| ToolCall {
+                        name: t.function.name.clone(),
+                        arguments: t.function.arguments.clone(),
+                    })
+                    .collect(),
+            },
+            None => ChoiceText::default(),
+        })
+        .collect();
     Ok(CompletionSummary {
         usage: completion.usage.map(Usage::from),
-        text,
+        choices,
         finish_reason: completion
             .choices
             .first()
@@ -393,14 +540,16 @@ mod tests {
     #[test]
     fn observer_reads_text_finish_and_usage() {
         let mut o = StreamObserver::default();
-        o.observe(br#"data: {"choices":[{"delta":{"role":"assistant","content":""}}]}"#);
+        o.observe(br#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#);
         assert!(o.first_token.is_none(), "an empty delta is not a token");
-        o.observe(br#"data: {"choices":[{"delta":{"content":"h\u00e9llo"}}]}"#);
+        o.observe(br#"{"choices":[{"delta":{"content":"h\u00e9llo"}}]}"#);
         assert!(o.first_token.is_some());
-        o.observe(br#"data: {"choices":[{"delta":{},"finish_reason":"stop"}],"usage":null}"#);
-        let kind = o.observe(br#"data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":2,"total_tokens":9}}"#);
+        o.observe(br#"{"choices":[{"delta":{},"finish_reason":"stop"}],"usage":null}"#);
+        let kind = o.observe(
+            br#"{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":2,"total_tokens":9}}"#,
+        );
         assert!(matches!(kind, EventKind::UsageOnly));
-        assert_eq!(o.text, "héllo");
+        assert_eq!(o.all_text(), "héllo");
         assert_eq!(o.finish_reason.as_deref(), Some("stop"));
         assert_eq!(
             o.usage,
@@ -421,7 +570,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (s.text.as_str(), s.finish_reason.as_deref()),
+            (s.all_text().as_str(), s.finish_reason.as_deref()),
             ("hi", Some("length"))
         );
     }

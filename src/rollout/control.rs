@@ -73,7 +73,13 @@ struct Inner {
     running: BTreeMap<String, Running>,
     /// Route → stable version set by a promotion (wins over the config).
     stables: BTreeMap<String, String>,
+    /// The last live view of rollouts that ended in this process (their per-arm figures
+    /// are not stored), newest last.
+    ended: Vec<(String, Value)>,
 }
+
+/// Ended rollouts whose last live view is kept in memory.
+const ENDED_VIEWS_KEPT: usize = 50;
 
 pub struct Controller {
     store: Store,
@@ -376,7 +382,7 @@ impl Controller {
             return Ok(view_running(r));
         }
         match self.store.rollout(id).await? {
-            Some(row) => Ok(view_row(&row)),
+            Some(row) => Ok(view_ended(inner, &row)),
             None => Err(ApiError::NotFound(format!("no rollout `{id}`"))),
         }
     }
@@ -388,7 +394,7 @@ impl Controller {
             .iter()
             .map(|row| match inner.running.get(&row.id) {
                 Some(r) => view_running(r),
-                None => view_row(row),
+                None => view_ended(&inner, row),
             })
             .collect())
     }
@@ -433,6 +439,10 @@ impl Controller {
             let mut ended = inner.running.remove(id).expect("present");
             ended.row.ended_at_ms = Some(now);
             self.checkpoint(&ended).await;
+            if inner.ended.len() == ENDED_VIEWS_KEPT {
+                inner.ended.remove(0);
+            }
+            inner.ended.push((id.to_owned(), view_running(&ended)));
         }
         if let Some((route, version)) = promote_to {
             inner.stables.insert(route, version);
@@ -628,6 +638,16 @@ fn view_row(row: &RolloutRow) -> Value {
         "updated_at_ms": row.updated_at_ms, "ended_at_ms": row.ended_at_ms,
         "judge": report,
     })
+}
+
+/// An ended rollout: its stored row, with the arms' figures when it ended in this process.
+fn view_ended(inner: &Inner, row: &RolloutRow) -> Value {
+    let mut v = view_row(row);
+    if let Some((_, last)) = inner.ended.iter().find(|(id, _)| *id == row.id) {
+        v["arms"] = last["arms"].clone();
+        v["pins"] = last["pins"].clone();
+    }
+    v
 }
 
 fn view_running(r: &Running) -> Value {

@@ -70,8 +70,8 @@ impl RolloutTap {
             tokens: (record.usage.prompt_tokens + record.usage.completion_tokens) as f64,
             cost_usd: record.cost_usd,
             response_chars: record.response_chars as f64,
-            schema_failed: None,
-            guardrail_blocked: false,
+            schema_failed: record.schema_failed,
+            guardrail_blocked: record.guardrail_blocked,
         };
         if self.tx.try_send(observation).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);

@@ -48,6 +48,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "rollouts",
         include_str!("../../migrations/sqlite/0002_rollouts.sql"),
     ),
+    (
+        3,
+        "quality",
+        include_str!("../../migrations/sqlite/0003_quality.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -59,6 +64,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "rollouts",
         include_str!("../../migrations/postgres/0002_rollouts.sql"),
+    ),
+    (
+        3,
+        "quality",
+        include_str!("../../migrations/postgres/0003_quality.sql"),
     ),
 ];
 
@@ -291,8 +301,8 @@ impl Store {
             sqlx::query(
                 "INSERT INTO requests (request_id, at_ms, workspace_id, route, version, arm, stream, status, outcome, \
                  latency_ms, ttft_ms, prompt_tokens, completion_tokens, tokens_estimated, cost_usd, response_chars, finish_reason, \
-                 rollout_id, canary_weight, randomized, step) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
+                 rollout_id, canary_weight, randomized, step, schema_failed, guardrail_blocked) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) \
                  ON CONFLICT (request_id) DO NOTHING",
             )
             .bind(r.request_id.as_str())
@@ -316,6 +326,8 @@ impl Store {
             .bind(r.w)
             .bind(r.randomized as i32)
             .bind(r.step.map(|s| s as i32))
+            .bind(r.schema_failed.map(i32::from))
+            .bind(r.guardrail_blocked as i32)
             .execute(&mut *tx)
             .await?;
         }
@@ -332,7 +344,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT request_id, at_ms, workspace_id, route, version, arm, stream, status, outcome, latency_ms, ttft_ms, \
              prompt_tokens, completion_tokens, tokens_estimated, cost_usd, response_chars, finish_reason, \
-             rollout_id, canary_weight, randomized, step FROM requests WHERE ($1 IS NULL OR route = $1) ORDER BY at_ms DESC, request_id LIMIT $2",
+             rollout_id, canary_weight, randomized, step, schema_failed, guardrail_blocked FROM requests WHERE ($1 IS NULL OR route = $1) ORDER BY at_ms DESC, request_id LIMIT $2",
         )
         .bind(route)
         .bind(limit)
@@ -366,6 +378,8 @@ impl Store {
                     w: r.try_get(18)?,
                     randomized: r.try_get::<i32, _>(19)? != 0,
                     step: r.try_get::<Option<i32>, _>(20)?.map(|s| s as u32),
+                    schema_failed: r.try_get::<Option<i32>, _>(21)?.map(|f| f != 0),
+                    guardrail_blocked: r.try_get::<i32, _>(22)? != 0,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()

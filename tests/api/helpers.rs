@@ -154,6 +154,36 @@ async fn upstream_chat(
                 "usage": {"prompt_tokens": p, "completion_tokens": c * 3 + 20, "total_tokens": p + c * 3 + 20}});
             axum::Json(v).into_response()
         }
+        "echo" | "schema-good" | "schema-bad" | "codename-canary" => {
+            let answer = match model.as_str() {
+                "schema-good" => r#"{"id": 7, "status": "open"}"#.to_owned(),
+                "schema-bad" => r#"{"id": "seven", "status": "lost"}"#.to_owned(),
+                "codename-canary" => "About the Project Nightingale launch.".to_owned(),
+                _ => body["x_test_answer"].as_str().unwrap_or(OK_TEXT).to_owned(),
+            };
+            let tool_calls = body["x_test_tool_args"].as_str().map(|args| {
+                json!([{"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": args}}])
+            });
+            if stream {
+                let pieces: Vec<String> = match body["x_test_pieces"].as_array() {
+                    Some(p) => p.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect(),
+                    None => vec![answer],
+                };
+                let mut events = vec![chunk(&model, json!({"role": "assistant", "content": ""}), None)];
+                events.extend(pieces.iter().map(|p| chunk(&model, json!({"content": p}), None)));
+                events.push(chunk(&model, json!({}), Some("stop")));
+                events.push("data: [DONE]\n\n".into());
+                return sse(futures_util::stream::iter(events));
+            }
+            let mut message = json!({"role": "assistant", "content": answer});
+            if let Some(calls) = tool_calls {
+                message["tool_calls"] = calls;
+            }
+            let v = json!({"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": model,
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}});
+            axum::Json(v).into_response()
+        }
         "slow-canary" => {
             tokio::time::sleep(Duration::from_millis(150)).await;
             completion(true)
@@ -350,6 +380,28 @@ provider = "up"
 model = "ok-canary"
 price = {{ input_per_mtok = 10.00, output_per_mtok = 40.00 }}
 
+[versions.g-echo]
+provider = "up"
+model = "echo"
+[versions.g-codename]
+provider = "up"
+model = "codename-canary"
+[versions.st-good]
+provider = "up"
+model = "schema-good"
+[versions.st-bad]
+provider = "up"
+model = "schema-bad"
+
+[routes.guarded]
+stable = "g-echo"
+guardrails = "default"
+[routes.strict]
+stable = "g-echo"
+on_schema_failure = "error"
+[routes.structured]
+stable = "st-good"
+
 [routes.chat]
 stable = "gpt-4o"
 [routes.counted]
@@ -393,7 +445,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
-    _dir: tempfile::TempDir,
+    /// Holds the config, its policies folder and the SQLite file.
+    pub dir: tempfile::TempDir,
 }
 
 impl TestApp {
@@ -428,7 +481,7 @@ impl TestApp {
             http: http_client(),
             stop: Some(stop_tx),
             server: Some(handle),
-            _dir: dir,
+            dir,
         }
     }
 
@@ -593,6 +646,10 @@ max_ratio = 1.1
 [gates.response_length]
 max_ratio = 1.5
 min_ratio = 0.5
+[gates.schema_failure_rate]
+max_ratio = 1.2
+[gates.guardrail_block_rate]
+max_ratio = 1.2
 
 [kill_switch]
 error_rate = 0.5
@@ -638,7 +695,12 @@ max_ratio = 1.2
 
 pub fn write_policies(dir: &Path) {
     let policies = dir.join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::create_dir_all(policies.join("guardrails")).unwrap();
+    std::fs::write(
+        policies.join("guardrails/default.toml"),
+        include_str!("../../policies/guardrails/default.toml"),
+    )
+    .unwrap();
     for (name, text) in [
         ("fast", FAST_POLICY),
         ("hold", HOLD_POLICY),

@@ -7,6 +7,7 @@ mod chat;
 mod cli;
 mod errors;
 mod keys;
+mod quality;
 mod records;
 mod restart;
 mod rollouts;

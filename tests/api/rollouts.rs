@@ -451,3 +451,46 @@ async fn bad_rollout_requests_are_refused_clearly() {
         .unwrap();
     assert_eq!(unauth.status(), 401);
 }
+
+#[tokio::test]
+async fn the_policy_webhook_hears_every_state_change() {
+    use std::sync::{Arc, Mutex};
+    let heard: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let sink = heard.clone();
+    let hook = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+            let sink = sink.clone();
+            async move { sink.lock().unwrap().push(v) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
+
+    let app = TestApp::spawn().await;
+    // A policy written after start is read when the rollout names it.
+    let policy = FAST_POLICY.replace(
+        "max_step_hold = \"1m\"",
+        &format!("max_step_hold = \"1m\"\nwebhook = \"{url}\""),
+    );
+    std::fs::write(app.dir.path().join("policies/hooked.toml"), policy).unwrap();
+    let key = app.key("acme").await;
+    let r = start(&app, "chat", "gpt-4-1", "hooked").await;
+    let id = r["id"].as_str().unwrap().to_owned();
+    wait_for(&app, &id, Some(&key), "chat", |v| v["state"] == "promoted").await;
+    let started = Instant::now();
+    while heard.lock().unwrap().len() < 3 && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let heard = heard.lock().unwrap().clone();
+    let events: Vec<&str> = heard.iter().map(|v| v["event"].as_str().unwrap()).collect();
+    assert_eq!(events, ["started", "advanced", "promoted"]);
+    assert!(
+        heard
+            .iter()
+            .all(|v| v["rollout"] == id.as_str() && v["route"] == "chat")
+    );
+    assert_eq!(heard[2]["state"], "promoted");
+    assert!(heard[1]["evidence"]["report"]["gates"].is_array());
+}

@@ -31,6 +31,8 @@ fn record(id: &str, at_ms: i64, route: &str) -> Record {
         w: Some(0.05),
         randomized: true,
         step: Some(2),
+        schema_failed: Some(true),
+        guardrail_blocked: false,
     }
 }
 
@@ -84,6 +86,8 @@ async fn the_store_behaves_the_same_on_every_engine() {
         batch[7].w = None;
         batch[7].step = None;
         batch[7].randomized = false;
+        batch[7].schema_failed = None;
+        batch[7].guardrail_blocked = true;
         batch[8].route = "other".into();
         store.insert_records(&batch).await.unwrap();
         // A retried batch is not an error and does not double-count.

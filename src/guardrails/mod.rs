@@ -1,0 +1,430 @@
+//! Guardrails: rules on the input (the request's messages) and on the output (the answer),
+//! each with an action: `block`, `redact` or `flag`.
+//!
+//! Guardrail policies live in `policies/guardrails/*.toml` and a route names one with
+//! `guardrails = "default"`. In: text; out: what fired and, for `redact`, the text with
+//! every match masked. An input block answers 400 `guardrail_blocked` without calling the
+//! upstream; an output block replaces the answer with that error (for a stream: a final
+//! error event); redaction masks matches, across chunk boundaries for streams
+//! (`stream::StreamRedactor`).
+
+pub mod detect;
+pub mod stream;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigErrors, ConfigIssue};
+use detect::{Detector, Scanner};
+
+/// What a redacted match becomes.
+pub fn mask(kind: &str) -> String {
+    format!("[redacted:{kind}]")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Block,
+    Redact,
+    Flag,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Input,
+    Output,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    name: String,
+    detect: String,
+    action: Action,
+    pattern: Option<String>,
+    limit: Option<usize>,
+    keywords: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    input: Vec<RuleFile>,
+    #[serde(default)]
+    output: Vec<RuleFile>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub name: String,
+    pub detector: Detector,
+    pub action: Action,
+}
+
+/// One stage's rules, compiled into one scanner.
+pub struct StageRules {
+    pub rules: Vec<Rule>,
+    scanner: Scanner,
+}
+
+/// What the rules of a stage did to one text.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Applied {
+    /// The first blocking rule that fired.
+    pub blocked_by: Option<String>,
+    /// Every rule that fired, with its action.
+    pub fired: Vec<(String, Action)>,
+    /// The text with redactions applied, when any `redact` rule fired.
+    pub redacted: Option<String>,
+}
+
+impl StageRules {
+    fn new(rules: Vec<Rule>) -> Result<Self, String> {
+        let scanner = Scanner::new(rules.iter().map(|r| r.detector.clone()).collect())?;
+        Ok(Self { rules, scanner })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Runs every rule over `text` in one pass.
+    pub fn apply(&self, text: &str) -> Applied {
+        let mut outcome = Applied::default();
+        if self.rules.is_empty() {
+            return outcome;
+        }
+        let mut spans: Vec<(usize, usize, &'static str)> = Vec::new();
+        for hit in self.scanner.scan(text) {
+            let rule = &self.rules[hit.rule];
+            outcome.fired.push((rule.name.clone(), rule.action));
+            match rule.action {
+                Action::Block if outcome.blocked_by.is_none() => {
+                    outcome.blocked_by = Some(rule.name.clone())
+                }
+                Action::Redact => spans.extend(
+                    hit.spans
+                        .iter()
+                        .map(|(s, e)| (*s, *e, rule.detector.kind())),
+                ),
+                _ => {}
+            }
+        }
+        if !spans.is_empty() {
+            outcome.redacted = Some(redact(text, spans));
+        }
+        outcome
+    }
+
+    /// Where the `redact` rules match in `text`.
+    pub fn redaction_spans(&self, text: &str) -> Vec<(usize, usize)> {
+        self.scanner
+            .scan(text)
+            .into_iter()
+            .filter(|h| self.rules[h.rule].action == Action::Redact)
+            .flat_map(|h| h.spans)
+            .collect()
+    }
+
+    /// The longest text a single match can plausibly span: what a stream must hold back.
+    pub fn holdback_chars(&self) -> usize {
+        if self.rules.iter().any(|r| r.action != Action::Flag) {
+            256
+        } else {
+            0
+        }
+    }
+}
+
+/// Masks the spans (merging overlaps), left to right.
+fn redact(text: &str, mut spans: Vec<(usize, usize, &'static str)>) -> String {
+    spans.sort();
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for (s, e, kind) in spans {
+        if s < at {
+            // Overlaps the previous mask: widen it.
+            at = at.max(e);
+            continue;
+        }
+        out.push_str(&text[at..s]);
+        out.push_str(&mask(kind));
+        at = e;
+    }
+    out.push_str(&text[at..]);
+    out
+}
+
+impl std::fmt::Debug for StageRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.rules.iter().map(|r| &r.name))
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+pub struct GuardrailSet {
+    pub name: String,
+    pub description: String,
+    pub input: StageRules,
+    pub output: StageRules,
+}
+
+/// Reads every `*.toml` in `dir`; a mistake names the file and the key (`output.2.pattern`).
+pub fn load_dir(
+    dir: &Path,
+) -> Result<BTreeMap<String, std::sync::Arc<GuardrailSet>>, ConfigErrors> {
+    let mut sets = BTreeMap::new();
+    let mut issues = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(sets);
+    };
+    let mut paths: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        match load_file(&path) {
+            Ok(set) => {
+                sets.insert(set.name.clone(), std::sync::Arc::new(set));
+            }
+            Err(mut e) => issues.append(&mut e.0),
+        }
+    }
+    if issues.is_empty() {
+        Ok(sets)
+    } else {
+        Err(ConfigErrors(issues))
+    }
+}
+
+fn load_file(path: &Path) -> Result<GuardrailSet, ConfigErrors> {
+    let issue = |key: String, message: String| ConfigIssue {
+        file: path.to_owned(),
+        key,
+        message,
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors(vec![issue(String::new(), format!("cannot read: {e}"))]))?;
+    let file: PolicyFile = toml::from_str(&text).map_err(|e| {
+        ConfigErrors(vec![issue(
+            String::new(),
+            e.to_string().trim_end().to_owned(),
+        )])
+    })?;
+    let mut issues = Vec::new();
+    let mut stage = |name: &str, rules: Vec<RuleFile>| -> Vec<Rule> {
+        let mut out = Vec::new();
+        for (i, r) in rules.into_iter().enumerate() {
+            let key = |field: &str| format!("{name}.{i}.{field}");
+            let detector = match r.detect.as_str() {
+                "email" => Detector::Email,
+                "phone" => Detector::Phone,
+                "payment_card" => Detector::PaymentCard,
+                "iban" => Detector::Iban,
+                "us_ssn" => Detector::UsSsn,
+                "injection" => Detector::Injection,
+                "regex" => match &r.pattern {
+                    Some(p) => match regex::Regex::new(p) {
+                        Ok(_) => Detector::Regex(p.clone()),
+                        Err(e) => {
+                            issues.push(issue(
+                                key("pattern"),
+                                format!("not a regular expression: {e}"),
+                            ));
+                            continue;
+                        }
+                    },
+                    None => {
+                        issues.push(issue(
+                            key("pattern"),
+                            "detect = \"regex\" needs a pattern".into(),
+                        ));
+                        continue;
+                    }
+                },
+                "keywords" => match &r.keywords {
+                    Some(words) if !words.is_empty() => Detector::Keywords(words.clone()),
+                    _ => {
+                        issues.push(issue(
+                            key("keywords"),
+                            "detect = \"keywords\" needs a non-empty keywords list".into(),
+                        ));
+                        continue;
+                    }
+                },
+                "max_chars" => match r.limit {
+                    Some(limit) if limit > 0 => Detector::MaxChars(limit),
+                    _ => {
+                        issues.push(issue(
+                            key("limit"),
+                            "detect = \"max_chars\" needs a limit above 0".into(),
+                        ));
+                        continue;
+                    }
+                },
+                other => {
+                    issues.push(issue(
+                        key("detect"),
+                        format!("unknown detector `{other}`: use email, phone, payment_card, iban, us_ssn, regex, injection, keywords or max_chars"),
+                    ));
+                    continue;
+                }
+            };
+            if matches!(detector, Detector::MaxChars(_)) && r.action == Action::Redact {
+                issues.push(issue(
+                    key("action"),
+                    "max_chars can block or flag, not redact".into(),
+                ));
+                continue;
+            }
+            out.push(Rule {
+                name: r.name,
+                detector,
+                action: r.action,
+            });
+        }
+        out
+    };
+    let input = stage("input", file.input);
+    let output = stage("output", file.output);
+    if !issues.is_empty() {
+        return Err(ConfigErrors(issues));
+    }
+    let compile =
+        |rules| StageRules::new(rules).map_err(|e| ConfigErrors(vec![issue(String::new(), e)]));
+    Ok(GuardrailSet {
+        name: path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        description: file.description,
+        input: compile(input)?,
+        output: compile(output)?,
+    })
+}
+
+/// (version, arm, stage, rule, action).
+type CountKey = (String, String, Stage, String, Action);
+
+/// Counts of every block, redaction and flag, by version, arm, stage and rule.
+#[derive(Default)]
+pub struct GuardrailCounters {
+    counts: Mutex<BTreeMap<CountKey, u64>>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CountRow {
+    pub version: String,
+    pub arm: String,
+    pub stage: Stage,
+    pub rule: String,
+    pub action: Action,
+    pub count: u64,
+}
+
+impl GuardrailCounters {
+    /// Adds what fired; the lock is only taken when a rule fired.
+    pub fn add(&self, version: &str, arm: &str, stage: Stage, fired: &[(String, Action)]) {
+        if fired.is_empty() {
+            return;
+        }
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        for (rule, action) in fired {
+            *counts
+                .entry((
+                    version.to_owned(),
+                    arm.to_owned(),
+                    stage,
+                    rule.clone(),
+                    *action,
+                ))
+                .or_default() += 1;
+        }
+    }
+
+    pub fn rows(&self) -> Vec<CountRow> {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts
+            .iter()
+            .map(|((version, arm, stage, rule, action), count)| CountRow {
+                version: version.clone(),
+                arm: arm.clone(),
+                stage: *stage,
+                rule: rule.clone(),
+                action: *action,
+                count: *count,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISSUE_EXAMPLE: &str = include_str!("../../policies/guardrails/default.toml");
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    #[test]
+    fn the_shipped_policy_loads_and_acts_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "default.toml", ISSUE_EXAMPLE);
+        let sets = load_dir(dir.path()).unwrap();
+        let set = &sets["default"];
+        let blocked = set.input.apply("my card is 4111 1111 1111 1111");
+        assert_eq!(blocked.blocked_by.as_deref(), Some("no-card-numbers"));
+        let out = set
+            .output
+            .apply("write to jane.doe@example.com about Project  Nightingale");
+        assert_eq!(out.blocked_by.as_deref(), Some("no-codenames"));
+        assert_eq!(
+            out.redacted.as_deref(),
+            Some("write to [redacted:email] about Project  Nightingale")
+        );
+        let long = set.output.apply(&"a".repeat(4001));
+        assert_eq!(long.fired, [("long-answers".to_owned(), Action::Flag)]);
+        assert!(set.output.apply("hello").fired.is_empty());
+    }
+
+    #[test]
+    fn mistakes_name_the_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "bad.toml",
+            "[[output]]\nname = \"x\"\ndetect = \"regex\"\npattern = \"(\"\naction = \"block\"\n[[input]]\nname = \"y\"\ndetect = \"dna\"\naction = \"flag\"\n",
+        );
+        let errors = load_dir(dir.path()).unwrap_err().to_string();
+        assert!(
+            errors.contains("bad.toml: input.0.detect: unknown detector `dna`"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("bad.toml: output.0.pattern: not a regular expression"),
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn overlapping_redactions_merge() {
+        assert_eq!(
+            redact("abcdef", vec![(1, 3, "x"), (2, 5, "y")]),
+            "a[redacted:x]f"
+        );
+    }
+}

@@ -1,0 +1,282 @@
+//! Simulation scenarios: `evals/scenarios/*.toml` in, a checked [`Scenario`] out (or
+//! every mistake with file and key, as for policies). The format is documented at the
+//! top of `evals/scenarios/s00-aa-full-schedule.toml`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::{ConfigErrors, ConfigIssue};
+use crate::rollout::policy::{Metric, Policy, load_policy, parse_policy_at};
+
+/// What a scenario's canary is: harmless (reverts are false rollbacks), harmful (the
+/// judge should revert), or a broken design (the judge must not decide on its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expect {
+    Pass,
+    Revert,
+    NoDecision,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Traffic {
+    #[serde(default = "d_workspaces")]
+    pub workspaces: usize,
+    /// Share of requests from the workspace `internal` (targeted by workspace steps).
+    #[serde(default)]
+    pub internal_share: f64,
+    #[serde(default = "d_schema_share")]
+    pub schema_share: f64,
+    /// > 0: requests come from this many users with Pareto activity, assigned by user.
+    #[serde(default)]
+    pub sticky_users: usize,
+    /// Share of users whose error rate is `bad_user_error_rate` on both arms.
+    #[serde(default)]
+    pub bad_user_share: f64,
+    #[serde(default)]
+    pub bad_user_error_rate: f64,
+    /// Share of canary records that never reach the judge (a sample-ratio mismatch).
+    #[serde(default)]
+    pub lost_canary_records: f64,
+    /// A provider incident on both arms: from `incident_at`, for `incident_for`.
+    pub incident_at: Option<String>,
+    pub incident_for: Option<String>,
+    #[serde(default)]
+    pub incident_error_rate: f64,
+}
+
+impl Default for Traffic {
+    fn default() -> Self {
+        toml::from_str("").expect("every traffic key has a default")
+    }
+}
+
+fn d_workspaces() -> usize {
+    50
+}
+fn d_schema_share() -> f64 {
+    0.2
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Arm {
+    #[serde(default = "d_error")]
+    pub error_rate: f64,
+    #[serde(default = "d_latency")]
+    pub latency_ms: f64,
+    #[serde(default = "d_ttft")]
+    pub ttft_ms: f64,
+    #[serde(default = "d_sigma")]
+    pub ttft_sigma: f64,
+    #[serde(default = "d_tokens")]
+    pub tokens: f64,
+    #[serde(default = "d_tokens_sigma")]
+    pub tokens_sigma: f64,
+    #[serde(default = "d_schema")]
+    pub schema_failure_rate: f64,
+    #[serde(default = "d_guard")]
+    pub guardrail_block_rate: f64,
+}
+
+impl Default for Arm {
+    fn default() -> Self {
+        toml::from_str("").expect("every stable key has a default")
+    }
+}
+
+fn d_error() -> f64 {
+    0.01
+}
+fn d_latency() -> f64 {
+    1500.0
+}
+fn d_ttft() -> f64 {
+    300.0
+}
+fn d_sigma() -> f64 {
+    0.5
+}
+fn d_tokens() -> f64 {
+    600.0
+}
+fn d_tokens_sigma() -> f64 {
+    0.9
+}
+fn d_schema() -> f64 {
+    0.02
+}
+fn d_guard() -> f64 {
+    0.01
+}
+fn one() -> f64 {
+    1.0
+}
+
+/// How the canary differs from stable (1 = no difference), from `onset` on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Change {
+    #[serde(default = "one")]
+    pub error_ratio: f64,
+    #[serde(default = "one")]
+    pub tokens_ratio: f64,
+    #[serde(default = "one")]
+    pub latency_ratio: f64,
+    /// The TTFT p95 moves by this factor while the median stays (the upper half of the
+    /// log-normal is stretched).
+    #[serde(default = "one")]
+    pub ttft_p95_ratio: f64,
+    #[serde(default = "one")]
+    pub schema_failure_ratio: f64,
+    #[serde(default = "one")]
+    pub length_ratio: f64,
+    pub onset: Option<String>,
+}
+
+impl Default for Change {
+    fn default() -> Self {
+        toml::from_str("").expect("every canary key has a default")
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    description: String,
+    expect: Expect,
+    duration: String,
+    rps: f64,
+    /// The metric the threshold baselines watch (none: no baseline comparison).
+    baseline_metric: Option<Metric>,
+    policy: toml::Value,
+    #[serde(default)]
+    traffic: Traffic,
+    #[serde(default)]
+    stable: Arm,
+    #[serde(default)]
+    canary: Change,
+}
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub description: String,
+    pub expect: Expect,
+    pub duration: Duration,
+    pub rps: f64,
+    pub baseline_metric: Option<Metric>,
+    pub policy: Policy,
+    pub traffic: Traffic,
+    pub stable: Arm,
+    pub canary: Change,
+    pub onset: Duration,
+    pub incident: Option<(Duration, Duration)>,
+}
+
+impl Scenario {
+    /// The same setting with a canary identical to stable: the A/A run on which the
+    /// baselines are tuned.
+    pub fn null_twin(&self) -> Scenario {
+        Scenario {
+            name: format!("{} (A/A twin)", self.name),
+            expect: Expect::Pass,
+            canary: Change::default(),
+            traffic: Traffic {
+                lost_canary_records: 0.0,
+                ..self.traffic.clone()
+            },
+            ..self.clone()
+        }
+    }
+
+    /// Two scenarios share a twin when everything but the canary's change is the same.
+    pub fn setting_key(&self) -> String {
+        format!(
+            "{:?}|{}|{:?}|{:?}|{:?}|{:?}",
+            self.duration, self.rps, self.policy, self.traffic, self.stable, self.incident
+        )
+    }
+}
+
+pub fn load(path: &Path, policies_dir: &Path) -> Result<Scenario, ConfigErrors> {
+    let issue = |key: &str, message: String| ConfigIssue {
+        file: path.to_owned(),
+        key: key.to_owned(),
+        message,
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors(vec![issue("", format!("cannot read the file: {e}"))]))?;
+    let raw: RawScenario = toml::from_str(&text).map_err(|e: toml::de::Error| {
+        ConfigErrors(vec![issue("", e.to_string().trim_end().into())])
+    })?;
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let policy = match &raw.policy {
+        toml::Value::String(named) => load_policy(&policies_dir.join(format!("{named}.toml")))?,
+        toml::Value::Table(t) => {
+            let inner = toml::to_string(t)
+                .map_err(|e| ConfigErrors(vec![issue("policy", e.to_string())]))?;
+            parse_policy_at(path, &name, &inner, "policy.")?
+        }
+        _ => {
+            return Err(ConfigErrors(vec![issue(
+                "policy",
+                "a policy name or a [policy] table".into(),
+            )]));
+        }
+    };
+    let mut issues = Vec::new();
+    let mut dur = |key: &str, s: &str| match humantime::parse_duration(s) {
+        Ok(d) => d,
+        Err(e) => {
+            issues.push(issue(key, format!("`{s}`: {e}")));
+            Duration::ZERO
+        }
+    };
+    let duration = dur("duration", &raw.duration);
+    let onset = raw
+        .canary
+        .onset
+        .as_deref()
+        .map_or(Duration::ZERO, |s| dur("canary.onset", s));
+    let incident = match (&raw.traffic.incident_at, &raw.traffic.incident_for) {
+        (Some(at), Some(len)) => Some((
+            dur("traffic.incident_at", at),
+            dur("traffic.incident_for", len),
+        )),
+        (None, None) => None,
+        _ => {
+            issues.push(issue(
+                "traffic.incident_at",
+                "set both incident_at and incident_for".into(),
+            ));
+            None
+        }
+    };
+    if !(raw.rps > 0.0) {
+        issues.push(issue("rps", "must be greater than 0".into()));
+    }
+    if !issues.is_empty() {
+        return Err(ConfigErrors(issues));
+    }
+    Ok(Scenario {
+        name,
+        description: raw.description,
+        expect: raw.expect,
+        duration,
+        rps: raw.rps,
+        baseline_metric: raw.baseline_metric,
+        policy,
+        traffic: raw.traffic,
+        stable: raw.stable,
+        canary: raw.canary,
+        onset,
+        incident,
+    })
+}
