@@ -16,7 +16,6 @@ use tokio::task::JoinHandle;
 use crate::auth::KeyCache;
 use crate::config::Settings;
 use crate::measure::sink::RecordSink;
-use crate::measure::tokens;
 use crate::resolve::{Catalog, RoutingTable};
 use crate::rollout::control::Controller;
 use crate::state::{App, AppState};
@@ -51,8 +50,6 @@ impl Server {
             )
             .await?,
         );
-        // Off the request path: the first estimate would otherwise pay ~0.3 s for the tables.
-        tokio::task::spawn_blocking(tokens::warm_up);
 
         let (sink, records) = RecordSink::new(settings.config.server.record_queue);
         let sink = Arc::new(sink);

@@ -72,6 +72,64 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
+/// Rows per INSERT statement (× 23 columns stays far below both engines' parameter limits).
+const ROWS_PER_INSERT: usize = 100;
+/// The SQL type of each nullable column, which is bound as text (or an integer) and cast.
+/// sqlx 0.9's Any driver binds a NULL `f64` as a PostgreSQL `float4`; a prepared statement
+/// whose first use had that NULL then refuses every later 8-byte value. Text has no such
+/// trap, and Rust prints an `f64` so that it parses back to the same value.
+const REQUEST_COLUMN_CASTS: [Option<&str>; 23] = [
+    None,
+    None,
+    None,
+    None,
+    None,
+    None,
+    None,
+    None,
+    None,
+    None,
+    Some("DOUBLE PRECISION"), // ttft_ms
+    None,
+    None,
+    None,
+    None,
+    None,
+    Some("TEXT"),             // finish_reason
+    Some("TEXT"),             // rollout_id
+    Some("DOUBLE PRECISION"), // canary_weight
+    None,
+    Some("INTEGER"), // step
+    Some("INTEGER"), // schema_failed
+    None,
+];
+const REQUEST_COLUMNS: usize = REQUEST_COLUMN_CASTS.len();
+
+/// `INSERT INTO requests … VALUES ($1, …), (…), …` for `rows` rows.
+fn insert_requests_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO requests (request_id, at_ms, workspace_id, route, version, arm, stream, status, outcome, \
+         latency_ms, ttft_ms, prompt_tokens, completion_tokens, tokens_estimated, cost_usd, response_chars, finish_reason, \
+         rollout_id, canary_weight, randomized, step, schema_failed, guardrail_blocked) VALUES ",
+    );
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for col in 0..REQUEST_COLUMNS {
+            if col > 0 {
+                sql.push_str(", ");
+            }
+            let n = row * REQUEST_COLUMNS + col + 1;
+            match REQUEST_COLUMN_CASTS[col] {
+                Some(ty) => sql.push_str(&format!("CAST(${n} AS {ty})")),
+                None => sql.push_str(&format!("${n}")),
+            }
+        }
+        sql.push(')');
+    }
+    sql.push_str(" ON CONFLICT (request_id) DO NOTHING");
+    sql
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
@@ -297,39 +355,37 @@ impl Store {
     /// (same request id) is left as it is, so a retried batch does not fail.
     pub async fn insert_records(&self, records: &[Record]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for r in records {
-            sqlx::query(
-                "INSERT INTO requests (request_id, at_ms, workspace_id, route, version, arm, stream, status, outcome, \
-                 latency_ms, ttft_ms, prompt_tokens, completion_tokens, tokens_estimated, cost_usd, response_chars, finish_reason, \
-                 rollout_id, canary_weight, randomized, step, schema_failed, guardrail_blocked) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) \
-                 ON CONFLICT (request_id) DO NOTHING",
-            )
-            .bind(r.request_id.as_str())
-            .bind(r.at_ms)
-            .bind(r.workspace.as_str())
-            .bind(r.route.as_str())
-            .bind(r.version.as_str())
-            .bind(r.arm.as_str())
-            .bind(r.stream as i32)
-            .bind(r.status as i32)
-            .bind(r.outcome.as_str())
-            .bind(r.latency_ms)
-            .bind(r.ttft_ms)
-            .bind(r.usage.prompt_tokens as i64)
-            .bind(r.usage.completion_tokens as i64)
-            .bind(r.usage.estimated as i32)
-            .bind(r.cost_usd)
-            .bind(r.response_chars as i64)
-            .bind(r.finish_reason.as_deref())
-            .bind(r.rollout_id.as_deref())
-            .bind(r.w)
-            .bind(r.randomized as i32)
-            .bind(r.step.map(|s| s as i32))
-            .bind(r.schema_failed.map(i32::from))
-            .bind(r.guardrail_blocked as i32)
-            .execute(&mut *tx)
-            .await?;
+        // Many rows per statement: each statement is a round trip (for SQLite, to its
+        // worker thread), and one per row costs more than the rows themselves.
+        for chunk in records.chunks(ROWS_PER_INSERT) {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(insert_requests_sql(chunk.len())));
+            for r in chunk {
+                query = query
+                    .bind(r.request_id.as_str())
+                    .bind(r.at_ms)
+                    .bind(r.workspace.as_str())
+                    .bind(r.route.as_str())
+                    .bind(r.version.as_str())
+                    .bind(r.arm.as_str())
+                    .bind(r.stream as i32)
+                    .bind(r.status as i32)
+                    .bind(r.outcome.as_str())
+                    .bind(r.latency_ms)
+                    .bind(r.ttft_ms.map(|x| x.to_string()))
+                    .bind(r.usage.prompt_tokens as i64)
+                    .bind(r.usage.completion_tokens as i64)
+                    .bind(r.usage.estimated as i32)
+                    .bind(r.cost_usd)
+                    .bind(r.response_chars as i64)
+                    .bind(r.finish_reason.as_deref())
+                    .bind(r.rollout_id.as_deref())
+                    .bind(r.w.map(|x| x.to_string()))
+                    .bind(r.randomized as i32)
+                    .bind(r.step.map(|s| s as i32))
+                    .bind(r.schema_failed.map(i32::from))
+                    .bind(r.guardrail_blocked as i32);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

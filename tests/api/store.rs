@@ -74,6 +74,22 @@ async fn the_store_behaves_the_same_on_every_engine() {
         assert_eq!(store.key_by_hash("hash-1").await.unwrap(), None, "{engine}");
         assert!(store.keys("acme").await.unwrap()[0].revoked_at_ms.is_some());
 
+        // A first batch whose optional numbers are all missing, then one with them set:
+        // the same prepared statement must take both.
+        let mut bare = record("req_bare", 1, "first");
+        (bare.ttft_ms, bare.w, bare.step, bare.schema_failed) = (None, None, None, None);
+        store
+            .insert_records(std::slice::from_ref(&bare))
+            .await
+            .unwrap();
+        store
+            .insert_records(&[record("req_full", 2, "first")])
+            .await
+            .unwrap();
+        let first = store.records(Some("first"), 10).await.unwrap();
+        assert_eq!(first.len(), 2, "{engine}");
+        assert_eq!(first[1], bare, "{engine}");
+
         let mut batch: Vec<Record> = (0..300)
             .map(|i| record(&format!("req_{i:04}"), 1_000 + i, "chat"))
             .collect();
@@ -92,7 +108,7 @@ async fn the_store_behaves_the_same_on_every_engine() {
         store.insert_records(&batch).await.unwrap();
         // A retried batch is not an error and does not double-count.
         store.insert_records(&batch[..10]).await.unwrap();
-        assert_eq!(store.count_records().await.unwrap(), 300, "{engine}");
+        assert_eq!(store.count_records().await.unwrap(), 302, "{engine}");
 
         let back = store.records(Some("chat"), 1000).await.unwrap();
         assert_eq!(back.len(), 299, "{engine}");
