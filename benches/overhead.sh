@@ -21,7 +21,7 @@ if ! "$BENCH_TOOLS/cargo/bin/oha" --version 2>/dev/null | grep -q 1.16.0; then
 fi
 
 (cd "$ROOT" && cargo build --release --quiet)
-BIN="$ROOT/target/release/sluice"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/sluice"
 VERSION=$("$BIN" --version | awk '{print $2}')-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo dev)
 
 exec python3 "$RIG/run.py" --targets direct,nginx --out "$OUT" \

@@ -27,6 +27,7 @@ pub mod pipeline;
 pub mod resolve;
 pub mod rollout;
 pub mod secret;
+pub mod shadow;
 pub mod simulate;
 pub mod state;
 pub mod store;

@@ -114,6 +114,27 @@ pub struct Policy {
     pub steps: Vec<Step>,
     pub gates: Vec<Gate>,
     pub kill_switch: Option<KillSwitch>,
+    /// `[shadow]`: copy a sample of one arm's traffic to the other version.
+    pub shadow: Option<crate::shadow::ShadowConfig>,
+    /// `[feedback.<metric>]`: business metrics posted to `/v1/feedback`, judged as gates.
+    pub feedback: Vec<FeedbackMetric>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedbackKind {
+    /// true / false (a conversion): judged like an error rate.
+    Binary,
+    /// A number (a rating, a revenue): judged like a continuous metric.
+    Numeric,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FeedbackMetric {
+    pub name: String,
+    pub kind: FeedbackKind,
+    /// Whether a higher value is the good direction.
+    pub higher_is_better: bool,
 }
 
 /// Durations serialize as milliseconds.
@@ -213,6 +234,26 @@ struct RawPolicy {
     steps: Option<Vec<RawStep>>,
     gates: Option<BTreeMap<String, RawGate>>,
     kill_switch: Option<RawKillSwitch>,
+    shadow: Option<RawShadow>,
+    feedback: Option<BTreeMap<String, RawFeedback>>,
+}
+
+#[derive(Deserialize)]
+struct RawShadow {
+    rate: Option<f64>,
+    from: Option<String>,
+    to: Option<String>,
+    max_usd_per_hour: Option<f64>,
+    keep: Option<u64>,
+    skip_tools: Option<bool>,
+    redact: Option<bool>,
+    workspaces: Option<BTreeMap<String, f64>>,
+}
+
+#[derive(Deserialize)]
+struct RawFeedback {
+    kind: Option<String>,
+    good: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -350,7 +391,6 @@ pub fn parse_policy_at(
         let hold = duration(&format!("{key}.hold"), s.hold.as_ref(), None);
         steps.push((key, s, hold));
     }
-    drop(duration);
 
     let alpha = raw.alpha.unwrap_or(DEFAULT_ALPHA);
     if !(alpha > 0.0 && alpha < 0.5) {
@@ -396,6 +436,8 @@ pub fn parse_policy_at(
                 None
             }
             None => Some(0),
+            // Shadow-only: no live canary traffic, copies only (needs a [shadow] table).
+            Some(0.0) if raw.shadow.is_some() => Some(0),
             Some(w) if !(w > 0.0 && w <= 100.0) => {
                 issues.push(issue(
                     &format!("{key}.weight"),
@@ -448,7 +490,11 @@ pub fn parse_policy_at(
                 ),
             ));
         }
+        let shadow_only = s.weight == Some(0.0) && raw.shadow.is_some();
         let min_requests = match s.min_requests {
+            // A shadow-only step serves no canary request: it passes on its hold, and its
+            // evidence is offline (`sluice eval --rollout`).
+            Some(0) | None if shadow_only => Some(0),
             Some(0) | None => {
                 issues.push(issue(
                     &format!("{key}.min_requests"),
@@ -584,6 +630,72 @@ pub fn parse_policy_at(
         }
     };
 
+    let shadow = raw.shadow.as_ref().and_then(|s| {
+        let arm = |key: &str, value: &Option<String>, default: crate::resolve::Arm, issues: &mut Vec<ConfigIssue>| {
+            match value.as_deref() {
+                None => Some(default),
+                Some(v) => crate::resolve::Arm::parse(v).or_else(|| {
+                    issues.push(issue(&format!("shadow.{key}"), format!("`{v}` is not stable or canary")));
+                    None
+                }),
+            }
+        };
+        let from = arm("from", &s.from, crate::resolve::Arm::Stable, &mut issues);
+        let to = arm("to", &s.to, crate::resolve::Arm::Canary, &mut issues);
+        if from.is_some() && from == to {
+            issues.push(issue("shadow.to", "must be the other arm than `from`".into()));
+        }
+        let rate = s.rate.unwrap_or(0.05);
+        let rates_ok = std::iter::once(rate)
+            .chain(s.workspaces.iter().flat_map(|w| w.values().copied()))
+            .all(|r| (0.0..=1.0).contains(&r));
+        if !rates_ok {
+            issues.push(issue("shadow.rate", "rates must be between 0 and 1".into()));
+        }
+        let max_usd_per_hour = s.max_usd_per_hour.unwrap_or(1.0);
+        if max_usd_per_hour.is_nan() || max_usd_per_hour < 0.0 {
+            issues.push(issue("shadow.max_usd_per_hour", "must be zero or more".into()));
+        }
+        Some(crate::shadow::ShadowConfig {
+            rate,
+            workspace_rates: s.workspaces.clone().unwrap_or_default(),
+            from: from?,
+            to: to?,
+            max_usd_per_hour,
+            keep: s.keep.unwrap_or(10_000),
+            skip_tools: s.skip_tools.unwrap_or(true),
+            redact: s.redact.unwrap_or(true),
+        })
+    });
+    let mut feedback = Vec::new();
+    for (metric, f) in raw.feedback.iter().flatten() {
+        let kind = match f.kind.as_deref() {
+            Some("binary") => Some(FeedbackKind::Binary),
+            Some("numeric") => Some(FeedbackKind::Numeric),
+            other => {
+                issues.push(issue(
+                    &format!("feedback.{metric}.kind"),
+                    format!("{other:?} is not \"binary\" or \"numeric\""),
+                ));
+                None
+            }
+        };
+        let higher = match f.good.as_deref() {
+            Some("higher") => Some(true),
+            Some("lower") => Some(false),
+            other => {
+                issues.push(issue(
+                    &format!("feedback.{metric}.good"),
+                    format!("{other:?} is not \"higher\" or \"lower\""),
+                ));
+                None
+            }
+        };
+        if let (Some(kind), Some(higher_is_better)) = (kind, higher) {
+            feedback.push(FeedbackMetric { name: metric.clone(), kind, higher_is_better });
+        }
+    }
+
     if !issues.is_empty() {
         return Err(ConfigErrors(issues));
     }
@@ -598,6 +710,8 @@ pub fn parse_policy_at(
         steps: out_steps,
         gates,
         kill_switch,
+        shadow,
+        feedback,
     })
 }
 

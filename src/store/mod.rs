@@ -13,8 +13,10 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row, SqlSafeStr};
 
+mod quality;
 mod rollouts;
 
+pub use quality::{RequestPlacement, ShadowPair};
 pub use rollouts::{Actor, EventRow, NewEvent, RolloutRow};
 
 use crate::measure::{Outcome, Record};
@@ -53,6 +55,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "quality",
         include_str!("../../migrations/sqlite/0003_quality.sql"),
     ),
+    (
+        4,
+        "shadow_feedback",
+        include_str!("../../migrations/sqlite/0004_shadow_feedback.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -69,6 +76,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "quality",
         include_str!("../../migrations/postgres/0003_quality.sql"),
+    ),
+    (
+        4,
+        "shadow_feedback",
+        include_str!("../../migrations/postgres/0004_shadow_feedback.sql"),
     ),
 ];
 

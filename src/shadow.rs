@@ -1,0 +1,301 @@
+//! Shadow traffic: a sample of one arm's requests is copied, in the background, to the
+//! other arm's version; both answers are stored as a pair for offline comparison.
+//!
+//! In: a finished primary request (its body, answer and record) that drew a ticket. Out: a
+//! stored pair, or a counted drop. The copy never runs on the user's clock: the primary
+//! hands it to a bounded queue and returns; a full queue or a spent hourly budget drops the
+//! copy and counts it. Copies are never streamed and their spend is kept apart from the
+//! workspace's: it is not in the `requests` table.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::{Mutex, mpsc, watch};
+
+use crate::guardrails::redact_pii;
+use crate::measure::Record;
+use crate::measure::sse::summarize_completion;
+use crate::measure::tokens::count_prompt;
+use crate::resolve::{Arm, Version};
+use crate::store::{ShadowPair, Store, now_ms};
+use crate::upstream::Call;
+
+/// Copies waiting to be sent, for all rollouts.
+pub const SHADOW_QUEUE_CAPACITY: usize = 1_024;
+/// Copies sent at once.
+const SHADOW_CONCURRENCY: usize = 8;
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// A rollout policy's `[shadow]` section.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShadowConfig {
+    /// Share of the source arm's requests that are copied.
+    pub rate: f64,
+    /// Per-workspace overrides of `rate`.
+    pub workspace_rates: std::collections::BTreeMap<String, f64>,
+    pub from: Arm,
+    pub to: Arm,
+    pub max_usd_per_hour: f64,
+    /// Pairs kept per rollout (older ones are deleted).
+    pub keep: u64,
+    /// Requests that carry tools are not copied (their tools may have side effects).
+    pub skip_tools: bool,
+    /// Mask the request's text with the route's guardrail PII rules before storing it.
+    pub redact: bool,
+}
+
+impl ShadowConfig {
+    pub fn rate_for(&self, workspace: &str) -> f64 {
+        self.workspace_rates.get(workspace).copied().unwrap_or(self.rate)
+    }
+}
+
+/// A primary request that drew a copy: carried by its meter until it finishes.
+pub struct ShadowTicket {
+    pub shadow: Arc<RolloutShadow>,
+    /// The body as sent upstream for the primary (model is replaced again for the copy).
+    pub body: Bytes,
+    pub trace_id: Option<String>,
+}
+
+/// One copy to send.
+pub struct ShadowJob {
+    ticket: ShadowTicket,
+    primary: Record,
+    primary_answer: String,
+}
+
+/// Per-rollout shadow state: its config, its target version, its budget and counters.
+pub struct RolloutShadow {
+    pub rollout_id: Arc<str>,
+    pub config: ShadowConfig,
+    pub to_version: Arc<Version>,
+    pub sent: AtomicU64,
+    pub dropped_queue: AtomicU64,
+    pub dropped_budget: AtomicU64,
+    pub failed: AtomicU64,
+    spent_nano_usd: AtomicU64,
+    /// Spend in the current hour: (hour start, USD).
+    window: std::sync::Mutex<(Instant, f64)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ShadowCounters {
+    pub sent: u64,
+    pub dropped_queue: u64,
+    pub dropped_budget: u64,
+    pub failed: u64,
+    pub spent_usd: f64,
+}
+
+impl RolloutShadow {
+    pub fn new(rollout_id: &str, config: ShadowConfig, to_version: Arc<Version>) -> Self {
+        Self {
+            rollout_id: rollout_id.into(),
+            config,
+            to_version,
+            sent: AtomicU64::new(0),
+            dropped_queue: AtomicU64::new(0),
+            dropped_budget: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            spent_nano_usd: AtomicU64::new(0),
+            window: std::sync::Mutex::new((Instant::now(), 0.0)),
+        }
+    }
+
+    /// Whether a request served by `arm` for `workspace` draws a copy.
+    pub fn draws(&self, arm: Arm, workspace: &str, has_tools: bool) -> bool {
+        arm == self.config.from
+            && !(self.config.skip_tools && has_tools)
+            && rand::random::<f64>() < self.config.rate_for(workspace)
+    }
+
+    pub fn counters(&self) -> ShadowCounters {
+        ShadowCounters {
+            sent: self.sent.load(Ordering::Relaxed),
+            dropped_queue: self.dropped_queue.load(Ordering::Relaxed),
+            dropped_budget: self.dropped_budget.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            spent_usd: self.spent_nano_usd.load(Ordering::Relaxed) as f64 / 1e9,
+        }
+    }
+
+    /// Reserves room in this hour's budget; false when the hour's spend reached the cap.
+    fn within_budget(&self) -> bool {
+        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        if window.0.elapsed() >= HOUR {
+            *window = (Instant::now(), 0.0);
+        }
+        window.1 < self.config.max_usd_per_hour
+    }
+
+    fn spend(&self, usd: f64) {
+        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        window.1 += usd;
+        self.spent_nano_usd.fetch_add((usd * 1e9).round() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The queue from finished primaries to the shadow sender.
+pub struct ShadowQueue {
+    tx: mpsc::Sender<ShadowJob>,
+}
+
+impl ShadowQueue {
+    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<ShadowJob>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Self { tx }, rx)
+    }
+
+    /// Hands a finished primary over; never waits.
+    pub fn submit(&self, ticket: ShadowTicket, primary: Record, primary_answer: String) {
+        let shadow = ticket.shadow.clone();
+        let job = ShadowJob { ticket, primary, primary_answer };
+        if self.tx.try_send(job).is_err() {
+            shadow.dropped_queue.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Sends queued copies (a few at a time) until shutdown; what is still queued then is dropped.
+pub async fn run_sender(rx: mpsc::Receiver<ShadowJob>, store: Store, mut shutdown: watch::Receiver<bool>) {
+    let rx = Arc::new(Mutex::new(rx));
+    let workers: Vec<_> = (0..SHADOW_CONCURRENCY)
+        .map(|_| {
+            let (rx, store) = (rx.clone(), store.clone());
+            tokio::spawn(async move {
+                loop {
+                    let job = rx.lock().await.recv().await;
+                    match job {
+                        Some(job) => send_copy(job, &store).await,
+                        None => break,
+                    }
+                }
+            })
+        })
+        .collect();
+    let _ = shutdown.wait_for(|s| *s).await;
+    for w in workers {
+        w.abort();
+    }
+}
+
+async fn send_copy(job: ShadowJob, store: &Store) {
+    let shadow = job.ticket.shadow.clone();
+    if !shadow.within_budget() {
+        shadow.dropped_budget.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let version = &shadow.to_version;
+    let body = match copy_body(&job.ticket.body, &version.model) {
+        Some(body) => body,
+        None => {
+            shadow.failed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let started = Instant::now();
+    let call = Call {
+        body: body.clone(),
+        stream: false,
+        include_usage: false,
+        model: &version.model,
+        request_id: &job.primary.request_id,
+        mock: version.mock.as_ref().map(|m| m.load_full()),
+    };
+    let reply = version.provider.send(call).await;
+    let (status, answer_bytes) = match reply {
+        Ok(reply) => {
+            let status = reply.status.as_u16();
+            let mut bytes = Vec::new();
+            let mut body = reply.body;
+            use futures_util::StreamExt;
+            while let Some(Ok(chunk)) = body.next().await {
+                bytes.extend_from_slice(&chunk);
+            }
+            (status, bytes)
+        }
+        Err(e) => {
+            tracing::debug!(rollout = %shadow.rollout_id, error = %e, "shadow copy failed");
+            shadow.failed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let summary = summarize_completion(&answer_bytes).ok();
+    let (answer, usage) = match &summary {
+        Some(s) => (s.all_text(), s.usage),
+        None => (String::from_utf8_lossy(&answer_bytes).chars().take(2000).collect(), None),
+    };
+    let (prompt_tokens, completion_tokens) = match usage {
+        Some(u) => (u.prompt_tokens, u.completion_tokens),
+        None => (count_prompt(version.encoding, &body), version.encoding.count(&answer)),
+    };
+    let cost_usd = version.price.cost_usd(prompt_tokens, completion_tokens);
+    shadow.spend(cost_usd);
+    if !(200..300).contains(&status) {
+        shadow.failed.fetch_add(1, Ordering::Relaxed);
+    }
+    shadow.sent.fetch_add(1, Ordering::Relaxed);
+
+    let request_text = stored_request(&job.ticket);
+    let pair = ShadowPair {
+        id: 0,
+        rollout_id: shadow.rollout_id.to_string(),
+        at_ms: now_ms(),
+        request_id: job.primary.request_id.clone(),
+        trace_id: job.ticket.trace_id.clone(),
+        workspace: job.primary.workspace.clone(),
+        request: request_text,
+        primary_version: job.primary.version.clone(),
+        primary_arm: job.primary.arm,
+        primary_answer: job.primary_answer,
+        primary_record: serde_json::to_value(&job.primary).unwrap_or_default(),
+        shadow_version: version.name.to_string(),
+        shadow_answer: answer,
+        shadow_record: serde_json::json!({
+            "status": status, "latency_ms": latency_ms, "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens, "cost_usd": cost_usd,
+            "finish_reason": summary.as_ref().and_then(|s| s.finish_reason.clone()),
+            "tool_calls": summary.as_ref().map(|s| s.choices.iter().flat_map(|c| c.tool_calls.iter().map(|t| t.name.clone())).collect::<Vec<_>>()),
+        }),
+    };
+    if let Err(e) = store.insert_shadow_pair(&pair, shadow.config.keep).await {
+        tracing::warn!(rollout = %shadow.rollout_id, error = %e, "storing a shadow pair failed");
+    }
+}
+
+/// The primary's body with `model` set to the shadow version's and streaming off.
+fn copy_body(body: &[u8], model: &str) -> Option<Bytes> {
+    let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+    v.insert("model".into(), model.into());
+    v.insert("stream".into(), false.into());
+    v.remove("stream_options");
+    serde_json::to_vec(&v).ok().map(Bytes::from)
+}
+
+/// The request as stored: its body, with the messages' text masked by the guardrail PII
+/// detectors when the policy says `redact = true`.
+fn stored_request(ticket: &ShadowTicket) -> serde_json::Value {
+    let mut v: serde_json::Value = serde_json::from_slice(&ticket.body).unwrap_or_default();
+    if !ticket.shadow.config.redact {
+        return v;
+    }
+    for message in v["messages"].as_array_mut().into_iter().flatten() {
+        match message.get_mut("content") {
+            Some(serde_json::Value::String(text)) => *text = redact_pii(text),
+            Some(serde_json::Value::Array(parts)) => {
+                for part in parts {
+                    if let Some(serde_json::Value::String(text)) = part.get_mut("text") {
+                        *text = redact_pii(text);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    v
+}

@@ -1,0 +1,145 @@
+//! Shadow pairs and feedback in the store.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{Store, StoreError};
+use crate::resolve::Arm;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ShadowPair {
+    pub id: i64,
+    pub rollout_id: String,
+    pub at_ms: i64,
+    pub request_id: String,
+    pub trace_id: Option<String>,
+    pub workspace: String,
+    pub request: serde_json::Value,
+    pub primary_version: String,
+    pub primary_arm: Arm,
+    pub primary_answer: String,
+    pub primary_record: serde_json::Value,
+    pub shadow_version: String,
+    pub shadow_answer: String,
+    pub shadow_record: serde_json::Value,
+}
+
+/// Where a request went, for joining feedback to its arm.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestPlacement {
+    pub workspace: String,
+    pub rollout_id: Option<String>,
+    pub arm: Arm,
+    pub w: Option<f64>,
+    pub randomized: bool,
+}
+
+impl Store {
+    /// Stores a pair and keeps only the newest `keep` of its rollout.
+    pub async fn insert_shadow_pair(&self, p: &ShadowPair, keep: u64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO shadow_pairs (rollout_id, at_ms, request_id, trace_id, workspace_id, request, primary_version, \
+             primary_arm, primary_answer, primary_record, shadow_version, shadow_answer, shadow_record) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(p.rollout_id.as_str())
+        .bind(p.at_ms)
+        .bind(p.request_id.as_str())
+        .bind(p.trace_id.as_deref())
+        .bind(p.workspace.as_str())
+        .bind(p.request.to_string())
+        .bind(p.primary_version.as_str())
+        .bind(p.primary_arm.as_str())
+        .bind(p.primary_answer.as_str())
+        .bind(p.primary_record.to_string())
+        .bind(p.shadow_version.as_str())
+        .bind(p.shadow_answer.as_str())
+        .bind(p.shadow_record.to_string())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM shadow_pairs WHERE rollout_id = $1 AND id NOT IN \
+             (SELECT id FROM shadow_pairs WHERE rollout_id = $1 ORDER BY id DESC LIMIT $2)",
+        )
+        .bind(p.rollout_id.as_str())
+        .bind(keep as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A page of a rollout's pairs, oldest first, after the pair id `after`.
+    pub async fn shadow_pairs(&self, rollout_id: &str, after: i64, limit: i64) -> Result<Vec<ShadowPair>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, rollout_id, at_ms, request_id, trace_id, workspace_id, request, primary_version, primary_arm, \
+             primary_answer, primary_record, shadow_version, shadow_answer, shadow_record \
+             FROM shadow_pairs WHERE rollout_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(rollout_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let json = |s: String| serde_json::from_str(&s).unwrap_or(serde_json::Value::Null);
+        rows.into_iter()
+            .map(|r| {
+                Ok(ShadowPair {
+                    id: r.try_get(0)?,
+                    rollout_id: r.try_get(1)?,
+                    at_ms: r.try_get(2)?,
+                    request_id: r.try_get(3)?,
+                    trace_id: r.try_get(4)?,
+                    workspace: r.try_get(5)?,
+                    request: json(r.try_get(6)?),
+                    primary_version: r.try_get(7)?,
+                    primary_arm: Arm::parse(&r.try_get::<String, _>(8)?).unwrap_or(Arm::Stable),
+                    primary_answer: r.try_get(9)?,
+                    primary_record: json(r.try_get(10)?),
+                    shadow_version: r.try_get(11)?,
+                    shadow_answer: r.try_get(12)?,
+                    shadow_record: json(r.try_get(13)?),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Where a stored request went.
+    pub async fn request_placement(&self, request_id: &str) -> Result<Option<RequestPlacement>, StoreError> {
+        let row = sqlx::query("SELECT workspace_id, rollout_id, arm, canary_weight, randomized FROM requests WHERE request_id = $1")
+            .bind(request_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| RequestPlacement {
+            workspace: r.get(0),
+            rollout_id: r.get(1),
+            arm: Arm::parse(&r.get::<String, _>(2)).unwrap_or(Arm::Stable),
+            w: r.get(3),
+            randomized: r.get::<i32, _>(4) != 0,
+        }))
+    }
+
+    pub async fn insert_feedback(
+        &self,
+        request_id: &str,
+        placement: &RequestPlacement,
+        metric: &str,
+        value: f64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO feedback (request_id, workspace_id, metric, value, at_ms, rollout_id, arm) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(request_id)
+        .bind(placement.workspace.as_str())
+        .bind(metric)
+        .bind(value)
+        .bind(super::now_ms())
+        .bind(placement.rollout_id.as_deref())
+        .bind(placement.arm.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
