@@ -18,6 +18,7 @@ use crate::config::Settings;
 use crate::measure::sink::RecordSink;
 use crate::resolve::{Catalog, RoutingTable};
 use crate::rollout::control::Controller;
+use crate::shadow::{self, ShadowQueue};
 use crate::state::{App, AppState};
 use crate::store::Store;
 
@@ -52,6 +53,7 @@ impl Server {
         );
 
         let (sink, records) = RecordSink::new(settings.config.server.record_queue);
+        let (shadows, shadow_jobs) = ShadowQueue::new(settings.config.server.shadow_queue.max(1));
         let sink = Arc::new(sink);
         let app = Arc::new(App {
             settings,
@@ -63,10 +65,16 @@ impl Server {
             rollouts: rollouts.clone(),
             schemas: Arc::default(),
             guardrail_counts: Arc::default(),
+            shadows: Arc::new(shadows),
         });
         let (shutdown, stopped) = watch::channel(false);
         let tasks = vec![
             tokio::spawn(rollouts.run(stopped.clone())),
+            tokio::spawn(shadow::run_sender(
+                shadow_jobs,
+                store.clone(),
+                stopped.clone(),
+            )),
             tokio::spawn(async move { sink.run_writer(records, store, stopped).await }),
         ];
         Ok(Self {

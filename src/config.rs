@@ -67,6 +67,9 @@ pub struct ServerConfig {
     /// Measurement records buffered between the request path and the database writer.
     #[serde(default = "default_record_queue")]
     pub record_queue: usize,
+    /// Shadow copies waiting to be sent; when full, a copy is dropped and counted.
+    #[serde(default = "default_shadow_queue")]
+    pub shadow_queue: usize,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +79,7 @@ impl Default for ServerConfig {
             max_body_bytes: default_max_body_bytes(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
             record_queue: default_record_queue(),
+            shadow_queue: default_shadow_queue(),
         }
     }
 }
@@ -91,6 +95,9 @@ fn default_shutdown_grace_ms() -> u64 {
 }
 fn default_record_queue() -> usize {
     16_384
+}
+fn default_shadow_queue() -> usize {
+    1_024
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod eval;
 pub mod guardrails;
 pub mod http;
 pub mod judge;

@@ -42,6 +42,8 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Compare two versions offline: a rollout's shadow pairs, or an eval suite replayed against both.
+    Eval(sluice::eval::EvalArgs),
     /// Run the real judge and rollout state machine against seeded synthetic traffic.
     Simulate(sluice::simulate::SimulateArgs),
     /// Rollouts: start, watch and steer them (a client of the admin API).
@@ -240,6 +242,7 @@ async fn main() -> ExitCode {
             Err(code) => return code,
         },
         Command::Simulate(args) => sluice::simulate::run(args),
+        Command::Eval(args) => sluice::eval::run(args).await,
         Command::Demo => {
             let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

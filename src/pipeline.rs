@@ -24,6 +24,7 @@ use crate::measure::sse::{StreamRelay, summarize_completion};
 use crate::measure::tokens::count_prompt;
 use crate::measure::{Meter, Outcome, Usage};
 use crate::resolve::{Arm, RouteName, Target, Unit};
+use crate::shadow::ShadowTicket;
 use crate::state::App;
 use crate::upstream::{ByteStream, Call, UpstreamError};
 
@@ -192,7 +193,15 @@ pub async fn chat_completion(app: &App, caller: Caller, headers: &HeaderMap, raw
         version: target.version.name.clone(),
         arm: target.arm,
     };
-    let result = serve(app, caller, &request_id, &mut request, raw, target).await;
+    let incoming = Incoming {
+        caller,
+        request_id: &request_id,
+        request: &mut request,
+        raw,
+        headers,
+        target,
+    };
+    let result = serve(app, incoming).await;
     Answer {
         request_id,
         routed: Some(routed),
@@ -200,14 +209,27 @@ pub async fn chat_completion(app: &App, caller: Caller, headers: &HeaderMap, raw
     }
 }
 
-async fn serve(
-    app: &App,
+/// One resolved request on its way upstream.
+struct Incoming<'a> {
     caller: Caller,
-    request_id: &str,
-    request: &mut ChatRequest,
+    request_id: &'a str,
+    request: &'a mut ChatRequest,
+    /// The body as the client sent it.
     raw: Bytes,
+    headers: &'a HeaderMap,
     target: Target,
-) -> Result<Body, ApiError> {
+}
+
+async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
+    let Incoming {
+        caller,
+        request_id,
+        request,
+        raw,
+        headers,
+        target,
+    } = incoming;
+    let workspace = caller.workspace.clone();
     let version = target.version.clone();
     let provider = version.provider.clone();
     let route = target.settings.clone();
@@ -254,6 +276,22 @@ async fn serve(
     let ask_usage = request.stream && provider.streams_usage_on_request();
     let strip_usage = ask_usage && !request.client_wants_usage;
     let body = request.upstream_body(&version.model, strip_usage);
+    if let Some(shadow) = meter
+        .target()
+        .rollout
+        .as_ref()
+        .and_then(|a| a.shadow.clone())
+    {
+        let arm = meter.target().arm;
+        if shadow.draws(arm, &workspace, request.raw("tools").is_some()) {
+            let ticket = ShadowTicket {
+                shadow,
+                body: body.clone(),
+                trace_id: trace_id(headers),
+            };
+            meter.set_shadow(ticket, app.shadows.clone());
+        }
+    }
     let call = Call {
         body,
         stream: request.stream,
@@ -324,6 +362,9 @@ async fn serve(
     meter.observed.usage = Some(usage);
     meter.observed.response_chars = summary.chars();
     meter.observed.finish_reason = summary.finish_reason.clone();
+    if meter.wants_answer() {
+        meter.observed.answer = Some(summary.all_text());
+    }
     if checks.active() {
         let verdict = checks.check_whole(&summary.choices);
         let schema = verdict.schema.unwrap_or(SchemaVerdict::NotAsked);
@@ -405,6 +446,13 @@ fn guard_input(rules: &StageRules, request: &mut ChatRequest) -> guardrails::App
         request.set_raw("messages", raw);
     }
     total
+}
+
+/// The trace id of a W3C `traceparent` header (`00-<trace id>-<span id>-<flags>`).
+fn trace_id(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("traceparent")?.to_str().ok()?;
+    let id = value.split('-').nth(1)?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
 }
 
 /// Records a failed request and hands its error back.

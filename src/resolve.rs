@@ -22,6 +22,7 @@ use crate::measure::aggregate::VersionStats;
 use crate::measure::tokens::Encoding;
 use crate::rollout::feed::RolloutTap;
 use crate::rollout::policy::Sticky;
+use crate::shadow::RolloutShadow;
 use crate::upstream::Provider;
 use crate::upstream::http::HttpProvider;
 use crate::upstream::mock::MockProvider;
@@ -124,6 +125,7 @@ pub struct Assignment {
     /// False when a pin or a targeted step chose the arm (reported, never judged).
     pub randomized: bool,
     pub step: u32,
+    pub shadow: Option<Arc<RolloutShadow>>,
 }
 
 /// Where one request goes: the route, the version serving it, and the arm it stands for.
@@ -158,6 +160,7 @@ pub struct LiveRollout {
     pub targeted: HashSet<String>,
     pub sticky: Sticky,
     pub tap: Arc<RolloutTap>,
+    pub shadow: Option<Arc<RolloutShadow>>,
 }
 
 pub struct RouteEntry {
@@ -357,6 +360,7 @@ impl RoutingTable {
             w: rollout.weight,
             randomized,
             step: rollout.step,
+            shadow: rollout.shadow.clone(),
         });
         Some(target)
     }

@@ -23,8 +23,6 @@ use crate::resolve::{Arm, Version};
 use crate::store::{ShadowPair, Store, now_ms};
 use crate::upstream::Call;
 
-/// Copies waiting to be sent, for all rollouts.
-pub const SHADOW_QUEUE_CAPACITY: usize = 1_024;
 /// Copies sent at once.
 const SHADOW_CONCURRENCY: usize = 8;
 const HOUR: Duration = Duration::from_secs(3600);
@@ -49,7 +47,10 @@ pub struct ShadowConfig {
 
 impl ShadowConfig {
     pub fn rate_for(&self, workspace: &str) -> f64 {
-        self.workspace_rates.get(workspace).copied().unwrap_or(self.rate)
+        self.workspace_rates
+            .get(workspace)
+            .copied()
+            .unwrap_or(self.rate)
     }
 }
 
@@ -135,7 +136,8 @@ impl RolloutShadow {
     fn spend(&self, usd: f64) {
         let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
         window.1 += usd;
-        self.spent_nano_usd.fetch_add((usd * 1e9).round() as u64, Ordering::Relaxed);
+        self.spent_nano_usd
+            .fetch_add((usd * 1e9).round() as u64, Ordering::Relaxed);
     }
 }
 
@@ -153,7 +155,11 @@ impl ShadowQueue {
     /// Hands a finished primary over; never waits.
     pub fn submit(&self, ticket: ShadowTicket, primary: Record, primary_answer: String) {
         let shadow = ticket.shadow.clone();
-        let job = ShadowJob { ticket, primary, primary_answer };
+        let job = ShadowJob {
+            ticket,
+            primary,
+            primary_answer,
+        };
         if self.tx.try_send(job).is_err() {
             shadow.dropped_queue.fetch_add(1, Ordering::Relaxed);
         }
@@ -161,7 +167,11 @@ impl ShadowQueue {
 }
 
 /// Sends queued copies (a few at a time) until shutdown; what is still queued then is dropped.
-pub async fn run_sender(rx: mpsc::Receiver<ShadowJob>, store: Store, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_sender(
+    rx: mpsc::Receiver<ShadowJob>,
+    store: Store,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let rx = Arc::new(Mutex::new(rx));
     let workers: Vec<_> = (0..SHADOW_CONCURRENCY)
         .map(|_| {
@@ -228,18 +238,26 @@ async fn send_copy(job: ShadowJob, store: &Store) {
     let summary = summarize_completion(&answer_bytes).ok();
     let (answer, usage) = match &summary {
         Some(s) => (s.all_text(), s.usage),
-        None => (String::from_utf8_lossy(&answer_bytes).chars().take(2000).collect(), None),
+        None => (
+            String::from_utf8_lossy(&answer_bytes)
+                .chars()
+                .take(2000)
+                .collect(),
+            None,
+        ),
     };
     let (prompt_tokens, completion_tokens) = match usage {
         Some(u) => (u.prompt_tokens, u.completion_tokens),
-        None => (count_prompt(version.encoding, &body), version.encoding.count(&answer)),
+        None => (
+            count_prompt(version.encoding, &body),
+            version.encoding.count(&answer),
+        ),
     };
     let cost_usd = version.price.cost_usd(prompt_tokens, completion_tokens);
     shadow.spend(cost_usd);
     if !(200..300).contains(&status) {
         shadow.failed.fetch_add(1, Ordering::Relaxed);
     }
-    shadow.sent.fetch_add(1, Ordering::Relaxed);
 
     let request_text = stored_request(&job.ticket);
     let pair = ShadowPair {
@@ -266,6 +284,8 @@ async fn send_copy(job: ShadowJob, store: &Store) {
     if let Err(e) = store.insert_shadow_pair(&pair, shadow.config.keep).await {
         tracing::warn!(rollout = %shadow.rollout_id, error = %e, "storing a shadow pair failed");
     }
+    // Counted once stored, so a reader who sees the count also sees the pair.
+    shadow.sent.fetch_add(1, Ordering::Relaxed);
 }
 
 /// The primary's body with `model` set to the shadow version's and streaming off.

@@ -26,6 +26,8 @@ pub struct App {
     /// Compiled response schemas, shared by every request.
     pub schemas: Arc<SchemaChecker>,
     pub guardrail_counts: Arc<GuardrailCounters>,
+    /// Finished primaries whose shadow copy is still to be sent.
+    pub shadows: Arc<crate::shadow::ShadowQueue>,
 }
 
 pub type AppState = Arc<App>;

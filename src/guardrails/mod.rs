@@ -148,14 +148,27 @@ impl StageRules {
 pub fn redact_pii(text: &str) -> String {
     static PII: std::sync::OnceLock<StageRules> = std::sync::OnceLock::new();
     let rules = PII.get_or_init(|| {
-        let detectors = [Detector::Email, Detector::PaymentCard, Detector::Iban, Detector::UsSsn, Detector::Phone];
+        let detectors = [
+            Detector::Email,
+            Detector::PaymentCard,
+            Detector::Iban,
+            Detector::UsSsn,
+            Detector::Phone,
+        ];
         let rules = detectors
             .into_iter()
-            .map(|d| Rule { name: d.kind().to_owned(), detector: d, action: Action::Redact })
+            .map(|d| Rule {
+                name: d.kind().to_owned(),
+                detector: d,
+                action: Action::Redact,
+            })
             .collect();
         StageRules::new(rules).expect("built-in patterns compile")
     });
-    rules.apply(text).redacted.unwrap_or_else(|| text.to_owned())
+    rules
+        .apply(text)
+        .redacted
+        .unwrap_or_else(|| text.to_owned())
 }
 
 /// Masks the spans (merging overlaps), left to right.

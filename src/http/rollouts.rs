@@ -1,7 +1,8 @@
 //! The rollout admin API under `/admin/v1/rollouts`: start, read, operate, pin, audit log.
 
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -21,6 +22,7 @@ pub fn router() -> Router<AppState> {
         .route("/rollouts", post(start).get(list))
         .route("/rollouts/{id}", get(show))
         .route("/rollouts/{id}/events", get(events))
+        .route("/rollouts/{id}/shadow", get(shadow_pairs))
         .route("/rollouts/{id}/pins/{workspace}", put(pin).delete(unpin))
         .route("/rollouts/{id}/{operation}", post(operate))
 }
@@ -82,6 +84,39 @@ async fn operate(
         ))
     })?;
     Ok(Json(app.rollouts.operate(&id, op).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct Page {
+    /// The id of the last pair already seen (0 for the first page).
+    #[serde(default)]
+    after: i64,
+    #[serde(default = "default_page")]
+    limit: i64,
+}
+
+fn default_page() -> i64 {
+    50
+}
+
+/// A page of the rollout's shadow pairs, oldest first; `next` is the `after` of the next page.
+async fn shadow_pairs(
+    _: Admin,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    page: Result<Query<Page>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(page) = page.map_err(|e| ApiError::InvalidRequest {
+        message: e.body_text(),
+        param: None,
+    })?;
+    let limit = page.limit.clamp(1, 500);
+    let view = app.rollouts.view(&id).await?;
+    let pairs = app.store.shadow_pairs(&id, page.after, limit).await?;
+    let next = (pairs.len() as i64 == limit)
+        .then(|| pairs.last().map(|p| p.id))
+        .flatten();
+    Ok(Json(json!({"data": pairs, "next": next, "counters": view["shadow"]})).into_response())
 }
 
 #[derive(Deserialize)]

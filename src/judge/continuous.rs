@@ -128,9 +128,9 @@ impl Default for Wealth {
 impl Wealth {
     /// Multiplies in one request's likelihood ratios, given the tilts r_j = exp(λ_j g − κ_j).
     fn update(&mut self, canary: bool, w: f64, r: [f64; 6]) {
-        for j in 0..6 {
-            let denom = 1.0 - w + w * r[j];
-            self.pending[j] *= if canary { r[j] / denom } else { 1.0 / denom };
+        for (pending, r) in self.pending.iter_mut().zip(r) {
+            let denom = 1.0 - w + w * r;
+            *pending *= if canary { r / denom } else { 1.0 / denom };
         }
         self.n_pending += 1;
         if self.n_pending >= FOLD_EVERY {

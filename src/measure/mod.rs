@@ -145,6 +145,8 @@ pub struct Observed {
     pub first_token: Option<Instant>,
     pub schema_failed: Option<bool>,
     pub guardrail_blocked: bool,
+    /// The answer's text, kept only when a shadow copy will want it.
+    pub answer: Option<String>,
 }
 
 /// Carries one request's measurement until it ends. Dropping an unfinished meter records the
@@ -163,6 +165,8 @@ pub struct Meter {
     prompt_estimate: Option<Box<dyn FnOnce() -> u64 + Send>>,
     pub observed: Observed,
     pub status: u16,
+    /// A shadow copy to hand over once the request has finished well.
+    shadow: Option<(crate::shadow::ShadowTicket, Arc<crate::shadow::ShadowQueue>)>,
 }
 
 impl Meter {
@@ -189,7 +193,21 @@ impl Meter {
             prompt_estimate: None,
             observed: Observed::default(),
             status: 0,
+            shadow: None,
         }
+    }
+
+    pub fn set_shadow(
+        &mut self,
+        ticket: crate::shadow::ShadowTicket,
+        queue: Arc<crate::shadow::ShadowQueue>,
+    ) {
+        self.shadow = Some((ticket, queue));
+    }
+
+    /// Whether the answer's text must be kept for a shadow copy.
+    pub fn wants_answer(&self) -> bool {
+        self.shadow.is_some()
     }
 
     pub fn target(&self) -> &Target {
@@ -219,11 +237,19 @@ impl Meter {
         if let Some(assignment) = &self.target.rollout {
             assignment.tap.observe(&record);
         }
+        if let Some((ticket, queue)) = self.shadow.take()
+            && outcome == Outcome::Ok
+        {
+            let answer = self.observed.answer.take().unwrap_or_default();
+            queue.submit(ticket, record.clone(), answer);
+        }
         self.sink.submit(record);
     }
 
     fn build_record(&mut self, outcome: Outcome) -> Record {
-        let observed = std::mem::take(&mut self.observed);
+        let mut observed = std::mem::take(&mut self.observed);
+        // The answer stays for the shadow copy (taken in `finish`).
+        self.observed.answer = observed.answer.take();
         let usage = match observed.usage {
             Some(usage) => usage,
             None => Usage {

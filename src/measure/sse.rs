@@ -339,6 +339,9 @@ impl StreamRelay {
                 estimated: true,
             },
         };
+        if self.meter.wants_answer() {
+            self.meter.observed.answer = Some(observer.all_text());
+        }
         let observed = &mut self.meter.observed;
         observed.usage = Some(usage);
         observed.response_chars = observer.chars;

@@ -23,6 +23,7 @@ use super::policy::{Policy, load_policy};
 use crate::error::ApiError;
 use crate::judge::{Judge, JudgeReport, Observation};
 use crate::resolve::{Arm, Catalog, LiveRollout, RouteName, RoutingTable};
+use crate::shadow::RolloutShadow;
 use crate::store::{Actor, EventRow, NewEvent, RolloutRow, Store, now_ms};
 use std::path::PathBuf;
 
@@ -66,6 +67,7 @@ struct Running {
     last_look_ms: i64,
     last_report: Option<JudgeReport>,
     last_decision: Option<Decision>,
+    shadow: Option<Arc<RolloutShadow>>,
 }
 
 #[derive(Default)]
@@ -120,7 +122,7 @@ impl Controller {
                 .unwrap_or_else(|| Judge::new(&policy));
             let pins = store.pins(&row.id).await?.into_iter().collect();
             tracing::info!(rollout = %row.id, route = %row.route, state = row.position.state.as_str(), step = row.position.step, weight_bp = row.position.weight_bp, "rollout resumed after restart");
-            let running = Running::new(row, policy, judge, pins);
+            let running = Running::new(row, policy, judge, pins, &catalog);
             inner.running.insert(running.row.id.clone(), running);
         }
         let controller = Self {
@@ -200,6 +202,7 @@ impl Controller {
                 targeted,
                 sticky: r.policy.sticky.clone(),
                 tap: r.tap.clone(),
+                shadow: r.shadow.clone(),
             };
             table.set_rollout(&r.row.route, live);
         }
@@ -268,7 +271,7 @@ impl Controller {
         self.store.insert_rollout(&row, &event).await?;
         tracing::info!(rollout = %id, route, stable = %stable, canary, policy = policy_name, "rollout started");
         let judge = Judge::new(&policy);
-        let running = Running::new(row, policy, judge, BTreeMap::new());
+        let running = Running::new(row, policy, judge, BTreeMap::new(), &self.catalog);
         self.notify(&running, &event);
         inner.running.insert(id.clone(), running);
         self.publish(&inner)
@@ -553,8 +556,17 @@ impl Running {
         policy: Arc<Policy>,
         judge: Judge,
         pins: BTreeMap<String, Arm>,
+        catalog: &Catalog,
     ) -> Self {
         let (tap, rx) = RolloutTap::new(&row.id);
+        let shadow = policy.shadow.clone().and_then(|config| {
+            let to = match config.to {
+                Arm::Canary => &row.canary_version,
+                Arm::Stable => &row.stable_version,
+            };
+            let version = catalog.version(to)?.clone();
+            Some(Arc::new(RolloutShadow::new(&row.id, config, version)))
+        });
         let last_report = row
             .last_report
             .as_deref()
@@ -571,6 +583,7 @@ impl Running {
             assigned_seen: [0, 0],
             last_report,
             last_decision: None,
+            shadow,
         }
     }
 }
@@ -665,6 +678,7 @@ fn view_running(r: &Running) -> Value {
     v["observations_dropped"] = json!(r.tap.dropped());
     v["judge"] = json!(r.last_report);
     v["last_decision"] = json!(r.last_decision);
+    v["shadow"] = json!(r.shadow.as_ref().map(|s| s.counters()));
     v
 }
 

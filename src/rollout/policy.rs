@@ -631,11 +631,17 @@ pub fn parse_policy_at(
     };
 
     let shadow = raw.shadow.as_ref().and_then(|s| {
-        let arm = |key: &str, value: &Option<String>, default: crate::resolve::Arm, issues: &mut Vec<ConfigIssue>| {
+        let arm = |key: &str,
+                   value: &Option<String>,
+                   default: crate::resolve::Arm,
+                   issues: &mut Vec<ConfigIssue>| {
             match value.as_deref() {
                 None => Some(default),
                 Some(v) => crate::resolve::Arm::parse(v).or_else(|| {
-                    issues.push(issue(&format!("shadow.{key}"), format!("`{v}` is not stable or canary")));
+                    issues.push(issue(
+                        &format!("shadow.{key}"),
+                        format!("`{v}` is not stable or canary"),
+                    ));
                     None
                 }),
             }
@@ -643,7 +649,10 @@ pub fn parse_policy_at(
         let from = arm("from", &s.from, crate::resolve::Arm::Stable, &mut issues);
         let to = arm("to", &s.to, crate::resolve::Arm::Canary, &mut issues);
         if from.is_some() && from == to {
-            issues.push(issue("shadow.to", "must be the other arm than `from`".into()));
+            issues.push(issue(
+                "shadow.to",
+                "must be the other arm than `from`".into(),
+            ));
         }
         let rate = s.rate.unwrap_or(0.05);
         let rates_ok = std::iter::once(rate)
@@ -654,7 +663,10 @@ pub fn parse_policy_at(
         }
         let max_usd_per_hour = s.max_usd_per_hour.unwrap_or(1.0);
         if max_usd_per_hour.is_nan() || max_usd_per_hour < 0.0 {
-            issues.push(issue("shadow.max_usd_per_hour", "must be zero or more".into()));
+            issues.push(issue(
+                "shadow.max_usd_per_hour",
+                "must be zero or more".into(),
+            ));
         }
         Some(crate::shadow::ShadowConfig {
             rate,
@@ -692,7 +704,11 @@ pub fn parse_policy_at(
             }
         };
         if let (Some(kind), Some(higher_is_better)) = (kind, higher) {
-            feedback.push(FeedbackMetric { name: metric.clone(), kind, higher_is_better });
+            feedback.push(FeedbackMetric {
+                name: metric.clone(),
+                kind,
+                higher_is_better,
+            });
         }
     }
 

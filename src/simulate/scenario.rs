@@ -182,7 +182,7 @@ impl Scenario {
     /// baselines are tuned.
     pub fn null_twin(&self) -> Scenario {
         Scenario {
-            name: format!("{} (A/A twin)", self.name),
+            name: format!("A/A twin of {}", self.name),
             expect: Expect::Pass,
             canary: Change::default(),
             traffic: Traffic {
@@ -195,9 +195,15 @@ impl Scenario {
 
     /// Two scenarios share a twin when everything but the canary's change is the same.
     pub fn setting_key(&self) -> String {
+        // The policy's name and description differ per file and change nothing.
+        let policy = Policy {
+            name: String::new(),
+            description: String::new(),
+            ..self.policy.clone()
+        };
         format!(
             "{:?}|{}|{:?}|{:?}|{:?}|{:?}",
-            self.duration, self.rps, self.policy, self.traffic, self.stable, self.incident
+            self.duration, self.rps, policy, self.traffic, self.stable, self.incident
         )
     }
 }
@@ -259,7 +265,7 @@ pub fn load(path: &Path, policies_dir: &Path) -> Result<Scenario, ConfigErrors> 
             None
         }
     };
-    if !(raw.rps > 0.0) {
+    if raw.rps.is_nan() || raw.rps <= 0.0 {
         issues.push(issue("rps", "must be greater than 0".into()));
     }
     if !issues.is_empty() {

@@ -126,12 +126,12 @@ fn insert_requests_sql(rows: usize) -> String {
     );
     for row in 0..rows {
         sql.push_str(if row == 0 { "(" } else { ", (" });
-        for col in 0..REQUEST_COLUMNS {
+        for (col, cast) in REQUEST_COLUMN_CASTS.iter().enumerate() {
             if col > 0 {
                 sql.push_str(", ");
             }
             let n = row * REQUEST_COLUMNS + col + 1;
-            match REQUEST_COLUMN_CASTS[col] {
+            match cast {
                 Some(ty) => sql.push_str(&format!("CAST(${n} AS {ty})")),
                 None => sql.push_str(&format!("${n}")),
             }

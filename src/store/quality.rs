@@ -71,7 +71,12 @@ impl Store {
     }
 
     /// A page of a rollout's pairs, oldest first, after the pair id `after`.
-    pub async fn shadow_pairs(&self, rollout_id: &str, after: i64, limit: i64) -> Result<Vec<ShadowPair>, StoreError> {
+    pub async fn shadow_pairs(
+        &self,
+        rollout_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<ShadowPair>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, rollout_id, at_ms, request_id, trace_id, workspace_id, request, primary_version, primary_arm, \
              primary_answer, primary_record, shadow_version, shadow_answer, shadow_record \
@@ -107,7 +112,10 @@ impl Store {
     }
 
     /// Where a stored request went.
-    pub async fn request_placement(&self, request_id: &str) -> Result<Option<RequestPlacement>, StoreError> {
+    pub async fn request_placement(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<RequestPlacement>, StoreError> {
         let row = sqlx::query("SELECT workspace_id, rollout_id, arm, canary_weight, randomized FROM requests WHERE request_id = $1")
             .bind(request_id)
             .fetch_optional(&self.pool)

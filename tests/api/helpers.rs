@@ -294,6 +294,7 @@ pub fn config_toml(upstream_url: &str, listen: &str, db_url: &str, extra: &str) 
 listen = "{listen}"
 max_body_bytes = 65536
 shutdown_grace_ms = 5000
+shadow_queue = 4
 
 [database]
 url = "{db_url}"
@@ -705,6 +706,11 @@ pub fn write_policies(dir: &Path) {
         ("fast", FAST_POLICY),
         ("hold", HOLD_POLICY),
         ("sticky", STICKY_POLICY),
+        ("shadow", SHADOW_POLICY),
+        (
+            "shadowcap",
+            &SHADOW_POLICY.replace("max_usd_per_hour = 100.0", "max_usd_per_hour = 0.00001"),
+        ),
     ] {
         std::fs::write(policies.join(format!("{name}.toml")), text).unwrap();
     }
@@ -715,3 +721,25 @@ pub fn http_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
 }
+
+/// Shadow-only: no canary traffic, every stable request copied to the canary.
+pub const SHADOW_POLICY: &str = r#"
+description = "tests: shadow only"
+interval = "100ms"
+max_step_hold = "1h"
+
+[[steps]]
+weight = 0
+hold = "1h"
+
+[gates.error_rate]
+max_ratio = 1.2
+
+[shadow]
+rate = 1.0
+from = "stable"
+to = "canary"
+max_usd_per_hour = 100.0
+keep = 5
+skip_tools = true
+"#;

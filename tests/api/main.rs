@@ -11,5 +11,6 @@ mod quality;
 mod records;
 mod restart;
 mod rollouts;
+mod shadow;
 mod store;
 mod streaming;

@@ -40,7 +40,7 @@ async fn schema_failures_are_marked_counted_and_passed_through() {
         "answer unchanged"
     );
     let plain = app.chat_raw(&key, chat_body("guarded", json!({}))).await;
-    assert!(headers_of(&plain).get("x-sluice-schema").is_none());
+    assert!(!headers_of(&plain).contains_key("x-sluice-schema"));
 
     // Tool-call arguments against the tool's parameters.
     let tools = json!([{"type": "function", "function": {"name": "lookup", "parameters": {
@@ -291,7 +291,13 @@ async fn the_judge_reverts_a_canary_whose_schema_failures_rise() {
 
 #[tokio::test]
 async fn the_judge_reverts_a_canary_whose_guardrail_blocks_rise() {
-    let v = assert_reverted_on("guarded", "g-codename", json!({})).await;
+    // The stable answer is as long as the canary's, so only the blocks tell them apart.
+    let v = assert_reverted_on(
+        "guarded",
+        "g-codename",
+        json!({"x_test_answer": "About the Project Blackbird launch.."}),
+    )
+    .await;
     let gate = v["judge"]["gates"]
         .as_array()
         .unwrap()
