@@ -19,6 +19,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
+        .route("/v1/feedback", post(openai::feedback))
         .nest("/admin/v1", admin::router())
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })

@@ -75,3 +75,82 @@ pub async fn models(State(app): State<AppState>, headers: HeaderMap) -> Result<R
         .collect();
     Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
 }
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Feedback {
+    request_id: String,
+    metric: String,
+    value: serde_json::Value,
+}
+
+/// `POST /v1/feedback`: a business metric on a request this workspace made
+/// (`{"request_id", "metric", "value": true | number}`), joined to the request's arm and,
+/// when its rollout's policy declares the metric, judged.
+pub async fn feedback(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = app
+        .keys
+        .authenticate(&app.store, bearer_of(&headers))
+        .await?;
+    let body = body.map_err(|r| body_error(r, app.settings.config.server.max_body_bytes))?;
+    let f: Feedback = serde_json::from_slice(&body).map_err(|e| ApiError::InvalidRequest {
+        message: format!("invalid feedback: {e}"),
+        param: None,
+    })?;
+    let metric_ok = !f.metric.is_empty()
+        && f.metric.len() <= 64
+        && f.metric
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c));
+    if !metric_ok {
+        return Err(ApiError::InvalidRequest {
+            message: format!(
+                "`{}` is not a metric name: use 1–64 of a-z 0-9 _ . -",
+                f.metric
+            ),
+            param: Some("metric"),
+        });
+    }
+    let value = match &f.value {
+        serde_json::Value::Bool(b) => f64::from(u8::from(*b)),
+        serde_json::Value::Number(n) => n.as_f64().filter(|x| x.is_finite()).unwrap_or(f64::NAN),
+        _ => f64::NAN,
+    };
+    if value.is_nan() {
+        return Err(ApiError::InvalidRequest {
+            message: "`value` must be a boolean or a number".into(),
+            param: Some("value"),
+        });
+    }
+    let placement = match app.sink.recent(&f.request_id) {
+        Some(p) => Some(p),
+        None => app.store.request_placement(&f.request_id).await?,
+    };
+    // Another workspace's request is as unknown as a request that never was.
+    let placement = placement
+        .filter(|p| p.workspace == caller.workspace)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!("no request `{}` in this workspace", f.request_id))
+        })?;
+    let first = !app.store.feedback_exists(&f.request_id, &f.metric).await?;
+    let judged = match &placement.rollout_id {
+        Some(rollout) => {
+            app.rollouts
+                .feedback(rollout, &f.metric, &placement, value, first)
+                .await?
+        }
+        None => false,
+    };
+    app.store
+        .insert_feedback(&f.request_id, &placement, &f.metric, value)
+        .await?;
+    let body = json!({
+        "request_id": f.request_id, "metric": f.metric, "value": value,
+        "rollout": placement.rollout_id, "arm": placement.arm, "judged": judged,
+    });
+    Ok((axum::http::StatusCode::ACCEPTED, axum::Json(body)).into_response())
+}

@@ -28,7 +28,7 @@ use continuous::ContinuousGate;
 use guards::{ALPHA_SRM, KillWindow, Srm};
 
 use crate::resolve::Arm;
-use crate::rollout::policy::{Metric, Policy};
+use crate::rollout::policy::{FeedbackKind, Metric, Policy};
 
 /// One measured request as the judge sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,6 +67,9 @@ pub enum GateVerdict {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GateReport {
     pub gate: Metric,
+    /// For a feedback gate: the metric's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<String>,
     pub verdict: GateVerdict,
     /// The gate's e-value: the mixture over its alternatives, averaged over its one-sided
     /// parts (shift up, tail, shift down), so that it is itself an e-value.
@@ -128,7 +131,7 @@ pub const HARD_LIMIT_MIN_CANARY: usize = 20;
 pub fn default_weight(metric: Metric) -> f64 {
     match metric {
         Metric::ErrorRate => 0.30,
-        Metric::GuardrailBlockRate | Metric::SchemaFailureRate => 0.15,
+        Metric::GuardrailBlockRate | Metric::SchemaFailureRate | Metric::Feedback => 0.15,
         Metric::TtftP95
         | Metric::LatencyP95
         | Metric::TokensPerRequest
@@ -152,6 +155,15 @@ struct JudgedGate {
     weight: f64,
     max_ms: Option<f64>,
     process: Process,
+    /// For a feedback gate: the metric's name and which way is good.
+    #[serde(default)]
+    feedback: Option<FeedbackGate>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FeedbackGate {
+    name: String,
+    higher_is_better: bool,
 }
 
 impl JudgedGate {
@@ -175,6 +187,8 @@ fn value_of(metric: Metric, obs: &Observation) -> Option<f64> {
         Metric::TokensPerRequest => Some(obs.tokens),
         Metric::CostPerRequest => Some(obs.cost_usd),
         Metric::ResponseLength => Some(obs.response_chars),
+        // Feedback arrives on its own (`Judge::observe_feedback`), never with the request.
+        Metric::Feedback => None,
     }
 }
 
@@ -198,8 +212,9 @@ impl Judge {
             .iter()
             .filter(|g| judged(g))
             .map(|g| default_weight(g.metric))
-            .sum();
-        let gates = policy
+            .sum::<f64>()
+            + policy.feedback.len() as f64 * default_weight(Metric::Feedback);
+        let mut gates: Vec<JudgedGate> = policy
             .gates
             .iter()
             .map(|g| JudgedGate {
@@ -222,8 +237,38 @@ impl Judge {
                         g.metric.is_time(),
                     )))
                 },
+                feedback: None,
             })
             .collect();
+        // One gate per declared feedback metric, with no tolerance: any harm in the bad
+        // direction counts. A binary metric is judged like an error rate (a bad answer is
+        // the bad value), a numeric one like a continuous metric on the log scale.
+        for f in &policy.feedback {
+            let process = match f.kind {
+                FeedbackKind::Binary => Process::Binary {
+                    theta_tol: 1.0,
+                    counts: CountProcess::default(),
+                },
+                FeedbackKind::Numeric => {
+                    let (up, down) = if f.higher_is_better {
+                        (None, Some(1.0))
+                    } else {
+                        (Some(1.0), None)
+                    };
+                    Process::Continuous(Box::new(ContinuousGate::new(up, down, false)))
+                }
+            };
+            gates.push(JudgedGate {
+                metric: Metric::Feedback,
+                weight: default_weight(Metric::Feedback) / total,
+                max_ms: None,
+                process,
+                feedback: Some(FeedbackGate {
+                    name: f.name.clone(),
+                    higher_is_better: f.higher_is_better,
+                }),
+            });
+        }
         Judge {
             alpha: policy.alpha,
             gates,
@@ -280,6 +325,37 @@ impl Judge {
                         c.observe(canary, obs.w, y);
                     }
                 }
+            }
+        }
+    }
+
+    /// Feedback on a request (`true` = 1, `false` = 0 for binary metrics), joined to the arm
+    /// and canary probability the request was assigned with. Only randomized requests are
+    /// judged, each request at most once per metric (the caller sees to that).
+    pub fn observe_feedback(
+        &mut self,
+        metric: &str,
+        arm: Arm,
+        w: f64,
+        randomized: bool,
+        value: f64,
+    ) {
+        if !randomized {
+            return;
+        }
+        let canary = arm == Arm::Canary;
+        for gate in &mut self.gates {
+            let Some(f) = &gate.feedback else { continue };
+            if f.name != metric {
+                continue;
+            }
+            match &mut gate.process {
+                Process::Binary { counts, .. } => {
+                    let high = value >= 0.5;
+                    counts.observe(canary, w, high != f.higher_is_better);
+                }
+                // The log scale needs a positive value: ratings and amounts are.
+                Process::Continuous(c) => c.observe(canary, w, value.max(1e-9)),
             }
         }
     }
@@ -451,6 +527,7 @@ impl Judge {
             GateVerdict::NotYet
         };
         GateReport {
+            feedback: g.feedback.as_ref().map(|f| f.name.clone()),
             gate: g.metric,
             verdict,
             e_value,

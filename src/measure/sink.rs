@@ -10,15 +10,20 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::Record;
-use crate::store::Store;
+use crate::store::{RequestPlacement, Store};
 
 /// Records written per transaction at most.
 pub const WRITE_BATCH: usize = 512;
 /// Tries per batch before it is given up (with back-off from 50 ms to 3.2 s: about 6 s).
 const WRITE_ATTEMPTS: u32 = 8;
 
+/// Recent requests kept in memory for feedback that arrives before their record is written.
+const RECENT_REQUESTS: u64 = 20_000;
+const RECENT_TTL: std::time::Duration = std::time::Duration::from_secs(120);
+
 pub struct RecordSink {
     tx: mpsc::Sender<Record>,
+    recent: moka::sync::Cache<String, RequestPlacement>,
     dropped: AtomicU64,
     written: AtomicU64,
     write_failed: AtomicU64,
@@ -38,6 +43,10 @@ impl RecordSink {
         let (tx, rx) = mpsc::channel(capacity);
         let sink = Self {
             tx,
+            recent: moka::sync::Cache::builder()
+                .max_capacity(RECENT_REQUESTS)
+                .time_to_live(RECENT_TTL)
+                .build(),
             dropped: AtomicU64::new(0),
             written: AtomicU64::new(0),
             write_failed: AtomicU64::new(0),
@@ -45,7 +54,20 @@ impl RecordSink {
         (sink, rx)
     }
 
+    /// Where a recent request went, while its record may still be on its way to the store.
+    pub fn recent(&self, request_id: &str) -> Option<RequestPlacement> {
+        self.recent.get(request_id)
+    }
+
     pub fn submit(&self, record: Record) {
+        let placement = RequestPlacement {
+            workspace: record.workspace.clone(),
+            rollout_id: record.rollout_id.clone(),
+            arm: record.arm,
+            w: record.w,
+            randomized: record.randomized,
+        };
+        self.recent.insert(record.request_id.clone(), placement);
         if self.tx.try_send(record).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }

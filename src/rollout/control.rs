@@ -24,7 +24,7 @@ use crate::error::ApiError;
 use crate::judge::{Judge, JudgeReport, Observation};
 use crate::resolve::{Arm, Catalog, LiveRollout, RouteName, RoutingTable};
 use crate::shadow::RolloutShadow;
-use crate::store::{Actor, EventRow, NewEvent, RolloutRow, Store, now_ms};
+use crate::store::{Actor, EventRow, NewEvent, RequestPlacement, RolloutRow, Store, now_ms};
 use std::path::PathBuf;
 
 /// How often the controller wakes to see whose interval has come.
@@ -68,6 +68,8 @@ struct Running {
     last_report: Option<JudgeReport>,
     last_decision: Option<Decision>,
     shadow: Option<Arc<RolloutShadow>>,
+    /// Feedback received, by `metric/arm`.
+    feedback: BTreeMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -402,6 +404,47 @@ impl Controller {
             .collect())
     }
 
+    /// Feedback on a request of rollout `id`: checked against the policy's declared metrics
+    /// and, the first time for this request and metric, judged.
+    pub async fn feedback(
+        &self,
+        id: &str,
+        metric: &str,
+        placement: &RequestPlacement,
+        value: f64,
+        first: bool,
+    ) -> Result<bool, ApiError> {
+        let mut inner = self.inner.lock().await;
+        let Some(r) = inner.running.get_mut(id) else {
+            return Ok(false);
+        };
+        if !r.policy.feedback.iter().any(|f| f.name == metric) {
+            let declared: Vec<&str> = r.policy.feedback.iter().map(|f| f.name.as_str()).collect();
+            return Err(ApiError::Unprocessable(format!(
+                "metric `{metric}` is not declared in policy `{}` (declared: {})",
+                r.policy.name,
+                if declared.is_empty() {
+                    "none".to_owned()
+                } else {
+                    declared.join(", ")
+                }
+            )));
+        }
+        *r.feedback
+            .entry(format!("{metric}/{}", placement.arm.as_str()))
+            .or_default() += 1;
+        if first {
+            r.judge.observe_feedback(
+                metric,
+                placement.arm,
+                placement.w.unwrap_or(0.0),
+                placement.randomized,
+                value,
+            );
+        }
+        Ok(first && placement.randomized)
+    }
+
     pub async fn events(&self, id: &str) -> Result<Vec<EventRow>, ApiError> {
         if self.store.rollout(id).await?.is_none() {
             return Err(ApiError::NotFound(format!("no rollout `{id}`")));
@@ -584,6 +627,7 @@ impl Running {
             last_report,
             last_decision: None,
             shadow,
+            feedback: BTreeMap::new(),
         }
     }
 }
@@ -679,6 +723,7 @@ fn view_running(r: &Running) -> Value {
     v["judge"] = json!(r.last_report);
     v["last_decision"] = json!(r.last_decision);
     v["shadow"] = json!(r.shadow.as_ref().map(|s| s.counters()));
+    v["feedback"] = json!(r.feedback);
     v
 }
 

@@ -51,6 +51,9 @@ pub enum Metric {
     ResponseLength,
     SchemaFailureRate,
     GuardrailBlockRate,
+    /// A business metric posted to `/v1/feedback` (declared under `[feedback.<name>]`;
+    /// never a `[gates]` key).
+    Feedback,
 }
 
 impl Metric {
@@ -76,6 +79,7 @@ impl Metric {
             Metric::ResponseLength => "response_length",
             Metric::SchemaFailureRate => "schema_failure_rate",
             Metric::GuardrailBlockRate => "guardrail_block_rate",
+            Metric::Feedback => "feedback",
         }
     }
 }

@@ -81,6 +81,7 @@ fn value_of(metric: Metric, obs: &Observation) -> Option<f64> {
         Metric::TokensPerRequest => Some(obs.tokens),
         Metric::CostPerRequest => Some(obs.cost_usd),
         Metric::ResponseLength => Some(obs.response_chars),
+        Metric::Feedback => None,
     }
 }
 

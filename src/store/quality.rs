@@ -129,6 +129,20 @@ impl Store {
         }))
     }
 
+    pub async fn feedback_exists(
+        &self,
+        request_id: &str,
+        metric: &str,
+    ) -> Result<bool, StoreError> {
+        let row =
+            sqlx::query("SELECT 1 FROM feedback WHERE request_id = $1 AND metric = $2 LIMIT 1")
+                .bind(request_id)
+                .bind(metric)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.is_some())
+    }
+
     pub async fn insert_feedback(
         &self,
         request_id: &str,

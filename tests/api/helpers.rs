@@ -707,6 +707,7 @@ pub fn write_policies(dir: &Path) {
         ("hold", HOLD_POLICY),
         ("sticky", STICKY_POLICY),
         ("shadow", SHADOW_POLICY),
+        ("feedback", FEEDBACK_POLICY),
         (
             "shadowcap",
             &SHADOW_POLICY.replace("max_usd_per_hour = 100.0", "max_usd_per_hour = 0.00001"),
@@ -742,4 +743,23 @@ to = "canary"
 max_usd_per_hour = 100.0
 keep = 5
 skip_tools = true
+"#;
+
+/// A long first step that judges errors and a declared conversion metric.
+pub const FEEDBACK_POLICY: &str = r#"
+description = "tests: conversions"
+interval = "100ms"
+max_step_hold = "1h"
+
+[[steps]]
+weight = 50
+hold = "1h"
+min_requests = 1000000
+
+[gates.error_rate]
+max_ratio = 1.2
+
+[feedback.converted]
+kind = "binary"
+good = "higher"
 "#;

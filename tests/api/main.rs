@@ -6,6 +6,7 @@ mod helpers;
 mod chat;
 mod cli;
 mod errors;
+mod feedback;
 mod keys;
 mod quality;
 mod records;
