@@ -27,5 +27,8 @@ VERSION=$("$BIN" --version | awk '{print $2}')-$(git -C "$ROOT" rev-parse --shor
 exec python3 "$RIG/run.py" --targets direct,nginx --out "$OUT" \
   --extra "name=sluice port=18100 version=$VERSION
      cmd=\"bash $ROOT/benches/sluice-target.sh {port} {upstream} {upstream_stream} {workdir} $BIN\"
-     header=@{workdir}/sluice.key" \
+     header=@{workdir}/sluice-18100.key" \
+  --extra "name=sluice+guardrails port=18101 version=$VERSION
+     cmd=\"bash $ROOT/benches/sluice-target.sh {port} {upstream} {upstream_stream} {workdir} $BIN $ROOT/policies/guardrails/default.toml\"
+     header=@{workdir}/sluice-18101.key" \
   "$@"

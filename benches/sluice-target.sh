@@ -3,11 +3,19 @@
 # (`mock` → the canned upstream, `mock-stream` → its streaming path), starts sluice, mints
 # a key into {workdir}/sluice.key (the rig reads it as a header line), then waits on sluice
 # so the rig can measure and stop it.
-#   sluice-target.sh PORT UPSTREAM_URL UPSTREAM_STREAM_URL WORKDIR SLUICE_BIN
+#   sluice-target.sh PORT UPSTREAM_URL UPSTREAM_STREAM_URL WORKDIR SLUICE_BIN [GUARDRAILS]
+# With a GUARDRAILS file, both routes run its input and output rules (the guardrail cost).
 set -euo pipefail
-port=$1 upstream=$2 upstream_stream=$3 work=$4 bin=$5
+port=$1 upstream=$2 upstream_stream=$3 work=$4 bin=$5 guardrails=${6:-}
+work="$work/sluice-$port"
+mkdir -p "$work/policies/guardrails"
 conf="$work/sluice-bench.toml"
 db="$work/sluice-bench.db"
+route_extra=""
+if [ -n "$guardrails" ]; then
+  cp "$guardrails" "$work/policies/guardrails/bench.toml"
+  route_extra='guardrails = "bench"'
+fi
 rm -f "$db" "$db-wal" "$db-shm" "$work/sluice.key"
 cat > "$conf" <<CONF
 [server]
@@ -39,9 +47,11 @@ price = { input_per_mtok = 0.15, output_per_mtok = 0.60 }
 
 [routes.mock]
 stable = "mock"
+$route_extra
 
 [routes.mock-stream]
 stable = "mock-stream"
+$route_extra
 CONF
 export SLUICE_ADMIN_TOKEN=bench-admin-token SLUICE_LOG=warn
 "$bin" serve --config "$conf" &
@@ -54,5 +64,5 @@ for _ in $(seq 1 200); do
 done
 "$bin" workspaces create bench --url "$url" >/dev/null
 key=$("$bin" keys create --workspace bench --url "$url" 2>/dev/null)
-echo "Authorization: Bearer $key" > "$work/sluice.key"
+echo "Authorization: Bearer $key" > "$4/sluice-$port.key"
 wait $pid
