@@ -18,12 +18,41 @@ pub const WRITE_BATCH: usize = 512;
 const WRITE_ATTEMPTS: u32 = 8;
 
 /// Recent requests kept in memory for feedback that arrives before their record is written.
-const RECENT_REQUESTS: u64 = 20_000;
-const RECENT_TTL: std::time::Duration = std::time::Duration::from_secs(120);
+const RECENT_REQUESTS: usize = 10_000;
+
+/// The last [`RECENT_REQUESTS`] requests' placements, oldest forgotten first. A plain map
+/// and ring under a mutex held for one insert: cheaper on the request path than a cache
+/// with admission and expiry, and this one needs neither.
+#[derive(Default)]
+struct Recent {
+    inner: std::sync::Mutex<(
+        std::collections::HashMap<String, RequestPlacement>,
+        std::collections::VecDeque<String>,
+    )>,
+}
+
+impl Recent {
+    fn insert(&self, request_id: String, placement: RequestPlacement) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (map, order) = &mut *inner;
+        if order.len() == RECENT_REQUESTS
+            && let Some(oldest) = order.pop_front()
+        {
+            map.remove(&oldest);
+        }
+        order.push_back(request_id.clone());
+        map.insert(request_id, placement);
+    }
+
+    fn get(&self, request_id: &str) -> Option<RequestPlacement> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.0.get(request_id).cloned()
+    }
+}
 
 pub struct RecordSink {
     tx: mpsc::Sender<Record>,
-    recent: moka::sync::Cache<String, RequestPlacement>,
+    recent: Recent,
     dropped: AtomicU64,
     written: AtomicU64,
     write_failed: AtomicU64,
@@ -43,10 +72,7 @@ impl RecordSink {
         let (tx, rx) = mpsc::channel(capacity);
         let sink = Self {
             tx,
-            recent: moka::sync::Cache::builder()
-                .max_capacity(RECENT_REQUESTS)
-                .time_to_live(RECENT_TTL)
-                .build(),
+            recent: Recent::default(),
             dropped: AtomicU64::new(0),
             written: AtomicU64::new(0),
             write_failed: AtomicU64::new(0),

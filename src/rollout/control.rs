@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rand::Rng;
-use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, mpsc, watch};
 
 use super::feed::RolloutTap;
 use super::machine::{Decision, Position, RolloutState};
 use super::policy::{Policy, load_policy};
+use super::view::{view_ended, view_running};
 use crate::error::ApiError;
 use crate::judge::{Judge, JudgeReport, Observation};
 use crate::resolve::{Arm, Catalog, LiveRollout, RouteName, RoutingTable};
@@ -53,33 +53,33 @@ impl Operation {
     }
 }
 
-struct Running {
-    row: RolloutRow,
-    policy: Arc<Policy>,
-    judge: Judge,
-    rx: mpsc::Receiver<Observation>,
-    tap: Arc<RolloutTap>,
-    pins: BTreeMap<String, Arm>,
+pub(super) struct Running {
+    pub(super) row: RolloutRow,
+    pub(super) policy: Arc<Policy>,
+    pub(super) judge: Judge,
+    pub(super) rx: mpsc::Receiver<Observation>,
+    pub(super) tap: Arc<RolloutTap>,
+    pub(super) pins: BTreeMap<String, Arm>,
     /// Canary requests measured since the current step began.
-    canary_in_step: u64,
+    pub(super) canary_in_step: u64,
     /// Randomized assignments already handed to the judge, per arm.
-    assigned_seen: [u64; 2],
-    last_look_ms: i64,
-    last_report: Option<JudgeReport>,
-    last_decision: Option<Decision>,
-    shadow: Option<Arc<RolloutShadow>>,
+    pub(super) assigned_seen: [u64; 2],
+    pub(super) last_look_ms: i64,
+    pub(super) last_report: Option<JudgeReport>,
+    pub(super) last_decision: Option<Decision>,
+    pub(super) shadow: Option<Arc<RolloutShadow>>,
     /// Feedback received, by `metric/arm`.
-    feedback: BTreeMap<String, u64>,
+    pub(super) feedback: BTreeMap<String, u64>,
 }
 
 #[derive(Default)]
-struct Inner {
-    running: BTreeMap<String, Running>,
+pub(super) struct Inner {
+    pub(super) running: BTreeMap<String, Running>,
     /// Route → stable version set by a promotion (wins over the config).
-    stables: BTreeMap<String, String>,
+    pub(super) stables: BTreeMap<String, String>,
     /// The last live view of rollouts that ended in this process (their per-arm figures
     /// are not stored), newest last.
-    ended: Vec<(String, Value)>,
+    pub(super) ended: Vec<(String, Value)>,
 }
 
 /// Ended rollouts whose last live view is kept in memory.
@@ -669,62 +669,6 @@ fn decision_event(
         message,
         evidence: Some(json!({ "decision": decision, "report": report })),
     }
-}
-
-#[derive(Serialize)]
-struct ArmView {
-    version: String,
-    #[serde(flatten)]
-    figures: crate::measure::aggregate::StatsSummary,
-}
-
-fn view_row(row: &RolloutRow) -> Value {
-    let report: Option<Value> = row
-        .last_report
-        .as_deref()
-        .and_then(|s| serde_json::from_str(s).ok());
-    let steps = serde_json::from_str::<Value>(&row.policy_json)
-        .ok()
-        .and_then(|p| p["steps"].as_array().map(Vec::len))
-        .unwrap_or(0);
-    json!({
-        "id": row.id, "route": row.route, "stable": row.stable_version, "canary": row.canary_version,
-        "policy": row.policy, "state": row.position.state, "step": row.position.step, "steps": steps,
-        "weight": f64::from(row.position.weight_bp) / 100.0, "inconclusive": row.position.inconclusive,
-        "started_at_ms": row.started_at_ms, "step_started_at_ms": row.position.step_started_ms,
-        "updated_at_ms": row.updated_at_ms, "ended_at_ms": row.ended_at_ms,
-        "judge": report,
-    })
-}
-
-/// An ended rollout: its stored row, with the arms' figures when it ended in this process.
-fn view_ended(inner: &Inner, row: &RolloutRow) -> Value {
-    let mut v = view_row(row);
-    if let Some((_, last)) = inner.ended.iter().find(|(id, _)| *id == row.id) {
-        v["arms"] = last["arms"].clone();
-        v["pins"] = last["pins"].clone();
-    }
-    v
-}
-
-fn view_running(r: &Running) -> Value {
-    let mut v = view_row(&r.row);
-    let arm = |a: Arm, version: &str| ArmView {
-        version: version.to_owned(),
-        figures: r.tap.arms[a.index()].snapshot().summary(),
-    };
-    v["arms"] = json!({
-        "stable": arm(Arm::Stable, &r.row.stable_version),
-        "canary": arm(Arm::Canary, &r.row.canary_version),
-    });
-    v["pins"] = json!(r.pins);
-    v["canary_requests_in_step"] = json!(r.canary_in_step);
-    v["observations_dropped"] = json!(r.tap.dropped());
-    v["judge"] = json!(r.last_report);
-    v["last_decision"] = json!(r.last_decision);
-    v["shadow"] = json!(r.shadow.as_ref().map(|s| s.counters()));
-    v["feedback"] = json!(r.feedback);
-    v
 }
 
 fn random_id(n: usize) -> String {

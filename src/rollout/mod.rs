@@ -5,3 +5,4 @@ pub mod control;
 pub mod feed;
 pub mod machine;
 pub mod policy;
+mod view;

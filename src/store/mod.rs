@@ -84,8 +84,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
-/// Rows per INSERT statement (× 23 columns stays far below both engines' parameter limits).
-const ROWS_PER_INSERT: usize = 100;
+/// Rows per INSERT statement, largest first (× 23 columns stays far below both engines'
+/// parameter limits). Only these sizes are ever prepared, so each connection caches three
+/// statements instead of one per batch remainder.
+const INSERT_SIZES: [usize; 3] = [100, 10, 1];
 /// The SQL type of each nullable column, which is bound as text (or an integer) and cast.
 /// sqlx 0.9's Any driver binds a NULL `f64` as a PostgreSQL `float4`; a prepared statement
 /// whose first use had that NULL then refuses every later 8-byte value. Text has no such
@@ -369,7 +371,14 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         // Many rows per statement: each statement is a round trip (for SQLite, to its
         // worker thread), and one per row costs more than the rows themselves.
-        for chunk in records.chunks(ROWS_PER_INSERT) {
+        let mut rest = records;
+        while !rest.is_empty() {
+            let size = INSERT_SIZES
+                .into_iter()
+                .find(|s| *s <= rest.len())
+                .unwrap_or(1);
+            let (chunk, tail) = rest.split_at(size);
+            rest = tail;
             let mut query = sqlx::query(sqlx::AssertSqlSafe(insert_requests_sql(chunk.len())));
             for r in chunk {
                 query = query
