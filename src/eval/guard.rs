@@ -1,0 +1,149 @@
+//! Guardrails in an eval: which policy applies, and its input rules on a request.
+//!
+//! The policy is `--guardrails NAME` when given; otherwise the one the requests' route
+//! names (the `model` of a suite's requests, the rollout's route); otherwise `default`
+//! when that policy exists; otherwise none. Input rules run as the gateway runs them (over
+//! every message text, masking `redact` matches in place; a `block` means the versions are
+//! not called); output rules are counted on each version's answer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use anyhow::bail;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::Settings;
+use crate::guardrails::{Applied, GuardrailSet, StageRules};
+
+/// The policy an eval uses, and why that one.
+#[derive(Clone)]
+pub struct Chosen {
+    pub name: String,
+    pub chosen_by: String,
+    pub set: Arc<GuardrailSet>,
+}
+
+/// The choice as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChosenReport {
+    pub policy: String,
+    pub chosen_by: String,
+}
+
+impl Chosen {
+    pub fn report(&self) -> ChosenReport {
+        ChosenReport {
+            policy: self.name.clone(),
+            chosen_by: self.chosen_by.clone(),
+        }
+    }
+}
+
+/// Picks the guardrail policy; `routes` are the route names the requests went to.
+pub fn choose(
+    settings: &Settings,
+    explicit: Option<&str>,
+    routes: &BTreeSet<String>,
+) -> anyhow::Result<Option<Chosen>> {
+    let sets = &settings.guardrails;
+    if let Some(name) = explicit {
+        let Some(set) = sets.get(name) else {
+            let known: Vec<&str> = sets.keys().map(String::as_str).collect();
+            bail!(
+                "--guardrails: no guardrail policy `{name}` in {} (there are: {})",
+                settings.policies_dir.join("guardrails").display(),
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
+            );
+        };
+        return Ok(Some(Chosen {
+            name: name.to_owned(),
+            chosen_by: "--guardrails".into(),
+            set: set.clone(),
+        }));
+    }
+    let named: BTreeSet<(&String, &String)> = routes
+        .iter()
+        .filter_map(|r| {
+            let policy = settings.config.routes.get(r)?.guardrails.as_ref()?;
+            Some((r, policy))
+        })
+        .collect();
+    let policies: BTreeSet<&String> = named.iter().map(|(_, p)| *p).collect();
+    if policies.len() == 1 {
+        let policy = policies.into_iter().next().expect("one element");
+        let via: Vec<&str> = named.iter().map(|(r, _)| r.as_str()).collect();
+        if let Some(set) = sets.get(policy) {
+            return Ok(Some(Chosen {
+                name: policy.clone(),
+                chosen_by: format!("route {}", via.join(", ")),
+                set: set.clone(),
+            }));
+        }
+    }
+    Ok(sets.get("default").map(|set| Chosen {
+        name: "default".into(),
+        chosen_by: "fallback: no route of the requests names a policy".into(),
+        set: set.clone(),
+    }))
+}
+
+/// Runs the input rules over every text of the request's messages, masking in place.
+pub fn apply_input(rules: &StageRules, request: &mut Value) -> Applied {
+    let mut total = Applied::default();
+    let mut visit = |text: &mut String| {
+        let applied = rules.apply(text);
+        total.fired.extend(applied.fired);
+        if total.blocked_by.is_none() {
+            total.blocked_by = applied.blocked_by;
+        }
+        if let Some(redacted) = applied.redacted {
+            *text = redacted;
+        }
+    };
+    let messages = request.get_mut("messages").and_then(Value::as_array_mut);
+    for message in messages.into_iter().flatten() {
+        match message.get_mut("content") {
+            Some(Value::String(text)) => visit(text),
+            Some(Value::Array(parts)) => {
+                for part in parts {
+                    if let Some(Value::String(text)) = part.get_mut("text") {
+                        visit(text);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    total
+}
+
+/// The distinct rule names that fired, in order of first firing.
+pub fn fired_rules(applied: &Applied) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    applied
+        .fired
+        .iter()
+        .filter(|(rule, _)| seen.insert(rule.clone()))
+        .map(|(rule, _)| rule.clone())
+        .collect()
+}
+
+/// Output rules that fired on an answer, and whether one of them blocks.
+pub fn apply_output(rules: &StageRules, text: &str) -> (Vec<String>, bool) {
+    let applied = rules.apply(text);
+    (fired_rules(&applied), applied.blocked_by.is_some())
+}
+
+/// Hits per rule, counted once per text a rule fired on.
+pub fn tally(hits: impl IntoIterator<Item = String>) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for rule in hits {
+        *counts.entry(rule).or_insert(0) += 1;
+    }
+    counts
+}

@@ -1,0 +1,254 @@
+//! Eval suites: a JSONL file of chat requests, each optionally with the properties its
+//! answer should have.
+//!
+//! In: the file's text. Out: one [`SuiteCase`] per non-blank line, or an error that names
+//! the file and the line. Each line is a chat-completions body; two extra keys are taken
+//! out before it is sent: `id` (a name for the case; the line number otherwise) and
+//! `expect` (an [`Expect`]). `model` may be anything (it is replaced by each version's
+//! model), and `stream` is always turned off.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::sample::Answer;
+
+/// One request of a suite.
+#[derive(Debug, Clone)]
+pub struct SuiteCase {
+    /// 1-based line in the file.
+    pub line: usize,
+    pub id: String,
+    /// The chat-completions body without `id` and `expect`.
+    pub body: Map<String, Value>,
+    pub expect: Option<Expect>,
+}
+
+/// Properties an answer should have. Every one that is set is checked on both versions.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Each of these appears in the answer (case-insensitive).
+    #[serde(default)]
+    pub contains: Vec<String>,
+    /// None of these appears in the answer (case-insensitive).
+    #[serde(default)]
+    pub not_contains: Vec<String>,
+    /// A regular expression the answer matches somewhere.
+    pub matches: Option<String>,
+    #[serde(skip)]
+    matches_compiled: Option<regex::Regex>,
+    /// The answer parses as JSON.
+    #[serde(default)]
+    pub json_valid: bool,
+    /// The answer fits the request's `response_format` and its tool calls fit their tools'
+    /// `parameters` (the gateway's own schema check).
+    #[serde(default)]
+    pub json_schema_valid: bool,
+    /// The answer has at most this many characters.
+    pub max_chars: Option<u64>,
+    /// The answer has at least this many characters.
+    pub min_chars: Option<u64>,
+    /// The answer calls the tool of this name.
+    pub tool_call: Option<String>,
+    /// The answer ends for this reason (`stop`, `length`, `tool_calls`, …).
+    pub finish_reason: Option<String>,
+}
+
+impl Expect {
+    /// Each set property of the expectation, named, and whether `answer` has it. A failed
+    /// call has none of them.
+    pub fn check(&self, answer: &Answer) -> Vec<(String, bool)> {
+        let ok = answer.is_ok();
+        let text = answer.text.to_lowercase();
+        let mut results = Vec::new();
+        for needle in &self.contains {
+            results.push((
+                format!("contains: {needle}"),
+                ok && text.contains(&needle.to_lowercase()),
+            ));
+        }
+        for needle in &self.not_contains {
+            results.push((
+                format!("not_contains: {needle}"),
+                ok && !text.contains(&needle.to_lowercase()),
+            ));
+        }
+        if let Some(re) = &self.matches_compiled {
+            results.push(("matches".into(), ok && re.is_match(&answer.text)));
+        }
+        if self.json_valid {
+            let parses = serde_json::from_str::<Value>(answer.text.trim()).is_ok();
+            results.push(("json_valid".into(), ok && parses));
+        }
+        if self.json_schema_valid {
+            results.push((
+                "json_schema_valid".into(),
+                ok && answer.schema_passed == Some(true),
+            ));
+        }
+        if let Some(max) = self.max_chars {
+            results.push(("max_chars".into(), ok && answer.chars() <= max));
+        }
+        if let Some(min) = self.min_chars {
+            results.push(("min_chars".into(), ok && answer.chars() >= min));
+        }
+        if let Some(tool) = &self.tool_call {
+            let called = answer
+                .tool_calls
+                .iter()
+                .flatten()
+                .any(|call| &call.name == tool);
+            results.push(("tool_call".into(), ok && called));
+        }
+        if let Some(reason) = &self.finish_reason {
+            let same = answer.finish_reason.as_deref() == Some(reason.as_str());
+            results.push(("finish_reason".into(), ok && same));
+        }
+        results
+    }
+
+    /// The property's family, for pass rates across cases: `contains: refund` → `contains`.
+    pub fn family(property: &str) -> &str {
+        property.split(':').next().unwrap_or(property)
+    }
+}
+
+/// Reads and parses a suite file.
+pub fn load(path: &Path) -> anyhow::Result<Vec<SuiteCase>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the suite {}", path.display()))?;
+    parse(&path.display().to_string(), &text)
+}
+
+/// Parses a suite's text; `name` is how errors call the file.
+pub fn parse(name: &str, text: &str) -> anyhow::Result<Vec<SuiteCase>> {
+    let mut cases = Vec::new();
+    let mut ids = BTreeSet::new();
+    for (i, line) in text.lines().enumerate() {
+        let number = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let case = parse_line(number, line).with_context(|| format!("{name}, line {number}"))?;
+        if !ids.insert(case.id.clone()) {
+            bail!("{name}, line {number}: the id `{}` is used twice", case.id);
+        }
+        cases.push(case);
+    }
+    if cases.is_empty() {
+        bail!("{name} has no requests (one JSON chat request per line)");
+    }
+    Ok(cases)
+}
+
+fn parse_line(number: usize, line: &str) -> anyhow::Result<SuiteCase> {
+    let value: Value = serde_json::from_str(line).context("not JSON")?;
+    let Value::Object(mut body) = value else {
+        bail!("not a JSON object (each line is one chat-completions request)");
+    };
+    let id = match body.remove("id") {
+        None => format!("line-{number}"),
+        Some(Value::String(id)) if !id.trim().is_empty() => id,
+        Some(_) => bail!("`id` must be a non-empty string"),
+    };
+    let expect = match body.remove("expect") {
+        None | Some(Value::Null) => None,
+        Some(raw) => {
+            let mut expect: Expect = serde_json::from_value(raw).context("`expect`")?;
+            if let Some(pattern) = &expect.matches {
+                expect.matches_compiled =
+                    Some(regex::Regex::new(pattern).context("`expect.matches` is not a regex")?);
+            }
+            if expect.json_schema_valid
+                && !(body.contains_key("response_format") || body.contains_key("tools"))
+            {
+                bail!(
+                    "`expect.json_schema_valid` needs a `response_format` or `tools` to check against"
+                );
+            }
+            Some(expect)
+        }
+    };
+    match body.get("messages") {
+        Some(Value::Array(messages)) if !messages.is_empty() => {}
+        _ => bail!("no `messages` array: each line is a chat-completions request"),
+    }
+    Ok(SuiteCase {
+        line: number,
+        id,
+        body,
+        expect,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::sample::Answer;
+
+    #[test]
+    fn a_line_that_is_not_json_is_named_with_its_number() {
+        let text = "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}\n\nnot json\n";
+        let e = parse("s.jsonl", text).unwrap_err();
+        let message = format!("{e:#}");
+        assert!(
+            message.starts_with("s.jsonl, line 3: not JSON"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn id_and_expect_are_taken_out_of_the_body() {
+        let text = r#"{"id":"refund","model":"x","messages":[{"role":"user","content":"hi"}],"expect":{"contains":["Refund"],"max_chars":10}}"#;
+        let cases = parse("s.jsonl", text).unwrap();
+        assert_eq!(cases[0].id, "refund");
+        assert!(!cases[0].body.contains_key("expect") && !cases[0].body.contains_key("id"));
+        let expect = cases[0].expect.as_ref().unwrap();
+        let answer = Answer::answered("A refund, yes.");
+        assert_eq!(
+            expect.check(&answer),
+            [
+                ("contains: Refund".to_string(), true),
+                ("max_chars".to_string(), false)
+            ]
+        );
+        assert_eq!(Expect::family("contains: Refund"), "contains");
+    }
+
+    #[test]
+    fn unknown_expectations_and_bad_regexes_are_refused() {
+        let unknown =
+            r#"{"messages":[{"role":"user","content":"hi"}],"expect":{"containz":["a"]}}"#;
+        assert!(format!("{:#}", parse("s", unknown).unwrap_err()).contains("containz"));
+        let bad = r#"{"messages":[{"role":"user","content":"hi"}],"expect":{"matches":"("}}"#;
+        assert!(format!("{:#}", parse("s", bad).unwrap_err()).contains("not a regex"));
+        let no_schema =
+            r#"{"messages":[{"role":"user","content":"hi"}],"expect":{"json_schema_valid":true}}"#;
+        assert!(format!("{:#}", parse("s", no_schema).unwrap_err()).contains("response_format"));
+    }
+
+    #[test]
+    fn duplicate_ids_and_empty_suites_are_refused() {
+        let line = r#"{"id":"a","messages":[{"role":"user","content":"hi"}]}"#;
+        let e = parse("s", &format!("{line}\n{line}\n")).unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+        assert!(parse("s", "\n\n").is_err());
+        assert!(parse("s", r#"{"model":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn a_failed_call_meets_no_expectation() {
+        let expect = Expect {
+            not_contains: vec!["x".into()],
+            ..Expect::default()
+        };
+        assert_eq!(
+            expect.check(&Answer::failed("HTTP 500")),
+            [("not_contains: x".to_string(), false)]
+        );
+    }
+}
