@@ -216,7 +216,14 @@ fn text(v: &Value) -> &str {
 }
 
 fn num(v: &Value, digits: usize) -> String {
-    v.as_f64().map_or("-".into(), |x| format!("{x:.digits$}"))
+    v.as_f64().map_or("-".into(), |x| {
+        if x != 0.0 && x.abs() < 10f64.powi(-(digits as i32)) {
+            // Too small for the digits (a cost per request): keep it readable.
+            format!("{x:.2e}")
+        } else {
+            format!("{x:.digits$}")
+        }
+    })
 }
 
 /// A rollout as a person reads it: where it stands, both arms side by side, each gate's evidence.
@@ -267,7 +274,7 @@ pub fn render_rollout(v: &Value) -> String {
                 "  {:<8} {:<14} {:>8} {:>6}% {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
                 arm,
                 text(&a["version"]),
-                a["requests"],
+                num(&a["requests"], 0),
                 a["error_rate"]
                     .as_f64()
                     .map_or("-".into(), |r| format!("{:.1}", r * 100.0)),
