@@ -32,4 +32,5 @@ pub mod shadow;
 pub mod simulate;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod upstream;

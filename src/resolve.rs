@@ -64,7 +64,9 @@ impl std::fmt::Display for RouteName {
 }
 
 /// Which side of a rollout served a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Arm {
     Stable,
@@ -175,7 +177,7 @@ pub struct Catalog {
     /// Route → its stable version as configured.
     configured: BTreeMap<String, String>,
     settings: BTreeMap<String, Arc<RouteSettings>>,
-    stats: Mutex<BTreeMap<(String, String), Arc<VersionStats>>>,
+    stats: Mutex<BTreeMap<(String, String, Arm), Arc<VersionStats>>>,
 }
 
 impl Catalog {
@@ -260,22 +262,30 @@ impl Catalog {
         &self.configured
     }
 
-    /// The live stats of `version` serving `route` (created on first use).
-    pub fn stats_for(&self, route: &str, version: &str) -> Arc<VersionStats> {
+    /// The live stats of `version` serving `route` as `arm` (created on first use).
+    pub fn stats_for(&self, route: &str, version: &str, arm: Arm) -> Arc<VersionStats> {
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         stats
-            .entry((route.to_owned(), version.to_owned()))
+            .entry((route.to_owned(), version.to_owned(), arm))
             .or_default()
             .clone()
     }
 
-    /// Every version that has served `route` since start, with its stats.
-    pub fn route_stats(&self, route: &str) -> Vec<(String, Arc<VersionStats>)> {
+    /// Every (route, version, arm) served since start, with its stats.
+    pub fn all_stats(&self) -> Vec<(String, String, Arm, Arc<VersionStats>)> {
         let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         stats
             .iter()
-            .filter(|((r, _), _)| r == route)
-            .map(|((_, v), s)| (v.clone(), s.clone()))
+            .map(|((r, v, a), s)| (r.clone(), v.clone(), *a, s.clone()))
+            .collect()
+    }
+
+    /// Every version that has served `route` since start, with its stats per arm.
+    pub fn route_stats(&self, route: &str) -> Vec<(String, Arm, Arc<VersionStats>)> {
+        self.all_stats()
+            .into_iter()
+            .filter(|(r, ..)| r == route)
+            .map(|(_, v, a, s)| (v, a, s))
             .collect()
     }
 
@@ -283,7 +293,7 @@ impl Catalog {
         let version = self.versions.get(version)?.clone();
         Some(Target {
             route: route.clone(),
-            stats: self.stats_for(route.as_str(), &version.name),
+            stats: self.stats_for(route.as_str(), &version.name, arm),
             version,
             arm,
             rollout: None,

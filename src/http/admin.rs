@@ -175,15 +175,22 @@ async fn route_stats(
         .route(&route)
         .ok_or_else(|| ApiError::NotFound(format!("no route `{route}`")))?;
     let mut total = StatsSnapshot::default();
-    let mut versions = serde_json::Map::new();
-    for (version, stats) in app.catalog.route_stats(&route) {
+    let mut by_version: std::collections::BTreeMap<String, StatsSnapshot> = Default::default();
+    let mut by_arm = serde_json::Map::new();
+    for (version, arm, stats) in app.catalog.route_stats(&route) {
         let snapshot = stats.snapshot();
         total.merge(&snapshot);
-        versions.insert(
-            version,
-            serde_json::to_value(snapshot.summary()).unwrap_or_default(),
-        );
+        by_version
+            .entry(version.clone())
+            .or_default()
+            .merge(&snapshot);
+        let summary = serde_json::to_value(snapshot.summary()).unwrap_or_default();
+        by_arm.insert(format!("{version}/{}", arm.as_str()), summary);
     }
+    let versions: serde_json::Map<String, serde_json::Value> = by_version
+        .into_iter()
+        .map(|(v, s)| (v, serde_json::to_value(s.summary()).unwrap_or_default()))
+        .collect();
     let served: Vec<String> = versions.keys().cloned().collect();
     let guardrails: Vec<_> = app
         .guardrail_counts
@@ -197,6 +204,7 @@ async fn route_stats(
         "guardrails": guardrails,
         "rollout": entry.rollout.as_ref().map(|ro| &*ro.tap.rollout_id),
         "versions": versions,
+        "arms": by_arm,
         "total": total.summary(),
         "records": app.sink.counters(),
     });

@@ -1,7 +1,7 @@
 //! HTTP: the axum router. Handlers extract, call the pipeline or the store, and respond.
 //!
 //! Every route needs a credential (a gateway key under `/v1`, the admin token under
-//! `/admin/v1`) except the short allowlist here: `/healthz`.
+//! `/admin/v1`) except the short allowlist here: `/healthz` and `/metrics`.
 
 mod admin;
 mod openai;
@@ -22,9 +22,27 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/feedback", post(openai::feedback))
         .nest("/admin/v1", admin::router())
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
+}
+
+/// Prometheus scrapes without a credential: `/metrics` holds aggregates, no prompts, keys or
+/// workspace names. Restrict it at the network if that is too much.
+async fn metrics(
+    axum::extract::State(app): axum::extract::State<AppState>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = crate::telemetry::render(&app).await;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// The bearer token of a request, if any.

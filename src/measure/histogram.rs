@@ -85,6 +85,25 @@ impl Snapshot {
         }
     }
 
+    /// Observations at or below `bound`, to the bucket (within 2 %): for Prometheus buckets.
+    pub fn count_le(&self, bound: f64) -> u64 {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(b, _)| value_of(*b) <= bound)
+            .map(|(_, c)| c)
+            .sum()
+    }
+
+    /// The sum of the observations, from the buckets' middles (within 1 %).
+    pub fn approx_sum(&self) -> f64 {
+        self.counts
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| c as f64 * value_of(b))
+            .sum()
+    }
+
     /// The `q`-quantile (0 ≤ q ≤ 1), or `None` when empty.
     pub fn quantile(&self, q: f64) -> Option<f64> {
         let total = self.count();

@@ -31,6 +31,22 @@ use std::path::PathBuf;
 const LOOK_TICK: Duration = Duration::from_millis(100);
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A live rollout as `/metrics` shows it.
+pub struct RolloutMetrics {
+    pub id: String,
+    pub route: String,
+    pub state: RolloutState,
+    pub step: usize,
+    /// Canary weight in [0, 1].
+    pub weight: f64,
+    pub threshold: f64,
+    /// Gate (or feedback metric) → its e-value at the last look.
+    pub e_values: Vec<(String, f64)>,
+    pub shadow: Option<crate::shadow::ShadowCounters>,
+    /// `metric/arm` → feedback received.
+    pub feedback: BTreeMap<String, u64>,
+}
+
 /// An operator's command on a live rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
@@ -443,6 +459,38 @@ impl Controller {
             );
         }
         Ok(first && placement.randomized)
+    }
+
+    /// What `/metrics` shows of each live rollout.
+    pub async fn metrics(&self) -> Vec<RolloutMetrics> {
+        let inner = self.inner.lock().await;
+        inner
+            .running
+            .values()
+            .map(|r| RolloutMetrics {
+                id: r.row.id.clone(),
+                route: r.row.route.clone(),
+                state: r.row.position.state,
+                step: r.row.position.step,
+                weight: f64::from(r.row.position.weight_bp) / 10_000.0,
+                threshold: 1.0 / r.policy.alpha,
+                e_values: r
+                    .last_report
+                    .iter()
+                    .flat_map(|rep| rep.gates.iter())
+                    .map(|g| {
+                        (
+                            g.feedback
+                                .clone()
+                                .unwrap_or_else(|| g.gate.key().to_owned()),
+                            g.e_value,
+                        )
+                    })
+                    .collect(),
+                shadow: r.shadow.as_ref().map(|s| s.counters()),
+                feedback: r.feedback.clone(),
+            })
+            .collect()
     }
 
     pub async fn events(&self, id: &str) -> Result<Vec<EventRow>, ApiError> {

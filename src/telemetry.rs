@@ -1,0 +1,376 @@
+//! Telemetry: `GET /metrics` in Prometheus text format, rendered at scrape time from the
+//! aggregates the gateway keeps anyway, so the request path pays nothing for it.
+//!
+//! Names follow the OpenTelemetry GenAI semantic conventions where they exist, in their
+//! Prometheus form (`gen_ai.client.operation.duration` → `gen_ai_client_operation_duration_seconds`);
+//! sluice's own series start with `sluice_`. The README lists every series.
+
+use std::fmt::Write;
+
+use crate::measure::Outcome;
+use crate::measure::histogram::Snapshot;
+use crate::rollout::machine::RolloutState;
+use crate::state::App;
+
+/// Bucket bounds, in seconds, for latency and time to first token.
+const SECONDS_BOUNDS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+/// Bucket bounds, in characters, for response length.
+const CHARS_BOUNDS: [f64; 10] = [
+    10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 50000.0,
+];
+
+/// A label value with `\`, `"` and newlines escaped.
+fn esc(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A histogram from a log-bucket snapshot; `scale` converts its unit (ms → s).
+fn histogram(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    snapshot: &Snapshot,
+    bounds: &[f64],
+    scale: f64,
+) {
+    for bound in bounds {
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels},le=\"{bound}\"}} {}",
+            snapshot.count_le(bound / scale)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{{labels},le=\"+Inf\"}} {}",
+        snapshot.count()
+    );
+    let _ = writeln!(
+        out,
+        "{name}_sum{{{labels}}} {}",
+        snapshot.approx_sum() * scale
+    );
+    let _ = writeln!(out, "{name}_count{{{labels}}} {}", snapshot.count());
+}
+
+pub async fn render(app: &App) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    let stats: Vec<_> = app
+        .catalog
+        .all_stats()
+        .into_iter()
+        .map(|(route, version, arm, s)| {
+            let labels = format!(
+                "route=\"{}\",version=\"{}\",arm=\"{}\"",
+                esc(&route),
+                esc(&version),
+                arm.as_str()
+            );
+            (labels, s.snapshot())
+        })
+        .collect();
+
+    header(
+        &mut out,
+        "sluice_requests_total",
+        "counter",
+        "Requests that reached a route, by how they ended.",
+    );
+    for (labels, s) in &stats {
+        for o in Outcome::ALL {
+            let n = s.outcomes[o as usize];
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "sluice_requests_total{{{labels},outcome=\"{}\"}} {n}",
+                    o.as_str()
+                );
+            }
+        }
+    }
+    header(
+        &mut out,
+        "gen_ai_client_operation_duration_seconds",
+        "histogram",
+        "Whole-request latency as the client saw it.",
+    );
+    for (labels, s) in &stats {
+        histogram(
+            &mut out,
+            "gen_ai_client_operation_duration_seconds",
+            labels,
+            &s.latency_ms,
+            &SECONDS_BOUNDS,
+            1e-3,
+        );
+    }
+    header(
+        &mut out,
+        "gen_ai_server_time_to_first_token_seconds",
+        "histogram",
+        "Time to the first token of streamed answers.",
+    );
+    for (labels, s) in &stats {
+        histogram(
+            &mut out,
+            "gen_ai_server_time_to_first_token_seconds",
+            labels,
+            &s.ttft_ms,
+            &SECONDS_BOUNDS,
+            1e-3,
+        );
+    }
+    header(
+        &mut out,
+        "gen_ai_client_token_usage_total",
+        "counter",
+        "Tokens used, by type (input = prompt, output = completion).",
+    );
+    for (labels, s) in &stats {
+        let _ = writeln!(
+            out,
+            "gen_ai_client_token_usage_total{{{labels},gen_ai_token_type=\"input\"}} {}",
+            s.prompt_tokens
+        );
+        let _ = writeln!(
+            out,
+            "gen_ai_client_token_usage_total{{{labels},gen_ai_token_type=\"output\"}} {}",
+            s.completion_tokens
+        );
+    }
+    header(
+        &mut out,
+        "sluice_cost_usd_total",
+        "counter",
+        "Cost in USD at the version's price.",
+    );
+    for (labels, s) in &stats {
+        let _ = writeln!(
+            out,
+            "sluice_cost_usd_total{{{labels}}} {}",
+            s.cost_nano_usd as f64 / 1e9
+        );
+    }
+    header(
+        &mut out,
+        "sluice_response_chars",
+        "histogram",
+        "Answer length in characters (successful answers).",
+    );
+    for (labels, s) in &stats {
+        histogram(
+            &mut out,
+            "sluice_response_chars",
+            labels,
+            &s.response_chars,
+            &CHARS_BOUNDS,
+            1.0,
+        );
+    }
+    header(
+        &mut out,
+        "sluice_schema_checks_total",
+        "counter",
+        "Structured-output checks of answers to requests that asked for structure.",
+    );
+    for (labels, s) in &stats {
+        let pass = s.schema_requests - s.schema_failures;
+        let _ = writeln!(
+            out,
+            "sluice_schema_checks_total{{{labels},result=\"pass\"}} {pass}"
+        );
+        let _ = writeln!(
+            out,
+            "sluice_schema_checks_total{{{labels},result=\"fail\"}} {}",
+            s.schema_failures
+        );
+    }
+
+    header(
+        &mut out,
+        "sluice_guardrail_actions_total",
+        "counter",
+        "Guardrail blocks, redactions and flags.",
+    );
+    for row in app.guardrail_counts.rows() {
+        let stage = serde_json::to_value(row.stage)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let action = serde_json::to_value(row.action)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "sluice_guardrail_actions_total{{version=\"{}\",arm=\"{}\",stage=\"{stage}\",rule=\"{}\",action=\"{action}\"}} {}",
+            esc(&row.version),
+            esc(&row.arm),
+            esc(&row.rule),
+            row.count
+        );
+    }
+
+    let rollouts = app.rollouts.metrics().await;
+    header(
+        &mut out,
+        "sluice_rollout_weight_ratio",
+        "gauge",
+        "Canary weight of randomized traffic, 0 to 1.",
+    );
+    for r in &rollouts {
+        let _ = writeln!(
+            out,
+            "sluice_rollout_weight_ratio{{rollout=\"{}\",route=\"{}\"}} {}",
+            r.id,
+            esc(&r.route),
+            r.weight
+        );
+    }
+    header(
+        &mut out,
+        "sluice_rollout_step",
+        "gauge",
+        "The rollout's current step (0-based).",
+    );
+    for r in &rollouts {
+        let _ = writeln!(
+            out,
+            "sluice_rollout_step{{rollout=\"{}\",route=\"{}\"}} {}",
+            r.id,
+            esc(&r.route),
+            r.step
+        );
+    }
+    header(
+        &mut out,
+        "sluice_rollout_state",
+        "gauge",
+        "1 for the rollout's current state.",
+    );
+    for r in &rollouts {
+        for state in [RolloutState::Progressing, RolloutState::Paused] {
+            let on = u8::from(r.state == state);
+            let _ = writeln!(
+                out,
+                "sluice_rollout_state{{rollout=\"{}\",route=\"{}\",state=\"{}\"}} {on}",
+                r.id,
+                esc(&r.route),
+                state.as_str()
+            );
+        }
+    }
+    header(
+        &mut out,
+        "sluice_judge_e_value",
+        "gauge",
+        "Each gate's e-value at the judge's last look.",
+    );
+    for r in &rollouts {
+        for (gate, e) in &r.e_values {
+            let _ = writeln!(
+                out,
+                "sluice_judge_e_value{{rollout=\"{}\",gate=\"{}\"}} {e}",
+                r.id,
+                esc(gate)
+            );
+        }
+    }
+    header(
+        &mut out,
+        "sluice_judge_threshold",
+        "gauge",
+        "The judge reverts when the weighted average e-value reaches this (1/alpha).",
+    );
+    for r in &rollouts {
+        let _ = writeln!(
+            out,
+            "sluice_judge_threshold{{rollout=\"{}\"}} {}",
+            r.id, r.threshold
+        );
+    }
+    header(
+        &mut out,
+        "sluice_shadow_copies_total",
+        "counter",
+        "Shadow copies by what became of them.",
+    );
+    for r in &rollouts {
+        if let Some(s) = &r.shadow {
+            for (result, n) in [
+                ("sent", s.sent),
+                ("dropped_queue", s.dropped_queue),
+                ("dropped_budget", s.dropped_budget),
+                ("failed", s.failed),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "sluice_shadow_copies_total{{rollout=\"{}\",result=\"{result}\"}} {n}",
+                    r.id
+                );
+            }
+        }
+    }
+    header(
+        &mut out,
+        "sluice_shadow_spend_usd_total",
+        "counter",
+        "Spend of shadow copies (not workspace spend).",
+    );
+    for r in &rollouts {
+        if let Some(s) = &r.shadow {
+            let _ = writeln!(
+                out,
+                "sluice_shadow_spend_usd_total{{rollout=\"{}\"}} {}",
+                r.id, s.spent_usd
+            );
+        }
+    }
+    header(
+        &mut out,
+        "sluice_feedback_total",
+        "counter",
+        "Feedback received on a live rollout's requests.",
+    );
+    for r in &rollouts {
+        for (key, n) in &r.feedback {
+            let (metric, arm) = key.split_once('/').unwrap_or((key, ""));
+            let _ = writeln!(
+                out,
+                "sluice_feedback_total{{rollout=\"{}\",metric=\"{}\",arm=\"{arm}\"}} {n}",
+                r.id,
+                esc(metric)
+            );
+        }
+    }
+
+    let sink = app.sink.counters();
+    header(
+        &mut out,
+        "sluice_records_written_total",
+        "counter",
+        "Measurement records written to the database.",
+    );
+    let _ = writeln!(out, "sluice_records_written_total {}", sink.written);
+    header(
+        &mut out,
+        "sluice_records_dropped_total",
+        "counter",
+        "Measurement records dropped: queue full, or the database refused them.",
+    );
+    let _ = writeln!(
+        out,
+        "sluice_records_dropped_total {}",
+        sink.dropped + sink.write_failed
+    );
+    out
+}
