@@ -1,9 +1,12 @@
 //! HTTP: the axum router. Handlers extract, call the pipeline or the store, and respond.
 //!
 //! Every route needs a credential (a gateway key under `/v1`, the admin token under
-//! `/admin/v1`) except the short allowlist here: `/healthz` and `/metrics`.
+//! `/admin/v1`) except the short allowlist here: `/healthz`, `/metrics`, the admin API's
+//! OpenAPI document, and the dashboard page itself (its data calls carry the admin token).
 
 mod admin;
+mod dashboard;
+mod openapi;
 mod openai;
 mod rollouts;
 
@@ -23,6 +26,8 @@ pub fn router(state: AppState) -> Router {
         .nest("/admin/v1", admin::router())
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .route("/admin/v1/openapi.json", get(openapi::document))
+        .route("/dashboard", get(dashboard::page))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
