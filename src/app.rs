@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::auth::KeyCache;
 use crate::config::Settings;
+use crate::limits::LimitBook;
 use crate::measure::sink::RecordSink;
 use crate::resolve::{Catalog, RoutingTable};
 use crate::rollout::control::Controller;
@@ -52,7 +53,11 @@ impl Server {
             .await?,
         );
 
-        let (sink, records) = RecordSink::new(settings.config.server.record_queue);
+        let limits = Arc::new(LimitBook::new(settings.config.limits));
+        for (workspace, own) in store.all_limits().await? {
+            limits.set(&workspace, own);
+        }
+        let (sink, records) = RecordSink::new(settings.config.server.record_queue, limits.clone());
         let (shadows, shadow_jobs) = ShadowQueue::new(settings.config.server.shadow_queue.max(1));
         let sink = Arc::new(sink);
         let app = Arc::new(App {
@@ -66,6 +71,7 @@ impl Server {
             schemas: Arc::default(),
             guardrail_counts: Arc::default(),
             shadows: Arc::new(shadows),
+            limits,
         });
         let (shutdown, stopped) = watch::channel(false);
         let tasks = vec![

@@ -34,6 +34,9 @@ pub struct Config {
     pub routes: BTreeMap<String, RouteConfig>,
     #[serde(default)]
     pub policies: PoliciesConfig,
+    /// Default limits for workspaces without their own.
+    #[serde(default)]
+    pub limits: crate::limits::Limits,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -542,6 +545,10 @@ pub fn parse(
                 ),
             ));
         }
+    }
+
+    if let Err(why) = config.limits.check() {
+        issues.push(issue("limits", why));
     }
 
     if !issues.is_empty() {

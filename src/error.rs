@@ -58,6 +58,12 @@ pub enum ApiError {
         path: String,
         reason: String,
     },
+    #[error("rate limit reached: {limit} for this workspace; retry in {retry_after_s} s")]
+    RateLimited {
+        kind: &'static str,
+        limit: String,
+        retry_after_s: u64,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -74,6 +80,7 @@ impl ApiError {
             }
             Self::UnknownRoute(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UpstreamUnreachable { .. } | Self::UpstreamInvalid { .. } => {
@@ -104,6 +111,7 @@ impl ApiError {
             Self::UpstreamStatus { .. } => ("upstream_error", None),
             Self::GuardrailBlocked { .. } => ("invalid_request_error", Some("guardrail_blocked")),
             Self::SchemaInvalid { .. } => ("upstream_error", Some("schema_validation_failed")),
+            Self::RateLimited { kind, .. } => (kind, Some("rate_limit_exceeded")),
             Self::Internal(_) => ("server_error", None),
         }
     }
@@ -177,10 +185,16 @@ fn is_openai_error(body: &[u8]) -> bool {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status(), self.body()).into_response();
-        response.headers_mut().insert(
+        let headers = response.headers_mut();
+        headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Self::RateLimited { retry_after_s, .. } = &self
+            && let Ok(v) = HeaderValue::from_str(&retry_after_s.to_string())
+        {
+            headers.insert(header::RETRY_AFTER, v);
+        }
         response
     }
 }

@@ -23,6 +23,7 @@ pub mod eval;
 pub mod guardrails;
 pub mod http;
 pub mod judge;
+pub mod limits;
 pub mod measure;
 pub mod pipeline;
 pub mod resolve;

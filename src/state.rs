@@ -28,6 +28,7 @@ pub struct App {
     pub guardrail_counts: Arc<GuardrailCounters>,
     /// Finished primaries whose shadow copy is still to be sent.
     pub shadows: Arc<crate::shadow::ShadowQueue>,
+    pub limits: Arc<crate::limits::LimitBook>,
 }
 
 pub type AppState = Arc<App>;

@@ -5,7 +5,7 @@ use axum::extract::{FromRequestParts, Path, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -22,6 +22,7 @@ pub fn router() -> Router<AppState> {
         .route("/workspaces", post(create_workspace).get(list_workspaces))
         .route("/workspaces/{id}/keys", post(create_key).get(list_keys))
         .route("/workspaces/{id}/keys/{key_id}", delete(revoke_key))
+        .route("/workspaces/{id}/limits", put(set_limits).get(get_limits))
         .route("/routes", get(list_routes))
         .route("/routes/{route}/stats", get(route_stats))
         .merge(super::rollouts::router())
@@ -209,4 +210,32 @@ async fn route_stats(
         "records": app.sink.counters(),
     });
     Ok(Json(body).into_response())
+}
+
+/// Sets a workspace's own limits; what the body leaves out falls back to `[limits]`.
+async fn set_limits(
+    _: Admin,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    existing_workspace(&app, &id).await?;
+    let limits: crate::limits::Limits = json_body(&app, body)?;
+    limits.check().map_err(|message| ApiError::InvalidRequest {
+        message,
+        param: None,
+    })?;
+    app.store.set_limits(&id, &limits).await?;
+    app.limits.set(&id, limits);
+    tracing::info!(workspace = %id, "limits set");
+    Ok(Json(json!({"workspace": id, "limits": app.limits.limits_of(&id)})).into_response())
+}
+
+async fn get_limits(
+    _: Admin,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    existing_workspace(&app, &id).await?;
+    Ok(Json(json!({"workspace": id, "limits": app.limits.limits_of(&id)})).into_response())
 }

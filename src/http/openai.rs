@@ -22,6 +22,9 @@ pub async fn chat_completions(
         Ok(caller) => caller,
         Err(e) => return e.into_response(),
     };
+    if let Err(e) = app.limits.admit(&caller.workspace) {
+        return e.into_response();
+    }
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {

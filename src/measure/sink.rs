@@ -10,7 +10,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::Record;
+use crate::limits::LimitBook;
 use crate::store::{RequestPlacement, Store};
+use std::sync::Arc;
 
 /// Records written per transaction at most.
 pub const WRITE_BATCH: usize = 512;
@@ -52,6 +54,8 @@ impl Recent {
 
 pub struct RecordSink {
     tx: mpsc::Sender<Record>,
+    /// Workspace budgets count tokens and cost from every record.
+    limits: Arc<LimitBook>,
     recent: Recent,
     dropped: AtomicU64,
     written: AtomicU64,
@@ -68,10 +72,11 @@ pub struct SinkCounters {
 }
 
 impl RecordSink {
-    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<Record>) {
+    pub fn new(capacity: usize, limits: Arc<LimitBook>) -> (Self, mpsc::Receiver<Record>) {
         let (tx, rx) = mpsc::channel(capacity);
         let sink = Self {
             tx,
+            limits,
             recent: Recent::default(),
             dropped: AtomicU64::new(0),
             written: AtomicU64::new(0),
@@ -94,6 +99,7 @@ impl RecordSink {
             randomized: record.randomized,
         };
         self.recent.insert(record.request_id.clone(), placement);
+        self.limits.spend(&record);
         if self.tx.try_send(record).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }

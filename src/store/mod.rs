@@ -60,6 +60,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "shadow_feedback",
         include_str!("../../migrations/sqlite/0004_shadow_feedback.sql"),
     ),
+    (
+        5,
+        "limits",
+        include_str!("../../migrations/sqlite/0005_limits.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -81,6 +86,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "shadow_feedback",
         include_str!("../../migrations/postgres/0004_shadow_feedback.sql"),
+    ),
+    (
+        5,
+        "limits",
+        include_str!("../../migrations/postgres/0005_limits.sql"),
     ),
 ];
 

@@ -164,4 +164,37 @@ impl Store {
         .await?;
         Ok(())
     }
+
+    /// Stores a workspace's own limits (as JSON).
+    pub async fn set_limits(
+        &self,
+        workspace: &str,
+        limits: &crate::limits::Limits,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(limits).unwrap_or_default();
+        sqlx::query(
+            "INSERT INTO workspace_limits (workspace_id, limits, updated_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (workspace_id) DO UPDATE SET limits = excluded.limits, updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(workspace)
+        .bind(json)
+        .bind(super::now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every workspace's own limits.
+    pub async fn all_limits(&self) -> Result<Vec<(String, crate::limits::Limits)>, StoreError> {
+        let rows = sqlx::query("SELECT workspace_id, limits FROM workspace_limits")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                let json: String = r.get(1);
+                serde_json::from_str(&json).ok().map(|l| (r.get(0), l))
+            })
+            .collect())
+    }
 }

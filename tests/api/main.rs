@@ -8,6 +8,7 @@ mod cli;
 mod errors;
 mod feedback;
 mod keys;
+mod limits;
 mod metrics;
 mod quality;
 mod records;

@@ -1,0 +1,273 @@
+//! Limits per workspace: a request rate (governor's GCRA, with a burst), and budgets of
+//! tokens per minute and USD per UTC day counted from the measurement records.
+//!
+//! In: the caller's workspace before a request is served, and every finished record.
+//! Out: pass, or `ApiError::RateLimited` with the seconds to wait (`Retry-After`).
+//! Limits live in the database (`PUT /admin/v1/workspaces/{id}/limits`), with defaults
+//! from `[limits]` in the config. Counting is per replica: with several replicas, each
+//! enforces the whole limit on what it serves.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::measure::Record;
+
+const MINUTE_MS: i64 = 60_000;
+const DAY_MS: i64 = 86_400_000;
+
+/// A workspace's limits; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub requests_per_second: Option<f64>,
+    pub burst: Option<u32>,
+    pub tokens_per_minute: Option<u64>,
+    pub usd_per_day: Option<f64>,
+}
+
+impl Limits {
+    pub fn check(&self) -> Result<(), String> {
+        if self
+            .requests_per_second
+            .is_some_and(|r| !(r > 0.0 && r.is_finite()))
+        {
+            return Err("requests_per_second must be greater than 0".into());
+        }
+        if self.burst == Some(0) {
+            return Err("burst must be at least 1".into());
+        }
+        if self
+            .usd_per_day
+            .is_some_and(|u| !(u >= 0.0 && u.is_finite()))
+        {
+            return Err("usd_per_day must be zero or more".into());
+        }
+        Ok(())
+    }
+
+    /// These limits, with the defaults filling what they leave out.
+    fn over(self, defaults: Limits) -> Limits {
+        Limits {
+            requests_per_second: self.requests_per_second.or(defaults.requests_per_second),
+            burst: self.burst.or(defaults.burst),
+            tokens_per_minute: self.tokens_per_minute.or(defaults.tokens_per_minute),
+            usd_per_day: self.usd_per_day.or(defaults.usd_per_day),
+        }
+    }
+}
+
+/// What a workspace used in the current minute and day.
+#[derive(Default)]
+struct Spend {
+    minute: i64,
+    tokens: u64,
+    day: i64,
+    usd: f64,
+}
+
+struct Workspace {
+    limits: Limits,
+    rate: Option<DefaultDirectRateLimiter>,
+}
+
+pub struct LimitBook {
+    defaults: Limits,
+    /// Workspaces with limits of their own, and the rate limiters built from them.
+    workspaces: RwLock<HashMap<String, Arc<Workspace>>>,
+    /// The defaults' rate limiter, one per workspace that has none of its own.
+    default_rates: Mutex<HashMap<String, Arc<DefaultDirectRateLimiter>>>,
+    spend: Mutex<HashMap<String, Spend>>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as i64
+}
+
+fn limiter(limits: &Limits) -> Option<DefaultDirectRateLimiter> {
+    let rps = limits.requests_per_second?;
+    let burst = NonZeroU32::new(limits.burst.unwrap_or_else(|| rps.ceil().max(1.0) as u32))?;
+    let period = Duration::from_secs_f64(1.0 / rps);
+    let quota = Quota::with_period(period)?.allow_burst(burst);
+    Some(RateLimiter::direct(quota))
+}
+
+impl LimitBook {
+    pub fn new(defaults: Limits) -> Self {
+        Self {
+            defaults,
+            workspaces: RwLock::default(),
+            default_rates: Mutex::default(),
+            spend: Mutex::default(),
+        }
+    }
+
+    /// Sets a workspace's own limits (what is left out falls back to the defaults).
+    pub fn set(&self, workspace: &str, limits: Limits) {
+        let limits = limits.over(self.defaults);
+        let entry = Arc::new(Workspace {
+            rate: limiter(&limits),
+            limits,
+        });
+        let mut map = self.workspaces.write().unwrap_or_else(|e| e.into_inner());
+        map.insert(workspace.to_owned(), entry);
+    }
+
+    pub fn limits_of(&self, workspace: &str) -> Limits {
+        let map = self.workspaces.read().unwrap_or_else(|e| e.into_inner());
+        map.get(workspace).map_or(self.defaults, |w| w.limits)
+    }
+
+    /// Admits one request of `workspace`, or says how long to wait.
+    pub fn admit(&self, workspace: &str) -> Result<(), ApiError> {
+        let own = self
+            .workspaces
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(workspace)
+            .cloned();
+        let limits = own.as_ref().map_or(self.defaults, |w| w.limits);
+        let now = now_ms();
+        {
+            let spend = self.spend.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(s) = spend.get(workspace) {
+                if let Some(max) = limits.tokens_per_minute
+                    && s.minute == now / MINUTE_MS
+                    && s.tokens >= max
+                {
+                    let wait = MINUTE_MS - now % MINUTE_MS;
+                    return Err(rate_limited(
+                        "tokens_per_minute",
+                        format!("{max} tokens per minute"),
+                        wait,
+                    ));
+                }
+                if let Some(max) = limits.usd_per_day
+                    && s.day == now / DAY_MS
+                    && s.usd >= max
+                {
+                    let wait = DAY_MS - now % DAY_MS;
+                    return Err(rate_limited(
+                        "usd_per_day",
+                        format!("{max} USD per day"),
+                        wait,
+                    ));
+                }
+            }
+        }
+        let verdict = match own.as_ref().and_then(|w| w.rate.as_ref()) {
+            Some(rate) => rate.check(),
+            None if limits.requests_per_second.is_some() => {
+                let rate = {
+                    let mut rates = self.default_rates.lock().unwrap_or_else(|e| e.into_inner());
+                    match rates.get(workspace) {
+                        Some(rate) => rate.clone(),
+                        None => {
+                            let Some(rate) = limiter(&limits) else {
+                                return Ok(());
+                            };
+                            let rate = Arc::new(rate);
+                            rates.insert(workspace.to_owned(), rate.clone());
+                            rate
+                        }
+                    }
+                };
+                rate.check()
+            }
+            None => return Ok(()),
+        };
+        verdict.map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let rps = limits.requests_per_second.unwrap_or_default();
+            rate_limited(
+                "requests",
+                format!("{rps} requests per second"),
+                wait.as_millis() as i64,
+            )
+        })
+    }
+
+    /// Adds a finished request's tokens and cost to its workspace's minute and day.
+    pub fn spend(&self, record: &Record) {
+        let now = record.at_ms;
+        let mut spend = self.spend.lock().unwrap_or_else(|e| e.into_inner());
+        let s = spend.entry(record.workspace.clone()).or_default();
+        if s.minute != now / MINUTE_MS {
+            s.minute = now / MINUTE_MS;
+            s.tokens = 0;
+        }
+        if s.day != now / DAY_MS {
+            s.day = now / DAY_MS;
+            s.usd = 0.0;
+        }
+        s.tokens += record.usage.prompt_tokens + record.usage.completion_tokens;
+        s.usd += record.cost_usd;
+    }
+}
+
+fn rate_limited(kind: &'static str, limit: String, wait_ms: i64) -> ApiError {
+    ApiError::RateLimited {
+        kind,
+        limit,
+        retry_after_s: ((wait_ms.max(0) as f64) / 1000.0).ceil().max(1.0) as u64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_passes_then_the_rate_holds() {
+        let book = LimitBook::new(Limits::default());
+        book.set(
+            "acme",
+            Limits {
+                requests_per_second: Some(1.0),
+                burst: Some(3),
+                ..Limits::default()
+            },
+        );
+        let passed = (0..5).filter(|_| book.admit("acme").is_ok()).count();
+        assert_eq!(passed, 3);
+        match book.admit("acme") {
+            Err(ApiError::RateLimited {
+                retry_after_s,
+                kind,
+                ..
+            }) => {
+                assert_eq!(kind, "requests");
+                assert!((1..=2).contains(&retry_after_s));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            book.admit("other").is_ok(),
+            "no limits, no default: unlimited"
+        );
+    }
+
+    #[test]
+    fn defaults_apply_to_workspaces_without_their_own() {
+        let book = LimitBook::new(Limits {
+            requests_per_second: Some(1.0),
+            burst: Some(2),
+            ..Limits::default()
+        });
+        assert_eq!((0..4).filter(|_| book.admit("a").is_ok()).count(), 2);
+        assert_eq!(
+            (0..4).filter(|_| book.admit("b").is_ok()).count(),
+            2,
+            "each workspace its own bucket"
+        );
+    }
+}
