@@ -22,6 +22,7 @@ use crate::rollout::control::Controller;
 use crate::shadow::{self, ShadowQueue};
 use crate::state::{App, AppState};
 use crate::store::Store;
+use crate::traces::Traces;
 
 pub struct Server {
     listener: TcpListener,
@@ -33,6 +34,13 @@ pub struct Server {
 
 impl Server {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let traces = Traces::from_config(&settings.config.telemetry)?;
+        Self::build_with_traces(settings, traces).await
+    }
+
+    /// As [`Server::build`], with spans going to `traces` (tests pass an in-memory exporter).
+    pub async fn build_with_traces(settings: Settings, traces: Traces) -> anyhow::Result<Self> {
         // One TLS provider for every client in the process (reqwest is built without one).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let store = Store::connect(&settings.database_url).await?;
@@ -72,6 +80,7 @@ impl Server {
             guardrail_counts: Arc::default(),
             shadows: Arc::new(shadows),
             limits,
+            traces,
         });
         let (shutdown, stopped) = watch::channel(false);
         let tasks = vec![
@@ -144,6 +153,7 @@ impl Server {
             records_dropped = counters.dropped,
             "stopped"
         );
+        app.traces.shutdown();
         app.store.close().await;
         Ok(())
     }

@@ -37,6 +37,9 @@ pub struct Config {
     /// Default limits for workspaces without their own.
     #[serde(default)]
     pub limits: crate::limits::Limits,
+    /// OpenTelemetry export.
+    #[serde(default)]
+    pub telemetry: crate::traces::TelemetryConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -547,6 +550,20 @@ pub fn parse(
         }
     }
 
+    if let Some(endpoint) = &config.telemetry.otlp_endpoint
+        && url::Url::parse(endpoint).is_err()
+    {
+        issues.push(issue(
+            "telemetry.otlp_endpoint",
+            format!("`{endpoint}` is not a URL"),
+        ));
+    }
+    if !(0.0..=1.0).contains(&config.telemetry.sample_ratio) {
+        issues.push(issue(
+            "telemetry.sample_ratio",
+            "must be between 0 and 1".into(),
+        ));
+    }
     if let Err(why) = config.limits.check() {
         issues.push(issue("limits", why));
     }

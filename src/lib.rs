@@ -34,4 +34,5 @@ pub mod simulate;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod traces;
 pub mod upstream;

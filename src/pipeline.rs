@@ -26,7 +26,9 @@ use crate::measure::{Meter, Outcome, Usage};
 use crate::resolve::{Arm, RouteName, Target, Unit};
 use crate::shadow::ShadowTicket;
 use crate::state::App;
+use crate::traces;
 use crate::upstream::{ByteStream, Call, UpstreamError};
+use opentelemetry::KeyValue;
 
 /// The largest non-streamed upstream answer sluice reads.
 const MAX_UPSTREAM_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -252,6 +254,29 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
     );
     let encoding = version.encoding;
     meter.set_prompt_estimate(move || count_prompt(encoding, &raw));
+    if app.traces.enabled() {
+        let t = meter.target();
+        let mut attributes = vec![
+            KeyValue::new("gen_ai.operation.name", "chat"),
+            KeyValue::new("gen_ai.request.model", request.model.clone()),
+            KeyValue::new("sluice.route", t.route.to_string()),
+            KeyValue::new("sluice.version", version.name.to_string()),
+            KeyValue::new("sluice.arm", t.arm.as_str()),
+            KeyValue::new("sluice.workspace", workspace.clone()),
+            KeyValue::new("sluice.request_id", request_id.to_owned()),
+            KeyValue::new("gen_ai.request.stream", request.stream),
+        ];
+        if let Some(a) = &t.rollout {
+            attributes.push(KeyValue::new(
+                "sluice.rollout",
+                a.tap.rollout_id.to_string(),
+            ));
+        }
+        let span = app
+            .traces
+            .start_request(headers, format!("chat {}", request.model), attributes);
+        meter.set_span(span);
+    }
 
     if let Some(rules) = route
         .guardrails
@@ -288,10 +313,20 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
                 shadow,
                 body: body.clone(),
                 trace_id: trace_id(headers),
+                span: meter.span().cloned(),
+                traces: app.traces.clone(),
             };
             meter.set_shadow(ticket, app.shadows.clone());
         }
     }
+    let upstream_span = meter.span().and_then(|cx| {
+        let attributes = vec![KeyValue::new(
+            "gen_ai.request.model",
+            version.model.to_string(),
+        )];
+        app.traces
+            .start_child(cx, format!("upstream {}", version.name), attributes)
+    });
     let call = Call {
         body,
         stream: request.stream,
@@ -299,8 +334,22 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
         model: &version.model,
         request_id,
         mock: version.mock.as_ref().map(|m| m.load_full()),
+        traceparent: upstream_span.as_ref().and_then(traces::traceparent),
     };
-    let reply = match provider.send(call).await {
+    let sent = provider.send(call).await;
+    if let Some(cx) = &upstream_span {
+        let status = sent
+            .as_ref()
+            .map(|r| i64::from(r.status.as_u16()))
+            .unwrap_or(0);
+        let error = sent.as_ref().err().map(|e| e.to_string());
+        traces::end(
+            cx,
+            vec![KeyValue::new("http.response.status_code", status)],
+            error,
+        );
+    }
+    let reply = match sent {
         Ok(reply) => reply,
         Err(e) => return Err(fail(&mut meter, upstream_error(e, &version.name))),
     };
@@ -362,6 +411,10 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
     meter.observed.usage = Some(usage);
     meter.observed.response_chars = summary.chars();
     meter.observed.finish_reason = summary.finish_reason.clone();
+    meter.observed.response_model = summary.model.clone();
+    if let Some(model) = &summary.model {
+        version.note_served_model(model);
+    }
     if meter.wants_answer() {
         meter.observed.answer = Some(summary.all_text());
     }

@@ -109,6 +109,27 @@ pub struct Version {
     /// Set when the provider needs an API key whose variable is unset: such a version
     /// cannot serve, so a rollout to it is refused.
     pub missing_key: Option<String>,
+    /// The model the upstream last said answered, and how often that changed.
+    pub served: Mutex<Option<String>>,
+    pub served_changes: std::sync::atomic::AtomicU64,
+}
+
+impl Version {
+    /// Notes the `model` an answer names. A provider alias that moved to a new snapshot
+    /// shows here: counted, and logged once per change.
+    pub fn note_served_model(&self, model: &str) {
+        let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
+        match served.as_deref() {
+            Some(last) if last == model => {}
+            Some(last) => {
+                tracing::warn!(version = %self.name, from = %last, to = %model, "the upstream now answers with another model");
+                self.served_changes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                *served = Some(model.to_owned());
+            }
+            None => *served = Some(model.to_owned()),
+        }
+    }
 }
 
 /// What a route adds to every request on it: its guardrails and its schema rule.
@@ -219,6 +240,8 @@ impl Catalog {
                     .map(arc_swap::ArcSwap::from_pointee),
                 provider: providers[&v.provider].clone(),
                 missing_key,
+                served: Mutex::new(None),
+                served_changes: Default::default(),
             };
             versions.insert(name.clone(), Arc::new(version));
         }

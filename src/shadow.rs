@@ -60,6 +60,9 @@ pub struct ShadowTicket {
     /// The body as sent upstream for the primary (model is replaced again for the copy).
     pub body: Bytes,
     pub trace_id: Option<String>,
+    /// The primary's span: the copy's span is its child.
+    pub span: Option<opentelemetry::Context>,
+    pub traces: crate::traces::Traces,
 }
 
 /// One copy to send.
@@ -208,6 +211,15 @@ async fn send_copy(job: ShadowJob, store: &Store) {
         }
     };
     let started = Instant::now();
+    let span = job.ticket.span.as_ref().and_then(|cx| {
+        let attributes = vec![opentelemetry::KeyValue::new(
+            "gen_ai.request.model",
+            version.model.to_string(),
+        )];
+        job.ticket
+            .traces
+            .start_child(cx, format!("shadow {}", version.name), attributes)
+    });
     let call = Call {
         body: body.clone(),
         stream: false,
@@ -215,8 +227,13 @@ async fn send_copy(job: ShadowJob, store: &Store) {
         model: &version.model,
         request_id: &job.primary.request_id,
         mock: version.mock.as_ref().map(|m| m.load_full()),
+        traceparent: span.as_ref().and_then(crate::traces::traceparent),
     };
     let reply = version.provider.send(call).await;
+    if let Some(cx) = &span {
+        let error = reply.as_ref().err().map(|e| e.to_string());
+        crate::traces::end(cx, Vec::new(), error);
+    }
     let (status, answer_bytes) = match reply {
         Ok(reply) => {
             let status = reply.status.as_u16();

@@ -29,6 +29,7 @@ pub struct App {
     /// Finished primaries whose shadow copy is still to be sent.
     pub shadows: Arc<crate::shadow::ShadowQueue>,
     pub limits: Arc<crate::limits::LimitBook>,
+    pub traces: crate::traces::Traces,
 }
 
 pub type AppState = Arc<App>;

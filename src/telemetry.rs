@@ -353,6 +353,21 @@ pub async fn render(app: &App) -> String {
         }
     }
 
+    header(
+        &mut out,
+        "sluice_upstream_model_changes_total",
+        "counter",
+        "Times a version's upstream began answering with another model (an alias that moved).",
+    );
+    for v in app.catalog.versions() {
+        let n = v.served_changes.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "sluice_upstream_model_changes_total{{version=\"{}\"}} {n}",
+            esc(&v.name)
+        );
+    }
+
     let sink = app.sink.counters();
     header(
         &mut out,

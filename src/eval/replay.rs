@@ -52,6 +52,7 @@ pub async fn call_version(
         model: &version.model,
         request_id,
         mock: version.mock.as_ref().map(|m| m.load_full()),
+        traceparent: None,
     };
     let read = async {
         let reply = version.provider.send(call).await?;

@@ -147,6 +147,8 @@ pub struct Observed {
     pub guardrail_blocked: bool,
     /// The answer's text, kept only when a shadow copy will want it.
     pub answer: Option<String>,
+    /// The `model` the upstream says answered.
+    pub response_model: Option<String>,
 }
 
 /// Carries one request's measurement until it ends. Dropping an unfinished meter records the
@@ -165,6 +167,8 @@ pub struct Meter {
     prompt_estimate: Option<Box<dyn FnOnce() -> u64 + Send>>,
     pub observed: Observed,
     pub status: u16,
+    /// The request's trace span, ended with the outcome.
+    span: Option<opentelemetry::Context>,
     /// A shadow copy to hand over once the request has finished well.
     shadow: Option<(crate::shadow::ShadowTicket, Arc<crate::shadow::ShadowQueue>)>,
 }
@@ -193,8 +197,17 @@ impl Meter {
             prompt_estimate: None,
             observed: Observed::default(),
             status: 0,
+            span: None,
             shadow: None,
         }
+    }
+
+    pub fn set_span(&mut self, span: Option<opentelemetry::Context>) {
+        self.span = span;
+    }
+
+    pub fn span(&self) -> Option<&opentelemetry::Context> {
+        self.span.as_ref()
     }
 
     pub fn set_shadow(
@@ -233,6 +246,9 @@ impl Meter {
             return;
         }
         let record = self.build_record(outcome);
+        if let Some(span) = self.span.take() {
+            end_span(&span, &record, self.observed.response_model.take());
+        }
         self.target.stats.observe(&record);
         if let Some(assignment) = &self.target.rollout {
             assignment.tap.observe(&record);
@@ -248,8 +264,9 @@ impl Meter {
 
     fn build_record(&mut self, outcome: Outcome) -> Record {
         let mut observed = std::mem::take(&mut self.observed);
-        // The answer stays for the shadow copy (taken in `finish`).
+        // The answer stays for the shadow copy and the model for the span (taken in `finish`).
         self.observed.answer = observed.answer.take();
+        self.observed.response_model = observed.response_model.take();
         let usage = match observed.usage {
             Some(usage) => usage,
             None => Usage {
@@ -287,6 +304,33 @@ impl Meter {
             guardrail_blocked: observed.guardrail_blocked,
         }
     }
+}
+
+/// Ends a request span with the GenAI attributes only known at the end.
+fn end_span(span: &opentelemetry::Context, record: &Record, response_model: Option<String>) {
+    use opentelemetry::{KeyValue, Value};
+    let mut attributes = vec![
+        KeyValue::new(
+            "gen_ai.usage.input_tokens",
+            record.usage.prompt_tokens as i64,
+        ),
+        KeyValue::new(
+            "gen_ai.usage.output_tokens",
+            record.usage.completion_tokens as i64,
+        ),
+        KeyValue::new("sluice.outcome", record.outcome.as_str()),
+        KeyValue::new("sluice.cost_usd", record.cost_usd),
+        KeyValue::new("http.response.status_code", i64::from(record.status)),
+    ];
+    if let Some(model) = response_model {
+        attributes.push(KeyValue::new("gen_ai.response.model", model));
+    }
+    if let Some(reason) = &record.finish_reason {
+        let reasons = Value::Array(vec![opentelemetry::StringValue::from(reason.clone())].into());
+        attributes.push(KeyValue::new("gen_ai.response.finish_reasons", reasons));
+    }
+    let error = (record.outcome != Outcome::Ok).then(|| record.outcome.as_str().to_owned());
+    crate::traces::end(span, attributes, error);
 }
 
 impl Drop for Meter {

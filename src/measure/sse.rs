@@ -46,6 +46,8 @@ impl From<UsageView> for Usage {
 struct ChunkView<'a> {
     #[serde(default, borrow)]
     choices: Vec<ChunkChoice<'a>>,
+    #[serde(default, borrow)]
+    model: Option<Cow<'a, str>>,
     usage: Option<UsageView>,
     error: Option<serde::de::IgnoredAny>,
 }
@@ -103,6 +105,8 @@ struct StreamObserver {
     finish_reason: Option<String>,
     first_token: Option<Instant>,
     saw_error: bool,
+    /// The `model` of the first chunk that named one.
+    model: Option<String>,
 }
 
 impl StreamObserver {
@@ -122,6 +126,11 @@ impl StreamObserver {
         };
         if chunk.error.is_some() {
             self.saw_error = true;
+        }
+        if self.model.is_none()
+            && let Some(m) = &chunk.model
+        {
+            self.model = Some(m.to_string());
         }
         for c in &chunk.choices {
             if let Some(delta) = &c.delta {
@@ -342,6 +351,10 @@ impl StreamRelay {
         if self.meter.wants_answer() {
             self.meter.observed.answer = Some(observer.all_text());
         }
+        if let Some(model) = &observer.model {
+            self.meter.target().version.note_served_model(model);
+        }
+        self.meter.observed.response_model = observer.model.clone();
         let observed = &mut self.meter.observed;
         observed.usage = Some(usage);
         observed.response_chars = observer.chars;
@@ -433,6 +446,8 @@ impl Drop for StreamRelay {
 
 /// What a whole (non-streamed) chat completion says, for measurement and checks.
 pub struct CompletionSummary {
+    /// The `model` the upstream says answered.
+    pub model: Option<String>,
     pub usage: Option<Usage>,
     pub choices: Vec<ChoiceText>,
     pub finish_reason: Option<String>,
@@ -458,6 +473,8 @@ pub fn summarize_completion(body: &[u8]) -> Result<CompletionSummary, String> {
         #[serde(borrow)]
         choices: Vec<Choice<'a>>,
         usage: Option<UsageView>,
+        #[serde(default)]
+        model: Option<String>,
     }
     #[derive(Deserialize)]
     struct Choice<'a> {
@@ -510,6 +527,7 @@ pub fn summarize_completion(body: &[u8]) -> Result<CompletionSummary, String> {
         })
         .collect();
     Ok(CompletionSummary {
+        model: completion.model.clone(),
         usage: completion.usage.map(Usage::from),
         choices,
         finish_reason: completion

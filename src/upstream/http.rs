@@ -45,6 +45,9 @@ impl HttpProvider {
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key.expose());
         }
+        if let Some(tp) = &call.traceparent {
+            request = request.header("traceparent", tp);
+        }
         if call.stream {
             request = request.header(
                 header::ACCEPT,

@@ -55,6 +55,8 @@ pub struct Call<'a> {
     pub request_id: &'a str,
     /// For the mock provider: the version's answer shape.
     pub mock: Option<std::sync::Arc<MockConfig>>,
+    /// W3C trace context for the upstream, when tracing.
+    pub traceparent: Option<String>,
 }
 
 pub enum Provider {

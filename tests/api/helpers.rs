@@ -175,6 +175,7 @@ async fn upstream_chat(
                 events.push("data: [DONE]\n\n".into());
                 return sse(futures_util::stream::iter(events));
             }
+            let model = body["x_test_model"].as_str().unwrap_or(&model).to_owned();
             let mut message = json!({"role": "assistant", "content": answer});
             if let Some(calls) = tool_calls {
                 message["tool_calls"] = calls;
@@ -456,6 +457,11 @@ impl TestApp {
     }
 
     pub async fn spawn_on(db: Db) -> Self {
+        Self::spawn_with(db, sluice::traces::Traces::default()).await
+    }
+
+    /// With spans going to `traces` (an in-memory exporter in the trace tests).
+    pub async fn spawn_with(db: Db, traces: sluice::traces::Traces) -> Self {
         let dir = tempfile::tempdir().unwrap();
         write_policies(dir.path());
         let db_url = match db {
@@ -467,7 +473,9 @@ impl TestApp {
         let config_path = dir.path().join("sluice.toml");
         let settings =
             sluice::config::parse(&config_path, &text, &test_env).expect("test config is valid");
-        let server = Server::build(settings).await.expect("sluice starts");
+        let server = Server::build_with_traces(settings, traces)
+            .await
+            .expect("sluice starts");
         let base = format!("http://{}", server.local_addr());
         let state = server.state();
         let (stop_tx, stop_rx) = oneshot::channel();

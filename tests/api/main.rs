@@ -17,3 +17,4 @@ mod rollouts;
 mod shadow;
 mod store;
 mod streaming;
+mod traces;
