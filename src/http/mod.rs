@@ -6,8 +6,8 @@
 
 mod admin;
 mod dashboard;
-mod openapi;
 mod openai;
+mod openapi;
 mod rollouts;
 
 use axum::Router;
