@@ -175,8 +175,9 @@ impl JudgedGate {
     }
 }
 
-/// The value of `metric` in one observation, if it applies to it.
-fn value_of(metric: Metric, obs: &Observation) -> Option<f64> {
+/// The value of `metric` in one observation, if it applies to it (the simulator's
+/// baselines read observations the same way).
+pub(crate) fn value_of(metric: Metric, obs: &Observation) -> Option<f64> {
     match metric {
         Metric::ErrorRate => Some(f64::from(u8::from(obs.error))),
         Metric::SchemaFailureRate => obs.schema_failed.map(|f| f64::from(u8::from(f))),

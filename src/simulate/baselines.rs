@@ -70,24 +70,9 @@ pub struct MinuteAgg {
     stable: ArmAgg,
 }
 
-fn value_of(metric: Metric, obs: &Observation) -> Option<f64> {
-    match metric {
-        Metric::ErrorRate => Some(f64::from(u8::from(obs.error))),
-        Metric::SchemaFailureRate => obs.schema_failed.map(|f| f64::from(u8::from(f))),
-        Metric::GuardrailBlockRate => Some(f64::from(u8::from(obs.guardrail_blocked))),
-        _ if obs.error => None,
-        Metric::LatencyP95 => Some(obs.latency_ms),
-        Metric::TtftP95 => obs.ttft_ms,
-        Metric::TokensPerRequest => Some(obs.tokens),
-        Metric::CostPerRequest => Some(obs.cost_usd),
-        Metric::ResponseLength => Some(obs.response_chars),
-        Metric::Feedback => None,
-    }
-}
-
 impl MinuteAgg {
     fn add(&mut self, obs: &Observation, metric: Metric) {
-        let Some(y) = value_of(metric, obs) else {
+        let Some(y) = crate::judge::value_of(metric, obs) else {
             return;
         };
         let arm = if obs.arm == crate::resolve::Arm::Canary {
