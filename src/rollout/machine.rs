@@ -155,9 +155,11 @@ impl Position {
                 None => Decision::Promote,
             };
         }
+        // Steps are counted from 1 for people, as in the advance events.
         let missing = format!(
-            "step {} held {} of {}, {} of {} canary requests",
-            self.step,
+            "step {} of {} held {} of {}, {} of {} canary requests",
+            self.step + 1,
+            policy.steps.len(),
             fmt_ms(elapsed_ms),
             fmt_ms(step.hold.as_millis()),
             canary_requests_in_step,
