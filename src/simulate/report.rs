@@ -18,29 +18,12 @@ pub struct Rate {
     pub hi: f64,
 }
 
+/// The rate k/n with its 95 % Wilson score interval (the formula lives in `eval::stats`).
 pub fn wilson(k: usize, n: usize) -> Rate {
-    let z = 1.959964f64;
-    if n == 0 {
-        return Rate {
-            k,
-            n,
-            rate: 0.0,
-            lo: 0.0,
-            hi: 1.0,
-        };
-    }
-    let (kf, nf) = (k as f64, n as f64);
-    let p = kf / nf;
-    let denom = 1.0 + z * z / nf;
-    let centre = (p + z * z / (2.0 * nf)) / denom;
-    let half = z * (p * (1.0 - p) / nf + z * z / (4.0 * nf * nf)).sqrt() / denom;
-    Rate {
-        k,
-        n,
-        rate: p,
-        lo: (centre - half).max(0.0),
-        hi: (centre + half).min(1.0),
-    }
+    let [lo, hi] = crate::eval::stats::wilson(k as u64, n as u64, crate::eval::stats::Z_95)
+        .unwrap_or([0.0, 1.0]);
+    let rate = if n == 0 { 0.0 } else { k as f64 / n as f64 };
+    Rate { k, n, rate, lo, hi }
 }
 
 /// Quantile of a sample where `None` (never happened) counts as +∞.
