@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::rollout::policy::{self, Policy};
-use crate::secret::Secret;
+use crate::types::{Price, Secret};
 use std::sync::Arc;
 
 /// Environment variable that overrides `[database] url`.
@@ -36,7 +36,7 @@ pub struct Config {
     pub policies: PoliciesConfig,
     /// Default limits for workspaces without their own.
     #[serde(default)]
-    pub limits: crate::limits::Limits,
+    pub limits: crate::types::Limits,
     /// OpenTelemetry export.
     #[serde(default)]
     pub telemetry: crate::traces::TelemetryConfig,
@@ -162,20 +162,6 @@ pub struct ProviderConfig {
 
 fn default_timeout_ms() -> u64 {
     120_000
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
-pub struct Price {
-    pub input_per_mtok: f64,
-    pub output_per_mtok: f64,
-}
-
-impl Price {
-    pub fn cost_usd(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
-        (prompt_tokens as f64 * self.input_per_mtok
-            + completion_tokens as f64 * self.output_per_mtok)
-            / 1_000_000.0
-    }
 }
 
 /// Shape of a built-in mock model's answers.
@@ -481,7 +467,7 @@ pub fn parse(
     let mut provider_keys = BTreeMap::new();
     let mut used_providers = std::collections::BTreeSet::new();
     for (name, route) in &config.routes {
-        if let Err(why) = crate::resolve::RouteName::parse(name) {
+        if let Err(why) = crate::types::RouteName::parse(name) {
             issues.push(issue(&format!("routes.{name}"), why));
         }
         match config.versions.get(&route.stable) {

@@ -28,11 +28,12 @@ pub mod measure;
 pub mod pipeline;
 pub mod resolve;
 pub mod rollout;
-pub mod secret;
+
 pub mod shadow;
 pub mod simulate;
 pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod traces;
+pub mod types;
 pub mod upstream;

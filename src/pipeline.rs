@@ -18,15 +18,16 @@ use serde_json::value::RawValue;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::guardrails::{self, Stage, StageRules};
+use crate::measure::Meter;
 use crate::measure::checks::{AnswerChecks, StreamChecks, apply_redactions};
 use crate::measure::schema::{Expectation, SchemaVerdict};
 use crate::measure::sse::{StreamRelay, summarize_completion};
 use crate::measure::tokens::count_prompt;
-use crate::measure::{Meter, Outcome, Usage};
-use crate::resolve::{Arm, RouteName, Target, Unit};
+use crate::resolve::{Target, Unit};
 use crate::shadow::ShadowTicket;
 use crate::state::App;
 use crate::traces;
+use crate::types::{Arm, Outcome, RouteName, Usage};
 use crate::upstream::{ByteStream, Call, UpstreamError};
 use opentelemetry::KeyValue;
 

@@ -13,16 +13,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::HeaderMap;
-use serde::Serialize;
 use siphasher::sip::SipHasher24;
 
-use crate::config::{MockConfig, OnSchemaFailure, Price, ProviderKind, Settings};
+use crate::config::{MockConfig, OnSchemaFailure, ProviderKind, Settings};
 use crate::guardrails::GuardrailSet;
 use crate::measure::aggregate::VersionStats;
 use crate::measure::tokens::Encoding;
 use crate::rollout::feed::RolloutTap;
 use crate::rollout::policy::Sticky;
 use crate::shadow::RolloutShadow;
+use crate::types::{Arm, Price, RouteName};
 use crate::upstream::Provider;
 use crate::upstream::http::HttpProvider;
 use crate::upstream::mock::MockProvider;
@@ -32,71 +32,7 @@ const BUCKET_KEY: (u64, u64) = (0x736c_7569_6365_2d62, 0x7563_6b65_742d_7631);
 /// Header that names a conversation for `sticky = "conversation"`.
 pub const CONVERSATION_HEADER: &str = "x-sluice-conversation-id";
 
-/// A route name: what clients put in `model`. Letters, digits and `-._:/`, 1 to 128 long.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RouteName(Arc<str>);
-
-impl RouteName {
-    pub fn parse(name: &str) -> Result<Self, String> {
-        let ok = !name.is_empty()
-            && name.len() <= 128
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-._:/".contains(c));
-        if ok {
-            Ok(Self(name.into()))
-        } else {
-            Err(format!(
-                "`{name}` is not a route name: use 1–128 letters, digits or -._:/"
-            ))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for RouteName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// Which side of a rollout served a request.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Arm {
-    Stable,
-    Canary,
-}
-
-impl Arm {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Arm::Stable => "stable",
-            Arm::Canary => "canary",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Arm> {
-        match s {
-            "stable" => Some(Arm::Stable),
-            "canary" => Some(Arm::Canary),
-            _ => None,
-        }
-    }
-
-    pub fn index(self) -> usize {
-        match self {
-            Arm::Stable => 0,
-            Arm::Canary => 1,
-        }
-    }
-}
-
 /// A concrete model on a provider, ready to be called.
 pub struct Version {
     pub name: Arc<str>,

@@ -16,11 +16,11 @@ use serde::Serialize;
 use tokio::sync::{Mutex, mpsc, watch};
 
 use crate::guardrails::redact_pii;
-use crate::measure::Record;
 use crate::measure::sse::summarize_completion;
 use crate::measure::tokens::count_prompt;
-use crate::resolve::{Arm, Version};
-use crate::store::{ShadowPair, Store, now_ms};
+use crate::resolve::Version;
+use crate::store::{ShadowPair, Store};
+use crate::types::{Arm, Record, now_ms};
 use crate::upstream::Call;
 
 /// Copies sent at once.

@@ -27,8 +27,8 @@ use binary::CountProcess;
 use continuous::ContinuousGate;
 use guards::{ALPHA_SRM, KillWindow, Srm};
 
-use crate::resolve::Arm;
 use crate::rollout::policy::{FeedbackKind, Metric, Policy};
+use crate::types::Arm;
 
 /// One measured request as the judge sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

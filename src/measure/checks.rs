@@ -15,7 +15,7 @@ use super::schema::{Expectation, SchemaChecker, SchemaVerdict, ToolCall};
 use crate::config::OnSchemaFailure;
 use crate::guardrails::stream::StreamRedactor;
 use crate::guardrails::{Action, GuardrailCounters, GuardrailSet, Stage};
-use crate::resolve::Arm;
+use crate::types::Arm;
 
 /// One choice of an answer, as the checks need it.
 #[derive(Debug, Clone, Default, PartialEq)]

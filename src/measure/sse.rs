@@ -18,9 +18,10 @@ use futures_util::Stream;
 use serde::Deserialize;
 use tokio::time::Sleep;
 
+use super::Meter;
 use super::checks::{ChoiceText, EventAction, StreamChecks};
 use super::schema::ToolCall;
-use super::{Meter, Outcome, Usage};
+use crate::types::{Outcome, Usage};
 use crate::upstream::{ByteStream, UpstreamError};
 
 /// The usage object of an OpenAI answer, streamed or not.

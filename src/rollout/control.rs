@@ -17,14 +17,15 @@ use serde_json::{Value, json};
 use tokio::sync::{Mutex, mpsc, watch};
 
 use super::feed::RolloutTap;
-use super::machine::{Decision, Position, RolloutState};
+use super::machine::{Decision, Position};
 use super::policy::{Policy, load_policy};
 use super::view::{view_ended, view_running};
 use crate::error::ApiError;
 use crate::judge::{Judge, JudgeReport, Observation};
-use crate::resolve::{Arm, Catalog, LiveRollout, RouteName, RoutingTable};
+use crate::resolve::{Catalog, LiveRollout, RoutingTable};
 use crate::shadow::RolloutShadow;
-use crate::store::{Actor, EventRow, NewEvent, RequestPlacement, RolloutRow, Store, now_ms};
+use crate::store::{Actor, EventRow, NewEvent, RequestPlacement, RolloutRow, Store};
+use crate::types::{Arm, RolloutState, RouteName, now_ms};
 use std::path::PathBuf;
 
 /// How often the controller wakes to see whose interval has come.

@@ -637,11 +637,11 @@ pub fn parse_policy_at(
     let shadow = raw.shadow.as_ref().and_then(|s| {
         let arm = |key: &str,
                    value: &Option<String>,
-                   default: crate::resolve::Arm,
+                   default: crate::types::Arm,
                    issues: &mut Vec<ConfigIssue>| {
             match value.as_deref() {
                 None => Some(default),
-                Some(v) => crate::resolve::Arm::parse(v).or_else(|| {
+                Some(v) => crate::types::Arm::parse(v).or_else(|| {
                     issues.push(issue(
                         &format!("shadow.{key}"),
                         format!("`{v}` is not stable or canary"),
@@ -650,8 +650,8 @@ pub fn parse_policy_at(
                 }),
             }
         };
-        let from = arm("from", &s.from, crate::resolve::Arm::Stable, &mut issues);
-        let to = arm("to", &s.to, crate::resolve::Arm::Canary, &mut issues);
+        let from = arm("from", &s.from, crate::types::Arm::Stable, &mut issues);
+        let to = arm("to", &s.to, crate::types::Arm::Canary, &mut issues);
         if from.is_some() && from == to {
             issues.push(issue(
                 "shadow.to",

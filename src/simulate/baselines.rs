@@ -75,7 +75,7 @@ impl MinuteAgg {
         let Some(y) = crate::judge::value_of(metric, obs) else {
             return;
         };
-        let arm = if obs.arm == crate::resolve::Arm::Canary {
+        let arm = if obs.arm == crate::types::Arm::Canary {
             &mut self.canary
         } else {
             &mut self.stable

@@ -9,8 +9,8 @@ use rand::{Rng, SeedableRng};
 use super::baselines::Checks;
 use super::scenario::Scenario;
 use crate::judge::{Judge, Observation};
-use crate::resolve::Arm;
-use crate::rollout::machine::{Decision, Position, RolloutState};
+use crate::rollout::machine::{Decision, Position};
+use crate::types::{Arm, RolloutState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 use crate::config::MockConfig;
-use crate::measure::Outcome;
+use crate::types::Outcome;
 
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
 
