@@ -15,10 +15,11 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::{Mutex, mpsc, watch};
 
+use crate::catalog::Version;
 use crate::guardrails::redact_pii;
-use crate::measure::sse::summarize_completion;
 use crate::measure::tokens::count_prompt;
-use crate::resolve::Version;
+use crate::openai::completion::summarize_completion;
+use crate::rollout::policy::ShadowConfig;
 use crate::store::{ShadowPair, Store};
 use crate::types::{Arm, Record, now_ms};
 use crate::upstream::Call;
@@ -26,33 +27,6 @@ use crate::upstream::Call;
 /// Copies sent at once.
 const SHADOW_CONCURRENCY: usize = 8;
 const HOUR: Duration = Duration::from_secs(3600);
-
-/// A rollout policy's `[shadow]` section.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ShadowConfig {
-    /// Share of the source arm's requests that are copied.
-    pub rate: f64,
-    /// Per-workspace overrides of `rate`.
-    pub workspace_rates: std::collections::BTreeMap<String, f64>,
-    pub from: Arm,
-    pub to: Arm,
-    pub max_usd_per_hour: f64,
-    /// Pairs kept per rollout (older ones are deleted).
-    pub keep: u64,
-    /// Requests that carry tools are not copied (their tools may have side effects).
-    pub skip_tools: bool,
-    /// Mask the request's text with the route's guardrail PII rules before storing it.
-    pub redact: bool,
-}
-
-impl ShadowConfig {
-    pub fn rate_for(&self, workspace: &str) -> f64 {
-        self.workspace_rates
-            .get(workspace)
-            .copied()
-            .unwrap_or(self.rate)
-    }
-}
 
 /// A primary request that drew a copy: carried by its meter until it finishes.
 pub struct ShadowTicket {

@@ -9,7 +9,7 @@
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use super::sample::{Answer, Case};
+use crate::eval::case::{Answer, Case};
 use crate::measure::schema::{Expectation, SchemaChecker, ToolCall};
 use crate::store::{RolloutRow, ShadowPair, Store};
 use crate::types::Arm;

@@ -10,7 +10,7 @@
 //!   failure; roll back when failures exceed `failureLimit` (k = failureLimit + 1).
 
 use crate::judge::Observation;
-use crate::rollout::policy::Metric;
+use crate::judge::spec::Metric;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
