@@ -473,7 +473,7 @@ fn guard_input(rules: &StageRules, request: &mut ChatRequest) -> guardrails::App
         return total;
     };
     let mut changed = false;
-    let mut visit = |text: &mut String| {
+    let visit = |text: &mut String| {
         let applied = rules.apply(text);
         total.fired.extend(applied.fired);
         if total.blocked_by.is_none() {
@@ -484,19 +484,7 @@ fn guard_input(rules: &StageRules, request: &mut ChatRequest) -> guardrails::App
             changed = true;
         }
     };
-    for message in messages.as_array_mut().into_iter().flatten() {
-        match message.get_mut("content") {
-            Some(serde_json::Value::String(text)) => visit(text),
-            Some(serde_json::Value::Array(parts)) => {
-                for part in parts {
-                    if let Some(serde_json::Value::String(text)) = part.get_mut("text") {
-                        visit(text);
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
+    crate::openai::request::for_each_message_text(&mut messages, visit);
     if changed && let Ok(raw) = serde_json::value::to_raw_value(&messages) {
         request.set_raw("messages", raw);
     }

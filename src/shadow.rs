@@ -295,18 +295,8 @@ fn stored_request(ticket: &ShadowTicket) -> serde_json::Value {
     if !ticket.shadow.config.redact {
         return v;
     }
-    for message in v["messages"].as_array_mut().into_iter().flatten() {
-        match message.get_mut("content") {
-            Some(serde_json::Value::String(text)) => *text = redact_pii(text),
-            Some(serde_json::Value::Array(parts)) => {
-                for part in parts {
-                    if let Some(serde_json::Value::String(text)) = part.get_mut("text") {
-                        *text = redact_pii(text);
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
+    crate::openai::request::for_each_message_text(&mut v["messages"], |text| {
+        *text = redact_pii(text);
+    });
     v
 }
