@@ -33,6 +33,7 @@ pub mod shadow;
 pub mod simulate;
 pub mod state;
 pub mod store;
+pub mod tasks;
 pub mod telemetry;
 pub mod traces;
 pub mod upstream;
