@@ -31,6 +31,8 @@ pub struct App {
     pub shadows: Arc<crate::shadow::ShadowQueue>,
     pub limits: Arc<crate::limits::LimitBook>,
     pub traces: crate::traces::Traces,
+    /// The background tasks; `/healthz` fails once one of them has died.
+    pub tasks: crate::tasks::Tasks,
 }
 
 pub type AppState = Arc<App>;

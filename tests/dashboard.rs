@@ -122,7 +122,11 @@ impl Gateway {
         let server = Server::build(settings).await.expect("sluice starts");
         let base = format!("http://{}", server.local_addr());
         let (stop, stopped) = oneshot::channel();
-        tokio::spawn(server.run_until_stopped(async move {
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the gateway under test, stopped with the test"
+        )]
+        let _serving = tokio::spawn(server.run_until_stopped(async move {
             let _ = stopped.await;
         }));
         let _ = rustls::crypto::ring::default_provider().install_default();

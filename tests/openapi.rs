@@ -151,6 +151,10 @@ impl Sluice {
         let server = Server::build(settings).await.expect("sluice starts");
         let base = format!("http://{}", server.local_addr());
         let (stop_tx, stop_rx) = oneshot::channel();
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the gateway under test, awaited when the test stops it"
+        )]
         let handle = tokio::spawn(server.run_until_stopped(async move {
             let _ = stop_rx.await;
         }));

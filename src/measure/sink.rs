@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::limits::LimitBook;
 use crate::store::{RequestPlacement, Store};
@@ -118,13 +118,13 @@ impl RecordSink {
         &self,
         mut rx: mpsc::Receiver<Record>,
         store: Store,
-        mut shutdown: watch::Receiver<bool>,
+        stop: tokio_util::sync::CancellationToken,
     ) {
         let mut batch = Vec::with_capacity(WRITE_BATCH);
         loop {
             let received = tokio::select! {
                 n = rx.recv_many(&mut batch, WRITE_BATCH) => n,
-                _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
+                _ = stop.cancelled() => {
                     // No new records from here on; what is queued is still delivered.
                     rx.close();
                     rx.recv_many(&mut batch, WRITE_BATCH).await

@@ -61,7 +61,11 @@ impl MockUpstream {
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/v1", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the mock upstream lives as long as the test"
+        )]
+        let _serving = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Self { url, state }
     }
 
@@ -479,6 +483,10 @@ impl TestApp {
         let base = format!("http://{}", server.local_addr());
         let state = server.state();
         let (stop_tx, stop_rx) = oneshot::channel();
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the gateway under test, awaited by `stop`"
+        )]
         let handle = tokio::spawn(server.run_until_stopped(async move {
             let _ = stop_rx.await;
         }));
@@ -502,6 +510,28 @@ impl TestApp {
         if let Some(server) = self.server.take() {
             server.await.unwrap().unwrap();
         }
+    }
+
+    /// Waits (up to 10 s) for the gateway to stop on its own, and returns how it ended.
+    pub async fn stopped_by_itself(&mut self) -> anyhow::Result<()> {
+        let server = self.server.take().expect("the gateway runs");
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the gateway stops within 10 s")
+            .unwrap()
+    }
+
+    /// The gateway's router on a listener of its own, sharing this gateway's state: it keeps
+    /// answering while the gateway itself shuts down. Returns its base URL.
+    pub async fn serve_router(&self, router: Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a second server for the test, living as long as the test"
+        )]
+        let _serving = tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        base
     }
 
     pub async fn admin(

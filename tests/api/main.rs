@@ -7,6 +7,7 @@ mod chat;
 mod cli;
 mod errors;
 mod feedback;
+mod health;
 mod keys;
 mod limits;
 mod metrics;

@@ -193,12 +193,17 @@ async fn sigterm_lets_in_flight_requests_finish_and_loses_no_record() {
             .post(format!("{base}/v1/chat/completions"))
             .bearer_auth(&key)
             .json(&chat_body("slow", json!({"stream": i % 2 == 0})));
-        in_flight.push(tokio::spawn(async move {
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the test's own clients, all awaited below"
+        )]
+        let client = tokio::spawn(async move {
             let response = request.send().await.unwrap();
             let status = response.status();
             let body = response.text().await.unwrap();
             (status, body)
-        }));
+        });
+        in_flight.push(client);
     }
     tokio::time::sleep(Duration::from_millis(250)).await;
     let killed = Command::new("kill")

@@ -466,7 +466,11 @@ async fn the_policy_webhook_hears_every_state_change() {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the webhook receiver lives as long as the test"
+    )]
+    let _serving = tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
 
     let app = TestApp::spawn().await;
     // A policy written after start is read when the rollout names it.
