@@ -262,7 +262,9 @@ async fn a_healthy_canary_is_promoted_through_every_step() {
     );
 }
 
-async fn assert_reverted(canary: &str, extra: Value) {
+/// Drives traffic until the judge reverts `canary`, and checks it did so for the right
+/// reason: every failed gate is one of `causes` (or, for errors, the kill switch fired).
+async fn assert_reverted(canary: &str, extra: Value, causes: &[&str]) {
     let app = TestApp::spawn().await;
     let key = app.key("acme").await;
     let r = start(&app, "chat", canary, "fast").await;
@@ -302,27 +304,50 @@ async fn assert_reverted(canary: &str, extra: Value) {
             .starts_with("rolled back: "),
         "{last}"
     );
-    assert!(last["evidence"]["report"]["revert"].as_bool().unwrap());
+    let report = &last["evidence"]["report"];
+    assert!(report["revert"].as_bool().unwrap());
+    let failed: Vec<&str> = report["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["verdict"] == "fail")
+        .map(|g| g["gate"].as_str().unwrap())
+        .collect();
+    let by_kill_switch = report["kill_switch_fired"] == true;
+    assert!(
+        failed.iter().all(|g| causes.contains(g)),
+        "{canary} was reverted for {failed:?}, not for {causes:?}: {report}"
+    );
+    assert!(
+        !failed.is_empty() || (by_kill_switch && causes.contains(&"error_rate")),
+        "{canary} was reverted with no failed gate of {causes:?}: {report}"
+    );
 }
 
 #[tokio::test]
 async fn a_canary_that_raises_the_error_rate_is_reverted() {
-    assert_reverted("broken-canary", json!({})).await;
+    assert_reverted("broken-canary", json!({}), &["error_rate"]).await;
 }
 
 #[tokio::test]
 async fn a_canary_that_uses_more_tokens_is_reverted() {
-    assert_reverted("wordy-canary", json!({})).await;
+    // More tokens make a longer answer and a dearer one too.
+    assert_reverted(
+        "wordy-canary",
+        json!({}),
+        &["tokens_per_request", "cost_per_request", "response_length"],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_canary_with_a_slower_tail_is_reverted() {
-    assert_reverted("slow-canary", json!({})).await;
+    assert_reverted("slow-canary", json!({}), &["latency_p95"]).await;
 }
 
 #[tokio::test]
 async fn a_canary_that_costs_more_is_reverted() {
-    assert_reverted("pricey-canary", json!({})).await;
+    assert_reverted("pricey-canary", json!({}), &["cost_per_request"]).await;
 }
 
 #[tokio::test]
