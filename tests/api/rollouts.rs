@@ -126,12 +126,21 @@ async fn sticky_users_stay_in_the_canary_when_the_weight_rises() {
     let key = app.key("acme").await;
     let r = start(&app, "chat", "gpt-4-1", "sticky").await;
     let id = r["id"].as_str().unwrap().to_owned();
+    // Paused, the weight holds however long the two passes take on a busy machine.
+    let (status, _) = app
+        .admin(Method::POST, &format!("/rollouts/{id}/pause"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
     let first = canary_users(&app, &key).await;
     assert_eq!(
         first,
         canary_users(&app, &key).await,
         "the same users, the same arm"
     );
+    let (status, _) = app
+        .admin(Method::POST, &format!("/rollouts/{id}/resume"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
     let v = wait_for(&app, &id, None, "chat", |v| v["step"] == 1).await;
     assert_eq!(v["weight"], 60.0);
     let second = canary_users(&app, &key).await;
