@@ -257,7 +257,8 @@ async fn upstream_chat(
             axum::Json(v).into_response()
         }
         "slow-canary" => {
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            // Far slower than any stable answer on a busy machine (those take tens of ms).
+            tokio::time::sleep(Duration::from_secs(1)).await;
             completion(true)
         }
         "nousage" if stream => sse(futures_util::stream::iter(ok_events(&model, false))),
@@ -785,6 +786,11 @@ pub fn write_policies(dir: &Path) {
     .unwrap();
     for (name, text) in [
         ("fast", FAST_POLICY),
+        // More canary requests per step: enough evidence even when load makes both arms noisy.
+        (
+            "thorough",
+            &FAST_POLICY.replace("min_requests = 15", "min_requests = 40"),
+        ),
         ("hold", HOLD_POLICY),
         ("sticky", STICKY_POLICY),
         ("shadow", SHADOW_POLICY),

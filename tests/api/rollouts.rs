@@ -274,9 +274,13 @@ async fn a_healthy_canary_is_promoted_through_every_step() {
 /// Drives traffic until the judge reverts `canary`, and checks it did so for the right
 /// reason: every failed gate is one of `causes` (or, for errors, the kill switch fired).
 async fn assert_reverted(canary: &str, extra: Value, causes: &[&str]) {
+    assert_reverted_under("fast", canary, extra, causes).await;
+}
+
+async fn assert_reverted_under(policy: &str, canary: &str, extra: Value, causes: &[&str]) {
     let app = TestApp::spawn().await;
     let key = app.key("acme").await;
-    let r = start(&app, "chat", canary, "fast").await;
+    let r = start(&app, "chat", canary, policy).await;
     let id = r["id"].as_str().unwrap().to_owned();
     let started = Instant::now();
     let v = loop {
@@ -351,7 +355,7 @@ async fn a_canary_that_uses_more_tokens_is_reverted() {
 
 #[tokio::test]
 async fn a_canary_with_a_slower_tail_is_reverted() {
-    assert_reverted("slow-canary", json!({}), &["latency_p95"]).await;
+    assert_reverted_under("thorough", "slow-canary", json!({}), &["latency_p95"]).await;
 }
 
 #[tokio::test]
