@@ -2,6 +2,8 @@
 //! async-openai as the caller, SQLite always and PostgreSQL when `SLUICE_TEST_PG_URL` is set.
 
 mod helpers;
+#[path = "../common/skip.rs"]
+mod skip;
 
 mod chat;
 mod cli;
