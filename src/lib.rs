@@ -24,6 +24,7 @@ pub mod guardrails;
 pub mod http;
 pub mod judge;
 pub mod limits;
+pub mod load;
 pub mod measure;
 pub mod pipeline;
 pub mod resolve;

@@ -8,6 +8,7 @@ mod admin;
 mod dashboard;
 mod openai;
 mod openapi;
+mod pretty;
 mod rollouts;
 
 use axum::Router;
@@ -23,7 +24,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
         .route("/v1/feedback", post(openai::feedback))
-        .nest("/admin/v1", admin::router())
+        .nest(
+            "/admin/v1",
+            admin::router().layer(axum::middleware::from_fn(pretty::layer)),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .route("/admin/v1/openapi.json", get(openapi::document))
