@@ -21,6 +21,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -132,7 +133,18 @@ struct Background(Vec<(Child, PathBuf)>);
 impl Drop for Background {
     fn drop(&mut self) {
         for (child, log) in &mut self.0 {
-            let _ = child.kill();
+            // The block's shell and what it started (sluice serve, sluice load) share a
+            // process group of their own: stop them all, as Ctrl-C in a terminal does.
+            let _ = Command::new("kill")
+                .args(["-INT", "--", &format!("-{}", child.id())])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
             let _ = child.wait();
             if std::thread::panicking() {
                 eprintln!(
@@ -204,6 +216,7 @@ impl Tutorial {
                 let out = std::fs::File::create(&log).unwrap();
                 let child = self
                     .command(block)
+                    .process_group(0)
                     .stdout(out.try_clone().unwrap())
                     .stderr(out)
                     .spawn()
