@@ -20,8 +20,8 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -195,7 +195,6 @@ impl Tutorial {
                 std::fs::write(&file, &block.code).unwrap();
                 let mut c = Command::new("python3");
                 c.arg(file);
-                c.envs(self.vars());
                 c
             }
             other => panic!("README line {}: cannot run a `{other}` block", block.line),
@@ -205,6 +204,10 @@ impl Tutorial {
             .env("SLUICE_URL", &self.base)
             .env_remove("SLUICE_ADMIN_TOKEN")
             .env_remove("SLUICE_KEY");
+        if block.lang.starts_with("py") {
+            // After the removals: what the shell blocks exported is the Python block's env.
+            cmd.envs(self.vars());
+        }
         cmd
     }
 
