@@ -152,22 +152,14 @@ impl AdminClient {
 
     pub async fn list_rollouts(&self) -> anyhow::Result<()> {
         let v = self.get("/rollouts").await?;
-        println!(
-            "{:<16} {:<12} {:<24} {:<12} {:>5} {:>8}",
-            "ID", "ROUTE", "STABLE → CANARY", "STATE", "STEP", "WEIGHT"
-        );
-        for r in v["data"].as_array().into_iter().flatten() {
-            let versions = format!("{} → {}", text(&r["stable"]), text(&r["canary"]));
-            println!(
-                "{:<16} {:<12} {:<24} {:<12} {:>5} {:>7}%",
-                text(&r["id"]),
-                text(&r["route"]),
-                versions,
-                text(&r["state"]),
-                r["step"],
-                r["weight"]
-            );
-        }
+        print!("{}", render_rollout_list(&v));
+        Ok(())
+    }
+
+    /// `sluice stats ROUTE`: the route's live figures per version and arm, as a table.
+    pub async fn show_stats(&self, route: &str) -> anyhow::Result<()> {
+        let v = self.get(&format!("/routes/{route}/stats")).await?;
+        print!("{}", render_stats(&v));
         Ok(())
     }
 
@@ -226,6 +218,161 @@ fn num(v: &Value, digits: usize) -> String {
     })
 }
 
+/// "step 2 of 4": steps are counted from 1, as on the dashboard and in the events (the
+/// API's `step` is the 0-based index; after the last step it stays on the last one).
+pub fn step_of(v: &Value) -> String {
+    match (v["step"].as_u64(), v["steps"].as_u64()) {
+        (Some(step), Some(steps)) if steps > 0 => {
+            format!("step {} of {steps}", (step + 1).min(steps))
+        }
+        (Some(step), _) => format!("step {}", step + 1),
+        _ => "step -".into(),
+    }
+}
+
+/// Rows of cells printed in columns as wide as their widest cell (counted in characters,
+/// so `→` is one); `right[i]` right-aligns column `i` (figures).
+pub fn columns(header: &[&str], rows: &[Vec<String>], right: &[bool]) -> String {
+    use std::fmt::Write;
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            if i > 0 {
+                line.push_str("  ");
+            }
+            if right.get(i).copied().unwrap_or(false) {
+                line.push_str(&" ".repeat(pad));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.push_str(&" ".repeat(pad));
+            }
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out
+}
+
+/// `sluice rollout list`: one rollout per line, newest first, in aligned columns.
+pub fn render_rollout_list(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            vec![
+                text(&r["id"]).to_owned(),
+                text(&r["route"]).to_owned(),
+                format!("{} → {}", text(&r["stable"]), text(&r["canary"])),
+                text(&r["policy"]).to_owned(),
+                text(&r["state"]).to_owned(),
+                step_of(r).trim_start_matches("step ").to_owned(),
+                format!("{}%", num(&r["weight"], 0)),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return "no rollouts yet\n".into();
+    }
+    columns(
+        &[
+            "ID",
+            "ROUTE",
+            "STABLE → CANARY",
+            "POLICY",
+            "STATE",
+            "STEP",
+            "WEIGHT",
+        ],
+        &rows,
+        &[false, false, false, false, false, false, true],
+    )
+}
+
+/// `sluice stats ROUTE`: requests, errors, latency, tokens and cost per version and arm,
+/// rounded for reading (the JSON keeps every digit).
+pub fn render_stats(v: &Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "route {}  stable {}{}",
+        text(&v["route"]),
+        text(&v["stable"]),
+        v["rollout"]
+            .as_str()
+            .map_or(String::new(), |r| format!("  rollout {r}"))
+    );
+    let row = |name: String, s: &Value| {
+        vec![
+            name,
+            num(&s["requests"], 0),
+            s["error_rate"]
+                .as_f64()
+                .map_or("-".into(), |r| format!("{:.1}%", r * 100.0)),
+            num(&s["latency_ms"]["p50"], 0),
+            num(&s["latency_ms"]["p95"], 0),
+            num(&s["ttft_ms"]["p95"], 0),
+            num(&s["tokens_per_request"], 1),
+            num(&s["cost_per_request_usd"], 6),
+            num(&s["cost_usd"], 4),
+        ]
+    };
+    let mut rows = Vec::new();
+    let mut arms: Vec<(&String, &Value)> = v["arms"]
+        .as_object()
+        .map(|m| m.iter().collect())
+        .unwrap_or_default();
+    arms.sort_by(|a, b| a.0.cmp(b.0));
+    for (name, s) in arms {
+        rows.push(row(name.clone(), s));
+    }
+    if v["total"].is_object() {
+        rows.push(row("total".into(), &v["total"]));
+    }
+    let _ = write!(
+        out,
+        "{}",
+        columns(
+            &[
+                "VERSION/ARM",
+                "REQUESTS",
+                "ERRORS",
+                "P50 MS",
+                "P95 MS",
+                "TTFT P95",
+                "TOKENS/REQ",
+                "USD/REQ",
+                "USD",
+            ],
+            &rows,
+            &[false, true, true, true, true, true, true, true, true],
+        )
+    );
+    let r = &v["records"];
+    if r.is_object() {
+        let _ = writeln!(
+            out,
+            "records: {} written, {} dropped, {} failed to write",
+            num(&r["written"], 0),
+            num(&r["dropped"], 0),
+            num(&r["write_failed"], 0)
+        );
+    }
+    out
+}
+
 /// A rollout as a person reads it: where it stands, both arms side by side, each gate's evidence.
 pub fn render_rollout(v: &Value) -> String {
     use std::fmt::Write;
@@ -246,10 +393,9 @@ pub fn render_rollout(v: &Value) -> String {
     };
     let _ = writeln!(
         out,
-        "state {}  step {}/{}  canary weight {}%{inconclusive}",
+        "state {}  {}  canary weight {}%{inconclusive}",
         text(&v["state"]),
-        v["step"],
-        v["steps"],
+        step_of(v),
         num(&v["weight"], 2)
     );
     if v["arms"].is_object() {
@@ -342,7 +488,9 @@ pub fn render_events(v: &Value, n: usize) -> String {
             "  event {:<12} by {:<8} step {} at {}%: {}",
             text(&e["kind"]),
             text(&e["actor"]),
-            e["step"],
+            e["step"]
+                .as_u64()
+                .map_or("-".into(), |s| (s + 1).to_string()),
             e["weight_bp"]
                 .as_f64()
                 .map_or("-".into(), |w| format!("{}", w / 100.0)),

@@ -4,6 +4,10 @@
 //! Act 1: a canary that turns bad at its second step (errors 1 % → 8 %, answers 50 %
 //! longer); the judge reverts it and the event log says why. Act 2: a healthy canary walks
 //! every step to promotion. The admin API stays open at the printed URL throughout.
+//!
+//! The story stays on screen: the address, token and `curl` hint head every redraw, each
+//! act's verdict stays (under that header) until the demo ends, and the end prints both
+//! verdicts again with what to try next.
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
@@ -24,6 +28,8 @@ const DEMO_ADMIN_TOKEN: &str = "demo-admin-token";
 const CLIENTS: usize = 24;
 /// How long each act may take before the demo gives up on it.
 const ACT_LIMIT: Duration = Duration::from_secs(60);
+/// On a terminal, how long act 1's verdict and event log stay before act 2 redraws.
+const BETWEEN_ACTS: Duration = Duration::from_secs(5);
 
 const CONFIG: &str = r#"
 [server]
@@ -129,28 +135,33 @@ pub async fn run() -> anyhow::Result<()> {
         let _ = stop_rx.await;
     }));
 
-    println!("sluice demo: gateway at {base}/v1, admin API at {base}/admin/v1");
-    println!(
-        "  try: curl -s {base}/admin/v1/rollouts -H 'Authorization: Bearer {DEMO_ADMIN_TOKEN}'"
-    );
+    let mut story = Story::new(&base);
+    print!("{}", story.header());
     let http = reqwest::Client::new();
     let key = mint_key(&http, &base).await?;
     let traffic = Traffic::start(&http, &base, &key);
 
     let outcome = async {
-        println!("\nAct 1: assistant-v2 as the canary; it will turn bad at its second step.");
+        story.act("Act 1: assistant-v2 as the canary; it will turn bad at its second step.");
+        println!("\n{}", story.acts.last().map_or("", String::as_str));
         let id = start_rollout(&http, &base, "assistant-v2").await?;
-        let bad = watch(&http, &base, &id, |view| {
+        let bad = watch(&http, &base, &id, &story, |view| {
             // The regression: once the rollout reaches its second step.
             if view["step"].as_u64() >= Some(1) && view["state"] == "progressing" {
-                inject_regression(&app, "assistant-v2");
+                inject_regression(&app, "assistant-v2")
+            } else {
+                None
             }
         })
         .await?;
+        story.verdict(verdict_line(1, "reverted", &bad));
         if bad["state"] != "rolled_back" {
             bail!("act 1 ended `{}` instead of rolled_back", bad["state"]);
         }
-        println!("\nThe judge reverted assistant-v2. Its event log:");
+        println!(
+            "\n{}\nIts event log:",
+            story.verdicts.last().map_or("", String::as_str)
+        );
         print!(
             "{}",
             render_events(
@@ -158,10 +169,19 @@ pub async fn run() -> anyhow::Result<()> {
                 20
             )
         );
+        if std::io::stdout().is_terminal() {
+            println!(
+                "\nAct 2 starts in {} s (the verdict stays at the top).",
+                BETWEEN_ACTS.as_secs()
+            );
+            tokio::time::sleep(BETWEEN_ACTS).await;
+        }
 
-        println!("\nAct 2: assistant-v3, a healthy canary, walks every step.");
+        story.act("Act 2: assistant-v3, a healthy canary, walks every step.");
+        println!("\n{}", story.acts.last().map_or("", String::as_str));
         let id = start_rollout(&http, &base, "assistant-v3").await?;
-        let good = watch(&http, &base, &id, |_| {}).await?;
+        let good = watch(&http, &base, &id, &story, |_| None).await?;
+        story.verdict(verdict_line(2, "promoted", &good));
         if good["state"] != "promoted" {
             bail!("act 2 ended `{}` instead of promoted", good["state"]);
         }
@@ -180,11 +200,103 @@ pub async fn run() -> anyhow::Result<()> {
     let sent = traffic.stop().await;
     let _ = stop_tx.send(());
     serving.await??;
-    println!(
-        "\n{sent} requests sent; records kept in {} until exit.",
-        db.display()
-    );
+    print!("{}", story.summary(sent, outcome.is_ok()));
     outcome
+}
+
+/// What stays on screen: the header, each act's title, and each act's verdict.
+struct Story {
+    base: String,
+    acts: Vec<String>,
+    verdicts: Vec<String>,
+}
+
+impl Story {
+    fn new(base: &str) -> Self {
+        Self {
+            base: base.to_owned(),
+            acts: Vec::new(),
+            verdicts: Vec::new(),
+        }
+    }
+
+    fn act(&mut self, title: &str) {
+        self.acts.push(title.to_owned());
+    }
+
+    fn verdict(&mut self, line: String) {
+        self.verdicts.push(line);
+    }
+
+    /// The address, the token and a command to try, for the top of every screen.
+    fn header(&self) -> String {
+        let base = &self.base;
+        format!(
+            "sluice demo: gateway {base}/v1 · admin API {base}/admin/v1 · token {DEMO_ADMIN_TOKEN}\n\
+             \x20 dashboard {base}/dashboard#token={DEMO_ADMIN_TOKEN}\n\
+             \x20 try: curl -s '{base}/admin/v1/rollouts?pretty' -H 'Authorization: Bearer {DEMO_ADMIN_TOKEN}'\n"
+        )
+    }
+
+    /// The header, then the verdicts so far and the act being played.
+    fn top(&self) -> String {
+        let mut out = self.header();
+        for v in &self.verdicts {
+            out.push_str(v);
+            out.push('\n');
+        }
+        if let Some(act) = self.acts.get(self.verdicts.len()) {
+            out.push_str(act);
+            out.push('\n');
+        }
+        out.push('\n');
+        out
+    }
+
+    /// The closing lines: both verdicts again, and what to try next.
+    fn summary(&self, sent: u64, ok: bool) -> String {
+        let mut out = format!(
+            "\n── sluice demo: {} ──\n",
+            if ok { "done" } else { "stopped" }
+        );
+        for v in &self.verdicts {
+            out.push_str(v);
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "{sent} requests sent (the demo's gateway and its temporary database are gone now).\n\n\
+             Try it yourself, with your own rollout of a healthy and a bad canary:\n\
+             \x20 SLUICE_ADMIN_TOKEN=dev-admin-token sluice serve      (then follow the tutorial in README.md)\n\
+             \x20 sluice load --route chat --rps 20 --key …\n\
+             \x20 sluice rollout start --route chat --canary chat-v2 --policy quickstart\n"
+        ));
+        out
+    }
+}
+
+/// "Act 1 (expected: reverted): rolled_back after 23 s — errors 8.1 % vs 1.0 % …".
+fn verdict_line(act: u8, expected: &str, view: &Value) -> String {
+    let ran = match (view["started_at_ms"].as_i64(), view["ended_at_ms"].as_i64()) {
+        (Some(a), Some(b)) if b >= a => format!(" after {} s", (b - a) / 1000),
+        _ => String::new(),
+    };
+    let reasons: Vec<&str> = view["judge"]["reasons"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let why = if reasons.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", reasons.join("; "))
+    };
+    format!(
+        "Act {act} (expected: {expected}): {} {} → {}{ran}{why}",
+        view["state"].as_str().unwrap_or("?"),
+        view["stable"].as_str().unwrap_or("?"),
+        view["canary"].as_str().unwrap_or("?"),
+    )
 }
 
 async fn get(http: &reqwest::Client, base: &str, path: &str) -> anyhow::Result<Value> {
@@ -230,15 +342,13 @@ async fn start_rollout(http: &reqwest::Client, base: &str, canary: &str) -> anyh
     Ok(v["id"].as_str().unwrap_or_default().to_owned())
 }
 
-/// Errors 1 % → 8 %, answers 50 % longer.
-fn inject_regression(app: &AppState, version: &str) {
-    let Some(v) = app.catalog.version(version) else {
-        return;
-    };
-    let Some(mock) = &v.mock else { return };
+/// Errors 1 % → 8 %, answers 50 % longer; the line to show when it was injected just now.
+fn inject_regression(app: &AppState, version: &str) -> Option<String> {
+    let v = app.catalog.version(version)?;
+    let mock = v.mock.as_ref()?;
     let now = mock.load();
     if now.error_rate >= 0.08 {
-        return;
+        return None;
     }
     let worse = MockConfig {
         error_rate: 0.08,
@@ -246,7 +356,9 @@ fn inject_regression(app: &AppState, version: &str) {
         ..(**now).clone()
     };
     mock.store(Arc::new(worse));
-    println!("\n>>> injected a regression into {version}: errors 1 % → 8 %, answers 50 % longer\n");
+    Some(format!(
+        ">>> injected a regression into {version}: errors 1 % → 8 %, answers 50 % longer"
+    ))
 }
 
 /// Redraws the rollout every second until it ends; returns its final view.
@@ -254,27 +366,40 @@ async fn watch(
     http: &reqwest::Client,
     base: &str,
     id: &str,
-    mut on_view: impl FnMut(&Value),
+    story: &Story,
+    mut on_view: impl FnMut(&Value) -> Option<String>,
 ) -> anyhow::Result<Value> {
     let started = Instant::now();
     let tty = std::io::stdout().is_terminal();
+    let mut notes = String::new();
     loop {
         let view = get(http, base, &format!("/rollouts/{id}")).await?;
-        on_view(&view);
+        if let Some(note) = on_view(&view) {
+            if !tty {
+                println!("{note}");
+            }
+            notes.push_str(&note);
+            notes.push('\n');
+        }
         let events = get(http, base, &format!("/rollouts/{id}/events")).await?;
         let mut out = std::io::stdout().lock();
         if tty {
-            // Clear the screen and draw the live view from the top.
-            let _ = write!(out, "\x1b[2J\x1b[H{}", render_rollout(&view));
+            // Clear the screen and draw the story so far, then the live view.
+            let _ = write!(
+                out,
+                "\x1b[2J\x1b[H{}{notes}{}",
+                story.top(),
+                render_rollout(&view)
+            );
             let _ = write!(out, "{}", render_events(&events, 6));
         } else {
             let e = &view["judge"]["e_global"];
             let _ = writeln!(
                 out,
-                "  t={:>4.1}s state {} step {} weight {}% E={} canary requests {}",
+                "  t={:>4.1}s state {} {} weight {}% E={} canary requests {}",
                 started.elapsed().as_secs_f64(),
                 view["state"].as_str().unwrap_or("?"),
-                view["step"],
+                crate::cli::step_of(&view),
                 view["weight"],
                 e.as_f64().map_or("-".into(), |e| format!("{e:.2}")),
                 view["arms"]["canary"]["requests"],
@@ -283,9 +408,6 @@ async fn watch(
         let _ = out.flush();
         drop(out);
         if view["state"] != "progressing" && view["state"] != "paused" {
-            if tty {
-                print!("{}", render_rollout(&view));
-            }
             return Ok(view);
         }
         if started.elapsed() > ACT_LIMIT {

@@ -66,6 +66,7 @@
 //! | `telemetry` | L10 | the Prometheus page |
 //! | `app` | L11 | build → bind → run until stopped |
 //! | `cli` | L12 | the admin API client and its rendering |
+//! | `load` | L12 | `sluice load`: try-out traffic at a fixed rate with a progress line |
 //! | `demo` | L12 | `sluice demo`: a whole rollout against mock providers |
 //! | `eval` | L12 | `sluice eval`: offline comparison of versions |
 //! | `simulate` | L12 | `sluice simulate`: the judge against synthetic traffic |
@@ -82,6 +83,7 @@ pub mod guardrails;
 pub mod http;
 pub mod judge;
 pub mod limits;
+pub mod load;
 pub mod measure;
 pub mod openai;
 pub mod pipeline;

@@ -67,6 +67,15 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// A route's live figures per version and arm, as a table (a client of the admin API).
+    Stats {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The route (what apps put in `model`).
+        route: String,
+    },
+    /// Send chat requests to a route at a steady rate, to try a rollout out.
+    Load(sluice::load::LoadArgs),
 }
 
 #[derive(Subcommand)]
@@ -284,6 +293,12 @@ async fn main() -> ExitCode {
                 WorkspaceCommand::List => client.list_workspaces().await,
             }
         }
+        Command::Stats { admin, route } => {
+            AdminClient::new(&admin.url, admin.admin_token)
+                .show_stats(&route)
+                .await
+        }
+        Command::Load(args) => sluice::load::run(args).await,
         Command::Keys { admin, command } => {
             let client = AdminClient::new(&admin.url, admin.admin_token);
             match command {

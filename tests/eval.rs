@@ -41,6 +41,7 @@ async fn the_shipped_suite_compares_the_shipped_mock_versions() {
     let mut a = args(Path::new("sluice.toml"), out.path());
     a.suite = Some(PathBuf::from("evals/support-bot.jsonl"));
     a.versions = vec!["sim-small".into(), "sim-large".into()];
+    a.guardrails = Some("default".into());
     let written = eval::evaluate(&a, false).await.unwrap();
     assert_eq!(written.json, out.path().join("report.json"));
     let r = read_json(&written.json);
@@ -52,6 +53,7 @@ async fn the_shipped_suite_compares_the_shipped_mock_versions() {
     assert_eq!(r["versions"][1]["name"], "sim-large");
     // The request with a card number is blocked by the default policy's input rule.
     assert_eq!(r["guardrails"]["policy"], "default");
+    assert_eq!(r["guardrails"]["chosen_by"], "--guardrails");
     let small = &r["versions"][0];
     let large = &r["versions"][1];
     assert_eq!(small["guardrails"]["input"]["no-card-numbers"], 1);
@@ -97,7 +99,29 @@ async fn the_shipped_suite_compares_the_shipped_mock_versions() {
     assert!(r["judge"].is_null());
     assert_eq!(r["cases"].as_array().unwrap().len(), 20);
 
+    // The counts agree: 20 cases, one blocked, 19 sent to each version; the blocked case
+    // is shown as blocked, not as an error of either version.
+    let summary = eval::summary::table(&written.report);
+    assert!(
+        summary
+            .contains("(20 requests · 1 blocked by an input guardrail · 19 sent to each version)"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("guardrails: `default` (chosen by --guardrails)"),
+        "{summary}"
+    );
+    let answered = summary
+        .lines()
+        .find(|l| l.starts_with("answered / sent"))
+        .unwrap();
+    assert!(answered.contains("19/19"), "{summary}");
     let html = std::fs::read_to_string(&written.html).unwrap();
+    assert!(
+        html.contains(">blocked</span>"),
+        "the blocked case reads blocked"
+    );
+    assert!(html.contains("1 blocked by an input guardrail, 19 sent to each version"));
     assert!(html.starts_with("<!doctype html>"));
     assert!(html.contains("<svg") && html.contains("<style>"));
     assert!(html.contains("sim-small") && html.contains("Answer length"));
@@ -107,6 +131,29 @@ async fn the_shipped_suite_compares_the_shipped_mock_versions() {
             "the report must stand alone: {external}"
         );
     }
+}
+
+#[tokio::test]
+async fn no_guardrail_policy_applies_unless_chosen_and_the_summary_says_so() {
+    let out = tempfile::tempdir().unwrap();
+    let mut a = args(Path::new("sluice.toml"), out.path());
+    a.suite = Some(PathBuf::from("evals/support-bot.jsonl"));
+    a.versions = vec!["sim-small".into(), "chat-v2".into()];
+    let written = eval::evaluate(&a, false).await.unwrap();
+    let r = read_json(&written.json);
+    // The shipped route `chat` names no guardrail policy, so none applies: every case is
+    // sent, the card number included.
+    assert!(r["guardrails"].is_null(), "{}", r["guardrails"]);
+    assert_eq!(r["versions"][0]["requests"], 20);
+    assert_eq!(r["versions"][0]["guardrails"]["blocked_input"], 0);
+    let summary = eval::summary::table(&written.report);
+    assert!(summary.contains("(20 requests)"), "{summary}");
+    assert!(
+        summary.contains(
+            "guardrails: none: no --guardrails, and no route of the requests names a policy"
+        ),
+        "{summary}"
+    );
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! Guardrails in an eval: which policy applies, and its input rules on a request.
 //!
 //! The policy is `--guardrails NAME` when given; otherwise the one the requests' route
-//! names (the `model` of a suite's requests, the rollout's route); otherwise `default`
-//! when that policy exists; otherwise none. Input rules run as the gateway runs them (over
+//! names (the `model` of a suite's requests, the rollout's route); otherwise none: a
+//! policy the user did not choose would count (and block) what nobody asked for. Input rules run as the gateway runs them (over
 //! every message text, masking `redact` matches in place; a `block` means the versions are
 //! not called); output rules are counted on each version's answer.
 
@@ -85,12 +85,11 @@ pub fn choose(
             }));
         }
     }
-    Ok(sets.get("default").map(|set| Chosen {
-        name: "default".into(),
-        chosen_by: "fallback: no route of the requests names a policy".into(),
-        set: set.clone(),
-    }))
+    Ok(None)
 }
+
+/// Why no guardrail policy applies, for the summary.
+pub const NONE_CHOSEN: &str = "none: no --guardrails, and no route of the requests names a policy";
 
 /// Runs the input rules over every text of the request's messages, masking in place.
 pub fn apply_input(rules: &StageRules, request: &mut Value) -> Applied {

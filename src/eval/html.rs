@@ -48,7 +48,16 @@ pub fn render(report: &Report) -> String {
     let _ = write!(page, "<h1>{}</h1>", esc(&title));
     let source = match &report.source {
         Source::Suite { path, cases } => {
-            format!("Eval suite <code>{}</code>, {cases} requests", esc(path))
+            let blocked = a.guardrails.blocked_input;
+            if blocked > 0 {
+                format!(
+                    "Eval suite <code>{}</code>, {cases} requests: {blocked} blocked by an input guardrail, {} sent to each version",
+                    esc(path),
+                    cases.saturating_sub(blocked as usize)
+                )
+            } else {
+                format!("Eval suite <code>{}</code>, {cases} requests", esc(path))
+            }
         }
         Source::Rollout {
             id,
@@ -68,13 +77,22 @@ pub fn render(report: &Report) -> String {
         esc(&report.generated_at),
         legend(a, b)
     );
-    if let Some(g) = &report.guardrails {
-        let _ = write!(
-            page,
-            "<div class=\"muted\">Guardrail policy <code>{}</code> ({})</div>",
-            esc(&g.policy),
-            esc(&g.chosen_by)
-        );
+    match &report.guardrails {
+        Some(g) => {
+            let _ = write!(
+                page,
+                "<div class=\"muted\">Guardrail policy <code>{}</code> (chosen by {})</div>",
+                esc(&g.policy),
+                esc(&g.chosen_by)
+            );
+        }
+        None => {
+            let _ = write!(
+                page,
+                "<div class=\"muted\">Guardrail policy: {}</div>",
+                esc(super::guard::NONE_CHOSEN)
+            );
+        }
     }
 
     headline_cards(&mut page, report);
@@ -461,6 +479,15 @@ fn case_table(page: &mut String, report: &Report) {
         let answer = |i: usize| {
             let x = &c.answers[i];
             match &x.error {
+                // Not an error of the version: the gateway's input rule stopped the
+                // request before any version was called.
+                Some(_) if c.input_blocked_by.is_some() => (
+                    format!(
+                        "<span class=\"muted\" title=\"input guardrail `{}`\">blocked</span>",
+                        esc(c.input_blocked_by.as_deref().unwrap_or_default())
+                    ),
+                    "".into(),
+                ),
                 Some(e) => (
                     format!("<span class=\"flag\" title=\"{}\">error</span>", esc(e)),
                     "".into(),

@@ -10,15 +10,29 @@ const COLUMN_WIDTH: usize = 22;
 
 pub fn table(report: &Report) -> String {
     let mut out = String::new();
+    let blocked = report.versions[0].guardrails.blocked_input;
     let source = match &report.source {
+        Source::Suite { path, cases } if blocked > 0 => format!(
+            "suite {path} ({cases} requests · {blocked} blocked by an input guardrail · {} sent to each version)",
+            cases.saturating_sub(blocked as usize)
+        ),
         Source::Suite { path, cases } => format!("suite {path} ({cases} requests)"),
         Source::Rollout {
             id, route, pairs, ..
         } => format!("rollout {id} on route {route} ({pairs} shadow pairs)"),
     };
     let _ = writeln!(out, "\nsluice eval: {source}");
-    if let Some(g) = &report.guardrails {
-        let _ = writeln!(out, "guardrails: `{}` ({})", g.policy, g.chosen_by);
+    match &report.guardrails {
+        Some(g) => {
+            let _ = writeln!(
+                out,
+                "guardrails: `{}` (chosen by {})",
+                g.policy, g.chosen_by
+            );
+        }
+        None => {
+            let _ = writeln!(out, "guardrails: {}", super::guard::NONE_CHOSEN);
+        }
     }
     let [a, b] = &report.versions;
     let mut row = |label: &str, f: &dyn Fn(&VersionFigures) -> String| {
@@ -28,7 +42,15 @@ pub fn table(report: &Report) -> String {
         let side = if std::ptr::eq(v, a) { "A" } else { "B" };
         format!("{} ({side})", v.name)
     });
-    row("answered", &|v| format!("{}/{}", v.answered, v.requests));
+    if blocked > 0 {
+        row("blocked (input guardrail)", &|v| {
+            v.guardrails.blocked_input.to_string()
+        });
+    }
+    row("answered / sent", &|v| {
+        format!("{}/{}", v.answered, v.requests)
+    });
+    row("errors", &|v| v.errors.to_string());
     row("schema pass", &|v| proportion(&v.schema));
     row("guardrail hits in / out", &|v| {
         let input: u64 = v.guardrails.input.values().sum();

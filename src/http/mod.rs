@@ -11,6 +11,7 @@ mod dashboard;
 pub mod extract;
 mod openai;
 mod openapi;
+mod pretty;
 mod rollouts;
 
 use axum::Router;
@@ -31,7 +32,12 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
         .route("/v1/feedback", post(openai::feedback))
-        .nest("/admin/v1", admin::router().merge(rollouts::router()))
+        .nest(
+            "/admin/v1",
+            admin::router()
+                .merge(rollouts::router())
+                .layer(axum::middleware::from_fn(pretty::layer)),
+        )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/admin/v1/openapi.json", get(openapi::document))
