@@ -167,6 +167,10 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                 let (http, url, tally) = (http.clone(), url.clone(), tally.clone());
                 let body = request_body(&args.route, n);
                 let key = args.key.clone();
+                #[expect(
+                    clippy::disallowed_methods,
+                    reason = "a CLI-local request of the load generator; the command waits for in-flight ones before it ends"
+                )]
                 tokio::spawn(async move {
                     let t0 = Instant::now();
                     let ok = send(&http, &url, &key, &body).await;
