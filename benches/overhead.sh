@@ -2,15 +2,40 @@
 # sluice's added latency and throughput, side by side in one run with no hop (`direct`)
 # and a plain nginx reverse proxy (the floor), using the shared rig in ../shared/bench.
 #   benches/overhead.sh                   # ns:1, ns:16, ns:64, st:16; 10 s each
+#   benches/overhead.sh --quick           # a one-minute smoke run: ns:64 and st:16, 8 s each,
+#                                         # direct, nginx and sluice (no guardrails target)
+#   benches/overhead.sh --baseline BIN    # also a target `sluice-base` running another build
+#                                         # of sluice (before/after in the same run)
 #   benches/overhead.sh --rounds 3        # any run.py option passes through
+# Besides run.py's table it prints sluice's CPU per request by thread (SQLite's threads,
+# tokio's workers, the rest), the records written and dropped in each run, and how long the
+# record queue took to drain after the load (benches/rig.py).
 # Installs nginx (apt) and oha (cargo install, pinned) on first use into $BENCH_TOOLS.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-RIG=${BENCH_RIG:-$ROOT/../shared/bench}
+if [ -z "${BENCH_RIG:-}" ]; then
+  # The rig sits beside the repository; a git worktree is one level further down.
+  for rig in "$ROOT/../shared/bench" "$ROOT/../../shared/bench"; do
+    if [ -f "$rig/run.py" ]; then BENCH_RIG=$(cd "$rig" && pwd); break; fi
+  done
+fi
+[ -f "${BENCH_RIG:-}/run.py" ] || { echo "no bench rig: set BENCH_RIG to the directory of run.py" >&2; exit 1; }
+export BENCH_RIG
 export BENCH_TOOLS=${BENCH_TOOLS:-$HOME/.cache/sluice-bench}
 export BENCH_WORKDIR=${BENCH_WORKDIR:-$ROOT/target/bench-work}
 OUT=${BENCH_OUT:-$ROOT/target/bench-results}
 mkdir -p "$BENCH_TOOLS" "$BENCH_WORKDIR" "$OUT"
+
+quick=0 baseline=""
+args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) quick=1 ;;
+    --baseline) baseline=$(realpath "$2"); shift ;;
+    *) args+=("$1") ;;
+  esac
+  shift
+done
 
 if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
@@ -24,11 +49,22 @@ fi
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/sluice"
 VERSION=$("$BIN" --version | awk '{print $2}')-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo dev)
 
-exec python3 "$RIG/run.py" --targets direct,nginx --out "$OUT" \
-  --extra "name=sluice port=18100 version=$VERSION
+targets=(--extra "name=sluice port=18100 version=$VERSION
      cmd=\"bash $ROOT/benches/sluice-target.sh {port} {upstream} {upstream_stream} {workdir} $BIN\"
-     header=@{workdir}/sluice-18100.key" \
-  --extra "name=sluice+guardrails port=18101 version=$VERSION
+     header=@{workdir}/sluice-18100.key")
+if [ -n "$baseline" ]; then
+  targets+=(--extra "name=sluice-base port=18102 version=$("$baseline" --version | awk '{print $2}')-base
+     cmd=\"bash $ROOT/benches/sluice-target.sh {port} {upstream} {upstream_stream} {workdir} $baseline\"
+     header=@{workdir}/sluice-18102.key")
+fi
+if [ $quick = 1 ]; then
+  # argparse keeps the last value of an option, so the user's own --cases or --duration
+  # (which come after these) still win.
+  args=(--cases ns:64,st:16 --duration 8 --warmup 1 "${args[@]}")
+else
+  targets+=(--extra "name=sluice+guardrails port=18101 version=$VERSION
      cmd=\"bash $ROOT/benches/sluice-target.sh {port} {upstream} {upstream_stream} {workdir} $BIN $ROOT/policies/guardrails/default.toml\"
-     header=@{workdir}/sluice-18101.key" \
-  "$@"
+     header=@{workdir}/sluice-18101.key")
+fi
+
+exec python3 "$ROOT/benches/rig.py" --targets direct,nginx --out "$OUT" "${targets[@]}" "${args[@]}"

@@ -532,12 +532,38 @@ async fn the_document_matches_the_router_every_admin_operation_is_guarded_and_no
         assert_eq!(answer.status, 401, "{method} {path}");
     }
 
-    // A documented path answers 405 to every method the document does not list for it.
+    // A documented path answers 405 to every method the document does not list for it, to a
+    // caller holding the path's credential (authentication runs before method routing: a
+    // caller without one learns nothing about the path, not even its methods).
+    let workspace = app
+        .admin(
+            "post",
+            "/workspaces",
+            "/workspaces",
+            Some(json!({"id": "methods"})),
+        )
+        .await;
+    assert_eq!(workspace.status, 201, "{}", workspace.text);
+    let key = app
+        .admin(
+            "post",
+            "/workspaces/{id}/keys",
+            "/workspaces/methods/keys",
+            None,
+        )
+        .await;
+    assert_eq!(key.status, 201, "{}", key.text);
+    let gateway_key = key.json["key"].as_str().unwrap().to_owned();
     for (template, item) in doc["paths"].as_object().unwrap() {
         for method in METHODS {
             if item.get(method).is_none() {
+                let credential = if template.starts_with("/admin/v1/") {
+                    ADMIN_TOKEN
+                } else {
+                    gateway_key.as_str()
+                };
                 let answer = app
-                    .send(method, &concrete(template), Some(ADMIN_TOKEN), None)
+                    .send(method, &concrete(template), Some(credential), None)
                     .await;
                 assert_eq!(answer.status, 405, "{method} {template}: {}", answer.text);
             }

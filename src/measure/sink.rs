@@ -1,12 +1,22 @@
 //! The record sink: a bounded queue from the request path to a batch writer.
 //!
-//! `submit` never waits: when the queue is full the record is counted as dropped and the
-//! request goes on. The writer takes whatever is queued (up to [`WRITE_BATCH`]) and writes it
-//! in one transaction; on shutdown it closes the queue and drains it before returning.
+//! `submit` never waits: when the queue is full the record is counted as dropped (in
+//! `/metrics` as `sluice_records_dropped_total`), a warning says so at most once per
+//! [`DROP_LOG_INTERVAL`], and the request goes on. The writer waits [`LINGER`] after a
+//! batch's first record (or less, when a full batch is already queued), then writes up to
+//! [`WRITE_BATCH`] records in one transaction; on shutdown it closes the queue and drains it
+//! before returning.
+//!
+//! Why linger: a transaction's fixed cost (BEGIN, COMMIT, the pages a commit writes to the
+//! WAL, a round trip to SQLite's worker thread per statement) dwarfs a row's. Without it the
+//! writer woke for every few records at moderate load, and at full load each record cost
+//! ~60 µs of database work (research/perf-profile.md); with it a batch holds everything that
+//! arrived in 50 ms, and a record is in the database within about [`LINGER`] plus one write.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use tokio::sync::mpsc;
 
 use crate::limits::LimitBook;
@@ -14,8 +24,13 @@ use crate::store::{RequestPlacement, Store};
 use crate::types::Record;
 use std::sync::Arc;
 
-/// Records written per transaction at most.
-pub const WRITE_BATCH: usize = 512;
+/// Records written per transaction at most: one SQLite statement of
+/// [`crate::store::SQLITE_MAX_ROWS`] rows.
+pub const WRITE_BATCH: usize = crate::store::SQLITE_MAX_ROWS;
+/// How long the writer lets a batch fill after its first record arrives.
+pub const LINGER: Duration = Duration::from_millis(50);
+/// The "records dropped" warning comes at most this often (the counter counts every one).
+pub const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Tries per batch before it is given up (with back-off from 50 ms to 3.2 s: about 6 s).
 const WRITE_ATTEMPTS: u32 = 8;
 
@@ -60,6 +75,8 @@ pub struct RecordSink {
     dropped: AtomicU64,
     written: AtomicU64,
     write_failed: AtomicU64,
+    /// When the last "records dropped" warning went out, and the drop count it reported.
+    drop_report: std::sync::Mutex<(Option<Instant>, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -81,6 +98,7 @@ impl RecordSink {
             dropped: AtomicU64::new(0),
             written: AtomicU64::new(0),
             write_failed: AtomicU64::new(0),
+            drop_report: std::sync::Mutex::new((None, 0)),
         };
         (sink, rx)
     }
@@ -102,7 +120,36 @@ impl RecordSink {
         self.limits.spend(&record);
         if self.tx.try_send(record).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.report_drops(false);
         }
+    }
+
+    /// Warns about records dropped since the last warning, unless one went out less than
+    /// [`DROP_LOG_INTERVAL`] ago (`force` ignores the interval, at shutdown). Called on the
+    /// drop path and after every batch, so that the last drops of a burst are reported once
+    /// the writer catches up; never waits for the lock.
+    fn report_drops(&self, force: bool) {
+        let Ok(mut report) = self.drop_report.try_lock() else {
+            return;
+        };
+        let (last_at, reported) = &mut *report;
+        let dropped = self.dropped.load(Ordering::Relaxed);
+        if dropped == *reported {
+            return;
+        }
+        let now = Instant::now();
+        if !force && last_at.is_some_and(|at| now.duration_since(at) < DROP_LOG_INTERVAL) {
+            return;
+        }
+        tracing::warn!(
+            dropped = dropped - *reported,
+            dropped_total = dropped,
+            queue = self.tx.max_capacity(),
+            "records dropped: the database is not keeping up and the record queue \
+             (server.record_queue) is full; requests go on, their records are lost"
+        );
+        *last_at = Some(now);
+        *reported = dropped;
     }
 
     pub fn counters(&self) -> SinkCounters {
@@ -113,7 +160,8 @@ impl RecordSink {
         }
     }
 
-    /// Writes queued records until `shutdown` turns true, then drains the queue and returns.
+    /// Writes queued records until `stop` is cancelled, then
+    /// drains the queue and returns.
     pub async fn run_writer(
         &self,
         mut rx: mpsc::Receiver<Record>,
@@ -122,23 +170,51 @@ impl RecordSink {
     ) {
         let mut batch = Vec::with_capacity(WRITE_BATCH);
         loop {
-            let received = tokio::select! {
-                n = rx.recv_many(&mut batch, WRITE_BATCH) => n,
-                _ = stop.cancelled() => {
-                    // No new records from here on; what is queued is still delivered.
-                    rx.close();
-                    rx.recv_many(&mut batch, WRITE_BATCH).await
-                }
+            // A batch begins with its first record.
+            let open = tokio::select! {
+                n = rx.recv_many(&mut batch, WRITE_BATCH) => n > 0,
+                () = stop.cancelled() => false,
             };
-            if received == 0 {
+            if !open {
+                break;
+            }
+            // Linger, unless a full batch is waiting already (the writer is behind).
+            if batch.len() + rx.len() < WRITE_BATCH {
+                let stopping = tokio::select! {
+                    () = tokio::time::sleep(LINGER) => false,
+                    () = stop.cancelled() => true,
+                };
+                if stopping {
+                    break;
+                }
+            }
+            // Top up with what is queued now, without waiting for more.
+            let room = WRITE_BATCH - batch.len();
+            if room > 0 {
+                let _ = rx.recv_many(&mut batch, room).now_or_never();
+            }
+            self.write(&store, &batch).await;
+            batch.clear();
+            self.report_drops(false);
+        }
+        // No new records from here on; what is queued (and `batch`) is still delivered.
+        rx.close();
+        loop {
+            let room = WRITE_BATCH - batch.len();
+            if room > 0 {
+                rx.recv_many(&mut batch, room).await;
+            }
+            if batch.is_empty() {
                 break;
             }
             self.write(&store, &batch).await;
             batch.clear();
         }
+        self.report_drops(true);
         tracing::info!(
             written = self.written.load(Ordering::Relaxed),
             dropped = self.dropped.load(Ordering::Relaxed),
+            write_failed = self.write_failed.load(Ordering::Relaxed),
             "record writer stopped"
         );
     }

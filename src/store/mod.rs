@@ -13,9 +13,12 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row, SqlSafeStr};
 
 mod quality;
+mod records;
 mod rollouts;
 
 pub use quality::{RequestPlacement, ShadowPair};
+use records::RecordWriter;
+pub use records::SQLITE_MAX_ROWS;
 pub use rollouts::{Actor, EventRow, NewEvent, RolloutRow};
 
 use crate::types::{Arm, Outcome, Record, now_ms};
@@ -92,70 +95,12 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
-/// Rows per INSERT statement, largest first (× 23 columns stays far below both engines'
-/// parameter limits). Only these sizes are ever prepared, so each connection caches three
-/// statements instead of one per batch remainder.
-const INSERT_SIZES: [usize; 3] = [100, 10, 1];
-/// The SQL type of each nullable column, which is bound as text (or an integer) and cast.
-/// sqlx 0.9's Any driver binds a NULL `f64` as a PostgreSQL `float4`; a prepared statement
-/// whose first use had that NULL then refuses every later 8-byte value. Text has no such
-/// trap, and Rust prints an `f64` so that it parses back to the same value.
-const REQUEST_COLUMN_CASTS: [Option<&str>; 23] = [
-    None,
-    None,
-    None,
-    None,
-    None,
-    None,
-    None,
-    None,
-    None,
-    None,
-    Some("DOUBLE PRECISION"), // ttft_ms
-    None,
-    None,
-    None,
-    None,
-    None,
-    Some("TEXT"),             // finish_reason
-    Some("TEXT"),             // rollout_id
-    Some("DOUBLE PRECISION"), // canary_weight
-    None,
-    Some("INTEGER"), // step
-    Some("INTEGER"), // schema_failed
-    None,
-];
-const REQUEST_COLUMNS: usize = REQUEST_COLUMN_CASTS.len();
-
-/// `INSERT INTO requests … VALUES ($1, …), (…), …` for `rows` rows.
-fn insert_requests_sql(rows: usize) -> String {
-    let mut sql = String::from(
-        "INSERT INTO requests (request_id, at_ms, workspace_id, route, version, arm, stream, status, outcome, \
-         latency_ms, ttft_ms, prompt_tokens, completion_tokens, tokens_estimated, cost_usd, response_chars, finish_reason, \
-         rollout_id, canary_weight, randomized, step, schema_failed, guardrail_blocked) VALUES ",
-    );
-    for row in 0..rows {
-        sql.push_str(if row == 0 { "(" } else { ", (" });
-        for (col, cast) in REQUEST_COLUMN_CASTS.iter().enumerate() {
-            if col > 0 {
-                sql.push_str(", ");
-            }
-            let n = row * REQUEST_COLUMNS + col + 1;
-            match cast {
-                Some(ty) => sql.push_str(&format!("CAST(${n} AS {ty})")),
-                None => sql.push_str(&format!("${n}")),
-            }
-        }
-        sql.push(')');
-    }
-    sql.push_str(" ON CONFLICT (request_id) DO NOTHING");
-    sql
-}
-
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
     engine: Engine,
+    /// The record writer's own connection (see [`records`]).
+    writer: RecordWriter,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -212,7 +157,12 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        let store = Self { pool, engine };
+        let writer = RecordWriter::connect_lazy(&url, engine)?;
+        let store = Self {
+            pool,
+            engine,
+            writer,
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -245,6 +195,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 
@@ -366,51 +317,13 @@ impl Store {
         Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
-    /// Writes a batch of measurement records in one transaction. A record already stored
-    /// (same request id) is left as it is, so a retried batch does not fail.
+    /// Writes a batch of measurement records atomically, on the record writer's own
+    /// connection: one transaction, one statement per batch on PostgreSQL and one per set
+    /// bit of the batch size on SQLite (one for a full batch of [`SQLITE_MAX_ROWS`]). A
+    /// record already stored (same request id) is left as it is, so a retried batch does not
+    /// fail.
     pub async fn insert_records(&self, records: &[Record]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // Many rows per statement: each statement is a round trip (for SQLite, to its
-        // worker thread), and one per row costs more than the rows themselves.
-        let mut rest = records;
-        while !rest.is_empty() {
-            let size = INSERT_SIZES
-                .into_iter()
-                .find(|s| *s <= rest.len())
-                .unwrap_or(1);
-            let (chunk, tail) = rest.split_at(size);
-            rest = tail;
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(insert_requests_sql(chunk.len())));
-            for r in chunk {
-                query = query
-                    .bind(r.request_id.as_str())
-                    .bind(r.at_ms)
-                    .bind(r.workspace.as_str())
-                    .bind(r.route.as_str())
-                    .bind(r.version.as_str())
-                    .bind(r.arm.as_str())
-                    .bind(r.stream as i32)
-                    .bind(r.status as i32)
-                    .bind(r.outcome.as_str())
-                    .bind(r.latency_ms)
-                    .bind(r.ttft_ms.map(|x| x.to_string()))
-                    .bind(r.usage.prompt_tokens as i64)
-                    .bind(r.usage.completion_tokens as i64)
-                    .bind(r.usage.estimated as i32)
-                    .bind(r.cost_usd)
-                    .bind(r.response_chars as i64)
-                    .bind(r.finish_reason.as_deref())
-                    .bind(r.rollout_id.as_deref())
-                    .bind(r.w.map(|x| x.to_string()))
-                    .bind(r.randomized as i32)
-                    .bind(r.step.map(|s| s as i32))
-                    .bind(r.schema_failed.map(i32::from))
-                    .bind(r.guardrail_blocked as i32);
-            }
-            query.execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.writer.insert(records).await
     }
 
     /// Stored records, newest first, optionally of one route only.

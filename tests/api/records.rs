@@ -2,9 +2,12 @@
 
 use std::io::Read;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
+use sqlx::Connection;
 
 use crate::helpers::*;
 
@@ -269,4 +272,216 @@ async fn sigterm_lets_in_flight_requests_finish_and_loses_no_record() {
     assert!(records.iter().all(
         |r| r.outcome == sluice::types::Outcome::Ok && r.usage.completion_tokens == OK_USAGE.1
     ));
+}
+
+const STUCK_DB_CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:PORT"
+record_queue = 16
+shutdown_grace_ms = 5000
+
+[database]
+url = "DB_URL"
+
+[providers.sim]
+kind = "mock"
+
+[versions.fast]
+provider = "sim"
+model = "sim-fast"
+mock = { ttft_ms = 0, tokens_per_s = 1000000, output_tokens = 5 }
+
+[routes.fast]
+stable = "fast"
+"#;
+
+/// `sluice_records_written_total` and `sluice_records_dropped_total` from `/metrics`.
+async fn record_counters(http: &reqwest::Client, base: &str) -> (u64, u64) {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counter = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+    };
+    (
+        counter("sluice_records_written_total"),
+        counter("sluice_records_dropped_total"),
+    )
+}
+
+/// Polls `/metrics` until `done` holds, for at most 30 s.
+async fn wait_for_counters(
+    http: &reqwest::Client,
+    base: &str,
+    done: impl Fn((u64, u64)) -> bool,
+) -> (u64, u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let counters = record_counters(http, base).await;
+        if done(counters) || tokio::time::Instant::now() > deadline {
+            return counters;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_database_that_takes_no_writes_costs_records_but_never_requests() {
+    sqlx::any::install_default_drivers();
+    for (engine, db_url, _dir) in databases().await {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("sluice.toml");
+        let port = free_port();
+        std::fs::write(
+            &config,
+            STUCK_DB_CONFIG
+                .replace("PORT", &port.to_string())
+                .replace("DB_URL", &db_url),
+        )
+        .unwrap();
+        let log = dir.path().join("sluice.log");
+        let log_file = std::fs::File::create(&log).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("SLUICE_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let http = http_client();
+        let mut up = false;
+        for _ in 0..500 {
+            if http.get(format!("{base}/healthz")).send().await.is_ok() {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(up, "sluice did not start on {engine}");
+        let admin = |m: Method, path: &str| {
+            http.request(m, format!("{base}/admin/v1{path}"))
+                .bearer_auth(ADMIN_TOKEN)
+        };
+        admin(Method::POST, "/workspaces")
+            .json(&json!({"id": "acme"}))
+            .send()
+            .await
+            .unwrap();
+        let key: Value = admin(Method::POST, "/workspaces/acme/keys")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let key = key["key"].as_str().unwrap().to_owned();
+        let chat = || {
+            let request = http
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(&key)
+                .json(&chat_body("fast", json!({})));
+            async move { request.send().await.unwrap().status() }
+        };
+
+        // One record through, so the writer is connected and idle.
+        assert_eq!(chat().await, 200);
+        assert_eq!(
+            wait_for_counters(&http, &base, |(w, _)| w == 1).await,
+            (1, 0),
+            "{engine}"
+        );
+
+        // The database now takes no writes until we let go: the slowest disk there is.
+        let mut holder = sqlx::AnyConnection::connect(&db_url).await.unwrap();
+        let hold: &[&str] = if engine == "sqlite" {
+            &["BEGIN IMMEDIATE"]
+        } else {
+            &["BEGIN", "LOCK TABLE requests IN EXCLUSIVE MODE"]
+        };
+        for sql in hold {
+            sqlx::raw_sql(*sql).execute(&mut holder).await.unwrap();
+        }
+
+        // Every request is answered while the database is stuck: none waits for its record.
+        const BURST: usize = 300;
+        let statuses = tokio::time::timeout(
+            Duration::from_secs(60),
+            futures_util::stream::iter((0..BURST).map(|_| chat()))
+                .buffer_unordered(16)
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .expect("requests waited for the stuck database");
+        assert!(statuses.iter().all(|s| *s == 200), "{engine}");
+
+        // The queue holds 16 and the writer's batch what it took before it got stuck (at most
+        // a queueful when the batch began and another when it lingered); the rest are dropped
+        // and counted, and nothing more was written.
+        let (written, dropped) = record_counters(&http, &base).await;
+        assert_eq!(written, 1, "{engine}: written while the database was stuck");
+        assert!(
+            dropped >= (BURST - 3 * 16) as u64 && dropped < BURST as u64,
+            "{engine}: dropped {dropped} of {BURST} with a queue of 16"
+        );
+
+        // Let go: what was queued reaches the database, and every record is accounted for.
+        sqlx::raw_sql("ROLLBACK")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let (written, dropped_after) =
+            wait_for_counters(&http, &base, |(w, d)| w + d == BURST as u64 + 1).await;
+        assert_eq!(dropped_after, dropped, "{engine}");
+        assert_eq!(written + dropped, BURST as u64 + 1, "{engine}");
+        let store = sluice::store::Store::connect(&db_url).await.unwrap();
+        assert_eq!(store.count_records().await.unwrap(), written as i64);
+
+        let killed = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap();
+        assert!(exit.success(), "{engine}: exit {exit:?}");
+
+        // The log says so, rate-limited: a handful of warnings (not one per record), whose
+        // counts add up to the counter.
+        let mut text = String::new();
+        std::fs::File::open(&log)
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        let warnings: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("records dropped"))
+            .collect();
+        assert!(
+            !warnings.is_empty() && warnings.len() <= 3,
+            "{engine}: {} drop warnings:\n{text}",
+            warnings.len()
+        );
+        let logged: u64 = warnings
+            .iter()
+            .map(|l| {
+                let n = l.split(" dropped=").nth(1).expect("a dropped= field");
+                n.split(' ').next().unwrap().parse::<u64>().unwrap()
+            })
+            .sum();
+        assert_eq!(logged, dropped, "{engine}: dropped as logged\n{text}");
+        assert!(text.contains("server.record_queue"), "{engine}: {text}");
+        store.close().await;
+    }
 }

@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""The shared rig (run.py in BENCH_RIG) plus what sluice needs reported, without changing it.
+
+After every measured run of a target that serves sluice's /metrics, this adds to the row:
+
+* the target's CPU per request split by thread: `db` = SQLite's worker threads (sqlx names
+  them sqlx-sqlite-worker-N; the record writer is their only busy user under load), `tokio`
+  = the runtime's workers (request path, and the writer's side of the record stream), `rest`
+  = everything else in the process tree (main thread, exited threads, the wrapper shell);
+* the records sluice dropped during the run (`sluice_records_dropped_total`, which counts
+  the queue-full drops and the batches the database refused) and written;
+* how long after the load stopped the record queue took to drain (written + dropped caught up
+  with the requests of the run), polled every 20 ms for up to 10 s. The rig takes its CPU
+  reading after this, so the CPU figures include the writes that finish after the load.
+
+Everything else (arguments, tables, results.json) is run.py's; the extra columns are printed
+as a second table and stored in results.json as `sluice_*` keys of each row.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+RIG = Path(os.environ["BENCH_RIG"]).resolve()
+spec = importlib.util.spec_from_file_location("bench_run", RIG / "run.py")
+rig = importlib.util.module_from_spec(spec)
+sys.modules["bench_run"] = rig
+spec.loader.exec_module(rig)
+
+DRAIN_TIMEOUT_S = 10.0
+
+
+def thread_cpu(root: int) -> dict[str, float]:
+    """CPU seconds (utime+stime) per thread group over the live process tree of `root`."""
+    groups = {"db": 0.0, "tokio": 0.0, "total": 0.0}
+    for pid in rig.proc_tree(root):
+        f = rig._stat_fields(pid)
+        if f:
+            groups["total"] += (int(f[11]) + int(f[12])) / rig.CLK_TCK
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                s = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            except OSError:
+                continue
+            comm = s[s.find("(") + 1:s.rfind(")")]
+            rest = s[s.rfind(")") + 2:].split()
+            cpu = (int(rest[11]) + int(rest[12])) / rig.CLK_TCK
+            if comm.startswith("sqlx-sqlite"):
+                groups["db"] += cpu
+            elif comm.startswith("tokio-rt-worker"):
+                groups["tokio"] += cpu
+    return groups
+
+
+def sluice_counters(t) -> dict[str, float] | None:
+    """sluice's record counters from /metrics, or None when the target is not sluice."""
+    url = f"http://{rig.LOOPBACK}:{t.port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            text = r.read().decode()
+    except Exception:  # noqa: BLE001 - any target without sluice's /metrics
+        return None
+    out = {}
+    for name in ("sluice_records_written_total", "sluice_records_dropped_total"):
+        m = re.search(rf"^{name} (\S+)$", text, re.M)
+        if not m:
+            return None
+        out[name] = float(m.group(1))
+    return out
+
+
+_orig_run_oha = rig.run_oha
+_orig_summarize = rig.summarize
+
+
+def run_oha(ctx, t, stream, conc, seconds):
+    m0 = sluice_counters(t) if t.proc else None
+    cpu0 = thread_cpu(t.proc.pid) if m0 is not None else None
+    o = _orig_run_oha(ctx, t, stream, conc, seconds)
+    if m0 is None:
+        return o
+    ok = sum(v for k, v in (o.get("statusCodeDistribution") or {}).items() if str(k) == "200")
+    t_end = time.monotonic()
+    expect = m0["sluice_records_written_total"] + m0["sluice_records_dropped_total"] + ok
+    m1, drain_s = sluice_counters(t), None
+    while m1 is not None:
+        done = m1["sluice_records_written_total"] + m1["sluice_records_dropped_total"]
+        if done >= expect:
+            drain_s = time.monotonic() - t_end
+            break
+        if time.monotonic() - t_end > DRAIN_TIMEOUT_S:
+            break
+        time.sleep(0.02)
+        m1 = sluice_counters(t)
+    cpu1 = thread_cpu(t.proc.pid)
+    o["_sluice"] = {
+        "cpu_s": {k: cpu1[k] - cpu0[k] for k in cpu0},
+        "dropped": (m1 or m0)["sluice_records_dropped_total"] - m0["sluice_records_dropped_total"],
+        "written": (m1 or m0)["sluice_records_written_total"] - m0["sluice_records_written_total"],
+        "drain_s": drain_s,
+    }
+    return o
+
+
+def summarize(o):
+    r = _orig_summarize(o)
+    x = o.get("_sluice")
+    if x:
+        n = max(r["requests"], 1)
+        cpu = x["cpu_s"]
+        r["sluice_db_cpu_us_per_req"] = cpu["db"] / n * 1e6
+        r["sluice_tokio_cpu_us_per_req"] = cpu["tokio"] / n * 1e6
+        r["sluice_rest_cpu_us_per_req"] = (cpu["total"] - cpu["db"] - cpu["tokio"]) / n * 1e6
+        r["sluice_records_dropped"] = x["dropped"]
+        r["sluice_records_written"] = x["written"]
+        r["sluice_drain_s"] = x["drain_s"]
+    return r
+
+
+_orig_render = rig.render_tables
+
+
+def render_tables(meta, rows, targets_info):
+    out = [_orig_render(meta, rows, targets_info)]
+    ours = [r for r in rows if "sluice_db_cpu_us_per_req" in r]
+    if ours:
+        f = rig.fmt
+        out.append("\n### sluice: CPU per request by thread, and the record stream\n")
+        out.append("| target | round | case | requests | CPU µs/req (all) | db threads | tokio workers | rest "
+                   "| records written | records dropped | queue drained after s |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in ours:
+            out.append(f"| {r['target']} | {r['round']} | {r['case']} | {r['requests']} | "
+                       f"{f(r.get('target_cpu_us_per_req'), 1)} | {f(r['sluice_db_cpu_us_per_req'], 1)} | "
+                       f"{f(r['sluice_tokio_cpu_us_per_req'], 1)} | {f(r['sluice_rest_cpu_us_per_req'], 1)} | "
+                       f"{int(r['sluice_records_written'])} | {int(r['sluice_records_dropped'])} | "
+                       f"{f(r['sluice_drain_s'], 2) if r['sluice_drain_s'] is not None else 'not within 10 s'} |")
+    return "\n".join(out)
+
+
+rig.run_oha = run_oha
+rig.summarize = summarize
+rig.render_tables = render_tables
+
+if __name__ == "__main__":
+    rig.main()
