@@ -116,11 +116,15 @@ pub async fn run() -> anyhow::Result<()> {
     };
     let text = std::fs::read_to_string(&config_path)?;
     let settings =
-        crate::config::parse(&config_path, &text, &env).map_err(|e| anyhow::anyhow!("{e}"))?;
+        crate::settings::parse(&config_path, &text, &env).map_err(|e| anyhow::anyhow!("{e}"))?;
     let server = Server::build(settings).await?;
     let base = format!("http://{}", server.local_addr());
     let app = server.state();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the demo's own server; awaited when the demo ends"
+    )]
     let serving = tokio::spawn(server.run_until_stopped(async move {
         let _ = stop_rx.await;
     }));
@@ -305,6 +309,10 @@ impl Traffic {
     fn start(http: &reqwest::Client, base: &str, key: &str) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the demo's traffic clients, stopped and awaited by `Traffic::stop`"
+        )]
         let tasks = (0..CLIENTS)
             .map(|client| {
                 let (http, url, key) = (

@@ -13,46 +13,21 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::{Mutex, mpsc, watch};
+use tokio::sync::{Mutex, mpsc};
 
+use crate::catalog::Version;
 use crate::guardrails::redact_pii;
-use crate::measure::Record;
-use crate::measure::sse::summarize_completion;
 use crate::measure::tokens::count_prompt;
-use crate::resolve::{Arm, Version};
-use crate::store::{ShadowPair, Store, now_ms};
+use crate::openai::completion::summarize_completion;
+use crate::rollout::policy::ShadowConfig;
+use crate::store::{ShadowPair, Store};
+use crate::tasks::{Stage, Tasks};
+use crate::types::{Arm, Record, now_ms};
 use crate::upstream::Call;
 
 /// Copies sent at once.
 const SHADOW_CONCURRENCY: usize = 8;
 const HOUR: Duration = Duration::from_secs(3600);
-
-/// A rollout policy's `[shadow]` section.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ShadowConfig {
-    /// Share of the source arm's requests that are copied.
-    pub rate: f64,
-    /// Per-workspace overrides of `rate`.
-    pub workspace_rates: std::collections::BTreeMap<String, f64>,
-    pub from: Arm,
-    pub to: Arm,
-    pub max_usd_per_hour: f64,
-    /// Pairs kept per rollout (older ones are deleted).
-    pub keep: u64,
-    /// Requests that carry tools are not copied (their tools may have side effects).
-    pub skip_tools: bool,
-    /// Mask the request's text with the route's guardrail PII rules before storing it.
-    pub redact: bool,
-}
-
-impl ShadowConfig {
-    pub fn rate_for(&self, workspace: &str) -> f64 {
-        self.workspace_rates
-            .get(workspace)
-            .copied()
-            .unwrap_or(self.rate)
-    }
-}
 
 /// A primary request that drew a copy: carried by its meter until it finishes.
 pub struct ShadowTicket {
@@ -169,30 +144,26 @@ impl ShadowQueue {
     }
 }
 
-/// Sends queued copies (a few at a time) until shutdown; what is still queued then is dropped.
-pub async fn run_sender(
-    rx: mpsc::Receiver<ShadowJob>,
-    store: Store,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Starts the workers that send queued copies (a few at a time) until shutdown: a copy in
+/// flight then finishes (within the grace period, see [`crate::tasks`]); what is still
+/// queued is dropped.
+pub fn start_senders(tasks: &Tasks, rx: mpsc::Receiver<ShadowJob>, store: Store) {
     let rx = Arc::new(Mutex::new(rx));
-    let workers: Vec<_> = (0..SHADOW_CONCURRENCY)
-        .map(|_| {
-            let (rx, store) = (rx.clone(), store.clone());
-            tokio::spawn(async move {
-                loop {
-                    let job = rx.lock().await.recv().await;
-                    match job {
-                        Some(job) => send_copy(job, &store).await,
-                        None => break,
-                    }
+    for _ in 0..SHADOW_CONCURRENCY {
+        let (rx, store) = (rx.clone(), store.clone());
+        tasks.spawn("shadow-worker", Stage::Side, move |stop| async move {
+            loop {
+                let job = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break,
+                    job = async { rx.lock().await.recv().await } => job,
+                };
+                match job {
+                    Some(job) => send_copy(job, &store).await,
+                    None => break,
                 }
-            })
-        })
-        .collect();
-    let _ = shutdown.wait_for(|s| *s).await;
-    for w in workers {
-        w.abort();
+            }
+        });
     }
 }
 
@@ -321,18 +292,8 @@ fn stored_request(ticket: &ShadowTicket) -> serde_json::Value {
     if !ticket.shadow.config.redact {
         return v;
     }
-    for message in v["messages"].as_array_mut().into_iter().flatten() {
-        match message.get_mut("content") {
-            Some(serde_json::Value::String(text)) => *text = redact_pii(text),
-            Some(serde_json::Value::Array(parts)) => {
-                for part in parts {
-                    if let Some(serde_json::Value::String(text)) = part.get_mut("text") {
-                        *text = redact_pii(text);
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
+    crate::openai::request::for_each_message_text(&mut v["messages"], |text| {
+        *text = redact_pii(text);
+    });
     v
 }

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 pub mod binary;
 pub mod continuous;
 pub mod guards;
+pub mod spec;
 pub mod units;
 
 use binary::CountProcess;
@@ -29,8 +30,8 @@ use continuous::ContinuousGate;
 use guards::{ALPHA_SRM, KillWindow, Srm};
 use units::{Input, UnitBook, UnitGate};
 
-use crate::resolve::Arm;
-use crate::rollout::policy::{FeedbackKind, Metric, Policy};
+use crate::types::Arm;
+use spec::{FeedbackKind, Gate, JudgeSpec, Metric};
 
 /// One measured request as the judge sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -225,9 +226,10 @@ pub struct Judge {
 }
 
 impl Judge {
-    pub fn new(policy: &Policy) -> Self {
-        let judged =
-            |g: &crate::rollout::policy::Gate| g.max_ratio.is_some() || g.min_ratio.is_some();
+    /// A judge with no evidence yet, for the gates and feedback metrics `spec` names.
+    pub fn new(spec: &JudgeSpec) -> Self {
+        let policy = spec;
+        let judged = |g: &Gate| g.max_ratio.is_some() || g.min_ratio.is_some();
         let total: f64 = policy
             .gates
             .iter()
@@ -290,7 +292,7 @@ impl Judge {
                 }),
             });
         }
-        let units = (policy.sticky != crate::rollout::policy::Sticky::Request).then(|| {
+        let units = (!policy.per_request_units).then(|| {
             UnitBook::new(
                 gates
                     .iter()
@@ -317,7 +319,7 @@ impl Judge {
             kill: policy.kill_switch.as_ref().map(|k| {
                 KillWindow::new(k.error_rate, k.min_requests, k.window.as_millis() as i64)
             }),
-            srm: Srm::new(policy.sticky == crate::rollout::policy::Sticky::Request),
+            srm: Srm::new(policy.per_request_units),
             canary_requests: 0,
             stable_requests: 0,
         }

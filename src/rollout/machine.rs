@@ -14,45 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::judge::JudgeReport;
 use crate::rollout::policy::Policy;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RolloutState {
-    Progressing,
-    Paused,
-    Promoted,
-    RolledBack,
-    Aborted,
-}
-
-impl RolloutState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RolloutState::Progressing => "progressing",
-            RolloutState::Paused => "paused",
-            RolloutState::Promoted => "promoted",
-            RolloutState::RolledBack => "rolled_back",
-            RolloutState::Aborted => "aborted",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Progressing,
-            Self::Paused,
-            Self::Promoted,
-            Self::RolledBack,
-            Self::Aborted,
-        ]
-        .into_iter()
-        .find(|x| x.as_str() == s)
-    }
-
-    /// Live rollouts route traffic to a canary; ended ones never again.
-    pub fn is_live(self) -> bool {
-        matches!(self, RolloutState::Progressing | RolloutState::Paused)
-    }
-}
+use crate::types::RolloutState;
 
 /// Where a rollout stands: everything the router and a restart need.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -460,6 +422,16 @@ mod tests {
             (advanced.step, advanced.weight_bp, advanced.step_started_ms),
             (1, 100, 5)
         );
+        // An advance to a lower weight keeps the weight it has: cohorts stay nested.
+        let lower = advanced.apply(
+            &p,
+            &Decision::Advance {
+                to_step: 2,
+                weight_bp: 50,
+            },
+            7,
+        );
+        assert_eq!((lower.step, lower.weight_bp), (2, 100));
         let held = advanced.apply(&p, &Decision::Hold { why: String::new() }, 9);
         assert_eq!(held, advanced);
         let inconclusive = held.apply(&p, &Decision::Inconclusive { why: String::new() }, 9);

@@ -6,7 +6,7 @@ use axum::http::{HeaderValue, header};
 use futures_util::TryStreamExt;
 
 use super::{Call, Reply, UpstreamError};
-use crate::secret::Secret;
+use crate::types::Secret;
 
 pub struct HttpProvider {
     client: reqwest::Client,

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 use crate::config::MockConfig;
-use crate::measure::Outcome;
+use crate::types::Outcome;
 
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
 
@@ -65,6 +65,25 @@ pub enum Provider {
 }
 
 impl Provider {
+    /// The client for one configured provider; `key` is its API key when it has one.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built (a bad base URL or TLS set-up).
+    pub fn from_config(
+        config: &crate::config::ProviderConfig,
+        key: Option<crate::types::Secret>,
+    ) -> anyhow::Result<Self> {
+        let timeout = std::time::Duration::from_millis(config.timeout_ms);
+        Ok(match config.kind {
+            crate::config::ProviderKind::Openai => Provider::Http(http::HttpProvider::new(
+                config.base_url.as_deref().unwrap_or_default(),
+                key,
+                timeout,
+            )?),
+            crate::config::ProviderKind::Mock => Provider::Mock(mock::MockProvider { timeout }),
+        })
+    }
+
     pub async fn send(&self, call: Call<'_>) -> Result<Reply, UpstreamError> {
         match self {
             Provider::Http(p) => p.send(call).await,

@@ -2,11 +2,14 @@
 //! async-openai as the caller, SQLite always and PostgreSQL when `SLUICE_TEST_PG_URL` is set.
 
 mod helpers;
+#[path = "../common/skip.rs"]
+mod skip;
 
 mod chat;
 mod cli;
 mod errors;
 mod feedback;
+mod health;
 mod keys;
 mod limits;
 mod metrics;

@@ -1,8 +1,7 @@
 //! The store on every engine: the same calls, the same answers.
 
-use sluice::measure::{Outcome, Record, Usage};
-use sluice::resolve::Arm;
 use sluice::store::{Store, StoreError};
+use sluice::types::{Arm, Outcome, Record, Usage};
 
 use crate::helpers::databases;
 
