@@ -68,6 +68,7 @@ impl Server {
         let (sink, records) = RecordSink::new(settings.config.server.record_queue, limits.clone());
         let (shadows, shadow_jobs) = ShadowQueue::new(settings.config.server.shadow_queue.max(1));
         let sink = Arc::new(sink);
+        let (response_book, placements) = crate::responses::book::ResponseBook::new();
         let app = Arc::new(App {
             settings,
             store: store.clone(),
@@ -81,12 +82,18 @@ impl Server {
             shadows: Arc::new(shadows),
             limits,
             traces,
+            response_book: Arc::new(response_book),
         });
         let (shutdown, stopped) = watch::channel(false);
         let tasks = vec![
             tokio::spawn(rollouts.run(stopped.clone())),
             tokio::spawn(shadow::run_sender(
                 shadow_jobs,
+                store.clone(),
+                stopped.clone(),
+            )),
+            tokio::spawn(crate::responses::book::run_writer(
+                placements,
                 store.clone(),
                 stopped.clone(),
             )),

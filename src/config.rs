@@ -40,6 +40,17 @@ pub struct Config {
     /// OpenTelemetry export.
     #[serde(default)]
     pub telemetry: crate::traces::TelemetryConfig,
+    /// Model-less `/v1` endpoints (files, batches, …): off unless a provider is named.
+    #[serde(default)]
+    pub passthrough: PassthroughConfig,
+}
+
+/// `[passthrough]`: where `/v1` endpoints without a `model` go.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PassthroughConfig {
+    /// The provider that serves `/v1/files`, `/v1/batches`, `/v1/uploads`,
+    /// `/v1/vector_stores`, … with its own key. Unset: those paths answer 404.
+    pub provider: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,6 +160,9 @@ pub enum ProviderKind {
     Openai,
     /// Built in: synthetic answers shaped by the version's `mock` table, no network.
     Mock,
+    /// Azure OpenAI: `endpoint`, `api_version`, a `deployment` per version, the key in the
+    /// `api-key` header (or an Entra ID bearer token from `bearer_token_env`).
+    Azure,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -158,6 +172,28 @@ pub struct ProviderConfig {
     pub api_key_env: Option<String>,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Azure: the resource URL, e.g. `https://my-resource.openai.azure.com`.
+    pub endpoint: Option<String>,
+    /// Azure: the `api-version` query value (e.g. `2024-10-21`), or `v1` for the GA v1 API.
+    pub api_version: Option<String>,
+    /// Azure: an environment variable holding a Microsoft Entra ID token, sent as
+    /// `Authorization: Bearer …` instead of the `api-key` header.
+    pub bearer_token_env: Option<String>,
+    /// Client headers passed upstream besides `OpenAI-Beta` and the trace context.
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
+    /// Static headers added to every call to this provider.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Sent as `OpenAI-Organization`.
+    pub organization: Option<String>,
+    /// Sent as `OpenAI-Project`.
+    pub project: Option<String>,
+    /// A PEM file of CA certificates to trust besides the system's (a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// An egress proxy (`http://host:port`) for this provider. Unset: `HTTPS_PROXY`,
+    /// `HTTP_PROXY` and `NO_PROXY` from the environment apply.
+    pub proxy: Option<String>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -224,6 +260,8 @@ pub struct VersionConfig {
     #[serde(default)]
     pub price: Price,
     pub mock: Option<MockConfig>,
+    /// Azure: the deployment that serves this version (its name in the URL and `model`).
+    pub deployment: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -419,7 +457,17 @@ pub fn parse(
                     ));
                 }
             }
+            ProviderKind::Azure => issues.extend(
+                check_azure(&key, provider)
+                    .into_iter()
+                    .map(|(k, m)| issue(&k, m)),
+            ),
         }
+        issues.extend(
+            check_http_options(&key, provider, file)
+                .into_iter()
+                .map(|(k, m)| issue(&k, m)),
+        );
         if provider.timeout_ms == 0 {
             issues.push(issue(
                 &format!("{key}.timeout_ms"),
@@ -435,12 +483,26 @@ pub fn parse(
                 &format!("{key}.provider"),
                 format!("unknown provider `{}`", version.provider),
             )),
-            Some(p) if p.kind == ProviderKind::Openai && version.mock.is_some() => {
+            Some(p) if p.kind != ProviderKind::Mock && version.mock.is_some() => {
                 issues.push(issue(
                     &format!("{key}.mock"),
                     "only versions on a mock provider take a mock table".into(),
                 ))
             }
+            Some(p) if p.kind == ProviderKind::Azure => match &version.deployment {
+                Some(d) if !d.trim().is_empty() => {}
+                _ => issues.push(issue(
+                    &format!("{key}.deployment"),
+                    format!(
+                        "is required: provider `{}` is Azure OpenAI, which serves deployments",
+                        version.provider
+                    ),
+                )),
+            },
+            Some(_) if version.deployment.is_some() => issues.push(issue(
+                &format!("{key}.deployment"),
+                "only versions on an Azure provider have a deployment".into(),
+            )),
             Some(_) => {}
         }
         if version.model.trim().is_empty() {
@@ -494,9 +556,36 @@ pub fn parse(
             }
         }
     }
+    if let Some(p) = &config.passthrough.provider {
+        match config.providers.get(p) {
+            None => issues.push(issue(
+                "passthrough.provider",
+                format!("unknown provider `{p}`"),
+            )),
+            Some(provider) if provider.kind == ProviderKind::Mock => issues.push(issue(
+                "passthrough.provider",
+                format!("`{p}` is a mock provider; files and batches need a real upstream"),
+            )),
+            Some(_) => {
+                used_providers.insert(p.clone());
+            }
+        }
+    }
     for (name, provider) in &config.providers {
-        let (ProviderKind::Openai, Some(var)) = (provider.kind, &provider.api_key_env) else {
-            continue;
+        // An Entra ID token stands in for the key.
+        let var = match (
+            provider.kind,
+            &provider.bearer_token_env,
+            &provider.api_key_env,
+        ) {
+            (ProviderKind::Azure, Some(var), _) => var,
+            (ProviderKind::Openai | ProviderKind::Azure, None, Some(var)) => var,
+            _ => continue,
+        };
+        let key_name = if provider.bearer_token_env.is_some() {
+            "bearer_token_env"
+        } else {
+            "api_key_env"
         };
         match env(var) {
             Some(value) if !value.is_empty() => {
@@ -504,7 +593,7 @@ pub fn parse(
             }
             // A provider only canary versions use may lack its key: a rollout to it is refused.
             _ if used_providers.contains(name) => issues.push(issue(
-                &format!("providers.{name}.api_key_env"),
+                &format!("providers.{name}.{key_name}"),
                 format!("environment variable {var} is not set, and a route uses this provider"),
             )),
             _ => {}
@@ -582,6 +671,121 @@ pub fn parse(
         policies_dir,
         guardrails,
     })
+}
+
+/// Azure OpenAI's own keys: an http(s) `endpoint` and an `api_version`; no `base_url`.
+fn check_azure(key: &str, provider: &ProviderConfig) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if provider.base_url.is_some() {
+        out.push((
+            format!("{key}.base_url"),
+            "an Azure provider takes `endpoint` (https://<resource>.openai.azure.com), not base_url"
+                .into(),
+        ));
+    }
+    match &provider.endpoint {
+        None => out.push((
+            format!("{key}.endpoint"),
+            "is required for kind = \"azure\" (https://<resource>.openai.azure.com)".into(),
+        )),
+        Some(raw) => match url::Url::parse(raw) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {
+                if u.path().trim_matches('/').starts_with("openai") {
+                    out.push((
+                        format!("{key}.endpoint"),
+                        format!("`{raw}`: give the resource URL only; sluice adds /openai/…"),
+                    ));
+                }
+            }
+            _ => out.push((
+                format!("{key}.endpoint"),
+                format!("`{raw}` is not an http(s) URL"),
+            )),
+        },
+    }
+    match provider.api_version.as_deref() {
+        None | Some("") => out.push((
+            format!("{key}.api_version"),
+            "is required for kind = \"azure\" (e.g. \"2024-10-21\", or \"v1\")".into(),
+        )),
+        Some(_) => {}
+    }
+    if provider.api_key_env.is_none() && provider.bearer_token_env.is_none() {
+        out.push((
+            format!("{key}.api_key_env"),
+            "an Azure provider needs api_key_env or bearer_token_env".into(),
+        ));
+    }
+    out
+}
+
+/// Options of every provider that calls out over HTTP: headers, CA file, proxy.
+fn check_http_options(key: &str, provider: &ProviderConfig, file: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let http = provider.kind != ProviderKind::Mock;
+    let set = !provider.forward_headers.is_empty()
+        || !provider.headers.is_empty()
+        || provider.organization.is_some()
+        || provider.project.is_some()
+        || provider.ca_file.is_some()
+        || provider.proxy.is_some();
+    if !http && set {
+        out.push((
+            key.to_owned(),
+            "a mock provider takes no headers, ca_file or proxy".into(),
+        ));
+        return out;
+    }
+    for name in &provider.forward_headers {
+        if !crate::upstream::headers::forwardable(name) {
+            out.push((
+                format!("{key}.forward_headers"),
+                format!("`{name}` may not be forwarded (credentials, hop-by-hop or sluice's own)"),
+            ));
+        }
+    }
+    for (name, value) in &provider.headers {
+        let name_ok = axum::http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+            .is_ok_and(|n| !crate::upstream::headers::NEVER_FORWARDED.contains(&n.as_str()));
+        if !name_ok {
+            out.push((
+                format!("{key}.headers.{name}"),
+                "is not a header sluice may set".into(),
+            ));
+        }
+        if axum::http::HeaderValue::from_str(value).is_err() {
+            out.push((
+                format!("{key}.headers.{name}"),
+                "is not a valid header value".into(),
+            ));
+        }
+    }
+    if let Some(ca) = &provider.ca_file {
+        let path = file.parent().unwrap_or(Path::new("")).join(ca);
+        match std::fs::read(&path) {
+            Err(e) => out.push((
+                format!("{key}.ca_file"),
+                format!("cannot read {}: {e}", path.display()),
+            )),
+            Ok(pem) => {
+                if reqwest::Certificate::from_pem_bundle(&pem).map_or(true, |c| c.is_empty()) {
+                    out.push((
+                        format!("{key}.ca_file"),
+                        format!("{} holds no PEM certificate", path.display()),
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(proxy) = &provider.proxy
+        && !url::Url::parse(proxy).is_ok_and(|u| u.has_host())
+    {
+        out.push((
+            format!("{key}.proxy"),
+            format!("`{proxy}` is not a URL such as http://proxy:3128"),
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

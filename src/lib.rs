@@ -15,11 +15,13 @@
 
 pub mod app;
 pub mod auth;
+pub mod azure;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod eval;
+pub mod forward;
 pub mod guardrails;
 pub mod http;
 pub mod judge;
@@ -27,6 +29,7 @@ pub mod limits;
 pub mod measure;
 pub mod pipeline;
 pub mod resolve;
+pub mod responses;
 pub mod rollout;
 pub mod secret;
 pub mod shadow;

@@ -17,11 +17,13 @@ use tokio::sync::{Mutex, mpsc, watch};
 
 use crate::guardrails::redact_pii;
 use crate::measure::Record;
-use crate::measure::sse::summarize_completion;
+use crate::measure::sse::{CompletionSummary, summarize_completion};
 use crate::measure::tokens::count_prompt;
 use crate::resolve::{Arm, Version};
+use crate::responses::wire::summarize_response;
 use crate::store::{ShadowPair, Store, now_ms};
 use crate::upstream::Call;
+use crate::upstream::endpoint::Api;
 
 /// Copies sent at once.
 const SHADOW_CONCURRENCY: usize = 8;
@@ -57,6 +59,8 @@ impl ShadowConfig {
 /// A primary request that drew a copy: carried by its meter until it finishes.
 pub struct ShadowTicket {
     pub shadow: Arc<RolloutShadow>,
+    /// The API of the primary: the copy goes to the same operation on the other version.
+    pub api: crate::upstream::endpoint::Api,
     /// The body as sent upstream for the primary (model is replaced again for the copy).
     pub body: Bytes,
     pub trace_id: Option<String>,
@@ -203,7 +207,7 @@ async fn send_copy(job: ShadowJob, store: &Store) {
         return;
     }
     let version = &shadow.to_version;
-    let body = match copy_body(&job.ticket.body, &version.model) {
+    let body = match copy_body(&job.ticket.body, &version.model, job.ticket.api) {
         Some(body) => body,
         None => {
             shadow.failed.fetch_add(1, Ordering::Relaxed);
@@ -221,6 +225,9 @@ async fn send_copy(job: ShadowJob, store: &Store) {
             .start_child(cx, format!("shadow {}", version.name), attributes)
     });
     let call = Call {
+        endpoint: job.ticket.api.endpoint(),
+        client_headers: None,
+        content_type: None,
         body: body.clone(),
         stream: false,
         include_usage: false,
@@ -252,7 +259,18 @@ async fn send_copy(job: ShadowJob, store: &Store) {
         }
     };
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let summary = summarize_completion(&answer_bytes).ok();
+    let summary = match job.ticket.api {
+        Api::Responses => serde_json::from_slice::<serde_json::Value>(&answer_bytes)
+            .ok()
+            .and_then(|v| summarize_response(&v).ok())
+            .map(|s| CompletionSummary {
+                model: s.model.clone(),
+                usage: s.usage,
+                finish_reason: s.finish_reason(),
+                choices: vec![s.output],
+            }),
+        _ => summarize_completion(&answer_bytes).ok(),
+    };
     let (answer, usage) = match &summary {
         Some(s) => (s.all_text(), s.usage),
         None => (
@@ -305,12 +323,16 @@ async fn send_copy(job: ShadowJob, store: &Store) {
     shadow.sent.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The primary's body with `model` set to the shadow version's and streaming off.
-fn copy_body(body: &[u8], model: &str) -> Option<Bytes> {
+/// The primary's body with `model` set to the shadow version's and streaming off; a
+/// Responses copy is not stored upstream (nobody continues it).
+fn copy_body(body: &[u8], model: &str, api: Api) -> Option<Bytes> {
     let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
     v.insert("model".into(), model.into());
     v.insert("stream".into(), false.into());
     v.remove("stream_options");
+    if api == Api::Responses {
+        v.insert("store".into(), false.into());
+    }
     serde_json::to_vec(&v).ok().map(Bytes::from)
 }
 
@@ -321,7 +343,15 @@ fn stored_request(ticket: &ShadowTicket) -> serde_json::Value {
     if !ticket.shadow.config.redact {
         return v;
     }
-    for message in v["messages"].as_array_mut().into_iter().flatten() {
+    if let Some(serde_json::Value::String(text)) = v.get_mut("input") {
+        *text = redact_pii(text);
+    }
+    let items = if v["messages"].is_array() {
+        "messages"
+    } else {
+        "input"
+    };
+    for message in v[items].as_array_mut().into_iter().flatten() {
         match message.get_mut("content") {
             Some(serde_json::Value::String(text)) => *text = redact_pii(text),
             Some(serde_json::Value::Array(parts)) => {

@@ -30,6 +30,8 @@ pub struct App {
     pub shadows: Arc<crate::shadow::ShadowQueue>,
     pub limits: Arc<crate::limits::LimitBook>,
     pub traces: crate::traces::Traces,
+    /// Which version produced each Response id: conversations continue where they began.
+    pub response_book: Arc<crate::responses::book::ResponseBook>,
 }
 
 pub type AppState = Arc<App>;

@@ -6,13 +6,14 @@
 
 mod admin;
 mod dashboard;
+mod dropin;
 mod openai;
 mod openapi;
 mod rollouts;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -22,6 +23,11 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
+        .route("/v1/models/{*route}", get(dropin::model))
+        .route("/v1/responses", post(dropin::responses))
+        .route("/v1/responses/{*rest}", any(dropin::stored_response))
+        .route("/v1/embeddings", post(dropin::embeddings))
+        .route("/v1/{*path}", any(dropin::other))
         .route("/v1/feedback", post(openai::feedback))
         .nest("/admin/v1", admin::router())
         .route("/healthz", get(|| async { "ok" }))

@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::config::Price;
 use crate::resolve::{Arm, Target};
+use crate::upstream::endpoint::Api;
 
 /// How a request ended, as counted in records and aggregates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -134,6 +135,15 @@ pub struct Record {
     pub schema_failed: Option<bool>,
     /// A guardrail blocked the input or the output.
     pub guardrail_blocked: bool,
+    /// Which OpenAI API the request used.
+    pub api: Api,
+    /// Reasoning tokens, as the upstream reported them apart (they are part of
+    /// `completion_tokens` and its cost, as OpenAI bills them).
+    pub reasoning_tokens: Option<u64>,
+    /// Embeddings: how many inputs the request carried.
+    pub inputs: Option<u32>,
+    /// Embeddings: the length of the vectors answered.
+    pub dimensions: Option<u32>,
 }
 
 /// What a finished answer looked like, filled in by the handler or the stream relay.
@@ -149,6 +159,9 @@ pub struct Observed {
     pub answer: Option<String>,
     /// The `model` the upstream says answered.
     pub response_model: Option<String>,
+    pub reasoning_tokens: Option<u64>,
+    pub inputs: Option<u32>,
+    pub dimensions: Option<u32>,
 }
 
 /// Carries one request's measurement until it ends. Dropping an unfinished meter records the
@@ -171,6 +184,7 @@ pub struct Meter {
     span: Option<opentelemetry::Context>,
     /// A shadow copy to hand over once the request has finished well.
     shadow: Option<(crate::shadow::ShadowTicket, Arc<crate::shadow::ShadowQueue>)>,
+    api: Api,
 }
 
 impl Meter {
@@ -199,7 +213,13 @@ impl Meter {
             status: 0,
             span: None,
             shadow: None,
+            api: Api::Chat,
         }
+    }
+
+    /// Marks the request as one of another API than chat completions.
+    pub fn set_api(&mut self, api: Api) {
+        self.api = api;
     }
 
     pub fn set_span(&mut self, span: Option<opentelemetry::Context>) {
@@ -302,6 +322,10 @@ impl Meter {
             step: assignment.map(|a| a.step),
             schema_failed: observed.schema_failed,
             guardrail_blocked: observed.guardrail_blocked,
+            api: self.api,
+            reasoning_tokens: observed.reasoning_tokens,
+            inputs: observed.inputs,
+            dimensions: observed.dimensions,
         }
     }
 }

@@ -14,13 +14,16 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row, SqlSafeStr};
 
 mod quality;
+mod responses;
 mod rollouts;
 
 pub use quality::{RequestPlacement, ShadowPair};
+pub use responses::ResponsePlacement;
 pub use rollouts::{Actor, EventRow, NewEvent, RolloutRow};
 
 use crate::measure::{Outcome, Record};
 use crate::resolve::Arm;
+use crate::upstream::endpoint::Api;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
@@ -65,6 +68,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "limits",
         include_str!("../../migrations/sqlite/0005_limits.sql"),
     ),
+    (
+        6,
+        "responses",
+        include_str!("../../migrations/sqlite/0006_responses.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -92,9 +100,14 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "limits",
         include_str!("../../migrations/postgres/0005_limits.sql"),
     ),
+    (
+        6,
+        "responses",
+        include_str!("../../migrations/postgres/0006_responses.sql"),
+    ),
 ];
 
-/// Rows per INSERT statement, largest first (× 23 columns stays far below both engines'
+/// Rows per INSERT statement, largest first (× 27 columns stays far below both engines'
 /// parameter limits). Only these sizes are ever prepared, so each connection caches three
 /// statements instead of one per batch remainder.
 const INSERT_SIZES: [usize; 3] = [100, 10, 1];
@@ -102,7 +115,7 @@ const INSERT_SIZES: [usize; 3] = [100, 10, 1];
 /// sqlx 0.9's Any driver binds a NULL `f64` as a PostgreSQL `float4`; a prepared statement
 /// whose first use had that NULL then refuses every later 8-byte value. Text has no such
 /// trap, and Rust prints an `f64` so that it parses back to the same value.
-const REQUEST_COLUMN_CASTS: [Option<&str>; 23] = [
+const REQUEST_COLUMN_CASTS: [Option<&str>; 27] = [
     None,
     None,
     None,
@@ -126,6 +139,10 @@ const REQUEST_COLUMN_CASTS: [Option<&str>; 23] = [
     Some("INTEGER"), // step
     Some("INTEGER"), // schema_failed
     None,
+    None,           // api
+    Some("BIGINT"), // reasoning_tokens
+    Some("BIGINT"), // inputs
+    Some("BIGINT"), // dimensions
 ];
 const REQUEST_COLUMNS: usize = REQUEST_COLUMN_CASTS.len();
 
@@ -134,7 +151,7 @@ fn insert_requests_sql(rows: usize) -> String {
     let mut sql = String::from(
         "INSERT INTO requests (request_id, at_ms, workspace_id, route, version, arm, stream, status, outcome, \
          latency_ms, ttft_ms, prompt_tokens, completion_tokens, tokens_estimated, cost_usd, response_chars, finish_reason, \
-         rollout_id, canary_weight, randomized, step, schema_failed, guardrail_blocked) VALUES ",
+         rollout_id, canary_weight, randomized, step, schema_failed, guardrail_blocked, api, reasoning_tokens, inputs, dimensions) VALUES ",
     );
     for row in 0..rows {
         sql.push_str(if row == 0 { "(" } else { ", (" });
@@ -414,7 +431,11 @@ impl Store {
                     .bind(r.randomized as i32)
                     .bind(r.step.map(|s| s as i32))
                     .bind(r.schema_failed.map(i32::from))
-                    .bind(r.guardrail_blocked as i32);
+                    .bind(r.guardrail_blocked as i32)
+                    .bind(r.api.as_str())
+                    .bind(r.reasoning_tokens.map(|t| t as i64))
+                    .bind(r.inputs.map(i64::from))
+                    .bind(r.dimensions.map(i64::from));
             }
             query.execute(&mut *tx).await?;
         }
@@ -431,7 +452,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT request_id, at_ms, workspace_id, route, version, arm, stream, status, outcome, latency_ms, ttft_ms, \
              prompt_tokens, completion_tokens, tokens_estimated, cost_usd, response_chars, finish_reason, \
-             rollout_id, canary_weight, randomized, step, schema_failed, guardrail_blocked FROM requests WHERE ($1 IS NULL OR route = $1) ORDER BY at_ms DESC, request_id LIMIT $2",
+             rollout_id, canary_weight, randomized, step, schema_failed, guardrail_blocked, api, reasoning_tokens, inputs, dimensions FROM requests WHERE ($1 IS NULL OR route = $1) ORDER BY at_ms DESC, request_id LIMIT $2",
         )
         .bind(route)
         .bind(limit)
@@ -467,6 +488,10 @@ impl Store {
                     step: r.try_get::<Option<i32>, _>(20)?.map(|s| s as u32),
                     schema_failed: r.try_get::<Option<i32>, _>(21)?.map(|f| f != 0),
                     guardrail_blocked: r.try_get::<i32, _>(22)? != 0,
+                    api: Api::parse(&r.try_get::<String, _>(23)?).unwrap_or_default(),
+                    reasoning_tokens: r.try_get::<Option<i64>, _>(24)?.map(|t| t as u64),
+                    inputs: r.try_get::<Option<i64>, _>(25)?.map(|t| t as u32),
+                    dimensions: r.try_get::<Option<i64>, _>(26)?.map(|t| t as u32),
                 })
             })
             .collect::<Result<_, sqlx::Error>>()

@@ -2,9 +2,11 @@
 //! async-openai as the caller, SQLite always and PostgreSQL when `SLUICE_TEST_PG_URL` is set.
 
 mod helpers;
+mod upstream_more;
 
 mod chat;
 mod cli;
+mod dropin;
 mod errors;
 mod feedback;
 mod keys;
@@ -12,6 +14,7 @@ mod limits;
 mod metrics;
 mod quality;
 mod records;
+mod responses;
 mod restart;
 mod rollouts;
 mod shadow;

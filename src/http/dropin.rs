@@ -1,0 +1,161 @@
+//! The rest of the OpenAI surface: `POST /v1/responses` and its stored-response
+//! operations, `POST /v1/embeddings`, `GET /v1/models/{route}`, and every other `/v1` path
+//! (forwarded with a model, passed through without one, or a clear 404).
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{OriginalUri, Path, State};
+use axum::http::{HeaderMap, Method};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::json;
+
+use super::openai::respond;
+use super::{bearer_of, body_error};
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::forward::{self, Forward, OtherPath};
+use crate::state::AppState;
+
+/// Authenticates the caller and admits it under its workspace's limits.
+async fn admit(app: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let caller = app
+        .keys
+        .authenticate(&app.store, bearer_of(headers))
+        .await?;
+    app.limits.admit(&caller.workspace)?;
+    Ok(caller)
+}
+
+fn body(app: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|r| body_error(r, app.settings.config.server.max_body_bytes))
+}
+
+pub async fn responses(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Response {
+    let caller = match admit(&app, &headers).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    match body(&app, raw) {
+        Ok(raw) => respond(crate::responses::create(&app, caller, &headers, raw).await),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn embeddings(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Response {
+    let caller = match admit(&app, &headers).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    match body(&app, raw) {
+        Ok(raw) => respond(forward::embeddings(&app, caller, &headers, raw).await),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET|DELETE /v1/responses/{id}`, `GET …/input_items`, `POST …/cancel`.
+pub async fn stored_response(
+    State(app): State<AppState>,
+    Path(rest): Path<String>,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Response {
+    let caller = match admit(&app, &headers).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let (id, tail) = rest.split_once('/').unwrap_or((rest.as_str(), ""));
+    let allowed = matches!(
+        (&method, tail),
+        (&Method::GET | &Method::DELETE, "")
+            | (&Method::GET, "input_items")
+            | (&Method::POST, "cancel")
+    );
+    if !allowed {
+        return ApiError::NotFound(format!("no such endpoint: {method} {}", uri.path()))
+            .into_response();
+    }
+    let raw = match body(&app, raw) {
+        Ok(raw) => raw,
+        Err(e) => return e.into_response(),
+    };
+    let path = format!("responses/{rest}");
+    let forward = Forward {
+        method,
+        path: &path,
+        query: uri.query(),
+        headers: &headers,
+        body: raw,
+    };
+    respond(forward::stored_response(&app, &caller, id, forward).await)
+}
+
+/// `GET /v1/models/{route}`: the route as a model object.
+pub async fn model(
+    State(app): State<AppState>,
+    Path(route): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    app.keys
+        .authenticate(&app.store, bearer_of(&headers))
+        .await?;
+    if app.routing.load().route(&route).is_none() {
+        return Err(ApiError::UnknownRoute(route));
+    }
+    Ok(
+        axum::Json(json!({"id": route, "object": "model", "created": 0, "owned_by": "sluice"}))
+            .into_response(),
+    )
+}
+
+/// Every other `/v1/…` path.
+pub async fn other(
+    State(app): State<AppState>,
+    Path(path): Path<String>,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Response {
+    let kind = forward::classify(&path);
+    if kind == OtherPath::Unknown {
+        return ApiError::NotFound(format!(
+            "no such endpoint: {method} {}; sluice serves /v1/chat/completions, /v1/responses, /v1/embeddings, /v1/models and the OpenAI operations that take a model",
+            uri.path()
+        ))
+        .into_response();
+    }
+    let caller = match admit(&app, &headers).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let raw = match body(&app, raw) {
+        Ok(raw) => raw,
+        Err(e) => return e.into_response(),
+    };
+    let forward = Forward {
+        method: method.clone(),
+        path: &path,
+        query: uri.query(),
+        headers: &headers,
+        body: raw,
+    };
+    match kind {
+        OtherPath::WithModel if method == Method::POST => {
+            respond(forward::with_model(&app, caller, forward).await)
+        }
+        OtherPath::WithModel => {
+            ApiError::NotFound(format!("no such endpoint: {method} {}", uri.path())).into_response()
+        }
+        _ => respond(forward::passthrough(&app, forward).await),
+    }
+}
