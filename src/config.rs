@@ -915,6 +915,66 @@ stable = "small"
     }
 
     #[test]
+    fn azure_providers_are_checked_at_start() {
+        let text = r#"
+[providers.az]
+kind = "azure"
+endpoint = "https://res.openai.azure.com/openai/deployments/x"
+api_key_env = "AZ_KEY"
+forward_headers = ["x-tenant", "Authorization"]
+[providers.good]
+kind = "azure"
+endpoint = "https://res.openai.azure.com"
+api_version = "2024-10-21"
+bearer_token_env = "AZ_TOKEN"
+[versions.a]
+provider = "az"
+model = "gpt-4o"
+[versions.b]
+provider = "good"
+model = "gpt-4o"
+deployment = "gpt4o-prod"
+[routes.chat]
+stable = "b"
+[passthrough]
+provider = "nowhere"
+"#;
+        let env = env_with(&[("SLUICE_ADMIN_TOKEN", "t"), ("AZ_TOKEN", "entra")]);
+        let errors = parse(Path::new("s.toml"), text, &env).unwrap_err();
+        let lines: Vec<String> = errors.0.iter().map(|i| i.to_string()).collect();
+        let expect = [
+            "s.toml: providers.az.endpoint: `https://res.openai.azure.com/openai/deployments/x`: give the resource URL only",
+            "s.toml: providers.az.api_version: is required",
+            "s.toml: providers.az.forward_headers: `Authorization` may not be forwarded",
+            "s.toml: versions.a.deployment: is required",
+            "s.toml: passthrough.provider: unknown provider `nowhere`",
+        ];
+        for want in expect {
+            assert!(
+                lines.iter().any(|l| l.starts_with(want)),
+                "missing `{want}` in {lines:#?}"
+            );
+        }
+        assert_eq!(lines.len(), expect.len(), "{lines:#?}");
+        // The Entra ID token stands in for the key.
+        let ok = r#"
+[providers.good]
+kind = "azure"
+endpoint = "https://res.openai.azure.com"
+api_version = "v1"
+bearer_token_env = "AZ_TOKEN"
+[versions.b]
+provider = "good"
+model = "gpt-4o"
+deployment = "gpt4o-prod"
+[routes.chat]
+stable = "b"
+"#;
+        let settings = parse(Path::new("s.toml"), ok, &env).unwrap();
+        assert_eq!(settings.provider_keys["good"].expose(), "entra");
+    }
+
+    #[test]
     fn cost_is_priced_per_million_tokens() {
         let price = Price {
             input_per_mtok: 2.5,

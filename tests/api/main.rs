@@ -12,6 +12,7 @@ mod feedback;
 mod keys;
 mod limits;
 mod metrics;
+mod network;
 mod quality;
 mod records;
 mod responses;
