@@ -517,3 +517,29 @@ async fn shadow_copies_of_responses_requests_are_stored_as_pairs() {
         .expect("the copy went to the canary's Responses endpoint");
     assert_eq!(copy.json()["store"], false);
 }
+
+#[tokio::test]
+async fn a_conversation_id_keeps_its_requests_on_the_version_that_first_served_it() {
+    let app = TestApp::spawn().await;
+    let key = app.key("acme").await;
+    let r = start(&app, "chat", "gpt-4-1", "hold").await;
+    let id = r["id"].as_str().unwrap().to_owned();
+    for (arm, expected) in [("canary", "gpt-4-1"), ("stable", "gpt-4-1")] {
+        let (status, _) = app
+            .admin(
+                Method::PUT,
+                &format!("/rollouts/{id}/pins/acme"),
+                Some(json!({"arm": arm})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let r = responses_raw(
+            &app,
+            &key,
+            json!({"model": "chat", "input": "hi", "conversation": {"id": "conv_42"}}),
+        )
+        .await;
+        assert_eq!(headers_of(&r)["x-sluice-version"], expected, "pinned {arm}");
+        let _ = r.bytes().await;
+    }
+}
