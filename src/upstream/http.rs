@@ -42,20 +42,6 @@ pub struct HttpProvider {
 }
 
 impl HttpProvider {
-    /// A plain OpenAI-compatible provider at `base_url`, with nothing else configured.
-    pub fn new(base_url: &str, api_key: Option<Secret>, timeout: Duration) -> anyhow::Result<Self> {
-        Ok(Self {
-            client: client_builder(timeout).build()?,
-            flavor: Flavor::OpenAi {
-                base_url: base_url.to_owned(),
-            },
-            api_key,
-            static_headers: HeaderMap::new(),
-            forward: Vec::new(),
-            timeout,
-        })
-    }
-
     /// The provider `config` describes; `config_dir` anchors a relative `ca_file`.
     pub fn from_config(
         config: &ProviderConfig,
