@@ -14,11 +14,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::auth::KeyCache;
-use crate::config::Settings;
+use crate::catalog::Catalog;
 use crate::limits::LimitBook;
 use crate::measure::sink::RecordSink;
-use crate::resolve::{Catalog, RoutingTable};
+use crate::resolve::RoutingTable;
 use crate::rollout::control::Controller;
+use crate::settings::Settings;
 use crate::shadow::{self, ShadowQueue};
 use crate::state::{App, AppState};
 use crate::store::Store;

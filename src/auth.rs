@@ -12,8 +12,8 @@ use rand::distr::Alphanumeric;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
-use crate::secret::Secret;
 use crate::store::Store;
+use crate::types::Secret;
 
 pub const KEY_PREFIX: &str = "sk-sluice-";
 const KEY_RANDOM_CHARS: usize = 32;

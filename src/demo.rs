@@ -116,7 +116,7 @@ pub async fn run() -> anyhow::Result<()> {
     };
     let text = std::fs::read_to_string(&config_path)?;
     let settings =
-        crate::config::parse(&config_path, &text, &env).map_err(|e| anyhow::anyhow!("{e}"))?;
+        crate::settings::parse(&config_path, &text, &env).map_err(|e| anyhow::anyhow!("{e}"))?;
     let server = Server::build(settings).await?;
     let base = format!("http://{}", server.local_addr());
     let app = server.state();

@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::json;
 
-use crate::measure::Outcome;
 use crate::store::StoreError;
+use crate::types::Outcome;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

@@ -27,13 +27,15 @@ use serde_json::Value;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::measure::Meter;
 use crate::measure::tokens::count_embedding_input;
-use crate::measure::{Meter, Outcome, Usage};
 use crate::pipeline::{
     Answer, Body, ChatRequest, Routed, fail, forwardable_headers, new_request_id, read_body,
     upstream_error,
 };
 use crate::resolve::Target;
+use crate::types::{Outcome, Usage};
+
 use crate::state::App;
 use crate::upstream::endpoint::{Api, Endpoint};
 use crate::upstream::headers::rate_limit_headers;
@@ -584,7 +586,7 @@ pub async fn stored_response(
         Ok(reply) => Ok(relay_raw(reply)),
         Err(e) => Err(upstream_error(e, &version.name)),
     };
-    let routed = crate::resolve::RouteName::parse(&placement.route)
+    let routed = crate::types::RouteName::parse(&placement.route)
         .ok()
         .map(|route| Routed {
             route,

@@ -1,21 +1,79 @@
 //! sluice: an OpenAI-compatible gateway that routes chat requests to model versions,
-//! measures every answer per version, and (in later stages) rolls new versions out.
+//! measures every answer per version, and rolls new versions out step by step, reverting
+//! them on its own when the evidence says they are worse.
 //!
-//! The path of one request, one module per stage:
+//! # The path of one request
+//!
+//! This is the one copy of the diagram; other modules link here.
 //!
 //! ```text
-//! client ─► http (axum) ─► auth (key → workspace) ─► pipeline: parse (model, stream; rest raw)
-//!        ─► resolve (route → version, arm) ─► upstream (mock | OpenAI-compatible HTTP)
-//!        ─► measure (status, latency, TTFT, tokens, cost, length) ─► response (+ x-sluice-*)
-//!                      └─► record sink (bounded queue) ─► store (SQLite | PostgreSQL)
+//! client ─► http (axum) ─► auth (key → workspace) + limits
+//!        ─► pipeline: parse (model, stream; the rest kept raw)
+//!        ─► resolve (route → pin | targeted step | sticky bucket → arm → catalog version)
+//!        ─► input guardrails ─► upstream (mock | OpenAI-compatible HTTP)
+//!        ─► whole answer | stream relay (measure::sse) ─► shared end of answer
+//!        ─► measure: one Record (status, latency, TTFT, tokens, cost, length, schema,
+//!                    output guardrails) ─► response (+ x-request-id, x-sluice-*)
+//!                └─► version stats, rollout tap (judge), shadow queue, record sink ─► store
 //! ```
 //!
-//! `app` builds and runs all of it; `config` reads `sluice.toml`; `error` maps every error
-//! to HTTP in one place.
+//! Off the path: `rollout::control` drains each rollout's tap into the `judge`, lets
+//! `rollout::machine` decide, writes the change to the `store` and only then publishes a
+//! new routing table.
+//!
+//! # Layers
+//!
+//! A module imports only from its own layer or a lower one, and no two modules import each
+//! other, directly or around a loop. `tests/layers.rs` reads this table and every
+//! `crate::`/`super::` path in `src/` and fails otherwise. A file belongs to the longest
+//! module listed here that contains it.
+//!
+//! | module | layer | owns |
+//! |---|---|---|
+//! | `types` | L0 | the DESIGN vocabulary as values: Arm, RouteName, WorkspaceId, Weight, Outcome, Usage, Record, Price, Limits, RolloutState, Secret, now_ms |
+//! | `config::issue` | L0 | ConfigIssue / ConfigErrors: a mistake located by file and dotted key |
+//! | `config` | L1 | `sluice.toml` as plain serde data |
+//! | `judge` | L1 | the pure sequential judge over two arms' observations, with its own JudgeSpec |
+//! | `guardrails` | L1 | guardrail rules, their detection and redaction, and their loader |
+//! | `traces` | L1 | OpenTelemetry spans for requests and upstream calls |
+//! | `openai` | L1 | the OpenAI wire format, pure: a whole completion read, the Responses API read |
+//! | `measure::histogram` | L1 | lock-free latency histograms |
+//! | `measure::tokens` | L1 | token counting when an upstream gives no usage |
+//! | `measure::schema` | L1 | structured-output and tool-call schema checks |
+//! | `measure::aggregate` | L2 | live per-(route, version, arm) stats |
+//! | `rollout::policy` | L2 | a rollout policy: steps, gates, stickiness, shadow and feedback; its loader; `judge_spec()` |
+//! | `upstream` | L2 | providers: an OpenAI-compatible HTTP client and the mock; `Provider::from_config` |
+//! | `rollout::machine` | L3 | the pure rollout state machine |
+//! | `rollout::feed` | L3 | a rollout's tap: assignments and observations on their way to the judge |
+//! | `settings` | L3 | config + secrets + policies + guardrail sets, checked together (`sluice config check`) |
+//! | `store` | L3 | SQLite / PostgreSQL: keys, records, rollouts, events, shadow pairs |
+//! | `error` | L4 | ApiError: every request-path error mapped to HTTP and OpenAI's shape |
+//! | `catalog` | L4 | the configured versions (with their clients), route settings and live stats |
+//! | `responses::book` | L4 | Response id → version that produced it (memory + `response_versions`) |
+//! | `limits` | L5 | per-workspace rate, token and spend limits |
+//! | `auth` | L5 | API key → workspace (hash, cache, store fallback); admin token check |
+//! | `shadow` | L5 | shadow copies: sampling, the bounded queue and the sender |
+//! | `resolve` | L6 | the routing table: route → arm → version, sticky buckets |
+//! | `azure` | L7 | provider content filters (Azure OpenAI's) counted as guardrail blocks |
+//! | `responses::relay` | L7 | the Responses stream relay: typed events measured, checked, held back |
+//! | `measure` | L7 | the Meter → one Record per request; answer checks; stream relay; the record sink |
+//! | `rollout` | L8 | the controller (the only writer of the routing table) and its views |
+//! | `state` | L8 | AppState: what handlers and the pipeline reach |
+//! | `pipeline` | L9 | the hot path without axum: parse → resolve → guard → upstream → answer |
+//! | `responses` | L9 | `POST /v1/responses` on the hot path: conversations stay where they began |
+//! | `forward` | L9 | embeddings (stable only), other `/v1` operations with a model, passthrough, stored responses |
+//! | `http` | L10 | everything that knows axum: routers and handlers |
+//! | `telemetry` | L10 | the Prometheus page |
+//! | `app` | L11 | build → bind → run until stopped |
+//! | `cli` | L12 | the admin API client and its rendering |
+//! | `demo` | L12 | `sluice demo`: a whole rollout against mock providers |
+//! | `eval` | L12 | `sluice eval`: offline comparison of versions |
+//! | `simulate` | L12 | `sluice simulate`: the judge against synthetic traffic |
 
 pub mod app;
 pub mod auth;
 pub mod azure;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -27,15 +85,17 @@ pub mod http;
 pub mod judge;
 pub mod limits;
 pub mod measure;
+pub mod openai;
 pub mod pipeline;
 pub mod resolve;
 pub mod responses;
 pub mod rollout;
-pub mod secret;
+pub mod settings;
 pub mod shadow;
 pub mod simulate;
 pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod traces;
+pub mod types;
 pub mod upstream;

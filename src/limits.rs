@@ -10,58 +10,16 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
-use crate::measure::Record;
+use crate::types::{Limits, Record, now_ms};
 
 const MINUTE_MS: i64 = 60_000;
 const DAY_MS: i64 = 86_400_000;
-
-/// A workspace's limits; `None` is unlimited.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Limits {
-    pub requests_per_second: Option<f64>,
-    pub burst: Option<u32>,
-    pub tokens_per_minute: Option<u64>,
-    pub usd_per_day: Option<f64>,
-}
-
-impl Limits {
-    pub fn check(&self) -> Result<(), String> {
-        if self
-            .requests_per_second
-            .is_some_and(|r| !(r > 0.0 && r.is_finite()))
-        {
-            return Err("requests_per_second must be greater than 0".into());
-        }
-        if self.burst == Some(0) {
-            return Err("burst must be at least 1".into());
-        }
-        if self
-            .usd_per_day
-            .is_some_and(|u| !(u >= 0.0 && u.is_finite()))
-        {
-            return Err("usd_per_day must be zero or more".into());
-        }
-        Ok(())
-    }
-
-    /// These limits, with the defaults filling what they leave out.
-    fn over(self, defaults: Limits) -> Limits {
-        Limits {
-            requests_per_second: self.requests_per_second.or(defaults.requests_per_second),
-            burst: self.burst.or(defaults.burst),
-            tokens_per_minute: self.tokens_per_minute.or(defaults.tokens_per_minute),
-            usd_per_day: self.usd_per_day.or(defaults.usd_per_day),
-        }
-    }
-}
 
 /// What a workspace used in the current minute and day.
 #[derive(Default)]
@@ -84,13 +42,6 @@ pub struct LimitBook {
     /// The defaults' rate limiter, one per workspace that has none of its own.
     default_rates: Mutex<HashMap<String, Arc<DefaultDirectRateLimiter>>>,
     spend: Mutex<HashMap<String, Spend>>,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis() as i64
 }
 
 fn limiter(limits: &Limits) -> Option<DefaultDirectRateLimiter> {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use sluice::app::Server;
 use sluice::cli::AdminClient;
-use sluice::config;
+use sluice::settings;
 
 #[derive(Parser)]
 #[command(
@@ -169,8 +169,8 @@ fn init_logging() {
         .init();
 }
 
-fn load(path: &std::path::Path) -> Result<config::Settings, ExitCode> {
-    config::load(path).map_err(|errors| {
+fn load(path: &std::path::Path) -> Result<settings::Settings, ExitCode> {
+    settings::load(path).map_err(|errors| {
         eprint!("{errors}");
         ExitCode::from(2)
     })
@@ -304,7 +304,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(settings: config::Settings) -> anyhow::Result<()> {
+async fn serve(settings: settings::Settings) -> anyhow::Result<()> {
     let file = settings.file.display().to_string();
     let server = Server::build(settings).await?;
     tracing::info!(config = %file, address = %server.local_addr(), "sluice is listening");

@@ -18,15 +18,17 @@ use serde_json::value::RawValue;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::guardrails::{self, Stage, StageRules};
+use crate::measure::Meter;
 use crate::measure::checks::{AnswerChecks, StreamChecks, apply_redactions};
 use crate::measure::schema::{Expectation, SchemaVerdict};
-use crate::measure::sse::{StreamRelay, summarize_completion};
+use crate::measure::sse::StreamRelay;
 use crate::measure::tokens::count_prompt;
-use crate::measure::{Meter, Outcome, Usage};
-use crate::resolve::{Arm, RouteName, Target, Unit};
+use crate::openai::completion::summarize_completion;
+use crate::resolve::{Target, Unit};
 use crate::shadow::ShadowTicket;
 use crate::state::App;
 use crate::traces;
+use crate::types::{Arm, Outcome, RouteName, Usage};
 use crate::upstream::{ByteStream, Call, UpstreamError};
 use opentelemetry::KeyValue;
 
@@ -502,7 +504,7 @@ fn guard_input(rules: &StageRules, request: &mut ChatRequest) -> guardrails::App
         return total;
     };
     let mut changed = false;
-    let mut visit = |text: &mut String| {
+    let visit = |text: &mut String| {
         let applied = rules.apply(text);
         total.fired.extend(applied.fired);
         if total.blocked_by.is_none() {
@@ -513,19 +515,7 @@ fn guard_input(rules: &StageRules, request: &mut ChatRequest) -> guardrails::App
             changed = true;
         }
     };
-    for message in messages.as_array_mut().into_iter().flatten() {
-        match message.get_mut("content") {
-            Some(serde_json::Value::String(text)) => visit(text),
-            Some(serde_json::Value::Array(parts)) => {
-                for part in parts {
-                    if let Some(serde_json::Value::String(text)) = part.get_mut("text") {
-                        visit(text);
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
+    crate::openai::request::for_each_message_text(&mut messages, visit);
     if changed && let Ok(raw) = serde_json::value::to_raw_value(&messages) {
         request.set_raw("messages", raw);
     }

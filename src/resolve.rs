@@ -9,135 +9,22 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hasher;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::http::HeaderMap;
-use serde::Serialize;
 use siphasher::sip::SipHasher24;
 
-use crate::config::{MockConfig, OnSchemaFailure, Price, ProviderKind, Settings};
-use crate::guardrails::GuardrailSet;
+use crate::catalog::{Catalog, RouteSettings, Version};
 use crate::measure::aggregate::VersionStats;
-use crate::measure::tokens::Encoding;
 use crate::rollout::feed::RolloutTap;
 use crate::rollout::policy::Sticky;
 use crate::shadow::RolloutShadow;
-use crate::upstream::Provider;
-use crate::upstream::http::HttpProvider;
-use crate::upstream::mock::MockProvider;
+use crate::types::{Arm, RouteName};
 
 /// The bucketing key: fixed forever, so a unit's bucket never changes between releases.
 const BUCKET_KEY: (u64, u64) = (0x736c_7569_6365_2d62, 0x7563_6b65_742d_7631);
 /// Header that names a conversation for `sticky = "conversation"`.
 pub const CONVERSATION_HEADER: &str = "x-sluice-conversation-id";
-
-/// A route name: what clients put in `model`. Letters, digits and `-._:/`, 1 to 128 long.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RouteName(Arc<str>);
-
-impl RouteName {
-    pub fn parse(name: &str) -> Result<Self, String> {
-        let ok = !name.is_empty()
-            && name.len() <= 128
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-._:/".contains(c));
-        if ok {
-            Ok(Self(name.into()))
-        } else {
-            Err(format!(
-                "`{name}` is not a route name: use 1–128 letters, digits or -._:/"
-            ))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for RouteName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// Which side of a rollout served a request.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Arm {
-    Stable,
-    Canary,
-}
-
-impl Arm {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Arm::Stable => "stable",
-            Arm::Canary => "canary",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Arm> {
-        match s {
-            "stable" => Some(Arm::Stable),
-            "canary" => Some(Arm::Canary),
-            _ => None,
-        }
-    }
-
-    pub fn index(self) -> usize {
-        match self {
-            Arm::Stable => 0,
-            Arm::Canary => 1,
-        }
-    }
-}
-
-/// A concrete model on a provider, ready to be called.
-pub struct Version {
-    pub name: Arc<str>,
-    pub model: Arc<str>,
-    pub price: Price,
-    pub encoding: Encoding,
-    /// A mock version's answer shape; swappable at run time (the demo injects regressions).
-    pub mock: Option<arc_swap::ArcSwap<MockConfig>>,
-    pub provider: Arc<Provider>,
-    /// Set when the provider needs an API key whose variable is unset: such a version
-    /// cannot serve, so a rollout to it is refused.
-    pub missing_key: Option<String>,
-    /// The model the upstream last said answered, and how often that changed.
-    pub served: Mutex<Option<String>>,
-    pub served_changes: std::sync::atomic::AtomicU64,
-}
-
-impl Version {
-    /// Notes the `model` an answer names. A provider alias that moved to a new snapshot
-    /// shows here: counted, and logged once per change.
-    pub fn note_served_model(&self, model: &str) {
-        let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
-        match served.as_deref() {
-            Some(last) if last == model => {}
-            Some(last) => {
-                tracing::warn!(version = %self.name, from = %last, to = %model, "the upstream now answers with another model");
-                self.served_changes
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                *served = Some(model.to_owned());
-            }
-            None => *served = Some(model.to_owned()),
-        }
-    }
-}
-
-/// What a route adds to every request on it: its guardrails and its schema rule.
-#[derive(Default)]
-pub struct RouteSettings {
-    pub guardrails: Option<Arc<GuardrailSet>>,
-    pub on_schema_failure: OnSchemaFailure,
-}
 
 /// How a request came to its arm, for the judge and the record.
 #[derive(Clone)]
@@ -149,6 +36,23 @@ pub struct Assignment {
     pub randomized: bool,
     pub step: u32,
     pub shadow: Option<Arc<RolloutShadow>>,
+}
+
+/// Placing a request on a version is resolve's business, so the catalog's one method that
+/// yields a [`Target`] lives here, beside the type.
+impl Catalog {
+    /// `version` serving `route` for `arm`, outside any rollout; `None` for an unknown version.
+    pub fn target(&self, route: &RouteName, version: &str, arm: Arm) -> Option<Target> {
+        let version = self.version(version)?.clone();
+        Some(Target {
+            route: route.clone(),
+            stats: self.stats_for(route.as_str(), &version.name, arm),
+            version,
+            arm,
+            rollout: None,
+            settings: self.route_settings(route.as_str()),
+        })
+    }
 }
 
 /// Where one request goes: the route, the version serving it, and the arm it stands for.
@@ -189,159 +93,6 @@ pub struct LiveRollout {
 pub struct RouteEntry {
     pub stable: Target,
     pub rollout: Option<LiveRollout>,
-}
-
-/// The versions and per-(route, version) stats, built once: routing tables come and go,
-/// these stay, so a version's live figures survive every table swap.
-pub struct Catalog {
-    versions: BTreeMap<String, Arc<Version>>,
-    /// Every provider by name (the `[passthrough]` provider is looked up here).
-    providers: BTreeMap<String, Arc<Provider>>,
-    /// Route → its stable version as configured.
-    configured: BTreeMap<String, String>,
-    settings: BTreeMap<String, Arc<RouteSettings>>,
-    stats: Mutex<BTreeMap<(String, String, Arm), Arc<VersionStats>>>,
-}
-
-impl Catalog {
-    pub fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
-        let config = &settings.config;
-        let mut providers = BTreeMap::new();
-        for (name, p) in &config.providers {
-            let timeout = Duration::from_millis(p.timeout_ms);
-            let provider = match p.kind {
-                ProviderKind::Openai | ProviderKind::Azure => {
-                    Provider::Http(Box::new(HttpProvider::from_config(
-                        p,
-                        settings.provider_keys.get(name).cloned(),
-                        settings.file.parent().unwrap_or(std::path::Path::new("")),
-                    )?))
-                }
-                ProviderKind::Mock => Provider::Mock(MockProvider { timeout }),
-            };
-            providers.insert(name.clone(), Arc::new(provider));
-        }
-        let mut versions = BTreeMap::new();
-        for (name, v) in &config.versions {
-            let provider = &config.providers[&v.provider];
-            let var = provider
-                .bearer_token_env
-                .as_ref()
-                .or(provider.api_key_env.as_ref());
-            let missing_key = match (var, provider.kind) {
-                (Some(var), ProviderKind::Openai | ProviderKind::Azure)
-                    if !settings.provider_keys.contains_key(&v.provider) =>
-                {
-                    Some(var.clone())
-                }
-                _ => None,
-            };
-            // On Azure the deployment is what the URL and the body's `model` name.
-            let upstream_model = v.deployment.as_deref().unwrap_or(&v.model);
-            let version = Version {
-                name: name.as_str().into(),
-                model: upstream_model.into(),
-                price: v.price,
-                encoding: Encoding::for_model(&v.model),
-                mock: v
-                    .mock
-                    .clone()
-                    .or_else(|| (provider.kind == ProviderKind::Mock).then(MockConfig::default))
-                    .map(arc_swap::ArcSwap::from_pointee),
-                provider: providers[&v.provider].clone(),
-                missing_key,
-                served: Mutex::new(None),
-                served_changes: Default::default(),
-            };
-            versions.insert(name.clone(), Arc::new(version));
-        }
-        let configured = config
-            .routes
-            .iter()
-            .map(|(route, r)| (route.clone(), r.stable.clone()))
-            .collect();
-        let settings = config
-            .routes
-            .iter()
-            .map(|(route, r)| {
-                let s = RouteSettings {
-                    guardrails: r
-                        .guardrails
-                        .as_ref()
-                        .and_then(|g| settings.guardrails.get(g).cloned()),
-                    on_schema_failure: r.on_schema_failure,
-                };
-                (route.clone(), Arc::new(s))
-            })
-            .collect();
-        Ok(Self {
-            versions,
-            providers,
-            configured,
-            settings,
-            stats: Mutex::new(BTreeMap::new()),
-        })
-    }
-
-    pub fn version(&self, name: &str) -> Option<&Arc<Version>> {
-        self.versions.get(name)
-    }
-
-    pub fn provider(&self, name: &str) -> Option<&Arc<Provider>> {
-        self.providers.get(name)
-    }
-
-    pub fn versions(&self) -> impl Iterator<Item = &Arc<Version>> {
-        self.versions.values()
-    }
-
-    /// The configured routes and their configured stable versions.
-    pub fn routes(&self) -> &BTreeMap<String, String> {
-        &self.configured
-    }
-
-    /// The live stats of `version` serving `route` as `arm` (created on first use).
-    pub fn stats_for(&self, route: &str, version: &str, arm: Arm) -> Arc<VersionStats> {
-        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        stats
-            .entry((route.to_owned(), version.to_owned(), arm))
-            .or_default()
-            .clone()
-    }
-
-    /// Every (route, version, arm) served since start, with its stats.
-    pub fn all_stats(&self) -> Vec<(String, String, Arm, Arc<VersionStats>)> {
-        let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        stats
-            .iter()
-            .map(|((r, v, a), s)| (r.clone(), v.clone(), *a, s.clone()))
-            .collect()
-    }
-
-    /// Every version that has served `route` since start, with its stats per arm.
-    pub fn route_stats(&self, route: &str) -> Vec<(String, Arm, Arc<VersionStats>)> {
-        self.all_stats()
-            .into_iter()
-            .filter(|(r, ..)| r == route)
-            .map(|(_, v, a, s)| (v, a, s))
-            .collect()
-    }
-
-    pub fn target(&self, route: &RouteName, version: &str, arm: Arm) -> Option<Target> {
-        let version = self.versions.get(version)?.clone();
-        Some(Target {
-            route: route.clone(),
-            stats: self.stats_for(route.as_str(), &version.name, arm),
-            version,
-            arm,
-            rollout: None,
-            settings: self
-                .settings
-                .get(route.as_str())
-                .cloned()
-                .unwrap_or_default(),
-        })
-    }
 }
 
 #[derive(Default)]

@@ -15,46 +15,20 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::{Mutex, mpsc, watch};
 
+use crate::catalog::Version;
 use crate::guardrails::redact_pii;
-use crate::measure::Record;
-use crate::measure::sse::{CompletionSummary, summarize_completion};
 use crate::measure::tokens::count_prompt;
-use crate::resolve::{Arm, Version};
-use crate::responses::wire::summarize_response;
-use crate::store::{ShadowPair, Store, now_ms};
+use crate::openai::completion::{CompletionSummary, summarize_completion};
+use crate::openai::responses::summarize_response;
+use crate::rollout::policy::ShadowConfig;
+use crate::store::{ShadowPair, Store};
+use crate::types::{Arm, Record, now_ms};
 use crate::upstream::Call;
 use crate::upstream::endpoint::Api;
 
 /// Copies sent at once.
 const SHADOW_CONCURRENCY: usize = 8;
 const HOUR: Duration = Duration::from_secs(3600);
-
-/// A rollout policy's `[shadow]` section.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ShadowConfig {
-    /// Share of the source arm's requests that are copied.
-    pub rate: f64,
-    /// Per-workspace overrides of `rate`.
-    pub workspace_rates: std::collections::BTreeMap<String, f64>,
-    pub from: Arm,
-    pub to: Arm,
-    pub max_usd_per_hour: f64,
-    /// Pairs kept per rollout (older ones are deleted).
-    pub keep: u64,
-    /// Requests that carry tools are not copied (their tools may have side effects).
-    pub skip_tools: bool,
-    /// Mask the request's text with the route's guardrail PII rules before storing it.
-    pub redact: bool,
-}
-
-impl ShadowConfig {
-    pub fn rate_for(&self, workspace: &str) -> f64 {
-        self.workspace_rates
-            .get(workspace)
-            .copied()
-            .unwrap_or(self.rate)
-    }
-}
 
 /// A primary request that drew a copy: carried by its meter until it finishes.
 pub struct ShadowTicket {
@@ -343,25 +317,15 @@ fn stored_request(ticket: &ShadowTicket) -> serde_json::Value {
     if !ticket.shadow.config.redact {
         return v;
     }
+    // A Responses request: its `input` is a string, or items shaped like messages.
     if let Some(serde_json::Value::String(text)) = v.get_mut("input") {
         *text = redact_pii(text);
     }
-    let items = if v["messages"].is_array() {
-        "messages"
-    } else {
-        "input"
-    };
-    for message in v[items].as_array_mut().into_iter().flatten() {
-        match message.get_mut("content") {
-            Some(serde_json::Value::String(text)) => *text = redact_pii(text),
-            Some(serde_json::Value::Array(parts)) => {
-                for part in parts {
-                    if let Some(serde_json::Value::String(text)) = part.get_mut("text") {
-                        *text = redact_pii(text);
-                    }
-                }
-            }
-            _ => {}
+    for items in ["messages", "input"] {
+        if let Some(items) = v.get_mut(items) {
+            crate::openai::request::for_each_message_text(items, |text| {
+                *text = redact_pii(text);
+            });
         }
     }
     v

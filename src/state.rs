@@ -6,12 +6,13 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::auth::KeyCache;
-use crate::config::Settings;
+use crate::catalog::Catalog;
 use crate::guardrails::GuardrailCounters;
 use crate::measure::schema::SchemaChecker;
 use crate::measure::sink::RecordSink;
-use crate::resolve::{Catalog, RoutingTable};
+use crate::resolve::RoutingTable;
 use crate::rollout::control::Controller;
+use crate::settings::Settings;
 use crate::store::Store;
 
 pub struct App {

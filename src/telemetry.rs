@@ -7,10 +7,9 @@
 
 use std::fmt::Write;
 
-use crate::measure::Outcome;
 use crate::measure::histogram::Snapshot;
-use crate::rollout::machine::RolloutState;
 use crate::state::App;
+use crate::types::{Outcome, RolloutState};
 
 /// Bucket bounds, in seconds, for latency and time to first token.
 const SECONDS_BOUNDS: [f64; 14] = [

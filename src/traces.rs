@@ -12,25 +12,8 @@ use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer, TracerProv
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
-use serde::Deserialize;
 
-/// `[telemetry]` in sluice.toml.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TelemetryConfig {
-    /// OTLP/HTTP traces endpoint, e.g. `http://127.0.0.1:4318/v1/traces`. None: no tracing.
-    pub otlp_endpoint: Option<String>,
-    /// Extra headers for the exporter (an API key of the tracing backend).
-    #[serde(default)]
-    pub otlp_headers: HashMap<String, String>,
-    /// Share of traces kept (root requests; a sampled parent is always followed).
-    #[serde(default = "default_sample_ratio")]
-    pub sample_ratio: f64,
-}
-
-fn default_sample_ratio() -> f64 {
-    1.0
-}
+use crate::config::TelemetryConfig;
 
 #[derive(Clone, Default)]
 pub struct Traces {

@@ -118,7 +118,7 @@ impl Gateway {
         let db = format!("sqlite://{}", dir.path().join("sluice.db").display());
         let text = CONFIG.replace("DB_URL", &db);
         let path = dir.path().join("sluice.toml");
-        let settings = sluice::config::parse(&path, &text, &env).expect("test config is valid");
+        let settings = sluice::settings::parse(&path, &text, &env).expect("test config is valid");
         let server = Server::build(settings).await.expect("sluice starts");
         let base = format!("http://{}", server.local_addr());
         let (stop, stopped) = oneshot::channel();

@@ -10,9 +10,9 @@ use axum::extract::State;
 use axum::routing::post;
 use serde_json::{Value, json};
 use sluice::eval::{self, EvalArgs};
-use sluice::resolve::Arm;
-use sluice::rollout::machine::{Position, RolloutState};
+use sluice::rollout::machine::Position;
 use sluice::store::{Actor, NewEvent, RolloutRow, ShadowPair, Store};
+use sluice::types::{Arm, RolloutState};
 
 fn args(config: &Path, out: &Path) -> EvalArgs {
     EvalArgs {

@@ -146,7 +146,7 @@ impl Sluice {
         std::fs::write(dir.path().join("policies/openapi.toml"), POLICY).unwrap();
         let db_url = format!("sqlite://{}", dir.path().join("sluice.db").display());
         let config_path = dir.path().join("sluice.toml");
-        let settings = sluice::config::parse(&config_path, &config(&db_url), &env)
+        let settings = sluice::settings::parse(&config_path, &config(&db_url), &env)
             .expect("the test config is valid");
         let server = Server::build(settings).await.expect("sluice starts");
         let base = format!("http://{}", server.local_addr());

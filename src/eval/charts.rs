@@ -4,7 +4,6 @@
 use std::fmt::Write;
 
 use super::compare::VersionFigures;
-use super::html::esc;
 use super::stats::LengthBin;
 
 pub const COLOR_A: &str = "#4c78a8";
@@ -203,4 +202,20 @@ fn short_number(x: f64) -> String {
     } else {
         format!("{x:.0}")
     }
+}
+
+/// Escapes text for HTML content and attribute values.
+pub(super) fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }

@@ -7,14 +7,14 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::case::Expect;
 use super::guard::{self, Chosen, ChosenReport};
 use super::llm_judge::{Judged, Outcome, Verdict};
-use super::sample::{Answer, Case};
 use super::stats::{
     self, JSD_FLAG_THRESHOLD, LengthBin, Proportion, Spread, Z_95, categorical_counts,
     jensen_shannon,
 };
-use super::suite::Expect;
+use crate::eval::case::{Answer, Case};
 
 /// Each expected property of one answer, named, and whether it held.
 type PropertyResults = Vec<(String, bool)>;

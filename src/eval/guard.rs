@@ -13,8 +13,8 @@ use anyhow::bail;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::Settings;
 use crate::guardrails::{Applied, GuardrailSet, StageRules};
+use crate::settings::Settings;
 
 /// The policy an eval uses, and why that one.
 #[derive(Clone)]

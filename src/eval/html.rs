@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use super::charts::{CHART_WIDTH, COLOR_A, COLOR_B, grouped_bars, histogram, small_bars};
+use super::charts::{CHART_WIDTH, COLOR_A, COLOR_B, esc, grouped_bars, histogram, small_bars};
 use super::compare::{Jsd, Report, Source, VersionFigures};
 use super::stats::{Proportion, Spread};
 
@@ -575,22 +575,6 @@ fn jsd_note(j: &Jsd, threshold: f64) -> String {
         (None, Some(note)) => esc(note),
         (None, None) => String::new(),
     }
-}
-
-/// Escapes text for HTML content and attribute values.
-pub(super) fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //! cases ─► llm_judge (both orders, optional) ─► compare::build ─► Report ─► html, JSON, summary
 //! ```
 
+pub mod case;
 pub mod charts;
 pub mod compare;
 pub mod guard;
@@ -22,7 +23,6 @@ pub mod llm_judge;
 pub mod pairs;
 pub mod progress;
 pub mod replay;
-pub mod sample;
 pub mod stats;
 pub mod suite;
 pub mod summary;
@@ -36,13 +36,14 @@ use anyhow::{Context, anyhow, bail};
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use crate::config::{self, Settings};
+use crate::catalog::{Catalog, Version};
+use crate::config;
 use crate::measure::schema::SchemaChecker;
-use crate::resolve::{Catalog, Version};
+use crate::settings::Settings;
+use case::{Answer, Case};
 use compare::{Inputs, JudgeRun, Report, Source, VersionLabel};
 use llm_judge::Judged;
 use progress::Progress;
-use sample::{Answer, Case};
 
 /// The admin token `eval` loads a config with when its variable is unset: eval serves
 /// nothing, so the admin API's token is never used.
@@ -245,7 +246,7 @@ fn load_settings(path: &Path) -> anyhow::Result<Settings> {
             .filter(|v| !v.is_empty())
             .or_else(|| (name == token_env).then(|| PLACEHOLDER_ADMIN_TOKEN.to_owned()))
     };
-    config::parse(path, &text, &env).map_err(|e| anyhow!("{}", e.to_string().trim_end()))
+    crate::settings::parse(path, &text, &env).map_err(|e| anyhow!("{}", e.to_string().trim_end()))
 }
 
 /// Refuses a SQLite file that is not there: connecting would create an empty one, and

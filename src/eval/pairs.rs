@@ -9,11 +9,10 @@
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use super::sample::{Answer, Case};
-use crate::measure::schema::ToolCall;
-use crate::measure::schema::{Expectation, SchemaChecker};
-use crate::resolve::Arm;
+use crate::eval::case::{Answer, Case};
+use crate::measure::schema::{Expectation, SchemaChecker, ToolCall};
 use crate::store::{RolloutRow, ShadowPair, Store};
+use crate::types::Arm;
 
 /// Pairs read per query.
 const PAIRS_PER_PAGE: i64 = 500;

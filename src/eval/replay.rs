@@ -11,11 +11,11 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
-use super::sample::Answer;
+use crate::catalog::Version;
+use crate::eval::case::Answer;
 use crate::measure::schema::{Expectation, SchemaChecker};
-use crate::measure::sse::summarize_completion;
 use crate::measure::tokens::count_prompt;
-use crate::resolve::Version;
+use crate::openai::completion::summarize_completion;
 use crate::upstream::{Call, UpstreamError};
 
 /// Characters of an error body kept in an answer's error message.

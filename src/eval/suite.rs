@@ -11,10 +11,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::sample::Answer;
+use crate::eval::case::Expect;
 
 /// One request of a suite.
 #[derive(Debug, Clone)]
@@ -25,96 +24,6 @@ pub struct SuiteCase {
     /// The chat-completions body without `id` and `expect`.
     pub body: Map<String, Value>,
     pub expect: Option<Expect>,
-}
-
-/// Properties an answer should have. Every one that is set is checked on both versions.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Expect {
-    /// Each of these appears in the answer (case-insensitive).
-    #[serde(default)]
-    pub contains: Vec<String>,
-    /// None of these appears in the answer (case-insensitive).
-    #[serde(default)]
-    pub not_contains: Vec<String>,
-    /// A regular expression the answer matches somewhere.
-    pub matches: Option<String>,
-    #[serde(skip)]
-    matches_compiled: Option<regex::Regex>,
-    /// The answer parses as JSON.
-    #[serde(default)]
-    pub json_valid: bool,
-    /// The answer fits the request's `response_format` and its tool calls fit their tools'
-    /// `parameters` (the gateway's own schema check).
-    #[serde(default)]
-    pub json_schema_valid: bool,
-    /// The answer has at most this many characters.
-    pub max_chars: Option<u64>,
-    /// The answer has at least this many characters.
-    pub min_chars: Option<u64>,
-    /// The answer calls the tool of this name.
-    pub tool_call: Option<String>,
-    /// The answer ends for this reason (`stop`, `length`, `tool_calls`, …).
-    pub finish_reason: Option<String>,
-}
-
-impl Expect {
-    /// Each set property of the expectation, named, and whether `answer` has it. A failed
-    /// call has none of them.
-    pub fn check(&self, answer: &Answer) -> Vec<(String, bool)> {
-        let ok = answer.is_ok();
-        let text = answer.text.to_lowercase();
-        let mut results = Vec::new();
-        for needle in &self.contains {
-            results.push((
-                format!("contains: {needle}"),
-                ok && text.contains(&needle.to_lowercase()),
-            ));
-        }
-        for needle in &self.not_contains {
-            results.push((
-                format!("not_contains: {needle}"),
-                ok && !text.contains(&needle.to_lowercase()),
-            ));
-        }
-        if let Some(re) = &self.matches_compiled {
-            results.push(("matches".into(), ok && re.is_match(&answer.text)));
-        }
-        if self.json_valid {
-            let parses = serde_json::from_str::<Value>(answer.text.trim()).is_ok();
-            results.push(("json_valid".into(), ok && parses));
-        }
-        if self.json_schema_valid {
-            results.push((
-                "json_schema_valid".into(),
-                ok && answer.schema_passed == Some(true),
-            ));
-        }
-        if let Some(max) = self.max_chars {
-            results.push(("max_chars".into(), ok && answer.chars() <= max));
-        }
-        if let Some(min) = self.min_chars {
-            results.push(("min_chars".into(), ok && answer.chars() >= min));
-        }
-        if let Some(tool) = &self.tool_call {
-            let called = answer
-                .tool_calls
-                .iter()
-                .flatten()
-                .any(|call| &call.name == tool);
-            results.push(("tool_call".into(), ok && called));
-        }
-        if let Some(reason) = &self.finish_reason {
-            let same = answer.finish_reason.as_deref() == Some(reason.as_str());
-            results.push(("finish_reason".into(), ok && same));
-        }
-        results
-    }
-
-    /// The property's family, for pass rates across cases: `contains: refund` → `contains`.
-    pub fn family(property: &str) -> &str {
-        property.split(':').next().unwrap_or(property)
-    }
 }
 
 /// Reads and parses a suite file.
@@ -188,7 +97,7 @@ fn parse_line(number: usize, line: &str) -> anyhow::Result<SuiteCase> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eval::sample::Answer;
+    use crate::eval::case::Answer;
 
     #[test]
     fn a_line_that_is_not_json_is_named_with_its_number() {

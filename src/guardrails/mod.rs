@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigErrors, ConfigIssue};
+use crate::config::issue::{ConfigErrors, ConfigIssue};
 use detect::{Detector, Scanner};
 
 /// What a redacted match becomes.

@@ -220,7 +220,7 @@ async fn set_limits(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     existing_workspace(&app, &id).await?;
-    let limits: crate::limits::Limits = json_body(&app, body)?;
+    let limits: crate::types::Limits = json_body(&app, body)?;
     limits.check().map_err(|message| ApiError::InvalidRequest {
         message,
         param: None,

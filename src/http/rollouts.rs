@@ -13,9 +13,9 @@ use serde_json::json;
 
 use super::admin::{Admin, json_body};
 use crate::error::ApiError;
-use crate::resolve::Arm;
 use crate::rollout::control::Operation;
 use crate::state::AppState;
+use crate::types::Arm;
 
 pub fn router() -> Router<AppState> {
     Router::new()

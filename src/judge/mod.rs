@@ -22,13 +22,14 @@ use serde::{Deserialize, Serialize};
 pub mod binary;
 pub mod continuous;
 pub mod guards;
+pub mod spec;
 
 use binary::CountProcess;
 use continuous::ContinuousGate;
 use guards::{ALPHA_SRM, KillWindow, Srm};
 
-use crate::resolve::Arm;
-use crate::rollout::policy::{FeedbackKind, Metric, Policy};
+use crate::types::Arm;
+use spec::{FeedbackKind, Gate, JudgeSpec, Metric};
 
 /// One measured request as the judge sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -205,9 +206,10 @@ pub struct Judge {
 }
 
 impl Judge {
-    pub fn new(policy: &Policy) -> Self {
-        let judged =
-            |g: &crate::rollout::policy::Gate| g.max_ratio.is_some() || g.min_ratio.is_some();
+    /// A judge with no evidence yet, for the gates and feedback metrics `spec` names.
+    pub fn new(spec: &JudgeSpec) -> Self {
+        let policy = spec;
+        let judged = |g: &Gate| g.max_ratio.is_some() || g.min_ratio.is_some();
         let total: f64 = policy
             .gates
             .iter()
@@ -276,7 +278,7 @@ impl Judge {
             kill: policy.kill_switch.as_ref().map(|k| {
                 KillWindow::new(k.error_rate, k.min_requests, k.window.as_millis() as i64)
             }),
-            srm: Srm::new(policy.sticky == crate::rollout::policy::Sticky::Request),
+            srm: Srm::new(policy.per_request_units),
             canary_requests: 0,
             stable_requests: 0,
         }

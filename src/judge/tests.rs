@@ -4,7 +4,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::rollout::policy::parse_policy;
+use crate::rollout::policy::{Policy, parse_policy};
 
 fn policy(gates: &str) -> Policy {
     let text =
@@ -64,7 +64,7 @@ fn the_weights_follow_the_research_defaults_renormalized_over_the_policy_gates()
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/internal-first.toml"),
     )
     .unwrap();
-    let report = Judge::new(&p).report(0);
+    let report = Judge::new(&p.judge_spec()).report(0);
     let weight = |m| report.gates.iter().find(|g| g.gate == m).unwrap().weight;
     assert!((weight(Metric::ErrorRate) - 0.375).abs() < 1e-12);
     assert!((weight(Metric::TokensPerRequest) - 0.125).abs() < 1e-12);
@@ -78,7 +78,7 @@ fn every_step_is_a_martingale_step_whatever_the_outcome() {
     // exactly, for the global average and for each gate, at any point of a run.
     let p = policy(ALL_GATES_NO_TOLERANCE);
     let mut rng = StdRng::seed_from_u64(7);
-    let mut judge = Judge::new(&p);
+    let mut judge = Judge::new(&p.judge_spec());
     for i in 0..3000 {
         let w = [0.05, 0.25, 0.5][i / 1000];
         let canary = rng.random::<f64>() < w;
@@ -126,7 +126,7 @@ fn a_a_runs_average_one_and_rarely_cross_the_threshold() {
     let (runs, mut crossed, mut sum_early) = (400, 0, 0.0);
     for seed in 0..runs {
         let mut rng = StdRng::seed_from_u64(1000 + seed);
-        let mut judge = Judge::new(&p);
+        let mut judge = Judge::new(&p.judge_spec());
         let mut hit = false;
         for i in 0..1500 {
             let canary = rng.random::<f64>() < 0.2;
@@ -154,7 +154,7 @@ fn a_a_runs_average_one_and_rarely_cross_the_threshold() {
 fn canary_is_reverted_when_its_error_rate_quintuples() {
     let p = policy("[gates.error_rate]\nmax_ratio = 1.2\n");
     let mut rng = StdRng::seed_from_u64(3);
-    let mut judge = Judge::new(&p);
+    let mut judge = Judge::new(&p.judge_spec());
     let mut reverted_at = None;
     for i in 0..40_000i64 {
         let canary = rng.random::<f64>() < 0.05;
@@ -186,7 +186,7 @@ fn canary_is_reverted_when_its_error_rate_quintuples() {
 #[test]
 fn no_data_is_neither_a_pass_nor_a_revert() {
     let p = policy(ALL_GATES_NO_TOLERANCE);
-    let report = Judge::new(&p).report(5_000);
+    let report = Judge::new(&p.judge_spec()).report(5_000);
     assert!(!report.revert && !report.srm.broken);
     assert!(
         report
@@ -202,7 +202,7 @@ fn pinned_requests_are_never_judged_but_trip_the_kill_switch() {
     // switch (≥ 50 % over ≥ 20 in 60 s, the default) fires.
     let p = policy("[gates.error_rate]\nmax_ratio = 1\n");
     let mut rng = StdRng::seed_from_u64(4);
-    let mut judge = Judge::new(&p);
+    let mut judge = Judge::new(&p.judge_spec());
     for i in 0..30 {
         let mut o = obs(&mut rng, i * 1000, true, 1.0);
         o.randomized = false;
@@ -220,7 +220,7 @@ fn pinned_requests_are_never_judged_but_trip_the_kill_switch() {
 fn a_hard_limit_needs_twenty_canary_requests_then_fires() {
     let p = policy("[gates.latency_p95]\nmax_ms = 1000\n");
     let mut rng = StdRng::seed_from_u64(5);
-    let mut judge = Judge::new(&p);
+    let mut judge = Judge::new(&p.judge_spec());
     for i in 0..19 {
         let mut o = obs(&mut rng, i, true, 0.05);
         o.latency_ms = 5000.0;
@@ -246,7 +246,7 @@ fn a_hard_limit_needs_twenty_canary_requests_then_fires() {
 fn lost_canary_records_break_the_design() {
     let p = policy("[gates.error_rate]\nmax_ratio = 1\n");
     let mut rng = StdRng::seed_from_u64(6);
-    let mut judge = Judge::new(&p);
+    let mut judge = Judge::new(&p.judge_spec());
     let mut lost = 0;
     for i in 0..5000 {
         let canary = rng.random::<f64>() < 0.05;
@@ -266,7 +266,7 @@ fn lost_canary_records_break_the_design() {
 fn a_checkpointed_judge_resumes_exactly() {
     let p = policy(ALL_GATES_NO_TOLERANCE);
     let mut rng = StdRng::seed_from_u64(8);
-    let mut judge = Judge::new(&p);
+    let mut judge = Judge::new(&p.judge_spec());
     let stream: Vec<Observation> = (0..2000)
         .map(|i| {
             let c = rng.random::<f64>() < 0.25;
@@ -305,7 +305,7 @@ fn a_longer_response_trips_only_the_upper_side_and_a_collapse_the_lower() {
     let p = policy("[gates.response_length]\nmax_ratio = 1.5\nmin_ratio = 0.5\n");
     for (factor, harm) in [(3.0, true), (0.2, true), (1.0, false)] {
         let mut rng = StdRng::seed_from_u64(9);
-        let mut judge = Judge::new(&p);
+        let mut judge = Judge::new(&p.judge_spec());
         for i in 0..20_000i64 {
             let canary = rng.random::<f64>() < 0.25;
             let mut o = obs(&mut rng, i * 100, canary, 0.25);

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 
 use super::histogram::{AtomicHistogram, Snapshot};
-use super::{Outcome, Record};
+use crate::types::{Outcome, Record};
 
 /// Cost is summed in nano-dollars so that it stays an atomic integer.
 const NANO_USD_PER_USD: f64 = 1e9;

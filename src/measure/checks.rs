@@ -11,18 +11,12 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::schema::{Expectation, SchemaChecker, SchemaVerdict, ToolCall};
+use super::schema::{Expectation, SchemaChecker, SchemaVerdict};
 use crate::config::OnSchemaFailure;
 use crate::guardrails::stream::StreamRedactor;
 use crate::guardrails::{Action, GuardrailCounters, GuardrailSet, Stage};
-use crate::resolve::Arm;
-
-/// One choice of an answer, as the checks need it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ChoiceText {
-    pub text: String,
-    pub tool_calls: Vec<ToolCall>,
-}
+use crate::openai::completion::ChoiceText;
+use crate::types::Arm;
 
 pub struct AnswerChecks {
     pub expect: Expectation,

@@ -15,136 +15,10 @@ pub mod sse;
 pub mod tokens;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
-use serde::Serialize;
-
-use crate::config::Price;
-use crate::resolve::{Arm, Target};
-use crate::upstream::endpoint::Api;
-
-/// How a request ended, as counted in records and aggregates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Ok,
-    /// The upstream answered 4xx.
-    Upstream4xx,
-    /// The upstream answered 5xx.
-    Upstream5xx,
-    UpstreamUnreachable,
-    UpstreamTimeout,
-    /// The upstream answered 2xx with a body that is not a chat completion.
-    UpstreamInvalid,
-    /// The upstream broke off a stream midway.
-    StreamInterrupted,
-    /// The client went away before the answer was complete.
-    ClientDisconnected,
-    /// sluice itself failed after the route was resolved.
-    GatewayError,
-    /// A guardrail blocked the input (the upstream was never called) or the output.
-    GuardrailBlocked,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 10] = [
-        Outcome::Ok,
-        Outcome::Upstream4xx,
-        Outcome::Upstream5xx,
-        Outcome::UpstreamUnreachable,
-        Outcome::UpstreamTimeout,
-        Outcome::UpstreamInvalid,
-        Outcome::StreamInterrupted,
-        Outcome::ClientDisconnected,
-        Outcome::GatewayError,
-        Outcome::GuardrailBlocked,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Upstream4xx => "upstream_4xx",
-            Outcome::Upstream5xx => "upstream_5xx",
-            Outcome::UpstreamUnreachable => "upstream_unreachable",
-            Outcome::UpstreamTimeout => "upstream_timeout",
-            Outcome::UpstreamInvalid => "upstream_invalid",
-            Outcome::StreamInterrupted => "stream_interrupted",
-            Outcome::ClientDisconnected => "client_disconnected",
-            Outcome::GatewayError => "gateway_error",
-            Outcome::GuardrailBlocked => "guardrail_blocked",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Outcome> {
-        Outcome::ALL.into_iter().find(|o| o.as_str() == s)
-    }
-
-    pub(crate) fn index(self) -> usize {
-        self as usize
-    }
-
-    /// Whether this counts against the version in an error rate. A client hanging up does
-    /// not: it says nothing about the model; a guardrail block neither (it has its own
-    /// gate). An upstream 4xx does: a new version that refuses what the old one took is a
-    /// regression.
-    pub fn is_error(self) -> bool {
-        !matches!(
-            self,
-            Outcome::Ok | Outcome::ClientDisconnected | Outcome::GuardrailBlocked
-        )
-    }
-}
-
-/// Token counts for one request, and whether they were counted by sluice (estimated) or
-/// reported by the upstream.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Usage {
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub estimated: bool,
-}
-
-/// What one request did: the unit of measurement everything downstream is built from.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Record {
-    pub request_id: String,
-    pub at_ms: i64,
-    pub workspace: String,
-    pub route: String,
-    pub version: String,
-    pub arm: Arm,
-    pub stream: bool,
-    /// The HTTP status the client got (0 when the client left before any).
-    pub status: u16,
-    pub outcome: Outcome,
-    pub latency_ms: f64,
-    pub ttft_ms: Option<f64>,
-    pub usage: Usage,
-    pub cost_usd: f64,
-    pub response_chars: u64,
-    pub finish_reason: Option<String>,
-    /// The rollout live on the route when the request was assigned.
-    pub rollout_id: Option<String>,
-    /// The canary probability in force then.
-    pub w: Option<f64>,
-    /// False when a pin or a targeted step chose the arm.
-    pub randomized: bool,
-    /// The rollout's step then.
-    pub step: Option<u32>,
-    /// `Some(failed)` when the request asked for structured output.
-    pub schema_failed: Option<bool>,
-    /// A guardrail blocked the input or the output.
-    pub guardrail_blocked: bool,
-    /// Which OpenAI API the request used.
-    pub api: Api,
-    /// Reasoning tokens, as the upstream reported them apart (they are part of
-    /// `completion_tokens` and its cost, as OpenAI bills them).
-    pub reasoning_tokens: Option<u64>,
-    /// Embeddings: how many inputs the request carried.
-    pub inputs: Option<u32>,
-    /// Embeddings: the length of the vectors answered.
-    pub dimensions: Option<u32>,
-}
+use crate::resolve::Target;
+use crate::types::{Api, Outcome, Price, Record, Usage};
 
 /// What a finished answer looked like, filled in by the handler or the stream relay.
 #[derive(Debug, Default, Clone)]
@@ -195,10 +69,7 @@ impl Meter {
         stream: bool,
         sink: Arc<sink::RecordSink>,
     ) -> Self {
-        let at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_millis() as i64;
+        let at_ms = crate::types::now_ms();
         Self {
             started: Instant::now(),
             at_ms,

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use super::Record;
 use crate::limits::LimitBook;
 use crate::store::{RequestPlacement, Store};
+use crate::types::Record;
 use std::sync::Arc;
 
 /// Records written per transaction at most.

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::store::{ResponsePlacement, Store, now_ms};
+use crate::store::{ResponsePlacement, Store};
+use crate::types::now_ms;
 
 /// Response ids kept in memory.
 pub const RESPONSE_BOOK_CAPACITY: u64 = 200_000;

@@ -1,7 +1,7 @@
 //! `POST /v1/responses`: the Responses API as a first-class, canaried, measured citizen.
 //!
 //! The same path as a chat completion — parse → resolve → input guardrails → upstream →
-//! measure — with the Responses API's own wire format ([`wire`]), its own stream relay
+//! measure — with the Responses API's own wire format ([`crate::openai::responses`]), its own stream relay
 //! ([`relay`]), and one rule of its own: a request that continues a stored conversation
 //! (`previous_response_id`, or a `conversation` sluice has seen) goes to the version that
 //! produced it, found in the [`book::ResponseBook`], whatever its bucket says; such a
@@ -12,7 +12,6 @@
 
 pub mod book;
 pub mod relay;
-pub mod wire;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
@@ -21,10 +20,11 @@ use opentelemetry::KeyValue;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::guardrails::{self, Stage, StageRules};
+use crate::measure::Meter;
 use crate::measure::checks::AnswerChecks;
 use crate::measure::schema::SchemaVerdict;
 use crate::measure::tokens::count_input;
-use crate::measure::{Meter, Outcome, Usage};
+use crate::openai::responses::summarize_response;
 use crate::pipeline::{
     Answer, Body, ChatRequest, Routed, fail, forwardable_headers, new_request_id, read_body,
     trace_id, upstream_error,
@@ -34,10 +34,10 @@ use crate::shadow::ShadowTicket;
 use crate::state::App;
 use crate::store::ResponsePlacement;
 use crate::traces;
+use crate::types::{Outcome, Usage};
 use crate::upstream::Call;
 use crate::upstream::endpoint::{Api, Endpoint};
 use relay::{BookNote, ResponseChecks, ResponsesRelay};
-use wire::summarize_response;
 
 /// What ties a request to an earlier one: its `previous_response_id`, else its
 /// `conversation` (a string id or `{"id": …}`).
@@ -186,7 +186,7 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
     let provider = version.provider.clone();
     let route = target.settings.clone();
     let checks = AnswerChecks {
-        expect: wire::expectation(request.raw("text"), request.raw("tools")),
+        expect: crate::openai::responses::expectation(request.raw("text"), request.raw("tools")),
         schemas: app.schemas.clone(),
         output: route.guardrails.clone(),
         on_schema_failure: route.on_schema_failure,
@@ -416,7 +416,7 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
             && let Some(rules) = checks.output.as_deref().map(|g| &g.output)
         {
             let mut redact = |text: &str| rules.apply(text).redacted;
-            if wire::redact_output(&mut value, &mut redact) {
+            if crate::openai::responses::redact_output(&mut value, &mut redact) {
                 bytes = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
             }
         }

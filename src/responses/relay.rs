@@ -21,14 +21,18 @@ use serde_json::{Value, json};
 use tokio::time::Sleep;
 
 use super::book::ResponseBook;
-use super::wire::{EventView, ResponseSummary, is_output_delta, is_terminal, summarize_response};
 use crate::guardrails::stream::StreamRedactor;
 use crate::guardrails::{Action, Stage, StageRules};
+use crate::measure::Meter;
 use crate::measure::checks::{AnswerChecks, EventAction};
 use crate::measure::schema::SchemaVerdict;
 use crate::measure::sse::{event_data, event_end};
-use crate::measure::{Meter, Outcome, Usage};
-use crate::store::{ResponsePlacement, now_ms};
+use crate::openai::responses::{
+    EventView, ResponseSummary, is_output_delta, is_terminal, summarize_response,
+};
+use crate::store::ResponsePlacement;
+use crate::types::now_ms;
+use crate::types::{Outcome, Usage};
 use crate::upstream::{ByteStream, UpstreamError};
 
 /// One output text part: (output index, content index).
@@ -40,7 +44,7 @@ pub struct BookNote {
     pub workspace: String,
     pub route: String,
     pub version: String,
-    pub arm: crate::resolve::Arm,
+    pub arm: crate::types::Arm,
 }
 
 impl BookNote {
@@ -323,7 +327,7 @@ impl ResponseChecks {
     }
 
     /// Counts every output rule that fired once, and gives the schema verdict.
-    fn conclude(&self, text: &crate::measure::checks::ChoiceText) -> SchemaVerdict {
+    fn conclude(&self, text: &crate::openai::completion::ChoiceText) -> SchemaVerdict {
         if let Some(rules) = self.output_rules() {
             let fired = rules.apply(&text.text).fired;
             let mut once: Vec<(String, Action)> = Vec::new();
@@ -447,7 +451,7 @@ impl ResponsesRelay {
                 .summary
                 .as_ref()
                 .map(|s| s.output.clone())
-                .unwrap_or_else(|| crate::measure::checks::ChoiceText {
+                .unwrap_or_else(|| crate::openai::completion::ChoiceText {
                     text: text.clone(),
                     tool_calls: Vec::new(),
                 });

@@ -17,14 +17,16 @@ use serde_json::{Value, json};
 use tokio::sync::{Mutex, mpsc, watch};
 
 use super::feed::RolloutTap;
-use super::machine::{Decision, Position, RolloutState};
+use super::machine::{Decision, Position};
 use super::policy::{Policy, load_policy};
 use super::view::{view_ended, view_running};
+use crate::catalog::Catalog;
 use crate::error::ApiError;
 use crate::judge::{Judge, JudgeReport, Observation};
-use crate::resolve::{Arm, Catalog, LiveRollout, RouteName, RoutingTable};
+use crate::resolve::{LiveRollout, RoutingTable};
 use crate::shadow::RolloutShadow;
-use crate::store::{Actor, EventRow, NewEvent, RequestPlacement, RolloutRow, Store, now_ms};
+use crate::store::{Actor, EventRow, NewEvent, RequestPlacement, RolloutRow, Store};
+use crate::types::{Arm, RolloutState, RouteName, now_ms};
 use std::path::PathBuf;
 
 /// How often the controller wakes to see whose interval has come.
@@ -137,7 +139,7 @@ impl Controller {
                 .judge_state
                 .as_deref()
                 .and_then(|s| serde_json::from_str(s).ok())
-                .unwrap_or_else(|| Judge::new(&policy));
+                .unwrap_or_else(|| Judge::new(&policy.judge_spec()));
             let pins = store.pins(&row.id).await?.into_iter().collect();
             tracing::info!(rollout = %row.id, route = %row.route, state = row.position.state.as_str(), step = row.position.step, weight_bp = row.position.weight_bp, "rollout resumed after restart");
             let running = Running::new(row, policy, judge, pins, &catalog);
@@ -288,7 +290,7 @@ impl Controller {
         };
         self.store.insert_rollout(&row, &event).await?;
         tracing::info!(rollout = %id, route, stable = %stable, canary, policy = policy_name, "rollout started");
-        let judge = Judge::new(&policy);
+        let judge = Judge::new(&policy.judge_spec());
         let running = Running::new(row, policy, judge, BTreeMap::new(), &self.catalog);
         self.notify(&running, &event);
         inner.running.insert(id.clone(), running);

@@ -11,8 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::judge::Observation;
 use crate::measure::aggregate::VersionStats;
-use crate::measure::{Outcome, Record};
-use crate::resolve::Arm;
+use crate::types::{Arm, Outcome, Record};
 
 /// Observations buffered per rollout between two looks of the judge.
 pub const OBSERVATION_QUEUE: usize = 65_536;

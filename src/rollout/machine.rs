@@ -14,45 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::judge::JudgeReport;
 use crate::rollout::policy::Policy;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RolloutState {
-    Progressing,
-    Paused,
-    Promoted,
-    RolledBack,
-    Aborted,
-}
-
-impl RolloutState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RolloutState::Progressing => "progressing",
-            RolloutState::Paused => "paused",
-            RolloutState::Promoted => "promoted",
-            RolloutState::RolledBack => "rolled_back",
-            RolloutState::Aborted => "aborted",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Progressing,
-            Self::Paused,
-            Self::Promoted,
-            Self::RolledBack,
-            Self::Aborted,
-        ]
-        .into_iter()
-        .find(|x| x.as_str() == s)
-    }
-
-    /// Live rollouts route traffic to a canary; ended ones never again.
-    pub fn is_live(self) -> bool {
-        matches!(self, RolloutState::Progressing | RolloutState::Paused)
-    }
-}
+use crate::types::RolloutState;
 
 /// Where a rollout stands: everything the router and a restart need.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigErrors, ConfigIssue};
+use crate::config::issue::{ConfigErrors, ConfigIssue};
+use crate::judge::spec::{FeedbackKind, FeedbackMetric, Gate, JudgeSpec, KillSwitch, Metric};
 
 /// How requests are bucketed for the canary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -37,72 +38,6 @@ pub struct Step {
     pub min_requests: u64,
 }
 
-/// The metrics a gate can watch.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Metric {
-    ErrorRate,
-    LatencyP95,
-    TtftP95,
-    TokensPerRequest,
-    CostPerRequest,
-    ResponseLength,
-    SchemaFailureRate,
-    GuardrailBlockRate,
-    /// A business metric posted to `/v1/feedback` (declared under `[feedback.<name>]`;
-    /// never a `[gates]` key).
-    Feedback,
-}
-
-impl Metric {
-    pub const ALL: [Metric; 8] = [
-        Metric::ErrorRate,
-        Metric::LatencyP95,
-        Metric::TtftP95,
-        Metric::TokensPerRequest,
-        Metric::CostPerRequest,
-        Metric::ResponseLength,
-        Metric::SchemaFailureRate,
-        Metric::GuardrailBlockRate,
-    ];
-
-    /// The key in `[gates.<key>]`.
-    pub fn key(self) -> &'static str {
-        match self {
-            Metric::ErrorRate => "error_rate",
-            Metric::LatencyP95 => "latency_p95",
-            Metric::TtftP95 => "ttft_p95",
-            Metric::TokensPerRequest => "tokens_per_request",
-            Metric::CostPerRequest => "cost_per_request",
-            Metric::ResponseLength => "response_length",
-            Metric::SchemaFailureRate => "schema_failure_rate",
-            Metric::GuardrailBlockRate => "guardrail_block_rate",
-            Metric::Feedback => "feedback",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Gate {
-    pub metric: Metric,
-    /// Tolerance: the canary may be up to this × stable before it counts as harm.
-    pub max_ratio: Option<f64>,
-    /// A fall below this × stable is harm too (two-sided gates such as response length).
-    pub min_ratio: Option<f64>,
-    /// Hard limit in ms (latency, TTFT): the canary's p95 above it reverts at once.
-    pub max_ms: Option<f64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct KillSwitch {
-    pub error_rate: f64,
-    pub min_requests: u64,
-    #[serde(with = "humantime_serde_ms")]
-    pub window: Duration,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Policy {
     pub name: String,
@@ -119,26 +54,36 @@ pub struct Policy {
     pub gates: Vec<Gate>,
     pub kill_switch: Option<KillSwitch>,
     /// `[shadow]`: copy a sample of one arm's traffic to the other version.
-    pub shadow: Option<crate::shadow::ShadowConfig>,
+    pub shadow: Option<ShadowConfig>,
     /// `[feedback.<metric>]`: business metrics posted to `/v1/feedback`, judged as gates.
     pub feedback: Vec<FeedbackMetric>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FeedbackKind {
-    /// true / false (a conversion): judged like an error rate.
-    Binary,
-    /// A number (a rating, a revenue): judged like a continuous metric.
-    Numeric,
+/// A rollout policy's `[shadow]` section.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShadowConfig {
+    /// Share of the source arm's requests that are copied.
+    pub rate: f64,
+    /// Per-workspace overrides of `rate`.
+    pub workspace_rates: std::collections::BTreeMap<String, f64>,
+    pub from: crate::types::Arm,
+    pub to: crate::types::Arm,
+    pub max_usd_per_hour: f64,
+    /// Pairs kept per rollout (older ones are deleted).
+    pub keep: u64,
+    /// Requests that carry tools are not copied (their tools may have side effects).
+    pub skip_tools: bool,
+    /// Mask the request's text with the route's guardrail PII rules before storing it.
+    pub redact: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FeedbackMetric {
-    pub name: String,
-    pub kind: FeedbackKind,
-    /// Whether a higher value is the good direction.
-    pub higher_is_better: bool,
+impl ShadowConfig {
+    pub fn rate_for(&self, workspace: &str) -> f64 {
+        self.workspace_rates
+            .get(workspace)
+            .copied()
+            .unwrap_or(self.rate)
+    }
 }
 
 /// Durations serialize as milliseconds.
@@ -161,26 +106,6 @@ pub const DEFAULT_KILL_SWITCH: KillSwitch = KillSwitch {
     min_requests: 20,
     window: Duration::from_secs(60),
 };
-
-impl Metric {
-    /// Rates of a yes/no event per request (judged by counting events), as opposed to
-    /// continuous per-request quantities (judged on a log scale).
-    pub fn is_binary(self) -> bool {
-        matches!(
-            self,
-            Metric::ErrorRate | Metric::SchemaFailureRate | Metric::GuardrailBlockRate
-        )
-    }
-
-    /// Gates whose hard limit `max_ms` makes sense.
-    pub fn is_time(self) -> bool {
-        matches!(self, Metric::LatencyP95 | Metric::TtftP95)
-    }
-
-    pub fn parse(key: &str) -> Option<Metric> {
-        Metric::ALL.into_iter().find(|m| m.key() == key)
-    }
-}
 
 impl Sticky {
     pub fn parse(s: &str) -> Result<Sticky, String> {
@@ -206,6 +131,17 @@ impl Sticky {
 }
 
 impl Policy {
+    /// What the judge needs of this policy, in the judge's own terms.
+    pub fn judge_spec(&self) -> JudgeSpec {
+        JudgeSpec {
+            alpha: self.alpha,
+            gates: self.gates.clone(),
+            feedback: self.feedback.clone(),
+            kill_switch: self.kill_switch.clone(),
+            per_request_units: self.sticky == Sticky::Request,
+        }
+    }
+
     /// The gate watching `metric`, if the policy has one.
     pub fn gate(&self, metric: Metric) -> Option<&Gate> {
         self.gates.iter().find(|g| g.metric == metric)
@@ -637,11 +573,11 @@ pub fn parse_policy_at(
     let shadow = raw.shadow.as_ref().and_then(|s| {
         let arm = |key: &str,
                    value: &Option<String>,
-                   default: crate::resolve::Arm,
+                   default: crate::types::Arm,
                    issues: &mut Vec<ConfigIssue>| {
             match value.as_deref() {
                 None => Some(default),
-                Some(v) => crate::resolve::Arm::parse(v).or_else(|| {
+                Some(v) => crate::types::Arm::parse(v).or_else(|| {
                     issues.push(issue(
                         &format!("shadow.{key}"),
                         format!("`{v}` is not stable or canary"),
@@ -650,8 +586,8 @@ pub fn parse_policy_at(
                 }),
             }
         };
-        let from = arm("from", &s.from, crate::resolve::Arm::Stable, &mut issues);
-        let to = arm("to", &s.to, crate::resolve::Arm::Canary, &mut issues);
+        let from = arm("from", &s.from, crate::types::Arm::Stable, &mut issues);
+        let to = arm("to", &s.to, crate::types::Arm::Canary, &mut issues);
         if from.is_some() && from == to {
             issues.push(issue(
                 "shadow.to",
@@ -672,7 +608,7 @@ pub fn parse_policy_at(
                 "must be zero or more".into(),
             ));
         }
-        Some(crate::shadow::ShadowConfig {
+        Some(ShadowConfig {
             rate,
             workspace_rates: s.workspaces.clone().unwrap_or_default(),
             from: from?,

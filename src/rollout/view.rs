@@ -5,8 +5,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::control::{Inner, Running};
-use crate::resolve::Arm;
 use crate::store::RolloutRow;
+use crate::types::Arm;
 
 #[derive(Serialize)]
 struct ArmView {

@@ -10,7 +10,7 @@
 //!   failure; roll back when failures exceed `failureLimit` (k = failureLimit + 1).
 
 use crate::judge::Observation;
-use crate::rollout::policy::Metric;
+use crate::judge::spec::Metric;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
@@ -75,7 +75,7 @@ impl MinuteAgg {
         let Some(y) = crate::judge::value_of(metric, obs) else {
             return;
         };
-        let arm = if obs.arm == crate::resolve::Arm::Canary {
+        let arm = if obs.arm == crate::types::Arm::Canary {
             &mut self.canary
         } else {
             &mut self.stable

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::rollout::policy::Metric;
+use crate::judge::spec::Metric;
 use report::Row;
 use scenario::{Expect, Scenario};
 use traffic::RunResult;

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigErrors, ConfigIssue};
-use crate::rollout::policy::{Metric, Policy, load_policy, parse_policy_at};
+use crate::config::issue::{ConfigErrors, ConfigIssue};
+use crate::judge::spec::Metric;
+use crate::rollout::policy::{Policy, load_policy, parse_policy_at};
 
 /// What a scenario's canary is: harmless (reverts are false rollbacks), harmful (the
 /// judge should revert), or a broken design (the judge must not decide on its own).

@@ -9,8 +9,8 @@ use rand::{Rng, SeedableRng};
 use super::baselines::Checks;
 use super::scenario::Scenario;
 use crate::judge::{Judge, Observation};
-use crate::resolve::Arm;
-use crate::rollout::machine::{Decision, Position, RolloutState};
+use crate::rollout::machine::{Decision, Position};
+use crate::types::{Arm, RolloutState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -62,7 +62,7 @@ fn cumulative(weights: impl Iterator<Item = f64>) -> Vec<f64> {
 }
 
 /// One run; the baselines watch `watch` (a twin watches every metric its scenarios need).
-pub fn run(s: &Scenario, watch: &[crate::rollout::policy::Metric], seed: u64) -> RunResult {
+pub fn run(s: &Scenario, watch: &[crate::judge::spec::Metric], seed: u64) -> RunResult {
     let mut rng = StdRng::seed_from_u64(seed);
     let policy = &s.policy;
     let t = &s.traffic;
@@ -92,7 +92,7 @@ pub fn run(s: &Scenario, watch: &[crate::rollout::policy::Metric], seed: u64) ->
     // Stretch of the upper half of log TTFT so that its p95 moves by ttft_p95_ratio.
     let ttft_stretch = 1.0 + c.ttft_p95_ratio.ln() / (1.645 * s.stable.ttft_sigma);
 
-    let mut judge = Judge::new(policy);
+    let mut judge = Judge::new(&policy.judge_spec());
     let mut pos = Position::start(policy, 0);
     let mut canary_in_step = 0u64;
     let mut next_look = interval_ms;

@@ -6,7 +6,6 @@
 
 use std::borrow::Cow;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -21,9 +20,7 @@ pub use quality::{RequestPlacement, ShadowPair};
 pub use responses::ResponsePlacement;
 pub use rollouts::{Actor, EventRow, NewEvent, RolloutRow};
 
-use crate::measure::{Outcome, Record};
-use crate::resolve::Arm;
-use crate::upstream::endpoint::Api;
+use crate::types::{Api, Arm, Outcome, Record, now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
@@ -175,13 +172,6 @@ fn insert_requests_sql(rows: usize) -> String {
 pub struct Store {
     pool: AnyPool,
     engine: Engine,
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis() as i64
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -474,7 +464,7 @@ impl Store {
                     outcome: Outcome::parse(&outcome).unwrap_or(Outcome::GatewayError),
                     latency_ms: r.try_get(9)?,
                     ttft_ms: r.try_get(10)?,
-                    usage: crate::measure::Usage {
+                    usage: crate::types::Usage {
                         prompt_tokens: r.try_get::<i64, _>(11)? as u64,
                         completion_tokens: r.try_get::<i64, _>(12)? as u64,
                         estimated: r.try_get::<i32, _>(13)? != 0,

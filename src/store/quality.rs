@@ -4,7 +4,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::{Store, StoreError};
-use crate::resolve::Arm;
+use crate::types::Arm;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ShadowPair {
@@ -169,7 +169,7 @@ impl Store {
     pub async fn set_limits(
         &self,
         workspace: &str,
-        limits: &crate::limits::Limits,
+        limits: &crate::types::Limits,
     ) -> Result<(), StoreError> {
         let json = serde_json::to_string(limits).unwrap_or_default();
         sqlx::query(
@@ -185,7 +185,7 @@ impl Store {
     }
 
     /// Every workspace's own limits.
-    pub async fn all_limits(&self) -> Result<Vec<(String, crate::limits::Limits)>, StoreError> {
+    pub async fn all_limits(&self) -> Result<Vec<(String, crate::types::Limits)>, StoreError> {
         let rows = sqlx::query("SELECT workspace_id, limits FROM workspace_limits")
             .fetch_all(&self.pool)
             .await?;

@@ -6,7 +6,7 @@
 use sqlx::Row;
 
 use super::{Store, StoreError};
-use crate::resolve::Arm;
+use crate::types::Arm;
 
 /// Where a stored Response was produced.
 #[derive(Debug, Clone, PartialEq, Eq)]

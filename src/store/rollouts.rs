@@ -10,8 +10,8 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::{Store, StoreError};
-use crate::resolve::Arm;
-use crate::rollout::machine::{Position, RolloutState};
+use crate::rollout::machine::Position;
+use crate::types::{Arm, RolloutState};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RolloutRow {

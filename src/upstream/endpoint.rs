@@ -13,40 +13,10 @@
 use std::borrow::Cow;
 
 use axum::http::Method;
-use serde::Serialize;
 
-/// The OpenAI APIs sluice routes and measures, as stored in a record's `api` column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Api {
-    /// `POST /v1/chat/completions`.
-    #[default]
-    Chat,
-    /// `POST /v1/responses`.
-    Responses,
-    /// `POST /v1/embeddings`.
-    Embeddings,
-    /// Any other `/v1` operation with a `model` (completions, moderations, images, audio),
-    /// forwarded byte for byte to the route's stable version.
-    Forwarded,
-}
+pub use crate::types::Api;
 
 impl Api {
-    pub const ALL: [Api; 4] = [Api::Chat, Api::Responses, Api::Embeddings, Api::Forwarded];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Api::Chat => "chat",
-            Api::Responses => "responses",
-            Api::Embeddings => "embeddings",
-            Api::Forwarded => "forwarded",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Api> {
-        Api::ALL.into_iter().find(|a| a.as_str() == s)
-    }
-
     /// The upstream operation of a measured request of this API (a forwarded one keeps its
     /// own path and never takes this).
     pub fn endpoint(self) -> Endpoint<'static> {

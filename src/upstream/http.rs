@@ -16,7 +16,7 @@ use super::endpoint::Endpoint;
 use super::headers::forwarded_from_client;
 use super::{Call, Reply, UpstreamError};
 use crate::config::{ProviderConfig, ProviderKind};
-use crate::secret::Secret;
+use crate::types::Secret;
 
 /// How URLs and credentials are spelled.
 enum Flavor {

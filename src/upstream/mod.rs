@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 use crate::config::MockConfig;
-use crate::measure::Outcome;
+use crate::types::Outcome;
 
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
 
@@ -77,6 +77,27 @@ pub enum Provider {
 }
 
 impl Provider {
+    /// The client for one configured provider; `key` is its API key when it has one.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built (a bad base URL or TLS set-up).
+    /// `config_dir` anchors a relative `ca_file`.
+    pub fn from_config(
+        config: &crate::config::ProviderConfig,
+        key: Option<crate::types::Secret>,
+        config_dir: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        let timeout = std::time::Duration::from_millis(config.timeout_ms);
+        Ok(match config.kind {
+            crate::config::ProviderKind::Openai | crate::config::ProviderKind::Azure => {
+                Provider::Http(Box::new(http::HttpProvider::from_config(
+                    config, key, config_dir,
+                )?))
+            }
+            crate::config::ProviderKind::Mock => Provider::Mock(mock::MockProvider { timeout }),
+        })
+    }
+
     pub async fn send(&self, call: Call<'_>) -> Result<Reply, UpstreamError> {
         match self {
             Provider::Http(p) => p.send(call).await,

@@ -4,7 +4,7 @@
 use async_openai::types::embeddings::CreateEmbeddingRequestArgs;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sluice::upstream::endpoint::Api;
+use sluice::types::Api;
 
 use crate::helpers::*;
 use crate::rollouts::start;

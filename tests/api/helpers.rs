@@ -491,7 +491,7 @@ impl TestApp {
         let text = config_toml(&upstream.url, "127.0.0.1:0", &db_url, extra);
         let config_path = dir.path().join("sluice.toml");
         let settings =
-            sluice::config::parse(&config_path, &text, &test_env).expect("test config is valid");
+            sluice::settings::parse(&config_path, &text, &test_env).expect("test config is valid");
         let server = Server::build_with_traces(settings, traces)
             .await
             .expect("sluice starts");

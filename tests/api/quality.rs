@@ -240,7 +240,11 @@ async fn an_output_block_replaces_the_answer_and_ends_a_stream() {
         .records(Some("guarded"), 10)
         .await
         .unwrap();
-    assert!(records.iter().all(|r| r.guardrail_blocked && r.outcome == sluice::measure::Outcome::GuardrailBlocked));
+    assert!(
+        records
+            .iter()
+            .all(|r| r.guardrail_blocked && r.outcome == sluice::types::Outcome::GuardrailBlocked)
+    );
 }
 
 async fn assert_reverted_on(route: &str, canary: &str, extra: Value) -> Value {

@@ -73,7 +73,7 @@ async fn every_record_is_flushed_when_the_gateway_stops() {
     assert!(
         records
             .iter()
-            .all(|r| r.workspace == "acme" && r.outcome == sluice::measure::Outcome::Ok)
+            .all(|r| r.workspace == "acme" && r.outcome == sluice::types::Outcome::Ok)
     );
     assert_eq!(records.iter().filter(|r| r.stream).count(), 20);
     assert_eq!(
@@ -247,6 +247,6 @@ async fn sigterm_lets_in_flight_requests_finish_and_loses_no_record() {
     assert!(
         records
             .iter()
-            .all(|r| r.outcome == sluice::measure::Outcome::Ok && r.usage.completion_tokens == 30)
+            .all(|r| r.outcome == sluice::types::Outcome::Ok && r.usage.completion_tokens == 30)
     );
 }

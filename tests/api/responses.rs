@@ -9,7 +9,7 @@ use async_openai::types::responses::{
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sluice::upstream::endpoint::Api;
+use sluice::types::Api;
 
 use crate::helpers::*;
 use crate::rollouts::start;
@@ -55,7 +55,7 @@ fn typed_events(body: &str) -> Vec<(String, Value)> {
         .collect()
 }
 
-async fn records(app: &TestApp, n: u64, route: &str) -> Vec<sluice::measure::Record> {
+async fn records(app: &TestApp, n: u64, route: &str) -> Vec<sluice::types::Record> {
     app.wait_written(n).await;
     app.store().await.records(Some(route), 100).await.unwrap()
 }

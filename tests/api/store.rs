@@ -1,8 +1,7 @@
 //! The store on every engine: the same calls, the same answers.
 
-use sluice::measure::{Outcome, Record, Usage};
-use sluice::resolve::Arm;
 use sluice::store::{Store, StoreError};
+use sluice::types::{Arm, Outcome, Record, Usage};
 
 use crate::helpers::databases;
 
@@ -33,7 +32,7 @@ fn record(id: &str, at_ms: i64, route: &str) -> Record {
         step: Some(2),
         schema_failed: Some(true),
         guardrail_blocked: false,
-        api: sluice::upstream::endpoint::Api::Responses,
+        api: sluice::types::Api::Responses,
         reasoning_tokens: Some(64),
         inputs: None,
         dimensions: None,

@@ -243,7 +243,7 @@ async fn a_client_that_disconnects_mid_stream_ends_the_upstream_call_and_still_y
     );
     app.wait_written(1).await;
     let record = &app.store().await.records(Some("endless"), 1).await.unwrap()[0];
-    assert_eq!(record.outcome, sluice::measure::Outcome::ClientDisconnected);
+    assert_eq!(record.outcome, sluice::types::Outcome::ClientDisconnected);
     assert!(
         record.response_chars >= 3 * " more".len() as u64,
         "what was relayed is measured"

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::measure::Usage;
-use crate::measure::checks::ChoiceText;
 use crate::measure::schema::{Expectation, ResponseFormat, ToolCall};
+use crate::openai::completion::ChoiceText;
+use crate::types::Usage;
 
 /// What a Responses request expects of its answer: `text.format` (`json_schema` with a
 /// flat `schema`, or `json_object`) and each function tool's `parameters`.

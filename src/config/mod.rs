@@ -1,0 +1,288 @@
+//! Configuration: `sluice.toml` as plain serde data, importing nothing but `types`.
+//!
+//! Reading and checking it is `settings`' job: it never stops at the first mistake; unknown
+//! keys and semantic errors (a route that names a missing version, a provider without its
+//! key, a bad URL) are all collected and reported together, one line each, naming the file
+//! and the key ([`issue::ConfigIssue`]).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+pub mod issue;
+
+use crate::types::Price;
+
+/// Environment variable that overrides `[database] url`.
+pub const DATABASE_URL_ENV: &str = "SLUICE_DATABASE_URL";
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    #[serde(default)]
+    pub versions: BTreeMap<String, VersionConfig>,
+    #[serde(default)]
+    pub routes: BTreeMap<String, RouteConfig>,
+    #[serde(default)]
+    pub policies: PoliciesConfig,
+    /// Default limits for workspaces without their own.
+    #[serde(default)]
+    pub limits: crate::types::Limits,
+    /// OpenTelemetry export.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// Model-less `/v1` endpoints (files, batches, …): off unless a provider is named.
+    #[serde(default)]
+    pub passthrough: PassthroughConfig,
+}
+
+/// `[passthrough]`: where `/v1` endpoints without a `model` go.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PassthroughConfig {
+    /// The provider that serves `/v1/files`, `/v1/batches`, `/v1/uploads`,
+    /// `/v1/vector_stores`, … with its own key. Unset: those paths answer 404.
+    pub provider: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PoliciesConfig {
+    /// Rollout policies (`*.toml`), relative to the config file.
+    #[serde(default = "default_policies_dir")]
+    pub dir: String,
+}
+
+impl Default for PoliciesConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_policies_dir(),
+        }
+    }
+}
+
+pub fn default_policies_dir() -> String {
+    "policies".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may run on after SIGTERM before they are cut.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+    /// Measurement records buffered between the request path and the database writer.
+    #[serde(default = "default_record_queue")]
+    pub record_queue: usize,
+    /// Shadow copies waiting to be sent; when full, a copy is dropped and counted.
+    #[serde(default = "default_shadow_queue")]
+    pub shadow_queue: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            max_body_bytes: default_max_body_bytes(),
+            shutdown_grace_ms: default_shutdown_grace_ms(),
+            record_queue: default_record_queue(),
+            shadow_queue: default_shadow_queue(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_max_body_bytes() -> usize {
+    4 * 1024 * 1024
+}
+fn default_shutdown_grace_ms() -> u64 {
+    30_000
+}
+fn default_record_queue() -> usize {
+    16_384
+}
+fn default_shadow_queue() -> usize {
+    1_024
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseConfig {
+    #[serde(default = "default_database_url")]
+    pub url: String,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: default_database_url(),
+        }
+    }
+}
+
+fn default_database_url() -> String {
+    "sqlite://sluice.db".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_token_env")]
+    pub token_env: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            token_env: default_admin_token_env(),
+        }
+    }
+}
+
+fn default_admin_token_env() -> String {
+    "SLUICE_ADMIN_TOKEN".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Any server that speaks OpenAI's chat-completions API.
+    Openai,
+    /// Built in: synthetic answers shaped by the version's `mock` table, no network.
+    Mock,
+    /// Azure OpenAI: `endpoint`, `api_version`, a `deployment` per version, the key in the
+    /// `api-key` header (or an Entra ID bearer token from `bearer_token_env`).
+    Azure,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProviderConfig {
+    pub kind: ProviderKind,
+    pub base_url: Option<String>,
+    pub api_key_env: Option<String>,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Azure: the resource URL, e.g. `https://my-resource.openai.azure.com`.
+    pub endpoint: Option<String>,
+    /// Azure: the `api-version` query value (e.g. `2024-10-21`), or `v1` for the GA v1 API.
+    pub api_version: Option<String>,
+    /// Azure: an environment variable holding a Microsoft Entra ID token, sent as
+    /// `Authorization: Bearer …` instead of the `api-key` header.
+    pub bearer_token_env: Option<String>,
+    /// Client headers passed upstream besides `OpenAI-Beta` and the trace context.
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
+    /// Static headers added to every call to this provider.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Sent as `OpenAI-Organization`.
+    pub organization: Option<String>,
+    /// Sent as `OpenAI-Project`.
+    pub project: Option<String>,
+    /// A PEM file of CA certificates to trust besides the system's (a private CA),
+    /// relative to the config file.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// An egress proxy (`http://host:port`) for this provider. Unset: `HTTPS_PROXY`,
+    /// `HTTP_PROXY` and `NO_PROXY` from the environment apply.
+    pub proxy: Option<String>,
+}
+
+fn default_timeout_ms() -> u64 {
+    120_000
+}
+
+/// Shape of a built-in mock model's answers.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct MockConfig {
+    #[serde(default = "default_mock_ttft_ms")]
+    pub ttft_ms: u64,
+    #[serde(default = "default_mock_tokens_per_s")]
+    pub tokens_per_s: f64,
+    #[serde(default = "default_mock_output_tokens")]
+    pub output_tokens: u32,
+    #[serde(default)]
+    pub error_rate: f64,
+    /// Spread of answer length and time to first token: each request draws a factor
+    /// uniformly from [1 − jitter, 1 + jitter]. 0 makes every answer the same.
+    #[serde(default)]
+    pub jitter: f64,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        Self {
+            ttft_ms: default_mock_ttft_ms(),
+            tokens_per_s: default_mock_tokens_per_s(),
+            output_tokens: default_mock_output_tokens(),
+            error_rate: 0.0,
+            jitter: 0.0,
+        }
+    }
+}
+
+fn default_mock_ttft_ms() -> u64 {
+    40
+}
+fn default_mock_tokens_per_s() -> f64 {
+    200.0
+}
+fn default_mock_output_tokens() -> u32 {
+    60
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct VersionConfig {
+    pub provider: String,
+    pub model: String,
+    #[serde(default)]
+    pub price: Price,
+    pub mock: Option<MockConfig>,
+    /// Azure: the deployment that serves this version (its name in the URL and `model`).
+    pub deployment: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RouteConfig {
+    pub stable: String,
+    /// A guardrail policy in `policies/guardrails/` (file stem).
+    pub guardrails: Option<String>,
+    #[serde(default)]
+    pub on_schema_failure: OnSchemaFailure,
+}
+
+/// What an answer that does not fit its requested schema becomes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSchemaFailure {
+    /// Counted and marked (`x-sluice-schema: fail`), passed through unchanged.
+    #[default]
+    Pass,
+    /// A 502 naming the path that failed (a stream ends with an error event).
+    Error,
+}
+
+/// `[telemetry]` in sluice.toml.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP traces endpoint, e.g. `http://127.0.0.1:4318/v1/traces`. None: no tracing.
+    pub otlp_endpoint: Option<String>,
+    /// Extra headers for the exporter (an API key of the tracing backend).
+    #[serde(default)]
+    pub otlp_headers: std::collections::HashMap<String, String>,
+    /// Share of traces kept (root requests; a sampled parent is always followed).
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
+}
