@@ -1,7 +1,8 @@
 //! Building and running the gateway: `build` binds the listener (port 0 works, for tests),
 //! connects the store and starts the background tasks; `run_until_stopped` serves until the
-//! stop signal, lets in-flight requests finish within the grace period, then flushes every
-//! buffered record before it returns.
+//! stop signal (or until a background task dies, see [`crate::tasks`]), lets in-flight
+//! requests finish within the grace period, stops the background tasks in order, and so
+//! flushes every buffered record before it returns.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,7 +12,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::auth::KeyCache;
 use crate::catalog::Catalog;
@@ -23,14 +23,14 @@ use crate::settings::Settings;
 use crate::shadow::{self, ShadowQueue};
 use crate::state::{App, AppState};
 use crate::store::Store;
+use crate::tasks::{Stage, Tasks};
 use crate::traces::Traces;
 
 pub struct Server {
     listener: TcpListener,
     app: AppState,
-    /// Background tasks, all stopped through `shutdown` and awaited on the way out.
-    tasks: Vec<JoinHandle<()>>,
-    shutdown: watch::Sender<bool>,
+    /// Background tasks, stopped in order and awaited on the way out.
+    tasks: Tasks,
 }
 
 impl Server {
@@ -50,6 +50,7 @@ impl Server {
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
         let catalog = Arc::new(Catalog::from_settings(&settings)?);
         let routing = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
+        let tasks = Tasks::new();
         // Publishes the table: configured stables, promotions, and every live rollout.
         let rollouts = Arc::new(
             Controller::restore(
@@ -58,6 +59,7 @@ impl Server {
                 settings.policies.clone(),
                 settings.policies_dir.clone(),
                 routing.clone(),
+                tasks.clone(),
             )
             .await?,
         );
@@ -83,28 +85,24 @@ impl Server {
             shadows: Arc::new(shadows),
             limits,
             traces,
+            tasks: tasks.clone(),
             response_book: Arc::new(response_book),
         });
-        let (shutdown, stopped) = watch::channel(false);
-        let tasks = vec![
-            tokio::spawn(rollouts.run(stopped.clone())),
-            tokio::spawn(shadow::run_sender(
-                shadow_jobs,
-                store.clone(),
-                stopped.clone(),
-            )),
-            tokio::spawn(crate::responses::book::run_writer(
-                placements,
-                store.clone(),
-                stopped.clone(),
-            )),
-            tokio::spawn(async move { sink.run_writer(records, store, stopped).await }),
-        ];
+        tasks.spawn("rollout-controller", Stage::Control, |stop| {
+            rollouts.run(stop)
+        });
+        shadow::start_senders(&tasks, shadow_jobs, store.clone());
+        let book_store = store.clone();
+        tasks.spawn("response-book-writer", Stage::Writer, |stop| {
+            crate::responses::book::run_writer(placements, book_store, stop)
+        });
+        tasks.spawn("record-writer", Stage::Writer, |stop| async move {
+            sink.run_writer(records, store, stop).await
+        });
         Ok(Self {
             listener,
             app,
             tasks,
-            shutdown,
         })
     }
 
@@ -122,6 +120,12 @@ impl Server {
         self.app.clone()
     }
 
+    /// Serves until `stop` resolves or a background task dies, then shuts down in order.
+    ///
+    /// # Errors
+    /// The server failed, or a background task died ([`crate::tasks::TaskFailure`]): the
+    /// shutdown is as clean as for `stop`, and the error makes `sluice serve` exit non-zero
+    /// so that the orchestrator restarts it.
     pub async fn run_until_stopped(
         self,
         stop: impl Future<Output = ()> + Send + 'static,
@@ -130,13 +134,18 @@ impl Server {
             listener,
             app,
             tasks,
-            shutdown,
         } = self;
         let grace = Duration::from_millis(app.settings.config.server.shutdown_grace_ms);
         let (stopping_tx, mut stopping) = watch::channel(false);
         let router = crate::http::router(app.clone());
+        let watched = tasks.clone();
         let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-            stop.await;
+            tokio::select! {
+                _ = stop => {}
+                failure = watched.failed() => {
+                    tracing::error!(task = failure.task, "stopping because a background task died");
+                }
+            }
             tracing::info!(
                 grace_ms = grace.as_millis() as u64,
                 "stopping: no new connections, in-flight requests finish"
@@ -151,10 +160,7 @@ impl Server {
             }
         }
         // Records of requests cut at the grace limit were submitted when they were dropped.
-        let _ = shutdown.send(true);
-        for task in tasks {
-            let _ = task.await;
-        }
+        tasks.shutdown(grace).await;
         let counters = app.sink.counters();
         tracing::info!(
             records_written = counters.written,
@@ -163,6 +169,9 @@ impl Server {
         );
         app.traces.shutdown();
         app.store.close().await;
-        Ok(())
+        match tasks.failure() {
+            Some(failure) => Err(failure.clone().into()),
+            None => Ok(()),
+        }
     }
 }

@@ -121,6 +121,10 @@ pub async fn run() -> anyhow::Result<()> {
     let base = format!("http://{}", server.local_addr());
     let app = server.state();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the demo's own server; awaited when the demo ends"
+    )]
     let serving = tokio::spawn(server.run_until_stopped(async move {
         let _ = stop_rx.await;
     }));
@@ -305,6 +309,10 @@ impl Traffic {
     fn start(http: &reqwest::Client, base: &str, key: &str) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the demo's traffic clients, stopped and awaited by `Traffic::stop`"
+        )]
         let tasks = (0..CLIENTS)
             .map(|client| {
                 let (http, url, key) = (

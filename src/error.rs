@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::json;
 
+use crate::rollout::error::RolloutError;
 use crate::store::StoreError;
 use crate::types::Outcome;
 
@@ -72,6 +73,9 @@ pub enum ApiError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// The gateway is stopping because a background task died (`/healthz`).
+    #[error("unavailable: {0}; the gateway is stopping so that it is restarted")]
+    Unavailable(String),
 }
 
 impl ApiError {
@@ -95,6 +99,7 @@ impl ApiError {
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::UpstreamStatus { status, .. } => *status,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -119,6 +124,7 @@ impl ApiError {
             Self::SchemaInvalid { .. } => ("upstream_error", Some("schema_validation_failed")),
             Self::RateLimited { kind, .. } => (kind, Some("rate_limit_exceeded")),
             Self::Internal(_) => ("server_error", None),
+            Self::Unavailable(_) => ("server_error", Some("task_failed")),
         }
     }
 
@@ -173,6 +179,25 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %other, "store failed");
                 ApiError::Internal("the database failed; see the gateway's log".into())
             }
+        }
+    }
+}
+
+impl From<RolloutError> for ApiError {
+    fn from(e: RolloutError) -> Self {
+        use RolloutError as R;
+        match e {
+            R::UnknownRoute(_) | R::UnknownRollout(_) | R::NotLive(_) | R::NoPin { .. } => {
+                ApiError::NotFound(e.to_string())
+            }
+            R::AlreadyLive { .. } | R::Ended { .. } | R::WrongState { .. } => {
+                ApiError::Conflict(e.to_string())
+            }
+            R::BadCanary(_) | R::BadPolicy(_) | R::UndeclaredMetric { .. } => {
+                ApiError::Unprocessable(e.to_string())
+            }
+            R::Store(e) => e.into(),
+            R::Internal(message) => ApiError::Internal(message),
         }
     }
 }

@@ -31,6 +31,7 @@
 //! | module | layer | owns |
 //! |---|---|---|
 //! | `types` | L0 | the DESIGN vocabulary as values: Arm, RouteName, WorkspaceId, Weight, Outcome, Usage, Record, Price, Limits, RolloutState, Secret, now_ms |
+//! | `tasks` | L0 | the one place background tasks are spawned; shutdown order; a loop that dies stops the process |
 //! | `config::issue` | L0 | ConfigIssue / ConfigErrors: a mistake located by file and dotted key |
 //! | `config` | L1 | `sluice.toml` as plain serde data |
 //! | `judge` | L1 | the pure sequential judge over two arms' observations, with its own JudgeSpec |
@@ -47,6 +48,7 @@
 //! | `rollout::feed` | L3 | a rollout's tap: assignments and observations on their way to the judge |
 //! | `settings` | L3 | config + secrets + policies + guardrail sets, checked together (`sluice config check`) |
 //! | `store` | L3 | SQLite / PostgreSQL: keys, records, rollouts, events, shadow pairs |
+//! | `rollout::error` | L4 | RolloutError: what a rollout command can fail with, in rollout terms |
 //! | `error` | L4 | ApiError: every request-path error mapped to HTTP and OpenAI's shape |
 //! | `catalog` | L4 | the configured versions (with their clients), route settings and live stats |
 //! | `responses::book` | L4 | Response id → version that produced it (memory + `response_versions`) |
@@ -57,7 +59,10 @@
 //! | `azure` | L7 | provider content filters (Azure OpenAI's) counted as guardrail blocks |
 //! | `responses::relay` | L7 | the Responses stream relay: typed events measured, checked, held back |
 //! | `measure` | L7 | the Meter → one Record per request; answer checks; stream relay; the record sink |
-//! | `rollout` | L8 | the controller (the only writer of the routing table) and its views |
+//! | `rollout::running` | L8 | a rollout live in this process: its judge, tap and figures |
+//! | `rollout::notify` | L8 | webhooks and decision events |
+//! | `rollout::view` | L8 | RolloutView: how a rollout reads in the admin API |
+//! | `rollout` | L8 | the controller (the only writer of the routing table) |
 //! | `state` | L8 | AppState: what handlers and the pipeline reach |
 //! | `pipeline` | L9 | the hot path without axum: parse → resolve → guard → upstream → answer |
 //! | `responses` | L9 | `POST /v1/responses` on the hot path: conversations stay where they began |
@@ -95,6 +100,7 @@ pub mod shadow;
 pub mod simulate;
 pub mod state;
 pub mod store;
+pub mod tasks;
 pub mod telemetry;
 pub mod traces;
 pub mod types;

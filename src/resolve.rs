@@ -220,6 +220,38 @@ mod tests {
     }
 
     #[test]
+    fn the_sticky_unit_is_the_source_the_policy_names_or_else_the_request() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-team", "blue".parse().unwrap());
+        headers.insert(CONVERSATION_HEADER, "conv-9".parse().unwrap());
+        let unit = Unit {
+            workspace: "acme",
+            request_id: "req_1",
+            user: Some("u7"),
+            headers: &headers,
+        };
+        assert_eq!(sticky_key(&Sticky::Request, &unit), "req_1");
+        // A user is only the same user within one workspace.
+        assert_eq!(sticky_key(&Sticky::User, &unit), "acme\u{0}u7");
+        assert_eq!(sticky_key(&Sticky::Header("x-team".into()), &unit), "blue");
+        assert_eq!(sticky_key(&Sticky::Conversation, &unit), "conv-9");
+        // Without the source each request stands alone.
+        let bare = HeaderMap::new();
+        let anonymous = Unit {
+            user: None,
+            headers: &bare,
+            ..unit
+        };
+        for sticky in [
+            Sticky::User,
+            Sticky::Header("x-team".into()),
+            Sticky::Conversation,
+        ] {
+            assert_eq!(sticky_key(&sticky, &anonymous), "req_1", "{sticky:?}");
+        }
+    }
+
+    #[test]
     fn a_unit_in_the_canary_stays_there_when_the_weight_rises() {
         for i in 0..10_000 {
             let u = bucket(99, &format!("user-{i}"));

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::{Mutex, mpsc, watch};
+use tokio::sync::{Mutex, mpsc};
 
 use crate::catalog::Version;
 use crate::guardrails::redact_pii;
@@ -22,6 +22,7 @@ use crate::openai::completion::{CompletionSummary, summarize_completion};
 use crate::openai::responses::summarize_response;
 use crate::rollout::policy::ShadowConfig;
 use crate::store::{ShadowPair, Store};
+use crate::tasks::{Stage, Tasks};
 use crate::types::{Arm, Record, now_ms};
 use crate::upstream::Call;
 use crate::upstream::endpoint::Api;
@@ -147,30 +148,26 @@ impl ShadowQueue {
     }
 }
 
-/// Sends queued copies (a few at a time) until shutdown; what is still queued then is dropped.
-pub async fn run_sender(
-    rx: mpsc::Receiver<ShadowJob>,
-    store: Store,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Starts the workers that send queued copies (a few at a time) until shutdown: a copy in
+/// flight then finishes (within the grace period, see [`crate::tasks`]); what is still
+/// queued is dropped.
+pub fn start_senders(tasks: &Tasks, rx: mpsc::Receiver<ShadowJob>, store: Store) {
     let rx = Arc::new(Mutex::new(rx));
-    let workers: Vec<_> = (0..SHADOW_CONCURRENCY)
-        .map(|_| {
-            let (rx, store) = (rx.clone(), store.clone());
-            tokio::spawn(async move {
-                loop {
-                    let job = rx.lock().await.recv().await;
-                    match job {
-                        Some(job) => send_copy(job, &store).await,
-                        None => break,
-                    }
+    for _ in 0..SHADOW_CONCURRENCY {
+        let (rx, store) = (rx.clone(), store.clone());
+        tasks.spawn("shadow-worker", Stage::Side, move |stop| async move {
+            loop {
+                let job = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break,
+                    job = async { rx.lock().await.recv().await } => job,
+                };
+                match job {
+                    Some(job) => send_copy(job, &store).await,
+                    None => break,
                 }
-            })
-        })
-        .collect();
-    let _ = shutdown.wait_for(|s| *s).await;
-    for w in workers {
-        w.abort();
+            }
+        });
     }
 }
 

@@ -31,6 +31,8 @@ pub struct App {
     pub shadows: Arc<crate::shadow::ShadowQueue>,
     pub limits: Arc<crate::limits::LimitBook>,
     pub traces: crate::traces::Traces,
+    /// The background tasks; `/healthz` fails once one of them has died.
+    pub tasks: crate::tasks::Tasks,
     /// Which version produced each Response id: conversations continue where they began.
     pub response_book: Arc<crate::responses::book::ResponseBook>,
 }

@@ -399,7 +399,11 @@ async fn judge_upstream(judge_calls: Arc<Mutex<Vec<String>>>) -> String {
         .with_state(judge_calls);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the mock judge upstream lives as long as the test"
+    )]
+    let _serving = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     url
 }
 

@@ -33,6 +33,10 @@ impl Progress {
         let done = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a CLI progress line, stopped and awaited by `finish`"
+        )]
         let painter = std::io::stderr().is_terminal().then(|| {
             let (done, stop) = (done.clone(), stop.clone());
             tokio::spawn(async move {

@@ -1,9 +1,9 @@
-//! The admin API under `/admin/v1`, behind the admin token: workspaces, keys, routes, stats.
+//! The admin API under `/admin/v1`, behind the admin token (checked by the router's
+//! [`super::extract::authenticate`]): workspaces, keys, routes, stats.
 
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
@@ -11,8 +11,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{bearer_of, body_error};
-use crate::auth::{admin_token_matches, generate_key};
+use super::extract::json_body;
+use crate::auth::generate_key;
 use crate::error::ApiError;
 use crate::measure::aggregate::StatsSnapshot;
 use crate::state::AppState;
@@ -25,33 +25,6 @@ pub fn router() -> Router<AppState> {
         .route("/workspaces/{id}/limits", put(set_limits).get(get_limits))
         .route("/routes", get(list_routes))
         .route("/routes/{route}/stats", get(route_stats))
-        .merge(super::rollouts::router())
-}
-
-/// Proof that the request carried the admin token; handlers take it as their first argument.
-pub struct Admin;
-
-impl FromRequestParts<AppState> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        if admin_token_matches(&app.settings.admin_token, bearer_of(&parts.headers)) {
-            Ok(Admin)
-        } else {
-            Err(ApiError::AdminUnauthorized)
-        }
-    }
-}
-
-pub(super) fn json_body<T: serde::de::DeserializeOwned>(
-    app: &AppState,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<T, ApiError> {
-    let body = body.map_err(|r| body_error(r, app.settings.config.server.max_body_bytes))?;
-    serde_json::from_slice(&body).map_err(|e| ApiError::InvalidRequest {
-        message: format!("invalid body: {e}"),
-        param: None,
-    })
 }
 
 /// A workspace id: 1–64 lowercase letters, digits, `-` or `_`, starting with a letter or digit.
@@ -88,7 +61,6 @@ struct NewWorkspace {
 }
 
 async fn create_workspace(
-    _: Admin,
     State(app): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -99,12 +71,11 @@ async fn create_workspace(
     Ok((StatusCode::CREATED, Json(workspace)).into_response())
 }
 
-async fn list_workspaces(_: Admin, State(app): State<AppState>) -> Result<Response, ApiError> {
+async fn list_workspaces(State(app): State<AppState>) -> Result<Response, ApiError> {
     Ok(Json(json!({"data": app.store.workspaces().await?})).into_response())
 }
 
 async fn create_key(
-    _: Admin,
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -124,7 +95,6 @@ async fn create_key(
 }
 
 async fn list_keys(
-    _: Admin,
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -133,7 +103,6 @@ async fn list_keys(
 }
 
 async fn revoke_key(
-    _: Admin,
     State(app): State<AppState>,
     Path((id, key_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
@@ -147,7 +116,7 @@ async fn revoke_key(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn list_routes(_: Admin, State(app): State<AppState>) -> Result<Response, ApiError> {
+async fn list_routes(State(app): State<AppState>) -> Result<Response, ApiError> {
     let routing = app.routing.load();
     let data: Vec<_> = routing
         .route_names()
@@ -167,7 +136,6 @@ async fn list_routes(_: Admin, State(app): State<AppState>) -> Result<Response, 
 /// Live figures per version of one route since this process started, plus the record
 /// sink's counters (how many records were written, dropped or lost).
 async fn route_stats(
-    _: Admin,
     State(app): State<AppState>,
     Path(route): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -214,7 +182,6 @@ async fn route_stats(
 
 /// Sets a workspace's own limits; what the body leaves out falls back to `[limits]`.
 async fn set_limits(
-    _: Admin,
     State(app): State<AppState>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
@@ -232,7 +199,6 @@ async fn set_limits(
 }
 
 async fn get_limits(
-    _: Admin,
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {

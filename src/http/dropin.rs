@@ -1,6 +1,7 @@
 //! The rest of the OpenAI surface: `POST /v1/responses` and its stored-response
 //! operations, `POST /v1/embeddings`, `GET /v1/models/{route}`, and every other `/v1` path
-//! (forwarded with a model, passed through without one, or a clear 404).
+//! (forwarded with a model, passed through without one, or a clear 404). The router's
+//! layer has authenticated the caller (and admitted it, for the routes that spend tokens).
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{OriginalUri, Path, State};
@@ -9,22 +10,13 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::json;
 
+use axum::Extension;
+
+use super::extract::{Caller, body_error};
 use super::openai::respond;
-use super::{bearer_of, body_error};
-use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::forward::{self, Forward, OtherPath};
 use crate::state::AppState;
-
-/// Authenticates the caller and admits it under its workspace's limits.
-async fn admit(app: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let caller = app
-        .keys
-        .authenticate(&app.store, bearer_of(headers))
-        .await?;
-    app.limits.admit(&caller.workspace)?;
-    Ok(caller)
-}
 
 fn body(app: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|r| body_error(r, app.settings.config.server.max_body_bytes))
@@ -32,13 +24,10 @@ fn body(app: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, Ap
 
 pub async fn responses(
     State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let caller = match admit(&app, &headers).await {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
     match body(&app, raw) {
         Ok(raw) => respond(crate::responses::create(&app, caller, &headers, raw).await),
         Err(e) => e.into_response(),
@@ -47,13 +36,10 @@ pub async fn responses(
 
 pub async fn embeddings(
     State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let caller = match admit(&app, &headers).await {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
     match body(&app, raw) {
         Ok(raw) => respond(forward::embeddings(&app, caller, &headers, raw).await),
         Err(e) => e.into_response(),
@@ -63,16 +49,13 @@ pub async fn embeddings(
 /// `GET|DELETE /v1/responses/{id}`, `GET …/input_items`, `POST …/cancel`.
 pub async fn stored_response(
     State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(rest): Path<String>,
     method: Method,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let caller = match admit(&app, &headers).await {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
     let (id, tail) = rest.split_once('/').unwrap_or((rest.as_str(), ""));
     let allowed = matches!(
         (&method, tail),
@@ -103,11 +86,7 @@ pub async fn stored_response(
 pub async fn model(
     State(app): State<AppState>,
     Path(route): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    app.keys
-        .authenticate(&app.store, bearer_of(&headers))
-        .await?;
     if app.routing.load().route(&route).is_none() {
         return Err(ApiError::UnknownRoute(route));
     }
@@ -120,6 +99,7 @@ pub async fn model(
 /// Every other `/v1/…` path.
 pub async fn other(
     State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(path): Path<String>,
     method: Method,
     OriginalUri(uri): OriginalUri,
@@ -134,10 +114,6 @@ pub async fn other(
         ))
         .into_response();
     }
-    let caller = match admit(&app, &headers).await {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
     let raw = match body(&app, raw) {
         Ok(raw) => raw,
         Err(e) => return e.into_response(),

@@ -1,12 +1,15 @@
 //! HTTP: the axum router. Handlers extract, call the pipeline or the store, and respond.
 //!
-//! Every route needs a credential (a gateway key under `/v1`, the admin token under
-//! `/admin/v1`) except the short allowlist here: `/healthz`, `/metrics`, the admin API's
-//! OpenAPI document, and the dashboard page itself (its data calls carry the admin token).
+//! Every route needs a credential (a gateway key under `/v1`, the admin token elsewhere):
+//! [`guarded`] puts [`extract::authenticate`] on every route, and the only exceptions are
+//! the visible allowlist [`extract::UNAUTHENTICATED_ROUTES`]: `/healthz`, `/metrics`, the
+//! admin API's OpenAPI document, and the dashboard page itself (its data calls carry the
+//! admin token). Paths that match no route answer 404 without a credential.
 
 mod admin;
 mod dashboard;
 mod dropin;
+pub mod extract;
 mod openai;
 mod openapi;
 mod rollouts;
@@ -18,8 +21,13 @@ use axum::routing::{any, get, post};
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// The gateway's router: [`routes`] behind [`guarded`].
 pub fn router(state: AppState) -> Router {
-    let max_body = state.settings.config.server.max_body_bytes;
+    guarded(routes(), state)
+}
+
+/// Every route the gateway serves, without authentication (see [`guarded`]).
+pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
@@ -29,14 +37,36 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/embeddings", post(dropin::embeddings))
         .route("/v1/{*path}", any(dropin::other))
         .route("/v1/feedback", post(openai::feedback))
-        .nest("/admin/v1", admin::router())
-        .route("/healthz", get(|| async { "ok" }))
+        .nest("/admin/v1", admin::router().merge(rollouts::router()))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/admin/v1/openapi.json", get(openapi::document))
         .route("/dashboard", get(dashboard::page))
+}
+
+/// `routes` with authentication on every route but the allowlist, the 404 fallback and the
+/// body limit: a route added to `routes` is closed until it is added to the allowlist.
+pub fn guarded(routes: Router<AppState>, state: AppState) -> Router {
+    let max_body = state.settings.config.server.max_body_bytes;
+    routes
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            extract::authenticate,
+        ))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
+}
+
+/// `GET /healthz`: `ok` while every background task runs; once one has died, 503 with an
+/// OpenAI-shaped error naming it (the process is then stopping, see [`crate::tasks`]).
+async fn healthz(
+    axum::extract::State(app): axum::extract::State<AppState>,
+) -> Result<&'static str, ApiError> {
+    match app.tasks.failure() {
+        None => Ok("ok"),
+        Some(failure) => Err(ApiError::Unavailable(failure.to_string())),
+    }
 }
 
 /// Prometheus scrapes without a credential: `/metrics` holds aggregates, no prompts, keys or
@@ -54,25 +84,4 @@ async fn metrics(
         body,
     )
         .into_response()
-}
-
-/// The bearer token of a request, if any.
-fn bearer_of(headers: &axum::http::HeaderMap) -> Option<&str> {
-    crate::auth::bearer(
-        headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok()),
-    )
-}
-
-/// Maps a body that could not be read (too large, broken off) to our error.
-fn body_error(rejection: axum::extract::rejection::BytesRejection, limit: usize) -> ApiError {
-    if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::BodyTooLarge { limit }
-    } else {
-        ApiError::InvalidRequest {
-            message: rejection.body_text(),
-            param: None,
-        }
-    }
 }

@@ -1,5 +1,6 @@
 //! The OpenAI-compatible surface: `POST /v1/chat/completions`, `GET /v1/models`.
 
+use axum::Extension;
 use axum::body::Body as HttpBody;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
@@ -8,23 +9,19 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::json;
 
-use super::{bearer_of, body_error};
+use super::extract::{Caller, body_error};
 use crate::error::ApiError;
 use crate::pipeline::{self, Answer, Body};
 use crate::state::AppState;
 
+/// `POST /v1/chat/completions`; the router's layer has authenticated the caller and
+/// admitted it under its workspace's limits.
 pub async fn chat_completions(
     State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let caller = match app.keys.authenticate(&app.store, bearer_of(&headers)).await {
-        Ok(caller) => caller,
-        Err(e) => return e.into_response(),
-    };
-    if let Err(e) = app.limits.admit(&caller.workspace) {
-        return e.into_response();
-    }
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {
@@ -72,10 +69,7 @@ pub(super) fn respond(answer: Answer) -> Response {
 }
 
 /// The routes, listed as models: what a client may put in `model`.
-pub async fn models(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    app.keys
-        .authenticate(&app.store, bearer_of(&headers))
-        .await?;
+pub async fn models(State(app): State<AppState>) -> Result<Response, ApiError> {
     let routing = app.routing.load();
     let data: Vec<_> = routing
         .route_names()
@@ -97,13 +91,9 @@ struct Feedback {
 /// when its rollout's policy declares the metric, judged.
 pub async fn feedback(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = app
-        .keys
-        .authenticate(&app.store, bearer_of(&headers))
-        .await?;
     let body = body.map_err(|r| body_error(r, app.settings.config.server.max_body_bytes))?;
     let f: Feedback = serde_json::from_slice(&body).map_err(|e| ApiError::InvalidRequest {
         message: format!("invalid feedback: {e}"),

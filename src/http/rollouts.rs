@@ -1,4 +1,5 @@
-//! The rollout admin API under `/admin/v1/rollouts`: start, read, operate, pin, audit log.
+//! The rollout admin API under `/admin/v1/rollouts`, behind the admin token (checked by the
+//! router's [`super::extract::authenticate`]): start, read, operate, pin, audit log.
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::rejection::QueryRejection;
@@ -11,7 +12,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::admin::{Admin, json_body};
+use super::extract::json_body;
 use crate::error::ApiError;
 use crate::rollout::control::Operation;
 use crate::state::AppState;
@@ -41,7 +42,6 @@ fn default_policy() -> String {
 }
 
 async fn start(
-    _: Admin,
     State(app): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -53,28 +53,19 @@ async fn start(
     Ok((StatusCode::CREATED, Json(rollout)).into_response())
 }
 
-async fn list(_: Admin, State(app): State<AppState>) -> Result<Response, ApiError> {
+async fn list(State(app): State<AppState>) -> Result<Response, ApiError> {
     Ok(Json(json!({"data": app.rollouts.list().await?})).into_response())
 }
 
-async fn show(
-    _: Admin,
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+async fn show(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     Ok(Json(app.rollouts.view(&id).await?).into_response())
 }
 
-async fn events(
-    _: Admin,
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+async fn events(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     Ok(Json(json!({"data": app.rollouts.events(&id).await?})).into_response())
 }
 
 async fn operate(
-    _: Admin,
     State(app): State<AppState>,
     Path((id, operation)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
@@ -101,7 +92,6 @@ fn default_page() -> i64 {
 
 /// A page of the rollout's shadow pairs, oldest first; `next` is the `after` of the next page.
 async fn shadow_pairs(
-    _: Admin,
     State(app): State<AppState>,
     Path(id): Path<String>,
     page: Result<Query<Page>, QueryRejection>,
@@ -116,7 +106,8 @@ async fn shadow_pairs(
     let next = (pairs.len() as i64 == limit)
         .then(|| pairs.last().map(|p| p.id))
         .flatten();
-    Ok(Json(json!({"data": pairs, "next": next, "counters": view["shadow"]})).into_response())
+    let counters = view.live.and_then(|live| live.shadow);
+    Ok(Json(json!({"data": pairs, "next": next, "counters": counters})).into_response())
 }
 
 #[derive(Deserialize)]
@@ -126,7 +117,6 @@ struct NewPin {
 }
 
 async fn pin(
-    _: Admin,
     State(app): State<AppState>,
     Path((id, workspace)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
@@ -136,7 +126,6 @@ async fn pin(
 }
 
 async fn unpin(
-    _: Admin,
     State(app): State<AppState>,
     Path((id, workspace)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {

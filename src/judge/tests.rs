@@ -302,8 +302,8 @@ fn a_checkpointed_judge_resumes_exactly() {
 
 #[test]
 fn a_longer_response_trips_only_the_upper_side_and_a_collapse_the_lower() {
-    let p = policy("[gates.response_length]\nmax_ratio = 1.5\nmin_ratio = 0.5\n");
-    for (factor, harm) in [(3.0, true), (0.2, true), (1.0, false)] {
+    let run = |gates: &str, factor: f64| {
+        let p = policy(&format!("[gates.response_length]\n{gates}\n"));
         let mut rng = StdRng::seed_from_u64(9);
         let mut judge = Judge::new(&p.judge_spec());
         for i in 0..20_000i64 {
@@ -314,12 +314,33 @@ fn a_longer_response_trips_only_the_upper_side_and_a_collapse_the_lower() {
             }
             judge.observe(&o);
         }
-        let report = judge.report(2_000_000);
-        assert_eq!(report.revert, harm, "×{factor}: E = {}", report.e_global);
+        judge.report(2_000_000)
+    };
+    let both = "max_ratio = 1.5\nmin_ratio = 0.5";
+    let (upper, lower) = ("max_ratio = 1.5", "min_ratio = 0.5");
+    for (factor, side) in [(3.0, Some(upper)), (0.2, Some(lower)), (1.0, None)] {
+        let report = run(both, factor);
+        assert_eq!(
+            report.revert,
+            side.is_some(),
+            "×{factor}: E = {}",
+            report.e_global
+        );
         let effect = report.gates[0].effect.unwrap();
         assert!(
             (effect / factor - 1.0).abs() < 0.1,
             "×{factor} estimated ×{effect}"
         );
+        // Which side tripped: with only that side the gate still trips, with only the
+        // other side it does not.
+        for one_side in [upper, lower] {
+            let report = run(one_side, factor);
+            assert_eq!(
+                report.revert,
+                side == Some(one_side),
+                "×{factor} with only `{one_side}`: E = {}",
+                report.e_global
+            );
+        }
     }
 }

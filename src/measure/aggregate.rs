@@ -209,3 +209,178 @@ impl Quantiles {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::measure::Usage;
+    use crate::types::Arm;
+
+    fn record(outcome: Outcome, latency_ms: f64) -> Record {
+        Record {
+            request_id: "req_1".into(),
+            at_ms: 0,
+            workspace: "acme".into(),
+            route: "chat".into(),
+            version: "v1".into(),
+            arm: Arm::Stable,
+            stream: false,
+            status: 200,
+            outcome,
+            latency_ms,
+            ttft_ms: None,
+            usage: Usage {
+                prompt_tokens: 10,
+                completion_tokens: 5,
+                estimated: false,
+            },
+            cost_usd: 0.1,
+            response_chars: 40,
+            finish_reason: None,
+            rollout_id: None,
+            w: None,
+            randomized: true,
+            step: None,
+            schema_failed: None,
+            guardrail_blocked: false,
+            api: crate::types::Api::Chat,
+            reasoning_tokens: None,
+            inputs: None,
+            dimensions: None,
+        }
+    }
+
+    fn close(got: Option<f64>, want: f64) -> bool {
+        got.is_some_and(|g| (g / want - 1.0).abs() <= 0.01)
+    }
+
+    #[test]
+    fn an_empty_version_has_no_rates_and_no_quantiles() {
+        let s = VersionStats::default().snapshot().summary();
+        assert_eq!((s.requests, s.errors), (0, 0));
+        assert_eq!(s.error_rate, None);
+        assert_eq!(s.tokens_per_request, None);
+        assert_eq!(s.cost_per_request_usd, None);
+        assert_eq!(s.schema_failure_rate, None);
+        assert_eq!(s.guardrail_block_rate, None);
+        assert_eq!((s.latency_ms.count, s.latency_ms.p50), (0, None));
+        assert!(s.outcomes.is_empty());
+    }
+
+    #[test]
+    fn outcomes_tokens_cost_and_rates_add_up_per_request() {
+        let stats = VersionStats::default();
+        stats.observe(&record(Outcome::Ok, 100.0));
+        stats.observe(&Record {
+            usage: Usage {
+                prompt_tokens: 20,
+                completion_tokens: 0,
+                estimated: true,
+            },
+            schema_failed: Some(true),
+            ..record(Outcome::Upstream5xx, 300.0)
+        });
+        stats.observe(&Record {
+            schema_failed: Some(false),
+            ..record(Outcome::ClientDisconnected, 200.0)
+        });
+        stats.observe(&Record {
+            guardrail_blocked: true,
+            ..record(Outcome::GuardrailBlocked, 1.0)
+        });
+        let s = stats.snapshot().summary();
+        assert_eq!(s.requests, 4);
+        // A client leaving and a guardrail block are not the version's errors.
+        assert_eq!(s.errors, 1);
+        assert_eq!(s.error_rate, Some(0.25));
+        assert_eq!(
+            s.outcomes.into_iter().collect::<Vec<_>>(),
+            [
+                ("client_disconnected", 1),
+                ("guardrail_blocked", 1),
+                ("ok", 1),
+                ("upstream_5xx", 1)
+            ]
+        );
+        assert_eq!((s.prompt_tokens, s.completion_tokens), (50, 15));
+        assert_eq!(s.tokens_per_request, Some(65.0 / 4.0));
+        assert_eq!(s.estimated_token_requests, 1);
+        assert!((s.cost_usd - 0.4).abs() < 1e-9, "{}", s.cost_usd);
+        assert!((s.cost_per_request_usd.unwrap() - 0.1).abs() < 1e-9);
+        assert_eq!((s.schema_requests, s.schema_failures), (2, 1));
+        assert_eq!(s.schema_failure_rate, Some(0.5));
+        assert_eq!(s.guardrail_blocks, 1);
+        assert_eq!(s.guardrail_block_rate, Some(0.25));
+        // Every request has a latency; only answers that came back feed the size figures.
+        assert_eq!(s.latency_ms.count, 4);
+        assert_eq!(s.response_chars.count, 1);
+        assert!(close(s.response_chars.p50, 40.0));
+        assert_eq!(s.ttft_ms.count, 0, "no request streamed a first token");
+    }
+
+    #[test]
+    fn a_first_token_time_is_counted_when_there_is_one() {
+        let stats = VersionStats::default();
+        stats.observe(&Record {
+            ttft_ms: Some(12.0),
+            ..record(Outcome::Ok, 50.0)
+        });
+        stats.observe(&record(Outcome::Ok, 50.0));
+        let s = stats.snapshot().summary();
+        assert_eq!(s.ttft_ms.count, 1);
+        assert!(close(s.ttft_ms.p50, 12.0));
+    }
+
+    #[test]
+    fn cost_is_summed_in_nano_dollars_without_drift() {
+        let stats = VersionStats::default();
+        for _ in 0..1000 {
+            stats.observe(&Record {
+                cost_usd: 0.000_001_5,
+                ..record(Outcome::Ok, 1.0)
+            });
+        }
+        let snap = stats.snapshot();
+        assert_eq!(snap.cost_nano_usd, 1_500_000);
+        assert_eq!(snap.summary().cost_usd, 0.0015);
+    }
+
+    #[test]
+    fn merged_snapshots_equal_one_version_that_saw_everything() {
+        let (a, b, all) = (
+            VersionStats::default(),
+            VersionStats::default(),
+            VersionStats::default(),
+        );
+        for i in 1..=100u64 {
+            let outcome = if i.is_multiple_of(10) {
+                Outcome::UpstreamTimeout
+            } else {
+                Outcome::Ok
+            };
+            let r = Record {
+                ttft_ms: Some(i as f64 / 2.0),
+                response_chars: i,
+                ..record(outcome, i as f64)
+            };
+            // Replica a has the fast half, replica b the slow half.
+            (if i <= 50 { &a } else { &b }).observe(&r);
+            all.observe(&r);
+        }
+        let mut merged = a.snapshot();
+        merged.merge(&b.snapshot());
+        assert_eq!(merged, all.snapshot());
+        let s = merged.summary();
+        assert_eq!((s.requests, s.errors), (100, 10));
+        // The quantiles are the whole population's, not either half's.
+        assert!(close(s.latency_ms.p50, 50.0), "{:?}", s.latency_ms);
+        assert!(close(s.latency_ms.p95, 95.0), "{:?}", s.latency_ms);
+        assert!(close(s.latency_ms.p99, 99.0), "{:?}", s.latency_ms);
+        assert!(close(s.ttft_ms.p95, 47.5), "{:?}", s.ttft_ms);
+        assert_eq!(s.response_chars.count, 90, "timeouts have no answer");
+        // Merging into an empty snapshot changes nothing.
+        let mut empty = StatsSnapshot::default();
+        empty.merge(&merged);
+        assert_eq!(empty, merged);
+    }
+}

@@ -251,3 +251,262 @@ impl StreamChecks {
         self.checks.schema_verdict(choices)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guardrails::CountRow;
+
+    const ORDER: &str = r#"{"type":"json_schema","json_schema":{"name":"order","schema":{"type":"object","properties":{"id":{"type":"integer"}},"required":["id"]}}}"#;
+
+    /// The shipped default policy: output rules mask-emails (redact), no-codenames
+    /// (block), long-answers (flag).
+    fn default_set() -> Arc<GuardrailSet> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("default.toml"),
+            include_str!("../../policies/guardrails/default.toml"),
+        )
+        .unwrap();
+        crate::guardrails::load_dir(dir.path()).unwrap()["default"].clone()
+    }
+
+    fn checks(format: Option<&str>, output: bool, on_failure: OnSchemaFailure) -> AnswerChecks {
+        AnswerChecks {
+            expect: Expectation::from_request(format, None),
+            schemas: Arc::default(),
+            output: output.then(default_set),
+            on_schema_failure: on_failure,
+            counters: Arc::default(),
+            version: "v1".into(),
+            arm: Arm::Canary,
+        }
+    }
+
+    fn choice(text: &str) -> ChoiceText {
+        ChoiceText {
+            text: text.into(),
+            tool_calls: Vec::new(),
+        }
+    }
+
+    fn counted(c: &AnswerChecks) -> Vec<(String, Action, u64)> {
+        c.counters
+            .rows()
+            .into_iter()
+            .map(|r: CountRow| {
+                assert_eq!(
+                    (r.version.as_str(), r.arm.as_str(), r.stage),
+                    ("v1", "canary", Stage::Output)
+                );
+                (r.rule, r.action, r.count)
+            })
+            .collect()
+    }
+
+    /// The `data:` payloads of a stream's bytes.
+    fn payloads(bytes: &[u8]) -> Vec<Value> {
+        String::from_utf8_lossy(bytes)
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect()
+    }
+
+    fn delta(i: usize, content: &str, finish: Option<&str>) -> Vec<u8> {
+        json!({"choices": [{"index": i, "delta": {"content": content}, "finish_reason": finish}]})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn nothing_asked_and_no_rules_means_nothing_to_check() {
+        let c = checks(None, false, OnSchemaFailure::Pass);
+        assert!(!c.active());
+        assert_eq!(
+            c.schema_verdict(&[choice("anything")]),
+            SchemaVerdict::NotAsked
+        );
+        assert!(checks(Some(ORDER), false, OnSchemaFailure::Pass).active());
+        assert!(checks(None, true, OnSchemaFailure::Pass).active());
+    }
+
+    #[test]
+    fn the_first_choice_that_does_not_fit_the_schema_decides() {
+        let c = checks(Some(ORDER), false, OnSchemaFailure::Pass);
+        assert_eq!(
+            c.schema_verdict(&[choice(r#"{"id": 1}"#), choice(r#"{"id": 2}"#)]),
+            SchemaVerdict::Pass
+        );
+        match c.schema_verdict(&[choice(r#"{"id": 1}"#), choice(r#"{"id": "x"}"#)]) {
+            SchemaVerdict::Fail { path, .. } => assert_eq!(path, "/id"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_schema_failure_is_fatal_only_when_the_route_says_error() {
+        let fail = SchemaVerdict::Fail {
+            path: "/id".into(),
+            reason: "not an integer".into(),
+        };
+        let pass_route = checks(Some(ORDER), false, OnSchemaFailure::Pass);
+        let error_route = checks(Some(ORDER), false, OnSchemaFailure::Error);
+        assert!(!pass_route.schema_is_fatal(&fail));
+        assert!(error_route.schema_is_fatal(&fail));
+        assert!(!error_route.schema_is_fatal(&SchemaVerdict::Pass));
+        assert!(!error_route.schema_is_fatal(&SchemaVerdict::NotAsked));
+    }
+
+    #[test]
+    fn a_whole_answer_is_redacted_per_choice_blocked_and_counted() {
+        let c = checks(None, true, OnSchemaFailure::Pass);
+        let v = c.check_whole(&[
+            choice("mail jane@example.com"),
+            choice("plain"),
+            choice("about Project Nightingale"),
+        ]);
+        assert_eq!(v.schema, Some(SchemaVerdict::NotAsked));
+        assert_eq!(v.blocked_by.as_deref(), Some("no-codenames"));
+        assert_eq!(
+            v.redacted,
+            [Some("mail [redacted:email]".to_owned()), None, None]
+        );
+        assert_eq!(
+            counted(&c),
+            [
+                ("mask-emails".to_owned(), Action::Redact, 1),
+                ("no-codenames".to_owned(), Action::Block, 1)
+            ]
+        );
+        // The redacted texts replace the answer's contents, choice by choice.
+        let body = json!({"choices": [
+            {"index": 0, "message": {"content": "mail jane@example.com"}},
+            {"index": 1, "message": {"content": "plain"}}]});
+        let out = apply_redactions(body.to_string().as_bytes(), &v.redacted[..2]).unwrap();
+        let out: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            out["choices"][0]["message"]["content"],
+            "mail [redacted:email]"
+        );
+        assert_eq!(out["choices"][1]["message"]["content"], "plain");
+        assert_eq!(apply_redactions(b"not json", &v.redacted), None);
+    }
+
+    #[test]
+    fn a_clean_answer_fires_nothing() {
+        let c = checks(None, true, OnSchemaFailure::Pass);
+        let v = c.check_whole(&[choice("hello")]);
+        assert_eq!((v.blocked_by, v.redacted), (None, vec![None]));
+        assert!(counted(&c).is_empty());
+    }
+
+    #[test]
+    fn an_email_split_across_events_is_redacted_in_the_stream() {
+        let mut s = StreamChecks::new(checks(None, true, OnSchemaFailure::Pass));
+        let mut relayed = String::new();
+        let mut text = String::new();
+        for (piece, finish) in [
+            ("write to jane.doe@exa", None),
+            ("mple.com today", Some("stop")),
+        ] {
+            text.push_str(piece);
+            let data = delta(0, piece, finish);
+            let bytes = match s.on_event(&data, &[choice(&text)]) {
+                EventAction::Keep => {
+                    format!("data: {}\n\n", String::from_utf8(data).unwrap()).into_bytes()
+                }
+                EventAction::Replace(b) => b,
+                EventAction::End { .. } => panic!("nothing blocks here"),
+            };
+            for p in payloads(&bytes) {
+                relayed.push_str(p["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+            }
+        }
+        assert_eq!(relayed, "write to [redacted:email] today");
+        assert!(matches!(
+            s.on_event(b"[DONE]", &[choice(&text)]),
+            EventAction::Keep
+        ));
+        assert_eq!(s.conclude(&[choice(&text)]), SchemaVerdict::NotAsked);
+        assert_eq!(s.blocked_by, None);
+    }
+
+    #[test]
+    fn a_codename_in_a_stream_ends_it_with_an_error_event() {
+        let mut s = StreamChecks::new(checks(None, true, OnSchemaFailure::Pass));
+        let data = delta(0, "It is Project Nightingale.", Some("stop"));
+        match s.on_event(&data, &[choice("It is Project Nightingale.")]) {
+            EventAction::End { bytes, blocked } => {
+                assert!(blocked);
+                assert_eq!(payloads(&bytes)[0]["error"]["code"], "guardrail_blocked");
+            }
+            _ => panic!("the stream goes on"),
+        }
+        assert_eq!(s.blocked_by.as_deref(), Some("no-codenames"));
+    }
+
+    #[test]
+    fn a_stream_whose_answer_misses_the_schema_ends_with_an_error_only_on_error_routes() {
+        let answer = [choice(r#"{"id": "seven"}"#)];
+        let mut lenient = StreamChecks::new(checks(Some(ORDER), false, OnSchemaFailure::Pass));
+        assert!(matches!(
+            lenient.on_event(b"[DONE]", &answer),
+            EventAction::Keep
+        ));
+        assert!(matches!(
+            lenient.conclude(&answer),
+            SchemaVerdict::Fail { .. }
+        ));
+        let mut strict = StreamChecks::new(checks(Some(ORDER), false, OnSchemaFailure::Error));
+        match strict.on_event(b"[DONE]", &answer) {
+            EventAction::End { bytes, blocked } => {
+                assert!(!blocked, "a schema failure is not a guardrail block");
+                let e = &payloads(&bytes)[0]["error"];
+                assert_eq!(e["code"], "schema_validation_failed");
+                assert!(e["message"].as_str().unwrap().contains("/id"), "{e}");
+            }
+            _ => panic!("the stream ends normally"),
+        }
+        let fits = [choice(r#"{"id": 7}"#)];
+        assert!(matches!(
+            strict.on_event(b"[DONE]", &fits),
+            EventAction::Keep
+        ));
+    }
+
+    #[test]
+    fn text_held_back_at_an_unfinished_end_is_flushed() {
+        let mut s = StreamChecks::new(checks(None, true, OnSchemaFailure::Pass));
+        // No finish_reason: the redactor may hold the tail back, waiting for more.
+        let mut relayed = String::new();
+        let data = delta(0, "reach me at jane@example.com", None);
+        if let EventAction::Replace(b) =
+            s.on_event(&data, &[choice("reach me at jane@example.com")])
+        {
+            for p in payloads(&b) {
+                relayed.push_str(p["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+            }
+        } else {
+            relayed.push_str("reach me at jane@example.com");
+        }
+        if let Some(rest) = s.flush() {
+            for p in payloads(&rest) {
+                relayed.push_str(p["choices"][0]["delta"]["content"].as_str().unwrap());
+            }
+        }
+        assert_eq!(relayed, "reach me at [redacted:email]");
+        assert_eq!(s.flush(), None, "flushed once");
+    }
+
+    #[test]
+    fn a_stream_counts_each_rule_once_at_its_end() {
+        let s = StreamChecks::new(checks(None, true, OnSchemaFailure::Pass));
+        let text = "a@example.com and b@example.com";
+        s.conclude(&[choice(text), choice(text)]);
+        assert_eq!(
+            counted(&s.checks),
+            [("mask-emails".to_owned(), Action::Redact, 1)]
+        );
+    }
+}

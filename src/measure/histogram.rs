@@ -148,7 +148,7 @@ mod tests {
     }
 
     #[test]
-    fn zero_and_huge_values_are_kept() {
+    fn zero_nan_and_huge_values_are_counted_and_huge_ones_clamped_to_the_top() {
         let h = AtomicHistogram::default();
         h.record(0.0);
         h.record(f64::NAN);

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::limits::LimitBook;
 use crate::store::{RequestPlacement, Store};
@@ -118,13 +118,13 @@ impl RecordSink {
         &self,
         mut rx: mpsc::Receiver<Record>,
         store: Store,
-        mut shutdown: watch::Receiver<bool>,
+        stop: tokio_util::sync::CancellationToken,
     ) {
         let mut batch = Vec::with_capacity(WRITE_BATCH);
         loop {
             let received = tokio::select! {
                 n = rx.recv_many(&mut batch, WRITE_BATCH) => n,
-                _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
+                _ = stop.cancelled() => {
                     // No new records from here on; what is queued is still delivered.
                     rx.close();
                     rx.recv_many(&mut batch, WRITE_BATCH).await
@@ -164,5 +164,173 @@ impl RecordSink {
         }
         self.write_failed
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Arm, Limits, Outcome, Usage};
+    use tokio_util::sync::CancellationToken;
+
+    fn record(i: usize) -> Record {
+        Record {
+            request_id: format!("req_{i}"),
+            at_ms: i as i64,
+            workspace: "acme".into(),
+            route: "chat".into(),
+            version: "v1".into(),
+            arm: if i.is_multiple_of(2) {
+                Arm::Stable
+            } else {
+                Arm::Canary
+            },
+            stream: false,
+            status: 200,
+            outcome: Outcome::Ok,
+            latency_ms: 10.0,
+            ttft_ms: None,
+            usage: Usage::default(),
+            cost_usd: 0.0,
+            response_chars: 5,
+            finish_reason: None,
+            rollout_id: Some("ro_1".into()),
+            w: Some(0.5),
+            randomized: true,
+            step: Some(0),
+            schema_failed: None,
+            guardrail_blocked: false,
+            api: crate::types::Api::Chat,
+            reasoning_tokens: None,
+            inputs: None,
+            dimensions: None,
+        }
+    }
+
+    fn sink(capacity: usize) -> (RecordSink, mpsc::Receiver<Record>) {
+        RecordSink::new(capacity, Arc::new(LimitBook::new(Limits::default())))
+    }
+
+    async fn store() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("sink.db").display());
+        (Store::connect(&url).await.unwrap(), dir)
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        let (sink, mut rx) = sink(2);
+        for i in 0..5 {
+            sink.submit(record(i));
+        }
+        let c = sink.counters();
+        assert_eq!((c.dropped, c.written, c.write_failed), (3, 0, 0));
+        // The first two are queued, in order.
+        assert_eq!(rx.try_recv().unwrap().request_id, "req_0");
+        assert_eq!(rx.try_recv().unwrap().request_id, "req_1");
+        assert!(rx.try_recv().is_err());
+        // A closed queue drops too.
+        drop(rx);
+        sink.submit(record(9));
+        assert_eq!(sink.counters().dropped, 4);
+    }
+
+    #[test]
+    fn a_request_is_placed_even_when_its_record_is_dropped() {
+        let (sink, _rx) = sink(1);
+        sink.submit(record(0));
+        sink.submit(record(1));
+        assert_eq!(sink.counters().dropped, 1);
+        for (i, arm) in [(0, Arm::Stable), (1, Arm::Canary)] {
+            let p = sink.recent(&format!("req_{i}")).expect("placed");
+            assert_eq!(
+                (p.workspace.as_str(), p.rollout_id.as_deref(), p.arm, p.w),
+                ("acme", Some("ro_1"), arm, Some(0.5))
+            );
+        }
+        assert!(sink.recent("req_unknown").is_none());
+    }
+
+    #[test]
+    fn only_the_most_recent_placements_are_remembered() {
+        let (sink, _rx) = sink(1);
+        for i in 0..=RECENT_REQUESTS {
+            sink.submit(record(i));
+        }
+        assert!(sink.recent("req_0").is_none(), "the oldest is forgotten");
+        assert!(sink.recent("req_1").is_some());
+        assert!(sink.recent(&format!("req_{RECENT_REQUESTS}")).is_some());
+    }
+
+    #[tokio::test]
+    async fn the_writer_writes_what_comes_and_drains_the_queue_on_shutdown() {
+        let (store, _dir) = store().await;
+        let (sink, rx) = sink(4 * WRITE_BATCH);
+        let sink = Arc::new(sink);
+        let stop = CancellationToken::new();
+        let shutdown = stop.clone();
+        let writer = {
+            let (sink, store) = (sink.clone(), store.clone());
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "a test drives the writer by hand"
+            )]
+            tokio::spawn(async move { sink.run_writer(rx, store, shutdown).await })
+        };
+        // Written while running.
+        for i in 0..3 {
+            sink.submit(record(i));
+        }
+        let started = std::time::Instant::now();
+        while sink.counters().written < 3 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{:?}",
+                sink.counters()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // More than two batches queued, then shutdown: all of them are written before the
+        // writer returns.
+        let more = 2 * WRITE_BATCH + 7;
+        for i in 3..3 + more {
+            sink.submit(record(i));
+        }
+        stop.cancel();
+        writer.await.unwrap();
+        let c = sink.counters();
+        assert_eq!(
+            (c.written, c.dropped, c.write_failed),
+            (3 + more as u64, 0, 0)
+        );
+        assert_eq!(store.count_records().await.unwrap(), 3 + more as i64);
+        // After shutdown the queue is closed: a late record is dropped and counted.
+        sink.submit(record(100_000));
+        assert_eq!(sink.counters().dropped, 1);
+    }
+
+    #[tokio::test]
+    async fn a_batch_the_store_refuses_is_retried_then_counted_as_failed() {
+        let (store, _dir) = store().await;
+        store.close().await;
+        // Retries back off for about 6 s; let tokio's clock skip them.
+        tokio::time::pause();
+        let (sink, rx) = sink(16);
+        for i in 0..5 {
+            sink.submit(record(i));
+        }
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        let started = tokio::time::Instant::now();
+        sink.run_writer(rx, store, shutdown).await;
+        let c = sink.counters();
+        assert_eq!((c.written, c.write_failed, c.dropped), (0, 5, 0));
+        // Eight tries with back-off 50 ms, 100 ms, … 3.2 s between them (the paused clock
+        // rounds each sleep up to its next millisecond).
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(50 * 127) && waited < Duration::from_millis(50 * 128),
+            "{waited:?}"
+        );
     }
 }

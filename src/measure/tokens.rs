@@ -187,4 +187,21 @@ mod tests {
         // 3 priming + 2 × (3 framing + 1 role + 2 content)
         assert_eq!(count_prompt(Encoding::O200kBase, body), 3 + 2 * (3 + 1 + 2));
     }
+
+    #[test]
+    fn a_named_message_costs_its_name_and_one_more_token() {
+        let e = Encoding::O200kBase;
+        let body = br#"{"messages":[{"role":"user","name":"bob","content":"hello world"}]}"#;
+        // 3 priming + 3 framing + 1 role + (name + 1) + 2 content
+        assert_eq!(count_prompt(e, body), 3 + 3 + 1 + e.count("bob") + 1 + 2);
+    }
+
+    #[test]
+    fn tool_calls_count_their_names_and_arguments() {
+        let e = Encoding::O200kBase;
+        let body = br#"{"messages":[{"role":"assistant","tool_calls":[{"function":{"name":"lookup","arguments":"{\"id\": 7}"}}]}]}"#;
+        let expected = 3 + 3 + 1 + e.count("lookup") + e.count("{\"id\": 7}");
+        assert_eq!(count_prompt(e, body), expected);
+        assert_eq!(count_prompt(e, b"not json"), 0);
+    }
 }

@@ -12,7 +12,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::store::{ResponsePlacement, Store};
 use crate::types::now_ms;
@@ -85,7 +86,7 @@ impl ResponseBook {
 pub async fn run_writer(
     mut rx: mpsc::Receiver<ResponsePlacement>,
     store: Store,
-    mut shutdown: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut prune = tokio::time::interval(Duration::from_secs(3600));
     let mut batch = Vec::with_capacity(WRITE_BATCH);
@@ -103,7 +104,7 @@ pub async fn run_writer(
                     tracing::warn!(error = %e, "pruning the response book failed");
                 }
             }
-            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+            _ = stop.cancelled() => {
                 while rx.try_recv().map(|p| batch.push(p)).is_ok() {}
                 write(&store, &mut batch).await;
                 break;

@@ -6,34 +6,43 @@
 //! table. Operator commands (start, pause, resume, promote, abort, pins) take the same path.
 //! A restart reads the live rollouts back (step, weight, salt, pins, judge state) and
 //! publishes the same table again.
+//!
+//! Two locks, so that nothing waits behind the database but another change: `changes`
+//! (async) is held by whoever changes a rollout, across its database write, so changes never
+//! interleave; `inner` (a plain mutex) guards the in-memory state and is never held across
+//! I/O, so `/v1/feedback` and the views never wait behind a judge's look. A change is
+//! decided under `inner`, written without it, then applied and published under it again:
+//! the router never acts on what is not stored. `/metrics` reads a snapshot published after
+//! every change and look, without a lock.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rand::Rng;
-use serde_json::{Value, json};
-use tokio::sync::{Mutex, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
-use super::feed::RolloutTap;
+use super::RolloutError;
 use super::machine::{Decision, Position};
+use super::notify::{Notifier, decision_event};
 use super::policy::{Policy, load_policy};
-use super::view::{view_ended, view_running};
+use super::running::{Inner, Running, view_ended, view_running};
+use super::view::{EndedFigures, RolloutView};
 use crate::catalog::Catalog;
-use crate::error::ApiError;
-use crate::judge::{Judge, JudgeReport, Observation};
+use crate::judge::Judge;
 use crate::resolve::{LiveRollout, RoutingTable};
 use crate::shadow::RolloutShadow;
 use crate::store::{Actor, EventRow, NewEvent, RequestPlacement, RolloutRow, Store};
+use crate::tasks::Tasks;
 use crate::types::{Arm, RolloutState, RouteName, now_ms};
-use std::path::PathBuf;
 
 /// How often the controller wakes to see whose interval has come.
 const LOOK_TICK: Duration = Duration::from_millis(100);
-const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A live rollout as `/metrics` shows it.
+#[derive(Clone)]
 pub struct RolloutMetrics {
     pub id: String,
     pub route: String,
@@ -71,37 +80,19 @@ impl Operation {
     }
 }
 
-pub(super) struct Running {
-    pub(super) row: RolloutRow,
-    pub(super) policy: Arc<Policy>,
-    pub(super) judge: Judge,
-    pub(super) rx: mpsc::Receiver<Observation>,
-    pub(super) tap: Arc<RolloutTap>,
-    pub(super) pins: BTreeMap<String, Arm>,
-    /// Canary requests measured since the current step began.
-    pub(super) canary_in_step: u64,
-    /// Randomized assignments already handed to the judge, per arm.
-    pub(super) assigned_seen: [u64; 2],
-    pub(super) last_look_ms: i64,
-    pub(super) last_report: Option<JudgeReport>,
-    pub(super) last_decision: Option<Decision>,
-    pub(super) shadow: Option<Arc<RolloutShadow>>,
-    /// Feedback received, by `metric/arm`.
-    pub(super) feedback: BTreeMap<String, u64>,
-}
-
-#[derive(Default)]
-pub(super) struct Inner {
-    pub(super) running: BTreeMap<String, Running>,
-    /// Route → stable version set by a promotion (wins over the config).
-    pub(super) stables: BTreeMap<String, String>,
-    /// The last live view of rollouts that ended in this process (their per-arm figures
-    /// are not stored), newest last.
-    pub(super) ended: Vec<(String, Value)>,
-}
-
-/// Ended rollouts whose last live view is kept in memory.
+/// Ended rollouts whose last live figures are kept in memory.
 const ENDED_VIEWS_KEPT: usize = 50;
+
+/// What `/metrics` reads: each live rollout's figures at the last change or look, with its
+/// shadow state (whose counters are read at scrape time).
+type MetricsSnapshot = Vec<(RolloutMetrics, Option<Arc<RolloutShadow>>)>;
+
+/// A change decided under the lock, to be written and then applied.
+struct Change {
+    id: String,
+    next: Position,
+    event: NewEvent,
+}
 
 pub struct Controller {
     store: Store,
@@ -109,18 +100,26 @@ pub struct Controller {
     policies: BTreeMap<String, Arc<Policy>>,
     policies_dir: PathBuf,
     routing: Arc<ArcSwap<RoutingTable>>,
-    inner: Mutex<Inner>,
-    http: reqwest::Client,
+    /// Held by whoever changes a rollout, across the database write.
+    changes: tokio::sync::Mutex<()>,
+    /// Never held across I/O.
+    inner: std::sync::Mutex<Inner>,
+    metrics: ArcSwap<MetricsSnapshot>,
+    notifier: Notifier,
 }
 
 impl Controller {
     /// Reads the live rollouts and promoted stables back and publishes the routing table.
+    ///
+    /// # Errors
+    /// The store cannot be read, or the routing table cannot be built from the config.
     pub async fn restore(
         store: Store,
         catalog: Arc<Catalog>,
         policies: BTreeMap<String, Arc<Policy>>,
         policies_dir: PathBuf,
         routing: Arc<ArcSwap<RoutingTable>>,
+        tasks: Tasks,
     ) -> anyhow::Result<Self> {
         let mut inner = Inner::default();
         for (route, version) in store.route_stables().await? {
@@ -151,14 +150,12 @@ impl Controller {
             policies,
             policies_dir,
             routing,
-            inner: Mutex::new(inner),
-            http: reqwest::Client::builder()
-                .timeout(WEBHOOK_TIMEOUT)
-                .build()?,
+            changes: tokio::sync::Mutex::new(()),
+            inner: std::sync::Mutex::new(inner),
+            metrics: ArcSwap::default(),
+            notifier: Notifier::new(tasks)?,
         };
-        let inner = controller.inner.lock().await;
-        controller.publish(&inner)?;
-        drop(inner);
+        controller.publish(&controller.lock())?;
         Ok(controller)
     }
 
@@ -166,9 +163,14 @@ impl Controller {
         &self.policies
     }
 
+    /// The in-memory state; a panic elsewhere while it was held does not make it unusable.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The policy file as it is now: edits take effect for the next rollout without a
     /// restart, and a broken file is refused with its mistakes.
-    fn read_policy(&self, name: &str) -> Result<Arc<Policy>, ApiError> {
+    fn read_policy(&self, name: &str) -> Result<Arc<Policy>, RolloutError> {
         let valid_name = !name.is_empty()
             && name
                 .chars()
@@ -176,20 +178,21 @@ impl Controller {
         let path = self.policies_dir.join(format!("{name}.toml"));
         if !valid_name || !path.is_file() {
             let known: Vec<&str> = self.policies.keys().map(String::as_str).collect();
-            return Err(ApiError::Unprocessable(format!(
+            return Err(RolloutError::BadPolicy(format!(
                 "no policy `{name}` (known: {})",
                 known.join(", ")
             )));
         }
         match load_policy(&path) {
             Ok(policy) => Ok(Arc::new(policy)),
-            Err(errors) => Err(ApiError::Unprocessable(
+            Err(errors) => Err(RolloutError::BadPolicy(
                 errors.to_string().trim_end().to_owned(),
             )),
         }
     }
 
-    /// Builds the routing table from the stables and the live rollouts, and swaps it in.
+    /// Builds the routing table from the stables and the live rollouts, swaps it in, and
+    /// publishes the figures `/metrics` shows.
     fn publish(&self, inner: &Inner) -> anyhow::Result<()> {
         let mut table = RoutingTable::new(&self.catalog, &inner.stables)?;
         for r in inner.running.values() {
@@ -227,42 +230,91 @@ impl Controller {
             table.set_rollout(&r.row.route, live);
         }
         self.routing.store(Arc::new(table));
+        self.publish_metrics(inner);
         Ok(())
     }
 
+    fn publish_or_fail(&self, inner: &Inner) -> Result<(), RolloutError> {
+        self.publish(inner)
+            .map_err(|e| RolloutError::Internal(e.to_string()))
+    }
+
+    fn publish_metrics(&self, inner: &Inner) {
+        let snapshot: MetricsSnapshot = inner
+            .running
+            .values()
+            .map(|r| {
+                let figures = RolloutMetrics {
+                    id: r.row.id.clone(),
+                    route: r.row.route.clone(),
+                    state: r.row.position.state,
+                    step: r.row.position.step,
+                    weight: f64::from(r.row.position.weight_bp) / 10_000.0,
+                    threshold: 1.0 / r.policy.alpha,
+                    e_values: r
+                        .last_report
+                        .iter()
+                        .flat_map(|rep| rep.gates.iter())
+                        .map(|g| {
+                            (
+                                g.feedback
+                                    .clone()
+                                    .unwrap_or_else(|| g.gate.key().to_owned()),
+                                g.e_value,
+                            )
+                        })
+                        .collect(),
+                    shadow: None,
+                    feedback: r.feedback.clone(),
+                };
+                (figures, r.shadow.clone())
+            })
+            .collect();
+        self.metrics.store(Arc::new(snapshot));
+    }
+
+    /// Starts a rollout of `canary` on `route` under the policy file `policy_name`.
+    ///
+    /// # Errors
+    /// Unknown route, a canary that cannot serve or is already stable, a policy that is
+    /// missing or broken, a rollout already live on the route, or the store failing.
     pub async fn start(
         &self,
         route: &str,
         canary: &str,
         policy_name: &str,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<RolloutView, RolloutError> {
         let Some(configured) = self.catalog.routes().get(route) else {
-            return Err(ApiError::NotFound(format!("no route `{route}`")));
+            return Err(RolloutError::UnknownRoute(route.to_owned()));
         };
         let Some(version) = self.catalog.version(canary) else {
-            return Err(ApiError::Unprocessable(format!(
+            return Err(RolloutError::BadCanary(format!(
                 "no version `{canary}` in the config"
             )));
         };
         if let Some(var) = &version.missing_key {
-            return Err(ApiError::Unprocessable(format!(
+            return Err(RolloutError::BadCanary(format!(
                 "version `{canary}` cannot serve: its provider's key variable {var} is not set"
             )));
         }
         let policy = self.read_policy(policy_name)?;
-        let mut inner = self.inner.lock().await;
-        let stable = inner.stables.get(route).unwrap_or(configured).clone();
-        if stable == canary {
-            return Err(ApiError::Unprocessable(format!(
-                "`{canary}` is already the stable version of `{route}`"
-            )));
-        }
-        if let Some(live) = inner.running.values().find(|r| r.row.route == route) {
-            return Err(ApiError::Conflict(format!(
-                "route `{route}` already has a live rollout: {}",
-                live.row.id
-            )));
-        }
+        let _changing = self.changes.lock().await;
+        let stable = {
+            let inner = self.lock();
+            let stable = inner.stables.get(route).unwrap_or(configured).clone();
+            if stable == canary {
+                return Err(RolloutError::BadCanary(format!(
+                    "`{canary}` is already the stable version of `{route}`"
+                )));
+            }
+            if let Some(live) = inner.running.values().find(|r| r.row.route == route) {
+                return Err(RolloutError::AlreadyLive {
+                    route: route.to_owned(),
+                    live: live.row.id.clone(),
+                });
+            }
+            stable
+        };
         let now = now_ms();
         let id = format!("ro_{}", random_id(12));
         let row = RolloutRow {
@@ -292,138 +344,136 @@ impl Controller {
         tracing::info!(rollout = %id, route, stable = %stable, canary, policy = policy_name, "rollout started");
         let judge = Judge::new(&policy.judge_spec());
         let running = Running::new(row, policy, judge, BTreeMap::new(), &self.catalog);
-        self.notify(&running, &event);
+        self.notifier.send(&running, &event);
+        let mut inner = self.lock();
         inner.running.insert(id.clone(), running);
-        self.publish(&inner)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        self.publish_or_fail(&inner)?;
         Ok(view_running(&inner.running[&id]))
     }
 
-    pub async fn operate(&self, id: &str, op: Operation) -> Result<Value, ApiError> {
-        let mut inner = self.inner.lock().await;
-        let Some(r) = inner.running.get(id) else {
-            return match self.store.rollout(id).await? {
-                Some(row) => Err(ApiError::Conflict(format!(
-                    "rollout {id} has ended ({})",
-                    row.position.state.as_str()
-                ))),
-                None => Err(ApiError::NotFound(format!("no rollout `{id}`"))),
-            };
-        };
+    /// Pauses, resumes, promotes or aborts a live rollout.
+    ///
+    /// # Errors
+    /// Unknown or ended rollout, a pause or resume the state does not allow, or the store
+    /// failing.
+    pub async fn operate(&self, id: &str, op: Operation) -> Result<RolloutView, RolloutError> {
+        let _changing = self.changes.lock().await;
         let now = now_ms();
-        let pos = &r.row.position;
-        let (next, kind, message) = match op {
-            Operation::Pause if pos.state == RolloutState::Progressing => {
-                (pos.paused(), "paused", "paused by an operator".to_owned())
-            }
-            Operation::Resume if pos.state == RolloutState::Paused || pos.inconclusive => (
-                pos.resumed(now),
-                "resumed",
-                "resumed by an operator".to_owned(),
-            ),
-            Operation::Promote => (
-                pos.promoted(&r.policy, now),
-                "promoted",
-                format!(
-                    "promoted by an operator: `{}` is now the stable version",
-                    r.row.canary_version
-                ),
-            ),
-            Operation::Abort => (
-                pos.aborted(),
-                "aborted",
-                "aborted by an operator: traffic back on stable".to_owned(),
-            ),
-            Operation::Pause | Operation::Resume => {
-                return Err(ApiError::Conflict(format!(
-                    "rollout {id} is {}",
-                    pos.state.as_str()
-                )));
+        let decided = {
+            let inner = self.lock();
+            inner
+                .running
+                .get(id)
+                .map(|r| operation_change(r, id, op, now))
+        };
+        let change = match decided {
+            Some(change) => change?,
+            None => {
+                return match self.store.rollout(id).await? {
+                    Some(row) => Err(RolloutError::Ended {
+                        id: id.to_owned(),
+                        state: row.position.state.as_str(),
+                    }),
+                    None => Err(RolloutError::UnknownRollout(id.to_owned())),
+                };
             }
         };
-        let event = NewEvent {
-            actor: Actor::Operator,
-            kind,
-            message,
-            evidence: None,
-        };
-        self.transition(&mut inner, id, next, event, now).await?;
-        self.view_locked(&inner, id).await
+        self.transition(change, now).await?;
+        self.view(id).await
     }
 
+    /// Pins `workspace` to `arm` on live rollout `id`, or unpins it (`None`).
+    ///
+    /// # Errors
+    /// No such live rollout, unpinning a workspace without a pin, or the store failing.
     pub async fn pin(
         &self,
         id: &str,
         workspace: &str,
         arm: Option<Arm>,
-    ) -> Result<Value, ApiError> {
-        let mut inner = self.inner.lock().await;
-        let Some(r) = inner.running.get_mut(id) else {
-            return Err(ApiError::NotFound(format!("no live rollout `{id}`")));
-        };
-        let (kind, message) = match arm {
-            Some(arm) => (
-                "pinned",
-                format!("workspace `{workspace}` pinned to {}", arm.as_str()),
-            ),
-            None if r.pins.contains_key(workspace) => {
-                ("unpinned", format!("workspace `{workspace}` unpinned"))
-            }
-            None => {
-                return Err(ApiError::NotFound(format!(
-                    "workspace `{workspace}` has no pin on {id}"
-                )));
-            }
-        };
-        let event = NewEvent {
-            actor: Actor::Operator,
-            kind,
-            message,
-            evidence: None,
+    ) -> Result<RolloutView, RolloutError> {
+        let _changing = self.changes.lock().await;
+        let (position, event) = {
+            let inner = self.lock();
+            let Some(r) = inner.running.get(id) else {
+                return Err(RolloutError::NotLive(id.to_owned()));
+            };
+            let (kind, message) = match arm {
+                Some(arm) => (
+                    "pinned",
+                    format!("workspace `{workspace}` pinned to {}", arm.as_str()),
+                ),
+                None if r.pins.contains_key(workspace) => {
+                    ("unpinned", format!("workspace `{workspace}` unpinned"))
+                }
+                None => {
+                    return Err(RolloutError::NoPin {
+                        id: id.to_owned(),
+                        workspace: workspace.to_owned(),
+                    });
+                }
+            };
+            let event = NewEvent {
+                actor: Actor::Operator,
+                kind,
+                message,
+                evidence: None,
+            };
+            (r.row.position.clone(), event)
         };
         self.store
-            .set_pin(id, workspace, arm, &r.row.position, &event)
+            .set_pin(id, workspace, arm, &position, &event)
             .await?;
+        let mut inner = self.lock();
+        let r = inner
+            .running
+            .get_mut(id)
+            .ok_or_else(|| RolloutError::NotLive(id.to_owned()))?;
         match arm {
             Some(arm) => r.pins.insert(workspace.to_owned(), arm),
             None => r.pins.remove(workspace),
         };
-        let r = &inner.running[id];
-        self.notify(r, &event);
-        self.publish(&inner)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        self.notifier.send(r, &event);
+        self.publish_or_fail(&inner)?;
         Ok(view_running(&inner.running[id]))
     }
 
-    pub async fn view(&self, id: &str) -> Result<Value, ApiError> {
-        let inner = self.inner.lock().await;
-        self.view_locked(&inner, id).await
-    }
-
-    async fn view_locked(&self, inner: &Inner, id: &str) -> Result<Value, ApiError> {
-        if let Some(r) = inner.running.get(id) {
+    /// One rollout, live or ended.
+    ///
+    /// # Errors
+    /// No rollout `id`, or the store failing.
+    pub async fn view(&self, id: &str) -> Result<RolloutView, RolloutError> {
+        if let Some(r) = self.lock().running.get(id) {
             return Ok(view_running(r));
         }
         match self.store.rollout(id).await? {
-            Some(row) => Ok(view_ended(inner, &row)),
-            None => Err(ApiError::NotFound(format!("no rollout `{id}`"))),
+            Some(row) => Ok(self.view_of(&row)),
+            None => Err(RolloutError::UnknownRollout(id.to_owned())),
         }
     }
 
-    pub async fn list(&self) -> Result<Vec<Value>, ApiError> {
-        let inner = self.inner.lock().await;
+    fn view_of(&self, row: &RolloutRow) -> RolloutView {
+        let inner = self.lock();
+        match inner.running.get(&row.id) {
+            Some(r) => view_running(r),
+            None => view_ended(&inner, row),
+        }
+    }
+
+    /// Every rollout, live and ended, as the store lists them.
+    ///
+    /// # Errors
+    /// The store failing.
+    pub async fn list(&self) -> Result<Vec<RolloutView>, RolloutError> {
         let rows = self.store.rollouts(false).await?;
-        Ok(rows
-            .iter()
-            .map(|row| match inner.running.get(&row.id) {
-                Some(r) => view_running(r),
-                None => view_ended(&inner, row),
-            })
-            .collect())
+        Ok(rows.iter().map(|row| self.view_of(row)).collect())
     }
 
     /// Feedback on a request of rollout `id`: checked against the policy's declared metrics
-    /// and, the first time for this request and metric, judged.
+    /// and, the first time for this request and metric, judged. Never waits behind a look.
+    ///
+    /// # Errors
+    /// [`RolloutError::UndeclaredMetric`] when the rollout's policy does not declare `metric`.
     pub async fn feedback(
         &self,
         id: &str,
@@ -431,22 +481,22 @@ impl Controller {
         placement: &RequestPlacement,
         value: f64,
         first: bool,
-    ) -> Result<bool, ApiError> {
-        let mut inner = self.inner.lock().await;
+    ) -> Result<bool, RolloutError> {
+        let mut inner = self.lock();
         let Some(r) = inner.running.get_mut(id) else {
             return Ok(false);
         };
         if !r.policy.feedback.iter().any(|f| f.name == metric) {
             let declared: Vec<&str> = r.policy.feedback.iter().map(|f| f.name.as_str()).collect();
-            return Err(ApiError::Unprocessable(format!(
-                "metric `{metric}` is not declared in policy `{}` (declared: {})",
-                r.policy.name,
-                if declared.is_empty() {
+            return Err(RolloutError::UndeclaredMetric {
+                metric: metric.to_owned(),
+                policy: r.policy.name.clone(),
+                declared: if declared.is_empty() {
                     "none".to_owned()
                 } else {
                     declared.join(", ")
-                }
-            )));
+                },
+            });
         }
         *r.feedback
             .entry(format!("{metric}/{}", placement.arm.as_str()))
@@ -460,63 +510,50 @@ impl Controller {
                 value,
             );
         }
+        self.publish_metrics(&inner);
         Ok(first && placement.randomized)
     }
 
-    /// What `/metrics` shows of each live rollout.
+    /// What `/metrics` shows of each live rollout: the snapshot of the last change or look
+    /// (no lock taken), with shadow counters as they are now.
     pub async fn metrics(&self) -> Vec<RolloutMetrics> {
-        let inner = self.inner.lock().await;
-        inner
-            .running
-            .values()
-            .map(|r| RolloutMetrics {
-                id: r.row.id.clone(),
-                route: r.row.route.clone(),
-                state: r.row.position.state,
-                step: r.row.position.step,
-                weight: f64::from(r.row.position.weight_bp) / 10_000.0,
-                threshold: 1.0 / r.policy.alpha,
-                e_values: r
-                    .last_report
-                    .iter()
-                    .flat_map(|rep| rep.gates.iter())
-                    .map(|g| {
-                        (
-                            g.feedback
-                                .clone()
-                                .unwrap_or_else(|| g.gate.key().to_owned()),
-                            g.e_value,
-                        )
-                    })
-                    .collect(),
-                shadow: r.shadow.as_ref().map(|s| s.counters()),
-                feedback: r.feedback.clone(),
+        self.metrics
+            .load()
+            .iter()
+            .map(|(figures, shadow)| RolloutMetrics {
+                shadow: shadow.as_ref().map(|s| s.counters()),
+                ..figures.clone()
             })
             .collect()
     }
 
-    pub async fn events(&self, id: &str) -> Result<Vec<EventRow>, ApiError> {
+    /// The audit log of rollout `id`, oldest first.
+    ///
+    /// # Errors
+    /// No rollout `id`, or the store failing.
+    pub async fn events(&self, id: &str) -> Result<Vec<EventRow>, RolloutError> {
         if self.store.rollout(id).await?.is_none() {
-            return Err(ApiError::NotFound(format!("no rollout `{id}`")));
+            return Err(RolloutError::UnknownRollout(id.to_owned()));
         }
         Ok(self.store.events(id).await?)
     }
 
     /// Writes the change, then applies it: the router never acts on what is not stored.
-    async fn transition(
-        &self,
-        inner: &mut Inner,
-        id: &str,
-        next: Position,
-        event: NewEvent,
-        now: i64,
-    ) -> Result<(), ApiError> {
-        let r = inner.running.get(id).expect("caller checked");
-        let promote_to = (next.state == RolloutState::Promoted)
-            .then(|| (r.row.route.clone(), r.row.canary_version.clone()));
+    /// The caller holds `changes`.
+    async fn transition(&self, change: Change, now: i64) -> Result<(), RolloutError> {
+        let Change { id, next, event } = change;
+        let promote_to = {
+            let inner = self.lock();
+            let r = inner
+                .running
+                .get(&id)
+                .ok_or_else(|| RolloutError::NotLive(id.clone()))?;
+            (next.state == RolloutState::Promoted)
+                .then(|| (r.row.route.clone(), r.row.canary_version.clone()))
+        };
         self.store
             .update_rollout(
-                id,
+                &id,
                 &next,
                 now,
                 &event,
@@ -524,201 +561,185 @@ impl Controller {
             )
             .await?;
         tracing::info!(rollout = %id, kind = event.kind, state = next.state.as_str(), step = next.step, weight_bp = next.weight_bp, actor = event.actor.as_str(), message = %event.message, "rollout changed");
-        let r = inner.running.get_mut(id).expect("caller checked");
-        if next.step != r.row.position.step {
-            r.canary_in_step = 0;
-        }
-        r.row.position = next;
-        r.row.updated_at_ms = now;
-        self.notify(r, &event);
-        if !r.row.position.state.is_live() {
-            let mut ended = inner.running.remove(id).expect("present");
-            ended.row.ended_at_ms = Some(now);
-            self.checkpoint(&ended).await;
-            if inner.ended.len() == ENDED_VIEWS_KEPT {
-                inner.ended.remove(0);
+        let ended_checkpoint = {
+            let mut inner = self.lock();
+            let r = inner
+                .running
+                .get_mut(&id)
+                .ok_or_else(|| RolloutError::NotLive(id.clone()))?;
+            if next.step != r.row.position.step {
+                r.canary_in_step = 0;
             }
-            inner.ended.push((id.to_owned(), view_running(&ended)));
+            r.row.position = next;
+            r.row.updated_at_ms = now;
+            self.notifier.send(r, &event);
+            let mut checkpoint = None;
+            if !r.row.position.state.is_live() {
+                let mut ended = inner.running.remove(&id).expect("present");
+                ended.row.ended_at_ms = Some(now);
+                checkpoint = Some(ended.checkpoint());
+                if inner.ended.len() == ENDED_VIEWS_KEPT {
+                    inner.ended.remove(0);
+                }
+                let figures = EndedFigures::of(&view_running(&ended));
+                inner.ended.push((id.clone(), figures));
+            }
+            if let Some((route, version)) = promote_to {
+                inner.stables.insert(route, version);
+            }
+            self.publish_or_fail(&inner)?;
+            checkpoint
+        };
+        if let Some((judge, report)) = ended_checkpoint {
+            self.write_checkpoint(&id, &judge, &report).await;
         }
-        if let Some((route, version)) = promote_to {
-            inner.stables.insert(route, version);
-        }
-        self.publish(inner)
-            .map_err(|e| ApiError::Internal(e.to_string()))
+        Ok(())
     }
 
-    /// One look at every live rollout whose interval has come.
+    /// One look at every live rollout whose interval has come: the judges are fed and asked
+    /// under the lock; the decisions and checkpoints are written without it.
     pub async fn look(&self, now: i64) {
-        let mut inner = self.inner.lock().await;
-        let due: Vec<String> = inner
-            .running
-            .values()
-            .filter(|r| now - r.last_look_ms >= r.policy.interval.as_millis() as i64)
-            .map(|r| r.row.id.clone())
-            .collect();
-        for id in due {
-            let r = inner.running.get_mut(&id).expect("listed");
-            r.last_look_ms = now;
-            while let Ok(obs) = r.rx.try_recv() {
-                if obs.arm == Arm::Canary {
-                    r.canary_in_step += 1;
-                }
-                r.judge.observe(&obs);
-            }
-            let assigned = r.tap.assigned();
-            for arm in [Arm::Stable, Arm::Canary] {
-                let i = arm.index();
-                for _ in r.assigned_seen[i]..assigned[i] {
-                    r.judge.note_assigned(arm);
-                }
-                r.assigned_seen[i] = assigned[i];
-            }
-            let report = r.judge.report(now);
-            let decision = r
-                .row
-                .position
-                .decide(&r.policy, &report, r.canary_in_step, now);
-            r.last_report = Some(report.clone());
-            r.last_decision = Some(decision.clone());
-            if !matches!(decision, Decision::Hold { .. }) {
-                let next = r.row.position.apply(&r.policy, &decision, now);
-                let event = decision_event(&decision, &r.policy, &next, &report);
-                if let Err(e) = self.transition(&mut inner, &id, next, event, now).await {
-                    tracing::error!(rollout = %id, error = %e, "could not apply the judge's decision; will look again");
+        let _changing = self.changes.lock().await;
+        let (looked, changes) = {
+            let mut inner = self.lock();
+            let mut looked = Vec::new();
+            let mut changes = Vec::new();
+            for (id, r) in inner.running.iter_mut() {
+                if now - r.last_look_ms < r.policy.interval.as_millis() as i64 {
                     continue;
                 }
+                looked.push(id.clone());
+                if let Some(change) = look_at(r, now) {
+                    changes.push(change);
+                }
             }
-            if let Some(r) = inner.running.get(&id) {
-                self.checkpoint(r).await;
-            }
-        }
-    }
-
-    async fn checkpoint(&self, r: &Running) {
-        let judge = serde_json::to_string(&r.judge).unwrap_or_default();
-        let report = r
-            .last_report
-            .as_ref()
-            .map(|x| serde_json::to_string(x).unwrap_or_default())
-            .unwrap_or_default();
-        if let Err(e) = self
-            .store
-            .checkpoint_rollout(&r.row.id, &judge, &report)
-            .await
-        {
-            tracing::warn!(rollout = %r.row.id, error = %e, "judge checkpoint failed");
-        }
-    }
-
-    /// Posts the event to the policy's webhook, in the background.
-    fn notify(&self, r: &Running, event: &NewEvent) {
-        let Some(url) = r.policy.webhook.clone() else {
-            return;
+            self.publish_metrics(&inner);
+            (looked, changes)
         };
-        let body = json!({
-            "rollout": r.row.id, "route": r.row.route, "stable": r.row.stable_version, "canary": r.row.canary_version,
-            "event": event.kind, "actor": event.actor, "message": event.message,
-            "state": r.row.position.state, "step": r.row.position.step, "weight": f64::from(r.row.position.weight_bp) / 100.0,
-            "at_ms": now_ms(), "evidence": event.evidence,
-        });
-        let http = self.http.clone();
-        tokio::spawn(async move {
-            if let Err(e) = http.post(&url).json(&body).send().await {
-                tracing::warn!(url = %url, error = %e, "webhook failed");
+        let mut failed = HashSet::new();
+        for change in changes {
+            let id = change.id.clone();
+            if let Err(e) = self.transition(change, now).await {
+                tracing::error!(rollout = %id, error = %e, "could not apply the judge's decision; will look again");
+                failed.insert(id);
             }
-        });
+        }
+        let checkpoints: Vec<(String, (String, String))> = {
+            let inner = self.lock();
+            looked
+                .into_iter()
+                .filter(|id| !failed.contains(id))
+                .filter_map(|id| inner.running.get(&id).map(|r| (id, r.checkpoint())))
+                .collect()
+        };
+        for (id, (judge, report)) in checkpoints {
+            self.write_checkpoint(&id, &judge, &report).await;
+        }
     }
 
-    /// Looks every `LOOK_TICK` until shutdown.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    async fn write_checkpoint(&self, id: &str, judge: &str, report: &str) {
+        if let Err(e) = self.store.checkpoint_rollout(id, judge, report).await {
+            tracing::warn!(rollout = %id, error = %e, "judge checkpoint failed");
+        }
+    }
+
+    /// Looks every `LOOK_TICK` until `stop` is cancelled.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(LOOK_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => self.look(now_ms()).await,
-                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
+                _ = stop.cancelled() => break,
             }
         }
     }
 }
 
-impl Running {
-    /// A rollout taken up by this process, with a fresh feed from the request path.
-    fn new(
-        row: RolloutRow,
-        policy: Arc<Policy>,
-        judge: Judge,
-        pins: BTreeMap<String, Arm>,
-        catalog: &Catalog,
-    ) -> Self {
-        let (tap, rx) = RolloutTap::new(&row.id);
-        let shadow = policy.shadow.clone().and_then(|config| {
-            let to = match config.to {
-                Arm::Canary => &row.canary_version,
-                Arm::Stable => &row.stable_version,
-            };
-            let version = catalog.version(to)?.clone();
-            Some(Arc::new(RolloutShadow::new(&row.id, config, version)))
-        });
-        let last_report = row
-            .last_report
-            .as_deref()
-            .and_then(|s| serde_json::from_str(s).ok());
-        Self {
-            last_look_ms: now_ms(),
-            row,
-            policy,
-            judge,
-            rx,
-            tap,
-            pins,
-            canary_in_step: 0,
-            assigned_seen: [0, 0],
-            last_report,
-            last_decision: None,
-            shadow,
-            feedback: BTreeMap::new(),
+/// Feeds `r`'s judge what arrived since its last look, asks it, and returns the change its
+/// decision makes (none for a hold).
+fn look_at(r: &mut Running, now: i64) -> Option<Change> {
+    r.last_look_ms = now;
+    while let Ok(obs) = r.rx.try_recv() {
+        if obs.arm == Arm::Canary {
+            r.canary_in_step += 1;
         }
+        r.judge.observe(&obs);
     }
+    let assigned = r.tap.assigned();
+    for arm in [Arm::Stable, Arm::Canary] {
+        let i = arm.index();
+        for _ in r.assigned_seen[i]..assigned[i] {
+            r.judge.note_assigned(arm);
+        }
+        r.assigned_seen[i] = assigned[i];
+    }
+    let report = r.judge.report(now);
+    let decision = r
+        .row
+        .position
+        .decide(&r.policy, &report, r.canary_in_step, now);
+    r.last_report = Some(report.clone());
+    r.last_decision = Some(decision.clone());
+    if matches!(decision, Decision::Hold { .. }) {
+        return None;
+    }
+    let next = r.row.position.apply(&r.policy, &decision, now);
+    let event = decision_event(&decision, &r.policy, &next, &report);
+    Some(Change {
+        id: r.row.id.clone(),
+        next,
+        event,
+    })
 }
 
-fn decision_event(
-    decision: &Decision,
-    policy: &Policy,
-    next: &Position,
-    report: &JudgeReport,
-) -> NewEvent {
-    let weight = |bp: u32| format!("{} %", f64::from(bp) / 100.0);
-    let (kind, message) = match decision {
-        Decision::Advance { to_step, weight_bp } => (
-            "advanced",
+/// The change an operator's command makes to `r`, or why it cannot.
+fn operation_change(
+    r: &Running,
+    id: &str,
+    op: Operation,
+    now: i64,
+) -> Result<Change, RolloutError> {
+    let pos = &r.row.position;
+    let (next, kind, message) = match op {
+        Operation::Pause if pos.state == RolloutState::Progressing => {
+            (pos.paused(), "paused", "paused by an operator".to_owned())
+        }
+        Operation::Resume if pos.state == RolloutState::Paused || pos.inconclusive => (
+            pos.resumed(now),
+            "resumed",
+            "resumed by an operator".to_owned(),
+        ),
+        Operation::Promote => (
+            pos.promoted(&r.policy, now),
+            "promoted",
             format!(
-                "step {} of {} passed; canary at {}",
-                to_step,
-                policy.steps.len(),
-                weight(*weight_bp)
+                "promoted by an operator: `{}` is now the stable version",
+                r.row.canary_version
             ),
         ),
-        Decision::Promote => (
-            "promoted",
-            "every step passed: the canary is the stable version now".to_owned(),
+        Operation::Abort => (
+            pos.aborted(),
+            "aborted",
+            "aborted by an operator: traffic back on stable".to_owned(),
         ),
-        Decision::Revert { reasons } => (
-            "rolled_back",
-            format!("rolled back: {}", reasons.join("; ")),
-        ),
-        Decision::Inconclusive { why } => (
-            "inconclusive",
-            format!("inconclusive, holding at {}: {why}", weight(next.weight_bp)),
-        ),
-        Decision::Hold { why } => ("held", why.clone()),
+        Operation::Pause | Operation::Resume => {
+            return Err(RolloutError::WrongState {
+                id: id.to_owned(),
+                state: pos.state.as_str(),
+            });
+        }
     };
-    NewEvent {
-        actor: Actor::Judge,
-        kind,
-        message,
-        evidence: Some(json!({ "decision": decision, "report": report })),
-    }
+    Ok(Change {
+        id: id.to_owned(),
+        next,
+        event: NewEvent {
+            actor: Actor::Operator,
+            kind,
+            message,
+            evidence: None,
+        },
+    })
 }
 
 fn random_id(n: usize) -> String {

@@ -416,6 +416,16 @@ mod tests {
             (advanced.step, advanced.weight_bp, advanced.step_started_ms),
             (1, 100, 5)
         );
+        // An advance to a lower weight keeps the weight it has: cohorts stay nested.
+        let lower = advanced.apply(
+            &p,
+            &Decision::Advance {
+                to_step: 2,
+                weight_bp: 50,
+            },
+            7,
+        );
+        assert_eq!((lower.step, lower.weight_bp), (2, 100));
         let held = advanced.apply(&p, &Decision::Hold { why: String::new() }, 9);
         assert_eq!(held, advanced);
         let inconclusive = held.apply(&p, &Decision::Inconclusive { why: String::new() }, 9);

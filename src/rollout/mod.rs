@@ -2,7 +2,12 @@
 //! the controller that feeds the judge and applies its decisions.
 
 pub mod control;
+pub mod error;
 pub mod feed;
 pub mod machine;
+pub mod notify;
 pub mod policy;
-mod view;
+pub mod running;
+pub mod view;
+
+pub use error::RolloutError;

@@ -1,65 +1,142 @@
 //! How a rollout reads in the admin API: its stored row, and while it runs in this process
 //! its per-arm figures, pins, the judge's last report and decision, shadow and feedback.
+//!
+//! [`RolloutView`] is the body of `GET /admin/v1/rollouts/{id}` (and of every rollout
+//! command's answer); the fields that only a running process knows are absent for a rollout
+//! that ended elsewhere (or before a restart).
+
+use std::collections::BTreeMap;
 
 use serde::Serialize;
-use serde_json::{Value, json};
 
-use super::control::{Inner, Running};
+use super::machine::Decision;
+use crate::judge::JudgeReport;
+use crate::measure::aggregate::StatsSummary;
+use crate::shadow::ShadowCounters;
 use crate::store::RolloutRow;
-use crate::types::Arm;
+use crate::types::{Arm, RolloutState};
 
-#[derive(Serialize)]
-struct ArmView {
-    version: String,
+/// One rollout as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutView {
+    pub id: String,
+    pub route: String,
+    /// The stable version's name.
+    pub stable: String,
+    /// The canary version's name.
+    pub canary: String,
+    /// The policy's name.
+    pub policy: String,
+    pub state: RolloutState,
+    /// Index of the current step; `steps` once promoted.
+    pub step: usize,
+    /// How many steps the policy has.
+    pub steps: usize,
+    /// Canary weight of randomized traffic, in percent (0–100).
+    pub weight: f64,
+    /// The step ran past `max_step_hold` undecided and waits for an operator.
+    pub inconclusive: bool,
+    pub started_at_ms: i64,
+    pub step_started_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// `null` while the rollout is live.
+    pub ended_at_ms: Option<i64>,
+    /// The judge's last report, `null` before the first look.
+    pub judge: Option<JudgeView>,
+    /// Per-arm figures since this process took the rollout up (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arms: Option<ArmsView>,
+    /// Workspace → pinned arm (absent when the rollout is not known to this process).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pins: Option<BTreeMap<String, Arm>>,
+    /// What only a live rollout has.
     #[serde(flatten)]
-    figures: crate::measure::aggregate::StatsSummary,
+    pub live: Option<LiveView>,
 }
 
-pub(super) fn view_row(row: &RolloutRow) -> Value {
-    let report: Option<Value> = row
+/// The judge's report: as this process holds it, or as the last checkpoint stored it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum JudgeView {
+    Live(Box<JudgeReport>),
+    /// Read back from the database as it was written (an older build's shape stays readable).
+    Stored(serde_json::Value),
+}
+
+/// Both arms' figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArmsView {
+    pub stable: ArmView,
+    pub canary: ArmView,
+}
+
+/// One arm: its version and its figures since the rollout was taken up here.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArmView {
+    pub version: String,
+    #[serde(flatten)]
+    pub figures: StatsSummary,
+}
+
+/// The fields of a rollout live in this process.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveView {
+    pub canary_requests_in_step: u64,
+    /// Observations the request path could not hand to the judge (its queue was full).
+    pub observations_dropped: u64,
+    pub last_decision: Option<Decision>,
+    pub shadow: Option<ShadowCounters>,
+    /// `metric/arm` → feedback received.
+    pub feedback: BTreeMap<String, u64>,
+}
+
+/// What is kept of a rollout that ended in this process: its last arms and pins.
+#[derive(Debug, Clone)]
+pub struct EndedFigures {
+    pub arms: Option<ArmsView>,
+    pub pins: Option<BTreeMap<String, Arm>>,
+}
+
+/// A rollout from its stored row alone.
+pub fn view_row(row: &RolloutRow) -> RolloutView {
+    let judge = row
         .last_report
         .as_deref()
-        .and_then(|s| serde_json::from_str(s).ok());
-    let steps = serde_json::from_str::<Value>(&row.policy_json)
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+        .filter(|v| !v.is_null())
+        .map(JudgeView::Stored);
+    let steps = serde_json::from_str::<serde_json::Value>(&row.policy_json)
         .ok()
         .and_then(|p| p["steps"].as_array().map(Vec::len))
         .unwrap_or(0);
-    json!({
-        "id": row.id, "route": row.route, "stable": row.stable_version, "canary": row.canary_version,
-        "policy": row.policy, "state": row.position.state, "step": row.position.step, "steps": steps,
-        "weight": f64::from(row.position.weight_bp) / 100.0, "inconclusive": row.position.inconclusive,
-        "started_at_ms": row.started_at_ms, "step_started_at_ms": row.position.step_started_ms,
-        "updated_at_ms": row.updated_at_ms, "ended_at_ms": row.ended_at_ms,
-        "judge": report,
-    })
-}
-
-/// An ended rollout: its stored row, with the arms' figures when it ended in this process.
-pub(super) fn view_ended(inner: &Inner, row: &RolloutRow) -> Value {
-    let mut v = view_row(row);
-    if let Some((_, last)) = inner.ended.iter().find(|(id, _)| *id == row.id) {
-        v["arms"] = last["arms"].clone();
-        v["pins"] = last["pins"].clone();
+    RolloutView {
+        id: row.id.clone(),
+        route: row.route.clone(),
+        stable: row.stable_version.clone(),
+        canary: row.canary_version.clone(),
+        policy: row.policy.clone(),
+        state: row.position.state,
+        step: row.position.step,
+        steps,
+        weight: f64::from(row.position.weight_bp) / 100.0,
+        inconclusive: row.position.inconclusive,
+        started_at_ms: row.started_at_ms,
+        step_started_at_ms: row.position.step_started_ms,
+        updated_at_ms: row.updated_at_ms,
+        ended_at_ms: row.ended_at_ms,
+        judge,
+        arms: None,
+        pins: None,
+        live: None,
     }
-    v
 }
 
-pub(super) fn view_running(r: &Running) -> Value {
-    let mut v = view_row(&r.row);
-    let arm = |a: Arm, version: &str| ArmView {
-        version: version.to_owned(),
-        figures: r.tap.arms[a.index()].snapshot().summary(),
-    };
-    v["arms"] = json!({
-        "stable": arm(Arm::Stable, &r.row.stable_version),
-        "canary": arm(Arm::Canary, &r.row.canary_version),
-    });
-    v["pins"] = json!(r.pins);
-    v["canary_requests_in_step"] = json!(r.canary_in_step);
-    v["observations_dropped"] = json!(r.tap.dropped());
-    v["judge"] = json!(r.last_report);
-    v["last_decision"] = json!(r.last_decision);
-    v["shadow"] = json!(r.shadow.as_ref().map(|s| s.counters()));
-    v["feedback"] = json!(r.feedback);
-    v
+impl EndedFigures {
+    /// What is kept of `view` once its rollout has ended here.
+    pub fn of(view: &RolloutView) -> Self {
+        Self {
+            arms: view.arms.clone(),
+            pins: view.pins.clone(),
+        }
+    }
 }

@@ -334,9 +334,11 @@ mod tests {
         .unwrap();
         let a = traffic::run(&s, &[Metric::ErrorRate], 42);
         let b = traffic::run(&s, &[Metric::ErrorRate], 42);
-        assert_eq!(
-            (a.outcome, a.at_ms, a.canary_requests),
-            (b.outcome, b.at_ms, b.canary_requests)
-        );
+        let figures = |r: &traffic::RunResult| (r.at_ms, r.canary_requests, r.bad_canary);
+        assert_eq!(a.outcome, b.outcome);
+        assert_eq!(figures(&a), figures(&b));
+        // And the seed is used: another seed gives other figures.
+        let c = traffic::run(&s, &[Metric::ErrorRate], 43);
+        assert_ne!(figures(&a), figures(&c), "seed 43 gave seed 42's figures");
     }
 }

@@ -129,8 +129,9 @@ async fn upstream_failures_map_to_502_and_504() {
         (status, body["error"]["code"].as_str()),
         (StatusCode::GATEWAY_TIMEOUT, Some("upstream_timeout"))
     );
+    // The mock hangs for two minutes; only the 300 ms timeout can end the call within one.
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(5),
+        started.elapsed() < PATIENCE,
         "the 300 ms timeout was not applied"
     );
 

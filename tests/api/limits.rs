@@ -128,6 +128,18 @@ async fn limits_are_checked_and_kept() {
         got["limits"],
         json!({"requests_per_second": null, "burst": null, "tokens_per_minute": 100000, "usd_per_day": 50.0})
     );
+    // Stored with their values, so a restart keeps them; the refused updates left no trace.
     let stored = app.store().await.all_limits().await.unwrap();
     assert_eq!(stored.len(), 1, "stored, so a restart keeps them");
+    let (workspace, limits) = &stored[0];
+    assert_eq!(workspace, "acme");
+    assert_eq!(
+        (
+            limits.requests_per_second,
+            limits.burst,
+            limits.tokens_per_minute,
+            limits.usd_per_day
+        ),
+        (None, None, Some(100_000), Some(50.0))
+    );
 }

@@ -2,6 +2,8 @@
 //! async-openai as the caller, SQLite always and PostgreSQL when `SLUICE_TEST_PG_URL` is set.
 
 mod helpers;
+#[path = "../common/skip.rs"]
+mod skip;
 mod upstream_more;
 
 mod chat;
@@ -9,6 +11,7 @@ mod cli;
 mod dropin;
 mod errors;
 mod feedback;
+mod health;
 mod keys;
 mod limits;
 mod metrics;

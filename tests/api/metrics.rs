@@ -1,7 +1,6 @@
 //! `GET /metrics`: Prometheus series that move as requests flow.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde_json::json;
 
@@ -108,8 +107,13 @@ async fn metrics_move_as_requests_flow() {
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let m = scrape(&app).await;
+    // The judge's first look after the traffic: its e-values appear in the scrape.
+    let e_value = format!("sluice_judge_e_value{{rollout=\"{id}\",gate=\"error_rate\"}}");
+    let m = eventually("the judge's e-values in /metrics", || async {
+        let m = scrape(&app).await;
+        m.contains_key(&e_value).then_some(m)
+    })
+    .await;
     assert_eq!(
         m[&format!("sluice_rollout_weight_ratio{{rollout=\"{id}\",route=\"chat\"}}")],
         0.3

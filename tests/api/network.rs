@@ -72,6 +72,10 @@ async fn read_request<S: AsyncReadExt + Unpin>(stream: &mut S) -> String {
 }
 
 /// An HTTPS upstream on 127.0.0.1 answering every request with one chat completion.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the test upstream and its connections live as long as the test"
+)]
 async fn tls_upstream(acceptor: tokio_rustls::TlsAcceptor) -> (u16, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -105,6 +109,10 @@ async fn tls_upstream(acceptor: tokio_rustls::TlsAcceptor) -> (u16, Arc<Mutex<Ve
 }
 
 /// An HTTP CONNECT proxy; records each tunnel's target.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the test proxy and its tunnels live as long as the test"
+)]
 async fn connect_proxy() -> (u16, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -1,7 +1,7 @@
 //! Quality signals: structured-output validation and guardrails, counted per version and
 //! arm, and judged as gates.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 
@@ -266,10 +266,7 @@ async fn assert_reverted_on(route: &str, canary: &str, extra: Value) -> Value {
             assert_eq!(v["state"], "rolled_back", "{v:#}");
             return v;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "never reverted: {v:#}"
-        );
+        assert!(started.elapsed() < PATIENCE, "never reverted: {v:#}");
     }
 }
 

@@ -2,7 +2,6 @@
 
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -85,7 +84,7 @@ async fn every_record_is_flushed_when_the_gateway_stops() {
 const SUBPROCESS_CONFIG: &str = r#"
 [server]
 listen = "127.0.0.1:0"
-shutdown_grace_ms = 10000
+shutdown_grace_ms = 60000
 
 [database]
 url = "sqlite://DB_PATH"
@@ -99,11 +98,16 @@ base_url = "http://127.0.0.1:9/v1"
 api_key_env = "SIGTERM_TEST_UPSTREAM_KEY"
 timeout_ms = 2000
 
+[providers.gated]
+kind = "openai"
+base_url = "UPSTREAM_URL"
+api_key_env = "SIGTERM_TEST_UPSTREAM_KEY"
+timeout_ms = 600000
+
 [versions.slow]
-provider = "sim"
-model = "sim-slow"
+provider = "gated"
+model = "held"
 price = { input_per_mtok = 1.0, output_per_mtok = 2.0 }
-mock = { ttft_ms = 600, tokens_per_s = 100, output_tokens = 30 }
 
 [versions.unreachable]
 provider = "real"
@@ -129,9 +133,13 @@ async fn sigterm_lets_in_flight_requests_finish_and_loses_no_record() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("sluice.db");
     let config = dir.path().join("sluice.toml");
+    // The slow route's calls wait at this mock's gate until the test opens it.
+    let upstream = MockUpstream::start().await;
     std::fs::write(
         &config,
-        SUBPROCESS_CONFIG.replace("DB_PATH", &db.display().to_string()),
+        SUBPROCESS_CONFIG
+            .replace("DB_PATH", &db.display().to_string())
+            .replace("UPSTREAM_URL", &upstream.url),
     )
     .unwrap();
     let port = free_port();
@@ -149,15 +157,11 @@ async fn sigterm_lets_in_flight_requests_finish_and_loses_no_record() {
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let http = http_client();
-    let mut up = false;
-    for _ in 0..300 {
-        if http.get(format!("{base}/healthz")).send().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(up, "sluice did not start");
+    let health = format!("{base}/healthz");
+    eventually("sluice to start", || async {
+        http.get(&health).send().await.is_ok().then_some(())
+    })
+    .await;
     let admin = |m: Method, path: &str| {
         http.request(m, format!("{base}/admin/v1{path}"))
             .bearer_auth(ADMIN_TOKEN)
@@ -186,31 +190,49 @@ async fn sigterm_lets_in_flight_requests_finish_and_loses_no_record() {
         .status();
     assert_eq!(status, 502);
 
-    // Ten slow requests in flight (each takes ~0.9 s), then SIGTERM.
+    // Ten requests in flight, held upstream, then SIGTERM.
     let mut in_flight = Vec::new();
     for i in 0..10 {
         let request = http
             .post(format!("{base}/v1/chat/completions"))
             .bearer_auth(&key)
             .json(&chat_body("slow", json!({"stream": i % 2 == 0})));
-        in_flight.push(tokio::spawn(async move {
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the test's own clients, all awaited below"
+        )]
+        let client = tokio::spawn(async move {
             let response = request.send().await.unwrap();
             let status = response.status();
             let body = response.text().await.unwrap();
             (status, body)
-        }));
+        });
+        in_flight.push(client);
     }
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    eventually("10 requests held upstream", || async {
+        (upstream.held() >= 10).then_some(())
+    })
+    .await;
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
+    // Shutdown has begun once the listener is closed; only then let the requests finish.
+    let addr = format!("127.0.0.1:{port}");
+    eventually("the listener closed after SIGTERM", || async {
+        tokio::net::TcpStream::connect(&addr)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    upstream.open_gate();
 
     for call in in_flight {
         let (status, body) = call.await.unwrap();
         assert_eq!(status, 200, "{body}");
-        assert!(body.contains("sim-slow"));
+        assert!(body.contains("\"held\""), "{body}");
     }
     let exit = tokio::task::spawn_blocking(move || {
         let status = child.wait().unwrap();
@@ -244,9 +266,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_loses_no_record() {
         "10 slow + 1 unreachable"
     );
     let records = store.records(Some("slow"), 20).await.unwrap();
-    assert!(
-        records
-            .iter()
-            .all(|r| r.outcome == sluice::types::Outcome::Ok && r.usage.completion_tokens == 30)
-    );
+    assert!(records.iter().all(
+        |r| r.outcome == sluice::types::Outcome::Ok && r.usage.completion_tokens == OK_USAGE.1
+    ));
 }

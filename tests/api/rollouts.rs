@@ -43,7 +43,7 @@ pub async fn wait_for(
             return v;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(30),
+            started.elapsed() < PATIENCE,
             "timed out; rollout is now {v:#}"
         );
         match key {
@@ -126,12 +126,21 @@ async fn sticky_users_stay_in_the_canary_when_the_weight_rises() {
     let key = app.key("acme").await;
     let r = start(&app, "chat", "gpt-4-1", "sticky").await;
     let id = r["id"].as_str().unwrap().to_owned();
+    // Paused, the weight holds however long the two passes take on a busy machine.
+    let (status, _) = app
+        .admin(Method::POST, &format!("/rollouts/{id}/pause"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
     let first = canary_users(&app, &key).await;
     assert_eq!(
         first,
         canary_users(&app, &key).await,
         "the same users, the same arm"
     );
+    let (status, _) = app
+        .admin(Method::POST, &format!("/rollouts/{id}/resume"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
     let v = wait_for(&app, &id, None, "chat", |v| v["step"] == 1).await;
     assert_eq!(v["weight"], 60.0);
     let second = canary_users(&app, &key).await;
@@ -262,10 +271,16 @@ async fn a_healthy_canary_is_promoted_through_every_step() {
     );
 }
 
-async fn assert_reverted(canary: &str, extra: Value) {
+/// Drives traffic until the judge reverts `canary`, and checks it did so for the right
+/// reason: every failed gate is one of `causes` (or, for errors, the kill switch fired).
+async fn assert_reverted(canary: &str, extra: Value, causes: &[&str]) {
+    assert_reverted_under("fast", canary, extra, causes).await;
+}
+
+async fn assert_reverted_under(policy: &str, canary: &str, extra: Value, causes: &[&str]) {
     let app = TestApp::spawn().await;
     let key = app.key("acme").await;
-    let r = start(&app, "chat", canary, "fast").await;
+    let r = start(&app, "chat", canary, policy).await;
     let id = r["id"].as_str().unwrap().to_owned();
     let started = Instant::now();
     let v = loop {
@@ -275,7 +290,7 @@ async fn assert_reverted(canary: &str, extra: Value) {
             break v;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(30),
+            started.elapsed() < PATIENCE,
             "{canary} was never reverted: {v:#}"
         );
     };
@@ -302,27 +317,50 @@ async fn assert_reverted(canary: &str, extra: Value) {
             .starts_with("rolled back: "),
         "{last}"
     );
-    assert!(last["evidence"]["report"]["revert"].as_bool().unwrap());
+    let report = &last["evidence"]["report"];
+    assert!(report["revert"].as_bool().unwrap());
+    let failed: Vec<&str> = report["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["verdict"] == "fail")
+        .map(|g| g["gate"].as_str().unwrap())
+        .collect();
+    let by_kill_switch = report["kill_switch_fired"] == true;
+    assert!(
+        failed.iter().all(|g| causes.contains(g)),
+        "{canary} was reverted for {failed:?}, not for {causes:?}: {report}"
+    );
+    assert!(
+        !failed.is_empty() || (by_kill_switch && causes.contains(&"error_rate")),
+        "{canary} was reverted with no failed gate of {causes:?}: {report}"
+    );
 }
 
 #[tokio::test]
 async fn a_canary_that_raises_the_error_rate_is_reverted() {
-    assert_reverted("broken-canary", json!({})).await;
+    assert_reverted("broken-canary", json!({}), &["error_rate"]).await;
 }
 
 #[tokio::test]
 async fn a_canary_that_uses_more_tokens_is_reverted() {
-    assert_reverted("wordy-canary", json!({})).await;
+    // More tokens make a longer answer and a dearer one too.
+    assert_reverted(
+        "wordy-canary",
+        json!({}),
+        &["tokens_per_request", "cost_per_request", "response_length"],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_canary_with_a_slower_tail_is_reverted() {
-    assert_reverted("slow-canary", json!({})).await;
+    assert_reverted_under("thorough", "slow-canary", json!({}), &["latency_p95"]).await;
 }
 
 #[tokio::test]
 async fn a_canary_that_costs_more_is_reverted() {
-    assert_reverted("pricey-canary", json!({})).await;
+    assert_reverted("pricey-canary", json!({}), &["cost_per_request"]).await;
 }
 
 #[tokio::test]
@@ -466,7 +504,11 @@ async fn the_policy_webhook_hears_every_state_change() {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the webhook receiver lives as long as the test"
+    )]
+    let _serving = tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
 
     let app = TestApp::spawn().await;
     // A policy written after start is read when the rollout names it.
@@ -479,10 +521,10 @@ async fn the_policy_webhook_hears_every_state_change() {
     let r = start(&app, "chat", "gpt-4-1", "hooked").await;
     let id = r["id"].as_str().unwrap().to_owned();
     wait_for(&app, &id, Some(&key), "chat", |v| v["state"] == "promoted").await;
-    let started = Instant::now();
-    while heard.lock().unwrap().len() < 3 && started.elapsed() < Duration::from_secs(5) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("three webhook calls", || async {
+        (heard.lock().unwrap().len() >= 3).then_some(())
+    })
+    .await;
     let heard = heard.lock().unwrap().clone();
     let events: Vec<&str> = heard.iter().map(|v| v["event"].as_str().unwrap()).collect();
     assert_eq!(events, ["started", "advanced", "promoted"]);

@@ -1,7 +1,6 @@
 //! Streamed chat completions: relayed as they arrive, measured on the way.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use async_openai::types::chat::{
     ChatCompletionRequestUserMessageArgs, ChatCompletionStreamOptions, CreateChatCompletionRequest,
@@ -48,11 +47,11 @@ async fn chunks_reach_the_client_before_the_upstream_has_finished() {
         .await
         .unwrap();
     // The upstream sends two events and then waits; both reach the client meanwhile.
-    let first = tokio::time::timeout(Duration::from_secs(5), stream.next())
+    let first = tokio::time::timeout(PATIENCE, stream.next())
         .await
         .expect("first chunk in time");
     assert!(first.unwrap().is_ok());
-    let second = tokio::time::timeout(Duration::from_secs(5), stream.next())
+    let second = tokio::time::timeout(PATIENCE, stream.next())
         .await
         .expect("second chunk in time");
     assert_eq!(
@@ -229,18 +228,12 @@ async fn a_client_that_disconnects_mid_stream_ends_the_upstream_call_and_still_y
     assert_eq!(app.upstream.state.open_streams.load(Ordering::SeqCst), 1);
     drop(stream);
 
-    let mut closed = false;
-    for _ in 0..200 {
-        if app.upstream.state.open_streams.load(Ordering::SeqCst) == 0 {
-            closed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(
-        closed,
-        "the upstream stream is still open after the client left"
-    );
+    let open = &app.upstream.state.open_streams;
+    eventually(
+        "the upstream stream closed after the client left",
+        || async { (open.load(Ordering::SeqCst) == 0).then_some(()) },
+    )
+    .await;
     app.wait_written(1).await;
     let record = &app.store().await.records(Some("endless"), 1).await.unwrap()[0];
     assert_eq!(record.outcome, sluice::types::Outcome::ClientDisconnected);

@@ -1,8 +1,6 @@
 //! Traces: the request span with its GenAI attributes, the upstream child span, the
 //! client's traceparent honoured and passed on; and a moved upstream model counted.
 
-use std::time::Duration;
-
 use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use serde_json::json;
@@ -38,9 +36,12 @@ async fn a_request_span_carries_the_gen_ai_attributes_and_the_clients_trace() {
         .unwrap();
     assert_eq!(response.status(), 200);
     response.bytes().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-
-    let spans = exporter.get_finished_spans().unwrap();
+    // The span ends (and is exported) when the response's body is done, just after.
+    let spans = eventually("the request span exported", || async {
+        let spans = exporter.get_finished_spans().unwrap();
+        spans.iter().any(|s| s.name == "chat chat").then_some(spans)
+    })
+    .await;
     let request = spans
         .iter()
         .find(|s| s.name == "chat chat")

@@ -1,0 +1,121 @@
+//! Authentication by exception, and the helpers every handler shares to read a request.
+//!
+//! [`authenticate`] is one middleware the router puts on every route: a request is let
+//! through without a credential only when its path is in [`UNAUTHENTICATED_ROUTES`]. Under
+//! `/v1` it needs a gateway key (the [`Caller`] goes into the request's extensions, and the
+//! workspace's limits are checked for the routes in [`ADMITTED_ROUTES`]); everywhere else it
+//! needs the admin token ([`Admin`] goes into the extensions). A route added without
+//! thought is therefore closed, not open.
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{OriginalUri, Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+
+pub use crate::auth::Caller;
+use crate::auth::admin_token_matches;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The only routes answered without a credential: health and metrics (aggregates, no
+/// prompts, keys or workspace names), the admin API's OpenAPI document, and the dashboard
+/// page itself (one self-contained document; its data calls carry the admin token).
+pub const UNAUTHENTICATED_ROUTES: &[&str] = &[
+    "/healthz",
+    "/metrics",
+    "/admin/v1/openapi.json",
+    "/dashboard",
+];
+
+/// The `/v1` routes that spend tokens, and so are refused once the workspace is over its
+/// limits (429 with `Retry-After`). Listing models and sending feedback are not.
+pub const ADMITTED_ROUTES: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/responses",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/moderations",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/images/variations",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+    "/v1/audio/speech",
+];
+
+/// Proof that the request carried the admin token; in the extensions of every admin request.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+/// The middleware the router applies to every route (see the module header).
+pub async fn authenticate(
+    State(app): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let path = request
+        .extensions()
+        .get::<OriginalUri>()
+        .map_or_else(|| request.uri().path(), |o| o.0.path())
+        .to_owned();
+    if UNAUTHENTICATED_ROUTES.contains(&path.as_str()) {
+        return next.run(request).await;
+    }
+    let token = bearer_of(request.headers()).map(str::to_owned);
+    if path == "/v1" || path.starts_with("/v1/") {
+        let caller = match app.keys.authenticate(&app.store, token.as_deref()).await {
+            Ok(caller) => caller,
+            Err(e) => return e.into_response(),
+        };
+        if ADMITTED_ROUTES.contains(&path.as_str())
+            && let Err(e) = app.limits.admit(&caller.workspace)
+        {
+            return e.into_response();
+        }
+        request.extensions_mut().insert(caller);
+    } else if admin_token_matches(&app.settings.admin_token, token.as_deref()) {
+        request.extensions_mut().insert(Admin);
+    } else {
+        return ApiError::AdminUnauthorized.into_response();
+    }
+    next.run(request).await
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer_of(headers: &HeaderMap) -> Option<&str> {
+    crate::auth::bearer(
+        headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
+/// Maps a body that could not be read (too large, broken off) to our error.
+pub fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {
+    if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::BodyTooLarge { limit }
+    } else {
+        ApiError::InvalidRequest {
+            message: rejection.body_text(),
+            param: None,
+        }
+    }
+}
+
+/// A JSON body of type `T`.
+///
+/// # Errors
+/// [`ApiError::BodyTooLarge`] past `[server] max_body_bytes`, [`ApiError::InvalidRequest`]
+/// when the body cannot be read or is not a `T`.
+pub fn json_body<T: serde::de::DeserializeOwned>(
+    app: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|r| body_error(r, app.settings.config.server.max_body_bytes))?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::InvalidRequest {
+        message: format!("invalid body: {e}"),
+        param: None,
+    })
+}

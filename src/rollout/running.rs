@@ -1,0 +1,140 @@
+//! A rollout live in this process, and the controller's in-memory state around it.
+//!
+//! The database holds the truth (position, pins, judge checkpoints); these hold what only a
+//! running process has: the judge fed by the request path's tap, per-arm figures, the last
+//! report and decision, shadow counters and feedback counts.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::feed::RolloutTap;
+use super::machine::Decision;
+use super::policy::Policy;
+use super::view::{ArmView, ArmsView, EndedFigures, JudgeView, LiveView, RolloutView, view_row};
+use crate::catalog::Catalog;
+use crate::judge::{Judge, JudgeReport, Observation};
+use crate::shadow::RolloutShadow;
+use crate::store::RolloutRow;
+use crate::types::{Arm, now_ms};
+
+/// A live rollout: its stored row, its policy and its judge, with what feeds them.
+pub struct Running {
+    pub row: RolloutRow,
+    pub policy: Arc<Policy>,
+    pub judge: Judge,
+    pub rx: mpsc::Receiver<Observation>,
+    pub tap: Arc<RolloutTap>,
+    /// Workspace → the arm it is pinned to.
+    pub pins: BTreeMap<String, Arm>,
+    /// Canary requests measured since the current step began.
+    pub canary_in_step: u64,
+    /// Randomized assignments already handed to the judge, per arm.
+    pub assigned_seen: [u64; 2],
+    pub last_look_ms: i64,
+    pub last_report: Option<JudgeReport>,
+    pub last_decision: Option<Decision>,
+    pub shadow: Option<Arc<RolloutShadow>>,
+    /// Feedback received, by `metric/arm`.
+    pub feedback: BTreeMap<String, u64>,
+}
+
+/// The controller's state: every live rollout, promoted stables, and the last figures of
+/// rollouts that ended here. Guarded by a plain mutex that is never held across I/O.
+#[derive(Default)]
+pub struct Inner {
+    pub running: BTreeMap<String, Running>,
+    /// Route → stable version set by a promotion (wins over the config).
+    pub stables: BTreeMap<String, String>,
+    /// The last per-arm figures and pins of rollouts that ended in this process (they are
+    /// not stored), newest last.
+    pub ended: Vec<(String, EndedFigures)>,
+}
+
+impl Running {
+    /// A rollout taken up by this process, with a fresh feed from the request path.
+    pub fn new(
+        row: RolloutRow,
+        policy: Arc<Policy>,
+        judge: Judge,
+        pins: BTreeMap<String, Arm>,
+        catalog: &Catalog,
+    ) -> Self {
+        let (tap, rx) = RolloutTap::new(&row.id);
+        let shadow = policy.shadow.clone().and_then(|config| {
+            let to = match config.to {
+                Arm::Canary => &row.canary_version,
+                Arm::Stable => &row.stable_version,
+            };
+            let version = catalog.version(to)?.clone();
+            Some(Arc::new(RolloutShadow::new(&row.id, config, version)))
+        });
+        let last_report = row
+            .last_report
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok());
+        Self {
+            last_look_ms: now_ms(),
+            row,
+            policy,
+            judge,
+            rx,
+            tap,
+            pins,
+            canary_in_step: 0,
+            assigned_seen: [0, 0],
+            last_report,
+            last_decision: None,
+            shadow,
+            feedback: BTreeMap::new(),
+        }
+    }
+
+    /// The judge's state and last report as stored by a checkpoint (JSON text each).
+    pub fn checkpoint(&self) -> (String, String) {
+        let judge = serde_json::to_string(&self.judge).unwrap_or_default();
+        let report = self
+            .last_report
+            .as_ref()
+            .map(|x| serde_json::to_string(x).unwrap_or_default())
+            .unwrap_or_default();
+        (judge, report)
+    }
+}
+
+/// An ended rollout: its stored row, with the arms' figures when it ended in this process.
+pub fn view_ended(inner: &Inner, row: &RolloutRow) -> RolloutView {
+    let mut v = view_row(row);
+    if let Some((_, last)) = inner.ended.iter().find(|(id, _)| *id == row.id) {
+        v.arms = last.arms.clone();
+        v.pins = last.pins.clone();
+    }
+    v
+}
+
+/// A rollout live in this process.
+pub fn view_running(r: &Running) -> RolloutView {
+    let mut v = view_row(&r.row);
+    let arm = |a: Arm, version: &str| ArmView {
+        version: version.to_owned(),
+        figures: r.tap.arms[a.index()].snapshot().summary(),
+    };
+    v.arms = Some(ArmsView {
+        stable: arm(Arm::Stable, &r.row.stable_version),
+        canary: arm(Arm::Canary, &r.row.canary_version),
+    });
+    v.pins = Some(r.pins.clone());
+    v.judge = r
+        .last_report
+        .clone()
+        .map(|rep| JudgeView::Live(Box::new(rep)));
+    v.live = Some(LiveView {
+        canary_requests_in_step: r.canary_in_step,
+        observations_dropped: r.tap.dropped(),
+        last_decision: r.last_decision.clone(),
+        shadow: r.shadow.as_ref().map(|s| s.counters()),
+        feedback: r.feedback.clone(),
+    });
+    v
+}
