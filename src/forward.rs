@@ -91,6 +91,31 @@ pub fn classify(path: &str) -> OtherPath {
     }
 }
 
+/// Whether sluice serves `path` (below `/v1/`, no query) at all: its own routes, the
+/// operations with a model, and the passthrough endpoints (enabled or not). Anything else
+/// is a 404 before any credential is asked for.
+pub fn serves(path: &str) -> bool {
+    const OWN: [&str; 6] = [
+        "chat/completions",
+        "models",
+        "responses",
+        "embeddings",
+        "feedback",
+        "models/",
+    ];
+    OWN.iter()
+        .any(|own| path == *own || (own.ends_with('/') && path.starts_with(own)))
+        || path.starts_with("responses/")
+        || classify(path) != OtherPath::Unknown
+}
+
+/// The 404 of a `/v1` path sluice does not serve.
+pub fn unknown_path(method: &str, path: &str) -> ApiError {
+    ApiError::NotFound(format!(
+        "no such endpoint: {method} {path}; sluice serves /v1/chat/completions, /v1/responses, /v1/embeddings, /v1/models and the OpenAI operations that take a model"
+    ))
+}
+
 fn error(request_id: String, routed: Option<Routed>, e: ApiError) -> Answer {
     Answer {
         request_id,

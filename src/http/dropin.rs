@@ -108,11 +108,7 @@ pub async fn other(
 ) -> Response {
     let kind = forward::classify(&path);
     if kind == OtherPath::Unknown {
-        return ApiError::NotFound(format!(
-            "no such endpoint: {method} {}; sluice serves /v1/chat/completions, /v1/responses, /v1/embeddings, /v1/models and the OpenAI operations that take a model",
-            uri.path()
-        ))
-        .into_response();
+        return forward::unknown_path(method.as_str(), uri.path()).into_response();
     }
     let raw = match body(&app, raw) {
         Ok(raw) => raw,

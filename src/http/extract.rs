@@ -63,6 +63,13 @@ pub async fn authenticate(
     if UNAUTHENTICATED_ROUTES.contains(&path.as_str()) {
         return next.run(request).await;
     }
+    // `/v1/{*path}` catches every path below /v1: one sluice does not serve is a 404
+    // without a credential, like any path that matches no route.
+    if let Some(rest) = path.strip_prefix("/v1/")
+        && !crate::forward::serves(rest)
+    {
+        return crate::forward::unknown_path(request.method().as_str(), &path).into_response();
+    }
     let token = bearer_of(request.headers()).map(str::to_owned);
     if path == "/v1" || path.starts_with("/v1/") {
         let caller = match app.keys.authenticate(&app.store, token.as_deref()).await {
