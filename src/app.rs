@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::auth::KeyCache;
+use crate::cluster::Cluster;
 use crate::config::Settings;
 use crate::limits::LimitBook;
 use crate::measure::sink::RecordSink;
@@ -49,6 +50,14 @@ impl Server {
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
         let catalog = Arc::new(Catalog::from_settings(&settings)?);
         let routing = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
+        let cluster = Arc::new(Cluster::new(
+            settings.config.cluster.clone(),
+            store.engine(),
+            listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+        ));
         // Publishes the table: configured stables, promotions, and every live rollout.
         let rollouts = Arc::new(
             Controller::restore(
@@ -57,9 +66,12 @@ impl Server {
                 settings.policies.clone(),
                 settings.policies_dir.clone(),
                 routing.clone(),
+                cluster.enabled.then(|| cluster.clone()),
             )
             .await?,
         );
+        // The routing state is loaded: `/healthz` may say ready.
+        cluster.set_ready();
 
         let limits = Arc::new(LimitBook::new(settings.config.limits));
         for (workspace, own) in store.all_limits().await? {
@@ -81,9 +93,10 @@ impl Server {
             shadows: Arc::new(shadows),
             limits,
             traces,
+            cluster: cluster.clone(),
         });
         let (shutdown, stopped) = watch::channel(false);
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(rollouts.run(stopped.clone())),
             tokio::spawn(shadow::run_sender(
                 shadow_jobs,
@@ -92,6 +105,32 @@ impl Server {
             )),
             tokio::spawn(async move { sink.run_writer(records, store, stopped).await }),
         ];
+        tasks.push(tokio::spawn(crate::cluster::retention::run(
+            app.clone(),
+            shutdown.subscribe(),
+        )));
+        if let (true, Some(channel)) = (cluster.enabled, app.store.channel()) {
+            tracing::info!(replica = %cluster.id(), address = %cluster.replica.address, "joining the cluster");
+            let wake = Arc::new(tokio::sync::Notify::new());
+            tasks.extend([
+                tokio::spawn(crate::cluster::run_heartbeat(
+                    app.clone(),
+                    shutdown.subscribe(),
+                )),
+                tokio::spawn(crate::cluster::listen::run_listener(
+                    app.clone(),
+                    channel.to_owned(),
+                    wake.clone(),
+                    shutdown.subscribe(),
+                )),
+                tokio::spawn(crate::cluster::listen::run_rereader(
+                    app.clone(),
+                    wake,
+                    shutdown.subscribe(),
+                )),
+                tokio::spawn(crate::cluster::ship::run(app.clone(), shutdown.subscribe())),
+            ]);
+        }
         Ok(Self {
             listener,
             app,

@@ -40,6 +40,9 @@ pub struct Config {
     /// OpenTelemetry export.
     #[serde(default)]
     pub telemetry: crate::traces::TelemetryConfig,
+    /// Several replicas on one PostgreSQL.
+    #[serde(default)]
+    pub cluster: crate::cluster::config::ClusterConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -110,12 +113,29 @@ fn default_shadow_queue() -> usize {
 pub struct DatabaseConfig {
     #[serde(default = "default_database_url")]
     pub url: String,
+    /// How long stored rows are kept, e.g. "30d"; absent: keep everything.
+    #[serde(default)]
+    pub retention: Option<String>,
+    /// Per table, overriding `retention` (see `cluster::config::RetentionConfig`).
+    #[serde(default)]
+    pub retention_per_table: BTreeMap<String, String>,
+}
+
+impl DatabaseConfig {
+    pub fn retention_config(&self) -> crate::cluster::config::RetentionConfig {
+        crate::cluster::config::RetentionConfig {
+            retention: self.retention.clone(),
+            retention_per_table: self.retention_per_table.clone(),
+        }
+    }
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
             url: default_database_url(),
+            retention: None,
+            retention_per_table: BTreeMap::new(),
         }
     }
 }
@@ -364,6 +384,15 @@ pub fn parse(
             "server.record_queue",
             "must be greater than 0".into(),
         ));
+    }
+
+    for (key, message) in config
+        .cluster
+        .check()
+        .into_iter()
+        .chain(config.database.retention_config().check())
+    {
+        issues.push(issue(&key, message));
     }
 
     let database_url = env(DATABASE_URL_ENV).unwrap_or_else(|| config.database.url.clone());

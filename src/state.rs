@@ -30,6 +30,8 @@ pub struct App {
     pub shadows: Arc<crate::shadow::ShadowQueue>,
     pub limits: Arc<crate::limits::LimitBook>,
     pub traces: crate::traces::Traces,
+    /// This replica's place among several (a single process on SQLite).
+    pub cluster: Arc<crate::cluster::Cluster>,
 }
 
 pub type AppState = Arc<App>;

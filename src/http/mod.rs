@@ -24,13 +24,30 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(openai::models))
         .route("/v1/feedback", post(openai::feedback))
         .nest("/admin/v1", admin::router())
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/admin/v1/openapi.json", get(openapi::document))
         .route("/dashboard", get(dashboard::page))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
+}
+
+/// Readiness: 503 until this replica has loaded the routing state, so that a load balancer
+/// (or a Kubernetes readiness probe) sends it nothing before it can route.
+async fn healthz(
+    axum::extract::State(app): axum::extract::State<AppState>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if app.cluster.is_ready() {
+        "ok".into_response()
+    } else {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the routing state is not loaded yet",
+        )
+            .into_response()
+    }
 }
 
 /// Prometheus scrapes without a credential: `/metrics` holds aggregates, no prompts, keys or

@@ -24,7 +24,7 @@ use crate::error::ApiError;
 use crate::judge::{Judge, JudgeReport, Observation};
 use crate::resolve::{Arm, Catalog, LiveRollout, RouteName, RoutingTable};
 use crate::shadow::RolloutShadow;
-use crate::store::{Actor, EventRow, NewEvent, RequestPlacement, RolloutRow, Store, now_ms};
+use crate::store::{Actor, EventRow, Fence, NewEvent, RequestPlacement, RolloutRow, Store, now_ms};
 use std::path::PathBuf;
 
 /// How often the controller wakes to see whose interval has come.
@@ -86,6 +86,13 @@ pub(super) struct Running {
     pub(super) shadow: Option<Arc<RolloutShadow>>,
     /// Feedback received, by `metric/arm`.
     pub(super) feedback: BTreeMap<String, u64>,
+    /// Cluster: the fence of this replica's judge lease on the rollout, while it holds one.
+    /// Only the holder judges; every decision and checkpoint is written with this token.
+    pub(super) fence: Option<i64>,
+    /// Cluster: the last shipped batch judged, per replica (stored with the checkpoint).
+    pub(super) cursor: BTreeMap<String, i64>,
+    /// Observations the tap dropped that were already reported in a shipped batch.
+    pub(super) dropped_seen: u64,
 }
 
 #[derive(Default)]
@@ -96,19 +103,23 @@ pub(super) struct Inner {
     /// The last live view of rollouts that ended in this process (their per-arm figures
     /// are not stored), newest last.
     pub(super) ended: Vec<(String, Value)>,
+    /// Cluster: when the judge leases were last renewed (ms).
+    pub(super) last_lead_ms: i64,
 }
 
 /// Ended rollouts whose last live view is kept in memory.
 const ENDED_VIEWS_KEPT: usize = 50;
 
 pub struct Controller {
-    store: Store,
-    catalog: Arc<Catalog>,
-    policies: BTreeMap<String, Arc<Policy>>,
+    pub(super) store: Store,
+    pub(super) catalog: Arc<Catalog>,
+    pub(super) policies: BTreeMap<String, Arc<Policy>>,
     policies_dir: PathBuf,
     routing: Arc<ArcSwap<RoutingTable>>,
-    inner: Mutex<Inner>,
+    pub(super) inner: Mutex<Inner>,
     http: reqwest::Client,
+    /// Set on PostgreSQL: judge only under a lease, read observations from every replica.
+    pub(super) cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Controller {
@@ -119,6 +130,7 @@ impl Controller {
         policies: BTreeMap<String, Arc<Policy>>,
         policies_dir: PathBuf,
         routing: Arc<ArcSwap<RoutingTable>>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
     ) -> anyhow::Result<Self> {
         let mut inner = Inner::default();
         for (route, version) in store.route_stables().await? {
@@ -153,6 +165,7 @@ impl Controller {
             http: reqwest::Client::builder()
                 .timeout(WEBHOOK_TIMEOUT)
                 .build()?,
+            cluster,
         };
         let inner = controller.inner.lock().await;
         controller.publish(&inner)?;
@@ -166,7 +179,7 @@ impl Controller {
 
     /// The policy file as it is now: edits take effect for the next rollout without a
     /// restart, and a broken file is refused with its mistakes.
-    fn read_policy(&self, name: &str) -> Result<Arc<Policy>, ApiError> {
+    pub(super) fn read_policy(&self, name: &str) -> Result<Arc<Policy>, ApiError> {
         let valid_name = !name.is_empty()
             && name
                 .chars()
@@ -188,7 +201,7 @@ impl Controller {
     }
 
     /// Builds the routing table from the stables and the live rollouts, and swaps it in.
-    fn publish(&self, inner: &Inner) -> anyhow::Result<()> {
+    pub(super) fn publish(&self, inner: &Inner) -> anyhow::Result<()> {
         let mut table = RoutingTable::new(&self.catalog, &inner.stables)?;
         for r in inner.running.values() {
             let route = RouteName::parse(&r.row.route).map_err(anyhow::Error::msg)?;
@@ -277,6 +290,8 @@ impl Controller {
             ended_at_ms: None,
             judge_state: None,
             last_report: None,
+            revision: 0,
+            judge_cursor: None,
         };
         let event = NewEvent {
             actor: Actor::Operator,
@@ -298,6 +313,7 @@ impl Controller {
     }
 
     pub async fn operate(&self, id: &str, op: Operation) -> Result<Value, ApiError> {
+        self.refresh_if_unknown(id).await;
         let mut inner = self.inner.lock().await;
         let Some(r) = inner.running.get(id) else {
             return match self.store.rollout(id).await? {
@@ -355,6 +371,7 @@ impl Controller {
         workspace: &str,
         arm: Option<Arm>,
     ) -> Result<Value, ApiError> {
+        self.refresh_if_unknown(id).await;
         let mut inner = self.inner.lock().await;
         let Some(r) = inner.running.get_mut(id) else {
             return Err(ApiError::NotFound(format!("no live rollout `{id}`")));
@@ -379,7 +396,8 @@ impl Controller {
             message,
             evidence: None,
         };
-        self.store
+        r.row.revision = self
+            .store
             .set_pin(id, workspace, arm, &r.row.position, &event)
             .await?;
         match arm {
@@ -394,8 +412,15 @@ impl Controller {
     }
 
     pub async fn view(&self, id: &str) -> Result<Value, ApiError> {
-        let inner = self.inner.lock().await;
-        self.view_locked(&inner, id).await
+        let mut view = {
+            let inner = self.inner.lock().await;
+            self.view_locked(&inner, id).await?
+        };
+        // In a cluster, `arms` are this replica's; `cluster` sums what every replica shipped.
+        if let Some(totals) = self.cluster_totals(id).await {
+            view["cluster"] = crate::rollout::view::cluster_figures(&totals);
+        }
+        Ok(view)
     }
 
     async fn view_locked(&self, inner: &Inner, id: &str) -> Result<Value, ApiError> {
@@ -512,15 +537,38 @@ impl Controller {
         let r = inner.running.get(id).expect("caller checked");
         let promote_to = (next.state == RolloutState::Promoted)
             .then(|| (r.row.route.clone(), r.row.canary_version.clone()));
-        self.store
+        // The judge writes as its lease's holder; an operator's command needs no lease.
+        let lease = crate::cluster::judge_lease(id);
+        let fence = match (&self.cluster, event.actor) {
+            (Some(c), Actor::Judge) => r.fence.map(|token| Fence {
+                lease: &lease,
+                holder: c.id(),
+                token,
+            }),
+            _ => None,
+        };
+        let written = self
+            .store
             .update_rollout(
                 id,
                 &next,
                 now,
                 &event,
                 promote_to.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+                r.row.revision,
+                fence,
             )
-            .await?;
+            .await;
+        let revision = match written {
+            Ok(revision) => revision,
+            Err(crate::store::StoreError::Fenced(_)) => {
+                self.fenced(inner, id);
+                return Err(ApiError::Conflict(format!(
+                    "stale fencing token: another replica judges rollout {id} now"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
         tracing::info!(rollout = %id, kind = event.kind, state = next.state.as_str(), step = next.step, weight_bp = next.weight_bp, actor = event.actor.as_str(), message = %event.message, "rollout changed");
         let r = inner.running.get_mut(id).expect("caller checked");
         if next.step != r.row.position.step {
@@ -528,6 +576,7 @@ impl Controller {
         }
         r.row.position = next;
         r.row.updated_at_ms = now;
+        r.row.revision = revision;
         self.notify(r, &event);
         if !r.row.position.state.is_live() {
             let mut ended = inner.running.remove(id).expect("present");
@@ -556,20 +605,32 @@ impl Controller {
             .collect();
         for id in due {
             let r = inner.running.get_mut(&id).expect("listed");
-            r.last_look_ms = now;
-            while let Ok(obs) = r.rx.try_recv() {
-                if obs.arm == Arm::Canary {
-                    r.canary_in_step += 1;
+            if self.cluster.is_some() {
+                // One judge per rollout: the lease holder, on every replica's observations.
+                if r.fence.is_none() {
+                    continue;
                 }
-                r.judge.observe(&obs);
-            }
-            let assigned = r.tap.assigned();
-            for arm in [Arm::Stable, Arm::Canary] {
-                let i = arm.index();
-                for _ in r.assigned_seen[i]..assigned[i] {
-                    r.judge.note_assigned(arm);
+                r.last_look_ms = now;
+                if let Err(e) = self.take_shipped(r).await {
+                    tracing::warn!(rollout = %id, error = %e, "cannot read the cluster's observations; the judge holds");
+                    continue;
                 }
-                r.assigned_seen[i] = assigned[i];
+            } else {
+                r.last_look_ms = now;
+                while let Ok(obs) = r.rx.try_recv() {
+                    if obs.arm == Arm::Canary {
+                        r.canary_in_step += 1;
+                    }
+                    r.judge.observe(&obs);
+                }
+                let assigned = r.tap.assigned();
+                for arm in [Arm::Stable, Arm::Canary] {
+                    let i = arm.index();
+                    for _ in r.assigned_seen[i]..assigned[i] {
+                        r.judge.note_assigned(arm);
+                    }
+                    r.assigned_seen[i] = assigned[i];
+                }
             }
             let report = r.judge.report(now);
             let decision = r
@@ -586,25 +647,51 @@ impl Controller {
                     continue;
                 }
             }
-            if let Some(r) = inner.running.get(&id) {
-                self.checkpoint(r).await;
+            if inner.running.contains_key(&id) && !self.checkpoint_fenced(&inner.running[&id]).await
+            {
+                self.fenced(&mut inner, &id);
             }
         }
     }
 
     async fn checkpoint(&self, r: &Running) {
+        self.checkpoint_fenced(r).await;
+    }
+
+    /// Saves the judge's state (and in a cluster its cursor, under its fence); false when
+    /// the database refused it because another replica holds the lease now.
+    async fn checkpoint_fenced(&self, r: &Running) -> bool {
+        let lease = crate::cluster::judge_lease(&r.row.id);
+        let (cursor, fence) = match &self.cluster {
+            Some(c) => (
+                Some(crate::rollout::sync::JudgeCursor::of(r).to_json()),
+                r.fence.map(|token| Fence {
+                    lease: &lease,
+                    holder: c.id(),
+                    token,
+                }),
+            ),
+            None => (None, None),
+        };
+        if self.cluster.is_some() && fence.is_none() {
+            return true;
+        }
         let judge = serde_json::to_string(&r.judge).unwrap_or_default();
         let report = r
             .last_report
             .as_ref()
             .map(|x| serde_json::to_string(x).unwrap_or_default())
             .unwrap_or_default();
-        if let Err(e) = self
+        match self
             .store
-            .checkpoint_rollout(&r.row.id, &judge, &report)
+            .checkpoint_rollout(&r.row.id, &judge, &report, cursor.as_deref(), fence)
             .await
         {
-            tracing::warn!(rollout = %r.row.id, error = %e, "judge checkpoint failed");
+            Ok(written) => written,
+            Err(e) => {
+                tracing::warn!(rollout = %r.row.id, error = %e, "judge checkpoint failed");
+                true
+            }
         }
     }
 
@@ -633,16 +720,22 @@ impl Controller {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.look(now_ms()).await,
+                _ = tick.tick() => {
+                    // Look first, then renew: a replica that was frozen past its lease makes
+                    // its next write with the old fence, and the database refuses it.
+                    self.look(now_ms()).await;
+                    self.lead(now_ms()).await;
+                }
                 _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
             }
         }
+        self.release_leases().await;
     }
 }
 
 impl Running {
     /// A rollout taken up by this process, with a fresh feed from the request path.
-    fn new(
+    pub(super) fn new(
         row: RolloutRow,
         policy: Arc<Policy>,
         judge: Judge,
@@ -676,6 +769,9 @@ impl Running {
             last_decision: None,
             shadow,
             feedback: BTreeMap::new(),
+            fence: None,
+            cursor: BTreeMap::new(),
+            dropped_seen: 0,
         }
     }
 }

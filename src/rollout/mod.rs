@@ -5,4 +5,5 @@ pub mod control;
 pub mod feed;
 pub mod machine;
 pub mod policy;
-mod view;
+pub mod sync;
+pub(crate) mod view;

@@ -63,3 +63,23 @@ pub(super) fn view_running(r: &Running) -> Value {
     v["feedback"] = json!(r.feedback);
     v
 }
+
+/// Cluster-wide per-arm figures of a rollout, summed over every replica's shipped batches.
+pub(crate) fn cluster_figures(t: &crate::store::ArmTotals) -> Value {
+    let arm = |i: usize| {
+        let n = t.requests[i];
+        json!({
+            "requests": n,
+            "errors": t.errors[i],
+            "error_rate": if n > 0 { t.errors[i] as f64 / n as f64 } else { 0.0 },
+            "mean_latency_ms": if n > 0 { t.latency_ms_sum[i] / n as f64 } else { 0.0 },
+        })
+    };
+    json!({
+        "stable": arm(0),
+        "canary": arm(1),
+        "requests": t.requests[0] + t.requests[1],
+        "observations_dropped": t.dropped,
+        "replicas": t.replicas,
+    })
+}

@@ -1,0 +1,302 @@
+//! Several replicas as one gateway, on PostgreSQL (SQLite stays one process and runs none
+//! of the loops here except the retention pruner).
+//!
+//! Each replica:
+//! - heartbeats into `cluster_replicas` every `[cluster] heartbeat_ms`; one silent for three
+//!   intervals is shown as gone, and the live count re-divides the workspace limits;
+//! - LISTENs on the schema's channel: every admin write NOTIFYs in its own transaction, and
+//!   the replica re-reads the routing state (rollouts, pins, promoted stables, limits,
+//!   revoked keys); a re-read every `reread_ms` (≤ 5 s) covers a dropped listener;
+//! - ships its rollouts' observations every `flush_ms` (module `ship`), and judges only the
+//!   rollouts whose lease it holds (`rollout::sync`), writing every decision with the lease's
+//!   fencing token;
+//! - prunes old rows while it holds the maintenance lease (module `retention`).
+//!
+//! When PostgreSQL goes away the request path goes on with the last routing table, cached
+//! keys and limits; observations buffer to `observation_buffer` and then drop, counted; the
+//! judge holds; admin writes answer 503. Every loop retries on its own.
+
+pub mod config;
+pub mod listen;
+pub mod retention;
+pub mod ship;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::state::AppState;
+use crate::store::{Engine, ReplicaRow, Store, now_ms};
+use config::ClusterConfig;
+
+/// A replica silent for this many heartbeat intervals is gone.
+pub const MISSED_HEARTBEATS: u64 = 3;
+/// Gone replicas stay listed (as gone) this many heartbeat intervals, then are forgotten.
+const FORGET_AFTER_HEARTBEATS: i64 = 60;
+/// The lease name of a rollout's judge.
+pub fn judge_lease(rollout_id: &str) -> String {
+    format!("judge:{rollout_id}")
+}
+/// The lease of the replica that prunes old rows.
+pub const MAINTENANCE_LEASE: &str = "maintenance";
+
+/// What happened in this replica's cluster loops, for `/metrics` and the cluster view.
+#[derive(Debug, Default, Serialize)]
+pub struct ClusterCounters {
+    /// Notifications received on the change channel.
+    pub notifications: AtomicU64,
+    /// Re-reads of the routing state (notified, periodic, or after a reconnect).
+    pub rereads: AtomicU64,
+    pub reread_failures: AtomicU64,
+    /// Times the LISTEN connection was lost, and re-established.
+    pub listener_drops: AtomicU64,
+    pub listener_reconnects: AtomicU64,
+    pub heartbeat_failures: AtomicU64,
+    /// Observation batches shipped, observations in them, and observations dropped before
+    /// shipping (buffer full while the database was away).
+    pub batches_shipped: AtomicU64,
+    pub observations_shipped: AtomicU64,
+    pub observations_dropped: AtomicU64,
+    pub ship_failures: AtomicU64,
+    /// Decisions and checkpoints this replica wrote under a fence that was no longer
+    /// current (another replica had taken over): the database refused each one.
+    pub fenced_writes_refused: AtomicU64,
+    /// Judge leases taken over from another holder (or first taken).
+    pub leases_taken: AtomicU64,
+    /// Rows deleted by the retention pruner.
+    pub rows_pruned: AtomicU64,
+}
+
+impl ClusterCounters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// This replica's place in the cluster.
+pub struct Cluster {
+    /// Whether the cluster loops run (PostgreSQL) or this is a single process (SQLite).
+    pub enabled: bool,
+    pub config: ClusterConfig,
+    /// This process: a fresh id per start, so a restarted replica is a new one.
+    pub replica: ReplicaRow,
+    pub counters: ClusterCounters,
+    /// Live replicas at the last heartbeat (1 until known): the divisor of workspace limits.
+    live_replicas: AtomicU64,
+    /// False until the routing state has been read once: `/healthz` answers 503 until then.
+    ready: AtomicBool,
+    /// False while the database does not answer.
+    database_up: AtomicBool,
+}
+
+impl Cluster {
+    pub fn new(config: ClusterConfig, engine: Engine, address: String) -> Self {
+        let id = format!("rep_{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+        let address = config.advertise.clone().unwrap_or(address);
+        Self {
+            enabled: engine == Engine::Postgres,
+            replica: ReplicaRow {
+                id,
+                address,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                started_at_ms: now_ms(),
+                heartbeat_at_ms: 0,
+            },
+            config,
+            counters: ClusterCounters::default(),
+            live_replicas: AtomicU64::new(1),
+            ready: AtomicBool::new(false),
+            database_up: AtomicBool::new(true),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.replica.id
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn live_replicas(&self) -> u64 {
+        self.live_replicas.load(Ordering::Relaxed).max(1)
+    }
+
+    pub fn database_up(&self) -> bool {
+        self.database_up.load(Ordering::Relaxed)
+    }
+
+    /// Records whether the database answered; logs each change once, not every retry.
+    pub fn note_database(&self, up: bool, error: Option<&dyn std::fmt::Display>) {
+        let was = self.database_up.swap(up, Ordering::Relaxed);
+        match (was, up) {
+            (true, false) => tracing::error!(
+                error = %error.map(|e| e.to_string()).unwrap_or_default(),
+                "database unreachable: routing on the last table, observations buffered, judge holding"
+            ),
+            (false, true) => tracing::info!("database reachable again: resuming"),
+            _ => {}
+        }
+    }
+
+    /// `GET /admin/v1/cluster`: the replicas (live or gone), who judges which rollout.
+    pub async fn view(&self, store: &Store) -> Result<Value, crate::store::StoreError> {
+        if !self.enabled {
+            let mut me = self.replica.clone();
+            me.heartbeat_at_ms = now_ms();
+            return Ok(json!({
+                "mode": "single",
+                "this_replica": me.id,
+                "replicas": [replica_json(&me, true, &[])],
+                "counters": &self.counters,
+            }));
+        }
+        let (replicas, now) = store.replicas().await?;
+        let leases = store.leases("judge:").await?;
+        let gone_after = (MISSED_HEARTBEATS * self.config.heartbeat_ms) as i64;
+        let rows: Vec<Value> = replicas
+            .iter()
+            .map(|r| {
+                let live = now - r.heartbeat_at_ms <= gone_after;
+                let judges: Vec<&str> = leases
+                    .iter()
+                    .filter(|l| l.holder == r.id && l.expires_at_ms >= now)
+                    .filter_map(|l| l.name.strip_prefix("judge:"))
+                    .collect();
+                replica_json(r, live, &judges)
+            })
+            .collect();
+        let live = rows.iter().filter(|r| r["live"] == true).count();
+        Ok(json!({
+            "mode": "cluster",
+            "this_replica": self.replica.id,
+            "live_replicas": live,
+            "replicas": rows,
+            "judges": leases.iter().filter(|l| l.expires_at_ms >= now).map(|l| json!({
+                "rollout": l.name.strip_prefix("judge:"), "replica": l.holder, "fence": l.fence,
+                "expires_in_ms": l.expires_at_ms - now,
+            })).collect::<Vec<_>>(),
+            "counters": &self.counters,
+        }))
+    }
+}
+
+fn replica_json(r: &ReplicaRow, live: bool, judges: &[&str]) -> Value {
+    json!({
+        "id": r.id, "address": r.address, "version": r.version, "started_at_ms": r.started_at_ms,
+        "last_heartbeat_ms": r.heartbeat_at_ms, "live": live, "state": if live { "live" } else { "gone" },
+        "judges": judges,
+    })
+}
+
+/// Heartbeats until shutdown; keeps the live-replica count (and so the limit shares) current.
+pub async fn run_heartbeat(app: AppState, mut shutdown: watch::Receiver<bool>) {
+    let cluster = app.cluster.clone();
+    let mut tick = tokio::time::interval(cluster.config.heartbeat());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => beat(&app).await,
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
+        }
+    }
+    // A clean stop leaves at once instead of being shown as gone after three intervals.
+    if let Err(e) = app
+        .store
+        .remove_replicas(Some(cluster.id()), i64::MAX / 2)
+        .await
+    {
+        tracing::warn!(error = %e, "could not deregister this replica");
+    }
+}
+
+async fn beat(app: &AppState) {
+    let cluster = &app.cluster;
+    let result = async {
+        app.store.heartbeat(&cluster.replica).await?;
+        let (replicas, now) = app.store.replicas().await?;
+        let gone_after = (MISSED_HEARTBEATS * cluster.config.heartbeat_ms) as i64;
+        let live = replicas
+            .iter()
+            .filter(|r| now - r.heartbeat_at_ms <= gone_after)
+            .count()
+            .max(1) as u64;
+        let before = cluster.live_replicas.swap(live, Ordering::Relaxed);
+        if before != live {
+            tracing::info!(
+                live_replicas = live,
+                "live replicas changed; workspace limits re-divided"
+            );
+            app.limits.set_share(live as u32);
+        }
+        app.store
+            .remove_replicas(
+                None,
+                FORGET_AFTER_HEARTBEATS * cluster.config.heartbeat_ms as i64,
+            )
+            .await?;
+        Ok::<_, crate::store::StoreError>(())
+    }
+    .await;
+    match result {
+        Ok(()) => cluster.note_database(true, None),
+        Err(e) => {
+            ClusterCounters::add(&cluster.counters.heartbeat_failures, 1);
+            if e.is_unavailable() {
+                cluster.note_database(false, Some(&e));
+            } else {
+                tracing::warn!(error = %e, "heartbeat failed");
+            }
+        }
+    }
+}
+
+/// Re-reads everything other replicas may have changed: rollouts, pins, promoted stables
+/// (through the controller), workspace limits and revoked keys.
+pub async fn reread(app: &AppState, revoked_since_ms: &mut i64) {
+    let cluster = &app.cluster;
+    ClusterCounters::add(&cluster.counters.rereads, 1);
+    let started = now_ms();
+    let result = async {
+        app.rollouts.refresh().await?;
+        for (workspace, own) in app.store.all_limits().await? {
+            if app.limits.own_limits(&workspace) != Some(own) {
+                app.limits.set(&workspace, own);
+            }
+        }
+        // Writers' clocks may be a little apart: look a minute back every time.
+        for hash in app
+            .store
+            .revoked_keys_since(*revoked_since_ms - 60_000)
+            .await?
+        {
+            app.keys.forget(&hash).await;
+        }
+        Ok::<_, crate::store::StoreError>(())
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            *revoked_since_ms = started;
+            cluster.note_database(true, None);
+        }
+        Err(e) => {
+            ClusterCounters::add(&cluster.counters.reread_failures, 1);
+            if e.is_unavailable() {
+                cluster.note_database(false, Some(&e));
+            } else {
+                tracing::warn!(error = %e, "re-reading the routing state failed");
+            }
+        }
+    }
+}
+
+/// The time to wait before retrying a loop whose database call failed.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(200);
