@@ -63,8 +63,8 @@ pub async fn run(app: AppState, mut shutdown: watch::Receiver<bool>) {
                 .acquire_lease(MAINTENANCE_LEASE, cluster.id(), lease_ms)
                 .await
             {
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => continue,
+                Ok(lease) if lease.fence.is_some() => {}
+                _ => continue,
             }
         }
         match prune_once(&app.store, &tables, now_ms()).await {

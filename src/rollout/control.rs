@@ -93,6 +93,8 @@ pub(super) struct Running {
     pub(super) cursor: BTreeMap<String, i64>,
     /// Observations the tap dropped that were already reported in a shipped batch.
     pub(super) dropped_seen: u64,
+    /// Cluster: when to take or renew the judge lease next (ms).
+    pub(super) next_lead_ms: i64,
 }
 
 #[derive(Default)]
@@ -103,8 +105,6 @@ pub(super) struct Inner {
     /// The last live view of rollouts that ended in this process (their per-arm figures
     /// are not stored), newest last.
     pub(super) ended: Vec<(String, Value)>,
-    /// Cluster: when the judge leases were last renewed (ms).
-    pub(super) last_lead_ms: i64,
 }
 
 /// Ended rollouts whose last live view is kept in memory.
@@ -772,6 +772,7 @@ impl Running {
             fence: None,
             cursor: BTreeMap::new(),
             dropped_seen: 0,
+            next_lead_ms: 0,
         }
     }
 }

@@ -230,12 +230,14 @@ impl Controller {
             return;
         };
         let mut inner = self.inner.lock().await;
-        if now - inner.last_lead_ms < (cluster.config.lease_ms / 3).max(1) as i64 {
-            return;
-        }
-        inner.last_lead_ms = now;
-        let ids: Vec<String> = inner.running.keys().cloned().collect();
-        for id in ids {
+        let renew_every = (cluster.config.lease_ms / 3).max(1) as i64;
+        let due: Vec<String> = inner
+            .running
+            .values()
+            .filter(|r| now >= r.next_lead_ms)
+            .map(|r| r.row.id.clone())
+            .collect();
+        for id in due {
             let lease = judge_lease(&id);
             let got = self
                 .store
@@ -244,7 +246,13 @@ impl Controller {
             let Some(r) = inner.running.get_mut(&id) else {
                 continue;
             };
-            match got {
+            // A holder renews every third of the lease; the others try again the moment the
+            // holder's lease would end, so a dead judge is replaced within one lease.
+            r.next_lead_ms = match &got {
+                Ok(l) if l.fence.is_none() => now + l.expires_in_ms.min(renew_every) + 1,
+                _ => now + renew_every,
+            };
+            match got.map(|l| l.fence) {
                 Ok(Some(fence)) if r.fence == Some(fence) => {}
                 Ok(Some(fence)) => {
                     // Resume exactly where the previous judge's last accepted checkpoint stood.

@@ -43,6 +43,15 @@ pub struct LeaseRow {
     pub expires_at_ms: i64,
 }
 
+/// What an attempt to take a lease gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseOutcome {
+    /// The fence held now, or `None` while another holder's lease runs.
+    pub fence: Option<i64>,
+    /// When the lease ends (ms from now): this holder's, or the other holder's.
+    pub expires_in_ms: i64,
+}
+
 /// One replica's observations of one rollout since its previous flush, ready to insert.
 #[derive(Debug, Clone, Default)]
 pub struct ShippedBatch {
@@ -193,14 +202,14 @@ impl Store {
         Ok(())
     }
 
-    /// Takes or renews lease `name` for `holder` for `ttl_ms`: the fence it now holds, or
-    /// `None` while another holder's lease runs. The fence grows whenever the holder changes.
+    /// Takes or renews lease `name` for `holder` for `ttl_ms`. The fence grows whenever the
+    /// holder changes. While another holder's lease runs: no fence, and when it ends.
     pub async fn acquire_lease(
         &self,
         name: &str,
         holder: &str,
         ttl_ms: i64,
-    ) -> Result<Option<i64>, StoreError> {
+    ) -> Result<LeaseOutcome, StoreError> {
         let sql = sqlx::AssertSqlSafe(format!(
             "INSERT INTO cluster_leases (name, holder, fence, expires_at_ms) VALUES ($1, $2, 1, {DB_NOW_MS} + $3) \
              ON CONFLICT (name) DO UPDATE SET \
@@ -215,7 +224,26 @@ impl Store {
             .bind(ttl_ms)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|r| r.try_get(0)).transpose()?)
+        if let Some(row) = row {
+            return Ok(LeaseOutcome {
+                fence: Some(row.try_get(0)?),
+                expires_in_ms: ttl_ms,
+            });
+        }
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT expires_at_ms - {DB_NOW_MS} FROM cluster_leases WHERE name = $1"
+        ));
+        let expires_in_ms = sqlx::query(sql)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.try_get::<i64, _>(0))
+            .transpose()?
+            .unwrap_or(0);
+        Ok(LeaseOutcome {
+            fence: None,
+            expires_in_ms: expires_in_ms.max(0),
+        })
     }
 
     /// Lets a lease go at once (on a clean stop), so another replica need not wait it out.

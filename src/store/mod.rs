@@ -18,7 +18,7 @@ mod quality;
 mod rollouts;
 
 pub use cluster::{
-    ArmTotals, LeaseRow, ObservationBatch, PrunedTable, ReplicaRow, RouteTotals, ShippedBatch,
+    ArmTotals, LeaseOutcome, LeaseRow, ObservationBatch, PrunedTable, ReplicaRow, RouteTotals, ShippedBatch,
 };
 pub use quality::{RequestPlacement, ShadowPair};
 pub use rollouts::{Actor, EventRow, Fence, NewEvent, RolloutRow};
@@ -259,8 +259,17 @@ impl Store {
         let options = AnyConnectOptions::from_str(&url)?;
         let pool = AnyPoolOptions::new()
             .max_connections(if engine == Engine::Sqlite { 4 } else { 10 })
+            // With the database away, an admin write answers 503 in seconds, not after 30.
+            .acquire_timeout(Duration::from_secs(if engine == Engine::Sqlite { 30 } else { 3 }))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
+                    if engine == Engine::Postgres {
+                        // A replica frozen mid-transaction (SIGSTOP, a VM pause) must not hold
+                        // rows locked for ever: the server ends such a session on its own.
+                        sqlx::query("SET idle_in_transaction_session_timeout = '5s'")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
                     if engine == Engine::Sqlite {
                         // WAL: readers never wait for the writer; NORMAL: a commit survives a
                         // process crash (the OS still holds the WAL), fsync only at checkpoints.

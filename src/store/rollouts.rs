@@ -238,16 +238,22 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() == 0 {
-            let now: Option<i64> = sqlx::query("SELECT revision FROM rollouts WHERE id = $1")
-                .bind(id)
+            // Say why: a lost lease first (the writer must stop judging), else a newer revision.
+            if let Some(f) = fence {
+                let holds = sqlx::query(
+                    "SELECT 1 FROM cluster_leases WHERE name = $1 AND holder = $2 AND fence = $3",
+                )
+                .bind(f.lease)
+                .bind(f.holder)
+                .bind(f.token)
                 .fetch_optional(&mut *tx)
                 .await?
-                .map(|r| r.get(0));
-            return Err(match now {
-                Some(rev) if rev != expected_revision => StoreError::Stale(id.to_owned()),
-                Some(_) => StoreError::Fenced(id.to_owned()),
-                None => StoreError::Stale(id.to_owned()),
-            });
+                .is_some();
+                if !holds {
+                    return Err(StoreError::Fenced(id.to_owned()));
+                }
+            }
+            return Err(StoreError::Stale(id.to_owned()));
         }
         if let Some((route, version)) = promote_to {
             sqlx::query(
