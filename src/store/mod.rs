@@ -18,7 +18,8 @@ mod quality;
 mod rollouts;
 
 pub use cluster::{
-    ArmTotals, LeaseOutcome, LeaseRow, ObservationBatch, PrunedTable, ReplicaRow, RouteTotals, ShippedBatch,
+    ArmTotals, LeaseOutcome, LeaseRow, ObservationBatch, PrunedTable, ReplicaRow, RouteTotals,
+    ShippedBatch,
 };
 pub use quality::{RequestPlacement, ShadowPair};
 pub use rollouts::{Actor, EventRow, Fence, NewEvent, RolloutRow};
@@ -260,7 +261,11 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(if engine == Engine::Sqlite { 4 } else { 10 })
             // With the database away, an admin write answers 503 in seconds, not after 30.
-            .acquire_timeout(Duration::from_secs(if engine == Engine::Sqlite { 30 } else { 3 }))
+            .acquire_timeout(Duration::from_secs(if engine == Engine::Sqlite {
+                30
+            } else {
+                3
+            }))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if engine == Engine::Postgres {

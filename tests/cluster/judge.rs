@@ -89,10 +89,14 @@ async fn a_frozen_judge_is_replaced_and_its_next_decision_is_refused() {
     let id = start_rollout(&rig, 0, "ladder").await;
     let leader = {
         let mut found = None;
-        time_until(Duration::from_secs(5), "a judge for the rollout", || async {
-            found = rig.judge_of(0, &id).await;
-            found.is_some()
-        })
+        time_until(
+            Duration::from_secs(5),
+            "a judge for the rollout",
+            || async {
+                found = rig.judge_of(0, &id).await;
+                found.is_some()
+            },
+        )
         .await;
         found.unwrap()
     };
@@ -115,9 +119,14 @@ async fn a_frozen_judge_is_replaced_and_its_next_decision_is_refused() {
     .await;
     eprintln!("frozen judge replaced after {took:?} (lease {LEASE_MS} ms)");
     let at_takeover = view(&rig, others[0], &id).await["step"].as_i64().unwrap();
-    drive_until(&rig, &others, &key, &id, "an advance by the successor", |v| {
-        v["step"].as_i64() > Some(at_takeover)
-    })
+    drive_until(
+        &rig,
+        &others,
+        &key,
+        &id,
+        "an advance by the successor",
+        |v| v["step"].as_i64() > Some(at_takeover),
+    )
     .await;
 
     rig.signal(leader, "CONT");
@@ -156,10 +165,14 @@ async fn a_killed_judge_is_replaced_within_the_lease_and_the_rollout_goes_on() {
     let (key, _) = rig.key(0, "acme").await;
     let id = start_rollout(&rig, 0, "ladder").await;
     let mut leader = None;
-    time_until(Duration::from_secs(5), "a judge for the rollout", || async {
-        leader = rig.judge_of(0, &id).await;
-        leader.is_some()
-    })
+    time_until(
+        Duration::from_secs(5),
+        "a judge for the rollout",
+        || async {
+            leader = rig.judge_of(0, &id).await;
+            leader.is_some()
+        },
+    )
     .await;
     let leader = leader.unwrap();
     let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
@@ -175,7 +188,9 @@ async fn a_killed_judge_is_replaced_within_the_lease_and_the_rollout_goes_on() {
     })
     .await;
     let interval_ms = 100;
-    eprintln!("killed judge replaced after {took:?} (bound: 2 × {interval_ms} ms + lease {LEASE_MS} ms)");
+    eprintln!(
+        "killed judge replaced after {took:?} (bound: 2 × {interval_ms} ms + lease {LEASE_MS} ms)"
+    );
     // Polling and process scheduling add a little; the bound itself is the issue's.
     assert!(
         took <= Duration::from_millis(2 * interval_ms + LEASE_MS + 300),
@@ -238,12 +253,16 @@ async fn cluster_wide_counts_equal_the_requests_sent_through_every_replica() {
             + last["arms"]["canary"]["requests"].as_i64().unwrap();
         assert_eq!(own, 80, "`arms` stay this replica's own share");
     }
-    time_until(Duration::from_secs(5), "the stored records counted", || async {
-        let (_, v) = rig
-            .admin(1, Method::GET, "/routes/chat/stats?scope=cluster", None)
-            .await;
-        v["scope"] == "cluster" && v["total"]["requests"].as_i64() == Some(sent)
-    })
+    time_until(
+        Duration::from_secs(5),
+        "the stored records counted",
+        || async {
+            let (_, v) = rig
+                .admin(1, Method::GET, "/routes/chat/stats?scope=cluster", None)
+                .await;
+            v["scope"] == "cluster" && v["total"]["requests"].as_i64() == Some(sent)
+        },
+    )
     .await;
     let (_, own) = rig.admin(1, Method::GET, "/routes/chat/stats", None).await;
     assert_eq!(own["scope"], "replica");
@@ -269,7 +288,9 @@ async fn a_workspace_limit_holds_for_the_whole_cluster() {
     time_until(Duration::from_secs(5), "the limit everywhere", || async {
         let mut all = true;
         for i in 0..3 {
-            let (_, v) = rig.admin(i, Method::GET, "/workspaces/acme/limits", None).await;
+            let (_, v) = rig
+                .admin(i, Method::GET, "/workspaces/acme/limits", None)
+                .await;
             let (_, c) = rig.admin(i, Method::GET, "/cluster", None).await;
             all &= v["limits"]["requests_per_second"] == rate && c["live_replicas"] == 3;
         }
@@ -291,7 +312,9 @@ async fn a_workspace_limit_holds_for_the_whole_cluster() {
     }
     let t = started.elapsed().as_secs_f64();
     let allowed = f64::from(burst) + rate * t;
-    eprintln!("limit {rate}/s burst {burst} over {t:.2} s: {admitted} admitted (B + R·t = {allowed:.1}), {refused} refused");
+    eprintln!(
+        "limit {rate}/s burst {burst} over {t:.2} s: {admitted} admitted (B + R·t = {allowed:.1}), {refused} refused"
+    );
     assert!(refused > 0);
     assert!(
         f64::from(admitted) <= allowed * 1.2 && f64::from(admitted) >= allowed * 0.8,

@@ -57,7 +57,11 @@ async fn every_kind_of_change_reaches_every_replica_within_a_second() {
     let mut stable = "gpt-4o".to_owned();
     for cycle in 0..4 {
         let w = cycle % 3;
-        let canary = if stable == "gpt-4o" { "gpt-4-1" } else { "gpt-4o" };
+        let canary = if stable == "gpt-4o" {
+            "gpt-4-1"
+        } else {
+            "gpt-4o"
+        };
         let (status, r) = rig
             .admin(
                 w,
@@ -85,7 +89,10 @@ async fn every_kind_of_change_reaches_every_replica_within_a_second() {
                 .await;
             assert_eq!(status, 200, "{op}: {v}");
             let kind = if op == "pause" { "pause" } else { "resume" };
-            record(kind, lags(&rig, w, op, &view, move |v| v["state"] == state).await);
+            record(
+                kind,
+                lags(&rig, w, op, &view, move |v| v["state"] == state).await,
+            );
         }
 
         let (status, v) = rig
@@ -97,7 +104,10 @@ async fn every_kind_of_change_reaches_every_replica_within_a_second() {
             )
             .await;
         assert_eq!(status, 200, "{v}");
-        record("pin", lags(&rig, w, "the pin", &view, |v| v["pins"]["acme"] == "canary").await);
+        record(
+            "pin",
+            lags(&rig, w, "the pin", &view, |v| v["pins"]["acme"] == "canary").await,
+        );
 
         let rps = 100.0 + cycle as f64;
         let (status, v) = rig
@@ -225,18 +235,26 @@ async fn a_dropped_listener_is_counted_reconnected_and_misses_nothing() {
         )
         .await;
     assert_eq!(status, 200, "{v}");
-    time_until(Duration::from_secs(5), "the change on replica 1", || async {
-        let (_, v) = rig
-            .admin(1, Method::GET, "/workspaces/acme/limits", None)
-            .await;
-        v["limits"]["requests_per_second"] == 42.0
-    })
+    time_until(
+        Duration::from_secs(5),
+        "the change on replica 1",
+        || async {
+            let (_, v) = rig
+                .admin(1, Method::GET, "/workspaces/acme/limits", None)
+                .await;
+            v["limits"]["requests_per_second"] == 42.0
+        },
+    )
     .await;
-    time_until(Duration::from_secs(5), "the drop and reconnect counted", || async {
-        let (_, v) = rig.admin(1, Method::GET, "/cluster", None).await;
-        v["counters"]["listener_drops"].as_u64() >= Some(1)
-            && v["counters"]["listener_reconnects"].as_u64() >= Some(1)
-    })
+    time_until(
+        Duration::from_secs(5),
+        "the drop and reconnect counted",
+        || async {
+            let (_, v) = rig.admin(1, Method::GET, "/cluster", None).await;
+            v["counters"]["listener_drops"].as_u64() >= Some(1)
+                && v["counters"]["listener_reconnects"].as_u64() >= Some(1)
+        },
+    )
     .await;
     assert!(
         rig.log(1).contains("change listener"),

@@ -30,7 +30,10 @@ async fn every_replica_is_listed_and_a_killed_one_is_gone_after_three_heartbeats
             .iter()
             .find(|r| r["id"] == v["this_replica"])
             .unwrap();
-        assert_eq!(me["address"], rig.replicas[asking].base.trim_start_matches("http://"));
+        assert_eq!(
+            me["address"],
+            rig.replicas[asking].base.trim_start_matches("http://")
+        );
         assert_eq!(me["version"], env!("CARGO_PKG_VERSION"));
     }
 
@@ -45,7 +48,11 @@ async fn every_replica_is_listed_and_a_killed_one_is_gone_after_three_heartbeats
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed = String::from_utf8(out.stdout).unwrap();
     for r in &rig.replicas {
         let line = printed
@@ -65,10 +72,14 @@ async fn every_replica_is_listed_and_a_killed_one_is_gone_after_three_heartbeats
             .find(|r| r["id"] == gone_id)
             .map(|r| r["state"].as_str().unwrap().to_owned())
     };
-    let took = time_until(Duration::from_secs(5), "the killed replica shown as gone", || async {
-        let (_, v) = rig.admin(0, Method::GET, "/cluster", None).await;
-        state_of(&v).as_deref() == Some("gone")
-    })
+    let took = time_until(
+        Duration::from_secs(5),
+        "the killed replica shown as gone",
+        || async {
+            let (_, v) = rig.admin(0, Method::GET, "/cluster", None).await;
+            state_of(&v).as_deref() == Some("gone")
+        },
+    )
     .await;
     assert!(
         took >= Duration::from_millis(2 * HEARTBEAT_MS),

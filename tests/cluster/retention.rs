@@ -60,7 +60,10 @@ async fn rows_older_than_the_retention_are_pruned_and_recent_ones_kept() {
         assert_eq!(done, [(PrunedTable::Requests, 2_500)], "{engine}");
         assert_eq!(store.count_records().await.unwrap(), 10, "{engine}");
         let left = store.records(None, 100).await.unwrap();
-        assert!(left.iter().all(|r| r.request_id.starts_with("new-")), "{engine}");
+        assert!(
+            left.iter().all(|r| r.request_id.starts_with("new-")),
+            "{engine}"
+        );
 
         // Every other table prunes without error, even empty.
         let all: Vec<_> = PrunedTable::ALL.iter().map(|t| (*t, thirty_days)).collect();
@@ -72,16 +75,12 @@ async fn rows_older_than_the_retention_are_pruned_and_recent_ones_kept() {
 #[test]
 fn retention_is_read_from_the_database_section() {
     let dir = tempfile::tempdir().unwrap();
-    let text = crate::helpers::config_toml(
-        "http://127.0.0.1:9/v1",
-        "127.0.0.1:0",
-        "sqlite://x.db",
-        "",
-    )
-    .replace(
-        "[database]\n",
-        "[database]\nretention = \"30d\"\nretention_per_table = { requests = \"7d\" }\n",
-    );
+    let text =
+        crate::helpers::config_toml("http://127.0.0.1:9/v1", "127.0.0.1:0", "sqlite://x.db", "")
+            .replace(
+                "[database]\n",
+                "[database]\nretention = \"30d\"\nretention_per_table = { requests = \"7d\" }\n",
+            );
     let settings = sluice::config::parse(
         &dir.path().join("sluice.toml"),
         &text,

@@ -9,8 +9,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    ADMIN_TOKEN, MockUpstream, UPSTREAM_KEY, chat_body, config_toml, fresh_pg_schema,
-    http_client, write_policies,
+    ADMIN_TOKEN, MockUpstream, UPSTREAM_KEY, chat_body, config_toml, fresh_pg_schema, http_client,
+    write_policies,
 };
 
 /// Short intervals for tests (the defaults are 1 s, 5 s, 250 ms, 5 s).
@@ -197,7 +197,12 @@ impl Rig {
             .await;
         assert!(status == 201 || status == 409, "{status}");
         let (status, body) = self
-            .admin(i, Method::POST, &format!("/workspaces/{workspace}/keys"), None)
+            .admin(
+                i,
+                Method::POST,
+                &format!("/workspaces/{workspace}/keys"),
+                None,
+            )
             .await;
         assert_eq!(status, 201, "{body}");
         (
@@ -234,7 +239,10 @@ impl Rig {
 
     pub fn signal(&self, i: usize, signal: &str) {
         let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.replicas[i].child.id().to_string()])
+            .args([
+                &format!("-{signal}"),
+                &self.replicas[i].child.id().to_string(),
+            ])
             .status()
             .unwrap();
         assert!(status.success(), "kill -{signal} failed");
