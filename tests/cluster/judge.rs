@@ -87,19 +87,10 @@ async fn a_frozen_judge_is_replaced_and_its_next_decision_is_refused() {
     let rig = Rig::start(3, &base).await;
     let (key, _) = rig.key(0, "acme").await;
     let id = start_rollout(&rig, 0, "ladder").await;
-    let leader = {
-        let mut found = None;
-        time_until(
-            Duration::from_secs(5),
-            "a judge for the rollout",
-            || async {
-                found = rig.judge_of(0, &id).await;
-                found.is_some()
-            },
-        )
-        .await;
-        found.unwrap()
-    };
+    let (leader, _) = wait_some(Duration::from_secs(5), "a judge for the rollout", || {
+        rig.judge_of(0, &id)
+    })
+    .await;
     let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     drive_until(&rig, &[0, 1, 2], &key, &id, "step 1", |v| {
         v["step"].as_i64() >= Some(1)
@@ -107,14 +98,10 @@ async fn a_frozen_judge_is_replaced_and_its_next_decision_is_refused() {
     .await;
 
     rig.signal(leader, "STOP");
-    let mut successor = None;
-    let took = time_until(
+    let (_, took) = wait_some(
         Duration::from_secs(10),
         "another replica judging",
-        || async {
-            successor = rig.judge_of(others[0], &id).await.filter(|j| *j != leader);
-            successor.is_some()
-        },
+        || async { rig.judge_of(others[0], &id).await.filter(|j| *j != leader) },
     )
     .await;
     eprintln!("frozen judge replaced after {took:?} (lease {LEASE_MS} ms)");
@@ -164,27 +151,18 @@ async fn a_killed_judge_is_replaced_within_the_lease_and_the_rollout_goes_on() {
     let mut rig = Rig::start(3, &base).await;
     let (key, _) = rig.key(0, "acme").await;
     let id = start_rollout(&rig, 0, "ladder").await;
-    let mut leader = None;
-    time_until(
-        Duration::from_secs(5),
-        "a judge for the rollout",
-        || async {
-            leader = rig.judge_of(0, &id).await;
-            leader.is_some()
-        },
-    )
+    let (leader, _) = wait_some(Duration::from_secs(5), "a judge for the rollout", || {
+        rig.judge_of(0, &id)
+    })
     .await;
-    let leader = leader.unwrap();
     let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     drive_until(&rig, &others, &key, &id, "step 2", |v| {
         v["step"].as_i64() >= Some(2)
     })
     .await;
     rig.kill(leader);
-    let mut successor = None;
-    let took = time_until(Duration::from_secs(10), "a successor judging", || async {
-        successor = rig.judge_of(others[0], &id).await.filter(|j| *j != leader);
-        successor.is_some()
+    let (successor, took) = wait_some(Duration::from_secs(10), "a successor judging", || async {
+        rig.judge_of(others[0], &id).await.filter(|j| *j != leader)
     })
     .await;
     let interval_ms = 100;
@@ -196,7 +174,6 @@ async fn a_killed_judge_is_replaced_within_the_lease_and_the_rollout_goes_on() {
         took <= Duration::from_millis(2 * interval_ms + LEASE_MS + 300),
         "takeover took {took:?}"
     );
-    let successor = successor.unwrap();
     let v = drive_until(&rig, &others, &key, &id, "the end", |v| {
         v["state"] != "progressing"
     })
@@ -231,13 +208,12 @@ async fn cluster_wide_counts_equal_the_requests_sent_through_every_replica() {
     let sent = statuses.iter().filter(|s| **s == 200).count() as i64;
     assert_eq!(sent, 240);
     for asking in [2, 0] {
-        let mut last = Value::Null;
-        time_until(
+        let (last, _) = wait_some(
             Duration::from_secs(5),
             "every replica's requests counted",
             || async {
-                last = view(&rig, asking, &id).await;
-                last["cluster"]["requests"].as_i64() == Some(sent)
+                let v = view(&rig, asking, &id).await;
+                (v["cluster"]["requests"].as_i64() == Some(sent)).then_some(v)
             },
         )
         .await;

@@ -18,7 +18,7 @@ async fn lags(
     writer: usize,
     what: &str,
     path: &str,
-    seen: impl Fn(&Value) -> bool + Copy,
+    seen: &(dyn Fn(&Value) -> bool + Sync),
 ) -> Vec<Duration> {
     let observers: Vec<usize> = (0..rig.replicas.len()).filter(|i| *i != writer).collect();
     let polls = observers.iter().map(|&i| async move {
@@ -75,7 +75,7 @@ async fn every_kind_of_change_reaches_every_replica_within_a_second() {
         let rid = id.clone();
         record(
             "start",
-            lags(&rig, w, "the new rollout", "/routes", move |v| {
+            lags(&rig, w, "the new rollout", "/routes", &move |v| {
                 chat_route(v)["rollout"] == rid.as_str()
             })
             .await,
@@ -91,7 +91,7 @@ async fn every_kind_of_change_reaches_every_replica_within_a_second() {
             let kind = if op == "pause" { "pause" } else { "resume" };
             record(
                 kind,
-                lags(&rig, w, op, &view, move |v| v["state"] == state).await,
+                lags(&rig, w, op, &view, &move |v| v["state"] == state).await,
             );
         }
 
@@ -106,7 +106,10 @@ async fn every_kind_of_change_reaches_every_replica_within_a_second() {
         assert_eq!(status, 200, "{v}");
         record(
             "pin",
-            lags(&rig, w, "the pin", &view, |v| v["pins"]["acme"] == "canary").await,
+            lags(&rig, w, "the pin", &view, &|v| {
+                v["pins"]["acme"] == "canary"
+            })
+            .await,
         );
 
         let rps = 100.0 + cycle as f64;
@@ -121,9 +124,13 @@ async fn every_kind_of_change_reaches_every_replica_within_a_second() {
         assert_eq!(status, 200, "{v}");
         record(
             "limits",
-            lags(&rig, w, "the limits", "/workspaces/acme/limits", move |v| {
-                v["limits"]["requests_per_second"] == rps
-            })
+            lags(
+                &rig,
+                w,
+                "the limits",
+                "/workspaces/acme/limits",
+                &move |v| v["limits"]["requests_per_second"] == rps,
+            )
             .await,
         );
 
@@ -163,7 +170,7 @@ async fn every_kind_of_change_reaches_every_replica_within_a_second() {
             let kept = stable.clone();
             record(
                 "abort",
-                lags(&rig, w, "the abort", "/routes", move |v| {
+                lags(&rig, w, "the abort", "/routes", &move |v| {
                     chat_route(v)["rollout"].is_null() && chat_route(v)["stable"] == kept.as_str()
                 })
                 .await,
@@ -175,7 +182,7 @@ async fn every_kind_of_change_reaches_every_replica_within_a_second() {
             assert_eq!(status, 200, "{v}");
             record(
                 "promote",
-                lags(&rig, w, "the promotion", "/routes", move |v| {
+                lags(&rig, w, "the promotion", "/routes", &move |v| {
                     chat_route(v)["rollout"].is_null() && chat_route(v)["stable"] == canary
                 })
                 .await,

@@ -322,6 +322,26 @@ where
     }
 }
 
+/// Polls `check` every 5 ms until it gives a value; returns it and how long that took.
+/// Panics after `limit`.
+pub async fn wait_some<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> (T, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return (v, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{what}: not seen within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// The p-th percentile (0–100) of `lags`, nearest rank.
 pub fn percentile(lags: &[Duration], p: f64) -> Duration {
     let mut sorted = lags.to_vec();
