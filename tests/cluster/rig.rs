@@ -139,7 +139,7 @@ impl Rig {
         let log = self.dir.path().join(format!("replica{i}.log"));
         let child = spawn(&config, &log);
         let base = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(r) = self.http.get(format!("{base}/healthz")).send().await
                 && r.status() == 200
