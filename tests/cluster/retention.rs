@@ -75,6 +75,7 @@ async fn rows_older_than_the_retention_are_pruned_and_recent_ones_kept() {
 #[test]
 fn retention_is_read_from_the_database_section() {
     let dir = tempfile::tempdir().unwrap();
+    crate::helpers::write_policies(dir.path());
     let text =
         crate::helpers::config_toml("http://127.0.0.1:9/v1", "127.0.0.1:0", "sqlite://x.db", "")
             .replace(
