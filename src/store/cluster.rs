@@ -437,13 +437,13 @@ impl Store {
         let (key, filter) = table.key_and_filter();
         let sql = match (table, self.engine) {
             // Observations are read by the judge of a live rollout: keep those of live ones.
-            (PrunedTable::ClusterObservations, super::Engine::Postgres) => format!(
+            (PrunedTable::ClusterObservations, super::Engine::Postgres) => String::from(
                 "DELETE FROM cluster_observations WHERE ctid IN (SELECT ctid FROM cluster_observations \
-                 WHERE at_ms < $1 AND rollout_id IN (SELECT id FROM rollouts WHERE ended_at_ms IS NOT NULL) LIMIT $2)"
+                 WHERE at_ms < $1 AND rollout_id IN (SELECT id FROM rollouts WHERE ended_at_ms IS NOT NULL) LIMIT $2)",
             ),
-            (PrunedTable::ClusterObservations, super::Engine::Sqlite) => format!(
+            (PrunedTable::ClusterObservations, super::Engine::Sqlite) => String::from(
                 "DELETE FROM cluster_observations WHERE rowid IN (SELECT rowid FROM cluster_observations \
-                 WHERE at_ms < $1 AND rollout_id IN (SELECT id FROM rollouts WHERE ended_at_ms IS NOT NULL) LIMIT $2)"
+                 WHERE at_ms < $1 AND rollout_id IN (SELECT id FROM rollouts WHERE ended_at_ms IS NOT NULL) LIMIT $2)",
             ),
             _ => format!(
                 "DELETE FROM {name} WHERE {key} IN (SELECT {key} FROM {name} WHERE at_ms < $1{filter} LIMIT $2)"
