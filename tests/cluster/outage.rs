@@ -19,7 +19,7 @@ struct OwnPg {
 }
 
 /// Runs a PostgreSQL tool, as the `postgres` user when this process is root (initdb refuses root).
-fn pg_tool(bin: &PathBuf, tool: &str, args: &[&str]) -> std::process::Output {
+fn pg_tool(bin: &std::path::Path, tool: &str, args: &[&str]) -> std::process::Output {
     let path = bin.join(tool);
     let root = Command::new("id")
         .arg("-u")
