@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::guardrails::{Applied, GuardrailSet, StageRules};
+use crate::openai::request::for_each_message_text;
 use crate::settings::Settings;
 
 /// The policy an eval uses, and why that one.
@@ -104,19 +105,8 @@ pub fn apply_input(rules: &StageRules, request: &mut Value) -> Applied {
             *text = redacted;
         }
     };
-    let messages = request.get_mut("messages").and_then(Value::as_array_mut);
-    for message in messages.into_iter().flatten() {
-        match message.get_mut("content") {
-            Some(Value::String(text)) => visit(text),
-            Some(Value::Array(parts)) => {
-                for part in parts {
-                    if let Some(Value::String(text)) = part.get_mut("text") {
-                        visit(text);
-                    }
-                }
-            }
-            _ => {}
-        }
+    if let Some(messages) = request.get_mut("messages") {
+        for_each_message_text(messages, &mut visit);
     }
     total
 }

@@ -16,6 +16,7 @@ use crate::auth::generate_key;
 use crate::error::ApiError;
 use crate::measure::aggregate::StatsSnapshot;
 use crate::state::AppState;
+use crate::types::WorkspaceId;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -29,22 +30,14 @@ pub fn router() -> Router<AppState> {
 
 /// A workspace id: 1–64 lowercase letters, digits, `-` or `_`, starting with a letter or digit.
 fn check_workspace_id(id: &str) -> Result<(), ApiError> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::InvalidRequest {
+    WorkspaceId::parse(id)
+        .map(drop)
+        .map_err(|_| ApiError::InvalidRequest {
             message: format!(
                 "`{id}` is not a workspace id: use 1–64 lowercase letters, digits, - or _"
             ),
             param: Some("id"),
         })
-    }
 }
 
 async fn existing_workspace(app: &AppState, id: &str) -> Result<(), ApiError> {
