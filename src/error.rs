@@ -28,8 +28,18 @@ pub enum ApiError {
     MissingKey,
     #[error("invalid API key")]
     InvalidKey,
-    #[error("the model `{0}` does not exist: it is not a route of this gateway")]
-    UnknownRoute(String),
+    /// The admin token was sent where an API key belongs.
+    #[error(
+        "invalid API key: this is the admin token, which opens /admin only; call /v1 with an API key (`sluice keys create --workspace ID`)"
+    )]
+    AdminTokenAsKey,
+    /// A gateway API key was sent where the admin token belongs.
+    #[error(
+        "admin token wrong: this is a gateway API key, which opens /v1 only; the admin API takes `Authorization: Bearer $SLUICE_ADMIN_TOKEN`"
+    )]
+    KeyAsAdminToken,
+    #[error("{0}")]
+    UnknownRoute(UnknownModel),
     #[error("the request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("{0}")]
@@ -72,6 +82,38 @@ pub enum ApiError {
     Unavailable(String),
 }
 
+/// A `model` that is no route: what the client is told instead (see
+/// `resolve::RoutingTable::explain_unknown`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownModel {
+    pub model: String,
+    /// Every route's name, sorted.
+    pub routes: Vec<String>,
+    /// The route whose stable or canary version is called `model`.
+    pub version_of: Option<String>,
+}
+
+impl std::fmt::Display for UnknownModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the model `{}` does not exist: it is not a route of this gateway",
+            self.model
+        )?;
+        if let Some(route) = &self.version_of {
+            write!(
+                f,
+                "; `{}` is a version of route `{route}`: send \"model\": \"{route}\" and sluice picks the version",
+                self.model
+            )?;
+        }
+        match self.routes.as_slice() {
+            [] => write!(f, "; no route is configured"),
+            routes => write!(f, "; routes: {}", routes.join(", ")),
+        }
+    }
+}
+
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -79,9 +121,11 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             Self::SchemaInvalid { .. } => StatusCode::BAD_GATEWAY,
-            Self::MissingKey | Self::InvalidKey | Self::AdminUnauthorized => {
-                StatusCode::UNAUTHORIZED
-            }
+            Self::MissingKey
+            | Self::InvalidKey
+            | Self::AdminTokenAsKey
+            | Self::KeyAsAdminToken
+            | Self::AdminUnauthorized => StatusCode::UNAUTHORIZED,
             Self::UnknownRoute(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -103,8 +147,12 @@ impl ApiError {
             Self::InvalidJson(_) => ("invalid_request_error", Some("invalid_json")),
             Self::InvalidRequest { .. } => ("invalid_request_error", None),
             Self::MissingKey => ("invalid_request_error", Some("missing_api_key")),
-            Self::InvalidKey => ("invalid_request_error", Some("invalid_api_key")),
-            Self::AdminUnauthorized => ("invalid_request_error", Some("invalid_admin_token")),
+            Self::InvalidKey | Self::AdminTokenAsKey => {
+                ("invalid_request_error", Some("invalid_api_key"))
+            }
+            Self::AdminUnauthorized | Self::KeyAsAdminToken => {
+                ("invalid_request_error", Some("invalid_admin_token"))
+            }
             Self::UnknownRoute(_) => ("invalid_request_error", Some("model_not_found")),
             Self::NotFound(_) => ("invalid_request_error", Some("not_found")),
             Self::Conflict(_) => ("invalid_request_error", Some("conflict")),
@@ -234,7 +282,11 @@ mod tests {
 
     #[test]
     fn errors_have_openai_shape_and_status() {
-        let e = ApiError::UnknownRoute("nope".into());
+        let e = ApiError::UnknownRoute(UnknownModel {
+            model: "nope".into(),
+            routes: vec!["chat".into(), "embed".into()],
+            version_of: None,
+        });
         assert_eq!(e.status(), StatusCode::NOT_FOUND);
         let v = parsed(&e);
         assert_eq!(v["error"]["type"], "invalid_request_error");

@@ -185,7 +185,7 @@ pub async fn chat_completion(app: &App, caller: Caller, headers: &HeaderMap, raw
         headers,
     };
     let Some(target) = app.routing.load().resolve(&request.model, &unit) else {
-        let error = ApiError::UnknownRoute(request.model.clone());
+        let error = ApiError::UnknownRoute(app.routing.load().explain_unknown(&request.model));
         return Answer {
             request_id,
             routed: None,

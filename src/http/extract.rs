@@ -55,6 +55,11 @@ pub async fn authenticate(
     if path == "/v1" || path.starts_with("/v1/") {
         let caller = match app.keys.authenticate(&app.store, token.as_deref()).await {
             Ok(caller) => caller,
+            Err(ApiError::InvalidKey)
+                if admin_token_matches(&app.settings.admin_token, token.as_deref()) =>
+            {
+                return ApiError::AdminTokenAsKey.into_response();
+            }
             Err(e) => return e.into_response(),
         };
         if ADMITTED_ROUTES.contains(&path.as_str())
@@ -65,6 +70,11 @@ pub async fn authenticate(
         request.extensions_mut().insert(caller);
     } else if admin_token_matches(&app.settings.admin_token, token.as_deref()) {
         request.extensions_mut().insert(Admin);
+    } else if token
+        .as_deref()
+        .is_some_and(|t| t.starts_with(crate::auth::KEY_PREFIX))
+    {
+        return ApiError::KeyAsAdminToken.into_response();
     } else {
         return ApiError::AdminUnauthorized.into_response();
     }

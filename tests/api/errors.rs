@@ -90,6 +90,64 @@ async fn an_unknown_route_is_404_model_not_found() {
     assert_eq!(e.status_code, 404);
     assert_eq!(e.api_error.code.as_deref(), Some("model_not_found"));
     assert!(e.api_error.message.contains("gpt-9"));
+    // The routes the caller could have meant are listed.
+    assert!(
+        e.api_error.message.contains("routes: ") && e.api_error.message.contains("chat"),
+        "{}",
+        e.api_error.message
+    );
+    assert!(!e.api_error.message.contains("is a version of"));
+}
+
+#[tokio::test]
+async fn a_version_name_sent_as_the_model_names_its_route() {
+    let app = TestApp::spawn().await;
+    let key = app.key("acme").await;
+    let (status, body) = error_of(app.chat_raw(&key, chat_body("gpt-4o", json!({}))).await).await;
+    assert_eq!(status, 404);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("`gpt-4o` is a version of route `chat`")
+            && message.contains(r#"send "model": "chat""#),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn the_admin_token_and_an_api_key_swapped_are_named() {
+    let app = TestApp::spawn().await;
+    let key = app.key("acme").await;
+    let (status, body) = error_of(
+        app.chat_raw(ADMIN_TOKEN, chat_body("chat", json!({})))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "invalid_api_key");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("this is the admin token"),
+        "{body}"
+    );
+    let response = app
+        .http
+        .get(format!("{}/admin/v1/rollouts", app.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = error_of(response).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "invalid_admin_token");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("this is a gateway API key"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
