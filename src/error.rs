@@ -75,6 +75,11 @@ pub enum ApiError {
         limit: String,
         retry_after_s: u64,
     },
+    /// A refusal produced by the HTTP framework rather than a handler (a method the path
+    /// does not serve, a body it cannot read), re-dressed in OpenAI's shape; the status is
+    /// the framework's, the message its text or the status's reason.
+    #[error("{message}")]
+    Http { status: StatusCode, message: String },
     #[error("internal error: {0}")]
     Internal(String),
     /// The gateway is stopping because a background task died (`/healthz`).
@@ -136,6 +141,7 @@ impl ApiError {
             }
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::UpstreamStatus { status, .. } => *status,
+            Self::Http { status, .. } => *status,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -165,6 +171,20 @@ impl ApiError {
             Self::GuardrailBlocked { .. } => ("invalid_request_error", Some("guardrail_blocked")),
             Self::SchemaInvalid { .. } => ("upstream_error", Some("schema_validation_failed")),
             Self::RateLimited { kind, .. } => (kind, Some("rate_limit_exceeded")),
+            Self::Http { status, .. } => (
+                if status.is_server_error() {
+                    "server_error"
+                } else {
+                    "invalid_request_error"
+                },
+                match *status {
+                    StatusCode::METHOD_NOT_ALLOWED => Some("method_not_allowed"),
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => Some("unsupported_media_type"),
+                    StatusCode::PAYLOAD_TOO_LARGE => Some("request_too_large"),
+                    StatusCode::REQUEST_TIMEOUT => Some("request_timeout"),
+                    _ => None,
+                },
+            ),
             Self::Internal(_) => ("server_error", None),
             Self::Unavailable(_) => ("server_error", Some("task_failed")),
         }
@@ -270,6 +290,40 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// Gives every error answer the router itself produced OpenAI's JSON shape (axum answers a
+/// wrong method with an empty 405 and its rejections in plain text). Answers that already
+/// are JSON (sluice's own errors, upstream bodies) or an event stream pass untouched; the
+/// other headers (`Allow` on a 405) are kept.
+pub async fn openai_shaped(response: Response) -> Response {
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !(status.is_client_error() || status.is_server_error())
+        || !(content_type.is_empty() || content_type.starts_with("text/plain"))
+    {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // The framework's own bodies are one line; anything longer is not one of them.
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    let shaped = ApiError::Http { status, message }.into_response();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, shaped.into_body())
 }
 
 #[cfg(test)]

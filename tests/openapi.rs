@@ -566,6 +566,11 @@ async fn the_document_matches_the_router_every_admin_operation_is_guarded_and_no
                     .send(method, &concrete(template), Some(credential), None)
                     .await;
                 assert_eq!(answer.status, 405, "{method} {template}: {}", answer.text);
+                assert_eq!(
+                    answer.json["error"]["code"], "method_not_allowed",
+                    "{method} {template}: every error is OpenAI-shaped: {}",
+                    answer.text
+                );
             }
         }
     }

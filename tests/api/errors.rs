@@ -242,3 +242,33 @@ async fn unknown_paths_are_404_in_openai_shape() {
     assert_eq!(status, 404);
     assert_eq!(body["error"]["type"], "invalid_request_error");
 }
+
+#[tokio::test]
+async fn a_wrong_method_is_405_in_openai_shape_with_allow() {
+    let app = TestApp::spawn().await;
+    let key = app.key("acme").await;
+    let response = app
+        .http
+        .get(format!("{}/v1/chat/completions", app.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    let allow = response.headers().get("allow").cloned();
+    let (status, body) = error_of(response).await;
+    assert_eq!(status, 405);
+    assert_eq!(allow.as_ref().and_then(|v| v.to_str().ok()), Some("POST"));
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    // The admin API too, with its own credential.
+    let response = app
+        .http
+        .delete(format!("{}/admin/v1/workspaces", app.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = error_of(response).await;
+    assert_eq!(status, 405);
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+}
