@@ -23,7 +23,7 @@ use crate::measure::checks::{AnswerChecks, StreamChecks, apply_redactions};
 use crate::measure::schema::{Expectation, SchemaVerdict};
 use crate::measure::sse::StreamRelay;
 use crate::measure::tokens::count_prompt;
-use crate::openai::completion::summarize_completion;
+use crate::openai::completion::{completion_as_events, summarize_completion};
 use crate::resolve::{Target, Unit};
 use crate::shadow::ShadowTicket;
 use crate::state::App;
@@ -373,9 +373,39 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
 
     if request.stream {
         meter.status = reply.status.as_u16();
+        let is_event_stream = reply
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("text/event-stream"));
+        let upstream: crate::upstream::ByteStream = if is_event_stream {
+            reply.body
+        } else {
+            // Asked for a stream, answered with a whole body: a completion is relayed as
+            // the events it would have streamed (so measurement, checks and usage
+            // stripping treat it like any stream); anything else is the upstream's failure.
+            let bytes = match read_body(reply.body, provider.timeout()).await {
+                Ok(bytes) => bytes,
+                Err(e) => return Err(fail(&mut meter, upstream_error(e, &version.name))),
+            };
+            match completion_as_events(&bytes) {
+                Ok(events) => Box::pin(futures_util::stream::iter([Ok(events)])),
+                Err(reason) => {
+                    let error = ApiError::UpstreamInvalid {
+                        version: version.name.to_string(),
+                        reason: format!("asked for a stream, it answered a whole body: {reason}"),
+                    };
+                    return Err(fail(&mut meter, error));
+                }
+            }
+        };
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
         let checks = checks.active().then(|| StreamChecks::new(checks));
         let relay = Box::new(StreamRelay::new(
-            reply.body,
+            upstream,
             meter,
             strip_usage,
             provider.timeout(),
@@ -397,7 +427,7 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
         Err(reason) => {
             let error = ApiError::UpstreamInvalid {
                 version: version.name.to_string(),
-                reason,
+                reason: reason.to_string(),
             };
             return Err(fail(&mut meter, error));
         }

@@ -367,6 +367,20 @@ pub async fn render(app: &App) -> String {
         );
     }
 
+    header(
+        &mut out,
+        "sluice_upstream_unreadable_fields_total",
+        "counter",
+        "Fields of upstream answers that measurement could not read (an unexpected shape): read as absent, never failing the request.",
+    );
+    for (field, n) in crate::openai::lenient::unreadable_counts() {
+        let _ = writeln!(
+            out,
+            "sluice_upstream_unreadable_fields_total{{field=\"{}\"}} {n}",
+            field.as_str()
+        );
+    }
+
     let sink = app.sink.counters();
     header(
         &mut out,

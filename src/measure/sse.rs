@@ -21,43 +21,49 @@ use tokio::time::Sleep;
 use super::Meter;
 use super::checks::{EventAction, StreamChecks};
 use super::schema::ToolCall;
-use crate::openai::completion::{ChoiceText, UsageView};
+use crate::openai::completion::ChoiceText;
+use crate::openai::lenient::{self, Field, Raw};
 use crate::types::{Outcome, Usage};
 use crate::upstream::{ByteStream, UpstreamError};
 
+// Every field is raw JSON read on its own by `openai::lenient`: an odd field is counted
+// and skipped, never the chunk.
 #[derive(Deserialize)]
 struct ChunkView<'a> {
     #[serde(default, borrow)]
-    choices: Vec<ChunkChoice<'a>>,
+    choices: Raw<'a>,
     #[serde(default, borrow)]
-    model: Option<Cow<'a, str>>,
-    usage: Option<UsageView>,
-    error: Option<serde::de::IgnoredAny>,
+    model: Raw<'a>,
+    #[serde(default, borrow)]
+    usage: Raw<'a>,
+    #[serde(default, borrow)]
+    error: Raw<'a>,
 }
 
 #[derive(Deserialize)]
 struct ChunkChoice<'a> {
     #[serde(default)]
-    index: usize,
+    index: Option<usize>,
     #[serde(default, borrow)]
     delta: Option<Delta<'a>>,
-    finish_reason: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    finish_reason: Raw<'a>,
 }
 
 #[derive(Deserialize)]
 struct Delta<'a> {
     #[serde(default, borrow)]
-    content: Option<Cow<'a, str>>,
+    content: Raw<'a>,
     #[serde(default, borrow)]
-    refusal: Option<Cow<'a, str>>,
+    refusal: Raw<'a>,
     #[serde(default, borrow)]
-    tool_calls: Option<Vec<ToolCallDelta<'a>>>,
+    tool_calls: Raw<'a>,
 }
 
 #[derive(Deserialize)]
 struct ToolCallDelta<'a> {
     #[serde(default)]
-    index: usize,
+    index: Option<usize>,
     #[serde(default, borrow)]
     function: Option<FunctionDelta<'a>>,
 }
@@ -65,9 +71,9 @@ struct ToolCallDelta<'a> {
 #[derive(Deserialize)]
 struct FunctionDelta<'a> {
     #[serde(default, borrow)]
-    name: Option<Cow<'a, str>>,
+    name: Raw<'a>,
     #[serde(default, borrow)]
-    arguments: Option<Cow<'a, str>>,
+    arguments: Raw<'a>,
 }
 
 /// What an event told us.
@@ -107,52 +113,60 @@ impl StreamObserver {
         let Ok(chunk) = serde_json::from_slice::<ChunkView>(data) else {
             return EventKind::Other;
         };
-        if chunk.error.is_some() {
+        if chunk.error.is_some_and(|e| e.get() != "null") {
             self.saw_error = true;
         }
         if self.model.is_none()
-            && let Some(m) = &chunk.model
+            && let Some(m) = lenient::string(chunk.model, Field::Model)
         {
-            self.model = Some(m.to_string());
+            self.model = Some(m.into_owned());
         }
-        for c in &chunk.choices {
+        let choices: Vec<ChunkChoice> = lenient::list(chunk.choices, Field::Content);
+        for c in &choices {
+            let index = c.index.unwrap_or(0);
             if let Some(delta) = &c.delta {
-                let mut carried_token = delta.tool_calls.is_some();
-                for t in delta
-                    .content
-                    .as_deref()
+                let calls: Vec<ToolCallDelta> = lenient::list(delta.tool_calls, Field::ToolCalls);
+                let mut carried_token = !calls.is_empty();
+                for t in lenient::text(delta.content, Field::Content)
                     .into_iter()
-                    .chain(delta.refusal.as_deref())
+                    .chain(lenient::text(delta.refusal, Field::Content))
                 {
                     carried_token |= !t.is_empty();
                     self.chars += t.chars().count() as u64;
-                    self.choice(c.index).text.push_str(t);
+                    self.choice(index).text.push_str(&t);
                 }
-                for call in delta.tool_calls.iter().flatten() {
-                    let choice = self.choice(c.index);
-                    if choice.tool_calls.len() <= call.index {
+                for call in &calls {
+                    let slot_index = call.index.unwrap_or(0);
+                    let choice = self.choice(index);
+                    if choice.tool_calls.len() <= slot_index {
                         choice
                             .tool_calls
-                            .resize_with(call.index + 1, ToolCall::default);
+                            .resize_with(slot_index + 1, ToolCall::default);
                     }
-                    let slot = &mut choice.tool_calls[call.index];
+                    let slot = &mut choice.tool_calls[slot_index];
                     if let Some(f) = &call.function {
-                        slot.name.push_str(f.name.as_deref().unwrap_or_default());
-                        slot.arguments
-                            .push_str(f.arguments.as_deref().unwrap_or_default());
+                        if let Some(name) = lenient::string(f.name, Field::ToolCalls) {
+                            slot.name.push_str(&name);
+                        }
+                        if let Some(args) = lenient::string(f.arguments, Field::ToolCalls) {
+                            slot.arguments.push_str(&args);
+                        }
                     }
                 }
                 if carried_token && self.first_token.is_none() {
                     self.first_token = Some(Instant::now());
                 }
             }
-            if let Some(reason) = &c.finish_reason {
-                self.finish_reason.get_or_insert_with(|| reason.to_string());
+            if let Some(reason) = lenient::string(c.finish_reason, Field::FinishReason) {
+                self.finish_reason
+                    .get_or_insert_with(|| reason.into_owned());
             }
         }
-        if let Some(usage) = chunk.usage {
-            self.usage = Some(usage.into());
-            if chunk.choices.is_empty() {
+        if chunk.usage.is_some_and(|u| u.get() != "null") {
+            if let Some(usage) = lenient::usage(chunk.usage) {
+                self.usage = Some(usage);
+            }
+            if choices.is_empty() {
                 return EventKind::UsageOnly;
             }
         }

@@ -6,4 +6,5 @@
 //! in `lib.rs`.)
 
 pub mod completion;
+pub mod lenient;
 pub mod request;

@@ -295,6 +295,22 @@ async fn upstream_chat(
             });
             sse(stream)
         }
+        "raw" if stream && body.get("x_test_body").is_none() => {
+            // The test writes the events: each `x_test_events` string is one `data:` payload.
+            let events: Vec<String> = body["x_test_events"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|e| e.as_str()).map(|e| format!("data: {e}\n\n")).collect())
+                .unwrap_or_default();
+            sse(futures_util::stream::iter(events))
+        }
+        "raw" => {
+            // The test writes the whole answer: `x_test_body`, with `x_test_status` and
+            // `x_test_content_type` (200, application/json by default).
+            let status = body["x_test_status"].as_u64().and_then(|s| StatusCode::from_u16(s as u16).ok()).unwrap_or(StatusCode::OK);
+            let content_type = body["x_test_content_type"].as_str().unwrap_or("application/json").to_owned();
+            let text = body["x_test_body"].as_str().unwrap_or_default().to_owned();
+            (status, [("content-type", content_type)], text).into_response()
+        }
         "garbage" => (StatusCode::OK, "this is not json").into_response(),
         "error-500" => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -433,6 +449,10 @@ model = "hang"
 [versions.v-down]
 provider = "nowhere"
 model = "ok"
+[versions.v-raw]
+provider = "up"
+model = "raw"
+price = {{ input_per_mtok = 2.50, output_per_mtok = 10.00 }}
 
 [versions.sim-small]
 provider = "sim"
@@ -507,6 +527,8 @@ stable = "v-html"
 stable = "v-hang"
 [routes.down]
 stable = "v-down"
+[routes.raw]
+stable = "v-raw"
 [routes.demo]
 stable = "sim-small"
 {extra}

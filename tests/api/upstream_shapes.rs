@@ -1,0 +1,130 @@
+//! Upstream answers of every shape the official SDKs accept reach the client, and are
+//! measured; measurement never decides whether the client gets its answer.
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// A non-streamed request to the `raw` route whose upstream answers `answer` as it is.
+fn whole(answer: &str) -> Value {
+    chat_body("raw", json!({"x_test_body": answer}))
+}
+
+/// A streamed request to the `raw` route whose upstream sends these `data:` payloads.
+fn streamed(events: &[&str]) -> Value {
+    chat_body("raw", json!({"stream": true, "x_test_events": events}))
+}
+
+#[tokio::test]
+async fn odd_but_valid_shapes_are_answered_and_measured() {
+    let app = TestApp::spawn().await;
+    let key = app.key("acme").await;
+    // tool_calls null, content as parts (thinking + text), completion_tokens null.
+    let answer = r#"{"id":"c","object":"chat.completion","created":1,"model":"raw","choices":[{"index":0,"message":{"role":"assistant","content":[{"type":"thinking","thinking":"hm"},{"type":"text","text":"Hello world"}],"tool_calls":null},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":null}}"#;
+    let response = app.chat_raw(&key, whole(answer)).await;
+    assert_eq!(response.status(), 200);
+    let got: Value = response.json().await.unwrap();
+    assert_eq!(
+        got["choices"][0]["message"]["content"][1]["text"],
+        "Hello world"
+    );
+
+    // The same shapes in a stream: every chunk is measured.
+    let events = [
+        r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"raw","choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":null},"finish_reason":null}]}"#,
+        r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"raw","choices":[{"index":0,"delta":{"content":"Hello"},"finish_reason":null}],"usage":null}"#,
+        r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"raw","choices":[{"index":0,"delta":{"content":" world"},"finish_reason":"stop"}]}"#,
+        r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"raw","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":null}}"#,
+        "[DONE]",
+    ];
+    let text = app
+        .chat_raw(&key, streamed(&events))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains(" world") && text.contains("[DONE]"), "{text}");
+
+    app.wait_written(2).await;
+    let records = app.store().await.records(Some("raw"), 2).await.unwrap();
+    assert_eq!(records.len(), 2);
+    for r in &records {
+        assert_eq!(r.outcome.as_str(), "ok", "{r:?}");
+        assert_eq!(r.response_chars, "Hello world".len() as u64, "{r:?}");
+        assert_eq!(r.finish_reason.as_deref(), Some("stop"));
+        // A null count is not zero: both counts are estimated, and said to be.
+        assert!(r.usage.estimated && r.usage.completion_tokens > 0, "{r:?}");
+        if r.stream {
+            assert!(
+                r.ttft_ms.is_some(),
+                "the first delta stamps the TTFT: {r:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_200_error_envelope_passes_its_message() {
+    let app = TestApp::spawn().await;
+    let key = app.key("acme").await;
+    let response = app
+        .chat_raw(
+            &key,
+            whole(r#"{"error":{"message":"model is overloaded","type":"server_error"}}"#),
+        )
+        .await;
+    assert_eq!(response.status(), 502);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_invalid_response");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("model is overloaded"), "{message}");
+}
+
+#[tokio::test]
+async fn a_stream_answered_with_a_whole_body_is_never_an_empty_ok() {
+    let app = TestApp::spawn().await;
+    let key = app.key("acme").await;
+    // A whole completion: the client gets it as events, measured as usual.
+    let completion = r#"{"id":"c","object":"chat.completion","created":1,"model":"raw","choices":[{"index":0,"message":{"role":"assistant","content":"Hello world"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#;
+    let body = chat_body("raw", json!({"stream": true, "x_test_body": completion}));
+    let response = app.chat_raw(&key, body).await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains("chat.completion.chunk") && text.contains("Hello world"),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    // An error envelope: the client sees the error, and the record is a failure.
+    let body = chat_body(
+        "raw",
+        json!({"stream": true, "x_test_body": r#"{"error":{"message":"quota exhausted"}}"#}),
+    );
+    let response = app.chat_raw(&key, body).await;
+    assert_eq!(response.status(), 502);
+    let error: Value = response.json().await.unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("quota exhausted"),
+        "{error}"
+    );
+    app.wait_written(2).await;
+    let records = app.store().await.records(Some("raw"), 2).await.unwrap();
+    let outcomes: Vec<&str> = records.iter().map(|r| r.outcome.as_str()).collect();
+    assert!(
+        outcomes.contains(&"ok") && outcomes.contains(&"upstream_invalid"),
+        "{outcomes:?}"
+    );
+    let ok = records.iter().find(|r| r.outcome.as_str() == "ok").unwrap();
+    assert_eq!(ok.response_chars, "Hello world".len() as u64);
+    assert_eq!(ok.usage.completion_tokens, 2);
+    assert!(!ok.usage.estimated);
+}
