@@ -37,6 +37,7 @@
 //! | `judge` | L1 | the pure sequential judge over two arms' observations, with its own JudgeSpec |
 //! | `guardrails` | L1 | guardrail rules, their detection and redaction, and their loader |
 //! | `traces` | L1 | OpenTelemetry spans for requests and upstream calls |
+//! | `openai::sse` | L1 | server-sent events framed as the WHATWG standard reads them |
 //! | `openai::lenient` | L1 | reading upstream fields as leniently as the SDKs: null is absent, odd shapes counted |
 //! | `openai` | L1 | the OpenAI wire format, pure: a whole completion read |
 //! | `measure::histogram` | L1 | lock-free latency histograms |

@@ -8,7 +8,6 @@
 //! the relay, so a client that hangs up drops the relay, which ends the upstream call and
 //! still yields a record.
 
-use std::borrow::Cow;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -23,6 +22,7 @@ use super::checks::{EventAction, StreamChecks};
 use super::schema::ToolCall;
 use crate::openai::completion::ChoiceText;
 use crate::openai::lenient::{self, Field, Raw};
+use crate::openai::sse::{BOM, event_end, parse_event};
 use crate::types::{Outcome, Usage};
 use crate::upstream::{ByteStream, UpstreamError};
 
@@ -178,41 +178,6 @@ impl StreamObserver {
     }
 }
 
-/// The payload of an event's `data:` lines (joined by newlines when there are several).
-fn event_data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
-    let mut lines = event
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .filter_map(|l| l.strip_prefix(b"data:"))
-        .map(|l| l.strip_prefix(b" ").unwrap_or(l));
-    let first = lines.next()?;
-    match lines.next() {
-        None => Some(Cow::Borrowed(first)),
-        Some(second) => {
-            let mut joined = first.to_vec();
-            for line in std::iter::once(second).chain(lines) {
-                joined.push(b'\n');
-                joined.extend_from_slice(line);
-            }
-            Some(Cow::Owned(joined))
-        }
-    }
-}
-
-/// End (exclusive) of the first complete event in `buf`, i.e. just past its blank line.
-fn event_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while let Some(nl) = buf[i..].iter().position(|&b| b == b'\n') {
-        let at = i + nl + 1;
-        match buf.get(at) {
-            Some(b'\n') => return Some(at + 1),
-            Some(b'\r') if buf.get(at + 1) == Some(&b'\n') => return Some(at + 2),
-            _ => i = at,
-        }
-    }
-    None
-}
-
 pub struct StreamRelay {
     upstream: ByteStream,
     buf: BytesMut,
@@ -229,6 +194,8 @@ pub struct StreamRelay {
     checks: Option<StreamChecks>,
     /// The checks ended the stream early: with this outcome.
     cut: Option<Outcome>,
+    /// No event has been cut yet: a byte-order mark here is not part of the first field.
+    at_start: bool,
 }
 
 impl StreamRelay {
@@ -251,6 +218,7 @@ impl StreamRelay {
             done: false,
             checks,
             cut: None,
+            at_start: true,
         }
     }
 
@@ -260,9 +228,20 @@ impl StreamRelay {
         let mut end = 0;
         let mut changed = false;
         let mut out = BytesMut::new();
-        while let Some(len) = event_end(&self.buf[end..]) {
-            let event = &self.buf[end..end + len];
-            let data = event_data(event);
+        loop {
+            // A byte-order mark opening the stream is not part of its first field.
+            let skip = if end == 0 && self.at_start && self.buf.starts_with(BOM) {
+                BOM.len()
+            } else {
+                0
+            };
+            let Some(parsed) = event_end(&self.buf[end + skip..]) else {
+                break;
+            };
+            let len = skip + parsed;
+            self.at_start = false;
+            let event = &self.buf[end + skip..end + len];
+            let data = parse_event(event).data;
             let kind = match &data {
                 Some(d) => self.observer.observe(d),
                 None => EventKind::Other,
@@ -299,7 +278,7 @@ impl StreamRelay {
                     }
                     out.extend_from_slice(&bytes);
                 }
-                None if changed => out.extend_from_slice(event),
+                None if changed => out.extend_from_slice(&self.buf[end..end + len]),
                 None => {}
             }
             end += len;
@@ -314,13 +293,9 @@ impl StreamRelay {
 
     fn finish(&mut self, outcome: Outcome) {
         self.done = true;
-        // A partial last event (no closing blank line) is still part of the answer.
-        if !self.buf.is_empty() {
-            let rest = self.buf.split();
-            if let Some(data) = event_data(&rest) {
-                self.observer.observe(&data);
-            }
-        }
+        // An event the stream cut off (no blank line after it) is discarded, as every
+        // standard client discards it: it is not part of the answer.
+        self.buf.clear();
         let outcome = match self.cut {
             Some(cut) => cut,
             None if outcome == Outcome::Ok && self.observer.saw_error => Outcome::Upstream5xx,
@@ -406,7 +381,10 @@ impl Stream for StreamRelay {
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(this.fail(e).map(Ok)),
                 Poll::Ready(None) => {
                     let out = this.take_events();
-                    let rest = (!this.buf.is_empty()).then(|| this.buf.clone().freeze());
+                    // The unterminated tail is the upstream's bytes, passed on as they came
+                    // (a client discards it); with checks it is never read, so never sent.
+                    let rest = (!this.buf.is_empty() && this.checks.is_none())
+                        .then(|| this.buf.clone().freeze());
                     // Text a redactor still holds when the upstream never finished its choices.
                     let held = this
                         .checks
@@ -444,22 +422,6 @@ impl Drop for StreamRelay {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn event_boundaries_accept_lf_and_crlf() {
-        assert_eq!(event_end(b"data: a\n\ndata: b\n\n"), Some(9));
-        assert_eq!(event_end(b"data: a\r\n\r\nrest"), Some(11));
-        assert_eq!(event_end(b"data: a\ndata: b\n"), None);
-    }
-
-    #[test]
-    fn multi_line_data_is_joined() {
-        assert_eq!(
-            event_data(b"data: {\"a\":\ndata: 1}\n\n").unwrap().as_ref(),
-            b"{\"a\":\n1}"
-        );
-        assert_eq!(event_data(b": comment\n\n"), None);
-    }
 
     #[test]
     fn observer_reads_text_finish_and_usage() {

@@ -8,3 +8,4 @@
 pub mod completion;
 pub mod lenient;
 pub mod request;
+pub mod sse;

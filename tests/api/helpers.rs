@@ -295,6 +295,14 @@ async fn upstream_chat(
             });
             sse(stream)
         }
+        "raw" if stream && body.get("x_test_sse").is_some() => {
+            // The test writes the stream's exact bytes, sent `x_test_chunk` bytes at a time.
+            let bytes = body["x_test_sse"].as_str().unwrap_or_default().as_bytes().to_vec();
+            let size = body["x_test_chunk"].as_u64().unwrap_or(bytes.len() as u64).max(1) as usize;
+            let pieces: Vec<Result<Bytes, Infallible>> =
+                bytes.chunks(size).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+            ([("content-type", "text/event-stream")], Body::from_stream(futures_util::stream::iter(pieces))).into_response()
+        }
         "raw" if stream && body.get("x_test_body").is_none() => {
             // The test writes the events: each `x_test_events` string is one `data:` payload.
             let events: Vec<String> = body["x_test_events"]

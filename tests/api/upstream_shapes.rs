@@ -128,3 +128,41 @@ async fn a_stream_answered_with_a_whole_body_is_never_an_empty_ok() {
     assert_eq!(ok.usage.completion_tokens, 2);
     assert!(!ok.usage.estimated);
 }
+
+#[tokio::test]
+async fn streams_are_read_as_the_event_stream_standard_says() {
+    let app = TestApp::spawn().await;
+    let key = app.key("acme").await;
+    // A BOM, a comment, CR-only and CRLF line ends, event/id/retry fields, a `data` split
+    // over two lines, and a last event the stream cuts off (no blank line after it).
+    let sse = concat!(
+        "\u{feff}: keep-alive\r\r",
+        "event: message\rid: 1\rretry: 1000\r",
+        "data: {\"choices\":[{\"index\":0,\r",
+        "data: \"delta\":{\"content\":\"Hel\"}}]}\r\r",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"stop\"}]}\r\n\r\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" never\"}}]}\n",
+    );
+    for chunk in [1, 7, sse.len()] {
+        let body = chat_body(
+            "raw",
+            json!({"stream": true, "x_test_sse": sse, "x_test_chunk": chunk}),
+        );
+        let got = app.chat_raw(&key, body).await.bytes().await.unwrap();
+        assert_eq!(
+            got.as_ref(),
+            sse.as_bytes(),
+            "the relay passes the upstream's bytes through (read {chunk} at a time)"
+        );
+    }
+    app.wait_written(3).await;
+    let records = app.store().await.records(Some("raw"), 3).await.unwrap();
+    assert_eq!(records.len(), 3);
+    for r in &records {
+        assert_eq!(r.outcome.as_str(), "ok", "{r:?}");
+        // "Hel" + "lo"; the cut-off last event is not part of the answer.
+        assert_eq!(r.response_chars, 5, "{r:?}");
+        assert_eq!(r.finish_reason.as_deref(), Some("stop"));
+        assert!(r.ttft_ms.is_some());
+    }
+}
