@@ -544,6 +544,10 @@ fn upstream_error(e: UpstreamError, version: &str) -> ApiError {
             ApiError::UpstreamUnreachable { version }
         }
         UpstreamError::Interrupted(reason) => ApiError::UpstreamInvalid { version, reason },
+        e @ UpstreamError::Encoded(_) => ApiError::UpstreamInvalid {
+            version,
+            reason: e.to_string(),
+        },
     }
 }
 

@@ -41,6 +41,12 @@ impl HttpProvider {
                 HeaderValue::from_static("application/json"),
             )
             .header("x-request-id", call.request_id)
+            // Every body sluice reads (measurement, checks, redaction, usage stripping) must
+            // be readable: ask for no coding, and refuse a coded answer below.
+            .header(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            )
             .body(call.body);
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key.expose());
@@ -63,6 +69,18 @@ impl HttpProvider {
             Ok(Ok(response)) => response,
         };
         let status = response.status();
+        if let Some(coding) = response
+            .headers()
+            .get(header::CONTENT_ENCODING)
+            .map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .filter(|c| !c.is_empty() && c != "identity")
+        {
+            return Err(UpstreamError::Encoded(coding));
+        }
         let headers = response.headers().clone();
         let body = response
             .bytes_stream()

@@ -34,6 +34,12 @@ pub enum UpstreamError {
     Timeout { after_ms: u64 },
     #[error("the answer broke off: {0}")]
     Interrupted(String),
+    /// The body came with a `Content-Encoding` other than `identity`, which sluice never
+    /// asks for (it sends `Accept-Encoding: identity`) and would not be able to read.
+    #[error(
+        "the answer came with `Content-Encoding: {0}` although sluice asks for `identity`; configure the upstream (or a proxy in front of it) not to compress"
+    )]
+    Encoded(String),
 }
 
 impl UpstreamError {
@@ -42,6 +48,7 @@ impl UpstreamError {
             UpstreamError::Unreachable(_) => Outcome::UpstreamUnreachable,
             UpstreamError::Timeout { .. } => Outcome::UpstreamTimeout,
             UpstreamError::Interrupted(_) => Outcome::StreamInterrupted,
+            UpstreamError::Encoded(_) => Outcome::UpstreamInvalid,
         }
     }
 }

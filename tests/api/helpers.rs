@@ -317,7 +317,11 @@ async fn upstream_chat(
             let status = body["x_test_status"].as_u64().and_then(|s| StatusCode::from_u16(s as u16).ok()).unwrap_or(StatusCode::OK);
             let content_type = body["x_test_content_type"].as_str().unwrap_or("application/json").to_owned();
             let text = body["x_test_body"].as_str().unwrap_or_default().to_owned();
-            (status, [("content-type", content_type)], text).into_response()
+            let mut response = (status, [("content-type", content_type)], text).into_response();
+            if let Some(coding) = body["x_test_content_encoding"].as_str() {
+                response.headers_mut().insert("content-encoding", coding.parse().unwrap());
+            }
+            response
         }
         "garbage" => (StatusCode::OK, "this is not json").into_response(),
         "error-500" => (

@@ -166,3 +166,35 @@ async fn streams_are_read_as_the_event_stream_standard_says() {
         assert!(r.ttft_ms.is_some());
     }
 }
+
+#[tokio::test]
+async fn a_compressed_answer_is_refused_never_passed_on_unread() {
+    let app = TestApp::spawn().await;
+    let key = app.key("acme").await;
+    let completion = r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}"#;
+    for (status, stream) in [(200, false), (200, true), (500, false)] {
+        let body = chat_body(
+            "raw",
+            json!({"stream": stream, "x_test_body": completion, "x_test_status": status,
+                   "x_test_content_encoding": "gzip"}),
+        );
+        let response = app.chat_raw(&key, body).await;
+        assert_eq!(response.status(), 502, "{status} stream={stream}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "upstream_invalid_response");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains("Content-Encoding: gzip"), "{message}");
+    }
+    // sluice asked for no coding at all.
+    for received in app.upstream.received() {
+        assert_eq!(received.headers["accept-encoding"], "identity");
+    }
+    app.wait_written(3).await;
+    let records = app.store().await.records(Some("raw"), 3).await.unwrap();
+    assert!(
+        records
+            .iter()
+            .all(|r| r.outcome.as_str() == "upstream_invalid"),
+        "{records:?}"
+    );
+}
