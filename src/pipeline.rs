@@ -29,7 +29,7 @@ use crate::shadow::ShadowTicket;
 use crate::state::App;
 use crate::traces;
 use crate::types::{Arm, Outcome, RouteName, Usage};
-use crate::upstream::{ByteStream, Call, UpstreamError};
+use crate::upstream::{ByteStream, Call, UpstreamError, names_stream_options};
 use opentelemetry::KeyValue;
 
 /// The largest non-streamed upstream answer sluice reads.
@@ -301,7 +301,11 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
     }
 
     let ask_usage = request.stream && provider.streams_usage_on_request();
-    let strip_usage = ask_usage && !request.client_wants_usage;
+    let mut strip_usage = ask_usage && !request.client_wants_usage;
+    // The client's own `stream_options`, to send again if the upstream refuses sluice's.
+    let client_options = strip_usage
+        .then(|| request.fields.get("stream_options").cloned())
+        .flatten();
     let body = request.upstream_body(&version.model, strip_usage);
     if let Some(shadow) = meter
         .target()
@@ -351,10 +355,47 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
             error,
         );
     }
-    let reply = match sent {
+    let mut reply = match sent {
         Ok(reply) => reply,
         Err(e) => return Err(fail(&mut meter, upstream_error(e, &version.name))),
     };
+    if strip_usage && reply.status == StatusCode::BAD_REQUEST {
+        // A 400 that names the field sluice added fails only because of sluice: send the
+        // client's request as it was, once, and stop adding the field for this provider.
+        let body = read_body(reply.body, provider.timeout())
+            .await
+            .unwrap_or_default();
+        if names_stream_options(&body) {
+            if provider.refused_stream_usage() {
+                tracing::warn!(
+                    version = %version.name,
+                    "the upstream refused stream_options.include_usage; retrying without it and no longer adding it for this provider (stream_usage = \"never\" says so in the config)"
+                );
+            }
+            match client_options {
+                Some(options) => request.set_raw("stream_options", options),
+                None => {
+                    request.fields.shift_remove("stream_options");
+                }
+            }
+            strip_usage = false;
+            let call = Call {
+                body: request.upstream_body(&version.model, false),
+                stream: true,
+                include_usage: false,
+                model: &version.model,
+                request_id,
+                mock: version.mock.as_ref().map(|m| m.load_full()),
+                traceparent: upstream_span.as_ref().and_then(traces::traceparent),
+            };
+            reply = match provider.send(call).await {
+                Ok(reply) => reply,
+                Err(e) => return Err(fail(&mut meter, upstream_error(e, &version.name))),
+            };
+        } else {
+            reply.body = Box::pin(futures_util::stream::iter([Ok(body)]));
+        }
+    }
     let mut headers = forwardable_headers(&reply.headers);
 
     if !reply.status.is_success() {

@@ -381,6 +381,18 @@ pub async fn render(app: &App) -> String {
         );
     }
 
+    header(
+        &mut out,
+        "sluice_stream_usage_retries_total",
+        "counter",
+        "Streamed requests sent again without the stream_options sluice added, because the upstream refused the field with a 400.",
+    );
+    let _ = writeln!(
+        out,
+        "sluice_stream_usage_retries_total {}",
+        crate::upstream::STREAM_USAGE_RETRIES.load(std::sync::atomic::Ordering::Relaxed)
+    );
+
     let sink = app.sink.counters();
     header(
         &mut out,

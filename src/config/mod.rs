@@ -156,6 +156,22 @@ pub struct ProviderConfig {
     pub api_key_env: Option<String>,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Whether sluice adds `stream_options.include_usage` to streamed requests (to measure
+    /// tokens from the upstream's own count) or never touches the field.
+    #[serde(default)]
+    pub stream_usage: StreamUsage,
+}
+
+/// `stream_usage` of a provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamUsage {
+    /// Ask for the usage chunk (and remove it again when the client did not ask); if the
+    /// upstream refuses the field with a 400, retry once without it and stop asking.
+    #[default]
+    Ask,
+    /// Never add the field: tokens of streams are counted with tiktoken, marked estimated.
+    Never,
 }
 
 fn default_timeout_ms() -> u64 {

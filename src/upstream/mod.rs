@@ -66,6 +66,17 @@ pub struct Call<'a> {
     pub traceparent: Option<String>,
 }
 
+/// Requests retried without the `stream_options` sluice added, because the upstream refused
+/// it (`sluice_stream_usage_retries_total`).
+pub static STREAM_USAGE_RETRIES: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
+/// Whether a 400 body names the field sluice added to a streamed request.
+pub fn names_stream_options(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body);
+    text.contains("stream_options") || text.contains("include_usage")
+}
+
 pub enum Provider {
     Http(http::HttpProvider),
     Mock(mock::MockProvider),
@@ -86,6 +97,7 @@ impl Provider {
                 config.base_url.as_deref().unwrap_or_default(),
                 key,
                 timeout,
+                config.stream_usage,
             )?),
             crate::config::ProviderKind::Mock => Provider::Mock(mock::MockProvider { timeout }),
         })
@@ -106,8 +118,24 @@ impl Provider {
         }
     }
 
-    /// Whether the provider reports usage in streams when asked with `stream_options`.
+    /// Whether sluice should ask this provider for the usage chunk of a stream
+    /// (`stream_options.include_usage`): its `stream_usage` setting, until it refused the
+    /// field once.
     pub fn streams_usage_on_request(&self) -> bool {
-        true
+        match self {
+            Provider::Http(p) => p.asks_stream_usage(),
+            Provider::Mock(_) => true,
+        }
+    }
+
+    /// Notes that the provider refused `stream_options` with a 400: sluice stops adding it
+    /// for this provider (process-wide, until restart). Returns true the first time, so the
+    /// caller logs once.
+    pub fn refused_stream_usage(&self) -> bool {
+        STREAM_USAGE_RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match self {
+            Provider::Http(p) => p.stop_asking_stream_usage(),
+            Provider::Mock(_) => false,
+        }
     }
 }

@@ -323,6 +323,13 @@ async fn upstream_chat(
             }
             response
         }
+        "strict" if body.get("stream_options").is_some() => (
+            // An upstream that refuses fields it does not know, as some do.
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": {"message": "Unrecognized request argument supplied: stream_options", "type": "invalid_request_error", "param": null, "code": null}})),
+        )
+            .into_response(),
+        "strict" => sse(futures_util::stream::iter(ok_events(&model, false))),
         "garbage" => (StatusCode::OK, "this is not json").into_response(),
         "error-500" => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -424,6 +431,19 @@ kind = "openai"
 base_url = "http://127.0.0.1:9/v1"
 timeout_ms = 2000
 
+[providers.strict]
+kind = "openai"
+base_url = "{upstream_url}"
+api_key_env = "TEST_UPSTREAM_KEY"
+timeout_ms = 2000
+
+[providers.plain]
+kind = "openai"
+base_url = "{upstream_url}"
+api_key_env = "TEST_UPSTREAM_KEY"
+timeout_ms = 2000
+stream_usage = "never"
+
 [providers.sim]
 kind = "mock"
 
@@ -461,6 +481,14 @@ model = "hang"
 [versions.v-down]
 provider = "nowhere"
 model = "ok"
+[versions.v-strict]
+provider = "strict"
+model = "strict"
+price = {{ input_per_mtok = 2.50, output_per_mtok = 10.00 }}
+[versions.v-plain]
+provider = "plain"
+model = "strict"
+price = {{ input_per_mtok = 2.50, output_per_mtok = 10.00 }}
 [versions.v-raw]
 provider = "up"
 model = "raw"
@@ -541,6 +569,10 @@ stable = "v-hang"
 stable = "v-down"
 [routes.raw]
 stable = "v-raw"
+[routes.picky]
+stable = "v-strict"
+[routes.plain]
+stable = "v-plain"
 [routes.demo]
 stable = "sim-small"
 {extra}

@@ -198,3 +198,74 @@ async fn a_compressed_answer_is_refused_never_passed_on_unread() {
         "{records:?}"
     );
 }
+
+#[tokio::test]
+async fn an_upstream_that_refuses_stream_options_is_retried_once_and_remembered() {
+    let app = TestApp::spawn().await;
+    let key = app.key("acme").await;
+    let stream = |route: &str| chat_body(route, json!({"stream": true}));
+    let sent_options = |app: &TestApp| -> Vec<bool> {
+        app.upstream
+            .received()
+            .iter()
+            .filter(|r| r.body["model"] == "strict")
+            .map(|r| r.body.get("stream_options").is_some())
+            .collect()
+    };
+    // The first stream: refused because of sluice's field, sent again without it.
+    let text = app
+        .chat_raw(&key, stream("picky"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("Hello") && text.contains("[DONE]"), "{text}");
+    assert_eq!(sent_options(&app), [true, false]);
+    // The provider is remembered: the next stream goes once, without the field.
+    let text = app
+        .chat_raw(&key, stream("picky"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("[DONE]"), "{text}");
+    assert_eq!(sent_options(&app), [true, false, false]);
+    // A client that asks for usage itself gets the upstream's refusal: it is the client's.
+    let asked = chat_body(
+        "picky",
+        json!({"stream": true, "stream_options": {"include_usage": true}}),
+    );
+    assert_eq!(app.chat_raw(&key, asked).await.status(), 400);
+    // `stream_usage = "never"`: the field is never added.
+    let before = sent_options(&app).len();
+    let text = app
+        .chat_raw(&key, stream("plain"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("[DONE]"), "{text}");
+    assert_eq!(sent_options(&app)[before..], [false]);
+
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sluice_stream_usage_retries_total 1\n"),
+        "{metrics}"
+    );
+    app.wait_written(4).await;
+    let records = app.store().await.records(Some("picky"), 2).await.unwrap();
+    let ok: Vec<_> = records
+        .iter()
+        .filter(|r| r.outcome.as_str() == "ok")
+        .collect();
+    assert!(!ok.is_empty());
+    assert!(ok.iter().all(|r| r.usage.estimated), "{records:?}");
+}
