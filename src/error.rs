@@ -80,6 +80,13 @@ pub enum ApiError {
     /// the framework's, the message its text or the status's reason.
     #[error("{message}")]
     Http { status: StatusCode, message: String },
+    /// A client address that failed to authenticate too often, or called the admin API
+    /// too fast (see `throttle`).
+    #[error("too many {what} from this address; retry in {retry_after_s} s")]
+    Throttled {
+        what: &'static str,
+        retry_after_s: u64,
+    },
     #[error("internal error: {0}")]
     Internal(String),
     /// The gateway is stopping because a background task died (`/healthz`).
@@ -133,7 +140,7 @@ impl ApiError {
             | Self::AdminUnauthorized => StatusCode::UNAUTHORIZED,
             Self::UnknownRoute(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UpstreamUnreachable { .. } | Self::UpstreamInvalid { .. } => {
@@ -171,6 +178,7 @@ impl ApiError {
             Self::GuardrailBlocked { .. } => ("invalid_request_error", Some("guardrail_blocked")),
             Self::SchemaInvalid { .. } => ("upstream_error", Some("schema_validation_failed")),
             Self::RateLimited { kind, .. } => (kind, Some("rate_limit_exceeded")),
+            Self::Throttled { .. } => ("rate_limit_error", Some("too_many_attempts")),
             Self::Http { status, .. } => (
                 if status.is_server_error() {
                     "server_error"
@@ -283,7 +291,8 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if let Self::RateLimited { retry_after_s, .. } = &self
+        if let Self::RateLimited { retry_after_s, .. } | Self::Throttled { retry_after_s, .. } =
+            &self
             && let Ok(v) = HeaderValue::from_str(&retry_after_s.to_string())
         {
             headers.insert(header::RETRY_AFTER, v);

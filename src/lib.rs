@@ -54,6 +54,7 @@
 //! | `error` | L4 | ApiError: every request-path error mapped to HTTP and OpenAI's shape |
 //! | `catalog` | L4 | the configured versions (with their clients), route settings and live stats |
 //! | `limits` | L5 | per-workspace rate, token and spend limits |
+//! | `throttle` | L5 | per-client-address limits: failed authentications, admin calls |
 //! | `auth` | L5 | API key → workspace (hash, cache, store fallback); admin token check |
 //! | `shadow` | L5 | shadow copies: sampling, the bounded queue and the sender |
 //! | `resolve` | L6 | the routing table: route → arm → version, sticky buckets |
@@ -98,6 +99,7 @@ pub mod state;
 pub mod store;
 pub mod tasks;
 pub mod telemetry;
+pub mod throttle;
 pub mod traces;
 pub mod types;
 pub mod upstream;

@@ -393,6 +393,24 @@ pub async fn render(app: &App) -> String {
         crate::upstream::STREAM_USAGE_RETRIES.load(std::sync::atomic::Ordering::Relaxed)
     );
 
+    let refusals = app.throttle.refusals();
+    header(
+        &mut out,
+        "sluice_client_throttled_total",
+        "counter",
+        "Requests answered 429 per client address: after too many failed authentications, or admin calls too fast.",
+    );
+    let _ = writeln!(
+        out,
+        "sluice_client_throttled_total{{reason=\"auth_failures\"}} {}",
+        refusals.auth_failures
+    );
+    let _ = writeln!(
+        out,
+        "sluice_client_throttled_total{{reason=\"admin_calls\"}} {}",
+        refusals.admin
+    );
+
     let sink = app.sink.counters();
     header(
         &mut out,

@@ -87,6 +87,8 @@ fn config(db_url: &str) -> String {
         r#"
 [server]
 listen = "127.0.0.1:0"
+# The test probes every operation without a credential, far past the default lockout.
+auth_failure_burst = 100000
 
 [database]
 url = "{db_url}"

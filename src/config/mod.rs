@@ -74,6 +74,18 @@ pub struct ServerConfig {
     /// Shadow copies waiting to be sent; when full, a copy is dropped and counted.
     #[serde(default = "default_shadow_queue")]
     pub shadow_queue: usize,
+    /// Failed authentications one client address may make at once before it is locked out.
+    #[serde(default = "default_auth_failure_burst")]
+    pub auth_failure_burst: u32,
+    /// How fast that allowance refills, per minute.
+    #[serde(default = "default_auth_failures_per_minute")]
+    pub auth_failures_per_minute: u32,
+    /// Admin calls one client address may make at once…
+    #[serde(default = "default_admin_burst")]
+    pub admin_burst: u32,
+    /// …and per second after that.
+    #[serde(default = "default_admin_requests_per_second")]
+    pub admin_requests_per_second: u32,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +96,10 @@ impl Default for ServerConfig {
             shutdown_grace_ms: default_shutdown_grace_ms(),
             record_queue: default_record_queue(),
             shadow_queue: default_shadow_queue(),
+            auth_failure_burst: default_auth_failure_burst(),
+            auth_failures_per_minute: default_auth_failures_per_minute(),
+            admin_burst: default_admin_burst(),
+            admin_requests_per_second: default_admin_requests_per_second(),
         }
     }
 }
@@ -102,6 +118,18 @@ fn default_record_queue() -> usize {
 }
 fn default_shadow_queue() -> usize {
     1_024
+}
+fn default_auth_failure_burst() -> u32 {
+    20
+}
+fn default_auth_failures_per_minute() -> u32 {
+    30
+}
+fn default_admin_burst() -> u32 {
+    100
+}
+fn default_admin_requests_per_second() -> u32 {
+    20
 }
 
 #[derive(Debug, Clone, Deserialize)]

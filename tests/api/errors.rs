@@ -272,3 +272,81 @@ async fn a_wrong_method_is_405_in_openai_shape_with_allow() {
     assert_eq!(status, 405);
     assert_eq!(body["error"]["code"], "method_not_allowed");
 }
+
+#[tokio::test]
+async fn guessing_keys_is_locked_out_per_address_before_the_guess_is_checked() {
+    let app = TestApp::spawn_edited(Db::Sqlite, Default::default(), |text| {
+        text.replace(
+            "shadow_queue = 4",
+            "shadow_queue = 4\nauth_failure_burst = 3\nauth_failures_per_minute = 1\nadmin_burst = 1000",
+        )
+    })
+    .await;
+    let key = app.key("acme").await;
+    for _ in 0..3 {
+        let (status, _) = error_of(
+            app.chat_raw("sk-sluice-guess", chat_body("chat", json!({})))
+                .await,
+        )
+        .await;
+        assert_eq!(status, 401);
+    }
+    // The fourth failure locks the address out, with the time to wait.
+    let response = app
+        .chat_raw("sk-sluice-guess", chat_body("chat", json!({})))
+        .await;
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let (status, body) = error_of(response).await;
+    assert_eq!(status, 429);
+    assert_eq!(body["error"]["code"], "too_many_attempts");
+    // While locked, even the right key is refused: a guess learns nothing.
+    let (status, _) = error_of(app.chat_raw(&key, chat_body("chat", json!({}))).await).await;
+    assert_eq!(status, 429);
+    // Wrong admin tokens count against the same address.
+    let response = app
+        .http
+        .get(format!("{}/admin/v1/rollouts", app.base))
+        .bearer_auth("not-the-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("sluice_client_throttled_total{reason=\"auth_failures\"}"))
+        .expect("the counter is exported");
+    let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 3, "{line}");
+}
+
+#[tokio::test]
+async fn admin_calls_are_limited_per_address() {
+    let app = TestApp::spawn_edited(Db::Sqlite, Default::default(), |text| {
+        text.replace(
+            "shadow_queue = 4",
+            "shadow_queue = 4\nadmin_burst = 5\nadmin_requests_per_second = 1",
+        )
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let (status, _) = app.admin(reqwest::Method::GET, "/rollouts", None).await;
+        statuses.push(status.as_u16());
+    }
+    assert!(statuses[..5].iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(statuses[5..].contains(&429), "{statuses:?}");
+}

@@ -611,6 +611,15 @@ impl TestApp {
 
     /// With spans going to `traces` (an in-memory exporter in the trace tests).
     pub async fn spawn_with(db: Db, traces: sluice::traces::Traces) -> Self {
+        Self::spawn_edited(db, traces, |text| text).await
+    }
+
+    /// With the test config changed by `edit` first (a `[server]` setting, say).
+    pub async fn spawn_edited(
+        db: Db,
+        traces: sluice::traces::Traces,
+        edit: impl FnOnce(String) -> String,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         write_policies(dir.path());
         let db_url = match db {
@@ -618,7 +627,7 @@ impl TestApp {
             Db::Postgres(base) => fresh_pg_schema(&base).await,
         };
         let upstream = MockUpstream::start().await;
-        let text = config_toml(&upstream.url, "127.0.0.1:0", &db_url, "");
+        let text = edit(config_toml(&upstream.url, "127.0.0.1:0", &db_url, ""));
         let config_path = dir.path().join("sluice.toml");
         let settings =
             sluice::settings::parse(&config_path, &text, &test_env).expect("test config is valid");
