@@ -135,11 +135,8 @@ impl Server {
         let (stopping_tx, mut stopping) = watch::channel(false);
         let router = crate::http::router(app.clone());
         let watched = tasks.clone();
-        let serve = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        let limits = app.settings.config.server.clone();
+        let serve = crate::http::server::serve(listener, router, &limits, async move {
             tokio::select! {
                 _ = stop => {}
                 failure = watched.failed() => {
@@ -152,9 +149,9 @@ impl Server {
             );
             let _ = stopping_tx.send(true);
         });
-        let mut serve = std::pin::pin!(serve.into_future());
+        let mut serve = std::pin::pin!(serve);
         tokio::select! {
-            result = &mut serve => result?,
+            () = &mut serve => {}
             _ = async { let _ = stopping.wait_for(|s| *s).await; tokio::time::sleep(grace).await } => {
                 tracing::warn!("grace period over; cutting the requests still running");
             }

@@ -111,6 +111,30 @@ pub fn parse(
             "must be greater than 0".into(),
         ));
     }
+    if config.server.max_header_bytes < 8192 {
+        issues.push(issue(
+            "server.max_header_bytes",
+            "must be at least 8192 (the HTTP server's floor)".into(),
+        ));
+    }
+    for (key, value) in [
+        (
+            "server.header_read_timeout_ms",
+            config.server.header_read_timeout_ms,
+        ),
+        (
+            "server.max_connections",
+            config.server.max_connections as u64,
+        ),
+        (
+            "server.http2_max_concurrent_streams",
+            u64::from(config.server.http2_max_concurrent_streams),
+        ),
+    ] {
+        if value == 0 {
+            issues.push(issue(key, "must be greater than 0".into()));
+        }
+    }
     if config.server.record_queue == 0 {
         issues.push(issue(
             "server.record_queue",

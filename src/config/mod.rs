@@ -86,6 +86,18 @@ pub struct ServerConfig {
     /// …and per second after that.
     #[serde(default = "default_admin_requests_per_second")]
     pub admin_requests_per_second: u32,
+    /// A connection must send a whole request head within this long, or it is closed.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Largest request head (request line and headers) in bytes; larger is 431. At least 8192.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Open client connections at most; more wait unaccepted until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Concurrent streams per HTTP/2 connection.
+    #[serde(default = "default_http2_max_concurrent_streams")]
+    pub http2_max_concurrent_streams: u32,
 }
 
 impl Default for ServerConfig {
@@ -100,6 +112,10 @@ impl Default for ServerConfig {
             auth_failures_per_minute: default_auth_failures_per_minute(),
             admin_burst: default_admin_burst(),
             admin_requests_per_second: default_admin_requests_per_second(),
+            header_read_timeout_ms: default_header_read_timeout_ms(),
+            max_header_bytes: default_max_header_bytes(),
+            max_connections: default_max_connections(),
+            http2_max_concurrent_streams: default_http2_max_concurrent_streams(),
         }
     }
 }
@@ -130,6 +146,18 @@ fn default_admin_burst() -> u32 {
 }
 fn default_admin_requests_per_second() -> u32 {
     20
+}
+fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_http2_max_concurrent_streams() -> u32 {
+    256
 }
 
 #[derive(Debug, Clone, Deserialize)]

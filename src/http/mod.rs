@@ -13,6 +13,7 @@ mod openai;
 mod openapi;
 mod pretty;
 mod rollouts;
+pub mod server;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

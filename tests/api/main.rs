@@ -17,6 +17,7 @@ mod quality;
 mod records;
 mod restart;
 mod rollouts;
+mod server_limits;
 mod shadow;
 mod store;
 mod streaming;

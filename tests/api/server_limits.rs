@@ -1,0 +1,95 @@
+//! The whole-server limits a production proxy sets, as a misbehaving client meets them.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::*;
+
+async fn app_with(server_settings: &str) -> TestApp {
+    let settings = server_settings.to_owned();
+    TestApp::spawn_edited(Db::Sqlite, Default::default(), move |text| {
+        text.replace("shadow_queue = 4", &format!("shadow_queue = 4\n{settings}"))
+    })
+    .await
+}
+
+fn addr(app: &TestApp) -> String {
+    app.base.trim_start_matches("http://").to_owned()
+}
+
+/// Reads until the peer closes (or `limit` passes); returns what arrived.
+async fn read_to_close(stream: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    tokio::time::timeout(limit, stream.read_to_end(&mut out))
+        .await
+        .ok()
+        .map(|_| out)
+}
+
+#[tokio::test]
+async fn a_client_that_sends_its_headers_too_slowly_is_cut_off() {
+    let app = app_with("header_read_timeout_ms = 300").await;
+    let mut stream = TcpStream::connect(addr(&app)).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // The head never ends: the server closes the connection after the timeout, not never.
+    let got = read_to_close(&mut stream, Duration::from_secs(10)).await;
+    assert!(got.is_some(), "the connection was still open after 10 s");
+    // A prompt client on another connection is unaffected.
+    let ok = app
+        .http
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test]
+async fn a_request_head_over_the_limit_is_431() {
+    let app = app_with("max_header_bytes = 8192").await;
+    let mut stream = TcpStream::connect(addr(&app)).await.unwrap();
+    let big = "a".repeat(20_000);
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nx-big: {big}\r\n\r\n");
+    // The server may answer and close before it has read everything: ignore write errors.
+    let _ = stream.write_all(request.as_bytes()).await;
+    let got = read_to_close(&mut stream, Duration::from_secs(10))
+        .await
+        .expect("the server answers and closes");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_wait_until_one_closes() {
+    let app = app_with("max_connections = 2\nheader_read_timeout_ms = 60000").await;
+    // Two idle connections take both places.
+    let first = TcpStream::connect(addr(&app)).await.unwrap();
+    let _second = TcpStream::connect(addr(&app)).await.unwrap();
+    // A third is not served while they are open…
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let url = format!("{}/healthz", app.base);
+    let waiting = {
+        let client = client.clone();
+        let url = url.clone();
+        #[expect(clippy::disallowed_methods, reason = "a request the test awaits below")]
+        tokio::spawn(async move { client.get(url).send().await.map(|r| r.status()) })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "served beyond max_connections");
+    // …and is, as soon as one closes.
+    drop(first);
+    let status = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("served once a place was free")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+}
