@@ -221,6 +221,17 @@ impl ApiError {
     }
 
     /// The error as one JSON body in OpenAI's shape.
+    /// The error as one server-sent event (`data: {"error": …}` and its blank line), for a
+    /// stream that must end with it after its headers have gone out.
+    pub fn as_event(&self) -> Bytes {
+        let body = self.body();
+        let mut event = Vec::with_capacity(body.len() + 8);
+        event.extend_from_slice(b"data: ");
+        event.extend_from_slice(&body);
+        event.extend_from_slice(b"\n\n");
+        event.into()
+    }
+
     pub fn body(&self) -> Bytes {
         if let Self::UpstreamStatus { body, .. } = self {
             if is_openai_error(body) {

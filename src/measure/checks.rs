@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use super::schema::{Expectation, SchemaChecker, SchemaVerdict};
 use crate::config::OnSchemaFailure;
+use crate::error::ApiError;
 use crate::guardrails::stream::StreamRedactor;
 use crate::guardrails::{Action, GuardrailCounters, GuardrailSet, Stage};
 use crate::openai::completion::ChoiceText;
@@ -107,12 +108,6 @@ pub fn apply_redactions(body: &[u8], redacted: &[Option<String>]) -> Option<Vec<
     serde_json::to_vec(&v).ok()
 }
 
-/// An error event for a stream that must end here.
-pub fn error_event(message: &str, code: &str) -> Vec<u8> {
-    let body = json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}});
-    format!("data: {body}\n\n").into_bytes()
-}
-
 /// What to do with one event of a stream.
 pub enum EventAction {
     Keep,
@@ -154,10 +149,13 @@ impl StreamChecks {
             if let (true, SchemaVerdict::Fail { path, reason }) =
                 (self.checks.schema_is_fatal(&verdict), &verdict)
             {
-                let message =
-                    format!("the answer does not fit the requested schema at {path}: {reason}");
+                let error = ApiError::SchemaInvalid {
+                    version: self.checks.version.to_string(),
+                    path: path.clone(),
+                    reason: reason.clone(),
+                };
                 return EventAction::End {
-                    bytes: error_event(&message, "schema_validation_failed"),
+                    bytes: error.as_event().to_vec(),
                     blocked: false,
                 };
             }
@@ -213,10 +211,13 @@ impl StreamChecks {
     }
 
     fn block(&mut self, rule: String) -> EventAction {
-        let message = format!("the answer was blocked by guardrail `{rule}`");
+        let error = ApiError::GuardrailBlocked {
+            stage: "answer",
+            rule: rule.clone(),
+        };
         self.blocked_by = Some(rule);
         EventAction::End {
-            bytes: error_event(&message, "guardrail_blocked"),
+            bytes: error.as_event().to_vec(),
             blocked: true,
         }
     }

@@ -20,6 +20,7 @@ use tokio::time::Sleep;
 use super::Meter;
 use super::checks::{EventAction, StreamChecks};
 use super::schema::ToolCall;
+use crate::error::ApiError;
 use crate::openai::completion::ChoiceText;
 use crate::openai::lenient::{self, Field, Raw};
 use crate::openai::sse::{BOM, event_end, parse_event};
@@ -338,20 +339,24 @@ impl StreamRelay {
     fn fail(&mut self, error: UpstreamError) -> Option<Bytes> {
         let outcome = error.outcome();
         tracing::warn!(request_id = self.meter.request_id(), error = %error, "upstream stream broke off");
-        let body = serde_json::json!({"error": {
-            "message": format!("the upstream stream broke off: {error}"),
-            "type": "upstream_error", "param": null, "code": outcome.as_str(),
-        }});
-        let event = format!("data: {body}\n\n");
+        let version = self.meter.target().version.name.to_string();
+        let event = match error {
+            UpstreamError::Timeout { after_ms } => ApiError::UpstreamTimeout { version, after_ms },
+            other => ApiError::UpstreamInvalid {
+                version,
+                reason: format!("the stream broke off: {other}"),
+            },
+        }
+        .as_event();
         // Forward what complete events remain, then the error event.
         let pending = self.take_events();
         self.finish(outcome);
         match pending {
             Some(p) => {
-                self.trailer = Some(Bytes::from(event));
+                self.trailer = Some(event);
                 Some(p)
             }
-            None => Some(Bytes::from(event)),
+            None => Some(event),
         }
     }
 }
