@@ -23,7 +23,7 @@ use super::schema::ToolCall;
 use crate::error::ApiError;
 use crate::openai::completion::ChoiceText;
 use crate::openai::lenient::{self, Field, Raw};
-use crate::openai::sse::{BOM, event_end, parse_event};
+use crate::openai::sse::{BOM, event_end_from, parse_event};
 use crate::types::{Outcome, Usage};
 use crate::upstream::{ByteStream, UpstreamError};
 
@@ -179,6 +179,10 @@ impl StreamObserver {
     }
 }
 
+/// The most bytes of one unfinished event the relay holds; an upstream that sends more
+/// without a blank line has its stream ended as broken off.
+pub const MAX_PENDING_EVENT_BYTES: usize = 16 * 1024 * 1024;
+
 pub struct StreamRelay {
     upstream: ByteStream,
     buf: BytesMut,
@@ -197,6 +201,8 @@ pub struct StreamRelay {
     cut: Option<Outcome>,
     /// No event has been cut yet: a byte-order mark here is not part of the first field.
     at_start: bool,
+    /// How much of `buf` is known to hold no event end, so a long event is scanned once.
+    searched: usize,
 }
 
 impl StreamRelay {
@@ -220,6 +226,7 @@ impl StreamRelay {
             checks,
             cut: None,
             at_start: true,
+            searched: 0,
         }
     }
 
@@ -236,7 +243,13 @@ impl StreamRelay {
             } else {
                 0
             };
-            let Some(parsed) = event_end(&self.buf[end + skip..]) else {
+            let from = if end == 0 && !self.at_start {
+                self.searched
+            } else {
+                0
+            };
+            let Some(parsed) = event_end_from(&self.buf[end + skip..], from) else {
+                self.searched = self.buf.len() - end - skip;
                 break;
             };
             let len = skip + parsed;
@@ -376,6 +389,13 @@ impl Stream for StreamRelay {
                     let deadline = tokio::time::Instant::now() + this.idle_limit;
                     this.idle.as_mut().reset(deadline);
                     this.buf.extend_from_slice(&chunk);
+                    if this.buf.len() > MAX_PENDING_EVENT_BYTES + chunk.len() {
+                        // Bytes that never close an event would be held without bound.
+                        let error = UpstreamError::Interrupted(format!(
+                            "an event grew past {MAX_PENDING_EVENT_BYTES} bytes without ending"
+                        ));
+                        return Poll::Ready(this.fail(error).map(Ok));
+                    }
                     if let Some(out) = this.take_events() {
                         if let Some(cut) = this.cut {
                             this.finish(cut);

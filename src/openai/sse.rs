@@ -44,9 +44,26 @@ fn terminator(buf: &[u8], i: usize) -> Option<usize> {
 /// End (exclusive) of the first complete event in `buf`: just past the blank line that
 /// closes it. `None` while the closing blank line has not arrived.
 pub fn event_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    let mut line_empty = true;
+    event_end_from(buf, 0)
+}
+
+/// [`event_end`], resuming a search that already found no event end in `buf[..from]`, so
+/// that an event arriving in many small reads is scanned once, not once per read.
+pub fn event_end_from(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from.min(buf.len());
+    let mut line_empty = i == 0 || matches!(buf[i - 1], b'\n' | b'\r');
+    // Resuming between the CR and the LF of one CRLF: the LF belongs to that terminator.
+    if i > 0 && buf[i - 1] == b'\r' && buf.get(i) == Some(&b'\n') {
+        i += 1;
+    }
     while i < buf.len() {
+        if !line_empty {
+            // Skip the rest of a non-empty line at memchr's speed.
+            match memchr::memchr2(b'\n', b'\r', &buf[i..]) {
+                Some(at) => i += at,
+                None => return None,
+            }
+        }
         match terminator(buf, i) {
             Some(len) => {
                 i += len;
@@ -144,6 +161,38 @@ mod tests {
         assert_eq!(event_end(b""), None);
         // A blank line at the very start is an (empty) event of its own.
         assert_eq!(event_end(b"\ndata: a\n\n"), Some(1));
+    }
+
+    #[test]
+    fn a_resumed_search_finds_what_a_whole_one_finds() {
+        let streams: [&[u8]; 5] = [
+            b"data: a\n\ndata: b\n\n",
+            b"data: a\r\n\r\nrest",
+            b"data: a\r\rrest",
+            b"data: a\r\n\nrest",
+            b": c\n\n",
+        ];
+        for stream in streams {
+            let whole = event_end(stream);
+            // Fed one byte at a time, resuming where the last search stopped.
+            let mut found = None;
+            let mut searched = 0;
+            for len in 1..=stream.len() {
+                if let Some(end) = event_end_from(&stream[..len], searched) {
+                    found = Some(end);
+                    break;
+                }
+                searched = len;
+            }
+            // A CR that ends the bytes so far ends its line; when the LF of a CRLF follows
+            // in a later read, it is an empty line of its own, which dispatches nothing.
+            let cut_at_cr = whole.map(|w| w - 1).filter(|&w| stream[w - 1] == b'\r');
+            assert!(
+                found == whole || (found.is_some() && found == cut_at_cr),
+                "{:?}: {found:?} vs {whole:?}",
+                String::from_utf8_lossy(stream)
+            );
+        }
     }
 
     #[test]
