@@ -65,8 +65,17 @@ pub enum ApiError {
         limit: String,
         retry_after_s: u64,
     },
+    /// The database cannot be reached: admin writes are refused until it is back (the
+    /// request path goes on with what it has cached).
+    #[error(
+        "the database is unavailable ({0}); the gateway keeps routing on its last state, retry this change when the database is back"
+    )]
+    DatabaseUnavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// This replica has not read the routing state yet (`/healthz` at start).
+    #[error("not ready: {0}")]
+    NotReady(String),
     /// The gateway is stopping because a background task died (`/healthz`).
     #[error("unavailable: {0}; the gateway is stopping so that it is restarted")]
     Unavailable(String),
@@ -92,8 +101,9 @@ impl ApiError {
             }
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::UpstreamStatus { status, .. } => *status,
+            Self::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotReady(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -117,7 +127,9 @@ impl ApiError {
             Self::GuardrailBlocked { .. } => ("invalid_request_error", Some("guardrail_blocked")),
             Self::SchemaInvalid { .. } => ("upstream_error", Some("schema_validation_failed")),
             Self::RateLimited { kind, .. } => (kind, Some("rate_limit_exceeded")),
+            Self::DatabaseUnavailable(_) => ("server_error", Some("database_unavailable")),
             Self::Internal(_) => ("server_error", None),
+            Self::NotReady(_) => ("server_error", Some("not_ready")),
             Self::Unavailable(_) => ("server_error", Some("task_failed")),
         }
     }
@@ -169,6 +181,16 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
+            StoreError::Stale(id) => ApiError::Conflict(format!(
+                "rollout {id} was changed meanwhile (by another replica or the judge); read it again and retry"
+            )),
+            StoreError::Fenced(id) => ApiError::Conflict(format!(
+                "this replica no longer judges rollout {id}; its decision was refused"
+            )),
+            e if e.is_unavailable() => {
+                tracing::warn!(error = %e, "database unavailable; admin write refused");
+                ApiError::DatabaseUnavailable(e.to_string())
+            }
             other => {
                 tracing::error!(error = %other, "store failed");
                 ApiError::Internal("the database failed; see the gateway's log".into())
