@@ -108,7 +108,8 @@ pub async fn reread(app: &AppState, revoked_since_ms: &mut i64) {
     ClusterCounters::add(&cluster.counters.rereads, 1);
     let started = now_ms();
     let result = async {
-        app.rollouts.refresh().await?;
+        // Limits and keys first: they need no lock, and when the database is away their
+        // failure spares the rollout re-read (which holds the controller's change lock).
         for (workspace, own) in app.store.all_limits().await? {
             if app.limits.own_limits(&workspace) != Some(own) {
                 app.limits.set(&workspace, own);
@@ -122,6 +123,7 @@ pub async fn reread(app: &AppState, revoked_since_ms: &mut i64) {
         {
             app.keys.forget(&hash).await;
         }
+        app.rollouts.refresh().await?;
         Ok::<_, StoreError>(())
     }
     .await;

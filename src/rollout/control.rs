@@ -492,7 +492,7 @@ impl Controller {
         let mut view = match live {
             Some((view, _)) if self.cluster.is_none() => return Ok(view),
             Some((mut view, judging)) => {
-                if !judging {
+                if !judging && !self.database_away() {
                     // Another replica judges: its last stored report is the one to show.
                     if let Ok(Some(row)) = self.store.rollout(id).await {
                         view.judge = view_row(&row).judge;
@@ -696,7 +696,7 @@ impl Controller {
         // read before the lock is taken. A rollout this replica does not lead, or whose
         // batches cannot be read (the database is away), is not looked at: its judge holds.
         let mut shipped: HashMap<String, Vec<ObservationBatch>> = HashMap::new();
-        if self.cluster.is_some() {
+        if self.cluster.is_some() && !self.database_away() {
             let led: Vec<(String, String)> = {
                 let inner = self.lock();
                 inner

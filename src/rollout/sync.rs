@@ -27,7 +27,7 @@ impl Controller {
     /// In a cluster, a rollout this replica does not know yet may have just been started
     /// elsewhere: read the state again before answering that it does not exist.
     pub(super) async fn refresh_if_unknown(&self, id: &str) {
-        if self.cluster.is_none() || self.lock().running.contains_key(id) {
+        if self.cluster.is_none() || self.database_away() || self.lock().running.contains_key(id) {
             return;
         }
         if let Err(e) = self.refresh().await {
@@ -208,6 +208,10 @@ impl Controller {
         let Some(cluster) = &self.cluster else {
             return;
         };
+        if self.database_away() {
+            // Leases cannot be renewed; the judge holds until the heartbeat sees it back.
+            return;
+        }
         let _changing = self.changes.lock().await;
         let renew_every = (cluster.config.lease_ms / 3).max(1) as i64;
         let due: Vec<(String, Option<i64>)> = {
@@ -268,6 +272,13 @@ impl Controller {
         }
     }
 
+    /// In a cluster whose database is known to be away (the last cluster call failed):
+    /// background rounds skip their database calls instead of holding `changes` for a
+    /// pool timeout each, so that an operator's command answers 503 at once, not after them.
+    pub(super) fn database_away(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|c| !c.database_up())
+    }
+
     /// The database refused a write under an old fence: another replica leads now.
     pub(super) fn fenced(&self, id: &str) {
         if let Some(c) = &self.cluster {
@@ -305,7 +316,9 @@ impl Controller {
     /// Every replica's figures of rollout `id`, summed (a cluster only; `None` alone or
     /// while the database is away).
     pub(super) async fn cluster_figures(&self, id: &str) -> Option<ClusterFigures> {
-        self.cluster.as_ref()?;
+        if self.cluster.is_none() || self.database_away() {
+            return None;
+        }
         let totals = self.store.arm_totals(id).await.ok()?;
         Some(ClusterFigures::of(&totals))
     }

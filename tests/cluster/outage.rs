@@ -195,11 +195,18 @@ async fn replicas_keep_routing_while_the_database_is_away_and_resume_when_it_ret
     // The data plane goes on: cached key, last routing table, both arms.
     let during = rig.drive(&[0, 1], &key, "chat", 30).await;
     assert!(during.iter().all(|s| *s == 200), "{during:?}");
-    // Admin writes are refused clearly.
+    // Admin writes are refused clearly, and soon.
+    let asked = std::time::Instant::now();
     let (status, v) = rig
         .admin(1, Method::POST, &format!("/rollouts/{id}/pause"), None)
         .await;
+    let took = asked.elapsed();
+    eprintln!("admin write refused after {took:?} with the database away");
     assert_eq!(status, 503, "{v}");
+    assert!(
+        took < Duration::from_secs(10),
+        "refused after {took:?}, not promptly"
+    );
     assert_eq!(v["error"]["code"], "database_unavailable", "{v}");
     let health = rig
         .http
@@ -212,6 +219,14 @@ async fn replicas_keep_routing_while_the_database_is_away_and_resume_when_it_ret
         200,
         "still ready: it routes on its last table"
     );
+
+    // The outage is visible to Prometheus: the database is down, records are failing.
+    time_until(
+        Duration::from_secs(5),
+        "sluice_database_up 0 on /metrics",
+        || async { metric(&rig, 0, "sluice_database_up").await == Some(0.0) },
+    )
+    .await;
 
     pg.up();
     // Everything resumes without a restart: writes, propagation, and the buffered observations.
@@ -253,6 +268,25 @@ async fn replicas_keep_routing_while_the_database_is_away_and_resume_when_it_ret
         },
     )
     .await;
+    // New records reach the database again (the record writer has its own connection).
+    let (_, v) = rig
+        .admin(0, Method::GET, "/routes/chat/stats?scope=cluster", None)
+        .await;
+    let stored = v["total"]["requests"].as_i64().unwrap_or(0);
+    let after = rig.drive(&[0, 1], &key, "chat", 10).await;
+    assert!(after.iter().all(|s| *s == 200), "{after:?}");
+    time_until(
+        Duration::from_secs(10),
+        "records written after the outage",
+        || async {
+            let (_, v) = rig
+                .admin(0, Method::GET, "/routes/chat/stats?scope=cluster", None)
+                .await;
+            v["total"]["requests"].as_i64() >= Some(stored + 10)
+        },
+    )
+    .await;
+    assert_eq!(metric(&rig, 0, "sluice_database_up").await, Some(1.0));
     assert!(
         rig.log(0).contains("database unreachable"),
         "{}",
@@ -263,4 +297,20 @@ async fn replicas_keep_routing_while_the_database_is_away_and_resume_when_it_ret
         "{}",
         rig.log(0)
     );
+}
+
+/// The value of one unlabelled metric on replica `i`'s `/metrics`.
+async fn metric(rig: &Rig, i: usize, name: &str) -> Option<f64> {
+    let text = rig
+        .http
+        .get(format!("{}/metrics", rig.replicas[i].base))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
 }

@@ -268,6 +268,29 @@ async fn a_dropped_listener_is_counted_reconnected_and_misses_nothing() {
         "the drop is logged:\n{}",
         rig.log(1)
     );
+    // And Prometheus sees the same counters.
+    let metrics = rig
+        .http
+        .get(format!("{}/metrics", rig.replicas[1].base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    assert!(
+        value("sluice_cluster_listener_drops_total") >= Some(1),
+        "{metrics}"
+    );
+    assert!(value("sluice_cluster_listener_reconnects_total") >= Some(1));
+    assert_eq!(value("sluice_cluster_live_replicas"), Some(2));
+    assert_eq!(value("sluice_database_up"), Some(1));
     pool.close().await;
 }
 
