@@ -431,7 +431,7 @@ impl Controller {
     ) -> Result<RolloutView, RolloutError> {
         self.refresh_if_unknown(id).await;
         let _changing = self.changes.lock().await;
-        let (position, event) = {
+        let (position, event, seen) = {
             let inner = self.lock();
             let Some(r) = inner.running.get(id) else {
                 return Err(RolloutError::NotLive(id.to_owned()));
@@ -457,25 +457,42 @@ impl Controller {
                 message,
                 evidence: None,
             };
-            (r.row.position.clone(), event)
+            (r.row.position.clone(), event, r.row.revision)
         };
         let revision = self
             .store
             .set_pin(id, workspace, arm, &position, &event)
             .await?;
-        let mut inner = self.lock();
+        // A pin bumps the revision whatever it was. When it was not the one this replica
+        // holds, another replica changed the rollout meanwhile: this replica's position is
+        // stale, so it keeps its old revision (a later write from it is refused as stale)
+        // and re-reads instead of taking the new one on trust.
+        let behind = revision != seen + 1;
+        {
+            let mut inner = self.lock();
+            let r = inner
+                .running
+                .get_mut(id)
+                .ok_or_else(|| RolloutError::NotLive(id.to_owned()))?;
+            if !behind {
+                r.row.revision = revision;
+            }
+            match arm {
+                Some(arm) => r.pins.insert(workspace.to_owned(), arm),
+                None => r.pins.remove(workspace),
+            };
+            self.notifier.send(r, &event);
+            self.publish_or_fail(&inner)?;
+        }
+        if behind && self.cluster.is_some() {
+            self.refresh_locked().await?;
+        }
+        let inner = self.lock();
         let r = inner
             .running
-            .get_mut(id)
+            .get(id)
             .ok_or_else(|| RolloutError::NotLive(id.to_owned()))?;
-        r.row.revision = revision;
-        match arm {
-            Some(arm) => r.pins.insert(workspace.to_owned(), arm),
-            None => r.pins.remove(workspace),
-        };
-        self.notifier.send(r, &event);
-        self.publish_or_fail(&inner)?;
-        Ok(view_running(&inner.running[id]))
+        Ok(view_running(r))
     }
 
     /// One rollout, live or ended.
