@@ -473,6 +473,29 @@ pub fn render_rollout(v: &Value) -> String {
             );
         }
     }
+    let cluster = &v["cluster"];
+    if cluster.is_object() {
+        // A cluster: `arms` above are the answering replica's; these are every replica's.
+        let _ = writeln!(
+            out,
+            "  cluster ({} replicas shipped, {} observations dropped):",
+            num(&cluster["replicas"], 0),
+            num(&cluster["observations_dropped"], 0)
+        );
+        for arm in ["stable", "canary"] {
+            let a = &cluster[arm];
+            let _ = writeln!(
+                out,
+                "  {:<8} {:>8} requests {:>6}% errors {:>9} ms mean",
+                arm,
+                num(&a["requests"], 0),
+                a["error_rate"]
+                    .as_f64()
+                    .map_or("-".into(), |r| format!("{:.1}", r * 100.0)),
+                num(&a["mean_latency_ms"], 0),
+            );
+        }
+    }
     let judge = &v["judge"];
     if judge.is_object() {
         let _ = writeln!(

@@ -229,6 +229,44 @@ async fn cluster_wide_counts_equal_the_requests_sent_through_every_replica() {
             + last["arms"]["canary"]["requests"].as_i64().unwrap();
         assert_eq!(own, 80, "`arms` stay this replica's own share");
     }
+    // `sluice rollout status` prints the cluster's figures too, from any replica.
+    let base = rig.replicas[2].base.clone();
+    let rollout = id.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["rollout", "status", &rollout, "--url", &base])
+            .env("SLUICE_ADMIN_TOKEN", crate::helpers::ADMIN_TOKEN)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("cluster (3 replicas shipped, 0 observations dropped)"),
+        "{printed}"
+    );
+    let stable_line = printed
+        .lines()
+        .skip_while(|l| !l.contains("cluster ("))
+        .find(|l| l.trim_start().starts_with("stable"))
+        .unwrap_or_default()
+        .to_owned();
+    let canary = printed
+        .lines()
+        .skip_while(|l| !l.contains("cluster ("))
+        .find(|l| l.trim_start().starts_with("canary"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse::<i64>().ok())
+        .unwrap_or(-1);
+    let stable = stable_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse::<i64>().ok())
+        .unwrap_or(-1);
+    assert_eq!(stable + canary, sent, "{printed}");
     time_until(
         Duration::from_secs(5),
         "the stored records counted",
