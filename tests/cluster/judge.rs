@@ -91,46 +91,73 @@ async fn a_frozen_judge_is_replaced_and_its_next_decision_is_refused() {
         rig.judge_of(0, &id)
     })
     .await;
-    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     drive_until(&rig, &[0, 1, 2], &key, &id, "step 1", |v| {
         v["step"].as_i64() >= Some(1)
     })
     .await;
 
-    rig.signal(leader, "STOP");
-    let (_, took) = wait_some(
-        Duration::from_secs(10),
-        "another replica judging",
-        || async { rig.judge_of(others[0], &id).await.filter(|j| *j != leader) },
-    )
-    .await;
-    eprintln!("frozen judge replaced after {took:?} (lease {LEASE_MS} ms)");
-    let at_takeover = view(&rig, others[0], &id).await["step"].as_i64().unwrap();
-    drive_until(
-        &rig,
-        &others,
-        &key,
-        &id,
-        "an advance by the successor",
-        |v| v["step"].as_i64() > Some(at_takeover),
-    )
-    .await;
+    // Where SIGSTOP lands in the judge's tick decides what the frozen judge does first on
+    // waking: a decision or checkpoint (refused by its stale fence: what this test is
+    // after), or, when it froze between its last write and its lease renewal, the renewal,
+    // which tells it another replica leads, so it steps down without a stale write at all
+    // (also safe, but nothing to refuse). Freeze whoever judges until the first case is
+    // seen, three times at most; each round the successor advances the rollout a step.
+    let mut leader = leader;
+    let mut refused = false;
+    for round in 1..=3 {
+        let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+        rig.signal(leader, "STOP");
+        let (successor, took) = wait_some(
+            Duration::from_secs(10),
+            "another replica judging",
+            || async { rig.judge_of(others[0], &id).await.filter(|j| *j != leader) },
+        )
+        .await;
+        eprintln!("round {round}: frozen judge replaced after {took:?} (lease {LEASE_MS} ms)");
+        let at_takeover = view(&rig, others[0], &id).await["step"].as_i64().unwrap();
+        drive_until(
+            &rig,
+            &others,
+            &key,
+            &id,
+            "an advance by the successor",
+            |v| v["step"].as_i64() > Some(at_takeover),
+        )
+        .await;
 
-    rig.signal(leader, "CONT");
-    time_until(
-        Duration::from_secs(5),
-        "the old judge's write refused",
-        || async {
+        rig.signal(leader, "CONT");
+        let woke = Instant::now();
+        loop {
             let (_, v) = rig.admin(leader, Method::GET, "/cluster", None).await;
-            v["counters"]["fenced_writes_refused"].as_u64() >= Some(1)
-        },
-    )
-    .await;
-    assert!(
-        rig.log(leader).contains("stale fencing token"),
-        "the refusal is logged:\n{}",
-        rig.log(leader)
-    );
+            if v["counters"]["fenced_writes_refused"].as_u64() >= Some(1) {
+                refused = true;
+                break;
+            }
+            if rig
+                .log(leader)
+                .contains("another replica judges this rollout now")
+            {
+                eprintln!("round {round}: the woken judge stepped down before any write");
+                break;
+            }
+            assert!(
+                woke.elapsed() < Duration::from_secs(5),
+                "the woken judge neither had a write refused nor stepped down within 5 s: {v:#}\nits log:\n{}",
+                rig.log(leader)
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if refused {
+            assert!(
+                rig.log(leader).contains("stale fencing token"),
+                "the refusal is logged:\n{}",
+                rig.log(leader)
+            );
+            break;
+        }
+        leader = successor;
+    }
+    assert!(refused, "no woken judge made a stale write in three rounds");
     let v = drive_until(&rig, &[0, 1, 2], &key, &id, "the end", |v| {
         v["state"] != "progressing"
     })
