@@ -130,6 +130,11 @@ impl Controller {
                     let Some(policy) = policies.remove(&row.id) else {
                         continue;
                     };
+                    if serde_json::to_string(&*policy).ok().as_deref() != Some(&row.policy_json) {
+                        // Every replica should route and judge by one policy: ship the same
+                        // policy files everywhere (one ConfigMap).
+                        tracing::warn!(rollout = %row.id, policy = %row.policy, "this replica's policy file differs from the one the rollout was started with; using this replica's");
+                    }
                     let judge = Judge::new(&policy.judge_spec());
                     tracing::info!(rollout = %row.id, route = %row.route, state = row.position.state.as_str(), "rollout taken up from the database");
                     let running = Running::new(row, policy, judge, row_pins, &self.catalog);

@@ -256,6 +256,14 @@ async fn cluster_wide_counts_equal_the_requests_sent_through_every_replica() {
             + last["arms"]["canary"]["requests"].as_i64().unwrap();
         assert_eq!(own, 80, "`arms` stay this replica's own share");
     }
+    for i in [0, 2] {
+        let log = rig.log(i);
+        assert!(log.contains("rollout taken up from the database"), "{log}");
+        assert!(
+            !log.contains("policy file differs"),
+            "the same file, the same policy: {log}"
+        );
+    }
     // `sluice rollout status` prints the cluster's figures too, from any replica.
     let base = rig.replicas[2].base.clone();
     let rollout = id.clone();
