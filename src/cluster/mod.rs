@@ -47,16 +47,19 @@ pub struct ClusterCounters {
     pub notifications: AtomicU64,
     /// Re-reads of the routing state (notified, periodic, or after a reconnect).
     pub rereads: AtomicU64,
+    /// Re-reads that failed (the routing table stays as it was).
     pub reread_failures: AtomicU64,
     /// Times the LISTEN connection was lost, and re-established.
     pub listener_drops: AtomicU64,
     pub listener_reconnects: AtomicU64,
+    /// Heartbeats that could not be written (the database away, mostly).
     pub heartbeat_failures: AtomicU64,
     /// Observation batches shipped, observations in them, and observations dropped before
     /// shipping (buffer full while the database was away).
     pub batches_shipped: AtomicU64,
     pub observations_shipped: AtomicU64,
     pub observations_dropped: AtomicU64,
+    /// Flushes that failed and were kept for the next one.
     pub ship_failures: AtomicU64,
     /// Decisions and checkpoints this replica wrote under a fence that was no longer
     /// current (another replica had taken over): the database refused each one.
@@ -68,6 +71,7 @@ pub struct ClusterCounters {
 }
 
 impl ClusterCounters {
+    /// Adds `n` to one of the counters.
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
@@ -77,9 +81,11 @@ impl ClusterCounters {
 pub struct Cluster {
     /// Whether the cluster loops run (PostgreSQL) or this is a single process (SQLite).
     pub enabled: bool,
+    /// `[cluster]` as configured.
     pub config: ClusterConfig,
     /// This process: a fresh id per start, so a restarted replica is a new one.
     pub replica: ReplicaRow,
+    /// What this replica's cluster loops did.
     pub counters: ClusterCounters,
     /// Live replicas at the last heartbeat (1 until known): the divisor of workspace limits.
     live_replicas: AtomicU64,
@@ -90,6 +96,8 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// This process as a replica: enabled on PostgreSQL only; `address` is the bound
+    /// listener's, shown unless `[cluster] advertise` says otherwise.
     pub fn new(config: ClusterConfig, engine: Engine, address: String) -> Self {
         let id = format!("rep_{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         let address = config.advertise.clone().unwrap_or(address);
@@ -110,18 +118,22 @@ impl Cluster {
         }
     }
 
+    /// This replica's id (`rep_` and 12 hex digits, fresh per start).
     pub fn id(&self) -> &str {
         &self.replica.id
     }
 
+    /// Whether the routing state has been read (`/healthz`).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }
 
+    /// Marks the routing state as read.
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);
     }
 
+    /// Live replicas at the last heartbeat, at least 1.
     pub fn live_replicas(&self) -> u64 {
         self.live_replicas.load(Ordering::Relaxed).max(1)
     }
@@ -141,6 +153,7 @@ impl Cluster {
         }
     }
 
+    /// False while the last cluster call found the database unreachable.
     pub fn database_up(&self) -> bool {
         self.database_up.load(Ordering::Relaxed)
     }

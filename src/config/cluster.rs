@@ -64,15 +64,19 @@ fn default_observation_buffer() -> usize {
 pub const MAX_REREAD: Duration = Duration::from_secs(5);
 
 impl ClusterConfig {
+    /// `heartbeat_ms` as a duration.
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms)
     }
+    /// `lease_ms` as a duration.
     pub fn lease(&self) -> Duration {
         Duration::from_millis(self.lease_ms)
     }
+    /// `flush_ms` as a duration.
     pub fn flush(&self) -> Duration {
         Duration::from_millis(self.flush_ms)
     }
+    /// `reread_ms` as a duration.
     pub fn reread(&self) -> Duration {
         Duration::from_millis(self.reread_ms)
     }
@@ -91,6 +95,7 @@ pub enum PrunedTable {
 }
 
 impl PrunedTable {
+    /// Every table the pruner knows.
     pub const ALL: [PrunedTable; 5] = [
         PrunedTable::Requests,
         PrunedTable::Feedback,

@@ -30,6 +30,7 @@ pub struct ReplicaRow {
     pub address: String,
     /// sluice's version.
     pub version: String,
+    /// Epoch ms (the replica's clock).
     pub started_at_ms: i64,
     /// The database's clock at its last heartbeat.
     pub heartbeat_at_ms: i64,
@@ -40,7 +41,9 @@ pub struct ReplicaRow {
 pub struct LeaseRow {
     pub name: String,
     pub holder: String,
+    /// Grows by one each time the holder changes.
     pub fence: i64,
+    /// The database's clock, epoch ms.
     pub expires_at_ms: i64,
 }
 
@@ -60,6 +63,7 @@ pub struct ShippedBatch {
     pub replica: String,
     /// Grows by one per flush of this replica (per process, whose id is fresh per start).
     pub seq: i64,
+    /// When it was drained (epoch ms, the replica's clock).
     pub at_ms: i64,
     /// The judge's observations, as a JSON array.
     pub observations: String,
@@ -67,8 +71,9 @@ pub struct ShippedBatch {
     pub assigned: [i64; 2],
     /// Requests measured, per arm (every one, pinned ones too; for the cluster-wide view).
     pub requests: [i64; 2],
+    /// Errors, per arm.
     pub errors: [i64; 2],
-    /// Sum of latencies, per arm.
+    /// Sum of latencies (ms), per arm.
     pub latency_ms: [f64; 2],
     /// Observations this replica had to drop since its previous flush (queue full, database away).
     pub dropped: i64,
@@ -79,7 +84,9 @@ pub struct ShippedBatch {
 pub struct ObservationBatch {
     pub replica: String,
     pub seq: i64,
+    /// The judge's observations, as a JSON array.
     pub observations: String,
+    /// Randomized assignments, per arm (stable, canary).
     pub assigned: [i64; 2],
 }
 
@@ -89,6 +96,7 @@ pub struct ArmTotals {
     /// Requests per arm (stable, canary).
     pub requests: [i64; 2],
     pub errors: [i64; 2],
+    /// Sum of latencies (ms), per arm.
     pub latency_ms_sum: [f64; 2],
     /// Observations replicas counted as dropped before shipping.
     pub dropped: i64,
@@ -436,6 +444,8 @@ pub struct RouteTotals {
     pub requests: i64,
     pub errors: i64,
     pub mean_latency_ms: f64,
+    /// Prompt and completion tokens.
     pub tokens: i64,
+    /// USD at the versions' prices.
     pub cost_usd: f64,
 }
