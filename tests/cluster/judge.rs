@@ -220,17 +220,7 @@ async fn cluster_wide_counts_equal_the_requests_sent_through_every_replica() {
     let rig = Rig::start(3, &base).await;
     let (key, _) = rig.key(0, "acme").await;
     let id = start_rollout(&rig, 1, "hold").await;
-    time_until(Duration::from_secs(5), "the rollout everywhere", || async {
-        let mut all = true;
-        for i in 0..3 {
-            let (status, _) = rig
-                .admin(i, Method::GET, &format!("/rollouts/{id}"), None)
-                .await;
-            all &= status == 200;
-        }
-        all
-    })
-    .await;
+    rig.wait_routed("chat", &id).await;
     let statuses = rig.drive(&[0, 1, 2], &key, "chat", 240).await;
     let sent = statuses.iter().filter(|s| **s == 200).count() as i64;
     assert_eq!(sent, 240);

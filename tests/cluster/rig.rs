@@ -258,6 +258,31 @@ impl Rig {
         std::fs::read_to_string(&self.replicas[i].log).unwrap_or_default()
     }
 
+    /// Waits until every replica routes `route` by `rollout` (its `/routes` names it): a
+    /// rollout view answering 200 is not enough, as it may be read from the database
+    /// before the replica has taken the rollout up into its routing table.
+    pub async fn wait_routed(&self, route: &str, rollout: &str) {
+        time_until(
+            Duration::from_secs(5),
+            &format!("every replica routing `{route}` by {rollout}"),
+            || async {
+                for i in 0..self.replicas.len() {
+                    let (_, v) = self.admin(i, Method::GET, "/routes", None).await;
+                    let routed = v["data"].as_array().is_some_and(|routes| {
+                        routes
+                            .iter()
+                            .any(|r| r["route"] == route && r["rollout"] == rollout)
+                    });
+                    if !routed {
+                        return false;
+                    }
+                }
+                true
+            },
+        )
+        .await;
+    }
+
     /// Which replica (index) judges `rollout` now, per replica `asking`'s cluster view.
     pub async fn judge_of(&self, asking: usize, rollout: &str) -> Option<usize> {
         let (status, v) = self.admin(asking, Method::GET, "/cluster", None).await;
