@@ -691,6 +691,10 @@ impl Controller {
             self.publish_or_fail(&inner)?;
             checkpoint
         };
+        // In a cluster only the judge's state is worth keeping: another replica's was never
+        // fed, and writing it would overwrite the judge's last report.
+        let ended_checkpoint =
+            ended_checkpoint.filter(|_| self.cluster.is_none() || lease_to_release.is_some());
         if let Some((judge, report)) = ended_checkpoint {
             let fence = lease_to_release.map(|token| (judge_lease(&id), token));
             self.write_checkpoint(&id, &judge, &report, None, fence.as_ref())
