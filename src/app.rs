@@ -83,10 +83,12 @@ impl Server {
         let (sink, records) = RecordSink::new(settings.config.server.record_queue, limits.clone());
         let (shadows, shadow_jobs) = ShadowQueue::new(settings.config.server.shadow_queue.max(1));
         let sink = Arc::new(sink);
+        let throttle = crate::throttle::ClientThrottle::new(&settings.config.server);
         let app = Arc::new(App {
             settings,
             store: store.clone(),
             keys: KeyCache::default(),
+            throttle,
             catalog,
             routing,
             sink: sink.clone(),
@@ -169,7 +171,11 @@ impl Server {
         let (stopping_tx, mut stopping) = watch::channel(false);
         let router = crate::http::router(app.clone());
         let watched = tasks.clone();
-        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let serve = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
             tokio::select! {
                 _ = stop => {}
                 failure = watched.failed() => {

@@ -28,8 +28,18 @@ pub enum ApiError {
     MissingKey,
     #[error("invalid API key")]
     InvalidKey,
-    #[error("the model `{0}` does not exist: it is not a route of this gateway")]
-    UnknownRoute(String),
+    /// The admin token was sent where an API key belongs.
+    #[error(
+        "invalid API key: this is the admin token, which opens /admin only; call /v1 with an API key (`sluice keys create --workspace ID`)"
+    )]
+    AdminTokenAsKey,
+    /// A gateway API key was sent where the admin token belongs.
+    #[error(
+        "admin token wrong: this is a gateway API key, which opens /v1 only; the admin API takes `Authorization: Bearer $SLUICE_ADMIN_TOKEN`"
+    )]
+    KeyAsAdminToken,
+    #[error("{0}")]
+    UnknownRoute(UnknownModel),
     #[error("the request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("{0}")]
@@ -71,6 +81,18 @@ pub enum ApiError {
         "the database is unavailable ({0}); the gateway keeps routing on its last state, retry this change when the database is back"
     )]
     DatabaseUnavailable(String),
+    /// A refusal produced by the HTTP framework rather than a handler (a method the path
+    /// does not serve, a body it cannot read), re-dressed in OpenAI's shape; the status is
+    /// the framework's, the message its text or the status's reason.
+    #[error("{message}")]
+    Http { status: StatusCode, message: String },
+    /// A client address that failed to authenticate too often, or called the admin API
+    /// too fast (see `throttle`).
+    #[error("too many {what} from this address; retry in {retry_after_s} s")]
+    Throttled {
+        what: &'static str,
+        retry_after_s: u64,
+    },
     #[error("internal error: {0}")]
     Internal(String),
     /// This replica has not read the routing state yet (`/healthz` at start).
@@ -81,6 +103,38 @@ pub enum ApiError {
     Unavailable(String),
 }
 
+/// A `model` that is no route: what the client is told instead (see
+/// `resolve::RoutingTable::explain_unknown`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownModel {
+    pub model: String,
+    /// Every route's name, sorted.
+    pub routes: Vec<String>,
+    /// The route whose stable or canary version is called `model`.
+    pub version_of: Option<String>,
+}
+
+impl std::fmt::Display for UnknownModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the model `{}` does not exist: it is not a route of this gateway",
+            self.model
+        )?;
+        if let Some(route) = &self.version_of {
+            write!(
+                f,
+                "; `{}` is a version of route `{route}`: send \"model\": \"{route}\" and sluice picks the version",
+                self.model
+            )?;
+        }
+        match self.routes.as_slice() {
+            [] => write!(f, "; no route is configured"),
+            routes => write!(f, "; routes: {}", routes.join(", ")),
+        }
+    }
+}
+
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -88,12 +142,14 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             Self::SchemaInvalid { .. } => StatusCode::BAD_GATEWAY,
-            Self::MissingKey | Self::InvalidKey | Self::AdminUnauthorized => {
-                StatusCode::UNAUTHORIZED
-            }
+            Self::MissingKey
+            | Self::InvalidKey
+            | Self::AdminTokenAsKey
+            | Self::KeyAsAdminToken
+            | Self::AdminUnauthorized => StatusCode::UNAUTHORIZED,
             Self::UnknownRoute(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UpstreamUnreachable { .. } | Self::UpstreamInvalid { .. } => {
@@ -102,6 +158,7 @@ impl ApiError {
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::UpstreamStatus { status, .. } => *status,
             Self::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Http { status, .. } => *status,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::NotReady(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -113,8 +170,12 @@ impl ApiError {
             Self::InvalidJson(_) => ("invalid_request_error", Some("invalid_json")),
             Self::InvalidRequest { .. } => ("invalid_request_error", None),
             Self::MissingKey => ("invalid_request_error", Some("missing_api_key")),
-            Self::InvalidKey => ("invalid_request_error", Some("invalid_api_key")),
-            Self::AdminUnauthorized => ("invalid_request_error", Some("invalid_admin_token")),
+            Self::InvalidKey | Self::AdminTokenAsKey => {
+                ("invalid_request_error", Some("invalid_api_key"))
+            }
+            Self::AdminUnauthorized | Self::KeyAsAdminToken => {
+                ("invalid_request_error", Some("invalid_admin_token"))
+            }
             Self::UnknownRoute(_) => ("invalid_request_error", Some("model_not_found")),
             Self::NotFound(_) => ("invalid_request_error", Some("not_found")),
             Self::Conflict(_) => ("invalid_request_error", Some("conflict")),
@@ -128,6 +189,21 @@ impl ApiError {
             Self::SchemaInvalid { .. } => ("upstream_error", Some("schema_validation_failed")),
             Self::RateLimited { kind, .. } => (kind, Some("rate_limit_exceeded")),
             Self::DatabaseUnavailable(_) => ("server_error", Some("database_unavailable")),
+            Self::Throttled { .. } => ("rate_limit_error", Some("too_many_attempts")),
+            Self::Http { status, .. } => (
+                if status.is_server_error() {
+                    "server_error"
+                } else {
+                    "invalid_request_error"
+                },
+                match *status {
+                    StatusCode::METHOD_NOT_ALLOWED => Some("method_not_allowed"),
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => Some("unsupported_media_type"),
+                    StatusCode::PAYLOAD_TOO_LARGE => Some("request_too_large"),
+                    StatusCode::REQUEST_TIMEOUT => Some("request_timeout"),
+                    _ => None,
+                },
+            ),
             Self::Internal(_) => ("server_error", None),
             Self::NotReady(_) => ("server_error", Some("not_ready")),
             Self::Unavailable(_) => ("server_error", Some("task_failed")),
@@ -237,13 +313,48 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if let Self::RateLimited { retry_after_s, .. } = &self
+        if let Self::RateLimited { retry_after_s, .. } | Self::Throttled { retry_after_s, .. } =
+            &self
             && let Ok(v) = HeaderValue::from_str(&retry_after_s.to_string())
         {
             headers.insert(header::RETRY_AFTER, v);
         }
         response
     }
+}
+
+/// Gives every error answer the router itself produced OpenAI's JSON shape (axum answers a
+/// wrong method with an empty 405 and its rejections in plain text). Answers that already
+/// are JSON (sluice's own errors, upstream bodies) or an event stream pass untouched; the
+/// other headers (`Allow` on a 405) are kept.
+pub async fn openai_shaped(response: Response) -> Response {
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !(status.is_client_error() || status.is_server_error())
+        || !(content_type.is_empty() || content_type.starts_with("text/plain"))
+    {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // The framework's own bodies are one line; anything longer is not one of them.
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    let shaped = ApiError::Http { status, message }.into_response();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, shaped.into_body())
 }
 
 #[cfg(test)]
@@ -256,7 +367,11 @@ mod tests {
 
     #[test]
     fn errors_have_openai_shape_and_status() {
-        let e = ApiError::UnknownRoute("nope".into());
+        let e = ApiError::UnknownRoute(UnknownModel {
+            model: "nope".into(),
+            routes: vec!["chat".into(), "embed".into()],
+            version_of: None,
+        });
         assert_eq!(e.status(), StatusCode::NOT_FOUND);
         let v = parsed(&e);
         assert_eq!(v["error"]["type"], "invalid_request_error");

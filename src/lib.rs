@@ -37,6 +37,8 @@
 //! | `judge` | L1 | the pure sequential judge over two arms' observations, with its own JudgeSpec |
 //! | `guardrails` | L1 | guardrail rules, their detection and redaction, and their loader |
 //! | `traces` | L1 | OpenTelemetry spans for requests and upstream calls |
+//! | `openai::sse` | L1 | server-sent events framed as the WHATWG standard reads them |
+//! | `openai::lenient` | L1 | reading upstream fields as leniently as the SDKs: null is absent, odd shapes counted |
 //! | `openai` | L1 | the OpenAI wire format, pure: a whole completion read |
 //! | `measure::histogram` | L1 | lock-free latency histograms |
 //! | `measure::tokens` | L1 | token counting when an upstream gives no usage |
@@ -53,6 +55,7 @@
 //! | `cluster` | L4 | this replica in a cluster: its id, counters, liveness and the `/admin/v1/cluster` view |
 //! | `catalog` | L4 | the configured versions (with their clients), route settings and live stats |
 //! | `limits` | L5 | per-workspace rate, token and spend limits |
+//! | `throttle` | L5 | per-client-address limits: failed authentications, admin calls |
 //! | `auth` | L5 | API key → workspace (hash, cache, store fallback); admin token check |
 //! | `shadow` | L5 | shadow copies: sampling, the bounded queue and the sender |
 //! | `resolve` | L6 | the routing table: route → arm → version, sticky buckets |
@@ -103,6 +106,7 @@ pub mod state;
 pub mod store;
 pub mod tasks;
 pub mod telemetry;
+pub mod throttle;
 pub mod traces;
 pub mod types;
 pub mod upstream;

@@ -190,9 +190,23 @@ enum KeyCommand {
     },
 }
 
-fn init_logging() {
+/// Log filter from `SLUICE_LOG`, else `RUST_LOG`, else `default`; a filter that does not
+/// parse is said on stderr (not silently replaced).
+fn init_logging(default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = ["SLUICE_LOG", "RUST_LOG"]
+        .into_iter()
+        .find_map(|var| {
+            let text = std::env::var(var).ok().filter(|t| !t.trim().is_empty())?;
+            match EnvFilter::try_new(&text) {
+                Ok(filter) => Some(filter),
+                Err(e) => {
+                    eprintln!("{var}=`{text}` is not a log filter ({e}); using `{default}`");
+                    None
+                }
+            }
+        })
+        .unwrap_or_else(|| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
@@ -229,16 +243,16 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, listen } => {
-            init_logging();
+            init_logging("info");
             let mut settings = match load(&config) {
                 Ok(s) => s,
                 Err(code) => return code,
             };
             if let Some(listen) = listen {
-                match listen.parse() {
+                match sluice::settings::listen_address(&listen) {
                     Ok(addr) => settings.listen = addr,
-                    Err(_) => {
-                        eprintln!("--listen: `{listen}` is not an address such as 127.0.0.1:8080");
+                    Err(message) => {
+                        eprintln!("--listen: {message}");
                         return ExitCode::from(2);
                     }
                 }
@@ -246,7 +260,7 @@ async fn main() -> ExitCode {
             serve(settings).await
         }
         Command::Migrate { config } => {
-            init_logging();
+            init_logging("info");
             match load(&config) {
                 Ok(settings) => sluice::store::Store::connect(&settings.database_url)
                     .await
@@ -274,12 +288,7 @@ async fn main() -> ExitCode {
         Command::Simulate(args) => sluice::simulate::run(args),
         Command::Eval(args) => sluice::eval::run(args).await,
         Command::Demo => {
-            let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_target(false)
-                .init();
+            init_logging("warn");
             sluice::demo::run().await
         }
         Command::Rollout { admin, command } => {

@@ -23,13 +23,13 @@ use crate::measure::checks::{AnswerChecks, StreamChecks, apply_redactions};
 use crate::measure::schema::{Expectation, SchemaVerdict};
 use crate::measure::sse::StreamRelay;
 use crate::measure::tokens::count_prompt;
-use crate::openai::completion::summarize_completion;
+use crate::openai::completion::{completion_as_events, summarize_completion};
 use crate::resolve::{Target, Unit};
 use crate::shadow::ShadowTicket;
 use crate::state::App;
 use crate::traces;
 use crate::types::{Arm, Outcome, RouteName, Usage};
-use crate::upstream::{ByteStream, Call, UpstreamError};
+use crate::upstream::{ByteStream, Call, UpstreamError, names_stream_options};
 use opentelemetry::KeyValue;
 
 /// The largest non-streamed upstream answer sluice reads.
@@ -185,7 +185,7 @@ pub async fn chat_completion(app: &App, caller: Caller, headers: &HeaderMap, raw
         headers,
     };
     let Some(target) = app.routing.load().resolve(&request.model, &unit) else {
-        let error = ApiError::UnknownRoute(request.model.clone());
+        let error = ApiError::UnknownRoute(app.routing.load().explain_unknown(&request.model));
         return Answer {
             request_id,
             routed: None,
@@ -301,7 +301,11 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
     }
 
     let ask_usage = request.stream && provider.streams_usage_on_request();
-    let strip_usage = ask_usage && !request.client_wants_usage;
+    let mut strip_usage = ask_usage && !request.client_wants_usage;
+    // The client's own `stream_options`, to send again if the upstream refuses sluice's.
+    let client_options = strip_usage
+        .then(|| request.fields.get("stream_options").cloned())
+        .flatten();
     let body = request.upstream_body(&version.model, strip_usage);
     if let Some(shadow) = meter
         .target()
@@ -351,10 +355,47 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
             error,
         );
     }
-    let reply = match sent {
+    let mut reply = match sent {
         Ok(reply) => reply,
         Err(e) => return Err(fail(&mut meter, upstream_error(e, &version.name))),
     };
+    if strip_usage && reply.status == StatusCode::BAD_REQUEST {
+        // A 400 that names the field sluice added fails only because of sluice: send the
+        // client's request as it was, once, and stop adding the field for this provider.
+        let body = read_body(reply.body, provider.timeout())
+            .await
+            .unwrap_or_default();
+        if names_stream_options(&body) {
+            if provider.refused_stream_usage() {
+                tracing::warn!(
+                    version = %version.name,
+                    "the upstream refused stream_options.include_usage; retrying without it and no longer adding it for this provider (stream_usage = \"never\" says so in the config)"
+                );
+            }
+            match client_options {
+                Some(options) => request.set_raw("stream_options", options),
+                None => {
+                    request.fields.shift_remove("stream_options");
+                }
+            }
+            strip_usage = false;
+            let call = Call {
+                body: request.upstream_body(&version.model, false),
+                stream: true,
+                include_usage: false,
+                model: &version.model,
+                request_id,
+                mock: version.mock.as_ref().map(|m| m.load_full()),
+                traceparent: upstream_span.as_ref().and_then(traces::traceparent),
+            };
+            reply = match provider.send(call).await {
+                Ok(reply) => reply,
+                Err(e) => return Err(fail(&mut meter, upstream_error(e, &version.name))),
+            };
+        } else {
+            reply.body = Box::pin(futures_util::stream::iter([Ok(body)]));
+        }
+    }
     let mut headers = forwardable_headers(&reply.headers);
 
     if !reply.status.is_success() {
@@ -373,9 +414,39 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
 
     if request.stream {
         meter.status = reply.status.as_u16();
+        let is_event_stream = reply
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("text/event-stream"));
+        let upstream: crate::upstream::ByteStream = if is_event_stream {
+            reply.body
+        } else {
+            // Asked for a stream, answered with a whole body: a completion is relayed as
+            // the events it would have streamed (so measurement, checks and usage
+            // stripping treat it like any stream); anything else is the upstream's failure.
+            let bytes = match read_body(reply.body, provider.timeout()).await {
+                Ok(bytes) => bytes,
+                Err(e) => return Err(fail(&mut meter, upstream_error(e, &version.name))),
+            };
+            match completion_as_events(&bytes) {
+                Ok(events) => Box::pin(futures_util::stream::iter([Ok(events)])),
+                Err(reason) => {
+                    let error = ApiError::UpstreamInvalid {
+                        version: version.name.to_string(),
+                        reason: format!("asked for a stream, it answered a whole body: {reason}"),
+                    };
+                    return Err(fail(&mut meter, error));
+                }
+            }
+        };
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
         let checks = checks.active().then(|| StreamChecks::new(checks));
         let relay = Box::new(StreamRelay::new(
-            reply.body,
+            upstream,
             meter,
             strip_usage,
             provider.timeout(),
@@ -397,7 +468,7 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
         Err(reason) => {
             let error = ApiError::UpstreamInvalid {
                 version: version.name.to_string(),
-                reason,
+                reason: reason.to_string(),
             };
             return Err(fail(&mut meter, error));
         }
@@ -514,6 +585,10 @@ fn upstream_error(e: UpstreamError, version: &str) -> ApiError {
             ApiError::UpstreamUnreachable { version }
         }
         UpstreamError::Interrupted(reason) => ApiError::UpstreamInvalid { version, reason },
+        e @ UpstreamError::Encoded(_) => ApiError::UpstreamInvalid {
+            version,
+            reason: e.to_string(),
+        },
     }
 }
 

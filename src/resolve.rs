@@ -128,6 +128,24 @@ impl RoutingTable {
         }
     }
 
+    /// Why `model` names no route, for the client's 404: the routes there are, and the
+    /// route `model` belongs to when it is one of a route's versions (by sluice's name or
+    /// the upstream's model name, as an app switching from OpenAI would send).
+    pub fn explain_unknown(&self, model: &str) -> crate::error::UnknownModel {
+        let version_of = self.routes.iter().find_map(|(route, entry)| {
+            let canary = entry.rollout.as_ref().map(|r| &r.canary);
+            std::iter::once(&entry.stable)
+                .chain(canary)
+                .any(|t| &*t.version.name == model || &*t.version.model == model)
+                .then(|| route.clone())
+        });
+        crate::error::UnknownModel {
+            model: model.to_owned(),
+            routes: self.routes.keys().cloned().collect(),
+            version_of,
+        }
+    }
+
     /// The target for a request to `model`, or `None` when no route has that name.
     pub fn resolve(&self, model: &str, unit: &Unit<'_>) -> Option<Target> {
         let entry = self.routes.get(model)?;

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::issue::{ConfigErrors, ConfigIssue};
+use crate::config::issue::{ConfigErrors, ConfigIssue, read_toml, struct_fields};
 use crate::config::*;
 use crate::rollout::policy::{self, Policy};
 use crate::types::Secret;
@@ -45,6 +45,43 @@ pub fn load(path: &Path) -> Result<Settings, ConfigErrors> {
     parse(path, &text, &|name| std::env::var(name).ok())
 }
 
+/// Turns `host:port` into the address to bind: an IP address as written, or a host name
+/// (`localhost:8093`) resolved once, taking its first address.
+///
+/// Errors (the message names the text) when there is no port or the name does not resolve.
+pub fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let hint = "an address such as 127.0.0.1:8080 or localhost:8080";
+    match text.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("`{text}` resolves to no address; give {hint}")),
+        Err(e) => Err(format!("`{text}` is not {hint} ({e})")),
+    }
+}
+
+/// The known keys of each table of `sluice.toml`, for "did you mean" (see [`read_toml`]).
+fn config_fields(parent: &[&str]) -> Option<&'static [&'static str]> {
+    Some(match parent {
+        [] => struct_fields::<Config>(),
+        ["server"] => struct_fields::<ServerConfig>(),
+        ["database"] => struct_fields::<DatabaseConfig>(),
+        ["admin"] => struct_fields::<AdminConfig>(),
+        ["policies"] => struct_fields::<PoliciesConfig>(),
+        ["telemetry"] => struct_fields::<TelemetryConfig>(),
+        ["limits"] => struct_fields::<crate::types::Limits>(),
+        ["providers", _] => struct_fields::<ProviderConfig>(),
+        ["versions", _] => struct_fields::<VersionConfig>(),
+        ["versions", _, "mock"] => struct_fields::<MockConfig>(),
+        ["versions", _, "price"] => struct_fields::<crate::types::Price>(),
+        ["routes", _] => struct_fields::<RouteConfig>(),
+        _ => return None,
+    })
+}
+
 /// Parses and checks a config text; `env` answers environment look-ups (tests pass a map).
 pub fn parse(
     file: &Path,
@@ -56,35 +93,15 @@ pub fn parse(
         key: key.to_owned(),
         message,
     };
-    let mut issues = Vec::new();
-    let mut unknown = Vec::new();
-    let deserializer = toml::Deserializer::parse(text)
-        .map_err(|e| ConfigErrors(vec![issue("", e.to_string())]))?;
-    let config: Config =
-        match serde_ignored::deserialize(deserializer, |path| unknown.push(path.to_string())) {
-            Ok(config) => config,
-            Err(e) => {
-                let e: toml::de::Error = e;
-                return Err(ConfigErrors(vec![issue(
-                    "",
-                    e.to_string().trim_end().to_owned(),
-                )]));
-            }
-        };
-    for key in unknown {
-        issues.push(issue(&key, "unknown key".into()));
-    }
+    let (config, mut issues) = read_toml::<Config>(file, text, &config_fields);
+    let Some(config) = config else {
+        return Err(ConfigErrors(issues));
+    };
 
-    let listen = match config.server.listen.parse::<SocketAddr>() {
+    let listen = match listen_address(&config.server.listen) {
         Ok(addr) => Some(addr),
-        Err(_) => {
-            issues.push(issue(
-                "server.listen",
-                format!(
-                    "`{}` is not an address such as 127.0.0.1:8080",
-                    config.server.listen
-                ),
-            ));
+        Err(message) => {
+            issues.push(issue("server.listen", message));
             None
         }
     };
@@ -386,6 +403,10 @@ mod tests {
         let env = env_with(&[("SLUICE_ADMIN_TOKEN", "t"), ("OPENAI_API_KEY", "sk-x")]);
         let settings = parse(Path::new("sluice.toml"), ISSUE_EXAMPLE, &env).unwrap();
         assert_eq!(settings.listen.to_string(), "127.0.0.1:8080");
+        let local = listen_address("localhost:8093").expect("localhost resolves");
+        assert!(local.ip().is_loopback() && local.port() == 8093, "{local}");
+        let err = listen_address("localhost").expect_err("no port");
+        assert!(err.contains("localhost:8080"), "{err}");
         assert_eq!(settings.config.server.max_body_bytes, 4_194_304);
         assert_eq!(settings.config.routes["chat"].stable, "gpt-4o");
         assert_eq!(

@@ -19,6 +19,8 @@ pub struct App {
     pub settings: Settings,
     pub store: Store,
     pub keys: KeyCache,
+    /// Failed authentications and admin calls, limited per client address.
+    pub throttle: crate::throttle::ClientThrottle,
     pub catalog: Arc<Catalog>,
     /// Read by every request without a lock; replaced whole by the rollout controller.
     pub routing: Arc<ArcSwap<RoutingTable>>,

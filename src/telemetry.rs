@@ -367,6 +367,50 @@ pub async fn render(app: &App) -> String {
         );
     }
 
+    header(
+        &mut out,
+        "sluice_upstream_unreadable_fields_total",
+        "counter",
+        "Fields of upstream answers that measurement could not read (an unexpected shape): read as absent, never failing the request.",
+    );
+    for (field, n) in crate::openai::lenient::unreadable_counts() {
+        let _ = writeln!(
+            out,
+            "sluice_upstream_unreadable_fields_total{{field=\"{}\"}} {n}",
+            field.as_str()
+        );
+    }
+
+    header(
+        &mut out,
+        "sluice_stream_usage_retries_total",
+        "counter",
+        "Streamed requests sent again without the stream_options sluice added, because the upstream refused the field with a 400.",
+    );
+    let _ = writeln!(
+        out,
+        "sluice_stream_usage_retries_total {}",
+        crate::upstream::STREAM_USAGE_RETRIES.load(std::sync::atomic::Ordering::Relaxed)
+    );
+
+    let refusals = app.throttle.refusals();
+    header(
+        &mut out,
+        "sluice_client_throttled_total",
+        "counter",
+        "Requests answered 429 per client address: after too many failed authentications, or admin calls too fast.",
+    );
+    let _ = writeln!(
+        out,
+        "sluice_client_throttled_total{{reason=\"auth_failures\"}} {}",
+        refusals.auth_failures
+    );
+    let _ = writeln!(
+        out,
+        "sluice_client_throttled_total{{reason=\"admin_calls\"}} {}",
+        refusals.admin
+    );
+
     let sink = app.sink.counters();
     header(
         &mut out,

@@ -88,6 +88,8 @@ fn config(db_url: &str) -> String {
         r#"
 [server]
 listen = "127.0.0.1:0"
+# The test probes every operation without a credential, far past the default lockout.
+auth_failure_burst = 100000
 
 [database]
 url = "{db_url}"
@@ -567,6 +569,11 @@ async fn the_document_matches_the_router_every_admin_operation_is_guarded_and_no
                     .send(method, &concrete(template), Some(credential), None)
                     .await;
                 assert_eq!(answer.status, 405, "{method} {template}: {}", answer.text);
+                assert_eq!(
+                    answer.json["error"]["code"], "method_not_allowed",
+                    "{method} {template}: every error is OpenAI-shaped: {}",
+                    answer.text
+                );
             }
         }
     }

@@ -78,6 +78,18 @@ pub struct ServerConfig {
     /// Shadow copies waiting to be sent; when full, a copy is dropped and counted.
     #[serde(default = "default_shadow_queue")]
     pub shadow_queue: usize,
+    /// Failed authentications one client address may make at once before it is locked out.
+    #[serde(default = "default_auth_failure_burst")]
+    pub auth_failure_burst: u32,
+    /// How fast that allowance refills, per minute.
+    #[serde(default = "default_auth_failures_per_minute")]
+    pub auth_failures_per_minute: u32,
+    /// Admin calls one client address may make at once…
+    #[serde(default = "default_admin_burst")]
+    pub admin_burst: u32,
+    /// …and per second after that.
+    #[serde(default = "default_admin_requests_per_second")]
+    pub admin_requests_per_second: u32,
 }
 
 impl Default for ServerConfig {
@@ -88,6 +100,10 @@ impl Default for ServerConfig {
             shutdown_grace_ms: default_shutdown_grace_ms(),
             record_queue: default_record_queue(),
             shadow_queue: default_shadow_queue(),
+            auth_failure_burst: default_auth_failure_burst(),
+            auth_failures_per_minute: default_auth_failures_per_minute(),
+            admin_burst: default_admin_burst(),
+            admin_requests_per_second: default_admin_requests_per_second(),
         }
     }
 }
@@ -106,6 +122,18 @@ fn default_record_queue() -> usize {
 }
 fn default_shadow_queue() -> usize {
     1_024
+}
+fn default_auth_failure_burst() -> u32 {
+    20
+}
+fn default_auth_failures_per_minute() -> u32 {
+    30
+}
+fn default_admin_burst() -> u32 {
+    100
+}
+fn default_admin_requests_per_second() -> u32 {
+    20
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -178,6 +206,22 @@ pub struct ProviderConfig {
     pub api_key_env: Option<String>,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Whether sluice adds `stream_options.include_usage` to streamed requests (to measure
+    /// tokens from the upstream's own count) or never touches the field.
+    #[serde(default)]
+    pub stream_usage: StreamUsage,
+}
+
+/// `stream_usage` of a provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamUsage {
+    /// Ask for the usage chunk (and remove it again when the client did not ask); if the
+    /// upstream refuses the field with a 400, retry once without it and stop asking.
+    #[default]
+    Ask,
+    /// Never add the field: tokens of streams are counted with tiktoken, marked estimated.
+    Never,
 }
 
 fn default_timeout_ms() -> u64 {

@@ -79,6 +79,7 @@ pub async fn call_version(
                 UpstreamError::Unreachable(_) => "unreachable",
                 UpstreamError::Timeout { .. } => "timeout",
                 UpstreamError::Interrupted(_) => "interrupted",
+                UpstreamError::Encoded(_) => "encoded",
             };
             return Answer {
                 latency_ms,

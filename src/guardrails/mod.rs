@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::issue::{ConfigErrors, ConfigIssue};
+use crate::config::issue::{ConfigErrors, ConfigIssue, read_toml, struct_fields};
 use detect::{Detector, Scanner};
 
 /// What a redacted match becomes.
@@ -41,7 +41,6 @@ pub enum Stage {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RuleFile {
     name: String,
     detect: String,
@@ -52,7 +51,6 @@ struct RuleFile {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct PolicyFile {
     #[serde(default)]
     description: String,
@@ -243,13 +241,14 @@ fn load_file(path: &Path) -> Result<GuardrailSet, ConfigErrors> {
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigErrors(vec![issue(String::new(), format!("cannot read: {e}"))]))?;
-    let file: PolicyFile = toml::from_str(&text).map_err(|e| {
-        ConfigErrors(vec![issue(
-            String::new(),
-            e.to_string().trim_end().to_owned(),
-        )])
-    })?;
-    let mut issues = Vec::new();
+    let (file, mut issues) = read_toml::<PolicyFile>(path, &text, &|parent| match parent {
+        [] => Some(struct_fields::<PolicyFile>()),
+        ["input" | "output", _] => Some(struct_fields::<RuleFile>()),
+        _ => None,
+    });
+    let Some(file) = file else {
+        return Err(ConfigErrors(issues));
+    };
     let mut stage = |name: &str, rules: Vec<RuleFile>| -> Vec<Rule> {
         let mut out = Vec::new();
         for (i, r) in rules.into_iter().enumerate() {

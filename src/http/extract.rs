@@ -7,8 +7,11 @@
 //! needs the admin token ([`Admin`] goes into the extensions). A route added without
 //! thought is therefore closed, not open.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{OriginalUri, Request, State};
+use axum::extract::{ConnectInfo, OriginalUri, Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -52,9 +55,34 @@ pub async fn authenticate(
         return next.run(request).await;
     }
     let token = bearer_of(request.headers()).map(str::to_owned);
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let throttled = |what: &'static str, wait: Duration| {
+        ApiError::Throttled {
+            what,
+            retry_after_s: wait.as_secs_f64().ceil().max(1.0) as u64,
+        }
+        .into_response()
+    };
+    // A locked-out address is refused before its credential is looked at.
+    if let Some(wait) = peer.and_then(|ip| app.throttle.locked(ip)) {
+        return throttled("failed authentications", wait);
+    }
+    let refuse = |error: ApiError| match peer.and_then(|ip| app.throttle.note_failure(ip)) {
+        Some(wait) => throttled("failed authentications", wait),
+        None => error.into_response(),
+    };
     if path == "/v1" || path.starts_with("/v1/") {
         let caller = match app.keys.authenticate(&app.store, token.as_deref()).await {
             Ok(caller) => caller,
+            Err(ApiError::InvalidKey)
+                if admin_token_matches(&app.settings.admin_token, token.as_deref()) =>
+            {
+                return refuse(ApiError::AdminTokenAsKey);
+            }
+            Err(e @ (ApiError::InvalidKey | ApiError::MissingKey)) => return refuse(e),
             Err(e) => return e.into_response(),
         };
         if ADMITTED_ROUTES.contains(&path.as_str())
@@ -64,9 +92,17 @@ pub async fn authenticate(
         }
         request.extensions_mut().insert(caller);
     } else if admin_token_matches(&app.settings.admin_token, token.as_deref()) {
+        if let Some(Err(wait)) = peer.map(|ip| app.throttle.admit_admin(ip)) {
+            return throttled("admin calls", wait);
+        }
         request.extensions_mut().insert(Admin);
+    } else if token
+        .as_deref()
+        .is_some_and(|t| t.starts_with(crate::auth::KEY_PREFIX))
+    {
+        return refuse(ApiError::KeyAsAdminToken);
     } else {
-        return ApiError::AdminUnauthorized.into_response();
+        return refuse(ApiError::AdminUnauthorized);
     }
     next.run(request).await
 }

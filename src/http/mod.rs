@@ -55,6 +55,7 @@ pub fn guarded(routes: Router<AppState>, state: AppState) -> Router {
         ))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::map_response(crate::error::openai_shaped))
         .with_state(state)
 }
 

@@ -8,7 +8,6 @@
 //! the relay, so a client that hangs up drops the relay, which ends the upstream call and
 //! still yields a record.
 
-use std::borrow::Cow;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -21,43 +20,50 @@ use tokio::time::Sleep;
 use super::Meter;
 use super::checks::{EventAction, StreamChecks};
 use super::schema::ToolCall;
-use crate::openai::completion::{ChoiceText, UsageView};
+use crate::openai::completion::ChoiceText;
+use crate::openai::lenient::{self, Field, Raw};
+use crate::openai::sse::{BOM, event_end, parse_event};
 use crate::types::{Outcome, Usage};
 use crate::upstream::{ByteStream, UpstreamError};
 
+// Every field is raw JSON read on its own by `openai::lenient`: an odd field is counted
+// and skipped, never the chunk.
 #[derive(Deserialize)]
 struct ChunkView<'a> {
     #[serde(default, borrow)]
-    choices: Vec<ChunkChoice<'a>>,
+    choices: Raw<'a>,
     #[serde(default, borrow)]
-    model: Option<Cow<'a, str>>,
-    usage: Option<UsageView>,
-    error: Option<serde::de::IgnoredAny>,
+    model: Raw<'a>,
+    #[serde(default, borrow)]
+    usage: Raw<'a>,
+    #[serde(default, borrow)]
+    error: Raw<'a>,
 }
 
 #[derive(Deserialize)]
 struct ChunkChoice<'a> {
     #[serde(default)]
-    index: usize,
+    index: Option<usize>,
     #[serde(default, borrow)]
     delta: Option<Delta<'a>>,
-    finish_reason: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    finish_reason: Raw<'a>,
 }
 
 #[derive(Deserialize)]
 struct Delta<'a> {
     #[serde(default, borrow)]
-    content: Option<Cow<'a, str>>,
+    content: Raw<'a>,
     #[serde(default, borrow)]
-    refusal: Option<Cow<'a, str>>,
+    refusal: Raw<'a>,
     #[serde(default, borrow)]
-    tool_calls: Option<Vec<ToolCallDelta<'a>>>,
+    tool_calls: Raw<'a>,
 }
 
 #[derive(Deserialize)]
 struct ToolCallDelta<'a> {
     #[serde(default)]
-    index: usize,
+    index: Option<usize>,
     #[serde(default, borrow)]
     function: Option<FunctionDelta<'a>>,
 }
@@ -65,9 +71,9 @@ struct ToolCallDelta<'a> {
 #[derive(Deserialize)]
 struct FunctionDelta<'a> {
     #[serde(default, borrow)]
-    name: Option<Cow<'a, str>>,
+    name: Raw<'a>,
     #[serde(default, borrow)]
-    arguments: Option<Cow<'a, str>>,
+    arguments: Raw<'a>,
 }
 
 /// What an event told us.
@@ -107,52 +113,60 @@ impl StreamObserver {
         let Ok(chunk) = serde_json::from_slice::<ChunkView>(data) else {
             return EventKind::Other;
         };
-        if chunk.error.is_some() {
+        if chunk.error.is_some_and(|e| e.get() != "null") {
             self.saw_error = true;
         }
         if self.model.is_none()
-            && let Some(m) = &chunk.model
+            && let Some(m) = lenient::string(chunk.model, Field::Model)
         {
-            self.model = Some(m.to_string());
+            self.model = Some(m.into_owned());
         }
-        for c in &chunk.choices {
+        let choices: Vec<ChunkChoice> = lenient::list(chunk.choices, Field::Content);
+        for c in &choices {
+            let index = c.index.unwrap_or(0);
             if let Some(delta) = &c.delta {
-                let mut carried_token = delta.tool_calls.is_some();
-                for t in delta
-                    .content
-                    .as_deref()
+                let calls: Vec<ToolCallDelta> = lenient::list(delta.tool_calls, Field::ToolCalls);
+                let mut carried_token = !calls.is_empty();
+                for t in lenient::text(delta.content, Field::Content)
                     .into_iter()
-                    .chain(delta.refusal.as_deref())
+                    .chain(lenient::text(delta.refusal, Field::Content))
                 {
                     carried_token |= !t.is_empty();
                     self.chars += t.chars().count() as u64;
-                    self.choice(c.index).text.push_str(t);
+                    self.choice(index).text.push_str(&t);
                 }
-                for call in delta.tool_calls.iter().flatten() {
-                    let choice = self.choice(c.index);
-                    if choice.tool_calls.len() <= call.index {
+                for call in &calls {
+                    let slot_index = call.index.unwrap_or(0);
+                    let choice = self.choice(index);
+                    if choice.tool_calls.len() <= slot_index {
                         choice
                             .tool_calls
-                            .resize_with(call.index + 1, ToolCall::default);
+                            .resize_with(slot_index + 1, ToolCall::default);
                     }
-                    let slot = &mut choice.tool_calls[call.index];
+                    let slot = &mut choice.tool_calls[slot_index];
                     if let Some(f) = &call.function {
-                        slot.name.push_str(f.name.as_deref().unwrap_or_default());
-                        slot.arguments
-                            .push_str(f.arguments.as_deref().unwrap_or_default());
+                        if let Some(name) = lenient::string(f.name, Field::ToolCalls) {
+                            slot.name.push_str(&name);
+                        }
+                        if let Some(args) = lenient::string(f.arguments, Field::ToolCalls) {
+                            slot.arguments.push_str(&args);
+                        }
                     }
                 }
                 if carried_token && self.first_token.is_none() {
                     self.first_token = Some(Instant::now());
                 }
             }
-            if let Some(reason) = &c.finish_reason {
-                self.finish_reason.get_or_insert_with(|| reason.to_string());
+            if let Some(reason) = lenient::string(c.finish_reason, Field::FinishReason) {
+                self.finish_reason
+                    .get_or_insert_with(|| reason.into_owned());
             }
         }
-        if let Some(usage) = chunk.usage {
-            self.usage = Some(usage.into());
-            if chunk.choices.is_empty() {
+        if chunk.usage.is_some_and(|u| u.get() != "null") {
+            if let Some(usage) = lenient::usage(chunk.usage) {
+                self.usage = Some(usage);
+            }
+            if choices.is_empty() {
                 return EventKind::UsageOnly;
             }
         }
@@ -162,41 +176,6 @@ impl StreamObserver {
     fn all_text(&self) -> String {
         self.choices.iter().map(|c| c.text.as_str()).collect()
     }
-}
-
-/// The payload of an event's `data:` lines (joined by newlines when there are several).
-fn event_data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
-    let mut lines = event
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .filter_map(|l| l.strip_prefix(b"data:"))
-        .map(|l| l.strip_prefix(b" ").unwrap_or(l));
-    let first = lines.next()?;
-    match lines.next() {
-        None => Some(Cow::Borrowed(first)),
-        Some(second) => {
-            let mut joined = first.to_vec();
-            for line in std::iter::once(second).chain(lines) {
-                joined.push(b'\n');
-                joined.extend_from_slice(line);
-            }
-            Some(Cow::Owned(joined))
-        }
-    }
-}
-
-/// End (exclusive) of the first complete event in `buf`, i.e. just past its blank line.
-fn event_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while let Some(nl) = buf[i..].iter().position(|&b| b == b'\n') {
-        let at = i + nl + 1;
-        match buf.get(at) {
-            Some(b'\n') => return Some(at + 1),
-            Some(b'\r') if buf.get(at + 1) == Some(&b'\n') => return Some(at + 2),
-            _ => i = at,
-        }
-    }
-    None
 }
 
 pub struct StreamRelay {
@@ -215,6 +194,8 @@ pub struct StreamRelay {
     checks: Option<StreamChecks>,
     /// The checks ended the stream early: with this outcome.
     cut: Option<Outcome>,
+    /// No event has been cut yet: a byte-order mark here is not part of the first field.
+    at_start: bool,
 }
 
 impl StreamRelay {
@@ -237,6 +218,7 @@ impl StreamRelay {
             done: false,
             checks,
             cut: None,
+            at_start: true,
         }
     }
 
@@ -246,9 +228,20 @@ impl StreamRelay {
         let mut end = 0;
         let mut changed = false;
         let mut out = BytesMut::new();
-        while let Some(len) = event_end(&self.buf[end..]) {
-            let event = &self.buf[end..end + len];
-            let data = event_data(event);
+        loop {
+            // A byte-order mark opening the stream is not part of its first field.
+            let skip = if end == 0 && self.at_start && self.buf.starts_with(BOM) {
+                BOM.len()
+            } else {
+                0
+            };
+            let Some(parsed) = event_end(&self.buf[end + skip..]) else {
+                break;
+            };
+            let len = skip + parsed;
+            self.at_start = false;
+            let event = &self.buf[end + skip..end + len];
+            let data = parse_event(event).data;
             let kind = match &data {
                 Some(d) => self.observer.observe(d),
                 None => EventKind::Other,
@@ -285,7 +278,7 @@ impl StreamRelay {
                     }
                     out.extend_from_slice(&bytes);
                 }
-                None if changed => out.extend_from_slice(event),
+                None if changed => out.extend_from_slice(&self.buf[end..end + len]),
                 None => {}
             }
             end += len;
@@ -300,13 +293,9 @@ impl StreamRelay {
 
     fn finish(&mut self, outcome: Outcome) {
         self.done = true;
-        // A partial last event (no closing blank line) is still part of the answer.
-        if !self.buf.is_empty() {
-            let rest = self.buf.split();
-            if let Some(data) = event_data(&rest) {
-                self.observer.observe(&data);
-            }
-        }
+        // An event the stream cut off (no blank line after it) is discarded, as every
+        // standard client discards it: it is not part of the answer.
+        self.buf.clear();
         let outcome = match self.cut {
             Some(cut) => cut,
             None if outcome == Outcome::Ok && self.observer.saw_error => Outcome::Upstream5xx,
@@ -392,7 +381,10 @@ impl Stream for StreamRelay {
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(this.fail(e).map(Ok)),
                 Poll::Ready(None) => {
                     let out = this.take_events();
-                    let rest = (!this.buf.is_empty()).then(|| this.buf.clone().freeze());
+                    // The unterminated tail is the upstream's bytes, passed on as they came
+                    // (a client discards it); with checks it is never read, so never sent.
+                    let rest = (!this.buf.is_empty() && this.checks.is_none())
+                        .then(|| this.buf.clone().freeze());
                     // Text a redactor still holds when the upstream never finished its choices.
                     let held = this
                         .checks
@@ -430,22 +422,6 @@ impl Drop for StreamRelay {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn event_boundaries_accept_lf_and_crlf() {
-        assert_eq!(event_end(b"data: a\n\ndata: b\n\n"), Some(9));
-        assert_eq!(event_end(b"data: a\r\n\r\nrest"), Some(11));
-        assert_eq!(event_end(b"data: a\ndata: b\n"), None);
-    }
-
-    #[test]
-    fn multi_line_data_is_joined() {
-        assert_eq!(
-            event_data(b"data: {\"a\":\ndata: 1}\n\n").unwrap().as_ref(),
-            b"{\"a\":\n1}"
-        );
-        assert_eq!(event_data(b": comment\n\n"), None);
-    }
 
     #[test]
     fn observer_reads_text_finish_and_usage() {

@@ -15,25 +15,6 @@ pub struct ChoiceText {
     pub tool_calls: Vec<ToolCall>,
 }
 
-/// The usage object of an OpenAI answer, streamed or not.
-#[derive(Debug, Deserialize, Clone, Copy)]
-pub struct UsageView {
-    #[serde(default)]
-    pub prompt_tokens: u64,
-    #[serde(default)]
-    pub completion_tokens: u64,
-}
-
-impl From<UsageView> for Usage {
-    fn from(u: UsageView) -> Self {
-        Usage {
-            prompt_tokens: u.prompt_tokens,
-            completion_tokens: u.completion_tokens,
-            estimated: false,
-        }
-    }
-}
-
 /// What a whole (non-streamed) chat completion says, for measurement and checks.
 pub struct CompletionSummary {
     /// The `model` the upstream says answered.
@@ -56,81 +37,216 @@ impl CompletionSummary {
     }
 }
 
-/// Reads a non-streamed answer; an error means the body is not a chat completion.
-pub fn summarize_completion(body: &[u8]) -> Result<CompletionSummary, String> {
+/// Why a 2xx body is not a chat completion: the only answers measurement refuses.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NotACompletion {
+    #[error("the body is not JSON: {0}")]
+    NotJson(String),
+    /// JSON, but an error envelope (`{"error": …}`), as some upstreams send with a 200.
+    #[error("the upstream answered 200 with an error: {0}")]
+    Error(String),
+    #[error("the body has no `choices`")]
+    NoChoices,
+}
+
+/// Reads a non-streamed answer as leniently as the SDKs do (see [`super::lenient`]): only a
+/// body that is not JSON, an error envelope, or one without a `choices` list is refused.
+pub fn summarize_completion(body: &[u8]) -> Result<CompletionSummary, NotACompletion> {
+    use super::lenient::{self, Field, Raw};
     #[derive(Deserialize)]
     struct Completion<'a> {
-        #[serde(borrow)]
-        choices: Vec<Choice<'a>>,
-        usage: Option<UsageView>,
-        #[serde(default)]
-        model: Option<String>,
+        #[serde(default, borrow)]
+        choices: Raw<'a>,
+        #[serde(default, borrow)]
+        usage: Raw<'a>,
+        #[serde(default, borrow)]
+        model: Raw<'a>,
+        #[serde(default, borrow)]
+        error: Raw<'a>,
     }
     #[derive(Deserialize)]
     struct Choice<'a> {
-        #[serde(borrow)]
+        #[serde(default, borrow)]
         message: Option<Message<'a>>,
-        finish_reason: Option<Cow<'a, str>>,
+        #[serde(default, borrow)]
+        finish_reason: Raw<'a>,
     }
     #[derive(Deserialize)]
     struct Message<'a> {
         #[serde(default, borrow)]
-        content: Option<Cow<'a, str>>,
+        content: Raw<'a>,
         #[serde(default, borrow)]
-        refusal: Option<Cow<'a, str>>,
-        #[serde(default)]
-        tool_calls: Vec<Call>,
+        refusal: Raw<'a>,
+        #[serde(default, borrow)]
+        tool_calls: Raw<'a>,
     }
     #[derive(Deserialize)]
-    struct Call {
-        function: Function,
+    struct Call<'a> {
+        #[serde(default, borrow)]
+        function: Option<Function<'a>>,
     }
     #[derive(Deserialize)]
-    struct Function {
-        #[serde(default)]
-        name: String,
-        #[serde(default)]
-        arguments: String,
+    struct Function<'a> {
+        #[serde(default, borrow)]
+        name: Raw<'a>,
+        #[serde(default, borrow)]
+        arguments: Raw<'a>,
     }
-    let completion: Completion = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    let choices = completion
-        .choices
-        .iter()
-        .map(|c| match &c.message {
-            Some(m) => ChoiceText {
-                text: m
-                    .content
-                    .as_deref()
-                    .into_iter()
-                    .chain(m.refusal.as_deref())
-                    .collect(),
-                tool_calls: m
-                    .tool_calls
-                    .iter()
-                    .map(|t| ToolCall {
-                        name: t.function.name.clone(),
-                        arguments: t.function.arguments.clone(),
-                    })
-                    .collect(),
-            },
-            None => ChoiceText::default(),
-        })
-        .collect();
+    let completion: Completion =
+        serde_json::from_slice(body).map_err(|e| NotACompletion::NotJson(e.to_string()))?;
+    let choices: Vec<Option<Choice>> = match completion.choices.map(|c| c.get()) {
+        Some(text) if text.starts_with('[') => lenient::list(completion.choices, Field::Content),
+        _ => {
+            return Err(match lenient::error_message(completion.error) {
+                Some(message) => NotACompletion::Error(message),
+                None => NotACompletion::NoChoices,
+            });
+        }
+    };
+    let read = |m: &Message| ChoiceText {
+        text: lenient::text(m.content, Field::Content)
+            .into_iter()
+            .chain(lenient::text(m.refusal, Field::Content))
+            .collect(),
+        tool_calls: lenient::list::<Call>(m.tool_calls, Field::ToolCalls)
+            .into_iter()
+            .filter_map(|c| c.function)
+            .map(|f| ToolCall {
+                name: lenient::string(f.name, Field::ToolCalls)
+                    .unwrap_or_default()
+                    .into_owned(),
+                arguments: lenient::string(f.arguments, Field::ToolCalls)
+                    .unwrap_or_default()
+                    .into_owned(),
+            })
+            .collect(),
+    };
     Ok(CompletionSummary {
-        model: completion.model.clone(),
-        usage: completion.usage.map(Usage::from),
-        choices,
-        finish_reason: completion
-            .choices
-            .first()
-            .and_then(|c| c.finish_reason.as_ref())
-            .map(|r| r.to_string()),
+        model: lenient::string(completion.model, Field::Model).map(Cow::into_owned),
+        usage: lenient::usage(completion.usage),
+        finish_reason: choices
+            .iter()
+            .flatten()
+            .next()
+            .and_then(|c| lenient::string(c.finish_reason, Field::FinishReason))
+            .map(Cow::into_owned),
+        choices: choices
+            .iter()
+            .map(|c| match c.as_ref().and_then(|c| c.message.as_ref()) {
+                Some(m) => read(m),
+                None => ChoiceText::default(),
+            })
+            .collect(),
     })
+}
+
+/// A whole chat completion re-told as the `chat.completion.chunk` events a stream of it
+/// would have carried, `data: [DONE]` included: one chunk per choice with its whole message
+/// as the delta (tool calls numbered by `index`), then a usage-only chunk when the answer
+/// has usage.
+///
+/// Errors as [`summarize_completion`] does, for the same bodies.
+pub fn completion_as_events(body: &[u8]) -> Result<bytes::Bytes, NotACompletion> {
+    use serde_json::{Value, json};
+    summarize_completion(body)?;
+    let whole: Value =
+        serde_json::from_slice(body).map_err(|e| NotACompletion::NotJson(e.to_string()))?;
+    let field = |name: &str| whole.get(name).cloned().unwrap_or(Value::Null);
+    let mut out = String::new();
+    let mut push = |chunk: Value| {
+        out.push_str("data: ");
+        out.push_str(&chunk.to_string());
+        out.push_str("\n\n");
+    };
+    let head = |choices: Value| {
+        json!({"id": field("id"), "object": "chat.completion.chunk", "created": field("created"),
+            "model": field("model"), "choices": choices})
+    };
+    for (i, choice) in whole["choices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let mut delta = choice.get("message").cloned().unwrap_or(json!({}));
+        if let Some(calls) = delta.get_mut("tool_calls").and_then(Value::as_array_mut) {
+            for (n, call) in calls.iter_mut().enumerate() {
+                if let Some(call) = call.as_object_mut() {
+                    call.insert("index".into(), json!(n));
+                }
+            }
+        }
+        let index = choice.get("index").cloned().unwrap_or(json!(i));
+        push(head(json!([{"index": index, "delta": delta,
+            "finish_reason": choice.get("finish_reason").cloned().unwrap_or(Value::Null)}])));
+    }
+    if let Some(usage) = whole.get("usage").filter(|u| !u.is_null()) {
+        let mut chunk = head(json!([]));
+        chunk["usage"] = usage.clone();
+        push(chunk);
+    }
+    out.push_str("data: [DONE]\n\n");
+    Ok(out.into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shapes_the_sdks_accept_are_read_not_refused() {
+        // tool_calls null, content as parts (thinking + text), completion_tokens null.
+        let s = summarize_completion(
+            br#"{"choices":[{"message":{"role":"assistant","content":[{"type":"thinking","thinking":"hm"},{"type":"text","text":"Hi there"}],"tool_calls":null},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":null}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.all_text(), "Hi there");
+        assert_eq!(s.finish_reason.as_deref(), Some("stop"));
+        assert!(s.usage.is_none(), "a null count is estimated, not zero");
+        // A choice of an unexpected shape is skipped, the others read.
+        let s = summarize_completion(
+            br#"{"choices":[7,{"message":{"content":"ok"},"finish_reason":null}],"model":null}"#,
+        )
+        .unwrap();
+        assert_eq!((s.all_text().as_str(), s.finish_reason), ("ok", None));
+    }
+
+    #[test]
+    fn an_error_envelope_with_a_200_passes_its_message() {
+        assert_eq!(
+            summarize_completion(
+                br#"{"error":{"message":"model overloaded","type":"server_error"}}"#
+            )
+            .err(),
+            Some(NotACompletion::Error("model overloaded".into()))
+        );
+        assert_eq!(
+            summarize_completion(br#"{"choices":null}"#).err(),
+            Some(NotACompletion::NoChoices)
+        );
+    }
+
+    #[test]
+    fn a_whole_completion_retold_as_events_reads_the_same() {
+        let body = br#"{"id":"c1","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hi","tool_calls":[{"id":"t","type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#;
+        let events = completion_as_events(body).unwrap();
+        let text = std::str::from_utf8(&events).unwrap();
+        let data: Vec<&str> = text
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .collect();
+        assert_eq!(data.len(), 3, "{text}");
+        assert_eq!(data[2], "[DONE]");
+        let first: serde_json::Value = serde_json::from_str(data[0]).unwrap();
+        assert_eq!(first["object"], "chat.completion.chunk");
+        assert_eq!(first["choices"][0]["delta"]["content"], "Hi");
+        assert_eq!(first["choices"][0]["delta"]["tool_calls"][0]["index"], 0);
+        assert_eq!(first["choices"][0]["finish_reason"], "tool_calls");
+        let usage: serde_json::Value = serde_json::from_str(data[1]).unwrap();
+        assert_eq!(usage["choices"], serde_json::json!([]));
+        assert_eq!(usage["usage"]["completion_tokens"], 2);
+        assert!(completion_as_events(br#"{"error":{"message":"no"}}"#).is_err());
+    }
 
     #[test]
     fn a_non_completion_body_is_refused() {

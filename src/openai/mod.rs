@@ -6,4 +6,6 @@
 //! in `lib.rs`.)
 
 pub mod completion;
+pub mod lenient;
 pub mod request;
+pub mod sse;

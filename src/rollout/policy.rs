@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::issue::{ConfigErrors, ConfigIssue};
+use crate::config::issue::{ConfigErrors, ConfigIssue, read_toml, struct_fields};
 use crate::judge::spec::{FeedbackKind, FeedbackMetric, Gate, JudgeSpec, KillSwitch, Metric};
 
 /// How requests are bucketed for the canary.
@@ -219,6 +219,19 @@ struct RawKillSwitch {
 }
 
 /// Reads one policy file; its name is the file stem.
+/// The known keys of each table of a policy file, for "did you mean".
+fn policy_fields(parent: &[&str]) -> Option<&'static [&'static str]> {
+    Some(match parent {
+        [] => struct_fields::<RawPolicy>(),
+        ["steps", _] => struct_fields::<RawStep>(),
+        ["gates", _] => struct_fields::<RawGate>(),
+        ["kill_switch"] => struct_fields::<RawKillSwitch>(),
+        ["shadow"] => struct_fields::<RawShadow>(),
+        ["feedback", _] => struct_fields::<RawFeedback>(),
+        _ => return None,
+    })
+}
+
 pub fn load_policy(path: &Path) -> Result<Policy, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigIssue {
@@ -283,25 +296,14 @@ pub fn parse_policy_at(
         key: format!("{prefix}{key}"),
         message,
     };
-    let mut unknown = Vec::new();
-    let deserializer = toml::Deserializer::parse(text)
-        .map_err(|e| ConfigErrors(vec![issue("", e.to_string().trim_end().to_owned())]))?;
-    let raw: RawPolicy =
-        match serde_ignored::deserialize(deserializer, |path| unknown.push(path.to_string())) {
-            Ok(raw) => raw,
-            Err(e) => {
-                let e: toml::de::Error = e;
-                return Err(ConfigErrors(vec![issue(
-                    "",
-                    e.to_string().trim_end().to_owned(),
-                )]));
-            }
-        };
-    let mut issues: Vec<ConfigIssue> = unknown
-        .iter()
-        // serde_ignored writes `?` for the inside of an Option; a reader wants the key.
-        .map(|k| issue(&k.replace(".?", ""), "unknown key".into()))
+    let (raw, found) = read_toml::<RawPolicy>(file, text, &policy_fields);
+    let mut issues: Vec<ConfigIssue> = found
+        .into_iter()
+        .map(|i| issue(&i.key, i.message))
         .collect();
+    let Some(raw) = raw else {
+        return Err(ConfigErrors(issues));
+    };
     let mut duration = |key: &str, raw: Option<&String>, default: Option<Duration>| match raw {
         None => default,
         Some(text) => match humantime::parse_duration(text) {

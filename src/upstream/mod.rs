@@ -34,6 +34,12 @@ pub enum UpstreamError {
     Timeout { after_ms: u64 },
     #[error("the answer broke off: {0}")]
     Interrupted(String),
+    /// The body came with a `Content-Encoding` other than `identity`, which sluice never
+    /// asks for (it sends `Accept-Encoding: identity`) and would not be able to read.
+    #[error(
+        "the answer came with `Content-Encoding: {0}` although sluice asks for `identity`; configure the upstream (or a proxy in front of it) not to compress"
+    )]
+    Encoded(String),
 }
 
 impl UpstreamError {
@@ -42,6 +48,7 @@ impl UpstreamError {
             UpstreamError::Unreachable(_) => Outcome::UpstreamUnreachable,
             UpstreamError::Timeout { .. } => Outcome::UpstreamTimeout,
             UpstreamError::Interrupted(_) => Outcome::StreamInterrupted,
+            UpstreamError::Encoded(_) => Outcome::UpstreamInvalid,
         }
     }
 }
@@ -57,6 +64,17 @@ pub struct Call<'a> {
     pub mock: Option<std::sync::Arc<MockConfig>>,
     /// W3C trace context for the upstream, when tracing.
     pub traceparent: Option<String>,
+}
+
+/// Requests retried without the `stream_options` sluice added, because the upstream refused
+/// it (`sluice_stream_usage_retries_total`).
+pub static STREAM_USAGE_RETRIES: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
+/// Whether a 400 body names the field sluice added to a streamed request.
+pub fn names_stream_options(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body);
+    text.contains("stream_options") || text.contains("include_usage")
 }
 
 pub enum Provider {
@@ -79,6 +97,7 @@ impl Provider {
                 config.base_url.as_deref().unwrap_or_default(),
                 key,
                 timeout,
+                config.stream_usage,
             )?),
             crate::config::ProviderKind::Mock => Provider::Mock(mock::MockProvider { timeout }),
         })
@@ -99,8 +118,24 @@ impl Provider {
         }
     }
 
-    /// Whether the provider reports usage in streams when asked with `stream_options`.
+    /// Whether sluice should ask this provider for the usage chunk of a stream
+    /// (`stream_options.include_usage`): its `stream_usage` setting, until it refused the
+    /// field once.
     pub fn streams_usage_on_request(&self) -> bool {
-        true
+        match self {
+            Provider::Http(p) => p.asks_stream_usage(),
+            Provider::Mock(_) => true,
+        }
+    }
+
+    /// Notes that the provider refused `stream_options` with a 400: sluice stops adding it
+    /// for this provider (process-wide, until restart). Returns true the first time, so the
+    /// caller logs once.
+    pub fn refused_stream_usage(&self) -> bool {
+        STREAM_USAGE_RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match self {
+            Provider::Http(p) => p.stop_asking_stream_usage(),
+            Provider::Mock(_) => false,
+        }
     }
 }

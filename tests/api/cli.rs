@@ -59,6 +59,33 @@ fn config_check_names_file_and_key_of_every_mistake() {
     }
 }
 
+#[test]
+fn config_check_suggests_the_key_a_typo_meant() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(
+        dir.path(),
+        "typo.toml",
+        "[server]\nlisten = \"localhost:8093\"\nmax_body_byte = 10\n[providers.sim]\nkind = \"mock\"\n\
+         [versions.v1]\nprovider = \"sim\"\nmodel = \"m\"\n[routes.chat]\nstabel = \"v1\"\n",
+    );
+    let out = sluice()
+        .args(["config", "check", "--config"])
+        .arg(&path)
+        .env("SLUICE_ADMIN_TOKEN", "t")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = path.display().to_string();
+    for want in [
+        format!("{file}: server.max_body_byte: unknown key; did you mean `max_body_bytes`?"),
+        format!("{file}: routes.chat.stabel: unknown key; did you mean `stable`?"),
+        "missing field `stable`".to_owned(),
+    ] {
+        assert!(err.contains(&want), "missing `{want}` in:\n{err}");
+    }
+}
+
 #[tokio::test]
 async fn keys_create_prints_a_working_key() {
     let app = TestApp::spawn().await;

@@ -90,6 +90,64 @@ async fn an_unknown_route_is_404_model_not_found() {
     assert_eq!(e.status_code, 404);
     assert_eq!(e.api_error.code.as_deref(), Some("model_not_found"));
     assert!(e.api_error.message.contains("gpt-9"));
+    // The routes the caller could have meant are listed.
+    assert!(
+        e.api_error.message.contains("routes: ") && e.api_error.message.contains("chat"),
+        "{}",
+        e.api_error.message
+    );
+    assert!(!e.api_error.message.contains("is a version of"));
+}
+
+#[tokio::test]
+async fn a_version_name_sent_as_the_model_names_its_route() {
+    let app = TestApp::spawn().await;
+    let key = app.key("acme").await;
+    let (status, body) = error_of(app.chat_raw(&key, chat_body("gpt-4o", json!({}))).await).await;
+    assert_eq!(status, 404);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("`gpt-4o` is a version of route `chat`")
+            && message.contains(r#"send "model": "chat""#),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn the_admin_token_and_an_api_key_swapped_are_named() {
+    let app = TestApp::spawn().await;
+    let key = app.key("acme").await;
+    let (status, body) = error_of(
+        app.chat_raw(ADMIN_TOKEN, chat_body("chat", json!({})))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "invalid_api_key");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("this is the admin token"),
+        "{body}"
+    );
+    let response = app
+        .http
+        .get(format!("{}/admin/v1/rollouts", app.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = error_of(response).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "invalid_admin_token");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("this is a gateway API key"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -183,4 +241,112 @@ async fn unknown_paths_are_404_in_openai_shape() {
     .await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["type"], "invalid_request_error");
+}
+
+#[tokio::test]
+async fn a_wrong_method_is_405_in_openai_shape_with_allow() {
+    let app = TestApp::spawn().await;
+    let key = app.key("acme").await;
+    let response = app
+        .http
+        .get(format!("{}/v1/chat/completions", app.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    let allow = response.headers().get("allow").cloned();
+    let (status, body) = error_of(response).await;
+    assert_eq!(status, 405);
+    assert_eq!(allow.as_ref().and_then(|v| v.to_str().ok()), Some("POST"));
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    // The admin API too, with its own credential.
+    let response = app
+        .http
+        .delete(format!("{}/admin/v1/workspaces", app.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = error_of(response).await;
+    assert_eq!(status, 405);
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+}
+
+#[tokio::test]
+async fn guessing_keys_is_locked_out_per_address_before_the_guess_is_checked() {
+    let app = TestApp::spawn_edited(Db::Sqlite, Default::default(), |text| {
+        text.replace(
+            "shadow_queue = 4",
+            "shadow_queue = 4\nauth_failure_burst = 3\nauth_failures_per_minute = 1\nadmin_burst = 1000",
+        )
+    })
+    .await;
+    let key = app.key("acme").await;
+    for _ in 0..3 {
+        let (status, _) = error_of(
+            app.chat_raw("sk-sluice-guess", chat_body("chat", json!({})))
+                .await,
+        )
+        .await;
+        assert_eq!(status, 401);
+    }
+    // The fourth failure locks the address out, with the time to wait.
+    let response = app
+        .chat_raw("sk-sluice-guess", chat_body("chat", json!({})))
+        .await;
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let (status, body) = error_of(response).await;
+    assert_eq!(status, 429);
+    assert_eq!(body["error"]["code"], "too_many_attempts");
+    // While locked, even the right key is refused: a guess learns nothing.
+    let (status, _) = error_of(app.chat_raw(&key, chat_body("chat", json!({}))).await).await;
+    assert_eq!(status, 429);
+    // Wrong admin tokens count against the same address.
+    let response = app
+        .http
+        .get(format!("{}/admin/v1/rollouts", app.base))
+        .bearer_auth("not-the-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("sluice_client_throttled_total{reason=\"auth_failures\"}"))
+        .expect("the counter is exported");
+    let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 3, "{line}");
+}
+
+#[tokio::test]
+async fn admin_calls_are_limited_per_address() {
+    let app = TestApp::spawn_edited(Db::Sqlite, Default::default(), |text| {
+        text.replace(
+            "shadow_queue = 4",
+            "shadow_queue = 4\nadmin_burst = 5\nadmin_requests_per_second = 1",
+        )
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let (status, _) = app.admin(reqwest::Method::GET, "/rollouts", None).await;
+        statuses.push(status.as_u16());
+    }
+    assert!(statuses[..5].iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(statuses[5..].contains(&429), "{statuses:?}");
 }

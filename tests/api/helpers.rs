@@ -295,6 +295,41 @@ async fn upstream_chat(
             });
             sse(stream)
         }
+        "raw" if stream && body.get("x_test_sse").is_some() => {
+            // The test writes the stream's exact bytes, sent `x_test_chunk` bytes at a time.
+            let bytes = body["x_test_sse"].as_str().unwrap_or_default().as_bytes().to_vec();
+            let size = body["x_test_chunk"].as_u64().unwrap_or(bytes.len() as u64).max(1) as usize;
+            let pieces: Vec<Result<Bytes, Infallible>> =
+                bytes.chunks(size).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+            ([("content-type", "text/event-stream")], Body::from_stream(futures_util::stream::iter(pieces))).into_response()
+        }
+        "raw" if stream && body.get("x_test_body").is_none() => {
+            // The test writes the events: each `x_test_events` string is one `data:` payload.
+            let events: Vec<String> = body["x_test_events"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|e| e.as_str()).map(|e| format!("data: {e}\n\n")).collect())
+                .unwrap_or_default();
+            sse(futures_util::stream::iter(events))
+        }
+        "raw" => {
+            // The test writes the whole answer: `x_test_body`, with `x_test_status` and
+            // `x_test_content_type` (200, application/json by default).
+            let status = body["x_test_status"].as_u64().and_then(|s| StatusCode::from_u16(s as u16).ok()).unwrap_or(StatusCode::OK);
+            let content_type = body["x_test_content_type"].as_str().unwrap_or("application/json").to_owned();
+            let text = body["x_test_body"].as_str().unwrap_or_default().to_owned();
+            let mut response = (status, [("content-type", content_type)], text).into_response();
+            if let Some(coding) = body["x_test_content_encoding"].as_str() {
+                response.headers_mut().insert("content-encoding", coding.parse().unwrap());
+            }
+            response
+        }
+        "strict" if body.get("stream_options").is_some() => (
+            // An upstream that refuses fields it does not know, as some do.
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": {"message": "Unrecognized request argument supplied: stream_options", "type": "invalid_request_error", "param": null, "code": null}})),
+        )
+            .into_response(),
+        "strict" => sse(futures_util::stream::iter(ok_events(&model, false))),
         "garbage" => (StatusCode::OK, "this is not json").into_response(),
         "error-500" => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -396,6 +431,19 @@ kind = "openai"
 base_url = "http://127.0.0.1:9/v1"
 timeout_ms = 2000
 
+[providers.strict]
+kind = "openai"
+base_url = "{upstream_url}"
+api_key_env = "TEST_UPSTREAM_KEY"
+timeout_ms = 2000
+
+[providers.plain]
+kind = "openai"
+base_url = "{upstream_url}"
+api_key_env = "TEST_UPSTREAM_KEY"
+timeout_ms = 2000
+stream_usage = "never"
+
 [providers.sim]
 kind = "mock"
 
@@ -433,6 +481,18 @@ model = "hang"
 [versions.v-down]
 provider = "nowhere"
 model = "ok"
+[versions.v-strict]
+provider = "strict"
+model = "strict"
+price = {{ input_per_mtok = 2.50, output_per_mtok = 10.00 }}
+[versions.v-plain]
+provider = "plain"
+model = "strict"
+price = {{ input_per_mtok = 2.50, output_per_mtok = 10.00 }}
+[versions.v-raw]
+provider = "up"
+model = "raw"
+price = {{ input_per_mtok = 2.50, output_per_mtok = 10.00 }}
 
 [versions.sim-small]
 provider = "sim"
@@ -507,6 +567,12 @@ stable = "v-html"
 stable = "v-hang"
 [routes.down]
 stable = "v-down"
+[routes.raw]
+stable = "v-raw"
+[routes.picky]
+stable = "v-strict"
+[routes.plain]
+stable = "v-plain"
 [routes.demo]
 stable = "sim-small"
 {extra}
@@ -545,6 +611,15 @@ impl TestApp {
 
     /// With spans going to `traces` (an in-memory exporter in the trace tests).
     pub async fn spawn_with(db: Db, traces: sluice::traces::Traces) -> Self {
+        Self::spawn_edited(db, traces, |text| text).await
+    }
+
+    /// With the test config changed by `edit` first (a `[server]` setting, say).
+    pub async fn spawn_edited(
+        db: Db,
+        traces: sluice::traces::Traces,
+        edit: impl FnOnce(String) -> String,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         write_policies(dir.path());
         let db_url = match db {
@@ -552,7 +627,7 @@ impl TestApp {
             Db::Postgres(base) => fresh_pg_schema(&base).await,
         };
         let upstream = MockUpstream::start().await;
-        let text = config_toml(&upstream.url, "127.0.0.1:0", &db_url, "");
+        let text = edit(config_toml(&upstream.url, "127.0.0.1:0", &db_url, ""));
         let config_path = dir.path().join("sluice.toml");
         let settings =
             sluice::settings::parse(&config_path, &text, &test_env).expect("test config is valid");

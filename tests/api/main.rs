@@ -21,3 +21,4 @@ mod shadow;
 mod store;
 mod streaming;
 mod traces;
+mod upstream_shapes;
