@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::auth::KeyCache;
 use crate::catalog::Catalog;
+use crate::cluster::Cluster;
 use crate::limits::LimitBook;
 use crate::measure::sink::RecordSink;
 use crate::resolve::RoutingTable;
@@ -51,6 +52,14 @@ impl Server {
         let catalog = Arc::new(Catalog::from_settings(&settings)?);
         let routing = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
         let tasks = Tasks::new();
+        let cluster = Arc::new(Cluster::new(
+            settings.config.cluster.clone(),
+            store.engine(),
+            listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+        ));
         // Publishes the table: configured stables, promotions, and every live rollout.
         let rollouts = Arc::new(
             Controller::restore(
@@ -60,9 +69,12 @@ impl Server {
                 settings.policies_dir.clone(),
                 routing.clone(),
                 tasks.clone(),
+                cluster.enabled.then(|| cluster.clone()),
             )
             .await?,
         );
+        // The routing state is loaded: `/healthz` may say ready.
+        cluster.set_ready();
 
         let limits = Arc::new(LimitBook::new(settings.config.limits));
         for (workspace, own) in store.all_limits().await? {
@@ -87,6 +99,7 @@ impl Server {
             limits,
             traces,
             tasks: tasks.clone(),
+            cluster: cluster.clone(),
         });
         tasks.spawn("rollout-controller", Stage::Control, |stop| {
             rollouts.run(stop)
@@ -95,6 +108,29 @@ impl Server {
         tasks.spawn("record-writer", Stage::Writer, |stop| async move {
             sink.run_writer(records, store, stop).await
         });
+        tasks.spawn("retention", Stage::Side, |stop| {
+            crate::cluster::retention::run(app.clone(), stop)
+        });
+        if let (true, Some(channel)) = (cluster.enabled, app.store.channel()) {
+            tracing::info!(replica = %cluster.id(), address = %cluster.replica.address, "joining the cluster");
+            let wake = Arc::new(tokio::sync::Notify::new());
+            let channel = channel.to_owned();
+            tasks.spawn("cluster-heartbeat", Stage::Side, |stop| {
+                crate::cluster::heartbeat::run(app.clone(), stop)
+            });
+            tasks.spawn("cluster-listener", Stage::Control, {
+                let (app, wake) = (app.clone(), wake.clone());
+                |stop| crate::cluster::listen::run_listener(app, channel, wake, stop)
+            });
+            tasks.spawn("cluster-rereader", Stage::Control, {
+                let app = app.clone();
+                |stop| crate::cluster::listen::run_rereader(app, wake, stop)
+            });
+            // Writer stage: it ships last, after the controller has stopped judging.
+            tasks.spawn("cluster-shipper", Stage::Writer, |stop| {
+                crate::cluster::ship::run(app.clone(), stop)
+            });
+        }
         Ok(Self {
             listener,
             app,

@@ -2,7 +2,8 @@
 //!
 //! Keys are stored only as SHA-256 hashes (they are 190 random bits, so a slow hash adds
 //! nothing). Live keys sit in a bounded cache: a revoke on this replica removes the key from
-//! the cache at once; other replicas forget it within [`KEY_CACHE_TTL`].
+//! the cache at once; other replicas of a cluster forget it when they re-read the revoked keys
+//! (`cluster::listen`, within a second), and at the latest after [`KEY_CACHE_TTL`].
 
 use std::time::Duration;
 

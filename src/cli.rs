@@ -125,6 +125,46 @@ impl AdminClient {
 }
 
 impl AdminClient {
+    /// `sluice cluster status`: one line per replica, then who judges which rollout.
+    pub async fn cluster_status(&self) -> anyhow::Result<()> {
+        let v = self.call(reqwest::Method::GET, "/cluster", None).await?;
+        let now = crate::types::now_ms();
+        println!(
+            "mode: {}   this replica: {}",
+            v["mode"].as_str().unwrap_or_default(),
+            v["this_replica"].as_str().unwrap_or_default()
+        );
+        println!(
+            "{:<18} {:<22} {:<8} {:<6} {:>14} {:>10}  JUDGES",
+            "REPLICA", "ADDRESS", "VERSION", "STATE", "HEARTBEAT AGO", "UP"
+        );
+        for r in v["replicas"].as_array().into_iter().flatten() {
+            let ago = now - r["last_heartbeat_ms"].as_i64().unwrap_or(now);
+            let up = now - r["started_at_ms"].as_i64().unwrap_or(now);
+            let judges: Vec<&str> = r["judges"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|j| j.as_str())
+                .collect();
+            println!(
+                "{:<18} {:<22} {:<8} {:<6} {:>12}ms {:>9}s  {}",
+                r["id"].as_str().unwrap_or_default(),
+                r["address"].as_str().unwrap_or_default(),
+                r["version"].as_str().unwrap_or_default(),
+                r["state"].as_str().unwrap_or_default(),
+                ago.max(0),
+                up.max(0) / 1000,
+                if judges.is_empty() {
+                    "-".to_owned()
+                } else {
+                    judges.join(",")
+                }
+            );
+        }
+        Ok(())
+    }
+
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.call(reqwest::Method::GET, path, None).await
     }
@@ -430,6 +470,29 @@ pub fn render_rollout(v: &Value) -> String {
                 num(&a["tokens_per_request"], 0),
                 num(&a["cost_per_request_usd"], 6),
                 num(&a["response_chars"]["p50"], 0),
+            );
+        }
+    }
+    let cluster = &v["cluster"];
+    if cluster.is_object() {
+        // A cluster: `arms` above are the answering replica's; these are every replica's.
+        let _ = writeln!(
+            out,
+            "  cluster ({} replicas shipped, {} observations dropped):",
+            num(&cluster["replicas"], 0),
+            num(&cluster["observations_dropped"], 0)
+        );
+        for arm in ["stable", "canary"] {
+            let a = &cluster[arm];
+            let _ = writeln!(
+                out,
+                "  {:<8} {:>8} requests {:>6}% errors {:>9} ms mean",
+                arm,
+                num(&a["requests"], 0),
+                a["error_rate"]
+                    .as_f64()
+                    .map_or("-".into(), |r| format!("{:.1}", r * 100.0)),
+                num(&a["mean_latency_ms"], 0),
             );
         }
     }

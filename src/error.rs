@@ -75,6 +75,12 @@ pub enum ApiError {
         limit: String,
         retry_after_s: u64,
     },
+    /// The database cannot be reached: admin writes are refused until it is back (the
+    /// request path goes on with what it has cached).
+    #[error(
+        "the database is unavailable ({0}); the gateway keeps routing on its last state, retry this change when the database is back"
+    )]
+    DatabaseUnavailable(String),
     /// A refusal produced by the HTTP framework rather than a handler (a method the path
     /// does not serve, a body it cannot read), re-dressed in OpenAI's shape; the status is
     /// the framework's, the message its text or the status's reason.
@@ -89,6 +95,9 @@ pub enum ApiError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// This replica has not read the routing state yet (`/healthz` at start).
+    #[error("not ready: {0}")]
+    NotReady(String),
     /// The gateway is stopping because a background task died (`/healthz`).
     #[error("unavailable: {0}; the gateway is stopping so that it is restarted")]
     Unavailable(String),
@@ -148,9 +157,10 @@ impl ApiError {
             }
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::UpstreamStatus { status, .. } => *status,
+            Self::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Http { status, .. } => *status,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotReady(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -178,6 +188,7 @@ impl ApiError {
             Self::GuardrailBlocked { .. } => ("invalid_request_error", Some("guardrail_blocked")),
             Self::SchemaInvalid { .. } => ("upstream_error", Some("schema_validation_failed")),
             Self::RateLimited { kind, .. } => (kind, Some("rate_limit_exceeded")),
+            Self::DatabaseUnavailable(_) => ("server_error", Some("database_unavailable")),
             Self::Throttled { .. } => ("rate_limit_error", Some("too_many_attempts")),
             Self::Http { status, .. } => (
                 if status.is_server_error() {
@@ -194,6 +205,7 @@ impl ApiError {
                 },
             ),
             Self::Internal(_) => ("server_error", None),
+            Self::NotReady(_) => ("server_error", Some("not_ready")),
             Self::Unavailable(_) => ("server_error", Some("task_failed")),
         }
     }
@@ -256,6 +268,16 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
+            StoreError::Stale(id) => ApiError::Conflict(format!(
+                "rollout {id} was changed meanwhile (by another replica or the judge); read it again and retry"
+            )),
+            StoreError::Fenced(id) => ApiError::Conflict(format!(
+                "this replica no longer judges rollout {id}; its decision was refused"
+            )),
+            e if e.is_unavailable() => {
+                tracing::warn!(error = %e, "database unavailable; admin write refused");
+                ApiError::DatabaseUnavailable(e.to_string())
+            }
             other => {
                 tracing::error!(error = %other, "store failed");
                 ApiError::Internal("the database failed; see the gateway's log".into())

@@ -52,6 +52,7 @@
 //! | `store` | L3 | SQLite / PostgreSQL: keys, records, rollouts, events, shadow pairs |
 //! | `rollout::error` | L4 | RolloutError: what a rollout command can fail with, in rollout terms |
 //! | `error` | L4 | ApiError: every request-path error mapped to HTTP and OpenAI's shape |
+//! | `cluster` | L4 | this replica in a cluster: its id, counters, liveness and the `/admin/v1/cluster` view |
 //! | `catalog` | L4 | the configured versions (with their clients), route settings and live stats |
 //! | `limits` | L5 | per-workspace rate, token and spend limits |
 //! | `throttle` | L5 | per-client-address limits: failed authentications, admin calls |
@@ -62,9 +63,14 @@
 //! | `rollout::running` | L8 | a rollout live in this process: its judge, tap and figures |
 //! | `rollout::notify` | L8 | webhooks and decision events |
 //! | `rollout::view` | L8 | RolloutView: how a rollout reads in the admin API |
+//! | `rollout::sync` | L8 | the controller as one of several replicas: re-read, judge leases, shipping |
 //! | `rollout` | L8 | the controller (the only writer of the routing table) |
 //! | `state` | L8 | AppState: what handlers and the pipeline reach |
 //! | `pipeline` | L9 | the hot path without axum: parse → resolve → guard → upstream → answer |
+//! | `cluster::heartbeat` | L9 | the heartbeat loop: registry row, live count, limit shares |
+//! | `cluster::listen` | L9 | LISTEN for changes and re-read the routing state (periodically too) |
+//! | `cluster::ship` | L9 | shipping this replica's rollout observations to the database |
+//! | `cluster::retention` | L9 | pruning old rows in small batches under the maintenance lease |
 //! | `http` | L10 | everything that knows axum: routers and handlers |
 //! | `telemetry` | L10 | the Prometheus page |
 //! | `app` | L11 | build → bind → run until stopped |
@@ -78,6 +84,7 @@ pub mod app;
 pub mod auth;
 pub mod catalog;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod error;

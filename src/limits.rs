@@ -4,8 +4,10 @@
 //! In: the caller's workspace before a request is served, and every finished record.
 //! Out: pass, or `ApiError::RateLimited` with the seconds to wait (`Retry-After`).
 //! Limits live in the database (`PUT /admin/v1/workspaces/{id}/limits`), with defaults
-//! from `[limits]` in the config. Counting is per replica: with several replicas, each
-//! enforces the whole limit on what it serves.
+//! from `[limits]` in the config. With several replicas (a cluster on PostgreSQL), each
+//! enforces its share of every limit: the limit divided by the live replicas (`set_share`,
+//! kept current by the heartbeat), which holds the cluster to the limit when the load
+//! balancer spreads a workspace's requests evenly. See docs/cluster.md for why and how exact.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -31,6 +33,8 @@ struct Spend {
 }
 
 struct Workspace {
+    /// What the admin API set (before the defaults fill in).
+    own: Limits,
     limits: Limits,
     rate: Option<DefaultDirectRateLimiter>,
 }
@@ -42,6 +46,28 @@ pub struct LimitBook {
     /// The defaults' rate limiter, one per workspace that has none of its own.
     default_rates: Mutex<HashMap<String, Arc<DefaultDirectRateLimiter>>>,
     spend: Mutex<HashMap<String, Spend>>,
+    /// Live replicas sharing the limits (1 alone): each enforces 1/share of every limit.
+    share: std::sync::atomic::AtomicU32,
+}
+
+/// This replica's share of `limits` when `share` replicas enforce them together: the rate
+/// and budgets divided, the burst divided and rounded up (so each replica admits at least one).
+fn share_of(limits: &Limits, share: u32) -> Limits {
+    if share <= 1 {
+        return *limits;
+    }
+    let n = f64::from(share);
+    Limits {
+        requests_per_second: limits.requests_per_second.map(|r| r / n),
+        burst: limits
+            .burst
+            .or_else(|| limits.requests_per_second.map(|r| r.ceil().max(1.0) as u32))
+            .map(|b| b.div_ceil(share).max(1)),
+        tokens_per_minute: limits
+            .tokens_per_minute
+            .map(|t| t.div_ceil(u64::from(share))),
+        usd_per_day: limits.usd_per_day.map(|u| u / n),
+    }
 }
 
 fn limiter(limits: &Limits) -> Option<DefaultDirectRateLimiter> {
@@ -59,14 +85,49 @@ impl LimitBook {
             workspaces: RwLock::default(),
             default_rates: Mutex::default(),
             spend: Mutex::default(),
+            share: std::sync::atomic::AtomicU32::new(1),
         }
+    }
+
+    /// Sets how many replicas share the limits, and rebuilds the rate limiters for it.
+    pub fn set_share(&self, replicas: u32) {
+        let replicas = replicas.max(1);
+        let before = self
+            .share
+            .swap(replicas, std::sync::atomic::Ordering::Relaxed);
+        if before == replicas {
+            return;
+        }
+        let owns: Vec<(String, Limits)> = {
+            let map = self.workspaces.read().unwrap_or_else(|e| e.into_inner());
+            map.iter().map(|(w, e)| (w.clone(), e.own)).collect()
+        };
+        for (workspace, own) in owns {
+            self.set(&workspace, own);
+        }
+        self.default_rates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    fn share(&self) -> u32 {
+        self.share.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The limits the admin API set for `workspace`, if any.
+    pub fn own_limits(&self, workspace: &str) -> Option<Limits> {
+        let map = self.workspaces.read().unwrap_or_else(|e| e.into_inner());
+        map.get(workspace).map(|w| w.own)
     }
 
     /// Sets a workspace's own limits (what is left out falls back to the defaults).
     pub fn set(&self, workspace: &str, limits: Limits) {
+        let own = limits;
         let limits = limits.over(self.defaults);
         let entry = Arc::new(Workspace {
-            rate: limiter(&limits),
+            rate: limiter(&share_of(&limits, self.share())),
+            own,
             limits,
         });
         let mut map = self.workspaces.write().unwrap_or_else(|e| e.into_inner());
@@ -86,7 +147,8 @@ impl LimitBook {
             .unwrap_or_else(|e| e.into_inner())
             .get(workspace)
             .cloned();
-        let limits = own.as_ref().map_or(self.defaults, |w| w.limits);
+        let full = own.as_ref().map_or(self.defaults, |w| w.limits);
+        let limits = share_of(&full, self.share());
         let now = now_ms();
         {
             let spend = self.spend.lock().unwrap_or_else(|e| e.into_inner());
@@ -96,6 +158,7 @@ impl LimitBook {
                     && s.tokens >= max
                 {
                     let wait = MINUTE_MS - now % MINUTE_MS;
+                    let max = full.tokens_per_minute.unwrap_or(max);
                     return Err(rate_limited(
                         "tokens_per_minute",
                         format!("{max} tokens per minute"),
@@ -107,6 +170,7 @@ impl LimitBook {
                     && s.usd >= max
                 {
                     let wait = DAY_MS - now % DAY_MS;
+                    let max = full.usd_per_day.unwrap_or(max);
                     return Err(rate_limited(
                         "usd_per_day",
                         format!("{max} USD per day"),
@@ -138,7 +202,7 @@ impl LimitBook {
         };
         verdict.map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            let rps = limits.requests_per_second.unwrap_or_default();
+            let rps = full.requests_per_second.unwrap_or_default();
             rate_limited(
                 "requests",
                 format!("{rps} requests per second"),
@@ -204,6 +268,27 @@ mod tests {
         assert!(
             book.admit("other").is_ok(),
             "no limits, no default: unlimited"
+        );
+    }
+
+    #[test]
+    fn three_replicas_each_admit_a_third_of_the_burst() {
+        let book = LimitBook::new(Limits::default());
+        book.set(
+            "acme",
+            Limits {
+                requests_per_second: Some(0.001),
+                burst: Some(9),
+                ..Limits::default()
+            },
+        );
+        book.set_share(3);
+        assert_eq!((0..9).filter(|_| book.admit("acme").is_ok()).count(), 3);
+        book.set_share(1);
+        assert_eq!(
+            (0..12).filter(|_| book.admit("acme").is_ok()).count(),
+            9,
+            "alone again, the whole burst"
         );
     }
 

@@ -84,6 +84,19 @@ enum Command {
     },
     /// Send chat requests to a route at a steady rate, to try a rollout out.
     Load(sluice::load::LoadArgs),
+    /// The replicas of a cluster (a client of the admin API).
+    Cluster {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Every replica (live or gone), its address, version, last heartbeat and what it judges.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -324,6 +337,12 @@ async fn main() -> ExitCode {
                 KeyCommand::Revoke { workspace, key_id } => {
                     client.revoke_key(&workspace, &key_id).await
                 }
+            }
+        }
+        Command::Cluster { admin, command } => {
+            let client = AdminClient::new(&admin.url, admin.admin_token);
+            match command {
+                ClusterCommand::Status => client.cluster_status().await,
             }
         }
     };

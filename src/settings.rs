@@ -142,6 +142,10 @@ pub fn parse(
         ));
     }
 
+    for (key, message) in check_cluster(&config) {
+        issues.push(issue(&key, message));
+    }
+
     let database_url = env(DATABASE_URL_ENV).unwrap_or_else(|| config.database.url.clone());
     if !(database_url.starts_with("sqlite:")
         || database_url.starts_with("postgres://")
@@ -360,6 +364,49 @@ pub fn parse(
     })
 }
 
+/// `[cluster]` and `[database] retention` mistakes, as (dotted key, message).
+fn check_cluster(config: &Config) -> Vec<(String, String)> {
+    use crate::config::cluster::{MAX_REREAD, PrunedTable};
+    let mut issues = Vec::new();
+    let c = &config.cluster;
+    for (key, v) in [
+        ("heartbeat_ms", c.heartbeat_ms),
+        ("lease_ms", c.lease_ms),
+        ("flush_ms", c.flush_ms),
+        ("reread_ms", c.reread_ms),
+    ] {
+        if v == 0 {
+            issues.push((format!("cluster.{key}"), "must be greater than 0".into()));
+        }
+    }
+    if c.reread() > MAX_REREAD {
+        issues.push((
+            "cluster.reread_ms".into(),
+            format!("must be at most {} ms", MAX_REREAD.as_millis()),
+        ));
+    }
+    let duration = |s: &str| {
+        humantime::parse_duration(s)
+            .map(|_| ())
+            .map_err(|e| format!("`{s}` is not a duration such as \"30d\": {e}"))
+    };
+    if let Some(s) = &config.database.retention
+        && let Err(message) = duration(s)
+    {
+        issues.push(("database.retention".into(), message));
+    }
+    for (table, s) in &config.database.retention_per_table {
+        let key = format!("database.retention_per_table.{table}");
+        if !PrunedTable::ALL.iter().any(|t| t.name() == table) {
+            let known: Vec<&str> = PrunedTable::ALL.iter().map(|t| t.name()).collect();
+            issues.push((key, format!("unknown table (known: {})", known.join(", "))));
+        } else if let Err(message) = duration(s) {
+            issues.push((key, message));
+        }
+    }
+    issues
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,6 +498,33 @@ stable = "missing"
             );
         }
         assert_eq!(lines.len(), expect.len(), "{lines:#?}");
+    }
+
+    #[test]
+    fn cluster_and_retention_mistakes_name_their_keys() {
+        let text = r#"
+[database]
+retention = "thirty days"
+[database.retention_per_table]
+nope = "7d"
+requests = "7d"
+
+[cluster]
+reread_ms = 6000
+lease_ms = 0
+"#;
+        let env = env_with(&[("SLUICE_ADMIN_TOKEN", "t")]);
+        let errors = parse(Path::new("s.toml"), text, &env).unwrap_err();
+        let keys: Vec<&str> = errors.0.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "cluster.lease_ms",
+                "cluster.reread_ms",
+                "database.retention",
+                "database.retention_per_table.nope"
+            ]
+        );
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct App {
     pub traces: crate::traces::Traces,
     /// The background tasks; `/healthz` fails once one of them has died.
     pub tasks: crate::tasks::Tasks,
+    /// This replica's place among several (a single process on SQLite).
+    pub cluster: Arc<crate::cluster::Cluster>,
 }
 
 pub type AppState = Arc<App>;

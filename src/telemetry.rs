@@ -430,5 +430,44 @@ pub async fn render(app: &App) -> String {
         "sluice_records_dropped_total {}",
         sink.dropped + sink.write_failed
     );
+
+    // A cluster's loops (PostgreSQL only: a single process shows none of these).
+    let cluster = &app.cluster;
+    if cluster.enabled {
+        header(
+            &mut out,
+            "sluice_cluster_live_replicas",
+            "gauge",
+            "Live replicas at this replica's last heartbeat (the divisor of workspace limits).",
+        );
+        let _ = writeln!(
+            out,
+            "sluice_cluster_live_replicas {}",
+            cluster.live_replicas()
+        );
+        header(
+            &mut out,
+            "sluice_database_up",
+            "gauge",
+            "1 while the database answered this replica's last cluster call, 0 while it is away.",
+        );
+        let _ = writeln!(
+            out,
+            "sluice_database_up {}",
+            u8::from(cluster.database_up())
+        );
+        if let Ok(serde_json::Value::Object(counters)) = serde_json::to_value(&cluster.counters) {
+            for (name, value) in counters {
+                let metric = format!("sluice_cluster_{name}_total");
+                header(
+                    &mut out,
+                    &metric,
+                    "counter",
+                    &format!("Cluster: {} (see docs/cluster.md).", name.replace('_', " ")),
+                );
+                let _ = writeln!(out, "{metric} {value}");
+            }
+        }
+    }
     out
 }

@@ -236,6 +236,8 @@ async fn insert_rollout(store: &Store, id: &str, route: &str) {
         ended_at_ms: None,
         judge_state: None,
         last_report: None,
+        revision: 0,
+        judge_cursor: None,
     };
     let event = NewEvent {
         actor: Actor::Operator,

@@ -36,6 +36,7 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("get", "/admin/v1/workspaces/{id}/limits"),
     ("get", "/admin/v1/routes"),
     ("get", "/admin/v1/routes/{route}/stats"),
+    ("get", "/admin/v1/cluster"),
     ("post", "/admin/v1/rollouts"),
     ("get", "/admin/v1/rollouts"),
     ("get", "/admin/v1/rollouts/{id}"),
@@ -749,10 +750,35 @@ async fn every_documented_operation_runs_and_answers_as_the_document_says() {
         .admin("get", "/routes/{route}/stats", "/routes/chat/stats", None)
         .await;
     assert_eq!(stats.status, 200);
+    assert_eq!(stats.json["scope"], "replica");
+    let everywhere = app
+        .admin(
+            "get",
+            "/routes/{route}/stats",
+            "/routes/chat/stats?scope=cluster",
+            None,
+        )
+        .await;
+    assert_eq!(everywhere.status, 200);
+    assert_eq!(everywhere.json["scope"], "cluster");
+    let bad_scope = app
+        .admin(
+            "get",
+            "/routes/{route}/stats",
+            "/routes/chat/stats?scope=planet",
+            None,
+        )
+        .await;
+    assert_eq!(bad_scope.status, 400);
     let none = app
         .admin("get", "/routes/{route}/stats", "/routes/nope/stats", None)
         .await;
     assert_eq!(none.status, 404);
+
+    // The replicas: a single SQLite process is the whole gateway.
+    let cluster = app.admin("get", "/cluster", "/cluster", None).await;
+    assert_eq!(cluster.status, 200);
+    assert_eq!(cluster.json["mode"], "single");
 
     // A rollout, and the refusals the document lists for starting one.
     let start = |canary: &str, policy: &str, route: &str| json!({"route": route, "canary": canary, "policy": policy});

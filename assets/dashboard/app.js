@@ -231,6 +231,26 @@
       }));
   }
 
+  // A cluster (PostgreSQL): every replica's figures, summed from what they shipped; the
+  // arms table above is the answering replica's own.
+  function renderClusterArms(c) {
+    if (!c || !c.stable || !c.canary) return null;
+    var rows = [
+      ["requests", function (a) { return isNum(a.requests) ? String(a.requests) : "–"; }],
+      ["error rate", function (a) { return pct(a.error_rate); }],
+      ["latency mean", function (a) { return ms(a.mean_latency_ms); }],
+    ];
+    return h("div", { class: "cluster-arms" },
+      h("h3", null, "Every replica (" + c.replicas + " shipped" +
+        (c.observations_dropped ? ", " + c.observations_dropped + " observations dropped" : "") + ")"),
+      table("cluster-arms",
+        [h("th", null, ""), h("th", { class: "num arm-stable" }, "stable"), h("th", { class: "num arm-canary" }, "canary")],
+        rows.map(function (row) {
+          return h("tr", null, h("td", null, row[0]),
+            h("td", { class: "num" }, row[1](c.stable)), h("td", { class: "num" }, row[1](c.canary)));
+        })));
+  }
+
   function gateValue(gate, x) {
     switch (gate) {
       case "error_rate": case "schema_failure_rate": case "guardrail_block_rate": return pct(x);
@@ -418,7 +438,7 @@
         renderPins(r.pins)),
       renderJudgeLine(r),
       h("div", { class: "grid2" },
-        h("div", { class: "box" }, h("h3", null, "Arms"), renderArms(r.arms)),
+        h("div", { class: "box" }, h("h3", null, "Arms"), renderArms(r.arms), renderClusterArms(r.cluster)),
         h("div", { class: "box" }, h("h3", null, "Canary weight over time"), renderWeightChart(r, d.events))),
       h("div", { class: "box gates-box" }, h("h3", null, "Gates"), renderGates(r.judge)),
       h("div", { class: "grid2 lower" },

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+pub mod cluster;
 pub mod issue;
 
 use crate::types::Price;
@@ -38,6 +39,9 @@ pub struct Config {
     /// OpenTelemetry export.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Several replicas on one PostgreSQL (ignored on SQLite).
+    #[serde(default)]
+    pub cluster: cluster::ClusterConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -164,12 +168,30 @@ fn default_http2_max_concurrent_streams() -> u32 {
 pub struct DatabaseConfig {
     #[serde(default = "default_database_url")]
     pub url: String,
+    /// How long stored rows are kept, e.g. "30d"; absent: keep everything.
+    #[serde(default)]
+    pub retention: Option<String>,
+    /// Per table, overriding `retention` (see [`cluster::PrunedTable`] for the names).
+    #[serde(default)]
+    pub retention_per_table: BTreeMap<String, String>,
+}
+
+impl DatabaseConfig {
+    /// The retention settings on their own.
+    pub fn retention_config(&self) -> cluster::RetentionConfig {
+        cluster::RetentionConfig {
+            retention: self.retention.clone(),
+            retention_per_table: self.retention_per_table.clone(),
+        }
+    }
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
             url: default_database_url(),
+            retention: None,
+            retention_per_table: BTreeMap::new(),
         }
     }
 }

@@ -26,6 +26,7 @@ pub fn router() -> Router<AppState> {
         .route("/workspaces/{id}/limits", put(set_limits).get(get_limits))
         .route("/routes", get(list_routes))
         .route("/routes/{route}/stats", get(route_stats))
+        .route("/cluster", get(cluster))
 }
 
 /// A workspace id: 1–64 lowercase letters, digits, `-` or `_`, starting with a letter or digit.
@@ -126,16 +127,54 @@ async fn list_routes(State(app): State<AppState>) -> Result<Response, ApiError> 
     Ok(Json(json!({"data": data})).into_response())
 }
 
+/// The replicas of this gateway (live or gone), and which one judges which rollout.
+async fn cluster(State(app): State<AppState>) -> Result<Response, ApiError> {
+    Ok(Json(app.cluster.view(&app.store).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Scope {
+    /// This replica's live figures since it started.
+    Replica,
+    /// Every replica's stored records.
+    Cluster,
+}
+
+#[derive(Deserialize)]
+struct StatsQuery {
+    scope: Option<Scope>,
+}
+
 /// Live figures per version of one route since this process started, plus the record
-/// sink's counters (how many records were written, dropped or lost).
+/// sink's counters (how many records were written, dropped or lost). With
+/// `?scope=cluster`, the figures of every replica, summed from the stored records.
 async fn route_stats(
     State(app): State<AppState>,
     Path(route): Path<String>,
+    query: Result<axum::extract::Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let axum::extract::Query(query) = query.map_err(|e| ApiError::InvalidRequest {
+        message: format!("{}: use scope=replica or scope=cluster", e.body_text()),
+        param: Some("scope"),
+    })?;
     let routing = app.routing.load();
     let entry = routing
         .route(&route)
         .ok_or_else(|| ApiError::NotFound(format!("no route `{route}`")))?;
+    if let Some(Scope::Cluster) = query.scope {
+        let rows = app.store.route_totals(&route).await?;
+        let requests: i64 = rows.iter().map(|r| r.requests).sum();
+        let body = json!({
+            "route": route,
+            "scope": "cluster",
+            "stable": &*entry.stable.version.name,
+            "rollout": entry.rollout.as_ref().map(|ro| &*ro.tap.rollout_id),
+            "arms": rows,
+            "total": {"requests": requests},
+        });
+        return Ok(Json(body).into_response());
+    }
     let mut total = StatsSnapshot::default();
     let mut by_version: std::collections::BTreeMap<String, StatsSnapshot> = Default::default();
     let mut by_arm = serde_json::Map::new();
@@ -162,6 +201,8 @@ async fn route_stats(
         .collect();
     let body = json!({
         "route": route,
+        "scope": "replica",
+        "replica": app.cluster.id(),
         "stable": &*entry.stable.version.name,
         "guardrails": guardrails,
         "rollout": entry.rollout.as_ref().map(|ro| &*ro.tap.rollout_id),

@@ -60,15 +60,24 @@ pub fn guarded(routes: Router<AppState>, state: AppState) -> Router {
         .with_state(state)
 }
 
-/// `GET /healthz`: `ok` while every background task runs; once one has died, 503 with an
-/// OpenAI-shaped error naming it (the process is then stopping, see [`crate::tasks`]).
+/// `GET /healthz`: `ok` while every background task runs and the routing state is loaded.
+/// 503 with an OpenAI-shaped error before this replica has read the routing state (so that
+/// a load balancer or a Kubernetes readiness probe sends it nothing it cannot route yet),
+/// and once a background task has died (the process is then stopping, see
+/// [`crate::tasks`]). A database that is away does not make it fail: the replica routes on
+/// its last table.
 async fn healthz(
     axum::extract::State(app): axum::extract::State<AppState>,
 ) -> Result<&'static str, ApiError> {
-    match app.tasks.failure() {
-        None => Ok("ok"),
-        Some(failure) => Err(ApiError::Unavailable(failure.to_string())),
+    if let Some(failure) = app.tasks.failure() {
+        return Err(ApiError::Unavailable(failure.to_string()));
     }
+    if !app.cluster.is_ready() {
+        return Err(ApiError::NotReady(
+            "the routing state is not loaded yet".into(),
+        ));
+    }
+    Ok("ok")
 }
 
 /// Prometheus scrapes without a credential: `/metrics` holds aggregates, no prompts, keys or

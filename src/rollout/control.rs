@@ -14,6 +14,11 @@
 //! decided under `inner`, written without it, then applied and published under it again:
 //! the router never acts on what is not stored. `/metrics` reads a snapshot published after
 //! every change and look, without a lock.
+//!
+//! On PostgreSQL with several replicas (`cluster` set), the cluster half lives in
+//! `rollout::sync`: only the holder of a rollout's judge lease judges it, on every replica's
+//! shipped observations, and writes each decision under the lease's fencing token; every
+//! write names the revision it was decided from, so a stale view is refused, not applied.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -29,12 +34,16 @@ use super::machine::{Decision, Position};
 use super::notify::{Notifier, decision_event};
 use super::policy::{Policy, load_policy};
 use super::running::{Inner, Running, view_ended, view_running};
-use super::view::{EndedFigures, RolloutView};
+use super::view::{EndedFigures, RolloutView, view_row};
 use crate::catalog::Catalog;
+use crate::cluster::{Cluster, judge_lease};
 use crate::judge::Judge;
 use crate::resolve::{LiveRollout, RoutingTable};
 use crate::shadow::RolloutShadow;
-use crate::store::{Actor, EventRow, NewEvent, RequestPlacement, RolloutRow, Store};
+use crate::store::{
+    Actor, EventRow, Fence, NewEvent, ObservationBatch, RequestPlacement, RolloutRow, Store,
+    StoreError, WriteGuard,
+};
 use crate::tasks::Tasks;
 use crate::types::{Arm, RolloutState, RouteName, now_ms};
 
@@ -81,7 +90,9 @@ impl Operation {
 }
 
 /// Ended rollouts whose last live figures are kept in memory.
-const ENDED_VIEWS_KEPT: usize = 50;
+pub(super) const ENDED_VIEWS_KEPT: usize = 50;
+/// Shipped batches a judge reads per look at most; the rest waits for the next look.
+const BATCHES_PER_LOOK: i64 = 10_000;
 
 /// What `/metrics` reads: each live rollout's figures at the last change or look, with its
 /// shadow state (whose counters are read at scrape time).
@@ -95,17 +106,20 @@ struct Change {
 }
 
 pub struct Controller {
-    store: Store,
-    catalog: Arc<Catalog>,
-    policies: BTreeMap<String, Arc<Policy>>,
+    pub(super) store: Store,
+    pub(super) catalog: Arc<Catalog>,
+    pub(super) policies: BTreeMap<String, Arc<Policy>>,
     policies_dir: PathBuf,
     routing: Arc<ArcSwap<RoutingTable>>,
-    /// Held by whoever changes a rollout, across the database write.
-    changes: tokio::sync::Mutex<()>,
+    /// Held by whoever changes a rollout, across the database write (and by the cluster's
+    /// re-read and lease rounds, so that none of them interleaves with a change).
+    pub(super) changes: tokio::sync::Mutex<()>,
     /// Never held across I/O.
     inner: std::sync::Mutex<Inner>,
     metrics: ArcSwap<MetricsSnapshot>,
     notifier: Notifier,
+    /// Set on PostgreSQL: judge only under a lease, on every replica's observations.
+    pub(super) cluster: Option<Arc<Cluster>>,
 }
 
 impl Controller {
@@ -120,6 +134,7 @@ impl Controller {
         policies_dir: PathBuf,
         routing: Arc<ArcSwap<RoutingTable>>,
         tasks: Tasks,
+        cluster: Option<Arc<Cluster>>,
     ) -> anyhow::Result<Self> {
         let mut inner = Inner::default();
         for (route, version) in store.route_stables().await? {
@@ -154,6 +169,7 @@ impl Controller {
             inner: std::sync::Mutex::new(inner),
             metrics: ArcSwap::default(),
             notifier: Notifier::new(tasks)?,
+            cluster,
         };
         controller.publish(&controller.lock())?;
         Ok(controller)
@@ -164,13 +180,13 @@ impl Controller {
     }
 
     /// The in-memory state; a panic elsewhere while it was held does not make it unusable.
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The policy file as it is now: edits take effect for the next rollout without a
     /// restart, and a broken file is refused with its mistakes.
-    fn read_policy(&self, name: &str) -> Result<Arc<Policy>, RolloutError> {
+    pub(super) fn read_policy(&self, name: &str) -> Result<Arc<Policy>, RolloutError> {
         let valid_name = !name.is_empty()
             && name
                 .chars()
@@ -234,7 +250,7 @@ impl Controller {
         Ok(())
     }
 
-    fn publish_or_fail(&self, inner: &Inner) -> Result<(), RolloutError> {
+    pub(super) fn publish_or_fail(&self, inner: &Inner) -> Result<(), RolloutError> {
         self.publish(inner)
             .map_err(|e| RolloutError::Internal(e.to_string()))
     }
@@ -299,6 +315,10 @@ impl Controller {
         }
         let policy = self.read_policy(policy_name)?;
         let _changing = self.changes.lock().await;
+        if self.cluster.is_some() {
+            // A rollout started on another replica a moment ago counts too.
+            self.refresh_locked().await?;
+        }
         let stable = {
             let inner = self.lock();
             let stable = inner.stables.get(route).unwrap_or(configured).clone();
@@ -331,6 +351,8 @@ impl Controller {
             ended_at_ms: None,
             judge_state: None,
             last_report: None,
+            revision: 0,
+            judge_cursor: None,
         };
         let event = NewEvent {
             actor: Actor::Operator,
@@ -357,28 +379,43 @@ impl Controller {
     /// Unknown or ended rollout, a pause or resume the state does not allow, or the store
     /// failing.
     pub async fn operate(&self, id: &str, op: Operation) -> Result<RolloutView, RolloutError> {
+        self.refresh_if_unknown(id).await;
         let _changing = self.changes.lock().await;
         let now = now_ms();
-        let decided = {
-            let inner = self.lock();
-            inner
-                .running
-                .get(id)
-                .map(|r| operation_change(r, id, op, now))
-        };
-        let change = match decided {
-            Some(change) => change?,
-            None => {
-                return match self.store.rollout(id).await? {
-                    Some(row) => Err(RolloutError::Ended {
-                        id: id.to_owned(),
-                        state: row.position.state.as_str(),
-                    }),
-                    None => Err(RolloutError::UnknownRollout(id.to_owned())),
-                };
+        // In a cluster this replica's view may lag another's change by up to a re-read: a
+        // write decided from it is refused as stale, and decided again on the fresh state.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let decided = {
+                let inner = self.lock();
+                inner
+                    .running
+                    .get(id)
+                    .map(|r| operation_change(r, id, op, now))
+            };
+            let change = match decided {
+                Some(change) => change?,
+                None => {
+                    return match self.store.rollout(id).await? {
+                        Some(row) => Err(RolloutError::Ended {
+                            id: id.to_owned(),
+                            state: row.position.state.as_str(),
+                        }),
+                        None => Err(RolloutError::UnknownRollout(id.to_owned())),
+                    };
+                }
+            };
+            match self.transition(change, now).await {
+                Err(RolloutError::Store(StoreError::Stale(_)))
+                    if self.cluster.is_some() && attempts < 3 =>
+                {
+                    self.refresh_locked().await?;
+                }
+                done => break done?,
             }
-        };
-        self.transition(change, now).await?;
+        }
+        drop(_changing);
         self.view(id).await
     }
 
@@ -392,8 +429,9 @@ impl Controller {
         workspace: &str,
         arm: Option<Arm>,
     ) -> Result<RolloutView, RolloutError> {
+        self.refresh_if_unknown(id).await;
         let _changing = self.changes.lock().await;
-        let (position, event) = {
+        let (position, event, seen) = {
             let inner = self.lock();
             let Some(r) = inner.running.get(id) else {
                 return Err(RolloutError::NotLive(id.to_owned()));
@@ -419,23 +457,42 @@ impl Controller {
                 message,
                 evidence: None,
             };
-            (r.row.position.clone(), event)
+            (r.row.position.clone(), event, r.row.revision)
         };
-        self.store
+        let revision = self
+            .store
             .set_pin(id, workspace, arm, &position, &event)
             .await?;
-        let mut inner = self.lock();
+        // A pin bumps the revision whatever it was. When it was not the one this replica
+        // holds, another replica changed the rollout meanwhile: this replica's position is
+        // stale, so it keeps its old revision (a later write from it is refused as stale)
+        // and re-reads instead of taking the new one on trust.
+        let behind = revision != seen + 1;
+        {
+            let mut inner = self.lock();
+            let r = inner
+                .running
+                .get_mut(id)
+                .ok_or_else(|| RolloutError::NotLive(id.to_owned()))?;
+            if !behind {
+                r.row.revision = revision;
+            }
+            match arm {
+                Some(arm) => r.pins.insert(workspace.to_owned(), arm),
+                None => r.pins.remove(workspace),
+            };
+            self.notifier.send(r, &event);
+            self.publish_or_fail(&inner)?;
+        }
+        if behind && self.cluster.is_some() {
+            self.refresh_locked().await?;
+        }
+        let inner = self.lock();
         let r = inner
             .running
-            .get_mut(id)
+            .get(id)
             .ok_or_else(|| RolloutError::NotLive(id.to_owned()))?;
-        match arm {
-            Some(arm) => r.pins.insert(workspace.to_owned(), arm),
-            None => r.pins.remove(workspace),
-        };
-        self.notifier.send(r, &event);
-        self.publish_or_fail(&inner)?;
-        Ok(view_running(&inner.running[id]))
+        Ok(view_running(r))
     }
 
     /// One rollout, live or ended.
@@ -443,13 +500,30 @@ impl Controller {
     /// # Errors
     /// No rollout `id`, or the store failing.
     pub async fn view(&self, id: &str) -> Result<RolloutView, RolloutError> {
-        if let Some(r) = self.lock().running.get(id) {
-            return Ok(view_running(r));
-        }
-        match self.store.rollout(id).await? {
-            Some(row) => Ok(self.view_of(&row)),
-            None => Err(RolloutError::UnknownRollout(id.to_owned())),
-        }
+        self.refresh_if_unknown(id).await;
+        let live = self
+            .lock()
+            .running
+            .get(id)
+            .map(|r| (view_running(r), r.fence.is_some()));
+        let mut view = match live {
+            Some((view, _)) if self.cluster.is_none() => return Ok(view),
+            Some((mut view, judging)) => {
+                if !judging && !self.database_away() {
+                    // Another replica judges: its last stored report is the one to show.
+                    if let Ok(Some(row)) = self.store.rollout(id).await {
+                        view.judge = view_row(&row).judge;
+                    }
+                }
+                view
+            }
+            None => match self.store.rollout(id).await? {
+                Some(row) => self.view_of(&row),
+                None => return Err(RolloutError::UnknownRollout(id.to_owned())),
+            },
+        };
+        view.cluster = self.cluster_figures(id).await;
+        Ok(view)
     }
 
     fn view_of(&self, row: &RolloutRow) -> RolloutView {
@@ -541,25 +615,47 @@ impl Controller {
     /// Writes the change, then applies it: the router never acts on what is not stored.
     /// The caller holds `changes`.
     async fn transition(&self, change: Change, now: i64) -> Result<(), RolloutError> {
+        let mut lease_to_release = None;
         let Change { id, next, event } = change;
-        let promote_to = {
+        let (promote_to, revision, token) = {
             let inner = self.lock();
             let r = inner
                 .running
                 .get(&id)
                 .ok_or_else(|| RolloutError::NotLive(id.clone()))?;
-            (next.state == RolloutState::Promoted)
-                .then(|| (r.row.route.clone(), r.row.canary_version.clone()))
+            let promote_to = (next.state == RolloutState::Promoted)
+                .then(|| (r.row.route.clone(), r.row.canary_version.clone()));
+            (promote_to, r.row.revision, r.fence)
         };
-        self.store
+        // The judge writes as its lease's holder; an operator's command needs no lease.
+        let lease = judge_lease(&id);
+        let fence = match (&self.cluster, event.actor) {
+            (Some(c), Actor::Judge) => Some(Fence {
+                lease: &lease,
+                holder: c.id(),
+                token: token.ok_or_else(|| StoreError::Fenced(id.clone()))?,
+            }),
+            _ => None,
+        };
+        let written = self
+            .store
             .update_rollout(
                 &id,
                 &next,
                 now,
                 &event,
                 promote_to.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+                WriteGuard { revision, fence },
             )
-            .await?;
+            .await;
+        let revision = match written {
+            Ok(revision) => revision,
+            Err(e @ StoreError::Fenced(_)) => {
+                self.fenced(&id);
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         tracing::info!(rollout = %id, kind = event.kind, state = next.state.as_str(), step = next.step, weight_bp = next.weight_bp, actor = event.actor.as_str(), message = %event.message, "rollout changed");
         let ended_checkpoint = {
             let mut inner = self.lock();
@@ -572,12 +668,17 @@ impl Controller {
             }
             r.row.position = next;
             r.row.updated_at_ms = now;
+            r.row.revision = revision;
             self.notifier.send(r, &event);
             let mut checkpoint = None;
             if !r.row.position.state.is_live() {
                 let mut ended = inner.running.remove(&id).expect("present");
                 ended.row.ended_at_ms = Some(now);
                 checkpoint = Some(ended.checkpoint());
+                if let Some(token) = ended.fence.filter(|_| self.cluster.is_some()) {
+                    // Ended: nobody needs to judge it any more.
+                    lease_to_release = Some(token);
+                }
                 if inner.ended.len() == ENDED_VIEWS_KEPT {
                     inner.ended.remove(0);
                 }
@@ -590,8 +691,19 @@ impl Controller {
             self.publish_or_fail(&inner)?;
             checkpoint
         };
+        // In a cluster only the judge's state is worth keeping: another replica's was never
+        // fed, and writing it would overwrite the judge's last report.
+        let ended_checkpoint =
+            ended_checkpoint.filter(|_| self.cluster.is_none() || lease_to_release.is_some());
         if let Some((judge, report)) = ended_checkpoint {
-            self.write_checkpoint(&id, &judge, &report).await;
+            let fence = lease_to_release.map(|token| (judge_lease(&id), token));
+            self.write_checkpoint(&id, &judge, &report, None, fence.as_ref())
+                .await;
+        }
+        if let (Some(c), Some(_)) = (&self.cluster, lease_to_release)
+            && let Err(e) = self.store.release_lease(&judge_lease(&id), c.id()).await
+        {
+            tracing::debug!(rollout = %id, error = %e, "could not release the judge lease");
         }
         Ok(())
     }
@@ -600,13 +712,54 @@ impl Controller {
     /// under the lock; the decisions and checkpoints are written without it.
     pub async fn look(&self, now: i64) {
         let _changing = self.changes.lock().await;
+        let due = |r: &Running| now - r.last_look_ms >= r.policy.interval.as_millis() as i64;
+        // In a cluster: the batches every replica shipped since each led rollout's cursor,
+        // read before the lock is taken. A rollout this replica does not lead, or whose
+        // batches cannot be read (the database is away), is not looked at: its judge holds.
+        let mut shipped: HashMap<String, Vec<ObservationBatch>> = HashMap::new();
+        if self.cluster.is_some() && !self.database_away() {
+            let led: Vec<(String, String)> = {
+                let inner = self.lock();
+                inner
+                    .running
+                    .iter()
+                    .filter(|(_, r)| r.fence.is_some() && due(r))
+                    .map(|(id, r)| {
+                        let cursor = serde_json::to_string(&r.cursor).unwrap_or_default();
+                        (id.clone(), cursor)
+                    })
+                    .collect()
+            };
+            for (id, cursor) in led {
+                match self
+                    .store
+                    .observations_after(&id, &cursor, BATCHES_PER_LOOK)
+                    .await
+                {
+                    Ok(batches) => {
+                        shipped.insert(id, batches);
+                    }
+                    Err(e) => {
+                        tracing::debug!(rollout = %id, error = %e, "cannot read the cluster's observations; the judge holds")
+                    }
+                }
+            }
+        }
         let (looked, changes) = {
             let mut inner = self.lock();
             let mut looked = Vec::new();
             let mut changes = Vec::new();
             for (id, r) in inner.running.iter_mut() {
-                if now - r.last_look_ms < r.policy.interval.as_millis() as i64 {
+                if !due(r) {
                     continue;
+                }
+                if self.cluster.is_some() {
+                    let Some(batches) = shipped.remove(id) else {
+                        continue;
+                    };
+                    take_shipped(r, batches);
+                } else {
+                    take_local(r);
                 }
                 looked.push(id.clone());
                 if let Some(change) = look_at(r, now) {
@@ -624,22 +777,58 @@ impl Controller {
                 failed.insert(id);
             }
         }
-        let checkpoints: Vec<(String, (String, String))> = {
+        type Checkpoint = (String, (String, String), Option<String>, Option<i64>);
+        let checkpoints: Vec<Checkpoint> = {
             let inner = self.lock();
             looked
                 .into_iter()
                 .filter(|id| !failed.contains(id))
-                .filter_map(|id| inner.running.get(&id).map(|r| (id, r.checkpoint())))
+                .filter_map(|id| {
+                    let r = inner.running.get(&id)?;
+                    let cursor = self.cluster.as_ref().map(|_| r.judge_cursor().to_json());
+                    Some((id, r.checkpoint(), cursor, r.fence))
+                })
+                // In a cluster only the judge writes checkpoints, under its fence.
+                .filter(|(_, _, _, fence)| self.cluster.is_none() || fence.is_some())
                 .collect()
         };
-        for (id, (judge, report)) in checkpoints {
-            self.write_checkpoint(&id, &judge, &report).await;
+        for (id, (judge, report), cursor, token) in checkpoints {
+            let fence = token.map(|t| (judge_lease(&id), t));
+            if !self
+                .write_checkpoint(&id, &judge, &report, cursor.as_deref(), fence.as_ref())
+                .await
+            {
+                self.fenced(&id);
+            }
         }
     }
 
-    async fn write_checkpoint(&self, id: &str, judge: &str, report: &str) {
-        if let Err(e) = self.store.checkpoint_rollout(id, judge, report).await {
-            tracing::warn!(rollout = %id, error = %e, "judge checkpoint failed");
+    /// Saves a judge's state; with a `fence` (lease name, token) only while it holds.
+    /// False when the database refused it because another replica leads now.
+    async fn write_checkpoint(
+        &self,
+        id: &str,
+        judge: &str,
+        report: &str,
+        cursor: Option<&str>,
+        fence: Option<&(String, i64)>,
+    ) -> bool {
+        let holder = self.cluster.as_ref().map_or("", |c| c.id());
+        let fence = fence.map(|(lease, token)| Fence {
+            lease,
+            holder,
+            token: *token,
+        });
+        match self
+            .store
+            .checkpoint_rollout(id, judge, report, cursor, fence)
+            .await
+        {
+            Ok(written) => written,
+            Err(e) => {
+                tracing::warn!(rollout = %id, error = %e, "judge checkpoint failed");
+                true
+            }
         }
     }
 
@@ -649,17 +838,21 @@ impl Controller {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.look(now_ms()).await,
+                _ = tick.tick() => {
+                    // Look first, then renew: a replica that was frozen past its lease makes
+                    // its next write with the old fence, and the database refuses it.
+                    self.look(now_ms()).await;
+                    self.lead(now_ms()).await;
+                }
                 _ = stop.cancelled() => break,
             }
         }
+        self.release_leases().await;
     }
 }
 
-/// Feeds `r`'s judge what arrived since its last look, asks it, and returns the change its
-/// decision makes (none for a hold).
-fn look_at(r: &mut Running, now: i64) -> Option<Change> {
-    r.last_look_ms = now;
+/// Feeds `r`'s judge what this process measured since its last look (a single process).
+fn take_local(r: &mut Running) {
     while let Ok(obs) = r.rx.try_recv() {
         if obs.arm == Arm::Canary {
             r.canary_in_step += 1;
@@ -674,6 +867,37 @@ fn look_at(r: &mut Running, now: i64) -> Option<Change> {
         }
         r.assigned_seen[i] = assigned[i];
     }
+}
+
+/// Feeds `r`'s judge every replica's shipped batches past its cursor (the judging replica
+/// of a cluster), and moves the cursor past them.
+fn take_shipped(r: &mut Running, batches: Vec<ObservationBatch>) {
+    for batch in batches {
+        let observations: Vec<crate::judge::Observation> =
+            serde_json::from_str(&batch.observations).unwrap_or_default();
+        for o in &observations {
+            if o.arm == Arm::Canary {
+                r.canary_in_step += 1;
+            }
+            r.judge.observe(o);
+        }
+        for (arm, n) in [
+            (Arm::Stable, batch.assigned[0]),
+            (Arm::Canary, batch.assigned[1]),
+        ] {
+            for _ in 0..n {
+                r.judge.note_assigned(arm);
+            }
+        }
+        let last = r.cursor.entry(batch.replica).or_default();
+        *last = (*last).max(batch.seq);
+    }
+}
+
+/// Asks `r`'s judge (already fed) and returns the change its decision makes (none for a
+/// hold).
+fn look_at(r: &mut Running, now: i64) -> Option<Change> {
+    r.last_look_ms = now;
     let report = r.judge.report(now);
     let decision = r
         .row

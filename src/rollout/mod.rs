@@ -8,6 +8,7 @@ pub mod machine;
 pub mod notify;
 pub mod policy;
 pub mod running;
+pub mod sync;
 pub mod view;
 
 pub use error::RolloutError;

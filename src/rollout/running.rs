@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::feed::RolloutTap;
@@ -38,6 +39,33 @@ pub struct Running {
     pub shadow: Option<Arc<RolloutShadow>>,
     /// Feedback received, by `metric/arm`.
     pub feedback: BTreeMap<String, u64>,
+    /// Cluster: the fence of this replica's judge lease on the rollout, while it holds one.
+    /// Only the holder judges; every decision and checkpoint is written with this token.
+    pub fence: Option<i64>,
+    /// Cluster: the last shipped batch judged, per replica (stored with the checkpoint).
+    pub cursor: BTreeMap<String, i64>,
+    /// Cluster: observations the tap dropped that were already reported in a shipped batch.
+    pub dropped_seen: u64,
+    /// Cluster: when to take or renew the judge lease next (ms).
+    pub next_lead_ms: i64,
+}
+
+/// What the judge stores beside its state so that a successor resumes exactly where it
+/// stopped: the last batch judged per replica, and the canary requests counted in the
+/// current step (JSON in `rollouts.judge_cursor`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct JudgeCursor {
+    /// Replica id → the `seq` of its last batch judged.
+    pub cursor: BTreeMap<String, i64>,
+    pub canary_in_step: u64,
+    /// The step `canary_in_step` counts in.
+    pub step: usize,
+}
+
+impl JudgeCursor {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
 }
 
 /// The controller's state: every live rollout, promoted stables, and the last figures of
@@ -88,6 +116,19 @@ impl Running {
             last_decision: None,
             shadow,
             feedback: BTreeMap::new(),
+            fence: None,
+            cursor: BTreeMap::new(),
+            dropped_seen: 0,
+            next_lead_ms: 0,
+        }
+    }
+
+    /// The judge's cursor as a checkpoint stores it.
+    pub fn judge_cursor(&self) -> JudgeCursor {
+        JudgeCursor {
+            cursor: self.cursor.clone(),
+            canary_in_step: self.canary_in_step,
+            step: self.row.position.step,
         }
     }
 

@@ -13,7 +13,7 @@ use super::machine::Decision;
 use crate::judge::JudgeReport;
 use crate::measure::aggregate::StatsSummary;
 use crate::shadow::ShadowCounters;
-use crate::store::RolloutRow;
+use crate::store::{ArmTotals, RolloutRow};
 use crate::types::{Arm, RolloutState};
 
 /// One rollout as the admin API shows it.
@@ -52,6 +52,57 @@ pub struct RolloutView {
     /// What only a live rollout has.
     #[serde(flatten)]
     pub live: Option<LiveView>,
+    /// In a cluster: every replica's figures, summed from what they shipped (`arms` are
+    /// this replica's own). Absent for a single process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterFigures>,
+}
+
+/// A rollout's figures over every replica of a cluster.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ClusterFigures {
+    pub stable: ClusterArm,
+    pub canary: ClusterArm,
+    /// Requests of both arms.
+    pub requests: i64,
+    /// Observations replicas had to drop before shipping them (counted, never silent).
+    pub observations_dropped: i64,
+    /// Replicas that shipped any.
+    pub replicas: i64,
+}
+
+/// One arm over every replica.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ClusterArm {
+    pub requests: i64,
+    pub errors: i64,
+    /// Errors per request, 0 without requests.
+    pub error_rate: f64,
+    /// Milliseconds, 0 without requests.
+    pub mean_latency_ms: f64,
+}
+
+impl ClusterFigures {
+    /// Figures from the sums of every shipped batch.
+    pub fn of(t: &ArmTotals) -> Self {
+        let arm = |i: usize| {
+            let n = t.requests[i];
+            let per = |x: f64| if n > 0 { x / n as f64 } else { 0.0 };
+            ClusterArm {
+                requests: n,
+                errors: t.errors[i],
+                error_rate: per(t.errors[i] as f64),
+                mean_latency_ms: per(t.latency_ms_sum[i]),
+            }
+        };
+        Self {
+            stable: arm(0),
+            canary: arm(1),
+            requests: t.requests[0] + t.requests[1],
+            observations_dropped: t.dropped,
+            replicas: t.replicas,
+        }
+    }
 }
 
 /// The judge's report: as this process holds it, or as the last checkpoint stored it.
@@ -128,6 +179,7 @@ pub fn view_row(row: &RolloutRow) -> RolloutView {
         arms: None,
         pins: None,
         live: None,
+        cluster: None,
     }
 }
 

@@ -6,20 +6,25 @@
 
 use std::borrow::Cow;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row, SqlSafeStr};
 
+mod cluster;
 mod quality;
 mod records;
 mod rollouts;
 
+pub use cluster::{
+    ArmTotals, LeaseOutcome, LeaseRow, ObservationBatch, ReplicaRow, RouteTotals, ShippedBatch,
+};
 pub use quality::{RequestPlacement, ShadowPair};
 use records::RecordWriter;
 pub use records::SQLITE_MAX_ROWS;
-pub use rollouts::{Actor, EventRow, NewEvent, RolloutRow};
+pub use rollouts::{Actor, EventRow, Fence, NewEvent, RolloutRow, WriteGuard};
 
 use crate::types::{Arm, Outcome, Record, now_ms};
 
@@ -37,6 +42,47 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migrating the database failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The row moved on since it was read (another replica or the judge changed it).
+    #[error("rollout {0} changed since it was read")]
+    Stale(String),
+    /// The writer's lease fence is no longer the current one: another replica leads now.
+    #[error("stale fencing token for rollout {0}")]
+    Fenced(String),
+}
+
+impl StoreError {
+    /// True when the database could not be reached at all (as opposed to refusing a write).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Database(
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::WorkerCrashed
+            )
+        ) || matches!(self, StoreError::Database(sqlx::Error::Database(e)) if e.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+    }
+}
+
+/// Tells every replica that something they cache changed (`kind`: rollout, pin, limits, key),
+/// inside the writing transaction: PostgreSQL delivers it at commit, never for a rollback.
+/// SQLite has one process and nobody to tell.
+pub(crate) async fn notify_change(
+    store: &Store,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    kind: &str,
+    id: &str,
+) -> Result<(), sqlx::Error> {
+    if let Some(channel) = &store.channel {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(&**channel)
+            .bind(format!("{kind}:{id}"))
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Each engine's migrations, embedded so the binary needs no files beside it.
@@ -66,6 +112,13 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "limits",
         include_str!("../../migrations/sqlite/0005_limits.sql"),
     ),
+    // 6 is another feature's; sqlx applies every listed migration not yet applied, so a
+    // gap (or a 6 that arrives after 7 was applied) is fine as long as they are independent.
+    (
+        7,
+        "cluster",
+        include_str!("../../migrations/sqlite/0007_cluster.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -93,6 +146,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "limits",
         include_str!("../../migrations/postgres/0005_limits.sql"),
     ),
+    (
+        7,
+        "cluster",
+        include_str!("../../migrations/postgres/0007_cluster.sql"),
+    ),
 ];
 
 #[derive(Clone)]
@@ -101,6 +159,8 @@ pub struct Store {
     engine: Engine,
     /// The record writer's own connection (see [`records`]).
     writer: RecordWriter,
+    /// PostgreSQL: the LISTEN/NOTIFY channel of this database schema (one cluster).
+    channel: Option<std::sync::Arc<str>>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -138,8 +198,21 @@ impl Store {
         let options = AnyConnectOptions::from_str(&url)?;
         let pool = AnyPoolOptions::new()
             .max_connections(if engine == Engine::Sqlite { 4 } else { 10 })
+            // With the database away, an admin write answers 503 in seconds, not after 30.
+            .acquire_timeout(Duration::from_secs(if engine == Engine::Sqlite {
+                30
+            } else {
+                3
+            }))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
+                    if engine == Engine::Postgres {
+                        // A replica frozen mid-transaction (SIGSTOP, a VM pause) must not hold
+                        // rows locked for ever: the server ends such a session on its own.
+                        sqlx::query("SET idle_in_transaction_session_timeout = '5s'")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
                     if engine == Engine::Sqlite {
                         // WAL: readers never wait for the writer; NORMAL: a commit survives a
                         // process crash (the OS still holds the WAL), fsync only at checkpoints.
@@ -158,17 +231,32 @@ impl Store {
             .connect_with(options)
             .await?;
         let writer = RecordWriter::connect_lazy(&url, engine)?;
-        let store = Self {
+        let mut store = Self {
             pool,
             engine,
             writer,
+            channel: None,
         };
         store.migrate().await?;
+        if engine == Engine::Postgres {
+            // Channels are per database, schemas are not: name the channel after the schema,
+            // so that clusters (and tests) sharing one database never hear each other.
+            let schema: String = sqlx::query("SELECT CAST(current_schema() AS TEXT)")
+                .fetch_one(&store.pool)
+                .await?
+                .get(0);
+            store.channel = Some(cluster::channel_name(&schema).into());
+        }
         Ok(store)
     }
 
     pub fn engine(&self) -> Engine {
         self.engine
+    }
+
+    /// PostgreSQL: the channel every change is notified on (one per schema).
+    pub fn channel(&self) -> Option<&str> {
+        self.channel.as_deref()
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -295,14 +383,19 @@ impl Store {
         workspace: &str,
         id: &str,
     ) -> Result<Option<String>, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
             "UPDATE api_keys SET revoked_at_ms = $1 WHERE workspace_id = $2 AND id = $3 AND revoked_at_ms IS NULL RETURNING key_hash",
         )
         .bind(now_ms())
         .bind(workspace)
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
+        if row.is_some() {
+            notify_change(self, &mut tx, "key", id).await?;
+        }
+        tx.commit().await?;
         Ok(row.map(|r| r.get(0)))
     }
 

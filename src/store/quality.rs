@@ -172,6 +172,7 @@ impl Store {
         limits: &crate::types::Limits,
     ) -> Result<(), StoreError> {
         let json = serde_json::to_string(limits).unwrap_or_default();
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO workspace_limits (workspace_id, limits, updated_at_ms) VALUES ($1, $2, $3) \
              ON CONFLICT (workspace_id) DO UPDATE SET limits = excluded.limits, updated_at_ms = excluded.updated_at_ms",
@@ -179,8 +180,10 @@ impl Store {
         .bind(workspace)
         .bind(json)
         .bind(super::now_ms())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        super::notify_change(self, &mut tx, "limits", workspace).await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, notify_change};
 use crate::rollout::machine::Position;
 use crate::types::{Arm, RolloutState};
 
@@ -33,6 +33,33 @@ pub struct RolloutRow {
     pub judge_state: Option<String>,
     #[serde(skip)]
     pub last_report: Option<String>,
+    /// Grows by one with every change of position or pins; a write made from an older
+    /// revision is refused ([`StoreError::Stale`]), so no replica undoes a newer change.
+    pub revision: i64,
+    /// The judge's checkpoint beside `judge_state`: its cursor into the cluster's shipped
+    /// observations and its per-step counters (JSON, see `cluster::JudgeCursor`).
+    #[serde(skip)]
+    pub judge_cursor: Option<String>,
+}
+
+/// A write made as the holder of a lease: refused by the database unless `token` is still
+/// the lease's fence and `holder` still holds it.
+#[derive(Debug, Clone, Copy)]
+pub struct Fence<'a> {
+    pub lease: &'a str,
+    pub holder: &'a str,
+    pub token: i64,
+}
+
+/// What a change of position requires of the stored row besides the new position.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteGuard<'a> {
+    /// The revision the writer read: the write is refused ([`StoreError::Stale`]) when the
+    /// row has moved on since.
+    pub revision: i64,
+    /// A judge's write: refused ([`StoreError::Fenced`]) unless this is still the lease's
+    /// fence. `None` for an operator's command and for a single process.
+    pub fence: Option<Fence<'a>>,
 }
 
 /// Who made a change.
@@ -76,7 +103,7 @@ pub struct EventRow {
 }
 
 const ROLLOUT_COLUMNS: &str = "id, route, stable_version, canary_version, policy, policy_json, salt, state, step, weight_bp, \
-     inconclusive, step_started_at_ms, started_at_ms, updated_at_ms, ended_at_ms, judge_state, last_report";
+     inconclusive, step_started_at_ms, started_at_ms, updated_at_ms, ended_at_ms, judge_state, last_report, revision, judge_cursor";
 
 fn rollout_from(r: AnyRow) -> Result<RolloutRow, sqlx::Error> {
     let state: String = r.try_get(7)?;
@@ -102,6 +129,8 @@ fn rollout_from(r: AnyRow) -> Result<RolloutRow, sqlx::Error> {
         ended_at_ms: r.try_get(14)?,
         judge_state: r.try_get(15)?,
         last_report: r.try_get(16)?,
+        revision: r.try_get(17)?,
+        judge_cursor: r.try_get(18)?,
     })
 }
 
@@ -172,12 +201,17 @@ impl Store {
             }
         }
         append_event(&mut tx, &row.id, row.started_at_ms, p, event).await?;
+        notify_change(self, &mut tx, "rollout", &row.id).await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// Moves a rollout to `position` and logs why, in one transaction. When the rollout was
     /// promoted, `promote_to` makes its canary the route's stable version in the same commit.
+    /// The write applies only as `guard` allows (see [`WriteGuard`]). Returns the new revision.
+    ///
+    /// # Errors
+    /// [`StoreError::Stale`], [`StoreError::Fenced`], or the database failing.
     pub async fn update_rollout(
         &self,
         id: &str,
@@ -185,12 +219,19 @@ impl Store {
         at_ms: i64,
         event: &NewEvent,
         promote_to: Option<(&str, &str)>,
-    ) -> Result<(), StoreError> {
+        guard: WriteGuard<'_>,
+    ) -> Result<i64, StoreError> {
+        let WriteGuard {
+            revision: expected_revision,
+            fence,
+        } = guard;
         let mut tx = self.pool.begin().await?;
         let ended = (!position.state.is_live()).then_some(at_ms);
-        sqlx::query(
+        let updated = sqlx::query(
             "UPDATE rollouts SET state = $1, step = $2, weight_bp = $3, inconclusive = $4, step_started_at_ms = $5, \
-             updated_at_ms = $6, ended_at_ms = COALESCE(ended_at_ms, $7) WHERE id = $8",
+             updated_at_ms = $6, ended_at_ms = COALESCE(ended_at_ms, $7), revision = revision + 1 \
+             WHERE id = $8 AND revision = $9 AND ($10 = 0 OR EXISTS \
+             (SELECT 1 FROM cluster_leases WHERE name = $11 AND holder = $12 AND fence = $13))",
         )
         .bind(position.state.as_str())
         .bind(position.step as i32)
@@ -200,8 +241,31 @@ impl Store {
         .bind(at_ms)
         .bind(ended)
         .bind(id)
+        .bind(expected_revision)
+        .bind(fence.is_some() as i32)
+        .bind(fence.map_or("", |f| f.lease))
+        .bind(fence.map_or("", |f| f.holder))
+        .bind(fence.map_or(0, |f| f.token))
         .execute(&mut *tx)
         .await?;
+        if updated.rows_affected() == 0 {
+            // Say why: a lost lease first (the writer must stop judging), else a newer revision.
+            if let Some(f) = fence {
+                let holds = sqlx::query(
+                    "SELECT 1 FROM cluster_leases WHERE name = $1 AND holder = $2 AND fence = $3",
+                )
+                .bind(f.lease)
+                .bind(f.holder)
+                .bind(f.token)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+                if !holds {
+                    return Err(StoreError::Fenced(id.to_owned()));
+                }
+            }
+            return Err(StoreError::Stale(id.to_owned()));
+        }
         if let Some((route, version)) = promote_to {
             sqlx::query(
                 "INSERT INTO route_stable (route, version, rollout_id, updated_at_ms) VALUES ($1, $2, $3, $4) \
@@ -216,24 +280,37 @@ impl Store {
             .await?;
         }
         append_event(&mut tx, id, at_ms, position, event).await?;
+        notify_change(self, &mut tx, "rollout", id).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(expected_revision + 1)
     }
 
-    /// Saves the judge's running state and last report (no event: nothing changed).
+    /// Saves the judge's running state, last report and cursor (no event: nothing changed).
+    /// With a `fence`, only while that fence holds: `Ok(false)` when it was refused.
     pub async fn checkpoint_rollout(
         &self,
         id: &str,
         judge_state: &str,
         last_report: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE rollouts SET judge_state = $1, last_report = $2 WHERE id = $3")
-            .bind(judge_state)
-            .bind(last_report)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        judge_cursor: Option<&str>,
+        fence: Option<Fence<'_>>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE rollouts SET judge_state = $1, last_report = $2, judge_cursor = COALESCE($3, judge_cursor) \
+             WHERE id = $4 AND ($5 = 0 OR EXISTS \
+             (SELECT 1 FROM cluster_leases WHERE name = $6 AND holder = $7 AND fence = $8))",
+        )
+        .bind(judge_state)
+        .bind(last_report)
+        .bind(judge_cursor)
+        .bind(id)
+        .bind(fence.is_some() as i32)
+        .bind(fence.map_or("", |f| f.lease))
+        .bind(fence.map_or("", |f| f.holder))
+        .bind(fence.map_or(0, |f| f.token))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     pub async fn rollout(&self, id: &str) -> Result<Option<RolloutRow>, StoreError> {
@@ -268,7 +345,7 @@ impl Store {
         arm: Option<Arm>,
         position: &Position,
         event: &NewEvent,
-    ) -> Result<(), StoreError> {
+    ) -> Result<i64, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM rollout_pins WHERE rollout_id = $1 AND workspace = $2")
             .bind(id)
@@ -286,8 +363,16 @@ impl Store {
             .await?;
         }
         append_event(&mut tx, id, super::now_ms(), position, event).await?;
+        let revision: i64 = sqlx::query(
+            "UPDATE rollouts SET revision = revision + 1 WHERE id = $1 RETURNING revision",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?
+        .get(0);
+        notify_change(self, &mut tx, "pin", id).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(revision)
     }
 
     pub async fn pins(&self, id: &str) -> Result<Vec<(String, Arm)>, StoreError> {

@@ -119,3 +119,136 @@ async fn the_store_behaves_the_same_on_every_engine() {
         store.close().await;
     }
 }
+
+/// The writes a cluster relies on, on both engines: a rollout write names the revision it
+/// was decided from and is refused once the row has moved on; a judge's write carries its
+/// lease's fence and is refused once another holder has taken the lease; each refusal
+/// leaves the row and its event log as they were. (Leases live on PostgreSQL only: a
+/// single SQLite process has nobody to share a rollout with.)
+#[tokio::test]
+async fn stale_and_fenced_rollout_writes_are_refused() {
+    use sluice::rollout::machine::Position;
+    use sluice::store::{Actor, Fence, NewEvent, RolloutRow, WriteGuard};
+    use sluice::types::RolloutState;
+
+    for (engine, url, _dir) in databases().await {
+        let store = Store::connect(&url).await.unwrap();
+        let position = Position {
+            state: RolloutState::Progressing,
+            step: 0,
+            weight_bp: 1_000,
+            step_started_ms: 1,
+            inconclusive: false,
+        };
+        let row = RolloutRow {
+            id: "ro_fence".into(),
+            route: "chat".into(),
+            stable_version: "a".into(),
+            canary_version: "b".into(),
+            policy: "default".into(),
+            policy_json: "{}".into(),
+            salt: "00".into(),
+            position: position.clone(),
+            started_at_ms: 1,
+            updated_at_ms: 1,
+            ended_at_ms: None,
+            judge_state: None,
+            last_report: None,
+            revision: 0,
+            judge_cursor: None,
+        };
+        let event = |kind: &'static str, actor| NewEvent {
+            actor,
+            kind,
+            message: kind.into(),
+            evidence: None,
+        };
+        store
+            .insert_rollout(&row, &event("started", Actor::Operator))
+            .await
+            .unwrap();
+        let paused = position.paused();
+        let write = |revision, fence| {
+            let (store, paused, e) = (&store, &paused, event("paused", Actor::Operator));
+            async move {
+                store
+                    .update_rollout(
+                        "ro_fence",
+                        paused,
+                        2,
+                        &e,
+                        None,
+                        WriteGuard { revision, fence },
+                    )
+                    .await
+            }
+        };
+        // An operator's write from revision 0 applies and makes revision 1; the same write
+        // again (from a replica that has not seen it) is stale.
+        assert_eq!(write(0, None).await.unwrap(), 1, "{engine}");
+        assert!(
+            matches!(write(0, None).await, Err(StoreError::Stale(_))),
+            "{engine}"
+        );
+
+        if engine != "postgres" {
+            store.close().await;
+            continue;
+        }
+        // The judge's lease: taken by rep_a (fence 1), then by rep_b once it ran out (fence 2).
+        let lease = "judge:ro_fence";
+        let a = store.acquire_lease(lease, "rep_a", 1).await.unwrap();
+        assert_eq!(a.fence, Some(1), "{engine}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let b = store.acquire_lease(lease, "rep_b", 60_000).await.unwrap();
+        assert_eq!(b.fence, Some(2), "{engine}");
+        assert_eq!(
+            store
+                .acquire_lease(lease, "rep_a", 60_000)
+                .await
+                .unwrap()
+                .fence,
+            None,
+            "{engine}: held by rep_b"
+        );
+        let fence_of = |holder, token| Fence {
+            lease,
+            holder,
+            token,
+        };
+        assert!(
+            matches!(
+                write(1, Some(fence_of("rep_a", 1))).await,
+                Err(StoreError::Fenced(_))
+            ),
+            "{engine}: the old holder's decision is refused"
+        );
+        assert!(
+            !store
+                .checkpoint_rollout(
+                    "ro_fence",
+                    "{}",
+                    "{}",
+                    Some("{}"),
+                    Some(fence_of("rep_a", 1))
+                )
+                .await
+                .unwrap(),
+            "{engine}: and so is its checkpoint"
+        );
+        assert_eq!(
+            write(1, Some(fence_of("rep_b", 2))).await.unwrap(),
+            2,
+            "{engine}: the holder's applies"
+        );
+        let kinds: Vec<String> = store
+            .events("ro_fence")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, ["started", "paused", "paused"], "{engine}");
+        store.close().await;
+    }
+}

@@ -1,0 +1,225 @@
+//! Several replicas as one gateway, on PostgreSQL (SQLite stays one process and runs none
+//! of the loops here except the retention pruner).
+//!
+//! Each replica:
+//! - heartbeats into `cluster_replicas` every `[cluster] heartbeat_ms`; one silent for three
+//!   intervals is shown as gone, and the live count re-divides the workspace limits;
+//! - LISTENs on the schema's channel: every admin write NOTIFYs in its own transaction, and
+//!   the replica re-reads the routing state (rollouts, pins, promoted stables, limits,
+//!   revoked keys); a re-read every `reread_ms` (≤ 5 s) covers a dropped listener;
+//! - ships its rollouts' observations every `flush_ms` (module `ship`), and judges only the
+//!   rollouts whose lease it holds (`rollout::sync`), writing every decision with the lease's
+//!   fencing token;
+//! - prunes old rows while it holds the maintenance lease (module `retention`).
+//!
+//! When PostgreSQL goes away the request path goes on with the last routing table, cached
+//! keys and limits; observations buffer to `observation_buffer` and then drop, counted; the
+//! judge holds; admin writes answer 503. Every loop retries on its own.
+
+pub mod heartbeat;
+pub mod listen;
+pub mod retention;
+pub mod ship;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::config::cluster::ClusterConfig;
+use crate::store::{Engine, ReplicaRow, Store, StoreError};
+use crate::types::now_ms;
+
+/// A replica silent for this many heartbeat intervals is gone.
+pub const MISSED_HEARTBEATS: u64 = 3;
+/// The lease name of a rollout's judge.
+pub fn judge_lease(rollout_id: &str) -> String {
+    format!("judge:{rollout_id}")
+}
+/// The lease of the replica that prunes old rows.
+pub const MAINTENANCE_LEASE: &str = "maintenance";
+
+/// What happened in this replica's cluster loops, for `/metrics` and the cluster view.
+#[derive(Debug, Default, Serialize)]
+pub struct ClusterCounters {
+    /// Notifications received on the change channel.
+    pub notifications: AtomicU64,
+    /// Re-reads of the routing state (notified, periodic, or after a reconnect).
+    pub rereads: AtomicU64,
+    /// Re-reads that failed (the routing table stays as it was).
+    pub reread_failures: AtomicU64,
+    /// Times the LISTEN connection was lost, and re-established.
+    pub listener_drops: AtomicU64,
+    pub listener_reconnects: AtomicU64,
+    /// Heartbeats that could not be written (the database away, mostly).
+    pub heartbeat_failures: AtomicU64,
+    /// Observation batches shipped, observations in them, and observations dropped before
+    /// shipping (buffer full while the database was away).
+    pub batches_shipped: AtomicU64,
+    pub observations_shipped: AtomicU64,
+    pub observations_dropped: AtomicU64,
+    /// Flushes that failed and were kept for the next one.
+    pub ship_failures: AtomicU64,
+    /// Decisions and checkpoints this replica wrote under a fence that was no longer
+    /// current (another replica had taken over): the database refused each one.
+    pub fenced_writes_refused: AtomicU64,
+    /// Judge leases taken over from another holder (or first taken).
+    pub leases_taken: AtomicU64,
+    /// Rows deleted by the retention pruner.
+    pub rows_pruned: AtomicU64,
+}
+
+impl ClusterCounters {
+    /// Adds `n` to one of the counters.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// This replica's place in the cluster.
+pub struct Cluster {
+    /// Whether the cluster loops run (PostgreSQL) or this is a single process (SQLite).
+    pub enabled: bool,
+    /// `[cluster]` as configured.
+    pub config: ClusterConfig,
+    /// This process: a fresh id per start, so a restarted replica is a new one.
+    pub replica: ReplicaRow,
+    /// What this replica's cluster loops did.
+    pub counters: ClusterCounters,
+    /// Live replicas at the last heartbeat (1 until known): the divisor of workspace limits.
+    live_replicas: AtomicU64,
+    /// False until the routing state has been read once: `/healthz` answers 503 until then.
+    ready: AtomicBool,
+    /// False while the database does not answer.
+    database_up: AtomicBool,
+}
+
+impl Cluster {
+    /// This process as a replica: enabled on PostgreSQL only; `address` is the bound
+    /// listener's, shown unless `[cluster] advertise` says otherwise.
+    pub fn new(config: ClusterConfig, engine: Engine, address: String) -> Self {
+        let id = format!("rep_{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+        let address = config.advertise.clone().unwrap_or(address);
+        Self {
+            enabled: engine == Engine::Postgres,
+            replica: ReplicaRow {
+                id,
+                address,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                started_at_ms: now_ms(),
+                heartbeat_at_ms: 0,
+            },
+            config,
+            counters: ClusterCounters::default(),
+            live_replicas: AtomicU64::new(1),
+            ready: AtomicBool::new(false),
+            database_up: AtomicBool::new(true),
+        }
+    }
+
+    /// This replica's id (`rep_` and 12 hex digits, fresh per start).
+    pub fn id(&self) -> &str {
+        &self.replica.id
+    }
+
+    /// Whether the routing state has been read (`/healthz`).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Marks the routing state as read.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// Live replicas at the last heartbeat, at least 1.
+    pub fn live_replicas(&self) -> u64 {
+        self.live_replicas.load(Ordering::Relaxed).max(1)
+    }
+
+    /// Sets the live count seen at a heartbeat; returns the previous one.
+    pub fn set_live_replicas(&self, live: u64) -> u64 {
+        self.live_replicas.swap(live.max(1), Ordering::Relaxed)
+    }
+
+    /// Records a failed database call of a cluster loop: an unreachable database is noted
+    /// (and logged once), anything else is logged as `what` failing.
+    pub fn note_failure(&self, what: &str, e: &StoreError) {
+        if e.is_unavailable() {
+            self.note_database(false, Some(e));
+        } else {
+            tracing::warn!(error = %e, "{what} failed");
+        }
+    }
+
+    /// False while the last cluster call found the database unreachable.
+    pub fn database_up(&self) -> bool {
+        self.database_up.load(Ordering::Relaxed)
+    }
+
+    /// Records whether the database answered; logs each change once, not every retry.
+    pub fn note_database(&self, up: bool, error: Option<&dyn std::fmt::Display>) {
+        let was = self.database_up.swap(up, Ordering::Relaxed);
+        match (was, up) {
+            (true, false) => tracing::error!(
+                error = %error.map(|e| e.to_string()).unwrap_or_default(),
+                "database unreachable: routing on the last table, observations buffered, judge holding"
+            ),
+            (false, true) => tracing::info!("database reachable again: resuming"),
+            _ => {}
+        }
+    }
+
+    /// `GET /admin/v1/cluster`: the replicas (live or gone), who judges which rollout.
+    pub async fn view(&self, store: &Store) -> Result<Value, StoreError> {
+        if !self.enabled {
+            let mut me = self.replica.clone();
+            me.heartbeat_at_ms = now_ms();
+            return Ok(json!({
+                "mode": "single",
+                "this_replica": me.id,
+                "replicas": [replica_json(&me, true, &[])],
+                "counters": &self.counters,
+            }));
+        }
+        let (replicas, now) = store.replicas().await?;
+        let leases = store.leases("judge:").await?;
+        let gone_after = (MISSED_HEARTBEATS * self.config.heartbeat_ms) as i64;
+        let rows: Vec<Value> = replicas
+            .iter()
+            .map(|r| {
+                let live = now - r.heartbeat_at_ms <= gone_after;
+                let judges: Vec<&str> = leases
+                    .iter()
+                    .filter(|l| l.holder == r.id && l.expires_at_ms >= now)
+                    .filter_map(|l| l.name.strip_prefix("judge:"))
+                    .collect();
+                replica_json(r, live, &judges)
+            })
+            .collect();
+        let live = rows.iter().filter(|r| r["live"] == true).count();
+        Ok(json!({
+            "mode": "cluster",
+            "this_replica": self.replica.id,
+            "live_replicas": live,
+            "replicas": rows,
+            "judges": leases.iter().filter(|l| l.expires_at_ms >= now).map(|l| json!({
+                "rollout": l.name.strip_prefix("judge:"), "replica": l.holder, "fence": l.fence,
+                "expires_in_ms": l.expires_at_ms - now,
+            })).collect::<Vec<_>>(),
+            "counters": &self.counters,
+        }))
+    }
+}
+
+fn replica_json(r: &ReplicaRow, live: bool, judges: &[&str]) -> Value {
+    json!({
+        "id": r.id, "address": r.address, "version": r.version, "started_at_ms": r.started_at_ms,
+        "last_heartbeat_ms": r.heartbeat_at_ms, "live": live, "state": if live { "live" } else { "gone" },
+        "judges": judges,
+    })
+}
+
+/// The time to wait before retrying a loop whose database call failed.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(200);

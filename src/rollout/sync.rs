@@ -1,0 +1,361 @@
+//! The controller as one of several replicas (PostgreSQL only; a single process never
+//! calls in here).
+//!
+//! - `refresh`: re-reads the live rollouts, pins and promoted stables another replica may
+//!   have changed, and republishes the routing table (on every notification and on the
+//!   periodic re-read).
+//! - `drain_for_ship`: hands this replica's observations to the shipper (`cluster::ship`).
+//! - `lead`: takes or renews the judge lease of each live rollout; a replica that takes a
+//!   lease over resumes from the stored checkpoint (judge state + cursor).
+//!
+//! Like every change, `refresh` and `lead` hold the controller's `changes` lock across
+//! their database calls and take the in-memory lock only to apply what they read.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use super::control::{Controller, ENDED_VIEWS_KEPT};
+use super::policy::Policy;
+use super::running::{JudgeCursor, Running, view_running};
+use super::view::{ClusterFigures, EndedFigures};
+use crate::cluster::{ClusterCounters, judge_lease};
+use crate::judge::{Judge, Observation};
+use crate::store::{RolloutRow, ShippedBatch, StoreError};
+use crate::types::{Arm, now_ms};
+
+impl Controller {
+    /// In a cluster, a rollout this replica does not know yet may have just been started
+    /// elsewhere: read the state again before answering that it does not exist.
+    pub(super) async fn refresh_if_unknown(&self, id: &str) {
+        if self.cluster.is_none() || self.database_away() || self.lock().running.contains_key(id) {
+            return;
+        }
+        if let Err(e) = self.refresh().await {
+            tracing::warn!(rollout = %id, error = %e, "re-reading the routing state failed");
+        }
+    }
+
+    /// Re-reads the live rollouts, their pins and the promoted stables, and republishes the
+    /// routing table when anything differs. A rollout's judge on this replica is kept.
+    ///
+    /// # Errors
+    /// The store cannot be read (the routing table stays as it was).
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        let _changing = self.changes.lock().await;
+        self.refresh_locked().await
+    }
+
+    /// As [`Controller::refresh`]; the caller holds `changes`.
+    pub(super) async fn refresh_locked(&self) -> Result<(), StoreError> {
+        let rows = self.store.rollouts(true).await?;
+        let stables = self.store.route_stables().await?;
+        let mut pins = BTreeMap::new();
+        for row in &rows {
+            let of_row: BTreeMap<String, Arm> =
+                self.store.pins(&row.id).await?.into_iter().collect();
+            pins.insert(row.id.clone(), of_row);
+        }
+        let (gone, unknown): (Vec<String>, Vec<(String, String)>) = {
+            let inner = self.lock();
+            let live: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+            let gone = inner
+                .running
+                .keys()
+                .filter(|id| !live.contains(id.as_str()))
+                .cloned()
+                .collect();
+            let unknown = rows
+                .iter()
+                .filter(|r| !inner.running.contains_key(&r.id))
+                .map(|r| (r.id.clone(), r.policy.clone()))
+                .collect();
+            (gone, unknown)
+        };
+        let mut ended_rows = Vec::new();
+        for id in gone {
+            if let Some(row) = self.store.rollout(&id).await?
+                && !row.position.state.is_live()
+            {
+                ended_rows.push(row);
+            }
+        }
+        // The policy file as it is now, as the replica that started the rollout read it.
+        let mut policies: BTreeMap<String, Arc<Policy>> = BTreeMap::new();
+        for (id, name) in unknown {
+            match self.read_policy(&name) {
+                Ok(p) => {
+                    policies.insert(id, p);
+                }
+                Err(e) => match self.policies.get(&name) {
+                    Some(p) => {
+                        policies.insert(id, p.clone());
+                    }
+                    None => {
+                        tracing::error!(rollout = %id, policy = %name, error = %e, "a rollout started elsewhere names a policy this replica cannot read; its canary gets no traffic here")
+                    }
+                },
+            }
+        }
+
+        let mut inner = self.lock();
+        let mut changed = false;
+        for (route, version) in stables {
+            if self.catalog.routes().contains_key(&route)
+                && self.catalog.version(&version).is_some()
+                && inner.stables.get(&route) != Some(&version)
+            {
+                inner.stables.insert(route, version);
+                changed = true;
+            }
+        }
+        for row in rows {
+            let row_pins = pins.remove(&row.id).unwrap_or_default();
+            match inner.running.get_mut(&row.id) {
+                Some(r) => {
+                    if row.revision > r.row.revision {
+                        if r.row.position.step != row.position.step {
+                            r.canary_in_step = 0;
+                        }
+                        r.row.position = row.position;
+                        r.row.updated_at_ms = row.updated_at_ms;
+                        r.row.revision = row.revision;
+                        changed = true;
+                    }
+                    if row.revision >= r.row.revision && r.pins != row_pins {
+                        r.pins = row_pins;
+                        changed = true;
+                    }
+                }
+                None => {
+                    let Some(policy) = policies.remove(&row.id) else {
+                        continue;
+                    };
+                    if serde_json::to_string(&*policy).ok().as_deref() != Some(&row.policy_json) {
+                        // Every replica should route and judge by one policy: ship the same
+                        // policy files everywhere (one ConfigMap).
+                        tracing::warn!(rollout = %row.id, policy = %row.policy, "this replica's policy file differs from the one the rollout was started with; using this replica's");
+                    }
+                    let judge = Judge::new(&policy.judge_spec());
+                    tracing::info!(rollout = %row.id, route = %row.route, state = row.position.state.as_str(), "rollout taken up from the database");
+                    let running = Running::new(row, policy, judge, row_pins, &self.catalog);
+                    inner.running.insert(running.row.id.clone(), running);
+                    changed = true;
+                }
+            }
+        }
+        for row in ended_rows {
+            if let Some(mut ended) = inner.running.remove(&row.id) {
+                tracing::info!(rollout = %row.id, state = row.position.state.as_str(), "rollout ended elsewhere");
+                ended.row = row;
+                if inner.ended.len() == ENDED_VIEWS_KEPT {
+                    inner.ended.remove(0);
+                }
+                let figures = EndedFigures::of(&view_running(&ended));
+                inner.ended.push((ended.row.id.clone(), figures));
+                changed = true;
+            }
+        }
+        if changed && let Err(e) = self.publish_or_fail(&inner) {
+            tracing::error!(error = %e, "the routing table could not be rebuilt from the database's state");
+        }
+        if let Some(c) = &self.cluster {
+            c.set_ready();
+        }
+        Ok(())
+    }
+
+    /// Everything this replica measured of each live rollout since the last call, as one
+    /// batch per rollout (with how many observations it holds). `seq` numbers the batches.
+    pub fn drain_for_ship(&self, replica: &str, seq: &mut i64) -> Vec<(ShippedBatch, u64)> {
+        let mut inner = self.lock();
+        let now = now_ms();
+        let mut out = Vec::new();
+        for r in inner.running.values_mut() {
+            let mut observations: Vec<Observation> = Vec::new();
+            while let Ok(o) = r.rx.try_recv() {
+                observations.push(o);
+            }
+            let assigned = r.tap.assigned();
+            let delta = [0, 1].map(|i| assigned[i].saturating_sub(r.assigned_seen[i]) as i64);
+            r.assigned_seen = assigned;
+            let dropped = r.tap.dropped();
+            let dropped_delta = dropped.saturating_sub(r.dropped_seen) as i64;
+            r.dropped_seen = dropped;
+            if observations.is_empty() && delta == [0, 0] && dropped_delta == 0 {
+                continue;
+            }
+            *seq += 1;
+            let mut batch = ShippedBatch {
+                rollout_id: r.row.id.clone(),
+                replica: replica.to_owned(),
+                seq: *seq,
+                at_ms: now,
+                assigned: delta,
+                dropped: dropped_delta,
+                ..ShippedBatch::default()
+            };
+            for o in &observations {
+                let i = o.arm.index();
+                batch.requests[i] += 1;
+                batch.errors[i] += i64::from(o.error);
+                batch.latency_ms[i] += o.latency_ms;
+            }
+            batch.observations = serde_json::to_string(&observations).unwrap_or_default();
+            out.push((batch, observations.len() as u64));
+        }
+        out
+    }
+
+    /// Takes or renews this replica's judge lease on every live rollout (a holder every
+    /// third of the lease, the others the moment the holder's lease would end). Taking one
+    /// over resumes from the stored checkpoint.
+    pub(super) async fn lead(&self, now: i64) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        if self.database_away() {
+            // Leases cannot be renewed; the judge holds until the heartbeat sees it back.
+            return;
+        }
+        let _changing = self.changes.lock().await;
+        let renew_every = (cluster.config.lease_ms / 3).max(1) as i64;
+        let due: Vec<(String, Option<i64>)> = {
+            let inner = self.lock();
+            inner
+                .running
+                .values()
+                .filter(|r| now >= r.next_lead_ms)
+                .map(|r| (r.row.id.clone(), r.fence))
+                .collect()
+        };
+        for (id, held) in due {
+            let got = self
+                .store
+                .acquire_lease(
+                    &judge_lease(&id),
+                    cluster.id(),
+                    cluster.config.lease_ms as i64,
+                )
+                .await;
+            // A lease newly taken (or taken back after another held it): read the checkpoint.
+            let checkpoint = match &got {
+                Ok(l) if l.fence.is_some() && l.fence != held => {
+                    match self.store.rollout(&id).await {
+                        Ok(row) => row,
+                        Err(e) => {
+                            tracing::warn!(rollout = %id, error = %e, "cannot read the checkpoint to take the judge over");
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            let mut inner = self.lock();
+            let Some(r) = inner.running.get_mut(&id) else {
+                continue;
+            };
+            r.next_lead_ms = match &got {
+                Ok(l) if l.fence.is_none() => now + l.expires_in_ms.min(renew_every) + 1,
+                _ => now + renew_every,
+            };
+            match got.map(|l| l.fence) {
+                Ok(Some(fence)) if r.fence == Some(fence) => {}
+                Ok(Some(fence)) => {
+                    let Some(row) = checkpoint else { continue };
+                    resume(r, row, fence, now);
+                    ClusterCounters::add(&cluster.counters.leases_taken, 1);
+                    tracing::info!(rollout = %id, fence, "judging this rollout now, from its stored checkpoint");
+                }
+                Ok(None) => {
+                    if r.fence.take().is_some() {
+                        tracing::warn!(rollout = %id, "another replica judges this rollout now");
+                    }
+                }
+                // The database is away: the judge cannot read observations and so holds.
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// In a cluster whose database is known to be away (the last cluster call failed):
+    /// background rounds skip their database calls instead of holding `changes` for a
+    /// pool timeout each, so that an operator's command answers 503 at once, not after them.
+    pub(super) fn database_away(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|c| !c.database_up())
+    }
+
+    /// The database refused a write under an old fence: another replica leads now.
+    pub(super) fn fenced(&self, id: &str) {
+        if let Some(c) = &self.cluster {
+            ClusterCounters::add(&c.counters.fenced_writes_refused, 1);
+        }
+        if let Some(r) = self.lock().running.get_mut(id) {
+            tracing::warn!(rollout = %id, fence = ?r.fence, "decision refused: stale fencing token; another replica judges this rollout now");
+            r.fence = None;
+        }
+    }
+
+    /// Lets every judge lease go, on a clean stop, so that another replica need not wait
+    /// for it to run out.
+    pub(super) async fn release_leases(&self) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let held: Vec<String> = {
+            let inner = self.lock();
+            inner
+                .running
+                .iter()
+                .filter(|(_, r)| r.fence.is_some())
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        for id in held {
+            let _ = self
+                .store
+                .release_lease(&judge_lease(&id), cluster.id())
+                .await;
+        }
+    }
+
+    /// Every replica's figures of rollout `id`, summed (a cluster only; `None` alone or
+    /// while the database is away).
+    pub(super) async fn cluster_figures(&self, id: &str) -> Option<ClusterFigures> {
+        if self.cluster.is_none() || self.database_away() {
+            return None;
+        }
+        let totals = self.store.arm_totals(id).await.ok()?;
+        Some(ClusterFigures::of(&totals))
+    }
+}
+
+/// Takes the judge of `r` over under `fence`, exactly where the previous judge's last
+/// accepted checkpoint (`row`) stood.
+fn resume(r: &mut Running, row: RolloutRow, fence: i64, now: i64) {
+    r.judge = row
+        .judge_state
+        .as_deref()
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_else(|| Judge::new(&r.policy.judge_spec()));
+    let saved: JudgeCursor = row
+        .judge_cursor
+        .as_deref()
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
+    r.cursor = saved.cursor;
+    r.canary_in_step = if saved.step == row.position.step {
+        saved.canary_in_step
+    } else {
+        0
+    };
+    r.last_report = row
+        .last_report
+        .as_deref()
+        .and_then(|s| serde_json::from_str(s).ok());
+    if row.revision >= r.row.revision {
+        r.row.position = row.position;
+        r.row.revision = row.revision;
+    }
+    r.fence = Some(fence);
+    r.last_look_ms = now;
+}

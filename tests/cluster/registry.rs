@@ -1,0 +1,107 @@
+//! The replica registry: `GET /admin/v1/cluster`, `sluice cluster status`, gone replicas.
+
+use std::time::Duration;
+
+use reqwest::Method;
+
+use crate::rig::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_is_listed_and_a_killed_one_is_gone_after_three_heartbeats() {
+    let Some(base) = pg_base() else { return };
+    let mut rig = Rig::start(3, &base).await;
+    for asking in 0..3 {
+        let (status, v) = rig.admin(asking, Method::GET, "/cluster", None).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["mode"], "cluster");
+        let live: Vec<&str> = v["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["state"] == "live")
+            .map(|r| r["id"].as_str().unwrap())
+            .collect();
+        for r in &rig.replicas {
+            assert!(live.contains(&r.id.as_str()), "{} missing from {v:#}", r.id);
+        }
+        let me = v["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == v["this_replica"])
+            .unwrap();
+        assert_eq!(
+            me["address"],
+            rig.replicas[asking].base.trim_start_matches("http://")
+        );
+        assert_eq!(me["version"], env!("CARGO_PKG_VERSION"));
+    }
+
+    // The CLI prints the same.
+    let base0 = rig.replicas[0].base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["cluster", "status", "--url", &base0])
+            .env("SLUICE_ADMIN_TOKEN", crate::helpers::ADMIN_TOKEN)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    for r in &rig.replicas {
+        let line = printed
+            .lines()
+            .find(|l| l.starts_with(&r.id))
+            .unwrap_or_else(|| panic!("{} not printed:\n{printed}", r.id));
+        assert!(line.contains(" live "), "{line}");
+    }
+
+    let gone_id = rig.replicas[2].id.clone();
+    rig.kill(2);
+    let state_of = |v: &serde_json::Value| {
+        v["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == gone_id)
+            .map(|r| r["state"].as_str().unwrap().to_owned())
+    };
+    let took = time_until(
+        Duration::from_secs(5),
+        "the killed replica shown as gone",
+        || async {
+            let (_, v) = rig.admin(0, Method::GET, "/cluster", None).await;
+            state_of(&v).as_deref() == Some("gone")
+        },
+    )
+    .await;
+    assert!(
+        took >= Duration::from_millis(2 * HEARTBEAT_MS),
+        "gone after {took:?}: sooner than three missed heartbeats"
+    );
+    let (_, v) = rig.admin(1, Method::GET, "/cluster", None).await;
+    assert_eq!(v["live_replicas"], 2, "{v:#}");
+}
+
+#[tokio::test]
+async fn a_single_sqlite_process_shows_itself_as_the_whole_gateway() {
+    let app = crate::helpers::TestApp::spawn().await;
+    let (status, v) = app.admin(Method::GET, "/cluster", None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["mode"], "single");
+    assert_eq!(v["replicas"].as_array().unwrap().len(), 1);
+    assert_eq!(v["replicas"][0]["state"], "live");
+    let health = app
+        .http
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
