@@ -71,6 +71,7 @@ impl Server {
         let (sink, records) = RecordSink::new(settings.config.server.record_queue, limits.clone());
         let (shadows, shadow_jobs) = ShadowQueue::new(settings.config.server.shadow_queue.max(1));
         let sink = Arc::new(sink);
+        let (response_book, placements) = crate::responses::book::ResponseBook::new();
         let app = Arc::new(App {
             settings,
             store: store.clone(),
@@ -85,11 +86,16 @@ impl Server {
             limits,
             traces,
             tasks: tasks.clone(),
+            response_book: Arc::new(response_book),
         });
         tasks.spawn("rollout-controller", Stage::Control, |stop| {
             rollouts.run(stop)
         });
         shadow::start_senders(&tasks, shadow_jobs, store.clone());
+        let book_store = store.clone();
+        tasks.spawn("response-book-writer", Stage::Writer, |stop| {
+            crate::responses::book::run_writer(placements, book_store, stop)
+        });
         tasks.spawn("record-writer", Stage::Writer, |stop| async move {
             sink.run_writer(records, store, stop).await
         });

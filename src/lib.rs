@@ -37,7 +37,7 @@
 //! | `judge` | L1 | the pure sequential judge over two arms' observations, with its own JudgeSpec |
 //! | `guardrails` | L1 | guardrail rules, their detection and redaction, and their loader |
 //! | `traces` | L1 | OpenTelemetry spans for requests and upstream calls |
-//! | `openai` | L1 | the OpenAI wire format, pure: a whole completion read |
+//! | `openai` | L1 | the OpenAI wire format, pure: a whole completion read, the Responses API read |
 //! | `measure::histogram` | L1 | lock-free latency histograms |
 //! | `measure::tokens` | L1 | token counting when an upstream gives no usage |
 //! | `measure::schema` | L1 | structured-output and tool-call schema checks |
@@ -51,10 +51,13 @@
 //! | `rollout::error` | L4 | RolloutError: what a rollout command can fail with, in rollout terms |
 //! | `error` | L4 | ApiError: every request-path error mapped to HTTP and OpenAI's shape |
 //! | `catalog` | L4 | the configured versions (with their clients), route settings and live stats |
+//! | `responses::book` | L4 | Response id → version that produced it (memory + `response_versions`) |
 //! | `limits` | L5 | per-workspace rate, token and spend limits |
 //! | `auth` | L5 | API key → workspace (hash, cache, store fallback); admin token check |
 //! | `shadow` | L5 | shadow copies: sampling, the bounded queue and the sender |
 //! | `resolve` | L6 | the routing table: route → arm → version, sticky buckets |
+//! | `azure` | L7 | provider content filters (Azure OpenAI's) counted as guardrail blocks |
+//! | `responses::relay` | L7 | the Responses stream relay: typed events measured, checked, held back |
 //! | `measure` | L7 | the Meter → one Record per request; answer checks; stream relay; the record sink |
 //! | `rollout::running` | L8 | a rollout live in this process: its judge, tap and figures |
 //! | `rollout::notify` | L8 | webhooks and decision events |
@@ -62,6 +65,8 @@
 //! | `rollout` | L8 | the controller (the only writer of the routing table) |
 //! | `state` | L8 | AppState: what handlers and the pipeline reach |
 //! | `pipeline` | L9 | the hot path without axum: parse → resolve → guard → upstream → answer |
+//! | `responses` | L9 | `POST /v1/responses` on the hot path: conversations stay where they began |
+//! | `forward` | L9 | embeddings (stable only), other `/v1` operations with a model, passthrough, stored responses |
 //! | `http` | L10 | everything that knows axum: routers and handlers |
 //! | `telemetry` | L10 | the Prometheus page |
 //! | `app` | L11 | build → bind → run until stopped |
@@ -73,12 +78,14 @@
 
 pub mod app;
 pub mod auth;
+pub mod azure;
 pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod eval;
+pub mod forward;
 pub mod guardrails;
 pub mod http;
 pub mod judge;
@@ -88,6 +95,7 @@ pub mod measure;
 pub mod openai;
 pub mod pipeline;
 pub mod resolve;
+pub mod responses;
 pub mod rollout;
 pub mod settings;
 pub mod shadow;

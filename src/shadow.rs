@@ -18,12 +18,14 @@ use tokio::sync::{Mutex, mpsc};
 use crate::catalog::Version;
 use crate::guardrails::redact_pii;
 use crate::measure::tokens::count_prompt;
-use crate::openai::completion::summarize_completion;
+use crate::openai::completion::{CompletionSummary, summarize_completion};
+use crate::openai::responses::summarize_response;
 use crate::rollout::policy::ShadowConfig;
 use crate::store::{ShadowPair, Store};
 use crate::tasks::{Stage, Tasks};
 use crate::types::{Arm, Record, now_ms};
 use crate::upstream::Call;
+use crate::upstream::endpoint::Api;
 
 /// Copies sent at once.
 const SHADOW_CONCURRENCY: usize = 8;
@@ -32,6 +34,8 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// A primary request that drew a copy: carried by its meter until it finishes.
 pub struct ShadowTicket {
     pub shadow: Arc<RolloutShadow>,
+    /// The API of the primary: the copy goes to the same operation on the other version.
+    pub api: crate::upstream::endpoint::Api,
     /// The body as sent upstream for the primary (model is replaced again for the copy).
     pub body: Bytes,
     pub trace_id: Option<String>,
@@ -174,7 +178,7 @@ async fn send_copy(job: ShadowJob, store: &Store) {
         return;
     }
     let version = &shadow.to_version;
-    let body = match copy_body(&job.ticket.body, &version.model) {
+    let body = match copy_body(&job.ticket.body, &version.model, job.ticket.api) {
         Some(body) => body,
         None => {
             shadow.failed.fetch_add(1, Ordering::Relaxed);
@@ -192,6 +196,9 @@ async fn send_copy(job: ShadowJob, store: &Store) {
             .start_child(cx, format!("shadow {}", version.name), attributes)
     });
     let call = Call {
+        endpoint: job.ticket.api.endpoint(),
+        client_headers: None,
+        content_type: None,
         body: body.clone(),
         stream: false,
         include_usage: false,
@@ -223,7 +230,18 @@ async fn send_copy(job: ShadowJob, store: &Store) {
         }
     };
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let summary = summarize_completion(&answer_bytes).ok();
+    let summary = match job.ticket.api {
+        Api::Responses => serde_json::from_slice::<serde_json::Value>(&answer_bytes)
+            .ok()
+            .and_then(|v| summarize_response(&v).ok())
+            .map(|s| CompletionSummary {
+                model: s.model.clone(),
+                usage: s.usage,
+                finish_reason: s.finish_reason(),
+                choices: vec![s.output],
+            }),
+        _ => summarize_completion(&answer_bytes).ok(),
+    };
     let (answer, usage) = match &summary {
         Some(s) => (s.all_text(), s.usage),
         None => (
@@ -276,12 +294,16 @@ async fn send_copy(job: ShadowJob, store: &Store) {
     shadow.sent.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The primary's body with `model` set to the shadow version's and streaming off.
-fn copy_body(body: &[u8], model: &str) -> Option<Bytes> {
+/// The primary's body with `model` set to the shadow version's and streaming off; a
+/// Responses copy is not stored upstream (nobody continues it).
+fn copy_body(body: &[u8], model: &str, api: Api) -> Option<Bytes> {
     let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
     v.insert("model".into(), model.into());
     v.insert("stream".into(), false.into());
     v.remove("stream_options");
+    if api == Api::Responses {
+        v.insert("store".into(), false.into());
+    }
     serde_json::to_vec(&v).ok().map(Bytes::from)
 }
 
@@ -292,8 +314,16 @@ fn stored_request(ticket: &ShadowTicket) -> serde_json::Value {
     if !ticket.shadow.config.redact {
         return v;
     }
-    crate::openai::request::for_each_message_text(&mut v["messages"], |text| {
+    // A Responses request: its `input` is a string, or items shaped like messages.
+    if let Some(serde_json::Value::String(text)) = v.get_mut("input") {
         *text = redact_pii(text);
-    });
+    }
+    for items in ["messages", "input"] {
+        if let Some(items) = v.get_mut(items) {
+            crate::openai::request::for_each_message_text(items, |text| {
+                *text = redact_pii(text);
+            });
+        }
+    }
     v
 }

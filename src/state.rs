@@ -33,6 +33,8 @@ pub struct App {
     pub traces: crate::traces::Traces,
     /// The background tasks; `/healthz` fails once one of them has died.
     pub tasks: crate::tasks::Tasks,
+    /// Which version produced each Response id: conversations continue where they began.
+    pub response_book: Arc<crate::responses::book::ResponseBook>,
 }
 
 pub type AppState = Arc<App>;

@@ -46,6 +46,9 @@ pub async fn call_version(
     let body = body_for(request, &version.model);
     let started = Instant::now();
     let call = Call {
+        endpoint: crate::upstream::endpoint::Endpoint::chat(),
+        client_headers: None,
+        content_type: None,
         body: body.clone(),
         stream: false,
         include_usage: false,

@@ -31,7 +31,19 @@ pub const UNAUTHENTICATED_ROUTES: &[&str] = &[
 
 /// The `/v1` routes that spend tokens, and so are refused once the workspace is over its
 /// limits (429 with `Retry-After`). Listing models and sending feedback are not.
-pub const ADMITTED_ROUTES: &[&str] = &["/v1/chat/completions"];
+pub const ADMITTED_ROUTES: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/responses",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/moderations",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/images/variations",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+    "/v1/audio/speech",
+];
 
 /// Proof that the request carried the admin token; in the extensions of every admin request.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +62,13 @@ pub async fn authenticate(
         .to_owned();
     if UNAUTHENTICATED_ROUTES.contains(&path.as_str()) {
         return next.run(request).await;
+    }
+    // `/v1/{*path}` catches every path below /v1: one sluice does not serve is a 404
+    // without a credential, like any path that matches no route.
+    if let Some(rest) = path.strip_prefix("/v1/")
+        && !crate::forward::serves(rest)
+    {
+        return crate::forward::unknown_path(request.method().as_str(), &path).into_response();
     }
     let token = bearer_of(request.headers()).map(str::to_owned);
     if path == "/v1" || path.starts_with("/v1/") {

@@ -8,6 +8,7 @@
 
 mod admin;
 mod dashboard;
+mod dropin;
 pub mod extract;
 mod openai;
 mod openapi;
@@ -16,7 +17,7 @@ mod rollouts;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -31,6 +32,11 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
+        .route("/v1/models/{*route}", get(dropin::model))
+        .route("/v1/responses", post(dropin::responses))
+        .route("/v1/responses/{*rest}", any(dropin::stored_response))
+        .route("/v1/embeddings", post(dropin::embeddings))
+        .route("/v1/{*path}", any(dropin::other))
         .route("/v1/feedback", post(openai::feedback))
         .nest(
             "/admin/v1",

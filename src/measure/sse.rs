@@ -165,7 +165,7 @@ impl StreamObserver {
 }
 
 /// The payload of an event's `data:` lines (joined by newlines when there are several).
-fn event_data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
+pub(crate) fn event_data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
     let mut lines = event
         .split(|&b| b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
@@ -186,7 +186,7 @@ fn event_data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
 }
 
 /// End (exclusive) of the first complete event in `buf`, i.e. just past its blank line.
-fn event_end(buf: &[u8]) -> Option<usize> {
+pub(crate) fn event_end(buf: &[u8]) -> Option<usize> {
     let mut i = 0;
     while let Some(nl) = buf[i..].iter().position(|&b| b == b'\n') {
         let at = i + nl + 1;
@@ -341,6 +341,10 @@ impl StreamRelay {
         let observed = &mut self.meter.observed;
         observed.usage = Some(usage);
         observed.response_chars = observer.chars;
+        // The provider's own content filter cut the answer: a guardrail block by the provider.
+        if observer.finish_reason.as_deref() == Some("content_filter") {
+            observed.guardrail_blocked = true;
+        }
         observed.finish_reason = observer.finish_reason;
         observed.first_token = observer.first_token;
         self.meter.finish(outcome);

@@ -1,9 +1,11 @@
 //! The OpenAI wire format, pure (no I/O): what sluice reads of requests and answers.
 //!
-//! `completion` reads a whole chat completion; `request` walks a request's message text.
+//! `completion` reads a whole chat completion; `request` walks a request's message text;
+//! `responses` reads the Responses API (its expectations, a Response, its stream events).
 //! (The request view, the SSE framing and the
 //! error bodies still live in `pipeline`, `measure::sse` and `error`; see the layer table
 //! in `lib.rs`.)
 
 pub mod completion;
 pub mod request;
+pub mod responses;

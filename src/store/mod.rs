@@ -14,14 +14,16 @@ use sqlx::{AnyPool, Row, SqlSafeStr};
 
 mod quality;
 mod records;
+mod responses;
 mod rollouts;
 
 pub use quality::{RequestPlacement, ShadowPair};
 use records::RecordWriter;
 pub use records::SQLITE_MAX_ROWS;
+pub use responses::ResponsePlacement;
 pub use rollouts::{Actor, EventRow, NewEvent, RolloutRow};
 
-use crate::types::{Arm, Outcome, Record, now_ms};
+use crate::types::{Api, Arm, Outcome, Record, now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
@@ -66,6 +68,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "limits",
         include_str!("../../migrations/sqlite/0005_limits.sql"),
     ),
+    (
+        6,
+        "responses",
+        include_str!("../../migrations/sqlite/0006_responses.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -92,6 +99,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "limits",
         include_str!("../../migrations/postgres/0005_limits.sql"),
+    ),
+    (
+        6,
+        "responses",
+        include_str!("../../migrations/postgres/0006_responses.sql"),
     ),
 ];
 
@@ -335,7 +347,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT request_id, at_ms, workspace_id, route, version, arm, stream, status, outcome, latency_ms, ttft_ms, \
              prompt_tokens, completion_tokens, tokens_estimated, cost_usd, response_chars, finish_reason, \
-             rollout_id, canary_weight, randomized, step, schema_failed, guardrail_blocked FROM requests WHERE ($1 IS NULL OR route = $1) ORDER BY at_ms DESC, request_id LIMIT $2",
+             rollout_id, canary_weight, randomized, step, schema_failed, guardrail_blocked, api, reasoning_tokens, inputs, dimensions FROM requests WHERE ($1 IS NULL OR route = $1) ORDER BY at_ms DESC, request_id LIMIT $2",
         )
         .bind(route)
         .bind(limit)
@@ -371,6 +383,10 @@ impl Store {
                     step: r.try_get::<Option<i32>, _>(20)?.map(|s| s as u32),
                     schema_failed: r.try_get::<Option<i32>, _>(21)?.map(|f| f != 0),
                     guardrail_blocked: r.try_get::<i32, _>(22)? != 0,
+                    api: Api::parse(&r.try_get::<String, _>(23)?).unwrap_or_default(),
+                    reasoning_tokens: r.try_get::<Option<i64>, _>(24)?.map(|t| t as u64),
+                    inputs: r.try_get::<Option<i64>, _>(25)?.map(|t| t as u32),
+                    dimensions: r.try_get::<Option<i64>, _>(26)?.map(|t| t as u32),
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
