@@ -41,8 +41,8 @@ use crate::upstream::endpoint::{Api, Endpoint};
 use crate::upstream::headers::rate_limit_headers;
 use crate::upstream::{ByteStream, Call, Provider, Reply, UpstreamError};
 
-/// Operations with a `model` that go to the route's stable version.
-const MODEL_PATHS: [&str; 8] = [
+/// Operations with a `model` that go to the route's stable version (below `/v1/`).
+pub const MODEL_PATHS: [&str; 8] = [
     "completions",
     "moderations",
     "images/generations",
@@ -89,24 +89,6 @@ pub fn classify(path: &str) -> OtherPath {
     } else {
         OtherPath::Unknown
     }
-}
-
-/// Whether sluice serves `path` (below `/v1/`, no query) at all: its own routes, the
-/// operations with a model, and the passthrough endpoints (enabled or not). Anything else
-/// is a 404 before any credential is asked for.
-pub fn serves(path: &str) -> bool {
-    const OWN: [&str; 6] = [
-        "chat/completions",
-        "models",
-        "responses",
-        "embeddings",
-        "feedback",
-        "models/",
-    ];
-    OWN.iter()
-        .any(|own| path == *own || (own.ends_with('/') && path.starts_with(own)))
-        || path.starts_with("responses/")
-        || classify(path) != OtherPath::Unknown
 }
 
 /// The 404 of a `/v1` path sluice does not serve.

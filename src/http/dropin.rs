@@ -46,40 +46,30 @@ pub async fn embeddings(
     }
 }
 
-/// `GET|DELETE /v1/responses/{id}`, `GET …/input_items`, `POST …/cancel`.
+/// `GET|DELETE /v1/responses/{id}`, `GET …/input_items`, `POST …/cancel` (the router
+/// admits only these methods).
 pub async fn stored_response(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(rest): Path<String>,
+    Path(id): Path<String>,
     method: Method,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let (id, tail) = rest.split_once('/').unwrap_or((rest.as_str(), ""));
-    let allowed = matches!(
-        (&method, tail),
-        (&Method::GET | &Method::DELETE, "")
-            | (&Method::GET, "input_items")
-            | (&Method::POST, "cancel")
-    );
-    if !allowed {
-        return ApiError::NotFound(format!("no such endpoint: {method} {}", uri.path()))
-            .into_response();
-    }
     let raw = match body(&app, raw) {
         Ok(raw) => raw,
         Err(e) => return e.into_response(),
     };
-    let path = format!("responses/{rest}");
+    let path = uri.path().trim_start_matches("/v1/");
     let forward = Forward {
         method,
-        path: &path,
+        path,
         query: uri.query(),
         headers: &headers,
         body: raw,
     };
-    respond(forward::stored_response(&app, &caller, id, forward).await)
+    respond(forward::stored_response(&app, &caller, &id, forward).await)
 }
 
 /// `GET /v1/models/{route}`: the route as a model object.
@@ -96,18 +86,40 @@ pub async fn model(
     )
 }
 
-/// Every other `/v1/…` path.
-pub async fn other(
+/// `POST /v1/completions`, `/v1/moderations`, `/v1/images/*`, `/v1/audio/*`: to the
+/// route's stable version.
+pub async fn with_model(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Response {
+    let raw = match body(&app, raw) {
+        Ok(raw) => raw,
+        Err(e) => return e.into_response(),
+    };
+    let forward = Forward {
+        method: Method::POST,
+        path: uri.path().trim_start_matches("/v1/"),
+        query: uri.query(),
+        headers: &headers,
+        body: raw,
+    };
+    respond(forward::with_model(&app, caller, forward).await)
+}
+
+/// Every other `/v1/…` path: a passthrough endpoint (served only with `[passthrough]`), or
+/// a 404 (which [`super::extract::authenticate`] already answers without a credential).
+pub async fn other(
+    State(app): State<AppState>,
     Path(path): Path<String>,
     method: Method,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let kind = forward::classify(&path);
-    if kind == OtherPath::Unknown {
+    if forward::classify(&path) != OtherPath::Passthrough {
         return forward::unknown_path(method.as_str(), uri.path()).into_response();
     }
     let raw = match body(&app, raw) {
@@ -115,19 +127,11 @@ pub async fn other(
         Err(e) => return e.into_response(),
     };
     let forward = Forward {
-        method: method.clone(),
+        method,
         path: &path,
         query: uri.query(),
         headers: &headers,
         body: raw,
     };
-    match kind {
-        OtherPath::WithModel if method == Method::POST => {
-            respond(forward::with_model(&app, caller, forward).await)
-        }
-        OtherPath::WithModel => {
-            ApiError::NotFound(format!("no such endpoint: {method} {}", uri.path())).into_response()
-        }
-        _ => respond(forward::passthrough(&app, forward).await),
-    }
+    respond(forward::passthrough(&app, forward).await)
 }

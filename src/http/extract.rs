@@ -8,7 +8,7 @@
 //! thought is therefore closed, not open.
 
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{OriginalUri, Request, State};
+use axum::extract::{MatchedPath, OriginalUri, Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -63,10 +63,16 @@ pub async fn authenticate(
     if UNAUTHENTICATED_ROUTES.contains(&path.as_str()) {
         return next.run(request).await;
     }
-    // `/v1/{*path}` catches every path below /v1: one sluice does not serve is a 404
-    // without a credential, like any path that matches no route.
-    if let Some(rest) = path.strip_prefix("/v1/")
-        && !crate::forward::serves(rest)
+    // The catch-all below /v1 (for the passthrough endpoints) matches every path there:
+    // one sluice does not serve is a 404 without a credential, like any path that matches
+    // no route. Every other route, even one added without thought, needs a credential.
+    let caught = request
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|m| m.as_str() == super::CATCH_ALL);
+    if caught
+        && crate::forward::classify(path.trim_start_matches("/v1/"))
+            != crate::forward::OtherPath::Passthrough
     {
         return crate::forward::unknown_path(request.method().as_str(), &path).into_response();
     }
