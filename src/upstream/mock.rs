@@ -83,6 +83,14 @@ impl MockProvider {
                     Bytes::from(answer.to_string()),
                 ));
             }
+            other if other.starts_with("responses/") => {
+                let (status, body) = mock_responses::stored(&call.endpoint.method, other);
+                return Ok(reply(
+                    status,
+                    "application/json",
+                    Bytes::from(body.to_string()),
+                ));
+            }
             other => {
                 let body = json!({"error": {"message": format!("the mock provider does not serve /v1/{other}"), "type": "invalid_request_error", "param": null, "code": "not_found"}});
                 return Ok(reply(

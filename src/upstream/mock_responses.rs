@@ -7,8 +7,10 @@
 //! `response.output_text.delta` per piece, `response.output_text.done`,
 //! `response.content_part.done`, `response.output_item.done` and `response.completed`
 //! (whose response carries `usage` with `output_tokens_details.reasoning_tokens`), each
-//! framed as `event: <type>` + `data: <json>` with a rising `sequence_number`.
+//! framed as `event: <type>` + `data: <json>` with a rising `sequence_number`. A stored
+//! Response's operations (read, input items, cancel, delete) answer as if it were kept.
 
+use axum::http::{Method, StatusCode};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
@@ -114,6 +116,36 @@ impl MockResponse<'_> {
     }
 }
 
+/// The mock's answer to a stored-Response operation on `path` (`responses/{id}`,
+/// `…/input_items`, `…/cancel`). The mock keeps nothing: a Response reads back as completed
+/// with no output, its input items as an empty list, a cancel as cancelled, a delete as
+/// deleted. Any other path or method is a 404 in OpenAI's shape.
+pub fn stored(method: &Method, path: &str) -> (StatusCode, Value) {
+    let rest = path.trim_start_matches("responses/");
+    let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let response = |status: &str| {
+        json!({"id": id, "object": "response", "created_at": 1_700_000_000u64, "status": status,
+            "model": "mock", "output": [], "usage": null})
+    };
+    match (method.as_str(), tail) {
+        ("GET", "") => (StatusCode::OK, response("completed")),
+        ("DELETE", "") => (
+            StatusCode::OK,
+            json!({"id": id, "object": "response.deleted", "deleted": true}),
+        ),
+        ("GET", "input_items") => (
+            StatusCode::OK,
+            json!({"object": "list", "data": [], "first_id": null, "last_id": null, "has_more": false}),
+        ),
+        ("POST", "cancel") => (StatusCode::OK, response("cancelled")),
+        _ => (
+            StatusCode::NOT_FOUND,
+            json!({"error": {"message": format!("the mock provider does not serve {method} /v1/{path}"),
+                "type": "invalid_request_error", "param": null, "code": "not_found"}}),
+        ),
+    }
+}
+
 /// An embeddings answer: one vector of `dimensions` floats per input, deterministic in the
 /// input's position (so tests can compare answers).
 pub fn embeddings(model: &str, inputs: usize, dimensions: usize, prompt_tokens: u64) -> Value {
@@ -143,6 +175,29 @@ pub fn embedding_inputs(input: &Value) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_response_operations_answer_like_openai_and_nothing_else_does() {
+        let (status, v) = stored(&Method::GET, "responses/resp_1");
+        assert_eq!(
+            (status, v["id"].as_str(), v["object"].as_str()),
+            (StatusCode::OK, Some("resp_1"), Some("response"))
+        );
+        let (_, v) = stored(&Method::DELETE, "responses/resp_1");
+        assert_eq!(v["deleted"], true);
+        let (_, v) = stored(&Method::GET, "responses/resp_1/input_items");
+        assert_eq!(v["data"], json!([]));
+        let (_, v) = stored(&Method::POST, "responses/resp_1/cancel");
+        assert_eq!(v["status"], "cancelled");
+        for (method, path) in [
+            (Method::POST, "responses/resp_1"),
+            (Method::GET, "responses/resp_1/other"),
+        ] {
+            let (status, v) = stored(&method, path);
+            assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}");
+            assert_eq!(v["error"]["code"], "not_found");
+        }
+    }
 
     #[test]
     fn a_stream_has_rising_sequence_numbers_and_ends_with_usage() {
