@@ -307,23 +307,16 @@ fn copy_body(body: &[u8], model: &str, api: Api) -> Option<Bytes> {
     serde_json::to_vec(&v).ok().map(Bytes::from)
 }
 
-/// The request as stored: its body, with the messages' text masked by the guardrail PII
-/// detectors when the policy says `redact = true`.
+/// The request as stored: its body, with every text the client wrote (messages, or a
+/// Responses request's instructions and input) masked by the guardrail PII detectors when
+/// the policy says `redact = true`.
 fn stored_request(ticket: &ShadowTicket) -> serde_json::Value {
     let mut v: serde_json::Value = serde_json::from_slice(&ticket.body).unwrap_or_default();
     if !ticket.shadow.config.redact {
         return v;
     }
-    // A Responses request: its `input` is a string, or items shaped like messages.
-    if let Some(serde_json::Value::String(text)) = v.get_mut("input") {
+    crate::openai::request::for_each_request_text(&mut v, |text| {
         *text = redact_pii(text);
-    }
-    for items in ["messages", "input"] {
-        if let Some(items) = v.get_mut(items) {
-            crate::openai::request::for_each_message_text(items, |text| {
-                *text = redact_pii(text);
-            });
-        }
-    }
+    });
     v
 }

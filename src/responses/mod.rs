@@ -460,26 +460,7 @@ fn guard_input(rules: &StageRules, request: &mut ChatRequest) -> guardrails::App
             continue;
         };
         let mut changed = false;
-        match &mut value {
-            serde_json::Value::String(text) => changed |= visit(text),
-            serde_json::Value::Array(items) => {
-                for item in items {
-                    match item.get_mut("content") {
-                        Some(serde_json::Value::String(text)) => changed |= visit(text),
-                        Some(serde_json::Value::Array(parts)) => {
-                            for part in parts {
-                                if let Some(serde_json::Value::String(text)) = part.get_mut("text")
-                                {
-                                    changed |= visit(text);
-                                }
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            _ => {}
-        }
+        crate::openai::request::for_each_input_text(&mut value, |text| changed |= visit(text));
         if changed && let Ok(raw) = serde_json::value::to_raw_value(&value) {
             request.set_raw(field, raw);
         }
