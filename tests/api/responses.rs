@@ -197,6 +197,56 @@ async fn a_text_format_schema_is_validated_like_response_format() {
 }
 
 #[tokio::test]
+async fn function_call_arguments_are_checked_against_their_tools() {
+    let app = TestApp::spawn().await;
+    let key = app.key("acme").await;
+    let tools = json!([{"type": "function", "name": "lookup", "parameters": {"type": "object",
+        "required": ["order"], "properties": {"order": {"type": "integer"}}}}]);
+    let call = |arguments: &str| {
+        json!({"model": "guarded", "input": "where is order 7?", "tools": tools,
+            "x_test_call": {"name": "lookup", "arguments": arguments}})
+    };
+    let good = responses_raw(&app, &key, call(r#"{"order": 7}"#)).await;
+    assert_eq!(good.status(), StatusCode::OK);
+    assert_eq!(headers_of(&good)["x-sluice-schema"], "pass");
+    let bad = responses_raw(&app, &key, call(r#"{"order": "seven"}"#)).await;
+    assert_eq!(bad.status(), StatusCode::OK, "the route passes failures on");
+    assert_eq!(headers_of(&bad)["x-sluice-schema"], "fail");
+    let records = records(&app, 2, "guarded").await;
+    let mut failed: Vec<Option<bool>> = records.iter().map(|r| r.schema_failed).collect();
+    failed.sort();
+    assert_eq!(failed, [Some(false), Some(true)]);
+}
+
+#[tokio::test]
+async fn input_guardrails_read_instructions_and_input_items() {
+    let app = TestApp::spawn().await;
+    let key = app.key("acme").await;
+    let card = "4111 1111 1111 1111";
+    let bodies = [
+        json!({"model": "guarded", "input": format!("my card is {card}")}),
+        json!({"model": "guarded", "input": [{"role": "user", "content": [{"type": "input_text", "text": format!("card {card}")}]}]}),
+        json!({"model": "guarded", "instructions": format!("Bill {card}."), "input": "hi"}),
+    ];
+    for body in bodies {
+        let r = responses_raw(&app, &key, body.clone()).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{body}");
+        let err: Value = r.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "guardrail_blocked", "{body}");
+    }
+    assert!(
+        app.upstream.calls.to("/v1/responses").is_empty(),
+        "a blocked request never reaches the upstream"
+    );
+    let records = records(&app, 3, "guarded").await;
+    assert!(
+        records
+            .iter()
+            .all(|r| r.guardrail_blocked && r.api == Api::Responses)
+    );
+}
+
+#[tokio::test]
 async fn an_output_redaction_spanning_two_delta_events_is_masked_everywhere_the_client_looks() {
     let app = TestApp::spawn().await;
     let key = app.key("acme").await;

@@ -214,6 +214,11 @@ fn response_object(id: &str, model: &str, text: Option<&str>, request: &Value) -
     if let Some(text) = text {
         v["output"] = json!([{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
             "content": [{"type": "output_text", "text": text, "annotations": []}]}]);
+        // `x_test_call: {name, arguments}` adds a function call to the output.
+        if let Some(call) = request.get("x_test_call") {
+            v["output"].as_array_mut().unwrap().push(json!({"type": "function_call", "id": "fc_1",
+                "call_id": "call_1", "name": call["name"], "arguments": call["arguments"], "status": "completed"}));
+        }
         if model != "nousage" {
             v["usage"] = json!({"input_tokens": input, "input_tokens_details": {"cached_tokens": 0},
                 "output_tokens": output + reasoning, "output_tokens_details": {"reasoning_tokens": reasoning},
