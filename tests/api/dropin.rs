@@ -62,6 +62,33 @@ async fn embeddings_never_reach_the_canary_during_a_50_percent_rollout() {
 }
 
 #[tokio::test]
+async fn embeddings_spend_the_workspace_token_budget() {
+    let app = TestApp::spawn().await;
+    let key = app.key("acme").await;
+    app.admin(
+        Method::PUT,
+        "/workspaces/acme/limits",
+        Some(json!({"tokens_per_minute": 20})),
+    )
+    .await;
+    // Each request embeds three texts: 12 tokens, so the third finds 24 ≥ 20 spent.
+    let body = json!({"model": "embed", "input": ["a", "b", "c"]});
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(
+            post(&app, &key, "embeddings", body.clone())
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    // The budget is the workspace's, whichever API spent it.
+    let chat = app.chat_raw(&key, chat_body("chat", json!({}))).await;
+    assert_eq!(chat.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
 async fn a_route_can_be_retrieved_as_a_model() {
     let app = TestApp::spawn().await;
     let key = app.key("acme").await;
