@@ -3,7 +3,8 @@
 //!
 //! - `POST /v1/embeddings` goes to the route's **stable** version, always: vectors of two
 //!   models never mix in one index, so a rollout never splits embeddings traffic. Measured:
-//!   input tokens, cost at the version's price, latency, count of inputs, dimensions.
+//!   input tokens, cost at the version's price, latency, count of inputs, dimensions. A
+//!   rollout's `[shadow]` (from the stable arm) may copy them to the canary.
 //! - `POST /v1/completions`, `/v1/moderations`, `/v1/images/*`, `/v1/audio/*`: routed by
 //!   `model` (read from the JSON body, or from the multipart form) to the stable version,
 //!   forwarded byte for byte with only `model` rewritten, measured (status, latency, usage
@@ -31,9 +32,10 @@ use crate::measure::Meter;
 use crate::measure::tokens::count_embedding_input;
 use crate::pipeline::{
     Answer, Body, ChatRequest, Routed, fail, forwardable_headers, new_request_id, read_body,
-    upstream_error,
+    trace_id, upstream_error,
 };
 use crate::resolve::Target;
+use crate::shadow::ShadowTicket;
 use crate::types::{Outcome, Usage};
 
 use crate::state::App;
@@ -141,6 +143,7 @@ pub async fn embeddings(app: &App, caller: Caller, headers: &HeaderMap, raw: Byt
         .and_then(|r| serde_json::from_str(r).ok())
         .unwrap_or_default();
     let inputs = crate::upstream::mock_responses::embedding_inputs(&input) as u32;
+    let shadow = embeddings_shadow(app, routed.route.as_str(), &caller.workspace);
     let mut meter = Meter::start(
         request_id.clone(),
         caller.workspace,
@@ -154,11 +157,23 @@ pub async fn embeddings(app: &App, caller: Caller, headers: &HeaderMap, raw: Byt
     meter.set_prompt_estimate(move || {
         count_embedding_input(encoding, &serde_json::json!({"input": input}))
     });
+    let body = request.upstream_body(&version.model, false);
+    if let Some(shadow) = shadow {
+        let ticket = ShadowTicket {
+            shadow,
+            api: Api::Embeddings,
+            body: body.clone(),
+            trace_id: trace_id(headers),
+            span: meter.span().cloned(),
+            traces: app.traces.clone(),
+        };
+        meter.set_shadow(ticket, app.shadows.clone());
+    }
     let call = Call {
         endpoint: Endpoint::embeddings(),
         client_headers: Some(headers),
         content_type: None,
-        body: request.upstream_body(&version.model, false),
+        body,
         stream: false,
         include_usage: false,
         model: &version.model,
@@ -195,6 +210,7 @@ pub async fn embeddings(app: &App, caller: Caller, headers: &HeaderMap, raw: Byt
         };
         meter.observed.usage = Some(usage);
         meter.observed.dimensions = dimensions(&answer["data"][0]["embedding"]);
+        meter.observed.answer = crate::shadow::embeddings_summary(&answer);
         if let Some(model) = answer["model"].as_str() {
             meter.observed.response_model = Some(model.to_owned());
         }
@@ -212,6 +228,21 @@ pub async fn embeddings(app: &App, caller: Caller, headers: &HeaderMap, raw: Byt
         routed: Some(routed),
         result,
     }
+}
+
+/// The route's live rollout's shadow, when it copies the stable arm's requests and draws
+/// this one: embeddings all go to the stable version, so only `from = "stable"` copies them
+/// (to the canary, for offline comparison; the primary still never reaches the canary).
+fn embeddings_shadow(
+    app: &App,
+    route: &str,
+    workspace: &str,
+) -> Option<std::sync::Arc<crate::shadow::RolloutShadow>> {
+    let routing = app.routing.load();
+    let shadow = routing.route(route)?.rollout.as_ref()?.shadow.clone()?;
+    shadow
+        .draws(crate::types::Arm::Stable, workspace, false)
+        .then_some(shadow)
 }
 
 /// The length of one embedding: a float array, or base64 of little-endian `f32`s.

@@ -230,6 +230,36 @@ async fn send_copy(job: ShadowJob, store: &Store) {
         }
     };
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if job.ticket.api == Api::Embeddings {
+        // Vectors of two models are not comparable: the pair keeps what can be compared
+        // (status, latency, tokens, cost) and the vectors' shape as the answer.
+        let answer: serde_json::Value = serde_json::from_slice(&answer_bytes).unwrap_or_default();
+        let (answer_text, prompt_tokens) = match embeddings_summary(&answer) {
+            Some(text) => (text, answer["usage"]["prompt_tokens"].as_u64()),
+            None => (
+                String::from_utf8_lossy(&answer_bytes)
+                    .chars()
+                    .take(2000)
+                    .collect(),
+                None,
+            ),
+        };
+        let prompt_tokens = prompt_tokens.unwrap_or_else(|| {
+            let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            crate::measure::tokens::count_embedding_input(version.encoding, &request)
+        });
+        let cost_usd = version.price.cost_usd(prompt_tokens, 0);
+        shadow.spend(cost_usd);
+        if !(200..300).contains(&status) {
+            shadow.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        let record = serde_json::json!({
+            "status": status, "latency_ms": latency_ms, "prompt_tokens": prompt_tokens,
+            "completion_tokens": 0, "cost_usd": cost_usd, "finish_reason": null, "tool_calls": null,
+        });
+        store_pair(&job, store, version, answer_text, record).await;
+        return;
+    }
     let summary = match job.ticket.api {
         Api::Responses => serde_json::from_slice::<serde_json::Value>(&answer_bytes)
             .ok()
@@ -265,6 +295,24 @@ async fn send_copy(job: ShadowJob, store: &Store) {
         shadow.failed.fetch_add(1, Ordering::Relaxed);
     }
 
+    let record = serde_json::json!({
+        "status": status, "latency_ms": latency_ms, "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens, "cost_usd": cost_usd,
+        "finish_reason": summary.as_ref().and_then(|s| s.finish_reason.clone()),
+        "tool_calls": summary.as_ref().map(|s| s.choices.iter().flat_map(|c| c.tool_calls.iter().map(|t| t.name.clone())).collect::<Vec<_>>()),
+    });
+    store_pair(&job, store, version, answer, record).await;
+}
+
+/// Stores the pair of `job`'s primary and its copy's `answer` and `shadow_record`.
+async fn store_pair(
+    job: &ShadowJob,
+    store: &Store,
+    version: &Version,
+    answer: String,
+    shadow_record: serde_json::Value,
+) {
+    let shadow = &job.ticket.shadow;
     let request_text = stored_request(&job.ticket);
     let pair = ShadowPair {
         id: 0,
@@ -276,16 +324,11 @@ async fn send_copy(job: ShadowJob, store: &Store) {
         request: request_text,
         primary_version: job.primary.version.clone(),
         primary_arm: job.primary.arm,
-        primary_answer: job.primary_answer,
+        primary_answer: job.primary_answer.clone(),
         primary_record: serde_json::to_value(&job.primary).unwrap_or_default(),
         shadow_version: version.name.to_string(),
         shadow_answer: answer,
-        shadow_record: serde_json::json!({
-            "status": status, "latency_ms": latency_ms, "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens, "cost_usd": cost_usd,
-            "finish_reason": summary.as_ref().and_then(|s| s.finish_reason.clone()),
-            "tool_calls": summary.as_ref().map(|s| s.choices.iter().flat_map(|c| c.tool_calls.iter().map(|t| t.name.clone())).collect::<Vec<_>>()),
-        }),
+        shadow_record,
     };
     if let Err(e) = store.insert_shadow_pair(&pair, shadow.config.keep).await {
         tracing::warn!(rollout = %shadow.rollout_id, error = %e, "storing a shadow pair failed");
@@ -294,11 +337,28 @@ async fn send_copy(job: ShadowJob, store: &Store) {
     shadow.sent.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The primary's body with `model` set to the shadow version's and streaming off; a
-/// Responses copy is not stored upstream (nobody continues it).
+/// The answer of an embeddings request as a shadow pair keeps it: how many vectors of what
+/// length (`"2 vectors × 1536 dimensions"`). `None` when `answer` is no embeddings list.
+pub fn embeddings_summary(answer: &serde_json::Value) -> Option<String> {
+    let data = answer.get("data")?.as_array()?;
+    let dimensions = match data.first().map(|d| &d["embedding"]) {
+        Some(serde_json::Value::Array(v)) => v.len().to_string(),
+        Some(serde_json::Value::String(_)) => "base64".to_owned(),
+        _ => "0".to_owned(),
+    };
+    Some(format!("{} vectors × {dimensions} dimensions", data.len()))
+}
+
+/// The primary's body with `model` set to the shadow version's and streaming off (an
+/// embeddings body is left as it is otherwise); a Responses copy is not stored upstream
+/// (nobody continues it).
 fn copy_body(body: &[u8], model: &str, api: Api) -> Option<Bytes> {
     let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
     v.insert("model".into(), model.into());
+    if api == Api::Embeddings {
+        // Embeddings never stream, and OpenAI refuses arguments it does not know.
+        return serde_json::to_vec(&v).ok().map(Bytes::from);
+    }
     v.insert("stream".into(), false.into());
     v.remove("stream_options");
     if api == Api::Responses {

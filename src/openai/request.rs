@@ -22,19 +22,28 @@ pub fn for_each_message_text(messages: &mut Value, mut visit: impl FnMut(&mut St
     }
 }
 
-/// Calls `visit` on one Responses API `instructions` or `input` value: a string, or a list
-/// of items shaped like messages (a string `content`, or parts with a `text`). Items
-/// without text (function-call outputs, images) are skipped.
+/// Calls `visit` on one `instructions` or `input` value (Responses API, embeddings): a
+/// string, or a list of strings or of items shaped like messages (a string `content`, or
+/// parts with a `text`). Items without text (token arrays, function-call outputs, images)
+/// are skipped.
 pub fn for_each_input_text(value: &mut Value, mut visit: impl FnMut(&mut String)) {
     match value {
         Value::String(text) => visit(text),
-        Value::Array(_) => for_each_message_text(value, visit),
+        Value::Array(items) => {
+            for item in items.iter_mut() {
+                if let Value::String(text) = item {
+                    visit(text);
+                }
+            }
+            for_each_message_text(value, visit);
+        }
         _ => {}
     }
 }
 
-/// Calls `visit` on every text a client wrote in a request, chat or Responses: the
-/// `messages` of a chat request, the `instructions` and `input` of a Responses request.
+/// Calls `visit` on every text a client wrote in a request: the `messages` of a chat
+/// request, the `instructions` and `input` of a Responses request, the `input` of an
+/// embeddings request.
 pub fn for_each_request_text(request: &mut Value, mut visit: impl FnMut(&mut String)) {
     if let Some(messages) = request.get_mut("messages") {
         for_each_message_text(messages, &mut visit);
@@ -70,6 +79,9 @@ mod tests {
         let mut plain = serde_json::json!({"input": "hi"});
         for_each_request_text(&mut plain, |t| t.push('!'));
         assert_eq!(plain["input"], "hi!");
+        let mut embeddings = serde_json::json!({"input": ["a", "b", [1, 2]]});
+        for_each_request_text(&mut embeddings, |t| t.push('!'));
+        assert_eq!(embeddings["input"], serde_json::json!(["a!", "b!", [1, 2]]));
     }
 
     #[test]

@@ -62,6 +62,66 @@ async fn embeddings_never_reach_the_canary_during_a_50_percent_rollout() {
 }
 
 #[tokio::test]
+async fn a_rollout_shadow_copies_embeddings_to_the_canary_for_offline_comparison() {
+    let app = TestApp::spawn().await;
+    let key = app.key("acme").await;
+    let r = start(&app, "embed", "emb-canary", "shadow").await;
+    let id = r["id"].as_str().unwrap().to_owned();
+    let answer = post(
+        &app,
+        &key,
+        "embeddings",
+        json!({"model": "embed", "input": ["mail jane@example.com", "b"]}),
+    )
+    .await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    let v: Value = answer.json().await.unwrap();
+    assert_eq!(
+        v["data"][0]["embedding"].as_array().unwrap().len(),
+        4,
+        "the stable vectors"
+    );
+    let started = std::time::Instant::now();
+    let pair = loop {
+        let (_, page) = app
+            .admin(
+                Method::GET,
+                &format!("/rollouts/{id}/shadow?limit=10"),
+                None,
+            )
+            .await;
+        if let Some(pair) = page["data"].as_array().and_then(|p| p.first()) {
+            break pair.clone();
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "no pair stored"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(pair["shadow_version"], "emb-canary");
+    assert_eq!(pair["primary_answer"], "2 vectors × 4 dimensions");
+    assert_eq!(pair["shadow_answer"], "2 vectors × 6 dimensions");
+    assert_eq!(pair["shadow_record"]["prompt_tokens"], 8);
+    assert_eq!(pair["request"]["input"][0], "mail [redacted:email]");
+    let calls = app.upstream.calls.to("/v1/embeddings");
+    assert_eq!(calls.len(), 2);
+    let copy = calls
+        .iter()
+        .find(|c| c.json()["model"] == "emb-large")
+        .expect("the copy went to the canary");
+    assert!(
+        copy.json().get("stream").is_none(),
+        "no argument embeddings refuse"
+    );
+    // The copy is no request of the route: one record, the stable one.
+    app.wait_written(1).await;
+    let records = app.store().await.records(Some("embed"), 10).await.unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].version, "emb");
+}
+
+#[tokio::test]
 async fn embeddings_spend_the_workspace_token_budget() {
     let app = TestApp::spawn().await;
     let key = app.key("acme").await;
