@@ -22,6 +22,8 @@ fn body(app: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, Ap
     body.map_err(|r| body_error(r, app.settings.config.server.max_body_bytes))
 }
 
+/// `POST /v1/responses`: the Responses API, routed and measured like chat completions
+/// (see [`crate::responses`]).
 pub async fn responses(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -34,6 +36,7 @@ pub async fn responses(
     }
 }
 
+/// `POST /v1/embeddings`: always to the route's stable version (see [`forward::embeddings`]).
 pub async fn embeddings(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,

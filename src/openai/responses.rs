@@ -80,6 +80,7 @@ impl ResponseSummary {
             .or_else(|| self.status.clone())
     }
 
+    /// Length of the output text in characters (what the length gate counts).
     pub fn chars(&self) -> u64 {
         self.output.text.chars().count() as u64
     }

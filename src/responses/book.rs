@@ -27,12 +27,15 @@ pub const RESPONSE_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Writes are batched up to this many rows.
 const WRITE_BATCH: usize = 256;
 
+/// Response id → the version that produced it: the most recent ids in memory (bounded),
+/// every id in the `response_versions` table (written in batches by [`run_writer`]).
 pub struct ResponseBook {
     recent: moka::sync::Cache<String, Arc<ResponsePlacement>>,
     tx: mpsc::Sender<ResponsePlacement>,
 }
 
 impl ResponseBook {
+    /// An empty book, and the queue of placements [`run_writer`] writes to the store.
     pub fn new() -> (Self, mpsc::Receiver<ResponsePlacement>) {
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE_CAPACITY);
         let recent = moka::sync::Cache::builder()

@@ -48,6 +48,7 @@ pub struct BookNote {
 }
 
 impl BookNote {
+    /// Notes that `response_id` was produced by this request's version.
     pub fn note(&self, response_id: &str) {
         self.book.note(ResponsePlacement {
             response_id: response_id.to_owned(),
@@ -138,6 +139,7 @@ pub fn error_event(sequence: u64, message: &str, code: &str) -> Vec<u8> {
 }
 
 impl ResponseChecks {
+    /// Checks with nothing held back or sent yet.
     pub fn new(checks: AnswerChecks) -> Self {
         Self {
             checks,
@@ -342,6 +344,9 @@ impl ResponseChecks {
     }
 }
 
+/// The client's body of a streamed Response: the upstream's typed events passed on one by
+/// one, measured into the meter, checked (schema, output guardrails holding text back across
+/// deltas) and the Response id noted in the book.
 pub struct ResponsesRelay {
     upstream: ByteStream,
     buf: BytesMut,
@@ -357,6 +362,8 @@ pub struct ResponsesRelay {
 }
 
 impl ResponsesRelay {
+    /// A relay of `upstream` that ends the measurement when the stream ends (or after
+    /// `idle_limit` of silence, or when dropped).
     pub fn new(
         upstream: ByteStream,
         meter: Meter,

@@ -44,6 +44,7 @@ impl Store {
         Ok(())
     }
 
+    /// The stored placement of `response_id`, if any (of any workspace: the caller checks).
     pub async fn response_placement(
         &self,
         response_id: &str,

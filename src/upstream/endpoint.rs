@@ -37,18 +37,22 @@ pub struct Endpoint<'a> {
 }
 
 impl<'a> Endpoint<'a> {
+    /// `POST chat/completions`.
     pub fn chat() -> Self {
         Self::post("chat/completions")
     }
 
+    /// `POST responses`.
     pub fn responses() -> Self {
         Self::post("responses")
     }
 
+    /// `POST embeddings`.
     pub fn embeddings() -> Self {
         Self::post("embeddings")
     }
 
+    /// `POST {path}`.
     pub fn post(path: &'a str) -> Self {
         Self {
             method: Method::POST,
@@ -56,6 +60,7 @@ impl<'a> Endpoint<'a> {
         }
     }
 
+    /// `method` on `path` (below `/v1/`, query included).
     pub fn new(method: Method, path: impl Into<Cow<'a, str>>) -> Self {
         Self {
             method,
