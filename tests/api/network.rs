@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::helpers::*;
 
-/// A CA (its PEM) and a server certificate for 127.0.0.1 that it signed.
+/// A CA (its PEM) and a server certificate for 127.0.0.1 and localhost that it signed.
 struct TestPki {
     ca_pem: String,
     server: tokio_rustls::TlsAcceptor,
@@ -27,7 +27,7 @@ fn pki() -> TestPki {
         .push(DnType::CommonName, "sluice test CA");
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
     let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
         .unwrap()
         .signed_by(&leaf_key, &ca)
         .unwrap();
@@ -210,4 +210,147 @@ stable = "untrusting"
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "upstream_unreachable");
     assert_eq!(requests.lock().unwrap().len(), 1);
+}
+
+/// `sluice serve` as an operator starts it, killed when dropped.
+struct Served(std::process::Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A provider without `proxy` follows the standard variables of sluice's environment:
+/// `HTTPS_PROXY` sends its calls through the proxy, `NO_PROXY` exempts a host. Run on the
+/// real binary, as the variables are the process's.
+#[tokio::test]
+async fn a_provider_without_its_own_proxy_follows_https_proxy_and_no_proxy() {
+    let pki = pki();
+    let (tls_port, requests) = tls_upstream(pki.server.clone()).await;
+    let (proxy_port, tunnels) = connect_proxy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write_file(dir.path(), "test-ca.pem", &pki.ca_pem);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+
+[database]
+url = "sqlite://{db}"
+
+[admin]
+token_env = "SLUICE_ADMIN_TOKEN"
+
+[providers.proxied]
+kind = "openai"
+base_url = "https://127.0.0.1:{tls_port}/v1"
+api_key_env = "TEST_UPSTREAM_KEY"
+timeout_ms = 5000
+ca_file = "{ca}"
+
+[providers.exempt]
+kind = "openai"
+base_url = "https://localhost:{tls_port}/v1"
+api_key_env = "TEST_UPSTREAM_KEY"
+timeout_ms = 5000
+ca_file = "{ca}"
+
+[versions.proxied]
+provider = "proxied"
+model = "ok"
+[versions.exempt]
+provider = "exempt"
+model = "ok"
+
+[routes.proxied]
+stable = "proxied"
+[routes.exempt]
+stable = "exempt"
+"#,
+        db = dir.path().join("sluice.db").display(),
+        ca = ca.display()
+    );
+    let config_path = write_file(dir.path(), "sluice.toml", &config);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .env("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("TEST_UPSTREAM_KEY", "sk-upstream")
+        .env("HTTPS_PROXY", format!("http://127.0.0.1:{proxy_port}"))
+        .env("NO_PROXY", "localhost")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for var in [
+        "https_proxy",
+        "http_proxy",
+        "HTTP_PROXY",
+        "ALL_PROXY",
+        "all_proxy",
+        "no_proxy",
+    ] {
+        command.env_remove(var);
+    }
+    let _served = Served(command.spawn().unwrap());
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "sluice serve did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let admin = |path: &str| {
+        http.post(format!("{base}/admin/v1{path}"))
+            .bearer_auth(ADMIN_TOKEN)
+    };
+    let created = admin("/workspaces")
+        .json(&json!({"id": "acme"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let key: Value = admin("/workspaces/acme/keys")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = key["key"].as_str().unwrap().to_owned();
+    let chat = |route: &str| {
+        http.post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&json!({"model": route, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+
+    assert_eq!(chat("proxied").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        tunnels.lock().unwrap().clone(),
+        vec![format!("127.0.0.1:{tls_port}")],
+        "HTTPS_PROXY applies"
+    );
+    assert_eq!(chat("exempt").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        tunnels.lock().unwrap().len(),
+        1,
+        "NO_PROXY exempts localhost"
+    );
+    assert_eq!(
+        requests.lock().unwrap().len(),
+        2,
+        "both calls reached the upstream"
+    );
 }
