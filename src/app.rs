@@ -84,6 +84,7 @@ impl Server {
         let (shadows, shadow_jobs) = ShadowQueue::new(settings.config.server.shadow_queue.max(1));
         let sink = Arc::new(sink);
         let throttle = crate::throttle::ClientThrottle::new(&settings.config.server);
+        let (response_book, placements) = crate::responses::book::ResponseBook::new();
         let app = Arc::new(App {
             settings,
             store: store.clone(),
@@ -100,11 +101,16 @@ impl Server {
             traces,
             tasks: tasks.clone(),
             cluster: cluster.clone(),
+            response_book: Arc::new(response_book),
         });
         tasks.spawn("rollout-controller", Stage::Control, |stop| {
             rollouts.run(stop)
         });
         shadow::start_senders(&tasks, shadow_jobs, store.clone());
+        let book_store = store.clone();
+        tasks.spawn("response-book-writer", Stage::Writer, |stop| {
+            crate::responses::book::run_writer(placements, book_store, stop)
+        });
         tasks.spawn("record-writer", Stage::Writer, |stop| async move {
             sink.run_writer(records, store, stop).await
         });

@@ -62,6 +62,8 @@ pub struct RouteSettings {
 /// these stay, so a version's live figures survive every table swap.
 pub struct Catalog {
     versions: BTreeMap<String, Arc<Version>>,
+    /// Every provider by name (the `[passthrough]` provider is looked up here).
+    providers: BTreeMap<String, Arc<Provider>>,
     /// Route → its stable version as configured.
     configured: BTreeMap<String, String>,
     settings: BTreeMap<String, Arc<RouteSettings>>,
@@ -73,23 +75,33 @@ impl Catalog {
         let config = &settings.config;
         let mut providers = BTreeMap::new();
         for (name, p) in &config.providers {
-            let provider = Provider::from_config(p, settings.provider_keys.get(name).cloned())?;
+            let provider = Provider::from_config(
+                p,
+                settings.provider_keys.get(name).cloned(),
+                settings.file.parent().unwrap_or(std::path::Path::new("")),
+            )?;
             providers.insert(name.clone(), Arc::new(provider));
         }
         let mut versions = BTreeMap::new();
         for (name, v) in &config.versions {
             let provider = &config.providers[&v.provider];
-            let missing_key = match (&provider.api_key_env, provider.kind) {
-                (Some(var), ProviderKind::Openai)
+            let var = provider
+                .bearer_token_env
+                .as_ref()
+                .or(provider.api_key_env.as_ref());
+            let missing_key = match (var, provider.kind) {
+                (Some(var), ProviderKind::Openai | ProviderKind::Azure)
                     if !settings.provider_keys.contains_key(&v.provider) =>
                 {
                     Some(var.clone())
                 }
                 _ => None,
             };
+            // On Azure the deployment is what the URL and the body's `model` name.
+            let upstream_model = v.deployment.as_deref().unwrap_or(&v.model);
             let version = Version {
                 name: name.as_str().into(),
-                model: v.model.as_str().into(),
+                model: upstream_model.into(),
                 price: v.price,
                 encoding: Encoding::for_model(&v.model),
                 mock: v
@@ -125,6 +137,7 @@ impl Catalog {
             .collect();
         Ok(Self {
             versions,
+            providers,
             configured,
             settings,
             stats: Mutex::new(BTreeMap::new()),
@@ -133,6 +146,10 @@ impl Catalog {
 
     pub fn version(&self, name: &str) -> Option<&Arc<Version>> {
         self.versions.get(name)
+    }
+
+    pub fn provider(&self, name: &str) -> Option<&Arc<Provider>> {
+        self.providers.get(name)
     }
 
     pub fn versions(&self) -> impl Iterator<Item = &Arc<Version>> {

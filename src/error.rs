@@ -56,9 +56,15 @@ pub enum ApiError {
     UpstreamInvalid { version: String, reason: String },
     #[error("the upstream of version `{version}` did not answer within {after_ms} ms")]
     UpstreamTimeout { version: String, after_ms: u64 },
-    /// The upstream answered with an error status; its body is passed on.
+    /// The upstream answered with an error status; its body is passed on, with its
+    /// rate-limit headers (`x-ratelimit-*`, `retry-after`) so a client can back off.
     #[error("the upstream answered {status}")]
-    UpstreamStatus { status: StatusCode, body: Bytes },
+    UpstreamStatus {
+        status: StatusCode,
+        body: Bytes,
+        /// Boxed: most errors have none, and `ApiError` travels in every `Result`.
+        headers: Box<axum::http::HeaderMap>,
+    },
     #[error("the {stage} was blocked by guardrail `{rule}`")]
     GuardrailBlocked { stage: &'static str, rule: String },
     #[error(
@@ -330,6 +336,14 @@ impl IntoResponse for ApiError {
         {
             headers.insert(header::RETRY_AFTER, v);
         }
+        if let Self::UpstreamStatus {
+            headers: upstream, ..
+        } = &self
+        {
+            for (name, value) in upstream.iter() {
+                headers.append(name.clone(), value.clone());
+            }
+        }
         response
     }
 }
@@ -399,6 +413,7 @@ mod tests {
         let e = ApiError::UpstreamStatus {
             status: StatusCode::TOO_MANY_REQUESTS,
             body: body.clone(),
+            headers: Default::default(),
         };
         assert_eq!(e.body(), body);
         assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -410,6 +425,7 @@ mod tests {
         let e = ApiError::UpstreamStatus {
             status: StatusCode::SERVICE_UNAVAILABLE,
             body: Bytes::from_static(b"<html>down</html>"),
+            headers: Default::default(),
         };
         let v = parsed(&e);
         assert_eq!(v["error"]["message"], "upstream error: <html>down</html>");

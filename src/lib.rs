@@ -40,6 +40,7 @@
 //! | `openai::sse` | L1 | server-sent events framed as the WHATWG standard reads them |
 //! | `openai::lenient` | L1 | reading upstream fields as leniently as the SDKs: null is absent, odd shapes counted |
 //! | `openai` | L1 | the OpenAI wire format, pure: a whole completion read |
+//! | `openai` | L1 | the OpenAI wire format, pure: a whole completion read, the Responses API read |
 //! | `measure::histogram` | L1 | lock-free latency histograms |
 //! | `measure::tokens` | L1 | token counting when an upstream gives no usage |
 //! | `measure::schema` | L1 | structured-output and tool-call schema checks |
@@ -54,11 +55,14 @@
 //! | `error` | L4 | ApiError: every request-path error mapped to HTTP and OpenAI's shape |
 //! | `cluster` | L4 | this replica in a cluster: its id, counters, liveness and the `/admin/v1/cluster` view |
 //! | `catalog` | L4 | the configured versions (with their clients), route settings and live stats |
+//! | `responses::book` | L4 | Response id → version that produced it (memory + `response_versions`) |
 //! | `limits` | L5 | per-workspace rate, token and spend limits |
 //! | `throttle` | L5 | per-client-address limits: failed authentications, admin calls |
 //! | `auth` | L5 | API key → workspace (hash, cache, store fallback); admin token check |
 //! | `shadow` | L5 | shadow copies: sampling, the bounded queue and the sender |
 //! | `resolve` | L6 | the routing table: route → arm → version, sticky buckets |
+//! | `azure` | L7 | provider content filters (Azure OpenAI's) counted as guardrail blocks |
+//! | `responses::relay` | L7 | the Responses stream relay: typed events measured, checked, held back |
 //! | `measure` | L7 | the Meter → one Record per request; answer checks; stream relay; the record sink |
 //! | `rollout::running` | L8 | a rollout live in this process: its judge, tap and figures |
 //! | `rollout::notify` | L8 | webhooks and decision events |
@@ -71,6 +75,8 @@
 //! | `cluster::listen` | L9 | LISTEN for changes and re-read the routing state (periodically too) |
 //! | `cluster::ship` | L9 | shipping this replica's rollout observations to the database |
 //! | `cluster::retention` | L9 | pruning old rows in small batches under the maintenance lease |
+//! | `responses` | L9 | `POST /v1/responses` on the hot path: conversations stay where they began |
+//! | `forward` | L9 | embeddings (stable only), other `/v1` operations with a model, passthrough, stored responses |
 //! | `http` | L10 | everything that knows axum: routers and handlers |
 //! | `telemetry` | L10 | the Prometheus page |
 //! | `app` | L11 | build → bind → run until stopped |
@@ -82,6 +88,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod azure;
 pub mod catalog;
 pub mod cli;
 pub mod cluster;
@@ -89,6 +96,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod eval;
+pub mod forward;
 pub mod guardrails;
 pub mod http;
 pub mod judge;
@@ -98,6 +106,7 @@ pub mod measure;
 pub mod openai;
 pub mod pipeline;
 pub mod resolve;
+pub mod responses;
 pub mod rollout;
 pub mod settings;
 pub mod shadow;

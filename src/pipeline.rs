@@ -146,7 +146,18 @@ pub enum Body {
         headers: HeaderMap,
         relay: Box<StreamRelay>,
     },
+    /// A stream of another API (the Responses API's typed events), relayed as it comes.
+    Events {
+        status: StatusCode,
+        headers: HeaderMap,
+        events: EventStream,
+    },
 }
+
+/// Bytes for the client, event by event.
+pub type EventStream = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static>,
+>;
 
 /// Where a request was routed, for the `x-sluice-*` headers.
 pub struct Routed {
@@ -317,6 +328,7 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
         if shadow.draws(arm, &workspace, request.raw("tools").is_some()) {
             let ticket = ShadowTicket {
                 shadow,
+                api: crate::upstream::endpoint::Api::Chat,
                 body: body.clone(),
                 trace_id: trace_id(headers),
                 span: meter.span().cloned(),
@@ -334,6 +346,9 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
             .start_child(cx, format!("upstream {}", version.name), attributes)
     });
     let call = Call {
+        endpoint: crate::upstream::endpoint::Endpoint::chat(),
+        client_headers: Some(headers),
+        content_type: None,
         body,
         stream: request.stream,
         include_usage: ask_usage,
@@ -380,6 +395,9 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
             }
             strip_usage = false;
             let call = Call {
+                endpoint: crate::upstream::endpoint::Endpoint::chat(),
+                client_headers: Some(headers),
+                content_type: None,
                 body: request.upstream_body(&version.model, false),
                 stream: true,
                 include_usage: false,
@@ -403,11 +421,16 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
         let body = read_body(reply.body, provider.timeout())
             .await
             .unwrap_or_default();
+        if crate::azure::is_content_filter_error(&body) {
+            crate::azure::count_filtered(&checks, Stage::Input);
+            meter.observed.guardrail_blocked = true;
+        }
         return Err(fail(
             &mut meter,
             ApiError::UpstreamStatus {
                 status: reply.status,
                 body,
+                headers: Box::new(crate::upstream::headers::rate_limit_headers(&reply.headers)),
             },
         ));
     }
@@ -484,6 +507,17 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
     meter.observed.usage = Some(usage);
     meter.observed.response_chars = summary.chars();
     meter.observed.finish_reason = summary.finish_reason.clone();
+    if provider.is_azure() || summary.finish_reason.as_deref() == Some("content_filter") {
+        let (prompt, answer) = serde_json::from_slice(&bytes)
+            .map(|v| crate::azure::filtered_in_completion(&v))
+            .unwrap_or_default();
+        for (stage, filtered) in [(Stage::Input, prompt), (Stage::Output, answer)] {
+            if filtered {
+                crate::azure::count_filtered(&checks, stage);
+                meter.observed.guardrail_blocked = true;
+            }
+        }
+    }
     meter.observed.response_model = summary.model.clone();
     if let Some(model) = &summary.model {
         version.note_served_model(model);
@@ -563,20 +597,20 @@ fn guard_input(rules: &StageRules, request: &mut ChatRequest) -> guardrails::App
 }
 
 /// The trace id of a W3C `traceparent` header (`00-<trace id>-<span id>-<flags>`).
-fn trace_id(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn trace_id(headers: &HeaderMap) -> Option<String> {
     let value = headers.get("traceparent")?.to_str().ok()?;
     let id = value.split('-').nth(1)?;
     (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
 }
 
 /// Records a failed request and hands its error back.
-fn fail(meter: &mut Meter, error: ApiError) -> ApiError {
+pub(crate) fn fail(meter: &mut Meter, error: ApiError) -> ApiError {
     meter.status = error.status().as_u16();
     meter.finish(error.outcome());
     error
 }
 
-fn upstream_error(e: UpstreamError, version: &str) -> ApiError {
+pub(crate) fn upstream_error(e: UpstreamError, version: &str) -> ApiError {
     let version = version.to_owned();
     match e {
         UpstreamError::Timeout { after_ms } => ApiError::UpstreamTimeout { version, after_ms },
@@ -593,7 +627,10 @@ fn upstream_error(e: UpstreamError, version: &str) -> ApiError {
 }
 
 /// Reads a whole upstream body, with `idle` as the limit between chunks.
-async fn read_body(mut body: ByteStream, idle: Duration) -> Result<Bytes, UpstreamError> {
+pub(crate) async fn read_body(
+    mut body: ByteStream,
+    idle: Duration,
+) -> Result<Bytes, UpstreamError> {
     let mut buf = BytesMut::new();
     loop {
         match tokio::time::timeout(idle, body.next()).await {
@@ -618,7 +655,7 @@ async fn read_body(mut body: ByteStream, idle: Duration) -> Result<Bytes, Upstre
 
 /// Upstream headers the client gets: all but hop-by-hop ones and those sluice sets itself.
 /// The upstream's own request id is kept as `x-upstream-request-id`.
-fn forwardable_headers(upstream: &HeaderMap) -> HeaderMap {
+pub(crate) fn forwardable_headers(upstream: &HeaderMap) -> HeaderMap {
     const DROP: [&str; 9] = [
         "connection",
         "keep-alive",

@@ -199,7 +199,17 @@ pub fn parse(
                     ));
                 }
             }
+            ProviderKind::Azure => issues.extend(
+                check_azure(&key, provider)
+                    .into_iter()
+                    .map(|(k, m)| issue(&k, m)),
+            ),
         }
+        issues.extend(
+            check_http_options(&key, provider, file)
+                .into_iter()
+                .map(|(k, m)| issue(&k, m)),
+        );
         if provider.timeout_ms == 0 {
             issues.push(issue(
                 &format!("{key}.timeout_ms"),
@@ -215,12 +225,26 @@ pub fn parse(
                 &format!("{key}.provider"),
                 format!("unknown provider `{}`", version.provider),
             )),
-            Some(p) if p.kind == ProviderKind::Openai && version.mock.is_some() => {
+            Some(p) if p.kind != ProviderKind::Mock && version.mock.is_some() => {
                 issues.push(issue(
                     &format!("{key}.mock"),
                     "only versions on a mock provider take a mock table".into(),
                 ))
             }
+            Some(p) if p.kind == ProviderKind::Azure => match &version.deployment {
+                Some(d) if !d.trim().is_empty() => {}
+                _ => issues.push(issue(
+                    &format!("{key}.deployment"),
+                    format!(
+                        "is required: provider `{}` is Azure OpenAI, which serves deployments",
+                        version.provider
+                    ),
+                )),
+            },
+            Some(_) if version.deployment.is_some() => issues.push(issue(
+                &format!("{key}.deployment"),
+                "only versions on an Azure provider have a deployment".into(),
+            )),
             Some(_) => {}
         }
         if version.model.trim().is_empty() {
@@ -274,9 +298,36 @@ pub fn parse(
             }
         }
     }
+    if let Some(p) = &config.passthrough.provider {
+        match config.providers.get(p) {
+            None => issues.push(issue(
+                "passthrough.provider",
+                format!("unknown provider `{p}`"),
+            )),
+            Some(provider) if provider.kind == ProviderKind::Mock => issues.push(issue(
+                "passthrough.provider",
+                format!("`{p}` is a mock provider; files and batches need a real upstream"),
+            )),
+            Some(_) => {
+                used_providers.insert(p.clone());
+            }
+        }
+    }
     for (name, provider) in &config.providers {
-        let (ProviderKind::Openai, Some(var)) = (provider.kind, &provider.api_key_env) else {
-            continue;
+        // An Entra ID token stands in for the key.
+        let var = match (
+            provider.kind,
+            &provider.bearer_token_env,
+            &provider.api_key_env,
+        ) {
+            (ProviderKind::Azure, Some(var), _) => var,
+            (ProviderKind::Openai | ProviderKind::Azure, None, Some(var)) => var,
+            _ => continue,
+        };
+        let key_name = if provider.bearer_token_env.is_some() {
+            "bearer_token_env"
+        } else {
+            "api_key_env"
         };
         match env(var) {
             Some(value) if !value.is_empty() => {
@@ -284,7 +335,7 @@ pub fn parse(
             }
             // A provider only canary versions use may lack its key: a rollout to it is refused.
             _ if used_providers.contains(name) => issues.push(issue(
-                &format!("providers.{name}.api_key_env"),
+                &format!("providers.{name}.{key_name}"),
                 format!("environment variable {var} is not set, and a route uses this provider"),
             )),
             _ => {}
@@ -405,6 +456,121 @@ fn check_cluster(config: &Config) -> Vec<(String, String)> {
         }
     }
     issues
+}
+
+/// Azure OpenAI's own keys: an http(s) `endpoint` and an `api_version`; no `base_url`.
+fn check_azure(key: &str, provider: &ProviderConfig) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if provider.base_url.is_some() {
+        out.push((
+            format!("{key}.base_url"),
+            "an Azure provider takes `endpoint` (https://<resource>.openai.azure.com), not base_url"
+                .into(),
+        ));
+    }
+    match &provider.endpoint {
+        None => out.push((
+            format!("{key}.endpoint"),
+            "is required for kind = \"azure\" (https://<resource>.openai.azure.com)".into(),
+        )),
+        Some(raw) => match url::Url::parse(raw) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {
+                if u.path().trim_matches('/').starts_with("openai") {
+                    out.push((
+                        format!("{key}.endpoint"),
+                        format!("`{raw}`: give the resource URL only; sluice adds /openai/…"),
+                    ));
+                }
+            }
+            _ => out.push((
+                format!("{key}.endpoint"),
+                format!("`{raw}` is not an http(s) URL"),
+            )),
+        },
+    }
+    match provider.api_version.as_deref() {
+        None | Some("") => out.push((
+            format!("{key}.api_version"),
+            "is required for kind = \"azure\" (e.g. \"2024-10-21\", or \"v1\")".into(),
+        )),
+        Some(_) => {}
+    }
+    if provider.api_key_env.is_none() && provider.bearer_token_env.is_none() {
+        out.push((
+            format!("{key}.api_key_env"),
+            "an Azure provider needs api_key_env or bearer_token_env".into(),
+        ));
+    }
+    out
+}
+
+/// Options of every provider that calls out over HTTP: headers, CA file, proxy.
+fn check_http_options(key: &str, provider: &ProviderConfig, file: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let http = provider.kind != ProviderKind::Mock;
+    let set = !provider.forward_headers.is_empty()
+        || !provider.headers.is_empty()
+        || provider.organization.is_some()
+        || provider.project.is_some()
+        || provider.ca_file.is_some()
+        || provider.proxy.is_some();
+    if !http && set {
+        out.push((
+            key.to_owned(),
+            "a mock provider takes no headers, ca_file or proxy".into(),
+        ));
+        return out;
+    }
+    for name in &provider.forward_headers {
+        if !crate::upstream::headers::forwardable(name) {
+            out.push((
+                format!("{key}.forward_headers"),
+                format!("`{name}` may not be forwarded (credentials, hop-by-hop or sluice's own)"),
+            ));
+        }
+    }
+    for (name, value) in &provider.headers {
+        let name_ok = axum::http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+            .is_ok_and(|n| !crate::upstream::headers::NEVER_FORWARDED.contains(&n.as_str()));
+        if !name_ok {
+            out.push((
+                format!("{key}.headers.{name}"),
+                "is not a header sluice may set".into(),
+            ));
+        }
+        if axum::http::HeaderValue::from_str(value).is_err() {
+            out.push((
+                format!("{key}.headers.{name}"),
+                "is not a valid header value".into(),
+            ));
+        }
+    }
+    if let Some(ca) = &provider.ca_file {
+        let path = file.parent().unwrap_or(Path::new("")).join(ca);
+        match std::fs::read(&path) {
+            Err(e) => out.push((
+                format!("{key}.ca_file"),
+                format!("cannot read {}: {e}", path.display()),
+            )),
+            Ok(pem) => {
+                if reqwest::Certificate::from_pem_bundle(&pem).map_or(true, |c| c.is_empty()) {
+                    out.push((
+                        format!("{key}.ca_file"),
+                        format!("{} holds no PEM certificate", path.display()),
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(proxy) = &provider.proxy
+        && !url::Url::parse(proxy).is_ok_and(|u| u.has_host())
+    {
+        out.push((
+            format!("{key}.proxy"),
+            format!("`{proxy}` is not a URL such as http://proxy:3128"),
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -563,6 +729,66 @@ stable = "small"
         .unwrap_err();
         let text = errors.to_string();
         assert!(text.contains("max_body_bytes"), "{text}");
+    }
+
+    #[test]
+    fn azure_providers_are_checked_at_start() {
+        let text = r#"
+[providers.az]
+kind = "azure"
+endpoint = "https://res.openai.azure.com/openai/deployments/x"
+api_key_env = "AZ_KEY"
+forward_headers = ["x-tenant", "Authorization"]
+[providers.good]
+kind = "azure"
+endpoint = "https://res.openai.azure.com"
+api_version = "2024-10-21"
+bearer_token_env = "AZ_TOKEN"
+[versions.a]
+provider = "az"
+model = "gpt-4o"
+[versions.b]
+provider = "good"
+model = "gpt-4o"
+deployment = "gpt4o-prod"
+[routes.chat]
+stable = "b"
+[passthrough]
+provider = "nowhere"
+"#;
+        let env = env_with(&[("SLUICE_ADMIN_TOKEN", "t"), ("AZ_TOKEN", "entra")]);
+        let errors = parse(Path::new("s.toml"), text, &env).unwrap_err();
+        let lines: Vec<String> = errors.0.iter().map(|i| i.to_string()).collect();
+        let expect = [
+            "s.toml: providers.az.endpoint: `https://res.openai.azure.com/openai/deployments/x`: give the resource URL only",
+            "s.toml: providers.az.api_version: is required",
+            "s.toml: providers.az.forward_headers: `Authorization` may not be forwarded",
+            "s.toml: versions.a.deployment: is required",
+            "s.toml: passthrough.provider: unknown provider `nowhere`",
+        ];
+        for want in expect {
+            assert!(
+                lines.iter().any(|l| l.starts_with(want)),
+                "missing `{want}` in {lines:#?}"
+            );
+        }
+        assert_eq!(lines.len(), expect.len(), "{lines:#?}");
+        // The Entra ID token stands in for the key.
+        let ok = r#"
+[providers.good]
+kind = "azure"
+endpoint = "https://res.openai.azure.com"
+api_version = "v1"
+bearer_token_env = "AZ_TOKEN"
+[versions.b]
+provider = "good"
+model = "gpt-4o"
+deployment = "gpt4o-prod"
+[routes.chat]
+stable = "b"
+"#;
+        let settings = parse(Path::new("s.toml"), ok, &env).unwrap();
+        assert_eq!(settings.provider_keys["good"].expose(), "entra");
     }
 
     #[test]

@@ -18,12 +18,14 @@ use tokio::sync::{Mutex, mpsc};
 use crate::catalog::Version;
 use crate::guardrails::redact_pii;
 use crate::measure::tokens::count_prompt;
-use crate::openai::completion::summarize_completion;
+use crate::openai::completion::{CompletionSummary, summarize_completion};
+use crate::openai::responses::summarize_response;
 use crate::rollout::policy::ShadowConfig;
 use crate::store::{ShadowPair, Store};
 use crate::tasks::{Stage, Tasks};
 use crate::types::{Arm, Record, now_ms};
 use crate::upstream::Call;
+use crate::upstream::endpoint::Api;
 
 /// Copies sent at once.
 const SHADOW_CONCURRENCY: usize = 8;
@@ -32,6 +34,8 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// A primary request that drew a copy: carried by its meter until it finishes.
 pub struct ShadowTicket {
     pub shadow: Arc<RolloutShadow>,
+    /// The API of the primary: the copy goes to the same operation on the other version.
+    pub api: crate::upstream::endpoint::Api,
     /// The body as sent upstream for the primary (model is replaced again for the copy).
     pub body: Bytes,
     pub trace_id: Option<String>,
@@ -174,7 +178,7 @@ async fn send_copy(job: ShadowJob, store: &Store) {
         return;
     }
     let version = &shadow.to_version;
-    let body = match copy_body(&job.ticket.body, &version.model) {
+    let body = match copy_body(&job.ticket.body, &version.model, job.ticket.api) {
         Some(body) => body,
         None => {
             shadow.failed.fetch_add(1, Ordering::Relaxed);
@@ -192,6 +196,9 @@ async fn send_copy(job: ShadowJob, store: &Store) {
             .start_child(cx, format!("shadow {}", version.name), attributes)
     });
     let call = Call {
+        endpoint: job.ticket.api.endpoint(),
+        client_headers: None,
+        content_type: None,
         body: body.clone(),
         stream: false,
         include_usage: false,
@@ -223,7 +230,48 @@ async fn send_copy(job: ShadowJob, store: &Store) {
         }
     };
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let summary = summarize_completion(&answer_bytes).ok();
+    if job.ticket.api == Api::Embeddings {
+        // Vectors of two models are not comparable: the pair keeps what can be compared
+        // (status, latency, tokens, cost) and the vectors' shape as the answer.
+        let answer: serde_json::Value = serde_json::from_slice(&answer_bytes).unwrap_or_default();
+        let (answer_text, prompt_tokens) = match embeddings_summary(&answer) {
+            Some(text) => (text, answer["usage"]["prompt_tokens"].as_u64()),
+            None => (
+                String::from_utf8_lossy(&answer_bytes)
+                    .chars()
+                    .take(2000)
+                    .collect(),
+                None,
+            ),
+        };
+        let prompt_tokens = prompt_tokens.unwrap_or_else(|| {
+            let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            crate::measure::tokens::count_embedding_input(version.encoding, &request)
+        });
+        let cost_usd = version.price.cost_usd(prompt_tokens, 0);
+        shadow.spend(cost_usd);
+        if !(200..300).contains(&status) {
+            shadow.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        let record = serde_json::json!({
+            "status": status, "latency_ms": latency_ms, "prompt_tokens": prompt_tokens,
+            "completion_tokens": 0, "cost_usd": cost_usd, "finish_reason": null, "tool_calls": null,
+        });
+        store_pair(&job, store, version, answer_text, record).await;
+        return;
+    }
+    let summary = match job.ticket.api {
+        Api::Responses => serde_json::from_slice::<serde_json::Value>(&answer_bytes)
+            .ok()
+            .and_then(|v| summarize_response(&v).ok())
+            .map(|s| CompletionSummary {
+                model: s.model.clone(),
+                usage: s.usage,
+                finish_reason: s.finish_reason(),
+                choices: vec![s.output],
+            }),
+        _ => summarize_completion(&answer_bytes).ok(),
+    };
     let (answer, usage) = match &summary {
         Some(s) => (s.all_text(), s.usage),
         None => (
@@ -247,6 +295,24 @@ async fn send_copy(job: ShadowJob, store: &Store) {
         shadow.failed.fetch_add(1, Ordering::Relaxed);
     }
 
+    let record = serde_json::json!({
+        "status": status, "latency_ms": latency_ms, "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens, "cost_usd": cost_usd,
+        "finish_reason": summary.as_ref().and_then(|s| s.finish_reason.clone()),
+        "tool_calls": summary.as_ref().map(|s| s.choices.iter().flat_map(|c| c.tool_calls.iter().map(|t| t.name.clone())).collect::<Vec<_>>()),
+    });
+    store_pair(&job, store, version, answer, record).await;
+}
+
+/// Stores the pair of `job`'s primary and its copy's `answer` and `shadow_record`.
+async fn store_pair(
+    job: &ShadowJob,
+    store: &Store,
+    version: &Version,
+    answer: String,
+    shadow_record: serde_json::Value,
+) {
+    let shadow = &job.ticket.shadow;
     let request_text = stored_request(&job.ticket);
     let pair = ShadowPair {
         id: 0,
@@ -258,16 +324,11 @@ async fn send_copy(job: ShadowJob, store: &Store) {
         request: request_text,
         primary_version: job.primary.version.clone(),
         primary_arm: job.primary.arm,
-        primary_answer: job.primary_answer,
+        primary_answer: job.primary_answer.clone(),
         primary_record: serde_json::to_value(&job.primary).unwrap_or_default(),
         shadow_version: version.name.to_string(),
         shadow_answer: answer,
-        shadow_record: serde_json::json!({
-            "status": status, "latency_ms": latency_ms, "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens, "cost_usd": cost_usd,
-            "finish_reason": summary.as_ref().and_then(|s| s.finish_reason.clone()),
-            "tool_calls": summary.as_ref().map(|s| s.choices.iter().flat_map(|c| c.tool_calls.iter().map(|t| t.name.clone())).collect::<Vec<_>>()),
-        }),
+        shadow_record,
     };
     if let Err(e) = store.insert_shadow_pair(&pair, shadow.config.keep).await {
         tracing::warn!(rollout = %shadow.rollout_id, error = %e, "storing a shadow pair failed");
@@ -276,23 +337,45 @@ async fn send_copy(job: ShadowJob, store: &Store) {
     shadow.sent.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The primary's body with `model` set to the shadow version's and streaming off.
-fn copy_body(body: &[u8], model: &str) -> Option<Bytes> {
+/// The answer of an embeddings request as a shadow pair keeps it: how many vectors of what
+/// length (`"2 vectors × 1536 dimensions"`). `None` when `answer` is no embeddings list.
+pub fn embeddings_summary(answer: &serde_json::Value) -> Option<String> {
+    let data = answer.get("data")?.as_array()?;
+    let dimensions = match data.first().map(|d| &d["embedding"]) {
+        Some(serde_json::Value::Array(v)) => v.len().to_string(),
+        Some(serde_json::Value::String(_)) => "base64".to_owned(),
+        _ => "0".to_owned(),
+    };
+    Some(format!("{} vectors × {dimensions} dimensions", data.len()))
+}
+
+/// The primary's body with `model` set to the shadow version's and streaming off (an
+/// embeddings body is left as it is otherwise); a Responses copy is not stored upstream
+/// (nobody continues it).
+fn copy_body(body: &[u8], model: &str, api: Api) -> Option<Bytes> {
     let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
     v.insert("model".into(), model.into());
+    if api == Api::Embeddings {
+        // Embeddings never stream, and OpenAI refuses arguments it does not know.
+        return serde_json::to_vec(&v).ok().map(Bytes::from);
+    }
     v.insert("stream".into(), false.into());
     v.remove("stream_options");
+    if api == Api::Responses {
+        v.insert("store".into(), false.into());
+    }
     serde_json::to_vec(&v).ok().map(Bytes::from)
 }
 
-/// The request as stored: its body, with the messages' text masked by the guardrail PII
-/// detectors when the policy says `redact = true`.
+/// The request as stored: its body, with every text the client wrote (messages, or a
+/// Responses request's instructions and input) masked by the guardrail PII detectors when
+/// the policy says `redact = true`.
 fn stored_request(ticket: &ShadowTicket) -> serde_json::Value {
     let mut v: serde_json::Value = serde_json::from_slice(&ticket.body).unwrap_or_default();
     if !ticket.shadow.config.redact {
         return v;
     }
-    crate::openai::request::for_each_message_text(&mut v["messages"], |text| {
+    crate::openai::request::for_each_request_text(&mut v, |text| {
         *text = redact_pii(text);
     });
     v

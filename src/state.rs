@@ -37,6 +37,8 @@ pub struct App {
     pub tasks: crate::tasks::Tasks,
     /// This replica's place among several (a single process on SQLite).
     pub cluster: Arc<crate::cluster::Cluster>,
+    /// Which version produced each Response id: conversations continue where they began.
+    pub response_book: Arc<crate::responses::book::ResponseBook>,
 }
 
 pub type AppState = Arc<App>;

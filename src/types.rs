@@ -287,6 +287,48 @@ pub struct Record {
     pub schema_failed: Option<bool>,
     /// A guardrail blocked the input or the output.
     pub guardrail_blocked: bool,
+    /// Which OpenAI API the request used.
+    pub api: Api,
+    /// Reasoning tokens, as the upstream reported them apart (they are part of
+    /// `completion_tokens` and its cost, as OpenAI bills them).
+    pub reasoning_tokens: Option<u64>,
+    /// Embeddings: how many inputs the request carried.
+    pub inputs: Option<u32>,
+    /// Embeddings: the length of the vectors answered.
+    pub dimensions: Option<u32>,
+}
+
+/// The OpenAI APIs sluice routes and measures, as stored in a record's `api` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Api {
+    /// `POST /v1/chat/completions`.
+    #[default]
+    Chat,
+    /// `POST /v1/responses`.
+    Responses,
+    /// `POST /v1/embeddings`.
+    Embeddings,
+    /// Any other `/v1` operation with a `model` (completions, moderations, images, audio),
+    /// forwarded byte for byte to the route's stable version.
+    Forwarded,
+}
+
+impl Api {
+    pub const ALL: [Api; 4] = [Api::Chat, Api::Responses, Api::Embeddings, Api::Forwarded];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Chat => "chat",
+            Api::Responses => "responses",
+            Api::Embeddings => "embeddings",
+            Api::Forwarded => "forwarded",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Api> {
+        Api::ALL.into_iter().find(|a| a.as_str() == s)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]

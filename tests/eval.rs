@@ -156,6 +156,60 @@ async fn no_guardrail_policy_applies_unless_chosen_and_the_summary_says_so() {
     );
 }
 
+#[tokio::test]
+async fn a_suite_of_responses_requests_is_replayed_through_the_responses_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let suite = dir.path().join("responses.jsonl");
+    let lines = [
+        json!({"id": "plain", "model": "chat", "input": "How do I reset my password?", "expect": {"contains": ["the"]}}),
+        json!({"id": "card", "model": "chat", "instructions": "Be brief.",
+            "input": [{"role": "user", "content": [{"type": "input_text", "text": "Charge my card 4111 1111 1111 1111"}]}]}),
+        json!({"id": "json", "model": "chat", "input": "My plan as JSON, please.",
+            "text": {"format": {"type": "json_object"}}, "expect": {"json_schema_valid": true}}),
+    ];
+    let text: Vec<String> = lines.iter().map(Value::to_string).collect();
+    std::fs::write(&suite, text.join("\n")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let mut a = args(Path::new("sluice.toml"), out.path());
+    a.suite = Some(suite);
+    a.versions = vec!["sim-small".into(), "sim-small".into()];
+    a.guardrails = Some("default".into());
+    let written = eval::evaluate(&a, false).await.unwrap();
+    let r = read_json(&written.json);
+    assert_eq!(r["source"]["cases"], 3);
+    for v in r["versions"].as_array().unwrap() {
+        // The card number in an input item is blocked as it would be in a message.
+        assert_eq!(v["guardrails"]["blocked_input"], 1, "{v}");
+        assert_eq!(v["requests"], 2);
+        assert_eq!(v["answered"], 2, "{v}");
+        // The mock's Responses answer: its usage (60 output tokens), read as a Response.
+        assert_eq!(v["completion_tokens"]["mean"], 60.0);
+        assert!(v["prompt_tokens"]["mean"].as_f64().unwrap() > 5.0);
+        // `text.format` json_object is checked like `response_format`: words are no JSON.
+        assert_eq!(
+            (&v["schema"]["trials"], &v["schema"]["successes"]),
+            (&json!(1), &json!(0))
+        );
+    }
+    let plain = r["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "plain")
+        .unwrap();
+    // A Response's status is its finish reason; the words of its output were read.
+    assert_eq!(plain["answers"][0]["finish_reason"], "completed", "{plain}");
+    assert!(
+        plain["answers"][0]["chars"].as_u64().unwrap() > 100,
+        "{plain}"
+    );
+    assert_eq!(
+        plain["answers"][0]["expectations_failed"],
+        json!([]),
+        "{plain}"
+    );
+}
+
 #[test]
 fn the_command_names_an_unknown_version_and_a_line_that_is_not_json() {
     let dir = tempfile::tempdir().unwrap();

@@ -51,6 +51,21 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("get", "/admin/v1/openapi.json"),
     ("post", "/v1/chat/completions"),
     ("get", "/v1/models"),
+    ("get", "/v1/models/{model}"),
+    ("post", "/v1/responses"),
+    ("get", "/v1/responses/{id}"),
+    ("delete", "/v1/responses/{id}"),
+    ("get", "/v1/responses/{id}/input_items"),
+    ("post", "/v1/responses/{id}/cancel"),
+    ("post", "/v1/embeddings"),
+    ("post", "/v1/completions"),
+    ("post", "/v1/moderations"),
+    ("post", "/v1/images/generations"),
+    ("post", "/v1/images/edits"),
+    ("post", "/v1/images/variations"),
+    ("post", "/v1/audio/transcriptions"),
+    ("post", "/v1/audio/translations"),
+    ("post", "/v1/audio/speech"),
     ("post", "/v1/feedback"),
     ("get", "/metrics"),
     ("get", "/healthz"),
@@ -461,7 +476,11 @@ async fn the_document_is_openapi_3_1_and_lists_exactly_the_operations_sluice_ser
             }
         }
         if let Some(body) = operation.get("requestBody") {
-            assert!(body["content"]["application/json"]["schema"].is_object());
+            let content = body["content"].as_object().unwrap();
+            assert!(!content.is_empty(), "{method} {path}: a body of no type");
+            for (media, c) in content {
+                assert!(c["schema"].is_object(), "{method} {path} body {media}");
+            }
         }
     }
     assert!(doc["paths"]["/admin/v1/rollouts/{id}/shadow"]["get"]["parameters"].is_array());
@@ -597,6 +616,11 @@ async fn the_document_matches_the_router_every_admin_operation_is_guarded_and_no
         "/admin/v1/keys",
         "/admin/v1/stats",
         "/admin/v2/workspaces",
+        "/v1/nope",
+        "/v1/images",
+        "/v1/audio/x1",
+        "/v1/responses/x1/extra",
+        "/v1/chat/completions/extra",
     ]
     .map(String::from)
     .to_vec();
@@ -902,6 +926,154 @@ async fn every_documented_operation_runs_and_answers_as_the_document_says() {
     for path in ["/metrics", "/healthz"] {
         let answer = app.run("get", path, path, None, None).await;
         assert_eq!(answer.status, 200);
+    }
+
+    // The rest of the OpenAI surface, against the built-in mock.
+    let model = app
+        .run(
+            "get",
+            "/v1/models/{model}",
+            "/v1/models/chat",
+            Some(&secret),
+            None,
+        )
+        .await;
+    assert_eq!((model.status, &model.json["id"]), (200, &json!("chat")));
+    let no_model = app
+        .run(
+            "get",
+            "/v1/models/{model}",
+            "/v1/models/nope",
+            Some(&secret),
+            None,
+        )
+        .await;
+    assert_eq!(no_model.status, 404);
+    let created = app
+        .run(
+            "post",
+            "/v1/responses",
+            "/v1/responses",
+            Some(&secret),
+            Some(json!({"model": "chat", "input": "hello"})),
+        )
+        .await;
+    assert_eq!(created.status, 200, "{}", created.text);
+    assert_eq!(created.json["status"], "completed");
+    let response_id = created.json["id"].as_str().unwrap().to_owned();
+    let streamed = app
+        .run(
+            "post",
+            "/v1/responses",
+            "/v1/responses",
+            Some(&secret),
+            Some(json!({"model": "chat", "input": "hello", "stream": true})),
+        )
+        .await;
+    assert_eq!(streamed.status, 200);
+    assert!(streamed.text.contains("event: response.completed"));
+    let stored = [
+        (
+            "get",
+            "/v1/responses/{id}",
+            format!("/v1/responses/{response_id}"),
+        ),
+        (
+            "get",
+            "/v1/responses/{id}/input_items",
+            format!("/v1/responses/{response_id}/input_items"),
+        ),
+        (
+            "post",
+            "/v1/responses/{id}/cancel",
+            format!("/v1/responses/{response_id}/cancel"),
+        ),
+        (
+            "delete",
+            "/v1/responses/{id}",
+            format!("/v1/responses/{response_id}"),
+        ),
+    ];
+    for (method, template, path) in &stored {
+        let answer = app.run(method, template, path, Some(&secret), None).await;
+        assert_eq!(answer.status, 200, "{method} {path}: {}", answer.text);
+        let unknown = app
+            .run(
+                method,
+                template,
+                &path.replace(&response_id, "resp_nope"),
+                Some(&secret),
+                None,
+            )
+            .await;
+        assert_eq!(unknown.status, 404, "{method} {template} of an unknown id");
+    }
+    let embedded = app
+        .run(
+            "post",
+            "/v1/embeddings",
+            "/v1/embeddings",
+            Some(&secret),
+            Some(json!({"model": "chat", "input": ["a", "b"]})),
+        )
+        .await;
+    assert_eq!(embedded.status, 200, "{}", embedded.text);
+    assert_eq!(embedded.json["data"].as_array().unwrap().len(), 2);
+    let no_input = app
+        .run(
+            "post",
+            "/v1/embeddings",
+            "/v1/embeddings",
+            Some(&secret),
+            Some(json!({"model": "nope", "input": "a"})),
+        )
+        .await;
+    assert_eq!(no_input.status, 404);
+    // The mock serves no legacy completions, moderations, images or audio: each reaches it
+    // (routed by `model`) and its 404 comes back; an unknown model is sluice's own 404 and
+    // a body without a model a 400.
+    for path in [
+        "/v1/completions",
+        "/v1/moderations",
+        "/v1/images/generations",
+        "/v1/images/edits",
+        "/v1/images/variations",
+        "/v1/audio/transcriptions",
+        "/v1/audio/translations",
+        "/v1/audio/speech",
+    ] {
+        let answer = app
+            .run(
+                "post",
+                path,
+                path,
+                Some(&secret),
+                Some(json!({"model": "chat", "prompt": "hi"})),
+            )
+            .await;
+        assert_eq!(answer.status, 404, "{path}: {}", answer.text);
+        assert!(
+            answer.json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("mock provider"),
+            "{path}: {}",
+            answer.text
+        );
+        let unknown = app
+            .run(
+                "post",
+                path,
+                path,
+                Some(&secret),
+                Some(json!({"model": "nope"})),
+            )
+            .await;
+        assert_eq!(unknown.json["error"]["code"], "model_not_found", "{path}");
+        let no_model = app
+            .run("post", path, path, Some(&secret), Some(json!({})))
+            .await;
+        assert_eq!(no_model.status, 400, "{path}: {}", no_model.text);
     }
 
     // Reading the rollout.

@@ -42,6 +42,17 @@ pub struct Config {
     /// Several replicas on one PostgreSQL (ignored on SQLite).
     #[serde(default)]
     pub cluster: cluster::ClusterConfig,
+    /// Model-less `/v1` endpoints (files, batches, …): off unless a provider is named.
+    #[serde(default)]
+    pub passthrough: PassthroughConfig,
+}
+
+/// `[passthrough]`: where `/v1` endpoints without a `model` go.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PassthroughConfig {
+    /// The provider that serves `/v1/files`, `/v1/batches`, `/v1/uploads`,
+    /// `/v1/vector_stores`, … with its own key. Unset: those paths answer 404.
+    pub provider: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -225,6 +236,9 @@ pub enum ProviderKind {
     Openai,
     /// Built in: synthetic answers shaped by the version's `mock` table, no network.
     Mock,
+    /// Azure OpenAI: `endpoint`, `api_version`, a `deployment` per version, the key in the
+    /// `api-key` header (or an Entra ID bearer token from `bearer_token_env`).
+    Azure,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -234,6 +248,29 @@ pub struct ProviderConfig {
     pub api_key_env: Option<String>,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Azure: the resource URL, e.g. `https://my-resource.openai.azure.com`.
+    pub endpoint: Option<String>,
+    /// Azure: the `api-version` query value (e.g. `2024-10-21`), or `v1` for the GA v1 API.
+    pub api_version: Option<String>,
+    /// Azure: an environment variable holding a Microsoft Entra ID token, sent as
+    /// `Authorization: Bearer …` instead of the `api-key` header.
+    pub bearer_token_env: Option<String>,
+    /// Client headers passed upstream besides `OpenAI-Beta` and the trace context.
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
+    /// Static headers added to every call to this provider.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Sent as `OpenAI-Organization`.
+    pub organization: Option<String>,
+    /// Sent as `OpenAI-Project`.
+    pub project: Option<String>,
+    /// A PEM file of CA certificates to trust besides the system's (a private CA),
+    /// relative to the config file.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// An egress proxy (`http://host:port`) for this provider. Unset: `HTTPS_PROXY`,
+    /// `HTTP_PROXY` and `NO_PROXY` from the environment apply.
+    pub proxy: Option<String>,
     /// Whether sluice adds `stream_options.include_usage` to streamed requests (to measure
     /// tokens from the upstream's own count) or never touches the field.
     #[serde(default)]
@@ -302,6 +339,8 @@ pub struct VersionConfig {
     #[serde(default)]
     pub price: Price,
     pub mock: Option<MockConfig>,
+    /// Azure: the deployment that serves this version (its name in the URL and `model`).
+    pub deployment: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -2,9 +2,11 @@
 //!
 //! The policy is `--guardrails NAME` when given; otherwise the one the requests' route
 //! names (the `model` of a suite's requests, the rollout's route); otherwise none: a
-//! policy the user did not choose would count (and block) what nobody asked for. Input rules run as the gateway runs them (over
-//! every message text, masking `redact` matches in place; a `block` means the versions are
-//! not called); output rules are counted on each version's answer.
+//! policy the user did not choose would count (and block) what nobody asked for. Input
+//! rules run as the gateway runs them (over every text the client wrote: messages, or a
+//! Responses request's instructions and input; masking `redact` matches in place; a
+//! `block` means the versions are not called); output rules are counted on each version's
+//! answer.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::guardrails::{Applied, GuardrailSet, StageRules};
-use crate::openai::request::for_each_message_text;
+use crate::openai::request::for_each_request_text;
 use crate::settings::Settings;
 
 /// The policy an eval uses, and why that one.
@@ -92,7 +94,8 @@ pub fn choose(
 /// Why no guardrail policy applies, for the summary.
 pub const NONE_CHOSEN: &str = "none: no --guardrails, and no route of the requests names a policy";
 
-/// Runs the input rules over every text of the request's messages, masking in place.
+/// Runs the input rules over every text of the request (its messages, or a Responses
+/// request's instructions and input), masking in place.
 pub fn apply_input(rules: &StageRules, request: &mut Value) -> Applied {
     let mut total = Applied::default();
     let mut visit = |text: &mut String| {
@@ -105,9 +108,7 @@ pub fn apply_input(rules: &StageRules, request: &mut Value) -> Applied {
             *text = redacted;
         }
     };
-    if let Some(messages) = request.get_mut("messages") {
-        for_each_message_text(messages, &mut visit);
-    }
+    for_each_request_text(request, &mut visit);
     total
 }
 

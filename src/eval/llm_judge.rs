@@ -133,11 +133,22 @@ pub fn judge_request(request: &Value, first: &str, second: &str) -> Map<String, 
     }
 }
 
-/// The request's conversation as `role: text` lines, plus its format and tools, so the
-/// judge sees what was asked.
+/// The request's conversation as `role: text` lines (a Responses request's instructions
+/// and input too), plus its format and tools, so the judge sees what was asked.
 fn render_request(request: &Value) -> String {
     let mut out = String::new();
-    for message in request["messages"].as_array().into_iter().flatten() {
+    // A Responses request: its instructions, and its input (a string, or items shaped like
+    // messages) in place of messages.
+    if let Some(instructions) = request["instructions"].as_str() {
+        out.push_str(&format!("instructions: {instructions}\n"));
+    }
+    if let Some(text) = request["input"].as_str() {
+        out.push_str(&format!("user: {text}\n"));
+    }
+    let items = request["messages"]
+        .as_array()
+        .or(request["input"].as_array());
+    for message in items.into_iter().flatten() {
         let role = message["role"].as_str().unwrap_or("user");
         let text = match &message["content"] {
             Value::String(s) => s.clone(),
@@ -153,10 +164,13 @@ fn render_request(request: &Value) -> String {
     if let Some(format) = request.get("response_format") {
         out.push_str(&format!("(requested response_format: {format})\n"));
     }
+    if let Some(format) = request["text"].get("format") {
+        out.push_str(&format!("(requested text format: {format})\n"));
+    }
     if let Some(tools) = request["tools"].as_array() {
         let names: Vec<&str> = tools
             .iter()
-            .filter_map(|t| t["function"]["name"].as_str())
+            .filter_map(|t| t["function"]["name"].as_str().or(t["name"].as_str()))
             .collect();
         out.push_str(&format!("(tools offered: {})\n", names.join(", ")));
     }
@@ -263,6 +277,18 @@ mod tests {
         let a = prompt.find("[Answer A]\nfirst answer").unwrap();
         let b = prompt.find("[Answer B]\nsecond answer").unwrap();
         assert!(a < b);
+        let responses = json!({"instructions": "Be brief.", "input": [{"role": "user", "content": [{"type": "input_text", "text": "Where?"}]}],
+            "text": {"format": {"type": "json_object"}}, "tools": [{"type": "function", "name": "track"}]});
+        let body = judge_request(&responses, "x", "y");
+        let prompt = body["messages"][1]["content"].as_str().unwrap();
+        for part in [
+            "instructions: Be brief.",
+            "user: Where?",
+            "text format",
+            "tools offered: track",
+        ] {
+            assert!(prompt.contains(part), "{part} in {prompt}");
+        }
         assert_eq!(
             Judged::new([Some(Second), None], 0.0, 0).outcome,
             None,

@@ -4,7 +4,8 @@
 //! What a pair keeps decides what can be compared: both texts, tokens, cost, latency and
 //! finish reasons; tool-call names only for the shadow side (the primary's record has
 //! none); schema verdicts are recomputed on both texts from the request's
-//! `response_format` alone, the same way on both sides (tool-call arguments are not kept).
+//! `response_format` (a Responses request's `text.format`) alone, the same way on both
+//! sides (tool-call arguments are not kept).
 
 use anyhow::{Context, bail};
 use serde_json::Value;
@@ -84,6 +85,10 @@ pub fn to_case(pair: &ShadowPair, checker: &SchemaChecker) -> Case {
 }
 
 fn response_format_only(request: &Value) -> Expectation {
+    if request.get("input").is_some() && request.get("messages").is_none() {
+        let raw = request.get("text").map(Value::to_string);
+        return crate::openai::responses::expectation(raw.as_deref(), None);
+    }
     let raw = request.get("response_format").map(Value::to_string);
     Expectation::from_request(raw.as_deref(), None)
 }

@@ -1,7 +1,8 @@
-//! Replay: one chat request sent to one version the way the gateway sends it (the same
-//! provider code, no retries, never streamed), read back into an [`Answer`].
+//! Replay: one chat or Responses request sent to one version the way the gateway sends it
+//! (the same provider code, no retries, never streamed), read back into an [`Answer`].
 //!
-//! In: a request body and a version. Out: the answer's text, tool calls, finish reason,
+//! In: a request body (a Responses request when it has `input` and no `messages`, then sent
+//! to `POST /v1/responses` with `store: false`) and a version. Out: the answer's text, tool calls, finish reason,
 //! tokens (the upstream's usage, or counted with the version's tokenizer and marked as
 //! estimated), cost at the version's price, wall-clock latency, and the schema verdict.
 
@@ -14,26 +15,86 @@ use serde_json::{Map, Value};
 use crate::catalog::Version;
 use crate::eval::case::Answer;
 use crate::measure::schema::{Expectation, SchemaChecker};
+use crate::measure::tokens::count_input;
 use crate::measure::tokens::count_prompt;
 use crate::openai::completion::summarize_completion;
+use crate::openai::responses::{self, summarize_response};
+use crate::types::Api;
 use crate::upstream::{Call, UpstreamError};
 
 /// Characters of an error body kept in an answer's error message.
 const ERROR_EXCERPT_CHARS: usize = 300;
 
-/// The body a version gets: `model` set to its model, streaming off.
+/// Which API a request body is for: the Responses API when it has an `input` and no
+/// `messages`, else chat completions.
+pub fn api_of(request: &Map<String, Value>) -> Api {
+    if request.contains_key("input") && !request.contains_key("messages") {
+        Api::Responses
+    } else {
+        Api::Chat
+    }
+}
+
+/// The body a version gets: `model` set to its model, streaming off; a Responses request
+/// is not stored upstream (nobody continues an eval's answer).
 pub fn body_for(request: &Map<String, Value>, model: &str) -> Bytes {
     let mut body = request.clone();
     body.insert("model".into(), model.into());
     body.insert("stream".into(), false.into());
     body.remove("stream_options");
+    if api_of(request) == Api::Responses {
+        body.insert("store".into(), false.into());
+    }
     Bytes::from(serde_json::to_vec(&body).expect("a JSON map serializes"))
 }
 
-/// The request's structured-output expectation, as the gateway reads it.
+/// The request's structured-output expectation, as the gateway reads it: `response_format`
+/// and `tools` of a chat request, `text.format` and function `tools` of a Responses request.
 pub fn expectation_of(request: &Map<String, Value>) -> Expectation {
     let raw = |field: &str| request.get(field).map(Value::to_string);
-    Expectation::from_request(raw("response_format").as_deref(), raw("tools").as_deref())
+    match api_of(request) {
+        Api::Responses => responses::expectation(raw("text").as_deref(), raw("tools").as_deref()),
+        _ => Expectation::from_request(raw("response_format").as_deref(), raw("tools").as_deref()),
+    }
+}
+
+/// What an answer says, whichever API gave it.
+struct Read {
+    text: String,
+    tool_calls: Vec<crate::measure::schema::ToolCall>,
+    usage: Option<crate::types::Usage>,
+    finish_reason: Option<String>,
+}
+
+/// Reads a 2xx body of `api`; the error says why it is not an answer of that API.
+fn read_answer(api: Api, bytes: &[u8]) -> Result<Read, String> {
+    match api {
+        Api::Responses => {
+            let v: Value =
+                serde_json::from_slice(bytes).map_err(|e| format!("not a Response: {e}"))?;
+            let s = summarize_response(&v).map_err(|why| format!("not a Response: {why}"))?;
+            Ok(Read {
+                finish_reason: s.finish_reason(),
+                text: s.output.text,
+                tool_calls: s.output.tool_calls,
+                usage: s.usage,
+            })
+        }
+        _ => {
+            let s = summarize_completion(bytes)
+                .map_err(|why| format!("not a chat completion: {why}"))?;
+            Ok(Read {
+                text: s.all_text(),
+                tool_calls: s
+                    .choices
+                    .iter()
+                    .flat_map(|c| c.tool_calls.iter().cloned())
+                    .collect(),
+                usage: s.usage,
+                finish_reason: s.finish_reason,
+            })
+        }
+    }
 }
 
 /// Sends `request` to `version` and measures the answer.
@@ -43,9 +104,13 @@ pub async fn call_version(
     request_id: &str,
     checker: &SchemaChecker,
 ) -> Answer {
+    let api = api_of(request);
     let body = body_for(request, &version.model);
     let started = Instant::now();
     let call = Call {
+        endpoint: api.endpoint(),
+        client_headers: None,
+        content_type: None,
         body: body.clone(),
         stream: false,
         include_usage: false,
@@ -94,26 +159,28 @@ pub async fn call_version(
             ..Answer::failed(&format!("HTTP {status}: {}", error_message(&bytes)))
         };
     }
-    let summary = match summarize_completion(&bytes) {
-        Ok(summary) => summary,
+    let Read {
+        text,
+        tool_calls,
+        usage,
+        finish_reason,
+    } = match read_answer(api, &bytes) {
+        Ok(read) => read,
         Err(why) => {
             return Answer {
                 status,
                 latency_ms,
-                ..Answer::failed(&format!("not a chat completion: {why}"))
+                ..Answer::failed(&why)
             };
         }
     };
-    let text = summary.all_text();
-    let tool_calls: Vec<_> = summary
-        .choices
-        .iter()
-        .flat_map(|c| c.tool_calls.iter().cloned())
-        .collect();
-    let (prompt_tokens, completion_tokens, tokens_estimated) = match summary.usage {
+    let (prompt_tokens, completion_tokens, tokens_estimated) = match usage {
         Some(u) => (u.prompt_tokens, u.completion_tokens, false),
         None => (
-            count_prompt(version.encoding, &body),
+            match api {
+                Api::Responses => count_input(version.encoding, &body),
+                _ => count_prompt(version.encoding, &body),
+            },
             version.encoding.count(&text),
             true,
         ),
@@ -125,7 +192,7 @@ pub async fn call_version(
         cost_usd: version.price.cost_usd(prompt_tokens, completion_tokens),
         text,
         tool_calls: Some(tool_calls),
-        finish_reason: summary.finish_reason,
+        finish_reason,
         prompt_tokens,
         completion_tokens,
         tokens_estimated,
@@ -160,6 +227,36 @@ mod tests {
             body,
             serde_json::json!({"model":"gpt-x","stream":false,"messages":[],"seed":7})
         );
+    }
+
+    #[test]
+    fn a_responses_request_goes_to_responses_unstored_and_is_read_as_a_response() {
+        let request: Map<String, Value> = serde_json::from_str(
+            r#"{"model":"route","input":"hi","text":{"format":{"type":"json_object"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(api_of(&request), Api::Responses);
+        assert_eq!(api_of(&Map::new()), Api::Chat);
+        let body: Value = serde_json::from_slice(&body_for(&request, "gpt-x")).unwrap();
+        assert_eq!(
+            (&body["store"], &body["model"]),
+            (&Value::Bool(false), &Value::from("gpt-x"))
+        );
+        assert!(expectation_of(&request).response != crate::measure::schema::ResponseFormat::Text);
+        let answer = br#"{"object":"response","status":"incomplete","incomplete_details":{"reason":"max_output_tokens"},
+            "output":[{"type":"message","content":[{"type":"output_text","text":"{}"}]},
+                      {"type":"function_call","name":"f","arguments":"{}"}],
+            "usage":{"input_tokens":3,"output_tokens":4}}"#;
+        let read = read_answer(Api::Responses, answer).unwrap();
+        assert_eq!(read.text, "{}");
+        assert_eq!(read.tool_calls.len(), 1);
+        assert_eq!(read.finish_reason.as_deref(), Some("max_output_tokens"));
+        assert_eq!(
+            read.usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
+            Some((3, 4))
+        );
+        assert!(read_answer(Api::Responses, b"{}").is_err());
+        assert!(read_answer(Api::Chat, answer).is_err());
     }
 
     #[test]

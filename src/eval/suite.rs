@@ -1,8 +1,9 @@
-//! Eval suites: a JSONL file of chat requests, each optionally with the properties its
-//! answer should have.
+//! Eval suites: a JSONL file of chat or Responses API requests, each optionally with the
+//! properties its answer should have.
 //!
 //! In: the file's text. Out: one [`SuiteCase`] per non-blank line, or an error that names
-//! the file and the line. Each line is a chat-completions body; two extra keys are taken
+//! the file and the line. Each line is a chat-completions body (with `messages`) or a
+//! Responses API body (with `input`, sent to `POST /v1/responses`); two extra keys are taken
 //! out before it is sent: `id` (a name for the case; the line number otherwise) and
 //! `expect` (an [`Expect`]). `model` may be anything (it is replaced by each version's
 //! model), and `stream` is always turned off.
@@ -21,7 +22,7 @@ pub struct SuiteCase {
     /// 1-based line in the file.
     pub line: usize,
     pub id: String,
-    /// The chat-completions body without `id` and `expect`.
+    /// The chat-completions or Responses body without `id` and `expect`.
     pub body: Map<String, Value>,
     pub expect: Option<Expect>,
 }
@@ -57,7 +58,7 @@ pub fn parse(name: &str, text: &str) -> anyhow::Result<Vec<SuiteCase>> {
 fn parse_line(number: usize, line: &str) -> anyhow::Result<SuiteCase> {
     let value: Value = serde_json::from_str(line).context("not JSON")?;
     let Value::Object(mut body) = value else {
-        bail!("not a JSON object (each line is one chat-completions request)");
+        bail!("not a JSON object (each line is one chat-completions or Responses request)");
     };
     let id = match body.remove("id") {
         None => format!("line-{number}"),
@@ -73,18 +74,24 @@ fn parse_line(number: usize, line: &str) -> anyhow::Result<SuiteCase> {
                     Some(regex::Regex::new(pattern).context("`expect.matches` is not a regex")?);
             }
             if expect.json_schema_valid
-                && !(body.contains_key("response_format") || body.contains_key("tools"))
+                && !["response_format", "text", "tools"]
+                    .iter()
+                    .any(|k| body.contains_key(*k))
             {
                 bail!(
-                    "`expect.json_schema_valid` needs a `response_format` or `tools` to check against"
+                    "`expect.json_schema_valid` needs a `response_format` (Responses: `text.format`) or `tools` to check against"
                 );
             }
             Some(expect)
         }
     };
-    match body.get("messages") {
-        Some(Value::Array(messages)) if !messages.is_empty() => {}
-        _ => bail!("no `messages` array: each line is a chat-completions request"),
+    match (body.get("messages"), body.get("input")) {
+        (Some(Value::Array(messages)), _) if !messages.is_empty() => {}
+        (None, Some(Value::String(text))) if !text.is_empty() => {}
+        (None, Some(Value::Array(items))) if !items.is_empty() => {}
+        _ => bail!(
+            "no `messages` array (a chat-completions request) and no `input` (a Responses request)"
+        ),
     }
     Ok(SuiteCase {
         line: number,
@@ -147,6 +154,16 @@ mod tests {
         assert!(e.to_string().contains("line 2"), "{e}");
         assert!(parse("s", "\n\n").is_err());
         assert!(parse("s", r#"{"model":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn a_responses_request_is_a_case_too() {
+        let text = r#"{"id":"r","input":"hi","text":{"format":{"type":"json_object"}},"expect":{"json_schema_valid":true}}
+{"input":[{"role":"user","content":"hi"}]}"#;
+        let cases = parse("s", text).unwrap();
+        assert_eq!(cases.len(), 2);
+        assert!(parse("s", r#"{"input":""}"#).is_err());
+        assert!(parse("s", r#"{"input":[]}"#).is_err());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, OriginalUri, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, OriginalUri, Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -34,7 +34,19 @@ pub const UNAUTHENTICATED_ROUTES: &[&str] = &[
 
 /// The `/v1` routes that spend tokens, and so are refused once the workspace is over its
 /// limits (429 with `Retry-After`). Listing models and sending feedback are not.
-pub const ADMITTED_ROUTES: &[&str] = &["/v1/chat/completions"];
+pub const ADMITTED_ROUTES: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/responses",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/moderations",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/images/variations",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+    "/v1/audio/speech",
+];
 
 /// Proof that the request carried the admin token; in the extensions of every admin request.
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +65,19 @@ pub async fn authenticate(
         .to_owned();
     if UNAUTHENTICATED_ROUTES.contains(&path.as_str()) {
         return next.run(request).await;
+    }
+    // The catch-all below /v1 (for the passthrough endpoints) matches every path there:
+    // one sluice does not serve is a 404 without a credential, like any path that matches
+    // no route. Every other route, even one added without thought, needs a credential.
+    let caught = request
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|m| m.as_str() == super::CATCH_ALL);
+    if caught
+        && crate::forward::classify(path.trim_start_matches("/v1/"))
+            != crate::forward::OtherPath::Passthrough
+    {
+        return crate::forward::unknown_path(request.method().as_str(), &path).into_response();
     }
     let token = bearer_of(request.headers()).map(str::to_owned);
     let peer = request

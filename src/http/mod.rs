@@ -8,6 +8,7 @@
 
 mod admin;
 mod dashboard;
+mod dropin;
 pub mod extract;
 mod openai;
 mod openapi;
@@ -17,7 +18,7 @@ pub mod server;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -29,9 +30,21 @@ pub fn router(state: AppState) -> Router {
 
 /// Every route the gateway serves, without authentication (see [`guarded`]).
 pub fn routes() -> Router<AppState> {
-    Router::new()
+    let routes = Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
+        .route("/v1/models/{*route}", get(dropin::model))
+        .route("/v1/responses", post(dropin::responses))
+        .route(
+            "/v1/responses/{id}",
+            get(dropin::stored_response).delete(dropin::stored_response),
+        )
+        .route(
+            "/v1/responses/{id}/input_items",
+            get(dropin::stored_response),
+        )
+        .route("/v1/responses/{id}/cancel", post(dropin::stored_response))
+        .route("/v1/embeddings", post(dropin::embeddings))
         .route("/v1/feedback", post(openai::feedback))
         .nest(
             "/admin/v1",
@@ -42,8 +55,19 @@ pub fn routes() -> Router<AppState> {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/admin/v1/openapi.json", get(openapi::document))
-        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard", get(dashboard::page));
+    // The operations with a model, each its own route (so a wrong method is a 405), and
+    // the catch-all below `/v1` for the passthrough endpoints and a clear 404.
+    let routes = crate::forward::MODEL_PATHS
+        .iter()
+        .fold(routes, |routes, path| {
+            routes.route(&format!("/v1/{path}"), post(dropin::with_model))
+        });
+    routes.route(CATCH_ALL, any(dropin::other))
 }
+
+/// The route that catches every other path below `/v1` (see [`extract::authenticate`]).
+pub const CATCH_ALL: &str = "/v1/{*path}";
 
 /// `routes` with authentication on every route but the allowlist, the 404 fallback and the
 /// body limit: a route added to `routes` is closed until it is added to the allowlist.

@@ -32,7 +32,7 @@ pub async fn chat_completions(
     respond(pipeline::chat_completion(&app, caller, &headers, body).await)
 }
 
-fn respond(answer: Answer) -> Response {
+pub(super) fn respond(answer: Answer) -> Response {
     let mut response = match answer.result {
         Ok(Body::Whole {
             status,
@@ -44,6 +44,11 @@ fn respond(answer: Answer) -> Response {
             headers,
             relay,
         }) => (status, headers, HttpBody::from_stream(*relay)).into_response(),
+        Ok(Body::Events {
+            status,
+            headers,
+            events,
+        }) => (status, headers, HttpBody::from_stream(events)).into_response(),
         Err(e) => e.into_response(),
     };
     let out = response.headers_mut();

@@ -243,6 +243,10 @@ mod tests {
             step: None,
             schema_failed: None,
             guardrail_blocked: false,
+            api: crate::types::Api::Chat,
+            reasoning_tokens: None,
+            inputs: None,
+            dimensions: None,
         }
     }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::resolve::Target;
-use crate::types::{Outcome, Price, Record, Usage};
+use crate::types::{Api, Outcome, Price, Record, Usage};
 
 /// What a finished answer looked like, filled in by the handler or the stream relay.
 #[derive(Debug, Default, Clone)]
@@ -33,6 +33,9 @@ pub struct Observed {
     pub answer: Option<String>,
     /// The `model` the upstream says answered.
     pub response_model: Option<String>,
+    pub reasoning_tokens: Option<u64>,
+    pub inputs: Option<u32>,
+    pub dimensions: Option<u32>,
 }
 
 /// Carries one request's measurement until it ends. Dropping an unfinished meter records the
@@ -55,6 +58,7 @@ pub struct Meter {
     span: Option<opentelemetry::Context>,
     /// A shadow copy to hand over once the request has finished well.
     shadow: Option<(crate::shadow::ShadowTicket, Arc<crate::shadow::ShadowQueue>)>,
+    api: Api,
 }
 
 impl Meter {
@@ -80,7 +84,13 @@ impl Meter {
             status: 0,
             span: None,
             shadow: None,
+            api: Api::Chat,
         }
+    }
+
+    /// Marks the request as one of another API than chat completions.
+    pub fn set_api(&mut self, api: Api) {
+        self.api = api;
     }
 
     pub fn set_span(&mut self, span: Option<opentelemetry::Context>) {
@@ -183,6 +193,10 @@ impl Meter {
             step: assignment.map(|a| a.step),
             schema_failed: observed.schema_failed,
             guardrail_blocked: observed.guardrail_blocked,
+            api: self.api,
+            reasoning_tokens: observed.reasoning_tokens,
+            inputs: observed.inputs,
+            dimensions: observed.dimensions,
         }
     }
 }

@@ -276,6 +276,10 @@ mod tests {
             step: Some(0),
             schema_failed: None,
             guardrail_blocked: false,
+            api: crate::types::Api::Chat,
+            reasoning_tokens: None,
+            inputs: None,
+            dimensions: None,
         }
     }
 

@@ -344,6 +344,10 @@ impl StreamRelay {
         let observed = &mut self.meter.observed;
         observed.usage = Some(usage);
         observed.response_chars = observer.chars;
+        // The provider's own content filter cut the answer: a guardrail block by the provider.
+        if observer.finish_reason.as_deref() == Some("content_filter") {
+            observed.guardrail_blocked = true;
+        }
         observed.finish_reason = observer.finish_reason;
         observed.first_token = observer.first_token;
         self.meter.finish(outcome);

@@ -93,6 +93,59 @@ pub fn count_prompt(encoding: Encoding, body: &[u8]) -> u64 {
     tokens
 }
 
+/// Input tokens of a Responses API request body, estimated from its `instructions` and
+/// `input` (a string, or items whose `content` is a string or parts with `text`), with the
+/// chat framing per item.
+pub fn count_input(encoding: Encoding, body: &[u8]) -> u64 {
+    let Ok(request) = serde_json::from_slice::<Value>(body) else {
+        return 0;
+    };
+    let mut tokens = REPLY_PRIMING;
+    if let Some(text) = request.get("instructions").and_then(Value::as_str) {
+        tokens += TOKENS_PER_MESSAGE + encoding.count(text);
+    }
+    match request.get("input") {
+        Some(Value::String(text)) => tokens += TOKENS_PER_MESSAGE + encoding.count(text),
+        Some(Value::Array(items)) => {
+            for item in items {
+                tokens += TOKENS_PER_MESSAGE;
+                match item.get("content") {
+                    Some(Value::String(text)) => tokens += encoding.count(text),
+                    Some(Value::Array(parts)) => {
+                        for part in parts {
+                            if let Some(text) = part.get("text").and_then(Value::as_str) {
+                                tokens += encoding.count(text);
+                            }
+                        }
+                    }
+                    _ => {
+                        // Function-call outputs and the like carry their text in `output`.
+                        if let Some(text) = item.get("output").and_then(Value::as_str) {
+                            tokens += encoding.count(text);
+                        }
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    tokens
+}
+
+/// Tokens of an embeddings request's `input` (strings counted, token arrays taken as they
+/// are), without chat framing: embeddings have none.
+pub fn count_embedding_input(encoding: Encoding, body: &Value) -> u64 {
+    fn count(encoding: Encoding, v: &Value) -> u64 {
+        match v {
+            Value::String(text) => encoding.count(text),
+            Value::Number(_) => 1,
+            Value::Array(items) => items.iter().map(|i| count(encoding, i)).sum(),
+            _ => 0,
+        }
+    }
+    count(encoding, &body["input"])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +168,17 @@ mod tests {
         // "hello world" is two tokens in both vocabularies.
         assert_eq!(Encoding::O200kBase.count("hello world"), 2);
         assert_eq!(Encoding::Cl100kBase.count("hello world"), 2);
+    }
+
+    #[test]
+    fn responses_input_is_counted_as_string_or_items() {
+        let plain = br#"{"model":"x","input":"hello world"}"#;
+        assert_eq!(count_input(Encoding::O200kBase, plain), 3 + 3 + 2);
+        let items = br#"{"model":"x","instructions":"hello world","input":[{"role":"user","content":[{"type":"input_text","text":"hello world"}]}]}"#;
+        assert_eq!(
+            count_input(Encoding::O200kBase, items),
+            3 + (3 + 2) + (3 + 2)
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The OpenAI wire format, pure (no I/O): what sluice reads of requests and answers.
 //!
-//! `completion` reads a whole chat completion; `request` walks a request's message text.
+//! `completion` reads a whole chat completion; `request` walks a request's message text;
+//! `responses` reads the Responses API (its expectations, a Response, its stream events).
 //! (The request view, the SSE framing and the
 //! error bodies still live in `pipeline`, `measure::sse` and `error`; see the layer table
 //! in `lib.rs`.)
@@ -8,4 +9,5 @@
 pub mod completion;
 pub mod lenient;
 pub mod request;
+pub mod responses;
 pub mod sse;

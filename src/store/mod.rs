@@ -16,6 +16,7 @@ use sqlx::{AnyPool, Row, SqlSafeStr};
 mod cluster;
 mod quality;
 mod records;
+mod responses;
 mod rollouts;
 
 pub use cluster::{
@@ -24,9 +25,10 @@ pub use cluster::{
 pub use quality::{RequestPlacement, ShadowPair};
 use records::RecordWriter;
 pub use records::SQLITE_MAX_ROWS;
+pub use responses::ResponsePlacement;
 pub use rollouts::{Actor, EventRow, Fence, NewEvent, RolloutRow, WriteGuard};
 
-use crate::types::{Arm, Outcome, Record, now_ms};
+use crate::types::{Api, Arm, Outcome, Record, now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
@@ -112,8 +114,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "limits",
         include_str!("../../migrations/sqlite/0005_limits.sql"),
     ),
-    // 6 is another feature's; sqlx applies every listed migration not yet applied, so a
-    // gap (or a 6 that arrives after 7 was applied) is fine as long as they are independent.
+    (
+        6,
+        "responses",
+        include_str!("../../migrations/sqlite/0006_responses.sql"),
+    ),
     (
         7,
         "cluster",
@@ -145,6 +150,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "limits",
         include_str!("../../migrations/postgres/0005_limits.sql"),
+    ),
+    (
+        6,
+        "responses",
+        include_str!("../../migrations/postgres/0006_responses.sql"),
     ),
     (
         7,
@@ -428,7 +438,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT request_id, at_ms, workspace_id, route, version, arm, stream, status, outcome, latency_ms, ttft_ms, \
              prompt_tokens, completion_tokens, tokens_estimated, cost_usd, response_chars, finish_reason, \
-             rollout_id, canary_weight, randomized, step, schema_failed, guardrail_blocked FROM requests WHERE ($1 IS NULL OR route = $1) ORDER BY at_ms DESC, request_id LIMIT $2",
+             rollout_id, canary_weight, randomized, step, schema_failed, guardrail_blocked, api, reasoning_tokens, inputs, dimensions FROM requests WHERE ($1 IS NULL OR route = $1) ORDER BY at_ms DESC, request_id LIMIT $2",
         )
         .bind(route)
         .bind(limit)
@@ -464,6 +474,10 @@ impl Store {
                     step: r.try_get::<Option<i32>, _>(20)?.map(|s| s as u32),
                     schema_failed: r.try_get::<Option<i32>, _>(21)?.map(|f| f != 0),
                     guardrail_blocked: r.try_get::<i32, _>(22)? != 0,
+                    api: Api::parse(&r.try_get::<String, _>(23)?).unwrap_or_default(),
+                    reasoning_tokens: r.try_get::<Option<i64>, _>(24)?.map(|t| t as u64),
+                    inputs: r.try_get::<Option<i64>, _>(25)?.map(|t| t as u32),
+                    dimensions: r.try_get::<Option<i64>, _>(26)?.map(|t| t as u32),
                 })
             })
             .collect::<Result<_, sqlx::Error>>()

@@ -11,7 +11,7 @@
 //!   asking SQLite for its name, which SQLite finds by a linear scan: O(n²) per statement,
 //!   ≈44 µs per record at 100 rows × 23 columns.
 //! - PostgreSQL: one `INSERT … SELECT FROM UNNEST($1::text[], …)` per batch whatever its
-//!   size: 23 array parameters, one round trip, one prepared statement.
+//!   size: 27 array parameters, one round trip, one prepared statement.
 
 use std::str::FromStr;
 use std::sync::OnceLock;
@@ -30,10 +30,11 @@ use crate::types::Record;
 /// The `requests` columns a record fills, in bind order.
 const COLUMNS: &str = "request_id, at_ms, workspace_id, route, version, arm, stream, status, outcome, \
      latency_ms, ttft_ms, prompt_tokens, completion_tokens, tokens_estimated, cost_usd, response_chars, \
-     finish_reason, rollout_id, canary_weight, randomized, step, schema_failed, guardrail_blocked";
-const COLUMN_COUNT: usize = 23;
+     finish_reason, rollout_id, canary_weight, randomized, step, schema_failed, guardrail_blocked, \
+     api, reasoning_tokens, inputs, dimensions";
+const COLUMN_COUNT: usize = 27;
 
-/// Rows of the largest SQLite statement: 512 × 23 = 11 776 parameters, below SQLite's
+/// Rows of the largest SQLite statement: 512 × 27 = 13 824 parameters, below SQLite's
 /// default limit of 32 766. A batch of n rows runs as one statement per set bit of n
 /// (512, 256, …, 1), so at most ten distinct statements are ever prepared and a full batch
 /// is exactly one.
@@ -45,11 +46,11 @@ pub const SQLITE_MAX_ROWS: usize = 1 << SQLITE_MAX_ROWS_LOG2;
 const POSTGRES_INSERT: &str = "INSERT INTO requests (request_id, at_ms, workspace_id, route, version, arm, \
      stream, status, outcome, latency_ms, ttft_ms, prompt_tokens, completion_tokens, tokens_estimated, \
      cost_usd, response_chars, finish_reason, rollout_id, canary_weight, randomized, step, schema_failed, \
-     guardrail_blocked) \
+     guardrail_blocked, api, reasoning_tokens, inputs, dimensions) \
      SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], \
      $7::int4[], $8::int4[], $9::text[], $10::float8[], $11::float8[], $12::int8[], $13::int8[], \
      $14::int4[], $15::float8[], $16::int8[], $17::text[], $18::text[], $19::float8[], $20::int4[], \
-     $21::int4[], $22::int4[], $23::int4[]) \
+     $21::int4[], $22::int4[], $23::int4[], $24::text[], $25::int8[], $26::int8[], $27::int8[]) \
      ON CONFLICT (request_id) DO NOTHING";
 
 /// `INSERT INTO requests (…) VALUES (?, …), … ON CONFLICT (request_id) DO NOTHING` for
@@ -153,7 +154,7 @@ async fn insert_sqlite(pool: &SqlitePool, records: &[Record]) -> Result<(), Stor
     Ok(())
 }
 
-/// One record's 23 values in [`COLUMNS`] order. Booleans as 0/1 integers: the schema keeps
+/// One record's 27 values in [`COLUMNS`] order. Booleans as 0/1 integers: the schema keeps
 /// them as INTEGER so that the `Any` readers see the same type on both engines.
 fn bind_sqlite(args: &mut SqliteArguments, r: &Record) -> Result<(), sqlx::error::BoxDynError> {
     args.add(r.request_id.as_str())?;
@@ -179,6 +180,10 @@ fn bind_sqlite(args: &mut SqliteArguments, r: &Record) -> Result<(), sqlx::error
     args.add(r.step.map(|s| s as i32))?;
     args.add(r.schema_failed.map(i32::from))?;
     args.add(i32::from(r.guardrail_blocked))?;
+    args.add(r.api.as_str())?;
+    args.add(r.reasoning_tokens.map(|t| t as i64))?;
+    args.add(r.inputs.map(i64::from))?;
+    args.add(r.dimensions.map(i64::from))?;
     Ok(())
 }
 
@@ -192,6 +197,7 @@ async fn insert_postgres(pool: &PgPool, records: &[Record]) -> Result<(), StoreE
     let float = |f: fn(&Record) -> f64| records.iter().map(f).collect::<Vec<f64>>();
     let nullable_float = |f: fn(&Record) -> Option<f64>| records.iter().map(f).collect::<Vec<_>>();
     let nullable_int = |f: fn(&Record) -> Option<i32>| records.iter().map(f).collect::<Vec<_>>();
+    let nullable_big = |f: fn(&Record) -> Option<i64>| records.iter().map(f).collect::<Vec<_>>();
 
     let mut args = PgArguments::default();
     let mut add = || -> Result<(), sqlx::error::BoxDynError> {
@@ -218,6 +224,10 @@ async fn insert_postgres(pool: &PgPool, records: &[Record]) -> Result<(), StoreE
         args.add(nullable_int(|r| r.step.map(|s| s as i32)))?;
         args.add(nullable_int(|r| r.schema_failed.map(i32::from)))?;
         args.add(int(|r| i32::from(r.guardrail_blocked)))?;
+        args.add(col(|r| r.api.as_str()))?;
+        args.add(nullable_big(|r| r.reasoning_tokens.map(|t| t as i64)))?;
+        args.add(nullable_big(|r| r.inputs.map(i64::from)))?;
+        args.add(nullable_big(|r| r.dimensions.map(i64::from)))?;
         Ok(())
     };
     add().map_err(encode_error)?;

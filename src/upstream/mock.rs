@@ -12,8 +12,13 @@ use futures_util::stream;
 use rand::Rng;
 use serde_json::json;
 
+use super::mock_responses::{self, MockResponse};
 use super::{Call, Reply, UpstreamError};
-use crate::measure::tokens::{Encoding, count_prompt};
+use crate::config::MockConfig;
+use crate::measure::tokens::{Encoding, count_embedding_input, count_input, count_prompt};
+
+/// Vector length of the mock's embeddings unless the request asks for `dimensions`.
+const EMBEDDING_DIMENSIONS: u64 = 8;
 
 const WORDS: [&str; 12] = [
     " the",
@@ -55,9 +60,48 @@ impl MockProvider {
                 Bytes::from(body.to_string()),
             ));
         }
+        let tokens = ((f64::from(shape.output_tokens) * spread()).round() as usize).max(1);
+        match call.endpoint.route() {
+            "chat/completions" => {}
+            "responses" => return Ok(responses(&call, &shape, ttft, tokens).await),
+            "embeddings" => {
+                tokio::time::sleep(ttft).await;
+                let body: serde_json::Value =
+                    serde_json::from_slice(&call.body).unwrap_or_default();
+                let inputs = mock_responses::embedding_inputs(&body["input"]);
+                let dimensions = body["dimensions"].as_u64().unwrap_or(EMBEDDING_DIMENSIONS);
+                let prompt_tokens = count_embedding_input(Encoding::for_model(call.model), &body);
+                let answer = mock_responses::embeddings(
+                    call.model,
+                    inputs,
+                    dimensions as usize,
+                    prompt_tokens,
+                );
+                return Ok(reply(
+                    StatusCode::OK,
+                    "application/json",
+                    Bytes::from(answer.to_string()),
+                ));
+            }
+            other if other.starts_with("responses/") => {
+                let (status, body) = mock_responses::stored(&call.endpoint.method, other);
+                return Ok(reply(
+                    status,
+                    "application/json",
+                    Bytes::from(body.to_string()),
+                ));
+            }
+            other => {
+                let body = json!({"error": {"message": format!("the mock provider does not serve /v1/{other}"), "type": "invalid_request_error", "param": null, "code": "not_found"}});
+                return Ok(reply(
+                    StatusCode::NOT_FOUND,
+                    "application/json",
+                    Bytes::from(body.to_string()),
+                ));
+            }
+        }
         let id = format!("chatcmpl-mock-{}", call.request_id);
         let model = call.model.to_owned();
-        let tokens = ((f64::from(shape.output_tokens) * spread()).round() as usize).max(1);
         let prompt_tokens = count_prompt(Encoding::for_model(&model), &call.body);
         let per_token = Duration::from_secs_f64(1.0 / shape.tokens_per_s);
         let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens as usize + tokens});
@@ -113,6 +157,75 @@ impl MockProvider {
             headers: content_type("text/event-stream"),
             body: Box::pin(body),
         })
+    }
+}
+
+/// A Responses API answer, streamed as typed events or whole, timed like a chat answer.
+/// A request that asks for `reasoning` reports a quarter of its output as reasoning tokens.
+async fn responses(call: &Call<'_>, shape: &MockConfig, ttft: Duration, tokens: usize) -> Reply {
+    let body: serde_json::Value = serde_json::from_slice(&call.body).unwrap_or_default();
+    let id = format!("resp_mock{}", call.request_id.trim_start_matches("req_"));
+    let words: Vec<&str> = (0..tokens)
+        .map(|i| {
+            if i == 0 {
+                WORDS[0].trim_start()
+            } else {
+                WORDS[i % WORDS.len()]
+            }
+        })
+        .collect();
+    let reasoning = if body.get("reasoning").is_some_and(|r| !r.is_null()) {
+        tokens as u64 / 4
+    } else {
+        0
+    };
+    let answer = MockResponse {
+        id: &id,
+        model: call.model,
+        previous_response_id: body["previous_response_id"].as_str(),
+        input_tokens: count_input(Encoding::for_model(call.model), &call.body),
+        output_tokens: tokens as u64 + reasoning,
+        reasoning_tokens: reasoning,
+    };
+    let per_token = Duration::from_secs_f64(1.0 / shape.tokens_per_s);
+    if !call.stream {
+        tokio::time::sleep(ttft + per_token * tokens.saturating_sub(1) as u32).await;
+        let v = answer.object(Some(&words.concat()));
+        return reply(
+            StatusCode::OK,
+            "application/json",
+            Bytes::from(v.to_string()),
+        );
+    }
+    // Events before the first delta come at once, the first delta after the TTFT, each
+    // further delta one token later.
+    let events = answer.events(&words);
+    let first_delta = 4;
+    let timed: Vec<(Duration, Bytes)> = events
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let wait = if i == first_delta {
+                ttft
+            } else if i > first_delta && i < first_delta + tokens {
+                per_token
+            } else {
+                Duration::ZERO
+            };
+            (wait, e)
+        })
+        .collect();
+    let body = stream::unfold(timed.into_iter(), |mut events| async move {
+        let (wait, bytes) = events.next()?;
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        Some((Ok(bytes), events))
+    });
+    Reply {
+        status: StatusCode::OK,
+        headers: content_type("text/event-stream"),
+        body: Box::pin(body),
     }
 }
 

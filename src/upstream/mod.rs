@@ -1,12 +1,17 @@
 //! Upstream: sends the rewritten request to the version's provider and hands back its
 //! status, headers and body as a byte stream, untouched.
 //!
-//! Two kinds: [`http::HttpProvider`] for any OpenAI-compatible server (reqwest, no retries:
-//! a retry would hide the version's real latency and error rate from the judge), and
-//! [`mock::MockProvider`], a built-in synthetic model for the demo, tests and benchmarks.
+//! Two kinds: [`http::HttpProvider`] for any OpenAI-compatible server or Azure OpenAI
+//! (reqwest, no retries: a retry would hide the version's real latency and error rate from
+//! the judge), and [`mock::MockProvider`], a built-in synthetic model for the demo, tests
+//! and benchmarks. [`endpoint`] says where a call goes (which `/v1` path, and how Azure
+//! spells it); [`headers`] says which headers go with it.
 
+pub mod endpoint;
+pub mod headers;
 pub mod http;
 pub mod mock;
+pub mod mock_responses;
 
 use std::pin::Pin;
 
@@ -55,6 +60,13 @@ impl UpstreamError {
 
 /// One call to make: the body as it goes upstream, and what the provider needs to know of it.
 pub struct Call<'a> {
+    /// The API operation: chat completions, responses, embeddings, or another `/v1` path.
+    pub endpoint: endpoint::Endpoint<'a>,
+    /// The client's request headers; the provider forwards only those
+    /// [`headers::forwarded_from_client`] allows. `None` for sluice's own calls (shadow, eval).
+    pub client_headers: Option<&'a HeaderMap>,
+    /// The body's content type when it is not JSON (a forwarded multipart form).
+    pub content_type: Option<axum::http::HeaderValue>,
     pub body: Bytes,
     pub stream: bool,
     pub include_usage: bool,
@@ -78,7 +90,7 @@ pub fn names_stream_options(body: &[u8]) -> bool {
 }
 
 pub enum Provider {
-    Http(http::HttpProvider),
+    Http(Box<http::HttpProvider>),
     Mock(mock::MockProvider),
 }
 
@@ -87,18 +99,19 @@ impl Provider {
     ///
     /// # Errors
     /// When the HTTP client cannot be built (a bad base URL or TLS set-up).
+    /// `config_dir` anchors a relative `ca_file`.
     pub fn from_config(
         config: &crate::config::ProviderConfig,
         key: Option<crate::types::Secret>,
+        config_dir: &std::path::Path,
     ) -> anyhow::Result<Self> {
         let timeout = std::time::Duration::from_millis(config.timeout_ms);
         Ok(match config.kind {
-            crate::config::ProviderKind::Openai => Provider::Http(http::HttpProvider::new(
-                config.base_url.as_deref().unwrap_or_default(),
-                key,
-                timeout,
-                config.stream_usage,
-            )?),
+            crate::config::ProviderKind::Openai | crate::config::ProviderKind::Azure => {
+                Provider::Http(Box::new(http::HttpProvider::from_config(
+                    config, key, config_dir,
+                )?))
+            }
             crate::config::ProviderKind::Mock => Provider::Mock(mock::MockProvider { timeout }),
         })
     }
@@ -116,6 +129,11 @@ impl Provider {
             Provider::Http(p) => p.timeout,
             Provider::Mock(p) => p.timeout,
         }
+    }
+
+    /// Whether the provider is Azure OpenAI (whose content-filter results sluice counts).
+    pub fn is_azure(&self) -> bool {
+        matches!(self, Provider::Http(p) if p.is_azure())
     }
 
     /// Whether sluice should ask this provider for the usage chunk of a stream

@@ -118,4 +118,37 @@ async fn only_the_allowlist_answers_without_a_credential_and_unknown_paths_are_4
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    // Below /v1 too: a path sluice does not serve is a 404 before any credential is asked
+    // for, while a passthrough endpoint (served only when configured) needs a key first.
+    for (path, status) in [
+        ("/v1/no/such/thing", 404),
+        ("/v1/responses/resp_1/bogus", 404),
+        ("/v1/files", 401),
+        ("/v1/vector_stores/vs_1/files", 401),
+    ] {
+        let r = app
+            .http
+            .get(format!("{}{path}", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{path}");
+    }
+    // A wrong method on an operation sluice serves is a 405, not a forward.
+    let key = app.key("acme").await;
+    for path in [
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/responses/resp_1/cancel",
+    ] {
+        let r = app
+            .http
+            .get(format!("{}{path}", app.base))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 405, "{path}");
+    }
+    assert!(app.upstream.calls.all().is_empty());
 }

@@ -27,6 +27,8 @@ use tokio::task::JoinHandle;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 pub const UPSTREAM_KEY: &str = "sk-upstream-secret-123";
+pub const AZURE_KEY: &str = "azure-key-456";
+pub const ENTRA_TOKEN: &str = "entra-token-789";
 
 /// The answer every `ok` upstream call gives, in words.
 pub const OK_TEXT: &str = "Hello world!";
@@ -98,14 +100,18 @@ impl UpstreamState {
 pub struct MockUpstream {
     pub url: String,
     pub state: Arc<UpstreamState>,
+    /// Every call to the paths beyond chat completions (see `upstream_more`).
+    pub calls: Arc<crate::upstream_more::Calls>,
 }
 
 impl MockUpstream {
     pub async fn start() -> Self {
         let state = Arc::new(UpstreamState::default());
+        let calls = Arc::new(crate::upstream_more::Calls::default());
         let app = Router::new()
             .route("/v1/chat/completions", post(upstream_chat))
-            .with_state(state.clone());
+            .with_state(state.clone())
+            .merge(crate::upstream_more::router(calls.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/v1", listener.local_addr().unwrap());
         #[expect(
@@ -113,7 +119,7 @@ impl MockUpstream {
             reason = "the mock upstream lives as long as the test"
         )]
         let _serving = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { url, state }
+        Self { url, state, calls }
     }
 
     /// Lets every `held` call, waiting or still to come, answer.
@@ -397,6 +403,7 @@ pub async fn databases() -> Vec<(&'static str, String, Option<tempfile::TempDir>
 }
 
 pub fn config_toml(upstream_url: &str, listen: &str, db_url: &str, extra: &str) -> String {
+    let more = crate::upstream_more::config(upstream_url);
     format!(
         r#"
 [server]
@@ -577,6 +584,7 @@ stable = "v-strict"
 stable = "v-plain"
 [routes.demo]
 stable = "sim-small"
+{more}
 {extra}
 "#
     )
@@ -586,6 +594,8 @@ pub fn test_env(name: &str) -> Option<String> {
     match name {
         "SLUICE_ADMIN_TOKEN" => Some(ADMIN_TOKEN.into()),
         "TEST_UPSTREAM_KEY" => Some(UPSTREAM_KEY.into()),
+        "TEST_AZURE_KEY" => Some(AZURE_KEY.into()),
+        "TEST_ENTRA_TOKEN" => Some(ENTRA_TOKEN.into()),
         _ => None,
     }
 }
@@ -614,6 +624,15 @@ impl TestApp {
     /// With spans going to `traces` (an in-memory exporter in the trace tests).
     pub async fn spawn_with(db: Db, traces: sluice::traces::Traces) -> Self {
         Self::spawn_edited(db, traces, |text| text).await
+    }
+
+    /// With `extra` appended to the test config (e.g. a `[passthrough]` section).
+    pub async fn spawn_with_config(extra: &str) -> Self {
+        let extra = extra.to_owned();
+        Self::spawn_edited(Db::Sqlite, sluice::traces::Traces::default(), move |text| {
+            text + "\n" + &extra
+        })
+        .await
     }
 
     /// With the test config changed by `edit` first (a `[server]` setting, say).

@@ -4,17 +4,21 @@
 mod helpers;
 #[path = "../common/skip.rs"]
 mod skip;
+mod upstream_more;
 
 mod chat;
 mod cli;
+mod dropin;
 mod errors;
 mod feedback;
 mod health;
 mod keys;
 mod limits;
 mod metrics;
+mod network;
 mod quality;
 mod records;
+mod responses;
 mod restart;
 mod rollouts;
 mod server_limits;

@@ -32,6 +32,10 @@ fn record(id: &str, at_ms: i64, route: &str) -> Record {
         step: Some(2),
         schema_failed: Some(true),
         guardrail_blocked: false,
+        api: sluice::types::Api::Responses,
+        reasoning_tokens: Some(64),
+        inputs: None,
+        dimensions: None,
     }
 }
 

@@ -11,6 +11,9 @@
 mod helpers;
 #[path = "../common/skip.rs"]
 mod skip;
+#[path = "../api/upstream_more.rs"]
+#[allow(dead_code, reason = "the mock upstream the shared helpers start")]
+mod upstream_more;
 
 mod rig;
 

@@ -33,6 +33,10 @@ fn record(id: &str, at_ms: i64) -> Record {
         step: None,
         schema_failed: None,
         guardrail_blocked: false,
+        api: sluice::types::Api::Chat,
+        reasoning_tokens: None,
+        inputs: None,
+        dimensions: None,
     }
 }
 

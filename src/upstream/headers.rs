@@ -1,0 +1,161 @@
+//! Headers across the gateway: which of the client's go upstream, which the provider adds,
+//! and which of the upstream's come back.
+//!
+//! Upstream: the client's `OpenAI-Beta`, its W3C trace context (`traceparent` and
+//! `tracestate`, unless sluice traces the request itself and sends its own span as the
+//! parent), and whatever the operator lists in the provider's `forward_headers`; then the
+//! provider's static `headers`, `OpenAI-Organization` and `OpenAI-Project`; then sluice's
+//! request id as `X-Client-Request-Id`. Never the client's credentials (`Authorization`,
+//! `api-key`, cookies) nor hop-by-hop headers: config refuses them in `forward_headers`.
+//! Downstream: the upstream's rate-limit headers (`x-ratelimit-*`, `retry-after`,
+//! `retry-after-ms`) reach the client on errors too.
+
+use axum::http::{HeaderMap, HeaderName};
+
+/// Client headers that always go upstream.
+const ALWAYS_FORWARDED: [&str; 1] = ["openai-beta"];
+/// The W3C trace context headers.
+const TRACE_CONTEXT: [&str; 2] = ["traceparent", "tracestate"];
+
+/// Headers that never leave the gateway towards an upstream, whatever the operator lists.
+pub const NEVER_FORWARDED: [&str; 17] = [
+    "authorization",
+    "proxy-authorization",
+    "api-key",
+    "x-api-key",
+    "cookie",
+    "set-cookie",
+    "host",
+    "content-length",
+    "content-type",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+    "x-client-request-id",
+];
+
+/// Whether an operator may list `name` in `forward_headers`.
+pub fn forwardable(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    HeaderName::from_bytes(lower.as_bytes()).is_ok()
+        && !NEVER_FORWARDED.contains(&lower.as_str())
+        && !lower.starts_with("x-sluice-")
+}
+
+/// The client headers a provider passes on. `sluice_traces`: sluice sends its own
+/// `traceparent` (a child of the client's), so the client's is not copied.
+pub fn forwarded_from_client(
+    client: &HeaderMap,
+    operator_listed: &[HeaderName],
+    sluice_traces: bool,
+) -> HeaderMap {
+    fn copy(out: &mut HeaderMap, client: &HeaderMap, name: &str) {
+        for value in client.get_all(name) {
+            out.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("a valid header name"),
+                value.clone(),
+            );
+        }
+    }
+    let mut out = HeaderMap::new();
+    for name in ALWAYS_FORWARDED {
+        copy(&mut out, client, name);
+    }
+    for name in TRACE_CONTEXT {
+        if !(sluice_traces && name == "traceparent") {
+            copy(&mut out, client, name);
+        }
+    }
+    for name in operator_listed {
+        if forwardable(name.as_str()) && !out.contains_key(name) {
+            copy(&mut out, client, name.as_str());
+        }
+    }
+    out
+}
+
+/// Whether an upstream response header tells the client about rate limits.
+pub fn is_rate_limit(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    n.starts_with("x-ratelimit-") || n == "retry-after" || n == "retry-after-ms"
+}
+
+/// The upstream's rate-limit headers, for an answer that carries no other upstream header.
+pub fn rate_limit_headers(upstream: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (name, value) in upstream {
+        if is_rate_limit(name) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn credentials_and_hop_by_hop_headers_never_pass_even_when_listed() {
+        let client = headers(&[
+            ("authorization", "Bearer sk-sluice-client"),
+            ("cookie", "a=b"),
+            ("connection", "close"),
+            ("openai-beta", "assistants=v2"),
+            ("x-tenant", "acme"),
+        ]);
+        let listed: Vec<HeaderName> = ["authorization", "cookie", "connection", "x-tenant"]
+            .iter()
+            .map(|n| HeaderName::from_static(n))
+            .collect();
+        let out = forwarded_from_client(&client, &listed, false);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out["openai-beta"], "assistants=v2");
+        assert_eq!(out["x-tenant"], "acme");
+        assert!(!forwardable("Authorization") && !forwardable("cookie"));
+        assert!(forwardable("X-Tenant"));
+    }
+
+    #[test]
+    fn the_client_trace_context_passes_unless_sluice_traces() {
+        let client = headers(&[
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            ("tracestate", "vendor=1"),
+        ]);
+        let out = forwarded_from_client(&client, &[], false);
+        assert_eq!(out.len(), 2);
+        let out = forwarded_from_client(&client, &[], true);
+        assert!(out.get("traceparent").is_none());
+        assert_eq!(out["tracestate"], "vendor=1");
+    }
+
+    #[test]
+    fn only_rate_limit_headers_come_back_on_errors() {
+        let up = headers(&[
+            ("x-ratelimit-remaining-requests", "0"),
+            ("retry-after", "3"),
+            ("server", "upstream"),
+        ]);
+        let out = rate_limit_headers(&up);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out["retry-after"], "3");
+    }
+}
