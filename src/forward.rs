@@ -31,8 +31,7 @@ use crate::error::ApiError;
 use crate::measure::Meter;
 use crate::measure::tokens::count_embedding_input;
 use crate::pipeline::{
-    Answer, Body, ChatRequest, Routed, fail, forwardable_headers, new_request_id, read_body,
-    trace_id, upstream_error,
+    Answer, Body, ChatRequest, Routed, fail, new_request_id, read_body, trace_id, upstream_error,
 };
 use crate::resolve::Target;
 use crate::shadow::ShadowTicket;
@@ -40,7 +39,6 @@ use crate::types::{Outcome, Usage};
 
 use crate::state::App;
 use crate::upstream::endpoint::{Api, Endpoint};
-use crate::upstream::headers::rate_limit_headers;
 use crate::upstream::{ByteStream, Call, Provider, Reply, UpstreamError};
 
 /// Operations with a `model` that go to the route's stable version (below `/v1/`).
@@ -273,11 +271,11 @@ async fn read_reply(
         let error = ApiError::UpstreamStatus {
             status,
             body: bytes,
-            headers: Box::new(rate_limit_headers(&headers)),
+            headers: Box::new(crate::upstream::headers::to_client_on_error(&headers)),
         };
         return Err(fail(meter, error));
     }
-    Ok((status, forwardable_headers(&headers), bytes))
+    Ok((status, crate::upstream::headers::to_client(&headers), bytes))
 }
 
 /// One `/v1` request sluice forwards without reading it: its method, path and query,
@@ -484,7 +482,7 @@ fn form_model(body: &[u8], boundary: &str) -> Option<(String, std::ops::Range<us
 fn relay_measured(reply: Reply, meter: Meter) -> Body {
     Body::Events {
         status: reply.status,
-        headers: forwardable_headers(&reply.headers),
+        headers: crate::upstream::headers::to_client(&reply.headers),
         events: Box::pin(Metered {
             upstream: reply.body,
             meter: Some(meter),
@@ -534,7 +532,7 @@ fn relay_raw(reply: Reply) -> Body {
     });
     Body::Events {
         status: reply.status,
-        headers: forwardable_headers(&reply.headers),
+        headers: crate::upstream::headers::to_client(&reply.headers),
         events: Box::pin(body),
     }
 }

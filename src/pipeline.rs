@@ -414,7 +414,7 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
             reply.body = Box::pin(futures_util::stream::iter([Ok(body)]));
         }
     }
-    let mut headers = forwardable_headers(&reply.headers);
+    let mut headers = crate::upstream::headers::to_client(&reply.headers);
 
     if !reply.status.is_success() {
         // The upstream's error goes to the client as it is; a body we cannot read is empty.
@@ -430,7 +430,7 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
             ApiError::UpstreamStatus {
                 status: reply.status,
                 body,
-                headers: Box::new(crate::upstream::headers::rate_limit_headers(&reply.headers)),
+                headers: Box::new(crate::upstream::headers::to_client_on_error(&reply.headers)),
             },
         ));
     }
@@ -653,39 +653,6 @@ pub(crate) async fn read_body(
     }
 }
 
-/// Upstream headers the client gets: all but hop-by-hop ones and those sluice sets itself.
-/// The upstream's own request id is kept as `x-upstream-request-id`.
-pub(crate) fn forwardable_headers(upstream: &HeaderMap) -> HeaderMap {
-    const DROP: [&str; 9] = [
-        "connection",
-        "keep-alive",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-        "content-length",
-        "proxy-connection",
-        "set-cookie",
-    ];
-    let mut out = HeaderMap::with_capacity(upstream.len());
-    for (name, value) in upstream {
-        if DROP.contains(&name.as_str()) || name.as_str().starts_with("x-sluice-") {
-            continue;
-        }
-        if name == "x-request-id" {
-            out.insert(
-                HeaderName::from_static("x-upstream-request-id"),
-                value.clone(),
-            );
-            continue;
-        }
-        out.append(name.clone(), value.clone());
-    }
-    out.entry(header::CONTENT_TYPE)
-        .or_insert(axum::http::HeaderValue::from_static("application/json"));
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -754,7 +721,7 @@ mod tests {
         h.insert("content-length", "10".parse().unwrap());
         h.insert("x-request-id", "up-1".parse().unwrap());
         h.insert("openai-processing-ms", "12".parse().unwrap());
-        let out = forwardable_headers(&h);
+        let out = crate::upstream::headers::to_client(&h);
         assert!(out.get("connection").is_none() && out.get("content-length").is_none());
         assert_eq!(out["x-upstream-request-id"], "up-1");
         assert_eq!(out["openai-processing-ms"], "12");

@@ -26,8 +26,7 @@ use crate::measure::schema::SchemaVerdict;
 use crate::measure::tokens::count_input;
 use crate::openai::responses::summarize_response;
 use crate::pipeline::{
-    Answer, Body, ChatRequest, Routed, fail, forwardable_headers, new_request_id, read_body,
-    trace_id, upstream_error,
+    Answer, Body, ChatRequest, Routed, fail, new_request_id, read_body, trace_id, upstream_error,
 };
 use crate::resolve::{Assignment, Target, Unit};
 use crate::shadow::ShadowTicket;
@@ -311,7 +310,7 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
         Ok(reply) => reply,
         Err(e) => return Err(fail(&mut meter, upstream_error(e, &version.name))),
     };
-    let mut out_headers = forwardable_headers(&reply.headers);
+    let mut out_headers = crate::upstream::headers::to_client(&reply.headers);
 
     if !reply.status.is_success() {
         let body = read_body(reply.body, provider.timeout())
@@ -324,7 +323,7 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
         let error = ApiError::UpstreamStatus {
             status: reply.status,
             body,
-            headers: Box::new(crate::upstream::headers::rate_limit_headers(&reply.headers)),
+            headers: Box::new(crate::upstream::headers::to_client_on_error(&reply.headers)),
         };
         return Err(fail(&mut meter, error));
     }

@@ -7,10 +7,11 @@
 //! provider's static `headers`, `OpenAI-Organization` and `OpenAI-Project`; then sluice's
 //! request id as `X-Client-Request-Id`. Never the client's credentials (`Authorization`,
 //! `api-key`, cookies) nor hop-by-hop headers: config refuses them in `forward_headers`.
-//! Downstream: the upstream's rate-limit headers (`x-ratelimit-*`, `retry-after`,
-//! `retry-after-ms`) reach the client on errors too.
+//! Downstream: every upstream header but hop-by-hop ones ([`to_client`]); on an error
+//! answer the same ones, bar `Content-Type` ([`to_client_on_error`]), so the SDKs' back-off
+//! sees the provider's `retry-after`, `retry-after-ms` and `x-ratelimit-*`.
 
-use axum::http::{HeaderMap, HeaderName};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 
 /// Client headers that always go upstream.
 const ALWAYS_FORWARDED: [&str; 1] = ["openai-beta"];
@@ -78,20 +79,45 @@ pub fn forwarded_from_client(
     out
 }
 
-/// Whether an upstream response header tells the client about rate limits.
-pub fn is_rate_limit(name: &HeaderName) -> bool {
-    let n = name.as_str();
-    n.starts_with("x-ratelimit-") || n == "retry-after" || n == "retry-after-ms"
+/// Upstream headers the client gets: all but hop-by-hop ones and those sluice sets itself.
+/// The upstream's own request id is kept as `x-upstream-request-id`.
+pub fn to_client(upstream: &HeaderMap) -> HeaderMap {
+    const DROP: [&str; 9] = [
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "content-length",
+        "proxy-connection",
+        "set-cookie",
+    ];
+    let mut out = HeaderMap::with_capacity(upstream.len());
+    for (name, value) in upstream {
+        if DROP.contains(&name.as_str()) || name.as_str().starts_with("x-sluice-") {
+            continue;
+        }
+        if name == "x-request-id" {
+            out.insert(
+                HeaderName::from_static("x-upstream-request-id"),
+                value.clone(),
+            );
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out.entry(header::CONTENT_TYPE)
+        .or_insert(HeaderValue::from_static("application/json"));
+    out
 }
 
-/// The upstream's rate-limit headers, for an answer that carries no other upstream header.
-pub fn rate_limit_headers(upstream: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::new();
-    for (name, value) in upstream {
-        if is_rate_limit(name) {
-            out.append(name.clone(), value.clone());
-        }
-    }
+/// [`to_client`] for an error answer, whose body sluice sends in OpenAI's shape (and so
+/// with its own `Content-Type`): the upstream's advice (`retry-after`, `x-ratelimit-*`, its
+/// request id, …) reaches the client on errors as on successes.
+pub fn to_client_on_error(upstream: &HeaderMap) -> HeaderMap {
+    let mut out = to_client(upstream);
+    out.remove(header::CONTENT_TYPE);
     out
 }
 
@@ -148,14 +174,19 @@ mod tests {
     }
 
     #[test]
-    fn only_rate_limit_headers_come_back_on_errors() {
+    fn an_error_answer_keeps_the_upstreams_headers_but_its_content_type() {
         let up = headers(&[
             ("x-ratelimit-remaining-requests", "0"),
             ("retry-after", "3"),
-            ("server", "upstream"),
+            ("content-type", "text/html"),
+            ("connection", "close"),
+            ("x-request-id", "up-1"),
         ]);
-        let out = rate_limit_headers(&up);
-        assert_eq!(out.len(), 2);
+        let out = to_client_on_error(&up);
         assert_eq!(out["retry-after"], "3");
+        assert_eq!(out["x-ratelimit-remaining-requests"], "0");
+        assert_eq!(out["x-upstream-request-id"], "up-1");
+        assert!(out.get("content-type").is_none() && out.get("connection").is_none());
+        assert_eq!(to_client(&up)["content-type"], "text/html");
     }
 }

@@ -327,6 +327,10 @@ async fn upstream_chat(
             if let Some(coding) = body["x_test_content_encoding"].as_str() {
                 response.headers_mut().insert("content-encoding", coding.parse().unwrap());
             }
+            for (name, value) in body["x_test_headers"].as_object().into_iter().flatten() {
+                let name = axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+                response.headers_mut().insert(name, value.as_str().unwrap().parse().unwrap());
+            }
             response
         }
         "strict" if body.get("stream_options").is_some() => (

@@ -269,3 +269,39 @@ async fn an_upstream_that_refuses_stream_options_is_retried_once_and_remembered(
     assert!(!ok.is_empty());
     assert!(ok.iter().all(|r| r.usage.estimated), "{records:?}");
 }
+
+#[tokio::test]
+async fn the_upstreams_advice_reaches_the_client_on_errors_too() {
+    let app = TestApp::spawn().await;
+    let key = app.key("acme").await;
+    let advice = json!({
+        "retry-after": "7",
+        "retry-after-ms": "6500",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "7s",
+        "openai-processing-ms": "12",
+    });
+    let error = r#"{"error":{"message":"slow down","type":"rate_limit_error","param":null,"code":"rate_limit_exceeded"}}"#;
+    for stream in [false, true] {
+        let body = chat_body(
+            "raw",
+            json!({"stream": stream, "x_test_status": 429, "x_test_body": error, "x_test_headers": advice}),
+        );
+        let response = app.chat_raw(&key, body).await;
+        assert_eq!(response.status(), 429, "stream={stream}");
+        for (name, value) in advice.as_object().unwrap() {
+            assert_eq!(
+                response.headers().get(name).map(|v| v.to_str().unwrap()),
+                value.as_str(),
+                "{name} (stream={stream})"
+            );
+        }
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/json",
+            "one Content-Type, sluice's"
+        );
+        let got: Value = response.json().await.unwrap();
+        assert_eq!(got["error"]["message"], "slow down");
+    }
+}
