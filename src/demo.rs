@@ -263,12 +263,21 @@ impl Story {
             out.push_str(v);
             out.push('\n');
         }
+        // `cargo run` puts no `sluice` on PATH: name the binary that just ran.
+        let bin = std::env::current_exe()
+            .ok()
+            .and_then(|p| {
+                let cwd = std::env::current_dir().ok()?;
+                let shown = p.strip_prefix(&cwd).map(|r| format!("./{}", r.display()));
+                Some(shown.unwrap_or_else(|_| p.display().to_string()))
+            })
+            .unwrap_or_else(|| "sluice".into());
         out.push_str(&format!(
             "{sent} requests sent (the demo's gateway and its temporary database are gone now).\n\n\
              Try it yourself, with your own rollout of a healthy and a bad canary:\n\
-             \x20 SLUICE_ADMIN_TOKEN=dev-admin-token sluice serve      (then follow the tutorial in README.md)\n\
-             \x20 sluice load --route chat --rps 20 --key …\n\
-             \x20 sluice rollout start --route chat --canary chat-v2 --policy quickstart\n"
+             \x20 SLUICE_ADMIN_TOKEN=dev-admin-token {bin} serve      (then follow the tutorial in README.md)\n\
+             \x20 {bin} load --route chat --rps 20 --key …\n\
+             \x20 {bin} rollout start --route chat --canary chat-v2 --policy quickstart\n"
         ));
         out
     }
