@@ -71,6 +71,8 @@ impl RolloutTap {
             response_chars: record.response_chars as f64,
             schema_failed: record.schema_failed,
             guardrail_blocked: record.guardrail_blocked,
+            // TODO(lead): the sticky unit's hash once `Record` carries it (judge::units).
+            unit: None,
         };
         if self.tx.try_send(observation).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
