@@ -207,16 +207,14 @@ pub struct Srm {
     by_w: Vec<(u32, u64, u64)>,
     /// Per-request labels are independent only when the unit is the request.
     design_test: bool,
-    /// Dated assignments (`assigned_at`): per second of assignment and canary
-    /// probability, assigned and measured per arm, until the second is overdue.
+    /// Per second of assignment and canary probability: assigned and measured per arm,
+    /// until the second is overdue.
     #[serde(default)]
     dated: Vec<DatedCell>,
     /// Requests found lost (still unmeasured [`OVERDUE_MS`] after their assignment), per
     /// canary probability: (w_bp, canary, stable).
     #[serde(default)]
     lost: Vec<(u32, u64, u64)>,
-    #[serde(default)]
-    dated_mode: bool,
     /// Seconds before this one are folded into `lost`.
     #[serde(default)]
     folded_before: i64,
@@ -242,7 +240,7 @@ impl Srm {
         }
     }
 
-    pub fn assigned(&mut self, canary: bool) {
+    fn assigned(&mut self, canary: bool) {
         if canary {
             self.assigned_canary += 1;
         } else {
@@ -253,7 +251,7 @@ impl Srm {
     fn cell(&mut self, at_ms: i64, w_bp: u32) -> Option<&mut DatedCell> {
         let sec = at_ms.div_euclid(1000);
         // A record of a second already folded as overdue: too late to count.
-        if self.dated_mode && sec < self.folded_before {
+        if sec < self.folded_before {
             return None;
         }
         let i = match self
@@ -282,7 +280,6 @@ impl Srm {
     /// flight are of the new weight, not the rollout's cumulative share).
     pub fn assigned_at(&mut self, canary: bool, w: f64, at_ms: i64) {
         self.assigned(canary);
-        self.dated_mode = true;
         let w_bp = (w * 10_000.0).round() as u32;
         if let Some(c) = self.cell(at_ms, w_bp) {
             c.n[usize::from(!canary)] += 1;
@@ -313,7 +310,7 @@ impl Srm {
         }
     }
 
-    /// Lost requests so far (dated mode): (canary, stable).
+    /// Requests found lost so far: (canary, stable).
     pub fn lost_counts(&self) -> (u64, u64) {
         self.lost
             .iter()
@@ -339,17 +336,16 @@ impl Srm {
         }))
     }
 
+    /// A measured randomized request, dated and weighted as its assignment was.
     pub fn measured_at(&mut self, canary: bool, w: f64, at_ms: i64) {
         self.measured(canary, w);
-        if self.dated_mode {
-            let w_bp = (w * 10_000.0).round() as u32;
-            if let Some(c) = self.cell(at_ms, w_bp) {
-                c.n[2 + usize::from(!canary)] += 1;
-            }
+        let w_bp = (w * 10_000.0).round() as u32;
+        if let Some(c) = self.cell(at_ms, w_bp) {
+            c.n[2 + usize::from(!canary)] += 1;
         }
     }
 
-    pub fn measured(&mut self, canary: bool, w: f64) {
+    fn measured(&mut self, canary: bool, w: f64) {
         if canary {
             self.measured_canary += 1;
         } else {
@@ -373,24 +369,6 @@ impl Srm {
         }
     }
 
-    /// Lost records (assigned − measured): under no mismatch each lost record is canary
-    /// with the assigned canary share p0, so the binomial mixture over loss ratios tests
-    /// it. In-flight requests look lost for a moment; they are lost in proportion to the
-    /// arms and cost nothing but a little noise.
-    fn e_lost(&self) -> f64 {
-        let assigned = self.assigned_canary + self.assigned_stable;
-        if assigned == 0 || self.assigned_canary == 0 || self.assigned_stable == 0 {
-            return 1.0;
-        }
-        let lost_c = self.assigned_canary.saturating_sub(self.measured_canary) as f64;
-        let lost_s = self.assigned_stable.saturating_sub(self.measured_stable) as f64;
-        let p0 = self.assigned_canary as f64 / assigned as f64;
-        mean_exp(LOSS_GRID.map(|rho| {
-            let q = p0 * rho / (1.0 - p0 + p0 * rho);
-            lost_c * (q / p0).ln() + lost_s * ((1.0 - q) / (1.0 - p0)).ln()
-        }))
-    }
-
     /// Measured labels against the design: each randomized request is canary with
     /// probability w (exact only when every request is its own unit).
     fn e_design(&self) -> f64 {
@@ -407,11 +385,7 @@ impl Srm {
     }
 
     pub fn e_value(&self) -> f64 {
-        let lost = if self.dated_mode {
-            self.e_lost_dated()
-        } else {
-            self.e_lost()
-        };
+        let lost = self.e_lost_dated();
         if self.design_test {
             0.5 * (lost + self.e_design())
         } else {
@@ -484,29 +458,62 @@ mod tests {
         let mut srm = Srm::new(false);
         for i in 0..1000 {
             let canary = i % 20 == 0;
-            srm.assigned(canary);
-            srm.measured(canary, 0.05);
+            srm.assigned_at(canary, 0.05, i * 100);
+            srm.measured_at(canary, 0.05, i * 100);
         }
+        srm.fold(100_000 + OVERDUE_MS);
+        assert_eq!(srm.lost_counts(), (0, 0));
         assert!(srm.e_value() < 2.0);
-        // Five canary assignments never measured: p0 = 55/1005, and the ρ = 16 component
-        // alone is (q/p0)⁵ with q = 16p0/(1 − p0 + 16p0) ≈ 0.483, i.e. ≈ 8.83⁵ ≈ 53 700;
-        // averaged over the 8 components that is ≈ 6 700 > 1/α_srm.
-        for _ in 0..5 {
-            srm.assigned(true);
+        // Five canary assignments at w = 0.05 never measured. The ρ = 16 component alone
+        // is (q/w)⁵ with q = 16w/(1 − w + 16w) = 0.8/1.75 = 0.457, i.e. 9.14⁵ ≈ 63 900;
+        // averaged over the 8 components of LOSS_GRID that is 8 966.06 > 1/α_srm.
+        for i in 0..5 {
+            srm.assigned_at(true, 0.05, 100_000 + i);
         }
-        assert!(srm.e_value() > 1.0 / ALPHA_SRM, "{}", srm.e_value());
+        srm.fold(100_999 + OVERDUE_MS);
+        assert_eq!(srm.lost_counts(), (0, 0), "not yet overdue");
+        srm.fold(101_000 + OVERDUE_MS);
+        assert_eq!(srm.lost_counts(), (5, 0));
+        assert!((srm.e_value() - 8966.064).abs() < 0.01, "{}", srm.e_value());
+        assert!(srm.e_value() > 1.0 / ALPHA_SRM);
         let mut fair = Srm::new(false);
         let (mut c, mut st) = (0, 0);
         for i in 0..1000 {
             let canary = i % 20 == 0;
-            fair.assigned(canary);
+            fair.assigned_at(canary, 0.05, i * 100);
             // One in ten records of each arm lost alike.
             let k = if canary { &mut c } else { &mut st };
             *k += 1;
             if *k % 10 != 0 {
-                fair.measured(canary, 0.05);
+                fair.measured_at(canary, 0.05, i * 100);
             }
         }
+        fair.fold(100_000 + OVERDUE_MS);
+        assert_eq!(fair.lost_counts(), (5, 95));
         assert!(fair.e_value() < 10.0, "{}", fair.e_value());
+    }
+
+    #[test]
+    fn requests_in_flight_across_a_step_up_are_not_lost() {
+        // 950 stable and 50 canary at 5 %, then a step to 50 % where the last 200
+        // requests (100 canary) are still in flight: nothing is overdue yet.
+        let mut srm = Srm::new(false);
+        for i in 0..1000 {
+            let canary = i % 20 == 0;
+            srm.assigned_at(canary, 0.05, i * 100);
+            srm.measured_at(canary, 0.05, i * 100);
+        }
+        for i in 0..200 {
+            srm.assigned_at(i % 2 == 0, 0.5, 100_000 + i * 10);
+        }
+        srm.fold(102_000);
+        assert_eq!(srm.lost_counts(), (0, 0));
+        assert!(srm.e_value() < 1.0 + 1e-9, "{}", srm.e_value());
+        // They end well within five minutes.
+        for i in 0..200 {
+            srm.measured_at(i % 2 == 0, 0.5, 100_000 + i * 10);
+        }
+        srm.fold(103_000 + OVERDUE_MS);
+        assert_eq!(srm.lost_counts(), (0, 0));
     }
 }

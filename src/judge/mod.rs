@@ -104,8 +104,8 @@ pub struct SrmReport {
     pub assigned_canary: u64,
     pub measured_stable: u64,
     pub measured_canary: u64,
-    /// Requests still unmeasured long after their assignment (when assignments are
-    /// dated, `Judge::note_assignment`): the guard's evidence.
+    /// Randomized requests still unmeasured [`guards::OVERDUE_MS`] after their
+    /// assignment (`Judge::note_assignment`): the guard's evidence.
     #[serde(default)]
     pub lost_canary: u64,
     #[serde(default)]
@@ -113,6 +113,19 @@ pub struct SrmReport {
     pub e_value: f64,
     /// The design is broken (e ≥ 1/α_srm): the verdict must be inconclusive.
     pub broken: bool,
+}
+
+/// The per-unit analysis of a sticky rollout at one look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitsReport {
+    /// Units with requests not yet settled (their labels are still hidden from the
+    /// statistic).
+    pub open: u64,
+    /// Segments (one unit's requests at one weight) settled with information, i.e. with a
+    /// canary probability strictly between 0 and 1 given what was known of the unit.
+    pub settled: u64,
+    /// Of those, the canary ones.
+    pub settled_canary: u64,
 }
 
 /// The judge's word at one look.
@@ -134,6 +147,10 @@ pub struct JudgeReport {
     pub kill_cause: Option<guards::KillCause>,
     pub gates: Vec<GateReport>,
     pub srm: SrmReport,
+    /// Sticky rollouts only: how far the per-unit analysis (module `units`) has got. Its
+    /// gates' e-values are the per-unit ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub units: Option<UnitsReport>,
     /// Observations seen, per arm (randomized and not).
     pub canary_requests: u64,
     pub stable_requests: u64,
@@ -323,13 +340,6 @@ impl Judge {
             canary_requests: 0,
             stable_requests: 0,
         }
-    }
-
-    /// A request was assigned to `arm` by randomization (for the SRM guard), time and
-    /// weight unknown: the guard then compares cumulative counts, and requests in flight
-    /// look lost for a while. Prefer [`Judge::note_assignment`].
-    pub fn note_assigned(&mut self, arm: Arm) {
-        self.srm.assigned(arm == Arm::Canary);
     }
 
     /// A request was assigned to `arm` by randomization at canary probability `w` at
@@ -576,6 +586,11 @@ impl Judge {
                 e_value: srm_e,
                 broken: srm_e >= 1.0 / ALPHA_SRM,
             },
+            units: self.units.as_ref().map(|b| UnitsReport {
+                open: b.open_units() as u64,
+                settled: b.settled,
+                settled_canary: b.settled_canary,
+            }),
             canary_requests: self.canary_requests,
             stable_requests: self.stable_requests,
         }

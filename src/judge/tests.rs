@@ -251,15 +251,22 @@ fn lost_canary_records_break_the_design() {
     let mut lost = 0;
     for i in 0..5000 {
         let canary = rng.random::<f64>() < 0.05;
-        judge.note_assigned(if canary { Arm::Canary } else { Arm::Stable });
+        judge.note_assignment(
+            if canary { Arm::Canary } else { Arm::Stable },
+            0.05,
+            i * 100,
+        );
         if canary && rng.random::<f64>() < 0.05 {
             lost += 1;
             continue;
         }
         judge.observe(&obs(&mut rng, i * 100, canary, 0.05));
     }
-    let report = judge.report(500_000);
+    judge.tick(500_000 + guards::OVERDUE_MS);
+    let report = judge.report(500_000 + guards::OVERDUE_MS);
     assert!(lost >= 5, "{lost}");
+    assert_eq!(report.srm.lost_canary, lost);
+    assert_eq!(report.srm.lost_stable, 0);
     assert!(report.srm.broken, "{:?}", report.srm);
 }
 

@@ -660,20 +660,18 @@ impl Controller {
 /// decision makes (none for a hold).
 fn look_at(r: &mut Running, now: i64) -> Option<Change> {
     r.last_look_ms = now;
-    while let Ok(obs) = r.rx.try_recv() {
+    // Assignments and records meet in the guard by their time and weight, in any order.
+    while let Ok(a) = r.feed.assignments.try_recv() {
+        r.judge.note_assignment(a.arm, a.w, a.at_ms);
+    }
+    while let Ok(obs) = r.feed.observations.try_recv() {
         if obs.arm == Arm::Canary {
             r.canary_in_step += 1;
         }
         r.judge.observe(&obs);
     }
-    let assigned = r.tap.assigned();
-    for arm in [Arm::Stable, Arm::Canary] {
-        let i = arm.index();
-        for _ in r.assigned_seen[i]..assigned[i] {
-            r.judge.note_assigned(arm);
-        }
-        r.assigned_seen[i] = assigned[i];
-    }
+    // Settles the sticky units' segments that came of age and finds overdue requests.
+    r.judge.tick(now);
     let report = r.judge.report(now);
     let decision = r
         .row

@@ -258,6 +258,7 @@ mod tests {
                 e_value: if srm_broken { 5000.0 } else { 1.0 },
                 broken: srm_broken,
             },
+            units: None,
             canary_requests: 0,
             stable_requests: 0,
         }
