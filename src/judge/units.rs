@@ -17,8 +17,11 @@
 //! for binary gates; the sum of standardized scores and the tail count for continuous
 //! gates). It is *settled* by a rule that never looks at its arm: when it has
 //! [`SETTLE_REQUESTS`] requests, when [`SETTLE_AGE_MS`] have passed since its first
-//! request, or when a request of the same unit arrives at another `w`. At settlement its
-//! label A (canary or not) is revealed to the statistic, which multiplies in
+//! request, when one gate's tilt r_j (below, computed from outcomes and pooled,
+//! arm-blind statistics only) reaches SETTLE_Q/(1 − SETTLE_Q) · (1 − w)/w (its evidence is
+//! near the cap of 1/w a unit can carry: [`SETTLE_Q`]), or when a request of the same unit
+//! arrives at another `w`. At settlement its label A (canary or not) is revealed to the
+//! statistic, which multiplies in
 //!
 //! ```text
 //! LR_j = (q_j / p)^A · ((1 − q_j) / (1 − p))^(1 − A),   q_j = p·r_j / (1 − p + p·r_j)
@@ -72,9 +75,21 @@ use super::binary::RATIO_GRID;
 use super::continuous::{LAMBDA_POWERS, LAMBDA_STEP, TAIL_P, Wealth, Window};
 
 /// A segment settles once it has this many requests …
-pub const SETTLE_REQUESTS: u32 = 40;
-/// … or this long after its first request.
-pub const SETTLE_AGE_MS: i64 = 180_000;
+pub const SETTLE_REQUESTS: u32 = 200;
+/// … or this long after its first request …
+pub const SETTLE_AGE_MS: i64 = 900_000;
+/// … or as soon as one gate's evidence in it is near the cap of what one unit can carry
+/// (see [`settle_log_tilt`]). Chosen on s13 (sticky by user, errors × 5 at 5 %): settling
+/// at 3 minutes gave 62 % power within the hour, at 15 minutes 93–96 %; this early rule
+/// lets units with strong evidence count before that.
+pub const SETTLE_Q: f64 = 0.8;
+/// The log tilt at which a segment settles early: one gate's evidence in it would make a
+/// canary segment's likelihood ratio q/p at least [`SETTLE_Q`]/p, i.e. q ≥ SETTLE_Q, i.e.
+/// r ≥ SETTLE_Q/(1 − SETTLE_Q) · (1 − p)/p at p = w. A rule on outcomes only.
+fn settle_log_tilt(w: f64) -> f64 {
+    (SETTLE_Q / (1.0 - SETTLE_Q) * (1.0 - w) / w).ln()
+}
+
 /// Values in the pooled standardization windows.
 const POOL_WINDOW: usize = 512;
 /// The pooled windows score nothing before they hold this many values.
@@ -229,6 +244,40 @@ impl UnitGate {
         }
     }
 
+    /// The largest log tilt any alternative of this gate gives the segment now (−∞ when
+    /// the gate has nothing in it): how close its evidence is to the cap of 1/p.
+    fn max_log_tilt(&self, acc: &Acc) -> f64 {
+        let max_ln = |r: [f64; 6]| r.iter().fold(f64::NEG_INFINITY, |m, x| m.max(x.ln()));
+        match self {
+            UnitGate::Off => f64::NEG_INFINITY,
+            UnitGate::Binary {
+                theta_tol,
+                pooled_n,
+                pooled_bad,
+                ..
+            } => {
+                if acc.n == 0 {
+                    return f64::NEG_INFINITY;
+                }
+                let p_hat = (*pooled_bad as f64 + 0.5) / (*pooled_n as f64 + 50.0);
+                max_ln(binary_tilts(*theta_tol, acc.n, acc.k, p_hat))
+            }
+            UnitGate::Continuous(c) => {
+                let mut m = f64::NEG_INFINITY;
+                if acc.n > 0 && c.up_shift.is_some() {
+                    m = m.max(max_ln(shift_tilts(acc.n, acc.s_up)));
+                    if c.tail {
+                        m = m.max(max_ln(binary_tilts(1.0, acc.n, acc.k, TAIL_P)));
+                    }
+                }
+                if acc.n_down > 0 && c.down_shift.is_some() {
+                    m = m.max(max_ln(shift_tilts(acc.n_down, acc.s_down)));
+                }
+                m
+            }
+        }
+    }
+
     /// The gate's e-value: for continuous gates the average of its one-sided parts, as
     /// in the per-request gate.
     pub fn e_value(&self) -> f64 {
@@ -357,7 +406,14 @@ impl UnitBook {
         for ((gate, acc), input) in self.gates.iter_mut().zip(&mut seg.accs).zip(inputs) {
             gate.add(acc, canary, *input);
         }
-        if seg.requests >= SETTLE_REQUESTS {
+        let saturated = {
+            let cap = settle_log_tilt(w);
+            self.gates
+                .iter()
+                .zip(&seg.accs)
+                .any(|(g, acc)| g.max_log_tilt(acc) >= cap)
+        };
+        if seg.requests >= SETTLE_REQUESTS || saturated {
             let seg = self.open.remove(&unit).expect("present");
             self.settle(unit, seg);
         }
@@ -459,5 +515,33 @@ mod tests {
         book.tick(10 + SETTLE_AGE_MS);
         assert_eq!((book.settled, book.settled_canary), (2, 1));
         assert_eq!(book.known[&1], (0.05, 0.25));
+    }
+
+    #[test]
+    fn the_early_settlement_threshold_matches_the_hand_computation() {
+        // q ≥ 0.8 at p = 0.05: r ≥ 4 · 19 = 76, log 76 = 4.330733.
+        assert!((settle_log_tilt(0.05) - 76f64.ln()).abs() < 1e-12);
+        assert!((settle_log_tilt(0.05) - 4.330733).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_segment_with_strong_evidence_settles_before_it_is_due() {
+        // 1 000 requests that are their own units, 10 bad: then p̂ = (10 + 0.5)/(1000 + 50).
+        // Unit 9 then sends bad requests at w = 0.05. After its k-th (all bad, pooled
+        // 10 + k of 1000 + k), θ = 8 gives log r = k·log 8 − 7k·p̂:
+        // k = 2: 4.15888 − 14·12.5/1052 = 3.9925 < 4.3307; k = 3: 6.23832 − 21·13.5/1053
+        // = 5.9691 ≥ 4.3307, so the third request settles the segment.
+        let mut book = UnitBook::new(vec![UnitGate::binary(1.0)]);
+        for i in 0..1000 {
+            book.observe(None, i, false, 0.05, &[Input::Bad(i % 100 == 0)]);
+        }
+        let before = book.settled;
+        for i in 0..2 {
+            book.observe(Some(9), 1000 + i, true, 0.05, &[Input::Bad(true)]);
+        }
+        assert_eq!((book.settled, book.open_units()), (before, 1));
+        book.observe(Some(9), 1002, true, 0.05, &[Input::Bad(true)]);
+        assert_eq!((book.settled, book.open_units()), (before + 1, 0));
+        assert_eq!(book.settled_canary, 1);
     }
 }

@@ -168,13 +168,21 @@ async fn a_sticky_rollout_is_judged_per_user_and_a_per_request_one_per_request()
         .admin(Method::POST, &format!("/rollouts/{id}/pause"), None)
         .await;
     assert_eq!(status, StatusCode::OK);
-    // Six users send 40 requests each: a user's 40th request at one weight settles its
-    // segment, and only then does the judge learn that user's arm. A seventh user's five
-    // requests stay open.
+    // Three users send SETTLE_REQUESTS requests each: a user's last one settles its
+    // segment at this weight, and only then does the judge learn that user's arm. A fourth
+    // user's five requests stay open (the policy's one gate sees no errors here, so no
+    // segment settles early on its evidence).
+    let per_user = sluice::judge::units::SETTLE_REQUESTS as usize;
     let mut canary_users = 0;
-    for u in 0..6 {
-        let (stable, canary) =
-            drive(&app, &key, "chat", 40, json!({"user": format!("heavy{u}")})).await;
+    for u in 0..3 {
+        let (stable, canary) = drive(
+            &app,
+            &key,
+            "chat",
+            per_user,
+            json!({"user": format!("heavy{u}")}),
+        )
+        .await;
         assert!(
             stable == 0 || canary == 0,
             "one user, one arm: {stable}/{canary}"
@@ -183,7 +191,7 @@ async fn a_sticky_rollout_is_judged_per_user_and_a_per_request_one_per_request()
     }
     drive(&app, &key, "chat", 5, json!({"user": "light"})).await;
     let v = wait_for(&app, &id, None, "chat", |v| {
-        v["judge"]["units"]["settled"] == 6
+        v["judge"]["units"]["settled"] == 3
     })
     .await;
     let units = &v["judge"]["units"];
@@ -192,7 +200,7 @@ async fn a_sticky_rollout_is_judged_per_user_and_a_per_request_one_per_request()
     let srm = &v["judge"]["srm"];
     assert_eq!(
         srm["assigned_canary"].as_u64().unwrap() + srm["assigned_stable"].as_u64().unwrap(),
-        245,
+        3 * per_user as u64 + 5,
         "every randomized request's assignment reached the judge: {srm}"
     );
 
