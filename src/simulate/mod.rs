@@ -392,7 +392,8 @@ mod tests {
     #[test]
     fn a_quick_run_reverts_a_sticky_fivefold_error_rate_and_a_canary_broken_alone() {
         let rows = simulate(&args(&["s13-", "s16-", "s22-"]), false).unwrap();
-        for r in &rows {
+        // The A/A twins tuned for the baselines come back too: only the harmful rows.
+        for r in rows.iter().filter(|r| r.expect == "revert") {
             // s16 (30 % errors on the canary alone for two minutes, then healthy again)
             // is caught in about 73 % of runs within the hour (500 runs: 72.8 %
             // [64.4, 79.8]; these 20 seeded runs: 17): the "must revert" is
@@ -404,14 +405,16 @@ mod tests {
             };
             assert!(r.reverted.rate >= floor, "{}: {:?}", r.scenario, r.reverted);
         }
+        // A canary failing alone is reverted at once: in every run, and no later than the
+        // kill switch could fire (its default minimum is 20 canary requests in the
+        // window). The e-values of the error gate usually get there first.
         let broken = rows
             .iter()
             .find(|r| r.scenario.starts_with("s22-"))
             .unwrap();
-        assert_eq!(
-            broken.kill_switch, broken.runs,
-            "the kill switch fires in every run"
-        );
+        assert_eq!(broken.reverted.k, broken.runs);
+        let p90 = broken.delay.p90.expect("every run reverted");
+        assert!(p90 <= 20.0, "p90 canary requests to revert: {p90}");
     }
 
     #[test]
