@@ -19,7 +19,7 @@ use crate::measure::aggregate::VersionStats;
 use crate::rollout::feed::RolloutTap;
 use crate::rollout::policy::Sticky;
 use crate::shadow::RolloutShadow;
-use crate::types::{Arm, RouteName};
+use crate::types::{Arm, RouteName, now_ms};
 
 /// The bucketing key: fixed forever, so a unit's bucket never changes between releases.
 const BUCKET_KEY: (u64, u64) = (0x736c_7569_6365_2d62, 0x7563_6b65_742d_7631);
@@ -36,6 +36,13 @@ pub struct Assignment {
     pub randomized: bool,
     pub step: u32,
     pub shadow: Option<Arc<RolloutShadow>>,
+    /// When the arm was chosen (ms since the epoch): the record's `at_ms`, so that the
+    /// sample-ratio guard pairs each assignment with its measurement.
+    pub at_ms: i64,
+    /// The sticky unit's hash (SipHash-2-4 of salt and key, the number the bucket is cut
+    /// from) for randomized requests of a sticky rollout whose request carried the unit;
+    /// `None` when the request is its own unit. The judge analyses sticky rollouts per unit.
+    pub unit: Option<u64>,
 }
 
 /// Placing a request on a version is resolve's business, so the catalog's one method that
@@ -152,21 +159,23 @@ impl RoutingTable {
         let Some(rollout) = &entry.rollout else {
             return Some(entry.stable.clone());
         };
-        let (arm, randomized) = if let Some(arm) = rollout.pins.get(unit.workspace) {
-            (*arm, false)
+        let at_ms = now_ms();
+        let (arm, randomized, sticky_unit) = if let Some(arm) = rollout.pins.get(unit.workspace) {
+            (*arm, false, None)
         } else if rollout.targeted.contains(unit.workspace) {
-            (Arm::Canary, false)
+            (Arm::Canary, false, None)
         } else {
             let key = sticky_key(&rollout.sticky, unit);
-            let arm = if bucket(rollout.salt, &key) < rollout.weight {
+            let hash = unit_hash(rollout.salt, key.as_deref().unwrap_or(unit.request_id));
+            let arm = if bucket_of(hash) < rollout.weight {
                 Arm::Canary
             } else {
                 Arm::Stable
             };
-            (arm, true)
+            (arm, true, key.map(|_| hash))
         };
         if randomized {
-            rollout.tap.note_assigned(arm);
+            rollout.tap.note_assignment(arm, rollout.weight, at_ms);
         }
         let mut target = match arm {
             Arm::Canary => rollout.canary.clone(),
@@ -178,6 +187,8 @@ impl RoutingTable {
             randomized,
             step: rollout.step,
             shadow: rollout.shadow.clone(),
+            at_ms,
+            unit: sticky_unit,
         });
         Some(target)
     }
@@ -191,25 +202,34 @@ impl RoutingTable {
     }
 }
 
-/// The unit whose bucket decides the arm; the request itself when the sticky source is absent.
-fn sticky_key(sticky: &Sticky, unit: &Unit<'_>) -> String {
+/// The sticky unit whose bucket decides the arm; `None` when the request is its own unit
+/// (`sticky = "request"`, or the sticky source is absent).
+fn sticky_key(sticky: &Sticky, unit: &Unit<'_>) -> Option<String> {
     let header = |name: &str| unit.headers.get(name).and_then(|v| v.to_str().ok());
-    let from = match sticky {
+    match sticky {
         Sticky::Request => None,
         Sticky::User => unit.user.map(|u| format!("{}\u{0}{u}", unit.workspace)),
         Sticky::Header(name) => header(name).map(str::to_owned),
         Sticky::Conversation => header(CONVERSATION_HEADER).map(str::to_owned),
-    };
-    from.unwrap_or_else(|| unit.request_id.to_owned())
+    }
+}
+
+/// SipHash-2-4 (fixed key) of (rollout salt, unit key).
+pub fn unit_hash(salt: u64, key: &str) -> u64 {
+    let mut h = SipHasher24::new_with_keys(BUCKET_KEY.0, BUCKET_KEY.1);
+    h.write_u64(salt);
+    h.write(key.as_bytes());
+    h.finish()
+}
+
+/// A unit hash's position in [0, 1): its top 53 bits, an exactly representable fraction.
+fn bucket_of(hash: u64) -> f64 {
+    (hash >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// The unit's position in [0, 1) for this rollout attempt.
 pub fn bucket(salt: u64, key: &str) -> f64 {
-    let mut h = SipHasher24::new_with_keys(BUCKET_KEY.0, BUCKET_KEY.1);
-    h.write_u64(salt);
-    h.write(key.as_bytes());
-    // The top 53 bits make an exactly representable fraction.
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+    bucket_of(unit_hash(salt, key))
 }
 
 #[cfg(test)]
@@ -248,11 +268,20 @@ mod tests {
             user: Some("u7"),
             headers: &headers,
         };
-        assert_eq!(sticky_key(&Sticky::Request, &unit), "req_1");
+        assert_eq!(sticky_key(&Sticky::Request, &unit), None);
         // A user is only the same user within one workspace.
-        assert_eq!(sticky_key(&Sticky::User, &unit), "acme\u{0}u7");
-        assert_eq!(sticky_key(&Sticky::Header("x-team".into()), &unit), "blue");
-        assert_eq!(sticky_key(&Sticky::Conversation, &unit), "conv-9");
+        assert_eq!(
+            sticky_key(&Sticky::User, &unit).as_deref(),
+            Some("acme\u{0}u7")
+        );
+        assert_eq!(
+            sticky_key(&Sticky::Header("x-team".into()), &unit).as_deref(),
+            Some("blue")
+        );
+        assert_eq!(
+            sticky_key(&Sticky::Conversation, &unit).as_deref(),
+            Some("conv-9")
+        );
         // Without the source each request stands alone.
         let bare = HeaderMap::new();
         let anonymous = Unit {
@@ -265,7 +294,7 @@ mod tests {
             Sticky::Header("x-team".into()),
             Sticky::Conversation,
         ] {
-            assert_eq!(sticky_key(&sticky, &anonymous), "req_1", "{sticky:?}");
+            assert_eq!(sticky_key(&sticky, &anonymous), None, "{sticky:?}");
         }
     }
 

@@ -21,13 +21,13 @@ pub const MIN_WINDOW: usize = 32;
 pub const CANARY_WINDOW: usize = 256;
 /// Standardized log-shift alternatives: 0.05 × these powers, so the tilts of a request
 /// are powers of one exponential.
-const LAMBDA_STEP: f64 = 0.05;
-const LAMBDA_POWERS: [i32; 6] = [1, 2, 4, 7, 12, 20];
+pub(crate) const LAMBDA_STEP: f64 = 0.05;
+pub(crate) const LAMBDA_POWERS: [i32; 6] = [1, 2, 4, 7, 12, 20];
 /// How many factors are multiplied before they are folded into the logs; each factor is
 /// at most 1/w ≤ 10⁴, so 16 of them stay far inside f64.
 const FOLD_EVERY: u32 = 16;
 /// Nominal exceedance of the stable p95 (κ of the tail process).
-const TAIL_P: f64 = 0.05;
+pub(crate) const TAIL_P: f64 = 0.05;
 
 /// A ring buffer of recent values with running sums.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,6 +89,11 @@ impl Window {
         self.sum / self.values.len() as f64
     }
 
+    /// The cached upper 95 % quantile (refreshed every 16 pushes).
+    pub fn q95(&self) -> f64 {
+        self.q95
+    }
+
     pub fn sd(&self) -> f64 {
         let n = self.values.len() as f64;
         let var = (self.sum_sq - self.sum * self.sum / n) / (n - 1.0).max(1.0);
@@ -127,7 +132,7 @@ impl Default for Wealth {
 
 impl Wealth {
     /// Multiplies in one request's likelihood ratios, given the tilts r_j = exp(λ_j g − κ_j).
-    fn update(&mut self, canary: bool, w: f64, r: [f64; 6]) {
+    pub(crate) fn update(&mut self, canary: bool, w: f64, r: [f64; 6]) {
         for (pending, r) in self.pending.iter_mut().zip(r) {
             let denom = 1.0 - w + w * r;
             *pending *= if canary { r / denom } else { 1.0 / denom };
@@ -157,7 +162,7 @@ impl Wealth {
 }
 
 /// Tilts for a standardized score: r_j = exp(λ_j g − λ_j²/2).
-fn shift_tilts(g: f64) -> [f64; 6] {
+pub(crate) fn shift_tilts(g: f64) -> [f64; 6] {
     let u = (LAMBDA_STEP * g).exp();
     let u2 = u * u;
     let u4 = u2 * u2;
@@ -172,7 +177,7 @@ fn shift_tilts(g: f64) -> [f64; 6] {
 }
 
 /// Tilts for the tail indicator: λ_j = log θ_j, κ_j = log(1 − p + pθ_j).
-fn tail_tilts(bad: bool) -> [f64; 6] {
+pub(crate) fn tail_tilts(bad: bool) -> [f64; 6] {
     std::array::from_fn(|j| {
         let theta = RATIO_GRID[j];
         let kappa = 1.0 - TAIL_P + TAIL_P * theta;

@@ -7,14 +7,80 @@ use std::collections::VecDeque;
 
 use super::binary::mean_exp;
 
-/// Canary requests and errors per second, for the kill switch's sliding window.
+/// Requests and errors per second and arm, for the kill switch's sliding window.
+///
+/// The kill switch compares the arms over the same seconds, so that a provider incident
+/// that hits both arms (every week, somewhere) does not revert a harmless canary, while a
+/// canary broken on its own is still reverted at the first look after it has
+/// `min_requests` requests in the window. It fires when the canary has at least
+/// `min_requests` requests and an error rate of at least `error_rate` in the window, and
+/// one of:
+/// - [`KillCause::NoStable`]: stable served nothing in the window (nothing to compare
+///   with, e.g. pinned traffic only): today's absolute rule;
+/// - [`KillCause::StableHealthy`]: stable's error rate in the window is at most
+///   `error_rate / 5`, so the errors are the canary's own;
+/// - [`KillCause::FarWorse`]: the canary's rate is at least twice stable's and, given the
+///   errors of both arms in the window, the canary's share of them is improbable if each
+///   error were canary with probability n_c/(n_c + n_s) (binomial upper tail below
+///   [`KILL_P`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct KillWindow {
     pub error_rate: f64,
     pub min_requests: u64,
     pub window_ms: i64,
-    /// (second, requests, errors), oldest first.
-    buckets: VecDeque<(i64, u64, u64)>,
+    /// (second, canary requests, canary errors, stable requests, stable errors), oldest
+    /// first.
+    buckets: VecDeque<(i64, u64, u64, u64, u64)>,
+}
+
+/// The binomial tail below which the canary counts as far worse than stable.
+pub const KILL_P: f64 = 1e-4;
+
+/// Which rule of the kill switch fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KillCause {
+    NoStable,
+    StableHealthy,
+    FarWorse,
+}
+
+/// The kill switch's finding: the cause and both arms' counts in the window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KillFire {
+    pub cause: KillCause,
+    pub canary: (u64, u64),
+    pub stable: (u64, u64),
+    /// The binomial upper tail of the canary's share of the window's errors.
+    pub tail: f64,
+}
+
+impl KillFire {
+    /// One line for the event: which rule fired and why.
+    pub fn describe(&self, window_ms: i64, error_rate: f64) -> String {
+        let rate = |(n, e): (u64, u64)| 100.0 * e as f64 / n.max(1) as f64;
+        let (cn, ce) = self.canary;
+        let (sn, se) = self.stable;
+        let head = format!(
+            "kill switch: canary error rate {:.0} % ({ce} of {cn}) in the last {} s is at or above {:.0} %",
+            rate(self.canary),
+            window_ms / 1000,
+            100.0 * error_rate
+        );
+        match self.cause {
+            KillCause::NoStable => format!("{head}, and stable served nothing to compare with"),
+            KillCause::StableHealthy => format!(
+                "{head} while stable is healthy over the same seconds ({:.1} %, {se} of {sn})",
+                rate(self.stable)
+            ),
+            KillCause::FarWorse => format!(
+                "{head}, far worse than stable over the same seconds ({:.1} %, {se} of {sn}; \
+                 binomial tail {:.1e}): not a provider incident on both arms",
+                rate(self.stable),
+                self.tail
+            ),
+        }
+    }
 }
 
 impl KillWindow {
@@ -27,17 +93,31 @@ impl KillWindow {
         }
     }
 
-    pub fn observe(&mut self, at_ms: i64, error: bool) {
+    /// A measured request of either arm (pinned ones included: they are the canary's).
+    pub fn observe(&mut self, at_ms: i64, canary: bool, error: bool) {
         let sec = at_ms.div_euclid(1000);
-        match self.buckets.back_mut() {
-            Some(b) if b.0 == sec => {
-                b.1 += 1;
-                b.2 += u64::from(error);
+        let idx = match self.buckets.iter().rposition(|b| b.0 <= sec) {
+            Some(i) if self.buckets[i].0 == sec => i,
+            Some(i) => {
+                self.buckets.insert(i + 1, (sec, 0, 0, 0, 0));
+                i + 1
             }
-            _ => self.buckets.push_back((sec, 1, u64::from(error))),
+            None => {
+                self.buckets.push_front((sec, 0, 0, 0, 0));
+                0
+            }
+        };
+        let b = &mut self.buckets[idx];
+        if canary {
+            b.1 += 1;
+            b.2 += u64::from(error);
+        } else {
+            b.3 += 1;
+            b.4 += u64::from(error);
         }
+        let newest = self.buckets.back().map_or(sec, |b| b.0);
         while let Some(front) = self.buckets.front() {
-            if (front.0 + 1) * 1000 <= at_ms - self.window_ms {
+            if (front.0 + 1) * 1000 <= newest * 1000 - self.window_ms {
                 self.buckets.pop_front();
             } else {
                 break;
@@ -45,19 +125,69 @@ impl KillWindow {
         }
     }
 
-    /// (requests, errors) in the window ending at `now_ms`, whole seconds.
-    pub fn counts(&self, now_ms: i64) -> (u64, u64) {
+    /// ((canary requests, errors), (stable requests, errors)) in the window ending at
+    /// `now_ms`, whole seconds.
+    pub fn counts(&self, now_ms: i64) -> ((u64, u64), (u64, u64)) {
         self.buckets
             .iter()
-            .filter(|b| (b.0 + 1) * 1000 > now_ms - self.window_ms)
-            .fold((0, 0), |(n, e), b| (n + b.1, e + b.2))
+            .filter(|b| (b.0 + 1) * 1000 > now_ms - self.window_ms && b.0 * 1000 <= now_ms)
+            .fold(((0, 0), (0, 0)), |((cn, ce), (sn, se)), b| {
+                ((cn + b.1, ce + b.2), (sn + b.3, se + b.4))
+            })
     }
 
-    pub fn fires(&self, now_ms: i64) -> Option<(u64, u64)> {
-        let (n, e) = self.counts(now_ms);
-        (n >= self.min_requests && n > 0 && e as f64 / n as f64 >= self.error_rate)
-            .then_some((n, e))
+    pub fn fires(&self, now_ms: i64) -> Option<KillFire> {
+        let ((cn, ce), (sn, se)) = self.counts(now_ms);
+        if cn < self.min_requests || cn == 0 || (ce as f64 / cn as f64) < self.error_rate {
+            return None;
+        }
+        let share = cn as f64 / (cn + sn) as f64;
+        let tail = binomial_upper_tail(ce + se, ce, share);
+        let fire = |cause| {
+            Some(KillFire {
+                cause,
+                canary: (cn, ce),
+                stable: (sn, se),
+                tail,
+            })
+        };
+        if sn == 0 {
+            return fire(KillCause::NoStable);
+        }
+        let (rc, rs) = (ce as f64 / cn as f64, se as f64 / sn as f64);
+        if rs <= self.error_rate / 5.0 {
+            return fire(KillCause::StableHealthy);
+        }
+        if rc >= 2.0 * rs && tail < KILL_P {
+            return fire(KillCause::FarWorse);
+        }
+        None
     }
+}
+
+/// P(X ≥ k) for X ~ Binomial(n, p), summed in log space (n is at most a few thousand
+/// errors per window).
+pub fn binomial_upper_tail(n: u64, k: u64, p: f64) -> f64 {
+    if k == 0 {
+        return 1.0;
+    }
+    if k > n || p <= 0.0 {
+        return 0.0;
+    }
+    if p >= 1.0 {
+        return 1.0;
+    }
+    let (lp, lq) = (p.ln(), (1.0 - p).ln());
+    // log C(n, i) built up incrementally from i = k.
+    let mut log_c: f64 = (0..k)
+        .map(|i| ((n - i) as f64).ln() - ((i + 1) as f64).ln())
+        .sum();
+    let mut total = 0.0;
+    for i in k..=n {
+        total += (log_c + i as f64 * lp + (n - i) as f64 * lq).exp();
+        log_c += ((n - i) as f64).ln() - ((i + 1) as f64).ln();
+    }
+    total.min(1.0)
 }
 
 /// Ratios of loss (canary vs stable) the SRM guard looks for, both ways.
@@ -77,6 +207,29 @@ pub struct Srm {
     by_w: Vec<(u32, u64, u64)>,
     /// Per-request labels are independent only when the unit is the request.
     design_test: bool,
+    /// Per second of assignment and canary probability: assigned and measured per arm,
+    /// until the second is overdue.
+    #[serde(default)]
+    dated: Vec<DatedCell>,
+    /// Requests found lost (still unmeasured [`OVERDUE_MS`] after their assignment), per
+    /// canary probability: (w_bp, canary, stable).
+    #[serde(default)]
+    lost: Vec<(u32, u64, u64)>,
+    /// Seconds before this one are folded into `lost`.
+    #[serde(default)]
+    folded_before: i64,
+}
+
+/// A request still unmeasured this long after its assignment is lost (a stream of a
+/// minute is not; a record that never comes is).
+pub const OVERDUE_MS: i64 = 300_000;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct DatedCell {
+    sec: i64,
+    w_bp: u32,
+    /// assigned canary, assigned stable, measured canary, measured stable
+    n: [u64; 4],
 }
 
 impl Srm {
@@ -87,7 +240,7 @@ impl Srm {
         }
     }
 
-    pub fn assigned(&mut self, canary: bool) {
+    fn assigned(&mut self, canary: bool) {
         if canary {
             self.assigned_canary += 1;
         } else {
@@ -95,7 +248,104 @@ impl Srm {
         }
     }
 
-    pub fn measured(&mut self, canary: bool, w: f64) {
+    fn cell(&mut self, at_ms: i64, w_bp: u32) -> Option<&mut DatedCell> {
+        let sec = at_ms.div_euclid(1000);
+        // A record of a second already folded as overdue: too late to count.
+        if sec < self.folded_before {
+            return None;
+        }
+        let i = match self
+            .dated
+            .binary_search_by(|c| (c.sec, c.w_bp).cmp(&(sec, w_bp)))
+        {
+            Ok(i) => i,
+            Err(i) => {
+                self.dated.insert(
+                    i,
+                    DatedCell {
+                        sec,
+                        w_bp,
+                        n: [0; 4],
+                    },
+                );
+                i
+            }
+        };
+        Some(&mut self.dated[i])
+    }
+
+    /// A randomized assignment with its canary probability and time: the guard then
+    /// counts a request as lost only once it is overdue, and tests each lost request's
+    /// arm against its own `w` (like with like: right after a step-up, the requests in
+    /// flight are of the new weight, not the rollout's cumulative share).
+    pub fn assigned_at(&mut self, canary: bool, w: f64, at_ms: i64) {
+        self.assigned(canary);
+        let w_bp = (w * 10_000.0).round() as u32;
+        if let Some(c) = self.cell(at_ms, w_bp) {
+            c.n[usize::from(!canary)] += 1;
+        }
+    }
+
+    /// Moves every second older than `now_ms − OVERDUE_MS` into the lost counts.
+    pub fn fold(&mut self, now_ms: i64) {
+        self.folded_before = self
+            .folded_before
+            .max((now_ms - OVERDUE_MS).div_euclid(1000));
+        let due = self
+            .dated
+            .partition_point(|c| (c.sec + 1) * 1000 + OVERDUE_MS <= now_ms);
+        for c in self.dated.drain(..due) {
+            let lost_c = c.n[0].saturating_sub(c.n[2]);
+            let lost_s = c.n[1].saturating_sub(c.n[3]);
+            if lost_c + lost_s == 0 || c.w_bp == 0 || c.w_bp >= 10_000 {
+                continue;
+            }
+            match self.lost.iter_mut().find(|x| x.0 == c.w_bp) {
+                Some(x) => {
+                    x.1 += lost_c;
+                    x.2 += lost_s;
+                }
+                None => self.lost.push((c.w_bp, lost_c, lost_s)),
+            }
+        }
+    }
+
+    /// Requests found lost so far: (canary, stable).
+    pub fn lost_counts(&self) -> (u64, u64) {
+        self.lost
+            .iter()
+            .fold((0, 0), |(c, s), x| (c + x.1, s + x.2))
+    }
+
+    /// Each lost request's arm against its own w: under "loss does not depend on the
+    /// arm" a lost request is canary with probability w, independently of every other
+    /// (per-request randomization), so the product over lost requests of the binomial
+    /// likelihood ratios of a ρ-fold canary loss, averaged over [`LOSS_GRID`], is a test
+    /// martingale in the order requests are found lost (Lindon & Malek's multinomial
+    /// test, research §6.4).
+    fn e_lost_dated(&self) -> f64 {
+        mean_exp(LOSS_GRID.map(|rho| {
+            self.lost
+                .iter()
+                .map(|&(w_bp, c, s)| {
+                    let w = f64::from(w_bp) / 10_000.0;
+                    let q = w * rho / (1.0 - w + w * rho);
+                    c as f64 * (q / w).ln() + s as f64 * ((1.0 - q) / (1.0 - w)).ln()
+                })
+                .sum()
+        }))
+    }
+
+    /// A measured randomized request, dated and weighted as its assignment was.
+    pub fn measured_at(&mut self, canary: bool, w: f64, at_ms: i64) {
+        self.measured(canary, w);
+        let w_bp = (w * 10_000.0).round() as u32;
+        if let Some(c) = self.cell(at_ms, w_bp) {
+            c.n[2 + usize::from(!canary)] += 1;
+        }
+    }
+
+    fn measured(&mut self, canary: bool, w: f64) {
         if canary {
             self.measured_canary += 1;
         } else {
@@ -119,24 +369,6 @@ impl Srm {
         }
     }
 
-    /// Lost records (assigned − measured): under no mismatch each lost record is canary
-    /// with the assigned canary share p0, so the binomial mixture over loss ratios tests
-    /// it. In-flight requests look lost for a moment; they are lost in proportion to the
-    /// arms and cost nothing but a little noise.
-    fn e_lost(&self) -> f64 {
-        let assigned = self.assigned_canary + self.assigned_stable;
-        if assigned == 0 || self.assigned_canary == 0 || self.assigned_stable == 0 {
-            return 1.0;
-        }
-        let lost_c = self.assigned_canary.saturating_sub(self.measured_canary) as f64;
-        let lost_s = self.assigned_stable.saturating_sub(self.measured_stable) as f64;
-        let p0 = self.assigned_canary as f64 / assigned as f64;
-        mean_exp(LOSS_GRID.map(|rho| {
-            let q = p0 * rho / (1.0 - p0 + p0 * rho);
-            lost_c * (q / p0).ln() + lost_s * ((1.0 - q) / (1.0 - p0)).ln()
-        }))
-    }
-
     /// Measured labels against the design: each randomized request is canary with
     /// probability w (exact only when every request is its own unit).
     fn e_design(&self) -> f64 {
@@ -153,10 +385,11 @@ impl Srm {
     }
 
     pub fn e_value(&self) -> f64 {
+        let lost = self.e_lost_dated();
         if self.design_test {
-            0.5 * (self.e_lost() + self.e_design())
+            0.5 * (lost + self.e_design())
         } else {
-            self.e_lost()
+            lost
         }
     }
 }
@@ -169,16 +402,55 @@ mod tests {
     fn the_kill_switch_counts_only_the_last_window() {
         let mut k = KillWindow::new(0.5, 4, 60_000);
         for t in [0, 1_000, 2_000] {
-            k.observe(t, true);
+            k.observe(t, true, true);
         }
         assert_eq!(k.fires(2_500), None, "three requests are below the minimum");
-        k.observe(3_000, false);
-        assert_eq!(k.fires(3_500), Some((4, 3)));
+        k.observe(3_000, true, false);
+        let fire = k.fires(3_500).expect("fires");
+        assert_eq!((fire.cause, fire.canary), (KillCause::NoStable, (4, 3)));
         assert_eq!(
             k.counts(62_500),
-            (2, 1),
+            ((2, 1), (0, 0)),
             "the first two seconds left the window"
         );
+    }
+
+    #[test]
+    fn the_binomial_tail_matches_the_hand_computation() {
+        // P(X ≥ 2 | n = 3, p = 0.5) = (3 + 1)/8 = 0.5; P(X ≥ 3 | 3, 0.2) = 0.008.
+        assert!((binomial_upper_tail(3, 2, 0.5) - 0.5).abs() < 1e-12);
+        assert!((binomial_upper_tail(3, 3, 0.2) - 0.008).abs() < 1e-12);
+        assert_eq!(binomial_upper_tail(5, 0, 0.1), 1.0);
+    }
+
+    #[test]
+    fn an_incident_on_both_arms_does_not_fire_and_a_canary_failing_alone_does() {
+        // 60 s, 20 canary and 380 stable requests, both arms at 60 % errors.
+        let mut both = KillWindow::new(0.5, 20, 60_000);
+        let mut alone = KillWindow::new(0.5, 20, 60_000);
+        for i in 0..400i64 {
+            let canary = i % 20 == 0;
+            both.observe(i * 150, canary, (i * 37 + i / 20) % 10 < 6);
+            alone.observe(i * 150, canary, canary || i % 100 == 1);
+        }
+        assert_eq!(both.fires(60_000), None, "{:?}", both.counts(60_000));
+        let fire = alone.fires(60_000).expect("the canary fails alone");
+        assert_eq!(fire.cause, KillCause::StableHealthy);
+        assert!(fire.describe(60_000, 0.5).contains("stable is healthy"));
+    }
+
+    #[test]
+    fn a_canary_far_worse_than_a_sick_stable_fires() {
+        // Stable at 22 % errors (an incident), canary at 100 %: 40 canary errors of 40
+        // against 80 of 360 stable; canary share of requests 0.1, of errors 40/120.
+        let mut k = KillWindow::new(0.5, 20, 60_000);
+        for i in 0..400i64 {
+            let canary = i % 10 == 0;
+            k.observe(i * 100, canary, canary || i % 5 == 1);
+        }
+        let fire = k.fires(40_000).expect("fires");
+        assert_eq!(fire.cause, KillCause::FarWorse);
+        assert!(fire.tail < KILL_P);
     }
 
     #[test]
@@ -186,29 +458,62 @@ mod tests {
         let mut srm = Srm::new(false);
         for i in 0..1000 {
             let canary = i % 20 == 0;
-            srm.assigned(canary);
-            srm.measured(canary, 0.05);
+            srm.assigned_at(canary, 0.05, i * 100);
+            srm.measured_at(canary, 0.05, i * 100);
         }
+        srm.fold(100_000 + OVERDUE_MS);
+        assert_eq!(srm.lost_counts(), (0, 0));
         assert!(srm.e_value() < 2.0);
-        // Five canary assignments never measured: p0 = 55/1005, and the ρ = 16 component
-        // alone is (q/p0)⁵ with q = 16p0/(1 − p0 + 16p0) ≈ 0.483, i.e. ≈ 8.83⁵ ≈ 53 700;
-        // averaged over the 8 components that is ≈ 6 700 > 1/α_srm.
-        for _ in 0..5 {
-            srm.assigned(true);
+        // Five canary assignments at w = 0.05 never measured. The ρ = 16 component alone
+        // is (q/w)⁵ with q = 16w/(1 − w + 16w) = 0.8/1.75 = 0.457, i.e. 9.14⁵ ≈ 63 900;
+        // averaged over the 8 components of LOSS_GRID that is 8 966.06 > 1/α_srm.
+        for i in 0..5 {
+            srm.assigned_at(true, 0.05, 100_000 + i);
         }
-        assert!(srm.e_value() > 1.0 / ALPHA_SRM, "{}", srm.e_value());
+        srm.fold(100_999 + OVERDUE_MS);
+        assert_eq!(srm.lost_counts(), (0, 0), "not yet overdue");
+        srm.fold(101_000 + OVERDUE_MS);
+        assert_eq!(srm.lost_counts(), (5, 0));
+        assert!((srm.e_value() - 8966.064).abs() < 0.01, "{}", srm.e_value());
+        assert!(srm.e_value() > 1.0 / ALPHA_SRM);
         let mut fair = Srm::new(false);
         let (mut c, mut st) = (0, 0);
         for i in 0..1000 {
             let canary = i % 20 == 0;
-            fair.assigned(canary);
+            fair.assigned_at(canary, 0.05, i * 100);
             // One in ten records of each arm lost alike.
             let k = if canary { &mut c } else { &mut st };
             *k += 1;
             if *k % 10 != 0 {
-                fair.measured(canary, 0.05);
+                fair.measured_at(canary, 0.05, i * 100);
             }
         }
+        fair.fold(100_000 + OVERDUE_MS);
+        assert_eq!(fair.lost_counts(), (5, 95));
         assert!(fair.e_value() < 10.0, "{}", fair.e_value());
+    }
+
+    #[test]
+    fn requests_in_flight_across_a_step_up_are_not_lost() {
+        // 950 stable and 50 canary at 5 %, then a step to 50 % where the last 200
+        // requests (100 canary) are still in flight: nothing is overdue yet.
+        let mut srm = Srm::new(false);
+        for i in 0..1000 {
+            let canary = i % 20 == 0;
+            srm.assigned_at(canary, 0.05, i * 100);
+            srm.measured_at(canary, 0.05, i * 100);
+        }
+        for i in 0..200 {
+            srm.assigned_at(i % 2 == 0, 0.5, 100_000 + i * 10);
+        }
+        srm.fold(102_000);
+        assert_eq!(srm.lost_counts(), (0, 0));
+        assert!(srm.e_value() < 1.0 + 1e-9, "{}", srm.e_value());
+        // They end well within five minutes.
+        for i in 0..200 {
+            srm.measured_at(i % 2 == 0, 0.5, 100_000 + i * 10);
+        }
+        srm.fold(103_000 + OVERDUE_MS);
+        assert_eq!(srm.lost_counts(), (0, 0));
     }
 }

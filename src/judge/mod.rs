@@ -23,10 +23,12 @@ pub mod binary;
 pub mod continuous;
 pub mod guards;
 pub mod spec;
+pub mod units;
 
 use binary::CountProcess;
 use continuous::ContinuousGate;
 use guards::{ALPHA_SRM, KillWindow, Srm};
+use units::{Input, UnitBook, UnitGate};
 
 use crate::types::Arm;
 use spec::{FeedbackKind, Gate, JudgeSpec, Metric};
@@ -51,6 +53,11 @@ pub struct Observation {
     /// `Some(failed)` when the request asked for a schema, `None` otherwise.
     pub schema_failed: Option<bool>,
     pub guardrail_blocked: bool,
+    /// The sticky unit this request was assigned by (a stable hash of the user,
+    /// conversation or header value), for the per-unit analysis of sticky rollouts;
+    /// `None` when the request is its own unit (`sticky = "request"`, or no key).
+    #[serde(default)]
+    pub unit: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,9 +104,28 @@ pub struct SrmReport {
     pub assigned_canary: u64,
     pub measured_stable: u64,
     pub measured_canary: u64,
+    /// Randomized requests still unmeasured [`guards::OVERDUE_MS`] after their
+    /// assignment (`Judge::note_assignment`): the guard's evidence.
+    #[serde(default)]
+    pub lost_canary: u64,
+    #[serde(default)]
+    pub lost_stable: u64,
     pub e_value: f64,
     /// The design is broken (e ≥ 1/α_srm): the verdict must be inconclusive.
     pub broken: bool,
+}
+
+/// The per-unit analysis of a sticky rollout at one look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitsReport {
+    /// Units with requests not yet settled (their labels are still hidden from the
+    /// statistic).
+    pub open: u64,
+    /// Segments (one unit's requests at one weight) settled with information, i.e. with a
+    /// canary probability strictly between 0 and 1 given what was known of the unit.
+    pub settled: u64,
+    /// Of those, the canary ones.
+    pub settled_canary: u64,
 }
 
 /// The judge's word at one look.
@@ -116,8 +142,15 @@ pub struct JudgeReport {
     /// Why, in words, one line per cause (empty when not reverting).
     pub reasons: Vec<String>,
     pub kill_switch_fired: bool,
+    /// Which rule of the kill switch fired (it compares the arms over the same seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_cause: Option<guards::KillCause>,
     pub gates: Vec<GateReport>,
     pub srm: SrmReport,
+    /// Sticky rollouts only: how far the per-unit analysis (module `units`) has got. Its
+    /// gates' e-values are the per-unit ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub units: Option<UnitsReport>,
     /// Observations seen, per arm (randomized and not).
     pub canary_requests: u64,
     pub stable_requests: u64,
@@ -203,6 +236,10 @@ pub struct Judge {
     srm: Srm,
     canary_requests: u64,
     stable_requests: u64,
+    /// Sticky rollouts: the per-unit processes that replace the per-request e-values
+    /// (module `units`). The per-request processes still run for effects and reports.
+    #[serde(default)]
+    units: Option<UnitBook>,
 }
 
 impl Judge {
@@ -272,8 +309,29 @@ impl Judge {
                 }),
             });
         }
+        let units = (!policy.per_request_units).then(|| {
+            UnitBook::new(
+                gates
+                    .iter()
+                    .map(|g| match (&g.process, &g.feedback) {
+                        (_, Some(_)) => UnitGate::Off,
+                        (Process::Binary { theta_tol, .. }, None) => UnitGate::binary(*theta_tol),
+                        (Process::Continuous(c), None) if c.is_judged() => {
+                            let gate = policy.gates.iter().find(|x| x.metric == g.metric);
+                            UnitGate::continuous(
+                                gate.and_then(|x| x.max_ratio),
+                                gate.and_then(|x| x.min_ratio),
+                                g.metric.is_time(),
+                            )
+                        }
+                        _ => UnitGate::Off,
+                    })
+                    .collect(),
+            )
+        });
         Judge {
             alpha: policy.alpha,
+            units,
             gates,
             kill: policy.kill_switch.as_ref().map(|k| {
                 KillWindow::new(k.error_rate, k.min_requests, k.window.as_millis() as i64)
@@ -284,24 +342,40 @@ impl Judge {
         }
     }
 
-    /// A request was assigned to `arm` by randomization (for the SRM guard).
-    pub fn note_assigned(&mut self, arm: Arm) {
-        self.srm.assigned(arm == Arm::Canary);
+    /// A request was assigned to `arm` by randomization at canary probability `w` at
+    /// `at_ms` (the same `at_ms` and `w` its observation will carry). With these the SRM
+    /// guard counts a request as lost only once it is [`guards::OVERDUE_MS`] overdue
+    /// and tests it against its own `w`.
+    pub fn note_assignment(&mut self, arm: Arm, w: f64, at_ms: i64) {
+        self.srm.assigned_at(arm == Arm::Canary, w, at_ms);
     }
 
     /// A measured request.
     pub fn observe(&mut self, obs: &Observation) {
         let canary = obs.arm == Arm::Canary;
+        if let Some(kill) = &mut self.kill {
+            kill.observe(obs.at_ms, canary, obs.error);
+        }
         if canary {
             self.canary_requests += 1;
-            if let Some(kill) = &mut self.kill {
-                kill.observe(obs.at_ms, obs.error);
-            }
         } else {
             self.stable_requests += 1;
         }
         if obs.randomized {
-            self.srm.measured(canary, obs.w);
+            self.srm.measured_at(canary, obs.w, obs.at_ms);
+            if let Some(book) = &mut self.units {
+                book.tick(obs.at_ms);
+                let inputs: Vec<Input> = self
+                    .gates
+                    .iter()
+                    .map(|g| match value_of(g.metric, obs) {
+                        None => Input::None,
+                        Some(v) if g.metric.is_binary() => Input::Bad(v > 0.5),
+                        Some(v) => Input::Value(v),
+                    })
+                    .collect();
+                book.observe(obs.unit, obs.at_ms, canary, obs.w, &inputs);
+            }
         }
         for gate in &mut self.gates {
             match &mut gate.process {
@@ -363,6 +437,27 @@ impl Judge {
         }
     }
 
+    /// Moves the judge's clock to `now_ms`: per-unit segments that have come of age are
+    /// settled (sticky rollouts). Call before each look; observations also move it.
+    pub fn tick(&mut self, now_ms: i64) {
+        self.srm.fold(now_ms);
+        if let Some(book) = &mut self.units {
+            book.tick(now_ms);
+        }
+    }
+
+    /// Each gate's e-value: per unit for sticky rollouts, per request otherwise.
+    fn gate_e_values(&self) -> Vec<f64> {
+        self.gates
+            .iter()
+            .enumerate()
+            .map(|(i, g)| match self.units.as_ref().map(|b| &b.gates[i]) {
+                Some(UnitGate::Off) | None => g.e_value(),
+                Some(u) => u.e_value(),
+            })
+            .collect()
+    }
+
     /// The verdict now.
     pub fn report(&self, now_ms: i64) -> JudgeReport {
         self.report_inner(now_ms, true)
@@ -376,7 +471,7 @@ impl Judge {
 
     fn report_inner(&self, now_ms: i64, with_ci: bool) -> JudgeReport {
         let threshold = 1.0 / self.alpha;
-        let e: Vec<f64> = self.gates.iter().map(JudgedGate::e_value).collect();
+        let e = self.gate_e_values();
         let e_global: f64 = self.gates.iter().zip(&e).map(|(g, e)| g.weight * e).sum();
         let mut reasons = Vec::new();
 
@@ -384,13 +479,8 @@ impl Judge {
             .kill
             .as_ref()
             .and_then(|k| k.fires(now_ms).map(|f| (k, f)));
-        if let Some((k, (n, errors))) = kill {
-            reasons.push(format!(
-                "kill switch: canary error rate {:.0} % ({errors} of {n}) in the last {} s is at or above {:.0} %",
-                100.0 * errors as f64 / n as f64,
-                k.window_ms / 1000,
-                100.0 * k.error_rate
-            ));
+        if let Some((k, fire)) = kill {
+            reasons.push(fire.describe(k.window_ms, k.error_rate));
         }
 
         let mut hard_failed = vec![false; self.gates.len()];
@@ -401,15 +491,29 @@ impl Judge {
             if c.canary_recent() < HARD_LIMIT_MIN_CANARY {
                 continue;
             }
-            if let (_, Some(p95)) = c.p95s()
+            // Like the kill switch, a hard limit compares the arms: when stable is over
+            // the limit too (a slow provider), only a canary twice as slow as stable is
+            // the canary's own fault.
+            let (stable_p95, canary_p95) = c.p95s();
+            if let Some(p95) = canary_p95
                 && p95 > limit
             {
-                hard_failed[i] = true;
-                reasons.push(format!(
-                    "{}: canary p95 {p95:.0} ms over the last {} canary requests is above the hard limit {limit:.0} ms",
-                    gate.metric.key(),
-                    c.canary_recent()
-                ));
+                let why = match stable_p95 {
+                    None => Some("no stable requests to compare with".to_string()),
+                    Some(s) if s <= limit => Some(format!("stable p95 is {s:.0} ms")),
+                    Some(s) if p95 >= 2.0 * s => Some(format!(
+                        "twice stable's p95 of {s:.0} ms over the same period"
+                    )),
+                    Some(_) => None,
+                };
+                if let Some(why) = why {
+                    hard_failed[i] = true;
+                    reasons.push(format!(
+                        "{}: canary p95 {p95:.0} ms over the last {} canary requests is above the hard limit {limit:.0} ms ({why})",
+                        gate.metric.key(),
+                        c.canary_recent()
+                    ));
+                }
             }
         }
 
@@ -470,15 +574,23 @@ impl Judge {
             revert: !reasons.is_empty(),
             reasons,
             kill_switch_fired: kill.is_some(),
+            kill_cause: kill.map(|(_, f)| f.cause),
             gates,
             srm: SrmReport {
                 assigned_stable: self.srm.assigned_stable,
                 assigned_canary: self.srm.assigned_canary,
                 measured_stable: self.srm.measured_stable,
                 measured_canary: self.srm.measured_canary,
+                lost_canary: self.srm.lost_counts().0,
+                lost_stable: self.srm.lost_counts().1,
                 e_value: srm_e,
                 broken: srm_e >= 1.0 / ALPHA_SRM,
             },
+            units: self.units.as_ref().map(|b| UnitsReport {
+                open: b.open_units() as u64,
+                settled: b.settled,
+                settled_canary: b.settled_canary,
+            }),
             canary_requests: self.canary_requests,
             stable_requests: self.stable_requests,
         }

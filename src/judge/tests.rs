@@ -47,6 +47,7 @@ fn obs(rng: &mut StdRng, at_ms: i64, canary: bool, w: f64) -> Observation {
         response_chars: tokens * 3.5,
         schema_failed: (rng.random::<f64>() < 0.2).then(|| rng.random::<f64>() < 0.05),
         guardrail_blocked: rng.random::<f64>() < 0.01,
+        unit: None,
     }
 }
 
@@ -250,15 +251,22 @@ fn lost_canary_records_break_the_design() {
     let mut lost = 0;
     for i in 0..5000 {
         let canary = rng.random::<f64>() < 0.05;
-        judge.note_assigned(if canary { Arm::Canary } else { Arm::Stable });
+        judge.note_assignment(
+            if canary { Arm::Canary } else { Arm::Stable },
+            0.05,
+            i * 100,
+        );
         if canary && rng.random::<f64>() < 0.05 {
             lost += 1;
             continue;
         }
         judge.observe(&obs(&mut rng, i * 100, canary, 0.05));
     }
-    let report = judge.report(500_000);
+    judge.tick(500_000 + guards::OVERDUE_MS);
+    let report = judge.report(500_000 + guards::OVERDUE_MS);
     assert!(lost >= 5, "{lost}");
+    assert_eq!(report.srm.lost_canary, lost);
+    assert_eq!(report.srm.lost_stable, 0);
     assert!(report.srm.broken, "{:?}", report.srm);
 }
 
@@ -343,4 +351,154 @@ fn a_longer_response_trips_only_the_upper_side_and_a_collapse_the_lower() {
             );
         }
     }
+}
+
+fn sticky_policy() -> Policy {
+    let text = format!(
+        "alpha = 0.01\nsticky = \"user\"\n[[steps]]\nweight = 5\nhold = \"10m\"\nmin_requests = 100\n[[steps]]\nweight = 25\nhold = \"10m\"\nmin_requests = 100\n{ALL_GATES_NO_TOLERANCE}"
+    );
+    parse_policy(Path::new("test.toml"), "test", &text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn the_per_unit_process_is_a_martingale_at_a_settlement_across_nested_weights() {
+    // 300 users with buckets b_u, heavy and clustered (user 0..9 error at 30 % on both
+    // arms); 2 000 requests at w = 0.05, then requests at w = 0.25. The target user is
+    // stable at 5 % (b ≥ 0.05) and seen there, so at 25 % it is canary with probability
+    // (0.25 − 0.05)/(1 − 0.05). Its 25 % segment settles at one of its requests there
+    // (its 200th, or earlier when its evidence nears the cap): the e-values after that
+    // request, averaged over its two possible labels with those odds, must equal the
+    // e-values before it, for every gate and the global average.
+    let p = sticky_policy();
+    let mut rng = StdRng::seed_from_u64(11);
+    let buckets: Vec<f64> = (0..300).map(|_| rng.random()).collect();
+    let target = (0..300u64)
+        .find(|&u| buckets[u as usize] >= 0.05)
+        .expect("a stable user");
+    let mut stream = Vec::new();
+    for i in 0..2000i64 {
+        let u = if i % 10 == 0 {
+            target
+        } else {
+            rng.random_range(0..300)
+        };
+        let w = 0.05;
+        let mut o = obs(&mut rng, i * 100, buckets[u as usize] < w, w);
+        o.unit = Some(u);
+        o.error = rng.random::<f64>() < if u < 10 { 0.3 } else { 0.02 };
+        stream.push(o);
+    }
+    for i in 2000..6000i64 {
+        let u = if i % 7 == 0 {
+            target
+        } else {
+            rng.random_range(0..300)
+        };
+        let w = 0.25;
+        let mut o = obs(&mut rng, i * 100, buckets[u as usize] < w, w);
+        o.unit = Some(u);
+        stream.push(o);
+    }
+    // The request that settles the target's 25 % segment: only the target's own requests
+    // can settle it (no segment here comes of age), and the rule reads outcomes only.
+    let split = {
+        let mut judge = Judge::new(&p.judge_spec());
+        let settled = |j: &Judge| j.look(0).units.expect("sticky").settled;
+        let mut found = None;
+        for (i, o) in stream.iter().enumerate() {
+            let before = settled(&judge);
+            judge.observe(o);
+            if o.unit == Some(target) && o.w == 0.25 && settled(&judge) > before {
+                found = Some(i);
+                break;
+            }
+        }
+        found.expect("the target's 25 % segment settles")
+    };
+    let run = |canary: bool| {
+        let mut judge = Judge::new(&p.judge_spec());
+        for o in &stream[..split] {
+            let mut o = o.clone();
+            if o.unit == Some(target) && o.w == 0.25 {
+                o.arm = if canary { Arm::Canary } else { Arm::Stable };
+            }
+            judge.observe(&o);
+        }
+        judge.tick(stream[split].at_ms);
+        let before = judge.look(stream[split].at_ms);
+        let mut last = stream[split].clone();
+        last.arm = if canary { Arm::Canary } else { Arm::Stable };
+        judge.observe(&last);
+        (before, judge.look(last.at_ms))
+    };
+    let (before_c, after_c) = run(true);
+    let (before_s, after_s) = run(false);
+    let odds = (0.25 - 0.05) / (1.0 - 0.05);
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(1.0);
+    assert!(
+        close(before_c.e_global, before_s.e_global),
+        "an open segment carries no evidence yet"
+    );
+    assert!(
+        !close(after_c.e_global, after_s.e_global),
+        "the settlement moved the e-value"
+    );
+    let expect = odds * after_c.e_global + (1.0 - odds) * after_s.e_global;
+    assert!(
+        close(expect, before_c.e_global),
+        "{expect} vs {}",
+        before_c.e_global
+    );
+    for k in 0..before_c.gates.len() {
+        let expect = odds * after_c.gates[k].e_value + (1.0 - odds) * after_s.gates[k].e_value;
+        assert!(
+            close(expect, before_c.gates[k].e_value),
+            "{:?}: {expect} vs {}",
+            before_c.gates[k].gate,
+            before_c.gates[k].e_value
+        );
+    }
+}
+
+#[test]
+fn sticky_a_a_runs_with_clustered_errors_average_one_and_rarely_cross() {
+    // 120 seeded A/A runs, sticky by user (400 users, Pareto activity, 5 % of them at
+    // 30 % errors on both arms), 2 000 requests at w = 0.2. The per-request process
+    // crosses 1/α = 10 far more often than α here; the per-unit one must not:
+    // Monte-Carlo bound 0.1 + 3·sqrt(0.1·0.9/120) = 0.182.
+    let p = sticky_policy();
+    let (runs, mut crossed, mut sum_end) = (120u64, 0, 0.0);
+    for seed in 0..runs {
+        let mut rng = StdRng::seed_from_u64(5000 + seed);
+        let activity: Vec<f64> = (0..400)
+            .map(|_| rng.random::<f64>().max(1e-9).powf(-1.0 / 1.2))
+            .collect();
+        let total: f64 = activity.iter().sum();
+        let buckets: Vec<f64> = (0..400).map(|_| rng.random()).collect();
+        let mut judge = Judge::new(&p.judge_spec());
+        let mut hit = false;
+        for i in 0..2000i64 {
+            let mut x = rng.random::<f64>() * total;
+            let mut u = 0;
+            while x > activity[u] && u < 399 {
+                x -= activity[u];
+                u += 1;
+            }
+            let mut o = obs(&mut rng, i * 1000, buckets[u] < 0.2, 0.2);
+            o.unit = Some(u as u64);
+            o.error = rng.random::<f64>() < if u % 20 == 0 { 0.3 } else { 0.02 };
+            judge.observe(&o);
+            if i % 25 == 24 {
+                judge.tick(i * 1000);
+                hit |= judge.look(i * 1000).e_global >= 10.0;
+            }
+        }
+        judge.tick(i64::MAX / 2);
+        sum_end += judge.look(0).e_global.min(1e6);
+        crossed += u32::from(hit);
+    }
+    let rate = f64::from(crossed) / runs as f64;
+    assert!(rate <= 0.182, "sup E ≥ 10 in {rate} of sticky A/A runs");
+    let mean = sum_end / runs as f64;
+    assert!(mean < 2.0, "mean final E = {mean}");
 }

@@ -69,7 +69,12 @@ impl Meter {
         stream: bool,
         sink: Arc<sink::RecordSink>,
     ) -> Self {
-        let at_ms = crate::types::now_ms();
+        // A rollout's request is dated when its arm was chosen, so that the judge pairs
+        // its record with its assignment.
+        let at_ms = target
+            .rollout
+            .as_ref()
+            .map_or_else(crate::types::now_ms, |a| a.at_ms);
         Self {
             started: Instant::now(),
             at_ms,
@@ -142,7 +147,7 @@ impl Meter {
         }
         self.target.stats.observe(&record);
         if let Some(assignment) = &self.target.rollout {
-            assignment.tap.observe(&record);
+            assignment.tap.observe(&record, assignment.unit);
         }
         if let Some((ticket, queue)) = self.shadow.take()
             && outcome == Outcome::Ok

@@ -71,6 +71,8 @@ fn continued_target(app: &App, model: &str, placement: &ResponsePlacement) -> Op
                     randomized: false,
                     step: rollout.step,
                     shadow: None,
+                    at_ms: crate::types::now_ms(),
+                    unit: None,
                 });
                 return Some(target);
             }

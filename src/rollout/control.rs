@@ -853,19 +853,15 @@ impl Controller {
 
 /// Feeds `r`'s judge what this process measured since its last look (a single process).
 fn take_local(r: &mut Running) {
-    while let Ok(obs) = r.rx.try_recv() {
+    // Assignments and records meet in the guard by their time and weight, in any order.
+    while let Ok(a) = r.feed.assignments.try_recv() {
+        r.judge.note_assignment(a.arm, a.w, a.at_ms);
+    }
+    while let Ok(obs) = r.feed.observations.try_recv() {
         if obs.arm == Arm::Canary {
             r.canary_in_step += 1;
         }
         r.judge.observe(&obs);
-    }
-    let assigned = r.tap.assigned();
-    for arm in [Arm::Stable, Arm::Canary] {
-        let i = arm.index();
-        for _ in r.assigned_seen[i]..assigned[i] {
-            r.judge.note_assigned(arm);
-        }
-        r.assigned_seen[i] = assigned[i];
     }
 }
 
@@ -873,21 +869,17 @@ fn take_local(r: &mut Running) {
 /// of a cluster), and moves the cursor past them.
 fn take_shipped(r: &mut Running, batches: Vec<ObservationBatch>) {
     for batch in batches {
-        let observations: Vec<crate::judge::Observation> =
-            serde_json::from_str(&batch.observations).unwrap_or_default();
-        for o in &observations {
+        let shipment = super::sync::Shipment::from_json(&batch.observations);
+        for a in &shipment.assignments {
+            for _ in 0..a.count {
+                r.judge.note_assignment(a.arm, a.w, a.at_ms);
+            }
+        }
+        for o in &shipment.observations {
             if o.arm == Arm::Canary {
                 r.canary_in_step += 1;
             }
             r.judge.observe(o);
-        }
-        for (arm, n) in [
-            (Arm::Stable, batch.assigned[0]),
-            (Arm::Canary, batch.assigned[1]),
-        ] {
-            for _ in 0..n {
-                r.judge.note_assigned(arm);
-            }
         }
         let last = r.cursor.entry(batch.replica).or_default();
         *last = (*last).max(batch.seq);
@@ -898,6 +890,8 @@ fn take_shipped(r: &mut Running, batches: Vec<ObservationBatch>) {
 /// hold).
 fn look_at(r: &mut Running, now: i64) -> Option<Change> {
     r.last_look_ms = now;
+    // Settles the sticky units' segments that came of age and finds overdue requests.
+    r.judge.tick(now);
     let report = r.judge.report(now);
     let decision = r
         .row

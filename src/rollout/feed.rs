@@ -1,8 +1,9 @@
-//! The feed from the request path to a rollout's judge: assignment counters (for the
+//! The feed from the request path to a rollout's judge: dated assignments (for the
 //! sample-ratio guard), per-arm live stats, and a bounded queue of observations.
 //!
 //! The request path only adds to atomics and `try_send`s; a full queue drops the
 //! observation and counts it, which the judge's sample-ratio guard then sees as lost data.
+//! A dropped assignment only hides its request from the guard (it can never look lost).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,46 +14,68 @@ use crate::judge::Observation;
 use crate::measure::aggregate::VersionStats;
 use crate::types::{Arm, Outcome, Record};
 
-/// Observations buffered per rollout between two looks of the judge.
+/// Observations (and, separately, assignments) buffered per rollout between two looks of
+/// the judge.
 pub const OBSERVATION_QUEUE: usize = 65_536;
+
+/// One randomized assignment, as the judge's sample-ratio guard needs it
+/// (`Judge::note_assignment`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Assigned {
+    pub arm: Arm,
+    /// The canary probability it was drawn under.
+    pub w: f64,
+    /// When (ms since the epoch); its record carries the same `at_ms`.
+    pub at_ms: i64,
+}
+
+/// The controller's ends of a tap: observations and assignments since the last look.
+pub struct TapReceivers {
+    pub observations: mpsc::Receiver<Observation>,
+    pub assignments: mpsc::Receiver<Assigned>,
+}
 
 pub struct RolloutTap {
     pub rollout_id: Arc<str>,
     tx: mpsc::Sender<Observation>,
-    assigned: [AtomicU64; 2],
+    assign_tx: mpsc::Sender<Assigned>,
     dropped: AtomicU64,
     /// Live figures per arm (index by `Arm::index`), since this process took the rollout up.
     pub arms: [Arc<VersionStats>; 2],
 }
 
 impl RolloutTap {
-    pub fn new(rollout_id: &str) -> (Arc<Self>, mpsc::Receiver<Observation>) {
-        let (tx, rx) = mpsc::channel(OBSERVATION_QUEUE);
+    pub fn new(rollout_id: &str) -> (Arc<Self>, TapReceivers) {
+        let (tx, observations) = mpsc::channel(OBSERVATION_QUEUE);
+        let (assign_tx, assignments) = mpsc::channel(OBSERVATION_QUEUE);
         let tap = Self {
             rollout_id: rollout_id.into(),
             tx,
-            assigned: Default::default(),
+            assign_tx,
             dropped: AtomicU64::new(0),
             arms: Default::default(),
         };
-        (Arc::new(tap), rx)
+        (
+            Arc::new(tap),
+            TapReceivers {
+                observations,
+                assignments,
+            },
+        )
     }
 
-    pub fn note_assigned(&self, arm: Arm) {
-        self.assigned[arm.index()].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Randomized assignments so far, per arm.
-    pub fn assigned(&self) -> [u64; 2] {
-        [0, 1].map(|i| self.assigned[i].load(Ordering::Relaxed))
+    /// A randomized request was assigned to `arm` at canary probability `w` at `at_ms`.
+    pub fn note_assignment(&self, arm: Arm, w: f64, at_ms: i64) {
+        let _ = self.assign_tx.try_send(Assigned { arm, w, at_ms });
     }
 
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// A finished request of this rollout.
-    pub fn observe(&self, record: &Record) {
+    /// A finished request of this rollout; `unit` is its sticky unit's hash (`None` when
+    /// the request is its own unit).
+    pub fn observe(&self, record: &Record, unit: Option<u64>) {
         self.arms[record.arm.index()].observe(record);
         // A client that hung up says nothing about the version, and its latency is cut short.
         if record.outcome == Outcome::ClientDisconnected {
@@ -71,6 +94,7 @@ impl RolloutTap {
             response_chars: record.response_chars as f64,
             schema_failed: record.schema_failed,
             guardrail_blocked: record.guardrail_blocked,
+            unit,
         };
         if self.tx.try_send(observation).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);

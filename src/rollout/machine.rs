@@ -83,11 +83,14 @@ impl Position {
         if report.srm.broken {
             let why = format!(
                 "sample-ratio mismatch: canary records measured {}/{} assigned, stable {}/{} \
-                 (e = {:.0}); the judge's design is broken and it will not decide",
+                 ({} canary and {} stable overdue; e = {:.0}); the judge's design is broken \
+                 and it will not decide",
                 report.srm.measured_canary,
                 report.srm.assigned_canary,
                 report.srm.measured_stable,
                 report.srm.assigned_stable,
+                report.srm.lost_canary,
+                report.srm.lost_stable,
                 report.srm.e_value
             );
             return self.inconclusive_once(why);
@@ -243,15 +246,19 @@ mod tests {
                 vec![]
             },
             kill_switch_fired: false,
+            kill_cause: None,
             gates: vec![],
             srm: SrmReport {
                 assigned_stable: 0,
                 assigned_canary: 0,
                 measured_stable: 0,
                 measured_canary: 0,
+                lost_canary: 0,
+                lost_stable: 0,
                 e_value: if srm_broken { 5000.0 } else { 1.0 },
                 broken: srm_broken,
             },
+            units: None,
             canary_requests: 0,
             stable_requests: 0,
         }

@@ -8,14 +8,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
-use super::feed::RolloutTap;
+use super::feed::{RolloutTap, TapReceivers};
 use super::machine::Decision;
 use super::policy::Policy;
 use super::view::{ArmView, ArmsView, EndedFigures, JudgeView, LiveView, RolloutView, view_row};
 use crate::catalog::Catalog;
-use crate::judge::{Judge, JudgeReport, Observation};
+use crate::judge::{Judge, JudgeReport};
 use crate::shadow::RolloutShadow;
 use crate::store::RolloutRow;
 use crate::types::{Arm, now_ms};
@@ -25,14 +24,13 @@ pub struct Running {
     pub row: RolloutRow,
     pub policy: Arc<Policy>,
     pub judge: Judge,
-    pub rx: mpsc::Receiver<Observation>,
+    /// Observations and randomized assignments from the request path.
+    pub feed: TapReceivers,
     pub tap: Arc<RolloutTap>,
     /// Workspace → the arm it is pinned to.
     pub pins: BTreeMap<String, Arm>,
     /// Canary requests measured since the current step began.
     pub canary_in_step: u64,
-    /// Randomized assignments already handed to the judge, per arm.
-    pub assigned_seen: [u64; 2],
     pub last_look_ms: i64,
     pub last_report: Option<JudgeReport>,
     pub last_decision: Option<Decision>,
@@ -89,7 +87,7 @@ impl Running {
         pins: BTreeMap<String, Arm>,
         catalog: &Catalog,
     ) -> Self {
-        let (tap, rx) = RolloutTap::new(&row.id);
+        let (tap, feed) = RolloutTap::new(&row.id);
         let shadow = policy.shadow.clone().and_then(|config| {
             let to = match config.to {
                 Arm::Canary => &row.canary_version,
@@ -107,11 +105,10 @@ impl Running {
             row,
             policy,
             judge,
-            rx,
+            feed,
             tap,
             pins,
             canary_in_step: 0,
-            assigned_seen: [0, 0],
             last_report,
             last_decision: None,
             shadow,

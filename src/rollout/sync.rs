@@ -23,6 +23,43 @@ use crate::judge::{Judge, Observation};
 use crate::store::{RolloutRow, ShippedBatch, StoreError};
 use crate::types::{Arm, now_ms};
 
+/// What one shipped batch carries for the judge (the `observations` column, as JSON): the
+/// replica's observations, and its randomized assignments dated to the second, which the
+/// judging replica gives the SRM guard as if they had happened in its own process.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(super) struct Shipment {
+    pub observations: Vec<Observation>,
+    pub assignments: Vec<AssignedCount>,
+}
+
+/// `count` requests assigned to `arm` at canary probability `w` in the second `at_ms`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(super) struct AssignedCount {
+    pub arm: Arm,
+    pub w: f64,
+    pub at_ms: i64,
+    pub count: u32,
+}
+
+impl Shipment {
+    fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads a batch; a batch shipped before assignments were dated (a plain array of
+    /// observations) is read with none.
+    pub(super) fn from_json(text: &str) -> Self {
+        serde_json::from_str::<Shipment>(text)
+            .or_else(|_| {
+                serde_json::from_str::<Vec<Observation>>(text).map(|observations| Shipment {
+                    observations,
+                    assignments: Vec::new(),
+                })
+            })
+            .unwrap_or_default()
+    }
+}
+
 impl Controller {
     /// In a cluster, a rollout this replica does not know yet may have just been started
     /// elsewhere: read the state again before answering that it does not exist.
@@ -172,16 +209,33 @@ impl Controller {
         let mut out = Vec::new();
         for r in inner.running.values_mut() {
             let mut observations: Vec<Observation> = Vec::new();
-            while let Ok(o) = r.rx.try_recv() {
+            while let Ok(o) = r.feed.observations.try_recv() {
                 observations.push(o);
             }
-            let assigned = r.tap.assigned();
-            let delta = [0, 1].map(|i| assigned[i].saturating_sub(r.assigned_seen[i]) as i64);
-            r.assigned_seen = assigned;
+            // Dated assignments, grouped by (second, weight, arm): the judge's SRM guard
+            // keys its cells by the second, so nothing is lost by the grouping.
+            let mut grouped: BTreeMap<(i64, u64, Arm), u32> = BTreeMap::new();
+            while let Ok(a) = r.feed.assignments.try_recv() {
+                let second = a.at_ms.div_euclid(1000) * 1000;
+                *grouped.entry((second, a.w.to_bits(), a.arm)).or_default() += 1;
+            }
+            let mut delta = [0i64; 2];
+            let assignments: Vec<AssignedCount> = grouped
+                .into_iter()
+                .map(|((at_ms, w, arm), count)| {
+                    delta[arm.index()] += i64::from(count);
+                    AssignedCount {
+                        arm,
+                        w: f64::from_bits(w),
+                        at_ms,
+                        count,
+                    }
+                })
+                .collect();
             let dropped = r.tap.dropped();
             let dropped_delta = dropped.saturating_sub(r.dropped_seen) as i64;
             r.dropped_seen = dropped;
-            if observations.is_empty() && delta == [0, 0] && dropped_delta == 0 {
+            if observations.is_empty() && assignments.is_empty() && dropped_delta == 0 {
                 continue;
             }
             *seq += 1;
@@ -200,8 +254,13 @@ impl Controller {
                 batch.errors[i] += i64::from(o.error);
                 batch.latency_ms[i] += o.latency_ms;
             }
-            batch.observations = serde_json::to_string(&observations).unwrap_or_default();
-            out.push((batch, observations.len() as u64));
+            let n = observations.len() as u64;
+            batch.observations = Shipment {
+                observations,
+                assignments,
+            }
+            .to_json();
+            out.push((batch, n));
         }
         out
     }

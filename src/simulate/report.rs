@@ -45,6 +45,9 @@ pub struct Delay {
     pub p90: Option<f64>,
     /// Bad canary responses served before the revert (median over all runs).
     pub bad_median: Option<f64>,
+    /// Every run's canary requests to revert (None: never), for the HTML report.
+    #[serde(skip)]
+    pub points: Vec<Option<f64>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -74,6 +77,11 @@ pub struct Row {
     pub baselines: Vec<Baseline>,
     /// Our median canary requests ÷ the best tuned baseline's.
     pub ratio_to_best_baseline: Option<f64>,
+    /// The policy's α.
+    pub alpha: f64,
+    /// A few runs' e-value paths (minute, E), for the HTML report.
+    #[serde(skip)]
+    pub e_paths: Vec<Vec<(f64, f64)>>,
 }
 
 fn delay_of(points: &[Option<(u64, u64)>]) -> Delay {
@@ -84,6 +92,7 @@ fn delay_of(points: &[Option<(u64, u64)>]) -> Delay {
         median: quantile(&req, 0.5),
         p90: quantile(&req, 0.9),
         bad_median: quantile(&bad, 0.5),
+        points: req,
     }
 }
 
@@ -161,6 +170,17 @@ pub fn row(s: &Scenario, runs: &[RunResult], twin: Option<&[RunResult]>, target:
         time_to_100_min: quantile(&promoted_min, 0.5),
         baselines: out_baselines,
         ratio_to_best_baseline: ratio,
+        alpha: s.policy.alpha,
+        e_paths: runs
+            .iter()
+            .take(6)
+            .map(|r| {
+                r.e_path
+                    .iter()
+                    .map(|&(t, e)| (t as f64 / 60_000.0, e))
+                    .collect()
+            })
+            .collect(),
     }
 }
 
@@ -219,6 +239,242 @@ pub fn markdown(rows: &[Row], alpha_note: &str) -> String {
     out
 }
 
+/// Escapes text for HTML.
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+const W: f64 = 640.0;
+const LEFT: f64 = 150.0;
+
+/// log10 position of `x` on an axis from 10^lo to 10^hi, in pixels.
+fn log_x(x: f64, lo: f64, hi: f64) -> f64 {
+    let v = x.max(10f64.powf(lo)).log10();
+    LEFT + (W - LEFT - 20.0) * ((v - lo) / (hi - lo)).clamp(0.0, 1.0)
+}
+
+/// One row per judge: its canary requests to revert as a box (p25–p75), whiskers
+/// (p10–p90), a median tick and every run as a faint dot; never-reverted runs are
+/// counted at the right.
+fn delay_svg(series: &[(String, &[Option<f64>])]) -> String {
+    let all: Vec<f64> = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().flatten().copied())
+        .collect();
+    if all.is_empty() {
+        return String::new();
+    }
+    let lo = all
+        .iter()
+        .cloned()
+        .fold(f64::INFINITY, f64::min)
+        .max(1.0)
+        .log10()
+        .floor();
+    let hi = all
+        .iter()
+        .cloned()
+        .fold(0.0, f64::max)
+        .max(10.0)
+        .log10()
+        .ceil()
+        .max(lo + 1.0);
+    let row_h = 34.0;
+    let h = 30.0 + row_h * series.len() as f64;
+    let mut out = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" font-family="sans-serif" font-size="11">"#
+    );
+    let mut d = lo;
+    while d <= hi + 1e-9 {
+        let x = log_x(10f64.powf(d), lo, hi);
+        out.push_str(&format!(
+            r##"<line x1="{x:.1}" y1="5" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+            h - 18.0,
+            h - 5.0,
+            10f64.powf(d) as u64
+        ));
+        d += 1.0;
+    }
+    for (i, (name, points)) in series.iter().enumerate() {
+        let y = 10.0 + row_h * i as f64 + row_h / 2.0;
+        let mut v: Vec<f64> = points.iter().flatten().copied().collect();
+        v.sort_by(f64::total_cmp);
+        let never = points.len() - v.len();
+        out.push_str(&format!(
+            r#"<text x="4" y="{:.1}">{} (n={})</text>"#,
+            y + 4.0,
+            esc(name),
+            points.len()
+        ));
+        let q = |p: f64| quantile(points, p);
+        for x in v.iter().step_by((v.len() / 200).max(1)) {
+            out.push_str(&format!(
+                r##"<circle cx="{:.1}" cy="{:.1}" r="1.5" fill="#4477aa" fill-opacity="0.25"/>"##,
+                log_x(*x, lo, hi),
+                y + 9.0
+            ));
+        }
+        if let (Some(p10), Some(p25), Some(p50)) = (q(0.1), q(0.25), q(0.5)) {
+            let (x10, x25, x50) = (log_x(p10, lo, hi), log_x(p25, lo, hi), log_x(p50, lo, hi));
+            let x75 = q(0.75).map_or(W - 20.0, |x| log_x(x, lo, hi));
+            let x90 = q(0.9).map_or(W - 20.0, |x| log_x(x, lo, hi));
+            out.push_str(&format!(
+                r##"<line x1="{x10:.1}" y1="{y:.1}" x2="{x90:.1}" y2="{y:.1}" stroke="#333"/><rect x="{x25:.1}" y="{:.1}" width="{:.1}" height="12" fill="#88ccee" stroke="#333"/><line x1="{x50:.1}" y1="{:.1}" x2="{x50:.1}" y2="{:.1}" stroke="#000" stroke-width="2"/>"##,
+                y - 6.0,
+                (x75 - x25).max(1.0),
+                y - 7.0,
+                y + 7.0
+            ));
+        }
+        if never > 0 {
+            out.push_str(&format!(
+                r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#aa3377">{never} never</text>"##,
+                W - 2.0,
+                y - 8.0
+            ));
+        }
+    }
+    out.push_str("</svg>");
+    out
+}
+
+/// The false-rollback (or revert) rate with its 95 % interval against α.
+fn rate_svg(r: &Rate, alpha: f64, harmless: bool) -> String {
+    let top = if harmless {
+        (3.0 * alpha).max(r.hi * 1.2).min(1.0)
+    } else {
+        1.0
+    };
+    let x = |v: f64| LEFT + (W - LEFT - 20.0) * (v / top).clamp(0.0, 1.0);
+    let mut out = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="44" font-family="sans-serif" font-size="11"><text x="4" y="20">{}</text>"#,
+        if harmless {
+            "false rollbacks"
+        } else {
+            "reverted"
+        }
+    );
+    out.push_str(&format!(
+        r##"<line x1="{:.1}" y1="14" x2="{:.1}" y2="14" stroke="#333"/><line x1="{:.1}" y1="8" x2="{:.1}" y2="20" stroke="#333"/><line x1="{:.1}" y1="8" x2="{:.1}" y2="20" stroke="#333"/><circle cx="{:.1}" cy="14" r="4" fill="#4477aa"/>"##,
+        x(r.lo),
+        x(r.hi),
+        x(r.lo),
+        x(r.lo),
+        x(r.hi),
+        x(r.hi),
+        x(r.rate)
+    ));
+    if harmless {
+        out.push_str(&format!(
+            r##"<line x1="{0:.1}" y1="2" x2="{0:.1}" y2="26" stroke="#cc3311" stroke-dasharray="3,2"/><text x="{0:.1}" y="38" text-anchor="middle" fill="#cc3311">α = {1}</text>"##,
+            x(alpha),
+            alpha
+        ));
+    }
+    out.push_str(&format!(
+        r#"<text x="{:.1}" y="38">{:.2} % [{:.2}, {:.2}], {} of {}</text></svg>"#,
+        LEFT,
+        100.0 * r.rate,
+        100.0 * r.lo,
+        100.0 * r.hi,
+        r.k,
+        r.n
+    ));
+    out
+}
+
+/// A few runs' e-value paths (log scale) against 1/α.
+fn paths_svg(paths: &[Vec<(f64, f64)>], alpha: f64) -> String {
+    let pts: Vec<&(f64, f64)> = paths.iter().flatten().collect();
+    if pts.is_empty() {
+        return String::new();
+    }
+    let t_max = pts.iter().map(|p| p.0).fold(1.0, f64::max);
+    let (lo, hi) = (-3.0f64, (1.0 / alpha).log10() + 1.0);
+    let (h, left) = (160.0, 40.0);
+    let x = |t: f64| left + (W - left - 10.0) * t / t_max;
+    let y = |e: f64| {
+        let v = e.max(1e-300).log10().clamp(lo, hi);
+        10.0 + (h - 30.0) * (hi - v) / (hi - lo)
+    };
+    let mut out = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" font-family="sans-serif" font-size="11">"#
+    );
+    for d in [lo as i32, 0, (1.0 / alpha).log10() as i32] {
+        out.push_str(&format!(
+            r##"<text x="2" y="{:.1}">1e{d}</text><line x1="{left}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#eee"/>"##,
+            y(10f64.powi(d)) + 4.0,
+            y(10f64.powi(d)),
+            W - 10.0,
+            y(10f64.powi(d))
+        ));
+    }
+    out.push_str(&format!(
+        r##"<line x1="{left}" y1="{0:.1}" x2="{1:.1}" y2="{0:.1}" stroke="#cc3311" stroke-dasharray="4,3"/><text x="{1:.1}" y="{2:.1}" text-anchor="end" fill="#cc3311">1/α</text><text x="{3:.1}" y="{4:.1}" text-anchor="end">minutes → {5:.0}</text>"##,
+        y(1.0 / alpha),
+        W - 10.0,
+        y(1.0 / alpha) - 3.0,
+        W - 10.0,
+        h - 4.0,
+        t_max
+    ));
+    let colours = [
+        "#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377",
+    ];
+    for (i, p) in paths.iter().enumerate() {
+        let d: Vec<String> = p
+            .iter()
+            .map(|&(t, e)| format!("{:.1},{:.1}", x(t), y(e)))
+            .collect();
+        out.push_str(&format!(
+            r#"<polyline fill="none" stroke="{}" stroke-width="1.2" points="{}"/>"#,
+            colours[i % colours.len()],
+            d.join(" ")
+        ));
+    }
+    out.push_str("</svg>");
+    out
+}
+
+/// The whole report: one self-contained page (inline SVG, no script, no network).
+pub fn html(rows: &[Row], note: &str) -> String {
+    let mut out = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>sluice simulate</title><style>body{font-family:sans-serif;max-width:720px;margin:2em auto;color:#222}h2{font-size:1.05em;margin-top:2em;border-top:1px solid #ccc;padding-top:1em}p.d{color:#555}</style></head><body><h1>sluice simulate</h1>",
+    );
+    out.push_str(&format!("<p>{}</p>", esc(note)));
+    for r in rows {
+        out.push_str(&format!(
+            "<h2>{}</h2><p class=\"d\">{} — expect {}, {} runs; promoted {:.1} %, inconclusive {:.1} %, kill switch {}</p>",
+            esc(&r.scenario),
+            esc(&r.description),
+            r.expect,
+            r.runs,
+            100.0 * r.promoted.rate,
+            100.0 * r.inconclusive.rate,
+            r.kill_switch
+        ));
+        out.push_str(&rate_svg(&r.reverted, r.alpha, r.expect != "revert"));
+        if r.expect == "revert" {
+            let mut series: Vec<(String, &[Option<f64>])> =
+                vec![("sluice".to_string(), r.delay.points.as_slice())];
+            for b in &r.baselines {
+                series.push((format!("{} k={}", b.family, b.k), b.delay.points.as_slice()));
+            }
+            out.push_str("<p>Canary requests to revert (log scale; box p25–p75, whiskers p10–p90, tick = median):</p>");
+            out.push_str(&delay_svg(&series));
+        }
+        if !r.e_paths.is_empty() {
+            out.push_str("<p>E-value paths of the first runs against 1/α:</p>");
+            out.push_str(&paths_svg(&r.e_paths, r.alpha));
+        }
+    }
+    out.push_str("</body></html>\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +488,26 @@ mod tests {
             (r.lo - 0.0552).abs() < 1e-3 && (r.hi - 0.1744).abs() < 1e-3,
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn the_html_report_is_one_page_without_script_or_network() {
+        let r = wilson(3, 100);
+        let page = html(&[], "note <b>");
+        assert!(page.contains("note &lt;b&gt;"));
+        let svg = rate_svg(&r, 0.01, true);
+        assert!(svg.contains("α = 0.01") && svg.starts_with("<svg"));
+        let paths = paths_svg(&[vec![(0.0, 1.0), (1.0, 150.0)]], 0.01);
+        assert!(paths.contains("polyline") && paths.contains("1/α"));
+        let delays = delay_svg(&[("sluice".into(), &[Some(100.0), Some(200.0), None][..])]);
+        assert!(delays.contains("1 never"), "{delays}");
+        for s in [page, svg, paths, delays] {
+            assert!(
+                !s.contains("<script") && !s.contains("http://")
+                    || s.contains("xmlns=\"http://www.w3.org/2000/svg\"")
+            );
+            assert!(!s.contains("<script") && !s.contains("https://"));
+        }
     }
 
     #[test]

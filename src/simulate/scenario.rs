@@ -47,6 +47,63 @@ pub struct Traffic {
     pub incident_for: Option<String>,
     #[serde(default)]
     pub incident_error_rate: f64,
+    /// More provider incidents, each on both arms or on one.
+    #[serde(default)]
+    pub incidents: Vec<RawIncident>,
+    /// Traffic follows a sinusoidal daily curve with this peak / trough ratio (1 = flat)
+    /// and this period (default: the run's duration), around the mean `rps`.
+    #[serde(default = "one")]
+    pub daily_ratio: f64,
+    pub daily_period: Option<String>,
+    /// Bursts: every `burst_every`, for `burst_for`, arrivals × `burst_factor`.
+    pub burst_every: Option<String>,
+    pub burst_for: Option<String>,
+    #[serde(default = "one")]
+    pub burst_factor: f64,
+    /// The busiest this many workspaces send long prompts: tokens and latency ×
+    /// `heavy_tokens_ratio` on both arms (a different prompt mix per workspace).
+    #[serde(default)]
+    pub heavy_workspaces: usize,
+    #[serde(default = "d_heavy")]
+    pub heavy_tokens_ratio: f64,
+    /// Every request's latency (and so the time until it is measured) uniform in this
+    /// range of seconds: long streams, in flight across step-ups.
+    pub stream_seconds: Option<[f64; 2]>,
+    /// Share of requests that get feedback on the policy's first `[feedback]` metric
+    /// (binary: bad with `stable.feedback_bad_rate`), arriving `feedback_delay` late.
+    #[serde(default)]
+    pub feedback_share: f64,
+    pub feedback_delay: Option<String>,
+}
+
+/// One provider incident as written in a scenario.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIncident {
+    pub at: String,
+    #[serde(rename = "for")]
+    pub length: String,
+    pub error_rate: f64,
+    /// "both" (default), "canary" or "stable".
+    #[serde(default = "d_both")]
+    pub arms: String,
+}
+
+/// A provider incident: [from, to) in ms, its error rate, and the arms it hits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Incident {
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub error_rate: f64,
+    pub canary: bool,
+    pub stable: bool,
+}
+
+fn d_heavy() -> f64 {
+    4.0
+}
+fn d_both() -> String {
+    "both".into()
 }
 
 impl Default for Traffic {
@@ -81,6 +138,12 @@ pub struct Arm {
     pub schema_failure_rate: f64,
     #[serde(default = "d_guard")]
     pub guardrail_block_rate: f64,
+    #[serde(default = "d_feedback")]
+    pub feedback_bad_rate: f64,
+}
+
+fn d_feedback() -> f64 {
+    0.1
 }
 
 impl Default for Arm {
@@ -135,6 +198,11 @@ pub struct Change {
     pub schema_failure_ratio: f64,
     #[serde(default = "one")]
     pub length_ratio: f64,
+    /// Cost per request (at the same tokens), e.g. a pricier model.
+    #[serde(default = "one")]
+    pub cost_ratio: f64,
+    #[serde(default = "one")]
+    pub feedback_ratio: f64,
     pub onset: Option<String>,
 }
 
@@ -176,6 +244,11 @@ pub struct Scenario {
     pub canary: Change,
     pub onset: Duration,
     pub incident: Option<(Duration, Duration)>,
+    /// Every incident (the single `incident_*` keys included).
+    pub incidents: Vec<Incident>,
+    pub daily_period: Duration,
+    pub burst: Option<(Duration, Duration)>,
+    pub feedback_delay: Duration,
 }
 
 impl Scenario {
@@ -190,6 +263,13 @@ impl Scenario {
                 lost_canary_records: 0.0,
                 ..self.traffic.clone()
             },
+            // An incident on the canary alone is harm, not part of the setting.
+            incidents: self
+                .incidents
+                .iter()
+                .filter(|i| i.stable)
+                .copied()
+                .collect(),
             ..self.clone()
         }
     }
@@ -204,7 +284,7 @@ impl Scenario {
         };
         format!(
             "{:?}|{}|{:?}|{:?}|{:?}|{:?}",
-            self.duration, self.rps, policy, self.traffic, self.stable, self.incident
+            self.duration, self.rps, policy, self.traffic, self.stable, self.incidents
         )
     }
 }
@@ -238,11 +318,11 @@ pub fn load(path: &Path, policies_dir: &Path) -> Result<Scenario, ConfigErrors> 
             )]));
         }
     };
-    let mut issues = Vec::new();
-    let mut dur = |key: &str, s: &str| match humantime::parse_duration(s) {
+    let issues = std::cell::RefCell::new(Vec::new());
+    let dur = |key: &str, s: &str| match humantime::parse_duration(s) {
         Ok(d) => d,
         Err(e) => {
-            issues.push(issue(key, format!("`{s}`: {e}")));
+            issues.borrow_mut().push(issue(key, format!("`{s}`: {e}")));
             Duration::ZERO
         }
     };
@@ -259,16 +339,85 @@ pub fn load(path: &Path, policies_dir: &Path) -> Result<Scenario, ConfigErrors> 
         )),
         (None, None) => None,
         _ => {
-            issues.push(issue(
+            issues.borrow_mut().push(issue(
                 "traffic.incident_at",
                 "set both incident_at and incident_for".into(),
             ));
             None
         }
     };
-    if raw.rps.is_nan() || raw.rps <= 0.0 {
-        issues.push(issue("rps", "must be greater than 0".into()));
+    let mut incidents: Vec<Incident> = incident
+        .map(|(a, l)| Incident {
+            from_ms: a.as_millis() as i64,
+            to_ms: (a + l).as_millis() as i64,
+            error_rate: raw.traffic.incident_error_rate,
+            canary: true,
+            stable: true,
+        })
+        .into_iter()
+        .collect();
+    for (i, x) in raw.traffic.incidents.iter().enumerate() {
+        let a = dur(&format!("traffic.incidents[{i}].at"), &x.at);
+        let l = dur(&format!("traffic.incidents[{i}].for"), &x.length);
+        let (canary, stable) = match x.arms.as_str() {
+            "both" => (true, true),
+            "canary" => (true, false),
+            "stable" => (false, true),
+            other => {
+                issues.borrow_mut().push(issue(
+                    &format!("traffic.incidents[{i}].arms"),
+                    format!("`{other}` is not one of both, canary, stable"),
+                ));
+                (false, false)
+            }
+        };
+        incidents.push(Incident {
+            from_ms: a.as_millis() as i64,
+            to_ms: (a + l).as_millis() as i64,
+            error_rate: x.error_rate,
+            canary,
+            stable,
+        });
     }
+    let daily_period = raw
+        .traffic
+        .daily_period
+        .as_deref()
+        .map_or(duration, |s| dur("traffic.daily_period", s));
+    let burst = match (&raw.traffic.burst_every, &raw.traffic.burst_for) {
+        (Some(e), Some(f)) => Some((dur("traffic.burst_every", e), dur("traffic.burst_for", f))),
+        (None, None) => None,
+        _ => {
+            issues.borrow_mut().push(issue(
+                "traffic.burst_every",
+                "set both burst_every and burst_for".into(),
+            ));
+            None
+        }
+    };
+    let feedback_delay = raw
+        .traffic
+        .feedback_delay
+        .as_deref()
+        .map_or(Duration::ZERO, |s| dur("traffic.feedback_delay", s));
+    if raw.traffic.daily_ratio < 1.0 || raw.traffic.burst_factor <= 0.0 {
+        issues.borrow_mut().push(issue(
+            "traffic.daily_ratio",
+            "daily_ratio must be ≥ 1 and burst_factor > 0".into(),
+        ));
+    }
+    if raw.traffic.feedback_share > 0.0 && policy.feedback.is_empty() {
+        issues.borrow_mut().push(issue(
+            "traffic.feedback_share",
+            "the policy declares no [feedback] metric to post to".into(),
+        ));
+    }
+    if raw.rps.is_nan() || raw.rps <= 0.0 {
+        issues
+            .borrow_mut()
+            .push(issue("rps", "must be greater than 0".into()));
+    }
+    let issues = issues.into_inner();
     if !issues.is_empty() {
         return Err(ConfigErrors(issues));
     }
@@ -285,5 +434,9 @@ pub fn load(path: &Path, policies_dir: &Path) -> Result<Scenario, ConfigErrors> 
         canary: raw.canary,
         onset,
         incident,
+        incidents,
+        daily_period,
+        burst,
+        feedback_delay,
     })
 }

@@ -3,6 +3,8 @@
 //! summarized per minute for the threshold baselines. In: a scenario and a seed. Out: a
 //! [`RunResult`]; the same seed always gives the same result.
 
+use std::collections::BTreeMap;
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -31,7 +33,14 @@ pub struct RunResult {
     pub bad_canary: u64,
     pub kill_switch: bool,
     pub checks: Checks,
+    /// The judge's global e-value every [`E_PATH_EVERY_MS`] until it decided (the
+    /// report draws a few of these against 1/α).
+    pub e_path: Vec<(i64, f64)>,
 }
+
+/// How often the e-value path is sampled, and at most how many points are kept.
+pub const E_PATH_EVERY_MS: i64 = 30_000;
+pub const E_PATH_POINTS: usize = 240;
 
 fn normal(rng: &mut StdRng) -> f64 {
     let u: f64 = rng.random::<f64>().max(1e-300);
@@ -61,12 +70,37 @@ fn cumulative(weights: impl Iterator<Item = f64>) -> Vec<f64> {
         .collect()
 }
 
+/// The arrival rate's multiplier at `t_ms` (daily curve × bursts), and its maximum.
+fn rate_factor(s: &Scenario, t_ms: i64) -> (f64, f64) {
+    let r = s.traffic.daily_ratio.max(1.0);
+    let a = (r - 1.0) / (r + 1.0);
+    let period = s.daily_period.as_millis().max(1) as f64;
+    // Starts at the trough, peaks half a period later.
+    let daily = 1.0 - a * (std::f64::consts::TAU * t_ms as f64 / period).cos();
+    let (burst, burst_max) = match s.burst {
+        Some((every, len)) => {
+            let every = every.as_millis().max(1) as i64;
+            let on = t_ms.rem_euclid(every) < len.as_millis() as i64;
+            let f = s.traffic.burst_factor;
+            (if on { f } else { 1.0 }, f.max(1.0))
+        }
+        None => (1.0, 1.0),
+    };
+    (daily * burst, (1.0 + a) * burst_max)
+}
+
+/// A measured request on its way to the judge: it arrives when the request ends.
+struct InFlight {
+    obs: Observation,
+}
+
 /// One run; the baselines watch `watch` (a twin watches every metric its scenarios need).
 pub fn run(s: &Scenario, watch: &[crate::judge::spec::Metric], seed: u64) -> RunResult {
     let mut rng = StdRng::seed_from_u64(seed);
     let policy = &s.policy;
     let t = &s.traffic;
-    // Zipf(1.1) workspaces, each with its own error and size scale.
+    // Zipf(1.1) workspaces, each with its own error and size scale; the busiest
+    // `heavy_workspaces` send long prompts.
     let ws_cum = cumulative((1..=t.workspaces.max(1)).map(|k| (k as f64).powf(-1.1)));
     let ws_err: Vec<f64> = (0..ws_cum.len())
         .map(|_| (0.4 * normal(&mut rng) - 0.08).exp())
@@ -74,6 +108,13 @@ pub fn run(s: &Scenario, watch: &[crate::judge::spec::Metric], seed: u64) -> Run
     let ws_tok: Vec<f64> = (0..ws_cum.len())
         .map(|_| (0.3 * normal(&mut rng)).exp())
         .collect();
+    let ws_heavy = |i: usize| {
+        if i < t.heavy_workspaces {
+            t.heavy_tokens_ratio
+        } else {
+            1.0
+        }
+    };
     // Sticky users: Pareto(1.2) activity, a salted bucket each, some clustered-bad.
     let users = t.sticky_users;
     let user_cum = cumulative((0..users).map(|_| rng.random::<f64>().max(1e-12).powf(-1.0 / 1.2)));
@@ -81,13 +122,12 @@ pub fn run(s: &Scenario, watch: &[crate::judge::spec::Metric], seed: u64) -> Run
     let user_bad: Vec<bool> = (0..users)
         .map(|_| rng.random::<f64>() < t.bad_user_share)
         .collect();
+    let feedback_name = policy.feedback.first().map(|f| f.name.clone());
+    let feedback_delay_ms = s.feedback_delay.as_millis() as i64;
 
     let interval_ms = policy.interval.as_millis() as i64;
     let end_ms = s.duration.as_millis() as i64;
     let onset_ms = s.onset.as_millis() as i64;
-    let incident = s
-        .incident
-        .map(|(a, l)| (a.as_millis() as i64, (a + l).as_millis() as i64));
     let c = &s.canary;
     // Stretch of the upper half of log TTFT so that its p95 moves by ttft_p95_ratio.
     let ttft_stretch = 1.0 + c.ttft_p95_ratio.ln() / (1.645 * s.stable.ttft_sigma);
@@ -101,14 +141,41 @@ pub fn run(s: &Scenario, watch: &[crate::judge::spec::Metric], seed: u64) -> Run
     let mut bad_canary = 0u64;
     let mut checks = Checks::new(watch);
     let mut minute_end = 60_000i64;
+    // Requests in flight (measured when they end) and feedback on its way, by due time.
+    let mut in_flight: BTreeMap<(i64, u64), InFlight> = BTreeMap::new();
+    let mut feedback: BTreeMap<(i64, u64), (Arm, f64, bool)> = BTreeMap::new();
+    let mut seq = 0u64;
     // Once the judge has decided, traffic keeps flowing at the last live weight so the
     // baselines see the same stream as far as they need.
     let mut weight_bp = pos.weight_bp;
     let mut now = 0.0f64;
+    let (_, max_factor) = rate_factor(s, 0);
+    let mut e_path: Vec<(i64, f64)> = Vec::new();
     loop {
-        now += exp_draw(&mut rng, s.rps) * 1000.0;
+        now += exp_draw(&mut rng, s.rps * max_factor) * 1000.0;
         let at_ms = now as i64;
         while result.is_none() && next_look <= at_ms.min(end_ms) {
+            // Everything that ended by the look reaches the judge first.
+            while let Some(entry) = in_flight.first_entry() {
+                if entry.key().0 > next_look {
+                    break;
+                }
+                let f = entry.remove();
+                if f.obs.arm == Arm::Canary {
+                    canary_in_step += 1;
+                }
+                judge.observe(&f.obs);
+            }
+            while let Some(entry) = feedback.first_entry() {
+                if entry.key().0 > next_look {
+                    break;
+                }
+                let (arm, w, bad) = entry.remove();
+                if let Some(name) = &feedback_name {
+                    judge.observe_feedback(name, arm, w, true, if bad { 0.0 } else { 1.0 });
+                }
+            }
+            judge.tick(next_look);
             let report = judge.look(next_look);
             let decision = pos.decide(policy, &report, canary_in_step, next_look);
             let ended = match &decision {
@@ -126,6 +193,10 @@ pub fn run(s: &Scenario, watch: &[crate::judge::spec::Metric], seed: u64) -> Run
                 weight_bp = next.weight_bp;
             }
             pos = next;
+            if e_path.len() < E_PATH_POINTS && (next_look % E_PATH_EVERY_MS == 0 || ended.is_some())
+            {
+                e_path.push((next_look, report.e_global));
+            }
             if let Some((outcome, kill_switch)) = ended {
                 result = Some(RunResult {
                     outcome,
@@ -134,6 +205,7 @@ pub fn run(s: &Scenario, watch: &[crate::judge::spec::Metric], seed: u64) -> Run
                     bad_canary,
                     kill_switch,
                     checks: Checks::default(),
+                    e_path: Vec::new(),
                 });
             }
             next_look += interval_ms;
@@ -144,6 +216,11 @@ pub fn run(s: &Scenario, watch: &[crate::judge::spec::Metric], seed: u64) -> Run
         }
         if at_ms >= end_ms || (result.is_some() && !checks.watching()) {
             break;
+        }
+        // Thinning: arrivals at the peak rate, kept with the curve's share.
+        let (factor, _) = rate_factor(s, at_ms);
+        if rng.random::<f64>() * max_factor >= factor {
+            continue;
         }
 
         // One request.
@@ -163,8 +240,9 @@ pub fn run(s: &Scenario, watch: &[crate::judge::spec::Metric], seed: u64) -> Run
             }
         };
         let randomized = !targeted;
+        let arm = if canary { Arm::Canary } else { Arm::Stable };
         if randomized && result.is_none() {
-            judge.note_assigned(if canary { Arm::Canary } else { Arm::Stable });
+            judge.note_assignment(arm, w, at_ms);
         }
         let changed = canary && at_ms >= onset_ms;
         let ratio = |r: f64| if changed { r } else { 1.0 };
@@ -173,10 +251,11 @@ pub fn run(s: &Scenario, watch: &[crate::judge::spec::Metric], seed: u64) -> Run
             Some(u) if user_bad[u] => t.bad_user_error_rate,
             _ => s.stable.error_rate * ws_err[ws],
         };
-        if let Some((a, b)) = incident
-            && (a..b).contains(&at_ms)
-        {
-            p_err = p_err.max(t.incident_error_rate);
+        for inc in &s.incidents {
+            let hits = if canary { inc.canary } else { inc.stable };
+            if hits && (inc.from_ms..inc.to_ms).contains(&at_ms) {
+                p_err = p_err.max(inc.error_rate);
+            }
         }
         let error = rng.random::<f64>() < (p_err * ratio(c.error_ratio)).min(1.0);
         let z = normal(&mut rng);
@@ -189,16 +268,25 @@ pub fn run(s: &Scenario, watch: &[crate::judge::spec::Metric], seed: u64) -> Run
         if rng.random::<f64>() < 0.02 {
             ttft *= 5.0;
         }
+        let heavy = ws_heavy(ws);
         let tokens = if error {
             0.0
         } else {
             s.stable.tokens
                 * ws_tok[ws]
+                * heavy
                 * (s.stable.tokens_sigma * normal(&mut rng)).exp()
                 * ratio(c.tokens_ratio)
         };
-        let latency =
-            ttft + s.stable.latency_ms * (0.4 * normal(&mut rng)).exp() * ratio(c.latency_ratio);
+        let latency = match t.stream_seconds {
+            Some([a, b]) => 1000.0 * (a + (b - a) * rng.random::<f64>()),
+            None => {
+                ttft + s.stable.latency_ms
+                    * heavy.sqrt()
+                    * (0.4 * normal(&mut rng)).exp()
+                    * ratio(c.latency_ratio)
+            }
+        };
         let schema_failed = (rng.random::<f64>() < t.schema_share).then(|| {
             rng.random::<f64>()
                 < (s.stable.schema_failure_rate * ratio(c.schema_failure_ratio)).min(1.0)
@@ -206,33 +294,39 @@ pub fn run(s: &Scenario, watch: &[crate::judge::spec::Metric], seed: u64) -> Run
         let guardrail_blocked = rng.random::<f64>() < s.stable.guardrail_block_rate;
         let lost =
             canary && t.lost_canary_records > 0.0 && rng.random::<f64>() < t.lost_canary_records;
+        let gets_feedback = randomized && rng.random::<f64>() < t.feedback_share;
+        let feedback_bad =
+            rng.random::<f64>() < (s.stable.feedback_bad_rate * ratio(c.feedback_ratio)).min(1.0);
         if lost {
             continue;
         }
         let bad = error || schema_failed == Some(true) || guardrail_blocked;
         let obs = Observation {
             at_ms,
-            arm: if canary { Arm::Canary } else { Arm::Stable },
+            arm,
             w: if randomized { w } else { 1.0 },
             randomized,
             error,
             latency_ms: latency,
             ttft_ms: (!error).then_some(ttft),
             tokens,
-            cost_usd: tokens * 2e-6,
+            cost_usd: tokens * 2e-6 * ratio(c.cost_ratio),
             response_chars: tokens * 3.5 * ratio(c.length_ratio),
             schema_failed,
             guardrail_blocked,
+            unit: user.map(|u| u as u64),
         };
         if canary {
             canary_requests += 1;
             bad_canary += u64::from(bad);
         }
         if result.is_none() {
-            judge.observe(&obs);
-            if canary {
-                canary_in_step += 1;
+            seq += 1;
+            let done = at_ms + latency as i64;
+            if gets_feedback {
+                feedback.insert((done + feedback_delay_ms, seq), (arm, w, feedback_bad));
             }
+            in_flight.insert((done, seq), InFlight { obs: obs.clone() });
         }
         if randomized {
             checks.add(&obs);
@@ -249,7 +343,9 @@ pub fn run(s: &Scenario, watch: &[crate::judge::spec::Metric], seed: u64) -> Run
         bad_canary,
         kill_switch: false,
         checks: Checks::default(),
+        e_path: Vec::new(),
     });
     r.checks = checks;
+    r.e_path = e_path;
     r
 }

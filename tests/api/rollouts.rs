@@ -158,6 +158,66 @@ async fn sticky_users_stay_in_the_canary_when_the_weight_rises() {
     }
 }
 
+#[tokio::test]
+async fn a_sticky_rollout_is_judged_per_user_and_a_per_request_one_per_request() {
+    let app = TestApp::spawn().await;
+    let key = app.key("acme").await;
+    let r = start(&app, "chat", "gpt-4-1", "sticky").await;
+    let id = r["id"].as_str().unwrap().to_owned();
+    let (status, _) = app
+        .admin(Method::POST, &format!("/rollouts/{id}/pause"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // Three users send SETTLE_REQUESTS requests each: a user's last one settles its
+    // segment at this weight, and only then does the judge learn that user's arm. A fourth
+    // user's five requests stay open (the policy's one gate sees no errors here, so no
+    // segment settles early on its evidence).
+    let per_user = sluice::judge::units::SETTLE_REQUESTS as usize;
+    let mut canary_users = 0;
+    for u in 0..3 {
+        let (stable, canary) = drive(
+            &app,
+            &key,
+            "chat",
+            per_user,
+            json!({"user": format!("heavy{u}")}),
+        )
+        .await;
+        assert!(
+            stable == 0 || canary == 0,
+            "one user, one arm: {stable}/{canary}"
+        );
+        canary_users += u64::from(canary > 0);
+    }
+    drive(&app, &key, "chat", 5, json!({"user": "light"})).await;
+    let v = wait_for(&app, &id, None, "chat", |v| {
+        v["judge"]["units"]["settled"] == 3
+    })
+    .await;
+    let units = &v["judge"]["units"];
+    assert_eq!(units["open"], 1, "{units}");
+    assert_eq!(units["settled_canary"], canary_users, "{units}");
+    let srm = &v["judge"]["srm"];
+    assert_eq!(
+        srm["assigned_canary"].as_u64().unwrap() + srm["assigned_stable"].as_u64().unwrap(),
+        3 * per_user as u64 + 5,
+        "every randomized request's assignment reached the judge: {srm}"
+    );
+
+    // A per-request rollout has no units: every request is its own.
+    let (status, _) = app
+        .admin(Method::POST, &format!("/rollouts/{id}/abort"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let r = start(&app, "chat", "gpt-4-1", "hold").await;
+    let id = r["id"].as_str().unwrap().to_owned();
+    let v = wait_for(&app, &id, Some(&key), "chat", |v| {
+        v["judge"]["srm"]["measured_stable"].as_u64() > Some(0)
+    })
+    .await;
+    assert!(v["judge"].get("units").is_none(), "{:#}", v["judge"]);
+}
+
 /// Which of 120 users the canary serves.
 async fn canary_users(app: &TestApp, key: &str) -> Vec<u32> {
     let mut canary = Vec::new();
