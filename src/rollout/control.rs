@@ -869,7 +869,7 @@ fn take_local(r: &mut Running) {
 /// of a cluster), and moves the cursor past them.
 fn take_shipped(r: &mut Running, batches: Vec<ObservationBatch>) {
     for batch in batches {
-        let shipment = super::sync::Shipment::from_json(&batch.observations);
+        let shipment = super::feed::Shipment::from_json(&batch.observations);
         for a in &shipment.assignments {
             for _ in 0..a.count {
                 r.judge.note_assignment(a.arm, a.w, a.at_ms);

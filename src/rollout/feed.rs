@@ -101,3 +101,40 @@ impl RolloutTap {
         }
     }
 }
+
+/// What one shipped batch carries for the judge (the `observations` column, as JSON): the
+/// replica's observations, and its randomized assignments dated to the second, which the
+/// judging replica gives the SRM guard as if they had happened in its own process.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Shipment {
+    pub observations: Vec<Observation>,
+    pub assignments: Vec<AssignedCount>,
+}
+
+/// `count` requests assigned to `arm` at canary probability `w` in the second `at_ms`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct AssignedCount {
+    pub arm: Arm,
+    pub w: f64,
+    pub at_ms: i64,
+    pub count: u32,
+}
+
+impl Shipment {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads a batch; a batch shipped before assignments were dated (a plain array of
+    /// observations) is read with none.
+    pub fn from_json(text: &str) -> Self {
+        serde_json::from_str::<Shipment>(text)
+            .or_else(|_| {
+                serde_json::from_str::<Vec<Observation>>(text).map(|observations| Shipment {
+                    observations,
+                    assignments: Vec::new(),
+                })
+            })
+            .unwrap_or_default()
+    }
+}

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use super::control::{Controller, ENDED_VIEWS_KEPT};
+use super::feed::{AssignedCount, Shipment};
 use super::policy::Policy;
 use super::running::{JudgeCursor, Running, view_running};
 use super::view::{ClusterFigures, EndedFigures};
@@ -22,43 +23,6 @@ use crate::cluster::{ClusterCounters, judge_lease};
 use crate::judge::{Judge, Observation};
 use crate::store::{RolloutRow, ShippedBatch, StoreError};
 use crate::types::{Arm, now_ms};
-
-/// What one shipped batch carries for the judge (the `observations` column, as JSON): the
-/// replica's observations, and its randomized assignments dated to the second, which the
-/// judging replica gives the SRM guard as if they had happened in its own process.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-pub(super) struct Shipment {
-    pub observations: Vec<Observation>,
-    pub assignments: Vec<AssignedCount>,
-}
-
-/// `count` requests assigned to `arm` at canary probability `w` in the second `at_ms`.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub(super) struct AssignedCount {
-    pub arm: Arm,
-    pub w: f64,
-    pub at_ms: i64,
-    pub count: u32,
-}
-
-impl Shipment {
-    fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
-    }
-
-    /// Reads a batch; a batch shipped before assignments were dated (a plain array of
-    /// observations) is read with none.
-    pub(super) fn from_json(text: &str) -> Self {
-        serde_json::from_str::<Shipment>(text)
-            .or_else(|_| {
-                serde_json::from_str::<Vec<Observation>>(text).map(|observations| Shipment {
-                    observations,
-                    assignments: Vec::new(),
-                })
-            })
-            .unwrap_or_default()
-    }
-}
 
 impl Controller {
     /// In a cluster, a rollout this replica does not know yet may have just been started
