@@ -354,6 +354,9 @@ pub struct ResponsesRelay {
     meter: Meter,
     idle_limit: Duration,
     idle: Pin<Box<Sleep>>,
+    /// The relay is waiting on the upstream for its next whole event: `idle` runs. It does
+    /// not while the client has not asked for more (a slow reader is not a slow upstream).
+    waiting: bool,
     trailer: Option<Bytes>,
     done: bool,
     checks: Option<ResponseChecks>,
@@ -378,6 +381,7 @@ impl ResponsesRelay {
             meter,
             idle_limit,
             idle: Box::pin(tokio::time::sleep(idle_limit)),
+            waiting: false,
             trailer: None,
             done: false,
             checks,
@@ -431,9 +435,16 @@ impl ResponsesRelay {
         if end == 0 {
             return None;
         }
+        // A whole event came (even one the client does not get): the upstream is alive.
+        self.restart_idle();
         let consumed = self.buf.split_to(end);
         let out = if changed { out } else { consumed };
         (!out.is_empty()).then(|| out.freeze())
+    }
+
+    fn restart_idle(&mut self) {
+        let deadline = tokio::time::Instant::now() + self.idle_limit;
+        self.idle.as_mut().reset(deadline);
     }
 
     fn finish(&mut self, outcome: Outcome) {
@@ -517,16 +528,22 @@ impl Stream for ResponsesRelay {
         if this.done {
             return Poll::Ready(this.trailer.take().map(Ok));
         }
+        // `idle_limit` bounds the wait for the next whole event, counted from when the
+        // client asks for more: bytes that never finish an event (an upstream dripping a
+        // byte a second) do not keep the stream alive.
+        if !this.waiting {
+            this.waiting = true;
+            this.restart_idle();
+        }
         loop {
             match this.upstream.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
-                    let deadline = tokio::time::Instant::now() + this.idle_limit;
-                    this.idle.as_mut().reset(deadline);
                     this.buf.extend_from_slice(&chunk);
                     if let Some(out) = this.take_events() {
                         if let Some(cut) = this.cut {
                             this.finish(cut);
                         }
+                        this.waiting = false;
                         return Poll::Ready(Some(Ok(out)));
                     }
                 }
