@@ -258,7 +258,13 @@ impl StreamRelay {
             };
             let len = skip + parsed;
             self.at_start = false;
-            let event = &self.buf[end + skip..end + len];
+            let raw = &self.buf[end + skip..end + len];
+            // The standard decodes a stream as UTF-8 with U+FFFD for each byte that is not;
+            // so does the relay, for measurement and for what the client gets.
+            let mut decoded = std::str::from_utf8(raw)
+                .is_err()
+                .then(|| String::from_utf8_lossy(raw).into_owned().into_bytes());
+            let event = decoded.as_deref().unwrap_or(raw);
             let data = parse_event(event).data;
             let kind = match &data {
                 Some(d) => self.observer.observe(d),
@@ -270,7 +276,7 @@ impl StreamRelay {
             };
             let dropped = self.strip_usage && matches!(kind, EventKind::UsageOnly);
             let replacement = match action {
-                EventAction::Keep if !dropped => None,
+                EventAction::Keep if !dropped => decoded.take(),
                 EventAction::Keep => Some(Vec::new()),
                 EventAction::Replace(bytes) => Some(bytes),
                 EventAction::End { bytes, blocked } => {
