@@ -39,7 +39,6 @@
 //! | `traces` | L1 | OpenTelemetry spans for requests and upstream calls |
 //! | `openai::sse` | L1 | server-sent events framed as the WHATWG standard reads them |
 //! | `openai::lenient` | L1 | reading upstream fields as leniently as the SDKs: null is absent, odd shapes counted |
-//! | `openai` | L1 | the OpenAI wire format, pure: a whole completion read |
 //! | `openai` | L1 | the OpenAI wire format, pure: a whole completion read, the Responses API read |
 //! | `measure::histogram` | L1 | lock-free latency histograms |
 //! | `measure::tokens` | L1 | token counting when an upstream gives no usage |
