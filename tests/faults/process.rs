@@ -24,6 +24,7 @@ struct Proc {
     child: Child,
     db_url: String,
     key: String,
+    log: std::path::PathBuf,
     http: reqwest::Client,
     rogue: Rogue,
     _upstream: MockUpstream,
@@ -100,6 +101,7 @@ impl Proc {
             child,
             db_url,
             key,
+            log,
             http,
             rogue,
             _upstream: upstream,
@@ -119,6 +121,12 @@ impl Proc {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("VmRSS in /proc/<pid>/status")
+    }
+
+    /// Fails if the process's log shows a panic.
+    fn assert_no_panic(&self) {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        assert!(!log.contains("panicked"), "sluice panicked:\n{log}");
     }
 
     /// The process's open file descriptors (sockets included).
@@ -233,6 +241,7 @@ async fn a_client_reading_a_byte_a_second_holds_bounded_memory() {
         .await;
         assert_eq!(record.outcome, sluice::types::Outcome::ClientDisconnected);
         p.normal().await;
+        p.assert_no_panic();
     })
     .await;
 }
@@ -319,6 +328,7 @@ async fn five_thousand_idle_connections_are_held_cheaply_and_closed_after_the_he
         );
         assert!(p.open_fds() < fds_before + 50, "sluice still holds the sockets");
         p.normal().await;
+        p.assert_no_panic();
     })
     .await;
 }
