@@ -26,10 +26,11 @@ use crate::guardrails::{Action, Stage, StageRules};
 use crate::measure::Meter;
 use crate::measure::checks::{AnswerChecks, EventAction};
 use crate::measure::schema::SchemaVerdict;
+use crate::measure::sse::MAX_PENDING_EVENT_BYTES;
 use crate::openai::responses::{
     EventView, ResponseSummary, is_output_delta, is_terminal, summarize_response,
 };
-use crate::openai::sse::{event_end, parse_event};
+use crate::openai::sse::{event_end_from, parse_event};
 use crate::store::ResponsePlacement;
 use crate::types::now_ms;
 use crate::types::{Outcome, Usage};
@@ -357,6 +358,8 @@ pub struct ResponsesRelay {
     /// The relay is waiting on the upstream for its next whole event: `idle` runs. It does
     /// not while the client has not asked for more (a slow reader is not a slow upstream).
     waiting: bool,
+    /// How much of `buf` is known to hold no event end, so a long event is scanned once.
+    searched: usize,
     trailer: Option<Bytes>,
     done: bool,
     checks: Option<ResponseChecks>,
@@ -382,6 +385,7 @@ impl ResponsesRelay {
             idle_limit,
             idle: Box::pin(tokio::time::sleep(idle_limit)),
             waiting: false,
+            searched: 0,
             trailer: None,
             done: false,
             checks,
@@ -396,7 +400,9 @@ impl ResponsesRelay {
         let mut end = 0;
         let mut changed = false;
         let mut out = BytesMut::new();
-        while let Some(len) = event_end(&self.buf[end..]) {
+        while let Some(len) =
+            event_end_from(&self.buf[end..], if end == 0 { self.searched } else { 0 })
+        {
             let event = &self.buf[end..end + len];
             let data = parse_event(event).data;
             let kind = data
@@ -422,6 +428,7 @@ impl ResponsesRelay {
                     }
                     out.extend_from_slice(&bytes);
                     self.buf.clear();
+                    self.searched = 0;
                     self.cut = Some(if blocked {
                         Outcome::GuardrailBlocked
                     } else {
@@ -432,6 +439,8 @@ impl ResponsesRelay {
             }
             end += len;
         }
+        // What is left holds no event end: the next read resumes the search after it.
+        self.searched = self.buf.len() - end;
         if end == 0 {
             return None;
         }
@@ -539,6 +548,13 @@ impl Stream for ResponsesRelay {
             match this.upstream.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
                     this.buf.extend_from_slice(&chunk);
+                    if this.buf.len() > MAX_PENDING_EVENT_BYTES + chunk.len() {
+                        // Bytes that never close an event would be held without bound.
+                        let error = UpstreamError::Interrupted(format!(
+                            "an event grew past {MAX_PENDING_EVENT_BYTES} bytes without ending"
+                        ));
+                        return Poll::Ready(this.fail(error).map(Ok));
+                    }
                     if let Some(out) = this.take_events() {
                         if let Some(cut) = this.cut {
                             this.finish(cut);
