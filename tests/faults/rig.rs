@@ -12,7 +12,7 @@ use crate::rogue::{self, Rogue};
 
 pub struct FaultApp {
     pub app: TestApp,
-    pub _rogue: Rogue,
+    pub rogue: Rogue,
     pub key: String,
 }
 
@@ -55,11 +55,7 @@ impl FaultApp {
         })
         .await;
         let key = app.key("faults").await;
-        Self {
-            app,
-            _rogue: rogue,
-            key,
-        }
+        Self { app, rogue, key }
     }
 
     /// A chat call to `route`, read to its end (at most 60 s).

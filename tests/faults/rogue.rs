@@ -24,6 +24,7 @@ pub const FAULTS: &[&str] = &[
     "bad-utf8",
     "no-final-chunk",
     "firehose",
+    "unending-event",
 ];
 
 /// How many content events `many-events` sends.
@@ -35,11 +36,16 @@ pub const ROGUE_TIMEOUT_MS: u64 = 1_000;
 /// The `timeout_ms` of the provider `drip` goes through: longer than the drip's second
 /// between bytes, so that no silence is ever long enough.
 pub const DRIP_TIMEOUT_MS: u64 = 3_000;
+/// The `timeout_ms` of the provider `unending-event` goes through: long enough that the
+/// relay's cap on an unfinished event (16 MiB) ends it first.
+pub const UNENDING_TIMEOUT_MS: u64 = 20_000;
 
 #[derive(Default)]
 pub struct Counters {
     /// Body bytes `firehose` has managed to write so far.
     pub firehose_written: AtomicU64,
+    /// Body bytes `unending-event` has managed to write so far.
+    pub unending_written: AtomicU64,
 }
 
 pub struct Rogue {
@@ -76,14 +82,16 @@ pub fn config(url: &str) -> String {
     let mut text = format!(
         "\n[providers.rogue]\nkind = \"openai\"\nbase_url = \"{url}\"\napi_key_env = \"TEST_UPSTREAM_KEY\"\ntimeout_ms = {ROGUE_TIMEOUT_MS}\n"
     );
-    text.push_str(&format!(
-        "\n[providers.rogue-drip]\nkind = \"openai\"\nbase_url = \"{url}\"\napi_key_env = \"TEST_UPSTREAM_KEY\"\ntimeout_ms = {DRIP_TIMEOUT_MS}\n"
-    ));
+    for (name, timeout_ms) in [("drip", DRIP_TIMEOUT_MS), ("unending", UNENDING_TIMEOUT_MS)] {
+        text.push_str(&format!(
+            "\n[providers.rogue-{name}]\nkind = \"openai\"\nbase_url = \"{url}\"\napi_key_env = \"TEST_UPSTREAM_KEY\"\ntimeout_ms = {timeout_ms}\n"
+        ));
+    }
     for fault in FAULTS {
-        let provider = if *fault == "drip" {
-            "rogue-drip"
-        } else {
-            "rogue"
+        let provider = match *fault {
+            "drip" => "rogue-drip",
+            "unending-event" => "rogue-unending",
+            _ => "rogue",
         };
         text.push_str(&format!(
             "\n[versions.v-{fault}]\nprovider = \"{provider}\"\nmodel = \"{fault}\"\nprice = {{ input_per_mtok = 2.50, output_per_mtok = 10.00 }}\n[routes.f-{fault}]\nstable = \"v-{fault}\"\n"
@@ -298,6 +306,21 @@ async fn serve(mut s: TcpStream, counters: &Counters) -> std::io::Result<()> {
                 counters
                     .firehose_written
                     .fetch_add(one.len() as u64, Ordering::Relaxed);
+            }
+        }
+        ("unending-event", _) => {
+            // One event that never ends: text as fast as the peer takes it, no blank line.
+            s.write_all(SSE_HEAD).await?;
+            s.write_all(&chunked(
+                br#"data: {"type":"response.output_text.delta","delta":""#,
+            ))
+            .await?;
+            let more = chunked(&[b'x'; 64 * 1024]);
+            loop {
+                s.write_all(&more).await?;
+                counters
+                    .unending_written
+                    .fetch_add(more.len() as u64, Ordering::Relaxed);
             }
         }
         _ => {

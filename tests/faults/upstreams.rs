@@ -2,11 +2,13 @@
 //! are not UTF-8, a chunked body without its last chunk. Each request runs beside a normal
 //! one, which must be served in full.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use sluice::types::Outcome;
 
+use crate::helpers::chat_body;
 use crate::rig::{FaultApp, Got, timed};
 use crate::rogue::{BIG_BODY_CHARS, MANY_EVENTS, ROGUE_TIMEOUT_MS};
 
@@ -234,6 +236,61 @@ async fn a_chunked_body_without_its_last_chunk_is_a_broken_answer() {
         assert_eq!(by_stream(false).outcome, Outcome::UpstreamInvalid);
         assert_eq!(by_stream(true).outcome, Outcome::StreamInterrupted);
         assert_eq!(by_stream(true).response_chars, 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_event_that_never_ends_is_cut_off_not_held() {
+    timed("an event that never ends", async {
+        let f = FaultApp::start("").await;
+        for (path, body) in [
+            (
+                "chat/completions",
+                chat_body("f-unending-event", json!({"stream": true})),
+            ),
+            (
+                "responses",
+                json!({"model": "f-unending-event", "input": "Say hello", "stream": true}),
+            ),
+        ] {
+            let started = std::time::Instant::now();
+            let (response, ()) = tokio::join!(
+                f.app
+                    .http
+                    .post(format!("{}/v1/{path}", f.app.base))
+                    .bearer_auth(&f.key)
+                    .json(&body)
+                    .timeout(Duration::from_secs(60))
+                    .send(),
+                f.unaffected()
+            );
+            let response = response.unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+            let text = response.text().await.unwrap();
+            // The client gets the error as the stream's last event, soon, and never the
+            // unfinished event.
+            let last = text.trim_end().rsplit("\n\n").next().unwrap_or_default();
+            assert!(last.contains("error"), "{path}: {last:.300}");
+            assert!(
+                !text.contains("xxxx"),
+                "{path}: half an event reached the client"
+            );
+            assert!(started.elapsed() < Duration::from_secs(15), "{path}");
+        }
+        let written = f.rogue.counters.unending_written.load(Ordering::Relaxed);
+        eprintln!(
+            "[faults] an event that never ends: the upstream wrote {} KiB in all",
+            written / 1024
+        );
+        for r in f.records("f-unending-event", 2).await {
+            eprintln!(
+                "[faults] an event that never ends: {:?} recorded {:?}",
+                r.api, r.outcome
+            );
+            // Cut at 16 MiB as broken off, long before the 20 s timeout.
+            assert_eq!(r.outcome, Outcome::StreamInterrupted);
+        }
     })
     .await;
 }
