@@ -105,7 +105,8 @@ pub struct ServerConfig {
     #[serde(default = "default_header_read_timeout_ms")]
     pub header_read_timeout_ms: u64,
     /// A request's whole body must arrive within this long after its head, or it is answered
-    /// 408 (a client that trickles its body holds no request for ever).
+    /// 408 (a client that trickles its body holds no request for ever). The default, 60 s,
+    /// asks about 70 KB/s of a body at the default `max_body_bytes` (4 MiB).
     #[serde(default = "default_body_read_timeout_ms")]
     pub body_read_timeout_ms: u64,
     /// Largest request head (request line and headers) in bytes; larger is 431. At least 8192.
@@ -171,7 +172,7 @@ fn default_header_read_timeout_ms() -> u64 {
     10_000
 }
 fn default_body_read_timeout_ms() -> u64 {
-    30_000
+    60_000
 }
 fn default_max_header_bytes() -> usize {
     64 * 1024
