@@ -197,7 +197,11 @@ async fn a_client_reading_a_byte_a_second_holds_bounded_memory() {
         // The firehose writes 16 KiB events as fast as it can; the client takes one byte a
         // second for ten seconds.
         let mut got = Vec::new();
-        for _ in 0..10 {
+        let mut at_3s = 0;
+        for i in 0..10 {
+            if i == 3 {
+                at_3s = p.rss_kib();
+            }
             let mut byte = [0u8; 1];
             let n = slow.read(&mut byte).await.unwrap();
             got.extend_from_slice(&byte[..n]);
@@ -209,7 +213,7 @@ async fn a_client_reading_a_byte_a_second_holds_bounded_memory() {
         let after = p.rss_kib();
         let offered = p.rogue.counters.firehose_written.load(Ordering::Relaxed);
         eprintln!(
-            "[faults] slow reader: VmRSS {before} KiB before, {after} KiB after 10 s (+{} KiB); the upstream got {} KiB into the pipe",
+            "[faults] slow reader: VmRSS {before} KiB before, {at_3s} KiB after 3 s, {after} KiB after 10 s (+{} KiB); the upstream got {} KiB into the pipe",
             after.saturating_sub(before),
             offered / 1024
         );
