@@ -9,8 +9,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    ADMIN_TOKEN, MockUpstream, UPSTREAM_KEY, chat_body, config_toml, fresh_pg_schema, http_client,
-    write_policies,
+    ADMIN_TOKEN, AZURE_KEY, ENTRA_TOKEN, MockUpstream, UPSTREAM_KEY, chat_body, config_toml,
+    fresh_pg_schema, http_client, write_policies,
 };
 
 /// Short intervals for tests (the defaults are 1 s, 5 s, 250 ms, 5 s).
@@ -313,6 +313,8 @@ fn spawn(config: &Path, log: &Path) -> Child {
         .arg(config)
         .env("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("TEST_UPSTREAM_KEY", UPSTREAM_KEY)
+        .env("TEST_AZURE_KEY", AZURE_KEY)
+        .env("TEST_ENTRA_TOKEN", ENTRA_TOKEN)
         .env("SLUICE_LOG", "info")
         .env_remove("SLUICE_DATABASE_URL")
         .stdin(Stdio::null())
