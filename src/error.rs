@@ -42,6 +42,9 @@ pub enum ApiError {
     UnknownRoute(UnknownModel),
     #[error("the request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
+    /// The request's body did not arrive within `[server] body_read_timeout_ms` of its head.
+    #[error("the request body did not arrive within {after_ms} ms; send it faster")]
+    BodyTimeout { after_ms: u64 },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -157,6 +160,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::RateLimited { .. } | Self::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UpstreamUnreachable { .. } | Self::UpstreamInvalid { .. } => {
                 StatusCode::BAD_GATEWAY
@@ -186,6 +190,7 @@ impl ApiError {
             Self::NotFound(_) => ("invalid_request_error", Some("not_found")),
             Self::Conflict(_) => ("invalid_request_error", Some("conflict")),
             Self::BodyTooLarge { .. } => ("invalid_request_error", Some("request_too_large")),
+            Self::BodyTimeout { .. } => ("invalid_request_error", Some("request_timeout")),
             Self::Unprocessable(_) => ("invalid_request_error", Some("unprocessable")),
             Self::UpstreamUnreachable { .. } => ("upstream_error", Some("upstream_unreachable")),
             Self::UpstreamInvalid { .. } => ("upstream_error", Some("upstream_invalid_response")),

@@ -626,17 +626,20 @@ pub(crate) fn upstream_error(e: UpstreamError, version: &str) -> ApiError {
     }
 }
 
-/// Reads a whole upstream body, with `idle` as the limit between chunks.
+/// Reads a whole upstream body, which must all arrive within `limit` (the provider's
+/// `timeout_ms`, counted from its headers): an upstream that drips its body a byte at a
+/// time is never silent, but holds the request no longer than a silent one.
 pub(crate) async fn read_body(
     mut body: ByteStream,
-    idle: Duration,
+    limit: Duration,
 ) -> Result<Bytes, UpstreamError> {
     let mut buf = BytesMut::new();
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
-        match tokio::time::timeout(idle, body.next()).await {
+        match tokio::time::timeout_at(deadline, body.next()).await {
             Err(_) => {
                 return Err(UpstreamError::Timeout {
-                    after_ms: idle.as_millis() as u64,
+                    after_ms: limit.as_millis() as u64,
                 });
             }
             Ok(None) => return Ok(buf.freeze()),

@@ -123,6 +123,10 @@ pub fn parse(
             config.server.header_read_timeout_ms,
         ),
         (
+            "server.body_read_timeout_ms",
+            config.server.body_read_timeout_ms,
+        ),
+        (
             "server.max_connections",
             config.server.max_connections as u64,
         ),

@@ -104,6 +104,11 @@ pub struct ServerConfig {
     /// A connection must send a whole request head within this long, or it is closed.
     #[serde(default = "default_header_read_timeout_ms")]
     pub header_read_timeout_ms: u64,
+    /// A request's whole body must arrive within this long after its head, or it is answered
+    /// 408 (a client that trickles its body holds no request for ever). The default, 60 s,
+    /// asks about 70 KB/s of a body at the default `max_body_bytes` (4 MiB).
+    #[serde(default = "default_body_read_timeout_ms")]
+    pub body_read_timeout_ms: u64,
     /// Largest request head (request line and headers) in bytes; larger is 431. At least 8192.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
@@ -128,6 +133,7 @@ impl Default for ServerConfig {
             admin_burst: default_admin_burst(),
             admin_requests_per_second: default_admin_requests_per_second(),
             header_read_timeout_ms: default_header_read_timeout_ms(),
+            body_read_timeout_ms: default_body_read_timeout_ms(),
             max_header_bytes: default_max_header_bytes(),
             max_connections: default_max_connections(),
             http2_max_concurrent_streams: default_http2_max_concurrent_streams(),
@@ -164,6 +170,9 @@ fn default_admin_requests_per_second() -> u32 {
 }
 fn default_header_read_timeout_ms() -> u64 {
     10_000
+}
+fn default_body_read_timeout_ms() -> u64 {
+    60_000
 }
 fn default_max_header_bytes() -> usize {
     64 * 1024

@@ -7,7 +7,10 @@
 //! needs the admin token ([`Admin`] goes into the extensions). A route added without
 //! thought is therefore closed, not open.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::rejection::BytesRejection;
@@ -16,6 +19,7 @@ use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use http_body::Body as _;
 
 pub use crate::auth::Caller;
 use crate::auth::admin_token_matches;
@@ -141,8 +145,17 @@ pub fn bearer_of(headers: &HeaderMap) -> Option<&str> {
     )
 }
 
-/// Maps a body that could not be read (too large, broken off) to our error.
+/// Maps a body that could not be read (too large, too slow, broken off) to our error.
 pub fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
+    while let Some(e) = source {
+        if let Some(late) = e.downcast_ref::<BodyTimedOut>() {
+            return ApiError::BodyTimeout {
+                after_ms: late.after_ms,
+            };
+        }
+        source = e.source();
+    }
     if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::BodyTooLarge { limit }
     } else {
@@ -167,4 +180,64 @@ pub fn json_body<T: serde::de::DeserializeOwned>(
         message: format!("invalid body: {e}"),
         param: None,
     })
+}
+
+/// The error a [`DeadlineBody`] ends with when its deadline passes first.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {after_ms} ms")]
+pub struct BodyTimedOut {
+    /// `[server] body_read_timeout_ms`.
+    pub after_ms: u64,
+}
+
+/// A request body that must be read whole before a deadline (`[server]
+/// body_read_timeout_ms`, counted from when the head was read): past it, reading ends with
+/// [`BodyTimedOut`], which [`body_error`] answers 408. A client that trickles its body
+/// below any useful rate holds no request, and no handler, for ever.
+pub struct DeadlineBody {
+    inner: axum::body::Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    after_ms: u64,
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            let after_ms = self.after_ms;
+            return Poll::Ready(Some(Err(axum::Error::new(BodyTimedOut { after_ms }))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Puts `request`'s body under a deadline of `limit` from now (see [`DeadlineBody`]); a
+/// request without a body is left as it is.
+pub fn body_deadline(request: Request, limit: Duration) -> Request {
+    if request.body().is_end_stream() {
+        return request;
+    }
+    let (parts, inner) = request.into_parts();
+    let body = DeadlineBody {
+        inner,
+        deadline: Box::pin(tokio::time::sleep(limit)),
+        after_ms: limit.as_millis() as u64,
+    };
+    Request::from_parts(parts, axum::body::Body::new(body))
 }

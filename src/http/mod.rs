@@ -73,6 +73,8 @@ pub const CATCH_ALL: &str = "/v1/{*path}";
 /// body limit: a route added to `routes` is closed until it is added to the allowlist.
 pub fn guarded(routes: Router<AppState>, state: AppState) -> Router {
     let max_body = state.settings.config.server.max_body_bytes;
+    let body_timeout =
+        std::time::Duration::from_millis(state.settings.config.server.body_read_timeout_ms);
     routes
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -80,6 +82,11 @@ pub fn guarded(routes: Router<AppState>, state: AppState) -> Router {
         ))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::map_request(
+            move |request: axum::extract::Request| async move {
+                extract::body_deadline(request, body_timeout)
+            },
+        ))
         .layer(axum::middleware::map_response(crate::error::openai_shaped))
         .with_state(state)
 }

@@ -2,7 +2,10 @@
 //! sets, which `axum::serve` leaves at hyper's defaults.
 //!
 //! - `header_read_timeout_ms`: a connection that has not sent a whole request head in this
-//!   long is closed (slow-header clients hold no connection for ever);
+//!   long is closed (slow-header clients hold no connection for ever). hyper starts that
+//!   clock only once the connection has said which HTTP version it speaks, so a connection
+//!   that sends nothing at all would be held for ever; the same limit applies to its first
+//!   byte here;
 //! - `max_header_bytes`: a request head larger than this is answered 431 (hyper's floor is
 //!   8 KiB);
 //! - `max_connections`: connections beyond this wait in the kernel's backlog, unaccepted,
@@ -22,6 +25,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::config::ServerConfig;
@@ -44,8 +48,11 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.http2_max_concurrent_streams);
+    let builder = Arc::new(builder);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
+    // Ends the wait for a connection's first byte when the server stops.
+    let stopping = CancellationToken::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -71,21 +78,38 @@ pub async fn serve(
             request.extensions_mut().insert(ConnectInfo(peer));
             router.clone().oneshot(request)
         });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let stopping = stopping.clone();
+        let first_byte = Duration::from_millis(limits.header_read_timeout_ms);
         #[expect(
             clippy::disallowed_methods,
             reason = "one task per connection; GracefulShutdown tracks them and the caller bounds the wait"
         )]
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            // A connection that sends nothing is closed after the header timeout (hyper's
+            // own clock starts only with the first bytes); an empty peek is a closed one.
+            let mut probe = [0u8; 1];
+            let spoke = tokio::select! {
+                peeked = tokio::time::timeout(first_byte, stream.peek(&mut probe)) => {
+                    matches!(peeked, Ok(Ok(1..)))
+                }
+                () = stopping.cancelled() => false,
+            };
+            if !spoke {
+                drop(permit);
+                return;
+            }
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
             }
             drop(permit);
         });
     }
     drop(listener);
+    stopping.cancel();
     graceful.shutdown().await;
 }

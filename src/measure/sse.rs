@@ -192,6 +192,9 @@ pub struct StreamRelay {
     strip_usage: bool,
     idle_limit: Duration,
     idle: Pin<Box<Sleep>>,
+    /// The relay is waiting on the upstream for its next whole event: `idle` runs. It does
+    /// not while the client has not asked for more (a slow reader is not a slow upstream).
+    waiting: bool,
     /// A last event to send before ending (an error the client must see).
     trailer: Option<Bytes>,
     done: bool,
@@ -221,6 +224,7 @@ impl StreamRelay {
             strip_usage,
             idle_limit,
             idle: Box::pin(tokio::time::sleep(idle_limit)),
+            waiting: false,
             trailer: None,
             done: false,
             checks,
@@ -254,7 +258,13 @@ impl StreamRelay {
             };
             let len = skip + parsed;
             self.at_start = false;
-            let event = &self.buf[end + skip..end + len];
+            let raw = &self.buf[end + skip..end + len];
+            // The standard decodes a stream as UTF-8 with U+FFFD for each byte that is not;
+            // so does the relay, for measurement and for what the client gets.
+            let mut decoded = std::str::from_utf8(raw)
+                .is_err()
+                .then(|| String::from_utf8_lossy(raw).into_owned().into_bytes());
+            let event = decoded.as_deref().unwrap_or(raw);
             let data = parse_event(event).data;
             let kind = match &data {
                 Some(d) => self.observer.observe(d),
@@ -266,7 +276,7 @@ impl StreamRelay {
             };
             let dropped = self.strip_usage && matches!(kind, EventKind::UsageOnly);
             let replacement = match action {
-                EventAction::Keep if !dropped => None,
+                EventAction::Keep if !dropped => decoded.take(),
                 EventAction::Keep => Some(Vec::new()),
                 EventAction::Replace(bytes) => Some(bytes),
                 EventAction::End { bytes, blocked } => {
@@ -300,9 +310,16 @@ impl StreamRelay {
         if end == 0 {
             return None;
         }
+        // A whole event came (even one the client does not get): the upstream is alive.
+        self.restart_idle();
         let consumed = self.buf.split_to(end);
         let out = if changed { out } else { consumed };
         (!out.is_empty()).then(|| out.freeze())
+    }
+
+    fn restart_idle(&mut self) {
+        let deadline = tokio::time::Instant::now() + self.idle_limit;
+        self.idle.as_mut().reset(deadline);
     }
 
     fn finish(&mut self, outcome: Outcome) {
@@ -386,12 +403,16 @@ impl Stream for StreamRelay {
         if this.done {
             return Poll::Ready(this.trailer.take().map(Ok));
         }
+        // `idle_limit` bounds the wait for the next whole event, counted from when the
+        // client asks for more: bytes that never finish an event (an upstream dripping a
+        // byte a second) do not keep the stream alive.
+        if !this.waiting {
+            this.waiting = true;
+            this.restart_idle();
+        }
         loop {
             match this.upstream.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
-                    // Any bytes show the upstream is alive, even half an event.
-                    let deadline = tokio::time::Instant::now() + this.idle_limit;
-                    this.idle.as_mut().reset(deadline);
                     this.buf.extend_from_slice(&chunk);
                     if this.buf.len() > MAX_PENDING_EVENT_BYTES + chunk.len() {
                         // Bytes that never close an event would be held without bound.
@@ -404,6 +425,7 @@ impl Stream for StreamRelay {
                         if let Some(cut) = this.cut {
                             this.finish(cut);
                         }
+                        this.waiting = false;
                         return Poll::Ready(Some(Ok(out)));
                     }
                 }

@@ -26,10 +26,11 @@ use crate::guardrails::{Action, Stage, StageRules};
 use crate::measure::Meter;
 use crate::measure::checks::{AnswerChecks, EventAction};
 use crate::measure::schema::SchemaVerdict;
+use crate::measure::sse::MAX_PENDING_EVENT_BYTES;
 use crate::openai::responses::{
     EventView, ResponseSummary, is_output_delta, is_terminal, summarize_response,
 };
-use crate::openai::sse::{event_end, parse_event};
+use crate::openai::sse::{event_end_from, parse_event};
 use crate::store::ResponsePlacement;
 use crate::types::now_ms;
 use crate::types::{Outcome, Usage};
@@ -354,6 +355,11 @@ pub struct ResponsesRelay {
     meter: Meter,
     idle_limit: Duration,
     idle: Pin<Box<Sleep>>,
+    /// The relay is waiting on the upstream for its next whole event: `idle` runs. It does
+    /// not while the client has not asked for more (a slow reader is not a slow upstream).
+    waiting: bool,
+    /// How much of `buf` is known to hold no event end, so a long event is scanned once.
+    searched: usize,
     trailer: Option<Bytes>,
     done: bool,
     checks: Option<ResponseChecks>,
@@ -378,6 +384,8 @@ impl ResponsesRelay {
             meter,
             idle_limit,
             idle: Box::pin(tokio::time::sleep(idle_limit)),
+            waiting: false,
+            searched: 0,
             trailer: None,
             done: false,
             checks,
@@ -392,7 +400,9 @@ impl ResponsesRelay {
         let mut end = 0;
         let mut changed = false;
         let mut out = BytesMut::new();
-        while let Some(len) = event_end(&self.buf[end..]) {
+        while let Some(len) =
+            event_end_from(&self.buf[end..], if end == 0 { self.searched } else { 0 })
+        {
             let event = &self.buf[end..end + len];
             let data = parse_event(event).data;
             let kind = data
@@ -418,6 +428,7 @@ impl ResponsesRelay {
                     }
                     out.extend_from_slice(&bytes);
                     self.buf.clear();
+                    self.searched = 0;
                     self.cut = Some(if blocked {
                         Outcome::GuardrailBlocked
                     } else {
@@ -428,12 +439,21 @@ impl ResponsesRelay {
             }
             end += len;
         }
+        // What is left holds no event end: the next read resumes the search after it.
+        self.searched = self.buf.len() - end;
         if end == 0 {
             return None;
         }
+        // A whole event came (even one the client does not get): the upstream is alive.
+        self.restart_idle();
         let consumed = self.buf.split_to(end);
         let out = if changed { out } else { consumed };
         (!out.is_empty()).then(|| out.freeze())
+    }
+
+    fn restart_idle(&mut self) {
+        let deadline = tokio::time::Instant::now() + self.idle_limit;
+        self.idle.as_mut().reset(deadline);
     }
 
     fn finish(&mut self, outcome: Outcome) {
@@ -517,16 +537,29 @@ impl Stream for ResponsesRelay {
         if this.done {
             return Poll::Ready(this.trailer.take().map(Ok));
         }
+        // `idle_limit` bounds the wait for the next whole event, counted from when the
+        // client asks for more: bytes that never finish an event (an upstream dripping a
+        // byte a second) do not keep the stream alive.
+        if !this.waiting {
+            this.waiting = true;
+            this.restart_idle();
+        }
         loop {
             match this.upstream.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
-                    let deadline = tokio::time::Instant::now() + this.idle_limit;
-                    this.idle.as_mut().reset(deadline);
                     this.buf.extend_from_slice(&chunk);
+                    if this.buf.len() > MAX_PENDING_EVENT_BYTES + chunk.len() {
+                        // Bytes that never close an event would be held without bound.
+                        let error = UpstreamError::Interrupted(format!(
+                            "an event grew past {MAX_PENDING_EVENT_BYTES} bytes without ending"
+                        ));
+                        return Poll::Ready(this.fail(error).map(Ok));
+                    }
                     if let Some(out) = this.take_events() {
                         if let Some(cut) = this.cut {
                             this.finish(cut);
                         }
+                        this.waiting = false;
                         return Poll::Ready(Some(Ok(out)));
                     }
                 }
