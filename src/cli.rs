@@ -551,9 +551,16 @@ pub fn render_events(v: &Value, n: usize) -> String {
             "  event {:<12} by {:<8} step {} at {}%: {}",
             text(&e["kind"]),
             text(&e["actor"]),
-            e["step"]
-                .as_u64()
-                .map_or("-".into(), |s| (s + 1).to_string()),
+            // Steps count from 1; a promotion is recorded past the last step (its index is
+            // the number of steps), which is the last step's number.
+            e["step"].as_u64().map_or("-".into(), |s| {
+                if e["kind"] == "promoted" {
+                    s.max(1)
+                } else {
+                    s + 1
+                }
+                .to_string()
+            }),
             e["weight_bp"]
                 .as_f64()
                 .map_or("-".into(), |w| format!("{}", w / 100.0)),
@@ -561,4 +568,28 @@ pub fn render_events(v: &Value, n: usize) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn steps_read_the_same_in_the_status_and_the_event_log() {
+        // Three steps; a promotion is stored past the last one (index 3).
+        let status = json!({"step": 3, "steps": 3, "state": "promoted"});
+        assert_eq!(step_of(&status), "step 3 of 3");
+        let events = json!({"data": [
+            {"kind": "started", "actor": "operator", "step": 0, "weight_bp": 1000.0, "message": ""},
+            {"kind": "advanced", "actor": "judge", "step": 2, "weight_bp": 5000.0, "message": ""},
+            {"kind": "promoted", "actor": "judge", "step": 3, "weight_bp": 10000.0, "message": ""},
+        ]});
+        let lines = render_events(&events, 10);
+        let steps: Vec<&str> = lines
+            .lines()
+            .map(|l| l.split(" step ").nth(1).unwrap().split(' ').next().unwrap())
+            .collect();
+        assert_eq!(steps, ["1", "3", "3"], "{lines}");
+    }
 }

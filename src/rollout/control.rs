@@ -155,7 +155,7 @@ impl Controller {
                 .and_then(|s| serde_json::from_str(s).ok())
                 .unwrap_or_else(|| Judge::new(&policy.judge_spec()));
             let pins = store.pins(&row.id).await?.into_iter().collect();
-            tracing::info!(rollout = %row.id, route = %row.route, state = row.position.state.as_str(), step = row.position.step, weight_bp = row.position.weight_bp, "rollout resumed after restart");
+            tracing::info!(rollout = %row.id, route = %row.route, state = row.position.state.as_str(), step = row.position.step + 1, weight_bp = row.position.weight_bp, "rollout resumed after restart");
             let running = Running::new(row, policy, judge, pins, &catalog);
             inner.running.insert(running.row.id.clone(), running);
         }
@@ -656,7 +656,9 @@ impl Controller {
             }
             Err(e) => return Err(e.into()),
         };
-        tracing::info!(rollout = %id, kind = event.kind, state = next.state.as_str(), step = next.step, weight_bp = next.weight_bp, actor = event.actor.as_str(), message = %event.message, "rollout changed");
+        // Steps count from 1 in logs as everywhere; a promotion sits past the last step.
+        let step = next.step + usize::from(next.state != RolloutState::Promoted);
+        tracing::info!(rollout = %id, kind = event.kind, state = next.state.as_str(), step, weight_bp = next.weight_bp, actor = event.actor.as_str(), message = %event.message, "rollout changed");
         let ended_checkpoint = {
             let mut inner = self.lock();
             let r = inner
