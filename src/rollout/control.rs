@@ -304,8 +304,10 @@ impl Controller {
             return Err(RolloutError::UnknownRoute(route.to_owned()));
         };
         let Some(version) = self.catalog.version(canary) else {
+            let known: Vec<&str> = self.catalog.versions().map(|v| &*v.name).collect();
             return Err(RolloutError::BadCanary(format!(
-                "no version `{canary}` in the config"
+                "no version `{canary}` in the config (versions: {})",
+                known.join(", ")
             )));
         };
         if let Some(var) = &version.missing_key {
