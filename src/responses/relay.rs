@@ -403,7 +403,13 @@ impl ResponsesRelay {
         while let Some(len) =
             event_end_from(&self.buf[end..], if end == 0 { self.searched } else { 0 })
         {
-            let event = &self.buf[end..end + len];
+            let raw = &self.buf[end..end + len];
+            // The standard decodes a stream as UTF-8 with U+FFFD for each byte that is not;
+            // so does the relay, for measurement and for what the client gets (as for chat).
+            let decoded = std::str::from_utf8(raw)
+                .is_err()
+                .then(|| String::from_utf8_lossy(raw).into_owned().into_bytes());
+            let event = decoded.as_deref().unwrap_or(raw);
             let data = parse_event(event).data;
             let kind = data
                 .as_deref()
@@ -411,6 +417,10 @@ impl ResponsesRelay {
             let action = match (&mut self.checks, &data, &kind) {
                 (Some(checks), Some(d), Some(kind)) => checks.on_event(kind, d, &self.observer),
                 _ => EventAction::Keep,
+            };
+            let action = match (action, &decoded) {
+                (EventAction::Keep, Some(bytes)) => EventAction::Replace(bytes.clone()),
+                (action, _) => action,
             };
             match action {
                 EventAction::Keep if changed => out.extend_from_slice(event),

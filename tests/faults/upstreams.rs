@@ -210,6 +210,21 @@ async fn bytes_that_are_not_utf8_are_refused_whole_and_replaced_in_a_stream() {
             by_stream(true).response_chars,
             "ok bad \u{fffd} end".chars().count() as u64
         );
+        // The Responses relay decodes the same way: the client never gets the raw byte.
+        let response = f
+            .app
+            .http
+            .post(format!("{}/v1/responses", f.app.base))
+            .bearer_auth(&f.key)
+            .json(&json!({"model": "f-bad-utf8", "input": "Say hello", "stream": true}))
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.bytes().await.unwrap();
+        let text = std::str::from_utf8(&body).expect("the Responses client gets UTF-8 too");
+        assert!(text.contains("bad \u{fffd}"), "{text}");
     })
     .await;
 }
