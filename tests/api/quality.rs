@@ -261,9 +261,26 @@ async fn assert_reverted_on(route: &str, canary: &str, extra: Value) -> Value {
                 .bytes()
                 .await;
         }
-        let v = view(&app, &id).await;
+        let mut v = view(&app, &id).await;
         if v["state"] != "progressing" {
             assert_eq!(v["state"], "rolled_back", "{v:#}");
+            // The decision's own report, from its event: the view's stored report may be
+            // an earlier look's.
+            let (_, events) = app
+                .admin(
+                    reqwest::Method::GET,
+                    &format!("/rollouts/{id}/events"),
+                    None,
+                )
+                .await;
+            let decision = events["data"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .rfind(|e| e["kind"] == "rolled_back")
+                .unwrap_or_else(|| panic!("no rolled_back event: {events:#}"))
+                .clone();
+            v["judge"] = decision["evidence"]["report"].clone();
             return v;
         }
         assert!(started.elapsed() < PATIENCE, "never reverted: {v:#}");
@@ -283,7 +300,7 @@ async fn the_judge_reverts_a_canary_whose_schema_failures_rise() {
         .unwrap()
         .iter()
         .find(|g| g["gate"] == "schema_failure_rate")
-        .unwrap()
+        .unwrap_or_else(|| panic!("no schema gate in the decision: {v:#}"))
         .clone();
     assert_eq!(gate["verdict"], "fail", "{gate}");
     assert!(v["arms"]["canary"]["schema_failures"].as_u64().unwrap() > 0);
@@ -304,7 +321,7 @@ async fn the_judge_reverts_a_canary_whose_guardrail_blocks_rise() {
         .unwrap()
         .iter()
         .find(|g| g["gate"] == "guardrail_block_rate")
-        .unwrap()
+        .unwrap_or_else(|| panic!("no guardrail gate in the decision: {v:#}"))
         .clone();
     assert_eq!(gate["verdict"], "fail", "{gate}");
     assert!(v["arms"]["canary"]["guardrail_blocks"].as_u64().unwrap() > 0);
