@@ -19,7 +19,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::guardrails::{self, Stage, StageRules};
 use crate::measure::Meter;
-use crate::measure::checks::{AnswerChecks, StreamChecks, apply_redactions};
+use crate::measure::checks::{AnswerChecks, StreamChecks, WholeVerdict, apply_redactions};
 use crate::measure::schema::{Expectation, SchemaVerdict};
 use crate::measure::sse::StreamRelay;
 use crate::measure::tokens::count_prompt;
@@ -527,32 +527,7 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
     }
     if checks.active() {
         let verdict = checks.check_whole(&summary.choices);
-        let schema = verdict.schema.unwrap_or(SchemaVerdict::NotAsked);
-        meter.observed.schema_failed = schema.failed();
-        if let Some(rule) = verdict.blocked_by {
-            meter.observed.guardrail_blocked = true;
-            return Err(fail(
-                &mut meter,
-                ApiError::GuardrailBlocked {
-                    stage: "answer",
-                    rule,
-                },
-            ));
-        }
-        if let (true, SchemaVerdict::Fail { path, reason }) =
-            (checks.schema_is_fatal(&schema), &schema)
-        {
-            let error = ApiError::SchemaInvalid {
-                version: version.name.to_string(),
-                path: path.clone(),
-                reason: reason.clone(),
-            };
-            return Err(fail(&mut meter, error));
-        }
-        if let Some(failed) = schema.failed() {
-            let value = HeaderValue::from_static(if failed { "fail" } else { "pass" });
-            headers.insert(HeaderName::from_static("x-sluice-schema"), value);
-        }
+        settle_whole_verdict(&mut meter, &checks, &verdict, &version.name, &mut headers)?;
         if verdict.redacted.iter().any(Option::is_some)
             && let Some(redacted) = apply_redactions(&bytes, &verdict.redacted)
         {
@@ -624,6 +599,45 @@ pub(crate) fn upstream_error(e: UpstreamError, version: &str) -> ApiError {
             reason: e.to_string(),
         },
     }
+}
+
+/// Applies the whole-answer checks' verdict (chat and Responses alike): the record's schema
+/// and guardrail marks; a block or a fatal schema failure is the client's error (recorded
+/// as failed); otherwise the `x-sluice-schema` header says pass or fail when a schema was
+/// asked for. Redaction stays with the caller, which knows its body's shape.
+pub(crate) fn settle_whole_verdict(
+    meter: &mut Meter,
+    checks: &AnswerChecks,
+    verdict: &WholeVerdict,
+    version: &str,
+    headers: &mut HeaderMap,
+) -> Result<(), ApiError> {
+    let schema = verdict.schema.clone().unwrap_or(SchemaVerdict::NotAsked);
+    meter.observed.schema_failed = schema.failed();
+    if let Some(rule) = &verdict.blocked_by {
+        meter.observed.guardrail_blocked = true;
+        return Err(fail(
+            meter,
+            ApiError::GuardrailBlocked {
+                stage: "answer",
+                rule: rule.clone(),
+            },
+        ));
+    }
+    if let (true, SchemaVerdict::Fail { path, reason }) = (checks.schema_is_fatal(&schema), &schema)
+    {
+        let error = ApiError::SchemaInvalid {
+            version: version.to_owned(),
+            path: path.clone(),
+            reason: reason.clone(),
+        };
+        return Err(fail(meter, error));
+    }
+    if let Some(failed) = schema.failed() {
+        let value = HeaderValue::from_static(if failed { "fail" } else { "pass" });
+        headers.insert(HeaderName::from_static("x-sluice-schema"), value);
+    }
+    Ok(())
 }
 
 /// Reads a whole upstream body, which must all arrive within `limit` (the provider's

@@ -13,7 +13,7 @@
 pub mod book;
 pub mod relay;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::HeaderMap;
 use bytes::Bytes;
 use opentelemetry::KeyValue;
 
@@ -22,7 +22,6 @@ use crate::error::ApiError;
 use crate::guardrails::{self, Stage, StageRules};
 use crate::measure::Meter;
 use crate::measure::checks::AnswerChecks;
-use crate::measure::schema::SchemaVerdict;
 use crate::measure::tokens::count_input;
 use crate::openai::responses::summarize_response;
 use crate::pipeline::{
@@ -387,32 +386,13 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
     let mut bytes = bytes;
     if checks.active() {
         let verdict = checks.check_whole(std::slice::from_ref(&summary.output));
-        let schema = verdict.schema.unwrap_or(SchemaVerdict::NotAsked);
-        meter.observed.schema_failed = schema.failed();
-        if let Some(rule) = verdict.blocked_by {
-            meter.observed.guardrail_blocked = true;
-            return Err(fail(
-                &mut meter,
-                ApiError::GuardrailBlocked {
-                    stage: "answer",
-                    rule,
-                },
-            ));
-        }
-        if let (true, SchemaVerdict::Fail { path, reason }) =
-            (checks.schema_is_fatal(&schema), &schema)
-        {
-            let error = ApiError::SchemaInvalid {
-                version: version.name.to_string(),
-                path: path.clone(),
-                reason: reason.clone(),
-            };
-            return Err(fail(&mut meter, error));
-        }
-        if let Some(failed) = schema.failed() {
-            let value = HeaderValue::from_static(if failed { "fail" } else { "pass" });
-            out_headers.insert(HeaderName::from_static("x-sluice-schema"), value);
-        }
+        crate::pipeline::settle_whole_verdict(
+            &mut meter,
+            &checks,
+            &verdict,
+            &version.name,
+            &mut out_headers,
+        )?;
         if verdict.redacted.iter().any(Option::is_some)
             && let Some(rules) = checks.output.as_deref().map(|g| &g.output)
         {
