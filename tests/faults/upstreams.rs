@@ -269,7 +269,6 @@ async fn an_event_that_never_ends_is_cut_off_not_held() {
                 json!({"model": "f-unending-event", "input": "Say hello", "stream": true}),
             ),
         ] {
-            let started = std::time::Instant::now();
             let (response, ()) = tokio::join!(
                 f.app
                     .http
@@ -287,11 +286,14 @@ async fn an_event_that_never_ends_is_cut_off_not_held() {
             // unfinished event.
             let last = text.trim_end().rsplit("\n\n").next().unwrap_or_default();
             assert!(last.contains("error"), "{path}: {last:.300}");
+            // Cut off by the relay's cap on an unfinished event, not ended by the
+            // provider's timeout (which would say so instead): the cause, not a clock,
+            // tells the two apart on a loaded machine.
+            assert!(last.contains("grew past"), "{path}: {last:.300}");
             assert!(
                 !text.contains("xxxx"),
                 "{path}: half an event reached the client"
             );
-            assert!(started.elapsed() < Duration::from_secs(15), "{path}");
         }
         let written = f.rogue.counters.unending_written.load(Ordering::Relaxed);
         eprintln!(
