@@ -133,7 +133,10 @@ impl Server {
                 |stop| crate::cluster::listen::run_rereader(app, wake, stop)
             });
             // Writer stage: it ships last, after the controller has stopped judging.
-            tasks.spawn("cluster-shipper", Stage::Writer, |stop| {
+            // Stops with the controller, once the server has drained (no observation comes
+            // after that), so that its closing batch is written before the heartbeat (a
+            // `Side` task) takes this replica out of the live set.
+            tasks.spawn("cluster-shipper", Stage::Control, |stop| {
                 crate::cluster::ship::run(app.clone(), stop)
             });
         }

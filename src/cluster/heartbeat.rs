@@ -39,11 +39,13 @@ async fn beat(app: &AppState) {
         app.store.heartbeat(&cluster.replica).await?;
         let (replicas, now) = app.store.replicas().await?;
         let gone_after = (MISSED_HEARTBEATS * cluster.config.heartbeat_ms) as i64;
-        let live = replicas
+        let live_ids: std::collections::BTreeSet<String> = replicas
             .iter()
             .filter(|r| now - r.heartbeat_at_ms <= gone_after)
-            .count()
-            .max(1) as u64;
+            .map(|r| r.id.clone())
+            .collect();
+        let live = live_ids.len().max(1) as u64;
+        cluster.set_live_ids(live_ids);
         if cluster.set_live_replicas(live) != live {
             tracing::info!(
                 live_replicas = live,

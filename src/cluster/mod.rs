@@ -21,6 +21,8 @@ pub mod listen;
 pub mod retention;
 pub mod ship;
 
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -68,6 +70,11 @@ pub struct ClusterCounters {
     pub leases_taken: AtomicU64,
     /// Rows deleted by the retention pruner.
     pub rows_pruned: AtomicU64,
+    /// Observations estimated lost with replicas that left without their closing batch
+    /// (SIGKILL, a crash): per such replica, its observations per batch (a moving average),
+    /// i.e. one flush interval at its recent rate. Counted by the judging replica, once per replica and
+    /// rollout.
+    pub observations_lost_estimate: AtomicU64,
 }
 
 impl ClusterCounters {
@@ -89,6 +96,9 @@ pub struct Cluster {
     pub counters: ClusterCounters,
     /// Live replicas at the last heartbeat (1 until known): the divisor of workspace limits.
     live_replicas: AtomicU64,
+    /// Their ids (`None` until a heartbeat has read them): the judge counts what a replica
+    /// that left without closing took with it.
+    live_ids: Mutex<Option<BTreeSet<String>>>,
     /// False until the routing state has been read once: `/healthz` answers 503 until then.
     ready: AtomicBool,
     /// False while the database does not answer.
@@ -113,6 +123,7 @@ impl Cluster {
             config,
             counters: ClusterCounters::default(),
             live_replicas: AtomicU64::new(1),
+            live_ids: Mutex::new(None),
             ready: AtomicBool::new(false),
             database_up: AtomicBool::new(true),
         }
@@ -141,6 +152,20 @@ impl Cluster {
     /// Sets the live count seen at a heartbeat; returns the previous one.
     pub fn set_live_replicas(&self, live: u64) -> u64 {
         self.live_replicas.swap(live.max(1), Ordering::Relaxed)
+    }
+
+    /// Sets the ids of the live replicas seen at a heartbeat.
+    pub fn set_live_ids(&self, ids: BTreeSet<String>) {
+        *self.live_ids.lock().unwrap_or_else(|e| e.into_inner()) = Some(ids);
+    }
+
+    /// Whether replica `id` was live at the last heartbeat; `None` before one was read.
+    pub fn is_live(&self, id: &str) -> Option<bool> {
+        self.live_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|ids| ids.contains(id))
     }
 
     /// Records a failed database call of a cluster loop: an unreachable database is noted

@@ -4,7 +4,9 @@
 //!
 //! A failed flush keeps its batches and retries them with the next one, up to
 //! `observation_buffer` observations; past that the oldest batches are dropped and counted.
-//! A replica killed between two flushes loses at most one interval's observations.
+//! A replica killed between two flushes loses at most one interval's observations; the last
+//! flush of a clean stop is marked closing, so that the judging replica can tell the two
+//! apart and count the loss (`rollout::control`).
 
 use std::collections::VecDeque;
 
@@ -26,16 +28,21 @@ pub async fn run(app: AppState, stop: CancellationToken) {
             _ = tick.tick() => false,
             _ = stop.cancelled() => true,
         };
-        flush(&app, &mut seq, &mut pending).await;
+        flush(&app, &mut seq, &mut pending, stopping).await;
         if stopping {
             break;
         }
     }
 }
 
-async fn flush(app: &AppState, seq: &mut i64, pending: &mut VecDeque<(ShippedBatch, u64)>) {
+async fn flush(
+    app: &AppState,
+    seq: &mut i64,
+    pending: &mut VecDeque<(ShippedBatch, u64)>,
+    closing: bool,
+) {
     let cluster = &app.cluster;
-    pending.extend(app.rollouts.drain_for_ship(cluster.id(), seq));
+    pending.extend(app.rollouts.drain_for_ship(cluster.id(), seq, closing));
     let mut buffered: u64 = pending.iter().map(|(_, n)| n).sum();
     while buffered > cluster.config.observation_buffer as u64 {
         let Some((_, n)) = pending.pop_front() else {

@@ -36,7 +36,7 @@ use super::policy::{Policy, load_policy};
 use super::running::{Inner, Running, view_ended, view_running};
 use super::view::{EndedFigures, RolloutView, view_row};
 use crate::catalog::Catalog;
-use crate::cluster::{Cluster, judge_lease};
+use crate::cluster::{Cluster, ClusterCounters, judge_lease};
 use crate::judge::Judge;
 use crate::resolve::{LiveRollout, RoutingTable};
 use crate::shadow::RolloutShadow;
@@ -761,7 +761,12 @@ impl Controller {
                     let Some(batches) = shipped.remove(id) else {
                         continue;
                     };
+                    let complete = batches.len() < BATCHES_PER_LOOK as usize;
                     take_shipped(r, batches);
+                    if complete && let Some(c) = &self.cluster {
+                        let lost = count_departed(r, c, now);
+                        ClusterCounters::add(&c.counters.observations_lost_estimate, lost);
+                    }
                 } else {
                     take_local(r);
                 }
@@ -874,6 +879,18 @@ fn take_local(r: &mut Running) {
 fn take_shipped(r: &mut Running, batches: Vec<ObservationBatch>) {
     for batch in batches {
         let shipment = super::feed::Shipment::from_json(&batch.observations);
+        let shipper = r.shippers.entry(batch.replica.clone()).or_default();
+        let n = shipment.observations.len() as f64;
+        shipper.per_batch = if shipper.per_batch == 0.0 && !shipment.closing {
+            n
+        } else {
+            0.8 * shipper.per_batch + 0.2 * n
+        };
+        shipper.closed |= shipment.closing;
+        if let Some(counted) = shipper.lost.take() {
+            // It ships again: it was late (a stalled process, a slow machine), not dead.
+            r.lost_observations = r.lost_observations.saturating_sub(counted);
+        }
         for a in &shipment.assignments {
             for _ in 0..a.count {
                 r.judge.note_assignment(a.arm, a.w, a.at_ms);
@@ -888,6 +905,43 @@ fn take_shipped(r: &mut Running, batches: Vec<ObservationBatch>) {
         let last = r.cursor.entry(batch.replica).or_default();
         *last = (*last).max(batch.seq);
     }
+}
+
+/// Counts, once per replica, what each replica that left the live set without its closing
+/// batch took with it, and returns the sum: its observations per batch (a moving average),
+/// i.e. one flush interval at its recent rate (the true loss is what it measured since its
+/// last flush). A replica
+/// must stay out of the live set for a judge lease (a replica that long without a heartbeat
+/// has lost its leases too), seen at two looks at least, every batch read at the last: a
+/// clean stop writes its closing batch before it leaves the set, so by then it is read.
+/// One that ships again later was only late: its count is taken back (`take_shipped`).
+fn count_departed(r: &mut Running, cluster: &Cluster, now: i64) -> u64 {
+    let patience = cluster.config.lease_ms as i64;
+    let mut lost = 0;
+    for (id, s) in r
+        .shippers
+        .iter_mut()
+        .filter(|(_, s)| !s.closed && s.lost.is_none())
+    {
+        match (cluster.is_live(id), s.absent_since_ms) {
+            (None | Some(true), _) => s.absent_since_ms = None,
+            (Some(false), None) => s.absent_since_ms = Some(now),
+            (Some(false), Some(since)) if now - since >= patience => {
+                let estimate = s.per_batch.ceil() as u64;
+                s.lost = Some(estimate);
+                lost += estimate;
+                tracing::warn!(
+                    rollout = %r.row.id,
+                    replica = %id,
+                    estimate = s.lost,
+                    "a replica left without its closing batch: up to one flush interval of its observations is lost (estimated from its recent batches)"
+                );
+            }
+            (Some(false), Some(_)) => {}
+        }
+    }
+    r.lost_observations += lost;
+    lost
 }
 
 /// Asks `r`'s judge (already fed) and returns the change its decision makes (none for a

@@ -109,6 +109,11 @@ impl RolloutTap {
 pub struct Shipment {
     pub observations: Vec<Observation>,
     pub assignments: Vec<AssignedCount>,
+    /// The replica's last batch of a clean stop: whatever it measured has been shipped.
+    /// A replica that stops heart-beating without one (SIGKILL, a crash) took up to one
+    /// flush interval of observations with it, which the judge counts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub closing: bool,
 }
 
 /// `count` requests assigned to `arm` at canary probability `w` in the second `at_ms`.
@@ -133,6 +138,7 @@ impl Shipment {
                 serde_json::from_str::<Vec<Observation>>(text).map(|observations| Shipment {
                     observations,
                     assignments: Vec::new(),
+                    closing: false,
                 })
             })
             .unwrap_or_default()

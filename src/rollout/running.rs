@@ -42,6 +42,10 @@ pub struct Running {
     pub fence: Option<i64>,
     /// Cluster: the last shipped batch judged, per replica (stored with the checkpoint).
     pub cursor: BTreeMap<String, i64>,
+    /// Cluster: what the judge knows of each replica's shipping (stored with the checkpoint).
+    pub shippers: BTreeMap<String, Shipper>,
+    /// Cluster: observations estimated lost with replicas that left without closing.
+    pub lost_observations: u64,
     /// Cluster: observations the tap dropped that were already reported in a shipped batch.
     pub dropped_seen: u64,
     /// Cluster: when to take or renew the judge lease next (ms).
@@ -55,9 +59,37 @@ pub struct Running {
 pub struct JudgeCursor {
     /// Replica id → the `seq` of its last batch judged.
     pub cursor: BTreeMap<String, i64>,
+    /// Replica id → what its batches said of it.
+    #[serde(default)]
+    pub shippers: BTreeMap<String, Shipper>,
+    /// Observations estimated lost with replicas that left without a closing batch: the
+    /// sum, over those replicas, of their observations per batch (a moving average: one
+    /// flush interval at their recent rate; the true loss is what each measured since its
+    /// last flush).
+    #[serde(default)]
+    pub lost_observations: u64,
     pub canary_in_step: u64,
     /// The step `canary_in_step` counts in.
     pub step: usize,
+}
+
+/// One replica's shipping as the judge saw it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Shipper {
+    /// Observations per batch, a moving average (weight 0.2 on the newest batch): one
+    /// flush interval's worth at its recent rate. A last batch alone says too little: at a
+    /// low rate it often carries the assignments of requests still running and no
+    /// observation.
+    pub per_batch: f64,
+    /// Its closing batch arrived: it stopped cleanly, nothing was lost.
+    pub closed: bool,
+    /// When the judge first found it out of the live set (ms), if it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub absent_since_ms: Option<i64>,
+    /// What was counted into `lost_observations` for it, once it was counted lost; taken
+    /// back if it ships again (it was late, not dead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost: Option<u64>,
 }
 
 impl JudgeCursor {
@@ -115,6 +147,8 @@ impl Running {
             feedback: BTreeMap::new(),
             fence: None,
             cursor: BTreeMap::new(),
+            shippers: BTreeMap::new(),
+            lost_observations: 0,
             dropped_seen: 0,
             next_lead_ms: 0,
         }
@@ -124,6 +158,8 @@ impl Running {
     pub fn judge_cursor(&self) -> JudgeCursor {
         JudgeCursor {
             cursor: self.cursor.clone(),
+            shippers: self.shippers.clone(),
+            lost_observations: self.lost_observations,
             canary_in_step: self.canary_in_step,
             step: self.row.position.step,
         }

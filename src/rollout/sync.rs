@@ -167,7 +167,14 @@ impl Controller {
 
     /// Everything this replica measured of each live rollout since the last call, as one
     /// batch per rollout (with how many observations it holds). `seq` numbers the batches.
-    pub fn drain_for_ship(&self, replica: &str, seq: &mut i64) -> Vec<(ShippedBatch, u64)> {
+    /// With `closing` (the last flush of a clean stop) every live rollout gets a batch, empty
+    /// or not, marked closing, so that its judge knows nothing was left behind.
+    pub fn drain_for_ship(
+        &self,
+        replica: &str,
+        seq: &mut i64,
+        closing: bool,
+    ) -> Vec<(ShippedBatch, u64)> {
         let mut inner = self.lock();
         let now = now_ms();
         let mut out = Vec::new();
@@ -199,7 +206,7 @@ impl Controller {
             let dropped = r.tap.dropped();
             let dropped_delta = dropped.saturating_sub(r.dropped_seen) as i64;
             r.dropped_seen = dropped;
-            if observations.is_empty() && assignments.is_empty() && dropped_delta == 0 {
+            if observations.is_empty() && assignments.is_empty() && dropped_delta == 0 && !closing {
                 continue;
             }
             *seq += 1;
@@ -222,6 +229,7 @@ impl Controller {
             batch.observations = Shipment {
                 observations,
                 assignments,
+                closing,
             }
             .to_json();
             out.push((batch, n));
@@ -348,7 +356,22 @@ impl Controller {
             return None;
         }
         let totals = self.store.arm_totals(id).await.ok()?;
-        Some(ClusterFigures::of(&totals))
+        // The replicas lost, as the judge's last checkpoint has them (on any replica).
+        let cursor: JudgeCursor = match self.store.rollout(id).await {
+            Ok(Some(row)) => row
+                .judge_cursor
+                .as_deref()
+                .and_then(|s| serde_json::from_str(s).ok())
+                .unwrap_or_default(),
+            _ => JudgeCursor::default(),
+        };
+        let lost = cursor
+            .shippers
+            .iter()
+            .filter(|(_, s)| s.lost.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        Some(ClusterFigures::of(&totals, lost, cursor.lost_observations))
     }
 }
 
@@ -366,6 +389,8 @@ fn resume(r: &mut Running, row: RolloutRow, fence: i64, now: i64) {
         .and_then(|s| serde_json::from_str(s).ok())
         .unwrap_or_default();
     r.cursor = saved.cursor;
+    r.shippers = saved.shippers;
+    r.lost_observations = saved.lost_observations;
     r.canary_in_step = if saved.step == row.position.step {
         saved.canary_in_step
     } else {

@@ -69,6 +69,13 @@ pub struct ClusterFigures {
     pub observations_dropped: i64,
     /// Replicas that shipped any.
     pub replicas: i64,
+    /// Replicas that left while the rollout was live without their closing batch (killed,
+    /// crashed), as the judge last wrote it down.
+    pub replicas_lost: Vec<String>,
+    /// Observations estimated lost with them: per replica, its observations per batch (a
+    /// moving average: one flush interval at its recent rate; the true loss is what it
+    /// measured since its last flush).
+    pub observations_lost_estimate: u64,
 }
 
 /// One arm over every replica.
@@ -83,8 +90,9 @@ pub struct ClusterArm {
 }
 
 impl ClusterFigures {
-    /// Figures from the sums of every shipped batch.
-    pub fn of(t: &ArmTotals) -> Self {
+    /// Figures from the sums of every shipped batch, with the replicas lost and the
+    /// observations estimated lost with them (as the judge's checkpoint has them).
+    pub fn of(t: &ArmTotals, replicas_lost: Vec<String>, observations_lost_estimate: u64) -> Self {
         let arm = |i: usize| {
             let n = t.requests[i];
             let per = |x: f64| if n > 0 { x / n as f64 } else { 0.0 };
@@ -101,6 +109,8 @@ impl ClusterFigures {
             requests: t.requests[0] + t.requests[1],
             observations_dropped: t.dropped,
             replicas: t.replicas,
+            replicas_lost,
+            observations_lost_estimate,
         }
     }
 }

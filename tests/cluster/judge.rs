@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::helpers::chat_body;
 use crate::rig::*;
 
 async fn start_rollout(rig: &Rig, via: usize, policy: &str) -> String {
@@ -363,5 +364,115 @@ async fn a_workspace_limit_holds_for_the_whole_cluster() {
     assert!(
         f64::from(admitted) <= allowed * 1.2 && f64::from(admitted) >= allowed * 0.8,
         "{admitted} admitted, B + R·t = {allowed:.1}"
+    );
+}
+
+/// Sends requests to replica `i` one after another until one fails (the replica is gone);
+/// returns how many were answered 200 with their whole body.
+async fn serve_until_gone(rig: &Rig, i: usize, key: &str) -> i64 {
+    let url = format!("{}/v1/chat/completions", rig.replicas[i].base);
+    let mut answered = 0;
+    loop {
+        let sent = rig
+            .http
+            .post(&url)
+            .bearer_auth(key)
+            .json(&chat_body("chat", json!({})))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status() == 200 => match r.bytes().await {
+                Ok(_) => answered += 1,
+                Err(_) => return answered,
+            },
+            _ => return answered,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_with_an_unflushed_batch_is_counted_and_a_clean_stop_is_not() {
+    let Some(base) = pg_base() else { return };
+    let mut rig = Rig::start(3, &base).await;
+    let (key, _) = rig.key(0, "acme").await;
+    let id = start_rollout(&rig, 0, "hold").await;
+    rig.wait_routed("chat", &id).await;
+    let (leader, _) = wait_some(Duration::from_secs(5), "a judge for the rollout", || {
+        rig.judge_of(0, &id)
+    })
+    .await;
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let (clean, killed) = (others[0], others[1]);
+
+    // A clean stop first: its closing batch says nothing was left behind.
+    let through_clean = rig.drive(&[clean], &key, "chat", 30).await;
+    assert!(through_clean.iter().all(|s| *s == 200), "{through_clean:?}");
+    rig.signal(clean, "TERM");
+    let exited = rig.replicas[clean].child.wait().unwrap();
+    assert!(exited.success(), "a clean stop exits 0: {exited:?}");
+
+    // Then SIGKILL in the middle of steady traffic: its last flush interval goes with it.
+    let killed_id = rig.replicas[killed].id.clone();
+    let (through_killed, ()) = tokio::join!(serve_until_gone(&rig, killed, &key), async {
+        wait_some(
+            Duration::from_secs(30),
+            "the replica's traffic shipped",
+            || async {
+                let v = view(&rig, leader, &id).await;
+                (v["cluster"]["requests"].as_i64() >= Some(30 + 100)).then_some(())
+            },
+        )
+        .await;
+        rig.signal(killed, "KILL");
+    });
+    let _ = rig.replicas[killed].child.wait();
+
+    let (v, took) = wait_some(
+        Duration::from_secs(20),
+        "the killed replica counted as lost",
+        || async {
+            let v = view(&rig, leader, &id).await;
+            (v["cluster"]["replicas_lost"].as_array().map(Vec::len) == Some(1)).then_some(v)
+        },
+    )
+    .await;
+    let c = &v["cluster"];
+    eprintln!("lost replica reported after {took:?}: {c}");
+    assert_eq!(
+        c["replicas_lost"],
+        json!([killed_id]),
+        "only the killed one: {c}"
+    );
+    let estimate = c["observations_lost_estimate"].as_i64().unwrap();
+    let sent = 30 + through_killed;
+    let shipped = c["requests"].as_i64().unwrap();
+    let lost = sent - shipped;
+    eprintln!("sent {sent}, shipped {shipped}: {lost} lost, {estimate} estimated");
+    assert!(
+        estimate > 0,
+        "a replica killed mid-traffic had a last batch: {c}"
+    );
+    // What was lost is what it measured since its last flush: a small part of what it
+    // served (one 100 ms interval on a quiet machine; a loaded one spaces flushes unevenly,
+    // so the estimate, one interval at the last rate, is an estimate, not a bound).
+    assert!(
+        (-2..=through_killed / 2).contains(&lost),
+        "lost {lost} of {through_killed}, estimated {estimate}"
+    );
+    let metrics = rig
+        .http
+        .get(format!("{}/metrics", rig.replicas[leader].base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "sluice_cluster_observations_lost_estimate_total {estimate}"
+        )),
+        "{metrics}"
     );
 }

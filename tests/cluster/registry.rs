@@ -11,19 +11,29 @@ async fn every_replica_is_listed_and_a_killed_one_is_gone_after_three_heartbeats
     let Some(base) = pg_base() else { return };
     let mut rig = Rig::start(3, &base).await;
     for asking in 0..3 {
-        let (status, v) = rig.admin(asking, Method::GET, "/cluster", None).await;
-        assert_eq!(status, 200, "{v}");
+        // Every replica live in this one's view: at once on a quiet machine; on a loaded one a
+        // heartbeat can come late (200 ms here, gone after 600 ms) and the view catches up.
+        let (v, _) = wait_some(
+            Duration::from_secs(30),
+            "every replica listed as live",
+            || async {
+                let (status, v) = rig.admin(asking, Method::GET, "/cluster", None).await;
+                assert_eq!(status, 200, "{v}");
+                let live: Vec<String> = v["replicas"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|r| r["state"] == "live")
+                    .map(|r| r["id"].as_str().unwrap().to_owned())
+                    .collect();
+                rig.replicas
+                    .iter()
+                    .all(|r| live.contains(&r.id))
+                    .then_some(v)
+            },
+        )
+        .await;
         assert_eq!(v["mode"], "cluster");
-        let live: Vec<&str> = v["replicas"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| r["state"] == "live")
-            .map(|r| r["id"].as_str().unwrap())
-            .collect();
-        for r in &rig.replicas {
-            assert!(live.contains(&r.id.as_str()), "{} missing from {v:#}", r.id);
-        }
         let me = v["replicas"]
             .as_array()
             .unwrap()

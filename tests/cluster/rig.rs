@@ -9,8 +9,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    ADMIN_TOKEN, AZURE_KEY, ENTRA_TOKEN, MockUpstream, UPSTREAM_KEY, chat_body, config_toml,
-    fresh_pg_schema, http_client, write_policies,
+    ADMIN_TOKEN, AZURE_KEY, ENTRA_TOKEN, MockUpstream, PATIENCE, UPSTREAM_KEY, chat_body,
+    config_toml, fresh_pg_schema, http_client, write_policies,
 };
 
 /// Short intervals for tests (the defaults are 1 s, 5 s, 250 ms, 5 s).
@@ -223,7 +223,7 @@ impl Rig {
             .post(format!("{}/v1/chat/completions", self.replicas[i].base))
             .bearer_auth(key)
             .json(&chat_body(route, json!({})))
-            .timeout(Duration::from_secs(10))
+            .timeout(PATIENCE)
             .send()
             .await
             .unwrap()
