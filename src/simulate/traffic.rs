@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use super::baselines::Checks;
 use super::scenario::Scenario;
 use crate::judge::{Judge, Observation};
-use crate::rollout::machine::{Decision, Position};
+use crate::rollout::machine::{Decision, InStep, Position};
 use crate::types::{Arm, RolloutState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,7 +161,7 @@ pub fn run(s: &Scenario, watch: &[crate::judge::spec::Metric], seed: u64) -> Run
                     break;
                 }
                 let f = entry.remove();
-                if f.obs.arm == Arm::Canary {
+                if f.obs.arm == Arm::Canary && f.obs.randomized {
                     canary_in_step += 1;
                 }
                 judge.observe(&f.obs);
@@ -177,7 +177,11 @@ pub fn run(s: &Scenario, watch: &[crate::judge::spec::Metric], seed: u64) -> Run
             }
             judge.tick(next_look);
             let report = judge.look(next_look);
-            let decision = pos.decide(policy, &report, canary_in_step, next_look);
+            let in_step = InStep {
+                randomized: canary_in_step,
+                reported: 0,
+            };
+            let decision = pos.decide(policy, &report, in_step, next_look);
             let ended = match &decision {
                 Decision::Revert { .. } => Some((Outcome::Reverted, report.kill_switch_fired)),
                 Decision::Promote => Some((Outcome::Promoted, false)),
