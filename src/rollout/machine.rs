@@ -22,9 +22,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::judge::JudgeReport;
+use crate::judge::{JudgeReport, Observation};
 use crate::rollout::policy::Policy;
-use crate::types::RolloutState;
+use crate::types::{Arm, RolloutState};
 
 /// Where a rollout stands: everything the router and a restart need.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +47,22 @@ pub struct InStep {
     /// Canary requests that were not randomized (pinned, targeted, continuing a
     /// conversation): reported, counted only at a step without randomized traffic.
     pub reported: u64,
+}
+
+impl InStep {
+    /// Counts `obs` when it is a canary request assigned since the step began at
+    /// `step_started_ms`: one assigned at the step before but measured after an advance was
+    /// served at the old weight, and is not this step's.
+    pub fn count(&mut self, obs: &Observation, step_started_ms: i64) {
+        if obs.arm != Arm::Canary || obs.at_ms < step_started_ms {
+            return;
+        }
+        if obs.randomized {
+            self.randomized += 1;
+        } else {
+            self.reported += 1;
+        }
+    }
 }
 
 /// What the machine decided at one look.
@@ -615,5 +631,44 @@ mod tests {
         assert!(!aborted.state.is_live());
         let promoted = resumed.promoted(&p, 50);
         assert_eq!(promoted.weight_bp, 10_000);
+    }
+
+    #[test]
+    fn a_step_counts_its_own_canary_requests_by_how_they_were_assigned() {
+        let obs = |arm: Arm, randomized: bool, at_ms: i64| Observation {
+            at_ms,
+            arm,
+            w: 0.1,
+            randomized,
+            error: false,
+            latency_ms: 10.0,
+            ttft_ms: None,
+            tokens: 1.0,
+            cost_usd: 0.0,
+            response_chars: 1.0,
+            schema_failed: None,
+            guardrail_blocked: false,
+            unit: None,
+        };
+        let mut in_step = InStep::default();
+        for o in [
+            obs(Arm::Canary, true, 1_000),
+            obs(Arm::Canary, true, 1_500),
+            obs(Arm::Canary, false, 1_000),
+            // Stable requests are no canary evidence.
+            obs(Arm::Stable, true, 1_000),
+            // Assigned before the step began (at the old weight), measured after.
+            obs(Arm::Canary, true, 999),
+            obs(Arm::Canary, false, 0),
+        ] {
+            in_step.count(&o, 1_000);
+        }
+        assert_eq!(
+            in_step,
+            InStep {
+                randomized: 2,
+                reported: 1
+            }
+        );
     }
 }

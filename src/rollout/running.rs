@@ -148,24 +148,18 @@ impl Running {
         }
     }
 
+    /// Counts `obs` toward the current step ([`InStep::count`]).
+    pub fn count(&mut self, obs: &Observation) {
+        let mut in_step = self.in_step();
+        in_step.count(obs, self.row.position.step_started_ms);
+        self.canary_in_step = in_step.randomized;
+        self.reported_in_step = in_step.reported;
+    }
+
     /// A new step (or a position read from elsewhere at another step): nothing counted yet.
     pub fn new_step(&mut self) {
         self.canary_in_step = 0;
         self.reported_in_step = 0;
-    }
-
-    /// Counts `obs` toward the current step when it is a canary request assigned since the
-    /// step began (one assigned at the step before but measured after an advance was
-    /// served at the old weight, and is not this step's).
-    pub fn count(&mut self, obs: &Observation) {
-        if obs.arm != Arm::Canary || obs.at_ms < self.row.position.step_started_ms {
-            return;
-        }
-        if obs.randomized {
-            self.canary_in_step += 1;
-        } else {
-            self.reported_in_step += 1;
-        }
     }
 
     /// The judge's state and last report as stored by a checkpoint (JSON text each).
