@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything [`crate::judge::Judge::new`] needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,7 +88,7 @@ impl Metric {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Gate {
     pub metric: Metric,
     /// Tolerance: the canary may be up to this × stable before it counts as harm.
@@ -99,7 +99,7 @@ pub struct Gate {
     pub max_ms: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KillSwitch {
     pub error_rate: f64,
     pub min_requests: u64,
@@ -116,7 +116,7 @@ pub enum FeedbackKind {
     Numeric,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeedbackMetric {
     pub name: String,
     pub kind: FeedbackKind,
@@ -124,10 +124,14 @@ pub struct FeedbackMetric {
     pub higher_is_better: bool,
 }
 
-/// Durations serialize as milliseconds.
-mod humantime_serde_ms {
+/// Durations serialize as milliseconds (and read back from them: a rollout's stored policy).
+pub(crate) mod humantime_serde_ms {
+    use serde::Deserialize;
     use std::time::Duration;
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(d.as_millis() as u64)
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
     }
 }

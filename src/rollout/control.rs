@@ -4,8 +4,8 @@
 //! state machine for a decision, and when the decision changes anything it writes the new
 //! position and an event with the evidence to the database first, then swaps the routing
 //! table. Operator commands (start, pause, resume, promote, abort, pins) take the same path.
-//! A restart reads the live rollouts back (step, weight, salt, pins, judge state) and
-//! publishes the same table again.
+//! A restart reads the live rollouts back (step, weight, salt, pins, judge state, and the
+//! policy each started with, stored with it) and publishes the same table again.
 //!
 //! Two locks, so that nothing waits behind the database but another change: `changes`
 //! (async) is held by whoever changes a rollout, across its database write, so changes never
@@ -33,7 +33,7 @@ use super::RolloutError;
 use super::machine::{Decision, Position};
 use super::notify::{Notifier, decision_event};
 use super::policy::{Policy, load_policy};
-use super::running::{Inner, Running, view_ended, view_running};
+use super::running::{Inner, Running, policy_of, view_ended, view_running};
 use super::view::{EndedFigures, RolloutView, view_row};
 use crate::catalog::Catalog;
 use crate::cluster::{Cluster, ClusterCounters, judge_lease};
@@ -145,8 +145,8 @@ impl Controller {
             }
         }
         for row in store.rollouts(true).await? {
-            let Some(policy) = policies.get(&row.policy).cloned() else {
-                tracing::error!(rollout = %row.id, policy = %row.policy, "the rollout's policy file is gone; its canary gets no traffic until it is back");
+            // The policy it started with, not today's file: a restart never swaps it.
+            let Some(policy) = policy_of(&row, policies.get(&row.policy).cloned()) else {
                 continue;
             };
             let judge = row
@@ -668,7 +668,7 @@ impl Controller {
                 .get_mut(&id)
                 .ok_or_else(|| RolloutError::NotLive(id.clone()))?;
             if next.step != r.row.position.step {
-                r.canary_in_step = 0;
+                r.new_step();
             }
             r.row.position = next;
             r.row.updated_at_ms = now;
@@ -867,9 +867,7 @@ fn take_local(r: &mut Running) {
         r.judge.note_assignment(a.arm, a.w, a.at_ms);
     }
     while let Ok(obs) = r.feed.observations.try_recv() {
-        if obs.arm == Arm::Canary {
-            r.canary_in_step += 1;
-        }
+        r.count(&obs);
         r.judge.observe(&obs);
     }
 }
@@ -897,9 +895,7 @@ fn take_shipped(r: &mut Running, batches: Vec<ObservationBatch>) {
             }
         }
         for o in &shipment.observations {
-            if o.arm == Arm::Canary {
-                r.canary_in_step += 1;
-            }
+            r.count(o);
             r.judge.observe(o);
         }
         let last = r.cursor.entry(batch.replica).or_default();
@@ -951,10 +947,7 @@ fn look_at(r: &mut Running, now: i64) -> Option<Change> {
     // Settles the sticky units' segments that came of age and finds overdue requests.
     r.judge.tick(now);
     let report = r.judge.report(now);
-    let decision = r
-        .row
-        .position
-        .decide(&r.policy, &report, r.canary_in_step, now);
+    let decision = r.row.position.decide(&r.policy, &report, r.in_step(), now);
     r.last_report = Some(report.clone());
     r.last_decision = Some(decision.clone());
     if matches!(decision, Decision::Hold { .. }) {

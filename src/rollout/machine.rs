@@ -1,20 +1,30 @@
-//! The rollout state machine: pure. In: the current [`Position`], the policy, the judge's
-//! report and the canary requests measured in the step. Out: a [`Decision`], and the
-//! next `Position` once the caller has stored the decision. Operator commands are the
-//! `paused` / `resumed` / `promoted` / `aborted` helpers.
+//! The rollout state machine: pure. In: the current [`Position`], the policy the rollout
+//! started with, the judge's report and the canary requests measured in the step
+//! ([`InStep`]). Out: a [`Decision`], and the next `Position` once the caller has stored the
+//! decision. Operator commands are the `paused` / `resumed` / `promoted` / `aborted` helpers.
 //!
 //! Rules, in order: an ended rollout only holds; a revert from the judge always wins, even
 //! when paused (the kill switch and statistical failure must not wait for an operator);
 //! a broken design (sample-ratio mismatch) is inconclusive and never advances; paused never
-//! advances; a step advances (or, after the last step, promotes) only when its hold time has
-//! passed and it has served its minimum canary requests; a step undecided past
+//! advances; a position the policy cannot explain (a step past its last) is inconclusive,
+//! never a promotion; a step advances (or, after the last step, promotes) only when its hold
+//! time has passed and it has served its minimum canary requests; a step undecided past
 //! `max_step_hold` turns inconclusive once and then waits for an operator.
+//!
+//! Evidence is randomized: while the rollout sends randomized traffic (weight > 0) only
+//! randomized canary requests count toward a step's minimum; pinned, targeted and
+//! continued-conversation requests are reported beside them, never counted. A step without
+//! randomized traffic (workspaces only, or shadow only, which can only open a policy since
+//! weights never fall) has nothing randomized to count: its minimum counts the requests it
+//! exists to expose (the targeted workspaces'), and it may lead to a randomized step but
+//! never to a promotion: a policy whose last step has no randomized traffic turns
+//! inconclusive there and waits for an operator.
 
 use serde::{Deserialize, Serialize};
 
-use crate::judge::JudgeReport;
+use crate::judge::{JudgeReport, Observation};
 use crate::rollout::policy::Policy;
-use crate::types::RolloutState;
+use crate::types::{Arm, RolloutState};
 
 /// Where a rollout stands: everything the router and a restart need.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,6 +37,32 @@ pub struct Position {
     pub step_started_ms: i64,
     /// The step ran past `max_step_hold` undecided: holding and waiting for an operator.
     pub inconclusive: bool,
+}
+
+/// Canary requests measured since the current step began, by how they were assigned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InStep {
+    /// Randomized canary requests: the only ones that are evidence.
+    pub randomized: u64,
+    /// Canary requests that were not randomized (pinned, targeted, continuing a
+    /// conversation): reported, counted only at a step without randomized traffic.
+    pub reported: u64,
+}
+
+impl InStep {
+    /// Counts `obs` when it is a canary request assigned since the step began at
+    /// `step_started_ms`: one assigned at the step before but measured after an advance was
+    /// served at the old weight, and is not this step's.
+    pub fn count(&mut self, obs: &Observation, step_started_ms: i64) {
+        if obs.arm != Arm::Canary || obs.at_ms < step_started_ms {
+            return;
+        }
+        if obs.randomized {
+            self.randomized += 1;
+        } else {
+            self.reported += 1;
+        }
+    }
 }
 
 /// What the machine decided at one look.
@@ -63,11 +99,13 @@ impl Position {
     }
 
     /// The judge's look at `now_ms`, with the canary requests measured in the current step.
+    /// `policy` is the one the rollout started with (its stored copy), never a file edited
+    /// since.
     pub fn decide(
         &self,
         policy: &Policy,
         report: &JudgeReport,
-        canary_requests_in_step: u64,
+        in_step: InStep,
         now_ms: i64,
     ) -> Decision {
         if !self.state.is_live() {
@@ -106,30 +144,59 @@ impl Position {
             };
         }
         let Some(step) = policy.steps.get(self.step) else {
-            return Decision::Promote;
+            // "No step here" is not "every step passed": the position and the policy
+            // disagree, and only an operator can say which is right.
+            return self.inconclusive_once(format!(
+                "the rollout stands at step {} but its policy `{}` has {} step(s): the policy \
+                 cannot explain this position, so the judge will not advance or promote it; \
+                 promote or abort by hand",
+                self.step + 1,
+                policy.name,
+                policy.steps.len()
+            ));
+        };
+        let randomized = self.weight_bp > 0;
+        let (counted, counted_what) = if randomized {
+            (in_step.randomized, "randomized canary requests")
+        } else {
+            (
+                in_step.reported,
+                "targeted canary requests (no randomized traffic at this step)",
+            )
         };
         let elapsed_ms = (now_ms - self.step_started_ms).max(0) as u128;
         let hold_met = elapsed_ms >= step.hold.as_millis();
-        let requests_met = canary_requests_in_step >= step.min_requests;
+        let requests_met = counted >= step.min_requests;
         if hold_met && requests_met {
             return match policy.steps.get(self.step + 1) {
                 Some(next) => Decision::Advance {
                     to_step: self.step + 1,
                     weight_bp: next.weight_bp.max(self.weight_bp),
                 },
-                None => Decision::Promote,
+                None if randomized => Decision::Promote,
+                None => self.inconclusive_once(format!(
+                    "the last step of policy `{}` sends no randomized traffic, so no judged \
+                     evidence can promote the canary; promote or abort by hand",
+                    policy.name
+                )),
             };
         }
         // Steps are counted from 1 for people, as in the advance events.
-        let missing = format!(
-            "step {} of {} held {} of {}, {} of {} canary requests",
+        let mut missing = format!(
+            "step {} of {} held {} of {}, {} of {} {counted_what}",
             self.step + 1,
             policy.steps.len(),
             fmt_ms(elapsed_ms),
             fmt_ms(step.hold.as_millis()),
-            canary_requests_in_step,
+            counted,
             step.min_requests
         );
+        if randomized && in_step.reported > 0 {
+            missing.push_str(&format!(
+                " ({} more not randomized: pinned, targeted or continued; reported, not counted)",
+                in_step.reported
+            ));
+        }
         if elapsed_ms >= policy.max_step_hold.as_millis() {
             return self.inconclusive_once(format!(
                 "undecided after max_step_hold ({}): {missing}",
@@ -391,16 +458,111 @@ mod tests {
             ),
         ];
         for (case, pos, revert, srm, requests, minutes, want) in table {
-            let d = pos.decide(&p, &report(revert, srm), requests, minutes * MIN);
-            let kind = match d {
-                Decision::Hold { .. } => "hold",
-                Decision::Advance { .. } => "advance",
-                Decision::Promote => "promote",
-                Decision::Revert { .. } => "revert",
-                Decision::Inconclusive { .. } => "inconclusive",
+            let in_step = InStep {
+                randomized: requests,
+                reported: 0,
             };
-            assert_eq!(kind, want, "{case}: {d:?}");
+            let d = pos.decide(&p, &report(revert, srm), in_step, minutes * MIN);
+            assert_eq!(kind(&d), want, "{case}: {d:?}");
         }
+    }
+
+    fn kind(d: &Decision) -> &'static str {
+        match d {
+            Decision::Hold { .. } => "hold",
+            Decision::Advance { .. } => "advance",
+            Decision::Promote => "promote",
+            Decision::Revert { .. } => "revert",
+            Decision::Inconclusive { .. } => "inconclusive",
+        }
+    }
+
+    #[test]
+    fn only_randomized_requests_count_while_the_rollout_randomizes() {
+        let p = policy();
+        let quiet = report(false, false);
+        let pinned_only = InStep {
+            randomized: 0,
+            reported: 1_000_000,
+        };
+        // A randomized step (1 %) and the last one (50 %): pinned or targeted requests alone,
+        // however many, neither advance nor promote.
+        for step in [1, 4] {
+            let d = at(step, RolloutState::Progressing, false).decide(
+                &p,
+                &quiet,
+                pinned_only,
+                99 * MIN,
+            );
+            assert_eq!(kind(&d), "hold", "step {step}: {d:?}");
+            let Decision::Hold { why } = d else {
+                unreachable!()
+            };
+            assert!(why.contains("randomized canary requests"), "{why}");
+            assert!(why.contains("1000000 more not randomized"), "{why}");
+        }
+        let enough = InStep {
+            randomized: 1000,
+            reported: 0,
+        };
+        let d = at(4, RolloutState::Progressing, false).decide(&p, &quiet, enough, 99 * MIN);
+        assert_eq!(d, Decision::Promote);
+        // The workspace-only first step (weight 0) has no randomized traffic: it counts the
+        // targeted requests it exists to expose, and leads to a randomized step.
+        let targeted = at(0, RolloutState::Progressing, false);
+        assert_eq!(targeted.weight_bp, 0);
+        let d = targeted.decide(&p, &quiet, pinned_only, 11 * MIN);
+        assert_eq!(
+            d,
+            Decision::Advance {
+                to_step: 1,
+                weight_bp: 100
+            }
+        );
+    }
+
+    #[test]
+    fn a_policy_ending_without_randomized_traffic_never_promotes() {
+        let mut p = policy();
+        p.steps.truncate(1);
+        let d = at(0, RolloutState::Progressing, false).decide(
+            &p,
+            &report(false, false),
+            InStep {
+                randomized: 0,
+                reported: 5000,
+            },
+            99 * MIN,
+        );
+        assert_eq!(kind(&d), "inconclusive", "{d:?}");
+    }
+
+    #[test]
+    fn a_position_the_policy_cannot_explain_is_inconclusive_never_a_promotion() {
+        // A rollout at the second step of a two-step policy, judged by a one-step policy
+        // (what an edited file would have done): inconclusive once, then it holds.
+        let mut p = policy();
+        let pos = at(1, RolloutState::Progressing, false);
+        p.steps.truncate(1);
+        let enough = InStep {
+            randomized: 1_000_000,
+            reported: 0,
+        };
+        let d = pos.decide(&p, &report(false, false), enough, 99 * MIN);
+        let Decision::Inconclusive { why } = &d else {
+            panic!("{d:?}")
+        };
+        assert!(why.contains("cannot explain"), "{why}");
+        let held = pos.apply(&p, &d, 99 * MIN);
+        assert_eq!(
+            (held.step, held.state, held.weight_bp),
+            (1, RolloutState::Progressing, 100)
+        );
+        let d = held.decide(&p, &report(false, false), enough, 200 * MIN);
+        assert_eq!(kind(&d), "hold", "{d:?}");
+        // Harm still reverts.
+        let d = held.decide(&p, &report(true, false), enough, 200 * MIN);
+        assert_eq!(kind(&d), "revert");
     }
 
     #[test]
@@ -469,5 +631,44 @@ mod tests {
         assert!(!aborted.state.is_live());
         let promoted = resumed.promoted(&p, 50);
         assert_eq!(promoted.weight_bp, 10_000);
+    }
+
+    #[test]
+    fn a_step_counts_its_own_canary_requests_by_how_they_were_assigned() {
+        let obs = |arm: Arm, randomized: bool, at_ms: i64| Observation {
+            at_ms,
+            arm,
+            w: 0.1,
+            randomized,
+            error: false,
+            latency_ms: 10.0,
+            ttft_ms: None,
+            tokens: 1.0,
+            cost_usd: 0.0,
+            response_chars: 1.0,
+            schema_failed: None,
+            guardrail_blocked: false,
+            unit: None,
+        };
+        let mut in_step = InStep::default();
+        for o in [
+            obs(Arm::Canary, true, 1_000),
+            obs(Arm::Canary, true, 1_500),
+            obs(Arm::Canary, false, 1_000),
+            // Stable requests are no canary evidence.
+            obs(Arm::Stable, true, 1_000),
+            // Assigned before the step began (at the old weight), measured after.
+            obs(Arm::Canary, true, 999),
+            obs(Arm::Canary, false, 0),
+        ] {
+            in_step.count(&o, 1_000);
+        }
+        assert_eq!(
+            in_step,
+            InStep {
+                randomized: 2,
+                reported: 1
+            }
+        );
     }
 }

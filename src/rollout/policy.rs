@@ -13,7 +13,7 @@ use crate::config::issue::{ConfigErrors, ConfigIssue, read_toml, struct_fields};
 use crate::judge::spec::{FeedbackKind, FeedbackMetric, Gate, JudgeSpec, KillSwitch, Metric};
 
 /// How requests are bucketed for the canary.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Sticky {
     /// Each request on its own (the default; best judge power).
@@ -26,11 +26,12 @@ pub enum Sticky {
     Conversation,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Step {
     /// Canary weight for randomized traffic, in basis points (1 % = 100); 0..=10 000.
     pub weight_bp: u32,
     /// Workspaces that get the canary at 100 % from this step on (targeting, not randomized).
+    #[serde(default)]
     pub workspaces: Vec<String>,
     #[serde(with = "humantime_serde_ms")]
     pub hold: Duration,
@@ -38,7 +39,10 @@ pub struct Step {
     pub min_requests: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A checked policy. It serializes as JSON into the rollout's row (`policy_json`) when a
+/// rollout starts, and a live rollout is judged by that stored copy on every replica and
+/// after every restart ([`Policy::from_stored`]): an edited file applies to the next rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Policy {
     pub name: String,
     pub description: String,
@@ -49,18 +53,22 @@ pub struct Policy {
     #[serde(with = "humantime_serde_ms")]
     pub max_step_hold: Duration,
     pub sticky: Sticky,
+    #[serde(default)]
     pub webhook: Option<String>,
     pub steps: Vec<Step>,
     pub gates: Vec<Gate>,
+    #[serde(default)]
     pub kill_switch: Option<KillSwitch>,
     /// `[shadow]`: copy a sample of one arm's traffic to the other version.
+    #[serde(default)]
     pub shadow: Option<ShadowConfig>,
     /// `[feedback.<metric>]`: business metrics posted to `/v1/feedback`, judged as gates.
+    #[serde(default)]
     pub feedback: Vec<FeedbackMetric>,
 }
 
 /// A rollout policy's `[shadow]` section.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShadowConfig {
     /// Share of the source arm's requests that are copied.
     pub rate: f64,
@@ -86,13 +94,7 @@ impl ShadowConfig {
     }
 }
 
-/// Durations serialize as milliseconds.
-mod humantime_serde_ms {
-    use std::time::Duration;
-    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
-    }
-}
+use crate::judge::spec::humantime_serde_ms;
 
 /// Defaults for keys a policy leaves out; `policies/default.toml` documents them.
 pub const DEFAULT_ALPHA: f64 = 0.01;
@@ -131,6 +133,20 @@ impl Sticky {
 }
 
 impl Policy {
+    /// The policy a rollout started with, from its row's `policy_json` (what
+    /// `serde_json::to_string(&policy)` wrote at the start).
+    ///
+    /// # Errors
+    /// The text is not a policy (empty, or written by a build whose policy had another
+    /// shape); the message says what serde could not read.
+    pub fn from_stored(json: &str) -> Result<Policy, String> {
+        let policy: Policy = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        if policy.steps.is_empty() {
+            return Err("the stored policy has no steps".into());
+        }
+        Ok(policy)
+    }
+
     /// What the judge needs of this policy, in the judge's own terms.
     pub fn judge_spec(&self) -> JudgeSpec {
         JudgeSpec {
@@ -828,5 +844,25 @@ error_rate = 0
         assert_eq!(p.steps[0].weight_bp, 0);
         assert_eq!(p.steps[1].weight_bp, 10_000);
         assert_eq!(p.sticky, Sticky::Header("x-team".into()));
+    }
+    #[test]
+    fn a_stored_policy_reads_back_as_it_was_started() {
+        let shadow = parse_policy(
+            Path::new("s.toml"),
+            "s",
+            "[[steps]]\nweight = 0\nhold = \"1m\"\n[[steps]]\nworkspaces = [\"a\"]\nweight = 5\nhold = \"2m\"\nmin_requests = 3\n[shadow]\nrate = 0.5\nfrom = \"stable\"\nto = \"canary\"\n[feedback.converted]\nkind = \"binary\"\ngood = \"higher\"\n",
+        )
+        .unwrap();
+        for p in [
+            shipped("default"),
+            shipped("internal-first"),
+            shipped("quickstart"),
+            shadow,
+        ] {
+            let json = serde_json::to_string(&p).unwrap();
+            assert_eq!(Policy::from_stored(&json).unwrap(), p, "{json}");
+        }
+        assert!(Policy::from_stored("").is_err());
+        assert!(Policy::from_stored("{}").is_err());
     }
 }

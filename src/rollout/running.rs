@@ -10,11 +10,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::feed::{RolloutTap, TapReceivers};
-use super::machine::Decision;
+use super::machine::{Decision, InStep};
 use super::policy::Policy;
 use super::view::{ArmView, ArmsView, EndedFigures, JudgeView, LiveView, RolloutView, view_row};
 use crate::catalog::Catalog;
-use crate::judge::{Judge, JudgeReport};
+use crate::judge::{Judge, JudgeReport, Observation};
 use crate::shadow::RolloutShadow;
 use crate::store::RolloutRow;
 use crate::types::{Arm, now_ms};
@@ -29,8 +29,12 @@ pub struct Running {
     pub tap: Arc<RolloutTap>,
     /// Workspace → the arm it is pinned to.
     pub pins: BTreeMap<String, Arm>,
-    /// Canary requests measured since the current step began.
+    /// Randomized canary requests measured since the current step began: the evidence a
+    /// step's minimum counts.
     pub canary_in_step: u64,
+    /// Canary requests of the step that were not randomized (pinned, targeted, continued
+    /// conversations): reported, never evidence.
+    pub reported_in_step: u64,
     pub last_look_ms: i64,
     pub last_report: Option<JudgeReport>,
     pub last_decision: Option<Decision>,
@@ -68,7 +72,12 @@ pub struct JudgeCursor {
     /// last flush).
     #[serde(default)]
     pub lost_observations: u64,
+    /// Randomized canary requests counted in the current step.
     pub canary_in_step: u64,
+    /// Canary requests of the step that were not randomized (absent from a checkpoint
+    /// written before they were told apart).
+    #[serde(default)]
+    pub reported_in_step: u64,
     /// The step `canary_in_step` counts in.
     pub step: usize,
 }
@@ -141,6 +150,7 @@ impl Running {
             tap,
             pins,
             canary_in_step: 0,
+            reported_in_step: 0,
             last_report,
             last_decision: None,
             shadow,
@@ -161,8 +171,31 @@ impl Running {
             shippers: self.shippers.clone(),
             lost_observations: self.lost_observations,
             canary_in_step: self.canary_in_step,
+            reported_in_step: self.reported_in_step,
             step: self.row.position.step,
         }
+    }
+
+    /// The step's canary requests, as the state machine counts them.
+    pub fn in_step(&self) -> InStep {
+        InStep {
+            randomized: self.canary_in_step,
+            reported: self.reported_in_step,
+        }
+    }
+
+    /// Counts `obs` toward the current step ([`InStep::count`]).
+    pub fn count(&mut self, obs: &Observation) {
+        let mut in_step = self.in_step();
+        in_step.count(obs, self.row.position.step_started_ms);
+        self.canary_in_step = in_step.randomized;
+        self.reported_in_step = in_step.reported;
+    }
+
+    /// A new step (or a position read from elsewhere at another step): nothing counted yet.
+    pub fn new_step(&mut self) {
+        self.canary_in_step = 0;
+        self.reported_in_step = 0;
     }
 
     /// The judge's state and last report as stored by a checkpoint (JSON text each).
@@ -174,6 +207,33 @@ impl Running {
             .map(|x| serde_json::to_string(x).unwrap_or_default())
             .unwrap_or_default();
         (judge, report)
+    }
+}
+
+/// The policy live rollout `row` runs under: the copy stored with it when it started, on
+/// every replica and after every restart, so that an edited file applies to the next
+/// rollout and never moves a live one. `file` is the policy file of the same name as this
+/// process reads it now: logged when it differs, and used only for a row whose stored copy
+/// cannot be read (written by an older build), with an error in the log. `None` when
+/// neither can be had (also logged): the rollout's canary then gets no traffic here.
+pub fn policy_of(row: &RolloutRow, file: Option<Arc<Policy>>) -> Option<Arc<Policy>> {
+    match Policy::from_stored(&row.policy_json) {
+        Ok(stored) => {
+            if file.is_some_and(|f| *f != stored) {
+                tracing::info!(rollout = %row.id, policy = %row.policy, "the policy file has changed since this rollout started; the rollout keeps the policy it started with (stored with it) and the edit applies to the next rollout");
+            }
+            Some(Arc::new(stored))
+        }
+        Err(e) => match file {
+            Some(f) => {
+                tracing::error!(rollout = %row.id, policy = %row.policy, error = %e, "the policy stored with this rollout cannot be read; judging it by the policy file as it is now");
+                Some(f)
+            }
+            None => {
+                tracing::error!(rollout = %row.id, policy = %row.policy, error = %e, "neither the policy stored with this rollout nor its policy file can be read; its canary gets no traffic here until the file is back");
+                None
+            }
+        },
     }
 }
 
@@ -205,6 +265,7 @@ pub fn view_running(r: &Running) -> RolloutView {
         .map(|rep| JudgeView::Live(Box::new(rep)));
     v.live = Some(LiveView {
         canary_requests_in_step: r.canary_in_step,
+        reported_canary_requests_in_step: r.reported_in_step,
         observations_dropped: r.tap.dropped(),
         last_decision: r.last_decision.clone(),
         shadow: r.shadow.as_ref().map(|s| s.counters()),

@@ -3,7 +3,8 @@
 //!
 //! - `refresh`: re-reads the live rollouts, pins and promoted stables another replica may
 //!   have changed, and republishes the routing table (on every notification and on the
-//!   periodic re-read).
+//!   periodic re-read). A rollout taken up here runs under the policy stored with it when
+//!   it started, never this replica's file as it is now.
 //! - `drain_for_ship`: hands this replica's observations to the shipper (`cluster::ship`).
 //! - `lead`: takes or renews the judge lease of each live rollout; a replica that takes a
 //!   lease over resumes from the stored checkpoint (judge state + cursor).
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use super::control::{Controller, ENDED_VIEWS_KEPT};
 use super::feed::{AssignedCount, Shipment};
 use super::policy::Policy;
-use super::running::{JudgeCursor, Running, view_running};
+use super::running::{JudgeCursor, Running, policy_of, view_running};
 use super::view::{ClusterFigures, EndedFigures};
 use crate::cluster::{ClusterCounters, judge_lease};
 use crate::judge::{Judge, Observation};
@@ -56,7 +57,7 @@ impl Controller {
                 self.store.pins(&row.id).await?.into_iter().collect();
             pins.insert(row.id.clone(), of_row);
         }
-        let (gone, unknown): (Vec<String>, Vec<(String, String)>) = {
+        let (gone, unknown): (Vec<String>, HashSet<String>) = {
             let inner = self.lock();
             let live: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
             let gone = inner
@@ -68,7 +69,7 @@ impl Controller {
             let unknown = rows
                 .iter()
                 .filter(|r| !inner.running.contains_key(&r.id))
-                .map(|r| (r.id.clone(), r.policy.clone()))
+                .map(|r| r.id.clone())
                 .collect();
             (gone, unknown)
         };
@@ -80,21 +81,16 @@ impl Controller {
                 ended_rows.push(row);
             }
         }
-        // The policy file as it is now, as the replica that started the rollout read it.
+        // The policy each rollout started with, as stored with it: every replica judges
+        // and routes by that one copy, whatever its own file says now.
         let mut policies: BTreeMap<String, Arc<Policy>> = BTreeMap::new();
-        for (id, name) in unknown {
-            match self.read_policy(&name) {
-                Ok(p) => {
-                    policies.insert(id, p);
-                }
-                Err(e) => match self.policies.get(&name) {
-                    Some(p) => {
-                        policies.insert(id, p.clone());
-                    }
-                    None => {
-                        tracing::error!(rollout = %id, policy = %name, error = %e, "a rollout started elsewhere names a policy this replica cannot read; its canary gets no traffic here")
-                    }
-                },
+        for row in rows.iter().filter(|r| unknown.contains(&r.id)) {
+            let file = self
+                .read_policy(&row.policy)
+                .ok()
+                .or_else(|| self.policies.get(&row.policy).cloned());
+            if let Some(p) = policy_of(row, file) {
+                policies.insert(row.id.clone(), p);
             }
         }
 
@@ -115,7 +111,7 @@ impl Controller {
                 Some(r) => {
                     if row.revision > r.row.revision {
                         if r.row.position.step != row.position.step {
-                            r.canary_in_step = 0;
+                            r.new_step();
                         }
                         r.row.position = row.position;
                         r.row.updated_at_ms = row.updated_at_ms;
@@ -131,11 +127,6 @@ impl Controller {
                     let Some(policy) = policies.remove(&row.id) else {
                         continue;
                     };
-                    if serde_json::to_string(&*policy).ok().as_deref() != Some(&row.policy_json) {
-                        // Every replica should route and judge by one policy: ship the same
-                        // policy files everywhere (one ConfigMap).
-                        tracing::warn!(rollout = %row.id, policy = %row.policy, "this replica's policy file differs from the one the rollout was started with; using this replica's");
-                    }
                     let judge = Judge::new(&policy.judge_spec());
                     tracing::info!(rollout = %row.id, route = %row.route, state = row.position.state.as_str(), "rollout taken up from the database");
                     let running = Running::new(row, policy, judge, row_pins, &self.catalog);
@@ -391,11 +382,12 @@ fn resume(r: &mut Running, row: RolloutRow, fence: i64, now: i64) {
     r.cursor = saved.cursor;
     r.shippers = saved.shippers;
     r.lost_observations = saved.lost_observations;
-    r.canary_in_step = if saved.step == row.position.step {
-        saved.canary_in_step
+    if saved.step == row.position.step {
+        r.canary_in_step = saved.canary_in_step;
+        r.reported_in_step = saved.reported_in_step;
     } else {
-        0
-    };
+        r.new_step();
+    }
     r.last_report = row
         .last_report
         .as_deref()

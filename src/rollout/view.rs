@@ -142,7 +142,12 @@ pub struct ArmView {
 /// The fields of a rollout live in this process.
 #[derive(Debug, Clone, Serialize)]
 pub struct LiveView {
+    /// Randomized canary requests measured in the current step: what its `min_requests`
+    /// counts (at a step without randomized traffic, `reported_…` is counted instead).
     pub canary_requests_in_step: u64,
+    /// Canary requests of the current step that were not randomized (pinned, targeted,
+    /// continuing a conversation): reported, never evidence.
+    pub reported_canary_requests_in_step: u64,
     /// Observations the request path could not hand to the judge (its queue was full).
     pub observations_dropped: u64,
     pub last_decision: Option<Decision>,

@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use super::baselines::Checks;
 use super::scenario::Scenario;
 use crate::judge::{Judge, Observation};
-use crate::rollout::machine::{Decision, Position};
+use crate::rollout::machine::{Decision, InStep, Position};
 use crate::types::{Arm, RolloutState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,7 +134,7 @@ pub fn run(s: &Scenario, watch: &[crate::judge::spec::Metric], seed: u64) -> Run
 
     let mut judge = Judge::new(&policy.judge_spec());
     let mut pos = Position::start(policy, 0);
-    let mut canary_in_step = 0u64;
+    let mut in_step = InStep::default();
     let mut next_look = interval_ms;
     let mut result: Option<RunResult> = None;
     let mut canary_requests = 0u64;
@@ -161,9 +161,7 @@ pub fn run(s: &Scenario, watch: &[crate::judge::spec::Metric], seed: u64) -> Run
                     break;
                 }
                 let f = entry.remove();
-                if f.obs.arm == Arm::Canary {
-                    canary_in_step += 1;
-                }
+                in_step.count(&f.obs, pos.step_started_ms);
                 judge.observe(&f.obs);
             }
             while let Some(entry) = feedback.first_entry() {
@@ -177,13 +175,13 @@ pub fn run(s: &Scenario, watch: &[crate::judge::spec::Metric], seed: u64) -> Run
             }
             judge.tick(next_look);
             let report = judge.look(next_look);
-            let decision = pos.decide(policy, &report, canary_in_step, next_look);
+            let decision = pos.decide(policy, &report, in_step, next_look);
             let ended = match &decision {
                 Decision::Revert { .. } => Some((Outcome::Reverted, report.kill_switch_fired)),
                 Decision::Promote => Some((Outcome::Promoted, false)),
                 Decision::Inconclusive { .. } => Some((Outcome::Inconclusive, false)),
                 Decision::Advance { .. } => {
-                    canary_in_step = 0;
+                    in_step = InStep::default();
                     None
                 }
                 Decision::Hold { .. } => None,

@@ -229,6 +229,124 @@ async fn rollout_survives_sigkill(db_url: Option<String>) {
     s.kill();
 }
 
+/// The rollout's policy edited from two steps to one while it stands at its second step,
+/// then a restart: the rollout keeps the policy it started with (stored with it), and the
+/// edit applies to the next rollout.
+async fn an_edited_policy_waits_for_the_next_rollout(db_url: Option<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sluice.db");
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        CONFIG.replace("DB_PATH", &db.display().to_string()),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    let policy_path = dir.path().join("policies/steps.toml");
+    std::fs::write(&policy_path, POLICY).unwrap();
+
+    let s = Sluice::start(dir.path(), db_url.as_deref()).await;
+    s.admin(Method::POST, "/workspaces", Some(json!({"id": "acme"})))
+        .await;
+    let key = s.admin(Method::POST, "/workspaces/acme/keys", None).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = s
+        .admin(
+            Method::POST,
+            "/rollouts",
+            Some(json!({"route": "chat", "canary": "v2", "policy": "steps"})),
+        )
+        .await;
+    let id = r["id"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    let before = loop {
+        s.arms(&key, "chat").await;
+        let v = s.admin(Method::GET, &format!("/rollouts/{id}"), None).await;
+        if v["step"] == 1 {
+            break v;
+        }
+        assert!(started.elapsed() < PATIENCE, "never advanced: {v:#}");
+    };
+    assert_eq!(
+        (&before["steps"], &before["weight"]),
+        (&json!(2), &json!(40.0))
+    );
+
+    // The second step (an hour's hold) is cut from the file while the rollout stands on it.
+    let one_step = POLICY.replace(
+        "[[steps]]\nweight = 40\nhold = \"1h\"\nmin_requests = 1000000\n",
+        "",
+    );
+    assert_ne!(one_step, POLICY);
+    std::fs::write(&policy_path, &one_step).unwrap();
+    s.kill();
+
+    let s = Sluice::start(dir.path(), db_url.as_deref()).await;
+    // Wait for the restored rollout's first look (or for it to end, which is the bug).
+    let started = Instant::now();
+    let after = loop {
+        let v = s.admin(Method::GET, &format!("/rollouts/{id}"), None).await;
+        if v["state"] != "progressing" || !v["last_decision"].is_null() {
+            break v;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the judge never looked: {v:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        (
+            &after["state"],
+            &after["step"],
+            &after["steps"],
+            &after["weight"]
+        ),
+        (&json!("progressing"), &json!(1), &json!(2), &json!(40.0)),
+        "the rollout keeps the policy it started with: {after:#}"
+    );
+    assert_eq!(after["inconclusive"], false, "{after:#}");
+    assert_eq!(after["last_decision"]["kind"], "hold", "{after:#}");
+    let why = after["last_decision"]["why"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("step 2 of 2"),
+        "judged by the stored policy: {why}"
+    );
+    let kinds: Vec<String> = s
+        .admin(Method::GET, &format!("/rollouts/{id}/events"), None)
+        .await["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, ["started", "advanced"]);
+
+    // The edited file is what the next rollout runs under.
+    let next = s
+        .admin(
+            Method::POST,
+            "/rollouts",
+            Some(json!({"route": "other", "canary": "v2", "policy": "steps"})),
+        )
+        .await;
+    assert_eq!(next["steps"], 1, "{next:#}");
+    s.kill();
+}
+
+#[tokio::test]
+async fn an_edited_policy_waits_for_the_next_rollout_on_sqlite() {
+    an_edited_policy_waits_for_the_next_rollout(None).await;
+}
+
+#[tokio::test]
+async fn an_edited_policy_waits_for_the_next_rollout_on_postgres() {
+    if let Some(base) = pg_url() {
+        an_edited_policy_waits_for_the_next_rollout(Some(fresh_pg_schema(&base).await)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_rollout_survives_sigkill_on_sqlite() {
     rollout_survives_sigkill(None).await;

@@ -596,3 +596,85 @@ async fn the_policy_webhook_hears_every_state_change() {
     assert_eq!(heard[2]["state"], "promoted");
     assert!(heard[1]["evidence"]["report"]["gates"].is_array());
 }
+
+/// Two quick steps: for the test that pinned traffic is never evidence.
+const TWO_STEPS: &str = r#"
+description = "tests: 20 → 50 %, quick, few requests"
+interval = "100ms"
+max_step_hold = "1h"
+
+[[steps]]
+weight = 20
+hold = "300ms"
+min_requests = 5
+
+[[steps]]
+weight = 50
+hold = "300ms"
+min_requests = 5
+
+[gates.error_rate]
+max_ratio = 1.2
+"#;
+
+#[tokio::test]
+async fn pinned_requests_never_advance_or_promote_a_rollout() {
+    let app = TestApp::spawn().await;
+    write_file(app.dir.path(), "policies/twostep.toml", TWO_STEPS);
+    let vip = app.key("vip").await;
+    let acme = app.key("acme").await;
+    let r = start(&app, "chat", "gpt-4-1", "twostep").await;
+    let id = r["id"].as_str().unwrap().to_owned();
+    let (status, _) = app
+        .admin(
+            Method::PUT,
+            &format!("/rollouts/{id}/pins/vip"),
+            Some(json!({"arm": "canary"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Only the pinned workspace sends: every request is a canary request, none randomized.
+    // Wait until the judge has counted 60 of them at a look past the step's hold (or has
+    // moved, which is the bug).
+    let started = Instant::now();
+    let v = loop {
+        assert_eq!(drive(&app, &vip, "chat", 10, json!({})).await, (0, 10));
+        let v = view(&app, &id).await;
+        let looked_past_hold = v["judge"]["at_ms"].as_i64().unwrap_or(0)
+            - v["step_started_at_ms"].as_i64().unwrap()
+            >= 300;
+        if v["state"] != "progressing"
+            || v["step"] != 0
+            || (v["judge"]["canary_requests"].as_u64() >= Some(60) && looked_past_hold)
+        {
+            break v;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the judge never looked: {v:#}"
+        );
+    };
+    assert_eq!(
+        (&v["state"], &v["step"]),
+        (&json!("progressing"), &json!(0)),
+        "pinned requests alone moved the rollout: {v:#}"
+    );
+    assert_eq!(v["canary_requests_in_step"], 0, "{v:#}");
+    assert!(
+        v["reported_canary_requests_in_step"].as_u64() >= Some(60),
+        "pinned requests are reported: {v:#}"
+    );
+    let why = v["last_decision"]["why"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("0 of 5 randomized canary requests"),
+        "the hold says what is missing: {why}"
+    );
+
+    // Randomized traffic is evidence: the same rollout passes both steps on it.
+    let v = wait_for(&app, &id, Some(&acme), "chat", |v| {
+        v["state"] != "progressing"
+    })
+    .await;
+    assert_eq!(v["state"], "promoted", "{v:#}");
+}

@@ -17,6 +17,7 @@ mod upstream_more;
 
 mod rig;
 
+mod controller;
 mod judge;
 mod outage;
 mod propagation;
