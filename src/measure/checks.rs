@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::schema::{Expectation, SchemaChecker, SchemaVerdict};
+use super::sse::MAX_STREAM_INDEX;
 use crate::config::OnSchemaFailure;
 use crate::error::ApiError;
 use crate::guardrails::stream::StreamRedactor;
@@ -172,7 +173,19 @@ impl StreamChecks {
         };
         let mut changed = false;
         for choice in v["choices"].as_array_mut().into_iter().flatten() {
-            let i = choice["index"].as_u64().unwrap_or(0) as usize;
+            let i = choice["index"].as_u64().unwrap_or(0);
+            let Some(i) = usize::try_from(i).ok().filter(|&i| i < MAX_STREAM_INDEX) else {
+                // The observer does not read such a choice, so its text cannot be checked:
+                // it is not sent.
+                let error = ApiError::UpstreamInvalid {
+                    version: self.checks.version.to_string(),
+                    reason: format!("a choice index of {i} (at most {MAX_STREAM_INDEX} choices)"),
+                };
+                return EventAction::End {
+                    bytes: error.as_event().to_vec(),
+                    blocked: false,
+                };
+            };
             if self.redactors.len() <= i {
                 self.redactors.resize_with(i + 1, StreamRedactor::default);
             }
@@ -183,6 +196,11 @@ impl StreamChecks {
                         return self.block(rule);
                     }
                     if !rest.text.is_empty() {
+                        // A `delta` of another shape (a string, a number) carries nothing
+                        // sluice reads; the held text needs an object to go out in.
+                        if !choice["delta"].is_object() {
+                            choice["delta"] = json!({});
+                        }
                         choice["delta"]["content"] = Value::String(rest.text);
                         changed = true;
                     }
@@ -431,6 +449,39 @@ mod tests {
         ));
         assert_eq!(s.conclude(&[choice(&text)]), SchemaVerdict::NotAsked);
         assert_eq!(s.blocked_by, None);
+    }
+
+    // Found by the `stream_relay` fuzz target: a finishing chunk whose `delta` is not an
+    // object panicked when the redactor still held text; a huge index allocated without
+    // bound.
+    #[test]
+    fn odd_chunks_from_the_upstream_end_the_stream_or_pass_never_panic() {
+        let mut s = StreamChecks::new(checks(None, true, OnSchemaFailure::Pass));
+        let held = delta(0, "write to jane.doe@example.com", None);
+        assert!(matches!(
+            s.on_event(&held, &[]),
+            EventAction::Keep | EventAction::Replace(_)
+        ));
+        let odd = br#"{"choices":[{"index":0,"delta":"odd","finish_reason":"stop"}]}"#;
+        match s.on_event(odd, &[]) {
+            EventAction::Replace(bytes) => {
+                let content = &payloads(&bytes)[0]["choices"][0]["delta"]["content"];
+                assert!(content.as_str().unwrap().ends_with("[redacted:email]"));
+            }
+            _ => panic!("the held text goes out in that chunk"),
+        }
+        let huge = br#"{"choices":[{"index":1000000000,"delta":{"content":"x"}}]}"#;
+        match s.on_event(huge, &[]) {
+            EventAction::End { bytes, blocked } => {
+                assert!(!blocked);
+                assert!(
+                    String::from_utf8(bytes)
+                        .unwrap()
+                        .contains("upstream_invalid_response")
+                );
+            }
+            _ => panic!("a choice the checks cannot read ends the stream"),
+        }
     }
 
     #[test]

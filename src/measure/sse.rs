@@ -77,6 +77,12 @@ struct FunctionDelta<'a> {
     arguments: Raw<'a>,
 }
 
+/// The most choices a stream is read for, and the most tool calls per choice: OpenAI's own
+/// limit on `n` is 128. A larger `index` is an upstream's mistake; honouring it would
+/// allocate a slot for every index below it (an index near `usize::MAX` overflowed), so
+/// the observer skips such a choice or call, and answer checks end the stream.
+pub const MAX_STREAM_INDEX: usize = 128;
+
 /// What an event told us.
 enum EventKind {
     /// A chunk that carries only usage: the one `stream_options.include_usage` adds.
@@ -125,6 +131,9 @@ impl StreamObserver {
         let choices: Vec<ChunkChoice> = lenient::list(chunk.choices, Field::Content);
         for c in &choices {
             let index = c.index.unwrap_or(0);
+            if index >= MAX_STREAM_INDEX {
+                continue;
+            }
             if let Some(delta) = &c.delta {
                 let calls: Vec<ToolCallDelta> = lenient::list(delta.tool_calls, Field::ToolCalls);
                 let mut carried_token = !calls.is_empty();
@@ -138,6 +147,9 @@ impl StreamObserver {
                 }
                 for call in &calls {
                     let slot_index = call.index.unwrap_or(0);
+                    if slot_index >= MAX_STREAM_INDEX {
+                        continue;
+                    }
                     let choice = self.choice(index);
                     if choice.tool_calls.len() <= slot_index {
                         choice
@@ -496,5 +508,20 @@ mod tests {
                 estimated: false
             })
         );
+    }
+
+    // Found by the `stream_relay` fuzz target: an index near usize::MAX overflowed (a panic
+    // in the relay), a large one allocated a slot for every index below it.
+    #[test]
+    fn an_index_beyond_any_real_answer_is_skipped_not_allocated() {
+        let mut o = StreamObserver::default();
+        o.observe(br#"{"choices":[{"index":18446744073709551615,"delta":{"content":"x"}}]}"#);
+        o.observe(br#"{"choices":[{"index":1000000,"delta":{"content":"x"}}]}"#);
+        o.observe(
+            br#"{"choices":[{"delta":{"content":"ok","tool_calls":[{"index":18446744073709551615,"function":{"name":"f"}},{"index":1000000,"function":{"name":"g"}}]}}]}"#,
+        );
+        assert_eq!(o.all_text(), "ok");
+        assert_eq!(o.choices.len(), 1);
+        assert!(o.choices[0].tool_calls.is_empty());
     }
 }
