@@ -451,7 +451,7 @@ mod tests {
         assert_eq!(s.blocked_by, None);
     }
 
-    // Found by the `stream_relay` fuzz target: a finishing chunk whose `delta` is not an
+    // Found while writing the `stream_relay` fuzz target: a finishing chunk whose `delta` is not an
     // object panicked when the redactor still held text; a huge index allocated without
     // bound.
     #[test]

@@ -510,8 +510,9 @@ mod tests {
         );
     }
 
-    // Found by the `stream_relay` fuzz target: an index near usize::MAX overflowed (a panic
-    // in the relay), a large one allocated a slot for every index below it.
+    // Found while writing the `stream_relay` fuzz target: an index near usize::MAX
+    // overflowed (a panic in the relay), a large one allocated a slot for every index below
+    // it.
     #[test]
     fn an_index_beyond_any_real_answer_is_skipped_not_allocated() {
         let mut o = StreamObserver::default();
