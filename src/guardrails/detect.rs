@@ -233,4 +233,26 @@ mod tests {
             4
         );
     }
+
+    #[test]
+    fn max_chars_fires_only_past_the_limit_counted_in_characters() {
+        let scanner = Scanner::new(vec![Detector::MaxChars(5)]).unwrap();
+        assert!(scanner.scan("hello").is_empty(), "exactly the limit");
+        // 5 characters, 6 bytes.
+        assert!(scanner.scan("héllo").is_empty(), "characters, not bytes");
+        assert_eq!(
+            scanner.scan("hello!"),
+            [Hit {
+                rule: 0,
+                spans: vec![]
+            }]
+        );
+    }
+
+    #[test]
+    fn an_iban_with_letters_validates_letter_by_letter() {
+        // Albania's example IBAN: the country code's `A` is worth 10, two digits.
+        assert!(iban_valid("AL47 2121 1009 0000 0002 3569 8741"));
+        assert!(!iban_valid("AL47 2121 1009 0000 0002 3569 8742"));
+    }
 }

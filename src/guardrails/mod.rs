@@ -453,4 +453,119 @@ mod tests {
             "a[redacted:x]f"
         );
     }
+
+    fn rule(name: &str, detector: Detector, action: Action) -> Rule {
+        Rule {
+            name: name.into(),
+            detector,
+            action,
+        }
+    }
+
+    #[test]
+    fn the_first_blocking_rule_that_fires_is_the_one_named() {
+        let rules = StageRules::new(vec![
+            rule("no-emails", Detector::Email, Action::Block),
+            rule("no-cards", Detector::PaymentCard, Action::Block),
+        ])
+        .unwrap();
+        let applied = rules.apply("bob@example.com, 4111 1111 1111 1111");
+        assert_eq!(applied.blocked_by.as_deref(), Some("no-emails"));
+        assert_eq!(applied.fired.len(), 2);
+        assert!(!rules.is_empty());
+        assert!(StageRules::new(vec![]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn pii_is_masked_wherever_it_stands() {
+        assert_eq!(
+            redact_pii("bob@example.com wrote: card 4111 1111 1111 1111, SSN 123-45-6789"),
+            "[redacted:email] wrote: card [redacted:payment_card], SSN [redacted:us_ssn]"
+        );
+        assert_eq!(
+            redact_pii("IBAN GB82 WEST 1234 5698 7654 32; call 415-555-0134"),
+            "IBAN [redacted:iban]; call [redacted:phone]"
+        );
+        assert_eq!(redact_pii("nothing here"), "nothing here");
+    }
+
+    #[test]
+    fn every_detector_can_be_named_and_a_bad_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let rule = |stage: &str, name: &str, detect: &str, extra: &str| {
+            format!(
+                "[[{stage}]]\nname = \"{name}\"\ndetect = \"{detect}\"\naction = \"flag\"\n{extra}"
+            )
+        };
+        let good: String = [
+            rule("input", "a", "email", ""),
+            rule("input", "b", "phone", ""),
+            rule("input", "c", "payment_card", ""),
+            rule("input", "d", "iban", ""),
+            rule("input", "e", "us_ssn", ""),
+            rule("input", "f", "injection", ""),
+            rule("output", "g", "regex", "pattern = \"x+\"\n"),
+            rule("output", "h", "keywords", "keywords = [\"secret\"]\n"),
+            rule("output", "i", "max_chars", "limit = 1\n"),
+        ]
+        .concat();
+        write(dir.path(), "all.toml", &good);
+        let sets = load_dir(dir.path()).unwrap();
+        let kinds: Vec<&str> = (sets["all"].input.rules.iter())
+            .chain(&sets["all"].output.rules)
+            .map(|r| r.detector.kind())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "email",
+                "phone",
+                "payment_card",
+                "iban",
+                "us_ssn",
+                "injection",
+                "regex",
+                "keywords",
+                "max_chars"
+            ]
+        );
+        let bad: String = [
+            rule("output", "g", "regex", ""),
+            rule("output", "h", "keywords", "keywords = []\n"),
+            rule("output", "i", "max_chars", "limit = 0\n"),
+            rule("output", "j", "max_chars", "limit = 9\n").replace("flag", "redact"),
+        ]
+        .concat();
+        let bad_dir = tempfile::tempdir().unwrap();
+        write(bad_dir.path(), "bad.toml", &bad);
+        let errors = load_dir(bad_dir.path()).unwrap_err().to_string();
+        for want in [
+            "output.0.pattern: detect = \"regex\" needs a pattern",
+            "output.1.keywords: detect = \"keywords\" needs a non-empty keywords list",
+            "output.2.limit: detect = \"max_chars\" needs a limit above 0",
+            "output.3.action: max_chars can block or flag, not redact",
+        ] {
+            assert!(errors.contains(want), "{want}: {errors}");
+        }
+    }
+
+    #[test]
+    fn counters_count_each_rule_that_fired() {
+        let counters = GuardrailCounters::default();
+        let fired = [("no-emails".to_owned(), Action::Redact)];
+        counters.add("v2", "canary", Stage::Output, &fired);
+        counters.add("v2", "canary", Stage::Output, &fired);
+        counters.add("v2", "canary", Stage::Output, &[]);
+        assert_eq!(
+            counters.rows(),
+            [CountRow {
+                version: "v2".into(),
+                arm: "canary".into(),
+                stage: Stage::Output,
+                rule: "no-emails".into(),
+                action: Action::Redact,
+                count: 2,
+            }]
+        );
+    }
 }

@@ -135,4 +135,27 @@ mod tests {
         assert_eq!(released.blocked_by.as_deref(), Some("mask-emails"));
         assert_eq!(released.text, "");
     }
+
+    #[test]
+    fn a_match_the_holdback_would_cut_waits_whole() {
+        let rules = rules(Action::Redact);
+        let mut r = StreamRedactor::default();
+        // 277 characters: the cut, 256 from the end, falls inside the address.
+        let first = r.push(
+            &rules,
+            &format!("xxxxxxxxxx bob@example.com {}", "y".repeat(250)),
+        );
+        assert_eq!(first.text, "xxxxxxxxxx ");
+        let rest = r.finish(&rules);
+        assert_eq!(rest.text, format!("[redacted:email] {}", "y".repeat(250)));
+    }
+
+    #[test]
+    fn a_complete_match_goes_out_redacted_without_waiting_for_the_end() {
+        let rules = rules(Action::Redact);
+        let mut r = StreamRedactor::default();
+        let first = r.push(&rules, &format!("bob@example.com {}", "y".repeat(300)));
+        // Everything but the last 256 characters is out already, the address masked.
+        assert_eq!(first.text, format!("[redacted:email] {}", "y".repeat(44)));
+    }
 }

@@ -671,4 +671,106 @@ mod tests {
             }
         );
     }
+
+    /// `n` randomized canary requests in the step, none reported.
+    fn ran(n: u64) -> InStep {
+        InStep {
+            randomized: n,
+            reported: 0,
+        }
+    }
+
+    #[test]
+    fn an_advance_names_the_next_step_and_its_weight() {
+        let p = policy();
+        // Step 2 of 5 (1 %) met: on to step 3 (5 %).
+        let d = at(1, RolloutState::Progressing, false).decide(
+            &p,
+            &report(false, false),
+            ran(200),
+            10 * MIN,
+        );
+        assert_eq!(
+            d,
+            Decision::Advance {
+                to_step: 2,
+                weight_bp: 500
+            }
+        );
+    }
+
+    #[test]
+    fn a_step_is_timed_from_when_it_started() {
+        let p = policy();
+        let pos = Position {
+            step_started_ms: 60 * MIN,
+            ..at(1, RolloutState::Progressing, false)
+        };
+        let kind =
+            |minutes: i64| match pos.decide(&p, &report(false, false), ran(5000), minutes * MIN) {
+                Decision::Advance { .. } => "advance",
+                Decision::Hold { .. } => "hold",
+                other => panic!("{other:?}"),
+            };
+        // The step's hold is 10 minutes from minute 60, not from the rollout's start.
+        assert_eq!(kind(69), "hold");
+        assert_eq!(kind(70), "advance");
+    }
+
+    #[test]
+    fn a_hold_says_what_the_step_still_misses() {
+        let p = policy();
+        let d = at(1, RolloutState::Progressing, false).decide(
+            &p,
+            &report(false, false),
+            ran(150),
+            5 * MIN,
+        );
+        assert_eq!(
+            d,
+            Decision::Hold {
+                why: "step 2 of 5 held 5m of 10m, 150 of 200 randomized canary requests".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_step_turns_inconclusive_once_max_step_hold_has_passed() {
+        let p = policy();
+        let pos = at(2, RolloutState::Progressing, false);
+        let just_before = pos.decide(&p, &report(false, false), ran(10), 6 * 60 * MIN - 1000);
+        assert!(
+            matches!(just_before, Decision::Hold { .. }),
+            "{just_before:?}"
+        );
+        let d = pos.decide(&p, &report(false, false), ran(10), 6 * 60 * MIN);
+        assert_eq!(
+            d,
+            Decision::Inconclusive {
+                why: "undecided after max_step_hold (6h): step 3 of 5 held 6h of 10m, \
+                      10 of 500 randomized canary requests"
+                    .into()
+            }
+        );
+    }
+
+    #[test]
+    fn an_ended_rollout_is_no_longer_inconclusive() {
+        let p = policy();
+        let stuck = at(2, RolloutState::Progressing, true);
+        let reverted = stuck.apply(&p, &Decision::Revert { reasons: vec![] }, 10);
+        assert!(!reverted.inconclusive, "{reverted:?}");
+        let aborted = stuck.aborted();
+        assert!(!aborted.inconclusive, "{aborted:?}");
+        // An advance (by an operator's resume, then a met step) starts a fresh step.
+        let advanced = stuck.apply(
+            &p,
+            &Decision::Advance {
+                to_step: 3,
+                weight_bp: 2500,
+            },
+            10,
+        );
+        assert!(!advanced.inconclusive, "{advanced:?}");
+    }
 }
