@@ -11,18 +11,10 @@
 # create databases); installs nginx and oha on first use, as benches/overhead.sh does.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-if [ -z "${BENCH_RIG:-}" ]; then
-  for rig in "$ROOT/../shared/bench" "$ROOT/../../shared/bench"; do
-    if [ -f "$rig/run.py" ]; then BENCH_RIG=$(cd "$rig" && pwd); break; fi
-  done
-fi
-[ -f "${BENCH_RIG:-}/run.py" ] || { echo "no bench rig: set BENCH_RIG to the directory of run.py" >&2; exit 1; }
-export BENCH_RIG
-export BENCH_TOOLS=${BENCH_TOOLS:-$HOME/.cache/sluice-bench}
-export BENCH_WORKDIR=${BENCH_WORKDIR:-$ROOT/target/bench-work}
+. "$ROOT/benches/common.sh"
 export BENCH_PG=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
 OUT=${BENCH_OUT:-$ROOT/target/bench-results}
-mkdir -p "$BENCH_TOOLS" "$BENCH_WORKDIR" "$OUT"
+mkdir -p "$OUT"
 
 replicas="1,2,3"
 args=()
@@ -34,13 +26,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
-fi
-if ! "$BENCH_TOOLS/cargo/bin/oha" --version 2>/dev/null | grep -q 1.16.0; then
-  echo "[cluster] building oha 1.16.0 (a few minutes)" >&2
-  cargo install oha --version 1.16.0 --locked --root "$BENCH_TOOLS/cargo"
-fi
+bench_setup cluster
 psql "$BENCH_PG/postgres" -tAc "SELECT 1" >/dev/null || { echo "no PostgreSQL at $BENCH_PG" >&2; exit 1; }
 
 (cd "$ROOT" && cargo build --release --quiet)

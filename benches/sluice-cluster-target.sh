@@ -7,6 +7,7 @@
 #   sluice-cluster-target.sh PORT UPSTREAM_URL UPSTREAM_STREAM_URL WORKDIR SLUICE_BIN N PG_BASE_URL
 # PG_BASE_URL is a server URL without a database, e.g. postgres://postgres@127.0.0.1:5432
 set -euo pipefail
+. "$(dirname "$0")/common.sh"
 port=$1 upstream=$2 upstream_stream=$3 workroot=$4 bin=$5 n=$6 pg=$7
 work="$workroot/sluice-cluster-$port"
 db="bench_$port"
@@ -14,40 +15,7 @@ mkdir -p "$work/tmp"
 rm -f "$workroot/sluice-$port.key"
 psql "$pg/postgres" -q -v ON_ERROR_STOP=1 -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" >/dev/null
 conf="$work/sluice-bench.toml"
-cat > "$conf" <<CONF
-[server]
-listen = "127.0.0.1:0"
-shutdown_grace_ms = 2000
-
-[database]
-url = "$pg/$db"
-
-[providers.up]
-kind = "openai"
-base_url = "$upstream"
-timeout_ms = 30000
-
-[providers.up-stream]
-kind = "openai"
-base_url = "$upstream_stream"
-timeout_ms = 30000
-
-[versions.mock]
-provider = "up"
-model = "gpt-4o-mini"
-price = { input_per_mtok = 0.15, output_per_mtok = 0.60 }
-
-[versions.mock-stream]
-provider = "up-stream"
-model = "gpt-4o-mini"
-price = { input_per_mtok = 0.15, output_per_mtok = 0.60 }
-
-[routes.mock]
-stable = "mock"
-
-[routes.mock-stream]
-stable = "mock-stream"
-CONF
+bench_config "127.0.0.1:0" "$pg/$db" "$upstream" "$upstream_stream" > "$conf"
 export SLUICE_ADMIN_TOKEN=bench-admin-token SLUICE_LOG=warn
 "$bin" migrate --config "$conf" >/dev/null
 pids=()

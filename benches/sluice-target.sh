@@ -6,6 +6,7 @@
 #   sluice-target.sh PORT UPSTREAM_URL UPSTREAM_STREAM_URL WORKDIR SLUICE_BIN [GUARDRAILS]
 # With a GUARDRAILS file, both routes run its input and output rules (the guardrail cost).
 set -euo pipefail
+. "$(dirname "$0")/common.sh"
 port=$1 upstream=$2 upstream_stream=$3 work=$4 bin=$5 guardrails=${6:-}
 work="$work/sluice-$port"
 mkdir -p "$work/policies/guardrails"
@@ -17,42 +18,7 @@ if [ -n "$guardrails" ]; then
   route_extra='guardrails = "bench"'
 fi
 rm -f "$db" "$db-wal" "$db-shm" "$work/sluice.key"
-cat > "$conf" <<CONF
-[server]
-listen = "127.0.0.1:$port"
-shutdown_grace_ms = 2000
-
-[database]
-url = "sqlite://$db"
-
-[providers.up]
-kind = "openai"
-base_url = "$upstream"
-timeout_ms = 30000
-
-[providers.up-stream]
-kind = "openai"
-base_url = "$upstream_stream"
-timeout_ms = 30000
-
-[versions.mock]
-provider = "up"
-model = "gpt-4o-mini"
-price = { input_per_mtok = 0.15, output_per_mtok = 0.60 }
-
-[versions.mock-stream]
-provider = "up-stream"
-model = "gpt-4o-mini"
-price = { input_per_mtok = 0.15, output_per_mtok = 0.60 }
-
-[routes.mock]
-stable = "mock"
-$route_extra
-
-[routes.mock-stream]
-stable = "mock-stream"
-$route_extra
-CONF
+bench_config "127.0.0.1:$port" "sqlite://$db" "$upstream" "$upstream_stream" "$route_extra" > "$conf"
 export SLUICE_ADMIN_TOKEN=bench-admin-token SLUICE_LOG=warn
 "$bin" serve --config "$conf" &
 pid=$!

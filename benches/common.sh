@@ -1,0 +1,67 @@
+# Shared by benches/overhead.sh, benches/cluster.sh and their target scripts (sourced).
+
+# Finds the shared rig (run.py) beside the repository (or a worktree one level further
+# down), sets BENCH_RIG, BENCH_TOOLS and BENCH_WORKDIR, and installs nginx (apt) and oha
+# (cargo install, pinned) on first use. $1 names the caller in messages.
+bench_setup() {
+  local who=$1
+  if [ -z "${BENCH_RIG:-}" ]; then
+    for rig in "$ROOT/../shared/bench" "$ROOT/../../shared/bench"; do
+      if [ -f "$rig/run.py" ]; then BENCH_RIG=$(cd "$rig" && pwd); break; fi
+    done
+  fi
+  [ -f "${BENCH_RIG:-}/run.py" ] || { echo "no bench rig: set BENCH_RIG to the directory of run.py" >&2; exit 1; }
+  export BENCH_RIG
+  export BENCH_TOOLS=${BENCH_TOOLS:-$HOME/.cache/sluice-bench}
+  export BENCH_WORKDIR=${BENCH_WORKDIR:-$ROOT/target/bench-work}
+  mkdir -p "$BENCH_TOOLS" "$BENCH_WORKDIR"
+  if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
+  fi
+  if ! "$BENCH_TOOLS/cargo/bin/oha" --version 2>/dev/null | grep -q 1.16.0; then
+    echo "[$who] building oha 1.16.0 (a few minutes)" >&2
+    cargo install oha --version 1.16.0 --locked --root "$BENCH_TOOLS/cargo"
+  fi
+}
+
+# Prints a sluice config for the rig: `mock` → the canned upstream, `mock-stream` → its
+# streaming path, both routes with ROUTE_EXTRA appended (e.g. a guardrails line).
+#   bench_config LISTEN DATABASE_URL UPSTREAM_URL UPSTREAM_STREAM_URL [ROUTE_EXTRA]
+bench_config() {
+  cat <<CONF
+[server]
+listen = "$1"
+shutdown_grace_ms = 2000
+
+[database]
+url = "$2"
+
+[providers.up]
+kind = "openai"
+base_url = "$3"
+timeout_ms = 30000
+
+[providers.up-stream]
+kind = "openai"
+base_url = "$4"
+timeout_ms = 30000
+
+[versions.mock]
+provider = "up"
+model = "gpt-4o-mini"
+price = { input_per_mtok = 0.15, output_per_mtok = 0.60 }
+
+[versions.mock-stream]
+provider = "up-stream"
+model = "gpt-4o-mini"
+price = { input_per_mtok = 0.15, output_per_mtok = 0.60 }
+
+[routes.mock]
+stable = "mock"
+${5:-}
+
+[routes.mock-stream]
+stable = "mock-stream"
+${5:-}
+CONF
+}
