@@ -885,10 +885,8 @@ fn take_shipped(r: &mut Running, batches: Vec<ObservationBatch>) {
             0.8 * shipper.per_batch + 0.2 * n
         };
         shipper.closed |= shipment.closing;
-        if let Some(counted) = shipper.lost.take() {
-            // It ships again: it was late (a stalled process, a slow machine), not dead.
-            r.lost_observations = r.lost_observations.saturating_sub(counted);
-        }
+        // It ships again: it was late (a stalled process, a slow machine), not dead.
+        shipper.lost = None;
         for a in &shipment.assignments {
             for _ in 0..a.count {
                 r.judge.note_assignment(a.arm, a.w, a.at_ms);
@@ -936,7 +934,6 @@ fn count_departed(r: &mut Running, cluster: &Cluster, now: i64) -> u64 {
             (Some(false), Some(_)) => {}
         }
     }
-    r.lost_observations += lost;
     lost
 }
 

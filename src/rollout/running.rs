@@ -48,8 +48,6 @@ pub struct Running {
     pub cursor: BTreeMap<String, i64>,
     /// Cluster: what the judge knows of each replica's shipping (stored with the checkpoint).
     pub shippers: BTreeMap<String, Shipper>,
-    /// Cluster: observations estimated lost with replicas that left without closing.
-    pub lost_observations: u64,
     /// Cluster: observations the tap dropped that were already reported in a shipped batch.
     pub dropped_seen: u64,
     /// Cluster: when to take or renew the judge lease next (ms).
@@ -66,12 +64,6 @@ pub struct JudgeCursor {
     /// Replica id → what its batches said of it.
     #[serde(default)]
     pub shippers: BTreeMap<String, Shipper>,
-    /// Observations estimated lost with replicas that left without a closing batch: the
-    /// sum, over those replicas, of their observations per batch (a moving average: one
-    /// flush interval at their recent rate; the true loss is what each measured since its
-    /// last flush).
-    #[serde(default)]
-    pub lost_observations: u64,
     /// Randomized canary requests counted in the current step.
     pub canary_in_step: u64,
     /// Canary requests of the step that were not randomized (absent from a checkpoint
@@ -95,13 +87,25 @@ pub struct Shipper {
     /// When the judge first found it out of the live set (ms), if it has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub absent_since_ms: Option<i64>,
-    /// What was counted into `lost_observations` for it, once it was counted lost; taken
+    /// What was counted lost for it (its estimate), once it was counted lost; taken
     /// back if it ships again (it was late, not dead).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost: Option<u64>,
 }
 
 impl JudgeCursor {
+    /// The replicas counted lost, and the observations estimated lost with them: the sum of
+    /// their observations per batch (a moving average: one flush interval at their recent
+    /// rate; the true loss is what each measured since its last flush).
+    pub fn lost(&self) -> (Vec<String>, u64) {
+        let lost = self
+            .shippers
+            .iter()
+            .filter_map(|(id, s)| Some((id, s.lost?)));
+        let estimate = lost.clone().map(|(_, n)| n).sum();
+        (lost.map(|(id, _)| id.clone()).collect(), estimate)
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
@@ -158,7 +162,6 @@ impl Running {
             fence: None,
             cursor: BTreeMap::new(),
             shippers: BTreeMap::new(),
-            lost_observations: 0,
             dropped_seen: 0,
             next_lead_ms: 0,
         }
@@ -169,7 +172,6 @@ impl Running {
         JudgeCursor {
             cursor: self.cursor.clone(),
             shippers: self.shippers.clone(),
-            lost_observations: self.lost_observations,
             canary_in_step: self.canary_in_step,
             reported_in_step: self.reported_in_step,
             step: self.row.position.step,

@@ -356,13 +356,8 @@ impl Controller {
                 .unwrap_or_default(),
             _ => JudgeCursor::default(),
         };
-        let lost = cursor
-            .shippers
-            .iter()
-            .filter(|(_, s)| s.lost.is_some())
-            .map(|(id, _)| id.clone())
-            .collect();
-        Some(ClusterFigures::of(&totals, lost, cursor.lost_observations))
+        let (lost, estimate) = cursor.lost();
+        Some(ClusterFigures::of(&totals, lost, estimate))
     }
 }
 
@@ -381,7 +376,6 @@ fn resume(r: &mut Running, row: RolloutRow, fence: i64, now: i64) {
         .unwrap_or_default();
     r.cursor = saved.cursor;
     r.shippers = saved.shippers;
-    r.lost_observations = saved.lost_observations;
     if saved.step == row.position.step {
         r.canary_in_step = saved.canary_in_step;
         r.reported_in_step = saved.reported_in_step;
