@@ -129,7 +129,10 @@ impl Sluice {
     }
 }
 
-async fn rollout_survives_sigkill(db_url: Option<String>) {
+/// sluice started on a fresh directory (config, `policies/steps.toml`) and database, with
+/// workspace `acme`, a key of it, and a rollout of `chat` to `v2` under `steps`:
+/// (the directory, the process, the key, the rollout id).
+async fn started(db_url: Option<&str>) -> (tempfile::TempDir, Sluice, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("sluice.db");
     std::fs::write(
@@ -139,8 +142,7 @@ async fn rollout_survives_sigkill(db_url: Option<String>) {
     .unwrap();
     std::fs::create_dir(dir.path().join("policies")).unwrap();
     std::fs::write(dir.path().join("policies/steps.toml"), POLICY).unwrap();
-
-    let s = Sluice::start(dir.path(), db_url.as_deref()).await;
+    let s = Sluice::start(dir.path(), db_url).await;
     s.admin(Method::POST, "/workspaces", Some(json!({"id": "acme"})))
         .await;
     let key = s.admin(Method::POST, "/workspaces/acme/keys", None).await["key"]
@@ -155,6 +157,11 @@ async fn rollout_survives_sigkill(db_url: Option<String>) {
         )
         .await;
     let id = r["id"].as_str().unwrap().to_owned();
+    (dir, s, key, id)
+}
+
+async fn rollout_survives_sigkill(db_url: Option<String>) {
+    let (dir, s, key, id) = started(db_url.as_deref()).await;
     let other = s
         .admin(
             Method::POST,
@@ -233,32 +240,8 @@ async fn rollout_survives_sigkill(db_url: Option<String>) {
 /// then a restart: the rollout keeps the policy it started with (stored with it), and the
 /// edit applies to the next rollout.
 async fn an_edited_policy_waits_for_the_next_rollout(db_url: Option<String>) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("sluice.db");
-    std::fs::write(
-        dir.path().join("sluice.toml"),
-        CONFIG.replace("DB_PATH", &db.display().to_string()),
-    )
-    .unwrap();
-    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    let (dir, s, key, id) = started(db_url.as_deref()).await;
     let policy_path = dir.path().join("policies/steps.toml");
-    std::fs::write(&policy_path, POLICY).unwrap();
-
-    let s = Sluice::start(dir.path(), db_url.as_deref()).await;
-    s.admin(Method::POST, "/workspaces", Some(json!({"id": "acme"})))
-        .await;
-    let key = s.admin(Method::POST, "/workspaces/acme/keys", None).await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let r = s
-        .admin(
-            Method::POST,
-            "/rollouts",
-            Some(json!({"route": "chat", "canary": "v2", "policy": "steps"})),
-        )
-        .await;
-    let id = r["id"].as_str().unwrap().to_owned();
     let started = Instant::now();
     let before = loop {
         s.arms(&key, "chat").await;
