@@ -75,6 +75,9 @@ pub struct ClusterCounters {
     /// i.e. one flush interval at its recent rate. Counted by the judging replica, once per replica and
     /// rollout.
     pub observations_lost_estimate: AtomicU64,
+    /// Canaries this replica's kill switch reverted on its own while the database was
+    /// away (each written when the database returned, unless the rollout moved on).
+    pub local_reverts: AtomicU64,
 }
 
 impl ClusterCounters {

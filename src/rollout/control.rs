@@ -99,10 +99,15 @@ const BATCHES_PER_LOOK: i64 = 10_000;
 type MetricsSnapshot = Vec<(RolloutMetrics, Option<Arc<RolloutShadow>>)>;
 
 /// A change decided under the lock, to be written and then applied.
-struct Change {
-    id: String,
-    next: Position,
-    event: NewEvent,
+pub(super) struct Change {
+    pub(super) id: String,
+    pub(super) next: Position,
+    pub(super) event: NewEvent,
+    /// A judge's decision, written under this replica's judge lease (its fencing token).
+    /// False for an operator's command and for a kill-switch revert a replica applied on
+    /// its own while the database was away: the revision guard alone keeps those from
+    /// being applied to a rollout that moved on.
+    pub(super) under_lease: bool,
 }
 
 pub struct Controller {
@@ -212,6 +217,10 @@ impl Controller {
     fn publish(&self, inner: &Inner) -> anyhow::Result<()> {
         let mut table = RoutingTable::new(&self.catalog, &inner.stables)?;
         for r in inner.running.values() {
+            if r.local_revert.is_some() {
+                // Reverted here while the database is away: the route is stable's alone.
+                continue;
+            }
             let route = RouteName::parse(&r.row.route).map_err(anyhow::Error::msg)?;
             let Some(canary) = self
                 .catalog
@@ -616,9 +625,14 @@ impl Controller {
 
     /// Writes the change, then applies it: the router never acts on what is not stored.
     /// The caller holds `changes`.
-    async fn transition(&self, change: Change, now: i64) -> Result<(), RolloutError> {
+    pub(super) async fn transition(&self, change: Change, now: i64) -> Result<(), RolloutError> {
         let mut lease_to_release = None;
-        let Change { id, next, event } = change;
+        let Change {
+            id,
+            next,
+            event,
+            under_lease,
+        } = change;
         let (promote_to, revision, token) = {
             let inner = self.lock();
             let r = inner
@@ -631,8 +645,8 @@ impl Controller {
         };
         // The judge writes as its lease's holder; an operator's command needs no lease.
         let lease = judge_lease(&id);
-        let fence = match (&self.cluster, event.actor) {
-            (Some(c), Actor::Judge) => Some(Fence {
+        let fence = match &self.cluster {
+            Some(c) if under_lease => Some(Fence {
                 lease: &lease,
                 holder: c.id(),
                 token: token.ok_or_else(|| StoreError::Fenced(id.clone()))?,
@@ -716,6 +730,11 @@ impl Controller {
     /// under the lock; the decisions and checkpoints are written without it.
     pub async fn look(&self, now: i64) {
         let _changing = self.changes.lock().await;
+        if self.database_away() {
+            self.revert_locally(now);
+        } else {
+            self.write_local_reverts(now).await;
+        }
         let due = |r: &Running| now - r.last_look_ms >= r.policy.interval.as_millis() as i64;
         // In a cluster: the batches every replica shipped since each led rollout's cursor,
         // read before the lock is taken. A rollout this replica does not lead, or whose
@@ -956,6 +975,7 @@ fn look_at(r: &mut Running, now: i64) -> Option<Change> {
         id: r.row.id.clone(),
         next,
         event,
+        under_lease: true,
     })
 }
 
@@ -1005,6 +1025,7 @@ fn operation_change(
             message,
             evidence: None,
         },
+        under_lease: false,
     })
 }
 

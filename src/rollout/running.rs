@@ -12,8 +12,11 @@ use serde::{Deserialize, Serialize};
 use super::feed::{RolloutTap, TapReceivers};
 use super::machine::{Decision, InStep};
 use super::policy::Policy;
-use super::view::{ArmView, ArmsView, EndedFigures, JudgeView, LiveView, RolloutView, view_row};
+use super::view::{
+    ArmView, ArmsView, EndedFigures, JudgeView, LiveView, LocalRevert, RolloutView, view_row,
+};
 use crate::catalog::Catalog;
+use crate::judge::guards::KillWindow;
 use crate::judge::{Judge, JudgeReport, Observation};
 use crate::shadow::RolloutShadow;
 use crate::store::RolloutRow;
@@ -52,6 +55,13 @@ pub struct Running {
     pub dropped_seen: u64,
     /// Cluster: when to take or renew the judge lease next (ms).
     pub next_lead_ms: i64,
+    /// Cluster: the kill switch's window over this replica's own requests (fed as they are
+    /// shipped), which it applies on its own only while the database is away.
+    pub own_kill: Option<KillWindow>,
+    /// Cluster: a revert this replica's kill switch applied while the database was away,
+    /// not yet written. The routing table leaves the rollout out (all traffic on stable)
+    /// until it is written or the rollout is found ended or moved on elsewhere.
+    pub local_revert: Option<LocalRevert>,
 }
 
 /// What the judge stores beside its state so that a successor resumes exactly where it
@@ -145,6 +155,10 @@ impl Running {
             .last_report
             .as_deref()
             .and_then(|s| serde_json::from_str(s).ok());
+        let own_kill = policy
+            .kill_switch
+            .as_ref()
+            .map(|k| KillWindow::new(k.error_rate, k.min_requests, k.window.as_millis() as i64));
         Self {
             last_look_ms: now_ms(),
             row,
@@ -164,6 +178,8 @@ impl Running {
             shippers: BTreeMap::new(),
             dropped_seen: 0,
             next_lead_ms: 0,
+            own_kill,
+            local_revert: None,
         }
     }
 
@@ -272,6 +288,7 @@ pub fn view_running(r: &Running) -> RolloutView {
         last_decision: r.last_decision.clone(),
         shadow: r.shadow.as_ref().map(|s| s.counters()),
         feedback: r.feedback.clone(),
+        reverted_locally: r.local_revert.clone(),
     });
     v
 }

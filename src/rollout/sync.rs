@@ -6,6 +6,9 @@
 //!   periodic re-read). A rollout taken up here runs under the policy stored with it when
 //!   it started, never this replica's file as it is now.
 //! - `drain_for_ship`: hands this replica's observations to the shipper (`cluster::ship`).
+//! - `revert_locally` / `write_local_reverts`: while the database is away, the kill switch
+//!   over this replica's own requests may revert a canary here at once; the revert is
+//!   written when the database returns.
 //! - `lead`: takes or renews the judge lease of each live rollout; a replica that takes a
 //!   lease over resumes from the stored checkpoint (judge state + cursor).
 //!
@@ -15,14 +18,16 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use super::control::{Controller, ENDED_VIEWS_KEPT};
+use super::RolloutError;
+use super::control::{Change, Controller, ENDED_VIEWS_KEPT};
 use super::feed::{AssignedCount, Shipment};
+use super::machine::Decision;
 use super::policy::Policy;
 use super::running::{JudgeCursor, Running, policy_of, view_running};
-use super::view::{ClusterFigures, EndedFigures};
+use super::view::{ClusterFigures, EndedFigures, LocalRevert};
 use crate::cluster::{ClusterCounters, judge_lease};
 use crate::judge::{Judge, Observation};
-use crate::store::{RolloutRow, ShippedBatch, StoreError};
+use crate::store::{Actor, NewEvent, RolloutRow, ShippedBatch, StoreError};
 use crate::types::{Arm, now_ms};
 
 impl Controller {
@@ -211,6 +216,9 @@ impl Controller {
                 ..ShippedBatch::default()
             };
             for o in &observations {
+                if let Some(kill) = &mut r.own_kill {
+                    kill.observe(o.at_ms, o.arm == Arm::Canary, o.error);
+                }
                 let i = o.arm.index();
                 batch.requests[i] += 1;
                 batch.errors[i] += i64::from(o.error);
@@ -296,6 +304,108 @@ impl Controller {
                 // The database is away: the judge cannot read observations and so holds.
                 Err(_) => {}
             }
+        }
+    }
+
+    /// While the database is away: the kill switch over this replica's own requests. A
+    /// rollout whose canary it finds broken is left out of the routing table at once (all
+    /// its traffic on stable) and the revert is kept to be written when the database
+    /// returns (`write_local_reverts`). The statistical judge holds meanwhile: it never
+    /// promotes or advances blind, but a canary that is plainly broken is not left serving
+    /// for the length of an outage.
+    pub(super) fn revert_locally(&self, now: i64) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let mut inner = self.lock();
+        let mut reverted = false;
+        for r in inner.running.values_mut() {
+            if r.local_revert.is_some() || !r.row.position.state.is_live() {
+                continue;
+            }
+            let Some(kill) = &r.own_kill else { continue };
+            let Some(fire) = kill.fires(now) else {
+                continue;
+            };
+            let reason = fire.describe(kill.window_ms, kill.error_rate);
+            tracing::warn!(rollout = %r.row.id, reason = %reason, "kill switch fired while the database is away: canary reverted on this replica; the revert is written when the database returns");
+            ClusterCounters::add(&cluster.counters.local_reverts, 1);
+            r.local_revert = Some(LocalRevert {
+                at_ms: now,
+                reason,
+                canary: fire.canary,
+                stable: fire.stable,
+            });
+            reverted = true;
+        }
+        if reverted && let Err(e) = self.publish_or_fail(&inner) {
+            tracing::error!(error = %e, "the routing table could not be rebuilt after a local revert");
+        }
+    }
+
+    /// The database is back: writes each revert applied here while it was away, if its
+    /// rollout is still live (the write names the revision this replica last read, so a
+    /// change it has not seen refuses it). One that ended or moved on meanwhile (another
+    /// replica's revert was written first, an operator acted) is dropped, and the routing
+    /// state is re-read.
+    /// The caller holds `changes`.
+    pub(super) async fn write_local_reverts(&self, now: i64) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let pending: Vec<Change> = {
+            let inner = self.lock();
+            inner
+                .running
+                .values()
+                .filter_map(|r| {
+                    let local = r.local_revert.as_ref()?;
+                    let decision = Decision::Revert {
+                        reasons: vec![local.reason.clone()],
+                    };
+                    let next = r.row.position.apply(&r.policy, &decision, now);
+                    let at = local.at_ms;
+                    Some(Change {
+                        id: r.row.id.clone(),
+                        next,
+                        event: NewEvent {
+                            actor: Actor::Judge,
+                            kind: "rolled_back",
+                            message: format!(
+                                "rolled back by replica {}'s kill switch while the database was away (applied there at {at} ms, written when it returned): {}",
+                                cluster.id(),
+                                local.reason
+                            ),
+                            evidence: Some(serde_json::json!({
+                                "decision": decision,
+                                "replica": cluster.id(),
+                                "applied_at_ms": at,
+                                "canary": {"requests": local.canary.0, "errors": local.canary.1},
+                                "stable": {"requests": local.stable.0, "errors": local.stable.1},
+                            })),
+                        },
+                        under_lease: false,
+                    })
+                })
+                .collect()
+        };
+        let mut moved_on = false;
+        for change in pending {
+            let id = change.id.clone();
+            match self.transition(change, now).await {
+                Ok(()) => {}
+                Err(RolloutError::Store(e)) if e.is_unavailable() => return,
+                Err(e) => {
+                    tracing::info!(rollout = %id, error = %e, "a revert applied here during the outage was not written: the rollout ended or moved on meanwhile; following the database");
+                    if let Some(r) = self.lock().running.get_mut(&id) {
+                        r.local_revert = None;
+                    }
+                    moved_on = true;
+                }
+            }
+        }
+        if moved_on && let Err(e) = self.refresh_locked().await {
+            tracing::warn!(error = %e, "re-reading the routing state failed");
         }
     }
 

@@ -154,6 +154,23 @@ pub struct LiveView {
     pub shadow: Option<ShadowCounters>,
     /// `metric/arm` → feedback received.
     pub feedback: BTreeMap<String, u64>,
+    /// In a cluster, while the database is away: this replica's kill switch reverted the
+    /// canary on its own (all its traffic goes to stable); the revert is written when the
+    /// database returns. Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reverted_locally: Option<LocalRevert>,
+}
+
+/// A kill-switch revert applied by one replica while the database was away.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LocalRevert {
+    /// When it was applied here (ms since the epoch).
+    pub at_ms: i64,
+    /// The kill switch's finding, as the event will say it.
+    pub reason: String,
+    /// The canary's (requests, errors) and stable's in the window, on this replica alone.
+    pub canary: (u64, u64),
+    pub stable: (u64, u64),
 }
 
 /// What is kept of a rollout that ended in this process: its last arms and pins.

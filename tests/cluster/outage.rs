@@ -293,6 +293,115 @@ async fn replicas_keep_routing_while_the_database_is_away_and_resume_when_it_ret
     );
 }
 
+/// While PostgreSQL is away the statistical judge holds, but each replica's kill switch
+/// still guards the canary on its own requests: a broken canary is reverted there at once
+/// (its traffic goes to stable), and the revert is written, once, when the database returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_canary_is_reverted_locally_during_the_outage_and_written_once_when_the_database_returns()
+ {
+    if pg_base().is_none() {
+        return;
+    }
+    let Some(pg) = OwnPg::start() else { return };
+    let rig = Rig::start_on(2, pg.url(), "").await;
+    let (key, _) = rig.key(0, "acme").await;
+    // `v-500` answers every request 500; `hold` keeps the canary at 30 % with the default
+    // kill switch (50 % errors over 60 s, at least 20 canary requests).
+    let (status, r) = rig
+        .admin(
+            0,
+            Method::POST,
+            "/rollouts",
+            Some(json!({"route": "chat", "canary": "v-500", "policy": "hold"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{r}");
+    let id = r["id"].as_str().unwrap().to_owned();
+    rig.wait_routed("chat", &id).await;
+
+    // No request of the rollout's route before the outage: whatever reverts the canary
+    // below is the local kill switch, not the judge on shipped observations. One request of
+    // another route per replica puts the key in its cache (a key never seen cannot be
+    // checked while the database is away).
+    for i in 0..2 {
+        let warm = rig.drive(&[i], &key, "guarded", 1).await;
+        assert_eq!(warm, [200]);
+    }
+    pg.down();
+    for i in 0..2 {
+        time_until(
+            Duration::from_secs(10),
+            &format!("replica {i} sees the database away"),
+            || async { metric(&rig, i, "sluice_database_up").await == Some(0.0) },
+        )
+        .await;
+    }
+    for i in 0..2 {
+        time_until(
+            Duration::from_secs(60),
+            &format!("replica {i}'s kill switch reverting the canary on its own"),
+            || async {
+                rig.drive(&[i], &key, "chat", 12).await;
+                let (_, v) = rig
+                    .admin(i, Method::GET, &format!("/rollouts/{id}"), None)
+                    .await;
+                v["reverted_locally"].is_object()
+            },
+        )
+        .await;
+        let (_, v) = rig
+            .admin(i, Method::GET, &format!("/rollouts/{id}"), None)
+            .await;
+        let local = &v["reverted_locally"];
+        assert!(
+            local["reason"].as_str().unwrap().contains("kill switch"),
+            "{v}"
+        );
+        assert!(local["canary"][0].as_u64() >= Some(20), "{v}");
+        // Not written yet: the stored state is still the live one.
+        assert_eq!(v["state"], "progressing", "{v}");
+        assert_eq!(
+            metric(&rig, i, "sluice_cluster_local_reverts_total").await,
+            Some(1.0)
+        );
+    }
+    // Reverted means every request is stable's: none of them fails any more, with the
+    // database still away.
+    let after = rig.drive(&[0, 1], &key, "chat", 40).await;
+    assert!(after.iter().all(|s| *s == 200), "{after:?}");
+
+    pg.up();
+    for i in 0..2 {
+        time_until(
+            Duration::from_secs(20),
+            &format!("the revert written and read back on replica {i}"),
+            || async {
+                let (_, v) = rig
+                    .admin(i, Method::GET, &format!("/rollouts/{id}"), None)
+                    .await;
+                v["state"] == "rolled_back"
+            },
+        )
+        .await;
+    }
+    // Both replicas reverted; the database took one revert (the revision guard refused
+    // the other), and says where it came from.
+    let (_, v) = rig
+        .admin(1, Method::GET, &format!("/rollouts/{id}/events"), None)
+        .await;
+    let reverts: Vec<&serde_json::Value> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "rolled_back")
+        .collect();
+    assert_eq!(reverts.len(), 1, "{v}");
+    let message = reverts[0]["message"].as_str().unwrap();
+    assert!(message.contains("while the database was away"), "{message}");
+    let after = rig.drive(&[0, 1], &key, "chat", 20).await;
+    assert!(after.iter().all(|s| *s == 200), "{after:?}");
+}
+
 /// The value of one unlabelled metric on replica `i`'s `/metrics`.
 async fn metric(rig: &Rig, i: usize, name: &str) -> Option<f64> {
     let text = rig
