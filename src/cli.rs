@@ -496,6 +496,12 @@ pub fn render_rollout(v: &Value) -> String {
             );
         }
     }
+    if let Some(reason) = v["reverted_locally"]["reason"].as_str() {
+        let _ = writeln!(
+            out,
+            "  reverted on this replica while the database is away (written when it returns): {reason}"
+        );
+    }
     let judge = &v["judge"];
     if judge.is_object() {
         let _ = writeln!(
@@ -591,5 +597,19 @@ mod tests {
             .map(|l| l.split(" step ").nth(1).unwrap().split(' ').next().unwrap())
             .collect();
         assert_eq!(steps, ["1", "3", "3"], "{lines}");
+    }
+
+    #[test]
+    fn a_revert_applied_during_a_database_outage_is_shown_with_its_reason() {
+        let mut view = json!({"id": "r1", "route": "chat", "stable": "a", "canary": "b",
+            "state": "progressing", "step": 0, "steps": 2, "weight": 10.0});
+        assert!(!render_rollout(&view).contains("database is away"));
+        view["reverted_locally"] = json!({"at_ms": 1, "reason": "kill switch: canary error rate 100 %", "canary": [20, 20], "stable": [40, 0]});
+        let text = render_rollout(&view);
+        assert!(
+            text.contains("reverted on this replica while the database is away")
+                && text.contains("kill switch: canary error rate 100 %"),
+            "{text}"
+        );
     }
 }
