@@ -397,6 +397,12 @@ impl Controller {
             match self.transition(change, now).await {
                 Ok(()) => {}
                 Err(RolloutError::Store(e)) if e.is_unavailable() => return,
+                // Any other refusal (too many connections while every replica reconnects,
+                // say) is no reason to route the broken canary again: the revert stands,
+                // as the view says, and is tried again at the next look.
+                Err(e @ RolloutError::Store(StoreError::Database(_))) => {
+                    tracing::warn!(rollout = %id, error = %e, "a revert applied here during the outage could not be written yet; it stands, and is tried again");
+                }
                 Err(e) => {
                     tracing::info!(rollout = %id, error = %e, "a revert applied here during the outage was not written: the rollout ended or moved on meanwhile; following the database");
                     if let Some(r) = self.lock().running.get_mut(&id) {

@@ -402,6 +402,107 @@ async fn a_broken_canary_is_reverted_locally_during_the_outage_and_written_once_
     assert!(after.iter().all(|s| *s == 200), "{after:?}");
 }
 
+/// A revert applied during the outage whose write the database refuses for another reason
+/// than a newer change (here a trigger; in life e.g. too many connections while every
+/// replica reconnects) still stands: the replica keeps routing to stable, says so, and
+/// writes it once the database takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_revert_whose_write_fails_stands_and_is_written_when_the_database_takes_it() {
+    if pg_base().is_none() {
+        return;
+    }
+    let Some(pg) = OwnPg::start() else { return };
+    let rig = Rig::start_on(1, pg.url(), "").await;
+    let (key, _) = rig.key(0, "acme").await;
+    let (status, r) = rig
+        .admin(
+            0,
+            Method::POST,
+            "/rollouts",
+            Some(json!({"route": "chat", "canary": "v-500", "policy": "hold"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{r}");
+    let id = r["id"].as_str().unwrap().to_owned();
+    rig.wait_routed("chat", &id).await;
+    assert_eq!(rig.drive(&[0], &key, "guarded", 1).await, [200]);
+    // Every revert refused until the trigger goes (SQLSTATE P0001: not an outage).
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&pg.url()).await.unwrap();
+    for sql in [
+        "CREATE FUNCTION refuse_reverts() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         IF NEW.kind = 'rolled_back' THEN RAISE EXCEPTION 'reverts refused by the test'; END IF; \
+         RETURN NEW; END $$",
+        "CREATE TRIGGER refuse_reverts BEFORE INSERT ON rollout_events FOR EACH ROW \
+         EXECUTE FUNCTION refuse_reverts()",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+
+    pg.down();
+    time_until(
+        Duration::from_secs(10),
+        "the database seen away",
+        || async { metric(&rig, 0, "sluice_database_up").await == Some(0.0) },
+    )
+    .await;
+    time_until(
+        Duration::from_secs(60),
+        "the kill switch reverting the canary on its own",
+        || async {
+            rig.drive(&[0], &key, "chat", 12).await;
+            let (_, v) = rig
+                .admin(0, Method::GET, &format!("/rollouts/{id}"), None)
+                .await;
+            v["reverted_locally"].is_object()
+        },
+    )
+    .await;
+
+    pg.up();
+    time_until(
+        Duration::from_secs(20),
+        "the revert's write refused",
+        || async { rig.log(0).contains("reverts refused by the test") },
+    )
+    .await;
+    // Refused, not undone: the replica still routes to stable and still says why.
+    let (_, v) = rig
+        .admin(0, Method::GET, &format!("/rollouts/{id}"), None)
+        .await;
+    assert_eq!(v["state"], "progressing", "{v}");
+    assert!(v["reverted_locally"].is_object(), "{v}");
+    let after = rig.drive(&[0], &key, "chat", 20).await;
+    assert!(after.iter().all(|s| *s == 200), "{after:?}");
+
+    let pool = sqlx::AnyPool::connect(&pg.url()).await.unwrap();
+    sqlx::query("DROP TRIGGER refuse_reverts ON rollout_events")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    time_until(Duration::from_secs(20), "the revert written", || async {
+        let (_, v) = rig
+            .admin(0, Method::GET, &format!("/rollouts/{id}"), None)
+            .await;
+        v["state"] == "rolled_back"
+    })
+    .await;
+    let (_, v) = rig
+        .admin(0, Method::GET, &format!("/rollouts/{id}/events"), None)
+        .await;
+    let reverts: Vec<&serde_json::Value> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "rolled_back")
+        .collect();
+    assert_eq!(reverts.len(), 1, "{v}");
+    let message = reverts[0]["message"].as_str().unwrap();
+    assert!(message.contains("while the database was away"), "{message}");
+}
+
 /// The value of one unlabelled metric on replica `i`'s `/metrics`.
 async fn metric(rig: &Rig, i: usize, name: &str) -> Option<f64> {
     let text = rig
