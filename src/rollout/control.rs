@@ -274,7 +274,12 @@ impl Controller {
                     route: r.row.route.clone(),
                     state: r.row.position.state,
                     step: r.row.position.step,
-                    weight: f64::from(r.row.position.weight_bp) / 10_000.0,
+                    // The weight this replica routes by: none once it reverted on its own.
+                    weight: if r.local_revert.is_some() {
+                        0.0
+                    } else {
+                        f64::from(r.row.position.weight_bp) / 10_000.0
+                    },
                     threshold: 1.0 / r.policy.alpha,
                     e_values: r
                         .last_report

@@ -364,6 +364,16 @@ async fn a_broken_canary_is_reverted_locally_during_the_outage_and_written_once_
             metric(&rig, i, "sluice_cluster_local_reverts_total").await,
             Some(1.0)
         );
+        // The canary's weight on this replica is nil now, and its dashboards say so.
+        assert_eq!(
+            metric(
+                &rig,
+                i,
+                &format!("sluice_rollout_weight_ratio{{rollout=\"{id}\",route=\"chat\"}}")
+            )
+            .await,
+            Some(0.0)
+        );
     }
     // Reverted means every request is stable's: none of them fails any more, with the
     // database still away.
