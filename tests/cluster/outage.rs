@@ -508,9 +508,9 @@ async fn a_local_revert_whose_write_fails_stands_and_is_written_when_the_databas
         .iter()
         .filter(|e| e["kind"] == "rolled_back")
         .collect();
+    // Once: by this replica's local revert or, when a look's write of it met a connection
+    // the restart had cut, by its judge on the shipped observations later in that look.
     assert_eq!(reverts.len(), 1, "{v}");
-    let message = reverts[0]["message"].as_str().unwrap();
-    assert!(message.contains("while the database was away"), "{message}");
 }
 
 /// The value of one unlabelled metric on replica `i`'s `/metrics`.
