@@ -334,11 +334,12 @@ impl Controller {
     /// rollout is still live (the write names the revision this replica last read, so a
     /// change it has not seen refuses it). One that ended or moved on meanwhile (another
     /// replica's revert was written first, an operator acted) is dropped, and the routing
-    /// state is re-read.
+    /// state is re-read. False when the database could not be reached after all (it is
+    /// then noted away, and the revert stands until the next look).
     /// The caller holds `changes`.
-    pub(super) async fn write_local_reverts(&self, now: i64) {
+    pub(super) async fn write_local_reverts(&self, now: i64) -> bool {
         let Some(cluster) = &self.cluster else {
-            return;
+            return true;
         };
         let pending: Vec<Change> = {
             let mut inner = self.lock();
@@ -396,7 +397,10 @@ impl Controller {
             let id = change.id.clone();
             match self.transition(change, now).await {
                 Ok(()) => {}
-                Err(RolloutError::Store(e)) if e.is_unavailable() => return,
+                Err(RolloutError::Store(e)) if e.is_unavailable() => {
+                    cluster.note_failure("writing a revert applied during the outage", &e);
+                    return false;
+                }
                 // Any other refusal (too many connections while every replica reconnects,
                 // say) is no reason to route the broken canary again: the revert stands,
                 // as the view says, and is tried again at the next look.
@@ -415,6 +419,7 @@ impl Controller {
         if moved_on && let Err(e) = self.refresh_locked().await {
             tracing::warn!(error = %e, "re-reading the routing state failed");
         }
+        true
     }
 
     /// In a cluster whose database is known to be away (the last cluster call failed):
