@@ -71,6 +71,18 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// No versions, providers or routes (unit tests of what only reads the catalog).
+    #[cfg(test)]
+    pub fn empty() -> Self {
+        Catalog {
+            versions: BTreeMap::new(),
+            providers: BTreeMap::new(),
+            configured: BTreeMap::new(),
+            settings: BTreeMap::new(),
+            stats: Mutex::new(BTreeMap::new()),
+        }
+    }
+
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
         let config = &settings.config;
         let mut providers = BTreeMap::new();

@@ -274,7 +274,12 @@ impl Controller {
                     route: r.row.route.clone(),
                     state: r.row.position.state,
                     step: r.row.position.step,
-                    weight: f64::from(r.row.position.weight_bp) / 10_000.0,
+                    // The weight this replica routes by: none once it reverted on its own.
+                    weight: if r.local_revert.is_some() {
+                        0.0
+                    } else {
+                        f64::from(r.row.position.weight_bp) / 10_000.0
+                    },
                     threshold: 1.0 / r.policy.alpha,
                     e_values: r
                         .last_report
@@ -732,8 +737,10 @@ impl Controller {
         let _changing = self.changes.lock().await;
         if self.database_away() {
             self.revert_locally(now);
-        } else {
-            self.write_local_reverts(now).await;
+        } else if !self.write_local_reverts(now).await {
+            // The database failed the write after all: no judge decides in this look, so a
+            // revert applied here during the outage is the one written, at the next look.
+            return;
         }
         let due = |r: &Running| now - r.last_look_ms >= r.policy.interval.as_millis() as i64;
         // In a cluster: the batches every replica shipped since each led rollout's cursor,

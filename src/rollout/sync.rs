@@ -113,21 +113,7 @@ impl Controller {
         for row in rows {
             let row_pins = pins.remove(&row.id).unwrap_or_default();
             match inner.running.get_mut(&row.id) {
-                Some(r) => {
-                    if row.revision > r.row.revision {
-                        if r.row.position.step != row.position.step {
-                            r.new_step();
-                        }
-                        r.row.position = row.position;
-                        r.row.updated_at_ms = row.updated_at_ms;
-                        r.row.revision = row.revision;
-                        changed = true;
-                    }
-                    if row.revision >= r.row.revision && r.pins != row_pins {
-                        r.pins = row_pins;
-                        changed = true;
-                    }
-                }
+                Some(r) => changed |= follow(r, row, row_pins),
                 None => {
                     let Some(policy) = policies.remove(&row.id) else {
                         continue;
@@ -335,6 +321,7 @@ impl Controller {
                 reason,
                 canary: fire.canary,
                 stable: fire.stable,
+                from: r.row.position.clone(),
             });
             reverted = true;
         }
@@ -347,14 +334,30 @@ impl Controller {
     /// rollout is still live (the write names the revision this replica last read, so a
     /// change it has not seen refuses it). One that ended or moved on meanwhile (another
     /// replica's revert was written first, an operator acted) is dropped, and the routing
-    /// state is re-read.
+    /// state is re-read. False when the database could not be reached after all (it is
+    /// then noted away, and the revert stands until the next look).
     /// The caller holds `changes`.
-    pub(super) async fn write_local_reverts(&self, now: i64) {
+    pub(super) async fn write_local_reverts(&self, now: i64) -> bool {
         let Some(cluster) = &self.cluster else {
-            return;
+            return true;
         };
         let pending: Vec<Change> = {
-            let inner = self.lock();
+            let mut inner = self.lock();
+            // A revert decided on a position the rollout has left since (an operator's
+            // command here, or a change read back from elsewhere) is not written over it.
+            let mut dropped = false;
+            for r in inner.running.values_mut() {
+                if let Some(local) = &r.local_revert
+                    && local.from != r.row.position
+                {
+                    tracing::info!(rollout = %r.row.id, "a revert applied here during the outage is not written: the rollout moved on since; following the database");
+                    r.local_revert = None;
+                    dropped = true;
+                }
+            }
+            if dropped && let Err(e) = self.publish_or_fail(&inner) {
+                tracing::error!(error = %e, "the routing table could not be rebuilt");
+            }
             inner
                 .running
                 .values()
@@ -394,7 +397,16 @@ impl Controller {
             let id = change.id.clone();
             match self.transition(change, now).await {
                 Ok(()) => {}
-                Err(RolloutError::Store(e)) if e.is_unavailable() => return,
+                Err(RolloutError::Store(e)) if e.is_unavailable() => {
+                    cluster.note_failure("writing a revert applied during the outage", &e);
+                    return false;
+                }
+                // Any other refusal (too many connections while every replica reconnects,
+                // say) is no reason to route the broken canary again: the revert stands,
+                // as the view says, and is tried again at the next look.
+                Err(e @ RolloutError::Store(StoreError::Database(_))) => {
+                    tracing::warn!(rollout = %id, error = %e, "a revert applied here during the outage could not be written yet; it stands, and is tried again");
+                }
                 Err(e) => {
                     tracing::info!(rollout = %id, error = %e, "a revert applied here during the outage was not written: the rollout ended or moved on meanwhile; following the database");
                     if let Some(r) = self.lock().running.get_mut(&id) {
@@ -407,6 +419,7 @@ impl Controller {
         if moved_on && let Err(e) = self.refresh_locked().await {
             tracing::warn!(error = %e, "re-reading the routing state failed");
         }
+        true
     }
 
     /// In a cluster whose database is known to be away (the last cluster call failed):
@@ -473,6 +486,36 @@ impl Controller {
 
 /// Takes the judge of `r` over under `fence`, exactly where the previous judge's last
 /// accepted checkpoint (`row`) stood.
+/// Takes `row` (and its pins), as read back from the database, into this replica's `r`
+/// when it is newer; true when anything the routing table shows changed. A revert this
+/// replica applied on its own during an outage and has not written yet is dropped when the
+/// rollout is found at another position: it was decided on a state that is gone (an
+/// operator or the judge moved the rollout on), and writing it now would undo that change.
+fn follow(r: &mut Running, row: RolloutRow, pins: BTreeMap<String, Arm>) -> bool {
+    let mut changed = false;
+    if row.revision > r.row.revision {
+        if r.row.position.step != row.position.step {
+            r.new_step();
+        }
+        if r.local_revert
+            .as_ref()
+            .is_some_and(|l| l.from != row.position)
+        {
+            tracing::info!(rollout = %row.id, state = row.position.state.as_str(), "the rollout moved on elsewhere since this replica reverted it during the outage: the revert is dropped unwritten; following the database");
+            r.local_revert = None;
+        }
+        r.row.position = row.position;
+        r.row.updated_at_ms = row.updated_at_ms;
+        r.row.revision = row.revision;
+        changed = true;
+    }
+    if row.revision >= r.row.revision && r.pins != pins {
+        r.pins = pins;
+        changed = true;
+    }
+    changed
+}
+
 fn resume(r: &mut Running, row: RolloutRow, fence: i64, now: i64) {
     r.judge = row
         .judge_state
@@ -502,4 +545,98 @@ fn resume(r: &mut Running, row: RolloutRow, fence: i64, now: i64) {
     }
     r.fence = Some(fence);
     r.last_look_ms = now;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::catalog::Catalog;
+    use crate::rollout::machine::Position;
+    use crate::rollout::policy::load_policy;
+    use crate::types::RolloutState;
+
+    fn row(revision: i64, position: Position) -> RolloutRow {
+        RolloutRow {
+            id: "r1".into(),
+            route: "chat".into(),
+            stable_version: "stable".into(),
+            canary_version: "canary".into(),
+            policy: "default".into(),
+            policy_json: String::new(),
+            salt: "1".into(),
+            position,
+            started_at_ms: 0,
+            updated_at_ms: 0,
+            ended_at_ms: None,
+            judge_state: None,
+            last_report: None,
+            revision,
+            judge_cursor: None,
+        }
+    }
+
+    fn at(state: RolloutState, step: usize, weight_bp: u32) -> Position {
+        Position {
+            state,
+            step,
+            weight_bp,
+            step_started_ms: 0,
+            inconclusive: false,
+        }
+    }
+
+    /// A replica whose kill switch reverted the rollout at step 1 (30 %) during an outage.
+    fn reverted_locally() -> Running {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/default.toml");
+        let policy = Arc::new(load_policy(&path).unwrap_or_else(|e| panic!("{e}")));
+        let judge = Judge::new(&policy.judge_spec());
+        let from = at(RolloutState::Progressing, 1, 3_000);
+        let mut r = Running::new(
+            row(7, from.clone()),
+            policy,
+            judge,
+            BTreeMap::new(),
+            &Catalog::empty(),
+        );
+        r.local_revert = Some(LocalRevert {
+            at_ms: 1,
+            reason: "kill switch".into(),
+            canary: (20, 20),
+            stable: (20, 0),
+            from,
+        });
+        r
+    }
+
+    #[test]
+    fn a_local_revert_is_dropped_once_the_database_shows_the_rollout_moved_on() {
+        // After the outage an operator paused the rollout (or the judge advanced it) before
+        // this replica wrote its revert: the revert must not be written over that change.
+        let mut r = reverted_locally();
+        let paused = at(RolloutState::Paused, 1, 3_000);
+        assert!(follow(&mut r, row(8, paused.clone()), BTreeMap::new()));
+        assert_eq!(r.row.position, paused);
+        assert!(r.local_revert.is_none());
+
+        let mut r = reverted_locally();
+        let advanced = at(RolloutState::Progressing, 2, 5_000);
+        assert!(follow(&mut r, row(8, advanced), BTreeMap::new()));
+        assert!(r.local_revert.is_none());
+    }
+
+    #[test]
+    fn a_local_revert_stands_while_the_rollout_is_where_it_was_reverted() {
+        // The same revision read again, or only a pin changed: the rollout is still at the
+        // position that was reverted, so the revert stands and is written.
+        let mut r = reverted_locally();
+        let from = r.row.position.clone();
+        assert!(!follow(&mut r, row(7, from.clone()), BTreeMap::new()));
+        assert!(r.local_revert.is_some());
+        let pins = BTreeMap::from([("vip".to_owned(), Arm::Canary)]);
+        assert!(follow(&mut r, row(8, from), pins));
+        assert!(r.local_revert.is_some());
+        assert_eq!(r.row.revision, 8);
+    }
 }

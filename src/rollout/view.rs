@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::machine::Decision;
+use super::machine::{Decision, Position};
 use crate::judge::JudgeReport;
 use crate::measure::aggregate::StatsSummary;
 use crate::shadow::ShadowCounters;
@@ -171,6 +171,12 @@ pub struct LocalRevert {
     /// The canary's (requests, errors) and stable's in the window, on this replica alone.
     pub canary: (u64, u64),
     pub stable: (u64, u64),
+    /// The position it reverted from (as this replica last read it). The revert stands only
+    /// while the rollout is still there: once the database shows it elsewhere (an operator
+    /// or the judge moved it on), the revert was decided on a state that is gone and is
+    /// dropped unwritten.
+    #[serde(skip)]
+    pub from: Position,
 }
 
 /// What is kept of a rollout that ended in this process: its last arms and pins.

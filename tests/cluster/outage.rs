@@ -364,6 +364,16 @@ async fn a_broken_canary_is_reverted_locally_during_the_outage_and_written_once_
             metric(&rig, i, "sluice_cluster_local_reverts_total").await,
             Some(1.0)
         );
+        // The canary's weight on this replica is nil now, and its dashboards say so.
+        assert_eq!(
+            metric(
+                &rig,
+                i,
+                &format!("sluice_rollout_weight_ratio{{rollout=\"{id}\",route=\"chat\"}}")
+            )
+            .await,
+            Some(0.0)
+        );
     }
     // Reverted means every request is stable's: none of them fails any more, with the
     // database still away.
@@ -400,6 +410,116 @@ async fn a_broken_canary_is_reverted_locally_during_the_outage_and_written_once_
     assert!(message.contains("while the database was away"), "{message}");
     let after = rig.drive(&[0, 1], &key, "chat", 20).await;
     assert!(after.iter().all(|s| *s == 200), "{after:?}");
+}
+
+/// A revert applied during the outage whose write the database refuses for another reason
+/// than a newer change (here a trigger; in life e.g. too many connections while every
+/// replica reconnects) still stands: the replica keeps routing to stable, says so, and
+/// writes it once the database takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_revert_whose_write_fails_stands_and_is_written_when_the_database_takes_it() {
+    if pg_base().is_none() {
+        return;
+    }
+    let Some(pg) = OwnPg::start() else { return };
+    let rig = Rig::start_on(1, pg.url(), "").await;
+    let (key, _) = rig.key(0, "acme").await;
+    let (status, r) = rig
+        .admin(
+            0,
+            Method::POST,
+            "/rollouts",
+            Some(json!({"route": "chat", "canary": "v-500", "policy": "hold"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{r}");
+    let id = r["id"].as_str().unwrap().to_owned();
+    rig.wait_routed("chat", &id).await;
+    assert_eq!(rig.drive(&[0], &key, "guarded", 1).await, [200]);
+    // Every revert refused while `refuse_all` has a row (SQLSTATE P0001: not an outage);
+    // the judge's own reverts always, so that the revert written is the local one.
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&pg.url()).await.unwrap();
+    for sql in [
+        "CREATE TABLE refuse_all (x INTEGER)",
+        "INSERT INTO refuse_all VALUES (1)",
+        "CREATE FUNCTION refuse_reverts() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         IF NEW.kind = 'rolled_back' AND (EXISTS (SELECT 1 FROM refuse_all) \
+         OR NEW.message NOT LIKE '%while the database was away%') THEN \
+         RAISE EXCEPTION 'reverts refused by the test'; END IF; RETURN NEW; END $$",
+        "CREATE TRIGGER refuse_reverts BEFORE INSERT ON rollout_events FOR EACH ROW \
+         EXECUTE FUNCTION refuse_reverts()",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+
+    pg.down();
+    time_until(
+        Duration::from_secs(10),
+        "the database seen away",
+        || async { metric(&rig, 0, "sluice_database_up").await == Some(0.0) },
+    )
+    .await;
+    time_until(
+        Duration::from_secs(60),
+        "the kill switch reverting the canary on its own",
+        || async {
+            rig.drive(&[0], &key, "chat", 12).await;
+            let (_, v) = rig
+                .admin(0, Method::GET, &format!("/rollouts/{id}"), None)
+                .await;
+            v["reverted_locally"].is_object()
+        },
+    )
+    .await;
+
+    pg.up();
+    time_until(
+        Duration::from_secs(20),
+        "the local revert's write refused",
+        || async {
+            rig.log(0).lines().any(|l| {
+                l.contains("a revert applied here during the outage")
+                    && l.contains("reverts refused by the test")
+            })
+        },
+    )
+    .await;
+    // Refused, not undone: the replica still routes to stable and still says why.
+    let (_, v) = rig
+        .admin(0, Method::GET, &format!("/rollouts/{id}"), None)
+        .await;
+    assert_eq!(v["state"], "progressing", "{v}");
+    assert!(v["reverted_locally"].is_object(), "{v}");
+    let after = rig.drive(&[0], &key, "chat", 20).await;
+    assert!(after.iter().all(|s| *s == 200), "{after:?}");
+
+    let pool = sqlx::AnyPool::connect(&pg.url()).await.unwrap();
+    sqlx::query("DELETE FROM refuse_all")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    time_until(Duration::from_secs(20), "the revert written", || async {
+        let (_, v) = rig
+            .admin(0, Method::GET, &format!("/rollouts/{id}"), None)
+            .await;
+        v["state"] == "rolled_back"
+    })
+    .await;
+    let (_, v) = rig
+        .admin(0, Method::GET, &format!("/rollouts/{id}/events"), None)
+        .await;
+    let reverts: Vec<&serde_json::Value> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "rolled_back")
+        .collect();
+    assert_eq!(reverts.len(), 1, "{v}");
+    let message = reverts[0]["message"].as_str().unwrap();
+    assert!(message.contains("while the database was away"), "{message}");
 }
 
 /// The value of one unlabelled metric on replica `i`'s `/metrics`.
