@@ -430,6 +430,13 @@ pub async fn render(app: &App) -> String {
         "sluice_records_dropped_total {}",
         sink.dropped + sink.write_failed
     );
+    header(
+        &mut out,
+        "sluice_records_paced_total",
+        "counter",
+        "Requests that waited (at most 10 ms) for room in a nearly full record queue.",
+    );
+    let _ = writeln!(out, "sluice_records_paced_total {}", sink.paced);
 
     // A cluster's loops (PostgreSQL only: a single process shows none of these).
     let cluster = &app.cluster;

@@ -114,10 +114,13 @@ pub async fn authenticate(
             Err(e @ (ApiError::InvalidKey | ApiError::MissingKey)) => return refuse(e),
             Err(e) => return e.into_response(),
         };
-        if ADMITTED_ROUTES.contains(&path.as_str())
-            && let Err(e) = app.limits.admit(&caller.workspace)
-        {
-            return e.into_response();
+        if ADMITTED_ROUTES.contains(&path.as_str()) {
+            if let Err(e) = app.limits.admit(&caller.workspace) {
+                return e.into_response();
+            }
+            // A request that will yield a record waits briefly while the record queue is
+            // nearly full and the writer is keeping up (never for a failing database).
+            app.sink.pace().await;
         }
         request.extensions_mut().insert(caller);
     } else if admin_token_matches(&app.settings.admin_token, token.as_deref()) {

@@ -2,7 +2,15 @@
 //!
 //! `submit` never waits: when the queue is full the record is counted as dropped (in
 //! `/metrics` as `sluice_records_dropped_total`), a warning says so at most once per
-//! [`DROP_LOG_INTERVAL`], and the request goes on. The writer waits [`LINGER`] after a
+//! [`DROP_LOG_INTERVAL`], and the request goes on.
+//!
+//! Before that, intake is paced: while fewer than a [`HEADROOM_DIVISOR`]th of the queue's
+//! slots are free *and the writer is keeping up* (its current write began less than
+//! [`WRITER_STALLED`] ago and the last one did not fail), a new request first waits, at
+//! most [`PACE_WAIT`], for the writer to take its next batch ([`RecordSink::pace`]). A
+//! writer that is slow but working so slows intake to what it sustains instead of losing
+//! records; a database that is away or hanging never makes a request wait (the writer is
+//! then failing or stalled), and records are dropped and counted as before. The writer waits [`LINGER`] after a
 //! batch's first record (or less, when a full batch is already queued), then writes up to
 //! [`WRITE_BATCH`] records in one transaction; on shutdown it closes the queue and drains it
 //! before returning.
@@ -33,6 +41,13 @@ pub const LINGER: Duration = Duration::from_millis(50);
 pub const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Tries per batch before it is given up (with back-off from 50 ms to 3.2 s: about 6 s).
 const WRITE_ATTEMPTS: u32 = 8;
+
+/// The longest a new request waits for room in a nearly full queue ([`RecordSink::pace`]).
+pub const PACE_WAIT: Duration = Duration::from_millis(10);
+/// New requests are paced while fewer than `capacity / HEADROOM_DIVISOR` slots are free.
+pub const HEADROOM_DIVISOR: usize = 4;
+/// A write running longer than this means the database is not merely slow: no pacing.
+pub const WRITER_STALLED: Duration = Duration::from_secs(1);
 
 /// Recent requests kept in memory for feedback that arrives before their record is written.
 const RECENT_REQUESTS: usize = 10_000;
@@ -75,6 +90,19 @@ pub struct RecordSink {
     dropped: AtomicU64,
     written: AtomicU64,
     write_failed: AtomicU64,
+    /// Requests that waited for room in the queue ([`RecordSink::pace`]).
+    paced: AtomicU64,
+    /// Notified each time the writer takes records off the queue.
+    room: tokio::sync::Notify,
+    /// Free slots below which new requests are paced.
+    headroom: usize,
+    /// The writer's state: 0 idle, [`FAILING`] retrying a failed batch, otherwise 1 + the
+    /// milliseconds since `born` at which its current write began.
+    writing: AtomicU64,
+    born: Instant,
+    /// [`PACE_WAIT`] and [`WRITER_STALLED`] (tests lengthen them, to assert without a clock).
+    pace_wait: Duration,
+    stalled_after: Duration,
     /// When the last "records dropped" warning went out, and the drop count it reported.
     drop_report: std::sync::Mutex<(Option<Instant>, u64)>,
 }
@@ -86,7 +114,13 @@ pub struct SinkCounters {
     pub written: u64,
     /// Records lost because the database refused them for every try.
     pub write_failed: u64,
+    /// Requests that waited (at most [`PACE_WAIT`] each) for room in a nearly full queue
+    /// while the writer was keeping up.
+    pub paced: u64,
 }
+
+/// [`RecordSink::writing`] while a failed batch is being retried.
+const FAILING: u64 = u64::MAX;
 
 impl RecordSink {
     pub fn new(capacity: usize, limits: Arc<LimitBook>) -> (Self, mpsc::Receiver<Record>) {
@@ -98,6 +132,13 @@ impl RecordSink {
             dropped: AtomicU64::new(0),
             written: AtomicU64::new(0),
             write_failed: AtomicU64::new(0),
+            paced: AtomicU64::new(0),
+            room: tokio::sync::Notify::new(),
+            headroom: (capacity / HEADROOM_DIVISOR).max(1),
+            writing: AtomicU64::new(0),
+            born: Instant::now(),
+            pace_wait: PACE_WAIT,
+            stalled_after: WRITER_STALLED,
             drop_report: std::sync::Mutex::new((None, 0)),
         };
         (sink, rx)
@@ -121,6 +162,47 @@ impl RecordSink {
         if self.tx.try_send(record).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             self.report_drops(false);
+        }
+    }
+
+    /// Waits, at most [`PACE_WAIT`], while the queue is nearly full and the writer is
+    /// keeping up; returns at once otherwise (one atomic load when there is room). Called
+    /// before a request that will yield a record starts, so that intake slows to what the
+    /// writer sustains instead of the queue overflowing. Never waits on a database that
+    /// fails or hangs: then [`RecordSink::submit`] drops and counts, as it always did.
+    pub async fn pace(&self) {
+        if self.tx.capacity() >= self.headroom || !self.writer_keeping_up() {
+            return;
+        }
+        self.paced.fetch_add(1, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + self.pace_wait;
+        loop {
+            let notified = self.room.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so that a batch taken in between is not missed.
+            notified.as_mut().enable();
+            if self.tx.capacity() >= self.headroom
+                || self.tx.is_closed()
+                || !self.writer_keeping_up()
+            {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// False while the writer retries a failed batch or its current write has run longer
+    /// than [`WRITER_STALLED`].
+    fn writer_keeping_up(&self) -> bool {
+        match self.writing.load(Ordering::Relaxed) {
+            0 => true,
+            FAILING => false,
+            began => {
+                let now = self.born.elapsed().as_millis() as u64 + 1;
+                now.saturating_sub(began) < self.stalled_after.as_millis() as u64
+            }
         }
     }
 
@@ -157,6 +239,7 @@ impl RecordSink {
             dropped: self.dropped.load(Ordering::Relaxed),
             written: self.written.load(Ordering::Relaxed),
             write_failed: self.write_failed.load(Ordering::Relaxed),
+            paced: self.paced.load(Ordering::Relaxed),
         }
     }
 
@@ -178,8 +261,11 @@ impl RecordSink {
             if !open {
                 break;
             }
-            // Linger, unless a full batch is waiting already (the writer is behind).
-            if batch.len() + rx.len() < WRITE_BATCH {
+            self.room.notify_waiters();
+            // Linger, unless a full batch is waiting already or requests are being paced
+            // (the writer is behind).
+            let queued = batch.len() + rx.len();
+            if queued < WRITE_BATCH && queued < self.tx.max_capacity() - self.headroom {
                 let stopping = tokio::select! {
                     () = tokio::time::sleep(LINGER) => false,
                     () = stop.cancelled() => true,
@@ -192,6 +278,7 @@ impl RecordSink {
             let room = WRITE_BATCH - batch.len();
             if room > 0 {
                 let _ = rx.recv_many(&mut batch, room).now_or_never();
+                self.room.notify_waiters();
             }
             self.write(&store, &batch).await;
             batch.clear();
@@ -220,15 +307,19 @@ impl RecordSink {
     }
 
     async fn write(&self, store: &Store, batch: &[Record]) {
+        let began = self.born.elapsed().as_millis() as u64 + 1;
+        self.writing.store(began, Ordering::Relaxed);
         let mut delay = Duration::from_millis(50);
         for attempt in 1..=WRITE_ATTEMPTS {
             match store.insert_records(batch).await {
                 Ok(()) => {
                     self.written
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    self.writing.store(0, Ordering::Relaxed);
                     return;
                 }
                 Err(e) if attempt < WRITE_ATTEMPTS => {
+                    self.writing.store(FAILING, Ordering::Relaxed);
                     tracing::warn!(error = %e, attempt, records = batch.len(), "writing records failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay *= 2;
@@ -240,6 +331,7 @@ impl RecordSink {
         }
         self.write_failed
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        // Stays FAILING until a batch goes through: the database refused this one for ~6 s.
     }
 }
 
@@ -382,6 +474,79 @@ mod tests {
         assert_eq!(store.count_records().await.unwrap(), 3 + more as i64);
         // After shutdown the queue is closed: a late record is dropped and counted.
         sink.submit(record(100_000));
+        assert_eq!(sink.counters().dropped, 1);
+    }
+
+    #[tokio::test]
+    async fn a_slow_writer_paces_intake_instead_of_dropping_records() {
+        let (store, _dir) = store().await;
+        // A queue far smaller than the intake, and a producer that never yields on its own:
+        // without pacing it would fill the queue at once and drop most records.
+        let capacity = 64;
+        let (mut sink, rx) = sink(capacity);
+        // Long bounds, so that the assertions do not depend on the machine's speed.
+        sink.pace_wait = Duration::from_secs(60);
+        sink.stalled_after = Duration::from_secs(60);
+        let sink = Arc::new(sink);
+        let stop = CancellationToken::new();
+        let writer = {
+            let (sink, store, stop) = (sink.clone(), store.clone(), stop.clone());
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "a test drives the writer by hand"
+            )]
+            tokio::spawn(async move { sink.run_writer(rx, store, stop).await })
+        };
+        let total = 40 * capacity;
+        for i in 0..total {
+            sink.pace().await;
+            sink.submit(record(i));
+        }
+        stop.cancel();
+        writer.await.unwrap();
+        let c = sink.counters();
+        assert_eq!((c.written, c.dropped, c.write_failed), (total as u64, 0, 0));
+        assert!(c.paced > 0, "{c:?}");
+        assert_eq!(store.count_records().await.unwrap(), total as i64);
+    }
+
+    #[tokio::test]
+    async fn pacing_waits_only_for_a_writer_that_keeps_up_and_at_most_pace_wait() {
+        tokio::time::pause();
+        let (mut sink, _rx) = sink(8);
+        // Room: no wait at all.
+        let started = tokio::time::Instant::now();
+        sink.pace().await;
+        assert_eq!(
+            (started.elapsed(), sink.counters().paced),
+            (Duration::ZERO, 0)
+        );
+        for i in 0..8 {
+            sink.submit(record(i));
+        }
+        // Nearly full, the writer idle (so keeping up) but never taking a batch: the request
+        // waits PACE_WAIT, then goes on.
+        sink.pace().await;
+        assert!(started.elapsed() >= PACE_WAIT, "{:?}", started.elapsed());
+        assert_eq!(sink.counters().paced, 1);
+        // A writer retrying a failed batch (the database is away): no wait.
+        sink.writing.store(FAILING, Ordering::Relaxed);
+        let started = tokio::time::Instant::now();
+        sink.pace().await;
+        assert_eq!(
+            (started.elapsed(), sink.counters().paced),
+            (Duration::ZERO, 1)
+        );
+        // A write that began longer than WRITER_STALLED ago (the database hangs): no wait.
+        sink.born -= 2 * WRITER_STALLED;
+        sink.writing.store(1, Ordering::Relaxed);
+        sink.pace().await;
+        assert_eq!(
+            (started.elapsed(), sink.counters().paced),
+            (Duration::ZERO, 1)
+        );
+        // And the record that finds the queue full is still dropped and counted.
+        sink.submit(record(8));
         assert_eq!(sink.counters().dropped, 1);
     }
 
