@@ -3,8 +3,6 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
-
 use crate::measure::schema::ToolCall;
 use crate::types::Usage;
 
@@ -52,50 +50,50 @@ pub enum NotACompletion {
 /// Reads a non-streamed answer as leniently as the SDKs do (see [`super::lenient`]): only a
 /// body that is not JSON, an error envelope, or one without a `choices` list is refused.
 pub fn summarize_completion(body: &[u8]) -> Result<CompletionSummary, NotACompletion> {
-    use super::lenient::{self, Field, Raw};
-    #[derive(Deserialize)]
-    struct Completion<'a> {
-        #[serde(default, borrow)]
-        choices: Raw<'a>,
-        #[serde(default, borrow)]
-        usage: Raw<'a>,
-        #[serde(default, borrow)]
-        model: Raw<'a>,
-        #[serde(default, borrow)]
-        error: Raw<'a>,
+    use super::lenient::{self, Field};
+    lenient::object! {
+        struct Completion<'a> {
+            choices: "choices",
+            usage: "usage",
+            model: "model",
+            error: "error",
+        }
     }
-    #[derive(Deserialize)]
-    struct Choice<'a> {
-        #[serde(default, borrow)]
-        message: Option<Message<'a>>,
-        #[serde(default, borrow)]
-        finish_reason: Raw<'a>,
+    lenient::object! {
+        struct Choice<'a> {
+            message: "message",
+            finish_reason: "finish_reason",
+        }
     }
-    #[derive(Deserialize)]
-    struct Message<'a> {
-        #[serde(default, borrow)]
-        content: Raw<'a>,
-        #[serde(default, borrow)]
-        refusal: Raw<'a>,
-        #[serde(default, borrow)]
-        tool_calls: Raw<'a>,
+    lenient::object! {
+        struct Message<'a> {
+            content: "content",
+            refusal: "refusal",
+            tool_calls: "tool_calls",
+        }
     }
-    #[derive(Deserialize)]
-    struct Call<'a> {
-        #[serde(default, borrow)]
-        function: Option<Function<'a>>,
+    lenient::object! {
+        struct Call<'a> {
+            function: "function",
+        }
     }
-    #[derive(Deserialize)]
-    struct Function<'a> {
-        #[serde(default, borrow)]
-        name: Raw<'a>,
-        #[serde(default, borrow)]
-        arguments: Raw<'a>,
+    lenient::object! {
+        struct Function<'a> {
+            name: "name",
+            arguments: "arguments",
+        }
     }
     let completion: Completion =
         serde_json::from_slice(body).map_err(|e| NotACompletion::NotJson(e.to_string()))?;
     let choices: Vec<Option<Choice>> = match completion.choices.map(|c| c.get()) {
-        Some(text) if text.starts_with('[') => lenient::list(completion.choices, Field::Content),
+        // One summary choice per element, so that redactions are written back where their
+        // text came from; an element of another shape reads as an empty choice.
+        Some(text) if text.starts_with('[') => {
+            lenient::list_each::<Option<Choice>>(completion.choices, Field::Content)
+                .into_iter()
+                .map(Option::flatten)
+                .collect()
+        }
         _ => {
             return Err(match lenient::error_message(completion.error) {
                 Some(message) => NotACompletion::Error(message),
@@ -110,7 +108,7 @@ pub fn summarize_completion(body: &[u8]) -> Result<CompletionSummary, NotAComple
             .collect(),
         tool_calls: lenient::list::<Call>(m.tool_calls, Field::ToolCalls)
             .into_iter()
-            .filter_map(|c| c.function)
+            .filter_map(|c| lenient::nested::<Function>(c.function, Field::ToolCalls))
             .map(|f| ToolCall {
                 name: lenient::string(f.name, Field::ToolCalls)
                     .unwrap_or_default()
@@ -132,9 +130,14 @@ pub fn summarize_completion(body: &[u8]) -> Result<CompletionSummary, NotAComple
             .map(Cow::into_owned),
         choices: choices
             .iter()
-            .map(|c| match c.as_ref().and_then(|c| c.message.as_ref()) {
-                Some(m) => read(m),
-                None => ChoiceText::default(),
+            .map(|c| {
+                match c
+                    .as_ref()
+                    .and_then(|c| lenient::nested::<Message>(c.message, Field::Content))
+                {
+                    Some(m) => read(&m),
+                    None => ChoiceText::default(),
+                }
             })
             .collect(),
     })
@@ -203,12 +206,37 @@ mod tests {
         assert_eq!(s.all_text(), "Hi there");
         assert_eq!(s.finish_reason.as_deref(), Some("stop"));
         assert!(s.usage.is_none(), "a null count is estimated, not zero");
-        // A choice of an unexpected shape is skipped, the others read.
+        // A choice of an unexpected shape reads as empty, in its place, the others read.
         let s = summarize_completion(
             br#"{"choices":[7,{"message":{"content":"ok"},"finish_reason":null}],"model":null}"#,
         )
         .unwrap();
         assert_eq!((s.all_text().as_str(), s.finish_reason), ("ok", None));
+        assert_eq!(s.choices.len(), 2, "one summary choice per element");
+        assert_eq!(s.choices[1].text, "ok");
+    }
+
+    // Found by the `completion` fuzz target (its seed of the earlier suspicion): a duplicate
+    // key anywhere made the derived readers refuse the whole answer (a 502) or skip the
+    // element, although every SDK's JSON reader takes the last value.
+    #[test]
+    fn a_duplicate_key_is_read_as_the_sdks_read_it_the_last_wins() {
+        let s = summarize_completion(
+            br#"{"choices":[],"model":"a","choices":[{"message":{"content":"x","content":"last"},"finish_reason":"length","finish_reason":"stop"}],"model":"b","usage":{"prompt_tokens":1,"prompt_tokens":3,"completion_tokens":2}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.all_text(), "last");
+        assert_eq!(s.model.as_deref(), Some("b"));
+        assert_eq!(s.finish_reason.as_deref(), Some("stop"));
+        assert_eq!(
+            s.usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
+            Some((3, 2))
+        );
+        assert!(completion_as_events(br#"{"choices":[],"choices":[]}"#).is_ok());
+        // Escaped keys are keys too.
+        let s =
+            summarize_completion(br#"{"ch\u006fices":[{"message":{"content":"hi"}}]}"#).unwrap();
+        assert_eq!(s.all_text(), "hi");
     }
 
     #[test]
