@@ -108,7 +108,8 @@ impl AnswerChecks {
 pub fn apply_redactions(body: &[u8], redacted: &[Option<String>]) -> Option<Vec<u8>> {
     use serde_json::value::{RawValue, to_raw_value};
     type Object = indexmap::IndexMap<String, Box<RawValue>>;
-    let mut whole: Object = serde_json::from_slice(body).ok()?;
+    // Bytes that are not UTF-8 (in fields the summary does not read) become U+FFFD.
+    let mut whole: Object = serde_json::from_str(&String::from_utf8_lossy(body)).ok()?;
     let mut choices: Vec<Box<RawValue>> = serde_json::from_str(whole.get("choices")?.get()).ok()?;
     for (i, text) in redacted.iter().enumerate() {
         let Some(text) = text else { continue };

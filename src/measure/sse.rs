@@ -120,7 +120,7 @@ impl StreamObserver {
         }
         let choices: Vec<ChunkChoice> = lenient::list(chunk.choices, Field::Content);
         for c in &choices {
-            let Ok(index) = lenient::index(c.index, Field::Content) else {
+            let Some(index) = lenient::index(c.index, Field::Content) else {
                 continue;
             };
             if index >= MAX_STREAM_INDEX {
@@ -138,7 +138,7 @@ impl StreamObserver {
                     self.choice(index).text.push_str(&t);
                 }
                 for call in &calls {
-                    let Ok(slot_index) = lenient::index(call.index, Field::ToolCalls) else {
+                    let Some(slot_index) = lenient::index(call.index, Field::ToolCalls) else {
                         continue;
                     };
                     if slot_index >= MAX_STREAM_INDEX {

@@ -150,43 +150,96 @@ pub fn summarize_completion(body: &[u8]) -> Result<CompletionSummary, NotAComple
 ///
 /// Errors as [`summarize_completion`] does, for the same bodies.
 pub fn completion_as_events(body: &[u8]) -> Result<bytes::Bytes, NotACompletion> {
-    use serde_json::{Value, json};
+    use serde::Serialize;
+    use serde_json::value::{RawValue, to_raw_value};
+    type Object = indexmap::IndexMap<String, Box<RawValue>>;
     summarize_completion(body)?;
-    let whole: Value =
-        serde_json::from_slice(body).map_err(|e| NotACompletion::NotJson(e.to_string()))?;
-    let field = |name: &str| whole.get(name).cloned().unwrap_or(Value::Null);
+    // Values are carried over raw (a number beyond f64 stays as written, the last of
+    // duplicate keys wins, as in the summary); bytes that are not UTF-8 (which the
+    // summary skips in fields it does not read) become U+FFFD, as an event stream's are.
+    let text = String::from_utf8_lossy(body);
+    let not_json = |e: serde_json::Error| NotACompletion::NotJson(e.to_string());
+    let whole: Object = serde_json::from_str(&text).map_err(not_json)?;
+    let object = |raw: Option<&RawValue>| -> Object {
+        raw.and_then(|r| serde_json::from_str(r.get()).ok())
+            .unwrap_or_default()
+    };
+    let field = |o: &Object, name: &str| -> Box<RawValue> {
+        o.get(name)
+            .cloned()
+            .unwrap_or_else(|| RawValue::NULL.to_owned())
+    };
+    #[derive(Serialize)]
+    struct Choice {
+        index: Box<RawValue>,
+        delta: Object,
+        finish_reason: Box<RawValue>,
+    }
+    #[derive(Serialize)]
+    struct Chunk<'a> {
+        id: Box<RawValue>,
+        object: &'static str,
+        created: Box<RawValue>,
+        model: Box<RawValue>,
+        choices: &'a [Choice],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        usage: Option<Box<RawValue>>,
+    }
     let mut out = String::new();
-    let mut push = |chunk: Value| {
+    let mut push = |choices: &[Choice], usage| -> Result<(), NotACompletion> {
+        let chunk = Chunk {
+            id: field(&whole, "id"),
+            object: "chat.completion.chunk",
+            created: field(&whole, "created"),
+            model: field(&whole, "model"),
+            choices,
+            usage,
+        };
         out.push_str("data: ");
-        out.push_str(&chunk.to_string());
+        out.push_str(&serde_json::to_string(&chunk).map_err(not_json)?);
         out.push_str("\n\n");
+        Ok(())
     };
-    let head = |choices: Value| {
-        json!({"id": field("id"), "object": "chat.completion.chunk", "created": field("created"),
-            "model": field("model"), "choices": choices})
-    };
-    for (i, choice) in whole["choices"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        let mut delta = choice.get("message").cloned().unwrap_or(json!({}));
-        if let Some(calls) = delta.get_mut("tool_calls").and_then(Value::as_array_mut) {
-            for (n, call) in calls.iter_mut().enumerate() {
-                if let Some(call) = call.as_object_mut() {
-                    call.insert("index".into(), json!(n));
-                }
+    let choices: Vec<Box<RawValue>> = whole
+        .get("choices")
+        .and_then(|c| serde_json::from_str(c.get()).ok())
+        .unwrap_or_default();
+    for (i, choice) in choices.iter().enumerate() {
+        let choice = object(Some(choice));
+        let mut delta = object(choice.get("message").map(|m| &**m));
+        if let Some(calls) = delta.get("tool_calls") {
+            let calls: Option<Vec<Box<RawValue>>> = serde_json::from_str(calls.get()).ok();
+            if let Some(calls) = calls {
+                let numbered: Vec<Box<RawValue>> = calls
+                    .into_iter()
+                    .enumerate()
+                    .map(
+                        |(n, call)| match serde_json::from_str::<Object>(call.get()) {
+                            Ok(mut call) => {
+                                call.insert("index".into(), to_raw_value(&n).expect("a number"));
+                                to_raw_value(&call).expect("raw JSON values serialize")
+                            }
+                            Err(_) => call,
+                        },
+                    )
+                    .collect();
+                let raw = to_raw_value(&numbered).expect("raw JSON values serialize");
+                delta.insert("tool_calls".into(), raw);
             }
         }
-        let index = choice.get("index").cloned().unwrap_or(json!(i));
-        push(head(json!([{"index": index, "delta": delta,
-            "finish_reason": choice.get("finish_reason").cloned().unwrap_or(Value::Null)}])));
+        let index = match choice.get("index") {
+            Some(index) => index.clone(),
+            None => to_raw_value(&i).expect("a number"),
+        };
+        let one = [Choice {
+            index,
+            delta,
+            finish_reason: field(&choice, "finish_reason"),
+        }];
+        push(&one, None)?;
     }
-    if let Some(usage) = whole.get("usage").filter(|u| !u.is_null()) {
-        let mut chunk = head(json!([]));
-        chunk["usage"] = usage.clone();
-        push(chunk);
+    if let Some(usage) = whole.get("usage").filter(|u| u.get() != "null") {
+        push(&[], Some(usage.clone()))?;
     }
     out.push_str("data: [DONE]\n\n");
     Ok(out.into())
@@ -237,6 +290,22 @@ mod tests {
         let s =
             summarize_completion(br#"{"ch\u006fices":[{"message":{"content":"hi"}}]}"#).unwrap();
         assert_eq!(s.all_text(), "hi");
+    }
+
+    // Found by the `completion` fuzz target: a whole answer to a streamed request was read
+    // again through serde_json's `Value`, which refuses what the summary reads (a byte
+    // that is not UTF-8 in a field sluice does not read, a number beyond f64): a 502 for a
+    // streamed request, the same answer served to a plain one.
+    #[test]
+    fn an_answer_the_summary_reads_is_retold_as_events_too() {
+        let body = b"{\"id\":\"c\xff1\",\"choices\":[{\"message\":{\"content\":\"Hi\"},\"logprobs\":{\"x\":1e400}}],\"model\":\"a\",\"model\":\"b\"}";
+        assert!(summarize_completion(body).is_ok());
+        let events = completion_as_events(body).unwrap();
+        let text = std::str::from_utf8(&events).unwrap();
+        assert_eq!(
+            text,
+            "data: {\"id\":\"c\u{FFFD}1\",\"object\":\"chat.completion.chunk\",\"created\":null,\"model\":\"b\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\ndata: [DONE]\n\n"
+        );
     }
 
     #[test]

@@ -121,14 +121,12 @@ pub fn nested<'a, T: Deserialize<'a>>(raw: Raw<'a>, field: Field) -> Option<T> {
     }
 }
 
-/// An `index` (of a stream's choice or tool call): absent or `null` is 0; `Err` (counted)
+/// An `index` (of a stream's choice or tool call): absent or `null` is 0; `None` (counted)
 /// when it is not a non-negative integer, and the element is then skipped.
-pub fn index(raw: Raw<'_>, field: Field) -> Result<usize, ()> {
+pub fn index(raw: Raw<'_>, field: Field) -> Option<usize> {
     match present(raw) {
-        None => Ok(0),
-        Some(text) => text.parse().map_err(|_| {
-            unreadable::<()>(field);
-        }),
+        None => Some(0),
+        Some(text) => text.parse().ok().or_else(|| unreadable(field)),
     }
 }
 
