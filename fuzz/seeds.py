@@ -94,6 +94,7 @@ answers = {
     "duplicate-keys": '{"choices":[],"model":"a","choices":[{"message":{"content":"last"}}],"model":"b"}',
     "not-json": "<html>502 Bad Gateway</html>",
 }
+answers["pretty-crlf"] = json.dumps(completion, indent=2).replace("\n", "\r\n")
 for name, body in answers.items():
     write("completion", name, body)
 

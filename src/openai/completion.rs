@@ -195,8 +195,12 @@ pub fn completion_as_events(body: &[u8]) -> Result<bytes::Bytes, NotACompletion>
             choices,
             usage,
         };
+        // Raw values keep the upstream's white space: a line break in it (a pretty-printed
+        // answer) would end the `data:` line. JSON strings hold no raw line breaks, so
+        // every one is white space between tokens.
+        let json = serde_json::to_string(&chunk).map_err(not_json)?;
         out.push_str("data: ");
-        out.push_str(&serde_json::to_string(&chunk).map_err(not_json)?);
+        out.push_str(&json.replace(['\n', '\r'], " "));
         out.push_str("\n\n");
         Ok(())
     };
@@ -306,6 +310,24 @@ mod tests {
             text,
             "data: {\"id\":\"c\u{FFFD}1\",\"object\":\"chat.completion.chunk\",\"created\":null,\"model\":\"b\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\ndata: [DONE]\n\n"
         );
+    }
+
+    // Found by the `completion` fuzz target, in the raw re-telling above: a pretty-printed
+    // answer's line breaks went into the events' `data:` lines and broke their framing.
+    #[test]
+    fn a_pretty_printed_answer_is_retold_one_line_per_event() {
+        let body = b"{\r\n  \"choices\": [\n    {\"message\": {\"content\": \"a\\nb\"}}\n  ],\n  \"usage\": {\n\"prompt_tokens\": 1, \"completion_tokens\": 2}\n}\n";
+        let events = completion_as_events(body).unwrap();
+        let text = std::str::from_utf8(&events).unwrap();
+        let data: Vec<serde_json::Value> = text
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        assert_eq!(data.len(), 2, "{text}");
+        assert_eq!(data[0]["choices"][0]["delta"]["content"], "a\nb");
+        assert_eq!(data[1]["usage"]["completion_tokens"], 2);
     }
 
     #[test]
