@@ -116,7 +116,18 @@ pub fn apply_redactions(body: &[u8], redacted: &[Option<String>]) -> Option<Vec<
         let choice = choices.get_mut(i)?;
         let mut fields: Object = serde_json::from_str(choice.get()).ok()?;
         let mut message: Object = serde_json::from_str(fields.get("message")?.get()).ok()?;
-        message.insert("content".into(), to_raw_value(text).ok()?);
+        // The text checked was `content` and `refusal` joined: the redacted text replaces
+        // both (in `refusal` when there was no `content`), so no unmasked part stays behind.
+        let has = |m: &Object, k: &str| m.get(k).is_some_and(|v| v.get() != "null");
+        let (content, refusal) = (has(&message, "content"), has(&message, "refusal"));
+        if refusal && !content {
+            message.insert("refusal".into(), to_raw_value(text).ok()?);
+        } else {
+            message.insert("content".into(), to_raw_value(text).ok()?);
+            if refusal {
+                message.insert("refusal".into(), RawValue::NULL.to_owned());
+            }
+        }
         fields.insert("message".into(), to_raw_value(&message).ok()?);
         *choice = to_raw_value(&fields).ok()?;
     }
@@ -432,6 +443,22 @@ mod tests {
     // that element: a panic, or the wrong choice masked and the right one sent as it
     // was); and an answer serde_json's `Value` cannot hold (a number beyond f64) went out
     // unredacted.
+    // Found by the `completion` fuzz target: the text checked is `content` and `refusal`
+    // joined, but the redaction was written to `content` only, so a match in `refusal`
+    // reached the client unmasked.
+    #[test]
+    fn a_redaction_covers_the_refusal_too() {
+        let c = checks(None, true, OnSchemaFailure::Pass);
+        let body = br#"{"choices":[{"message":{"refusal":"ask jane@example.com"}},{"message":{"content":"a ","refusal":"bob@example.com"}}]}"#;
+        let summary = crate::openai::completion::summarize_completion(body).unwrap();
+        let v = c.check_whole(&summary.choices);
+        let out = apply_redactions(body, &v.redacted).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"choices":[{"message":{"refusal":"ask [redacted:email]"}},{"message":{"content":"a [redacted:email]","refusal":null}}]}"#
+        );
+    }
+
     #[test]
     fn redactions_land_on_the_choice_they_came_from_whatever_its_neighbours() {
         let c = checks(None, true, OnSchemaFailure::Pass);
