@@ -539,10 +539,18 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
     if checks.active() {
         let verdict = checks.check_whole(&summary.choices);
         settle_whole_verdict(&mut meter, &checks, &verdict, &version.name, &mut headers)?;
-        if verdict.redacted.iter().any(Option::is_some)
-            && let Some(redacted) = apply_redactions(&bytes, &verdict.redacted)
-        {
-            bytes = Bytes::from(redacted);
+        if verdict.redacted.iter().any(Option::is_some) {
+            // An answer that cannot be redacted is not sent as it was.
+            match apply_redactions(&bytes, &verdict.redacted) {
+                Some(redacted) => bytes = Bytes::from(redacted),
+                None => {
+                    let error = ApiError::UpstreamInvalid {
+                        version: version.name.to_string(),
+                        reason: "the answer could not be redacted".into(),
+                    };
+                    return Err(fail(&mut meter, error));
+                }
+            }
         }
     }
     meter.status = reply.status.as_u16();

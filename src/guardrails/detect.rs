@@ -7,8 +7,17 @@
 
 use regex::{Regex, RegexSet};
 
-/// Prompt-injection phrases: a small, well-known list (case-insensitive).
+/// Prompt-injection phrases: a small, well-known list (case-insensitive). Each `\s+` is
+/// bounded to at most [`GAP`] white-space characters when compiled, so that a match has a
+/// longest length a stream can hold back (see [`Detector::longest_match`]).
 const INJECTION_PHRASES: &str = r"(?i)\b(?:ignore\s+(?:all\s+)?(?:the\s+)?(?:previous|prior|above|earlier)\s+(?:instructions|prompts?|rules)|disregard\s+(?:all\s+)?(?:the\s+)?(?:previous|prior|above|system)\s+(?:instructions|prompts?|rules)|forget\s+(?:all\s+)?(?:your|the)\s+(?:instructions|rules)|reveal\s+(?:your|the)\s+(?:system\s+prompt|hidden\s+instructions)|you\s+are\s+now\s+(?:DAN|in\s+developer\s+mode)|act\s+as\s+(?:an?\s+)?unrestricted|jailbreak)";
+
+/// The most white-space characters between two words of an injection phrase.
+pub const GAP: usize = 16;
+
+/// The longest match an output rule that rewrites a stream (`block`, `redact`) may have, in
+/// characters: a stream holds back this much of the answer (see `guardrails::stream`).
+pub const MAX_MATCH_CHARS: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Detector {
@@ -41,8 +50,11 @@ impl Detector {
     /// The pattern that finds candidates, or `None` for `max_chars`.
     pub fn pattern(&self) -> Option<String> {
         Some(match self {
+            // RFC 5321's limits: a local part of at most 64 characters, labels of at most
+            // 63; at most five labels before the top-level domain.
             Detector::Email => {
-                r"(?i)\b[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}\b".into()
+                r"(?i)\b[a-z0-9._%+-]{1,64}@[a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63}){0,4}\.[a-z]{2,24}\b"
+                    .into()
             }
             Detector::Phone => {
                 r"(?:\+\d{1,3}[\s.-]?)?\(?\b\d{3}\)?[\s.-]?\d{3}[\s.-]?\d{4}\b".into()
@@ -51,12 +63,29 @@ impl Detector {
             Detector::Iban => r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b".into(),
             Detector::UsSsn => r"\b\d{3}-\d{2}-\d{4}\b".into(),
             Detector::Regex(p) => p.clone(),
-            Detector::Injection => INJECTION_PHRASES.into(),
+            Detector::Injection => INJECTION_PHRASES.replace(r"\s+", &format!(r"\s{{1,{GAP}}}")),
             Detector::Keywords(words) => {
                 let alternatives: Vec<String> = words.iter().map(|w| regex::escape(w)).collect();
                 format!(r"(?i)\b(?:{})\b", alternatives.join("|"))
             }
             Detector::MaxChars(_) => return None,
+        })
+    }
+
+    /// The most characters one match can span, from the pattern's syntax: `Some(0)` for
+    /// `max_chars` (it matches no text), `None` when a repetition has no upper bound
+    /// (`+`, `*`, `{n,}`) or the pattern does not parse.
+    pub fn longest_match(&self) -> Option<usize> {
+        let Some(pattern) = self.pattern() else {
+            return Some(0);
+        };
+        longest_chars(&regex_syntax::parse(&pattern).ok()?)
+    }
+
+    /// Whether the pattern can match empty text (such a rule fires on every text).
+    pub fn matches_empty(&self) -> bool {
+        self.pattern().is_some_and(|p| {
+            regex_syntax::parse(&p).is_ok_and(|hir| hir.properties().minimum_len() == Some(0))
         })
     }
 
@@ -107,19 +136,7 @@ impl Scanner {
 
     /// Every rule that matches `text`, in rule order.
     pub fn scan(&self, text: &str) -> Vec<Hit> {
-        let mut hits = Vec::new();
-        for i in self.set.matches(text).iter() {
-            let (rule, regex) = &self.patterns[i];
-            let detector = &self.detectors[*rule];
-            let spans: Vec<(usize, usize)> = regex
-                .find_iter(text)
-                .filter(|m| detector.confirms(m.as_str()))
-                .map(|m| (m.start(), m.end()))
-                .collect();
-            if !spans.is_empty() {
-                hits.push(Hit { rule: *rule, spans });
-            }
-        }
+        let mut hits = self.find_from(text, 0);
         for (rule, d) in self.detectors.iter().enumerate() {
             if let Detector::MaxChars(limit) = d
                 && text.chars().count() > *limit
@@ -132,6 +149,64 @@ impl Scanner {
         }
         hits.sort_by_key(|h| h.rule);
         hits
+    }
+
+    /// The pattern rules' matches in `text` that start at or after byte `start`, in rule
+    /// order; what comes before `start` is context only (`\b` and `^` look back at it).
+    /// Each rule's matches are the ones a search of the whole text finds, as long as none
+    /// of them starts before `start` and ends after it. `max_chars` is not judged here.
+    pub fn find_from(&self, text: &str, start: usize) -> Vec<Hit> {
+        let mut hits = Vec::new();
+        for i in self.set.matches(text).iter() {
+            let (rule, regex) = &self.patterns[i];
+            let detector = &self.detectors[*rule];
+            let mut spans = Vec::new();
+            let mut at = start;
+            while let Some(m) = regex.find_at(text, at) {
+                if detector.confirms(m.as_str()) {
+                    spans.push((m.start(), m.end()));
+                }
+                at = if m.is_empty() {
+                    // An empty match (only a flag rule may have one): go on after the next
+                    // character.
+                    match text[m.end()..].chars().next() {
+                        Some(c) => m.end() + c.len_utf8(),
+                        None => break,
+                    }
+                } else {
+                    m.end()
+                };
+            }
+            if !spans.is_empty() {
+                hits.push(Hit { rule: *rule, spans });
+            }
+        }
+        hits.sort_by_key(|h| h.rule);
+        hits
+    }
+}
+
+/// The most characters a match of `hir` spans (`None`: unbounded). A class or a byte
+/// matches one character; a literal at most as many as its bytes.
+fn longest_chars(hir: &regex_syntax::hir::Hir) -> Option<usize> {
+    use regex_syntax::hir::HirKind;
+    match hir.kind() {
+        HirKind::Empty | HirKind::Look(_) => Some(0),
+        HirKind::Literal(lit) => {
+            Some(std::str::from_utf8(&lit.0).map_or(lit.0.len(), |s| s.chars().count()))
+        }
+        HirKind::Class(_) => Some(1),
+        HirKind::Repetition(rep) => {
+            let max = usize::try_from(rep.max?).ok()?;
+            longest_chars(&rep.sub)?.checked_mul(max)
+        }
+        HirKind::Capture(cap) => longest_chars(&cap.sub),
+        HirKind::Concat(subs) => subs
+            .iter()
+            .try_fold(0usize, |sum, h| sum.checked_add(longest_chars(h)?)),
+        HirKind::Alternation(subs) => subs
+            .iter()
+            .try_fold(0usize, |most, h| Some(most.max(longest_chars(h)?))),
     }
 }
 

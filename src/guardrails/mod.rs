@@ -71,6 +71,8 @@ pub struct Rule {
 pub struct StageRules {
     pub rules: Vec<Rule>,
     scanner: Scanner,
+    /// [`StageRules::holdback_chars`], worked out once from the patterns.
+    holdback: usize,
 }
 
 /// What the rules of a stage did to one text.
@@ -87,7 +89,21 @@ pub struct Applied {
 impl StageRules {
     fn new(rules: Vec<Rule>) -> Result<Self, String> {
         let scanner = Scanner::new(rules.iter().map(|r| r.detector.clone()).collect())?;
-        Ok(Self { rules, scanner })
+        let holdback = rules
+            .iter()
+            .filter(|r| r.action != Action::Flag && !matches!(r.detector, Detector::MaxChars(_)))
+            .map(|r| {
+                r.detector
+                    .longest_match()
+                    .map_or(usize::MAX, |n| n.saturating_add(1))
+            })
+            .max()
+            .unwrap_or(0);
+        Ok(Self {
+            rules,
+            scanner,
+            holdback,
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -122,23 +138,18 @@ impl StageRules {
         outcome
     }
 
-    /// Where the `redact` rules match in `text`.
-    pub fn redaction_spans(&self, text: &str) -> Vec<(usize, usize)> {
-        self.scanner
-            .scan(text)
-            .into_iter()
-            .filter(|h| self.rules[h.rule].action == Action::Redact)
-            .flat_map(|h| h.spans)
-            .collect()
+    /// The pattern rules' matches in `text` from byte `start` on, as
+    /// [`detect::Scanner::find_from`] finds them (what comes before `start` is context).
+    pub fn hits_from(&self, text: &str, start: usize) -> Vec<detect::Hit> {
+        self.scanner.find_from(text, start)
     }
 
-    /// The longest text a single match can plausibly span: what a stream must hold back.
+    /// What a stream must hold back, in characters: the longest match of a rule that
+    /// rewrites a stream (`block` or `redact` on a pattern), plus one character for the
+    /// `\b` after it; 0 when no rule rewrites. `usize::MAX` (everything until the answer
+    /// ends) for a pattern without a longest match, which the loader refuses on the output.
     pub fn holdback_chars(&self) -> usize {
-        if self.rules.iter().any(|r| r.action != Action::Flag) {
-            256
-        } else {
-            0
-        }
+        self.holdback
     }
 }
 
@@ -234,14 +245,30 @@ pub fn load_dir(
 }
 
 fn load_file(path: &Path) -> Result<GuardrailSet, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigIssue {
+            file: path.to_owned(),
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        }])
+    })?;
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    parse_set(path, &name, &text)
+}
+
+/// Parses and checks one guardrail policy text as the set `name`; `path` only labels the
+/// messages. Errors list every mistake, each located by `path` and the dotted key
+/// (`output.2.pattern`), or by `path` alone for a text that is not TOML.
+pub fn parse_set(path: &Path, name: &str, text: &str) -> Result<GuardrailSet, ConfigErrors> {
     let issue = |key: String, message: String| ConfigIssue {
         file: path.to_owned(),
         key,
         message,
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigErrors(vec![issue(String::new(), format!("cannot read: {e}"))]))?;
-    let (file, mut issues) = read_toml::<PolicyFile>(path, &text, &|parent| match parent {
+    let (file, mut issues) = read_toml::<PolicyFile>(path, text, &|parent| match parent {
         [] => Some(struct_fields::<PolicyFile>()),
         ["input" | "output", _] => Some(struct_fields::<RuleFile>()),
         _ => None,
@@ -314,6 +341,38 @@ fn load_file(path: &Path) -> Result<GuardrailSet, ConfigErrors> {
                 ));
                 continue;
             }
+            let pattern_key = || {
+                key(if r.keywords.is_some() {
+                    "keywords"
+                } else {
+                    "pattern"
+                })
+            };
+            if detector.matches_empty() {
+                issues.push(issue(
+                    pattern_key(),
+                    "matches empty text, so it would fire on every text".into(),
+                ));
+                continue;
+            }
+            // A stream holds back the longest match of a rule that rewrites it, so that a
+            // match cut across two chunks is treated as in the whole answer.
+            if name == "output" && r.action != Action::Flag {
+                let longest = detector.longest_match();
+                if longest.is_none_or(|n| n > detect::MAX_MATCH_CHARS) {
+                    let length =
+                        longest.map_or("any length".to_owned(), |n| format!("{n} characters"));
+                    issues.push(issue(
+                        pattern_key(),
+                        format!(
+                            "can match text of {length}, more than a stream can hold back ({} characters) on an output `{}` rule; bound each repetition (`\\s{{1,20}}` instead of `\\s+`)",
+                            detect::MAX_MATCH_CHARS,
+                            if r.action == Action::Block { "block" } else { "redact" }
+                        ),
+                    ));
+                    continue;
+                }
+            }
             out.push(Rule {
                 name: r.name,
                 detector,
@@ -330,10 +389,7 @@ fn load_file(path: &Path) -> Result<GuardrailSet, ConfigErrors> {
     let compile =
         |rules| StageRules::new(rules).map_err(|e| ConfigErrors(vec![issue(String::new(), e)]));
     Ok(GuardrailSet {
-        name: path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        name: name.to_owned(),
         description: file.description,
         input: compile(input)?,
         output: compile(output)?,
@@ -544,6 +600,42 @@ mod tests {
             "output.1.keywords: detect = \"keywords\" needs a non-empty keywords list",
             "output.2.limit: detect = \"max_chars\" needs a limit above 0",
             "output.3.action: max_chars can block or flag, not redact",
+        ] {
+            assert!(errors.contains(want), "{want}: {errors}");
+        }
+    }
+
+    #[test]
+    fn an_output_rule_that_rewrites_a_stream_must_have_a_longest_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let rule = |stage: &str, action: &str, pattern: &str| {
+            format!(
+                "[[{stage}]]\nname = \"r\"\ndetect = \"regex\"\naction = \"{action}\"\npattern = '{pattern}'\n"
+            )
+        };
+        // Unbounded on the input, or only flagged on the output: nothing is held back.
+        let good = [
+            rule("input", "block", r"project\s+nightingale"),
+            rule("output", "flag", r"project\s+nightingale"),
+            rule("output", "block", r"project\s{1,20}nightingale"),
+        ]
+        .concat();
+        write(dir.path(), "good.toml", &good);
+        let sets = load_dir(dir.path()).unwrap();
+        assert_eq!(sets["good"].output.holdback_chars(), 7 + 20 + 11 + 1);
+        let bad = [
+            rule("output", "block", r"project\s+nightingale"),
+            rule("output", "redact", r"secret=\S{1,2000}"),
+            rule("output", "flag", r"x*"),
+        ]
+        .concat();
+        let bad_dir = tempfile::tempdir().unwrap();
+        write(bad_dir.path(), "bad.toml", &bad);
+        let errors = load_dir(bad_dir.path()).unwrap_err().to_string();
+        for want in [
+            "output.0.pattern: can match text of any length, more than a stream can hold back (1024 characters) on an output `block` rule; bound each repetition (`\\s{1,20}` instead of `\\s+`)",
+            "output.1.pattern: can match text of 2007 characters",
+            "output.2.pattern: matches empty text",
         ] {
             assert!(errors.contains(want), "{want}: {errors}");
         }

@@ -98,15 +98,41 @@ impl AnswerChecks {
     }
 }
 
-/// Replaces each choice's `message.content` in a whole answer with its redacted text.
+/// Replaces each choice's `message.content` in a whole answer with its redacted text
+/// (`redacted` is by position in `choices`, as `summarize_completion` reads them). Every
+/// other value stays as the upstream wrote it (a number beyond f64 too); the last of
+/// duplicate keys wins, as when the answer was read.
+///
+/// `None` when a redacted choice has no `message` object to write into, or the body is not
+/// a JSON object: the caller must not send the answer unredacted then.
 pub fn apply_redactions(body: &[u8], redacted: &[Option<String>]) -> Option<Vec<u8>> {
-    let mut v: Value = serde_json::from_slice(body).ok()?;
+    use serde_json::value::{RawValue, to_raw_value};
+    type Object = indexmap::IndexMap<String, Box<RawValue>>;
+    // Bytes that are not UTF-8 (in fields the summary does not read) become U+FFFD.
+    let mut whole: Object = serde_json::from_str(&String::from_utf8_lossy(body)).ok()?;
+    let mut choices: Vec<Box<RawValue>> = serde_json::from_str(whole.get("choices")?.get()).ok()?;
     for (i, text) in redacted.iter().enumerate() {
-        if let Some(text) = text {
-            v["choices"][i]["message"]["content"] = Value::String(text.clone());
+        let Some(text) = text else { continue };
+        let choice = choices.get_mut(i)?;
+        let mut fields: Object = serde_json::from_str(choice.get()).ok()?;
+        let mut message: Object = serde_json::from_str(fields.get("message")?.get()).ok()?;
+        // The text checked was `content` and `refusal` joined: the redacted text replaces
+        // both (in `refusal` when there was no `content`), so no unmasked part stays behind.
+        let has = |m: &Object, k: &str| m.get(k).is_some_and(|v| v.get() != "null");
+        let (content, refusal) = (has(&message, "content"), has(&message, "refusal"));
+        if refusal && !content {
+            message.insert("refusal".into(), to_raw_value(text).ok()?);
+        } else {
+            message.insert("content".into(), to_raw_value(text).ok()?);
+            if refusal {
+                message.insert("refusal".into(), RawValue::NULL.to_owned());
+            }
         }
+        fields.insert("message".into(), to_raw_value(&message).ok()?);
+        *choice = to_raw_value(&fields).ok()?;
     }
-    serde_json::to_vec(&v).ok()
+    whole.insert("choices".into(), to_raw_value(&choices).ok()?);
+    serde_json::to_vec(&whole).ok()
 }
 
 /// What to do with one event of a stream.
@@ -410,6 +436,42 @@ mod tests {
         );
         assert_eq!(out["choices"][1]["message"]["content"], "plain");
         assert_eq!(apply_redactions(b"not json", &v.redacted), None);
+    }
+
+    // Found by the `completion` fuzz target: a choice of another shape was skipped when the
+    // answer was read, so the redactions after it were written one place too early (into
+    // that element: a panic, or the wrong choice masked and the right one sent as it
+    // was); and an answer serde_json's `Value` cannot hold (a number beyond f64) went out
+    // unredacted.
+    // Found by the `completion` fuzz target: the text checked is `content` and `refusal`
+    // joined, but the redaction was written to `content` only, so a match in `refusal`
+    // reached the client unmasked.
+    #[test]
+    fn a_redaction_covers_the_refusal_too() {
+        let c = checks(None, true, OnSchemaFailure::Pass);
+        let body = br#"{"choices":[{"message":{"refusal":"ask jane@example.com"}},{"message":{"content":"a ","refusal":"bob@example.com"}}]}"#;
+        let summary = crate::openai::completion::summarize_completion(body).unwrap();
+        let v = c.check_whole(&summary.choices);
+        let out = apply_redactions(body, &v.redacted).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"choices":[{"message":{"refusal":"ask [redacted:email]"}},{"message":{"content":"a [redacted:email]","refusal":null}}]}"#
+        );
+    }
+
+    #[test]
+    fn redactions_land_on_the_choice_they_came_from_whatever_its_neighbours() {
+        let c = checks(None, true, OnSchemaFailure::Pass);
+        let body = br#"{"choices":[7,{"message":{"content":"mail jane@example.com"}}],"x":1e400,"model":"a","model":"b"}"#;
+        let summary = crate::openai::completion::summarize_completion(body).unwrap();
+        let v = c.check_whole(&summary.choices);
+        assert_eq!(v.redacted, [None, Some("mail [redacted:email]".to_owned())]);
+        let out = apply_redactions(body, &v.redacted).expect("redacted");
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            r#"{"choices":[7,{"message":{"content":"mail [redacted:email]"}}],"x":1e400,"model":"b"}"#
+        );
     }
 
     #[test]

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
-use serde::Deserialize;
 use tokio::time::Sleep;
 
 use super::Meter;
@@ -22,59 +21,50 @@ use super::checks::{EventAction, StreamChecks};
 use super::schema::ToolCall;
 use crate::error::ApiError;
 use crate::openai::completion::ChoiceText;
-use crate::openai::lenient::{self, Field, Raw};
-use crate::openai::sse::{BOM, event_end_from, parse_event};
+use crate::openai::lenient::{self, Field};
+use crate::openai::sse::{BOM, event_end_streaming, parse_event};
 use crate::types::{Outcome, Usage};
 use crate::upstream::{ByteStream, UpstreamError};
 
 // Every field is raw JSON read on its own by `openai::lenient`: an odd field is counted
-// and skipped, never the chunk.
-#[derive(Deserialize)]
-struct ChunkView<'a> {
-    #[serde(default, borrow)]
-    choices: Raw<'a>,
-    #[serde(default, borrow)]
-    model: Raw<'a>,
-    #[serde(default, borrow)]
-    usage: Raw<'a>,
-    #[serde(default, borrow)]
-    error: Raw<'a>,
+// and skipped, never the chunk; the last of duplicate keys wins.
+lenient::object! {
+    struct ChunkView<'a> {
+        choices: "choices",
+        model: "model",
+        usage: "usage",
+        error: "error",
+    }
 }
 
-#[derive(Deserialize)]
-struct ChunkChoice<'a> {
-    #[serde(default)]
-    index: Option<usize>,
-    #[serde(default, borrow)]
-    delta: Option<Delta<'a>>,
-    #[serde(default, borrow)]
-    finish_reason: Raw<'a>,
+lenient::object! {
+    struct ChunkChoice<'a> {
+        index: "index",
+        delta: "delta",
+        finish_reason: "finish_reason",
+    }
 }
 
-#[derive(Deserialize)]
-struct Delta<'a> {
-    #[serde(default, borrow)]
-    content: Raw<'a>,
-    #[serde(default, borrow)]
-    refusal: Raw<'a>,
-    #[serde(default, borrow)]
-    tool_calls: Raw<'a>,
+lenient::object! {
+    struct Delta<'a> {
+        content: "content",
+        refusal: "refusal",
+        tool_calls: "tool_calls",
+    }
 }
 
-#[derive(Deserialize)]
-struct ToolCallDelta<'a> {
-    #[serde(default)]
-    index: Option<usize>,
-    #[serde(default, borrow)]
-    function: Option<FunctionDelta<'a>>,
+lenient::object! {
+    struct ToolCallDelta<'a> {
+        index: "index",
+        function: "function",
+    }
 }
 
-#[derive(Deserialize)]
-struct FunctionDelta<'a> {
-    #[serde(default, borrow)]
-    name: Raw<'a>,
-    #[serde(default, borrow)]
-    arguments: Raw<'a>,
+lenient::object! {
+    struct FunctionDelta<'a> {
+        name: "name",
+        arguments: "arguments",
+    }
 }
 
 /// The most choices a stream is read for, and the most tool calls per choice: OpenAI's own
@@ -130,11 +120,13 @@ impl StreamObserver {
         }
         let choices: Vec<ChunkChoice> = lenient::list(chunk.choices, Field::Content);
         for c in &choices {
-            let index = c.index.unwrap_or(0);
+            let Some(index) = lenient::index(c.index, Field::Content) else {
+                continue;
+            };
             if index >= MAX_STREAM_INDEX {
                 continue;
             }
-            if let Some(delta) = &c.delta {
+            if let Some(delta) = lenient::nested::<Delta>(c.delta, Field::Content) {
                 let calls: Vec<ToolCallDelta> = lenient::list(delta.tool_calls, Field::ToolCalls);
                 let mut carried_token = !calls.is_empty();
                 for t in lenient::text(delta.content, Field::Content)
@@ -146,7 +138,9 @@ impl StreamObserver {
                     self.choice(index).text.push_str(&t);
                 }
                 for call in &calls {
-                    let slot_index = call.index.unwrap_or(0);
+                    let Some(slot_index) = lenient::index(call.index, Field::ToolCalls) else {
+                        continue;
+                    };
                     if slot_index >= MAX_STREAM_INDEX {
                         continue;
                     }
@@ -157,7 +151,9 @@ impl StreamObserver {
                             .resize_with(slot_index + 1, ToolCall::default);
                     }
                     let slot = &mut choice.tool_calls[slot_index];
-                    if let Some(f) = &call.function {
+                    if let Some(f) =
+                        lenient::nested::<FunctionDelta>(call.function, Field::ToolCalls)
+                    {
                         if let Some(name) = lenient::string(f.name, Field::ToolCalls) {
                             slot.name.push_str(&name);
                         }
@@ -247,8 +243,9 @@ impl StreamRelay {
     }
 
     /// Cuts every complete event out of the buffer, observes (and checks) them, and returns
-    /// what the client gets. Unchanged events go out as the very bytes that came in.
-    fn take_events(&mut self) -> Option<Bytes> {
+    /// what the client gets. Unchanged events go out as the very bytes that came in. `more`:
+    /// the upstream may still send bytes (see [`event_end_streaming`]).
+    fn take_events(&mut self, more: bool) -> Option<Bytes> {
         let mut end = 0;
         let mut changed = false;
         let mut out = BytesMut::new();
@@ -264,8 +261,8 @@ impl StreamRelay {
             } else {
                 0
             };
-            let Some(parsed) = event_end_from(&self.buf[end + skip..], from) else {
-                self.searched = self.buf.len() - end - skip;
+            let Some(parsed) = event_end_streaming(&self.buf[end + skip..], from, more) else {
+                self.searched = (self.buf.len() - end - skip).saturating_sub(1);
                 break;
             };
             let len = skip + parsed;
@@ -395,7 +392,7 @@ impl StreamRelay {
         }
         .as_event();
         // Forward what complete events remain, then the error event.
-        let pending = self.take_events();
+        let pending = self.take_events(false);
         self.finish(outcome);
         match pending {
             Some(p) => {
@@ -433,7 +430,7 @@ impl Stream for StreamRelay {
                         ));
                         return Poll::Ready(this.fail(error).map(Ok));
                     }
-                    if let Some(out) = this.take_events() {
+                    if let Some(out) = this.take_events(true) {
                         if let Some(cut) = this.cut {
                             this.finish(cut);
                         }
@@ -443,7 +440,7 @@ impl Stream for StreamRelay {
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(this.fail(e).map(Ok)),
                 Poll::Ready(None) => {
-                    let out = this.take_events();
+                    let out = this.take_events(false);
                     // The unterminated tail is the upstream's bytes, passed on as they came
                     // (a client discards it); with checks it is never read, so never sent.
                     let rest = (!this.buf.is_empty() && this.checks.is_none())
@@ -508,6 +505,26 @@ mod tests {
                 estimated: false
             })
         );
+    }
+
+    // The stream's side of the duplicate keys the `completion` fuzz target found: a chunk
+    // with a duplicate key was dropped from measurement whole.
+    #[test]
+    fn a_chunk_with_a_duplicate_key_is_measured_the_last_wins() {
+        let mut o = StreamObserver::default();
+        o.observe(
+            br#"{"model":"a","model":"b","choices":[{"index":0,"index":0,"delta":{"content":"x","content":"hi"}}]}"#,
+        );
+        let kind = o.observe(
+            br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1},"usage":{"prompt_tokens":3,"completion_tokens":2}}"#,
+        );
+        assert!(matches!(kind, EventKind::UsageOnly));
+        assert_eq!(o.all_text(), "hi");
+        assert_eq!(o.model.as_deref(), Some("b"));
+        assert_eq!(o.usage.map(|u| u.completion_tokens), Some(2));
+        // A delta of another shape no longer hides the choice's finish reason.
+        o.observe(br#"{"choices":[{"delta":"odd","finish_reason":"stop"}]}"#);
+        assert_eq!(o.finish_reason.as_deref(), Some("stop"));
     }
 
     // Found while writing the `stream_relay` fuzz target: an index near usize::MAX

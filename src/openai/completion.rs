@@ -3,8 +3,6 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
-
 use crate::measure::schema::ToolCall;
 use crate::types::Usage;
 
@@ -52,50 +50,50 @@ pub enum NotACompletion {
 /// Reads a non-streamed answer as leniently as the SDKs do (see [`super::lenient`]): only a
 /// body that is not JSON, an error envelope, or one without a `choices` list is refused.
 pub fn summarize_completion(body: &[u8]) -> Result<CompletionSummary, NotACompletion> {
-    use super::lenient::{self, Field, Raw};
-    #[derive(Deserialize)]
-    struct Completion<'a> {
-        #[serde(default, borrow)]
-        choices: Raw<'a>,
-        #[serde(default, borrow)]
-        usage: Raw<'a>,
-        #[serde(default, borrow)]
-        model: Raw<'a>,
-        #[serde(default, borrow)]
-        error: Raw<'a>,
+    use super::lenient::{self, Field};
+    lenient::object! {
+        struct Completion<'a> {
+            choices: "choices",
+            usage: "usage",
+            model: "model",
+            error: "error",
+        }
     }
-    #[derive(Deserialize)]
-    struct Choice<'a> {
-        #[serde(default, borrow)]
-        message: Option<Message<'a>>,
-        #[serde(default, borrow)]
-        finish_reason: Raw<'a>,
+    lenient::object! {
+        struct Choice<'a> {
+            message: "message",
+            finish_reason: "finish_reason",
+        }
     }
-    #[derive(Deserialize)]
-    struct Message<'a> {
-        #[serde(default, borrow)]
-        content: Raw<'a>,
-        #[serde(default, borrow)]
-        refusal: Raw<'a>,
-        #[serde(default, borrow)]
-        tool_calls: Raw<'a>,
+    lenient::object! {
+        struct Message<'a> {
+            content: "content",
+            refusal: "refusal",
+            tool_calls: "tool_calls",
+        }
     }
-    #[derive(Deserialize)]
-    struct Call<'a> {
-        #[serde(default, borrow)]
-        function: Option<Function<'a>>,
+    lenient::object! {
+        struct Call<'a> {
+            function: "function",
+        }
     }
-    #[derive(Deserialize)]
-    struct Function<'a> {
-        #[serde(default, borrow)]
-        name: Raw<'a>,
-        #[serde(default, borrow)]
-        arguments: Raw<'a>,
+    lenient::object! {
+        struct Function<'a> {
+            name: "name",
+            arguments: "arguments",
+        }
     }
     let completion: Completion =
         serde_json::from_slice(body).map_err(|e| NotACompletion::NotJson(e.to_string()))?;
     let choices: Vec<Option<Choice>> = match completion.choices.map(|c| c.get()) {
-        Some(text) if text.starts_with('[') => lenient::list(completion.choices, Field::Content),
+        // One summary choice per element, so that redactions are written back where their
+        // text came from; an element of another shape reads as an empty choice.
+        Some(text) if text.starts_with('[') => {
+            lenient::list_each::<Option<Choice>>(completion.choices, Field::Content)
+                .into_iter()
+                .map(Option::flatten)
+                .collect()
+        }
         _ => {
             return Err(match lenient::error_message(completion.error) {
                 Some(message) => NotACompletion::Error(message),
@@ -110,7 +108,7 @@ pub fn summarize_completion(body: &[u8]) -> Result<CompletionSummary, NotAComple
             .collect(),
         tool_calls: lenient::list::<Call>(m.tool_calls, Field::ToolCalls)
             .into_iter()
-            .filter_map(|c| c.function)
+            .filter_map(|c| lenient::nested::<Function>(c.function, Field::ToolCalls))
             .map(|f| ToolCall {
                 name: lenient::string(f.name, Field::ToolCalls)
                     .unwrap_or_default()
@@ -132,9 +130,14 @@ pub fn summarize_completion(body: &[u8]) -> Result<CompletionSummary, NotAComple
             .map(Cow::into_owned),
         choices: choices
             .iter()
-            .map(|c| match c.as_ref().and_then(|c| c.message.as_ref()) {
-                Some(m) => read(m),
-                None => ChoiceText::default(),
+            .map(|c| {
+                match c
+                    .as_ref()
+                    .and_then(|c| lenient::nested::<Message>(c.message, Field::Content))
+                {
+                    Some(m) => read(&m),
+                    None => ChoiceText::default(),
+                }
             })
             .collect(),
     })
@@ -147,43 +150,100 @@ pub fn summarize_completion(body: &[u8]) -> Result<CompletionSummary, NotAComple
 ///
 /// Errors as [`summarize_completion`] does, for the same bodies.
 pub fn completion_as_events(body: &[u8]) -> Result<bytes::Bytes, NotACompletion> {
-    use serde_json::{Value, json};
+    use serde::Serialize;
+    use serde_json::value::{RawValue, to_raw_value};
+    type Object = indexmap::IndexMap<String, Box<RawValue>>;
     summarize_completion(body)?;
-    let whole: Value =
-        serde_json::from_slice(body).map_err(|e| NotACompletion::NotJson(e.to_string()))?;
-    let field = |name: &str| whole.get(name).cloned().unwrap_or(Value::Null);
+    // Values are carried over raw (a number beyond f64 stays as written, the last of
+    // duplicate keys wins, as in the summary); bytes that are not UTF-8 (which the
+    // summary skips in fields it does not read) become U+FFFD, as an event stream's are.
+    let text = String::from_utf8_lossy(body);
+    let not_json = |e: serde_json::Error| NotACompletion::NotJson(e.to_string());
+    let whole: Object = serde_json::from_str(&text).map_err(not_json)?;
+    let object = |raw: Option<&RawValue>| -> Object {
+        raw.and_then(|r| serde_json::from_str(r.get()).ok())
+            .unwrap_or_default()
+    };
+    let field = |o: &Object, name: &str| -> Box<RawValue> {
+        o.get(name)
+            .cloned()
+            .unwrap_or_else(|| RawValue::NULL.to_owned())
+    };
+    #[derive(Serialize)]
+    struct Choice {
+        index: Box<RawValue>,
+        delta: Object,
+        finish_reason: Box<RawValue>,
+    }
+    #[derive(Serialize)]
+    struct Chunk<'a> {
+        id: Box<RawValue>,
+        object: &'static str,
+        created: Box<RawValue>,
+        model: Box<RawValue>,
+        choices: &'a [Choice],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        usage: Option<Box<RawValue>>,
+    }
     let mut out = String::new();
-    let mut push = |chunk: Value| {
+    let mut push = |choices: &[Choice], usage| -> Result<(), NotACompletion> {
+        let chunk = Chunk {
+            id: field(&whole, "id"),
+            object: "chat.completion.chunk",
+            created: field(&whole, "created"),
+            model: field(&whole, "model"),
+            choices,
+            usage,
+        };
+        // Raw values keep the upstream's white space: a line break in it (a pretty-printed
+        // answer) would end the `data:` line. JSON strings hold no raw line breaks, so
+        // every one is white space between tokens.
+        let json = serde_json::to_string(&chunk).map_err(not_json)?;
         out.push_str("data: ");
-        out.push_str(&chunk.to_string());
+        out.push_str(&json.replace(['\n', '\r'], " "));
         out.push_str("\n\n");
+        Ok(())
     };
-    let head = |choices: Value| {
-        json!({"id": field("id"), "object": "chat.completion.chunk", "created": field("created"),
-            "model": field("model"), "choices": choices})
-    };
-    for (i, choice) in whole["choices"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        let mut delta = choice.get("message").cloned().unwrap_or(json!({}));
-        if let Some(calls) = delta.get_mut("tool_calls").and_then(Value::as_array_mut) {
-            for (n, call) in calls.iter_mut().enumerate() {
-                if let Some(call) = call.as_object_mut() {
-                    call.insert("index".into(), json!(n));
-                }
+    let choices: Vec<Box<RawValue>> = whole
+        .get("choices")
+        .and_then(|c| serde_json::from_str(c.get()).ok())
+        .unwrap_or_default();
+    for (i, choice) in choices.iter().enumerate() {
+        let choice = object(Some(choice));
+        let mut delta = object(choice.get("message").map(|m| &**m));
+        if let Some(calls) = delta.get("tool_calls") {
+            let calls: Option<Vec<Box<RawValue>>> = serde_json::from_str(calls.get()).ok();
+            if let Some(calls) = calls {
+                let numbered: Vec<Box<RawValue>> = calls
+                    .into_iter()
+                    .enumerate()
+                    .map(
+                        |(n, call)| match serde_json::from_str::<Object>(call.get()) {
+                            Ok(mut call) => {
+                                call.insert("index".into(), to_raw_value(&n).expect("a number"));
+                                to_raw_value(&call).expect("raw JSON values serialize")
+                            }
+                            Err(_) => call,
+                        },
+                    )
+                    .collect();
+                let raw = to_raw_value(&numbered).expect("raw JSON values serialize");
+                delta.insert("tool_calls".into(), raw);
             }
         }
-        let index = choice.get("index").cloned().unwrap_or(json!(i));
-        push(head(json!([{"index": index, "delta": delta,
-            "finish_reason": choice.get("finish_reason").cloned().unwrap_or(Value::Null)}])));
+        let index = match choice.get("index") {
+            Some(index) => index.clone(),
+            None => to_raw_value(&i).expect("a number"),
+        };
+        let one = [Choice {
+            index,
+            delta,
+            finish_reason: field(&choice, "finish_reason"),
+        }];
+        push(&one, None)?;
     }
-    if let Some(usage) = whole.get("usage").filter(|u| !u.is_null()) {
-        let mut chunk = head(json!([]));
-        chunk["usage"] = usage.clone();
-        push(chunk);
+    if let Some(usage) = whole.get("usage").filter(|u| u.get() != "null") {
+        push(&[], Some(usage.clone()))?;
     }
     out.push_str("data: [DONE]\n\n");
     Ok(out.into())
@@ -203,12 +263,71 @@ mod tests {
         assert_eq!(s.all_text(), "Hi there");
         assert_eq!(s.finish_reason.as_deref(), Some("stop"));
         assert!(s.usage.is_none(), "a null count is estimated, not zero");
-        // A choice of an unexpected shape is skipped, the others read.
+        // A choice of an unexpected shape reads as empty, in its place, the others read.
         let s = summarize_completion(
             br#"{"choices":[7,{"message":{"content":"ok"},"finish_reason":null}],"model":null}"#,
         )
         .unwrap();
         assert_eq!((s.all_text().as_str(), s.finish_reason), ("ok", None));
+        assert_eq!(s.choices.len(), 2, "one summary choice per element");
+        assert_eq!(s.choices[1].text, "ok");
+    }
+
+    // Found by the `completion` fuzz target (its seed of the earlier suspicion): a duplicate
+    // key anywhere made the derived readers refuse the whole answer (a 502) or skip the
+    // element, although every SDK's JSON reader takes the last value.
+    #[test]
+    fn a_duplicate_key_is_read_as_the_sdks_read_it_the_last_wins() {
+        let s = summarize_completion(
+            br#"{"choices":[],"model":"a","choices":[{"message":{"content":"x","content":"last"},"finish_reason":"length","finish_reason":"stop"}],"model":"b","usage":{"prompt_tokens":1,"prompt_tokens":3,"completion_tokens":2}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.all_text(), "last");
+        assert_eq!(s.model.as_deref(), Some("b"));
+        assert_eq!(s.finish_reason.as_deref(), Some("stop"));
+        assert_eq!(
+            s.usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
+            Some((3, 2))
+        );
+        assert!(completion_as_events(br#"{"choices":[],"choices":[]}"#).is_ok());
+        // Escaped keys are keys too.
+        let s =
+            summarize_completion(br#"{"ch\u006fices":[{"message":{"content":"hi"}}]}"#).unwrap();
+        assert_eq!(s.all_text(), "hi");
+    }
+
+    // Found by the `completion` fuzz target: a whole answer to a streamed request was read
+    // again through serde_json's `Value`, which refuses what the summary reads (a byte
+    // that is not UTF-8 in a field sluice does not read, a number beyond f64): a 502 for a
+    // streamed request, the same answer served to a plain one.
+    #[test]
+    fn an_answer_the_summary_reads_is_retold_as_events_too() {
+        let body = b"{\"id\":\"c\xff1\",\"choices\":[{\"message\":{\"content\":\"Hi\"},\"logprobs\":{\"x\":1e400}}],\"model\":\"a\",\"model\":\"b\"}";
+        assert!(summarize_completion(body).is_ok());
+        let events = completion_as_events(body).unwrap();
+        let text = std::str::from_utf8(&events).unwrap();
+        assert_eq!(
+            text,
+            "data: {\"id\":\"c\u{FFFD}1\",\"object\":\"chat.completion.chunk\",\"created\":null,\"model\":\"b\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\ndata: [DONE]\n\n"
+        );
+    }
+
+    // Found by the `completion` fuzz target, in the raw re-telling above: a pretty-printed
+    // answer's line breaks went into the events' `data:` lines and broke their framing.
+    #[test]
+    fn a_pretty_printed_answer_is_retold_one_line_per_event() {
+        let body = b"{\r\n  \"choices\": [\n    {\"message\": {\"content\": \"a\\nb\"}}\n  ],\n  \"usage\": {\n\"prompt_tokens\": 1, \"completion_tokens\": 2}\n}\n";
+        let events = completion_as_events(body).unwrap();
+        let text = std::str::from_utf8(&events).unwrap();
+        let data: Vec<serde_json::Value> = text
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        assert_eq!(data.len(), 2, "{text}");
+        assert_eq!(data[0]["choices"][0]["delta"]["content"], "a\nb");
+        assert_eq!(data[1]["usage"]["completion_tokens"], 2);
     }
 
     #[test]

@@ -64,7 +64,71 @@ fn present(raw: Raw<'_>) -> Option<&str> {
 }
 
 #[derive(Deserialize)]
-struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+#[doc(hidden)]
+pub struct Borrowed<'a>(#[serde(borrow)] pub Cow<'a, str>);
+
+/// Declares a struct of [`Raw`] fields read from a JSON object as every JSON reader the
+/// SDKs use reads one: the last of duplicate keys wins (a derived `Deserialize` refuses
+/// them, and one duplicate key made a whole answer unreadable), unknown keys are skipped,
+/// and a value of any shape is taken raw, to be read on its own.
+///
+/// `object! { struct Name<'a> { field: "key", … } }`
+macro_rules! object {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident<'a> { $($field:ident : $key:literal),* $(,)? }) => {
+        $(#[$meta])*
+        $vis struct $name<'a> {
+            $($field: $crate::openai::lenient::Raw<'a>,)*
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name<'de> {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Fields;
+                impl<'de> serde::de::Visitor<'de> for Fields {
+                    type Value = $name<'de>;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("an object")
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        mut map: A,
+                    ) -> Result<Self::Value, A::Error> {
+                        let mut out = $name { $($field: None,)* };
+                        while let Some($crate::openai::lenient::Borrowed(key)) = map.next_key()? {
+                            match &*key {
+                                $($key => out.$field = map.next_value()?,)*
+                                _ => {
+                                    map.next_value::<serde::de::IgnoredAny>()?;
+                                }
+                            }
+                        }
+                        Ok(out)
+                    }
+                }
+                d.deserialize_map(Fields)
+            }
+        }
+    };
+}
+pub(crate) use object;
+
+/// A nested object (a choice's `message` or `delta`, a call's `function`), read as `T`
+/// (declared with [`object!`]); one of another shape is counted and absent.
+pub fn nested<'a, T: Deserialize<'a>>(raw: Raw<'a>, field: Field) -> Option<T> {
+    let text = present(raw)?;
+    match serde_json::from_str::<T>(text) {
+        Ok(t) => Some(t),
+        Err(_) => unreadable(field),
+    }
+}
+
+/// An `index` (of a stream's choice or tool call): absent or `null` is 0; `None` (counted)
+/// when it is not a non-negative integer, and the element is then skipped.
+pub fn index(raw: Raw<'_>, field: Field) -> Option<usize> {
+    match present(raw) {
+        None => Some(0),
+        Some(text) => text.parse().ok().or_else(|| unreadable(field)),
+    }
+}
 
 /// A string field (`finish_reason`, `model`, a function's `name` or `arguments`).
 pub fn string<'a>(raw: Raw<'a>, field: Field) -> Option<Cow<'a, str>> {
@@ -83,12 +147,11 @@ pub fn text<'a>(raw: Raw<'a>, field: Field) -> Option<Cow<'a, str>> {
     if text.starts_with('"') {
         return string(raw, field);
     }
-    #[derive(Deserialize)]
-    struct Part<'a> {
-        #[serde(default, borrow, rename = "type")]
-        kind: Raw<'a>,
-        #[serde(default, borrow)]
-        text: Raw<'a>,
+    object! {
+        struct Part<'a> {
+            kind: "type",
+            text: "text",
+        }
     }
     match serde_json::from_str::<Vec<Part<'a>>>(text) {
         Ok(parts) => Some(
@@ -117,12 +180,11 @@ fn count(raw: Raw<'_>, field: Field) -> Option<u64> {
 /// The `usage` object: both counts, or `None` when either is missing, `null` or unreadable
 /// (sluice then estimates both, marked `estimated`).
 pub fn usage(raw: Raw<'_>) -> Option<crate::types::Usage> {
-    #[derive(Deserialize)]
-    struct View<'a> {
-        #[serde(default, borrow)]
-        prompt_tokens: Raw<'a>,
-        #[serde(default, borrow)]
-        completion_tokens: Raw<'a>,
+    object! {
+        struct View<'a> {
+            prompt_tokens: "prompt_tokens",
+            completion_tokens: "completion_tokens",
+        }
     }
     let text = present(raw)?;
     let Ok(view) = serde_json::from_str::<View<'_>>(text) else {
@@ -154,14 +216,34 @@ pub fn list<'a, T: Deserialize<'a>>(raw: Raw<'a>, field: Field) -> Vec<T> {
         .collect()
 }
 
+/// A list whose positions matter (a whole answer's `choices`: redactions are written back
+/// by position): one entry per element, `None` (counted) for an element that does not fit;
+/// a value that is not a list is counted and empty.
+pub fn list_each<'a, T: Deserialize<'a>>(raw: Raw<'a>, field: Field) -> Vec<Option<T>> {
+    let Some(text) = present(raw) else {
+        return Vec::new();
+    };
+    let Ok(items) = serde_json::from_str::<Vec<&'a RawValue>>(text) else {
+        unreadable::<()>(field);
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .map(|item| match serde_json::from_str::<T>(item.get()) {
+            Ok(t) => Some(t),
+            Err(_) => unreadable(field),
+        })
+        .collect()
+}
+
 /// The message of an error envelope (`{"error": {"message": …}}` or `{"error": "…"}`),
 /// which some upstreams send with a 200 or as an in-band stream event.
 pub fn error_message(raw: Raw<'_>) -> Option<String> {
     let text = present(raw)?;
-    #[derive(Deserialize)]
-    struct Envelope<'a> {
-        #[serde(default, borrow)]
-        message: Raw<'a>,
+    object! {
+        struct Envelope<'a> {
+            message: "message",
+        }
     }
     if text.starts_with('"') {
         return string(raw, Field::Content).map(Cow::into_owned);

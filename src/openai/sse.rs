@@ -81,6 +81,23 @@ pub fn event_end_from(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
+/// [`event_end_from`] for a stream whose bytes are still arriving (`more`): an event whose
+/// closing blank line is a CR at the very end of `buf` is not cut yet, since an LF in the
+/// next read would make that CR the first half of a CRLF, and cutting before it would send
+/// the LF as an empty event of its own (the bytes a client gets would depend on where the
+/// reads were cut). With `more = false` (the stream ended) such an event is cut.
+///
+/// On `None`, resume the next search at `buf.len() - 1` (one byte back, which is always
+/// valid), so that a deferred CR is read again with the byte after it.
+pub fn event_end_streaming(buf: &[u8], from: usize, more: bool) -> Option<usize> {
+    let end = event_end_from(buf, from)?;
+    if more && end == buf.len() && buf[end - 1] == b'\r' {
+        None
+    } else {
+        Some(end)
+    }
+}
+
 /// The lines of `event`, without their terminators.
 fn lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut rest = event;
@@ -193,6 +210,37 @@ mod tests {
                 String::from_utf8_lossy(stream)
             );
         }
+    }
+
+    // Found by the `stream_relay` fuzz target: a CRLF blank line cut between its CR and LF
+    // by two reads made the LF an empty event of its own, so a rewritten event went out
+    // with an extra LF after it, depending on where the reads were cut.
+    #[test]
+    fn a_stream_still_arriving_waits_for_the_byte_after_a_closing_cr() {
+        let stream = b"data: a\r\n\r\ndata: b\r\rdata: c\r\n\r\n";
+        let mut ends = Vec::new();
+        let (mut start, mut searched) = (0, 0);
+        for len in 1..=stream.len() {
+            match event_end_streaming(&stream[start..len], searched, true) {
+                Some(end) => {
+                    ends.push(start + end);
+                    start += end;
+                    searched = 0;
+                }
+                None => searched = (len - start).saturating_sub(1),
+            }
+        }
+        let mut whole = Vec::new();
+        let mut at = 0;
+        while let Some(end) = event_end(&stream[at..]) {
+            at += end;
+            whole.push(at);
+        }
+        assert_eq!(ends, whole);
+        assert_eq!(whole, [11, 20, 31]);
+        // Once the stream has ended, a closing CR at the end is the end.
+        assert_eq!(event_end_streaming(b"data: a\r\r", 0, true), None);
+        assert_eq!(event_end_streaming(b"data: a\r\r", 0, false), Some(9));
     }
 
     #[test]

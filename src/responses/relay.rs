@@ -30,7 +30,7 @@ use crate::measure::sse::MAX_PENDING_EVENT_BYTES;
 use crate::openai::responses::{
     EventView, ResponseSummary, is_output_delta, is_terminal, summarize_response,
 };
-use crate::openai::sse::{event_end_from, parse_event};
+use crate::openai::sse::{event_end_streaming, parse_event};
 use crate::store::ResponsePlacement;
 use crate::types::now_ms;
 use crate::types::{Outcome, Usage};
@@ -396,13 +396,16 @@ impl ResponsesRelay {
 
     /// Cuts every complete event out of the buffer, observes and checks it, and returns
     /// what the client gets. Unchanged events go out as the very bytes that came in.
-    fn take_events(&mut self) -> Option<Bytes> {
+    /// `more`: the upstream may still send bytes (see [`event_end_streaming`]).
+    fn take_events(&mut self, more: bool) -> Option<Bytes> {
         let mut end = 0;
         let mut changed = false;
         let mut out = BytesMut::new();
-        while let Some(len) =
-            event_end_from(&self.buf[end..], if end == 0 { self.searched } else { 0 })
-        {
+        while let Some(len) = event_end_streaming(
+            &self.buf[end..],
+            if end == 0 { self.searched } else { 0 },
+            more,
+        ) {
             let raw = &self.buf[end..end + len];
             // The standard decodes a stream as UTF-8 with U+FFFD for each byte that is not;
             // so does the relay, for measurement and for what the client gets (as for chat).
@@ -449,8 +452,9 @@ impl ResponsesRelay {
             }
             end += len;
         }
-        // What is left holds no event end: the next read resumes the search after it.
-        self.searched = self.buf.len() - end;
+        // What is left holds no event end: the next read resumes the search at its last
+        // byte (a closing CR waits there for a possible LF).
+        self.searched = (self.buf.len() - end).saturating_sub(1);
         if end == 0 {
             return None;
         }
@@ -527,7 +531,7 @@ impl ResponsesRelay {
             &format!("the upstream stream broke off: {error}"),
             outcome.as_str(),
         );
-        let pending = self.take_events();
+        let pending = self.take_events(false);
         self.finish(outcome);
         match pending {
             Some(p) => {
@@ -565,7 +569,7 @@ impl Stream for ResponsesRelay {
                         ));
                         return Poll::Ready(this.fail(error).map(Ok));
                     }
-                    if let Some(out) = this.take_events() {
+                    if let Some(out) = this.take_events(true) {
                         if let Some(cut) = this.cut {
                             this.finish(cut);
                         }
@@ -575,7 +579,7 @@ impl Stream for ResponsesRelay {
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(this.fail(e).map(Ok)),
                 Poll::Ready(None) => {
-                    let out = this.take_events();
+                    let out = this.take_events(false);
                     let rest = (!this.buf.is_empty()).then(|| this.buf.clone().freeze());
                     let held = this
                         .checks
