@@ -304,29 +304,7 @@ async fn a_broken_canary_is_reverted_locally_during_the_outage_and_written_once_
     }
     let Some(pg) = OwnPg::start() else { return };
     let rig = Rig::start_on(2, pg.url(), "").await;
-    let (key, _) = rig.key(0, "acme").await;
-    // `v-500` answers every request 500; `hold` keeps the canary at 30 % with the default
-    // kill switch (50 % errors over 60 s, at least 20 canary requests).
-    let (status, r) = rig
-        .admin(
-            0,
-            Method::POST,
-            "/rollouts",
-            Some(json!({"route": "chat", "canary": "v-500", "policy": "hold"})),
-        )
-        .await;
-    assert_eq!(status, 201, "{r}");
-    let id = r["id"].as_str().unwrap().to_owned();
-    rig.wait_routed("chat", &id).await;
-
-    // No request of the rollout's route before the outage: whatever reverts the canary
-    // below is the local kill switch, not the judge on shipped observations. One request of
-    // another route per replica puts the key in its cache (a key never seen cannot be
-    // checked while the database is away).
-    for i in 0..2 {
-        let warm = rig.drive(&[i], &key, "guarded", 1).await;
-        assert_eq!(warm, [200]);
-    }
+    let (key, id) = start_broken_canary(&rig).await;
     pg.down();
     for i in 0..2 {
         time_until(
@@ -337,18 +315,7 @@ async fn a_broken_canary_is_reverted_locally_during_the_outage_and_written_once_
         .await;
     }
     for i in 0..2 {
-        time_until(
-            Duration::from_secs(60),
-            &format!("replica {i}'s kill switch reverting the canary on its own"),
-            || async {
-                rig.drive(&[i], &key, "chat", 12).await;
-                let (_, v) = rig
-                    .admin(i, Method::GET, &format!("/rollouts/{id}"), None)
-                    .await;
-                v["reverted_locally"].is_object()
-            },
-        )
-        .await;
+        serve_until_reverted_locally(&rig, i, &key, &id).await;
         let (_, v) = rig
             .admin(i, Method::GET, &format!("/rollouts/{id}"), None)
             .await;
@@ -396,16 +363,8 @@ async fn a_broken_canary_is_reverted_locally_during_the_outage_and_written_once_
     }
     // Both replicas reverted; the database took one revert (the revision guard refused
     // the other), and says where it came from.
-    let (_, v) = rig
-        .admin(1, Method::GET, &format!("/rollouts/{id}/events"), None)
-        .await;
-    let reverts: Vec<&serde_json::Value> = v["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "rolled_back")
-        .collect();
-    assert_eq!(reverts.len(), 1, "{v}");
+    let reverts = revert_events(&rig, 1, &id).await;
+    assert_eq!(reverts.len(), 1, "{reverts:?}");
     let message = reverts[0]["message"].as_str().unwrap();
     assert!(message.contains("while the database was away"), "{message}");
     let after = rig.drive(&[0, 1], &key, "chat", 20).await;
@@ -423,19 +382,7 @@ async fn a_local_revert_whose_write_fails_stands_and_is_written_when_the_databas
     }
     let Some(pg) = OwnPg::start() else { return };
     let rig = Rig::start_on(1, pg.url(), "").await;
-    let (key, _) = rig.key(0, "acme").await;
-    let (status, r) = rig
-        .admin(
-            0,
-            Method::POST,
-            "/rollouts",
-            Some(json!({"route": "chat", "canary": "v-500", "policy": "hold"})),
-        )
-        .await;
-    assert_eq!(status, 201, "{r}");
-    let id = r["id"].as_str().unwrap().to_owned();
-    rig.wait_routed("chat", &id).await;
-    assert_eq!(rig.drive(&[0], &key, "guarded", 1).await, [200]);
+    let (key, id) = start_broken_canary(&rig).await;
     // Every revert refused while `refuse_all` has a row (SQLSTATE P0001: not an outage);
     // the judge's own reverts always, so that the revert written is the local one.
     sqlx::any::install_default_drivers();
@@ -461,18 +408,7 @@ async fn a_local_revert_whose_write_fails_stands_and_is_written_when_the_databas
         || async { metric(&rig, 0, "sluice_database_up").await == Some(0.0) },
     )
     .await;
-    time_until(
-        Duration::from_secs(60),
-        "the kill switch reverting the canary on its own",
-        || async {
-            rig.drive(&[0], &key, "chat", 12).await;
-            let (_, v) = rig
-                .admin(0, Method::GET, &format!("/rollouts/{id}"), None)
-                .await;
-            v["reverted_locally"].is_object()
-        },
-    )
-    .await;
+    serve_until_reverted_locally(&rig, 0, &key, &id).await;
 
     pg.up();
     time_until(
@@ -508,18 +444,66 @@ async fn a_local_revert_whose_write_fails_stands_and_is_written_when_the_databas
         v["state"] == "rolled_back"
     })
     .await;
-    let (_, v) = rig
-        .admin(0, Method::GET, &format!("/rollouts/{id}/events"), None)
+    let reverts = revert_events(&rig, 0, &id).await;
+    assert_eq!(reverts.len(), 1, "{reverts:?}");
+    let message = reverts[0]["message"].as_str().unwrap();
+    assert!(message.contains("while the database was away"), "{message}");
+}
+
+/// Starts a rollout of `v-500` (every request answered 500) on `chat` under `hold` (30 %,
+/// the default kill switch: 50 % errors over 60 s, at least 20 canary requests), and puts a
+/// key in every replica's cache with one request of another route (a key never seen cannot
+/// be checked while the database is away). No request of `chat` is sent: whatever reverts
+/// the canary later is the local kill switch, not the judge on shipped observations.
+/// Returns (key, rollout id).
+async fn start_broken_canary(rig: &Rig) -> (String, String) {
+    let (key, _) = rig.key(0, "acme").await;
+    let (status, r) = rig
+        .admin(
+            0,
+            Method::POST,
+            "/rollouts",
+            Some(json!({"route": "chat", "canary": "v-500", "policy": "hold"})),
+        )
         .await;
-    let reverts: Vec<&serde_json::Value> = v["data"]
+    assert_eq!(status, 201, "{r}");
+    let id = r["id"].as_str().unwrap().to_owned();
+    rig.wait_routed("chat", &id).await;
+    for i in 0..rig.replicas.len() {
+        assert_eq!(rig.drive(&[i], &key, "guarded", 1).await, [200]);
+    }
+    (key, id)
+}
+
+/// Sends `chat` requests to replica `i` until its kill switch has reverted rollout `id` on
+/// its own (`reverted_locally` in its view).
+async fn serve_until_reverted_locally(rig: &Rig, i: usize, key: &str, id: &str) {
+    time_until(
+        Duration::from_secs(60),
+        &format!("replica {i}'s kill switch reverting the canary on its own"),
+        || async {
+            rig.drive(&[i], key, "chat", 12).await;
+            let (_, v) = rig
+                .admin(i, Method::GET, &format!("/rollouts/{id}"), None)
+                .await;
+            v["reverted_locally"].is_object()
+        },
+    )
+    .await;
+}
+
+/// The `rolled_back` events of rollout `id`, as replica `i` reads them.
+async fn revert_events(rig: &Rig, i: usize, id: &str) -> Vec<serde_json::Value> {
+    let (_, v) = rig
+        .admin(i, Method::GET, &format!("/rollouts/{id}/events"), None)
+        .await;
+    v["data"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|e| e["kind"] == "rolled_back")
-        .collect();
-    assert_eq!(reverts.len(), 1, "{v}");
-    let message = reverts[0]["message"].as_str().unwrap();
-    assert!(message.contains("while the database was away"), "{message}");
+        .cloned()
+        .collect()
 }
 
 /// The value of one unlabelled metric on replica `i`'s `/metrics`.
