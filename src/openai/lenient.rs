@@ -200,20 +200,7 @@ pub fn usage(raw: Raw<'_>) -> Option<crate::types::Usage> {
 /// A list field (`tool_calls`): each element read as `T` on its own; elements that do not
 /// fit, and a value that is not a list, are counted and skipped.
 pub fn list<'a, T: Deserialize<'a>>(raw: Raw<'a>, field: Field) -> Vec<T> {
-    let Some(text) = present(raw) else {
-        return Vec::new();
-    };
-    let Ok(items) = serde_json::from_str::<Vec<&'a RawValue>>(text) else {
-        unreadable::<()>(field);
-        return Vec::new();
-    };
-    items
-        .into_iter()
-        .filter_map(|item| match serde_json::from_str::<T>(item.get()) {
-            Ok(t) => Some(t),
-            Err(_) => unreadable(field),
-        })
-        .collect()
+    list_each(raw, field).into_iter().flatten().collect()
 }
 
 /// A list whose positions matter (a whole answer's `choices`: redactions are written back
