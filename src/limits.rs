@@ -70,12 +70,30 @@ fn share_of(limits: &Limits, share: u32) -> Limits {
     }
 }
 
-fn limiter(limits: &Limits) -> Option<DefaultDirectRateLimiter> {
+/// Whether a new rate limiter starts with its burst available or spent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bucket {
+    /// A limit set or changed: the whole burst is there to use.
+    Full,
+    /// The same limit re-divided among a different number of replicas: nothing to use until
+    /// it refills at the new rate. A full bucket here would hand every surviving replica a
+    /// fresh burst each time the live count changes (a heartbeat missed under load is
+    /// enough), and the cluster would admit more than the limit; an empty one errs on the
+    /// side the limit is for, at the cost of at most one burst's share refused per change.
+    Empty,
+}
+
+fn limiter(limits: &Limits, bucket: Bucket) -> Option<DefaultDirectRateLimiter> {
     let rps = limits.requests_per_second?;
     let burst = NonZeroU32::new(limits.burst.unwrap_or_else(|| rps.ceil().max(1.0) as u32))?;
     let period = Duration::from_secs_f64(1.0 / rps);
     let quota = Quota::with_period(period)?.allow_burst(burst);
-    Some(RateLimiter::direct(quota))
+    let rate = RateLimiter::direct(quota);
+    if bucket == Bucket::Empty {
+        // Cannot fail: the quota's burst is exactly `burst`.
+        let _ = rate.check_n(burst);
+    }
+    Some(rate)
 }
 
 impl LimitBook {
@@ -103,12 +121,15 @@ impl LimitBook {
             map.iter().map(|(w, e)| (w.clone(), e.own)).collect()
         };
         for (workspace, own) in owns {
-            self.set(&workspace, own);
+            self.put(&workspace, own, Bucket::Empty);
         }
-        self.default_rates
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        let defaults = share_of(&self.defaults, replicas);
+        let mut rates = self.default_rates.lock().unwrap_or_else(|e| e.into_inner());
+        for rate in rates.values_mut() {
+            if let Some(fresh) = limiter(&defaults, Bucket::Empty) {
+                *rate = Arc::new(fresh);
+            }
+        }
     }
 
     fn share(&self) -> u32 {
@@ -121,12 +142,17 @@ impl LimitBook {
         map.get(workspace).map(|w| w.own)
     }
 
-    /// Sets a workspace's own limits (what is left out falls back to the defaults).
+    /// Sets a workspace's own limits (what is left out falls back to the defaults); its
+    /// rate limiter starts with the whole burst (of this replica's share) available.
     pub fn set(&self, workspace: &str, limits: Limits) {
+        self.put(workspace, limits, Bucket::Full);
+    }
+
+    fn put(&self, workspace: &str, limits: Limits, bucket: Bucket) {
         let own = limits;
         let limits = limits.over(self.defaults);
         let entry = Arc::new(Workspace {
-            rate: limiter(&share_of(&limits, self.share())),
+            rate: limiter(&share_of(&limits, self.share()), bucket),
             own,
             limits,
         });
@@ -187,7 +213,7 @@ impl LimitBook {
                     match rates.get(workspace) {
                         Some(rate) => rate.clone(),
                         None => {
-                            let Some(rate) = limiter(&limits) else {
+                            let Some(rate) = limiter(&limits, Bucket::Full) else {
                                 return Ok(());
                             };
                             let rate = Arc::new(rate);
@@ -283,13 +309,41 @@ mod tests {
             },
         );
         book.set_share(3);
+        // Re-divided, the bucket starts empty (see `Bucket::Empty`); a limit set while the
+        // share is 3 gets a third of the burst.
+        assert_eq!(book.admit("acme").ok(), None);
+        book.set("acme", book.own_limits("acme").unwrap());
         assert_eq!((0..9).filter(|_| book.admit("acme").is_ok()).count(), 3);
-        book.set_share(1);
-        assert_eq!(
-            (0..12).filter(|_| book.admit("acme").is_ok()).count(),
-            9,
-            "alone again, the whole burst"
+    }
+
+    #[test]
+    fn a_change_in_live_replicas_grants_no_fresh_burst() {
+        let book = LimitBook::new(Limits {
+            requests_per_second: Some(10.0),
+            burst: Some(4),
+            ..Limits::default()
+        });
+        book.set(
+            "acme",
+            Limits {
+                requests_per_second: Some(10.0),
+                burst: Some(6),
+                ..Limits::default()
+            },
         );
+        assert_eq!((0..6).filter(|_| book.admit("acme").is_ok()).count(), 6);
+        assert_eq!((0..4).filter(|_| book.admit("beta").is_ok()).count(), 4);
+        // A replica joins and leaves (as a missed heartbeat makes it look): each change used
+        // to rebuild full buckets, a fresh burst for the workspace every time.
+        for share in [2, 1, 2, 1] {
+            book.set_share(share);
+            assert!(book.admit("acme").is_err(), "own limit, share {share}");
+            assert!(book.admit("beta").is_err(), "default limit, share {share}");
+        }
+        // ... and the rate itself still refills: 10/s is one every 100 ms.
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(book.admit("acme").is_ok());
+        assert!(book.admit("beta").is_ok());
     }
 
     #[test]

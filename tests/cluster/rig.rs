@@ -78,6 +78,8 @@ pub struct Rig {
     pub dir: tempfile::TempDir,
     pub http: reqwest::Client,
     extra: String,
+    /// `[cluster] heartbeat_ms` of the replicas this rig starts.
+    heartbeat_ms: u64,
 }
 
 fn free_port() -> u16 {
@@ -102,6 +104,14 @@ impl Rig {
 
     /// `n` replicas on `db_url`, with `extra` appended to each one's config.
     pub async fn start_on(n: usize, db_url: String, extra: &str) -> Self {
+        Self::start_with(n, db_url, extra, HEARTBEAT_MS).await
+    }
+
+    /// `n` replicas on `db_url` with `extra` appended to each one's config, beating every
+    /// `heartbeat_ms`. A test whose subject is not liveness and that must not see a replica
+    /// counted gone because a debug build stalled under load (three missed beats at
+    /// `HEARTBEAT_MS` is 600 ms) takes a longer beat.
+    pub async fn start_with(n: usize, db_url: String, extra: &str, heartbeat_ms: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
         write_policies(dir.path());
         std::fs::write(dir.path().join("policies/ladder.toml"), LADDER_POLICY).unwrap();
@@ -113,6 +123,7 @@ impl Rig {
             dir,
             http: http_client(),
             extra: extra.to_owned(),
+            heartbeat_ms,
         };
         for _ in 0..n {
             rig.add_replica().await;
@@ -125,8 +136,8 @@ impl Rig {
         let i = self.replicas.len();
         let port = free_port();
         let cluster = format!(
-            "\n[cluster]\nheartbeat_ms = {HEARTBEAT_MS}\nlease_ms = {LEASE_MS}\nflush_ms = {FLUSH_MS}\nreread_ms = {REREAD_MS}\n{}",
-            self.extra
+            "\n[cluster]\nheartbeat_ms = {}\nlease_ms = {LEASE_MS}\nflush_ms = {FLUSH_MS}\nreread_ms = {REREAD_MS}\n{}",
+            self.heartbeat_ms, self.extra
         );
         // The tests poll the admin API every few milliseconds from one address: lift the
         // per-address admin limit, which would otherwise answer them 429.
