@@ -1,5 +1,7 @@
 //! Command-line clients of the admin API (`sluice workspaces …`, `sluice keys …`).
 
+use std::fmt::Write;
+
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
@@ -273,7 +275,6 @@ pub fn step_of(v: &Value) -> String {
 /// Rows of cells printed in columns as wide as their widest cell (counted in characters,
 /// so `→` is one); `right[i]` right-aligns column `i` (figures).
 pub fn columns(header: &[&str], rows: &[Vec<String>], right: &[bool]) -> String {
-    use std::fmt::Write;
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -343,7 +344,6 @@ pub fn render_rollout_list(v: &Value) -> String {
 /// `sluice stats ROUTE`: requests, errors, latency, tokens and cost per version and arm,
 /// rounded for reading (the JSON keeps every digit).
 pub fn render_stats(v: &Value) -> String {
-    use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -415,8 +415,28 @@ pub fn render_stats(v: &Value) -> String {
 
 /// A rollout as a person reads it: where it stands, both arms side by side, each gate's evidence.
 pub fn render_rollout(v: &Value) -> String {
-    use std::fmt::Write;
     let mut out = String::new();
+    rollout_heading(&mut out, v);
+    if v["arms"].is_object() {
+        rollout_arms(&mut out, &v["arms"]);
+    }
+    if v["cluster"].is_object() {
+        rollout_cluster(&mut out, &v["cluster"]);
+    }
+    if let Some(reason) = v["reverted_locally"]["reason"].as_str() {
+        let _ = writeln!(
+            out,
+            "  reverted on this replica while the database is away (written when it returns): {reason}"
+        );
+    }
+    if v["judge"].is_object() {
+        rollout_judge(&mut out, &v["judge"]);
+    }
+    out
+}
+
+/// Which rollout, and where it stands: state, step, weight.
+fn rollout_heading(out: &mut String, v: &Value) {
     let _ = writeln!(
         out,
         "rollout {}  route {}  {} → {}  policy {}",
@@ -438,116 +458,113 @@ pub fn render_rollout(v: &Value) -> String {
         step_of(v),
         num(&v["weight"], 2)
     );
-    if v["arms"].is_object() {
+}
+
+/// An error rate (0 to 1) as a percentage with one decimal, without the `%`.
+fn percent(rate: &Value) -> String {
+    rate.as_f64()
+        .map_or("-".into(), |r| format!("{:.1}", r * 100.0))
+}
+
+/// Both arms side by side, as this replica measured them.
+fn rollout_arms(out: &mut String, arms: &Value) {
+    let _ = writeln!(
+        out,
+        "  {:<8} {:<14} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "arm",
+        "version",
+        "requests",
+        "errors",
+        "p50 ms",
+        "p95 ms",
+        "ttft p95",
+        "tokens/r",
+        "usd/req",
+        "chars"
+    );
+    for arm in ["stable", "canary"] {
+        let a = &arms[arm];
         let _ = writeln!(
             out,
-            "  {:<8} {:<14} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
-            "arm",
-            "version",
-            "requests",
-            "errors",
-            "p50 ms",
-            "p95 ms",
-            "ttft p95",
-            "tokens/r",
-            "usd/req",
-            "chars"
+            "  {:<8} {:<14} {:>8} {:>6}% {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
+            arm,
+            text(&a["version"]),
+            num(&a["requests"], 0),
+            percent(&a["error_rate"]),
+            num(&a["latency_ms"]["p50"], 0),
+            num(&a["latency_ms"]["p95"], 0),
+            num(&a["ttft_ms"]["p95"], 0),
+            num(&a["tokens_per_request"], 0),
+            num(&a["cost_per_request_usd"], 6),
+            num(&a["response_chars"]["p50"], 0),
         );
-        for arm in ["stable", "canary"] {
-            let a = &v["arms"][arm];
-            let _ = writeln!(
-                out,
-                "  {:<8} {:<14} {:>8} {:>6}% {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
-                arm,
-                text(&a["version"]),
-                num(&a["requests"], 0),
-                a["error_rate"]
-                    .as_f64()
-                    .map_or("-".into(), |r| format!("{:.1}", r * 100.0)),
-                num(&a["latency_ms"]["p50"], 0),
-                num(&a["latency_ms"]["p95"], 0),
-                num(&a["ttft_ms"]["p95"], 0),
-                num(&a["tokens_per_request"], 0),
-                num(&a["cost_per_request_usd"], 6),
-                num(&a["response_chars"]["p50"], 0),
-            );
+    }
+}
+
+/// A cluster: the arms above are the answering replica's; these are every replica's.
+fn rollout_cluster(out: &mut String, cluster: &Value) {
+    let _ = writeln!(
+        out,
+        "  cluster ({} replicas shipped, {} observations dropped):",
+        num(&cluster["replicas"], 0),
+        num(&cluster["observations_dropped"], 0)
+    );
+    for arm in ["stable", "canary"] {
+        let a = &cluster[arm];
+        let _ = writeln!(
+            out,
+            "  {:<8} {:>8} requests {:>6}% errors {:>9} ms mean",
+            arm,
+            num(&a["requests"], 0),
+            percent(&a["error_rate"]),
+            num(&a["mean_latency_ms"], 0),
+        );
+    }
+}
+
+/// The judge's last look: the global e-value, sample ratio, each gate's evidence, reasons.
+fn rollout_judge(out: &mut String, judge: &Value) {
+    let _ = writeln!(
+        out,
+        "  judge: E = {} (revert at {}), SRM e = {}{}",
+        num(&judge["e_global"], 2),
+        num(&judge["threshold"], 0),
+        num(&judge["srm"]["e_value"], 2),
+        if judge["srm"]["broken"].as_bool() == Some(true) {
+            " BROKEN"
+        } else {
+            ""
         }
-    }
-    let cluster = &v["cluster"];
-    if cluster.is_object() {
-        // A cluster: `arms` above are the answering replica's; these are every replica's.
-        let _ = writeln!(
-            out,
-            "  cluster ({} replicas shipped, {} observations dropped):",
-            num(&cluster["replicas"], 0),
-            num(&cluster["observations_dropped"], 0)
-        );
-        for arm in ["stable", "canary"] {
-            let a = &cluster[arm];
-            let _ = writeln!(
-                out,
-                "  {:<8} {:>8} requests {:>6}% errors {:>9} ms mean",
-                arm,
-                num(&a["requests"], 0),
-                a["error_rate"]
-                    .as_f64()
-                    .map_or("-".into(), |r| format!("{:.1}", r * 100.0)),
-                num(&a["mean_latency_ms"], 0),
-            );
-        }
-    }
-    if let Some(reason) = v["reverted_locally"]["reason"].as_str() {
-        let _ = writeln!(
-            out,
-            "  reverted on this replica while the database is away (written when it returns): {reason}"
-        );
-    }
-    let judge = &v["judge"];
-    if judge.is_object() {
-        let _ = writeln!(
-            out,
-            "  judge: E = {} (revert at {}), SRM e = {}{}",
-            num(&judge["e_global"], 2),
-            num(&judge["threshold"], 0),
-            num(&judge["srm"]["e_value"], 2),
-            if judge["srm"]["broken"].as_bool() == Some(true) {
-                " BROKEN"
-            } else {
-                ""
-            }
-        );
+    );
+    let _ = writeln!(
+        out,
+        "  {:<22} {:<8} {:>10} {:>8} {:>20} {:>10} {:>10}",
+        "gate", "verdict", "e-value", "effect", "ci", "stable", "canary"
+    );
+    for g in judge["gates"].as_array().into_iter().flatten() {
+        let ci = match (g["ci"][0].as_f64(), g["ci"][1].as_f64()) {
+            (Some(a), Some(b)) => format!("[{a:.2}, {b:.2}]"),
+            _ => "-".into(),
+        };
         let _ = writeln!(
             out,
             "  {:<22} {:<8} {:>10} {:>8} {:>20} {:>10} {:>10}",
-            "gate", "verdict", "e-value", "effect", "ci", "stable", "canary"
+            text(&g["gate"]),
+            text(&g["verdict"]),
+            num(&g["e_value"], 2),
+            num(&g["effect"], 2),
+            ci,
+            num(&g["stable_value"], 3),
+            num(&g["canary_value"], 3),
         );
-        for g in judge["gates"].as_array().into_iter().flatten() {
-            let ci = match (g["ci"][0].as_f64(), g["ci"][1].as_f64()) {
-                (Some(a), Some(b)) => format!("[{a:.2}, {b:.2}]"),
-                _ => "-".into(),
-            };
-            let _ = writeln!(
-                out,
-                "  {:<22} {:<8} {:>10} {:>8} {:>20} {:>10} {:>10}",
-                text(&g["gate"]),
-                text(&g["verdict"]),
-                num(&g["e_value"], 2),
-                num(&g["effect"], 2),
-                ci,
-                num(&g["stable_value"], 3),
-                num(&g["canary_value"], 3),
-            );
-        }
-        for reason in judge["reasons"].as_array().into_iter().flatten() {
-            let _ = writeln!(out, "  reason: {}", text(reason));
-        }
     }
-    out
+    for reason in judge["reasons"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "  reason: {}", text(reason));
+    }
 }
 
 /// The last `n` events of an events listing, oldest first.
 pub fn render_events(v: &Value, n: usize) -> String {
-    use std::fmt::Write;
     let mut out = String::new();
     let events: Vec<&Value> = v["data"].as_array().into_iter().flatten().collect();
     let start = events.len().saturating_sub(n);

@@ -106,23 +106,15 @@ min_requests = 20
 window = "30s"
 "#;
 
+/// Runs the demo: a gateway on mock versions in a temporary folder, background traffic,
+/// then the two acts (a canary reverted, then one promoted), printed as a story.
+///
+/// # Errors
+/// The temporary config cannot be written or loaded, the server cannot start, or an act
+/// ends otherwise than the story says (its message names the state it ended in).
 pub async fn run() -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("cannot make a temporary folder")?;
-    let config_path = dir.path().join("sluice.toml");
-    let db = dir.path().join("demo.db");
-    std::fs::write(
-        &config_path,
-        CONFIG.replace("DB_PATH", &db.display().to_string()),
-    )?;
-    std::fs::create_dir(dir.path().join("policies"))?;
-    std::fs::write(dir.path().join("policies/demo.toml"), POLICY)?;
-    let env = |name: &str| match name {
-        ADMIN_TOKEN_VAR => Some(DEMO_ADMIN_TOKEN.to_owned()),
-        other => std::env::var(other).ok(),
-    };
-    let text = std::fs::read_to_string(&config_path)?;
-    let settings =
-        crate::settings::parse(&config_path, &text, &env).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let settings = demo_settings(dir.path())?;
     let server = Server::build(settings).await?;
     let base = format!("http://{}", server.local_addr());
     let app = server.state();
@@ -140,15 +132,68 @@ pub async fn run() -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let key = mint_key(&http, &base).await?;
     let traffic = Traffic::start(&http, &base, &key);
-
+    let stage = Stage {
+        http: &http,
+        base: &base,
+        app: &app,
+    };
     let outcome = async {
+        stage.act_one(&mut story).await?;
+        if std::io::stdout().is_terminal() {
+            println!(
+                "\nAct 2 starts in {} s (the verdict stays at the top).",
+                BETWEEN_ACTS.as_secs()
+            );
+            tokio::time::sleep(BETWEEN_ACTS).await;
+        }
+        stage.act_two(&mut story).await
+    }
+    .await;
+
+    let sent = traffic.stop().await;
+    let _ = stop_tx.send(());
+    serving.await??;
+    print!("{}", story.summary(sent, outcome.is_ok()));
+    outcome
+}
+
+/// Writes the demo's config and policy into `dir` and loads them, with the demo's admin
+/// token.
+fn demo_settings(dir: &std::path::Path) -> anyhow::Result<crate::settings::Settings> {
+    let config_path = dir.join("sluice.toml");
+    let db = dir.join("demo.db");
+    std::fs::write(
+        &config_path,
+        CONFIG.replace("DB_PATH", &db.display().to_string()),
+    )?;
+    std::fs::create_dir(dir.join("policies"))?;
+    std::fs::write(dir.join("policies/demo.toml"), POLICY)?;
+    let env = |name: &str| match name {
+        ADMIN_TOKEN_VAR => Some(DEMO_ADMIN_TOKEN.to_owned()),
+        other => std::env::var(other).ok(),
+    };
+    let text = std::fs::read_to_string(&config_path)?;
+    crate::settings::parse(&config_path, &text, &env).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// The running gateway the acts play on.
+struct Stage<'a> {
+    http: &'a reqwest::Client,
+    base: &'a str,
+    app: &'a AppState,
+}
+
+impl Stage<'_> {
+    /// Act 1: a canary that turns bad at its second step, which the judge must revert.
+    async fn act_one(&self, story: &mut Story) -> anyhow::Result<()> {
+        let (http, base) = (self.http, self.base);
         story.act("Act 1: assistant-v2 as the canary; it will turn bad at its second step.");
         println!("\n{}", story.acts.last().map_or("", String::as_str));
-        let id = start_rollout(&http, &base, "assistant-v2").await?;
-        let bad = watch(&http, &base, &id, &story, |view| {
+        let id = start_rollout(http, base, "assistant-v2").await?;
+        let bad = watch(http, base, &id, story, |view| {
             // The regression: once the rollout reaches its second step.
             if view["step"].as_u64() >= Some(1) && view["state"] == "progressing" {
-                inject_regression(&app, "assistant-v2")
+                inject_regression(self.app, "assistant-v2")
             } else {
                 None
             }
@@ -162,46 +207,30 @@ pub async fn run() -> anyhow::Result<()> {
             "\n{}\nIts event log:",
             story.verdicts.last().map_or("", String::as_str)
         );
-        print!(
-            "{}",
-            render_events(
-                &get(&http, &base, &format!("/rollouts/{id}/events")).await?,
-                20
-            )
-        );
-        if std::io::stdout().is_terminal() {
-            println!(
-                "\nAct 2 starts in {} s (the verdict stays at the top).",
-                BETWEEN_ACTS.as_secs()
-            );
-            tokio::time::sleep(BETWEEN_ACTS).await;
-        }
+        self.print_events(&id).await
+    }
 
+    /// Act 2: a healthy canary that walks every step to promotion.
+    async fn act_two(&self, story: &mut Story) -> anyhow::Result<()> {
+        let (http, base) = (self.http, self.base);
         story.act("Act 2: assistant-v3, a healthy canary, walks every step.");
         println!("\n{}", story.acts.last().map_or("", String::as_str));
-        let id = start_rollout(&http, &base, "assistant-v3").await?;
-        let good = watch(&http, &base, &id, &story, |_| None).await?;
+        let id = start_rollout(http, base, "assistant-v3").await?;
+        let good = watch(http, base, &id, story, |_| None).await?;
         story.verdict(verdict_line(2, "promoted", &good));
         if good["state"] != "promoted" {
             bail!("act 2 ended `{}` instead of promoted", good["state"]);
         }
         println!("\nassistant-v3 is the stable version of `support` now. Its event log:");
-        print!(
-            "{}",
-            render_events(
-                &get(&http, &base, &format!("/rollouts/{id}/events")).await?,
-                20
-            )
-        );
+        self.print_events(&id).await
+    }
+
+    /// The last 20 events of rollout `id`.
+    async fn print_events(&self, id: &str) -> anyhow::Result<()> {
+        let events = get(self.http, self.base, &format!("/rollouts/{id}/events")).await?;
+        print!("{}", render_events(&events, 20));
         Ok(())
     }
-    .await;
-
-    let sent = traffic.stop().await;
-    let _ = stop_tx.send(());
-    serving.await??;
-    print!("{}", story.summary(sent, outcome.is_ok()));
-    outcome
 }
 
 /// What stays on screen: the header, each act's title, and each act's verdict.

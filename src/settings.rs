@@ -5,7 +5,7 @@
 //!
 //! `config` is the plain data; this module sits above it and above the loaders.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -88,236 +88,312 @@ pub fn parse(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Settings, ConfigErrors> {
-    let issue = |key: &str, message: String| ConfigIssue {
-        file: file.to_owned(),
-        key: key.to_owned(),
-        message,
-    };
-    let (config, mut issues) = read_toml::<Config>(file, text, &config_fields);
+    let (config, found) = read_toml::<Config>(file, text, &config_fields);
+    let mut issues = Issues { file, found };
     let Some(config) = config else {
-        return Err(ConfigErrors(issues));
+        return Err(ConfigErrors(issues.found));
     };
+    let listen = check_server(&mut issues, &config.server);
+    issues.extend(check_cluster(&config));
+    let database_url = database_url(&mut issues, &config, env);
+    let admin_token = admin_token(&mut issues, &config.admin, env);
+    check_providers(&mut issues, &config.providers);
+    check_versions(&mut issues, &config);
+    let used = used_providers(&mut issues, &config);
+    let provider_keys = provider_keys(&mut issues, &config.providers, &used, env);
+    // Policies live beside the config file; the default folder may be absent.
+    let policies_dir = file
+        .parent()
+        .unwrap_or(Path::new(""))
+        .join(&config.policies.dir);
+    let policies = load_policies(&mut issues, &config.policies, &policies_dir);
+    let guardrails = load_guardrails(&mut issues, &config.routes, &policies_dir);
+    check_telemetry_and_limits(&mut issues, &config);
+    if !issues.found.is_empty() {
+        return Err(ConfigErrors(issues.found));
+    }
+    Ok(Settings {
+        file: file.to_owned(),
+        config,
+        listen: listen.expect("checked above"),
+        database_url,
+        admin_token: admin_token.expect("checked above"),
+        provider_keys,
+        policies,
+        policies_dir,
+        guardrails,
+    })
+}
 
-    let listen = match listen_address(&config.server.listen) {
+/// The mistakes found in a config so far, in the order `sluice config check` prints them.
+struct Issues<'a> {
+    file: &'a Path,
+    found: Vec<ConfigIssue>,
+}
+
+impl Issues<'_> {
+    fn push(&mut self, key: &str, message: String) {
+        self.found.push(ConfigIssue {
+            file: self.file.to_owned(),
+            key: key.to_owned(),
+            message,
+        });
+    }
+
+    /// Mistakes a checker returned as (dotted key, message).
+    fn extend(&mut self, pairs: Vec<(String, String)>) {
+        for (key, message) in pairs {
+            self.push(&key, message);
+        }
+    }
+}
+
+/// `[server]`: the listen address (resolved here) and limits that must not be 0.
+fn check_server(issues: &mut Issues, server: &ServerConfig) -> Option<SocketAddr> {
+    let listen = match listen_address(&server.listen) {
         Ok(addr) => Some(addr),
         Err(message) => {
-            issues.push(issue("server.listen", message));
+            issues.push("server.listen", message);
             None
         }
     };
-    if config.server.max_body_bytes == 0 {
-        issues.push(issue(
-            "server.max_body_bytes",
-            "must be greater than 0".into(),
-        ));
+    if server.max_body_bytes == 0 {
+        issues.push("server.max_body_bytes", "must be greater than 0".into());
     }
-    if config.server.max_header_bytes < 8192 {
-        issues.push(issue(
+    if server.max_header_bytes < 8192 {
+        issues.push(
             "server.max_header_bytes",
             "must be at least 8192 (the HTTP server's floor)".into(),
-        ));
+        );
     }
     for (key, value) in [
         (
             "server.header_read_timeout_ms",
-            config.server.header_read_timeout_ms,
+            server.header_read_timeout_ms,
         ),
-        (
-            "server.body_read_timeout_ms",
-            config.server.body_read_timeout_ms,
-        ),
-        (
-            "server.max_connections",
-            config.server.max_connections as u64,
-        ),
+        ("server.body_read_timeout_ms", server.body_read_timeout_ms),
+        ("server.max_connections", server.max_connections as u64),
         (
             "server.http2_max_concurrent_streams",
-            u64::from(config.server.http2_max_concurrent_streams),
+            u64::from(server.http2_max_concurrent_streams),
         ),
     ] {
         if value == 0 {
-            issues.push(issue(key, "must be greater than 0".into()));
+            issues.push(key, "must be greater than 0".into());
         }
     }
-    if config.server.record_queue == 0 {
-        issues.push(issue(
-            "server.record_queue",
-            "must be greater than 0".into(),
-        ));
+    if server.record_queue == 0 {
+        issues.push("server.record_queue", "must be greater than 0".into());
     }
+    listen
+}
 
-    for (key, message) in check_cluster(&config) {
-        issues.push(issue(&key, message));
-    }
-
+/// The database URL: the environment's [`DATABASE_URL_ENV`] over `[database] url`.
+fn database_url(
+    issues: &mut Issues,
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> String {
     let database_url = env(DATABASE_URL_ENV).unwrap_or_else(|| config.database.url.clone());
     if !(database_url.starts_with("sqlite:")
         || database_url.starts_with("postgres://")
         || database_url.starts_with("postgresql://"))
     {
-        issues.push(issue(
+        issues.push(
             "database.url",
             format!("`{database_url}` is neither sqlite:… nor postgres://…"),
-        ));
+        );
     }
+    database_url
+}
 
-    let admin_token = match env(&config.admin.token_env) {
+fn admin_token(
+    issues: &mut Issues,
+    admin: &AdminConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<Secret> {
+    match env(&admin.token_env) {
         Some(token) if !token.is_empty() => Some(Secret::new(token)),
         _ => {
-            issues.push(issue(
+            issues.push(
                 "admin.token_env",
                 format!(
                     "environment variable {} is not set; the admin API needs a token",
-                    config.admin.token_env
+                    admin.token_env
                 ),
-            ));
+            );
             None
         }
-    };
+    }
+}
 
-    for (name, provider) in &config.providers {
+/// Each `[providers.<name>]`: its URL or endpoint by kind, its HTTP options, its timeout.
+fn check_providers(issues: &mut Issues, providers: &BTreeMap<String, ProviderConfig>) {
+    for (name, provider) in providers {
         let key = format!("providers.{name}");
         match provider.kind {
-            ProviderKind::Openai => match &provider.base_url {
-                None => issues.push(issue(
-                    &format!("{key}.base_url"),
-                    "is required for kind = \"openai\"".into(),
-                )),
-                Some(raw) => match url::Url::parse(raw) {
-                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
-                    Ok(_) => issues.push(issue(
-                        &format!("{key}.base_url"),
-                        format!("`{raw}` is not an http(s) URL"),
-                    )),
-                    Err(e) => issues.push(issue(
-                        &format!("{key}.base_url"),
-                        format!("`{raw}` is not a URL: {e}"),
-                    )),
-                },
-            },
+            ProviderKind::Openai => check_base_url(issues, &key, provider.base_url.as_deref()),
             ProviderKind::Mock => {
                 if provider.base_url.is_some() {
-                    issues.push(issue(
+                    issues.push(
                         &format!("{key}.base_url"),
                         "a mock provider has no base_url".into(),
-                    ));
+                    );
                 }
             }
-            ProviderKind::Azure => issues.extend(
-                check_azure(&key, provider)
-                    .into_iter()
-                    .map(|(k, m)| issue(&k, m)),
-            ),
+            ProviderKind::Azure => issues.extend(check_azure(&key, provider)),
         }
-        issues.extend(
-            check_http_options(&key, provider, file)
-                .into_iter()
-                .map(|(k, m)| issue(&k, m)),
-        );
+        issues.extend(check_http_options(&key, provider, issues.file));
         if provider.timeout_ms == 0 {
-            issues.push(issue(
+            issues.push(
                 &format!("{key}.timeout_ms"),
                 "must be greater than 0".into(),
-            ));
+            );
         }
     }
+}
 
+/// An OpenAI-compatible provider's `base_url`: required, http(s).
+fn check_base_url(issues: &mut Issues, key: &str, base_url: Option<&str>) {
+    match base_url {
+        None => issues.push(
+            &format!("{key}.base_url"),
+            "is required for kind = \"openai\"".into(),
+        ),
+        Some(raw) => match url::Url::parse(raw) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+            Ok(_) => issues.push(
+                &format!("{key}.base_url"),
+                format!("`{raw}` is not an http(s) URL"),
+            ),
+            Err(e) => issues.push(
+                &format!("{key}.base_url"),
+                format!("`{raw}` is not a URL: {e}"),
+            ),
+        },
+    }
+}
+
+/// Each `[versions.<name>]`: its provider, model, price and mock table.
+fn check_versions(issues: &mut Issues, config: &Config) {
     for (name, version) in &config.versions {
         let key = format!("versions.{name}");
-        match config.providers.get(&version.provider) {
-            None => issues.push(issue(
-                &format!("{key}.provider"),
-                format!("unknown provider `{}`", version.provider),
-            )),
-            Some(p) if p.kind != ProviderKind::Mock && version.mock.is_some() => {
-                issues.push(issue(
-                    &format!("{key}.mock"),
-                    "only versions on a mock provider take a mock table".into(),
-                ))
-            }
-            Some(p) if p.kind == ProviderKind::Azure => match &version.deployment {
-                Some(d) if !d.trim().is_empty() => {}
-                _ => issues.push(issue(
-                    &format!("{key}.deployment"),
-                    format!(
-                        "is required: provider `{}` is Azure OpenAI, which serves deployments",
-                        version.provider
-                    ),
-                )),
-            },
-            Some(_) if version.deployment.is_some() => issues.push(issue(
-                &format!("{key}.deployment"),
-                "only versions on an Azure provider have a deployment".into(),
-            )),
-            Some(_) => {}
-        }
+        check_version_provider(issues, &key, version, &config.providers);
         if version.model.trim().is_empty() {
-            issues.push(issue(&format!("{key}.model"), "must not be empty".into()));
+            issues.push(&format!("{key}.model"), "must not be empty".into());
         }
         let price = version.price;
         if [price.input_per_mtok, price.output_per_mtok]
             .iter()
             .any(|p| p.is_nan() || *p < 0.0)
         {
-            issues.push(issue(
+            issues.push(
                 &format!("{key}.price"),
                 "prices must be zero or more".into(),
-            ));
+            );
         }
         if let Some(mock) = &version.mock {
-            if !(0.0..=1.0).contains(&mock.error_rate) {
-                issues.push(issue(
-                    &format!("{key}.mock.error_rate"),
-                    "must be between 0 and 1".into(),
-                ));
-            }
-            if !(0.0..1.0).contains(&mock.jitter) {
-                issues.push(issue(
-                    &format!("{key}.mock.jitter"),
-                    "must be at least 0 and below 1".into(),
-                ));
-            }
-            if mock.tokens_per_s.is_nan() || mock.tokens_per_s <= 0.0 {
-                issues.push(issue(
-                    &format!("{key}.mock.tokens_per_s"),
-                    "must be greater than 0".into(),
-                ));
-            }
+            check_mock(issues, &key, mock);
         }
     }
+}
 
-    let mut provider_keys = BTreeMap::new();
-    let mut used_providers = std::collections::BTreeSet::new();
+/// A version names a known provider, and has the keys that provider's kind needs.
+fn check_version_provider(
+    issues: &mut Issues,
+    key: &str,
+    version: &VersionConfig,
+    providers: &BTreeMap<String, ProviderConfig>,
+) {
+    match providers.get(&version.provider) {
+        None => issues.push(
+            &format!("{key}.provider"),
+            format!("unknown provider `{}`", version.provider),
+        ),
+        Some(p) if p.kind != ProviderKind::Mock && version.mock.is_some() => issues.push(
+            &format!("{key}.mock"),
+            "only versions on a mock provider take a mock table".into(),
+        ),
+        Some(p) if p.kind == ProviderKind::Azure => match &version.deployment {
+            Some(d) if !d.trim().is_empty() => {}
+            _ => issues.push(
+                &format!("{key}.deployment"),
+                format!(
+                    "is required: provider `{}` is Azure OpenAI, which serves deployments",
+                    version.provider
+                ),
+            ),
+        },
+        Some(_) if version.deployment.is_some() => issues.push(
+            &format!("{key}.deployment"),
+            "only versions on an Azure provider have a deployment".into(),
+        ),
+        Some(_) => {}
+    }
+}
+
+fn check_mock(issues: &mut Issues, key: &str, mock: &MockConfig) {
+    if !(0.0..=1.0).contains(&mock.error_rate) {
+        issues.push(
+            &format!("{key}.mock.error_rate"),
+            "must be between 0 and 1".into(),
+        );
+    }
+    if !(0.0..1.0).contains(&mock.jitter) {
+        issues.push(
+            &format!("{key}.mock.jitter"),
+            "must be at least 0 and below 1".into(),
+        );
+    }
+    if mock.tokens_per_s.is_nan() || mock.tokens_per_s <= 0.0 {
+        issues.push(
+            &format!("{key}.mock.tokens_per_s"),
+            "must be greater than 0".into(),
+        );
+    }
+}
+
+/// The providers a route's stable version or the passthrough uses: these must have their key.
+fn used_providers(issues: &mut Issues, config: &Config) -> BTreeSet<String> {
+    let mut used = BTreeSet::new();
     for (name, route) in &config.routes {
         if let Err(why) = crate::types::RouteName::parse(name) {
-            issues.push(issue(&format!("routes.{name}"), why));
+            issues.push(&format!("routes.{name}"), why);
         }
         match config.versions.get(&route.stable) {
-            None => issues.push(issue(
+            None => issues.push(
                 &format!("routes.{name}.stable"),
                 format!("unknown version `{}`", route.stable),
-            )),
+            ),
             Some(v) => {
-                used_providers.insert(v.provider.clone());
+                used.insert(v.provider.clone());
             }
         }
     }
     if let Some(p) = &config.passthrough.provider {
         match config.providers.get(p) {
-            None => issues.push(issue(
-                "passthrough.provider",
-                format!("unknown provider `{p}`"),
-            )),
-            Some(provider) if provider.kind == ProviderKind::Mock => issues.push(issue(
+            None => issues.push("passthrough.provider", format!("unknown provider `{p}`")),
+            Some(provider) if provider.kind == ProviderKind::Mock => issues.push(
                 "passthrough.provider",
                 format!("`{p}` is a mock provider; files and batches need a real upstream"),
-            )),
+            ),
             Some(_) => {
-                used_providers.insert(p.clone());
+                used.insert(p.clone());
             }
         }
     }
-    for (name, provider) in &config.providers {
+    used
+}
+
+/// Each provider's API key (or Entra ID token) read from the environment.
+fn provider_keys(
+    issues: &mut Issues,
+    providers: &BTreeMap<String, ProviderConfig>,
+    used: &BTreeSet<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> BTreeMap<String, Secret> {
+    let mut keys = BTreeMap::new();
+    for (name, provider) in providers {
         // An Entra ID token stands in for the key.
         let var = match (
             provider.kind,
@@ -335,88 +411,84 @@ pub fn parse(
         };
         match env(var) {
             Some(value) if !value.is_empty() => {
-                provider_keys.insert(name.clone(), Secret::new(value));
+                keys.insert(name.clone(), Secret::new(value));
             }
             // A provider only canary versions use may lack its key: a rollout to it is refused.
-            _ if used_providers.contains(name) => issues.push(issue(
+            _ if used.contains(name) => issues.push(
                 &format!("providers.{name}.{key_name}"),
                 format!("environment variable {var} is not set, and a route uses this provider"),
-            )),
+            ),
             _ => {}
         }
     }
+    keys
+}
 
-    // Policies live beside the config file; the default folder may be absent.
-    let policies_dir = file
-        .parent()
-        .unwrap_or(Path::new(""))
-        .join(&config.policies.dir);
+/// The rollout policies in `dir` (`[policies] dir` beside the config file).
+fn load_policies(
+    issues: &mut Issues,
+    config: &PoliciesConfig,
+    dir: &Path,
+) -> BTreeMap<String, Arc<Policy>> {
     let mut policies = BTreeMap::new();
-    if policies_dir.is_dir() {
-        match policy::load_dir(&policies_dir) {
+    if dir.is_dir() {
+        match policy::load_dir(dir) {
             Ok(loaded) => policies = loaded.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
-            Err(errors) => issues.extend(errors.0),
+            Err(errors) => issues.found.extend(errors.0),
         }
-    } else if config.policies.dir != default_policies_dir() {
-        issues.push(issue(
+    } else if config.dir != default_policies_dir() {
+        issues.push(
             "policies.dir",
-            format!("`{}` is not a folder", policies_dir.display()),
-        ));
+            format!("`{}` is not a folder", dir.display()),
+        );
     }
+    policies
+}
 
+/// The guardrail sets in `<policies dir>/guardrails`, and that each route's set is there.
+fn load_guardrails(
+    issues: &mut Issues,
+    routes: &BTreeMap<String, RouteConfig>,
+    policies_dir: &Path,
+) -> BTreeMap<String, Arc<crate::guardrails::GuardrailSet>> {
     let guardrails = match crate::guardrails::load_dir(&policies_dir.join("guardrails")) {
         Ok(sets) => sets,
         Err(errors) => {
-            issues.extend(errors.0);
+            issues.found.extend(errors.0);
             BTreeMap::new()
         }
     };
-    for (name, route) in &config.routes {
+    for (name, route) in routes {
         if let Some(g) = &route.guardrails
             && !guardrails.contains_key(g)
         {
-            issues.push(issue(
+            issues.push(
                 &format!("routes.{name}.guardrails"),
                 format!(
                     "no guardrail policy `{g}` in {}",
                     policies_dir.join("guardrails").display()
                 ),
-            ));
+            );
         }
     }
+    guardrails
+}
 
+fn check_telemetry_and_limits(issues: &mut Issues, config: &Config) {
     if let Some(endpoint) = &config.telemetry.otlp_endpoint
         && url::Url::parse(endpoint).is_err()
     {
-        issues.push(issue(
+        issues.push(
             "telemetry.otlp_endpoint",
             format!("`{endpoint}` is not a URL"),
-        ));
+        );
     }
     if !(0.0..=1.0).contains(&config.telemetry.sample_ratio) {
-        issues.push(issue(
-            "telemetry.sample_ratio",
-            "must be between 0 and 1".into(),
-        ));
+        issues.push("telemetry.sample_ratio", "must be between 0 and 1".into());
     }
     if let Err(why) = config.limits.check() {
-        issues.push(issue("limits", why));
+        issues.push("limits", why);
     }
-
-    if !issues.is_empty() {
-        return Err(ConfigErrors(issues));
-    }
-    Ok(Settings {
-        file: file.to_owned(),
-        config,
-        listen: listen.expect("checked above"),
-        database_url,
-        admin_token: admin_token.expect("checked above"),
-        provider_keys,
-        policies,
-        policies_dir,
-        guardrails,
-    })
 }
 
 /// `[cluster]` and `[database] retention` mistakes, as (dotted key, message).

@@ -15,6 +15,7 @@ use super::stats::{
     jensen_shannon,
 };
 use crate::eval::case::{Answer, Case};
+use crate::guardrails::StageRules;
 
 /// Each expected property of one answer, named, and whether it held.
 type PropertyResults = Vec<(String, bool)>;
@@ -271,19 +272,11 @@ pub fn normalize(text: &str) -> String {
     cleaned.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// The report of `inputs`: each version's figures, the divergences and agreement between
+/// them, expectations, the judge's figures, and one row per case.
 pub fn build(inputs: Inputs<'_>) -> Report {
     let cases = inputs.cases;
-    let output_rules = inputs.guardrails.map(|g| &g.set.output);
-    // Output guardrails per case and version.
-    let output_hits: Vec<[(Vec<String>, bool); 2]> = cases
-        .iter()
-        .map(|c| {
-            [0, 1].map(|v| match (output_rules, c.answers[v].is_ok()) {
-                (Some(rules), true) => guard::apply_output(rules, &c.answers[v].text),
-                _ => (Vec::new(), false),
-            })
-        })
-        .collect();
+    let output_hits = output_hits(cases, inputs.guardrails.map(|g| &g.set.output));
     let expectation_results: Vec<Option<[PropertyResults; 2]>> = cases
         .iter()
         .map(|c| {
@@ -292,13 +285,11 @@ pub fn build(inputs: Inputs<'_>) -> Report {
             Some([0, 1].map(|v| expect.check(&c.answers[v])))
         })
         .collect();
-
     let [label_a, label_b] = inputs.versions;
     let versions = [
         version_figures(label_a, 0, cases, &output_hits),
         version_figures(label_b, 1, cases, &output_hits),
     ];
-    let divergence = divergence(cases);
     let agreed: Vec<bool> = cases
         .iter()
         .filter(|c| c.both_answered())
@@ -308,9 +299,6 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         agreed.iter().filter(|&&a| a).count() as u64,
         agreed.len() as u64,
     );
-    let expectations = expectation_figures(&expectation_results);
-    let judge = inputs.judge.as_ref().map(judge_figures);
-
     let rows = cases
         .iter()
         .enumerate()
@@ -322,28 +310,11 @@ pub fn build(inputs: Inputs<'_>) -> Report {
             input_guardrails: c.input_fired.clone(),
             input_blocked_by: c.input_blocked_by.clone(),
             answers: [0, 1].map(|v| {
-                let a = &c.answers[v];
-                CaseAnswer {
-                    status: a.status,
-                    error: a.error.clone(),
-                    chars: a.chars(),
-                    finish_reason: a.finish_reason.clone(),
-                    prompt_tokens: a.prompt_tokens,
-                    completion_tokens: a.completion_tokens,
-                    cost_usd: a.cost_usd,
-                    latency_ms: a.latency_ms,
-                    schema_passed: a.schema_passed,
-                    output_guardrails: output_hits[i][v].0.clone(),
-                    expectations_failed: expectation_results[i]
-                        .as_ref()
-                        .map(|r| {
-                            r[v].iter()
-                                .filter(|(_, ok)| !ok)
-                                .map(|(p, _)| p.clone())
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                }
+                case_answer(
+                    &c.answers[v],
+                    &output_hits[i][v],
+                    expectation_results[i].as_ref().map(|r| &r[v]),
+                )
             }),
             judge: inputs
                 .judge
@@ -351,19 +322,63 @@ pub fn build(inputs: Inputs<'_>) -> Report {
                 .and_then(|j| j.per_case.get(i).copied().flatten()),
         })
         .collect();
-
     Report {
         format: REPORT_FORMAT,
         generated_at: inputs.generated_at,
         source: inputs.source,
         versions,
         guardrails: inputs.guardrails.map(Chosen::report),
-        divergence,
+        divergence: divergence(cases),
         agreement,
-        expectations,
-        judge,
+        expectations: expectation_figures(&expectation_results),
+        judge: inputs.judge.as_ref().map(judge_figures),
         cases: rows,
         notes: inputs.notes,
+    }
+}
+
+/// One version's output guardrail result on one case: the rules that fired, and whether
+/// one blocked the answer.
+type OutputHits = (Vec<String>, bool);
+
+/// Output guardrails per case and version (none fire on a failed answer or without rules).
+fn output_hits(cases: &[Case], rules: Option<&StageRules>) -> Vec<[OutputHits; 2]> {
+    cases
+        .iter()
+        .map(|c| {
+            [0, 1].map(|v| match (rules, c.answers[v].is_ok()) {
+                (Some(rules), true) => guard::apply_output(rules, &c.answers[v].text),
+                _ => (Vec::new(), false),
+            })
+        })
+        .collect()
+}
+
+/// One version's cell of a case row; `expectations` is absent when nothing was expected.
+fn case_answer(
+    a: &Answer,
+    hits: &OutputHits,
+    expectations: Option<&PropertyResults>,
+) -> CaseAnswer {
+    CaseAnswer {
+        status: a.status,
+        error: a.error.clone(),
+        chars: a.chars(),
+        finish_reason: a.finish_reason.clone(),
+        prompt_tokens: a.prompt_tokens,
+        completion_tokens: a.completion_tokens,
+        cost_usd: a.cost_usd,
+        latency_ms: a.latency_ms,
+        schema_passed: a.schema_passed,
+        output_guardrails: hits.0.clone(),
+        expectations_failed: expectations
+            .map(|r| {
+                r.iter()
+                    .filter(|(_, ok)| !ok)
+                    .map(|(p, _)| p.clone())
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -371,7 +386,7 @@ fn version_figures(
     label: VersionLabel,
     v: usize,
     cases: &[Case],
-    output_hits: &[[(Vec<String>, bool); 2]],
+    output_hits: &[[OutputHits; 2]],
 ) -> VersionFigures {
     let sent: Vec<&Case> = cases
         .iter()

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use super::charts::{CHART_WIDTH, COLOR_A, COLOR_B, esc, grouped_bars, histogram, small_bars};
-use super::compare::{Jsd, Report, Source, VersionFigures};
+use super::compare::{CaseRow, Jsd, Report, Source, VersionFigures};
 use super::stats::{Proportion, Spread};
 
 /// A per-version figure chart: its caption, A's and B's value, and how to print one.
@@ -35,9 +35,27 @@ figcaption{font-weight:600;margin:2px 4px 6px}
 svg text{font:11px system-ui,sans-serif;fill:#344054}
 ";
 
+/// The whole page: heading, headline cards, the side-by-side table, charts, the per-rule,
+/// expectation, judge and per-request tables, and how the figures are computed.
 pub fn render(report: &Report) -> String {
-    let [a, b] = &report.versions;
     let mut page = String::new();
+    heading(&mut page, report);
+    headline_cards(&mut page, report);
+    side_by_side(&mut page, report);
+    distributions(&mut page, report);
+    per_request_charts(&mut page, report);
+    guardrail_table(&mut page, report);
+    expectation_table(&mut page, report);
+    judge_section(&mut page, report);
+    case_table(&mut page, report);
+    method_notes(&mut page, report);
+    page.push_str("</main></body></html>\n");
+    page
+}
+
+/// The document head, the title, where the requests came from and the guardrail policy.
+fn heading(page: &mut String, report: &Report) {
+    let [a, b] = &report.versions;
     let title = format!("sluice eval: {} vs {}", a.name, b.name);
     let _ = write!(
         page,
@@ -46,9 +64,38 @@ pub fn render(report: &Report) -> String {
         esc(&title)
     );
     let _ = write!(page, "<h1>{}</h1>", esc(&title));
-    let source = match &report.source {
+    let _ = write!(
+        page,
+        "<div class=\"muted\">{} · generated {} · {}</div>",
+        source_line(report),
+        esc(&report.generated_at),
+        legend(a, b)
+    );
+    match &report.guardrails {
+        Some(g) => {
+            let _ = write!(
+                page,
+                "<div class=\"muted\">Guardrail policy <code>{}</code> (chosen by {})</div>",
+                esc(&g.policy),
+                esc(&g.chosen_by)
+            );
+        }
+        None => {
+            let _ = write!(
+                page,
+                "<div class=\"muted\">Guardrail policy: {}</div>",
+                esc(super::guard::NONE_CHOSEN)
+            );
+        }
+    }
+}
+
+/// Where the requests came from: a suite (and how many an input guardrail blocked) or a
+/// rollout's shadow pairs.
+fn source_line(report: &Report) -> String {
+    match &report.source {
         Source::Suite { path, cases } => {
-            let blocked = a.guardrails.blocked_input;
+            let blocked = report.versions[0].guardrails.blocked_input;
             if blocked > 0 {
                 format!(
                     "Eval suite <code>{}</code>, {cases} requests: {blocked} blocked by an input guardrail, {} sent to each version",
@@ -70,34 +117,11 @@ pub fn render(report: &Report) -> String {
             esc(route),
             esc(state)
         ),
-    };
-    let _ = write!(
-        page,
-        "<div class=\"muted\">{source} · generated {} · {}</div>",
-        esc(&report.generated_at),
-        legend(a, b)
-    );
-    match &report.guardrails {
-        Some(g) => {
-            let _ = write!(
-                page,
-                "<div class=\"muted\">Guardrail policy <code>{}</code> (chosen by {})</div>",
-                esc(&g.policy),
-                esc(&g.chosen_by)
-            );
-        }
-        None => {
-            let _ = write!(
-                page,
-                "<div class=\"muted\">Guardrail policy: {}</div>",
-                esc(super::guard::NONE_CHOSEN)
-            );
-        }
     }
+}
 
-    headline_cards(&mut page, report);
-    side_by_side(&mut page, report);
-
+/// Answer length, finish reasons and tool calls of both versions.
+fn distributions(page: &mut String, report: &Report) {
     page.push_str("<h2>Distributions</h2><div class=\"grid\">");
     page.push_str(&figure(
         "Answer length (characters, half-octave bins)",
@@ -120,7 +144,11 @@ pub fn render(report: &Report) -> String {
         ));
     }
     page.push_str("</div>");
+}
 
+/// Cost, tokens and latency per request, one small bar chart each.
+fn per_request_charts(page: &mut String, report: &Report) {
+    let [a, b] = &report.versions;
     page.push_str("<h2>Cost, tokens and latency per request</h2><div class=\"grid\">");
     let metric = |f: fn(&VersionFigures) -> Option<f64>| {
         [vec![f(a).unwrap_or(0.0)], vec![f(b).unwrap_or(0.0)]]
@@ -156,12 +184,10 @@ pub fn render(report: &Report) -> String {
         page.push_str(&figure(caption, &small_bars(a, b, &values, fmt)));
     }
     page.push_str("</div>");
+}
 
-    guardrail_table(&mut page, report);
-    expectation_table(&mut page, report);
-    judge_section(&mut page, report);
-    case_table(&mut page, report);
-
+/// "How these figures are computed": the fixed notes, the report's own, the judge's method.
+fn method_notes(page: &mut String, report: &Report) {
     page.push_str("<h2>How these figures are computed</h2><ul class=\"small\">");
     let method = [
         format!(
@@ -178,8 +204,7 @@ pub fn render(report: &Report) -> String {
     if let Some(j) = &report.judge {
         let _ = write!(page, "<li>Judge: {}.</li>", esc(&j.method));
     }
-    page.push_str("</ul></main></body></html>\n");
-    page
+    page.push_str("</ul>");
 }
 
 fn legend(a: &VersionFigures, b: &VersionFigures) -> String {
@@ -248,61 +273,7 @@ fn side_by_side(page: &mut String, report: &Report) {
         esc(&a.name),
         esc(&b.name)
     );
-    let rows: Vec<(&str, VersionCell)> = vec![
-        ("Requests sent", |v| v.requests.to_string()),
-        ("Answered", |v| v.answered.to_string()),
-        ("Errors", |v| {
-            let kinds: Vec<String> = v
-                .error_kinds
-                .iter()
-                .map(|(k, n)| format!("{k}: {n}"))
-                .collect();
-            if kinds.is_empty() {
-                "0".into()
-            } else {
-                format!("{} ({})", v.errors, kinds.join(", "))
-            }
-        }),
-        ("Schema pass rate", |v| {
-            format!("{} {}", pct(&v.schema), frac(&v.schema))
-        }),
-        ("Prompt tokens / request (mean)", |v| {
-            spread(&v.prompt_tokens, |s| format!("{:.1}", s.mean))
-        }),
-        ("Completion tokens / request (mean, p50, p95)", |v| {
-            spread(&v.completion_tokens, |s| {
-                format!("{:.1}, {:.0}, {:.0}", s.mean, s.p50, s.p95)
-            })
-        }),
-        ("Tokens counted by sluice (no usage)", |v| {
-            v.tokens_estimated.to_string()
-        }),
-        ("Cost / request (USD, mean)", |v| {
-            spread(&v.cost_usd_per_request, |s| format!("{:.6}", s.mean))
-        }),
-        ("Cost total (USD)", |v| format!("{:.6}", v.cost_usd_total)),
-        ("Latency ms (mean, p50, p95, max)", |v| {
-            spread(&v.latency_ms, |s| {
-                format!("{:.0}, {:.0}, {:.0}, {:.0}", s.mean, s.p50, s.p95, s.max)
-            })
-        }),
-        ("Length chars (mean, p50, p90, max)", |v| {
-            spread(&v.length_chars, |s| {
-                format!("{:.0}, {:.0}, {:.0}, {:.0}", s.mean, s.p50, s.p90, s.max)
-            })
-        }),
-        ("Guardrail hits, input / output", |v| {
-            format!(
-                "{} / {}",
-                v.guardrails.input.values().sum::<u64>(),
-                v.guardrails.output.values().sum::<u64>()
-            )
-        }),
-        ("Output blocks (would be replaced)", |v| {
-            v.guardrails.blocked_output.to_string()
-        }),
-    ];
-    for (label, f) in rows {
+    for (label, f) in SIDE_BY_SIDE_ROWS {
         let _ = write!(
             page,
             "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -323,6 +294,65 @@ fn side_by_side(page: &mut String, report: &Report) {
         );
     }
     page.push_str("</tbody></table>");
+}
+
+/// The rows of the side-by-side table: a label and how to read its cell off a version.
+const SIDE_BY_SIDE_ROWS: [(&str, VersionCell); 13] = [
+    ("Requests sent", |v| v.requests.to_string()),
+    ("Answered", |v| v.answered.to_string()),
+    ("Errors", errors_cell),
+    ("Schema pass rate", |v| {
+        format!("{} {}", pct(&v.schema), frac(&v.schema))
+    }),
+    ("Prompt tokens / request (mean)", |v| {
+        spread(&v.prompt_tokens, |s| format!("{:.1}", s.mean))
+    }),
+    ("Completion tokens / request (mean, p50, p95)", |v| {
+        spread(&v.completion_tokens, |s| {
+            format!("{:.1}, {:.0}, {:.0}", s.mean, s.p50, s.p95)
+        })
+    }),
+    ("Tokens counted by sluice (no usage)", |v| {
+        v.tokens_estimated.to_string()
+    }),
+    ("Cost / request (USD, mean)", |v| {
+        spread(&v.cost_usd_per_request, |s| format!("{:.6}", s.mean))
+    }),
+    ("Cost total (USD)", |v| format!("{:.6}", v.cost_usd_total)),
+    ("Latency ms (mean, p50, p95, max)", |v| {
+        spread(&v.latency_ms, |s| {
+            format!("{:.0}, {:.0}, {:.0}, {:.0}", s.mean, s.p50, s.p95, s.max)
+        })
+    }),
+    ("Length chars (mean, p50, p90, max)", |v| {
+        spread(&v.length_chars, |s| {
+            format!("{:.0}, {:.0}, {:.0}, {:.0}", s.mean, s.p50, s.p90, s.max)
+        })
+    }),
+    ("Guardrail hits, input / output", |v| {
+        format!(
+            "{} / {}",
+            v.guardrails.input.values().sum::<u64>(),
+            v.guardrails.output.values().sum::<u64>()
+        )
+    }),
+    ("Output blocks (would be replaced)", |v| {
+        v.guardrails.blocked_output.to_string()
+    }),
+];
+
+/// The error count, with each kind's count when there are any.
+fn errors_cell(v: &VersionFigures) -> String {
+    let kinds: Vec<String> = v
+        .error_kinds
+        .iter()
+        .map(|(k, n)| format!("{k}: {n}"))
+        .collect();
+    if kinds.is_empty() {
+        "0".into()
+    } else {
+        format!("{} ({})", v.errors, kinds.join(", "))
+    }
 }
 
 fn guardrail_table(page: &mut String, report: &Report) {
@@ -476,83 +506,91 @@ fn case_table(page: &mut String, report: &Report) {
         esc(&b.name)
     );
     for c in &report.cases {
-        let answer = |i: usize| {
-            let x = &c.answers[i];
-            match &x.error {
-                // Not an error of the version: the gateway's input rule stopped the
-                // request before any version was called.
-                Some(_) if c.input_blocked_by.is_some() => (
-                    format!(
-                        "<span class=\"muted\" title=\"input guardrail `{}`\">blocked</span>",
-                        esc(c.input_blocked_by.as_deref().unwrap_or_default())
-                    ),
-                    "".into(),
-                ),
-                Some(e) => (
-                    format!("<span class=\"flag\" title=\"{}\">error</span>", esc(e)),
-                    "".into(),
-                ),
-                None => (
-                    x.chars.to_string(),
-                    esc(x.finish_reason.as_deref().unwrap_or("(none)")),
-                ),
-            }
-        };
-        let (chars_a, finish_a) = answer(0);
-        let (chars_b, finish_b) = answer(1);
-        let schema = |i: usize| match c.answers[i].schema_passed {
-            Some(true) => "pass",
-            Some(false) => "fail",
-            None => "–",
-        };
-        let mut guards: Vec<String> = c
-            .input_guardrails
-            .iter()
-            .map(|r| format!("in: {r}"))
-            .collect();
-        for (i, side) in ["A", "B"].iter().enumerate() {
-            guards.extend(
-                c.answers[i]
-                    .output_guardrails
-                    .iter()
-                    .map(|r| format!("{side}: {r}")),
-            );
-        }
-        let unmet: Vec<String> = ["A", "B"]
-            .iter()
-            .enumerate()
-            .flat_map(|(i, side)| {
-                c.answers[i]
-                    .expectations_failed
-                    .iter()
-                    .map(move |p| format!("{side}: {p}"))
-            })
-            .collect();
-        let judge = c
-            .judge
-            .map(|j| match j.outcome {
-                Some(o) => format!("{o:?}").to_lowercase(),
-                None => "unreadable".into(),
-            })
-            .unwrap_or_default();
-        let agree = match c.agree {
-            Some(true) => "yes",
-            Some(false) => "no",
-            None => "–",
-        };
-        let _ = write!(
-            page,
-            "<tr><td>{}</td><td>{agree}</td><td>{chars_a}</td><td>{chars_b}</td><td>{finish_a}</td><td>{finish_b}</td>\
-             <td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&c.id),
-            schema(0),
-            schema(1),
-            esc(&guards.join(", ")),
-            esc(&unmet.join("; ")),
-            esc(&judge)
-        );
+        case_row(page, c);
     }
     page.push_str("</tbody></table>");
+}
+
+/// One request's row of the case table.
+fn case_row(page: &mut String, c: &CaseRow) {
+    let (chars_a, finish_a) = answer_cells(c, 0);
+    let (chars_b, finish_b) = answer_cells(c, 1);
+    let schema = |i: usize| match c.answers[i].schema_passed {
+        Some(true) => "pass",
+        Some(false) => "fail",
+        None => "–",
+    };
+    let mut guards: Vec<String> = c
+        .input_guardrails
+        .iter()
+        .map(|r| format!("in: {r}"))
+        .collect();
+    for (i, side) in ["A", "B"].iter().enumerate() {
+        guards.extend(
+            c.answers[i]
+                .output_guardrails
+                .iter()
+                .map(|r| format!("{side}: {r}")),
+        );
+    }
+    let unmet: Vec<String> = ["A", "B"]
+        .iter()
+        .enumerate()
+        .flat_map(|(i, side)| {
+            c.answers[i]
+                .expectations_failed
+                .iter()
+                .map(move |p| format!("{side}: {p}"))
+        })
+        .collect();
+    let judge = c
+        .judge
+        .map(|j| match j.outcome {
+            Some(o) => format!("{o:?}").to_lowercase(),
+            None => "unreadable".into(),
+        })
+        .unwrap_or_default();
+    let agree = match c.agree {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "–",
+    };
+    let _ = write!(
+        page,
+        "<tr><td>{}</td><td>{agree}</td><td>{chars_a}</td><td>{chars_b}</td><td>{finish_a}</td><td>{finish_b}</td>\
+         <td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        esc(&c.id),
+        schema(0),
+        schema(1),
+        esc(&guards.join(", ")),
+        esc(&unmet.join("; ")),
+        esc(&judge)
+    );
+}
+
+/// Version `i`'s (characters, finish reason) cells, as HTML: an error or an input block
+/// shows in the first.
+fn answer_cells(c: &CaseRow, i: usize) -> (String, String) {
+    let x = &c.answers[i];
+    match &x.error {
+        // Not an error of the version: the gateway's input rule stopped the
+        // request before any version was called.
+        Some(_) if c.input_blocked_by.is_some() => (
+            format!(
+                "<span class=\"muted\" title=\"input guardrail `{}`\">blocked</span>",
+                esc(c.input_blocked_by.as_deref().unwrap_or_default())
+            ),
+            "".into(),
+        ),
+        Some(e) => (
+            format!("<span class=\"flag\" title=\"{}\">error</span>", esc(e)),
+            "".into(),
+        ),
+        None => (
+            x.chars.to_string(),
+            esc(x.finish_reason.as_deref().unwrap_or("(none)")),
+        ),
+    }
 }
 
 fn figure(caption: &str, svg: &str) -> String {

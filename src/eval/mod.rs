@@ -107,124 +107,174 @@ pub async fn evaluate(args: &EvalArgs, show_progress: bool) -> anyhow::Result<Wr
         .as_deref()
         .map(|name| callable_version(&catalog, name, "--judge"))
         .transpose()?;
-    let concurrency = usize::from(args.concurrency.max(1));
-    let checker = SchemaChecker::default();
-
-    let (source, versions, cases, guardrails, notes) = match (&args.rollout, &args.suite) {
+    let run = EvalRun {
+        args,
+        settings: &settings,
+        catalog: &catalog,
+        checker: SchemaChecker::default(),
+        concurrency: usize::from(args.concurrency.max(1)),
+        show_progress,
+    };
+    let gathered = match (&args.rollout, &args.suite) {
         (Some(_), Some(_)) => bail!("give either --rollout or --suite, not both"),
         (None, None) => bail!("give --rollout ID or --suite FILE --versions A,B"),
-        (Some(id), None) => {
-            if !args.versions.is_empty() {
-                bail!(
-                    "--versions is for --suite; a rollout compares its own stable and canary versions"
-                );
-            }
-            ensure_database_exists(&settings.database_url)?;
-            let store = crate::store::Store::connect(&settings.database_url)
-                .await
-                .with_context(|| format!("opening the database {}", settings.database_url))?;
-            let (rollout, pairs) = pairs::load(&store, id).await?;
-            store.close().await;
-            let routes = BTreeSet::from([rollout.route.clone()]);
-            let guardrails = guard::choose(&settings, args.guardrails.as_deref(), &routes)?;
-            let mut cases: Vec<Case> = pairs.iter().map(|p| pairs::to_case(p, &checker)).collect();
-            if let Some(g) = &guardrails {
-                for case in &mut cases {
-                    // Counted only: these requests were answered when they were served.
-                    let mut request = case.request.clone();
-                    case.input_fired =
-                        guard::fired_rules(&guard::apply_input(&g.set.input, &mut request));
-                }
-            }
-            let label = |name: &str| VersionLabel {
-                name: name.to_owned(),
-                model: catalog.version(name).map(|v| v.model.to_string()),
-            };
-            let source = Source::Rollout {
-                id: rollout.id.clone(),
-                route: rollout.route.clone(),
-                state: rollout.position.state.as_str().to_owned(),
-                pairs: cases.len(),
-            };
-            let notes = vec![
-                "From shadow pairs: the primary's tool calls are not stored, so tool-call figures and the tool-call divergence are missing.".to_owned(),
-                "Schema pass rates are recomputed from each stored answer's text against the request's response_format (tool-call arguments are not stored).".to_owned(),
-                "Latency of the primary is the gateway's end-to-end figure; the shadow's is the upstream call alone.".to_owned(),
-            ];
-            (
-                source,
-                [
-                    label(&rollout.stable_version),
-                    label(&rollout.canary_version),
-                ],
-                cases,
-                guardrails,
-                notes,
-            )
-        }
-        (None, Some(path)) => {
-            let [a, b] = match args.versions.as_slice() {
-                [a, b] => [a, b],
-                _ => bail!(
-                    "--versions takes exactly two version names, A,B (got {})",
-                    args.versions.len()
-                ),
-            };
-            let pair = [
-                callable_version(&catalog, a, "--versions")?,
-                callable_version(&catalog, b, "--versions")?,
-            ];
-            let suite = suite::load(path)?;
-            let routes: BTreeSet<String> = suite
-                .iter()
-                .filter_map(|c| {
-                    c.body
-                        .get("model")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                })
-                .collect();
-            let guardrails = guard::choose(&settings, args.guardrails.as_deref(), &routes)?;
-            let cases = replay_suite(
-                &suite,
-                &pair,
-                guardrails.as_ref(),
-                &checker,
-                concurrency,
+        (Some(id), None) => run.gather_shadow_pairs(id).await?,
+        (None, Some(path)) => run.gather_suite(path).await?,
+    };
+    let judge = match judge {
+        Some(judge) => Some(
+            judge_cases(
+                &judge,
+                &gathered.cases,
+                &run.checker,
+                run.concurrency,
                 show_progress,
             )
-            .await;
-            let source = Source::Suite {
-                path: path.display().to_string(),
-                cases: cases.len(),
-            };
-            let labels = pair.clone().map(|v| VersionLabel {
-                name: v.name.to_string(),
-                model: Some(v.model.to_string()),
-            });
-            let notes = vec![
-                "Guardrails are evaluated, not enforced, on answers: output hits are counted and every figure uses the answer as the model gave it.".to_owned(),
-            ];
-            (source, labels, cases, guardrails, notes)
-        }
-    };
-
-    let judge = match judge {
-        Some(judge) => {
-            Some(judge_cases(&judge, &cases, &checker, concurrency, show_progress).await)
-        }
+            .await,
+        ),
         None => None,
     };
     let report = compare::build(Inputs {
-        source,
-        versions,
-        cases: &cases,
-        guardrails: guardrails.as_ref(),
+        source: gathered.source,
+        versions: gathered.versions,
+        cases: &gathered.cases,
+        guardrails: gathered.guardrails.as_ref(),
         judge,
         generated_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-        notes,
+        notes: gathered.notes,
     });
     write(args.out.clone(), report)
+}
+
+/// What one eval works with, whichever its source.
+struct EvalRun<'a> {
+    args: &'a EvalArgs,
+    settings: &'a Settings,
+    catalog: &'a Catalog,
+    checker: SchemaChecker,
+    /// Upstream calls in flight at once.
+    concurrency: usize,
+    show_progress: bool,
+}
+
+/// The cases to compare, with where they came from and what the report must say of them.
+struct Gathered {
+    source: Source,
+    versions: [VersionLabel; 2],
+    cases: Vec<Case>,
+    guardrails: Option<guard::Chosen>,
+    notes: Vec<String>,
+}
+
+impl EvalRun<'_> {
+    /// The stored shadow pairs of rollout `id`: stable is A, canary is B.
+    async fn gather_shadow_pairs(&self, id: &str) -> anyhow::Result<Gathered> {
+        let args = self.args;
+        if !args.versions.is_empty() {
+            bail!(
+                "--versions is for --suite; a rollout compares its own stable and canary versions"
+            );
+        }
+        let database_url = &self.settings.database_url;
+        ensure_database_exists(database_url)?;
+        let store = crate::store::Store::connect(database_url)
+            .await
+            .with_context(|| format!("opening the database {database_url}"))?;
+        let (rollout, pairs) = pairs::load(&store, id).await?;
+        store.close().await;
+        let routes = BTreeSet::from([rollout.route.clone()]);
+        let guardrails = guard::choose(self.settings, args.guardrails.as_deref(), &routes)?;
+        let mut cases: Vec<Case> = (pairs.iter())
+            .map(|p| pairs::to_case(p, &self.checker))
+            .collect();
+        if let Some(g) = &guardrails {
+            for case in &mut cases {
+                // Counted only: these requests were answered when they were served.
+                let mut request = case.request.clone();
+                case.input_fired =
+                    guard::fired_rules(&guard::apply_input(&g.set.input, &mut request));
+            }
+        }
+        let label = |name: &str| VersionLabel {
+            name: name.to_owned(),
+            model: self.catalog.version(name).map(|v| v.model.to_string()),
+        };
+        let source = Source::Rollout {
+            id: rollout.id.clone(),
+            route: rollout.route.clone(),
+            state: rollout.position.state.as_str().to_owned(),
+            pairs: cases.len(),
+        };
+        let notes = vec![
+            "From shadow pairs: the primary's tool calls are not stored, so tool-call figures and the tool-call divergence are missing.".to_owned(),
+            "Schema pass rates are recomputed from each stored answer's text against the request's response_format (tool-call arguments are not stored).".to_owned(),
+            "Latency of the primary is the gateway's end-to-end figure; the shadow's is the upstream call alone.".to_owned(),
+        ];
+        Ok(Gathered {
+            source,
+            versions: [
+                label(&rollout.stable_version),
+                label(&rollout.canary_version),
+            ],
+            cases,
+            guardrails,
+            notes,
+        })
+    }
+
+    /// The suite at `path` replayed against `--versions A,B`.
+    async fn gather_suite(&self, path: &Path) -> anyhow::Result<Gathered> {
+        let args = self.args;
+        let [a, b] = match args.versions.as_slice() {
+            [a, b] => [a, b],
+            _ => bail!(
+                "--versions takes exactly two version names, A,B (got {})",
+                args.versions.len()
+            ),
+        };
+        let pair = [
+            callable_version(self.catalog, a, "--versions")?,
+            callable_version(self.catalog, b, "--versions")?,
+        ];
+        let suite = suite::load(path)?;
+        let routes: BTreeSet<String> = suite
+            .iter()
+            .filter_map(|c| {
+                c.body
+                    .get("model")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .collect();
+        let guardrails = guard::choose(self.settings, args.guardrails.as_deref(), &routes)?;
+        let cases = replay_suite(
+            &suite,
+            &pair,
+            guardrails.as_ref(),
+            &self.checker,
+            self.concurrency,
+            self.show_progress,
+        )
+        .await;
+        let source = Source::Suite {
+            path: path.display().to_string(),
+            cases: cases.len(),
+        };
+        let versions = pair.clone().map(|v| VersionLabel {
+            name: v.name.to_string(),
+            model: Some(v.model.to_string()),
+        });
+        let notes = vec![
+            "Guardrails are evaluated, not enforced, on answers: output hits are counted and every figure uses the answer as the model gave it.".to_owned(),
+        ];
+        Ok(Gathered {
+            source,
+            versions,
+            cases,
+            guardrails,
+            notes,
+        })
+    }
 }
 
 /// Loads the config; an unset admin-token variable gets a placeholder (see the constant).

@@ -107,11 +107,51 @@ pub async fn call_version(
     let api = api_of(request);
     let body = body_for(request, &version.model);
     let started = Instant::now();
+    let outcome = send_whole(version, api, body.clone(), request_id).await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (status, bytes) = match outcome {
+        Ok(reply) => reply,
+        Err(e) => {
+            return Answer {
+                latency_ms,
+                ..Answer::failed(&format!("{}: {e}", error_kind(&e)))
+            };
+        }
+    };
+    if !(200..300).contains(&status) {
+        return Answer {
+            status,
+            latency_ms,
+            ..Answer::failed(&format!("HTTP {status}: {}", error_message(&bytes)))
+        };
+    }
+    let reply = Reply {
+        api,
+        status,
+        latency_ms,
+    };
+    match read_answer(api, &bytes) {
+        Ok(read) => measure(version, request, &body, &reply, read, checker),
+        Err(why) => Answer {
+            status,
+            latency_ms,
+            ..Answer::failed(&why)
+        },
+    }
+}
+
+/// Sends `body` unstreamed and reads the whole reply: (HTTP status, body bytes).
+async fn send_whole(
+    version: &Version,
+    api: Api,
+    body: Bytes,
+    request_id: &str,
+) -> Result<(u16, Vec<u8>), UpstreamError> {
     let call = Call {
         endpoint: api.endpoint(),
         client_headers: None,
         content_type: None,
-        body: body.clone(),
+        body,
         stream: false,
         include_usage: false,
         model: &version.model,
@@ -130,56 +170,53 @@ pub async fn call_version(
     };
     // The provider bounds the wait for headers; the body gets the same bound again.
     let limit = version.provider.timeout();
-    let outcome = match tokio::time::timeout(limit * 2, read).await {
+    match tokio::time::timeout(limit * 2, read).await {
         Ok(outcome) => outcome,
         Err(_) => Err(UpstreamError::Timeout {
             after_ms: (limit * 2).as_millis() as u64,
         }),
-    };
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let (status, bytes) = match outcome {
-        Ok(reply) => reply,
-        Err(e) => {
-            let kind = match e {
-                UpstreamError::Unreachable(_) => "unreachable",
-                UpstreamError::Timeout { .. } => "timeout",
-                UpstreamError::Interrupted(_) => "interrupted",
-                UpstreamError::Encoded(_) => "encoded",
-            };
-            return Answer {
-                latency_ms,
-                ..Answer::failed(&format!("{kind}: {e}"))
-            };
-        }
-    };
-    if !(200..300).contains(&status) {
-        return Answer {
-            status,
-            latency_ms,
-            ..Answer::failed(&format!("HTTP {status}: {}", error_message(&bytes)))
-        };
     }
+}
+
+/// The short name an answer's error message starts with.
+fn error_kind(e: &UpstreamError) -> &'static str {
+    match e {
+        UpstreamError::Unreachable(_) => "unreachable",
+        UpstreamError::Timeout { .. } => "timeout",
+        UpstreamError::Interrupted(_) => "interrupted",
+        UpstreamError::Encoded(_) => "encoded",
+    }
+}
+
+/// A successful reply as sent and timed.
+struct Reply {
+    api: Api,
+    status: u16,
+    latency_ms: f64,
+}
+
+/// The answer's figures: tokens (counted when the upstream gave no usage), cost at the
+/// version's price, and the schema verdict against what the request asked for.
+fn measure(
+    version: &Version,
+    request: &Map<String, Value>,
+    body: &Bytes,
+    reply: &Reply,
+    read: Read,
+    checker: &SchemaChecker,
+) -> Answer {
     let Read {
         text,
         tool_calls,
         usage,
         finish_reason,
-    } = match read_answer(api, &bytes) {
-        Ok(read) => read,
-        Err(why) => {
-            return Answer {
-                status,
-                latency_ms,
-                ..Answer::failed(&why)
-            };
-        }
-    };
+    } = read;
     let (prompt_tokens, completion_tokens, tokens_estimated) = match usage {
         Some(u) => (u.prompt_tokens, u.completion_tokens, false),
         None => (
-            match api {
-                Api::Responses => count_input(version.encoding, &body),
-                _ => count_prompt(version.encoding, &body),
+            match reply.api {
+                Api::Responses => count_input(version.encoding, body),
+                _ => count_prompt(version.encoding, body),
             },
             version.encoding.count(&text),
             true,
@@ -187,7 +224,7 @@ pub async fn call_version(
     };
     let verdict = checker.check(&expectation_of(request), &text, &tool_calls);
     Answer {
-        status,
+        status: reply.status,
         error: None,
         cost_usd: version.price.cost_usd(prompt_tokens, completion_tokens),
         text,
@@ -196,7 +233,7 @@ pub async fn call_version(
         prompt_tokens,
         completion_tokens,
         tokens_estimated,
-        latency_ms,
+        latency_ms: reply.latency_ms,
         schema_passed: verdict.failed().map(|failed| !failed),
     }
 }

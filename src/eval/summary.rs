@@ -8,8 +8,18 @@ use super::stats::{Proportion, Spread};
 const LABEL_WIDTH: usize = 26;
 const COLUMN_WIDTH: usize = 22;
 
+/// The summary table: source and guardrail policy, one row per figure with A and B side by
+/// side, then the divergences, agreement and the judge's verdict.
 pub fn table(report: &Report) -> String {
     let mut out = String::new();
+    heading(&mut out, report);
+    version_rows(&mut out, report);
+    comparison_rows(&mut out, report);
+    out
+}
+
+/// Where the requests came from, and which guardrail policy was counted.
+fn heading(out: &mut String, report: &Report) {
     let blocked = report.versions[0].guardrails.blocked_input;
     let source = match &report.source {
         Source::Suite { path, cases } if blocked > 0 => format!(
@@ -34,6 +44,10 @@ pub fn table(report: &Report) -> String {
             let _ = writeln!(out, "guardrails: {}", super::guard::NONE_CHOSEN);
         }
     }
+}
+
+/// Each version's own figures, A and B in two columns.
+fn version_rows(out: &mut String, report: &Report) {
     let [a, b] = &report.versions;
     let mut row = |label: &str, f: &dyn Fn(&VersionFigures) -> String| {
         let _ = writeln!(out, "{label:<LABEL_WIDTH$}{:<COLUMN_WIDTH$}{}", f(a), f(b));
@@ -42,7 +56,7 @@ pub fn table(report: &Report) -> String {
         let side = if std::ptr::eq(v, a) { "A" } else { "B" };
         format!("{} ({side})", v.name)
     });
-    if blocked > 0 {
+    if a.guardrails.blocked_input > 0 {
         row("blocked (input guardrail)", &|v| {
             v.guardrails.blocked_input.to_string()
         });
@@ -80,6 +94,10 @@ pub fn table(report: &Report) -> String {
             proportion(&e.all_met[1])
         );
     }
+}
+
+/// Figures of the two versions together: divergences, agreement, the judge's preference.
+fn comparison_rows(out: &mut String, report: &Report) {
     let d = &report.divergence;
     let _ = writeln!(
         out,
@@ -114,7 +132,6 @@ pub fn table(report: &Report) -> String {
             interval(&j.win_rate)
         );
     }
-    out
 }
 
 fn proportion(p: &Proportion) -> String {

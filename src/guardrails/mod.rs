@@ -276,108 +276,13 @@ pub fn parse_set(path: &Path, name: &str, text: &str) -> Result<GuardrailSet, Co
     let Some(file) = file else {
         return Err(ConfigErrors(issues));
     };
-    let mut stage = |name: &str, rules: Vec<RuleFile>| -> Vec<Rule> {
+    let mut stage = |stage: &str, rules: Vec<RuleFile>| -> Vec<Rule> {
         let mut out = Vec::new();
         for (i, r) in rules.into_iter().enumerate() {
-            let key = |field: &str| format!("{name}.{i}.{field}");
-            let detector = match r.detect.as_str() {
-                "email" => Detector::Email,
-                "phone" => Detector::Phone,
-                "payment_card" => Detector::PaymentCard,
-                "iban" => Detector::Iban,
-                "us_ssn" => Detector::UsSsn,
-                "injection" => Detector::Injection,
-                "regex" => match &r.pattern {
-                    Some(p) => match regex::Regex::new(p) {
-                        Ok(_) => Detector::Regex(p.clone()),
-                        Err(e) => {
-                            issues.push(issue(
-                                key("pattern"),
-                                format!("not a regular expression: {e}"),
-                            ));
-                            continue;
-                        }
-                    },
-                    None => {
-                        issues.push(issue(
-                            key("pattern"),
-                            "detect = \"regex\" needs a pattern".into(),
-                        ));
-                        continue;
-                    }
-                },
-                "keywords" => match &r.keywords {
-                    Some(words) if !words.is_empty() => Detector::Keywords(words.clone()),
-                    _ => {
-                        issues.push(issue(
-                            key("keywords"),
-                            "detect = \"keywords\" needs a non-empty keywords list".into(),
-                        ));
-                        continue;
-                    }
-                },
-                "max_chars" => match r.limit {
-                    Some(limit) if limit > 0 => Detector::MaxChars(limit),
-                    _ => {
-                        issues.push(issue(
-                            key("limit"),
-                            "detect = \"max_chars\" needs a limit above 0".into(),
-                        ));
-                        continue;
-                    }
-                },
-                other => {
-                    issues.push(issue(
-                        key("detect"),
-                        format!("unknown detector `{other}`: use email, phone, payment_card, iban, us_ssn, regex, injection, keywords or max_chars"),
-                    ));
-                    continue;
-                }
-            };
-            if matches!(detector, Detector::MaxChars(_)) && r.action == Action::Redact {
-                issues.push(issue(
-                    key("action"),
-                    "max_chars can block or flag, not redact".into(),
-                ));
-                continue;
+            match parse_rule(stage, i, r) {
+                Ok(rule) => out.push(rule),
+                Err((key, message)) => issues.push(issue(key, message)),
             }
-            let pattern_key = || {
-                key(if r.keywords.is_some() {
-                    "keywords"
-                } else {
-                    "pattern"
-                })
-            };
-            if detector.matches_empty() {
-                issues.push(issue(
-                    pattern_key(),
-                    "matches empty text, so it would fire on every text".into(),
-                ));
-                continue;
-            }
-            // A stream holds back the longest match of a rule that rewrites it, so that a
-            // match cut across two chunks is treated as in the whole answer.
-            if name == "output" && r.action != Action::Flag {
-                let longest = detector.longest_match();
-                if longest.is_none_or(|n| n > detect::MAX_MATCH_CHARS) {
-                    let length =
-                        longest.map_or("any length".to_owned(), |n| format!("{n} characters"));
-                    issues.push(issue(
-                        pattern_key(),
-                        format!(
-                            "can match text of {length}, more than a stream can hold back ({} characters) on an output `{}` rule; bound each repetition (`\\s{{1,20}}` instead of `\\s+`)",
-                            detect::MAX_MATCH_CHARS,
-                            if r.action == Action::Block { "block" } else { "redact" }
-                        ),
-                    ));
-                    continue;
-                }
-            }
-            out.push(Rule {
-                name: r.name,
-                detector,
-                action: r.action,
-            });
         }
         out
     };
@@ -394,6 +299,112 @@ pub fn parse_set(path: &Path, name: &str, text: &str) -> Result<GuardrailSet, Co
         input: compile(input)?,
         output: compile(output)?,
     })
+}
+
+/// A mistake in one rule: (dotted key, message). A rule has at most one.
+type RuleIssue = (String, String);
+
+/// Rule `i` of `stage` ("input" or "output"), checked.
+fn parse_rule(stage: &str, i: usize, r: RuleFile) -> Result<Rule, RuleIssue> {
+    let key = |field: &str| format!("{stage}.{i}.{field}");
+    let detector = rule_detector(&r).map_err(|(field, message)| (key(field), message))?;
+    if matches!(detector, Detector::MaxChars(_)) && r.action == Action::Redact {
+        return Err((
+            key("action"),
+            "max_chars can block or flag, not redact".into(),
+        ));
+    }
+    let pattern_key = || {
+        key(if r.keywords.is_some() {
+            "keywords"
+        } else {
+            "pattern"
+        })
+    };
+    if detector.matches_empty() {
+        return Err((
+            pattern_key(),
+            "matches empty text, so it would fire on every text".into(),
+        ));
+    }
+    if stage == "output"
+        && let Err(message) = check_stream_hold_back(&detector, r.action)
+    {
+        return Err((pattern_key(), message));
+    }
+    Ok(Rule {
+        name: r.name,
+        detector,
+        action: r.action,
+    })
+}
+
+/// The rule's detector, or (the field at fault, message).
+fn rule_detector(r: &RuleFile) -> Result<Detector, (&'static str, String)> {
+    Ok(match r.detect.as_str() {
+        "email" => Detector::Email,
+        "phone" => Detector::Phone,
+        "payment_card" => Detector::PaymentCard,
+        "iban" => Detector::Iban,
+        "us_ssn" => Detector::UsSsn,
+        "injection" => Detector::Injection,
+        "regex" => match &r.pattern {
+            Some(p) => match regex::Regex::new(p) {
+                Ok(_) => Detector::Regex(p.clone()),
+                Err(e) => return Err(("pattern", format!("not a regular expression: {e}"))),
+            },
+            None => return Err(("pattern", "detect = \"regex\" needs a pattern".into())),
+        },
+        "keywords" => match &r.keywords {
+            Some(words) if !words.is_empty() => Detector::Keywords(words.clone()),
+            _ => {
+                return Err((
+                    "keywords",
+                    "detect = \"keywords\" needs a non-empty keywords list".into(),
+                ));
+            }
+        },
+        "max_chars" => match r.limit {
+            Some(limit) if limit > 0 => Detector::MaxChars(limit),
+            _ => {
+                return Err((
+                    "limit",
+                    "detect = \"max_chars\" needs a limit above 0".into(),
+                ));
+            }
+        },
+        other => {
+            return Err((
+                "detect",
+                format!(
+                    "unknown detector `{other}`: use email, phone, payment_card, iban, us_ssn, regex, injection, keywords or max_chars"
+                ),
+            ));
+        }
+    })
+}
+
+/// A stream holds back the longest match of a rule that rewrites it, so that a match cut
+/// across two chunks is treated as in the whole answer: an output rule that blocks or
+/// redacts must have a bounded match.
+fn check_stream_hold_back(detector: &Detector, action: Action) -> Result<(), String> {
+    if action == Action::Flag {
+        return Ok(());
+    }
+    let longest = detector.longest_match();
+    if longest.is_none_or(|n| n > detect::MAX_MATCH_CHARS) {
+        let length = longest.map_or("any length".to_owned(), |n| format!("{n} characters"));
+        return Err(format!(
+            "can match text of {length}, more than a stream can hold back ({} characters) on an output `{}` rule; bound each repetition (`\\s{{1,20}}` instead of `\\s+`)",
+            detect::MAX_MATCH_CHARS,
+            if action == Action::Block {
+                "block"
+            } else {
+                "redact"
+            }
+        ));
+    }
+    Ok(())
 }
 
 /// (version, arm, stage, rule, action).

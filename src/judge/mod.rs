@@ -31,7 +31,7 @@ use guards::{ALPHA_SRM, KillWindow, Srm};
 use units::{Input, UnitBook, UnitGate};
 
 use crate::types::Arm;
-use spec::{FeedbackKind, Gate, JudgeSpec, Metric};
+use spec::{FeedbackKind, FeedbackMetric, Gate, JudgeSpec, Metric};
 
 /// One measured request as the judge sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -227,6 +227,126 @@ pub(crate) fn value_of(metric: Metric, obs: &Observation) -> Option<f64> {
     }
 }
 
+/// A gate is judged (has a weight) when it bounds a ratio; `max_ms` alone is a hard limit.
+fn is_judged(g: &Gate) -> bool {
+    g.max_ratio.is_some() || g.min_ratio.is_some()
+}
+
+/// The sum of the default weights of the judged gates and feedback metrics, which the
+/// weights are renormalized by.
+fn judged_weight_total(spec: &JudgeSpec) -> f64 {
+    spec.gates
+        .iter()
+        .filter(|g| is_judged(g))
+        .map(|g| default_weight(g.metric))
+        .sum::<f64>()
+        + spec.feedback.len() as f64 * default_weight(Metric::Feedback)
+}
+
+/// A policy gate's process, weighted by its share of `total`.
+fn metric_gate(g: &Gate, total: f64) -> JudgedGate {
+    JudgedGate {
+        metric: g.metric,
+        weight: if is_judged(g) && total > 0.0 {
+            default_weight(g.metric) / total
+        } else {
+            0.0
+        },
+        max_ms: g.max_ms,
+        process: if g.metric.is_binary() {
+            Process::Binary {
+                theta_tol: g.max_ratio.unwrap_or(1.0),
+                counts: CountProcess::default(),
+            }
+        } else {
+            Process::Continuous(Box::new(ContinuousGate::new(
+                g.max_ratio,
+                g.min_ratio,
+                g.metric.is_time(),
+            )))
+        },
+        feedback: None,
+    }
+}
+
+/// One gate per declared feedback metric, with no tolerance: any harm in the bad
+/// direction counts. A binary metric is judged like an error rate (a bad answer is the
+/// bad value), a numeric one like a continuous metric on the log scale.
+fn feedback_gate(f: &FeedbackMetric, total: f64) -> JudgedGate {
+    let process = match f.kind {
+        FeedbackKind::Binary => Process::Binary {
+            theta_tol: 1.0,
+            counts: CountProcess::default(),
+        },
+        FeedbackKind::Numeric => {
+            let (up, down) = if f.higher_is_better {
+                (None, Some(1.0))
+            } else {
+                (Some(1.0), None)
+            };
+            Process::Continuous(Box::new(ContinuousGate::new(up, down, false)))
+        }
+    };
+    JudgedGate {
+        metric: Metric::Feedback,
+        weight: default_weight(Metric::Feedback) / total,
+        max_ms: None,
+        process,
+        feedback: Some(FeedbackGate {
+            name: f.name.clone(),
+            higher_is_better: f.higher_is_better,
+        }),
+    }
+}
+
+/// The per-unit processes of a sticky rollout, one per gate (off for feedback gates and
+/// for gates that are only a hard limit).
+fn unit_book(spec: &JudgeSpec, gates: &[JudgedGate]) -> UnitBook {
+    UnitBook::new(
+        gates
+            .iter()
+            .map(|g| match (&g.process, &g.feedback) {
+                (_, Some(_)) => UnitGate::Off,
+                (Process::Binary { theta_tol, .. }, None) => UnitGate::binary(*theta_tol),
+                (Process::Continuous(c), None) if c.is_judged() => {
+                    let gate = spec.gates.iter().find(|x| x.metric == g.metric);
+                    UnitGate::continuous(
+                        gate.and_then(|x| x.max_ratio),
+                        gate.and_then(|x| x.min_ratio),
+                        g.metric.is_time(),
+                    )
+                }
+                _ => UnitGate::Off,
+            })
+            .collect(),
+    )
+}
+
+/// Why a canary p95 above a hard limit is the canary's own fault, or `None` when it is not.
+/// Like the kill switch, a hard limit compares the arms: when stable is over the limit too
+/// (a slow provider), only a canary twice as slow as stable is the canary's own fault.
+fn hard_limit_cause(stable_p95: Option<f64>, limit: f64, canary_p95: f64) -> Option<String> {
+    match stable_p95 {
+        None => Some("no stable requests to compare with".to_string()),
+        Some(s) if s <= limit => Some(format!("stable p95 is {s:.0} ms")),
+        Some(s) if canary_p95 >= 2.0 * s => Some(format!(
+            "twice stable's p95 of {s:.0} ms over the same period"
+        )),
+        Some(_) => None,
+    }
+}
+
+/// The statistical evidence at one look.
+#[derive(Clone, Copy)]
+struct Evidence<'a> {
+    /// Each gate's e-value.
+    e: &'a [f64],
+    /// Their weighted average.
+    e_global: f64,
+    /// 1/α: the judge reverts when `e_global` reaches it.
+    threshold: f64,
+}
+
 /// The judge's running state for one rollout; serializable so it survives a restart.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Judge {
@@ -245,98 +365,18 @@ pub struct Judge {
 impl Judge {
     /// A judge with no evidence yet, for the gates and feedback metrics `spec` names.
     pub fn new(spec: &JudgeSpec) -> Self {
-        let policy = spec;
-        let judged = |g: &Gate| g.max_ratio.is_some() || g.min_ratio.is_some();
-        let total: f64 = policy
-            .gates
-            .iter()
-            .filter(|g| judged(g))
-            .map(|g| default_weight(g.metric))
-            .sum::<f64>()
-            + policy.feedback.len() as f64 * default_weight(Metric::Feedback);
-        let mut gates: Vec<JudgedGate> = policy
-            .gates
-            .iter()
-            .map(|g| JudgedGate {
-                metric: g.metric,
-                weight: if judged(g) && total > 0.0 {
-                    default_weight(g.metric) / total
-                } else {
-                    0.0
-                },
-                max_ms: g.max_ms,
-                process: if g.metric.is_binary() {
-                    Process::Binary {
-                        theta_tol: g.max_ratio.unwrap_or(1.0),
-                        counts: CountProcess::default(),
-                    }
-                } else {
-                    Process::Continuous(Box::new(ContinuousGate::new(
-                        g.max_ratio,
-                        g.min_ratio,
-                        g.metric.is_time(),
-                    )))
-                },
-                feedback: None,
-            })
-            .collect();
-        // One gate per declared feedback metric, with no tolerance: any harm in the bad
-        // direction counts. A binary metric is judged like an error rate (a bad answer is
-        // the bad value), a numeric one like a continuous metric on the log scale.
-        for f in &policy.feedback {
-            let process = match f.kind {
-                FeedbackKind::Binary => Process::Binary {
-                    theta_tol: 1.0,
-                    counts: CountProcess::default(),
-                },
-                FeedbackKind::Numeric => {
-                    let (up, down) = if f.higher_is_better {
-                        (None, Some(1.0))
-                    } else {
-                        (Some(1.0), None)
-                    };
-                    Process::Continuous(Box::new(ContinuousGate::new(up, down, false)))
-                }
-            };
-            gates.push(JudgedGate {
-                metric: Metric::Feedback,
-                weight: default_weight(Metric::Feedback) / total,
-                max_ms: None,
-                process,
-                feedback: Some(FeedbackGate {
-                    name: f.name.clone(),
-                    higher_is_better: f.higher_is_better,
-                }),
-            });
-        }
-        let units = (!policy.per_request_units).then(|| {
-            UnitBook::new(
-                gates
-                    .iter()
-                    .map(|g| match (&g.process, &g.feedback) {
-                        (_, Some(_)) => UnitGate::Off,
-                        (Process::Binary { theta_tol, .. }, None) => UnitGate::binary(*theta_tol),
-                        (Process::Continuous(c), None) if c.is_judged() => {
-                            let gate = policy.gates.iter().find(|x| x.metric == g.metric);
-                            UnitGate::continuous(
-                                gate.and_then(|x| x.max_ratio),
-                                gate.and_then(|x| x.min_ratio),
-                                g.metric.is_time(),
-                            )
-                        }
-                        _ => UnitGate::Off,
-                    })
-                    .collect(),
-            )
-        });
+        let total = judged_weight_total(spec);
+        let mut gates: Vec<JudgedGate> = spec.gates.iter().map(|g| metric_gate(g, total)).collect();
+        gates.extend(spec.feedback.iter().map(|f| feedback_gate(f, total)));
+        let units = (!spec.per_request_units).then(|| unit_book(spec, &gates));
         Judge {
-            alpha: policy.alpha,
+            alpha: spec.alpha,
             units,
             gates,
-            kill: policy.kill_switch.as_ref().map(|k| {
+            kill: spec.kill_switch.as_ref().map(|k| {
                 KillWindow::new(k.error_rate, k.min_requests, k.window.as_millis() as i64)
             }),
-            srm: Srm::new(policy.per_request_units),
+            srm: Srm::new(spec.per_request_units),
             canary_requests: 0,
             stable_requests: 0,
         }
@@ -474,7 +514,6 @@ impl Judge {
         let e = self.gate_e_values();
         let e_global: f64 = self.gates.iter().zip(&e).map(|(g, e)| g.weight * e).sum();
         let mut reasons = Vec::new();
-
         let kill = self
             .kill
             .as_ref()
@@ -482,81 +521,13 @@ impl Judge {
         if let Some((k, fire)) = kill {
             reasons.push(fire.describe(k.window_ms, k.error_rate));
         }
-
-        let mut hard_failed = vec![false; self.gates.len()];
-        for (i, gate) in self.gates.iter().enumerate() {
-            let (Some(limit), Process::Continuous(c)) = (gate.max_ms, &gate.process) else {
-                continue;
-            };
-            if c.canary_recent() < HARD_LIMIT_MIN_CANARY {
-                continue;
-            }
-            // Like the kill switch, a hard limit compares the arms: when stable is over
-            // the limit too (a slow provider), only a canary twice as slow as stable is
-            // the canary's own fault.
-            let (stable_p95, canary_p95) = c.p95s();
-            if let Some(p95) = canary_p95
-                && p95 > limit
-            {
-                let why = match stable_p95 {
-                    None => Some("no stable requests to compare with".to_string()),
-                    Some(s) if s <= limit => Some(format!("stable p95 is {s:.0} ms")),
-                    Some(s) if p95 >= 2.0 * s => Some(format!(
-                        "twice stable's p95 of {s:.0} ms over the same period"
-                    )),
-                    Some(_) => None,
-                };
-                if let Some(why) = why {
-                    hard_failed[i] = true;
-                    reasons.push(format!(
-                        "{}: canary p95 {p95:.0} ms over the last {} canary requests is above the hard limit {limit:.0} ms ({why})",
-                        gate.metric.key(),
-                        c.canary_recent()
-                    ));
-                }
-            }
-        }
-
-        let statistical = e_global >= threshold;
-        // A gate fails when its own share crosses 1/α (weighted Bonferroni inside the
-        // average); when only the sum crosses, the largest share is named as the cause.
-        let mut failed: Vec<bool> = self
-            .gates
-            .iter()
-            .zip(&e)
-            .enumerate()
-            .map(|(i, (g, e))| hard_failed[i] || (g.weight > 0.0 && g.weight * e >= threshold))
-            .collect();
-        if statistical {
-            let cause = self
-                .gates
-                .iter()
-                .zip(&e)
-                .enumerate()
-                .max_by(|a, b| (a.1.0.weight * a.1.1).total_cmp(&(b.1.0.weight * b.1.1)))
-                .map(|(i, _)| i);
-            if let Some(i) = cause {
-                failed[i] = true;
-            }
-            let named: Vec<String> = self
-                .gates
-                .iter()
-                .zip(&e)
-                .filter(|(g, e)| g.weight * **e >= 0.05 * e_global)
-                .map(|(g, e)| {
-                    format!(
-                        "{} {:.0} %",
-                        g.metric.key(),
-                        100.0 * g.weight * e / e_global
-                    )
-                })
-                .collect();
-            reasons.push(format!(
-                "judge: evidence of harm E = {e_global:.1} ≥ 1/α = {threshold:.0} (shares: {})",
-                named.join(", ")
-            ));
-        }
-
+        let hard_failed = self.hard_limits(&mut reasons);
+        let evidence = Evidence {
+            e: &e,
+            e_global,
+            threshold,
+        };
+        let failed = self.failed_gates(&evidence, hard_failed, &mut reasons);
         let gates = self
             .gates
             .iter()
@@ -564,8 +535,6 @@ impl Judge {
             .zip(&failed)
             .map(|((g, &e_value), &failed)| self.gate_report(g, e_value, failed, with_ci))
             .collect();
-
-        let srm_e = self.srm.e_value();
         JudgeReport {
             at_ms: now_ms,
             alpha: self.alpha,
@@ -576,16 +545,7 @@ impl Judge {
             kill_switch_fired: kill.is_some(),
             kill_cause: kill.map(|(_, f)| f.cause),
             gates,
-            srm: SrmReport {
-                assigned_stable: self.srm.assigned_stable,
-                assigned_canary: self.srm.assigned_canary,
-                measured_stable: self.srm.measured_stable,
-                measured_canary: self.srm.measured_canary,
-                lost_canary: self.srm.lost_counts().0,
-                lost_stable: self.srm.lost_counts().1,
-                e_value: srm_e,
-                broken: srm_e >= 1.0 / ALPHA_SRM,
-            },
+            srm: self.srm_report(),
             units: self.units.as_ref().map(|b| UnitsReport {
                 open: b.open_units() as u64,
                 settled: b.settled,
@@ -593,6 +553,100 @@ impl Judge {
             }),
             canary_requests: self.canary_requests,
             stable_requests: self.stable_requests,
+        }
+    }
+
+    /// Which gates' hard limits (`max_ms`) fired, each with its reason added to `reasons`.
+    fn hard_limits(&self, reasons: &mut Vec<String>) -> Vec<bool> {
+        let mut hard_failed = vec![false; self.gates.len()];
+        for (i, gate) in self.gates.iter().enumerate() {
+            let (Some(limit), Process::Continuous(c)) = (gate.max_ms, &gate.process) else {
+                continue;
+            };
+            if c.canary_recent() < HARD_LIMIT_MIN_CANARY {
+                continue;
+            }
+            let (stable_p95, canary_p95) = c.p95s();
+            if let Some(p95) = canary_p95
+                && p95 > limit
+                && let Some(why) = hard_limit_cause(stable_p95, limit, p95)
+            {
+                hard_failed[i] = true;
+                reasons.push(format!(
+                    "{}: canary p95 {p95:.0} ms over the last {} canary requests is above the hard limit {limit:.0} ms ({why})",
+                    gate.metric.key(),
+                    c.canary_recent()
+                ));
+            }
+        }
+        hard_failed
+    }
+
+    /// Which gates fail. A gate fails when its own share crosses 1/α (weighted Bonferroni
+    /// inside the average); when only the sum crosses, the largest share is named as the
+    /// cause, and the judge's reason is added to `reasons`.
+    fn failed_gates(
+        &self,
+        evidence: &Evidence,
+        hard_failed: Vec<bool>,
+        reasons: &mut Vec<String>,
+    ) -> Vec<bool> {
+        let Evidence {
+            e,
+            e_global,
+            threshold,
+        } = *evidence;
+        let mut failed: Vec<bool> = self
+            .gates
+            .iter()
+            .zip(e)
+            .enumerate()
+            .map(|(i, (g, e))| hard_failed[i] || (g.weight > 0.0 && g.weight * e >= threshold))
+            .collect();
+        if e_global < threshold {
+            return failed;
+        }
+        let cause = self
+            .gates
+            .iter()
+            .zip(e)
+            .enumerate()
+            .max_by(|a, b| (a.1.0.weight * a.1.1).total_cmp(&(b.1.0.weight * b.1.1)))
+            .map(|(i, _)| i);
+        if let Some(i) = cause {
+            failed[i] = true;
+        }
+        let named: Vec<String> = self
+            .gates
+            .iter()
+            .zip(e)
+            .filter(|(g, e)| g.weight * **e >= 0.05 * e_global)
+            .map(|(g, e)| {
+                format!(
+                    "{} {:.0} %",
+                    g.metric.key(),
+                    100.0 * g.weight * e / e_global
+                )
+            })
+            .collect();
+        reasons.push(format!(
+            "judge: evidence of harm E = {e_global:.1} ≥ 1/α = {threshold:.0} (shares: {})",
+            named.join(", ")
+        ));
+        failed
+    }
+
+    fn srm_report(&self) -> SrmReport {
+        let srm_e = self.srm.e_value();
+        SrmReport {
+            assigned_stable: self.srm.assigned_stable,
+            assigned_canary: self.srm.assigned_canary,
+            measured_stable: self.srm.measured_stable,
+            measured_canary: self.srm.measured_canary,
+            lost_canary: self.srm.lost_counts().0,
+            lost_stable: self.srm.lost_counts().1,
+            e_value: srm_e,
+            broken: srm_e >= 1.0 / ALPHA_SRM,
         }
     }
 

@@ -360,17 +360,10 @@ fn sticky_policy() -> Policy {
     parse_policy(Path::new("test.toml"), "test", &text).unwrap_or_else(|e| panic!("{e}"))
 }
 
-#[test]
-fn the_per_unit_process_is_a_martingale_at_a_settlement_across_nested_weights() {
-    // 300 users with buckets b_u, heavy and clustered (user 0..9 error at 30 % on both
-    // arms); 2 000 requests at w = 0.05, then requests at w = 0.25. The target user is
-    // stable at 5 % (b ≥ 0.05) and seen there, so at 25 % it is canary with probability
-    // (0.25 − 0.05)/(1 − 0.05). Its 25 % segment settles at one of its requests there
-    // (its 200th, or earlier when its evidence nears the cap): the e-values after that
-    // request, averaged over its two possible labels with those odds, must equal the
-    // e-values before it, for every gate and the global average.
-    let p = sticky_policy();
-    let mut rng = StdRng::seed_from_u64(11);
+/// 300 users with buckets b_u, heavy and clustered (user 0..9 error at 30 % on both
+/// arms); 2 000 requests at w = 0.05, then 4 000 at w = 0.25, one in ten and then one in
+/// seven from the target user, stable at 5 % (b ≥ 0.05). Returns (target, stream).
+fn nested_weight_stream(rng: &mut StdRng) -> (u64, Vec<Observation>) {
     let buckets: Vec<f64> = (0..300).map(|_| rng.random()).collect();
     let target = (0..300u64)
         .find(|&u| buckets[u as usize] >= 0.05)
@@ -383,7 +376,7 @@ fn the_per_unit_process_is_a_martingale_at_a_settlement_across_nested_weights() 
             rng.random_range(0..300)
         };
         let w = 0.05;
-        let mut o = obs(&mut rng, i * 100, buckets[u as usize] < w, w);
+        let mut o = obs(rng, i * 100, buckets[u as usize] < w, w);
         o.unit = Some(u);
         o.error = rng.random::<f64>() < if u < 10 { 0.3 } else { 0.02 };
         stream.push(o);
@@ -395,44 +388,67 @@ fn the_per_unit_process_is_a_martingale_at_a_settlement_across_nested_weights() 
             rng.random_range(0..300)
         };
         let w = 0.25;
-        let mut o = obs(&mut rng, i * 100, buckets[u as usize] < w, w);
+        let mut o = obs(rng, i * 100, buckets[u as usize] < w, w);
         o.unit = Some(u);
         stream.push(o);
     }
-    // The request that settles the target's 25 % segment: only the target's own requests
-    // can settle it (no segment here comes of age), and the rule reads outcomes only.
-    let split = {
-        let mut judge = Judge::new(&p.judge_spec());
-        let settled = |j: &Judge| j.look(0).units.expect("sticky").settled;
-        let mut found = None;
-        for (i, o) in stream.iter().enumerate() {
-            let before = settled(&judge);
-            judge.observe(o);
-            if o.unit == Some(target) && o.w == 0.25 && settled(&judge) > before {
-                found = Some(i);
-                break;
-            }
+    (target, stream)
+}
+
+/// The index of the request that settles the target's 25 % segment: only the target's
+/// own requests can settle it (no segment here comes of age), and the rule reads
+/// outcomes only.
+fn settling_request(p: &Policy, stream: &[Observation], target: u64) -> usize {
+    let mut judge = Judge::new(&p.judge_spec());
+    let settled = |j: &Judge| j.look(0).units.expect("sticky").settled;
+    for (i, o) in stream.iter().enumerate() {
+        let before = settled(&judge);
+        judge.observe(o);
+        if o.unit == Some(target) && o.w == 0.25 && settled(&judge) > before {
+            return i;
         }
-        found.expect("the target's 25 % segment settles")
-    };
-    let run = |canary: bool| {
-        let mut judge = Judge::new(&p.judge_spec());
-        for o in &stream[..split] {
-            let mut o = o.clone();
-            if o.unit == Some(target) && o.w == 0.25 {
-                o.arm = if canary { Arm::Canary } else { Arm::Stable };
-            }
-            judge.observe(&o);
+    }
+    panic!("the target's 25 % segment settles")
+}
+
+/// The judge's looks just before and just after `stream[split]`, with every request of
+/// the target at 25 % labelled canary (or stable).
+fn looks_around_settlement(
+    p: &Policy,
+    stream: &[Observation],
+    target: u64,
+    split: usize,
+    canary: bool,
+) -> (JudgeReport, JudgeReport) {
+    let mut judge = Judge::new(&p.judge_spec());
+    for o in &stream[..split] {
+        let mut o = o.clone();
+        if o.unit == Some(target) && o.w == 0.25 {
+            o.arm = if canary { Arm::Canary } else { Arm::Stable };
         }
-        judge.tick(stream[split].at_ms);
-        let before = judge.look(stream[split].at_ms);
-        let mut last = stream[split].clone();
-        last.arm = if canary { Arm::Canary } else { Arm::Stable };
-        judge.observe(&last);
-        (before, judge.look(last.at_ms))
-    };
-    let (before_c, after_c) = run(true);
-    let (before_s, after_s) = run(false);
+        judge.observe(&o);
+    }
+    judge.tick(stream[split].at_ms);
+    let before = judge.look(stream[split].at_ms);
+    let mut last = stream[split].clone();
+    last.arm = if canary { Arm::Canary } else { Arm::Stable };
+    judge.observe(&last);
+    (before, judge.look(last.at_ms))
+}
+
+#[test]
+fn the_per_unit_process_is_a_martingale_at_a_settlement_across_nested_weights() {
+    // The target user is stable at 5 % and seen there, so at 25 % it is canary with
+    // probability (0.25 − 0.05)/(1 − 0.05). Its 25 % segment settles at one of its requests
+    // there (its 200th, or earlier when its evidence nears the cap): the e-values after
+    // that request, averaged over its two possible labels with those odds, must equal the
+    // e-values before it, for every gate and the global average.
+    let p = sticky_policy();
+    let mut rng = StdRng::seed_from_u64(11);
+    let (target, stream) = nested_weight_stream(&mut rng);
+    let split = settling_request(&p, &stream, target);
+    let (before_c, after_c) = looks_around_settlement(&p, &stream, target, split, true);
+    let (before_s, after_s) = looks_around_settlement(&p, &stream, target, split, false);
     let odds = (0.25 - 0.05) / (1.0 - 0.05);
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(1.0);
     assert!(

@@ -110,6 +110,28 @@ pub(super) struct Change {
     pub(super) under_lease: bool,
 }
 
+/// A change as written: the new revision, and the (route, version) a promotion made stable.
+struct Written {
+    revision: i64,
+    promote_to: Option<(String, String)>,
+}
+
+/// What is left to do for a rollout that a change ended.
+struct EndedRollout {
+    /// Its judge's last state and report, as JSON.
+    checkpoint: (String, String),
+    /// The judge lease's fencing token, when this replica judged it in a cluster.
+    lease_token: Option<i64>,
+}
+
+/// A judge state to save: (rollout id, (judge, report) as JSON, cluster cursor, fencing token).
+type Checkpoint = (String, (String, String), Option<String>, Option<i64>);
+
+/// Whether `r`'s interval has come since its last look.
+fn is_due(r: &Running, now: i64) -> bool {
+    now - r.last_look_ms >= r.policy.interval.as_millis() as i64
+}
+
 pub struct Controller {
     pub(super) store: Store,
     pub(super) catalog: Arc<Catalog>,
@@ -631,27 +653,41 @@ impl Controller {
     /// Writes the change, then applies it: the router never acts on what is not stored.
     /// The caller holds `changes`.
     pub(super) async fn transition(&self, change: Change, now: i64) -> Result<(), RolloutError> {
-        let mut lease_to_release = None;
+        let written = self.write_change(&change, now).await?;
         let Change {
-            id,
-            next,
-            event,
-            under_lease,
+            id, next, event, ..
         } = change;
+        // Steps count from 1 in logs as everywhere; a promotion sits past the last step.
+        let step = next.step + usize::from(next.state != RolloutState::Promoted);
+        tracing::info!(rollout = %id, kind = event.kind, state = next.state.as_str(), step, weight_bp = next.weight_bp, actor = event.actor.as_str(), message = %event.message, "rollout changed");
+        if let Some(ended) = self.apply_written(&id, next, &event, now, written)? {
+            self.close_ended(&id, ended).await;
+        }
+        Ok(())
+    }
+
+    /// Writes `change` guarded by the revision it was decided from (and, for a judge's
+    /// decision in a cluster, by the judge lease's fencing token).
+    ///
+    /// # Errors
+    /// The rollout is no longer live, this replica lost the lease (then it stops judging
+    /// the rollout), or the store refused the write.
+    async fn write_change(&self, change: &Change, now: i64) -> Result<Written, RolloutError> {
+        let id = &change.id;
         let (promote_to, revision, token) = {
             let inner = self.lock();
             let r = inner
                 .running
-                .get(&id)
+                .get(id)
                 .ok_or_else(|| RolloutError::NotLive(id.clone()))?;
-            let promote_to = (next.state == RolloutState::Promoted)
+            let promote_to = (change.next.state == RolloutState::Promoted)
                 .then(|| (r.row.route.clone(), r.row.canary_version.clone()));
             (promote_to, r.row.revision, r.fence)
         };
         // The judge writes as its lease's holder; an operator's command needs no lease.
-        let lease = judge_lease(&id);
+        let lease = judge_lease(id);
         let fence = match &self.cluster {
-            Some(c) if under_lease => Some(Fence {
+            Some(c) if change.under_lease => Some(Fence {
                 lease: &lease,
                 holder: c.id(),
                 token: token.ok_or_else(|| StoreError::Fenced(id.clone()))?,
@@ -661,74 +697,86 @@ impl Controller {
         let written = self
             .store
             .update_rollout(
-                &id,
-                &next,
+                id,
+                &change.next,
                 now,
-                &event,
+                &change.event,
                 promote_to.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
                 WriteGuard { revision, fence },
             )
             .await;
-        let revision = match written {
-            Ok(revision) => revision,
+        match written {
+            Ok(revision) => Ok(Written {
+                revision,
+                promote_to,
+            }),
             Err(e @ StoreError::Fenced(_)) => {
-                self.fenced(&id);
-                return Err(e.into());
+                self.fenced(id);
+                Err(e.into())
             }
-            Err(e) => return Err(e.into()),
-        };
-        // Steps count from 1 in logs as everywhere; a promotion sits past the last step.
-        let step = next.step + usize::from(next.state != RolloutState::Promoted);
-        tracing::info!(rollout = %id, kind = event.kind, state = next.state.as_str(), step, weight_bp = next.weight_bp, actor = event.actor.as_str(), message = %event.message, "rollout changed");
-        let ended_checkpoint = {
-            let mut inner = self.lock();
-            let r = inner
-                .running
-                .get_mut(&id)
-                .ok_or_else(|| RolloutError::NotLive(id.clone()))?;
-            if next.step != r.row.position.step {
-                r.new_step();
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Applies a written change in memory and publishes the routing table; an ended
+    /// rollout moves to the ended list, and what is left to do for it is returned.
+    fn apply_written(
+        &self,
+        id: &str,
+        next: Position,
+        event: &NewEvent,
+        now: i64,
+        written: Written,
+    ) -> Result<Option<EndedRollout>, RolloutError> {
+        let mut inner = self.lock();
+        let r = inner
+            .running
+            .get_mut(id)
+            .ok_or_else(|| RolloutError::NotLive(id.to_owned()))?;
+        if next.step != r.row.position.step {
+            r.new_step();
+        }
+        r.row.position = next;
+        r.row.updated_at_ms = now;
+        r.row.revision = written.revision;
+        self.notifier.send(r, event);
+        let mut ended_rollout = None;
+        if !r.row.position.state.is_live() {
+            let mut ended = inner.running.remove(id).expect("present");
+            ended.row.ended_at_ms = Some(now);
+            ended_rollout = Some(EndedRollout {
+                checkpoint: ended.checkpoint(),
+                // Ended: nobody needs to judge it any more.
+                lease_token: ended.fence.filter(|_| self.cluster.is_some()),
+            });
+            if inner.ended.len() == ENDED_VIEWS_KEPT {
+                inner.ended.remove(0);
             }
-            r.row.position = next;
-            r.row.updated_at_ms = now;
-            r.row.revision = revision;
-            self.notifier.send(r, &event);
-            let mut checkpoint = None;
-            if !r.row.position.state.is_live() {
-                let mut ended = inner.running.remove(&id).expect("present");
-                ended.row.ended_at_ms = Some(now);
-                checkpoint = Some(ended.checkpoint());
-                if let Some(token) = ended.fence.filter(|_| self.cluster.is_some()) {
-                    // Ended: nobody needs to judge it any more.
-                    lease_to_release = Some(token);
-                }
-                if inner.ended.len() == ENDED_VIEWS_KEPT {
-                    inner.ended.remove(0);
-                }
-                let figures = EndedFigures::of(&view_running(&ended));
-                inner.ended.push((id.clone(), figures));
-            }
-            if let Some((route, version)) = promote_to {
-                inner.stables.insert(route, version);
-            }
-            self.publish_or_fail(&inner)?;
-            checkpoint
-        };
+            let figures = EndedFigures::of(&view_running(&ended));
+            inner.ended.push((id.to_owned(), figures));
+        }
+        if let Some((route, version)) = written.promote_to {
+            inner.stables.insert(route, version);
+        }
+        self.publish_or_fail(&inner)?;
+        Ok(ended_rollout)
+    }
+
+    /// Saves an ended rollout's last judge state and gives up its judge lease.
+    async fn close_ended(&self, id: &str, ended: EndedRollout) {
         // In a cluster only the judge's state is worth keeping: another replica's was never
         // fed, and writing it would overwrite the judge's last report.
-        let ended_checkpoint =
-            ended_checkpoint.filter(|_| self.cluster.is_none() || lease_to_release.is_some());
-        if let Some((judge, report)) = ended_checkpoint {
-            let fence = lease_to_release.map(|token| (judge_lease(&id), token));
-            self.write_checkpoint(&id, &judge, &report, None, fence.as_ref())
+        if self.cluster.is_none() || ended.lease_token.is_some() {
+            let (judge, report) = &ended.checkpoint;
+            let fence = ended.lease_token.map(|token| (judge_lease(id), token));
+            self.write_checkpoint(id, judge, report, None, fence.as_ref())
                 .await;
         }
-        if let (Some(c), Some(_)) = (&self.cluster, lease_to_release)
-            && let Err(e) = self.store.release_lease(&judge_lease(&id), c.id()).await
+        if let (Some(c), Some(_)) = (&self.cluster, ended.lease_token)
+            && let Err(e) = self.store.release_lease(&judge_lease(id), c.id()).await
         {
             tracing::debug!(rollout = %id, error = %e, "could not release the judge lease");
         }
-        Ok(())
     }
 
     /// One look at every live rollout whose interval has come: the judges are fed and asked
@@ -742,68 +790,8 @@ impl Controller {
             // revert applied here during the outage is the one written, at the next look.
             return;
         }
-        let due = |r: &Running| now - r.last_look_ms >= r.policy.interval.as_millis() as i64;
-        // In a cluster: the batches every replica shipped since each led rollout's cursor,
-        // read before the lock is taken. A rollout this replica does not lead, or whose
-        // batches cannot be read (the database is away), is not looked at: its judge holds.
-        let mut shipped: HashMap<String, Vec<ObservationBatch>> = HashMap::new();
-        if self.cluster.is_some() && !self.database_away() {
-            let led: Vec<(String, String)> = {
-                let inner = self.lock();
-                inner
-                    .running
-                    .iter()
-                    .filter(|(_, r)| r.fence.is_some() && due(r))
-                    .map(|(id, r)| {
-                        let cursor = serde_json::to_string(&r.cursor).unwrap_or_default();
-                        (id.clone(), cursor)
-                    })
-                    .collect()
-            };
-            for (id, cursor) in led {
-                match self
-                    .store
-                    .observations_after(&id, &cursor, BATCHES_PER_LOOK)
-                    .await
-                {
-                    Ok(batches) => {
-                        shipped.insert(id, batches);
-                    }
-                    Err(e) => {
-                        tracing::debug!(rollout = %id, error = %e, "cannot read the cluster's observations; the judge holds")
-                    }
-                }
-            }
-        }
-        let (looked, changes) = {
-            let mut inner = self.lock();
-            let mut looked = Vec::new();
-            let mut changes = Vec::new();
-            for (id, r) in inner.running.iter_mut() {
-                if !due(r) {
-                    continue;
-                }
-                if self.cluster.is_some() {
-                    let Some(batches) = shipped.remove(id) else {
-                        continue;
-                    };
-                    let complete = batches.len() < BATCHES_PER_LOOK as usize;
-                    take_shipped(r, batches);
-                    if complete && let Some(c) = &self.cluster {
-                        let lost = count_departed(r, c, now);
-                        ClusterCounters::add(&c.counters.observations_lost_estimate, lost);
-                    }
-                } else {
-                    take_local(r);
-                }
-                looked.push(id.clone());
-                if let Some(change) = look_at(r, now) {
-                    changes.push(change);
-                }
-            }
-            self.publish_metrics(&inner);
-            (looked, changes)
-        };
+        let shipped = self.read_shipped(now).await;
+        let (looked, changes) = self.feed_and_decide(now, shipped);
         let mut failed = HashSet::new();
         for change in changes {
             let id = change.id.clone();
@@ -812,22 +800,11 @@ impl Controller {
                 failed.insert(id);
             }
         }
-        type Checkpoint = (String, (String, String), Option<String>, Option<i64>);
-        let checkpoints: Vec<Checkpoint> = {
-            let inner = self.lock();
-            looked
-                .into_iter()
-                .filter(|id| !failed.contains(id))
-                .filter_map(|id| {
-                    let r = inner.running.get(&id)?;
-                    let cursor = self.cluster.as_ref().map(|_| r.judge_cursor().to_json());
-                    Some((id, r.checkpoint(), cursor, r.fence))
-                })
-                // In a cluster only the judge writes checkpoints, under its fence.
-                .filter(|(_, _, _, fence)| self.cluster.is_none() || fence.is_some())
-                .collect()
-        };
-        for (id, (judge, report), cursor, token) in checkpoints {
+        let looked: Vec<String> = looked
+            .into_iter()
+            .filter(|id| !failed.contains(id))
+            .collect();
+        for (id, (judge, report), cursor, token) in self.checkpoints(looked) {
             let fence = token.map(|t| (judge_lease(&id), t));
             if !self
                 .write_checkpoint(&id, &judge, &report, cursor.as_deref(), fence.as_ref())
@@ -836,6 +813,95 @@ impl Controller {
                 self.fenced(&id);
             }
         }
+    }
+
+    /// In a cluster: the batches every replica shipped since each led rollout's cursor,
+    /// read before the lock is taken. A rollout this replica does not lead, or whose
+    /// batches cannot be read (the database is away), is not looked at: its judge holds.
+    async fn read_shipped(&self, now: i64) -> HashMap<String, Vec<ObservationBatch>> {
+        let mut shipped = HashMap::new();
+        if self.cluster.is_none() || self.database_away() {
+            return shipped;
+        }
+        let led: Vec<(String, String)> = {
+            let inner = self.lock();
+            inner
+                .running
+                .iter()
+                .filter(|(_, r)| r.fence.is_some() && is_due(r, now))
+                .map(|(id, r)| {
+                    let cursor = serde_json::to_string(&r.cursor).unwrap_or_default();
+                    (id.clone(), cursor)
+                })
+                .collect()
+        };
+        for (id, cursor) in led {
+            match self
+                .store
+                .observations_after(&id, &cursor, BATCHES_PER_LOOK)
+                .await
+            {
+                Ok(batches) => {
+                    shipped.insert(id, batches);
+                }
+                Err(e) => {
+                    tracing::debug!(rollout = %id, error = %e, "cannot read the cluster's observations; the judge holds")
+                }
+            }
+        }
+        shipped
+    }
+
+    /// Under the lock: feeds each due rollout's judge (this replica's observations, or in a
+    /// cluster the `shipped` ones) and asks the machine; returns the rollouts looked at and
+    /// the changes to write.
+    fn feed_and_decide(
+        &self,
+        now: i64,
+        mut shipped: HashMap<String, Vec<ObservationBatch>>,
+    ) -> (Vec<String>, Vec<Change>) {
+        let mut inner = self.lock();
+        let mut looked = Vec::new();
+        let mut changes = Vec::new();
+        for (id, r) in inner.running.iter_mut() {
+            if !is_due(r, now) {
+                continue;
+            }
+            if self.cluster.is_some() {
+                let Some(batches) = shipped.remove(id) else {
+                    continue;
+                };
+                let complete = batches.len() < BATCHES_PER_LOOK as usize;
+                take_shipped(r, batches);
+                if complete && let Some(c) = &self.cluster {
+                    let lost = count_departed(r, c, now);
+                    ClusterCounters::add(&c.counters.observations_lost_estimate, lost);
+                }
+            } else {
+                take_local(r);
+            }
+            looked.push(id.clone());
+            if let Some(change) = look_at(r, now) {
+                changes.push(change);
+            }
+        }
+        self.publish_metrics(&inner);
+        (looked, changes)
+    }
+
+    /// The judge states to save after a look, of the rollouts `looked` at that are still
+    /// live. In a cluster only the judge writes checkpoints, under its fence.
+    fn checkpoints(&self, looked: Vec<String>) -> Vec<Checkpoint> {
+        let inner = self.lock();
+        looked
+            .into_iter()
+            .filter_map(|id| {
+                let r = inner.running.get(&id)?;
+                let cursor = self.cluster.as_ref().map(|_| r.judge_cursor().to_json());
+                Some((id, r.checkpoint(), cursor, r.fence))
+            })
+            .filter(|(_, _, _, fence)| self.cluster.is_none() || fence.is_some())
+            .collect()
     }
 
     /// Saves a judge's state; with a `fence` (lease name, token) only while it holds.

@@ -23,7 +23,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::judge::{JudgeReport, Observation};
-use crate::rollout::policy::Policy;
+use crate::rollout::policy::{Policy, Step};
 use crate::types::{Arm, RolloutState};
 
 /// Where a rollout stands: everything the router and a restart need.
@@ -108,40 +108,8 @@ impl Position {
         in_step: InStep,
         now_ms: i64,
     ) -> Decision {
-        if !self.state.is_live() {
-            return Decision::Hold {
-                why: format!("the rollout has ended ({})", self.state.as_str()),
-            };
-        }
-        if report.revert {
-            return Decision::Revert {
-                reasons: report.reasons.clone(),
-            };
-        }
-        if report.srm.broken {
-            let why = format!(
-                "sample-ratio mismatch: canary records measured {}/{} assigned, stable {}/{} \
-                 ({} canary and {} stable overdue; e = {:.0}); the judge's design is broken \
-                 and it will not decide",
-                report.srm.measured_canary,
-                report.srm.assigned_canary,
-                report.srm.measured_stable,
-                report.srm.assigned_stable,
-                report.srm.lost_canary,
-                report.srm.lost_stable,
-                report.srm.e_value
-            );
-            return self.inconclusive_once(why);
-        }
-        if self.state == RolloutState::Paused {
-            return Decision::Hold {
-                why: "paused by an operator".into(),
-            };
-        }
-        if self.inconclusive {
-            return Decision::Hold {
-                why: "inconclusive: waiting for an operator to promote, resume or abort".into(),
-            };
+        if let Some(decision) = self.decided_before_the_step(report) {
+            return decision;
         }
         let Some(step) = policy.steps.get(self.step) else {
             // "No step here" is not "every step passed": the position and the policy
@@ -155,6 +123,42 @@ impl Position {
                 policy.steps.len()
             ));
         };
+        self.decide_step(policy, step, in_step, now_ms)
+    }
+
+    /// The rules that come before the step's own: an ended rollout, a revert, a broken
+    /// design, a pause or an inconclusive step decide without looking at the step.
+    fn decided_before_the_step(&self, report: &JudgeReport) -> Option<Decision> {
+        if !self.state.is_live() {
+            return Some(Decision::Hold {
+                why: format!("the rollout has ended ({})", self.state.as_str()),
+            });
+        }
+        if report.revert {
+            return Some(Decision::Revert {
+                reasons: report.reasons.clone(),
+            });
+        }
+        if report.srm.broken {
+            return Some(self.inconclusive_once(srm_reason(report)));
+        }
+        if self.state == RolloutState::Paused {
+            return Some(Decision::Hold {
+                why: "paused by an operator".into(),
+            });
+        }
+        if self.inconclusive {
+            return Some(Decision::Hold {
+                why: "inconclusive: waiting for an operator to promote, resume or abort".into(),
+            });
+        }
+        None
+    }
+
+    /// The current `step`'s rule: advance (or promote after the last) once its hold has
+    /// passed and it has its minimum requests; else hold, or turn inconclusive past
+    /// `max_step_hold`.
+    fn decide_step(&self, policy: &Policy, step: &Step, in_step: InStep, now_ms: i64) -> Decision {
         let randomized = self.weight_bp > 0;
         let (counted, counted_what) = if randomized {
             (in_step.randomized, "randomized canary requests")
@@ -281,6 +285,23 @@ impl Position {
     }
 }
 
+/// Why a sample-ratio mismatch stops the judge: what was measured against what was assigned.
+fn srm_reason(report: &JudgeReport) -> String {
+    let srm = &report.srm;
+    format!(
+        "sample-ratio mismatch: canary records measured {}/{} assigned, stable {}/{} \
+         ({} canary and {} stable overdue; e = {:.0}); the judge's design is broken \
+         and it will not decide",
+        srm.measured_canary,
+        srm.assigned_canary,
+        srm.measured_stable,
+        srm.assigned_stable,
+        srm.lost_canary,
+        srm.lost_stable,
+        srm.e_value
+    )
+}
+
 fn fmt_ms(ms: u128) -> String {
     humantime::format_duration(std::time::Duration::from_secs((ms / 1000) as u64)).to_string()
 }
@@ -342,48 +363,28 @@ mod tests {
         }
     }
 
+    /// (case, position, revert, srm broken, canary requests in step, minutes in step,
+    /// expected kind)
+    type Rule = (&'static str, Position, bool, bool, u64, i64, &'static str);
+
+    /// Asks the machine each rule's question with [`policy`] and checks its answer.
+    fn check_rules(table: &[Rule]) {
+        let p = policy();
+        for (case, pos, revert, srm, requests, minutes, want) in table.iter().cloned() {
+            let in_step = InStep {
+                randomized: requests,
+                reported: 0,
+            };
+            let d = pos.decide(&p, &report(revert, srm), in_step, minutes * MIN);
+            assert_eq!(kind(&d), want, "{case}: {d:?}");
+        }
+    }
+
     #[test]
     fn decisions_follow_the_rules_in_order() {
         use RolloutState::*;
-        let p = policy();
-        // (case, position, revert, srm broken, canary requests in step, minutes in step, expected kind)
-        let table: [(&str, Position, bool, bool, u64, i64, &str); 12] = [
-            (
-                "hold time not met",
-                at(1, Progressing, false),
-                false,
-                false,
-                5000,
-                9,
-                "hold",
-            ),
-            (
-                "requests not met",
-                at(1, Progressing, false),
-                false,
-                false,
-                199,
-                11,
-                "hold",
-            ),
-            (
-                "both met: advance",
-                at(1, Progressing, false),
-                false,
-                false,
-                200,
-                10,
-                "advance",
-            ),
-            (
-                "last step met: promote",
-                at(4, Progressing, false),
-                false,
-                false,
-                1000,
-                30,
-                "promote",
-            ),
+        // The rules before the step's own: ended, revert, broken design, paused, inconclusive.
+        let table: [Rule; 6] = [
             (
                 "harm reverts",
                 at(2, Progressing, false),
@@ -430,6 +431,60 @@ mod tests {
                 "hold",
             ),
             (
+                "an ended rollout only holds",
+                at(2, RolledBack, false),
+                true,
+                false,
+                9999,
+                99,
+                "hold",
+            ),
+        ];
+        check_rules(&table);
+    }
+
+    #[test]
+    fn a_step_advances_holds_or_turns_inconclusive_by_its_own_rule() {
+        use RolloutState::*;
+        // A live, unpaused, conclusive rollout: its step's hold, minimum and max_step_hold.
+        let table: [Rule; 6] = [
+            (
+                "hold time not met",
+                at(1, Progressing, false),
+                false,
+                false,
+                5000,
+                9,
+                "hold",
+            ),
+            (
+                "requests not met",
+                at(1, Progressing, false),
+                false,
+                false,
+                199,
+                11,
+                "hold",
+            ),
+            (
+                "both met: advance",
+                at(1, Progressing, false),
+                false,
+                false,
+                200,
+                10,
+                "advance",
+            ),
+            (
+                "last step met: promote",
+                at(4, Progressing, false),
+                false,
+                false,
+                1000,
+                30,
+                "promote",
+            ),
+            (
                 "undecided past max_step_hold",
                 at(2, Progressing, false),
                 false,
@@ -447,24 +502,8 @@ mod tests {
                 400,
                 "hold",
             ),
-            (
-                "an ended rollout only holds",
-                at(2, RolledBack, false),
-                true,
-                false,
-                9999,
-                99,
-                "hold",
-            ),
         ];
-        for (case, pos, revert, srm, requests, minutes, want) in table {
-            let in_step = InStep {
-                randomized: requests,
-                reported: 0,
-            };
-            let d = pos.decide(&p, &report(revert, srm), in_step, minutes * MIN);
-            assert_eq!(kind(&d), want, "{case}: {d:?}");
-        }
+        check_rules(&table);
     }
 
     fn kind(d: &Decision) -> &'static str {

@@ -307,163 +307,170 @@ pub fn parse_policy_at(
     text: &str,
     prefix: &str,
 ) -> Result<Policy, ConfigErrors> {
-    let issue = |key: &str, message: String| ConfigIssue {
-        file: file.to_owned(),
-        key: format!("{prefix}{key}"),
-        message,
+    let mut issues = Issues {
+        file,
+        prefix,
+        found: Vec::new(),
     };
     let (raw, found) = read_toml::<RawPolicy>(file, text, &policy_fields);
-    let mut issues: Vec<ConfigIssue> = found
-        .into_iter()
-        .map(|i| issue(&i.key, i.message))
-        .collect();
+    for i in found {
+        issues.push(&i.key, i.message);
+    }
     let Some(raw) = raw else {
-        return Err(ConfigErrors(issues));
+        return Err(ConfigErrors(issues.found));
     };
-    let mut duration = |key: &str, raw: Option<&String>, default: Option<Duration>| match raw {
-        None => default,
-        Some(text) => match humantime::parse_duration(text) {
-            Ok(d) if !d.is_zero() => Some(d),
-            Ok(_) => {
-                issues.push(issue(key, "must be longer than 0".into()));
-                None
-            }
-            Err(e) => {
-                issues.push(issue(
-                    key,
-                    format!("`{text}` is not a duration such as \"5s\", \"10m\" or \"6h\": {e}"),
-                ));
-                None
-            }
-        },
-    };
-    let interval = duration("interval", raw.interval.as_ref(), Some(DEFAULT_INTERVAL));
-    let max_step_hold = duration(
+    let interval = issues.duration("interval", raw.interval.as_ref(), Some(DEFAULT_INTERVAL));
+    let max_step_hold = issues.duration(
         "max_step_hold",
         raw.max_step_hold.as_ref(),
         Some(DEFAULT_MAX_STEP_HOLD),
     );
-    let mut steps = Vec::new();
-    for (i, s) in raw.steps.iter().flatten().enumerate() {
-        let key = format!("steps.{i}");
-        let hold = duration(&format!("{key}.hold"), s.hold.as_ref(), None);
-        steps.push((key, s, hold));
+    // Every step's hold is read here, before the other checks, so that the messages keep
+    // the order they have always had.
+    let holds: Vec<Option<Duration>> = (raw.steps.iter().flatten().enumerate())
+        .map(|(i, s)| issues.duration(&format!("steps.{i}.hold"), s.hold.as_ref(), None))
+        .collect();
+    let alpha = check_alpha(&mut issues, raw.alpha);
+    let sticky = parse_sticky(&mut issues, raw.sticky.as_deref());
+    check_webhook(&mut issues, raw.webhook.as_deref());
+    let rules = StepRules {
+        has_shadow: raw.shadow.is_some(),
+        max_step_hold,
+    };
+    let steps = parse_steps(&mut issues, raw.steps.as_deref(), &holds, &rules);
+    let gates = parse_gates(&mut issues, raw.gates.as_ref());
+    let kill_switch = parse_kill_switch(&mut issues, raw.kill_switch.as_ref());
+    let shadow = (raw.shadow.as_ref()).and_then(|s| parse_shadow(&mut issues, s));
+    let feedback = parse_feedback(&mut issues, raw.feedback.as_ref());
+    if !issues.found.is_empty() {
+        return Err(ConfigErrors(issues.found));
+    }
+    Ok(Policy {
+        name: name.to_owned(),
+        description: raw.description.unwrap_or_default(),
+        alpha,
+        interval: interval.expect("checked above"),
+        max_step_hold: max_step_hold.expect("checked above"),
+        sticky,
+        webhook: raw.webhook,
+        steps,
+        gates,
+        kill_switch,
+        shadow,
+        feedback,
+    })
+}
+
+/// The mistakes found in one policy text so far, in the order they are reported.
+struct Issues<'a> {
+    file: &'a Path,
+    /// Put before every key (a scenario's `policy.`).
+    prefix: &'a str,
+    found: Vec<ConfigIssue>,
+}
+
+impl Issues<'_> {
+    fn push(&mut self, key: &str, message: String) {
+        self.found.push(ConfigIssue {
+            file: self.file.to_owned(),
+            key: format!("{}{key}", self.prefix),
+            message,
+        });
     }
 
-    let alpha = raw.alpha.unwrap_or(DEFAULT_ALPHA);
-    if !(alpha > 0.0 && alpha < 0.5) {
-        issues.push(issue("alpha", format!("{alpha} is not in (0, 0.5)")));
+    /// A duration longer than 0 at `key`, or `default` when the key is absent.
+    fn duration(
+        &mut self,
+        key: &str,
+        raw: Option<&String>,
+        default: Option<Duration>,
+    ) -> Option<Duration> {
+        let Some(text) = raw else {
+            return default;
+        };
+        match humantime::parse_duration(text) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => {
+                self.push(key, "must be longer than 0".into());
+                None
+            }
+            Err(e) => {
+                self.push(
+                    key,
+                    format!("`{text}` is not a duration such as \"5s\", \"10m\" or \"6h\": {e}"),
+                );
+                None
+            }
+        }
     }
-    let sticky = match raw.sticky.as_deref().map(Sticky::parse) {
+}
+
+fn check_alpha(issues: &mut Issues, raw: Option<f64>) -> f64 {
+    let alpha = raw.unwrap_or(DEFAULT_ALPHA);
+    if !(alpha > 0.0 && alpha < 0.5) {
+        issues.push("alpha", format!("{alpha} is not in (0, 0.5)"));
+    }
+    alpha
+}
+
+fn parse_sticky(issues: &mut Issues, raw: Option<&str>) -> Sticky {
+    match raw.map(Sticky::parse) {
         None => Sticky::Request,
         Some(Ok(s)) => s,
         Some(Err(why)) => {
-            issues.push(issue("sticky", why));
+            issues.push("sticky", why);
             Sticky::Request
         }
-    };
-    if let Some(hook) = &raw.webhook {
+    }
+}
+
+fn check_webhook(issues: &mut Issues, raw: Option<&str>) {
+    if let Some(hook) = raw {
         match url::Url::parse(hook) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
-            _ => issues.push(issue("webhook", format!("`{hook}` is not an http(s) URL"))),
+            _ => issues.push("webhook", format!("`{hook}` is not an http(s) URL")),
         }
     }
+}
 
-    let mut out_steps = Vec::new();
-    if raw.steps.as_ref().is_none_or(|s| s.is_empty()) {
-        issues.push(issue(
-            "steps",
-            "a policy needs at least one [[steps]]".into(),
-        ));
+/// What checking one step needs from the rest of the policy.
+struct StepRules {
+    /// A `[shadow]` table makes a step of weight 0 valid (copies only).
+    has_shadow: bool,
+    max_step_hold: Option<Duration>,
+}
+
+/// The steps, each with its hold read earlier (`holds`, one per raw step).
+fn parse_steps(
+    issues: &mut Issues,
+    raw: Option<&[RawStep]>,
+    holds: &[Option<Duration>],
+    rules: &StepRules,
+) -> Vec<Step> {
+    if raw.is_none_or(<[RawStep]>::is_empty) {
+        issues.push("steps", "a policy needs at least one [[steps]]".into());
     }
+    let mut steps = Vec::new();
     let mut last_weight_bp = 0u32;
-    for (key, s, hold) in steps {
+    for (i, (s, &hold)) in raw.into_iter().flatten().zip(holds).enumerate() {
+        let key = format!("steps.{i}");
         let workspaces = s.workspaces.clone().unwrap_or_default();
         if workspaces.iter().any(|w| w.trim().is_empty()) {
-            issues.push(issue(
+            issues.push(
                 &format!("{key}.workspaces"),
                 "workspace names must not be empty".into(),
-            ));
+            );
         }
-        let weight_bp = match s.weight {
-            None if workspaces.is_empty() => {
-                issues.push(issue(
-                    &format!("{key}.weight"),
-                    "a step needs a weight (percent), workspaces, or both".into(),
-                ));
-                None
-            }
-            None => Some(0),
-            // Shadow-only: no live canary traffic, copies only (needs a [shadow] table).
-            Some(0.0) if raw.shadow.is_some() => Some(0),
-            Some(w) if !(w > 0.0 && w <= 100.0) => {
-                issues.push(issue(
-                    &format!("{key}.weight"),
-                    format!("{w} is not a percentage in (0, 100]"),
-                ));
-                None
-            }
-            Some(w) => {
-                let bp = w * 100.0;
-                if (bp - bp.round()).abs() > 1e-6 {
-                    issues.push(issue(
-                        &format!("{key}.weight"),
-                        format!("{w} % is finer than 0.01 %"),
-                    ));
-                    None
-                } else {
-                    Some(bp.round() as u32)
-                }
-            }
-        };
+        let weight_bp = step_weight_bp(issues, &key, s.weight, workspaces.is_empty(), rules);
         if let Some(bp) = weight_bp {
-            // Weights only rise inside a rollout, so a unit once on the canary stays there.
-            if bp < last_weight_bp {
-                issues.push(issue(
-                    &format!("{key}.weight"),
-                    format!(
-                        "{} % is below the step before ({} %): weights must not fall",
-                        bp as f64 / 100.0,
-                        last_weight_bp as f64 / 100.0
-                    ),
-                ));
-            }
+            check_weight_rises(issues, &key, bp, last_weight_bp);
             last_weight_bp = last_weight_bp.max(bp);
         }
-        if s.hold.is_none() {
-            issues.push(issue(
-                &format!("{key}.hold"),
-                "is required (e.g. \"10m\")".into(),
-            ));
-        }
-        if let (Some(hold), Some(max)) = (hold, max_step_hold)
-            && hold > max
-        {
-            issues.push(issue(
-                &format!("{key}.hold"),
-                format!(
-                    "{} is longer than max_step_hold ({}): the step could never pass",
-                    humantime::format_duration(hold),
-                    humantime::format_duration(max)
-                ),
-            ));
-        }
-        let shadow_only = s.weight == Some(0.0) && raw.shadow.is_some();
-        let min_requests = match s.min_requests {
-            // A shadow-only step serves no canary request: it passes on its hold, and its
-            // evidence is offline (`sluice eval --rollout`).
-            Some(0) | None if shadow_only => Some(0),
-            Some(0) | None => {
-                issues.push(issue(
-                    &format!("{key}.min_requests"),
-                    "is required and must be at least 1: a step passes only on evidence".into(),
-                ));
-                None
-            }
-            Some(n) => Some(n),
-        };
+        check_hold(issues, &key, s.hold.is_some(), hold, rules.max_step_hold);
+        let shadow_only = s.weight == Some(0.0) && rules.has_shadow;
+        let min_requests = step_min_requests(issues, &key, s.min_requests, shadow_only);
         if let (Some(weight_bp), Some(hold), Some(min_requests)) = (weight_bp, hold, min_requests) {
-            out_steps.push(Step {
+            steps.push(Step {
                 weight_bp,
                 workspaces,
                 hold,
@@ -471,182 +478,294 @@ pub fn parse_policy_at(
             });
         }
     }
+    steps
+}
 
+/// A step's weight, a percentage, in basis points.
+fn step_weight_bp(
+    issues: &mut Issues,
+    key: &str,
+    weight: Option<f64>,
+    no_workspaces: bool,
+    rules: &StepRules,
+) -> Option<u32> {
+    match weight {
+        None if no_workspaces => {
+            issues.push(
+                &format!("{key}.weight"),
+                "a step needs a weight (percent), workspaces, or both".into(),
+            );
+            None
+        }
+        None => Some(0),
+        // Shadow-only: no live canary traffic, copies only (needs a [shadow] table).
+        Some(0.0) if rules.has_shadow => Some(0),
+        Some(w) if !(w > 0.0 && w <= 100.0) => {
+            issues.push(
+                &format!("{key}.weight"),
+                format!("{w} is not a percentage in (0, 100]"),
+            );
+            None
+        }
+        Some(w) => {
+            let bp = w * 100.0;
+            if (bp - bp.round()).abs() > 1e-6 {
+                issues.push(
+                    &format!("{key}.weight"),
+                    format!("{w} % is finer than 0.01 %"),
+                );
+                None
+            } else {
+                Some(bp.round() as u32)
+            }
+        }
+    }
+}
+
+/// Weights only rise inside a rollout, so a unit once on the canary stays there.
+fn check_weight_rises(issues: &mut Issues, key: &str, bp: u32, last_weight_bp: u32) {
+    if bp < last_weight_bp {
+        issues.push(
+            &format!("{key}.weight"),
+            format!(
+                "{} % is below the step before ({} %): weights must not fall",
+                bp as f64 / 100.0,
+                last_weight_bp as f64 / 100.0
+            ),
+        );
+    }
+}
+
+fn check_hold(
+    issues: &mut Issues,
+    key: &str,
+    written: bool,
+    hold: Option<Duration>,
+    max_step_hold: Option<Duration>,
+) {
+    if !written {
+        issues.push(&format!("{key}.hold"), "is required (e.g. \"10m\")".into());
+    }
+    if let (Some(hold), Some(max)) = (hold, max_step_hold)
+        && hold > max
+    {
+        issues.push(
+            &format!("{key}.hold"),
+            format!(
+                "{} is longer than max_step_hold ({}): the step could never pass",
+                humantime::format_duration(hold),
+                humantime::format_duration(max)
+            ),
+        );
+    }
+}
+
+fn step_min_requests(
+    issues: &mut Issues,
+    key: &str,
+    raw: Option<u64>,
+    shadow_only: bool,
+) -> Option<u64> {
+    match raw {
+        // A shadow-only step serves no canary request: it passes on its hold, and its
+        // evidence is offline (`sluice eval --rollout`).
+        Some(0) | None if shadow_only => Some(0),
+        Some(0) | None => {
+            issues.push(
+                &format!("{key}.min_requests"),
+                "is required and must be at least 1: a step passes only on evidence".into(),
+            );
+            None
+        }
+        Some(n) => Some(n),
+    }
+}
+
+/// The gates, sorted by metric; without a `[gates]` table, the default error-rate gate.
+fn parse_gates(issues: &mut Issues, raw: Option<&BTreeMap<String, RawGate>>) -> Vec<Gate> {
     let mut gates = Vec::new();
-    match &raw.gates {
+    match raw {
         None => gates.push(Gate {
             metric: Metric::ErrorRate,
             max_ratio: Some(DEFAULT_ERROR_RATE_MAX_RATIO),
             min_ratio: None,
             max_ms: None,
         }),
-        Some(table) if table.is_empty() => issues.push(issue(
+        Some(table) if table.is_empty() => issues.push(
             "gates",
             "an empty [gates] table judges nothing; leave it out for the default error_rate gate"
                 .into(),
-        )),
+        ),
         Some(table) => {
             for (k, g) in table {
                 let key = format!("gates.{k}");
                 let Some(metric) = Metric::parse(k) else {
                     let known: Vec<&str> = Metric::ALL.iter().map(|m| m.key()).collect();
-                    issues.push(issue(
+                    issues.push(
                         &key,
                         format!("unknown gate; known gates: {}", known.join(", ")),
-                    ));
+                    );
                     continue;
                 };
-                let before = issues.len();
-                if let Some(r) = g.max_ratio
-                    && !(r >= 1.0 && r.is_finite())
-                {
-                    issues.push(issue(
-                        &format!("{key}.max_ratio"),
-                        format!("{r} must be at least 1 (1 = no tolerance)"),
-                    ));
-                }
-                if let Some(r) = g.min_ratio {
-                    if metric.is_binary() {
-                        issues.push(issue(
-                            &format!("{key}.min_ratio"),
-                            "a fall in a failure rate is not harm; only max_ratio applies".into(),
-                        ));
-                    } else if !(r > 0.0 && r <= 1.0) {
-                        issues.push(issue(
-                            &format!("{key}.min_ratio"),
-                            format!("{r} must be in (0, 1]"),
-                        ));
-                    }
-                }
-                if let Some(ms) = g.max_ms {
-                    if !metric.is_time() {
-                        issues.push(issue(
-                            &format!("{key}.max_ms"),
-                            "only latency_p95 and ttft_p95 take a hard limit in ms".into(),
-                        ));
-                    } else if !(ms > 0.0 && ms.is_finite()) {
-                        issues.push(issue(
-                            &format!("{key}.max_ms"),
-                            format!("{ms} must be greater than 0"),
-                        ));
-                    }
-                }
-                if g.max_ratio.is_none() && g.min_ratio.is_none() && g.max_ms.is_none() {
-                    issues.push(issue(
-                        &key,
-                        "the gate watches nothing: set max_ratio, min_ratio or max_ms".into(),
-                    ));
-                }
-                if issues.len() == before {
-                    gates.push(Gate {
-                        metric,
-                        max_ratio: g.max_ratio,
-                        min_ratio: g.min_ratio,
-                        max_ms: g.max_ms,
-                    });
-                }
+                gates.extend(parse_gate(issues, &key, metric, g));
             }
         }
     }
     gates.sort_by_key(|g| g.metric);
+    gates
+}
 
-    let kill_switch = match &raw.kill_switch {
-        None => Some(DEFAULT_KILL_SWITCH),
-        Some(k) => {
-            let error_rate = k.error_rate.unwrap_or(DEFAULT_KILL_SWITCH.error_rate);
-            if !(error_rate > 0.0 && error_rate <= 1.0) {
-                issues.push(issue(
-                    "kill_switch.error_rate",
-                    format!("{error_rate} is not a rate in (0, 1]"),
-                ));
-            }
-            let min_requests = k.min_requests.unwrap_or(DEFAULT_KILL_SWITCH.min_requests);
-            if min_requests == 0 {
-                issues.push(issue(
-                    "kill_switch.min_requests",
-                    "must be at least 1".into(),
-                ));
-            }
-            let window = match &k.window {
-                None => Some(DEFAULT_KILL_SWITCH.window),
-                Some(text) => match humantime::parse_duration(text) {
-                    Ok(d) if !d.is_zero() => Some(d),
-                    _ => {
-                        issues.push(issue(
-                            "kill_switch.window",
-                            format!("`{text}` is not a duration longer than 0, such as \"60s\""),
-                        ));
-                        None
-                    }
-                },
-            };
-            window.map(|window| KillSwitch {
-                error_rate,
-                min_requests,
-                window,
-            })
+/// One `[gates.<metric>]` table, or `None` when it has a mistake.
+fn parse_gate(issues: &mut Issues, key: &str, metric: Metric, g: &RawGate) -> Option<Gate> {
+    let before = issues.found.len();
+    if let Some(r) = g.max_ratio
+        && !(r >= 1.0 && r.is_finite())
+    {
+        issues.push(
+            &format!("{key}.max_ratio"),
+            format!("{r} must be at least 1 (1 = no tolerance)"),
+        );
+    }
+    if let Some(r) = g.min_ratio {
+        if metric.is_binary() {
+            issues.push(
+                &format!("{key}.min_ratio"),
+                "a fall in a failure rate is not harm; only max_ratio applies".into(),
+            );
+        } else if !(r > 0.0 && r <= 1.0) {
+            issues.push(
+                &format!("{key}.min_ratio"),
+                format!("{r} must be in (0, 1]"),
+            );
         }
+    }
+    if let Some(ms) = g.max_ms {
+        if !metric.is_time() {
+            issues.push(
+                &format!("{key}.max_ms"),
+                "only latency_p95 and ttft_p95 take a hard limit in ms".into(),
+            );
+        } else if !(ms > 0.0 && ms.is_finite()) {
+            issues.push(
+                &format!("{key}.max_ms"),
+                format!("{ms} must be greater than 0"),
+            );
+        }
+    }
+    if g.max_ratio.is_none() && g.min_ratio.is_none() && g.max_ms.is_none() {
+        issues.push(
+            key,
+            "the gate watches nothing: set max_ratio, min_ratio or max_ms".into(),
+        );
+    }
+    (issues.found.len() == before).then_some(Gate {
+        metric,
+        max_ratio: g.max_ratio,
+        min_ratio: g.min_ratio,
+        max_ms: g.max_ms,
+    })
+}
+
+/// The `[kill_switch]` table; without one, [`DEFAULT_KILL_SWITCH`].
+fn parse_kill_switch(issues: &mut Issues, raw: Option<&RawKillSwitch>) -> Option<KillSwitch> {
+    let Some(k) = raw else {
+        return Some(DEFAULT_KILL_SWITCH);
     };
-
-    let shadow = raw.shadow.as_ref().and_then(|s| {
-        let arm = |key: &str,
-                   value: &Option<String>,
-                   default: crate::types::Arm,
-                   issues: &mut Vec<ConfigIssue>| {
-            match value.as_deref() {
-                None => Some(default),
-                Some(v) => crate::types::Arm::parse(v).or_else(|| {
-                    issues.push(issue(
-                        &format!("shadow.{key}"),
-                        format!("`{v}` is not stable or canary"),
-                    ));
-                    None
-                }),
+    let error_rate = k.error_rate.unwrap_or(DEFAULT_KILL_SWITCH.error_rate);
+    if !(error_rate > 0.0 && error_rate <= 1.0) {
+        issues.push(
+            "kill_switch.error_rate",
+            format!("{error_rate} is not a rate in (0, 1]"),
+        );
+    }
+    let min_requests = k.min_requests.unwrap_or(DEFAULT_KILL_SWITCH.min_requests);
+    if min_requests == 0 {
+        issues.push("kill_switch.min_requests", "must be at least 1".into());
+    }
+    let window = match &k.window {
+        None => Some(DEFAULT_KILL_SWITCH.window),
+        Some(text) => match humantime::parse_duration(text) {
+            Ok(d) if !d.is_zero() => Some(d),
+            _ => {
+                issues.push(
+                    "kill_switch.window",
+                    format!("`{text}` is not a duration longer than 0, such as \"60s\""),
+                );
+                None
             }
-        };
-        let from = arm("from", &s.from, crate::types::Arm::Stable, &mut issues);
-        let to = arm("to", &s.to, crate::types::Arm::Canary, &mut issues);
-        if from.is_some() && from == to {
-            issues.push(issue(
-                "shadow.to",
-                "must be the other arm than `from`".into(),
-            ));
-        }
-        let rate = s.rate.unwrap_or(0.05);
-        let rates_ok = std::iter::once(rate)
-            .chain(s.workspaces.iter().flat_map(|w| w.values().copied()))
-            .all(|r| (0.0..=1.0).contains(&r));
-        if !rates_ok {
-            issues.push(issue("shadow.rate", "rates must be between 0 and 1".into()));
-        }
-        let max_usd_per_hour = s.max_usd_per_hour.unwrap_or(1.0);
-        if max_usd_per_hour.is_nan() || max_usd_per_hour < 0.0 {
-            issues.push(issue(
-                "shadow.max_usd_per_hour",
-                "must be zero or more".into(),
-            ));
-        }
-        Some(ShadowConfig {
-            rate,
-            workspace_rates: s.workspaces.clone().unwrap_or_default(),
-            from: from?,
-            to: to?,
-            max_usd_per_hour,
-            keep: s.keep.unwrap_or(10_000),
-            skip_tools: s.skip_tools.unwrap_or(true),
-            redact: s.redact.unwrap_or(true),
-        })
-    });
+        },
+    };
+    window.map(|window| KillSwitch {
+        error_rate,
+        min_requests,
+        window,
+    })
+}
+
+/// `shadow.from` or `shadow.to`: `default` when absent.
+fn shadow_arm(
+    issues: &mut Issues,
+    key: &str,
+    value: Option<&str>,
+    default: crate::types::Arm,
+) -> Option<crate::types::Arm> {
+    match value {
+        None => Some(default),
+        Some(v) => crate::types::Arm::parse(v).or_else(|| {
+            issues.push(
+                &format!("shadow.{key}"),
+                format!("`{v}` is not stable or canary"),
+            );
+            None
+        }),
+    }
+}
+
+/// The `[shadow]` table, with its defaults (5 %, stable → canary, $1/hour, 10 000 pairs).
+fn parse_shadow(issues: &mut Issues, s: &RawShadow) -> Option<ShadowConfig> {
+    let from = shadow_arm(issues, "from", s.from.as_deref(), crate::types::Arm::Stable);
+    let to = shadow_arm(issues, "to", s.to.as_deref(), crate::types::Arm::Canary);
+    if from.is_some() && from == to {
+        issues.push("shadow.to", "must be the other arm than `from`".into());
+    }
+    let rate = s.rate.unwrap_or(0.05);
+    let rates_ok = std::iter::once(rate)
+        .chain(s.workspaces.iter().flat_map(|w| w.values().copied()))
+        .all(|r| (0.0..=1.0).contains(&r));
+    if !rates_ok {
+        issues.push("shadow.rate", "rates must be between 0 and 1".into());
+    }
+    let max_usd_per_hour = s.max_usd_per_hour.unwrap_or(1.0);
+    if max_usd_per_hour.is_nan() || max_usd_per_hour < 0.0 {
+        issues.push("shadow.max_usd_per_hour", "must be zero or more".into());
+    }
+    Some(ShadowConfig {
+        rate,
+        workspace_rates: s.workspaces.clone().unwrap_or_default(),
+        from: from?,
+        to: to?,
+        max_usd_per_hour,
+        keep: s.keep.unwrap_or(10_000),
+        skip_tools: s.skip_tools.unwrap_or(true),
+        redact: s.redact.unwrap_or(true),
+    })
+}
+
+/// The `[feedback.<metric>]` tables, in metric-name order.
+fn parse_feedback(
+    issues: &mut Issues,
+    raw: Option<&BTreeMap<String, RawFeedback>>,
+) -> Vec<FeedbackMetric> {
     let mut feedback = Vec::new();
-    for (metric, f) in raw.feedback.iter().flatten() {
+    for (metric, f) in raw.into_iter().flatten() {
         let kind = match f.kind.as_deref() {
             Some("binary") => Some(FeedbackKind::Binary),
             Some("numeric") => Some(FeedbackKind::Numeric),
             other => {
-                issues.push(issue(
+                issues.push(
                     &format!("feedback.{metric}.kind"),
                     format!("{other:?} is not \"binary\" or \"numeric\""),
-                ));
+                );
                 None
             }
         };
@@ -654,10 +773,10 @@ pub fn parse_policy_at(
             Some("higher") => Some(true),
             Some("lower") => Some(false),
             other => {
-                issues.push(issue(
+                issues.push(
                     &format!("feedback.{metric}.good"),
                     format!("{other:?} is not \"higher\" or \"lower\""),
-                ));
+                );
                 None
             }
         };
@@ -669,24 +788,7 @@ pub fn parse_policy_at(
             });
         }
     }
-
-    if !issues.is_empty() {
-        return Err(ConfigErrors(issues));
-    }
-    Ok(Policy {
-        name: name.to_owned(),
-        description: raw.description.unwrap_or_default(),
-        alpha,
-        interval: interval.expect("checked above"),
-        max_step_hold: max_step_hold.expect("checked above"),
-        sticky,
-        webhook: raw.webhook,
-        steps: out_steps,
-        gates,
-        kill_switch,
-        shadow,
-        feedback,
-    })
+    feedback
 }
 
 #[cfg(test)]

@@ -23,8 +23,9 @@ use super::control::{Change, Controller, ENDED_VIEWS_KEPT};
 use super::feed::{AssignedCount, Shipment};
 use super::machine::Decision;
 use super::policy::Policy;
-use super::running::{JudgeCursor, Running, policy_of, view_running};
+use super::running::{Inner, JudgeCursor, Running, policy_of, view_running};
 use super::view::{ClusterFigures, EndedFigures, LocalRevert};
+use crate::catalog::Catalog;
 use crate::cluster::{ClusterCounters, judge_lease};
 use crate::judge::{Judge, Observation};
 use crate::store::{Actor, NewEvent, RolloutRow, ShippedBatch, StoreError};
@@ -54,6 +55,23 @@ impl Controller {
 
     /// As [`Controller::refresh`]; the caller holds `changes`.
     pub(super) async fn refresh_locked(&self) -> Result<(), StoreError> {
+        let read = self.read_routing_state().await?;
+        let mut inner = self.lock();
+        let mut changed = adopt_stables(&mut inner, &self.catalog, read.stables);
+        changed |= self.follow_or_take_up(&mut inner, read.rows, read.pins, read.policies);
+        changed |= retire_ended_elsewhere(&mut inner, read.ended);
+        if changed && let Err(e) = self.publish_or_fail(&inner) {
+            tracing::error!(error = %e, "the routing table could not be rebuilt from the database's state");
+        }
+        if let Some(c) = &self.cluster {
+            c.set_ready();
+        }
+        Ok(())
+    }
+
+    /// Reads what [`Controller::refresh_locked`] applies, without the in-memory lock but
+    /// to look up which rollouts this replica runs.
+    async fn read_routing_state(&self) -> Result<RoutingState, StoreError> {
         let rows = self.store.rollouts(true).await?;
         let stables = self.store.route_stables().await?;
         let mut pins = BTreeMap::new();
@@ -78,12 +96,12 @@ impl Controller {
                 .collect();
             (gone, unknown)
         };
-        let mut ended_rows = Vec::new();
+        let mut ended = Vec::new();
         for id in gone {
             if let Some(row) = self.store.rollout(&id).await?
                 && !row.position.state.is_live()
             {
-                ended_rows.push(row);
+                ended.push(row);
             }
         }
         // The policy each rollout started with, as stored with it: every replica judges
@@ -98,18 +116,25 @@ impl Controller {
                 policies.insert(row.id.clone(), p);
             }
         }
+        Ok(RoutingState {
+            rows,
+            stables,
+            pins,
+            ended,
+            policies,
+        })
+    }
 
-        let mut inner = self.lock();
+    /// Follows each live rollout this replica runs, and takes up the ones it does not
+    /// (with their stored `policies`). True when anything changed.
+    fn follow_or_take_up(
+        &self,
+        inner: &mut Inner,
+        rows: Vec<RolloutRow>,
+        mut pins: BTreeMap<String, BTreeMap<String, Arm>>,
+        mut policies: BTreeMap<String, Arc<Policy>>,
+    ) -> bool {
         let mut changed = false;
-        for (route, version) in stables {
-            if self.catalog.routes().contains_key(&route)
-                && self.catalog.version(&version).is_some()
-                && inner.stables.get(&route) != Some(&version)
-            {
-                inner.stables.insert(route, version);
-                changed = true;
-            }
-        }
         for row in rows {
             let row_pins = pins.remove(&row.id).unwrap_or_default();
             match inner.running.get_mut(&row.id) {
@@ -126,25 +151,7 @@ impl Controller {
                 }
             }
         }
-        for row in ended_rows {
-            if let Some(mut ended) = inner.running.remove(&row.id) {
-                tracing::info!(rollout = %row.id, state = row.position.state.as_str(), "rollout ended elsewhere");
-                ended.row = row;
-                if inner.ended.len() == ENDED_VIEWS_KEPT {
-                    inner.ended.remove(0);
-                }
-                let figures = EndedFigures::of(&view_running(&ended));
-                inner.ended.push((ended.row.id.clone(), figures));
-                changed = true;
-            }
-        }
-        if changed && let Err(e) = self.publish_or_fail(&inner) {
-            tracing::error!(error = %e, "the routing table could not be rebuilt from the database's state");
-        }
-        if let Some(c) = &self.cluster {
-            c.set_ready();
-        }
-        Ok(())
+        changed
     }
 
     /// Everything this replica measured of each live rollout since the last call, as one
@@ -341,57 +348,7 @@ impl Controller {
         let Some(cluster) = &self.cluster else {
             return true;
         };
-        let pending: Vec<Change> = {
-            let mut inner = self.lock();
-            // A revert decided on a position the rollout has left since (an operator's
-            // command here, or a change read back from elsewhere) is not written over it.
-            let mut dropped = false;
-            for r in inner.running.values_mut() {
-                if let Some(local) = &r.local_revert
-                    && local.from != r.row.position
-                {
-                    tracing::info!(rollout = %r.row.id, "a revert applied here during the outage is not written: the rollout moved on since; following the database");
-                    r.local_revert = None;
-                    dropped = true;
-                }
-            }
-            if dropped && let Err(e) = self.publish_or_fail(&inner) {
-                tracing::error!(error = %e, "the routing table could not be rebuilt");
-            }
-            inner
-                .running
-                .values()
-                .filter_map(|r| {
-                    let local = r.local_revert.as_ref()?;
-                    let decision = Decision::Revert {
-                        reasons: vec![local.reason.clone()],
-                    };
-                    let next = r.row.position.apply(&r.policy, &decision, now);
-                    let at = local.at_ms;
-                    Some(Change {
-                        id: r.row.id.clone(),
-                        next,
-                        event: NewEvent {
-                            actor: Actor::Judge,
-                            kind: "rolled_back",
-                            message: format!(
-                                "rolled back by replica {}'s kill switch while the database was away (applied there at {at} ms, written when it returned): {}",
-                                cluster.id(),
-                                local.reason
-                            ),
-                            evidence: Some(serde_json::json!({
-                                "decision": decision,
-                                "replica": cluster.id(),
-                                "applied_at_ms": at,
-                                "canary": {"requests": local.canary.0, "errors": local.canary.1},
-                                "stable": {"requests": local.stable.0, "errors": local.stable.1},
-                            })),
-                        },
-                        under_lease: false,
-                    })
-                })
-                .collect()
-        };
+        let pending = self.pending_local_reverts(cluster.id(), now);
         let mut moved_on = false;
         for change in pending {
             let id = change.id.clone();
@@ -420,6 +377,32 @@ impl Controller {
             tracing::warn!(error = %e, "re-reading the routing state failed");
         }
         true
+    }
+
+    /// Under the lock: the reverts applied here during the outage that are still to be
+    /// written, as changes. A revert decided on a position the rollout has left since (an
+    /// operator's command here, or a change read back from elsewhere) is dropped instead,
+    /// not written over it.
+    fn pending_local_reverts(&self, replica: &str, now: i64) -> Vec<Change> {
+        let mut inner = self.lock();
+        let mut dropped = false;
+        for r in inner.running.values_mut() {
+            if let Some(local) = &r.local_revert
+                && local.from != r.row.position
+            {
+                tracing::info!(rollout = %r.row.id, "a revert applied here during the outage is not written: the rollout moved on since; following the database");
+                r.local_revert = None;
+                dropped = true;
+            }
+        }
+        if dropped && let Err(e) = self.publish_or_fail(&inner) {
+            tracing::error!(error = %e, "the routing table could not be rebuilt");
+        }
+        inner
+            .running
+            .values()
+            .filter_map(|r| local_revert_change(r, replica, now))
+            .collect()
     }
 
     /// In a cluster whose database is known to be away (the last cluster call failed):
@@ -482,6 +465,84 @@ impl Controller {
         let (lost, estimate) = cursor.lost();
         Some(ClusterFigures::of(&totals, lost, estimate))
     }
+}
+
+/// What a refresh read from the database.
+struct RoutingState {
+    /// The live rollouts.
+    rows: Vec<RolloutRow>,
+    /// (route, version) promoted to stable.
+    stables: Vec<(String, String)>,
+    /// Each live rollout's pins: workspace → arm.
+    pins: BTreeMap<String, BTreeMap<String, Arm>>,
+    /// Rollouts this replica runs that ended elsewhere.
+    ended: Vec<RolloutRow>,
+    /// The stored policy of each live rollout this replica does not run yet.
+    policies: BTreeMap<String, Arc<Policy>>,
+}
+
+/// Takes the promoted stables of routes and versions this replica knows. True when one
+/// differed.
+fn adopt_stables(inner: &mut Inner, catalog: &Catalog, stables: Vec<(String, String)>) -> bool {
+    let mut changed = false;
+    for (route, version) in stables {
+        if catalog.routes().contains_key(&route)
+            && catalog.version(&version).is_some()
+            && inner.stables.get(&route) != Some(&version)
+        {
+            inner.stables.insert(route, version);
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// Moves rollouts that ended elsewhere to the ended list. True when there was one.
+fn retire_ended_elsewhere(inner: &mut Inner, ended_rows: Vec<RolloutRow>) -> bool {
+    let mut changed = false;
+    for row in ended_rows {
+        if let Some(mut ended) = inner.running.remove(&row.id) {
+            tracing::info!(rollout = %row.id, state = row.position.state.as_str(), "rollout ended elsewhere");
+            ended.row = row;
+            if inner.ended.len() == ENDED_VIEWS_KEPT {
+                inner.ended.remove(0);
+            }
+            let figures = EndedFigures::of(&view_running(&ended));
+            inner.ended.push((ended.row.id.clone(), figures));
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// The change that writes `r`'s revert applied here during the outage, if it has one.
+fn local_revert_change(r: &Running, replica: &str, now: i64) -> Option<Change> {
+    let local = r.local_revert.as_ref()?;
+    let decision = Decision::Revert {
+        reasons: vec![local.reason.clone()],
+    };
+    let next = r.row.position.apply(&r.policy, &decision, now);
+    let at = local.at_ms;
+    Some(Change {
+        id: r.row.id.clone(),
+        next,
+        event: NewEvent {
+            actor: Actor::Judge,
+            kind: "rolled_back",
+            message: format!(
+                "rolled back by replica {replica}'s kill switch while the database was away (applied there at {at} ms, written when it returned): {}",
+                local.reason
+            ),
+            evidence: Some(serde_json::json!({
+                "decision": decision,
+                "replica": replica,
+                "applied_at_ms": at,
+                "canary": {"requests": local.canary.0, "errors": local.canary.1},
+                "stable": {"requests": local.stable.0, "errors": local.stable.1},
+            })),
+        },
+        under_lease: false,
+    })
 }
 
 /// Takes the judge of `r` over under `fence`, exactly where the previous judge's last

@@ -102,6 +102,24 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
 
 /// Runs the selected scenarios and returns one row each.
 pub fn simulate(args: &SimulateArgs, progress: bool) -> anyhow::Result<Vec<Row>> {
+    let scenarios = load_scenarios(args)?;
+    let twins = Twins::of(&scenarios);
+    let batch = Batch {
+        jobs: jobs(args, &scenarios, &twins),
+        scenarios: &scenarios,
+        twins: &twins,
+        seed: args.seed,
+    };
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1);
+    let results = batch.run(threads, progress);
+    Ok(rows(&scenarios, &twins, results))
+}
+
+/// The scenario files in `args.scenarios` that `--only` selects, in file-name order.
+fn load_scenarios(args: &SimulateArgs) -> anyhow::Result<Vec<Scenario>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&args.scenarios)
         .with_context(|| format!("reading {}", args.scenarios.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -117,50 +135,68 @@ pub fn simulate(args: &SimulateArgs, progress: bool) -> anyhow::Result<Vec<Row>>
         "no scenarios in {}",
         args.scenarios.display()
     );
-    let scenarios: Vec<Scenario> = paths
+    paths
         .iter()
         .map(|p| scenario::load(p, &args.policies).map_err(|e| anyhow::anyhow!("{e}")))
-        .collect::<anyhow::Result<_>>()?;
+        .collect()
+}
 
-    // One A/A twin per distinct setting that a baseline comparison needs.
-    let mut twins: Vec<Scenario> = Vec::new();
-    let mut twin_of: Vec<Option<usize>> = Vec::new();
-    for s in &scenarios {
-        if s.baseline_metric.is_none() {
-            twin_of.push(None);
-            continue;
-        }
-        let key = s.setting_key();
-        let i = match twins.iter().position(|t| t.setting_key() == key) {
-            Some(i) => i,
-            None => {
-                twins.push(s.null_twin());
-                twins.len() - 1
+/// One A/A twin per distinct setting that a baseline comparison needs.
+struct Twins {
+    scenarios: Vec<Scenario>,
+    /// For each scenario, the index of its twin (none without a baseline metric).
+    of: Vec<Option<usize>>,
+    /// A twin watches every baseline metric that a scenario of its setting watches.
+    watch: Vec<Vec<Metric>>,
+}
+
+impl Twins {
+    fn of(scenarios: &[Scenario]) -> Twins {
+        let mut twins: Vec<Scenario> = Vec::new();
+        let mut twin_of: Vec<Option<usize>> = Vec::new();
+        for s in scenarios {
+            if s.baseline_metric.is_none() {
+                twin_of.push(None);
+                continue;
             }
-        };
-        twin_of.push(Some(i));
+            let key = s.setting_key();
+            let i = match twins.iter().position(|t| t.setting_key() == key) {
+                Some(i) => i,
+                None => {
+                    twins.push(s.null_twin());
+                    twins.len() - 1
+                }
+            };
+            twin_of.push(Some(i));
+        }
+        let watch = (0..twins.len())
+            .map(|t| {
+                let mut m: Vec<Metric> = scenarios
+                    .iter()
+                    .zip(&twin_of)
+                    .filter(|(_, x)| **x == Some(t))
+                    .filter_map(|(s, _)| s.baseline_metric)
+                    .collect();
+                m.sort();
+                m.dedup();
+                m
+            })
+            .collect();
+        Twins {
+            scenarios: twins,
+            of: twin_of,
+            watch,
+        }
     }
+}
+
+/// Every run to make: each scenario's, then each twin's, longest first.
+fn jobs(args: &SimulateArgs, scenarios: &[Scenario], twins: &Twins) -> Vec<Job> {
     let (runs_pass, runs_harm) = if args.quick {
         (30, 20)
     } else {
         (args.runs, (args.runs / 4).max(50))
     };
-    // A twin watches every baseline metric that a scenario of its setting watches.
-    let twin_watch: Vec<Vec<Metric>> = (0..twins.len())
-        .map(|t| {
-            let mut m: Vec<Metric> = scenarios
-                .iter()
-                .zip(&twin_of)
-                .filter(|(_, x)| **x == Some(t))
-                .filter_map(|(s, _)| s.baseline_metric)
-                .collect();
-            m.sort();
-            m.dedup();
-            m
-        })
-        .collect();
-    let twin_scen = twins;
-    let twin_index = twin_of;
     let mut jobs = Vec::new();
     for (i, s) in scenarios.iter().enumerate() {
         let n = if s.expect == Expect::Revert {
@@ -174,7 +210,7 @@ pub fn simulate(args: &SimulateArgs, progress: bool) -> anyhow::Result<Vec<Row>>
             run,
         }));
     }
-    for i in 0..twin_scen.len() {
+    for i in 0..twins.scenarios.len() {
         jobs.extend((0..runs_pass).map(|run| Job {
             scenario: i,
             twin: true,
@@ -184,81 +220,106 @@ pub fn simulate(args: &SimulateArgs, progress: bool) -> anyhow::Result<Vec<Row>>
     // Long jobs first keeps both threads busy to the end.
     jobs.sort_by_key(|j| {
         let s = if j.twin {
-            &twin_scen[j.scenario]
+            &twins.scenarios[j.scenario]
         } else {
             &scenarios[j.scenario]
         };
         std::cmp::Reverse((s.duration.as_secs_f64() * s.rps) as u64)
     });
+    jobs
+}
 
-    let results: Mutex<Vec<(bool, usize, usize, RunResult)>> =
-        Mutex::new(Vec::with_capacity(jobs.len()));
-    let next = AtomicUsize::new(0);
-    let done = AtomicUsize::new(0);
-    let finished = AtomicBool::new(false);
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
-        .max(1);
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(job) = jobs.get(i) else { break };
-                    let s = if job.twin {
-                        &twin_scen[job.scenario]
-                    } else {
-                        &scenarios[job.scenario]
-                    };
-                    // Seeds differ per scenario, twin and run, and repeat per --seed.
-                    let seed = args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(
-                        ((job.scenario as u64) << 40) | ((job.twin as u64) << 39) | job.run as u64,
-                    );
-                    let watch: Vec<Metric> = if job.twin {
-                        twin_watch[job.scenario].clone()
-                    } else {
-                        s.baseline_metric.into_iter().collect()
-                    };
-                    let r = traffic::run(s, &watch, seed);
-                    results
-                        .lock()
-                        .expect("no worker panics while holding the lock")
-                        .push((job.twin, job.scenario, job.run, r));
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            });
-        }
-        if progress {
-            scope.spawn(|| {
-                let total = jobs.len();
-                loop {
-                    let d = done.load(Ordering::Relaxed);
-                    let width = 40;
-                    let filled = d * width / total.max(1);
-                    eprint!(
-                        "\r[{}{}] {d}/{total} runs",
-                        "#".repeat(filled),
-                        ".".repeat(width - filled)
-                    );
-                    let _ = std::io::stderr().flush();
-                    if d >= total || finished.load(Ordering::Relaxed) {
-                        eprintln!();
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(250));
-                }
-            });
-        }
-        // Workers end when the job list is empty; the bar ends on its own count.
-    });
-    finished.store(true, Ordering::Relaxed);
+/// A run's result with its job: (twin, scenario or twin index, run).
+type JobResult = (bool, usize, usize, RunResult);
 
-    let mut results = results.into_inner().expect("workers are done");
-    // Deterministic order whatever the thread interleaving.
-    results.sort_by_key(|r| (r.0, r.1, r.2));
+/// The runs to make and what they run on.
+struct Batch<'a> {
+    jobs: Vec<Job>,
+    scenarios: &'a [Scenario],
+    twins: &'a Twins,
+    seed: u64,
+}
+
+impl Batch<'_> {
+    /// Every job, spread over `threads` workers, with a progress bar on stderr if asked.
+    fn run(&self, threads: usize, progress: bool) -> Vec<JobResult> {
+        let results: Mutex<Vec<JobResult>> = Mutex::new(Vec::with_capacity(self.jobs.len()));
+        let next = AtomicUsize::new(0);
+        let done = AtomicUsize::new(0);
+        let finished = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| self.work(&next, &done, &results));
+            }
+            if progress {
+                scope.spawn(|| progress_bar(self.jobs.len(), &done, &finished));
+            }
+            // Workers end when the job list is empty; the bar ends on its own count.
+        });
+        finished.store(true, Ordering::Relaxed);
+        let mut results = results.into_inner().expect("workers are done");
+        // Deterministic order whatever the thread interleaving.
+        results.sort_by_key(|r| (r.0, r.1, r.2));
+        results
+    }
+
+    /// One worker: takes the next job until there is none.
+    fn work(&self, next: &AtomicUsize, done: &AtomicUsize, results: &Mutex<Vec<JobResult>>) {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(job) = self.jobs.get(i) else { break };
+            let r = self.run_job(job);
+            results
+                .lock()
+                .expect("no worker panics while holding the lock")
+                .push((job.twin, job.scenario, job.run, r));
+            done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn run_job(&self, job: &Job) -> RunResult {
+        let s = if job.twin {
+            &self.twins.scenarios[job.scenario]
+        } else {
+            &self.scenarios[job.scenario]
+        };
+        // Seeds differ per scenario, twin and run, and repeat per --seed.
+        let seed = self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(
+            ((job.scenario as u64) << 40) | ((job.twin as u64) << 39) | job.run as u64,
+        );
+        let watch: Vec<Metric> = if job.twin {
+            self.twins.watch[job.scenario].clone()
+        } else {
+            s.baseline_metric.into_iter().collect()
+        };
+        traffic::run(s, &watch, seed)
+    }
+}
+
+/// Redraws `[####....] done/total runs` on stderr every 250 ms until all are done.
+fn progress_bar(total: usize, done: &AtomicUsize, finished: &AtomicBool) {
+    loop {
+        let d = done.load(Ordering::Relaxed);
+        let width = 40;
+        let filled = d * width / total.max(1);
+        eprint!(
+            "\r[{}{}] {d}/{total} runs",
+            "#".repeat(filled),
+            ".".repeat(width - filled)
+        );
+        let _ = std::io::stderr().flush();
+        if d >= total || finished.load(Ordering::Relaxed) {
+            eprintln!();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// One row per scenario, then one per twin that is not also a scenario.
+fn rows(scenarios: &[Scenario], twins: &Twins, results: Vec<JobResult>) -> Vec<Row> {
     let mut by_scenario: Vec<Vec<RunResult>> = vec![Vec::new(); scenarios.len()];
-    let mut by_twin: Vec<Vec<RunResult>> = vec![Vec::new(); twin_scen.len()];
+    let mut by_twin: Vec<Vec<RunResult>> = vec![Vec::new(); twins.scenarios.len()];
     for (twin, i, _, r) in results {
         if twin {
             by_twin[i].push(r);
@@ -270,17 +331,17 @@ pub fn simulate(args: &SimulateArgs, progress: bool) -> anyhow::Result<Vec<Row>>
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let twin = twin_index[i].map(|t| by_twin[t].as_slice());
+            let twin = twins.of[i].map(|t| by_twin[t].as_slice());
             report::row(s, &by_scenario[i], twin, BASELINE_TARGET)
         })
         .collect();
     // The twins are A/A runs of their own: show our judge's false rollbacks on them.
-    for (t, s) in twin_scen.iter().enumerate() {
+    for (t, s) in twins.scenarios.iter().enumerate() {
         if !rows.iter().any(|r| r.scenario == s.name) {
             rows.push(report::row(s, &by_twin[t], None, BASELINE_TARGET));
         }
     }
-    Ok(rows)
+    rows
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::baselines::{self, Family};
 use super::scenario::{Expect, Scenario};
 use super::traffic::{Outcome, RunResult};
+use crate::judge::spec::Metric;
 
 /// A rate with its Wilson 95 % interval.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -109,42 +110,13 @@ pub fn row(s: &Scenario, runs: &[RunResult], twin: Option<&[RunResult]>, target:
         .map(|r| Some(r.at_ms as f64 / 60_000.0))
         .collect();
     let delay = delay_of(&points);
-    let mut out_baselines = Vec::new();
-    if let (Some(twin), Some(metric)) = (twin, s.baseline_metric) {
-        for family in [Family::Flagger, Family::Argo] {
-            let null: Vec<&[baselines::Check]> =
-                twin.iter().map(|r| r.checks.of(family, metric)).collect();
-            let best = family
-                .ks()
-                .iter()
-                .map(|&k| {
-                    let t = baselines::tune(&null, k, target);
-                    let twin_fired = null
-                        .iter()
-                        .filter(|c| baselines::fires(c, k, t).is_some())
-                        .count();
-                    let pts: Vec<Option<(u64, u64)>> = runs
-                        .iter()
-                        .map(|r| {
-                            baselines::fires(r.checks.of(family, metric), k, t)
-                                .map(|c| (c.canary_requests, c.bad_canary))
-                        })
-                        .collect();
-                    Baseline {
-                        family: family.name(),
-                        k,
-                        threshold: t,
-                        twin_false_rollbacks: wilson(twin_fired, null.len()),
-                        delay: delay_of(&pts),
-                    }
-                })
-                .min_by(|a, b| {
-                    let key = |x: &Baseline| x.delay.median.unwrap_or(f64::INFINITY);
-                    key(a).total_cmp(&key(b))
-                });
-            out_baselines.extend(best);
-        }
-    }
+    let out_baselines = match (twin, s.baseline_metric) {
+        (Some(twin), Some(metric)) => [Family::Flagger, Family::Argo]
+            .into_iter()
+            .filter_map(|family| best_baseline(family, metric, runs, twin, target))
+            .collect(),
+        _ => Vec::new(),
+    };
     let best = out_baselines
         .iter()
         .filter_map(|b| b.delay.median)
@@ -171,17 +143,61 @@ pub fn row(s: &Scenario, runs: &[RunResult], twin: Option<&[RunResult]>, target:
         baselines: out_baselines,
         ratio_to_best_baseline: ratio,
         alpha: s.policy.alpha,
-        e_paths: runs
-            .iter()
-            .take(6)
-            .map(|r| {
-                r.e_path
-                    .iter()
-                    .map(|&(t, e)| (t as f64 / 60_000.0, e))
-                    .collect()
-            })
-            .collect(),
+        e_paths: e_paths(runs),
     }
+}
+
+/// The baseline of `family` on `metric` that reverts soonest (median canary requests),
+/// over its choices of k, each tuned on the A/A `twin` to `target` false rollbacks.
+fn best_baseline(
+    family: Family,
+    metric: Metric,
+    runs: &[RunResult],
+    twin: &[RunResult],
+    target: f64,
+) -> Option<Baseline> {
+    let null: Vec<&[baselines::Check]> = twin.iter().map(|r| r.checks.of(family, metric)).collect();
+    family
+        .ks()
+        .iter()
+        .map(|&k| {
+            let t = baselines::tune(&null, k, target);
+            let twin_fired = null
+                .iter()
+                .filter(|c| baselines::fires(c, k, t).is_some())
+                .count();
+            let pts: Vec<Option<(u64, u64)>> = runs
+                .iter()
+                .map(|r| {
+                    baselines::fires(r.checks.of(family, metric), k, t)
+                        .map(|c| (c.canary_requests, c.bad_canary))
+                })
+                .collect();
+            Baseline {
+                family: family.name(),
+                k,
+                threshold: t,
+                twin_false_rollbacks: wilson(twin_fired, null.len()),
+                delay: delay_of(&pts),
+            }
+        })
+        .min_by(|a, b| {
+            let key = |x: &Baseline| x.delay.median.unwrap_or(f64::INFINITY);
+            key(a).total_cmp(&key(b))
+        })
+}
+
+/// The first six runs' e-value paths, in minutes.
+fn e_paths(runs: &[RunResult]) -> Vec<Vec<(f64, f64)>> {
+    runs.iter()
+        .take(6)
+        .map(|r| {
+            r.e_path
+                .iter()
+                .map(|&(t, e)| (t as f64 / 60_000.0, e))
+                .collect()
+        })
+        .collect()
 }
 
 fn pct(r: &Rate) -> String {
@@ -267,78 +283,106 @@ fn delay_svg(series: &[(String, &[Option<f64>])]) -> String {
     if all.is_empty() {
         return String::new();
     }
-    let lo = all
-        .iter()
-        .cloned()
-        .fold(f64::INFINITY, f64::min)
-        .max(1.0)
-        .log10()
-        .floor();
-    let hi = all
-        .iter()
-        .cloned()
-        .fold(0.0, f64::max)
-        .max(10.0)
-        .log10()
-        .ceil()
-        .max(lo + 1.0);
+    let axis = LogAxis::spanning(&all);
     let row_h = 34.0;
     let h = 30.0 + row_h * series.len() as f64;
     let mut out = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" font-family="sans-serif" font-size="11">"#
     );
-    let mut d = lo;
-    while d <= hi + 1e-9 {
-        let x = log_x(10f64.powf(d), lo, hi);
-        out.push_str(&format!(
-            r##"<line x1="{x:.1}" y1="5" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
-            h - 18.0,
-            h - 5.0,
-            10f64.powf(d) as u64
-        ));
-        d += 1.0;
-    }
+    axis.draw_decades(&mut out, h);
     for (i, (name, points)) in series.iter().enumerate() {
         let y = 10.0 + row_h * i as f64 + row_h / 2.0;
-        let mut v: Vec<f64> = points.iter().flatten().copied().collect();
-        v.sort_by(f64::total_cmp);
-        let never = points.len() - v.len();
-        out.push_str(&format!(
-            r#"<text x="4" y="{:.1}">{} (n={})</text>"#,
-            y + 4.0,
-            esc(name),
-            points.len()
-        ));
-        let q = |p: f64| quantile(points, p);
-        for x in v.iter().step_by((v.len() / 200).max(1)) {
-            out.push_str(&format!(
-                r##"<circle cx="{:.1}" cy="{:.1}" r="1.5" fill="#4477aa" fill-opacity="0.25"/>"##,
-                log_x(*x, lo, hi),
-                y + 9.0
-            ));
-        }
-        if let (Some(p10), Some(p25), Some(p50)) = (q(0.1), q(0.25), q(0.5)) {
-            let (x10, x25, x50) = (log_x(p10, lo, hi), log_x(p25, lo, hi), log_x(p50, lo, hi));
-            let x75 = q(0.75).map_or(W - 20.0, |x| log_x(x, lo, hi));
-            let x90 = q(0.9).map_or(W - 20.0, |x| log_x(x, lo, hi));
-            out.push_str(&format!(
-                r##"<line x1="{x10:.1}" y1="{y:.1}" x2="{x90:.1}" y2="{y:.1}" stroke="#333"/><rect x="{x25:.1}" y="{:.1}" width="{:.1}" height="12" fill="#88ccee" stroke="#333"/><line x1="{x50:.1}" y1="{:.1}" x2="{x50:.1}" y2="{:.1}" stroke="#000" stroke-width="2"/>"##,
-                y - 6.0,
-                (x75 - x25).max(1.0),
-                y - 7.0,
-                y + 7.0
-            ));
-        }
-        if never > 0 {
-            out.push_str(&format!(
-                r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#aa3377">{never} never</text>"##,
-                W - 2.0,
-                y - 8.0
-            ));
-        }
+        delay_row(&mut out, &axis, y, name, points);
     }
     out.push_str("</svg>");
     out
+}
+
+/// A log₁₀ x axis over whole decades: `lo` and `hi` are exponents.
+struct LogAxis {
+    lo: f64,
+    hi: f64,
+}
+
+impl LogAxis {
+    /// The decades around `values`, from at most 1 to at least 10, one decade at least.
+    fn spanning(values: &[f64]) -> LogAxis {
+        let lo = values
+            .iter()
+            .cloned()
+            .fold(f64::INFINITY, f64::min)
+            .max(1.0)
+            .log10()
+            .floor();
+        let hi = values
+            .iter()
+            .cloned()
+            .fold(0.0, f64::max)
+            .max(10.0)
+            .log10()
+            .ceil()
+            .max(lo + 1.0);
+        LogAxis { lo, hi }
+    }
+
+    fn x(&self, value: f64) -> f64 {
+        log_x(value, self.lo, self.hi)
+    }
+
+    /// A grid line and a label at each power of ten, in a chart `h` high.
+    fn draw_decades(&self, out: &mut String, h: f64) {
+        let mut d = self.lo;
+        while d <= self.hi + 1e-9 {
+            let x = self.x(10f64.powf(d));
+            out.push_str(&format!(
+                r##"<line x1="{x:.1}" y1="5" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+                h - 18.0,
+                h - 5.0,
+                10f64.powf(d) as u64
+            ));
+            d += 1.0;
+        }
+    }
+}
+
+/// One judge's row of [`delay_svg`], centred at `y`.
+fn delay_row(out: &mut String, axis: &LogAxis, y: f64, name: &str, points: &[Option<f64>]) {
+    let mut v: Vec<f64> = points.iter().flatten().copied().collect();
+    v.sort_by(f64::total_cmp);
+    let never = points.len() - v.len();
+    out.push_str(&format!(
+        r#"<text x="4" y="{:.1}">{} (n={})</text>"#,
+        y + 4.0,
+        esc(name),
+        points.len()
+    ));
+    let q = |p: f64| quantile(points, p);
+    for x in v.iter().step_by((v.len() / 200).max(1)) {
+        out.push_str(&format!(
+            r##"<circle cx="{:.1}" cy="{:.1}" r="1.5" fill="#4477aa" fill-opacity="0.25"/>"##,
+            axis.x(*x),
+            y + 9.0
+        ));
+    }
+    if let (Some(p10), Some(p25), Some(p50)) = (q(0.1), q(0.25), q(0.5)) {
+        let (x10, x25, x50) = (axis.x(p10), axis.x(p25), axis.x(p50));
+        let x75 = q(0.75).map_or(W - 20.0, |x| axis.x(x));
+        let x90 = q(0.9).map_or(W - 20.0, |x| axis.x(x));
+        out.push_str(&format!(
+            r##"<line x1="{x10:.1}" y1="{y:.1}" x2="{x90:.1}" y2="{y:.1}" stroke="#333"/><rect x="{x25:.1}" y="{:.1}" width="{:.1}" height="12" fill="#88ccee" stroke="#333"/><line x1="{x50:.1}" y1="{:.1}" x2="{x50:.1}" y2="{:.1}" stroke="#000" stroke-width="2"/>"##,
+            y - 6.0,
+            (x75 - x25).max(1.0),
+            y - 7.0,
+            y + 7.0
+        ));
+    }
+    if never > 0 {
+        out.push_str(&format!(
+            r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#aa3377">{never} never</text>"##,
+            W - 2.0,
+            y - 8.0
+        ));
+    }
 }
 
 /// The false-rollback (or revert) rate with its 95 % interval against α.

@@ -290,136 +290,42 @@ impl Scenario {
 }
 
 pub fn load(path: &Path, policies_dir: &Path) -> Result<Scenario, ConfigErrors> {
-    let issue = |key: &str, message: String| ConfigIssue {
-        file: path.to_owned(),
-        key: key.to_owned(),
-        message,
+    let mut issues = Issues {
+        file: path,
+        found: Vec::new(),
     };
     let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigErrors(vec![issue("", format!("cannot read the file: {e}"))]))?;
-    let raw: RawScenario = toml::from_str(&text).map_err(|e: toml::de::Error| {
-        ConfigErrors(vec![issue("", e.to_string().trim_end().into())])
-    })?;
+        .map_err(|e| issues.only("", format!("cannot read the file: {e}")))?;
+    let raw: RawScenario = toml::from_str(&text)
+        .map_err(|e: toml::de::Error| issues.only("", e.to_string().trim_end().into()))?;
     let name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let policy = match &raw.policy {
-        toml::Value::String(named) => load_policy(&policies_dir.join(format!("{named}.toml")))?,
-        toml::Value::Table(t) => {
-            let inner = toml::to_string(t)
-                .map_err(|e| ConfigErrors(vec![issue("policy", e.to_string())]))?;
-            parse_policy_at(path, &name, &inner, "policy.")?
-        }
-        _ => {
-            return Err(ConfigErrors(vec![issue(
-                "policy",
-                "a policy name or a [policy] table".into(),
-            )]));
-        }
-    };
-    let issues = std::cell::RefCell::new(Vec::new());
-    let dur = |key: &str, s: &str| match humantime::parse_duration(s) {
-        Ok(d) => d,
-        Err(e) => {
-            issues.borrow_mut().push(issue(key, format!("`{s}`: {e}")));
-            Duration::ZERO
-        }
-    };
-    let duration = dur("duration", &raw.duration);
-    let onset = raw
-        .canary
-        .onset
-        .as_deref()
-        .map_or(Duration::ZERO, |s| dur("canary.onset", s));
-    let incident = match (&raw.traffic.incident_at, &raw.traffic.incident_for) {
-        (Some(at), Some(len)) => Some((
-            dur("traffic.incident_at", at),
-            dur("traffic.incident_for", len),
-        )),
-        (None, None) => None,
-        _ => {
-            issues.borrow_mut().push(issue(
-                "traffic.incident_at",
-                "set both incident_at and incident_for".into(),
-            ));
-            None
-        }
-    };
-    let mut incidents: Vec<Incident> = incident
-        .map(|(a, l)| Incident {
-            from_ms: a.as_millis() as i64,
-            to_ms: (a + l).as_millis() as i64,
-            error_rate: raw.traffic.incident_error_rate,
-            canary: true,
-            stable: true,
-        })
-        .into_iter()
-        .collect();
-    for (i, x) in raw.traffic.incidents.iter().enumerate() {
-        let a = dur(&format!("traffic.incidents[{i}].at"), &x.at);
-        let l = dur(&format!("traffic.incidents[{i}].for"), &x.length);
-        let (canary, stable) = match x.arms.as_str() {
-            "both" => (true, true),
-            "canary" => (true, false),
-            "stable" => (false, true),
-            other => {
-                issues.borrow_mut().push(issue(
-                    &format!("traffic.incidents[{i}].arms"),
-                    format!("`{other}` is not one of both, canary, stable"),
-                ));
-                (false, false)
-            }
-        };
-        incidents.push(Incident {
-            from_ms: a.as_millis() as i64,
-            to_ms: (a + l).as_millis() as i64,
-            error_rate: x.error_rate,
-            canary,
-            stable,
-        });
-    }
-    let daily_period = raw
-        .traffic
-        .daily_period
-        .as_deref()
-        .map_or(duration, |s| dur("traffic.daily_period", s));
-    let burst = match (&raw.traffic.burst_every, &raw.traffic.burst_for) {
-        (Some(e), Some(f)) => Some((dur("traffic.burst_every", e), dur("traffic.burst_for", f))),
-        (None, None) => None,
-        _ => {
-            issues.borrow_mut().push(issue(
-                "traffic.burst_every",
-                "set both burst_every and burst_for".into(),
-            ));
-            None
-        }
-    };
-    let feedback_delay = raw
-        .traffic
-        .feedback_delay
-        .as_deref()
-        .map_or(Duration::ZERO, |s| dur("traffic.feedback_delay", s));
-    if raw.traffic.daily_ratio < 1.0 || raw.traffic.burst_factor <= 0.0 {
-        issues.borrow_mut().push(issue(
-            "traffic.daily_ratio",
-            "daily_ratio must be ≥ 1 and burst_factor > 0".into(),
-        ));
-    }
-    if raw.traffic.feedback_share > 0.0 && policy.feedback.is_empty() {
-        issues.borrow_mut().push(issue(
-            "traffic.feedback_share",
-            "the policy declares no [feedback] metric to post to".into(),
-        ));
-    }
-    if raw.rps.is_nan() || raw.rps <= 0.0 {
-        issues
-            .borrow_mut()
-            .push(issue("rps", "must be greater than 0".into()));
-    }
-    let issues = issues.into_inner();
-    if !issues.is_empty() {
-        return Err(ConfigErrors(issues));
+    let policy = scenario_policy(&issues, policies_dir, &name, &raw.policy)?;
+    let duration = issues.duration("duration", &raw.duration);
+    let onset = (raw.canary.onset.as_deref())
+        .map_or(Duration::ZERO, |s| issues.duration("canary.onset", s));
+    let t = &raw.traffic;
+    let incident = issues.pair(
+        ("traffic.incident_at", t.incident_at.as_deref()),
+        ("traffic.incident_for", t.incident_for.as_deref()),
+        "set both incident_at and incident_for",
+    );
+    let incidents = incidents(&mut issues, incident, t);
+    let daily_period = (t.daily_period.as_deref())
+        .map_or(duration, |s| issues.duration("traffic.daily_period", s));
+    let burst = issues.pair(
+        ("traffic.burst_every", t.burst_every.as_deref()),
+        ("traffic.burst_for", t.burst_for.as_deref()),
+        "set both burst_every and burst_for",
+    );
+    let feedback_delay = (t.feedback_delay.as_deref()).map_or(Duration::ZERO, |s| {
+        issues.duration("traffic.feedback_delay", s)
+    });
+    check_rates(&mut issues, &raw, &policy);
+    if !issues.found.is_empty() {
+        return Err(ConfigErrors(issues.found));
     }
     Ok(Scenario {
         name,
@@ -439,4 +345,138 @@ pub fn load(path: &Path, policies_dir: &Path) -> Result<Scenario, ConfigErrors> 
         burst,
         feedback_delay,
     })
+}
+
+/// The mistakes found in one scenario file so far, in the order they are reported.
+struct Issues<'a> {
+    file: &'a Path,
+    found: Vec<ConfigIssue>,
+}
+
+impl Issues<'_> {
+    fn issue(&self, key: &str, message: String) -> ConfigIssue {
+        ConfigIssue {
+            file: self.file.to_owned(),
+            key: key.to_owned(),
+            message,
+        }
+    }
+
+    /// A mistake that stops the reading at once.
+    fn only(&self, key: &str, message: String) -> ConfigErrors {
+        ConfigErrors(vec![self.issue(key, message)])
+    }
+
+    fn push(&mut self, key: &str, message: String) {
+        let issue = self.issue(key, message);
+        self.found.push(issue);
+    }
+
+    /// A duration such as "90s"; 0 (and a mistake) when it is not one.
+    fn duration(&mut self, key: &str, s: &str) -> Duration {
+        match humantime::parse_duration(s) {
+            Ok(d) => d,
+            Err(e) => {
+                self.push(key, format!("`{s}`: {e}"));
+                Duration::ZERO
+            }
+        }
+    }
+
+    /// Two durations set together or not at all (a start and a length): `both` is the
+    /// message, at the first key, when only one is set.
+    fn pair(
+        &mut self,
+        (first_key, first): (&str, Option<&str>),
+        (second_key, second): (&str, Option<&str>),
+        both: &str,
+    ) -> Option<(Duration, Duration)> {
+        match (first, second) {
+            (Some(a), Some(b)) => Some((self.duration(first_key, a), self.duration(second_key, b))),
+            (None, None) => None,
+            _ => {
+                self.push(first_key, both.into());
+                None
+            }
+        }
+    }
+}
+
+/// The scenario's policy: a name in `policies_dir`, or a `[policy]` table of its own.
+fn scenario_policy(
+    issues: &Issues,
+    policies_dir: &Path,
+    name: &str,
+    raw: &toml::Value,
+) -> Result<Policy, ConfigErrors> {
+    match raw {
+        toml::Value::String(named) => load_policy(&policies_dir.join(format!("{named}.toml"))),
+        toml::Value::Table(t) => {
+            let inner = toml::to_string(t).map_err(|e| issues.only("policy", e.to_string()))?;
+            parse_policy_at(issues.file, name, &inner, "policy.")
+        }
+        _ => Err(issues.only("policy", "a policy name or a [policy] table".into())),
+    }
+}
+
+/// The incidents: the one of `incident_at`/`incident_for` on both arms, then the
+/// `[[traffic.incidents]]`.
+fn incidents(
+    issues: &mut Issues,
+    incident: Option<(Duration, Duration)>,
+    t: &Traffic,
+) -> Vec<Incident> {
+    let mut incidents: Vec<Incident> = incident
+        .map(|(a, l)| Incident {
+            from_ms: a.as_millis() as i64,
+            to_ms: (a + l).as_millis() as i64,
+            error_rate: t.incident_error_rate,
+            canary: true,
+            stable: true,
+        })
+        .into_iter()
+        .collect();
+    for (i, x) in t.incidents.iter().enumerate() {
+        let a = issues.duration(&format!("traffic.incidents[{i}].at"), &x.at);
+        let l = issues.duration(&format!("traffic.incidents[{i}].for"), &x.length);
+        let (canary, stable) = match x.arms.as_str() {
+            "both" => (true, true),
+            "canary" => (true, false),
+            "stable" => (false, true),
+            other => {
+                issues.push(
+                    &format!("traffic.incidents[{i}].arms"),
+                    format!("`{other}` is not one of both, canary, stable"),
+                );
+                (false, false)
+            }
+        };
+        incidents.push(Incident {
+            from_ms: a.as_millis() as i64,
+            to_ms: (a + l).as_millis() as i64,
+            error_rate: x.error_rate,
+            canary,
+            stable,
+        });
+    }
+    incidents
+}
+
+/// The traffic's shape and rate, and that feedback has a metric to post to.
+fn check_rates(issues: &mut Issues, raw: &RawScenario, policy: &Policy) {
+    if raw.traffic.daily_ratio < 1.0 || raw.traffic.burst_factor <= 0.0 {
+        issues.push(
+            "traffic.daily_ratio",
+            "daily_ratio must be ≥ 1 and burst_factor > 0".into(),
+        );
+    }
+    if raw.traffic.feedback_share > 0.0 && policy.feedback.is_empty() {
+        issues.push(
+            "traffic.feedback_share",
+            "the policy declares no [feedback] metric to post to".into(),
+        );
+    }
+    if raw.rps.is_nan() || raw.rps <= 0.0 {
+        issues.push("rps", "must be greater than 0".into());
+    }
 }

@@ -97,122 +97,17 @@ struct InFlight {
 /// One run; the baselines watch `watch` (a twin watches every metric its scenarios need).
 pub fn run(s: &Scenario, watch: &[crate::judge::spec::Metric], seed: u64) -> RunResult {
     let mut rng = StdRng::seed_from_u64(seed);
-    let policy = &s.policy;
-    let t = &s.traffic;
-    // Zipf(1.1) workspaces, each with its own error and size scale; the busiest
-    // `heavy_workspaces` send long prompts.
-    let ws_cum = cumulative((1..=t.workspaces.max(1)).map(|k| (k as f64).powf(-1.1)));
-    let ws_err: Vec<f64> = (0..ws_cum.len())
-        .map(|_| (0.4 * normal(&mut rng) - 0.08).exp())
-        .collect();
-    let ws_tok: Vec<f64> = (0..ws_cum.len())
-        .map(|_| (0.3 * normal(&mut rng)).exp())
-        .collect();
-    let ws_heavy = |i: usize| {
-        if i < t.heavy_workspaces {
-            t.heavy_tokens_ratio
-        } else {
-            1.0
-        }
-    };
-    // Sticky users: Pareto(1.2) activity, a salted bucket each, some clustered-bad.
-    let users = t.sticky_users;
-    let user_cum = cumulative((0..users).map(|_| rng.random::<f64>().max(1e-12).powf(-1.0 / 1.2)));
-    let user_bucket: Vec<f64> = (0..users).map(|_| rng.random()).collect();
-    let user_bad: Vec<bool> = (0..users)
-        .map(|_| rng.random::<f64>() < t.bad_user_share)
-        .collect();
-    let feedback_name = policy.feedback.first().map(|f| f.name.clone());
-    let feedback_delay_ms = s.feedback_delay.as_millis() as i64;
-
-    let interval_ms = policy.interval.as_millis() as i64;
+    let population = Population::draw(&s.traffic, &mut rng);
+    let mut run = RunState::new(s, watch);
     let end_ms = s.duration.as_millis() as i64;
-    let onset_ms = s.onset.as_millis() as i64;
-    let c = &s.canary;
-    // Stretch of the upper half of log TTFT so that its p95 moves by ttft_p95_ratio.
-    let ttft_stretch = 1.0 + c.ttft_p95_ratio.ln() / (1.645 * s.stable.ttft_sigma);
-
-    let mut judge = Judge::new(&policy.judge_spec());
-    let mut pos = Position::start(policy, 0);
-    let mut in_step = InStep::default();
-    let mut next_look = interval_ms;
-    let mut result: Option<RunResult> = None;
-    let mut canary_requests = 0u64;
-    let mut bad_canary = 0u64;
-    let mut checks = Checks::new(watch);
-    let mut minute_end = 60_000i64;
-    // Requests in flight (measured when they end) and feedback on its way, by due time.
-    let mut in_flight: BTreeMap<(i64, u64), InFlight> = BTreeMap::new();
-    let mut feedback: BTreeMap<(i64, u64), (Arm, f64, bool)> = BTreeMap::new();
-    let mut seq = 0u64;
-    // Once the judge has decided, traffic keeps flowing at the last live weight so the
-    // baselines see the same stream as far as they need.
-    let mut weight_bp = pos.weight_bp;
-    let mut now = 0.0f64;
     let (_, max_factor) = rate_factor(s, 0);
-    let mut e_path: Vec<(i64, f64)> = Vec::new();
+    let mut now = 0.0f64;
     loop {
         now += exp_draw(&mut rng, s.rps * max_factor) * 1000.0;
         let at_ms = now as i64;
-        while result.is_none() && next_look <= at_ms.min(end_ms) {
-            // Everything that ended by the look reaches the judge first.
-            while let Some(entry) = in_flight.first_entry() {
-                if entry.key().0 > next_look {
-                    break;
-                }
-                let f = entry.remove();
-                in_step.count(&f.obs, pos.step_started_ms);
-                judge.observe(&f.obs);
-            }
-            while let Some(entry) = feedback.first_entry() {
-                if entry.key().0 > next_look {
-                    break;
-                }
-                let (arm, w, bad) = entry.remove();
-                if let Some(name) = &feedback_name {
-                    judge.observe_feedback(name, arm, w, true, if bad { 0.0 } else { 1.0 });
-                }
-            }
-            judge.tick(next_look);
-            let report = judge.look(next_look);
-            let decision = pos.decide(policy, &report, in_step, next_look);
-            let ended = match &decision {
-                Decision::Revert { .. } => Some((Outcome::Reverted, report.kill_switch_fired)),
-                Decision::Promote => Some((Outcome::Promoted, false)),
-                Decision::Inconclusive { .. } => Some((Outcome::Inconclusive, false)),
-                Decision::Advance { .. } => {
-                    in_step = InStep::default();
-                    None
-                }
-                Decision::Hold { .. } => None,
-            };
-            let next = pos.apply(policy, &decision, next_look);
-            if next.state.is_live() {
-                weight_bp = next.weight_bp;
-            }
-            pos = next;
-            if e_path.len() < E_PATH_POINTS && (next_look % E_PATH_EVERY_MS == 0 || ended.is_some())
-            {
-                e_path.push((next_look, report.e_global));
-            }
-            if let Some((outcome, kill_switch)) = ended {
-                result = Some(RunResult {
-                    outcome,
-                    at_ms: next_look,
-                    canary_requests,
-                    bad_canary,
-                    kill_switch,
-                    checks: Checks::default(),
-                    e_path: Vec::new(),
-                });
-            }
-            next_look += interval_ms;
-        }
-        while minute_end <= at_ms.min(end_ms) {
-            checks.close_minute(canary_requests, bad_canary);
-            minute_end += 60_000;
-        }
-        if at_ms >= end_ms || (result.is_some() && !checks.watching()) {
+        run.look_until(at_ms.min(end_ms));
+        run.close_minutes(at_ms.min(end_ms));
+        if at_ms >= end_ms || (run.result.is_some() && !run.checks.watching()) {
             break;
         }
         // Thinning: arrivals at the peak rate, kept with the curve's share.
@@ -220,130 +115,394 @@ pub fn run(s: &Scenario, watch: &[crate::judge::spec::Metric], seed: u64) -> Run
         if rng.random::<f64>() * max_factor >= factor {
             continue;
         }
+        let assignment = run.assign(&mut rng, &population, at_ms);
+        let answer = draw_answer(s, &mut rng, &population, &assignment, at_ms);
+        run.count(&assignment, answer, at_ms);
+    }
+    run.finish(end_ms)
+}
 
-        // One request.
-        let ws = pick(&mut rng, &ws_cum);
+/// Who sends the requests, drawn once per run before the first request.
+struct Population {
+    /// Zipf(1.1) workspaces, as a cumulative distribution.
+    workspaces: Vec<f64>,
+    /// Each workspace's error-rate scale.
+    workspace_errors: Vec<f64>,
+    /// Each workspace's answer-size scale.
+    workspace_tokens: Vec<f64>,
+    /// Sticky users' Pareto(1.2) activity, as a cumulative distribution (empty: none).
+    users: Vec<f64>,
+    /// Each user's salted bucket in [0, 1).
+    user_bucket: Vec<f64>,
+    /// Users whose requests fail more (clustered-bad).
+    user_bad: Vec<bool>,
+}
+
+impl Population {
+    fn draw(t: &super::scenario::Traffic, rng: &mut StdRng) -> Population {
+        let workspaces = cumulative((1..=t.workspaces.max(1)).map(|k| (k as f64).powf(-1.1)));
+        let workspace_errors = (0..workspaces.len())
+            .map(|_| (0.4 * normal(rng) - 0.08).exp())
+            .collect();
+        let workspace_tokens = (0..workspaces.len())
+            .map(|_| (0.3 * normal(rng)).exp())
+            .collect();
+        let n = t.sticky_users;
+        let users = cumulative((0..n).map(|_| rng.random::<f64>().max(1e-12).powf(-1.0 / 1.2)));
+        let user_bucket = (0..n).map(|_| rng.random()).collect();
+        let user_bad = (0..n)
+            .map(|_| rng.random::<f64>() < t.bad_user_share)
+            .collect();
+        Population {
+            workspaces,
+            workspace_errors,
+            workspace_tokens,
+            users,
+            user_bucket,
+            user_bad,
+        }
+    }
+}
+
+/// The busiest `heavy_workspaces` send long prompts.
+fn heavy_ratio(t: &super::scenario::Traffic, workspace: usize) -> f64 {
+    if workspace < t.heavy_workspaces {
+        t.heavy_tokens_ratio
+    } else {
+        1.0
+    }
+}
+
+/// Where one request goes.
+struct Assignment {
+    workspace: usize,
+    user: Option<usize>,
+    /// The canary weight it was assigned at, 0 to 1.
+    w: f64,
+    arm: Arm,
+    /// Assigned by weight (not targeted by workspace).
+    randomized: bool,
+}
+
+/// One request's answer as measured, before it is counted.
+struct Answer {
+    obs: Observation,
+    /// An error, a schema failure or a guardrail block.
+    bad: bool,
+    /// Its record never reaches the gateway (`lost_canary_records`).
+    lost: bool,
+    gets_feedback: bool,
+    feedback_bad: bool,
+}
+
+/// Draws one request's answer; the draws keep their order, so a seed gives the same run.
+fn draw_answer(
+    s: &Scenario,
+    rng: &mut StdRng,
+    population: &Population,
+    a: &Assignment,
+    at_ms: i64,
+) -> Answer {
+    let (t, c) = (&s.traffic, &s.canary);
+    let canary = a.arm == Arm::Canary;
+    let changed = canary && at_ms >= s.onset.as_millis() as i64;
+    let ratio = |r: f64| if changed { r } else { 1.0 };
+    let p_err = error_probability(s, population, a, at_ms);
+    let error = rng.random::<f64>() < (p_err * ratio(c.error_ratio)).min(1.0);
+    let ttft = draw_ttft(s, rng, changed);
+    let heavy = heavy_ratio(t, a.workspace);
+    let tokens = if error {
+        0.0
+    } else {
+        s.stable.tokens
+            * population.workspace_tokens[a.workspace]
+            * heavy
+            * (s.stable.tokens_sigma * normal(rng)).exp()
+            * ratio(c.tokens_ratio)
+    };
+    let latency = match t.stream_seconds {
+        Some([low, high]) => 1000.0 * (low + (high - low) * rng.random::<f64>()),
+        None => {
+            ttft + s.stable.latency_ms
+                * heavy.sqrt()
+                * (0.4 * normal(rng)).exp()
+                * ratio(c.latency_ratio)
+        }
+    };
+    let schema_failed = (rng.random::<f64>() < t.schema_share).then(|| {
+        rng.random::<f64>()
+            < (s.stable.schema_failure_rate * ratio(c.schema_failure_ratio)).min(1.0)
+    });
+    let guardrail_blocked = rng.random::<f64>() < s.stable.guardrail_block_rate;
+    let lost = canary && t.lost_canary_records > 0.0 && rng.random::<f64>() < t.lost_canary_records;
+    let gets_feedback = a.randomized && rng.random::<f64>() < t.feedback_share;
+    let feedback_bad =
+        rng.random::<f64>() < (s.stable.feedback_bad_rate * ratio(c.feedback_ratio)).min(1.0);
+    let obs = Observation {
+        at_ms,
+        arm: a.arm,
+        w: if a.randomized { a.w } else { 1.0 },
+        randomized: a.randomized,
+        error,
+        latency_ms: latency,
+        ttft_ms: (!error).then_some(ttft),
+        tokens,
+        cost_usd: tokens * 2e-6 * ratio(c.cost_ratio),
+        response_chars: tokens * 3.5 * ratio(c.length_ratio),
+        schema_failed,
+        guardrail_blocked,
+        unit: a.user.map(|u| u as u64),
+    };
+    Answer {
+        obs,
+        bad: error || schema_failed == Some(true) || guardrail_blocked,
+        lost,
+        gets_feedback,
+        feedback_bad,
+    }
+}
+
+/// The stable error rate for this user or workspace, raised by any incident under way.
+fn error_probability(s: &Scenario, population: &Population, a: &Assignment, at_ms: i64) -> f64 {
+    let mut p_err = match a.user {
+        Some(u) if population.user_bad[u] => s.traffic.bad_user_error_rate,
+        _ => s.stable.error_rate * population.workspace_errors[a.workspace],
+    };
+    let canary = a.arm == Arm::Canary;
+    for inc in &s.incidents {
+        let hits = if canary { inc.canary } else { inc.stable };
+        if hits && (inc.from_ms..inc.to_ms).contains(&at_ms) {
+            p_err = p_err.max(inc.error_rate);
+        }
+    }
+    p_err
+}
+
+/// Log-normal time to first token with 2 % slow outliers; a changed canary's upper half
+/// is stretched so that its p95 moves by `ttft_p95_ratio`.
+fn draw_ttft(s: &Scenario, rng: &mut StdRng, changed: bool) -> f64 {
+    let ttft_stretch = 1.0 + s.canary.ttft_p95_ratio.ln() / (1.645 * s.stable.ttft_sigma);
+    let z = normal(rng);
+    let z = if changed && z > 0.0 {
+        z * ttft_stretch
+    } else {
+        z
+    };
+    let mut ttft = s.stable.ttft_ms * (s.stable.ttft_sigma * z).exp();
+    if rng.random::<f64>() < 0.02 {
+        ttft *= 5.0;
+    }
+    ttft
+}
+
+/// Everything one run carries from request to request.
+struct RunState<'a> {
+    s: &'a Scenario,
+    judge: Judge,
+    pos: Position,
+    in_step: InStep,
+    next_look: i64,
+    result: Option<RunResult>,
+    canary_requests: u64,
+    bad_canary: u64,
+    checks: Checks,
+    minute_end: i64,
+    /// Requests in flight (measured when they end) by due time.
+    in_flight: BTreeMap<(i64, u64), InFlight>,
+    /// Feedback on its way, by due time: (arm, weight, bad).
+    feedback: BTreeMap<(i64, u64), (Arm, f64, bool)>,
+    seq: u64,
+    /// Once the judge has decided, traffic keeps flowing at the last live weight so the
+    /// baselines see the same stream as far as they need.
+    weight_bp: u32,
+    e_path: Vec<(i64, f64)>,
+}
+
+impl<'a> RunState<'a> {
+    fn new(s: &'a Scenario, watch: &[crate::judge::spec::Metric]) -> RunState<'a> {
+        let policy = &s.policy;
+        let pos = Position::start(policy, 0);
+        RunState {
+            s,
+            judge: Judge::new(&policy.judge_spec()),
+            weight_bp: pos.weight_bp,
+            pos,
+            in_step: InStep::default(),
+            next_look: policy.interval.as_millis() as i64,
+            result: None,
+            canary_requests: 0,
+            bad_canary: 0,
+            checks: Checks::new(watch),
+            minute_end: 60_000,
+            in_flight: BTreeMap::new(),
+            feedback: BTreeMap::new(),
+            seq: 0,
+            e_path: Vec::new(),
+        }
+    }
+
+    /// Every look of the judge due by `until_ms`, until it decides.
+    fn look_until(&mut self, until_ms: i64) {
+        while self.result.is_none() && self.next_look <= until_ms {
+            let at = self.next_look;
+            self.deliver_due(at);
+            self.look(at);
+            self.next_look += self.s.policy.interval.as_millis() as i64;
+        }
+    }
+
+    /// Everything that ended by the look reaches the judge first.
+    fn deliver_due(&mut self, at: i64) {
+        while let Some(entry) = self.in_flight.first_entry() {
+            if entry.key().0 > at {
+                break;
+            }
+            let f = entry.remove();
+            self.in_step.count(&f.obs, self.pos.step_started_ms);
+            self.judge.observe(&f.obs);
+        }
+        let feedback_name = self.s.policy.feedback.first().map(|f| &f.name);
+        while let Some(entry) = self.feedback.first_entry() {
+            if entry.key().0 > at {
+                break;
+            }
+            let (arm, w, bad) = entry.remove();
+            if let Some(name) = feedback_name {
+                self.judge
+                    .observe_feedback(name, arm, w, true, if bad { 0.0 } else { 1.0 });
+            }
+        }
+    }
+
+    /// One look: the judge's report, the machine's decision, and the run's end if decided.
+    fn look(&mut self, at: i64) {
+        let policy = &self.s.policy;
+        self.judge.tick(at);
+        let report = self.judge.look(at);
+        let decision = self.pos.decide(policy, &report, self.in_step, at);
+        let ended = match &decision {
+            Decision::Revert { .. } => Some((Outcome::Reverted, report.kill_switch_fired)),
+            Decision::Promote => Some((Outcome::Promoted, false)),
+            Decision::Inconclusive { .. } => Some((Outcome::Inconclusive, false)),
+            Decision::Advance { .. } => {
+                self.in_step = InStep::default();
+                None
+            }
+            Decision::Hold { .. } => None,
+        };
+        let next = self.pos.apply(policy, &decision, at);
+        if next.state.is_live() {
+            self.weight_bp = next.weight_bp;
+        }
+        self.pos = next;
+        if self.e_path.len() < E_PATH_POINTS && (at % E_PATH_EVERY_MS == 0 || ended.is_some()) {
+            self.e_path.push((at, report.e_global));
+        }
+        if let Some((outcome, kill_switch)) = ended {
+            self.result = Some(RunResult {
+                outcome,
+                at_ms: at,
+                canary_requests: self.canary_requests,
+                bad_canary: self.bad_canary,
+                kill_switch,
+                checks: Checks::default(),
+                e_path: Vec::new(),
+            });
+        }
+    }
+
+    /// Closes the baselines' minutes that ended by `until_ms`.
+    fn close_minutes(&mut self, until_ms: i64) {
+        while self.minute_end <= until_ms {
+            self.checks
+                .close_minute(self.canary_requests, self.bad_canary);
+            self.minute_end += 60_000;
+        }
+    }
+
+    /// Picks the request's workspace and user, and its arm: targeted, by the user's
+    /// bucket, or at random by weight.
+    fn assign(&mut self, rng: &mut StdRng, population: &Population, at_ms: i64) -> Assignment {
+        let t = &self.s.traffic;
+        let workspace = pick(rng, &population.workspaces);
         let internal = rng.random::<f64>() < t.internal_share;
-        let user = (users > 0).then(|| pick(&mut rng, &user_cum));
-        let w = f64::from(weight_bp) / 10_000.0;
-        let live = pos.state.is_live();
-        let targeted =
-            internal && live && policy.targeted_workspaces(pos.step).contains(&"internal");
+        let user = (t.sticky_users > 0).then(|| pick(rng, &population.users));
+        let w = f64::from(self.weight_bp) / 10_000.0;
+        let live = self.pos.state.is_live();
+        let targeted = internal
+            && live
+            && (self.s.policy)
+                .targeted_workspaces(self.pos.step)
+                .contains(&"internal");
         let canary = if targeted {
             true
         } else {
             match user {
-                Some(u) => user_bucket[u] < w,
+                Some(u) => population.user_bucket[u] < w,
                 None => rng.random::<f64>() < w,
             }
         };
         let randomized = !targeted;
         let arm = if canary { Arm::Canary } else { Arm::Stable };
-        if randomized && result.is_none() {
-            judge.note_assignment(arm, w, at_ms);
+        if randomized && self.result.is_none() {
+            self.judge.note_assignment(arm, w, at_ms);
         }
-        let changed = canary && at_ms >= onset_ms;
-        let ratio = |r: f64| if changed { r } else { 1.0 };
-
-        let mut p_err = match user {
-            Some(u) if user_bad[u] => t.bad_user_error_rate,
-            _ => s.stable.error_rate * ws_err[ws],
-        };
-        for inc in &s.incidents {
-            let hits = if canary { inc.canary } else { inc.stable };
-            if hits && (inc.from_ms..inc.to_ms).contains(&at_ms) {
-                p_err = p_err.max(inc.error_rate);
-            }
-        }
-        let error = rng.random::<f64>() < (p_err * ratio(c.error_ratio)).min(1.0);
-        let z = normal(&mut rng);
-        let z = if changed && z > 0.0 {
-            z * ttft_stretch
-        } else {
-            z
-        };
-        let mut ttft = s.stable.ttft_ms * (s.stable.ttft_sigma * z).exp();
-        if rng.random::<f64>() < 0.02 {
-            ttft *= 5.0;
-        }
-        let heavy = ws_heavy(ws);
-        let tokens = if error {
-            0.0
-        } else {
-            s.stable.tokens
-                * ws_tok[ws]
-                * heavy
-                * (s.stable.tokens_sigma * normal(&mut rng)).exp()
-                * ratio(c.tokens_ratio)
-        };
-        let latency = match t.stream_seconds {
-            Some([a, b]) => 1000.0 * (a + (b - a) * rng.random::<f64>()),
-            None => {
-                ttft + s.stable.latency_ms
-                    * heavy.sqrt()
-                    * (0.4 * normal(&mut rng)).exp()
-                    * ratio(c.latency_ratio)
-            }
-        };
-        let schema_failed = (rng.random::<f64>() < t.schema_share).then(|| {
-            rng.random::<f64>()
-                < (s.stable.schema_failure_rate * ratio(c.schema_failure_ratio)).min(1.0)
-        });
-        let guardrail_blocked = rng.random::<f64>() < s.stable.guardrail_block_rate;
-        let lost =
-            canary && t.lost_canary_records > 0.0 && rng.random::<f64>() < t.lost_canary_records;
-        let gets_feedback = randomized && rng.random::<f64>() < t.feedback_share;
-        let feedback_bad =
-            rng.random::<f64>() < (s.stable.feedback_bad_rate * ratio(c.feedback_ratio)).min(1.0);
-        if lost {
-            continue;
-        }
-        let bad = error || schema_failed == Some(true) || guardrail_blocked;
-        let obs = Observation {
-            at_ms,
+        Assignment {
+            workspace,
+            user,
+            w,
             arm,
-            w: if randomized { w } else { 1.0 },
             randomized,
-            error,
-            latency_ms: latency,
-            ttft_ms: (!error).then_some(ttft),
-            tokens,
-            cost_usd: tokens * 2e-6 * ratio(c.cost_ratio),
-            response_chars: tokens * 3.5 * ratio(c.length_ratio),
-            schema_failed,
-            guardrail_blocked,
-            unit: user.map(|u| u as u64),
-        };
-        if canary {
-            canary_requests += 1;
-            bad_canary += u64::from(bad);
-        }
-        if result.is_none() {
-            seq += 1;
-            let done = at_ms + latency as i64;
-            if gets_feedback {
-                feedback.insert((done + feedback_delay_ms, seq), (arm, w, feedback_bad));
-            }
-            in_flight.insert((done, seq), InFlight { obs: obs.clone() });
-        }
-        if randomized {
-            checks.add(&obs);
         }
     }
-    let mut r = result.unwrap_or(RunResult {
-        outcome: if pos.state == RolloutState::Promoted {
-            Outcome::Promoted
-        } else {
-            Outcome::Undecided
-        },
-        at_ms: end_ms,
-        canary_requests,
-        bad_canary,
-        kill_switch: false,
-        checks: Checks::default(),
-        e_path: Vec::new(),
-    });
-    r.checks = checks;
-    r.e_path = e_path;
-    r
+
+    /// Counts a measured answer, and sends it (and its feedback) on its way to the judge
+    /// while the judge has not decided.
+    fn count(&mut self, a: &Assignment, answer: Answer, at_ms: i64) {
+        if answer.lost {
+            return;
+        }
+        if a.arm == Arm::Canary {
+            self.canary_requests += 1;
+            self.bad_canary += u64::from(answer.bad);
+        }
+        if self.result.is_none() {
+            self.seq += 1;
+            let done = at_ms + answer.obs.latency_ms as i64;
+            if answer.gets_feedback {
+                let due = done + self.s.feedback_delay.as_millis() as i64;
+                self.feedback
+                    .insert((due, self.seq), (a.arm, a.w, answer.feedback_bad));
+            }
+            self.in_flight.insert(
+                (done, self.seq),
+                InFlight {
+                    obs: answer.obs.clone(),
+                },
+            );
+        }
+        if a.randomized {
+            self.checks.add(&answer.obs);
+        }
+    }
+
+    /// The run's result: the judge's decision, or where the rollout stood at the end.
+    fn finish(self, end_ms: i64) -> RunResult {
+        let mut r = self.result.unwrap_or(RunResult {
+            outcome: if self.pos.state == RolloutState::Promoted {
+                Outcome::Promoted
+            } else {
+                Outcome::Undecided
+            },
+            at_ms: end_ms,
+            canary_requests: self.canary_requests,
+            bad_canary: self.bad_canary,
+            kill_switch: false,
+            checks: Checks::default(),
+            e_path: Vec::new(),
+        });
+        r.checks = self.checks;
+        r.e_path = self.e_path;
+        r
+    }
 }
