@@ -482,14 +482,14 @@ async fn route_stats(
         total: total.summary(),
         records: app.sink.counters(),
     };
-    Ok(sorted(&StatsBody::Replica(body)).into_response())
+    Ok(sorted(&StatsBody::Replica(Box::new(body))).into_response())
 }
 
 /// The body of `GET /routes/{route}/stats`: one replica's figures, or the cluster's.
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 enum StatsBody<'a> {
-    Replica(RouteStats<'a>),
+    Replica(Box<RouteStats<'a>>),
     Cluster(ClusterRouteStats<'a>),
 }
 
