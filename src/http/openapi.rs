@@ -70,7 +70,7 @@ pub(super) struct BadGateway(ErrorBody<'static>);
 #[allow(dead_code, reason = "a response of the document only")]
 pub(super) struct GatewayTimeout(ErrorBody<'static>);
 
-/// The admin API as utoipa derives it (the gateway's part is merged in by [`DOCUMENT`]).
+/// The admin API as utoipa derives it; [`served`] is this with the gateway's part merged in.
 #[derive(OpenApi)]
 #[openapi(
     info(
