@@ -7,7 +7,6 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde_json::json;
 
 use crate::rollout::error::RolloutError;
 use crate::store::StoreError;
@@ -316,9 +315,42 @@ impl From<RolloutError> for ApiError {
     }
 }
 
+/// Every error sluice itself answers, in OpenAI's shape (the official SDKs turn it into their
+/// usual exceptions): `{"error": {"code", "message", "param", "type"}}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody<'a> {
+    pub error: ErrorDetail<'a>,
+}
+
+/// The `error` object of an [`ErrorBody`]. Its fields are in the order of their names, the
+/// order the body has always had on the wire.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail<'a> {
+    /// A stable code: `invalid_admin_token`, `not_found`, `conflict`, `unprocessable`,
+    /// `request_too_large`, …
+    #[schema(required = true)]
+    pub code: Option<&'a str>,
+    /// What went wrong, in words.
+    pub message: &'a str,
+    /// The request field at fault, if one is.
+    #[schema(required = true)]
+    pub param: Option<&'a str>,
+    /// `invalid_request_error`, `upstream_error` or `server_error`.
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+}
+
 fn json_body(message: &str, kind: &str, param: Option<&str>, code: Option<&str>) -> Bytes {
-    let value = json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
-    Bytes::from(serde_json::to_vec(&value).expect("a JSON value serializes"))
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code,
+            message,
+            param,
+            kind,
+        },
+    };
+    Bytes::from(serde_json::to_vec(&body).expect("an error body serializes"))
 }
 
 fn is_openai_error(body: &[u8]) -> bool {

@@ -65,7 +65,8 @@ pub struct RolloutShadow {
     window: std::sync::Mutex<(Instant, f64)>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Shadow copies of a rollout since this process took it up.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ShadowCounters {
     pub sent: u64,
     pub dropped_queue: u64,

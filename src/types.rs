@@ -144,7 +144,19 @@ impl std::fmt::Display for RouteName {
 }
 
 /// Which side of a rollout served a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Arm {
     Stable,
@@ -345,13 +357,17 @@ impl Price {
     }
 }
 
-/// A workspace's limits; `None` is unlimited.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+/// A workspace's limits; `None` is unlimited. In the admin API a missing or null key falls
+/// back to `[limits]` in the config (none: unlimited).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
+    #[schema(exclusive_minimum = 0)]
     pub requests_per_second: Option<f64>,
+    #[schema(minimum = 1)]
     pub burst: Option<u32>,
     pub tokens_per_minute: Option<u64>,
+    #[schema(minimum = 0)]
     pub usd_per_day: Option<f64>,
 }
 
@@ -386,7 +402,7 @@ impl Limits {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RolloutState {
     Progressing,

@@ -27,7 +27,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_json::{Value, json};
 
 use crate::config::cluster::ClusterConfig;
 use crate::store::{Engine, ReplicaRow, Store, StoreError};
@@ -200,53 +199,139 @@ impl Cluster {
     }
 
     /// `GET /admin/v1/cluster`: the replicas (live or gone), who judges which rollout.
-    pub async fn view(&self, store: &Store) -> Result<Value, StoreError> {
+    pub async fn view(&self, store: &Store) -> Result<ClusterView<'_>, StoreError> {
         if !self.enabled {
             let mut me = self.replica.clone();
             me.heartbeat_at_ms = now_ms();
-            return Ok(json!({
-                "mode": "single",
-                "this_replica": me.id,
-                "replicas": [replica_json(&me, true, &[])],
-                "counters": &self.counters,
-            }));
+            return Ok(ClusterView {
+                mode: Mode::Single,
+                this_replica: self.replica.id.clone(),
+                live_replicas: None,
+                replicas: vec![ReplicaView::of(&me, true, Vec::new())],
+                judges: None,
+                counters: &self.counters,
+            });
         }
         let (replicas, now) = store.replicas().await?;
         let leases = store.leases("judge:").await?;
         let gone_after = (MISSED_HEARTBEATS * self.config.heartbeat_ms) as i64;
-        let rows: Vec<Value> = replicas
+        let rows: Vec<ReplicaView> = replicas
             .iter()
             .map(|r| {
                 let live = now - r.heartbeat_at_ms <= gone_after;
-                let judges: Vec<&str> = leases
+                let judges = leases
                     .iter()
                     .filter(|l| l.holder == r.id && l.expires_at_ms >= now)
                     .filter_map(|l| l.name.strip_prefix("judge:"))
+                    .map(str::to_owned)
                     .collect();
-                replica_json(r, live, &judges)
+                ReplicaView::of(r, live, judges)
             })
             .collect();
-        let live = rows.iter().filter(|r| r["live"] == true).count();
-        Ok(json!({
-            "mode": "cluster",
-            "this_replica": self.replica.id,
-            "live_replicas": live,
-            "replicas": rows,
-            "judges": leases.iter().filter(|l| l.expires_at_ms >= now).map(|l| json!({
-                "rollout": l.name.strip_prefix("judge:"), "replica": l.holder, "fence": l.fence,
-                "expires_in_ms": l.expires_at_ms - now,
-            })).collect::<Vec<_>>(),
-            "counters": &self.counters,
-        }))
+        let live = rows.iter().filter(|r| r.live).count();
+        let judges = leases
+            .iter()
+            .filter(|l| l.expires_at_ms >= now)
+            .map(|l| JudgeLease {
+                rollout: l.name.strip_prefix("judge:").map(str::to_owned),
+                replica: l.holder.clone(),
+                fence: l.fence,
+                expires_in_ms: l.expires_at_ms - now,
+            })
+            .collect();
+        Ok(ClusterView {
+            mode: Mode::Cluster,
+            this_replica: self.replica.id.clone(),
+            live_replicas: Some(live),
+            replicas: rows,
+            judges: Some(judges),
+            counters: &self.counters,
+        })
     }
 }
 
-fn replica_json(r: &ReplicaRow, live: bool, judges: &[&str]) -> Value {
-    json!({
-        "id": r.id, "address": r.address, "version": r.version, "started_at_ms": r.started_at_ms,
-        "last_heartbeat_ms": r.heartbeat_at_ms, "live": live, "state": if live { "live" } else { "gone" },
-        "judges": judges,
-    })
+/// The replicas of this gateway and who judges which rollout (`GET /admin/v1/cluster`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Cluster)]
+pub struct ClusterView<'a> {
+    pub mode: Mode,
+    /// The id of the replica that answered.
+    pub this_replica: String,
+    /// Cluster mode only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live_replicas: Option<usize>,
+    pub replicas: Vec<ReplicaView>,
+    /// The judge leases that run, cluster mode only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub judges: Option<Vec<JudgeLease>>,
+    /// This replica's cluster counters: notifications, re-reads, listener drops and
+    /// reconnects, batches and observations shipped or dropped, fenced writes refused,
+    /// leases taken, rows pruned.
+    #[schema(value_type = std::collections::BTreeMap<String, u64>)]
+    pub counters: &'a ClusterCounters,
+}
+
+/// `single` on SQLite (one process), `cluster` on PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Single,
+    Cluster,
+}
+
+/// One replica as the cluster view shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReplicaView {
+    pub id: String,
+    pub address: String,
+    /// sluice's version.
+    pub version: String,
+    pub started_at_ms: i64,
+    /// The database's clock at its last heartbeat.
+    pub last_heartbeat_ms: i64,
+    pub live: bool,
+    /// `gone` after 3 heartbeat intervals without one.
+    pub state: ReplicaState,
+    /// The rollouts whose judge lease it holds.
+    pub judges: Vec<String>,
+}
+
+impl ReplicaView {
+    fn of(r: &ReplicaRow, live: bool, judges: Vec<String>) -> Self {
+        Self {
+            id: r.id.clone(),
+            address: r.address.clone(),
+            version: r.version.clone(),
+            started_at_ms: r.started_at_ms,
+            last_heartbeat_ms: r.heartbeat_at_ms,
+            live,
+            state: if live {
+                ReplicaState::Live
+            } else {
+                ReplicaState::Gone
+            },
+            judges,
+        }
+    }
+}
+
+/// Whether a replica still sends heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaState {
+    Live,
+    Gone,
+}
+
+/// A judge lease that runs: which replica judges which rollout.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct JudgeLease {
+    #[schema(required = true)]
+    pub rollout: Option<String>,
+    pub replica: String,
+    /// The lease's fencing token.
+    pub fence: i64,
+    pub expires_in_ms: i64,
 }
 
 /// The time to wait before retrying a loop whose database call failed.

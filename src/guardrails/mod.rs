@@ -25,7 +25,9 @@ pub fn mask(kind: &str) -> String {
     format!("[redacted:{kind}]")
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Block,
@@ -33,7 +35,7 @@ pub enum Action {
     Flag,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
     Input,
@@ -416,7 +418,9 @@ pub struct GuardrailCounters {
     counts: Mutex<BTreeMap<CountKey, u64>>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// How often one guardrail rule fired, per version, arm, stage and action.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+#[schema(as = GuardrailCount)]
 pub struct CountRow {
     pub version: String,
     pub arm: String,

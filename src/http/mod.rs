@@ -11,7 +11,7 @@ mod dashboard;
 mod dropin;
 pub mod extract;
 mod openai;
-mod openapi;
+pub mod openapi;
 mod pretty;
 mod rollouts;
 pub mod server;

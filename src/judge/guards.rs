@@ -37,7 +37,7 @@ pub struct KillWindow {
 pub const KILL_P: f64 = 1e-4;
 
 /// Which rule of the kill switch fired.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KillCause {
     NoStable,

@@ -60,7 +60,7 @@ pub struct Observation {
     pub unit: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum GateVerdict {
     /// Evidence of harm beyond the tolerance: revert.
@@ -72,7 +72,7 @@ pub enum GateVerdict {
 }
 
 /// One gate's evidence at one look.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GateReport {
     pub gate: Metric,
     /// For a feedback gate: the metric's name.
@@ -86,19 +86,24 @@ pub struct GateReport {
     pub weight: f64,
     /// The canary's effect estimate: a rate ratio (binary gates) or a ratio of geometric
     /// means (continuous gates), canary / stable.
+    #[schema(required = true)]
     pub effect: Option<f64>,
     /// Confidence interval (1 − α) for `effect`, when there is one: for binary gates the
     /// ratios θ0 whose two-sided e-process has not reached 1/α (a confidence sequence);
     /// for continuous gates an asymptotic normal-mixture confidence sequence.
+    #[schema(required = true)]
     pub ci: Option<(f64, f64)>,
+    #[schema(required = true)]
     pub stable_value: Option<f64>,
+    #[schema(required = true)]
     pub canary_value: Option<f64>,
     /// Randomized observations this gate used, per arm.
     pub n_stable: u64,
     pub n_canary: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The sample-ratio guard: assigned against measured canary share.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SrmReport {
     pub assigned_stable: u64,
     pub assigned_canary: u64,
@@ -116,7 +121,7 @@ pub struct SrmReport {
 }
 
 /// The per-unit analysis of a sticky rollout at one look.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UnitsReport {
     /// Units with requests not yet settled (their labels are still hidden from the
     /// statistic).
@@ -129,7 +134,7 @@ pub struct UnitsReport {
 }
 
 /// The judge's word at one look.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JudgeReport {
     pub at_ms: i64,
     pub alpha: f64,

@@ -167,35 +167,46 @@ impl StatsSnapshot {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// Live figures of one version (or arm) since this process started.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct StatsSummary {
     pub requests: u64,
     pub errors: u64,
+    #[schema(required = true)]
     pub error_rate: Option<f64>,
+    /// Requests per outcome: `ok`, `upstream_4xx`, `upstream_5xx`, `upstream_timeout`, …
     pub outcomes: std::collections::BTreeMap<&'static str, u64>,
     pub latency_ms: Quantiles,
     pub ttft_ms: Quantiles,
     pub response_chars: Quantiles,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    #[schema(required = true)]
     pub tokens_per_request: Option<f64>,
     /// Requests whose token counts sluice estimated because the upstream sent none.
     pub estimated_token_requests: u64,
     pub cost_usd: f64,
+    #[schema(required = true)]
     pub cost_per_request_usd: Option<f64>,
     /// Requests that asked for structured output, and those whose answer did not fit.
     pub schema_requests: u64,
     pub schema_failures: u64,
+    #[schema(required = true)]
     pub schema_failure_rate: Option<f64>,
     pub guardrail_blocks: u64,
+    #[schema(required = true)]
     pub guardrail_block_rate: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// Quantiles from log-scale histograms with 2 % buckets (within 1 %); null without data.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Quantiles {
     pub count: u64,
+    #[schema(required = true)]
     pub p50: Option<f64>,
+    #[schema(required = true)]
     pub p95: Option<f64>,
+    #[schema(required = true)]
     pub p99: Option<f64>,
 }
 

@@ -107,7 +107,8 @@ pub struct RecordSink {
     drop_report: std::sync::Mutex<(Option<Instant>, u64)>,
 }
 
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+/// The measurement record writer's counters.
+#[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
 pub struct SinkCounters {
     /// Records not queued because the queue was full or closed.
     pub dropped: u64,

@@ -66,7 +66,7 @@ impl InStep {
 }
 
 /// What the machine decided at one look.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Decision {
     /// Stay where we are; `why` says what is missing (hold time, requests, evidence).

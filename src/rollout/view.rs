@@ -16,9 +16,13 @@ use crate::shadow::ShadowCounters;
 use crate::store::{ArmTotals, RolloutRow};
 use crate::types::{Arm, RolloutState};
 
-/// One rollout as the admin API shows it.
-#[derive(Debug, Clone, Serialize)]
+/// One rollout as the admin API shows it: its stored row, and while it is live in this
+/// process its arms, pins, the judge's last report and decision, shadow and feedback
+/// counters.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Rollout)]
 pub struct RolloutView {
+    #[schema(pattern = "^ro_")]
     pub id: String,
     pub route: String,
     /// The stable version's name.
@@ -36,12 +40,17 @@ pub struct RolloutView {
     pub weight: f64,
     /// The step ran past `max_step_hold` undecided and waits for an operator.
     pub inconclusive: bool,
+    /// Unix time in milliseconds.
     pub started_at_ms: i64,
+    /// Unix time in milliseconds.
     pub step_started_at_ms: i64,
+    /// Unix time in milliseconds.
     pub updated_at_ms: i64,
     /// `null` while the rollout is live.
+    #[schema(required = true)]
     pub ended_at_ms: Option<i64>,
     /// The judge's last report, `null` before the first look.
+    #[schema(required = true, value_type = Option<JudgeReport>)]
     pub judge: Option<JudgeView>,
     /// Per-arm figures since this process took the rollout up (absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -51,6 +60,7 @@ pub struct RolloutView {
     pub pins: Option<BTreeMap<String, Arm>>,
     /// What only a live rollout has.
     #[serde(flatten)]
+    #[schema(value_type = LiveView)]
     pub live: Option<LiveView>,
     /// In a cluster: every replica's figures, summed from what they shipped (`arms` are
     /// this replica's own). Absent for a single process.
@@ -59,7 +69,7 @@ pub struct RolloutView {
 }
 
 /// A rollout's figures over every replica of a cluster.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ClusterFigures {
     pub stable: ClusterArm,
     pub canary: ClusterArm,
@@ -79,7 +89,7 @@ pub struct ClusterFigures {
 }
 
 /// One arm over every replica.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ClusterArm {
     pub requests: i64,
     pub errors: i64,
@@ -125,34 +135,41 @@ pub enum JudgeView {
 }
 
 /// Both arms' figures.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ArmsView {
     pub stable: ArmView,
     pub canary: ArmView,
 }
 
 /// One arm: its version and its figures since the rollout was taken up here.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = ArmFigures)]
 pub struct ArmView {
     pub version: String,
     #[serde(flatten)]
     pub figures: StatsSummary,
 }
 
-/// The fields of a rollout live in this process.
-#[derive(Debug, Clone, Serialize)]
+/// The fields of a rollout live in this process (all absent otherwise, so none is
+/// required in the document).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LiveView {
     /// Randomized canary requests measured in the current step: what its `min_requests`
     /// counts (at a step without randomized traffic, `reported_…` is counted instead).
+    #[schema(required = false)]
     pub canary_requests_in_step: u64,
     /// Canary requests of the current step that were not randomized (pinned, targeted,
     /// continuing a conversation): reported, never evidence.
+    #[schema(required = false)]
     pub reported_canary_requests_in_step: u64,
     /// Observations the request path could not hand to the judge (its queue was full).
+    #[schema(required = false)]
     pub observations_dropped: u64,
     pub last_decision: Option<Decision>,
+    /// Null when the policy has no `[shadow]`.
     pub shadow: Option<ShadowCounters>,
     /// `metric/arm` → feedback received.
+    #[schema(required = false)]
     pub feedback: BTreeMap<String, u64>,
     /// In a cluster, while the database is away: this replica's kill switch reverted the
     /// canary on its own (all its traffic goes to stable); the revert is written when the
@@ -162,7 +179,7 @@ pub struct LiveView {
 }
 
 /// A kill-switch revert applied by one replica while the database was away.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LocalRevert {
     /// When it was applied here (ms since the epoch).
     pub at_ms: i64,

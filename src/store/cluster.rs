@@ -437,7 +437,7 @@ impl Store {
 }
 
 /// One (version, arm) of a route, summed over every replica's records.
-#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, PartialEq, utoipa::ToSchema)]
 pub struct RouteTotals {
     pub version: String,
     pub arm: String,

@@ -173,19 +173,26 @@ pub struct Store {
     channel: Option<std::sync::Arc<str>>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// A tenant: gateway keys, records and feedback belong to one.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Workspace {
     pub id: String,
+    /// Unix time in milliseconds.
     pub created_at_ms: i64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// A gateway key as listed: never the key itself.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+#[schema(as = Key)]
 pub struct KeyInfo {
     pub id: String,
     pub workspace: String,
     /// The first characters of the key, to tell keys apart; never enough to use one.
     pub prefix: String,
+    /// Unix time in milliseconds.
     pub created_at_ms: i64,
+    /// When it was revoked (Unix ms), or null while it works.
+    #[schema(required = true)]
     pub revoked_at_ms: Option<i64>,
 }
 

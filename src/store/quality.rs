@@ -6,21 +6,31 @@ use sqlx::Row;
 use super::{Store, StoreError};
 use crate::types::Arm;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// A request answered by one version and copied to the other.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ShadowPair {
+    /// Pass as `after` to page on.
     pub id: i64,
     pub rollout_id: String,
+    /// Unix time in milliseconds.
     pub at_ms: i64,
+    /// The primary's request id.
     pub request_id: String,
+    /// The W3C trace id when the client sent a `traceparent`.
+    #[schema(required = true)]
     pub trace_id: Option<String>,
     pub workspace: String,
+    /// The chat request (masked when the policy's `redact`).
+    #[schema(value_type = Object)]
     pub request: serde_json::Value,
     pub primary_version: String,
     pub primary_arm: Arm,
     pub primary_answer: String,
+    #[schema(value_type = Object)]
     pub primary_record: serde_json::Value,
     pub shadow_version: String,
     pub shadow_answer: String,
+    #[schema(value_type = Object)]
     pub shadow_record: serde_json::Value,
 }
 

@@ -63,7 +63,7 @@ pub struct WriteGuard<'a> {
 }
 
 /// Who made a change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Actor {
     Judge,
@@ -88,17 +88,28 @@ pub struct NewEvent {
     pub evidence: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// One entry of a rollout's audit log.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+#[schema(as = Event)]
 pub struct EventRow {
     pub id: i64,
     pub rollout_id: String,
+    /// Unix time in milliseconds.
     pub at_ms: i64,
+    /// `judge` or `operator`.
+    #[schema(value_type = Actor)]
     pub actor: String,
+    /// `started`, `advanced`, `paused`, `resumed`, `pinned`, `unpinned`, `promoted`,
+    /// `rolled_back`, `aborted`, …
     pub kind: String,
+    #[schema(value_type = RolloutState)]
     pub state: String,
     pub step: i64,
+    /// The canary weight after the change, in basis points.
     pub weight_bp: i64,
     pub message: String,
+    /// For the judge's changes: `{decision, report}`.
+    #[schema(required = true, value_type = Option<Object>)]
     pub evidence: Option<serde_json::Value>,
 }
 
