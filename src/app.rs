@@ -153,10 +153,6 @@ impl Server {
             .expect("a bound listener has an address")
     }
 
-    pub fn port(&self) -> u16 {
-        self.local_addr().port()
-    }
-
     pub fn state(&self) -> AppState {
         self.app.clone()
     }

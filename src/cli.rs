@@ -165,11 +165,11 @@ impl AdminClient {
         Ok(())
     }
 
-    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.call(reqwest::Method::GET, path, None).await
     }
 
-    pub async fn post(&self, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub(crate) async fn post(&self, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         self.call(reqwest::Method::POST, path, body).await
     }
 
@@ -260,7 +260,7 @@ fn num(v: &Value, digits: usize) -> String {
 
 /// "step 2 of 4": steps are counted from 1, as on the dashboard and in the events (the
 /// API's `step` is the 0-based index; after the last step it stays on the last one).
-pub fn step_of(v: &Value) -> String {
+pub(crate) fn step_of(v: &Value) -> String {
     match (v["step"].as_u64(), v["steps"].as_u64()) {
         (Some(step), Some(steps)) if steps > 0 => {
             format!("step {} of {steps}", (step + 1).min(steps))
@@ -272,7 +272,7 @@ pub fn step_of(v: &Value) -> String {
 
 /// Rows of cells printed in columns as wide as their widest cell (counted in characters,
 /// so `→` is one); `right[i]` right-aligns column `i` (figures).
-pub fn columns(header: &[&str], rows: &[Vec<String>], right: &[bool]) -> String {
+pub(crate) fn columns(header: &[&str], rows: &[Vec<String>], right: &[bool]) -> String {
     use std::fmt::Write;
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
@@ -305,7 +305,7 @@ pub fn columns(header: &[&str], rows: &[Vec<String>], right: &[bool]) -> String 
 }
 
 /// `sluice rollout list`: one rollout per line, newest first, in aligned columns.
-pub fn render_rollout_list(v: &Value) -> String {
+pub(crate) fn render_rollout_list(v: &Value) -> String {
     let rows: Vec<Vec<String>> = v["data"]
         .as_array()
         .into_iter()
@@ -342,7 +342,7 @@ pub fn render_rollout_list(v: &Value) -> String {
 
 /// `sluice stats ROUTE`: requests, errors, latency, tokens and cost per version and arm,
 /// rounded for reading (the JSON keeps every digit).
-pub fn render_stats(v: &Value) -> String {
+pub(crate) fn render_stats(v: &Value) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(
@@ -414,7 +414,7 @@ pub fn render_stats(v: &Value) -> String {
 }
 
 /// A rollout as a person reads it: where it stands, both arms side by side, each gate's evidence.
-pub fn render_rollout(v: &Value) -> String {
+pub(crate) fn render_rollout(v: &Value) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(
@@ -546,7 +546,7 @@ pub fn render_rollout(v: &Value) -> String {
 }
 
 /// The last `n` events of an events listing, oldest first.
-pub fn render_events(v: &Value, n: usize) -> String {
+pub(crate) fn render_events(v: &Value, n: usize) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let events: Vec<&Value> = v["data"].as_array().into_iter().flatten().collect();

@@ -90,7 +90,7 @@ impl LimitBook {
     }
 
     /// Sets how many replicas share the limits, and rebuilds the rate limiters for it.
-    pub fn set_share(&self, replicas: u32) {
+    pub(crate) fn set_share(&self, replicas: u32) {
         let replicas = replicas.max(1);
         let before = self
             .share
@@ -116,13 +116,13 @@ impl LimitBook {
     }
 
     /// The limits the admin API set for `workspace`, if any.
-    pub fn own_limits(&self, workspace: &str) -> Option<Limits> {
+    pub(crate) fn own_limits(&self, workspace: &str) -> Option<Limits> {
         let map = self.workspaces.read().unwrap_or_else(|e| e.into_inner());
         map.get(workspace).map(|w| w.own)
     }
 
     /// Sets a workspace's own limits (what is left out falls back to the defaults).
-    pub fn set(&self, workspace: &str, limits: Limits) {
+    pub(crate) fn set(&self, workspace: &str, limits: Limits) {
         let own = limits;
         let limits = limits.over(self.defaults);
         let entry = Arc::new(Workspace {
@@ -134,13 +134,13 @@ impl LimitBook {
         map.insert(workspace.to_owned(), entry);
     }
 
-    pub fn limits_of(&self, workspace: &str) -> Limits {
+    pub(crate) fn limits_of(&self, workspace: &str) -> Limits {
         let map = self.workspaces.read().unwrap_or_else(|e| e.into_inner());
         map.get(workspace).map_or(self.defaults, |w| w.limits)
     }
 
     /// Admits one request of `workspace`, or says how long to wait.
-    pub fn admit(&self, workspace: &str) -> Result<(), ApiError> {
+    pub(crate) fn admit(&self, workspace: &str) -> Result<(), ApiError> {
         let own = self
             .workspaces
             .read()
@@ -212,7 +212,7 @@ impl LimitBook {
     }
 
     /// Adds a finished request's tokens and cost to its workspace's minute and day.
-    pub fn spend(&self, record: &Record) {
+    pub(crate) fn spend(&self, record: &Record) {
         let now = record.at_ms;
         let mut spend = self.spend.lock().unwrap_or_else(|e| e.into_inner());
         let s = spend.entry(record.workspace.clone()).or_default();

@@ -22,15 +22,15 @@ pub struct Settings {
     pub config: Config,
     pub listen: SocketAddr,
     pub database_url: String,
-    pub admin_token: Secret,
+    pub(crate) admin_token: Secret,
     /// Provider name → its API key, for `openai` providers whose `api_key_env` is set.
-    pub provider_keys: BTreeMap<String, Secret>,
+    pub(crate) provider_keys: BTreeMap<String, Secret>,
     /// Rollout policies by name, read from `[policies] dir` at start.
-    pub policies: BTreeMap<String, Arc<Policy>>,
+    pub(crate) policies: BTreeMap<String, Arc<Policy>>,
     /// That folder: a rollout reads its policy file again when it starts.
-    pub policies_dir: PathBuf,
+    pub(crate) policies_dir: PathBuf,
     /// Guardrail policies by name, from `guardrails/` in that folder.
-    pub guardrails: BTreeMap<String, Arc<crate::guardrails::GuardrailSet>>,
+    pub(crate) guardrails: BTreeMap<String, Arc<crate::guardrails::GuardrailSet>>,
 }
 
 /// Reads `path` and checks it, taking environment variables from the process.

@@ -61,7 +61,7 @@ fn histogram(
     let _ = writeln!(out, "{name}_count{{{labels}}} {}", snapshot.count());
 }
 
-pub async fn render(app: &App) -> String {
+pub(crate) async fn render(app: &App) -> String {
     let mut out = String::with_capacity(16 * 1024);
     let stats: Vec<_> = app
         .catalog

@@ -22,12 +22,12 @@ pub fn now_ms() -> i64 {
 /// A workspace id: a tenant that owns API keys. 1 to 64 lowercase letters, digits, `-` or
 /// `_`, starting with a letter or digit.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct WorkspaceId(Arc<str>);
+pub(crate) struct WorkspaceId(Arc<str>);
 
 impl WorkspaceId {
     /// # Errors
     /// A message naming the id when it breaks the rule above.
-    pub fn parse(id: &str) -> Result<Self, String> {
+    pub(crate) fn parse(id: &str) -> Result<Self, String> {
         let ok = !id.is_empty()
             && id.len() <= 64
             && id.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -41,10 +41,6 @@ impl WorkspaceId {
                 "`{id}` is not a workspace id: use 1–64 lowercase letters, digits, - or _"
             ))
         }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
     }
 }
 
@@ -132,7 +128,7 @@ impl RouteName {
         }
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -159,7 +155,7 @@ impl Arm {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Arm> {
+    pub(crate) fn parse(s: &str) -> Option<Arm> {
         match s {
             "stable" => Some(Arm::Stable),
             "canary" => Some(Arm::Canary),
@@ -167,7 +163,7 @@ impl Arm {
         }
     }
 
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         match self {
             Arm::Stable => 0,
             Arm::Canary => 1,
@@ -199,7 +195,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 10] = [
+    pub(crate) const ALL: [Outcome; 10] = [
         Outcome::Ok,
         Outcome::Upstream4xx,
         Outcome::Upstream5xx,
@@ -227,7 +223,7 @@ impl Outcome {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Outcome> {
+    pub(crate) fn parse(s: &str) -> Option<Outcome> {
         Outcome::ALL.into_iter().find(|o| o.as_str() == s)
     }
 
@@ -239,7 +235,7 @@ impl Outcome {
     /// not: it says nothing about the model; a guardrail block neither (it has its own
     /// gate). An upstream 4xx does: a new version that refuses what the old one took is a
     /// regression.
-    pub fn is_error(self) -> bool {
+    pub(crate) fn is_error(self) -> bool {
         !matches!(
             self,
             Outcome::Ok | Outcome::ClientDisconnected | Outcome::GuardrailBlocked
@@ -315,9 +311,9 @@ pub enum Api {
 }
 
 impl Api {
-    pub const ALL: [Api; 4] = [Api::Chat, Api::Responses, Api::Embeddings, Api::Forwarded];
+    pub(crate) const ALL: [Api; 4] = [Api::Chat, Api::Responses, Api::Embeddings, Api::Forwarded];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Api::Chat => "chat",
             Api::Responses => "responses",
@@ -326,19 +322,19 @@ impl Api {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Api> {
+    pub(crate) fn parse(s: &str) -> Option<Api> {
         Api::ALL.into_iter().find(|a| a.as_str() == s)
     }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
-pub struct Price {
-    pub input_per_mtok: f64,
-    pub output_per_mtok: f64,
+pub(crate) struct Price {
+    pub(crate) input_per_mtok: f64,
+    pub(crate) output_per_mtok: f64,
 }
 
 impl Price {
-    pub fn cost_usd(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+    pub(crate) fn cost_usd(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
         (prompt_tokens as f64 * self.input_per_mtok
             + completion_tokens as f64 * self.output_per_mtok)
             / 1_000_000.0
@@ -356,7 +352,7 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         if self
             .requests_per_second
             .is_some_and(|r| !(r > 0.0 && r.is_finite()))
@@ -376,7 +372,7 @@ impl Limits {
     }
 
     /// These limits, with the defaults filling what they leave out.
-    pub fn over(self, defaults: Limits) -> Limits {
+    pub(crate) fn over(self, defaults: Limits) -> Limits {
         Limits {
             requests_per_second: self.requests_per_second.or(defaults.requests_per_second),
             burst: self.burst.or(defaults.burst),
@@ -397,7 +393,7 @@ pub enum RolloutState {
 }
 
 impl RolloutState {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RolloutState::Progressing => "progressing",
             RolloutState::Paused => "paused",
@@ -407,7 +403,7 @@ impl RolloutState {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         [
             Self::Progressing,
             Self::Paused,
@@ -420,7 +416,7 @@ impl RolloutState {
     }
 
     /// Live rollouts route traffic to a canary; ended ones never again.
-    pub fn is_live(self) -> bool {
+    pub(crate) fn is_live(self) -> bool {
         matches!(self, RolloutState::Progressing | RolloutState::Paused)
     }
 }
@@ -428,15 +424,15 @@ impl RolloutState {
 /// A secret string (an upstream API key, the admin token) that never prints itself:
 /// `Debug` and `Display` show `*****`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub(crate) struct Secret(String);
 
 impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
+    pub(crate) fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }
 
     /// The only way to the value; call it where the secret leaves the process, nowhere else.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }

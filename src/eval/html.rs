@@ -35,7 +35,7 @@ figcaption{font-weight:600;margin:2px 4px 6px}
 svg text{font:11px system-ui,sans-serif;fill:#344054}
 ";
 
-pub fn render(report: &Report) -> String {
+pub(crate) fn render(report: &Report) -> String {
     let [a, b] = &report.versions;
     let mut page = String::new();
     let title = format!("sluice eval: {} vs {}", a.name, b.name);

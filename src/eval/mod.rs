@@ -14,17 +14,17 @@
 //! cases ─► llm_judge (both orders, optional) ─► compare::build ─► Report ─► html, JSON, summary
 //! ```
 
-pub mod case;
-pub mod charts;
-pub mod compare;
-pub mod guard;
-pub mod html;
-pub mod llm_judge;
-pub mod pairs;
-pub mod progress;
-pub mod replay;
-pub mod stats;
-pub mod suite;
+pub(crate) mod case;
+pub(crate) mod charts;
+pub(crate) mod compare;
+pub(crate) mod guard;
+pub(crate) mod html;
+pub(crate) mod llm_judge;
+pub(crate) mod pairs;
+pub(crate) mod progress;
+pub(crate) mod replay;
+pub(crate) mod stats;
+pub(crate) mod suite;
 pub mod summary;
 
 use std::collections::BTreeSet;
@@ -49,8 +49,8 @@ use progress::Progress;
 /// nothing, so the admin API's token is never used.
 const PLACEHOLDER_ADMIN_TOKEN: &str = "unused-by-sluice-eval";
 const DEFAULT_OUT_DIR: &str = "eval-out";
-pub const HTML_FILE: &str = "report.html";
-pub const JSON_FILE: &str = "report.json";
+pub(crate) const HTML_FILE: &str = "report.html";
+pub(crate) const JSON_FILE: &str = "report.json";
 
 #[derive(Debug, Clone, clap::Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["rollout", "suite"])))]

@@ -51,7 +51,8 @@ impl StreamRedactor {
         self.release(rules, true)
     }
 
-    pub fn fired(&self) -> Vec<(String, Action)> {
+    #[cfg(test)]
+    pub(crate) fn fired(&self) -> Vec<(String, Action)> {
         self.fired.iter().cloned().collect()
     }
 

@@ -18,7 +18,7 @@ use crate::measure::aggregate::StatsSnapshot;
 use crate::state::AppState;
 use crate::types::WorkspaceId;
 
-pub fn router() -> Router<AppState> {
+pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/workspaces", post(create_workspace).get(list_workspaces))
         .route("/workspaces/{id}/keys", post(create_key).get(list_keys))

@@ -14,7 +14,7 @@ mod openai;
 mod openapi;
 mod pretty;
 mod rollouts;
-pub mod server;
+pub(crate) mod server;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -67,7 +67,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// The route that catches every other path below `/v1` (see [`extract::authenticate`]).
-pub const CATCH_ALL: &str = "/v1/{*path}";
+pub(crate) const CATCH_ALL: &str = "/v1/{*path}";
 
 /// `routes` with authentication on every route but the allowlist, the 404 fallback and the
 /// body limit: a route added to `routes` is closed until it is added to the allowlist.

@@ -24,7 +24,7 @@ static DOCUMENT: LazyLock<Value> = LazyLock::new(|| {
 });
 
 /// `GET /admin/v1/openapi.json`.
-pub async fn document() -> Json<Value> {
+pub(crate) async fn document() -> Json<Value> {
     Json(DOCUMENT.clone())
 }
 

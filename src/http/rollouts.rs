@@ -18,7 +18,7 @@ use crate::rollout::control::Operation;
 use crate::state::AppState;
 use crate::types::Arm;
 
-pub fn router() -> Router<AppState> {
+pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/rollouts", post(start).get(list))
         .route("/rollouts/{id}", get(show))

@@ -50,7 +50,7 @@ impl AtomicHistogram {
         self.counts[bucket_of(value)].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn snapshot(&self) -> Snapshot {
+    pub(crate) fn snapshot(&self) -> Snapshot {
         Snapshot {
             counts: self
                 .counts
@@ -62,7 +62,7 @@ impl AtomicHistogram {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     counts: Vec<u64>,
 }
 
@@ -75,18 +75,18 @@ impl Default for Snapshot {
 }
 
 impl Snapshot {
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.counts.iter().sum()
     }
 
-    pub fn merge(&mut self, other: &Snapshot) {
+    pub(crate) fn merge(&mut self, other: &Snapshot) {
         for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
             *mine += theirs;
         }
     }
 
     /// Observations at or below `bound`, to the bucket (within 2 %): for Prometheus buckets.
-    pub fn count_le(&self, bound: f64) -> u64 {
+    pub(crate) fn count_le(&self, bound: f64) -> u64 {
         self.counts
             .iter()
             .enumerate()
@@ -96,7 +96,7 @@ impl Snapshot {
     }
 
     /// The sum of the observations, from the buckets' middles (within 1 %).
-    pub fn approx_sum(&self) -> f64 {
+    pub(crate) fn approx_sum(&self) -> f64 {
         self.counts
             .iter()
             .enumerate()
@@ -105,7 +105,7 @@ impl Snapshot {
     }
 
     /// The `q`-quantile (0 ≤ q ≤ 1), or `None` when empty.
-    pub fn quantile(&self, q: f64) -> Option<f64> {
+    pub(crate) fn quantile(&self, q: f64) -> Option<f64> {
         let total = self.count();
         if total == 0 {
             return None;

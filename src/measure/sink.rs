@@ -34,20 +34,20 @@ use std::sync::Arc;
 
 /// Records written per transaction at most: one SQLite statement of
 /// [`crate::store::SQLITE_MAX_ROWS`] rows.
-pub const WRITE_BATCH: usize = crate::store::SQLITE_MAX_ROWS;
+pub(crate) const WRITE_BATCH: usize = crate::store::SQLITE_MAX_ROWS;
 /// How long the writer lets a batch fill after its first record arrives.
-pub const LINGER: Duration = Duration::from_millis(50);
+pub(crate) const LINGER: Duration = Duration::from_millis(50);
 /// The "records dropped" warning comes at most this often (the counter counts every one).
-pub const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Tries per batch before it is given up (with back-off from 50 ms to 3.2 s: about 6 s).
 const WRITE_ATTEMPTS: u32 = 8;
 
 /// The longest a new request waits for room in a nearly full queue ([`RecordSink::pace`]).
-pub const PACE_WAIT: Duration = Duration::from_millis(10);
+pub(crate) const PACE_WAIT: Duration = Duration::from_millis(10);
 /// New requests are paced while fewer than `capacity / HEADROOM_DIVISOR` slots are free.
-pub const HEADROOM_DIVISOR: usize = 4;
+pub(crate) const HEADROOM_DIVISOR: usize = 4;
 /// A write running longer than this means the database is not merely slow: no pacing.
-pub const WRITER_STALLED: Duration = Duration::from_secs(1);
+pub(crate) const WRITER_STALLED: Duration = Duration::from_secs(1);
 
 /// Recent requests kept in memory for feedback that arrives before their record is written.
 const RECENT_REQUESTS: usize = 10_000;
@@ -110,13 +110,13 @@ pub struct RecordSink {
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct SinkCounters {
     /// Records not queued because the queue was full or closed.
-    pub dropped: u64,
+    pub(crate) dropped: u64,
     pub written: u64,
     /// Records lost because the database refused them for every try.
-    pub write_failed: u64,
+    pub(crate) write_failed: u64,
     /// Requests that waited (at most [`PACE_WAIT`] each) for room in a nearly full queue
     /// while the writer was keeping up.
-    pub paced: u64,
+    pub(crate) paced: u64,
 }
 
 /// [`RecordSink::writing`] while a failed batch is being retried.
@@ -145,11 +145,11 @@ impl RecordSink {
     }
 
     /// Where a recent request went, while its record may still be on its way to the store.
-    pub fn recent(&self, request_id: &str) -> Option<RequestPlacement> {
+    pub(crate) fn recent(&self, request_id: &str) -> Option<RequestPlacement> {
         self.recent.get(request_id)
     }
 
-    pub fn submit(&self, record: Record) {
+    pub(crate) fn submit(&self, record: Record) {
         let placement = RequestPlacement {
             workspace: record.workspace.clone(),
             rollout_id: record.rollout_id.clone(),
@@ -170,7 +170,7 @@ impl RecordSink {
     /// before a request that will yield a record starts, so that intake slows to what the
     /// writer sustains instead of the queue overflowing. Never waits on a database that
     /// fails or hangs: then [`RecordSink::submit`] drops and counts, as it always did.
-    pub async fn pace(&self) {
+    pub(crate) async fn pace(&self) {
         if self.tx.capacity() >= self.headroom || !self.writer_keeping_up() {
             return;
         }
@@ -245,7 +245,7 @@ impl RecordSink {
 
     /// Writes queued records until `stop` is cancelled, then
     /// drains the queue and returns.
-    pub async fn run_writer(
+    pub(crate) async fn run_writer(
         &self,
         mut rx: mpsc::Receiver<Record>,
         store: Store,

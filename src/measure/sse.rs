@@ -71,7 +71,7 @@ lenient::object! {
 /// limit on `n` is 128. A larger `index` is an upstream's mistake; honouring it would
 /// allocate a slot for every index below it (an index near `usize::MAX` overflowed), so
 /// the observer skips such a choice or call, and answer checks end the stream.
-pub const MAX_STREAM_INDEX: usize = 128;
+pub(crate) const MAX_STREAM_INDEX: usize = 128;
 
 /// What an event told us.
 enum EventKind {
@@ -189,7 +189,7 @@ impl StreamObserver {
 
 /// The most bytes of one unfinished event the relay holds; an upstream that sends more
 /// without a blank line has its stream ended as broken off.
-pub const MAX_PENDING_EVENT_BYTES: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_PENDING_EVENT_BYTES: usize = 16 * 1024 * 1024;
 
 pub struct StreamRelay {
     upstream: ByteStream,

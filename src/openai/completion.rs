@@ -10,16 +10,16 @@ use crate::types::Usage;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ChoiceText {
     pub text: String,
-    pub tool_calls: Vec<ToolCall>,
+    pub(crate) tool_calls: Vec<ToolCall>,
 }
 
 /// What a whole (non-streamed) chat completion says, for measurement and checks.
 pub struct CompletionSummary {
     /// The `model` the upstream says answered.
-    pub model: Option<String>,
+    pub(crate) model: Option<String>,
     pub usage: Option<Usage>,
     pub choices: Vec<ChoiceText>,
-    pub finish_reason: Option<String>,
+    pub(crate) finish_reason: Option<String>,
 }
 
 impl CompletionSummary {

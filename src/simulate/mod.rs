@@ -5,10 +5,10 @@
 //! baselines side by side), optionally every figure as JSON, and a progress bar on
 //! stderr. Runs are deterministic per seed and spread over threads.
 
-pub mod baselines;
-pub mod report;
-pub mod scenario;
-pub mod traffic;
+pub(crate) mod baselines;
+pub(crate) mod report;
+pub(crate) mod scenario;
+pub(crate) mod traffic;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -27,34 +27,34 @@ use traffic::RunResult;
 pub struct SimulateArgs {
     /// Folder of scenario files.
     #[arg(long, default_value = "evals/scenarios")]
-    pub scenarios: PathBuf,
+    pub(crate) scenarios: PathBuf,
     /// Folder of policies that scenarios name.
     #[arg(long, default_value = "policies")]
-    pub policies: PathBuf,
+    pub(crate) policies: PathBuf,
     /// Seeded runs per scenario where the canary is harmless (and per A/A twin); harmful
     /// scenarios get a quarter (at least 50), since their figures are medians.
     #[arg(long, default_value_t = 2000)]
-    pub runs: usize,
+    pub(crate) runs: usize,
     /// A fast smoke run: 30 runs per harmless scenario, 20 per harmful one.
     #[arg(long)]
-    pub quick: bool,
+    pub(crate) quick: bool,
     /// Only scenarios whose file name contains one of these (repeatable).
     #[arg(long = "only")]
-    pub only: Vec<String>,
+    pub(crate) only: Vec<String>,
     /// Write every figure as JSON here.
     #[arg(long)]
-    pub json: Option<PathBuf>,
+    pub(crate) json: Option<PathBuf>,
     /// Write the HTML report here (one page, inline SVG, no script, no network): per
     /// scenario the distribution of canary requests to revert for sluice and the tuned
     /// baselines, the false-rollback rate with its interval against α, and the first
     /// runs' e-value paths against 1/α.
     #[arg(long, default_value = "simulate-report.html")]
-    pub html: PathBuf,
+    pub(crate) html: PathBuf,
     /// Worker threads (default: the machine's cores).
     #[arg(long)]
-    pub threads: Option<usize>,
+    pub(crate) threads: Option<usize>,
     #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    pub(crate) seed: u64,
 }
 
 /// The false-rollback rate the baselines are tuned to on each A/A twin. It is α = 0.01,
@@ -101,7 +101,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
 }
 
 /// Runs the selected scenarios and returns one row each.
-pub fn simulate(args: &SimulateArgs, progress: bool) -> anyhow::Result<Vec<Row>> {
+pub(crate) fn simulate(args: &SimulateArgs, progress: bool) -> anyhow::Result<Vec<Row>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&args.scenarios)
         .with_context(|| format!("reading {}", args.scenarios.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -19,19 +19,17 @@ mod records;
 mod responses;
 mod rollouts;
 
-pub use cluster::{
-    ArmTotals, LeaseOutcome, LeaseRow, ObservationBatch, ReplicaRow, RouteTotals, ShippedBatch,
-};
+pub(crate) use cluster::{ArmTotals, ObservationBatch, ReplicaRow, ShippedBatch};
 pub use quality::{RequestPlacement, ShadowPair};
 use records::RecordWriter;
-pub use records::SQLITE_MAX_ROWS;
-pub use responses::ResponsePlacement;
+pub(crate) use records::SQLITE_MAX_ROWS;
+pub(crate) use responses::ResponsePlacement;
 pub use rollouts::{Actor, EventRow, Fence, NewEvent, RolloutRow, WriteGuard};
 
 use crate::types::{Api, Arm, Outcome, Record, now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
+pub(crate) enum Engine {
     Sqlite,
     Postgres,
 }
@@ -54,7 +52,7 @@ pub enum StoreError {
 
 impl StoreError {
     /// True when the database could not be reached at all (as opposed to refusing a write).
-    pub fn is_unavailable(&self) -> bool {
+    pub(crate) fn is_unavailable(&self) -> bool {
         matches!(
             self,
             StoreError::Database(
@@ -176,16 +174,16 @@ pub struct Store {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Workspace {
     pub id: String,
-    pub created_at_ms: i64,
+    pub(crate) created_at_ms: i64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct KeyInfo {
-    pub id: String,
-    pub workspace: String,
+    pub(crate) id: String,
+    pub(crate) workspace: String,
     /// The first characters of the key, to tell keys apart; never enough to use one.
-    pub prefix: String,
-    pub created_at_ms: i64,
+    pub(crate) prefix: String,
+    pub(crate) created_at_ms: i64,
     pub revoked_at_ms: Option<i64>,
 }
 
@@ -260,12 +258,12 @@ impl Store {
         Ok(store)
     }
 
-    pub fn engine(&self) -> Engine {
+    pub(crate) fn engine(&self) -> Engine {
         self.engine
     }
 
     /// PostgreSQL: the channel every change is notified on (one per schema).
-    pub fn channel(&self) -> Option<&str> {
+    pub(crate) fn channel(&self) -> Option<&str> {
         self.channel.as_deref()
     }
 
@@ -327,7 +325,7 @@ impl Store {
         }))
     }
 
-    pub async fn workspaces(&self) -> Result<Vec<Workspace>, StoreError> {
+    pub(crate) async fn workspaces(&self) -> Result<Vec<Workspace>, StoreError> {
         let rows = sqlx::query("SELECT id, created_at_ms FROM workspaces ORDER BY id")
             .fetch_all(&self.pool)
             .await?;

@@ -27,11 +27,11 @@ pub struct ShadowPair {
 /// Where a request went, for joining feedback to its arm.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequestPlacement {
-    pub workspace: String,
-    pub rollout_id: Option<String>,
-    pub arm: Arm,
-    pub w: Option<f64>,
-    pub randomized: bool,
+    pub(crate) workspace: String,
+    pub(crate) rollout_id: Option<String>,
+    pub(crate) arm: Arm,
+    pub(crate) w: Option<f64>,
+    pub(crate) randomized: bool,
 }
 
 impl Store {
@@ -71,7 +71,7 @@ impl Store {
     }
 
     /// A page of a rollout's pairs, oldest first, after the pair id `after`.
-    pub async fn shadow_pairs(
+    pub(crate) async fn shadow_pairs(
         &self,
         rollout_id: &str,
         after: i64,
@@ -112,7 +112,7 @@ impl Store {
     }
 
     /// Where a stored request went.
-    pub async fn request_placement(
+    pub(crate) async fn request_placement(
         &self,
         request_id: &str,
     ) -> Result<Option<RequestPlacement>, StoreError> {
@@ -129,7 +129,7 @@ impl Store {
         }))
     }
 
-    pub async fn feedback_exists(
+    pub(crate) async fn feedback_exists(
         &self,
         request_id: &str,
         metric: &str,
@@ -143,7 +143,7 @@ impl Store {
         Ok(row.is_some())
     }
 
-    pub async fn insert_feedback(
+    pub(crate) async fn insert_feedback(
         &self,
         request_id: &str,
         placement: &RequestPlacement,
@@ -166,7 +166,7 @@ impl Store {
     }
 
     /// Stores a workspace's own limits (as JSON).
-    pub async fn set_limits(
+    pub(crate) async fn set_limits(
         &self,
         workspace: &str,
         limits: &crate::types::Limits,

@@ -71,7 +71,7 @@ pub enum Actor {
 }
 
 impl Actor {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Actor::Judge => "judge",
             Actor::Operator => "operator",
@@ -90,16 +90,16 @@ pub struct NewEvent {
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct EventRow {
-    pub id: i64,
-    pub rollout_id: String,
-    pub at_ms: i64,
-    pub actor: String,
+    pub(crate) id: i64,
+    pub(crate) rollout_id: String,
+    pub(crate) at_ms: i64,
+    pub(crate) actor: String,
     pub kind: String,
-    pub state: String,
-    pub step: i64,
-    pub weight_bp: i64,
-    pub message: String,
-    pub evidence: Option<serde_json::Value>,
+    pub(crate) state: String,
+    pub(crate) step: i64,
+    pub(crate) weight_bp: i64,
+    pub(crate) message: String,
+    pub(crate) evidence: Option<serde_json::Value>,
 }
 
 const ROLLOUT_COLUMNS: &str = "id, route, stable_version, canary_version, policy, policy_json, salt, state, step, weight_bp, \
@@ -313,7 +313,7 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    pub async fn rollout(&self, id: &str) -> Result<Option<RolloutRow>, StoreError> {
+    pub(crate) async fn rollout(&self, id: &str) -> Result<Option<RolloutRow>, StoreError> {
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = $1"
         ));
@@ -322,7 +322,7 @@ impl Store {
     }
 
     /// All rollouts, newest first; only the live ones when `live_only`.
-    pub async fn rollouts(&self, live_only: bool) -> Result<Vec<RolloutRow>, StoreError> {
+    pub(crate) async fn rollouts(&self, live_only: bool) -> Result<Vec<RolloutRow>, StoreError> {
         let filter = if live_only {
             "WHERE state IN ('progressing', 'paused')"
         } else {
@@ -338,7 +338,7 @@ impl Store {
             .collect::<Result<_, _>>()?)
     }
 
-    pub async fn set_pin(
+    pub(crate) async fn set_pin(
         &self,
         id: &str,
         workspace: &str,
@@ -375,7 +375,7 @@ impl Store {
         Ok(revision)
     }
 
-    pub async fn pins(&self, id: &str) -> Result<Vec<(String, Arm)>, StoreError> {
+    pub(crate) async fn pins(&self, id: &str) -> Result<Vec<(String, Arm)>, StoreError> {
         let rows = sqlx::query(
             "SELECT workspace, arm FROM rollout_pins WHERE rollout_id = $1 ORDER BY workspace",
         )
@@ -420,7 +420,7 @@ impl Store {
     }
 
     /// Routes whose stable version a promotion changed: route → version.
-    pub async fn route_stables(&self) -> Result<Vec<(String, String)>, StoreError> {
+    pub(crate) async fn route_stables(&self) -> Result<Vec<(String, String)>, StoreError> {
         let rows = sqlx::query("SELECT route, version FROM route_stable ORDER BY route")
             .fetch_all(&self.pool)
             .await?;
