@@ -3,7 +3,7 @@
 //! Keys are stored only as SHA-256 hashes (they are 190 random bits, so a slow hash adds
 //! nothing). Live keys sit in a bounded cache: a revoke on this replica removes the key from
 //! the cache at once; other replicas of a cluster forget it when they re-read the revoked keys
-//! (`cluster::listen`, within a second), and at the latest after [`KEY_CACHE_TTL`].
+//! (`cluster::listen`, within a second), and at the latest after `KEY_CACHE_TTL`.
 
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ pub(crate) struct Caller {
     pub(crate) key_id: String,
 }
 
+/// The SHA-256 of an API key, in lowercase hex: what the store keeps instead of the key.
 pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }

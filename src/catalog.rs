@@ -83,6 +83,10 @@ impl Catalog {
         }
     }
 
+    /// The catalog `settings` configure: a client per provider, each version with its price.
+    ///
+    /// # Errors
+    /// When a provider's HTTP client cannot be built (e.g. a malformed URL or header).
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
         let config = &settings.config;
         let mut providers = BTreeMap::new();

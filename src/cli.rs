@@ -3,6 +3,10 @@
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+/// A client of one sluice's admin API (`/admin/v1`), printing what the CLI commands show.
+///
+/// Every call fails (an `anyhow` error with the reason) when no admin token was given, when the
+/// server cannot be reached, or when it answers other than 2xx (with the answer's message).
 pub struct AdminClient {
     base: String,
     token: Option<String>,
@@ -10,6 +14,8 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
+    /// A client of the server at `url` (e.g. `http://127.0.0.1:8080`), calling with `token` as a
+    /// bearer token.
     pub fn new(url: &str, token: Option<String>) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         Self {
@@ -53,6 +59,10 @@ impl AdminClient {
         })
     }
 
+    /// `sluice workspaces create ID`: creates the workspace.
+    ///
+    /// # Errors
+    /// As on [`AdminClient`]; a taken or malformed id is the server's 4xx.
     pub async fn create_workspace(&self, id: &str) -> anyhow::Result<()> {
         self.call(
             reqwest::Method::POST,
@@ -64,6 +74,10 @@ impl AdminClient {
         Ok(())
     }
 
+    /// `sluice workspaces list`: prints the workspace ids, one a line.
+    ///
+    /// # Errors
+    /// As on [`AdminClient`].
     pub async fn list_workspaces(&self) -> anyhow::Result<()> {
         let v = self.call(reqwest::Method::GET, "/workspaces", None).await?;
         for w in v["data"].as_array().into_iter().flatten() {
@@ -72,6 +86,11 @@ impl AdminClient {
         Ok(())
     }
 
+    /// `sluice keys create --workspace W`: creates an API key and prints it on stdout (the
+    /// only time it is shown), its id on stderr.
+    ///
+    /// # Errors
+    /// As on [`AdminClient`]; an unknown workspace is the server's 404.
     pub async fn create_key(&self, workspace: &str) -> anyhow::Result<()> {
         let v = self
             .call(
@@ -88,6 +107,10 @@ impl AdminClient {
         Ok(())
     }
 
+    /// `sluice keys list --workspace W`: one line per key: id, prefix, live or revoked.
+    ///
+    /// # Errors
+    /// As on [`AdminClient`].
     pub async fn list_keys(&self, workspace: &str) -> anyhow::Result<()> {
         let v = self
             .call(
@@ -112,6 +135,11 @@ impl AdminClient {
         Ok(())
     }
 
+    /// `sluice keys revoke --workspace W KEY_ID`: revokes the key; requests with it fail from
+    /// then on.
+    ///
+    /// # Errors
+    /// As on [`AdminClient`]; an unknown key is the server's 404.
     pub async fn revoke_key(&self, workspace: &str, key_id: &str) -> anyhow::Result<()> {
         self.call(
             reqwest::Method::DELETE,
@@ -173,6 +201,11 @@ impl AdminClient {
         self.call(reqwest::Method::POST, path, body).await
     }
 
+    /// `sluice rollout start`: starts rolling version `canary` out on `route` under the policy
+    /// named `policy`; prints the new rollout's id on stdout and its state on stderr.
+    ///
+    /// # Errors
+    /// As on [`AdminClient`]; a live rollout on the route or an unknown name is the server's 4xx.
     pub async fn start_rollout(
         &self,
         route: &str,
@@ -190,6 +223,10 @@ impl AdminClient {
         Ok(())
     }
 
+    /// `sluice rollout list`: one line per rollout.
+    ///
+    /// # Errors
+    /// As on [`AdminClient`].
     pub async fn list_rollouts(&self) -> anyhow::Result<()> {
         let v = self.get("/rollouts").await?;
         print!("{}", render_rollout_list(&v));
@@ -203,6 +240,10 @@ impl AdminClient {
         Ok(())
     }
 
+    /// `sluice rollout status ID`: the rollout's state, then its last 10 events.
+    ///
+    /// # Errors
+    /// As on [`AdminClient`]; an unknown id is the server's 404.
     pub async fn show_rollout(&self, id: &str) -> anyhow::Result<()> {
         let v = self.get(&format!("/rollouts/{id}")).await?;
         print!("{}", render_rollout(&v));
@@ -211,6 +252,11 @@ impl AdminClient {
         Ok(())
     }
 
+    /// `sluice rollout pause|resume|promote|abort ID`: posts `operation` to the rollout
+    /// and prints where it stands after.
+    ///
+    /// # Errors
+    /// As on [`AdminClient`]; an operation the state does not allow is the server's 409.
     pub async fn operate_rollout(&self, id: &str, operation: &str) -> anyhow::Result<()> {
         let v = self
             .post(&format!("/rollouts/{id}/{operation}"), None)
@@ -219,6 +265,11 @@ impl AdminClient {
         Ok(())
     }
 
+    /// `sluice rollout pin`: sends `workspace`'s requests on the rollout's route to `arm`
+    /// (`stable` or `canary`), or lets them be randomized again when `arm` is `None`.
+    ///
+    /// # Errors
+    /// As on [`AdminClient`].
     pub async fn pin_rollout(
         &self,
         id: &str,

@@ -106,6 +106,10 @@ min_requests = 20
 window = "30s"
 "#;
 
+/// `sluice demo`: runs both acts on a temporary folder, drawing the progress in the terminal.
+///
+/// # Errors
+/// When the temporary folder, its files or the server cannot be made.
 pub async fn run() -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("cannot make a temporary folder")?;
     let config_path = dir.path().join("sluice.toml");

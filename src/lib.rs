@@ -85,6 +85,8 @@
 //! | `eval` | L12 | `sluice eval`: offline comparison of versions |
 //! | `simulate` | L12 | `sluice simulate`: the judge against synthetic traffic |
 
+#![warn(missing_docs)]
+
 pub mod app;
 pub mod auth;
 pub mod azure;

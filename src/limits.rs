@@ -39,6 +39,7 @@ struct Workspace {
     rate: Option<DefaultDirectRateLimiter>,
 }
 
+/// Every workspace's limits and what it has used of them, in this process.
 pub struct LimitBook {
     defaults: Limits,
     /// Workspaces with limits of their own, and the rate limiters built from them.
@@ -79,6 +80,7 @@ fn limiter(limits: &Limits) -> Option<DefaultDirectRateLimiter> {
 }
 
 impl LimitBook {
+    /// A book where workspaces without limits of their own get `defaults`.
     pub fn new(defaults: Limits) -> Self {
         Self {
             defaults,

@@ -35,6 +35,7 @@ const PROMPTS: [&str; 6] = [
 ];
 
 #[derive(Debug, Clone, clap::Args)]
+/// `sluice load`'s arguments: the route, the rate, the key and how long.
 pub struct LoadArgs {
     /// The route to send to (what an app puts in `model`).
     #[arg(long)]
@@ -116,6 +117,12 @@ impl Tally {
     }
 }
 
+/// `sluice load`: sends requests at the fixed rate until `--duration` ends or Ctrl-C, with one
+/// progress line, then prints the totals.
+///
+/// # Errors
+/// When no key is given (`--key` or `SLUICE_KEY`), or the first request cannot reach the
+/// gateway or is refused.
 pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     if args.key.is_none() {
         // clap would only say "--key is required"; the variable is the usual way.

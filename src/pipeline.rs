@@ -38,7 +38,9 @@ const MAX_UPSTREAM_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// A chat request with only what the gateway needs parsed; the rest stays raw JSON.
 pub struct ChatRequest {
     fields: IndexMap<String, Box<RawValue>>,
+    /// The `model` field: the route the client asks for.
     pub model: String,
+    /// The `stream` field (absent or null is `false`).
     pub stream: bool,
     /// The `user` field, for `sticky = "user"`.
     pub user: Option<String>,
@@ -47,6 +49,12 @@ pub struct ChatRequest {
 }
 
 impl ChatRequest {
+    /// Reads a chat-completions body: `model` and `stream` parsed, every other field kept raw.
+    ///
+    /// # Errors
+    /// `ApiError::InvalidJson` when the body is not a JSON object;
+    /// `ApiError::InvalidRequest` when `model` is missing or not a non-empty string, or `stream`
+    /// is not a boolean.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
         let fields: IndexMap<String, Box<RawValue>> =
             serde_json::from_slice(body).map_err(|e| {

@@ -18,9 +18,13 @@ use crate::types::Secret;
 /// A config that passed every check, with the secrets it needs read from the environment.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The config file these settings were read from.
     pub file: PathBuf,
+    /// The config as read.
     pub config: Config,
+    /// The address to listen on (`[server] listen`).
     pub listen: SocketAddr,
+    /// The database URL: `SLUICE_DATABASE_URL` if set, else `[database] url`.
     pub database_url: String,
     pub(crate) admin_token: Secret,
     /// Provider name → its API key, for `openai` providers whose `api_key_env` is set.

@@ -15,6 +15,8 @@ use crate::rollout::control::Controller;
 use crate::settings::Settings;
 use crate::store::Store;
 
+/// What handlers and the pipeline reach: the settings, the store, the catalog, the routing
+/// table, the counters and the background tasks of one running server.
 pub struct App {
     pub(crate) settings: Settings,
     pub(crate) store: Store,
@@ -24,10 +26,12 @@ pub struct App {
     pub(crate) catalog: Arc<Catalog>,
     /// Read by every request without a lock; replaced whole by the rollout controller.
     pub(crate) routing: Arc<ArcSwap<RoutingTable>>,
+    /// Where every finished request's record goes.
     pub sink: Arc<RecordSink>,
     pub(crate) rollouts: Arc<Controller>,
     /// Compiled response schemas, shared by every request.
     pub(crate) schemas: Arc<SchemaChecker>,
+    /// Guardrail counts since start, for `/metrics`.
     pub guardrail_counts: Arc<GuardrailCounters>,
     /// Finished primaries whose shadow copy is still to be sent.
     pub(crate) shadows: Arc<crate::shadow::ShadowQueue>,
@@ -41,4 +45,5 @@ pub struct App {
     pub(crate) response_book: Arc<crate::responses::book::ResponseBook>,
 }
 
+/// The shared [`App`] every handler gets.
 pub type AppState = Arc<App>;

@@ -16,6 +16,8 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 use crate::config::TelemetryConfig;
 
 #[derive(Clone, Default)]
+/// Where request and upstream spans go: nowhere (the default), or an OpenTelemetry tracer
+/// provider. Cheap to clone.
 pub struct Traces {
     tracer: Option<Arc<SdkTracer>>,
     provider: Option<SdkTracerProvider>,

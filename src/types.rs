@@ -113,6 +113,10 @@ impl fmt::Display for Weight {
 pub struct RouteName(Arc<str>);
 
 impl RouteName {
+    /// Checks a route name against the rule above.
+    ///
+    /// # Errors
+    /// A message naming the value when it is empty, longer than 128 or has another character.
     pub fn parse(name: &str) -> Result<Self, String> {
         let ok = !name.is_empty()
             && name.len() <= 128
@@ -143,11 +147,14 @@ impl std::fmt::Display for RouteName {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arm {
+    /// The version the route runs today.
     Stable,
+    /// The new version a rollout is trying.
     Canary,
 }
 
 impl Arm {
+    /// The lowercase name records, the store and the admin API use: `stable` or `canary`.
     pub fn as_str(self) -> &'static str {
         match self {
             Arm::Stable => "stable",
@@ -175,12 +182,15 @@ impl Arm {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
+    /// The upstream answered 2xx with a whole answer.
     Ok,
     /// The upstream answered 4xx.
     Upstream4xx,
     /// The upstream answered 5xx.
     Upstream5xx,
+    /// The upstream could not be reached (connection refused, DNS, TLS).
     UpstreamUnreachable,
+    /// The upstream did not answer within the route's timeout.
     UpstreamTimeout,
     /// The upstream answered 2xx with a body that is not a chat completion.
     UpstreamInvalid,
@@ -208,6 +218,7 @@ impl Outcome {
         Outcome::GuardrailBlocked,
     ];
 
+    /// The snake_case name stored in a record's `outcome` column, e.g. `upstream_5xx`.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
@@ -247,29 +258,46 @@ impl Outcome {
 /// reported by the upstream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Usage {
+    /// Tokens of the request (messages, tools, instructions).
     pub prompt_tokens: u64,
+    /// Tokens of the answer, reasoning tokens included.
     pub completion_tokens: u64,
+    /// True when sluice counted the tokens itself because the upstream reported no usage.
     pub estimated: bool,
 }
 
 /// What one request did: the unit of measurement everything downstream is built from.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Record {
+    /// The request's id, as sent back in `x-request-id`.
     pub request_id: String,
+    /// When the request arrived, in milliseconds since the Unix epoch.
     pub at_ms: i64,
+    /// The workspace of the API key that made the request.
     pub workspace: String,
+    /// The route the client named in `model`.
     pub route: String,
+    /// The catalog version that served the request.
     pub version: String,
+    /// Which side of the route's rollout that version was on (`Stable` when none is live).
     pub arm: Arm,
+    /// Whether the client asked for a stream (`"stream": true`).
     pub stream: bool,
     /// The HTTP status the client got (0 when the client left before any).
     pub status: u16,
+    /// How the request ended.
     pub outcome: Outcome,
+    /// Time from the request's arrival to the end of the answer, in milliseconds.
     pub latency_ms: f64,
+    /// Streams only: time to the first content token, in milliseconds (`None` if none came).
     pub ttft_ms: Option<f64>,
+    /// The request's tokens, reported by the upstream or estimated.
     pub usage: Usage,
+    /// What the request cost at the version's configured price, in US dollars.
     pub cost_usd: f64,
+    /// Length of the answer's text, in characters (Unicode scalar values).
     pub response_chars: u64,
+    /// The upstream's `finish_reason` (`stop`, `length`, `tool_calls`, …), if it gave one.
     pub finish_reason: Option<String>,
     /// The rollout live on the route when the request was assigned.
     pub rollout_id: Option<String>,
@@ -345,9 +373,13 @@ impl Price {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
+    /// Sustained request rate allowed, in requests per second.
     pub requests_per_second: Option<f64>,
+    /// The most requests let through at once (the bucket's size); at least 1.
     pub burst: Option<u32>,
+    /// Prompt and completion tokens allowed per minute.
     pub tokens_per_minute: Option<u64>,
+    /// Spend allowed per UTC day, in US dollars.
     pub usd_per_day: Option<f64>,
 }
 
@@ -384,11 +416,17 @@ impl Limits {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+/// Where a rollout stands: live (progressing, paused) or ended (the other three).
 pub enum RolloutState {
+    /// Moving through its steps, judged as traffic comes.
     Progressing,
+    /// Held at its step by an operator; the canary keeps its share of traffic.
     Paused,
+    /// Ended with the canary made the route's stable version.
     Promoted,
+    /// Ended with all traffic back on the stable version, by the judge or an operator.
     RolledBack,
+    /// Ended by an operator without a verdict; traffic back on the stable version.
     Aborted,
 }
 

@@ -81,8 +81,11 @@ impl ClusterConfig {
 /// Tables the retention pruner may delete from (`[database.retention_per_table]` keys).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PrunedTable {
+    /// `requests`: the request records.
     Requests,
+    /// `feedback`: the clients' feedback on answers.
     Feedback,
+    /// `shadow_pairs`: stored shadow answers.
     ShadowPairs,
     /// Only events of rollouts that have ended: a live rollout's log is never cut.
     RolloutEvents,

@@ -7,8 +7,10 @@ use std::path::PathBuf;
 /// One mistake in a config file, located by the file and the dotted key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigIssue {
+    /// The file the mistake is in.
     pub file: PathBuf,
     pub(crate) key: String,
+    /// What is wrong, and what would be right.
     pub message: String,
 }
 

@@ -18,18 +18,23 @@ use crate::types::Price;
 pub(crate) const DATABASE_URL_ENV: &str = "SLUICE_DATABASE_URL";
 
 #[derive(Debug, Clone, Deserialize)]
+/// `sluice.toml` as read, one field per table; unchecked (see `settings` for the checks).
 pub struct Config {
     #[serde(default)]
     pub(crate) server: ServerConfig,
     #[serde(default)]
+    /// `[database]`: where the store lives and how long rows are kept.
     pub database: DatabaseConfig,
     #[serde(default)]
     pub(crate) admin: AdminConfig,
     #[serde(default)]
+    /// `[providers.NAME]`: the upstreams versions are served by, by name.
     pub providers: BTreeMap<String, ProviderConfig>,
     #[serde(default)]
+    /// `[versions.NAME]`: the model versions routes and rollouts name, by name.
     pub versions: BTreeMap<String, VersionConfig>,
     #[serde(default)]
+    /// `[routes.NAME]`: what clients put in `model`, by name, each with its stable version.
     pub routes: BTreeMap<String, RouteConfig>,
     #[serde(default)]
     pub(crate) policies: PoliciesConfig,
@@ -185,6 +190,7 @@ fn default_http2_max_concurrent_streams() -> u32 {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+/// `[database]` in sluice.toml: the URL (`sqlite://…` or `postgres://…`) and retention.
 pub struct DatabaseConfig {
     #[serde(default = "default_database_url")]
     pub(crate) url: String,
@@ -251,6 +257,7 @@ pub(crate) enum ProviderKind {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+/// `[providers.NAME]` in sluice.toml: an upstream's kind, address, key and timeout.
 pub struct ProviderConfig {
     pub(crate) kind: ProviderKind,
     pub(crate) base_url: Option<String>,
@@ -342,6 +349,7 @@ fn default_mock_output_tokens() -> u32 {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+/// `[versions.NAME]` in sluice.toml: a model at a provider, with its price per million tokens.
 pub struct VersionConfig {
     pub(crate) provider: String,
     pub(crate) model: String,
@@ -353,6 +361,8 @@ pub struct VersionConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+/// `[routes.NAME]` in sluice.toml: the stable version clients get, its guardrails and what a
+/// schema failure becomes.
 pub struct RouteConfig {
     pub(crate) stable: String,
     /// A guardrail policy in `policies/guardrails/` (file stem).

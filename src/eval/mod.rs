@@ -54,6 +54,7 @@ pub(crate) const JSON_FILE: &str = "report.json";
 
 #[derive(Debug, Clone, clap::Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["rollout", "suite"])))]
+/// `sluice eval`'s arguments: the rollout or the suite to compare, and where the report goes.
 pub struct EvalArgs {
     /// Compare the stored shadow pairs of this rollout (stable = A, canary = B).
     #[arg(long, conflicts_with_all = ["suite", "versions"])]
@@ -67,7 +68,7 @@ pub struct EvalArgs {
     /// The configuration file (versions, database, guardrail policies).
     #[arg(long, short, default_value = "sluice.toml", env = "SLUICE_CONFIG")]
     pub config: PathBuf,
-    /// Where to write report.html and report.json (default: eval-out/<UTC time>).
+    /// Where to write report.html and report.json (default: `eval-out/<UTC time>`).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// A configured version that judges which answer is better, in both orders.
@@ -83,11 +84,19 @@ pub struct EvalArgs {
 
 /// What an eval wrote.
 pub struct Written {
+    /// The report's figures, as written to `json`.
     pub report: Report,
+    /// The path of the HTML report.
     pub html: PathBuf,
+    /// The path of the JSON report.
     pub json: PathBuf,
 }
 
+/// `sluice eval`: runs the comparison, writes the report files and prints the summary table
+/// and their paths.
+///
+/// # Errors
+/// As [`evaluate`].
 pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
     let written = evaluate(&args, true).await?;
     print!("{}", summary::table(&written.report));

@@ -1,4 +1,4 @@
-//! The terminal summary: the headline figures of a [`Report`] as a plain-text table.
+//! The terminal summary: the headline figures of a `Report` as a plain-text table.
 
 use std::fmt::Write;
 
@@ -8,6 +8,7 @@ use super::stats::{Proportion, Spread};
 const LABEL_WIDTH: usize = 26;
 const COLUMN_WIDTH: usize = 22;
 
+/// The report as a plain-text table for the terminal: one row per figure, a column per version.
 pub fn table(report: &Report) -> String {
     let mut out = String::new();
     let blocked = report.versions[0].guardrails.blocked_input;

@@ -208,11 +208,15 @@ impl std::fmt::Debug for StageRules {
 }
 
 #[derive(Debug)]
+/// A guardrail policy (one file of `policies/guardrails/`): its input rules, checked before the
+/// upstream is called, and its output rules, checked on the answer.
 pub struct GuardrailSet {
     pub(crate) name: String,
     #[expect(dead_code, reason = "read from the set's file, shown by nothing yet")]
     pub(crate) description: String,
+    /// Rules over the request's text (messages, instructions, tool outputs).
     pub input: StageRules,
+    /// Rules over the answer's text, whole or as it streams.
     pub output: StageRules,
 }
 
@@ -407,12 +411,16 @@ pub struct GuardrailCounters {
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
+/// How many times one rule fired for one version, arm, stage and action.
 pub struct CountRow {
+    /// The version that answered.
     pub version: String,
     pub(crate) arm: String,
     pub(crate) stage: Stage,
+    /// The rule's name in its set.
     pub rule: String,
     pub(crate) action: Action,
+    /// Times it fired since the process started.
     pub count: u64,
 }
 
@@ -436,6 +444,7 @@ impl GuardrailCounters {
         }
     }
 
+    /// Every count so far, ordered by version, arm, stage, rule and action.
     pub fn rows(&self) -> Vec<CountRow> {
         let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         counts

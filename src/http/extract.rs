@@ -1,10 +1,10 @@
 //! Authentication by exception, and the helpers every handler shares to read a request.
 //!
-//! [`authenticate`] is one middleware the router puts on every route: a request is let
+//! `authenticate` is one middleware the router puts on every route: a request is let
 //! through without a credential only when its path is in [`UNAUTHENTICATED_ROUTES`]. Under
-//! `/v1` it needs a gateway key (the [`Caller`] goes into the request's extensions, and the
-//! workspace's limits are checked for the routes in [`ADMITTED_ROUTES`]); everywhere else it
-//! needs the admin token ([`Admin`] goes into the extensions). A route added without
+//! `/v1` it needs a gateway key (the `Caller` goes into the request's extensions, and the
+//! workspace's limits are checked for the routes in `ADMITTED_ROUTES`); everywhere else it
+//! needs the admin token (`Admin` goes into the extensions). A route added without
 //! thought is therefore closed, not open.
 
 use std::future::Future;

@@ -1,7 +1,7 @@
 //! HTTP: the axum router. Handlers extract, call the pipeline or the store, and respond.
 //!
 //! Every route needs a credential (a gateway key under `/v1`, the admin token elsewhere):
-//! [`guarded`] puts [`extract::authenticate`] on every route, and the only exceptions are
+//! [`guarded`] puts `extract::authenticate` on every route, and the only exceptions are
 //! the visible allowlist [`extract::UNAUTHENTICATED_ROUTES`]: `/healthz`, `/metrics`, the
 //! admin API's OpenAPI document, and the dashboard page itself (its data calls carry the
 //! admin token). Paths that match no route answer 404 without a credential.

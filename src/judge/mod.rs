@@ -1,7 +1,7 @@
 //! The judge: design-based e-processes per gate over the arm labels given the outcomes
 //! (research note §6), a weighted average across gates, a kill switch and an SRM guard.
-//! In: a policy, then every measured request as an [`Observation`] (and every randomized
-//! assignment for the SRM guard). Out: a [`JudgeReport`] at any look. Pure: no I/O, no
+//! In: a policy, then every measured request as an `Observation` (and every randomized
+//! assignment for the SRM guard). Out: a `JudgeReport` at any look. Pure: no I/O, no
 //! clock (time comes in as milliseconds); the state serializes so a restart resumes the
 //! e-processes where they stood.
 //!
@@ -9,9 +9,9 @@
 //! - gate weights π_k (§6.4): error 0.30, guardrail 0.15, schema 0.15, TTFT 0.10,
 //!   latency 0.10, tokens 0.10, cost 0.10, length 0.10, renormalized over the policy's
 //!   judged gates (a gate with only `max_ms` is a hard limit and has no weight);
-//! - a gate passes once it has [`MIN_PER_ARM_FOR_PASS`] randomized requests per arm and
+//! - a gate passes once it has `MIN_PER_ARM_FOR_PASS` randomized requests per arm and
 //!   does not fail; before that it is "not yet";
-//! - a hard limit needs [`HARD_LIMIT_MIN_CANARY`] canary requests before it can fire;
+//! - a hard limit needs `HARD_LIMIT_MIN_CANARY` canary requests before it can fire;
 //! - continuous gates skip errored requests (the error gate judges those), except for
 //!   the latency hard limit, which sees every canary request;
 //! - the revert is decided on the current e-value at each look (anytime-valid, so looking

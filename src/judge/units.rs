@@ -16,10 +16,10 @@
 //! segment accumulates, per gate, a summary of its outcomes (bad count and request count
 //! for binary gates; the sum of standardized scores and the tail count for continuous
 //! gates). It is *settled* by a rule that never looks at its arm: when it has
-//! [`SETTLE_REQUESTS`] requests, when [`SETTLE_AGE_MS`] have passed since its first
+//! [`SETTLE_REQUESTS`] requests, when `SETTLE_AGE_MS` have passed since its first
 //! request, when one gate's tilt r_j (below, computed from outcomes and pooled,
 //! arm-blind statistics only) reaches SETTLE_Q/(1 − SETTLE_Q) · (1 − w)/w (its evidence is
-//! near the cap of 1/w a unit can carry: [`SETTLE_Q`]), or when a request of the same unit
+//! near the cap of 1/w a unit can carry: `SETTLE_Q`), or when a request of the same unit
 //! arrives at another `w`. At settlement its label A (canary or not) is revealed to the
 //! statistic, which multiplies in
 //!

@@ -20,13 +20,22 @@ use crate::guardrails::{Action, GuardrailCounters, GuardrailSet, Stage};
 use crate::openai::completion::ChoiceText;
 use crate::types::Arm;
 
+/// What one answer is checked against, and where the findings are counted: built per request
+/// from the request's expectation and the route's output guardrails.
 pub struct AnswerChecks {
+    /// What the request asked of the answer (`response_format`, `tools`).
     pub expect: Expectation,
+    /// The shared cache of compiled JSON schemas.
     pub schemas: Arc<SchemaChecker>,
+    /// The route's guardrail set, whose output rules apply; `None` checks no guardrail.
     pub output: Option<Arc<GuardrailSet>>,
+    /// Whether a schema failure is only counted or turns the answer into an error.
     pub on_schema_failure: OnSchemaFailure,
+    /// Where fired rules are counted.
     pub counters: Arc<GuardrailCounters>,
+    /// The version answering, as the counters label it.
     pub version: Arc<str>,
+    /// The arm of that version, as the counters label it.
     pub arm: Arm,
 }
 
@@ -72,6 +81,8 @@ impl AnswerChecks {
             && matches!(verdict, SchemaVerdict::Fail { .. })
     }
 
+    /// Checks a whole answer's choices: the schema verdict over all of them (the first failure
+    /// wins), and each choice's output rules, counting what fired.
     pub fn check_whole(&self, choices: &[ChoiceText]) -> WholeVerdict {
         let mut verdict = WholeVerdict {
             schema: Some(self.schema_verdict(choices)),
@@ -154,6 +165,7 @@ pub struct StreamChecks {
 }
 
 impl StreamChecks {
+    /// Checks for one stream, before its first event.
     pub fn new(checks: AnswerChecks) -> Self {
         Self {
             checks,

@@ -1,8 +1,8 @@
 //! A lock-free, mergeable histogram on a log scale.
 //!
-//! Buckets grow by [`GROWTH`] (2 %), so a quantile read back is within 1 % of the true
-//! value for anything between [`MIN_VALUE`] and [`MAX_VALUE`]. The request path records with
-//! one atomic add; readers copy the counts into a [`Snapshot`], and snapshots from several
+//! Buckets grow by `GROWTH` (2 %), so a quantile read back is within 1 % of the true
+//! value for anything between `MIN_VALUE` and `MAX_VALUE`. The request path records with
+//! one atomic add; readers copy the counts into a `Snapshot`, and snapshots from several
 //! arms or replicas merge by adding counts.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +33,8 @@ fn value_of(bucket: usize) -> f64 {
     }
 }
 
+/// Counts per log-scale bucket, shared between threads; see the module header for the error
+/// bound.
 pub struct AtomicHistogram {
     counts: Box<[AtomicU64]>,
 }
@@ -46,6 +48,8 @@ impl Default for AtomicHistogram {
 }
 
 impl AtomicHistogram {
+    /// Counts one value (any unit, e.g. milliseconds): NaN and values below 0.001 fall in the
+    /// lowest bucket, values from 1e9 up in the highest.
     pub fn record(&self, value: f64) {
         self.counts[bucket_of(value)].fetch_add(1, Ordering::Relaxed);
     }

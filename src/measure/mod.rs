@@ -4,7 +4,7 @@
 //! into the handler for a plain answer, into the stream relay for a streamed one. Whatever
 //! ends the request (an answer, an upstream error, the client hanging up, shutdown), the
 //! meter is finished or dropped, and either way one record goes to the version's live
-//! [`aggregate::VersionStats`] and to the [`sink::RecordSink`] that writes to the database.
+//! `aggregate::VersionStats` and to the [`sink::RecordSink`] that writes to the database.
 
 pub(crate) mod aggregate;
 pub mod checks;
@@ -62,6 +62,8 @@ pub struct Meter {
 }
 
 impl Meter {
+    /// Starts measuring request `request_id` of `workspace`, routed to `target`; the record goes to
+    /// `sink` when the meter finishes or is dropped.
     pub fn start(
         request_id: String,
         workspace: String,

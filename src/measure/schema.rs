@@ -1,7 +1,7 @@
 //! Structured-output checks: does the answer fit what the request asked for?
 //!
 //! In: the request's `response_format` and `tools`, and the finished answer's text and
-//! tool calls. Out: a [`SchemaVerdict`]. `json_schema` answers are validated with the
+//! tool calls. Out: a `SchemaVerdict`. `json_schema` answers are validated with the
 //! jsonschema crate (each distinct schema compiled once, kept in a bounded cache keyed
 //! by its hash; built without remote `$ref` resolution, so a client's schema cannot make
 //! the gateway fetch URLs); `json_object` answers must parse as JSON objects; each tool
@@ -98,6 +98,8 @@ impl SchemaVerdict {
     }
 }
 
+/// Checks answers against their requested schema, compiling each distinct schema once (a
+/// bounded cache shared by every request).
 pub struct SchemaChecker {
     compiled: moka::sync::Cache<u64, Arc<Validator>>,
 }

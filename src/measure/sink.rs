@@ -2,24 +2,24 @@
 //!
 //! `submit` never waits: when the queue is full the record is counted as dropped (in
 //! `/metrics` as `sluice_records_dropped_total`), a warning says so at most once per
-//! [`DROP_LOG_INTERVAL`], and the request goes on.
+//! `DROP_LOG_INTERVAL`, and the request goes on.
 //!
-//! Before that, intake is paced: while fewer than a [`HEADROOM_DIVISOR`]th of the queue's
+//! Before that, intake is paced: while fewer than a `HEADROOM_DIVISOR`th of the queue's
 //! slots are free *and the writer is keeping up* (its current write began less than
-//! [`WRITER_STALLED`] ago and the last one did not fail), a new request first waits, at
-//! most [`PACE_WAIT`], for the writer to take its next batch ([`RecordSink::pace`]). A
+//! `WRITER_STALLED` ago and the last one did not fail), a new request first waits, at
+//! most `PACE_WAIT`, for the writer to take its next batch (`RecordSink::pace`). A
 //! writer that is slow but working so slows intake to what it sustains instead of losing
 //! records; a database that is away or hanging never makes a request wait (the writer is
-//! then failing or stalled), and records are dropped and counted as before. The writer waits [`LINGER`] after a
+//! then failing or stalled), and records are dropped and counted as before. The writer waits `LINGER` after a
 //! batch's first record (or less, when a full batch is already queued), then writes up to
-//! [`WRITE_BATCH`] records in one transaction; on shutdown it closes the queue and drains it
+//! `WRITE_BATCH` records in one transaction; on shutdown it closes the queue and drains it
 //! before returning.
 //!
 //! Why linger: a transaction's fixed cost (BEGIN, COMMIT, the pages a commit writes to the
 //! WAL, a round trip to SQLite's worker thread per statement) dwarfs a row's. Without it the
 //! writer woke for every few records at moderate load, and at full load each record cost
 //! ~60 µs of database work (research/perf-profile.md); with it a batch holds everything that
-//! arrived in 50 ms, and a record is in the database within about [`LINGER`] plus one write.
+//! arrived in 50 ms, and a record is in the database within about `LINGER` plus one write.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -82,6 +82,8 @@ impl Recent {
     }
 }
 
+/// The queue between requests and the record writer: every finished request's
+/// [`Record`] goes here, and never waits on the database.
 pub struct RecordSink {
     tx: mpsc::Sender<Record>,
     /// Workspace budgets count tokens and cost from every record.
@@ -108,9 +110,11 @@ pub struct RecordSink {
 }
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
+/// The sink's counts since the process started, as `/metrics` and the tests read them.
 pub struct SinkCounters {
     /// Records not queued because the queue was full or closed.
     pub(crate) dropped: u64,
+    /// Records written to the store.
     pub written: u64,
     /// Records lost because the database refused them for every try.
     pub(crate) write_failed: u64,
@@ -123,6 +127,8 @@ pub struct SinkCounters {
 const FAILING: u64 = u64::MAX;
 
 impl RecordSink {
+    /// A sink whose queue holds `capacity` records, charging each record's tokens and cost to
+    /// `limits`; and the receiving end, for the writer task.
     pub fn new(capacity: usize, limits: Arc<LimitBook>) -> (Self, mpsc::Receiver<Record>) {
         let (tx, rx) = mpsc::channel(capacity);
         let sink = Self {
@@ -234,6 +240,7 @@ impl RecordSink {
         *reported = dropped;
     }
 
+    /// The counts so far (each read on its own, so not one instant's snapshot).
     pub fn counters(&self) -> SinkCounters {
         SinkCounters {
             dropped: self.dropped.load(Ordering::Relaxed),

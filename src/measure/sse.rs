@@ -191,6 +191,9 @@ impl StreamObserver {
 /// without a blank line has its stream ended as broken off.
 pub(crate) const MAX_PENDING_EVENT_BYTES: usize = 16 * 1024 * 1024;
 
+/// A streamed answer on its way to the client: reads the upstream's server-sent events whole,
+/// measures them into the [`Meter`], runs the stream checks, and yields the bytes
+/// to send; the record is written when the stream ends, however it ends.
 pub struct StreamRelay {
     upstream: ByteStream,
     buf: BytesMut,
@@ -217,6 +220,9 @@ pub struct StreamRelay {
 }
 
 impl StreamRelay {
+    /// A relay of `upstream`, recording into `meter`. `strip_usage` drops the usage chunk sluice
+    /// asked for on its own; a wait longer than `idle_limit` for the next event ends the stream
+    /// as broken off; `checks` are the answer checks, if any apply.
     pub fn new(
         upstream: ByteStream,
         meter: Meter,

@@ -1,6 +1,6 @@
 //! The rollout state machine: pure. In: the current [`Position`], the policy the rollout
 //! started with, the judge's report and the canary requests measured in the step
-//! ([`InStep`]). Out: a [`Decision`], and the next `Position` once the caller has stored the
+//! (`InStep`). Out: a `Decision`, and the next `Position` once the caller has stored the
 //! decision. Operator commands are the `paused` / `resumed` / `promoted` / `aborted` helpers.
 //!
 //! Rules, in order: an ended rollout only holds; a revert from the judge always wins, even
@@ -29,11 +29,13 @@ use crate::types::{Arm, RolloutState};
 /// Where a rollout stands: everything the router and a restart need.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Position {
+    /// Live (progressing, paused) or ended, and how.
     pub state: RolloutState,
     /// Index into `policy.steps`; `steps.len()` once promoted.
     pub step: usize,
     /// Canary weight for randomized traffic now, in basis points.
     pub weight_bp: u32,
+    /// When the current step began, in milliseconds since the Unix epoch.
     pub step_started_ms: i64,
     /// The step ran past `max_step_hold` undecided: holding and waiting for an operator.
     pub inconclusive: bool,

@@ -41,7 +41,7 @@ pub(crate) struct Step {
 
 /// A checked policy. It serializes as JSON into the rollout's row (`policy_json`) when a
 /// rollout starts, and a live rollout is judged by that stored copy on every replica and
-/// after every restart ([`Policy::from_stored`]): an edited file applies to the next rollout.
+/// after every restart (`Policy::from_stored`): an edited file applies to the next rollout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Policy {
     pub(crate) name: String,

@@ -24,6 +24,7 @@ use scenario::{Expect, Scenario};
 use traffic::RunResult;
 
 #[derive(Debug, Clone, clap::Args)]
+/// `sluice simulate`'s arguments: the folder of scenario files and which of them to run.
 pub struct SimulateArgs {
     /// Folder of scenario files.
     #[arg(long, default_value = "evals/scenarios")]
@@ -68,6 +69,11 @@ struct Job {
     run: usize,
 }
 
+/// `sluice simulate`: runs every scenario against the judge and prints the results table.
+///
+/// # Errors
+/// When the scenario folder cannot be read, no scenario is selected, or a scenario file
+/// has a mistake.
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let rows = simulate(&args, true)?;
     let table = report::markdown(

@@ -35,12 +35,16 @@ pub(crate) enum Engine {
 }
 
 #[derive(Debug, thiserror::Error)]
+/// What a store operation can fail with.
 pub enum StoreError {
     #[error("{0} already exists")]
+    /// An insert met a row with the same key; the text names it (e.g. "workspace `acme`").
     Conflict(String),
     #[error(transparent)]
+    /// The database refused or could not run a query (connection, constraint, SQL).
     Database(#[from] sqlx::Error),
     #[error("migrating the database failed: {0}")]
+    /// Bringing the schema up to date failed at [`Store::connect`].
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The row moved on since it was read (another replica or the judge changed it).
     #[error("rollout {0} changed since it was read")]
@@ -162,6 +166,8 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
 ];
 
 #[derive(Clone)]
+/// The database behind sluice: SQLite for one process, PostgreSQL for a cluster. Cheap to
+/// clone (a pool and a writer handle).
 pub struct Store {
     pool: AnyPool,
     engine: Engine,
@@ -172,18 +178,22 @@ pub struct Store {
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
+/// A workspace row: a tenant that owns API keys.
 pub struct Workspace {
+    /// The workspace id (see `WorkspaceId` for its rule).
     pub id: String,
     pub(crate) created_at_ms: i64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
+/// An API key as listed: its id and prefix, never the key or its hash.
 pub struct KeyInfo {
     pub(crate) id: String,
     pub(crate) workspace: String,
     /// The first characters of the key, to tell keys apart; never enough to use one.
     pub(crate) prefix: String,
     pub(crate) created_at_ms: i64,
+    /// When the key was revoked, in milliseconds since the Unix epoch; `None` while it works.
     pub revoked_at_ms: Option<i64>,
 }
 
@@ -290,11 +300,16 @@ impl Store {
         Ok(())
     }
 
+    /// Closes the record writer's connection, then the pool's. Call once, at shutdown.
     pub async fn close(&self) {
         self.writer.close().await;
         self.pool.close().await;
     }
 
+    /// Creates workspace `id` (not checked here: the caller parses it first).
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when it exists; [`StoreError::Database`] when the insert fails.
     pub async fn create_workspace(&self, id: &str) -> Result<Workspace, StoreError> {
         let created_at_ms = now_ms();
         let result = sqlx::query("INSERT INTO workspaces (id, created_at_ms) VALUES ($1, $2)")
@@ -314,6 +329,10 @@ impl Store {
         }
     }
 
+    /// Workspace `id`, or `None` when there is none.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the query fails.
     pub async fn workspace(&self, id: &str) -> Result<Option<Workspace>, StoreError> {
         let row = sqlx::query("SELECT id, created_at_ms FROM workspaces WHERE id = $1")
             .bind(id)
@@ -338,6 +357,12 @@ impl Store {
             .collect())
     }
 
+    /// Stores a new API key of `workspace`: its id, its SHA-256 `hash` (hex, see
+    /// [`hash_key`](crate::auth::hash_key)) and its display `prefix`. The key itself is never
+    /// stored.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the insert fails (an unknown workspace, a taken id).
     pub async fn create_key(
         &self,
         workspace: &str,
@@ -365,6 +390,10 @@ impl Store {
         })
     }
 
+    /// The keys of `workspace`, revoked ones included, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the query fails.
     pub async fn keys(&self, workspace: &str) -> Result<Vec<KeyInfo>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, workspace_id, key_prefix, created_at_ms, revoked_at_ms FROM api_keys WHERE workspace_id = $1 ORDER BY created_at_ms, id",
@@ -420,7 +449,7 @@ impl Store {
 
     /// Writes a batch of measurement records atomically, on the record writer's own
     /// connection: one transaction, one statement per batch on PostgreSQL and one per set
-    /// bit of the batch size on SQLite (one for a full batch of [`SQLITE_MAX_ROWS`]). A
+    /// bit of the batch size on SQLite (one for a full batch of `SQLITE_MAX_ROWS`). A
     /// record already stored (same request id) is left as it is, so a retried batch does not
     /// fail.
     pub async fn insert_records(&self, records: &[Record]) -> Result<(), StoreError> {
@@ -482,6 +511,10 @@ impl Store {
             .map_err(StoreError::from)
     }
 
+    /// How many request records are stored.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the query fails.
     pub async fn count_records(&self) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT COUNT(*) FROM requests")
             .fetch_one(&self.pool)

@@ -7,20 +7,36 @@ use super::{Store, StoreError};
 use crate::types::Arm;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
+/// A shadow pair: one request answered by the version the client got and by a shadow
+/// version, for comparing them offline (`sluice eval`).
 pub struct ShadowPair {
+    /// The row's id, increasing with insertion.
     pub id: i64,
+    /// The rollout whose shadow policy made the copy.
     pub rollout_id: String,
+    /// When the request arrived, in milliseconds since the Unix epoch.
     pub at_ms: i64,
+    /// The request's id (`x-request-id`), joining the pair to its record.
     pub request_id: String,
+    /// The OpenTelemetry trace id of the request, when tracing was on.
     pub trace_id: Option<String>,
+    /// The workspace of the API key that made the request.
     pub workspace: String,
+    /// The request body the client sent (JSON).
     pub request: serde_json::Value,
+    /// The version that answered the client.
     pub primary_version: String,
+    /// The arm that version was on.
     pub primary_arm: Arm,
+    /// The text the client got.
     pub primary_answer: String,
+    /// The client's request record (JSON of a [`Record`](crate::types::Record)).
     pub primary_record: serde_json::Value,
+    /// The version the copy was sent to.
     pub shadow_version: String,
+    /// The shadow version's text (never shown to the client).
     pub shadow_answer: String,
+    /// The shadow request's record (JSON of a [`Record`](crate::types::Record)).
     pub shadow_record: serde_json::Value,
 }
 

@@ -14,24 +14,38 @@ use crate::rollout::machine::Position;
 use crate::types::{Arm, RolloutState};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
+/// A row of `rollouts`: one rollout attempt on a route, live or ended.
 pub struct RolloutRow {
+    /// The rollout's id, as the admin API names it.
     pub id: String,
+    /// The route the rollout runs on.
     pub route: String,
+    /// The version serving the route when the rollout started.
     pub stable_version: String,
+    /// The version being rolled out.
     pub canary_version: String,
+    /// The name of the rollout policy it runs under.
     pub policy: String,
     #[serde(skip)]
+    /// That policy as it was when the rollout started (JSON), so later edits of the file do not
+    /// change a running rollout.
     pub policy_json: String,
     /// Hex; a fresh one per rollout attempt, so a retry re-randomizes.
     #[serde(skip)]
     pub salt: String,
+    /// Where the rollout stands: state, step, canary weight.
     pub position: Position,
+    /// When the rollout started, in milliseconds since the Unix epoch.
     pub started_at_ms: i64,
+    /// When the row last changed, in milliseconds since the Unix epoch.
     pub updated_at_ms: i64,
+    /// When the rollout ended (promoted, rolled back, aborted); `None` while it is live.
     pub ended_at_ms: Option<i64>,
     #[serde(skip)]
+    /// The judge's saved state (JSON), so a restart or another replica resumes it.
     pub judge_state: Option<String>,
     #[serde(skip)]
+    /// The judge's last report (JSON), as the admin API shows it.
     pub last_report: Option<String>,
     /// Grows by one with every change of position or pins; a write made from an older
     /// revision is refused ([`StoreError::Stale`]), so no replica undoes a newer change.
@@ -46,8 +60,11 @@ pub struct RolloutRow {
 /// the lease's fence and `holder` still holds it.
 #[derive(Debug, Clone, Copy)]
 pub struct Fence<'a> {
+    /// The lease's name.
     pub lease: &'a str,
+    /// The replica that holds the lease.
     pub holder: &'a str,
+    /// The fencing token the holder was given when it took the lease.
     pub token: i64,
 }
 
@@ -66,7 +83,9 @@ pub struct WriteGuard<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Actor {
+    /// The sequential judge, on its own.
     Judge,
+    /// A person, through the admin API or the CLI.
     Operator,
 }
 
@@ -82,18 +101,24 @@ impl Actor {
 /// An entry for the audit log.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
+    /// Who made the change.
     pub actor: Actor,
+    /// What happened, in snake_case (`started`, `promoted`, `rolled_back`, …).
     pub kind: &'static str,
+    /// Why, in a sentence for the operator.
     pub message: String,
+    /// The figures behind a judge's decision (JSON), if any.
     pub evidence: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
+/// An entry of a rollout's audit log as stored, with the position it left the rollout at.
 pub struct EventRow {
     pub(crate) id: i64,
     pub(crate) rollout_id: String,
     pub(crate) at_ms: i64,
     pub(crate) actor: String,
+    /// What happened, in snake_case (`started`, `promoted`, `rolled_back`, …).
     pub kind: String,
     pub(crate) state: String,
     pub(crate) step: i64,
@@ -391,6 +416,10 @@ impl Store {
             .collect())
     }
 
+    /// The audit log of rollout `id`, oldest first (empty for an unknown id).
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the query fails.
     pub async fn events(&self, id: &str) -> Result<Vec<EventRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, rollout_id, at_ms, actor, kind, state, step, weight_bp, message, evidence \

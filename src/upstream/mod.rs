@@ -1,11 +1,11 @@
 //! Upstream: sends the rewritten request to the version's provider and hands back its
 //! status, headers and body as a byte stream, untouched.
 //!
-//! Two kinds: [`http::HttpProvider`] for any OpenAI-compatible server or Azure OpenAI
+//! Two kinds: `http::HttpProvider` for any OpenAI-compatible server or Azure OpenAI
 //! (reqwest, no retries: a retry would hide the version's real latency and error rate from
-//! the judge), and [`mock::MockProvider`], a built-in synthetic model for the demo, tests
-//! and benchmarks. [`endpoint`] says where a call goes (which `/v1` path, and how Azure
-//! spells it); [`headers`] says which headers go with it.
+//! the judge), and `mock::MockProvider`, a built-in synthetic model for the demo, tests
+//! and benchmarks. `endpoint` says where a call goes (which `/v1` path, and how Azure
+//! spells it); `headers` says which headers go with it.
 
 pub(crate) mod endpoint;
 pub(crate) mod headers;
@@ -32,12 +32,19 @@ pub(crate) struct Reply {
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
+/// Why an upstream call gave no usable answer; each maps to an [`Outcome`].
 pub enum UpstreamError {
     #[error("connection failed: {0}")]
+    /// The connection failed (refused, DNS, TLS, reset before an answer); the cause.
     Unreachable(String),
     #[error("no answer within {after_ms} ms")]
-    Timeout { after_ms: u64 },
+    /// No answer within the provider's `timeout_ms`.
+    Timeout {
+        /// How long sluice waited, in milliseconds.
+        after_ms: u64,
+    },
     #[error("the answer broke off: {0}")]
+    /// The body broke off after the status was read; the cause.
     Interrupted(String),
     /// The body came with a `Content-Encoding` other than `identity`, which sluice never
     /// asks for (it sends `Accept-Encoding: identity`) and would not be able to read.
