@@ -50,6 +50,9 @@ impl Server {
     }
 
     /// As [`Server::build`], with spans going to `traces` (tests pass an in-memory exporter).
+    ///
+    /// # Errors
+    /// As [`Server::build`], the telemetry exporter aside.
     pub async fn build_with_traces(settings: Settings, traces: Traces) -> anyhow::Result<Self> {
         // One TLS provider for every client in the process (reqwest is built without one).
         let _ = rustls::crypto::ring::default_provider().install_default();

@@ -154,6 +154,9 @@ impl AdminClient {
 
 impl AdminClient {
     /// `sluice cluster status`: one line per replica, then who judges which rollout.
+    ///
+    /// # Errors
+    /// As on [`AdminClient`].
     pub async fn cluster_status(&self) -> anyhow::Result<()> {
         let v = self.call(reqwest::Method::GET, "/cluster", None).await?;
         let now = crate::types::now_ms();
@@ -234,6 +237,9 @@ impl AdminClient {
     }
 
     /// `sluice stats ROUTE`: the route's live figures per version and arm, as a table.
+    ///
+    /// # Errors
+    /// As on [`AdminClient`]; an unknown route is the server's 404.
     pub async fn show_stats(&self, route: &str) -> anyhow::Result<()> {
         let v = self.get(&format!("/routes/{route}/stats")).await?;
         print!("{}", render_stats(&v));

@@ -38,6 +38,9 @@ pub struct Settings {
 }
 
 /// Reads `path` and checks it, taking environment variables from the process.
+///
+/// # Errors
+/// The file cannot be read, or every mistake in it at once ([`ConfigErrors`]).
 pub fn load(path: &Path) -> Result<Settings, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigIssue {
@@ -87,6 +90,10 @@ fn config_fields(parent: &[&str]) -> Option<&'static [&'static str]> {
 }
 
 /// Parses and checks a config text; `env` answers environment look-ups (tests pass a map).
+///
+/// # Errors
+/// Every mistake at once ([`ConfigErrors`]): unknown keys, unparsable values, names that
+/// refer to nothing, missing secrets, policy and guardrail files that do not load.
 pub fn parse(
     file: &Path,
     text: &str,

@@ -25,6 +25,8 @@ pub fn now_ms() -> i64 {
 pub(crate) struct WorkspaceId(Arc<str>);
 
 impl WorkspaceId {
+    /// Checks a workspace id against the rule above.
+    ///
     /// # Errors
     /// A message naming the id when it breaks the rule above.
     pub(crate) fn parse(id: &str) -> Result<Self, String> {
@@ -66,6 +68,8 @@ impl Weight {
     /// No randomized traffic on the canary.
     pub const ZERO: Weight = Weight(0);
 
+    /// A weight of `bp` basis points.
+    ///
     /// # Errors
     /// When `bp` is above 10 000.
     pub fn new(bp: u32) -> Result<Self, String> {

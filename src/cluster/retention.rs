@@ -21,6 +21,11 @@ pub(crate) const PRUNE_BATCH: i64 = 1_000;
 const PRUNE_PAUSE: Duration = Duration::from_millis(20);
 
 /// Deletes every table's rows older than its retention; returns rows deleted per table.
+/// `tables` pairs a table with how long its rows are kept; `now_ms` is milliseconds since the
+/// Unix epoch. Deletes in batches of `PRUNE_BATCH` rows, pausing between them.
+///
+/// # Errors
+/// [`StoreError::Database`] when a delete fails; the tables before it stay pruned.
 pub async fn prune_once(
     store: &Store,
     tables: &[(PrunedTable, Duration)],

@@ -106,6 +106,11 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
 }
 
 /// Runs the eval `args` describe, writes its report files and returns them.
+/// `show_progress` draws a progress line on stderr while the answers come.
+///
+/// # Errors
+/// When the config does not load, the rollout or suite cannot be read, a named version is not
+/// configured, or the report files cannot be written.
 pub async fn evaluate(args: &EvalArgs, show_progress: bool) -> anyhow::Result<Written> {
     // reqwest's rustls needs a process-wide crypto provider; a second install is a no-op.
     let _ = rustls::crypto::ring::default_provider().install_default();

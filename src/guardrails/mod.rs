@@ -221,6 +221,10 @@ pub struct GuardrailSet {
 }
 
 /// Reads every `*.toml` in `dir`; a mistake names the file and the key (`output.2.pattern`).
+///
+/// # Errors
+/// Every mistake of every file at once ([`ConfigErrors`]). A folder that is missing or cannot
+/// be read is no error: it holds no sets.
 pub fn load_dir(
     dir: &Path,
 ) -> Result<BTreeMap<String, std::sync::Arc<GuardrailSet>>, ConfigErrors> {

@@ -296,6 +296,9 @@ pub(crate) fn load_dir(dir: &Path) -> Result<BTreeMap<String, Policy>, ConfigErr
 }
 
 /// Parses and checks one policy text; `file` only labels the messages.
+///
+/// # Errors
+/// Every mistake in the text at once ([`ConfigErrors`]), each located by its dotted key.
 pub fn parse_policy(file: &Path, name: &str, text: &str) -> Result<Policy, ConfigErrors> {
     parse_policy_at(file, name, text, "")
 }

@@ -183,6 +183,9 @@ impl Store {
 
     /// Takes or renews lease `name` for `holder` for `ttl_ms`. The fence grows whenever the
     /// holder changes. While another holder's lease runs: no fence, and when it ends.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the statement fails.
     pub async fn acquire_lease(
         &self,
         name: &str,

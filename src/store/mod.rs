@@ -199,6 +199,11 @@ pub struct KeyInfo {
 
 impl Store {
     /// Connects (creating a SQLite file if needed) and brings the schema up to date.
+    /// `url` is `sqlite://PATH` or `postgres://…`.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the database cannot be reached; [`StoreError::Migrate`] when
+    /// the schema cannot be brought up to date.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let engine = if url.starts_with("sqlite:") {
@@ -415,6 +420,9 @@ impl Store {
 
     /// Revokes a live key; returns its hash (so caches can forget it), or `None` when the
     /// workspace has no such live key.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the update fails.
     pub async fn revoke_key(
         &self,
         workspace: &str,
@@ -437,6 +445,9 @@ impl Store {
     }
 
     /// The workspace and key id of a live key, by the key's hash.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the query fails.
     pub async fn key_by_hash(&self, hash: &str) -> Result<Option<(String, String)>, StoreError> {
         let row = sqlx::query(
             "SELECT workspace_id, id FROM api_keys WHERE key_hash = $1 AND revoked_at_ms IS NULL",
@@ -457,6 +468,10 @@ impl Store {
     }
 
     /// Stored records, newest first, optionally of one route only.
+    /// At most `limit` of them.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the query fails or a row does not read back as a record.
     pub async fn records(
         &self,
         route: Option<&str>,

@@ -52,6 +52,9 @@ pub struct RequestPlacement {
 
 impl Store {
     /// Stores a pair and keeps only the newest `keep` of its rollout.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the insert or the trim fails; then neither happened.
     pub async fn insert_shadow_pair(&self, p: &ShadowPair, keep: u64) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -204,6 +207,10 @@ impl Store {
     }
 
     /// Every workspace's own limits.
+    /// Rows whose limits do not parse are left out.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the query fails.
     pub async fn all_limits(&self) -> Result<Vec<(String, crate::types::Limits)>, StoreError> {
         let rows = sqlx::query("SELECT workspace_id, limits FROM workspace_limits")
             .fetch_all(&self.pool)

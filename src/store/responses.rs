@@ -45,6 +45,9 @@ impl Store {
     }
 
     /// The stored placement of `response_id`, if any (of any workspace: the caller checks).
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the query fails or the row's arm does not read back.
     pub async fn response_placement(
         &self,
         response_id: &str,

@@ -186,6 +186,9 @@ async fn append_event<'c>(
 
 impl Store {
     /// Creates a rollout with its first event; `Conflict` when its route already has a live one.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] as said; [`StoreError::Database`] when the insert fails.
     pub async fn insert_rollout(
         &self,
         row: &RolloutRow,
