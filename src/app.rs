@@ -27,6 +27,7 @@ use crate::store::Store;
 use crate::tasks::{Stage, Tasks};
 use crate::traces::Traces;
 
+/// A sluice server, built and bound but not yet serving.
 pub struct Server {
     listener: TcpListener,
     app: AppState,
@@ -35,6 +36,13 @@ pub struct Server {
 }
 
 impl Server {
+    /// Builds the server `settings` describe: connects the store (migrating it), binds the
+    /// listen address, loads the catalog, the limits and the live rollouts, and starts the
+    /// background tasks.
+    ///
+    /// # Errors
+    /// When the telemetry exporter cannot be set up, the database cannot be reached or migrated,
+    /// the address cannot be bound, or a version's client or a stored rollout cannot be loaded.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let traces = Traces::from_config(&settings.config.telemetry)?;
@@ -42,6 +50,9 @@ impl Server {
     }
 
     /// As [`Server::build`], with spans going to `traces` (tests pass an in-memory exporter).
+    ///
+    /// # Errors
+    /// As [`Server::build`], the telemetry exporter aside.
     pub async fn build_with_traces(settings: Settings, traces: Traces) -> anyhow::Result<Self> {
         // One TLS provider for every client in the process (reqwest is built without one).
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -147,16 +158,14 @@ impl Server {
         })
     }
 
+    /// The address the server is bound to (the real port when the config asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
     }
 
-    pub fn port(&self) -> u16 {
-        self.local_addr().port()
-    }
-
+    /// The server's shared state, for tests and embedding.
     pub fn state(&self) -> AppState {
         self.app.clone()
     }
@@ -164,7 +173,7 @@ impl Server {
     /// Serves until `stop` resolves or a background task dies, then shuts down in order.
     ///
     /// # Errors
-    /// The server failed, or a background task died ([`crate::tasks::TaskFailure`]): the
+    /// The server failed, or a background task died (`crate::tasks::TaskFailure`): the
     /// shutdown is as clean as for `stop`, and the error makes `sluice serve` exit non-zero
     /// so that the orchestrator restarts it.
     pub async fn run_until_stopped(

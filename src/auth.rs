@@ -3,7 +3,7 @@
 //! Keys are stored only as SHA-256 hashes (they are 190 random bits, so a slow hash adds
 //! nothing). Live keys sit in a bounded cache: a revoke on this replica removes the key from
 //! the cache at once; other replicas of a cluster forget it when they re-read the revoked keys
-//! (`cluster::listen`, within a second), and at the latest after [`KEY_CACHE_TTL`].
+//! (`cluster::listen`, within a second), and at the latest after `KEY_CACHE_TTL`.
 
 use std::time::Duration;
 
@@ -16,32 +16,33 @@ use crate::error::ApiError;
 use crate::store::Store;
 use crate::types::Secret;
 
-pub const KEY_PREFIX: &str = "sk-sluice-";
+pub(crate) const KEY_PREFIX: &str = "sk-sluice-";
 const KEY_RANDOM_CHARS: usize = 32;
 /// How long another replica may still accept a key revoked elsewhere.
-pub const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
+pub(crate) const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
 const KEY_CACHE_CAPACITY: u64 = 100_000;
 
 /// The workspace a request acts for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    pub workspace: String,
-    pub key_id: String,
+pub(crate) struct Caller {
+    pub(crate) workspace: String,
+    pub(crate) key_id: String,
 }
 
+/// The SHA-256 of an API key, in lowercase hex: what the store keeps instead of the key.
 pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
 /// A new key: the secret (shown once), its id and the prefix kept to tell keys apart.
-pub struct NewKey {
-    pub id: String,
-    pub key: Secret,
-    pub hash: String,
-    pub prefix: String,
+pub(crate) struct NewKey {
+    pub(crate) id: String,
+    pub(crate) key: Secret,
+    pub(crate) hash: String,
+    pub(crate) prefix: String,
 }
 
-pub fn generate_key() -> NewKey {
+pub(crate) fn generate_key() -> NewKey {
     let random = |n| -> String {
         rand::rng()
             .sample_iter(&Alphanumeric)
@@ -59,7 +60,7 @@ pub fn generate_key() -> NewKey {
 }
 
 /// The bearer token of an `Authorization` header value, if it is one.
-pub fn bearer(header: Option<&str>) -> Option<&str> {
+pub(crate) fn bearer(header: Option<&str>) -> Option<&str> {
     let value = header?.trim();
     let (scheme, token) = value.split_once(' ')?;
     scheme
@@ -68,7 +69,7 @@ pub fn bearer(header: Option<&str>) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-pub struct KeyCache {
+pub(crate) struct KeyCache {
     cache: Cache<String, Caller>,
 }
 
@@ -85,7 +86,11 @@ impl Default for KeyCache {
 
 impl KeyCache {
     /// The caller a key stands for; unknown and revoked keys are refused.
-    pub async fn authenticate(&self, store: &Store, key: Option<&str>) -> Result<Caller, ApiError> {
+    pub(crate) async fn authenticate(
+        &self,
+        store: &Store,
+        key: Option<&str>,
+    ) -> Result<Caller, ApiError> {
         let key = key.ok_or(ApiError::MissingKey)?;
         if !key.starts_with(KEY_PREFIX) {
             return Err(ApiError::InvalidKey);
@@ -104,13 +109,13 @@ impl KeyCache {
         Ok(caller)
     }
 
-    pub async fn forget(&self, hash: &str) {
+    pub(crate) async fn forget(&self, hash: &str) {
         self.cache.invalidate(hash).await;
     }
 }
 
 /// Compares the admin token without leaking through timing how much of it matched.
-pub fn admin_token_matches(expected: &Secret, given: Option<&str>) -> bool {
+pub(crate) fn admin_token_matches(expected: &Secret, given: Option<&str>) -> bool {
     let Some(given) = given else { return false };
     let a = Sha256::digest(expected.expose().as_bytes());
     let b = Sha256::digest(given.as_bytes());

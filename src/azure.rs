@@ -17,7 +17,7 @@ use crate::measure::checks::AnswerChecks;
 pub const PROVIDER_FILTER_RULE: &str = "provider_content_filter";
 
 /// Whether an upstream error body says the content filter refused the request.
-pub fn is_content_filter_error(body: &[u8]) -> bool {
+pub(crate) fn is_content_filter_error(body: &[u8]) -> bool {
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
         return false;
     };
@@ -34,7 +34,7 @@ fn any_filtered(results: &Value) -> bool {
 }
 
 /// What a whole chat completion says of the filter: (prompt filtered, answer filtered).
-pub fn filtered_in_completion(v: &Value) -> (bool, bool) {
+pub(crate) fn filtered_in_completion(v: &Value) -> (bool, bool) {
     let prompt = v["prompt_filter_results"]
         .as_array()
         .is_some_and(|a| a.iter().any(|p| any_filtered(&p["content_filter_results"])));
@@ -47,7 +47,7 @@ pub fn filtered_in_completion(v: &Value) -> (bool, bool) {
 }
 
 /// Counts one provider filter block at `stage`.
-pub fn count_filtered(checks: &AnswerChecks, stage: Stage) {
+pub(crate) fn count_filtered(checks: &AnswerChecks, stage: Stage) {
     checks.count(stage, &[(PROVIDER_FILTER_RULE.to_owned(), Action::Block)]);
 }
 

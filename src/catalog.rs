@@ -17,26 +17,26 @@ use crate::types::{Arm, Price};
 use crate::upstream::Provider;
 
 /// A concrete model on a provider, ready to be called.
-pub struct Version {
-    pub name: Arc<str>,
-    pub model: Arc<str>,
-    pub price: Price,
-    pub encoding: Encoding,
+pub(crate) struct Version {
+    pub(crate) name: Arc<str>,
+    pub(crate) model: Arc<str>,
+    pub(crate) price: Price,
+    pub(crate) encoding: Encoding,
     /// A mock version's answer shape; swappable at run time (the demo injects regressions).
-    pub mock: Option<arc_swap::ArcSwap<MockConfig>>,
-    pub provider: Arc<Provider>,
+    pub(crate) mock: Option<arc_swap::ArcSwap<MockConfig>>,
+    pub(crate) provider: Arc<Provider>,
     /// Set when the provider needs an API key whose variable is unset: such a version
     /// cannot serve, so a rollout to it is refused.
-    pub missing_key: Option<String>,
+    pub(crate) missing_key: Option<String>,
     /// The model the upstream last said answered, and how often that changed.
-    pub served: Mutex<Option<String>>,
-    pub served_changes: std::sync::atomic::AtomicU64,
+    pub(crate) served: Mutex<Option<String>>,
+    pub(crate) served_changes: std::sync::atomic::AtomicU64,
 }
 
 impl Version {
     /// Notes the `model` an answer names. A provider alias that moved to a new snapshot
     /// shows here: counted, and logged once per change.
-    pub fn note_served_model(&self, model: &str) {
+    pub(crate) fn note_served_model(&self, model: &str) {
         let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
         match served.as_deref() {
             Some(last) if last == model => {}
@@ -53,9 +53,9 @@ impl Version {
 
 /// What a route adds to every request on it: its guardrails and its schema rule.
 #[derive(Default)]
-pub struct RouteSettings {
-    pub guardrails: Option<Arc<GuardrailSet>>,
-    pub on_schema_failure: OnSchemaFailure,
+pub(crate) struct RouteSettings {
+    pub(crate) guardrails: Option<Arc<GuardrailSet>>,
+    pub(crate) on_schema_failure: OnSchemaFailure,
 }
 
 /// The versions and per-(route, version) stats, built once: routing tables come and go,
@@ -73,7 +73,7 @@ pub struct Catalog {
 impl Catalog {
     /// No versions, providers or routes (unit tests of what only reads the catalog).
     #[cfg(test)]
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         Catalog {
             versions: BTreeMap::new(),
             providers: BTreeMap::new(),
@@ -83,6 +83,10 @@ impl Catalog {
         }
     }
 
+    /// The catalog `settings` configure: a client per provider, each version with its price.
+    ///
+    /// # Errors
+    /// When a provider's HTTP client cannot be built (e.g. a malformed URL or header).
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
         let config = &settings.config;
         let mut providers = BTreeMap::new();
@@ -156,25 +160,25 @@ impl Catalog {
         })
     }
 
-    pub fn version(&self, name: &str) -> Option<&Arc<Version>> {
+    pub(crate) fn version(&self, name: &str) -> Option<&Arc<Version>> {
         self.versions.get(name)
     }
 
-    pub fn provider(&self, name: &str) -> Option<&Arc<Provider>> {
+    pub(crate) fn provider(&self, name: &str) -> Option<&Arc<Provider>> {
         self.providers.get(name)
     }
 
-    pub fn versions(&self) -> impl Iterator<Item = &Arc<Version>> {
+    pub(crate) fn versions(&self) -> impl Iterator<Item = &Arc<Version>> {
         self.versions.values()
     }
 
     /// The configured routes and their configured stable versions.
-    pub fn routes(&self) -> &BTreeMap<String, String> {
+    pub(crate) fn routes(&self) -> &BTreeMap<String, String> {
         &self.configured
     }
 
     /// The live stats of `version` serving `route` as `arm` (created on first use).
-    pub fn stats_for(&self, route: &str, version: &str, arm: Arm) -> Arc<VersionStats> {
+    pub(crate) fn stats_for(&self, route: &str, version: &str, arm: Arm) -> Arc<VersionStats> {
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         stats
             .entry((route.to_owned(), version.to_owned(), arm))
@@ -183,7 +187,7 @@ impl Catalog {
     }
 
     /// Every (route, version, arm) served since start, with its stats.
-    pub fn all_stats(&self) -> Vec<(String, String, Arm, Arc<VersionStats>)> {
+    pub(crate) fn all_stats(&self) -> Vec<(String, String, Arm, Arc<VersionStats>)> {
         let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         stats
             .iter()
@@ -192,7 +196,7 @@ impl Catalog {
     }
 
     /// Every version that has served `route` since start, with its stats per arm.
-    pub fn route_stats(&self, route: &str) -> Vec<(String, Arm, Arc<VersionStats>)> {
+    pub(crate) fn route_stats(&self, route: &str) -> Vec<(String, Arm, Arc<VersionStats>)> {
         self.all_stats()
             .into_iter()
             .filter(|(r, ..)| r == route)
@@ -201,7 +205,7 @@ impl Catalog {
     }
 
     /// What `route` adds to every request on it (nothing for an unknown route).
-    pub fn route_settings(&self, route: &str) -> Arc<RouteSettings> {
+    pub(crate) fn route_settings(&self, route: &str) -> Arc<RouteSettings> {
         self.settings.get(route).cloned().unwrap_or_default()
     }
 }

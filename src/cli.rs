@@ -5,6 +5,10 @@ use std::fmt::Write;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+/// A client of one sluice's admin API (`/admin/v1`), printing what the CLI commands show.
+///
+/// Every call fails (an `anyhow` error with the reason) when no admin token was given, when the
+/// server cannot be reached, or when it answers other than 2xx (with the answer's message).
 pub struct AdminClient {
     base: String,
     token: Option<String>,
@@ -12,6 +16,8 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
+    /// A client of the server at `url` (e.g. `http://127.0.0.1:8080`), calling with `token` as a
+    /// bearer token.
     pub fn new(url: &str, token: Option<String>) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         Self {
@@ -55,6 +61,10 @@ impl AdminClient {
         })
     }
 
+    /// `sluice workspaces create ID`: creates the workspace.
+    ///
+    /// # Errors
+    /// As on [`AdminClient`]; a taken or malformed id is the server's 4xx.
     pub async fn create_workspace(&self, id: &str) -> anyhow::Result<()> {
         self.call(
             reqwest::Method::POST,
@@ -66,6 +76,10 @@ impl AdminClient {
         Ok(())
     }
 
+    /// `sluice workspaces list`: prints the workspace ids, one a line.
+    ///
+    /// # Errors
+    /// As on [`AdminClient`].
     pub async fn list_workspaces(&self) -> anyhow::Result<()> {
         let v = self.call(reqwest::Method::GET, "/workspaces", None).await?;
         for w in v["data"].as_array().into_iter().flatten() {
@@ -74,6 +88,11 @@ impl AdminClient {
         Ok(())
     }
 
+    /// `sluice keys create --workspace W`: creates an API key and prints it on stdout (the
+    /// only time it is shown), its id on stderr.
+    ///
+    /// # Errors
+    /// As on [`AdminClient`]; an unknown workspace is the server's 404.
     pub async fn create_key(&self, workspace: &str) -> anyhow::Result<()> {
         let v = self
             .call(
@@ -90,6 +109,10 @@ impl AdminClient {
         Ok(())
     }
 
+    /// `sluice keys list --workspace W`: one line per key: id, prefix, live or revoked.
+    ///
+    /// # Errors
+    /// As on [`AdminClient`].
     pub async fn list_keys(&self, workspace: &str) -> anyhow::Result<()> {
         let v = self
             .call(
@@ -114,6 +137,11 @@ impl AdminClient {
         Ok(())
     }
 
+    /// `sluice keys revoke --workspace W KEY_ID`: revokes the key; requests with it fail from
+    /// then on.
+    ///
+    /// # Errors
+    /// As on [`AdminClient`]; an unknown key is the server's 404.
     pub async fn revoke_key(&self, workspace: &str, key_id: &str) -> anyhow::Result<()> {
         self.call(
             reqwest::Method::DELETE,
@@ -128,6 +156,9 @@ impl AdminClient {
 
 impl AdminClient {
     /// `sluice cluster status`: one line per replica, then who judges which rollout.
+    ///
+    /// # Errors
+    /// As on [`AdminClient`].
     pub async fn cluster_status(&self) -> anyhow::Result<()> {
         let v = self.call(reqwest::Method::GET, "/cluster", None).await?;
         let now = crate::types::now_ms();
@@ -167,14 +198,19 @@ impl AdminClient {
         Ok(())
     }
 
-    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.call(reqwest::Method::GET, path, None).await
     }
 
-    pub async fn post(&self, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub(crate) async fn post(&self, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         self.call(reqwest::Method::POST, path, body).await
     }
 
+    /// `sluice rollout start`: starts rolling version `canary` out on `route` under the policy
+    /// named `policy`; prints the new rollout's id on stdout and its state on stderr.
+    ///
+    /// # Errors
+    /// As on [`AdminClient`]; a live rollout on the route or an unknown name is the server's 4xx.
     pub async fn start_rollout(
         &self,
         route: &str,
@@ -192,6 +228,10 @@ impl AdminClient {
         Ok(())
     }
 
+    /// `sluice rollout list`: one line per rollout.
+    ///
+    /// # Errors
+    /// As on [`AdminClient`].
     pub async fn list_rollouts(&self) -> anyhow::Result<()> {
         let v = self.get("/rollouts").await?;
         print!("{}", render_rollout_list(&v));
@@ -199,12 +239,19 @@ impl AdminClient {
     }
 
     /// `sluice stats ROUTE`: the route's live figures per version and arm, as a table.
+    ///
+    /// # Errors
+    /// As on [`AdminClient`]; an unknown route is the server's 404.
     pub async fn show_stats(&self, route: &str) -> anyhow::Result<()> {
         let v = self.get(&format!("/routes/{route}/stats")).await?;
         print!("{}", render_stats(&v));
         Ok(())
     }
 
+    /// `sluice rollout status ID`: the rollout's state, then its last 10 events.
+    ///
+    /// # Errors
+    /// As on [`AdminClient`]; an unknown id is the server's 404.
     pub async fn show_rollout(&self, id: &str) -> anyhow::Result<()> {
         let v = self.get(&format!("/rollouts/{id}")).await?;
         print!("{}", render_rollout(&v));
@@ -213,6 +260,11 @@ impl AdminClient {
         Ok(())
     }
 
+    /// `sluice rollout pause|resume|promote|abort ID`: posts `operation` to the rollout
+    /// and prints where it stands after.
+    ///
+    /// # Errors
+    /// As on [`AdminClient`]; an operation the state does not allow is the server's 409.
     pub async fn operate_rollout(&self, id: &str, operation: &str) -> anyhow::Result<()> {
         let v = self
             .post(&format!("/rollouts/{id}/{operation}"), None)
@@ -221,6 +273,11 @@ impl AdminClient {
         Ok(())
     }
 
+    /// `sluice rollout pin`: sends `workspace`'s requests on the rollout's route to `arm`
+    /// (`stable` or `canary`), or lets them be randomized again when `arm` is `None`.
+    ///
+    /// # Errors
+    /// As on [`AdminClient`].
     pub async fn pin_rollout(
         &self,
         id: &str,
@@ -262,7 +319,7 @@ fn num(v: &Value, digits: usize) -> String {
 
 /// "step 2 of 4": steps are counted from 1, as on the dashboard and in the events (the
 /// API's `step` is the 0-based index; after the last step it stays on the last one).
-pub fn step_of(v: &Value) -> String {
+pub(crate) fn step_of(v: &Value) -> String {
     match (v["step"].as_u64(), v["steps"].as_u64()) {
         (Some(step), Some(steps)) if steps > 0 => {
             format!("step {} of {steps}", (step + 1).min(steps))
@@ -274,7 +331,7 @@ pub fn step_of(v: &Value) -> String {
 
 /// Rows of cells printed in columns as wide as their widest cell (counted in characters,
 /// so `→` is one); `right[i]` right-aligns column `i` (figures).
-pub fn columns(header: &[&str], rows: &[Vec<String>], right: &[bool]) -> String {
+pub(crate) fn columns(header: &[&str], rows: &[Vec<String>], right: &[bool]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -306,7 +363,7 @@ pub fn columns(header: &[&str], rows: &[Vec<String>], right: &[bool]) -> String 
 }
 
 /// `sluice rollout list`: one rollout per line, newest first, in aligned columns.
-pub fn render_rollout_list(v: &Value) -> String {
+pub(crate) fn render_rollout_list(v: &Value) -> String {
     let rows: Vec<Vec<String>> = v["data"]
         .as_array()
         .into_iter()
@@ -343,7 +400,7 @@ pub fn render_rollout_list(v: &Value) -> String {
 
 /// `sluice stats ROUTE`: requests, errors, latency, tokens and cost per version and arm,
 /// rounded for reading (the JSON keeps every digit).
-pub fn render_stats(v: &Value) -> String {
+pub(crate) fn render_stats(v: &Value) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -414,7 +471,7 @@ pub fn render_stats(v: &Value) -> String {
 }
 
 /// A rollout as a person reads it: where it stands, both arms side by side, each gate's evidence.
-pub fn render_rollout(v: &Value) -> String {
+pub(crate) fn render_rollout(v: &Value) -> String {
     let mut out = String::new();
     rollout_heading(&mut out, v);
     if v["arms"].is_object() {
@@ -564,7 +621,7 @@ fn rollout_judge(out: &mut String, judge: &Value) {
 }
 
 /// The last `n` events of an events listing, oldest first.
-pub fn render_events(v: &Value, n: usize) -> String {
+pub(crate) fn render_events(v: &Value, n: usize) -> String {
     let mut out = String::new();
     let events: Vec<&Value> = v["data"].as_array().into_iter().flatten().collect();
     let start = events.len().saturating_sub(n);

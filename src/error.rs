@@ -115,11 +115,11 @@ pub enum ApiError {
 /// `resolve::RoutingTable::explain_unknown`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnknownModel {
-    pub model: String,
+    pub(crate) model: String,
     /// Every route's name, sorted.
-    pub routes: Vec<String>,
+    pub(crate) routes: Vec<String>,
     /// The route whose stable or canary version is called `model`.
-    pub version_of: Option<String>,
+    pub(crate) version_of: Option<String>,
 }
 
 impl std::fmt::Display for UnknownModel {
@@ -144,7 +144,7 @@ impl std::fmt::Display for UnknownModel {
 }
 
 impl ApiError {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::InvalidJson(_) | Self::InvalidRequest { .. } | Self::GuardrailBlocked { .. } => {
                 StatusCode::BAD_REQUEST
@@ -229,7 +229,7 @@ impl ApiError {
     }
 
     /// The class this error is counted under in a measurement record.
-    pub fn outcome(&self) -> Outcome {
+    pub(crate) fn outcome(&self) -> Outcome {
         match self {
             Self::UpstreamUnreachable { .. } => Outcome::UpstreamUnreachable,
             Self::UpstreamInvalid { .. } => Outcome::UpstreamInvalid,
@@ -245,7 +245,7 @@ impl ApiError {
     /// The error as one JSON body in OpenAI's shape.
     /// The error as one server-sent event (`data: {"error": …}` and its blank line), for a
     /// stream that must end with it after its headers have gone out.
-    pub fn as_event(&self) -> Bytes {
+    pub(crate) fn as_event(&self) -> Bytes {
         let body = self.body();
         let mut event = Vec::with_capacity(body.len() + 8);
         event.extend_from_slice(b"data: ");
@@ -254,7 +254,7 @@ impl ApiError {
         event.into()
     }
 
-    pub fn body(&self) -> Bytes {
+    pub(crate) fn body(&self) -> Bytes {
         if let Self::UpstreamStatus { body, .. } = self {
             if is_openai_error(body) {
                 return body.clone();
@@ -389,7 +389,7 @@ impl IntoResponse for ApiError {
 /// wrong method with an empty 405 and its rejections in plain text). Answers that already
 /// are JSON (sluice's own errors, upstream bodies) or an event stream pass untouched; the
 /// other headers (`Allow` on a 405) are kept.
-pub async fn openai_shaped(response: Response) -> Response {
+pub(crate) async fn openai_shaped(response: Response) -> Response {
     let status = response.status();
     let content_type = response
         .headers()

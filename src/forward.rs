@@ -42,7 +42,7 @@ use crate::upstream::endpoint::{Api, Endpoint};
 use crate::upstream::{ByteStream, Call, Provider, Reply, UpstreamError};
 
 /// Operations with a `model` that go to the route's stable version (below `/v1/`).
-pub const MODEL_PATHS: [&str; 8] = [
+pub(crate) const MODEL_PATHS: [&str; 8] = [
     "completions",
     "moderations",
     "images/generations",
@@ -70,7 +70,7 @@ const PASSTHROUGH_ROOTS: [&str; 11] = [
 
 /// What a `/v1/…` path sluice does not route itself is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OtherPath {
+pub(crate) enum OtherPath {
     /// An operation with a `model`: to the route's stable version.
     WithModel,
     /// A model-less endpoint: only through `[passthrough]`.
@@ -79,7 +79,7 @@ pub enum OtherPath {
 }
 
 /// Classifies `path` (below `/v1/`, no query).
-pub fn classify(path: &str) -> OtherPath {
+pub(crate) fn classify(path: &str) -> OtherPath {
     if MODEL_PATHS.contains(&path) {
         return OtherPath::WithModel;
     }
@@ -92,7 +92,7 @@ pub fn classify(path: &str) -> OtherPath {
 }
 
 /// The 404 of a `/v1` path sluice does not serve.
-pub fn unknown_path(method: &str, path: &str) -> ApiError {
+pub(crate) fn unknown_path(method: &str, path: &str) -> ApiError {
     ApiError::NotFound(format!(
         "no such endpoint: {method} {path}; sluice serves /v1/chat/completions, /v1/responses, /v1/embeddings, /v1/models and the OpenAI operations that take a model"
     ))
@@ -124,7 +124,12 @@ fn stable_target(app: &App, model: &str) -> Result<Target, ApiError> {
 }
 
 /// Serves one `POST /v1/embeddings`.
-pub async fn embeddings(app: &App, caller: Caller, headers: &HeaderMap, raw: Bytes) -> Answer {
+pub(crate) async fn embeddings(
+    app: &App,
+    caller: Caller,
+    headers: &HeaderMap,
+    raw: Bytes,
+) -> Answer {
     let request_id = new_request_id();
     let mut request = match ChatRequest::parse(&raw) {
         Ok(r) => r,
@@ -280,13 +285,13 @@ async fn read_reply(
 
 /// One `/v1` request sluice forwards without reading it: its method, path and query,
 /// content type and body.
-pub struct Forward<'a> {
-    pub method: Method,
+pub(crate) struct Forward<'a> {
+    pub(crate) method: Method,
     /// Below `/v1/`, without the query.
-    pub path: &'a str,
-    pub query: Option<&'a str>,
-    pub headers: &'a HeaderMap,
-    pub body: Bytes,
+    pub(crate) path: &'a str,
+    pub(crate) query: Option<&'a str>,
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) body: Bytes,
 }
 
 impl Forward<'_> {
@@ -304,7 +309,7 @@ impl Forward<'_> {
 }
 
 /// Serves a `/v1` operation with a `model` (completions, moderations, images, audio).
-pub async fn with_model(app: &App, caller: Caller, forward: Forward<'_>) -> Answer {
+pub(crate) async fn with_model(app: &App, caller: Caller, forward: Forward<'_>) -> Answer {
     let request_id = new_request_id();
     let multipart = forward
         .content_type()
@@ -538,7 +543,7 @@ fn relay_raw(reply: Reply) -> Body {
 }
 
 /// Serves a model-less `/v1` endpoint through the `[passthrough]` provider.
-pub async fn passthrough(app: &App, forward: Forward<'_>) -> Answer {
+pub(crate) async fn passthrough(app: &App, forward: Forward<'_>) -> Answer {
     let request_id = new_request_id();
     let Some(name) = app.settings.config.passthrough.provider.as_deref() else {
         let e = ApiError::NotFound(format!(
@@ -579,7 +584,7 @@ pub async fn passthrough(app: &App, forward: Forward<'_>) -> Answer {
 
 /// Serves `GET|DELETE /v1/responses/{id}[/input_items]`, `POST /v1/responses/{id}/cancel`
 /// at the provider of the version that produced the Response.
-pub async fn stored_response(
+pub(crate) async fn stored_response(
     app: &App,
     caller: &Caller,
     response_id: &str,

@@ -85,6 +85,8 @@
 //! | `eval` | L12 | `sluice eval`: offline comparison of versions |
 //! | `simulate` | L12 | `sluice simulate`: the judge against synthetic traffic |
 
+#![warn(missing_docs)]
+
 pub mod app;
 pub mod auth;
 pub mod azure;
@@ -93,9 +95,9 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod demo;
-pub mod error;
+pub(crate) mod error;
 pub mod eval;
-pub mod forward;
+pub(crate) mod forward;
 pub mod guardrails;
 pub mod http;
 pub mod judge;
@@ -105,16 +107,16 @@ pub mod measure;
 pub mod openai;
 pub mod pipeline;
 pub mod resolve;
-pub mod responses;
+pub(crate) mod responses;
 pub mod rollout;
 pub mod settings;
-pub mod shadow;
+pub(crate) mod shadow;
 pub mod simulate;
 pub mod state;
 pub mod store;
 pub mod tasks;
-pub mod telemetry;
-pub mod throttle;
+pub(crate) mod telemetry;
+pub(crate) mod throttle;
 pub mod traces;
 pub mod types;
 pub mod upstream;

@@ -39,6 +39,7 @@ struct Workspace {
     rate: Option<DefaultDirectRateLimiter>,
 }
 
+/// Every workspace's limits and what it has used of them, in this process.
 pub struct LimitBook {
     defaults: Limits,
     /// Workspaces with limits of their own, and the rate limiters built from them.
@@ -97,6 +98,7 @@ fn limiter(limits: &Limits, bucket: Bucket) -> Option<DefaultDirectRateLimiter> 
 }
 
 impl LimitBook {
+    /// A book where workspaces without limits of their own get `defaults`.
     pub fn new(defaults: Limits) -> Self {
         Self {
             defaults,
@@ -108,7 +110,7 @@ impl LimitBook {
     }
 
     /// Sets how many replicas share the limits, and rebuilds the rate limiters for it.
-    pub fn set_share(&self, replicas: u32) {
+    pub(crate) fn set_share(&self, replicas: u32) {
         let replicas = replicas.max(1);
         let before = self
             .share
@@ -137,14 +139,14 @@ impl LimitBook {
     }
 
     /// The limits the admin API set for `workspace`, if any.
-    pub fn own_limits(&self, workspace: &str) -> Option<Limits> {
+    pub(crate) fn own_limits(&self, workspace: &str) -> Option<Limits> {
         let map = self.workspaces.read().unwrap_or_else(|e| e.into_inner());
         map.get(workspace).map(|w| w.own)
     }
 
     /// Sets a workspace's own limits (what is left out falls back to the defaults); its
     /// rate limiter starts with the whole burst (of this replica's share) available.
-    pub fn set(&self, workspace: &str, limits: Limits) {
+    pub(crate) fn set(&self, workspace: &str, limits: Limits) {
         self.put(workspace, limits, Bucket::Full);
     }
 
@@ -160,13 +162,13 @@ impl LimitBook {
         map.insert(workspace.to_owned(), entry);
     }
 
-    pub fn limits_of(&self, workspace: &str) -> Limits {
+    pub(crate) fn limits_of(&self, workspace: &str) -> Limits {
         let map = self.workspaces.read().unwrap_or_else(|e| e.into_inner());
         map.get(workspace).map_or(self.defaults, |w| w.limits)
     }
 
     /// Admits one request of `workspace`, or says how long to wait.
-    pub fn admit(&self, workspace: &str) -> Result<(), ApiError> {
+    pub(crate) fn admit(&self, workspace: &str) -> Result<(), ApiError> {
         let own = self
             .workspaces
             .read()
@@ -238,7 +240,7 @@ impl LimitBook {
     }
 
     /// Adds a finished request's tokens and cost to its workspace's minute and day.
-    pub fn spend(&self, record: &Record) {
+    pub(crate) fn spend(&self, record: &Record) {
         let now = record.at_ms;
         let mut spend = self.spend.lock().unwrap_or_else(|e| e.into_inner());
         let s = spend.entry(record.workspace.clone()).or_default();

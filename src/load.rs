@@ -35,22 +35,23 @@ const PROMPTS: [&str; 6] = [
 ];
 
 #[derive(Debug, Clone, clap::Args)]
+/// `sluice load`'s arguments: the route, the rate, the key and how long.
 pub struct LoadArgs {
     /// The route to send to (what an app puts in `model`).
     #[arg(long)]
-    pub route: String,
+    pub(crate) route: String,
     /// Requests per second.
     #[arg(long, default_value_t = 20.0, value_parser = parse_rps)]
-    pub rps: f64,
+    pub(crate) rps: f64,
     /// A gateway API key (`sluice keys create`); or set SLUICE_KEY.
     #[arg(long, env = "SLUICE_KEY", hide_env_values = true)]
-    pub key: Option<String>,
+    pub(crate) key: Option<String>,
     /// Base URL of a running sluice.
     #[arg(long, default_value = "http://127.0.0.1:8080", env = "SLUICE_URL")]
-    pub url: String,
+    pub(crate) url: String,
     /// Stop after this long (e.g. `90s`, `5m`); without it, run until Ctrl-C.
     #[arg(long, value_parser = humantime::parse_duration)]
-    pub duration: Option<Duration>,
+    pub(crate) duration: Option<Duration>,
 }
 
 fn parse_rps(s: &str) -> Result<f64, String> {
@@ -116,6 +117,12 @@ impl Tally {
     }
 }
 
+/// `sluice load`: sends requests at the fixed rate until `--duration` ends or Ctrl-C, with one
+/// progress line, then prints the totals.
+///
+/// # Errors
+/// When no key is given (`--key` or `SLUICE_KEY`), or the first request cannot reach the
+/// gateway or is refused.
 pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     if args.key.is_none() {
         // clap would only say "--key is required"; the variable is the usual way.

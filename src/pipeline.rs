@@ -38,15 +38,23 @@ const MAX_UPSTREAM_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// A chat request with only what the gateway needs parsed; the rest stays raw JSON.
 pub struct ChatRequest {
     fields: IndexMap<String, Box<RawValue>>,
+    /// The `model` field: the route the client asks for.
     pub model: String,
+    /// The `stream` field (absent or null is `false`).
     pub stream: bool,
     /// The `user` field, for `sticky = "user"`.
     pub user: Option<String>,
     /// The client asked for the usage chunk itself.
-    pub client_wants_usage: bool,
+    pub(crate) client_wants_usage: bool,
 }
 
 impl ChatRequest {
+    /// Reads a chat-completions body: `model` and `stream` parsed, every other field kept raw.
+    ///
+    /// # Errors
+    /// `ApiError::InvalidJson` when the body is not a JSON object;
+    /// `ApiError::InvalidRequest` when `model` is missing or not a non-empty string, or `stream`
+    /// is not a boolean.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
         let fields: IndexMap<String, Box<RawValue>> =
             serde_json::from_slice(body).map_err(|e| {
@@ -105,11 +113,11 @@ impl ChatRequest {
     }
 
     /// A field's raw JSON text, if the client sent it.
-    pub fn raw(&self, field: &str) -> Option<&str> {
+    pub(crate) fn raw(&self, field: &str) -> Option<&str> {
         self.fields.get(field).map(|raw| raw.get())
     }
 
-    pub fn set_raw(&mut self, field: &str, value: Box<RawValue>) {
+    pub(crate) fn set_raw(&mut self, field: &str, value: Box<RawValue>) {
         self.fields.insert(field.to_owned(), value);
     }
 
@@ -135,7 +143,7 @@ impl ChatRequest {
 }
 
 /// What the client gets back.
-pub enum Body {
+pub(crate) enum Body {
     Whole {
         status: StatusCode,
         headers: HeaderMap,
@@ -155,21 +163,21 @@ pub enum Body {
 }
 
 /// Bytes for the client, event by event.
-pub type EventStream = std::pin::Pin<
+pub(crate) type EventStream = std::pin::Pin<
     Box<dyn futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static>,
 >;
 
 /// Where a request was routed, for the `x-sluice-*` headers.
-pub struct Routed {
-    pub route: RouteName,
-    pub version: Arc<str>,
-    pub arm: Arm,
+pub(crate) struct Routed {
+    pub(crate) route: RouteName,
+    pub(crate) version: Arc<str>,
+    pub(crate) arm: Arm,
 }
 
-pub struct Answer {
-    pub request_id: String,
-    pub routed: Option<Routed>,
-    pub result: Result<Body, ApiError>,
+pub(crate) struct Answer {
+    pub(crate) request_id: String,
+    pub(crate) routed: Option<Routed>,
+    pub(crate) result: Result<Body, ApiError>,
 }
 
 /// A new request id: `req_` and 32 hex digits, the first 12 the Unix time in milliseconds
@@ -181,14 +189,19 @@ pub struct Answer {
 /// 4 KiB page to its WAL (and again at checkpoint) per record; once the table outgrew the
 /// page cache that was ~100 µs of writer time per record, and the writer fell behind and
 /// dropped records (issue 13).
-pub fn new_request_id() -> String {
+pub(crate) fn new_request_id() -> String {
     let ms = (crate::types::now_ms() as u64) & 0xffff_ffff_ffff;
     let random = rand::random::<u128>() & ((1 << 80) - 1);
     format!("req_{ms:012x}{random:020x}")
 }
 
 /// Serves one `POST /v1/chat/completions` for an authenticated caller.
-pub async fn chat_completion(app: &App, caller: Caller, headers: &HeaderMap, raw: Bytes) -> Answer {
+pub(crate) async fn chat_completion(
+    app: &App,
+    caller: Caller,
+    headers: &HeaderMap,
+    raw: Bytes,
+) -> Answer {
     let request_id = new_request_id();
     let mut request = match ChatRequest::parse(&raw) {
         Ok(r) => r,

@@ -24,25 +24,25 @@ use crate::types::{Arm, RouteName, now_ms};
 /// The bucketing key: fixed forever, so a unit's bucket never changes between releases.
 const BUCKET_KEY: (u64, u64) = (0x736c_7569_6365_2d62, 0x7563_6b65_742d_7631);
 /// Header that names a conversation for `sticky = "conversation"`.
-pub const CONVERSATION_HEADER: &str = "x-sluice-conversation-id";
+pub(crate) const CONVERSATION_HEADER: &str = "x-sluice-conversation-id";
 
 /// How a request came to its arm, for the judge and the record.
 #[derive(Clone)]
-pub struct Assignment {
-    pub tap: Arc<RolloutTap>,
+pub(crate) struct Assignment {
+    pub(crate) tap: Arc<RolloutTap>,
     /// The canary probability in force.
-    pub w: f64,
+    pub(crate) w: f64,
     /// False when a pin or a targeted step chose the arm (reported, never judged).
-    pub randomized: bool,
-    pub step: u32,
-    pub shadow: Option<Arc<RolloutShadow>>,
+    pub(crate) randomized: bool,
+    pub(crate) step: u32,
+    pub(crate) shadow: Option<Arc<RolloutShadow>>,
     /// When the arm was chosen (ms since the epoch): the record's `at_ms`, so that the
     /// sample-ratio guard pairs each assignment with its measurement.
-    pub at_ms: i64,
+    pub(crate) at_ms: i64,
     /// The sticky unit's hash (SipHash-2-4 of salt and key, the number the bucket is cut
     /// from) for randomized requests of a sticky rollout whose request carried the unit;
     /// `None` when the request is its own unit. The judge analyses sticky rollouts per unit.
-    pub unit: Option<u64>,
+    pub(crate) unit: Option<u64>,
 }
 
 /// Placing a request on a version is resolve's business, so the catalog's one method that
@@ -65,52 +65,55 @@ impl Catalog {
 /// Where one request goes: the route, the version serving it, and the arm it stands for.
 #[derive(Clone)]
 pub struct Target {
-    pub route: RouteName,
-    pub version: Arc<Version>,
-    pub arm: Arm,
-    pub stats: Arc<VersionStats>,
-    pub rollout: Option<Assignment>,
-    pub settings: Arc<RouteSettings>,
+    pub(crate) route: RouteName,
+    pub(crate) version: Arc<Version>,
+    pub(crate) arm: Arm,
+    pub(crate) stats: Arc<VersionStats>,
+    pub(crate) rollout: Option<Assignment>,
+    pub(crate) settings: Arc<RouteSettings>,
 }
 
 /// What the router may look at to place a request.
-pub struct Unit<'a> {
-    pub workspace: &'a str,
-    pub request_id: &'a str,
+pub(crate) struct Unit<'a> {
+    pub(crate) workspace: &'a str,
+    pub(crate) request_id: &'a str,
     /// The request body's `user` field.
-    pub user: Option<&'a str>,
-    pub headers: &'a HeaderMap,
+    pub(crate) user: Option<&'a str>,
+    pub(crate) headers: &'a HeaderMap,
 }
 
 /// A rollout as the router sees it.
-pub struct LiveRollout {
-    pub salt: u64,
+pub(crate) struct LiveRollout {
+    pub(crate) salt: u64,
     /// Canary probability for randomized traffic, in [0, 1].
-    pub weight: f64,
-    pub step: u32,
-    pub canary: Target,
-    pub pins: HashMap<String, Arm>,
+    pub(crate) weight: f64,
+    pub(crate) step: u32,
+    pub(crate) canary: Target,
+    pub(crate) pins: HashMap<String, Arm>,
     /// Workspaces of targeted steps so far: canary at 100 %, not randomized.
-    pub targeted: HashSet<String>,
-    pub sticky: Sticky,
-    pub tap: Arc<RolloutTap>,
-    pub shadow: Option<Arc<RolloutShadow>>,
+    pub(crate) targeted: HashSet<String>,
+    pub(crate) sticky: Sticky,
+    pub(crate) tap: Arc<RolloutTap>,
+    pub(crate) shadow: Option<Arc<RolloutShadow>>,
 }
 
-pub struct RouteEntry {
-    pub stable: Target,
-    pub rollout: Option<LiveRollout>,
+pub(crate) struct RouteEntry {
+    pub(crate) stable: Target,
+    pub(crate) rollout: Option<LiveRollout>,
 }
 
 #[derive(Default)]
-pub struct RoutingTable {
+pub(crate) struct RoutingTable {
     routes: BTreeMap<String, RouteEntry>,
 }
 
 impl RoutingTable {
     /// Every configured route on its stable version: `stables` (routes whose stable a
     /// promotion changed) wins over the config.
-    pub fn new(catalog: &Catalog, stables: &BTreeMap<String, String>) -> anyhow::Result<Self> {
+    pub(crate) fn new(
+        catalog: &Catalog,
+        stables: &BTreeMap<String, String>,
+    ) -> anyhow::Result<Self> {
         let mut routes = BTreeMap::new();
         for (name, configured) in catalog.routes() {
             let route = RouteName::parse(name).map_err(anyhow::Error::msg)?;
@@ -129,7 +132,7 @@ impl RoutingTable {
         Ok(Self { routes })
     }
 
-    pub fn set_rollout(&mut self, route: &str, rollout: LiveRollout) {
+    pub(crate) fn set_rollout(&mut self, route: &str, rollout: LiveRollout) {
         if let Some(entry) = self.routes.get_mut(route) {
             entry.rollout = Some(rollout);
         }
@@ -138,7 +141,7 @@ impl RoutingTable {
     /// Why `model` names no route, for the client's 404: the routes there are, and the
     /// route `model` belongs to when it is one of a route's versions (by sluice's name or
     /// the upstream's model name, as an app switching from OpenAI would send).
-    pub fn explain_unknown(&self, model: &str) -> crate::error::UnknownModel {
+    pub(crate) fn explain_unknown(&self, model: &str) -> crate::error::UnknownModel {
         let version_of = self.routes.iter().find_map(|(route, entry)| {
             let canary = entry.rollout.as_ref().map(|r| &r.canary);
             std::iter::once(&entry.stable)
@@ -154,7 +157,7 @@ impl RoutingTable {
     }
 
     /// The target for a request to `model`, or `None` when no route has that name.
-    pub fn resolve(&self, model: &str, unit: &Unit<'_>) -> Option<Target> {
+    pub(crate) fn resolve(&self, model: &str, unit: &Unit<'_>) -> Option<Target> {
         let entry = self.routes.get(model)?;
         let Some(rollout) = &entry.rollout else {
             return Some(entry.stable.clone());
@@ -193,11 +196,11 @@ impl RoutingTable {
         Some(target)
     }
 
-    pub fn route(&self, name: &str) -> Option<&RouteEntry> {
+    pub(crate) fn route(&self, name: &str) -> Option<&RouteEntry> {
         self.routes.get(name)
     }
 
-    pub fn route_names(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn route_names(&self) -> impl Iterator<Item = &str> {
         self.routes.keys().map(String::as_str)
     }
 }
@@ -215,7 +218,7 @@ fn sticky_key(sticky: &Sticky, unit: &Unit<'_>) -> Option<String> {
 }
 
 /// SipHash-2-4 (fixed key) of (rollout salt, unit key).
-pub fn unit_hash(salt: u64, key: &str) -> u64 {
+pub(crate) fn unit_hash(salt: u64, key: &str) -> u64 {
     let mut h = SipHasher24::new_with_keys(BUCKET_KEY.0, BUCKET_KEY.1);
     h.write_u64(salt);
     h.write(key.as_bytes());

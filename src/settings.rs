@@ -18,22 +18,29 @@ use crate::types::Secret;
 /// A config that passed every check, with the secrets it needs read from the environment.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The config file these settings were read from.
     pub file: PathBuf,
+    /// The config as read.
     pub config: Config,
+    /// The address to listen on (`[server] listen`).
     pub listen: SocketAddr,
+    /// The database URL: `SLUICE_DATABASE_URL` if set, else `[database] url`.
     pub database_url: String,
-    pub admin_token: Secret,
+    pub(crate) admin_token: Secret,
     /// Provider name → its API key, for `openai` providers whose `api_key_env` is set.
-    pub provider_keys: BTreeMap<String, Secret>,
+    pub(crate) provider_keys: BTreeMap<String, Secret>,
     /// Rollout policies by name, read from `[policies] dir` at start.
-    pub policies: BTreeMap<String, Arc<Policy>>,
+    pub(crate) policies: BTreeMap<String, Arc<Policy>>,
     /// That folder: a rollout reads its policy file again when it starts.
-    pub policies_dir: PathBuf,
+    pub(crate) policies_dir: PathBuf,
     /// Guardrail policies by name, from `guardrails/` in that folder.
-    pub guardrails: BTreeMap<String, Arc<crate::guardrails::GuardrailSet>>,
+    pub(crate) guardrails: BTreeMap<String, Arc<crate::guardrails::GuardrailSet>>,
 }
 
 /// Reads `path` and checks it, taking environment variables from the process.
+///
+/// # Errors
+/// The file cannot be read, or every mistake in it at once ([`ConfigErrors`]).
 pub fn load(path: &Path) -> Result<Settings, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigIssue {
@@ -83,6 +90,10 @@ fn config_fields(parent: &[&str]) -> Option<&'static [&'static str]> {
 }
 
 /// Parses and checks a config text; `env` answers environment look-ups (tests pass a map).
+///
+/// # Errors
+/// Every mistake at once ([`ConfigErrors`]): unknown keys, unparsable values, names that
+/// refer to nothing, missing secrets, policy and guardrail files that do not load.
 pub fn parse(
     file: &Path,
     text: &str,

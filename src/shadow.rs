@@ -32,34 +32,34 @@ const SHADOW_CONCURRENCY: usize = 8;
 const HOUR: Duration = Duration::from_secs(3600);
 
 /// A primary request that drew a copy: carried by its meter until it finishes.
-pub struct ShadowTicket {
-    pub shadow: Arc<RolloutShadow>,
+pub(crate) struct ShadowTicket {
+    pub(crate) shadow: Arc<RolloutShadow>,
     /// The API of the primary: the copy goes to the same operation on the other version.
-    pub api: crate::upstream::endpoint::Api,
+    pub(crate) api: crate::upstream::endpoint::Api,
     /// The body as sent upstream for the primary (model is replaced again for the copy).
-    pub body: Bytes,
-    pub trace_id: Option<String>,
+    pub(crate) body: Bytes,
+    pub(crate) trace_id: Option<String>,
     /// The primary's span: the copy's span is its child.
-    pub span: Option<opentelemetry::Context>,
-    pub traces: crate::traces::Traces,
+    pub(crate) span: Option<opentelemetry::Context>,
+    pub(crate) traces: crate::traces::Traces,
 }
 
 /// One copy to send.
-pub struct ShadowJob {
+pub(crate) struct ShadowJob {
     ticket: ShadowTicket,
     primary: Record,
     primary_answer: String,
 }
 
 /// Per-rollout shadow state: its config, its target version, its budget and counters.
-pub struct RolloutShadow {
-    pub rollout_id: Arc<str>,
-    pub config: ShadowConfig,
-    pub to_version: Arc<Version>,
-    pub sent: AtomicU64,
-    pub dropped_queue: AtomicU64,
-    pub dropped_budget: AtomicU64,
-    pub failed: AtomicU64,
+pub(crate) struct RolloutShadow {
+    pub(crate) rollout_id: Arc<str>,
+    pub(crate) config: ShadowConfig,
+    pub(crate) to_version: Arc<Version>,
+    pub(crate) sent: AtomicU64,
+    pub(crate) dropped_queue: AtomicU64,
+    pub(crate) dropped_budget: AtomicU64,
+    pub(crate) failed: AtomicU64,
     spent_nano_usd: AtomicU64,
     /// Spend in the current hour: (hour start, USD).
     window: std::sync::Mutex<(Instant, f64)>,
@@ -67,16 +67,16 @@ pub struct RolloutShadow {
 
 /// Shadow copies of a rollout since this process took it up.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct ShadowCounters {
-    pub sent: u64,
-    pub dropped_queue: u64,
-    pub dropped_budget: u64,
-    pub failed: u64,
-    pub spent_usd: f64,
+pub(crate) struct ShadowCounters {
+    pub(crate) sent: u64,
+    pub(crate) dropped_queue: u64,
+    pub(crate) dropped_budget: u64,
+    pub(crate) failed: u64,
+    pub(crate) spent_usd: f64,
 }
 
 impl RolloutShadow {
-    pub fn new(rollout_id: &str, config: ShadowConfig, to_version: Arc<Version>) -> Self {
+    pub(crate) fn new(rollout_id: &str, config: ShadowConfig, to_version: Arc<Version>) -> Self {
         Self {
             rollout_id: rollout_id.into(),
             config,
@@ -91,13 +91,13 @@ impl RolloutShadow {
     }
 
     /// Whether a request served by `arm` for `workspace` draws a copy.
-    pub fn draws(&self, arm: Arm, workspace: &str, has_tools: bool) -> bool {
+    pub(crate) fn draws(&self, arm: Arm, workspace: &str, has_tools: bool) -> bool {
         arm == self.config.from
             && !(self.config.skip_tools && has_tools)
             && rand::random::<f64>() < self.config.rate_for(workspace)
     }
 
-    pub fn counters(&self) -> ShadowCounters {
+    pub(crate) fn counters(&self) -> ShadowCounters {
         ShadowCounters {
             sent: self.sent.load(Ordering::Relaxed),
             dropped_queue: self.dropped_queue.load(Ordering::Relaxed),
@@ -125,18 +125,18 @@ impl RolloutShadow {
 }
 
 /// The queue from finished primaries to the shadow sender.
-pub struct ShadowQueue {
+pub(crate) struct ShadowQueue {
     tx: mpsc::Sender<ShadowJob>,
 }
 
 impl ShadowQueue {
-    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<ShadowJob>) {
+    pub(crate) fn new(capacity: usize) -> (Self, mpsc::Receiver<ShadowJob>) {
         let (tx, rx) = mpsc::channel(capacity);
         (Self { tx }, rx)
     }
 
     /// Hands a finished primary over; never waits.
-    pub fn submit(&self, ticket: ShadowTicket, primary: Record, primary_answer: String) {
+    pub(crate) fn submit(&self, ticket: ShadowTicket, primary: Record, primary_answer: String) {
         let shadow = ticket.shadow.clone();
         let job = ShadowJob {
             ticket,
@@ -152,7 +152,7 @@ impl ShadowQueue {
 /// Starts the workers that send queued copies (a few at a time) until shutdown: a copy in
 /// flight then finishes (within the grace period, see [`crate::tasks`]); what is still
 /// queued is dropped.
-pub fn start_senders(tasks: &Tasks, rx: mpsc::Receiver<ShadowJob>, store: Store) {
+pub(crate) fn start_senders(tasks: &Tasks, rx: mpsc::Receiver<ShadowJob>, store: Store) {
     let rx = Arc::new(Mutex::new(rx));
     for _ in 0..SHADOW_CONCURRENCY {
         let (rx, store) = (rx.clone(), store.clone());
@@ -340,7 +340,7 @@ async fn store_pair(
 
 /// The answer of an embeddings request as a shadow pair keeps it: how many vectors of what
 /// length (`"2 vectors × 1536 dimensions"`). `None` when `answer` is no embeddings list.
-pub fn embeddings_summary(answer: &serde_json::Value) -> Option<String> {
+pub(crate) fn embeddings_summary(answer: &serde_json::Value) -> Option<String> {
     let data = answer.get("data")?.as_array()?;
     let dimensions = match data.first().map(|d| &d["embedding"]) {
         Some(serde_json::Value::Array(v)) => v.len().to_string(),

@@ -15,30 +15,35 @@ use crate::rollout::control::Controller;
 use crate::settings::Settings;
 use crate::store::Store;
 
+/// What handlers and the pipeline reach: the settings, the store, the catalog, the routing
+/// table, the counters and the background tasks of one running server.
 pub struct App {
-    pub settings: Settings,
-    pub store: Store,
-    pub keys: KeyCache,
+    pub(crate) settings: Settings,
+    pub(crate) store: Store,
+    pub(crate) keys: KeyCache,
     /// Failed authentications and admin calls, limited per client address.
-    pub throttle: crate::throttle::ClientThrottle,
-    pub catalog: Arc<Catalog>,
+    pub(crate) throttle: crate::throttle::ClientThrottle,
+    pub(crate) catalog: Arc<Catalog>,
     /// Read by every request without a lock; replaced whole by the rollout controller.
-    pub routing: Arc<ArcSwap<RoutingTable>>,
+    pub(crate) routing: Arc<ArcSwap<RoutingTable>>,
+    /// Where every finished request's record goes.
     pub sink: Arc<RecordSink>,
-    pub rollouts: Arc<Controller>,
+    pub(crate) rollouts: Arc<Controller>,
     /// Compiled response schemas, shared by every request.
-    pub schemas: Arc<SchemaChecker>,
+    pub(crate) schemas: Arc<SchemaChecker>,
+    /// Guardrail counts since start, for `/metrics`.
     pub guardrail_counts: Arc<GuardrailCounters>,
     /// Finished primaries whose shadow copy is still to be sent.
-    pub shadows: Arc<crate::shadow::ShadowQueue>,
-    pub limits: Arc<crate::limits::LimitBook>,
-    pub traces: crate::traces::Traces,
+    pub(crate) shadows: Arc<crate::shadow::ShadowQueue>,
+    pub(crate) limits: Arc<crate::limits::LimitBook>,
+    pub(crate) traces: crate::traces::Traces,
     /// The background tasks; `/healthz` fails once one of them has died.
     pub tasks: crate::tasks::Tasks,
     /// This replica's place among several (a single process on SQLite).
-    pub cluster: Arc<crate::cluster::Cluster>,
+    pub(crate) cluster: Arc<crate::cluster::Cluster>,
     /// Which version produced each Response id: conversations continue where they began.
-    pub response_book: Arc<crate::responses::book::ResponseBook>,
+    pub(crate) response_book: Arc<crate::responses::book::ResponseBook>,
 }
 
+/// The shared [`App`] every handler gets.
 pub type AppState = Arc<App>;

@@ -49,7 +49,7 @@ impl Stage {
 
 /// How a background loop died.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Death {
+pub(crate) enum Death {
     /// It returned while the gateway was still running.
     Ended,
     /// It panicked, with this message.
@@ -62,10 +62,10 @@ pub enum Death {
     Death::Ended => "ended".to_owned(),
     Death::Panicked(message) => format!("panicked: {message}"),
 })]
-pub struct TaskFailure {
+pub(crate) struct TaskFailure {
     /// The name the task was spawned with.
-    pub task: &'static str,
-    pub death: Death,
+    pub(crate) task: &'static str,
+    pub(crate) death: Death,
 }
 
 struct StageTasks {
@@ -93,7 +93,7 @@ impl Default for Tasks {
 }
 
 impl Tasks {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let stage = || StageTasks {
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
@@ -129,7 +129,7 @@ impl Tasks {
 
     /// Starts a one-off job (a webhook call) in `stage`: waited for at shutdown with its
     /// stage; a panic is logged with `name` but does not stop the process.
-    pub fn spawn_job<Fut>(&self, name: &'static str, stage: Stage, job: Fut)
+    pub(crate) fn spawn_job<Fut>(&self, name: &'static str, stage: Stage, job: Fut)
     where
         Fut: Future<Output = ()> + Send + 'static,
     {
@@ -150,12 +150,12 @@ impl Tasks {
     }
 
     /// The first loop that died, if one has.
-    pub fn failure(&self) -> Option<&TaskFailure> {
+    pub(crate) fn failure(&self) -> Option<&TaskFailure> {
         self.inner.failure.get()
     }
 
     /// Resolves when a loop has died.
-    pub async fn failed(&self) -> TaskFailure {
+    pub(crate) async fn failed(&self) -> TaskFailure {
         self.inner.failed.cancelled().await;
         self.failure()
             .cloned()
@@ -164,7 +164,7 @@ impl Tasks {
 
     /// Stops the stages in order and waits for each one's tasks. The [`Stage::Side`] wait is
     /// bounded by `grace`: copies still running then are left to the runtime's end.
-    pub async fn shutdown(&self, grace: Duration) {
+    pub(crate) async fn shutdown(&self, grace: Duration) {
         for stage in Stage::ALL {
             let own = &self.inner.stages[stage.index()];
             own.stop.cancel();

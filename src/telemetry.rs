@@ -66,7 +66,7 @@ fn histogram(
 }
 
 /// The `/metrics` page: every series, in the order the README lists them.
-pub async fn render(app: &App) -> String {
+pub(crate) async fn render(app: &App) -> String {
     let mut out = String::with_capacity(16 * 1024);
     let stats = version_stats(app);
     render_request_series(&mut out, &stats);

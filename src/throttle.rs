@@ -26,7 +26,7 @@ use crate::config::ServerConfig;
 /// Above this many tracked addresses, forget the ones whose buckets are full again.
 const RETAIN_ABOVE: usize = 10_000;
 
-pub struct ClientThrottle {
+pub(crate) struct ClientThrottle {
     failures: DefaultKeyedRateLimiter<IpAddr>,
     admin: DefaultKeyedRateLimiter<IpAddr>,
     /// Addresses that spent their failure burst, until when.
@@ -37,9 +37,9 @@ pub struct ClientThrottle {
 
 /// How many requests each limit has answered 429 since start (for `/metrics`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refusals {
-    pub auth_failures: u64,
-    pub admin: u64,
+pub(crate) struct Refusals {
+    pub(crate) auth_failures: u64,
+    pub(crate) admin: u64,
 }
 
 fn quota(per_minute: u32, burst: u32) -> Quota {
@@ -49,7 +49,7 @@ fn quota(per_minute: u32, burst: u32) -> Quota {
 }
 
 impl ClientThrottle {
-    pub fn new(server: &ServerConfig) -> Self {
+    pub(crate) fn new(server: &ServerConfig) -> Self {
         Self {
             failures: RateLimiter::keyed(quota(
                 server.auth_failures_per_minute,
@@ -70,7 +70,7 @@ impl ClientThrottle {
 
     /// How long `ip` must still wait when it is locked out for failing too often; `None`
     /// when it may try.
-    pub fn locked(&self, ip: IpAddr) -> Option<Duration> {
+    pub(crate) fn locked(&self, ip: IpAddr) -> Option<Duration> {
         let until = self.locked.get(&ip)?;
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -83,7 +83,7 @@ impl ClientThrottle {
 
     /// Counts a failed authentication from `ip`. Returns how long it is now locked out
     /// when this failure was one over its burst; `None` when it may simply be told 401.
-    pub fn note_failure(&self, ip: IpAddr) -> Option<Duration> {
+    pub(crate) fn note_failure(&self, ip: IpAddr) -> Option<Duration> {
         if self.failures.len() > RETAIN_ABOVE {
             self.failures.retain_recent();
         }
@@ -99,7 +99,7 @@ impl ClientThrottle {
     }
 
     /// Admits one admin call from `ip`, or says how long to wait.
-    pub fn admit_admin(&self, ip: IpAddr) -> Result<(), Duration> {
+    pub(crate) fn admit_admin(&self, ip: IpAddr) -> Result<(), Duration> {
         if self.admin.len() > RETAIN_ABOVE {
             self.admin.retain_recent();
         }
@@ -109,7 +109,7 @@ impl ClientThrottle {
         })
     }
 
-    pub fn refusals(&self) -> Refusals {
+    pub(crate) fn refusals(&self) -> Refusals {
         Refusals {
             auth_failures: self.refused_auth.load(Ordering::Relaxed),
             admin: self.refused_admin.load(Ordering::Relaxed),

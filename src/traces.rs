@@ -16,6 +16,8 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 use crate::config::TelemetryConfig;
 
 #[derive(Clone, Default)]
+/// Where request and upstream spans go: nowhere (the default), or an OpenTelemetry tracer
+/// provider. Cheap to clone.
 pub struct Traces {
     tracer: Option<Arc<SdkTracer>>,
     provider: Option<SdkTracerProvider>,
@@ -43,7 +45,7 @@ impl Injector for MapInjector<'_> {
 
 impl Traces {
     /// From the config: an OTLP/HTTP exporter with a batch processor, or nothing.
-    pub fn from_config(config: &TelemetryConfig) -> anyhow::Result<Self> {
+    pub(crate) fn from_config(config: &TelemetryConfig) -> anyhow::Result<Self> {
         use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
         let Some(endpoint) = &config.otlp_endpoint else {
             return Ok(Self::default());
@@ -70,12 +72,12 @@ impl Traces {
         }
     }
 
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.tracer.is_some()
     }
 
     /// The request's span, child of the client's `traceparent` when there is one.
-    pub fn start_request(
+    pub(crate) fn start_request(
         &self,
         headers: &HeaderMap,
         name: String,
@@ -92,7 +94,7 @@ impl Traces {
     }
 
     /// A child span of `parent` (the upstream call, a shadow copy).
-    pub fn start_child(
+    pub(crate) fn start_child(
         &self,
         parent: &Context,
         name: String,
@@ -108,7 +110,7 @@ impl Traces {
     }
 
     /// Flushes what is buffered (on shutdown).
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         if let Some(p) = &self.provider {
             let _ = p.force_flush();
         }
@@ -116,14 +118,14 @@ impl Traces {
 }
 
 /// The `traceparent` to send upstream for the span in `cx`.
-pub fn traceparent(cx: &Context) -> Option<String> {
+pub(crate) fn traceparent(cx: &Context) -> Option<String> {
     let mut map = HashMap::new();
     TraceContextPropagator::new().inject_context(cx, &mut MapInjector(&mut map));
     map.remove("traceparent")
 }
 
 /// Ends the span in `cx` with these attributes, as an error when `error` is set.
-pub fn end(cx: &Context, attributes: Vec<KeyValue>, error: Option<String>) {
+pub(crate) fn end(cx: &Context, attributes: Vec<KeyValue>, error: Option<String>) {
     let span = cx.span();
     span.set_attributes(attributes);
     if let Some(message) = error {

@@ -22,12 +22,14 @@ pub fn now_ms() -> i64 {
 /// A workspace id: a tenant that owns API keys. 1 to 64 lowercase letters, digits, `-` or
 /// `_`, starting with a letter or digit.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct WorkspaceId(Arc<str>);
+pub(crate) struct WorkspaceId(Arc<str>);
 
 impl WorkspaceId {
+    /// Checks a workspace id against the rule above.
+    ///
     /// # Errors
     /// A message naming the id when it breaks the rule above.
-    pub fn parse(id: &str) -> Result<Self, String> {
+    pub(crate) fn parse(id: &str) -> Result<Self, String> {
         let ok = !id.is_empty()
             && id.len() <= 64
             && id.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -41,10 +43,6 @@ impl WorkspaceId {
                 "`{id}` is not a workspace id: use 1–64 lowercase letters, digits, - or _"
             ))
         }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
     }
 }
 
@@ -70,6 +68,8 @@ impl Weight {
     /// No randomized traffic on the canary.
     pub const ZERO: Weight = Weight(0);
 
+    /// A weight of `bp` basis points.
+    ///
     /// # Errors
     /// When `bp` is above 10 000.
     pub fn new(bp: u32) -> Result<Self, String> {
@@ -117,6 +117,10 @@ impl fmt::Display for Weight {
 pub struct RouteName(Arc<str>);
 
 impl RouteName {
+    /// Checks a route name against the rule above.
+    ///
+    /// # Errors
+    /// A message naming the value when it is empty, longer than 128 or has another character.
     pub fn parse(name: &str) -> Result<Self, String> {
         let ok = !name.is_empty()
             && name.len() <= 128
@@ -132,7 +136,7 @@ impl RouteName {
         }
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -159,11 +163,14 @@ impl std::fmt::Display for RouteName {
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Arm {
+    /// The version the route runs today.
     Stable,
+    /// The new version a rollout is trying.
     Canary,
 }
 
 impl Arm {
+    /// The lowercase name records, the store and the admin API use: `stable` or `canary`.
     pub fn as_str(self) -> &'static str {
         match self {
             Arm::Stable => "stable",
@@ -171,7 +178,7 @@ impl Arm {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Arm> {
+    pub(crate) fn parse(s: &str) -> Option<Arm> {
         match s {
             "stable" => Some(Arm::Stable),
             "canary" => Some(Arm::Canary),
@@ -179,7 +186,7 @@ impl Arm {
         }
     }
 
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         match self {
             Arm::Stable => 0,
             Arm::Canary => 1,
@@ -191,12 +198,15 @@ impl Arm {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
+    /// The upstream answered 2xx with a whole answer.
     Ok,
     /// The upstream answered 4xx.
     Upstream4xx,
     /// The upstream answered 5xx.
     Upstream5xx,
+    /// The upstream could not be reached (connection refused, DNS, TLS).
     UpstreamUnreachable,
+    /// The upstream did not answer within the route's timeout.
     UpstreamTimeout,
     /// The upstream answered 2xx with a body that is not a chat completion.
     UpstreamInvalid,
@@ -211,7 +221,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 10] = [
+    pub(crate) const ALL: [Outcome; 10] = [
         Outcome::Ok,
         Outcome::Upstream4xx,
         Outcome::Upstream5xx,
@@ -224,6 +234,7 @@ impl Outcome {
         Outcome::GuardrailBlocked,
     ];
 
+    /// The snake_case name stored in a record's `outcome` column, e.g. `upstream_5xx`.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
@@ -239,7 +250,7 @@ impl Outcome {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Outcome> {
+    pub(crate) fn parse(s: &str) -> Option<Outcome> {
         Outcome::ALL.into_iter().find(|o| o.as_str() == s)
     }
 
@@ -251,7 +262,7 @@ impl Outcome {
     /// not: it says nothing about the model; a guardrail block neither (it has its own
     /// gate). An upstream 4xx does: a new version that refuses what the old one took is a
     /// regression.
-    pub fn is_error(self) -> bool {
+    pub(crate) fn is_error(self) -> bool {
         !matches!(
             self,
             Outcome::Ok | Outcome::ClientDisconnected | Outcome::GuardrailBlocked
@@ -263,29 +274,46 @@ impl Outcome {
 /// reported by the upstream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Usage {
+    /// Tokens of the request (messages, tools, instructions).
     pub prompt_tokens: u64,
+    /// Tokens of the answer, reasoning tokens included.
     pub completion_tokens: u64,
+    /// True when sluice counted the tokens itself because the upstream reported no usage.
     pub estimated: bool,
 }
 
 /// What one request did: the unit of measurement everything downstream is built from.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Record {
+    /// The request's id, as sent back in `x-request-id`.
     pub request_id: String,
+    /// When the request arrived, in milliseconds since the Unix epoch.
     pub at_ms: i64,
+    /// The workspace of the API key that made the request.
     pub workspace: String,
+    /// The route the client named in `model`.
     pub route: String,
+    /// The catalog version that served the request.
     pub version: String,
+    /// Which side of the route's rollout that version was on (`Stable` when none is live).
     pub arm: Arm,
+    /// Whether the client asked for a stream (`"stream": true`).
     pub stream: bool,
     /// The HTTP status the client got (0 when the client left before any).
     pub status: u16,
+    /// How the request ended.
     pub outcome: Outcome,
+    /// Time from the request's arrival to the end of the answer, in milliseconds.
     pub latency_ms: f64,
+    /// Streams only: time to the first content token, in milliseconds (`None` if none came).
     pub ttft_ms: Option<f64>,
+    /// The request's tokens, reported by the upstream or estimated.
     pub usage: Usage,
+    /// What the request cost at the version's configured price, in US dollars.
     pub cost_usd: f64,
+    /// Length of the answer's text, in characters (Unicode scalar values).
     pub response_chars: u64,
+    /// The upstream's `finish_reason` (`stop`, `length`, `tool_calls`, …), if it gave one.
     pub finish_reason: Option<String>,
     /// The rollout live on the route when the request was assigned.
     pub rollout_id: Option<String>,
@@ -327,9 +355,9 @@ pub enum Api {
 }
 
 impl Api {
-    pub const ALL: [Api; 4] = [Api::Chat, Api::Responses, Api::Embeddings, Api::Forwarded];
+    pub(crate) const ALL: [Api; 4] = [Api::Chat, Api::Responses, Api::Embeddings, Api::Forwarded];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Api::Chat => "chat",
             Api::Responses => "responses",
@@ -338,19 +366,19 @@ impl Api {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Api> {
+    pub(crate) fn parse(s: &str) -> Option<Api> {
         Api::ALL.into_iter().find(|a| a.as_str() == s)
     }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
-pub struct Price {
-    pub input_per_mtok: f64,
-    pub output_per_mtok: f64,
+pub(crate) struct Price {
+    pub(crate) input_per_mtok: f64,
+    pub(crate) output_per_mtok: f64,
 }
 
 impl Price {
-    pub fn cost_usd(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+    pub(crate) fn cost_usd(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
         (prompt_tokens as f64 * self.input_per_mtok
             + completion_tokens as f64 * self.output_per_mtok)
             / 1_000_000.0
@@ -362,17 +390,21 @@ impl Price {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
+    /// Requests per second, sustained (a token bucket refilled at this rate).
     #[schema(exclusive_minimum = 0)]
     pub requests_per_second: Option<f64>,
+    /// Requests admitted at once before the rate applies; unset: the rate rounded up.
     #[schema(minimum = 1)]
     pub burst: Option<u32>,
+    /// Prompt and completion tokens allowed per minute.
     pub tokens_per_minute: Option<u64>,
+    /// Spend allowed per UTC day, in US dollars, counted from the records' costs.
     #[schema(minimum = 0)]
     pub usd_per_day: Option<f64>,
 }
 
 impl Limits {
-    pub fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         if self
             .requests_per_second
             .is_some_and(|r| !(r > 0.0 && r.is_finite()))
@@ -392,7 +424,7 @@ impl Limits {
     }
 
     /// These limits, with the defaults filling what they leave out.
-    pub fn over(self, defaults: Limits) -> Limits {
+    pub(crate) fn over(self, defaults: Limits) -> Limits {
         Limits {
             requests_per_second: self.requests_per_second.or(defaults.requests_per_second),
             burst: self.burst.or(defaults.burst),
@@ -404,16 +436,22 @@ impl Limits {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+/// Where a rollout stands: live (progressing, paused) or ended (the other three).
 pub enum RolloutState {
+    /// Moving through its steps, judged as traffic comes.
     Progressing,
+    /// Held at its step by an operator; the canary keeps its share of traffic.
     Paused,
+    /// Ended with the canary made the route's stable version.
     Promoted,
+    /// Ended with all traffic back on the stable version, by the judge or an operator.
     RolledBack,
+    /// Ended by an operator without a verdict; traffic back on the stable version.
     Aborted,
 }
 
 impl RolloutState {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RolloutState::Progressing => "progressing",
             RolloutState::Paused => "paused",
@@ -423,7 +461,7 @@ impl RolloutState {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         [
             Self::Progressing,
             Self::Paused,
@@ -436,7 +474,7 @@ impl RolloutState {
     }
 
     /// Live rollouts route traffic to a canary; ended ones never again.
-    pub fn is_live(self) -> bool {
+    pub(crate) fn is_live(self) -> bool {
         matches!(self, RolloutState::Progressing | RolloutState::Paused)
     }
 }
@@ -444,15 +482,15 @@ impl RolloutState {
 /// A secret string (an upstream API key, the admin token) that never prints itself:
 /// `Debug` and `Display` show `*****`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub(crate) struct Secret(String);
 
 impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
+    pub(crate) fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }
 
     /// The only way to the value; call it where the secret leaves the process, nowhere else.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }

@@ -315,7 +315,10 @@ fn every_module_of_the_crate_has_a_row_in_the_layer_table() {
     let table = layer_table();
     let lib = std::fs::read_to_string(src().join("lib.rs")).expect("src/lib.rs");
     for line in lib.lines() {
-        if let Some(name) = line.strip_prefix("pub mod ") {
+        let name = ["pub mod ", "pub(crate) mod ", "mod "]
+            .iter()
+            .find_map(|p| line.strip_prefix(p));
+        if let Some(name) = name {
             let name = name.trim_end_matches(';');
             assert!(
                 table.contains_key(name),

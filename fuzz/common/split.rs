@@ -29,7 +29,11 @@ pub fn cuts(seed: u8, len: usize, max: usize) -> Vec<usize> {
 
 /// `bytes` as pieces: whole, one byte each, and cut by `seed`.
 pub fn splittings(seed: u8, bytes: &[u8]) -> [Vec<&[u8]>; 3] {
-    let whole = if bytes.is_empty() { vec![] } else { vec![bytes] };
+    let whole = if bytes.is_empty() {
+        vec![]
+    } else {
+        vec![bytes]
+    };
     let single = bytes.chunks(1).collect();
     let mut seeded = Vec::new();
     let mut at = 0;

@@ -13,7 +13,7 @@ use crate::store::StoreError;
 const FORGET_AFTER_HEARTBEATS: i64 = 60;
 
 /// Heartbeats until `stop`; keeps the live-replica count (and so the limit shares) current.
-pub async fn run(app: AppState, stop: CancellationToken) {
+pub(crate) async fn run(app: AppState, stop: CancellationToken) {
     let cluster = app.cluster.clone();
     let mut tick = tokio::time::interval(cluster.config.heartbeat());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -18,7 +18,7 @@ use crate::store::StoreError;
 use crate::types::now_ms;
 
 /// Listens until shutdown; each notification (and each reconnect) wakes the re-reader.
-pub async fn run_listener(
+pub(crate) async fn run_listener(
     app: AppState,
     channel: String,
     wake: Arc<Notify>,
@@ -80,7 +80,7 @@ pub async fn run_listener(
 }
 
 /// Re-reads on every wake-up and every `reread_ms`, until shutdown.
-pub async fn run_rereader(app: AppState, wake: Arc<Notify>, stop: CancellationToken) {
+pub(crate) async fn run_rereader(app: AppState, wake: Arc<Notify>, stop: CancellationToken) {
     let mut revoked_since = now_ms();
     let mut tick = tokio::time::interval(app.cluster.config.reread());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -103,7 +103,7 @@ async fn connect(url: &str, channel: &str) -> Result<PgListener, sqlx::Error> {
 /// Re-reads everything other replicas may have changed: rollouts, pins, promoted stables
 /// (through the controller), workspace limits and revoked keys. `revoked_since_ms` is
 /// where the last successful re-read started (writer's clock).
-pub async fn reread(app: &AppState, revoked_since_ms: &mut i64) {
+pub(crate) async fn reread(app: &AppState, revoked_since_ms: &mut i64) {
     let cluster = &app.cluster;
     ClusterCounters::add(&cluster.counters.rereads, 1);
     let started = now_ms();

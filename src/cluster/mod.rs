@@ -16,10 +16,10 @@
 //! keys and limits; observations buffer to `observation_buffer` and then drop, counted; the
 //! judge holds; admin writes answer 503. Every loop retries on its own.
 
-pub mod heartbeat;
-pub mod listen;
+pub(crate) mod heartbeat;
+pub(crate) mod listen;
 pub mod retention;
-pub mod ship;
+pub(crate) mod ship;
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -33,69 +33,69 @@ use crate::store::{Engine, ReplicaRow, Store, StoreError};
 use crate::types::now_ms;
 
 /// A replica silent for this many heartbeat intervals is gone.
-pub const MISSED_HEARTBEATS: u64 = 3;
+pub(crate) const MISSED_HEARTBEATS: u64 = 3;
 /// The lease name of a rollout's judge.
-pub fn judge_lease(rollout_id: &str) -> String {
+pub(crate) fn judge_lease(rollout_id: &str) -> String {
     format!("judge:{rollout_id}")
 }
 /// The lease of the replica that prunes old rows.
-pub const MAINTENANCE_LEASE: &str = "maintenance";
+pub(crate) const MAINTENANCE_LEASE: &str = "maintenance";
 
 /// What happened in this replica's cluster loops, for `/metrics` and the cluster view.
 #[derive(Debug, Default, Serialize)]
-pub struct ClusterCounters {
+pub(crate) struct ClusterCounters {
     /// Notifications received on the change channel.
-    pub notifications: AtomicU64,
+    pub(crate) notifications: AtomicU64,
     /// Re-reads of the routing state (notified, periodic, or after a reconnect).
-    pub rereads: AtomicU64,
+    pub(crate) rereads: AtomicU64,
     /// Re-reads that failed (the routing table stays as it was).
-    pub reread_failures: AtomicU64,
+    pub(crate) reread_failures: AtomicU64,
     /// Times the LISTEN connection was lost, and re-established.
-    pub listener_drops: AtomicU64,
-    pub listener_reconnects: AtomicU64,
+    pub(crate) listener_drops: AtomicU64,
+    pub(crate) listener_reconnects: AtomicU64,
     /// Heartbeats that could not be written (the database away, mostly).
-    pub heartbeat_failures: AtomicU64,
+    pub(crate) heartbeat_failures: AtomicU64,
     /// Observation batches shipped, observations in them, and observations dropped before
     /// shipping (buffer full while the database was away).
-    pub batches_shipped: AtomicU64,
-    pub observations_shipped: AtomicU64,
-    pub observations_dropped: AtomicU64,
+    pub(crate) batches_shipped: AtomicU64,
+    pub(crate) observations_shipped: AtomicU64,
+    pub(crate) observations_dropped: AtomicU64,
     /// Flushes that failed and were kept for the next one.
-    pub ship_failures: AtomicU64,
+    pub(crate) ship_failures: AtomicU64,
     /// Decisions and checkpoints this replica wrote under a fence that was no longer
     /// current (another replica had taken over): the database refused each one.
-    pub fenced_writes_refused: AtomicU64,
+    pub(crate) fenced_writes_refused: AtomicU64,
     /// Judge leases taken over from another holder (or first taken).
-    pub leases_taken: AtomicU64,
+    pub(crate) leases_taken: AtomicU64,
     /// Rows deleted by the retention pruner.
-    pub rows_pruned: AtomicU64,
+    pub(crate) rows_pruned: AtomicU64,
     /// Observations estimated lost with replicas that left without their closing batch
     /// (SIGKILL, a crash): per such replica, its observations per batch (a moving average),
     /// i.e. one flush interval at its recent rate. Counted by the judging replica, once per replica and
     /// rollout.
-    pub observations_lost_estimate: AtomicU64,
+    pub(crate) observations_lost_estimate: AtomicU64,
     /// Canaries this replica's kill switch reverted on its own while the database was
     /// away (each written when the database returned, unless the rollout moved on).
-    pub local_reverts: AtomicU64,
+    pub(crate) local_reverts: AtomicU64,
 }
 
 impl ClusterCounters {
     /// Adds `n` to one of the counters.
-    pub fn add(counter: &AtomicU64, n: u64) {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 }
 
 /// This replica's place in the cluster.
-pub struct Cluster {
+pub(crate) struct Cluster {
     /// Whether the cluster loops run (PostgreSQL) or this is a single process (SQLite).
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// `[cluster]` as configured.
-    pub config: ClusterConfig,
+    pub(crate) config: ClusterConfig,
     /// This process: a fresh id per start, so a restarted replica is a new one.
-    pub replica: ReplicaRow,
+    pub(crate) replica: ReplicaRow,
     /// What this replica's cluster loops did.
-    pub counters: ClusterCounters,
+    pub(crate) counters: ClusterCounters,
     /// Live replicas at the last heartbeat (1 until known): the divisor of workspace limits.
     live_replicas: AtomicU64,
     /// Their ids (`None` until a heartbeat has read them): the judge counts what a replica
@@ -110,7 +110,7 @@ pub struct Cluster {
 impl Cluster {
     /// This process as a replica: enabled on PostgreSQL only; `address` is the bound
     /// listener's, shown unless `[cluster] advertise` says otherwise.
-    pub fn new(config: ClusterConfig, engine: Engine, address: String) -> Self {
+    pub(crate) fn new(config: ClusterConfig, engine: Engine, address: String) -> Self {
         let id = format!("rep_{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         let address = config.advertise.clone().unwrap_or(address);
         Self {
@@ -132,37 +132,37 @@ impl Cluster {
     }
 
     /// This replica's id (`rep_` and 12 hex digits, fresh per start).
-    pub fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         &self.replica.id
     }
 
     /// Whether the routing state has been read (`/healthz`).
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }
 
     /// Marks the routing state as read.
-    pub fn set_ready(&self) {
+    pub(crate) fn set_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);
     }
 
     /// Live replicas at the last heartbeat, at least 1.
-    pub fn live_replicas(&self) -> u64 {
+    pub(crate) fn live_replicas(&self) -> u64 {
         self.live_replicas.load(Ordering::Relaxed).max(1)
     }
 
     /// Sets the live count seen at a heartbeat; returns the previous one.
-    pub fn set_live_replicas(&self, live: u64) -> u64 {
+    pub(crate) fn set_live_replicas(&self, live: u64) -> u64 {
         self.live_replicas.swap(live.max(1), Ordering::Relaxed)
     }
 
     /// Sets the ids of the live replicas seen at a heartbeat.
-    pub fn set_live_ids(&self, ids: BTreeSet<String>) {
+    pub(crate) fn set_live_ids(&self, ids: BTreeSet<String>) {
         *self.live_ids.lock().unwrap_or_else(|e| e.into_inner()) = Some(ids);
     }
 
     /// Whether replica `id` was live at the last heartbeat; `None` before one was read.
-    pub fn is_live(&self, id: &str) -> Option<bool> {
+    pub(crate) fn is_live(&self, id: &str) -> Option<bool> {
         self.live_ids
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -172,7 +172,7 @@ impl Cluster {
 
     /// Records a failed database call of a cluster loop: an unreachable database is noted
     /// (and logged once), anything else is logged as `what` failing.
-    pub fn note_failure(&self, what: &str, e: &StoreError) {
+    pub(crate) fn note_failure(&self, what: &str, e: &StoreError) {
         if e.is_unavailable() {
             self.note_database(false, Some(e));
         } else {
@@ -181,12 +181,12 @@ impl Cluster {
     }
 
     /// False while the last cluster call found the database unreachable.
-    pub fn database_up(&self) -> bool {
+    pub(crate) fn database_up(&self) -> bool {
         self.database_up.load(Ordering::Relaxed)
     }
 
     /// Records whether the database answered; logs each change once, not every retry.
-    pub fn note_database(&self, up: bool, error: Option<&dyn std::fmt::Display>) {
+    pub(crate) fn note_database(&self, up: bool, error: Option<&dyn std::fmt::Display>) {
         let was = self.database_up.swap(up, Ordering::Relaxed);
         match (was, up) {
             (true, false) => tracing::error!(
@@ -199,7 +199,7 @@ impl Cluster {
     }
 
     /// `GET /admin/v1/cluster`: the replicas (live or gone), who judges which rollout.
-    pub async fn view(&self, store: &Store) -> Result<ClusterView<'_>, StoreError> {
+    pub(crate) async fn view(&self, store: &Store) -> Result<ClusterView<'_>, StoreError> {
         if !self.enabled {
             let mut me = self.replica.clone();
             me.heartbeat_at_ms = now_ms();
@@ -253,47 +253,47 @@ impl Cluster {
 /// The replicas of this gateway and who judges which rollout (`GET /admin/v1/cluster`).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[schema(as = Cluster)]
-pub struct ClusterView<'a> {
-    pub mode: Mode,
+pub(crate) struct ClusterView<'a> {
+    pub(crate) mode: Mode,
     /// The id of the replica that answered.
-    pub this_replica: String,
+    pub(crate) this_replica: String,
     /// Cluster mode only.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub live_replicas: Option<usize>,
-    pub replicas: Vec<ReplicaView>,
+    pub(crate) live_replicas: Option<usize>,
+    pub(crate) replicas: Vec<ReplicaView>,
     /// The judge leases that run, cluster mode only.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub judges: Option<Vec<JudgeLease>>,
+    pub(crate) judges: Option<Vec<JudgeLease>>,
     /// This replica's cluster counters: notifications, re-reads, listener drops and
     /// reconnects, batches and observations shipped or dropped, fenced writes refused,
     /// leases taken, rows pruned.
     #[schema(value_type = std::collections::BTreeMap<String, u64>)]
-    pub counters: &'a ClusterCounters,
+    pub(crate) counters: &'a ClusterCounters,
 }
 
 /// `single` on SQLite (one process), `cluster` on PostgreSQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum Mode {
+pub(crate) enum Mode {
     Single,
     Cluster,
 }
 
 /// One replica as the cluster view shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ReplicaView {
-    pub id: String,
-    pub address: String,
+pub(crate) struct ReplicaView {
+    pub(crate) id: String,
+    pub(crate) address: String,
     /// sluice's version.
-    pub version: String,
-    pub started_at_ms: i64,
+    pub(crate) version: String,
+    pub(crate) started_at_ms: i64,
     /// The database's clock at its last heartbeat.
-    pub last_heartbeat_ms: i64,
-    pub live: bool,
+    pub(crate) last_heartbeat_ms: i64,
+    pub(crate) live: bool,
     /// `gone` after 3 heartbeat intervals without one.
-    pub state: ReplicaState,
+    pub(crate) state: ReplicaState,
     /// The rollouts whose judge lease it holds.
-    pub judges: Vec<String>,
+    pub(crate) judges: Vec<String>,
 }
 
 impl ReplicaView {
@@ -318,21 +318,21 @@ impl ReplicaView {
 /// Whether a replica still sends heartbeats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum ReplicaState {
+pub(crate) enum ReplicaState {
     Live,
     Gone,
 }
 
 /// A judge lease that runs: which replica judges which rollout.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct JudgeLease {
+pub(crate) struct JudgeLease {
     #[schema(required = true)]
-    pub rollout: Option<String>,
-    pub replica: String,
+    pub(crate) rollout: Option<String>,
+    pub(crate) replica: String,
     /// The lease's fencing token.
-    pub fence: i64,
-    pub expires_in_ms: i64,
+    pub(crate) fence: i64,
+    pub(crate) expires_in_ms: i64,
 }
 
 /// The time to wait before retrying a loop whose database call failed.
-pub const RETRY_PAUSE: Duration = Duration::from_millis(200);
+pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(200);

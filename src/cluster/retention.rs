@@ -14,13 +14,18 @@ use crate::store::{Store, StoreError};
 use crate::types::now_ms;
 
 /// How often the pruner looks for old rows.
-pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
+pub(crate) const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Rows deleted per statement: short transactions, so writers never wait long behind one.
-pub const PRUNE_BATCH: i64 = 1_000;
+pub(crate) const PRUNE_BATCH: i64 = 1_000;
 /// Pause between two batches of one table, to leave the database to the request writers.
 const PRUNE_PAUSE: Duration = Duration::from_millis(20);
 
 /// Deletes every table's rows older than its retention; returns rows deleted per table.
+/// `tables` pairs a table with how long its rows are kept; `now_ms` is milliseconds since the
+/// Unix epoch. Deletes in batches of `PRUNE_BATCH` rows, pausing between them.
+///
+/// # Errors
+/// [`StoreError::Database`] when a delete fails; the tables before it stay pruned.
 pub async fn prune_once(
     store: &Store,
     tables: &[(PrunedTable, Duration)],
@@ -44,7 +49,7 @@ pub async fn prune_once(
 }
 
 /// Prunes every [`PRUNE_EVERY`] until `stop` (only waits for it without a retention).
-pub async fn run(app: AppState, stop: CancellationToken) {
+pub(crate) async fn run(app: AppState, stop: CancellationToken) {
     let tables = app.settings.config.database.retention_config().tables();
     if tables.is_empty() {
         stop.cancelled().await;

@@ -17,7 +17,7 @@ use crate::state::AppState;
 use crate::store::ShippedBatch;
 
 /// Ships until `stop`, then once more.
-pub async fn run(app: AppState, stop: CancellationToken) {
+pub(crate) async fn run(app: AppState, stop: CancellationToken) {
     let cluster = app.cluster.clone();
     let mut seq = 0i64;
     let mut pending: VecDeque<(ShippedBatch, u64)> = VecDeque::new();

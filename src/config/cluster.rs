@@ -9,26 +9,26 @@ use serde::Deserialize;
 
 /// `[cluster]`: only used when the database is PostgreSQL (SQLite is one process).
 #[derive(Debug, Clone, Deserialize)]
-pub struct ClusterConfig {
+pub(crate) struct ClusterConfig {
     /// How often each replica writes its heartbeat (ms); one silent for 3 of these is gone.
     #[serde(default = "default_heartbeat_ms")]
-    pub heartbeat_ms: u64,
+    pub(crate) heartbeat_ms: u64,
     /// How long a judge's lease on a rollout lasts without renewal (ms; renewed every third).
     #[serde(default = "default_lease_ms")]
-    pub lease_ms: u64,
+    pub(crate) lease_ms: u64,
     /// How often each replica ships its rollouts' observations (ms): what a crash may lose.
     #[serde(default = "default_flush_ms")]
-    pub flush_ms: u64,
+    pub(crate) flush_ms: u64,
     /// How often the routing state is re-read even without a notification (ms, at most 5 000).
     #[serde(default = "default_reread_ms")]
-    pub reread_ms: u64,
+    pub(crate) reread_ms: u64,
     /// Observations kept per replica while the database is away; past it the oldest are
     /// dropped and counted.
     #[serde(default = "default_observation_buffer")]
-    pub observation_buffer: usize,
+    pub(crate) observation_buffer: usize,
     /// The address other replicas and operators see for this one (default: the bound listener).
     #[serde(default)]
-    pub advertise: Option<String>,
+    pub(crate) advertise: Option<String>,
 }
 
 impl Default for ClusterConfig {
@@ -61,23 +61,19 @@ fn default_observation_buffer() -> usize {
 }
 
 /// Longest re-read interval allowed: the bound on propagation without notifications.
-pub const MAX_REREAD: Duration = Duration::from_secs(5);
+pub(crate) const MAX_REREAD: Duration = Duration::from_secs(5);
 
 impl ClusterConfig {
     /// `heartbeat_ms` as a duration.
-    pub fn heartbeat(&self) -> Duration {
+    pub(crate) fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms)
     }
-    /// `lease_ms` as a duration.
-    pub fn lease(&self) -> Duration {
-        Duration::from_millis(self.lease_ms)
-    }
     /// `flush_ms` as a duration.
-    pub fn flush(&self) -> Duration {
+    pub(crate) fn flush(&self) -> Duration {
         Duration::from_millis(self.flush_ms)
     }
     /// `reread_ms` as a duration.
-    pub fn reread(&self) -> Duration {
+    pub(crate) fn reread(&self) -> Duration {
         Duration::from_millis(self.reread_ms)
     }
 }
@@ -85,8 +81,11 @@ impl ClusterConfig {
 /// Tables the retention pruner may delete from (`[database.retention_per_table]` keys).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PrunedTable {
+    /// `requests`: the request records.
     Requests,
+    /// `feedback`: the clients' feedback on answers.
     Feedback,
+    /// `shadow_pairs`: stored shadow answers.
     ShadowPairs,
     /// Only events of rollouts that have ended: a live rollout's log is never cut.
     RolloutEvents,
@@ -105,7 +104,7 @@ impl PrunedTable {
     ];
 
     /// The table's name in the database and in the config.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             PrunedTable::Requests => "requests",
             PrunedTable::Feedback => "feedback",
@@ -121,10 +120,10 @@ impl PrunedTable {
 pub struct RetentionConfig {
     /// Every pruned table's default, e.g. "30d"; absent: keep everything.
     #[serde(default)]
-    pub retention: Option<String>,
+    pub(crate) retention: Option<String>,
     /// Per table (see [`PrunedTable`]), overriding `retention`.
     #[serde(default)]
-    pub retention_per_table: BTreeMap<String, String>,
+    pub(crate) retention_per_table: BTreeMap<String, String>,
 }
 
 impl RetentionConfig {

@@ -7,8 +7,10 @@ use std::path::PathBuf;
 /// One mistake in a config file, located by the file and the dotted key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigIssue {
+    /// The file the mistake is in.
     pub file: PathBuf,
-    pub key: String,
+    pub(crate) key: String,
+    /// What is wrong, and what would be right.
     pub message: String,
 }
 
@@ -43,7 +45,7 @@ impl std::error::Error for ConfigErrors {}
 ///
 /// Returns an empty slice for a type that is not a derived struct (a map, an enum, a
 /// `try_from` wrapper): such a table has no fixed keys to suggest.
-pub fn struct_fields<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+pub(crate) fn struct_fields<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
     match T::deserialize(FieldProbe) {
         Err(ProbeError(Some(fields))) => fields,
         _ => &[],
@@ -94,7 +96,7 @@ impl<'de> serde::Deserializer<'de> for FieldProbe {
 
 /// The known key closest to `word`, if it is close enough to be a typo: at most one edit
 /// per three characters (Damerau–Levenshtein, so a swapped pair is one edit), at least one.
-pub fn did_you_mean<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
+pub(crate) fn did_you_mean<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
     let limit = (word.chars().count() / 3).max(1);
     known
         .iter()
@@ -113,7 +115,7 @@ pub fn did_you_mean<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
 /// (`[]` is the top level; `["routes", "chat"]` a route); `None` when it does not know.
 /// Returns the value (`None` when the text is not valid TOML or does not fit `T`) and the
 /// issues, in the order the parser met them.
-pub fn read_toml<T: serde::de::DeserializeOwned>(
+pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(
     file: &std::path::Path,
     text: &str,
     fields_at: &dyn Fn(&[&str]) -> Option<&'static [&'static str]>,

@@ -8,67 +8,68 @@ use crate::measure::schema::ToolCall;
 
 /// The two versions' answers to one request: index 0 is version A, index 1 version B.
 #[derive(Debug, Clone)]
-pub struct Case {
-    pub id: String,
+pub(crate) struct Case {
+    pub(crate) id: String,
     /// The chat request as the versions got it (after input redaction).
-    pub request: Value,
-    pub expect: Option<Expect>,
+    pub(crate) request: Value,
+    pub(crate) expect: Option<Expect>,
     /// Input guardrail rules that fired on the request.
-    pub input_fired: Vec<String>,
+    pub(crate) input_fired: Vec<String>,
     /// The input rule that blocked the request: neither version was called, as the
     /// gateway would not have called one.
-    pub input_blocked_by: Option<String>,
-    pub answers: [Answer; 2],
+    pub(crate) input_blocked_by: Option<String>,
+    pub(crate) answers: [Answer; 2],
 }
 
 impl Case {
     /// Whether the request offered tools (the denominator of tool-call figures).
-    pub fn offers_tools(&self) -> bool {
+    pub(crate) fn offers_tools(&self) -> bool {
         self.request
             .get("tools")
             .and_then(Value::as_array)
             .is_some_and(|t| !t.is_empty())
     }
 
-    pub fn both_answered(&self) -> bool {
+    pub(crate) fn both_answered(&self) -> bool {
         self.answers.iter().all(Answer::is_ok)
     }
 }
 
 /// One version's answer to one request, and what it cost.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Answer {
+pub(crate) struct Answer {
     /// The upstream's HTTP status; 0 when it was not reached or not called.
-    pub status: u16,
+    pub(crate) status: u16,
     /// Why there is no usable answer (an upstream error, a status other than 2xx, a body
     /// that is not a chat completion, an input block). `None` for an answer.
-    pub error: Option<String>,
-    pub text: String,
+    pub(crate) error: Option<String>,
+    pub(crate) text: String,
     /// `None` when the source did not keep them (the primary side of a shadow pair).
-    pub tool_calls: Option<Vec<ToolCall>>,
-    pub finish_reason: Option<String>,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
+    pub(crate) tool_calls: Option<Vec<ToolCall>>,
+    pub(crate) finish_reason: Option<String>,
+    pub(crate) prompt_tokens: u64,
+    pub(crate) completion_tokens: u64,
     /// The upstream reported no usage; sluice counted the tokens.
-    pub tokens_estimated: bool,
-    pub cost_usd: f64,
-    pub latency_ms: f64,
+    pub(crate) tokens_estimated: bool,
+    pub(crate) cost_usd: f64,
+    pub(crate) latency_ms: f64,
     /// `Some(passed)` when the request asked for structured output and it was checked.
-    pub schema_passed: Option<bool>,
+    pub(crate) schema_passed: Option<bool>,
 }
 
 impl Answer {
-    pub fn is_ok(&self) -> bool {
+    pub(crate) fn is_ok(&self) -> bool {
         self.error.is_none()
     }
 
     /// Length of the answer's text in characters (what the gateway's length gate counts).
-    pub fn chars(&self) -> u64 {
+    pub(crate) fn chars(&self) -> u64 {
         self.text.chars().count() as u64
     }
 
     /// A bare successful answer, for tests of the pure parts.
-    pub fn answered(text: &str) -> Self {
+    #[cfg(test)]
+    pub(crate) fn answered(text: &str) -> Self {
         Self {
             status: 200,
             text: text.to_owned(),
@@ -79,7 +80,7 @@ impl Answer {
     }
 
     /// A call that produced no answer.
-    pub fn failed(error: &str) -> Self {
+    pub(crate) fn failed(error: &str) -> Self {
         Self {
             error: Some(error.to_owned()),
             ..Self::default()
@@ -87,7 +88,7 @@ impl Answer {
     }
 
     /// The class of the failure, for counting: `http 500`, `unreachable`, `input blocked`…
-    pub fn error_kind(&self) -> Option<String> {
+    pub(crate) fn error_kind(&self) -> Option<String> {
         let error = self.error.as_deref()?;
         Some(if self.status != 0 {
             format!("http {}", self.status)
@@ -105,38 +106,38 @@ impl Answer {
 /// Properties an answer should have. Every one that is set is checked on both versions.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Expect {
+pub(crate) struct Expect {
     /// Each of these appears in the answer (case-insensitive).
     #[serde(default)]
-    pub contains: Vec<String>,
+    pub(crate) contains: Vec<String>,
     /// None of these appears in the answer (case-insensitive).
     #[serde(default)]
-    pub not_contains: Vec<String>,
+    pub(crate) not_contains: Vec<String>,
     /// A regular expression the answer matches somewhere.
-    pub matches: Option<String>,
+    pub(crate) matches: Option<String>,
     #[serde(skip)]
     pub(super) matches_compiled: Option<regex::Regex>,
     /// The answer parses as JSON.
     #[serde(default)]
-    pub json_valid: bool,
+    pub(crate) json_valid: bool,
     /// The answer fits the request's `response_format` and its tool calls fit their tools'
     /// `parameters` (the gateway's own schema check).
     #[serde(default)]
-    pub json_schema_valid: bool,
+    pub(crate) json_schema_valid: bool,
     /// The answer has at most this many characters.
-    pub max_chars: Option<u64>,
+    pub(crate) max_chars: Option<u64>,
     /// The answer has at least this many characters.
-    pub min_chars: Option<u64>,
+    pub(crate) min_chars: Option<u64>,
     /// The answer calls the tool of this name.
-    pub tool_call: Option<String>,
+    pub(crate) tool_call: Option<String>,
     /// The answer ends for this reason (`stop`, `length`, `tool_calls`, …).
-    pub finish_reason: Option<String>,
+    pub(crate) finish_reason: Option<String>,
 }
 
 impl Expect {
     /// Each set property of the expectation, named, and whether `answer` has it. A failed
     /// call has none of them.
-    pub fn check(&self, answer: &Answer) -> Vec<(String, bool)> {
+    pub(crate) fn check(&self, answer: &Answer) -> Vec<(String, bool)> {
         let ok = answer.is_ok();
         let text = answer.text.to_lowercase();
         let mut results = Vec::new();
@@ -187,7 +188,7 @@ impl Expect {
     }
 
     /// The property's family, for pass rates across cases: `contains: refund` → `contains`.
-    pub fn family(property: &str) -> &str {
+    pub(crate) fn family(property: &str) -> &str {
         property.split(':').next().unwrap_or(property)
     }
 }

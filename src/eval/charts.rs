@@ -6,9 +6,9 @@ use std::fmt::Write;
 use super::compare::VersionFigures;
 use super::stats::LengthBin;
 
-pub const COLOR_A: &str = "#4c78a8";
-pub const COLOR_B: &str = "#f58518";
-pub const CHART_WIDTH: f64 = 560.0;
+pub(crate) const COLOR_A: &str = "#4c78a8";
+pub(crate) const COLOR_B: &str = "#f58518";
+pub(crate) const CHART_WIDTH: f64 = 560.0;
 const CHART_HEIGHT: f64 = 220.0;
 /// Room left of, and below, a chart's plot area for its labels.
 const MARGIN_LEFT: f64 = 56.0;
@@ -17,7 +17,7 @@ const MARGIN_TOP: f64 = 24.0;
 
 /// Both versions' length histograms overlaid on the shared bins (B drawn over A, both
 /// translucent so overlap shows).
-pub fn histogram(bins: &[LengthBin]) -> String {
+pub(crate) fn histogram(bins: &[LengthBin]) -> String {
     if bins.is_empty() {
         return empty_chart("No answers to bin.");
     }
@@ -71,7 +71,7 @@ pub fn histogram(bins: &[LengthBin]) -> String {
 }
 
 /// Grouped vertical bars: per category, A's bar then B's.
-pub fn grouped_bars(
+pub(crate) fn grouped_bars(
     categories: &[String],
     values: &[Vec<f64>; 2],
     fmt: fn(f64) -> String,
@@ -120,7 +120,7 @@ pub fn grouped_bars(
 }
 
 /// One figure per version, as two labelled bars.
-pub fn small_bars(
+pub(crate) fn small_bars(
     a: &VersionFigures,
     b: &VersionFigures,
     values: &[Vec<f64>; 2],

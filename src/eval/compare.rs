@@ -21,7 +21,7 @@ use crate::guardrails::StageRules;
 type PropertyResults = Vec<(String, bool)>;
 
 /// Bumped when a field changes meaning or goes away.
-pub const REPORT_FORMAT: u32 = 1;
+pub(crate) const REPORT_FORMAT: u32 = 1;
 /// The finish-reason category of an answer that gave none.
 const NO_FINISH_REASON: &str = "(none)";
 /// The tool-call category of an answer to a tool-offering request that called no tool.
@@ -29,7 +29,7 @@ const NO_TOOL_CALL: &str = "(no tool call)";
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Source {
+pub(crate) enum Source {
     Suite {
         path: String,
         cases: usize,
@@ -44,105 +44,105 @@ pub enum Source {
 
 /// A version as the report names it.
 #[derive(Debug, Clone, Serialize)]
-pub struct VersionLabel {
-    pub name: String,
+pub(crate) struct VersionLabel {
+    pub(crate) name: String,
     /// The upstream model; `None` when the version is no longer configured.
-    pub model: Option<String>,
+    pub(crate) model: Option<String>,
 }
 
 /// The judge's work, one entry per case (`None` where the case was not judged).
-pub struct JudgeRun {
-    pub version: String,
-    pub per_case: Vec<Option<Judged>>,
+pub(crate) struct JudgeRun {
+    pub(crate) version: String,
+    pub(crate) per_case: Vec<Option<Judged>>,
 }
 
 /// Everything the comparison needs.
-pub struct Inputs<'a> {
-    pub source: Source,
-    pub versions: [VersionLabel; 2],
-    pub cases: &'a [Case],
-    pub guardrails: Option<&'a Chosen>,
-    pub judge: Option<JudgeRun>,
-    pub generated_at: String,
-    pub notes: Vec<String>,
+pub(crate) struct Inputs<'a> {
+    pub(crate) source: Source,
+    pub(crate) versions: [VersionLabel; 2],
+    pub(crate) cases: &'a [Case],
+    pub(crate) guardrails: Option<&'a Chosen>,
+    pub(crate) judge: Option<JudgeRun>,
+    pub(crate) generated_at: String,
+    pub(crate) notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    pub format: u32,
-    pub generated_at: String,
-    pub source: Source,
+    pub(crate) format: u32,
+    pub(crate) generated_at: String,
+    pub(crate) source: Source,
     /// Version A (the baseline) and version B (the candidate).
-    pub versions: [VersionFigures; 2],
-    pub guardrails: Option<ChosenReport>,
-    pub divergence: Divergence,
+    pub(crate) versions: [VersionFigures; 2],
+    pub(crate) guardrails: Option<ChosenReport>,
+    pub(crate) divergence: Divergence,
     /// Both answers the same, over the cases both versions answered.
-    pub agreement: Proportion,
-    pub expectations: Option<ExpectationFigures>,
-    pub judge: Option<JudgeFigures>,
-    pub cases: Vec<CaseRow>,
+    pub(crate) agreement: Proportion,
+    pub(crate) expectations: Option<ExpectationFigures>,
+    pub(crate) judge: Option<JudgeFigures>,
+    pub(crate) cases: Vec<CaseRow>,
     /// What the figures cannot say for this source.
-    pub notes: Vec<String>,
+    pub(crate) notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct VersionFigures {
-    pub name: String,
-    pub model: Option<String>,
+pub(crate) struct VersionFigures {
+    pub(crate) name: String,
+    pub(crate) model: Option<String>,
     /// Cases sent to the version (input-blocked cases are not).
-    pub requests: u64,
-    pub answered: u64,
-    pub errors: u64,
-    pub error_kinds: BTreeMap<String, u64>,
+    pub(crate) requests: u64,
+    pub(crate) answered: u64,
+    pub(crate) errors: u64,
+    pub(crate) error_kinds: BTreeMap<String, u64>,
     /// Answers that fit the requested structure, over answered requests that asked for one.
-    pub schema: Proportion,
-    pub guardrails: GuardrailHits,
-    pub prompt_tokens: Option<Spread>,
-    pub completion_tokens: Option<Spread>,
+    pub(crate) schema: Proportion,
+    pub(crate) guardrails: GuardrailHits,
+    pub(crate) prompt_tokens: Option<Spread>,
+    pub(crate) completion_tokens: Option<Spread>,
     /// Answers whose tokens sluice counted because the upstream reported none.
-    pub tokens_estimated: u64,
-    pub cost_usd_total: f64,
-    pub cost_usd_per_request: Option<Spread>,
-    pub latency_ms: Option<Spread>,
-    pub length_chars: Option<Spread>,
-    pub finish_reasons: BTreeMap<String, u64>,
+    pub(crate) tokens_estimated: u64,
+    pub(crate) cost_usd_total: f64,
+    pub(crate) cost_usd_per_request: Option<Spread>,
+    pub(crate) latency_ms: Option<Spread>,
+    pub(crate) length_chars: Option<Spread>,
+    pub(crate) finish_reasons: BTreeMap<String, u64>,
     /// Tool calls by name over answers to requests that offered tools; `None` when the
     /// source kept no tool calls for this version.
-    pub tool_calls: Option<BTreeMap<String, u64>>,
+    pub(crate) tool_calls: Option<BTreeMap<String, u64>>,
 }
 
 /// Guardrail rules that fired, per rule: on how many requests (input, the same for both
 /// versions) or answers (output).
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct GuardrailHits {
-    pub input: BTreeMap<String, u64>,
-    pub output: BTreeMap<String, u64>,
+pub(crate) struct GuardrailHits {
+    pub(crate) input: BTreeMap<String, u64>,
+    pub(crate) output: BTreeMap<String, u64>,
     /// Requests an input `block` rule stopped (neither version was called).
-    pub blocked_input: u64,
+    pub(crate) blocked_input: u64,
     /// Answers an output `block` rule would have replaced by an error.
-    pub blocked_output: u64,
+    pub(crate) blocked_output: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Divergence {
+pub(crate) struct Divergence {
     /// A JSD above this is flagged.
-    pub threshold: f64,
-    pub length: Jsd,
-    pub finish_reason: Jsd,
-    pub tool_calls: Jsd,
+    pub(crate) threshold: f64,
+    pub(crate) length: Jsd,
+    pub(crate) finish_reason: Jsd,
+    pub(crate) tool_calls: Jsd,
     /// Both versions' answer lengths on the shared half-octave scale.
-    pub length_histogram: Vec<LengthBin>,
+    pub(crate) length_histogram: Vec<LengthBin>,
 }
 
 /// One Jensen–Shannon divergence (bits, in [0, 1]) and the two distributions behind it.
 #[derive(Debug, Clone, Serialize)]
-pub struct Jsd {
-    pub jsd: Option<f64>,
-    pub flagged: bool,
-    pub categories: Vec<String>,
-    pub counts: [Vec<u64>; 2],
+pub(crate) struct Jsd {
+    pub(crate) jsd: Option<f64>,
+    pub(crate) flagged: bool,
+    pub(crate) categories: Vec<String>,
+    pub(crate) counts: [Vec<u64>; 2],
     /// Why `jsd` is missing.
-    pub note: Option<String>,
+    pub(crate) note: Option<String>,
 }
 
 impl Jsd {
@@ -169,70 +169,70 @@ impl Jsd {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct ExpectationFigures {
+pub(crate) struct ExpectationFigures {
     /// Cases that carry an `expect`.
-    pub cases: u64,
+    pub(crate) cases: u64,
     /// Cases whose every expected property held, per version.
-    pub all_met: [Proportion; 2],
+    pub(crate) all_met: [Proportion; 2],
     /// Per property family (`contains`, `max_chars`, …), per version.
-    pub by_property: BTreeMap<String, [Proportion; 2]>,
+    pub(crate) by_property: BTreeMap<String, [Proportion; 2]>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct JudgeFigures {
-    pub version: String,
+pub(crate) struct JudgeFigures {
+    pub(crate) version: String,
     /// Cases both versions answered, each judged in both orders.
-    pub judged: u64,
-    pub wins: u64,
-    pub ties: u64,
-    pub losses: u64,
+    pub(crate) judged: u64,
+    pub(crate) wins: u64,
+    pub(crate) ties: u64,
+    pub(crate) losses: u64,
     /// Cases where an order failed or its verdict could not be read: left out.
-    pub invalid: u64,
+    pub(crate) invalid: u64,
     /// B's wins over decisive cases: wins / (wins + losses), ties left out.
-    pub win_rate: Proportion,
+    pub(crate) win_rate: Proportion,
     /// (wins + ties / 2) / (wins + ties + losses), for reference.
-    pub win_rate_ties_split: Option<f64>,
+    pub(crate) win_rate_ties_split: Option<f64>,
     /// Share of valid cases whose two orders agreed on the version (or both said tie).
-    pub order_consistency: Option<f64>,
+    pub(crate) order_consistency: Option<f64>,
     /// Share of non-tie verdicts that picked the answer shown first (0.5 is unbiased).
-    pub first_position_share: Option<f64>,
-    pub cost_usd: f64,
-    pub tokens: u64,
-    pub method: String,
+    pub(crate) first_position_share: Option<f64>,
+    pub(crate) cost_usd: f64,
+    pub(crate) tokens: u64,
+    pub(crate) method: String,
 }
 
 /// One case as the report lists it (no request or answer text: they may hold user data).
 #[derive(Debug, Clone, Serialize)]
-pub struct CaseRow {
-    pub id: String,
+pub(crate) struct CaseRow {
+    pub(crate) id: String,
     /// Both answers the same; `None` unless both versions answered.
-    pub agree: Option<bool>,
-    pub input_guardrails: Vec<String>,
-    pub input_blocked_by: Option<String>,
-    pub answers: [CaseAnswer; 2],
-    pub judge: Option<Judged>,
+    pub(crate) agree: Option<bool>,
+    pub(crate) input_guardrails: Vec<String>,
+    pub(crate) input_blocked_by: Option<String>,
+    pub(crate) answers: [CaseAnswer; 2],
+    pub(crate) judge: Option<Judged>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct CaseAnswer {
-    pub status: u16,
-    pub error: Option<String>,
-    pub chars: u64,
-    pub finish_reason: Option<String>,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub cost_usd: f64,
-    pub latency_ms: f64,
-    pub schema_passed: Option<bool>,
-    pub output_guardrails: Vec<String>,
+pub(crate) struct CaseAnswer {
+    pub(crate) status: u16,
+    pub(crate) error: Option<String>,
+    pub(crate) chars: u64,
+    pub(crate) finish_reason: Option<String>,
+    pub(crate) prompt_tokens: u64,
+    pub(crate) completion_tokens: u64,
+    pub(crate) cost_usd: f64,
+    pub(crate) latency_ms: f64,
+    pub(crate) schema_passed: Option<bool>,
+    pub(crate) output_guardrails: Vec<String>,
     /// Expected properties that did not hold.
-    pub expectations_failed: Vec<String>,
+    pub(crate) expectations_failed: Vec<String>,
 }
 
 /// Whether two answers say the same: equal JSON values when both texts parse as JSON,
 /// else equal after normalizing (lower case, punctuation dropped, whitespace collapsed);
 /// and the same tool calls (names and JSON arguments) where both sides kept them.
-pub fn answers_agree(a: &Answer, b: &Answer) -> bool {
+pub(crate) fn answers_agree(a: &Answer, b: &Answer) -> bool {
     let texts = match (parse_json(&a.text), parse_json(&b.text)) {
         (Some(x), Some(y)) => x == y,
         _ => normalize(&a.text) == normalize(&b.text),
@@ -263,7 +263,7 @@ fn parse_json(text: &str) -> Option<Value> {
 }
 
 /// Lower case, ASCII punctuation dropped, runs of whitespace made one space, trimmed.
-pub fn normalize(text: &str) -> String {
+pub(crate) fn normalize(text: &str) -> String {
     let cleaned: String = text
         .to_lowercase()
         .chars()
@@ -274,7 +274,7 @@ pub fn normalize(text: &str) -> String {
 
 /// The report of `inputs`: each version's figures, the divergences and agreement between
 /// them, expectations, the judge's figures, and one row per case.
-pub fn build(inputs: Inputs<'_>) -> Report {
+pub(crate) fn build(inputs: Inputs<'_>) -> Report {
     let cases = inputs.cases;
     let output_hits = output_hits(cases, inputs.guardrails.map(|g| &g.set.output));
     let expectation_results: Vec<Option<[PropertyResults; 2]>> = cases

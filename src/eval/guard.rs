@@ -21,21 +21,21 @@ use crate::settings::Settings;
 
 /// The policy an eval uses, and why that one.
 #[derive(Clone)]
-pub struct Chosen {
-    pub name: String,
-    pub chosen_by: String,
-    pub set: Arc<GuardrailSet>,
+pub(crate) struct Chosen {
+    pub(crate) name: String,
+    pub(crate) chosen_by: String,
+    pub(crate) set: Arc<GuardrailSet>,
 }
 
 /// The choice as reported.
 #[derive(Debug, Clone, Serialize)]
-pub struct ChosenReport {
-    pub policy: String,
-    pub chosen_by: String,
+pub(crate) struct ChosenReport {
+    pub(crate) policy: String,
+    pub(crate) chosen_by: String,
 }
 
 impl Chosen {
-    pub fn report(&self) -> ChosenReport {
+    pub(crate) fn report(&self) -> ChosenReport {
         ChosenReport {
             policy: self.name.clone(),
             chosen_by: self.chosen_by.clone(),
@@ -44,7 +44,7 @@ impl Chosen {
 }
 
 /// Picks the guardrail policy; `routes` are the route names the requests went to.
-pub fn choose(
+pub(crate) fn choose(
     settings: &Settings,
     explicit: Option<&str>,
     routes: &BTreeSet<String>,
@@ -92,11 +92,12 @@ pub fn choose(
 }
 
 /// Why no guardrail policy applies, for the summary.
-pub const NONE_CHOSEN: &str = "none: no --guardrails, and no route of the requests names a policy";
+pub(crate) const NONE_CHOSEN: &str =
+    "none: no --guardrails, and no route of the requests names a policy";
 
 /// Runs the input rules over every text of the request (its messages, or a Responses
 /// request's instructions and input), masking in place.
-pub fn apply_input(rules: &StageRules, request: &mut Value) -> Applied {
+pub(crate) fn apply_input(rules: &StageRules, request: &mut Value) -> Applied {
     let mut total = Applied::default();
     let mut visit = |text: &mut String| {
         let applied = rules.apply(text);
@@ -113,7 +114,7 @@ pub fn apply_input(rules: &StageRules, request: &mut Value) -> Applied {
 }
 
 /// The distinct rule names that fired, in order of first firing.
-pub fn fired_rules(applied: &Applied) -> Vec<String> {
+pub(crate) fn fired_rules(applied: &Applied) -> Vec<String> {
     let mut seen = BTreeSet::new();
     applied
         .fired
@@ -124,13 +125,13 @@ pub fn fired_rules(applied: &Applied) -> Vec<String> {
 }
 
 /// Output rules that fired on an answer, and whether one of them blocks.
-pub fn apply_output(rules: &StageRules, text: &str) -> (Vec<String>, bool) {
+pub(crate) fn apply_output(rules: &StageRules, text: &str) -> (Vec<String>, bool) {
     let applied = rules.apply(text);
     (fired_rules(&applied), applied.blocked_by.is_some())
 }
 
 /// Hits per rule, counted once per text a rule fired on.
-pub fn tally(hits: impl IntoIterator<Item = String>) -> BTreeMap<String, u64> {
+pub(crate) fn tally(hits: impl IntoIterator<Item = String>) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
     for rule in hits {
         *counts.entry(rule).or_insert(0) += 1;

@@ -37,7 +37,7 @@ svg text{font:11px system-ui,sans-serif;fill:#344054}
 
 /// The whole page: heading, headline cards, the side-by-side table, charts, the per-rule,
 /// expectation, judge and per-request tables, and how the figures are computed.
-pub fn render(report: &Report) -> String {
+pub(crate) fn render(report: &Report) -> String {
     let mut page = String::new();
     heading(&mut page, report);
     headline_cards(&mut page, report);

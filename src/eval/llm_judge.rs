@@ -24,7 +24,7 @@ VERDICT: A\nVERDICT: B\nVERDICT: TIE";
 /// Which shown answer the judge preferred, by position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// The answer shown as "A" (first).
     First,
     /// The answer shown as "B" (second).
@@ -35,7 +35,7 @@ pub enum Verdict {
 /// The combined result for version B against version A.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Win,
     Tie,
     Loss,
@@ -46,7 +46,7 @@ pub enum Outcome {
 /// Each order scores +1 when it prefers B, −1 when it prefers A and 0 for a tie; the sign
 /// of the sum is the outcome. Both orders for B is a win; one for B and one tie is a
 /// (weaker) win; opposite preferences, which is what position bias produces, are a tie.
-pub fn combine(a_first: Verdict, b_first: Verdict) -> Outcome {
+pub(crate) fn combine(a_first: Verdict, b_first: Verdict) -> Outcome {
     let score_a_first = match a_first {
         Verdict::First => -1,
         Verdict::Second => 1,
@@ -68,7 +68,7 @@ pub fn combine(a_first: Verdict, b_first: Verdict) -> Outcome {
 /// a `VERDICT: X` line (also `verdict = X`, `**Verdict:** [[X]]`), a JSON object with a
 /// `verdict`, `winner` or `preference` field, MT-Bench's `[[A]]`/`[[B]]`/`[[C]]`, and a
 /// reply that is nothing but the choice (`A`, `"b"`, `Answer A.`, `tie`).
-pub fn parse_verdict(reply: &str) -> Option<Verdict> {
+pub(crate) fn parse_verdict(reply: &str) -> Option<Verdict> {
     use std::sync::OnceLock;
     static LINE: OnceLock<regex::Regex> = OnceLock::new();
     static BRACKETS: OnceLock<regex::Regex> = OnceLock::new();
@@ -112,7 +112,7 @@ pub fn parse_verdict(reply: &str) -> Option<Verdict> {
 
 /// The chat request that asks the judge to compare `first` and `second` as answers to
 /// `request`. `model` is set by the caller.
-pub fn judge_request(request: &Value, first: &str, second: &str) -> Map<String, Value> {
+pub(crate) fn judge_request(request: &Value, first: &str, second: &str) -> Map<String, Value> {
     let prompt = format!(
         "[Request]\n{}\n[End of request]\n\n[Answer A]\n{}\n[End of answer A]\n\n[Answer B]\n{}\n[End of answer B]\n\n\
          Which answer is better? End with VERDICT: A, VERDICT: B or VERDICT: TIE.",
@@ -197,18 +197,18 @@ fn excerpt(text: &str, max: usize) -> String {
 
 /// How the two orders of one case came out.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Judged {
+pub(crate) struct Judged {
     /// The verdict with A's answer shown first, then with B's shown first; `None` when the
     /// call failed or its reply could not be read.
-    pub verdicts: [Option<Verdict>; 2],
+    pub(crate) verdicts: [Option<Verdict>; 2],
     /// `None` unless both orders gave a verdict.
-    pub outcome: Option<Outcome>,
-    pub cost_usd: f64,
-    pub tokens: u64,
+    pub(crate) outcome: Option<Outcome>,
+    pub(crate) cost_usd: f64,
+    pub(crate) tokens: u64,
 }
 
 impl Judged {
-    pub fn new(verdicts: [Option<Verdict>; 2], cost_usd: f64, tokens: u64) -> Self {
+    pub(crate) fn new(verdicts: [Option<Verdict>; 2], cost_usd: f64, tokens: u64) -> Self {
         let outcome = match verdicts {
             [Some(a_first), Some(b_first)] => Some(combine(a_first, b_first)),
             _ => None,

@@ -14,17 +14,17 @@
 //! cases ─► llm_judge (both orders, optional) ─► compare::build ─► Report ─► html, JSON, summary
 //! ```
 
-pub mod case;
-pub mod charts;
-pub mod compare;
-pub mod guard;
-pub mod html;
-pub mod llm_judge;
-pub mod pairs;
-pub mod progress;
-pub mod replay;
-pub mod stats;
-pub mod suite;
+pub(crate) mod case;
+pub(crate) mod charts;
+pub(crate) mod compare;
+pub(crate) mod guard;
+pub(crate) mod html;
+pub(crate) mod llm_judge;
+pub(crate) mod pairs;
+pub(crate) mod progress;
+pub(crate) mod replay;
+pub(crate) mod stats;
+pub(crate) mod suite;
 pub mod summary;
 
 use std::collections::BTreeSet;
@@ -49,11 +49,12 @@ use progress::Progress;
 /// nothing, so the admin API's token is never used.
 const PLACEHOLDER_ADMIN_TOKEN: &str = "unused-by-sluice-eval";
 const DEFAULT_OUT_DIR: &str = "eval-out";
-pub const HTML_FILE: &str = "report.html";
-pub const JSON_FILE: &str = "report.json";
+pub(crate) const HTML_FILE: &str = "report.html";
+pub(crate) const JSON_FILE: &str = "report.json";
 
 #[derive(Debug, Clone, clap::Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["rollout", "suite"])))]
+/// `sluice eval`'s arguments: the rollout or the suite to compare, and where the report goes.
 pub struct EvalArgs {
     /// Compare the stored shadow pairs of this rollout (stable = A, canary = B).
     #[arg(long, conflicts_with_all = ["suite", "versions"])]
@@ -67,7 +68,7 @@ pub struct EvalArgs {
     /// The configuration file (versions, database, guardrail policies).
     #[arg(long, short, default_value = "sluice.toml", env = "SLUICE_CONFIG")]
     pub config: PathBuf,
-    /// Where to write report.html and report.json (default: eval-out/<UTC time>).
+    /// Where to write report.html and report.json (default: `eval-out/<UTC time>`).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// A configured version that judges which answer is better, in both orders.
@@ -83,11 +84,19 @@ pub struct EvalArgs {
 
 /// What an eval wrote.
 pub struct Written {
+    /// The report's figures, as written to `json`.
     pub report: Report,
+    /// The path of the HTML report.
     pub html: PathBuf,
+    /// The path of the JSON report.
     pub json: PathBuf,
 }
 
+/// `sluice eval`: runs the comparison, writes the report files and prints the summary table
+/// and their paths.
+///
+/// # Errors
+/// As [`evaluate`].
 pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
     let written = evaluate(&args, true).await?;
     print!("{}", summary::table(&written.report));
@@ -97,6 +106,11 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
 }
 
 /// Runs the eval `args` describe, writes its report files and returns them.
+/// `show_progress` draws a progress line on stderr while the answers come.
+///
+/// # Errors
+/// When the config does not load, the rollout or suite cannot be read, a named version is not
+/// configured, or the report files cannot be written.
 pub async fn evaluate(args: &EvalArgs, show_progress: bool) -> anyhow::Result<Written> {
     // reqwest's rustls needs a process-wide crypto provider; a second install is a no-op.
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -19,7 +19,7 @@ use crate::types::Arm;
 const PAIRS_PER_PAGE: i64 = 500;
 
 /// The rollout and all its pairs, oldest first.
-pub async fn load(
+pub(crate) async fn load(
     store: &Store,
     rollout_id: &str,
 ) -> anyhow::Result<(RolloutRow, Vec<ShadowPair>)> {
@@ -55,7 +55,7 @@ pub async fn load(
 }
 
 /// One pair as a case: A is the stable arm's answer, B the canary's.
-pub fn to_case(pair: &ShadowPair, checker: &SchemaChecker) -> Case {
+pub(crate) fn to_case(pair: &ShadowPair, checker: &SchemaChecker) -> Case {
     let expect = response_format_only(&pair.request);
     let check = |text: &str| {
         checker

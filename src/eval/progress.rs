@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 const REDRAW_INTERVAL: Duration = Duration::from_millis(100);
 const BAR_WIDTH: usize = 30;
 
-pub struct Progress {
+pub(crate) struct Progress {
     label: &'static str,
     total: usize,
     done: Arc<AtomicUsize>,
@@ -20,16 +20,16 @@ pub struct Progress {
 
 /// A handle that counts finished calls; cheap to clone into tasks.
 #[derive(Clone)]
-pub struct Tick(Arc<AtomicUsize>);
+pub(crate) struct Tick(Arc<AtomicUsize>);
 
 impl Tick {
-    pub fn one(&self) {
+    pub(crate) fn one(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 impl Progress {
-    pub fn start(label: &'static str, total: usize) -> Self {
+    pub(crate) fn start(label: &'static str, total: usize) -> Self {
         let done = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
@@ -56,12 +56,12 @@ impl Progress {
         }
     }
 
-    pub fn tick(&self) -> Tick {
+    pub(crate) fn tick(&self) -> Tick {
         Tick(self.done.clone())
     }
 
     /// Draws the final state and ends the line.
-    pub async fn finish(mut self) {
+    pub(crate) async fn finish(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(painter) = self.painter.take() {
             let _ = painter.await;

@@ -27,7 +27,7 @@ const ERROR_EXCERPT_CHARS: usize = 300;
 
 /// Which API a request body is for: the Responses API when it has an `input` and no
 /// `messages`, else chat completions.
-pub fn api_of(request: &Map<String, Value>) -> Api {
+pub(crate) fn api_of(request: &Map<String, Value>) -> Api {
     if request.contains_key("input") && !request.contains_key("messages") {
         Api::Responses
     } else {
@@ -37,7 +37,7 @@ pub fn api_of(request: &Map<String, Value>) -> Api {
 
 /// The body a version gets: `model` set to its model, streaming off; a Responses request
 /// is not stored upstream (nobody continues an eval's answer).
-pub fn body_for(request: &Map<String, Value>, model: &str) -> Bytes {
+pub(crate) fn body_for(request: &Map<String, Value>, model: &str) -> Bytes {
     let mut body = request.clone();
     body.insert("model".into(), model.into());
     body.insert("stream".into(), false.into());
@@ -50,7 +50,7 @@ pub fn body_for(request: &Map<String, Value>, model: &str) -> Bytes {
 
 /// The request's structured-output expectation, as the gateway reads it: `response_format`
 /// and `tools` of a chat request, `text.format` and function `tools` of a Responses request.
-pub fn expectation_of(request: &Map<String, Value>) -> Expectation {
+pub(crate) fn expectation_of(request: &Map<String, Value>) -> Expectation {
     let raw = |field: &str| request.get(field).map(Value::to_string);
     match api_of(request) {
         Api::Responses => responses::expectation(raw("text").as_deref(), raw("tools").as_deref()),
@@ -98,7 +98,7 @@ fn read_answer(api: Api, bytes: &[u8]) -> Result<Read, String> {
 }
 
 /// Sends `request` to `version` and measures the answer.
-pub async fn call_version(
+pub(crate) async fn call_version(
     version: &Version,
     request: &Map<String, Value>,
     request_id: &str,

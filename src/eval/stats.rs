@@ -10,20 +10,20 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 /// z for a two-sided 95 % interval: Φ⁻¹(0.975).
-pub const Z_95: f64 = 1.959_963_984_540_054;
+pub(crate) const Z_95: f64 = 1.959_963_984_540_054;
 
 /// The JSD above which people start to look (the seed threshold of the issue).
-pub const JSD_FLAG_THRESHOLD: f64 = 0.05;
+pub(crate) const JSD_FLAG_THRESHOLD: f64 = 0.05;
 
 /// Length bins per doubling of the answer's length: √2-wide bins, so a change of
 /// length by 41 % or more always moves an answer to another bin.
-pub const LENGTH_BINS_PER_OCTAVE: f64 = 2.0;
+pub(crate) const LENGTH_BINS_PER_OCTAVE: f64 = 2.0;
 
 /// Jensen–Shannon divergence in bits between two count vectors over the same categories.
 ///
 /// JSD(P, Q) = ½ KL(P ‖ M) + ½ KL(Q ‖ M), M = ½ (P + Q), with 0 · log 0 = 0. It lies in
 /// [0, 1] with base-2 logarithms. `None` when either side has no observations.
-pub fn jensen_shannon(p_counts: &[u64], q_counts: &[u64]) -> Option<f64> {
+pub(crate) fn jensen_shannon(p_counts: &[u64], q_counts: &[u64]) -> Option<f64> {
     assert_eq!(
         p_counts.len(),
         q_counts.len(),
@@ -51,7 +51,7 @@ pub fn jensen_shannon(p_counts: &[u64], q_counts: &[u64]) -> Option<f64> {
 }
 
 /// Two labelled samples as count vectors over the union of their labels (sorted).
-pub fn categorical_counts<'a>(
+pub(crate) fn categorical_counts<'a>(
     a: impl IntoIterator<Item = &'a str>,
     b: impl IntoIterator<Item = &'a str>,
 ) -> (Vec<String>, Vec<u64>, Vec<u64>) {
@@ -70,7 +70,7 @@ pub fn categorical_counts<'a>(
 /// The bin of a length on the shared log scale: bin 0 holds empty answers, bin k ≥ 1 holds
 /// lengths in [2^((k−1)/2), 2^(k/2)). The scale is fixed (not fitted to the data), so both
 /// versions, and two runs of the same suite, bin alike.
-pub fn length_bin(chars: u64) -> usize {
+pub(crate) fn length_bin(chars: u64) -> usize {
     if chars == 0 {
         return 0;
     }
@@ -87,7 +87,7 @@ pub fn length_bin(chars: u64) -> usize {
 }
 
 /// The half-open range [lo, hi) of characters in bin `k` (bin 0 is [0, 1)).
-pub fn length_bin_bounds(k: usize) -> (f64, f64) {
+pub(crate) fn length_bin_bounds(k: usize) -> (f64, f64) {
     if k == 0 {
         return (0.0, 1.0);
     }
@@ -97,17 +97,17 @@ pub fn length_bin_bounds(k: usize) -> (f64, f64) {
 
 /// One bin of a shared length histogram.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct LengthBin {
+pub(crate) struct LengthBin {
     /// Inclusive lower bound, in characters.
-    pub lo_chars: f64,
+    pub(crate) lo_chars: f64,
     /// Exclusive upper bound, in characters.
-    pub hi_chars: f64,
+    pub(crate) hi_chars: f64,
     /// Answers of version A and of version B in the bin.
-    pub counts: [u64; 2],
+    pub(crate) counts: [u64; 2],
 }
 
 /// Both samples binned on the shared scale, from the lowest occupied bin to the highest.
-pub fn length_histogram(a: &[u64], b: &[u64]) -> Vec<LengthBin> {
+pub(crate) fn length_histogram(a: &[u64], b: &[u64]) -> Vec<LengthBin> {
     let bins_a: Vec<usize> = a.iter().map(|&c| length_bin(c)).collect();
     let bins_b: Vec<usize> = b.iter().map(|&c| length_bin(c)).collect();
     let (Some(lo), Some(hi)) = (
@@ -131,16 +131,16 @@ pub fn length_histogram(a: &[u64], b: &[u64]) -> Vec<LengthBin> {
 
 /// A proportion with its 95 % Wilson score interval.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Proportion {
-    pub successes: u64,
-    pub trials: u64,
+pub(crate) struct Proportion {
+    pub(crate) successes: u64,
+    pub(crate) trials: u64,
     /// `None` when there were no trials.
-    pub rate: Option<f64>,
-    pub ci95: Option<[f64; 2]>,
+    pub(crate) rate: Option<f64>,
+    pub(crate) ci95: Option<[f64; 2]>,
 }
 
 impl Proportion {
-    pub fn new(successes: u64, trials: u64) -> Self {
+    pub(crate) fn new(successes: u64, trials: u64) -> Self {
         Self {
             successes,
             trials,
@@ -152,7 +152,7 @@ impl Proportion {
 
 /// The Wilson score interval for k successes in n trials:
 /// (p̂ + z²/2n ± z √(p̂(1−p̂)/n + z²/4n²)) / (1 + z²/n).
-pub fn wilson(k: u64, n: u64, z: f64) -> Option<[f64; 2]> {
+pub(crate) fn wilson(k: u64, n: u64, z: f64) -> Option<[f64; 2]> {
     if n == 0 {
         return None;
     }
@@ -167,18 +167,18 @@ pub fn wilson(k: u64, n: u64, z: f64) -> Option<[f64; 2]> {
 
 /// Mean and the quantiles a report shows, of one sample.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Spread {
-    pub n: usize,
-    pub mean: f64,
-    pub p50: f64,
-    pub p90: f64,
-    pub p95: f64,
-    pub max: f64,
+pub(crate) struct Spread {
+    pub(crate) n: usize,
+    pub(crate) mean: f64,
+    pub(crate) p50: f64,
+    pub(crate) p90: f64,
+    pub(crate) p95: f64,
+    pub(crate) max: f64,
 }
 
 impl Spread {
     /// `None` for an empty sample.
-    pub fn of(values: &[f64]) -> Option<Self> {
+    pub(crate) fn of(values: &[f64]) -> Option<Self> {
         if values.is_empty() {
             return None;
         }
@@ -197,7 +197,7 @@ impl Spread {
 
 /// The q-quantile of a sorted, non-empty sample by linear interpolation between order
 /// statistics (Hyndman & Fan type 7, the default of R and NumPy).
-pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
     let h = (sorted.len() - 1) as f64 * q.clamp(0.0, 1.0);
     let below = h.floor() as usize;
     let above = h.ceil() as usize;

@@ -18,24 +18,25 @@ use crate::eval::case::Expect;
 
 /// One request of a suite.
 #[derive(Debug, Clone)]
-pub struct SuiteCase {
+pub(crate) struct SuiteCase {
     /// 1-based line in the file.
-    pub line: usize,
-    pub id: String,
+    #[expect(dead_code, reason = "set by the loader, read by nothing yet")]
+    pub(crate) line: usize,
+    pub(crate) id: String,
     /// The chat-completions or Responses body without `id` and `expect`.
-    pub body: Map<String, Value>,
-    pub expect: Option<Expect>,
+    pub(crate) body: Map<String, Value>,
+    pub(crate) expect: Option<Expect>,
 }
 
 /// Reads and parses a suite file.
-pub fn load(path: &Path) -> anyhow::Result<Vec<SuiteCase>> {
+pub(crate) fn load(path: &Path) -> anyhow::Result<Vec<SuiteCase>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the suite {}", path.display()))?;
     parse(&path.display().to_string(), &text)
 }
 
 /// Parses a suite's text; `name` is how errors call the file.
-pub fn parse(name: &str, text: &str) -> anyhow::Result<Vec<SuiteCase>> {
+pub(crate) fn parse(name: &str, text: &str) -> anyhow::Result<Vec<SuiteCase>> {
     let mut cases = Vec::new();
     let mut ids = BTreeSet::new();
     for (i, line) in text.lines().enumerate() {

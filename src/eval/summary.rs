@@ -1,4 +1,4 @@
-//! The terminal summary: the headline figures of a [`Report`] as a plain-text table.
+//! The terminal summary: the headline figures of a `Report` as a plain-text table.
 
 use std::fmt::Write;
 

@@ -13,14 +13,14 @@ use regex::{Regex, RegexSet};
 const INJECTION_PHRASES: &str = r"(?i)\b(?:ignore\s+(?:all\s+)?(?:the\s+)?(?:previous|prior|above|earlier)\s+(?:instructions|prompts?|rules)|disregard\s+(?:all\s+)?(?:the\s+)?(?:previous|prior|above|system)\s+(?:instructions|prompts?|rules)|forget\s+(?:all\s+)?(?:your|the)\s+(?:instructions|rules)|reveal\s+(?:your|the)\s+(?:system\s+prompt|hidden\s+instructions)|you\s+are\s+now\s+(?:DAN|in\s+developer\s+mode)|act\s+as\s+(?:an?\s+)?unrestricted|jailbreak)";
 
 /// The most white-space characters between two words of an injection phrase.
-pub const GAP: usize = 16;
+pub(crate) const GAP: usize = 16;
 
 /// The longest match an output rule that rewrites a stream (`block`, `redact`) may have, in
 /// characters: a stream holds back this much of the answer (see `guardrails::stream`).
-pub const MAX_MATCH_CHARS: usize = 1024;
+pub(crate) const MAX_MATCH_CHARS: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Detector {
+pub(crate) enum Detector {
     Email,
     Phone,
     PaymentCard,
@@ -33,7 +33,7 @@ pub enum Detector {
 }
 
 impl Detector {
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Detector::Email => "email",
             Detector::Phone => "phone",
@@ -48,7 +48,7 @@ impl Detector {
     }
 
     /// The pattern that finds candidates, or `None` for `max_chars`.
-    pub fn pattern(&self) -> Option<String> {
+    pub(crate) fn pattern(&self) -> Option<String> {
         Some(match self {
             // RFC 5321's limits: a local part of at most 64 characters, labels of at most
             // 63; at most five labels before the top-level domain.
@@ -75,7 +75,7 @@ impl Detector {
     /// The most characters one match can span, from the pattern's syntax: `Some(0)` for
     /// `max_chars` (it matches no text), `None` when a repetition has no upper bound
     /// (`+`, `*`, `{n,}`) or the pattern does not parse.
-    pub fn longest_match(&self) -> Option<usize> {
+    pub(crate) fn longest_match(&self) -> Option<usize> {
         let Some(pattern) = self.pattern() else {
             return Some(0);
         };
@@ -83,7 +83,7 @@ impl Detector {
     }
 
     /// Whether the pattern can match empty text (such a rule fires on every text).
-    pub fn matches_empty(&self) -> bool {
+    pub(crate) fn matches_empty(&self) -> bool {
         self.pattern().is_some_and(|p| {
             regex_syntax::parse(&p).is_ok_and(|hir| hir.properties().minimum_len() == Some(0))
         })
@@ -101,7 +101,7 @@ impl Detector {
 }
 
 /// Rules of one stage, compiled together.
-pub struct Scanner {
+pub(crate) struct Scanner {
     set: RegexSet,
     /// For each pattern in the set: the rule's index and its own compiled regex.
     patterns: Vec<(usize, Regex)>,
@@ -110,13 +110,13 @@ pub struct Scanner {
 
 /// One rule's hit: which rule, and the byte ranges it covers (empty for `max_chars`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Hit {
-    pub rule: usize,
-    pub spans: Vec<(usize, usize)>,
+pub(crate) struct Hit {
+    pub(crate) rule: usize,
+    pub(crate) spans: Vec<(usize, usize)>,
 }
 
 impl Scanner {
-    pub fn new(detectors: Vec<Detector>) -> Result<Self, String> {
+    pub(crate) fn new(detectors: Vec<Detector>) -> Result<Self, String> {
         let mut sources = Vec::new();
         let mut patterns = Vec::new();
         for (rule, d) in detectors.iter().enumerate() {
@@ -135,7 +135,7 @@ impl Scanner {
     }
 
     /// Every rule that matches `text`, in rule order.
-    pub fn scan(&self, text: &str) -> Vec<Hit> {
+    pub(crate) fn scan(&self, text: &str) -> Vec<Hit> {
         let mut hits = self.find_from(text, 0);
         for (rule, d) in self.detectors.iter().enumerate() {
             if let Detector::MaxChars(limit) = d
@@ -155,7 +155,7 @@ impl Scanner {
     /// order; what comes before `start` is context only (`\b` and `^` look back at it).
     /// Each rule's matches are the ones a search of the whole text finds, as long as none
     /// of them starts before `start` and ends after it. `max_chars` is not judged here.
-    pub fn find_from(&self, text: &str, start: usize) -> Vec<Hit> {
+    pub(crate) fn find_from(&self, text: &str, start: usize) -> Vec<Hit> {
         let mut hits = Vec::new();
         for i in self.set.matches(text).iter() {
             let (rule, regex) = &self.patterns[i];
@@ -215,7 +215,7 @@ fn digits(s: &str) -> Vec<u32> {
 }
 
 /// The Luhn checksum of a 13–19 digit card number.
-pub fn luhn_valid(candidate: &str) -> bool {
+pub(crate) fn luhn_valid(candidate: &str) -> bool {
     let d = digits(candidate);
     if !(13..=19).contains(&d.len()) {
         return false;
@@ -236,7 +236,7 @@ pub fn luhn_valid(candidate: &str) -> bool {
 }
 
 /// ISO 13616: move the first four characters to the end, letters to 10..35, mod 97 == 1.
-pub fn iban_valid(candidate: &str) -> bool {
+pub(crate) fn iban_valid(candidate: &str) -> bool {
     let s: String = candidate.chars().filter(|c| !c.is_whitespace()).collect();
     if !(15..=34).contains(&s.len()) {
         return false;
@@ -259,7 +259,7 @@ pub fn iban_valid(candidate: &str) -> bool {
 }
 
 /// SSA rules: area not 000, 666 or 9xx; group not 00; serial not 0000.
-pub fn ssn_valid(candidate: &str) -> bool {
+pub(crate) fn ssn_valid(candidate: &str) -> bool {
     let parts: Vec<&str> = candidate.split('-').collect();
     let [area, group, serial] = parts[..] else {
         return false;

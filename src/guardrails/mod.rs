@@ -8,7 +8,7 @@
 //! error event); redaction masks matches, across chunk boundaries for streams
 //! (`stream::StreamRedactor`).
 
-pub mod detect;
+pub(crate) mod detect;
 pub mod stream;
 
 use std::collections::BTreeMap;
@@ -21,7 +21,7 @@ use crate::config::issue::{ConfigErrors, ConfigIssue, read_toml, struct_fields};
 use detect::{Detector, Scanner};
 
 /// What a redacted match becomes.
-pub fn mask(kind: &str) -> String {
+pub(crate) fn mask(kind: &str) -> String {
     format!("[redacted:{kind}]")
 }
 
@@ -29,7 +29,7 @@ pub fn mask(kind: &str) -> String {
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
 )]
 #[serde(rename_all = "lowercase")]
-pub enum Action {
+pub(crate) enum Action {
     Block,
     Redact,
     Flag,
@@ -37,7 +37,7 @@ pub enum Action {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum Stage {
+pub(crate) enum Stage {
     Input,
     Output,
 }
@@ -63,15 +63,15 @@ struct PolicyFile {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Rule {
-    pub name: String,
-    pub detector: Detector,
-    pub action: Action,
+pub(crate) struct Rule {
+    pub(crate) name: String,
+    pub(crate) detector: Detector,
+    pub(crate) action: Action,
 }
 
 /// One stage's rules, compiled into one scanner.
 pub struct StageRules {
-    pub rules: Vec<Rule>,
+    pub(crate) rules: Vec<Rule>,
     scanner: Scanner,
     /// [`StageRules::holdback_chars`], worked out once from the patterns.
     holdback: usize,
@@ -83,7 +83,7 @@ pub struct Applied {
     /// The first blocking rule that fired.
     pub blocked_by: Option<String>,
     /// Every rule that fired, with its action.
-    pub fired: Vec<(String, Action)>,
+    pub(crate) fired: Vec<(String, Action)>,
     /// The text with redactions applied, when any `redact` rule fired.
     pub redacted: Option<String>,
 }
@@ -108,7 +108,7 @@ impl StageRules {
         })
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
 
@@ -142,7 +142,7 @@ impl StageRules {
 
     /// The pattern rules' matches in `text` from byte `start` on, as
     /// [`detect::Scanner::find_from`] finds them (what comes before `start` is context).
-    pub fn hits_from(&self, text: &str, start: usize) -> Vec<detect::Hit> {
+    pub(crate) fn hits_from(&self, text: &str, start: usize) -> Vec<detect::Hit> {
         self.scanner.find_from(text, start)
     }
 
@@ -150,13 +150,13 @@ impl StageRules {
     /// rewrites a stream (`block` or `redact` on a pattern), plus one character for the
     /// `\b` after it; 0 when no rule rewrites. `usize::MAX` (everything until the answer
     /// ends) for a pattern without a longest match, which the loader refuses on the output.
-    pub fn holdback_chars(&self) -> usize {
+    pub(crate) fn holdback_chars(&self) -> usize {
         self.holdback
     }
 }
 
 /// Masks every e-mail address, phone number, payment card, IBAN and US SSN in `text`.
-pub fn redact_pii(text: &str) -> String {
+pub(crate) fn redact_pii(text: &str) -> String {
     static PII: std::sync::OnceLock<StageRules> = std::sync::OnceLock::new();
     let rules = PII.get_or_init(|| {
         let detectors = [
@@ -210,14 +210,23 @@ impl std::fmt::Debug for StageRules {
 }
 
 #[derive(Debug)]
+/// A guardrail policy (one file of `policies/guardrails/`): its input rules, checked before the
+/// upstream is called, and its output rules, checked on the answer.
 pub struct GuardrailSet {
-    pub name: String,
-    pub description: String,
+    pub(crate) name: String,
+    #[expect(dead_code, reason = "read from the set's file, shown by nothing yet")]
+    pub(crate) description: String,
+    /// Rules over the request's text (messages, instructions, tool outputs).
     pub input: StageRules,
+    /// Rules over the answer's text, whole or as it streams.
     pub output: StageRules,
 }
 
 /// Reads every `*.toml` in `dir`; a mistake names the file and the key (`output.2.pattern`).
+///
+/// # Errors
+/// Every mistake of every file at once ([`ConfigErrors`]). A folder that is missing or cannot
+/// be read is no error: it holds no sets.
 pub fn load_dir(
     dir: &Path,
 ) -> Result<BTreeMap<String, std::sync::Arc<GuardrailSet>>, ConfigErrors> {
@@ -422,17 +431,20 @@ pub struct GuardrailCounters {
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[schema(as = GuardrailCount)]
 pub struct CountRow {
+    /// The version that answered.
     pub version: String,
-    pub arm: String,
-    pub stage: Stage,
+    pub(crate) arm: String,
+    pub(crate) stage: Stage,
+    /// The rule's name in its set.
     pub rule: String,
-    pub action: Action,
+    pub(crate) action: Action,
+    /// Times it fired since the process started.
     pub count: u64,
 }
 
 impl GuardrailCounters {
     /// Adds what fired; the lock is only taken when a rule fired.
-    pub fn add(&self, version: &str, arm: &str, stage: Stage, fired: &[(String, Action)]) {
+    pub(crate) fn add(&self, version: &str, arm: &str, stage: Stage, fired: &[(String, Action)]) {
         if fired.is_empty() {
             return;
         }
@@ -450,6 +462,7 @@ impl GuardrailCounters {
         }
     }
 
+    /// Every count so far, ordered by version, arm, stage, rule and action.
     pub fn rows(&self) -> Vec<CountRow> {
         let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         counts

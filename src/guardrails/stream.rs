@@ -1,5 +1,5 @@
 //! Output guardrails on a stream: the answer arrives in pieces, and a match may straddle
-//! two of them. The redactor holds back the last [`StageRules::holdback_chars`] characters
+//! two of them. The redactor holds back the last `StageRules::holdback_chars` characters
 //! of each choice's text — the longest match of a rule that rewrites the stream, and one
 //! character more for a `\b` after it — and lets out only text that no later piece can
 //! change: the pieces it lets out, joined, are exactly the whole answer redacted at once,
@@ -18,6 +18,8 @@ use super::detect::Detector;
 use super::{Action, StageRules, redact};
 
 #[derive(Default)]
+/// Output rules over a streamed answer: holds back just enough text that a match spanning two
+/// events is still caught, and lets the rest out redacted.
 pub struct StreamRedactor {
     /// Text seen and not let out yet.
     pending: String,
@@ -51,7 +53,8 @@ impl StreamRedactor {
         self.release(rules, true)
     }
 
-    pub fn fired(&self) -> Vec<(String, Action)> {
+    #[cfg(test)]
+    pub(crate) fn fired(&self) -> Vec<(String, Action)> {
         self.fired.iter().cloned().collect()
     }
 

@@ -34,7 +34,7 @@ pub(super) fn sorted<T: Serialize>(view: &T) -> Json<serde_json::Value> {
     Json(serde_json::to_value(view).expect("an admin view serializes"))
 }
 
-pub fn router() -> Router<AppState> {
+pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/workspaces", post(create_workspace).get(list_workspaces))
         .route("/workspaces/{id}/keys", post(create_key).get(list_keys))

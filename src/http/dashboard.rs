@@ -36,7 +36,7 @@ static PAGE: LazyLock<Page> = LazyLock::new(|| {
     Page { html, csp }
 });
 
-pub async fn page() -> impl IntoResponse {
+pub(crate) async fn page() -> impl IntoResponse {
     let page = &*PAGE;
     (
         [

@@ -24,7 +24,7 @@ fn body(app: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, Ap
 
 /// `POST /v1/responses`: the Responses API, routed and measured like chat completions
 /// (see [`crate::responses`]).
-pub async fn responses(
+pub(crate) async fn responses(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
@@ -37,7 +37,7 @@ pub async fn responses(
 }
 
 /// `POST /v1/embeddings`: always to the route's stable version (see [`forward::embeddings`]).
-pub async fn embeddings(
+pub(crate) async fn embeddings(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
@@ -51,7 +51,7 @@ pub async fn embeddings(
 
 /// `GET|DELETE /v1/responses/{id}`, `GET …/input_items`, `POST …/cancel` (the router
 /// admits only these methods).
-pub async fn stored_response(
+pub(crate) async fn stored_response(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
@@ -76,7 +76,7 @@ pub async fn stored_response(
 }
 
 /// `GET /v1/models/{route}`: the route as a model object.
-pub async fn model(
+pub(crate) async fn model(
     State(app): State<AppState>,
     Path(route): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -93,7 +93,7 @@ pub async fn model(
 
 /// `POST /v1/completions`, `/v1/moderations`, `/v1/images/*`, `/v1/audio/*`: to the
 /// route's stable version.
-pub async fn with_model(
+pub(crate) async fn with_model(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
     OriginalUri(uri): OriginalUri,
@@ -116,7 +116,7 @@ pub async fn with_model(
 
 /// Every other `/v1/…` path: a passthrough endpoint (served only with `[passthrough]`), or
 /// a 404 (which [`super::extract::authenticate`] already answers without a credential).
-pub async fn other(
+pub(crate) async fn other(
     State(app): State<AppState>,
     Path(path): Path<String>,
     method: Method,

@@ -1,10 +1,10 @@
 //! Authentication by exception, and the helpers every handler shares to read a request.
 //!
-//! [`authenticate`] is one middleware the router puts on every route: a request is let
+//! `authenticate` is one middleware the router puts on every route: a request is let
 //! through without a credential only when its path is in [`UNAUTHENTICATED_ROUTES`]. Under
-//! `/v1` it needs a gateway key (the [`Caller`] goes into the request's extensions, and the
-//! workspace's limits are checked for the routes in [`ADMITTED_ROUTES`]); everywhere else it
-//! needs the admin token ([`Admin`] goes into the extensions). A route added without
+//! `/v1` it needs a gateway key (the `Caller` goes into the request's extensions, and the
+//! workspace's limits are checked for the routes in `ADMITTED_ROUTES`); everywhere else it
+//! needs the admin token (`Admin` goes into the extensions). A route added without
 //! thought is therefore closed, not open.
 
 use std::future::Future;
@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body::Body as _;
 
-pub use crate::auth::Caller;
+pub(crate) use crate::auth::Caller;
 use crate::auth::admin_token_matches;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -38,7 +38,7 @@ pub const UNAUTHENTICATED_ROUTES: &[&str] = &[
 
 /// The `/v1` routes that spend tokens, and so are refused once the workspace is over its
 /// limits (429 with `Retry-After`). Listing models and sending feedback are not.
-pub const ADMITTED_ROUTES: &[&str] = &[
+pub(crate) const ADMITTED_ROUTES: &[&str] = &[
     "/v1/chat/completions",
     "/v1/responses",
     "/v1/embeddings",
@@ -54,10 +54,10 @@ pub const ADMITTED_ROUTES: &[&str] = &[
 
 /// Proof that the request carried the admin token; in the extensions of every admin request.
 #[derive(Debug, Clone, Copy)]
-pub struct Admin;
+pub(crate) struct Admin;
 
 /// The middleware the router applies to every route (see the module header).
-pub async fn authenticate(
+pub(crate) async fn authenticate(
     State(app): State<AppState>,
     mut request: Request,
     next: Next,
@@ -140,7 +140,7 @@ pub async fn authenticate(
 }
 
 /// The bearer token of a request, if any.
-pub fn bearer_of(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer_of(headers: &HeaderMap) -> Option<&str> {
     crate::auth::bearer(
         headers
             .get(axum::http::header::AUTHORIZATION)
@@ -149,7 +149,7 @@ pub fn bearer_of(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Maps a body that could not be read (too large, too slow, broken off) to our error.
-pub fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {
+pub(crate) fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
     while let Some(e) = source {
         if let Some(late) = e.downcast_ref::<BodyTimedOut>() {
@@ -174,7 +174,7 @@ pub fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {
 /// # Errors
 /// [`ApiError::BodyTooLarge`] past `[server] max_body_bytes`, [`ApiError::InvalidRequest`]
 /// when the body cannot be read or is not a `T`.
-pub fn json_body<T: serde::de::DeserializeOwned>(
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
     app: &AppState,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
@@ -188,16 +188,16 @@ pub fn json_body<T: serde::de::DeserializeOwned>(
 /// The error a [`DeadlineBody`] ends with when its deadline passes first.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body did not arrive within {after_ms} ms")]
-pub struct BodyTimedOut {
+pub(crate) struct BodyTimedOut {
     /// `[server] body_read_timeout_ms`.
-    pub after_ms: u64,
+    pub(crate) after_ms: u64,
 }
 
 /// A request body that must be read whole before a deadline (`[server]
 /// body_read_timeout_ms`, counted from when the head was read): past it, reading ends with
 /// [`BodyTimedOut`], which [`body_error`] answers 408. A client that trickles its body
 /// below any useful rate holds no request, and no handler, for ever.
-pub struct DeadlineBody {
+pub(crate) struct DeadlineBody {
     inner: axum::body::Body,
     deadline: Pin<Box<tokio::time::Sleep>>,
     after_ms: u64,
@@ -232,7 +232,7 @@ impl http_body::Body for DeadlineBody {
 
 /// Puts `request`'s body under a deadline of `limit` from now (see [`DeadlineBody`]); a
 /// request without a body is left as it is.
-pub fn body_deadline(request: Request, limit: Duration) -> Request {
+pub(crate) fn body_deadline(request: Request, limit: Duration) -> Request {
     if request.body().is_end_stream() {
         return request;
     }

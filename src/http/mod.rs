@@ -1,7 +1,7 @@
 //! HTTP: the axum router. Handlers extract, call the pipeline or the store, and respond.
 //!
 //! Every route needs a credential (a gateway key under `/v1`, the admin token elsewhere):
-//! [`guarded`] puts [`extract::authenticate`] on every route, and the only exceptions are
+//! [`guarded`] puts `extract::authenticate` on every route, and the only exceptions are
 //! the visible allowlist [`extract::UNAUTHENTICATED_ROUTES`]: `/healthz`, `/metrics`, the
 //! admin API's OpenAPI document, and the dashboard page itself (its data calls carry the
 //! admin token). Paths that match no route answer 404 without a credential.
@@ -14,7 +14,7 @@ mod openai;
 pub mod openapi;
 mod pretty;
 mod rollouts;
-pub mod server;
+pub(crate) mod server;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -67,7 +67,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// The route that catches every other path below `/v1` (see [`extract::authenticate`]).
-pub const CATCH_ALL: &str = "/v1/{*path}";
+pub(crate) const CATCH_ALL: &str = "/v1/{*path}";
 
 /// `routes` with authentication on every route but the allowlist, the 404 fallback and the
 /// body limit: a route added to `routes` is closed until it is added to the allowlist.

@@ -16,7 +16,7 @@ use crate::state::AppState;
 
 /// `POST /v1/chat/completions`; the router's layer has authenticated the caller and
 /// admitted it under its workspace's limits.
-pub async fn chat_completions(
+pub(crate) async fn chat_completions(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
@@ -69,7 +69,7 @@ pub(super) fn respond(answer: Answer) -> Response {
 }
 
 /// The routes, listed as models: what a client may put in `model`.
-pub async fn models(State(app): State<AppState>) -> Result<Response, ApiError> {
+pub(crate) async fn models(State(app): State<AppState>) -> Result<Response, ApiError> {
     let routing = app.routing.load();
     let data: Vec<_> = routing
         .route_names()
@@ -89,7 +89,7 @@ struct Feedback {
 /// `POST /v1/feedback`: a business metric on a request this workspace made
 /// (`{"request_id", "metric", "value": true | number}`), joined to the request's arm and,
 /// when its rollout's policy declares the metric, judged.
-pub async fn feedback(
+pub(crate) async fn feedback(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,

@@ -212,7 +212,7 @@ fn merge(into: &mut Value, from: &Value, what: &str) {
     operation_id = "openapiDocument",
     responses((status = 200, description = "This document.", body = inline(DocumentShape))),
 )]
-pub async fn document() -> Json<Value> {
+pub(crate) async fn document() -> Json<Value> {
     Json(DOCUMENT.clone())
 }
 

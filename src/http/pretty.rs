@@ -14,7 +14,7 @@ use axum::response::Response;
 /// Admin answers are small (a page of shadow pairs at most); a larger one passes compact.
 const MAX_PRETTY_BYTES: usize = 16 * 1024 * 1024;
 
-pub async fn layer(mut request: Request, next: Next) -> Response {
+pub(crate) async fn layer(mut request: Request, next: Next) -> Response {
     let Some(uri) = without_pretty(request.uri()) else {
         return next.run(request).await;
     };

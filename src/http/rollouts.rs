@@ -28,7 +28,7 @@ use crate::state::AppState;
 use crate::store::{EventRow, ShadowPair};
 use crate::types::Arm;
 
-pub fn router() -> Router<AppState> {
+pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/rollouts", post(start).get(list))
         .route("/rollouts/{id}", get(show))

@@ -32,7 +32,7 @@ use crate::config::ServerConfig;
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and waits
 /// for the open connections to finish their requests (the caller bounds that wait).
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     limits: &ServerConfig,

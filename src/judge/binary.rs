@@ -12,33 +12,33 @@
 use serde::{Deserialize, Serialize};
 
 /// Rate-ratio alternatives, as multiples of the tolerance θ_tol (§6.3).
-pub const RATIO_GRID: [f64; 6] = [1.25, 1.5, 2.0, 3.0, 5.0, 8.0];
+pub(crate) const RATIO_GRID: [f64; 6] = [1.25, 1.5, 2.0, 3.0, 5.0, 8.0];
 
 /// The range searched for ratio estimates and intervals; an interval ending at
 /// `RATIO_MAX` is open above (JSON has no infinity).
-pub const RATIO_MIN: f64 = 1e-3;
-pub const RATIO_MAX: f64 = 1e3;
+pub(crate) const RATIO_MIN: f64 = 1e-3;
+pub(crate) const RATIO_MAX: f64 = 1e3;
 
 /// Bad events by arm at one canary probability (`w` in basis points).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Cell {
-    pub w_bp: u32,
-    pub canary_bad: u64,
-    pub stable_bad: u64,
+pub(crate) struct Cell {
+    pub(crate) w_bp: u32,
+    pub(crate) canary_bad: u64,
+    pub(crate) stable_bad: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CountProcess {
-    pub cells: Vec<Cell>,
+pub(crate) struct CountProcess {
+    pub(crate) cells: Vec<Cell>,
     /// Randomized requests and bad ones, per arm (for rates and the data floor).
-    pub n_canary: u64,
-    pub n_stable: u64,
-    pub bad_canary: u64,
-    pub bad_stable: u64,
+    pub(crate) n_canary: u64,
+    pub(crate) n_stable: u64,
+    pub(crate) bad_canary: u64,
+    pub(crate) bad_stable: u64,
 }
 
 impl CountProcess {
-    pub fn observe(&mut self, canary: bool, w: f64, bad: bool) {
+    pub(crate) fn observe(&mut self, canary: bool, w: f64, bad: bool) {
         if canary {
             self.n_canary += 1;
             self.bad_canary += u64::from(bad);
@@ -84,7 +84,7 @@ impl CountProcess {
 
     /// The one-sided e-value against "canary rate ≤ θ_tol × stable": the mean over the
     /// grid of alternatives θ_tol·RATIO_GRID.
-    pub fn e_value(&self, theta_tol: f64) -> f64 {
+    pub(crate) fn e_value(&self, theta_tol: f64) -> f64 {
         mean_exp(RATIO_GRID.map(|g| self.log_lr(theta_tol, theta_tol * g)))
     }
 
@@ -98,7 +98,7 @@ impl CountProcess {
 
     /// The conditional maximum-likelihood rate ratio (canary / stable) given the bad
     /// events and their `w`: robust to drift shared by the arms and to changing weights.
-    pub fn ratio_estimate(&self) -> Option<f64> {
+    pub(crate) fn ratio_estimate(&self) -> Option<f64> {
         let (c, s): (u64, u64) = self
             .cells
             .iter()
@@ -137,7 +137,7 @@ impl CountProcess {
     /// The confidence sequence for the rate ratio: every θ0 whose two-sided e-process has
     /// not reached 1/α. Found by bisection on each side of the estimate, assuming the
     /// e-value rises away from it (it does for these unimodal likelihoods).
-    pub fn ratio_ci(&self, alpha: f64) -> Option<(f64, f64)> {
+    pub(crate) fn ratio_ci(&self, alpha: f64) -> Option<(f64, f64)> {
         let est = self.ratio_estimate()?;
         let limit = 1.0 / alpha;
         let centre = est.clamp(RATIO_MIN, RATIO_MAX).ln();
@@ -168,7 +168,7 @@ impl CountProcess {
 }
 
 /// mean(exp(x)) without overflow.
-pub fn mean_exp<const N: usize>(logs: [f64; N]) -> f64 {
+pub(crate) fn mean_exp<const N: usize>(logs: [f64; N]) -> f64 {
     let max = logs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     if max == f64::NEG_INFINITY {
         return 0.0;

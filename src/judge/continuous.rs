@@ -14,11 +14,11 @@ use serde::{Deserialize, Serialize};
 use super::binary::RATIO_GRID;
 
 /// Stable requests in the trailing window that standardizes the score.
-pub const WINDOW: usize = 256;
+pub(crate) const WINDOW: usize = 256;
 /// The score is undefined until the window has this many stable requests.
-pub const MIN_WINDOW: usize = 32;
+pub(crate) const MIN_WINDOW: usize = 32;
 /// Canary requests kept for the canary's p95 and its hard limit.
-pub const CANARY_WINDOW: usize = 256;
+pub(crate) const CANARY_WINDOW: usize = 256;
 /// Standardized log-shift alternatives: 0.05 × these powers, so the tilts of a request
 /// are powers of one exponential.
 pub(crate) const LAMBDA_STEP: f64 = 0.05;
@@ -31,7 +31,7 @@ pub(crate) const TAIL_P: f64 = 0.05;
 
 /// A ring buffer of recent values with running sums.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Window {
+pub(crate) struct Window {
     capacity: usize,
     values: Vec<f64>,
     next: usize,
@@ -43,7 +43,7 @@ pub struct Window {
 }
 
 impl Window {
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Window {
             capacity,
             values: Vec::new(),
@@ -56,15 +56,15 @@ impl Window {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.values.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.values.is_empty()
     }
 
-    pub fn push(&mut self, v: f64) {
+    pub(crate) fn push(&mut self, v: f64) {
         if self.values.len() < self.capacity {
             self.values.push(v);
         } else {
@@ -85,23 +85,23 @@ impl Window {
         }
     }
 
-    pub fn mean(&self) -> f64 {
+    pub(crate) fn mean(&self) -> f64 {
         self.sum / self.values.len() as f64
     }
 
     /// The cached upper 95 % quantile (refreshed every 16 pushes).
-    pub fn q95(&self) -> f64 {
+    pub(crate) fn q95(&self) -> f64 {
         self.q95
     }
 
-    pub fn sd(&self) -> f64 {
+    pub(crate) fn sd(&self) -> f64 {
         let n = self.values.len() as f64;
         let var = (self.sum_sq - self.sum * self.sum / n) / (n - 1.0).max(1.0);
         var.max(0.0).sqrt()
     }
 
     /// The empirical quantile (the value at rank ⌈p·n⌉).
-    pub fn quantile(&self, p: f64) -> f64 {
+    pub(crate) fn quantile(&self, p: f64) -> f64 {
         if self.values.is_empty() {
             return f64::NAN;
         }
@@ -114,7 +114,7 @@ impl Window {
 
 /// Log-wealth of six one-component processes, with pending products folded lazily.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Wealth {
+pub(crate) struct Wealth {
     log: [f64; 6],
     pending: [f64; 6],
     n_pending: u32,
@@ -151,12 +151,12 @@ impl Wealth {
         self.n_pending = 0;
     }
 
-    pub fn logs(&self) -> [f64; 6] {
+    pub(crate) fn logs(&self) -> [f64; 6] {
         std::array::from_fn(|j| self.log[j] + self.pending[j].ln())
     }
 
     /// The mixture e-value, π_j = 1/6.
-    pub fn e_value(&self) -> f64 {
+    pub(crate) fn e_value(&self) -> f64 {
         super::binary::mean_exp(self.logs())
     }
 }
@@ -187,10 +187,10 @@ pub(crate) fn tail_tilts(bad: bool) -> [f64; 6] {
 
 /// Running n, Σx, Σx² of one arm.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Moments {
-    pub n: u64,
-    pub sum: f64,
-    pub sum_sq: f64,
+pub(crate) struct Moments {
+    pub(crate) n: u64,
+    pub(crate) sum: f64,
+    pub(crate) sum_sq: f64,
 }
 
 impl Moments {
@@ -199,10 +199,10 @@ impl Moments {
         self.sum += x;
         self.sum_sq += x * x;
     }
-    pub fn mean(&self) -> f64 {
+    pub(crate) fn mean(&self) -> f64 {
         self.sum / self.n as f64
     }
-    pub fn var(&self) -> f64 {
+    pub(crate) fn var(&self) -> f64 {
         let n = self.n as f64;
         ((self.sum_sq - self.sum * self.sum / n) / (n - 1.0).max(1.0)).max(0.0)
     }
@@ -210,7 +210,7 @@ impl Moments {
 
 /// One continuous gate's whole state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ContinuousGate {
+pub(crate) struct ContinuousGate {
     /// log(max_ratio): the process against "canary ≤ max_ratio × stable", if any.
     up_shift: Option<f64>,
     /// log(min_ratio): the mirrored process against "canary ≥ min_ratio × stable".
@@ -222,15 +222,15 @@ pub struct ContinuousGate {
     down: Wealth,
     tail_up: Wealth,
     /// log y − m̂ at the time of each request, per arm: the drift-robust effect estimate.
-    pub residual_stable: Moments,
-    pub residual_canary: Moments,
+    pub(crate) residual_stable: Moments,
+    pub(crate) residual_canary: Moments,
     /// Raw values per arm (randomized), for means per request.
-    pub raw_stable: Moments,
-    pub raw_canary: Moments,
+    pub(crate) raw_stable: Moments,
+    pub(crate) raw_canary: Moments,
 }
 
 impl ContinuousGate {
-    pub fn new(max_ratio: Option<f64>, min_ratio: Option<f64>, tail: bool) -> Self {
+    pub(crate) fn new(max_ratio: Option<f64>, min_ratio: Option<f64>, tail: bool) -> Self {
         ContinuousGate {
             up_shift: max_ratio.map(f64::ln),
             down_shift: min_ratio.map(f64::ln),
@@ -248,17 +248,17 @@ impl ContinuousGate {
     }
 
     /// Whether this gate has a statistical test at all (a gate may be a hard limit only).
-    pub fn is_judged(&self) -> bool {
+    pub(crate) fn is_judged(&self) -> bool {
         self.up_shift.is_some() || self.down_shift.is_some()
     }
 
     /// Every canary request, pinned or not: feeds the canary's p95 and hard limit.
-    pub fn observe_canary_any(&mut self, y: f64) {
+    pub(crate) fn observe_canary_any(&mut self, y: f64) {
         self.canary.push(y);
     }
 
     /// A randomized request.
-    pub fn observe(&mut self, canary: bool, w: f64, y: f64) {
+    pub(crate) fn observe(&mut self, canary: bool, w: f64, y: f64) {
         let ly = y.max(1e-9).ln();
         if canary {
             self.raw_canary.push(y);
@@ -298,7 +298,7 @@ impl ContinuousGate {
 
     /// The gate's e-value: the average of its one-sided processes (each an e-process, so
     /// the average is one too).
-    pub fn e_value(&self) -> f64 {
+    pub(crate) fn e_value(&self) -> f64 {
         let mut parts = Vec::with_capacity(3);
         if self.up_shift.is_some() {
             parts.push(self.up.e_value());
@@ -317,7 +317,7 @@ impl ContinuousGate {
 
     /// Ratio of geometric means, canary / stable, from residuals against the same
     /// predictable centre (so drift shared by the arms cancels).
-    pub fn effect(&self) -> Option<f64> {
+    pub(crate) fn effect(&self) -> Option<f64> {
         if self.residual_canary.n < 2 || self.residual_stable.n < 2 {
             return None;
         }
@@ -327,7 +327,7 @@ impl ContinuousGate {
     /// A (1 − α) asymptotic confidence sequence for the effect (Waudby-Smith et al. 2024,
     /// normal mixture tuned to be tightest near 500 canary requests). It is a simpler,
     /// honest interval than inverting the e-processes over every tolerance.
-    pub fn effect_ci(&self, alpha: f64) -> Option<(f64, f64)> {
+    pub(crate) fn effect_ci(&self, alpha: f64) -> Option<(f64, f64)> {
         let d = self.effect()?.ln();
         let (c, s) = (&self.residual_canary, &self.residual_stable);
         let v = c.var() / c.n as f64 + s.var() / s.n as f64;
@@ -340,13 +340,13 @@ impl ContinuousGate {
     }
 
     /// p95 of the stable window (original scale) and of the recent canary requests.
-    pub fn p95s(&self) -> (Option<f64>, Option<f64>) {
+    pub(crate) fn p95s(&self) -> (Option<f64>, Option<f64>) {
         let s = (!self.stable.is_empty()).then(|| self.stable.quantile(0.95).exp());
         let c = (!self.canary.is_empty()).then(|| self.canary.quantile(0.95));
         (s, c)
     }
 
-    pub fn canary_recent(&self) -> usize {
+    pub(crate) fn canary_recent(&self) -> usize {
         self.canary.len()
     }
 }

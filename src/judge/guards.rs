@@ -24,22 +24,22 @@ use super::binary::mean_exp;
 ///   error were canary with probability n_c/(n_c + n_s) (binomial upper tail below
 ///   [`KILL_P`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct KillWindow {
-    pub error_rate: f64,
-    pub min_requests: u64,
-    pub window_ms: i64,
+pub(crate) struct KillWindow {
+    pub(crate) error_rate: f64,
+    pub(crate) min_requests: u64,
+    pub(crate) window_ms: i64,
     /// (second, canary requests, canary errors, stable requests, stable errors), oldest
     /// first.
     buckets: VecDeque<(i64, u64, u64, u64, u64)>,
 }
 
 /// The binomial tail below which the canary counts as far worse than stable.
-pub const KILL_P: f64 = 1e-4;
+pub(crate) const KILL_P: f64 = 1e-4;
 
 /// Which rule of the kill switch fired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum KillCause {
+pub(crate) enum KillCause {
     NoStable,
     StableHealthy,
     FarWorse,
@@ -47,17 +47,17 @@ pub enum KillCause {
 
 /// The kill switch's finding: the cause and both arms' counts in the window.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct KillFire {
-    pub cause: KillCause,
-    pub canary: (u64, u64),
-    pub stable: (u64, u64),
+pub(crate) struct KillFire {
+    pub(crate) cause: KillCause,
+    pub(crate) canary: (u64, u64),
+    pub(crate) stable: (u64, u64),
     /// The binomial upper tail of the canary's share of the window's errors.
-    pub tail: f64,
+    pub(crate) tail: f64,
 }
 
 impl KillFire {
     /// One line for the event: which rule fired and why.
-    pub fn describe(&self, window_ms: i64, error_rate: f64) -> String {
+    pub(crate) fn describe(&self, window_ms: i64, error_rate: f64) -> String {
         let rate = |(n, e): (u64, u64)| 100.0 * e as f64 / n.max(1) as f64;
         let (cn, ce) = self.canary;
         let (sn, se) = self.stable;
@@ -84,7 +84,7 @@ impl KillFire {
 }
 
 impl KillWindow {
-    pub fn new(error_rate: f64, min_requests: u64, window_ms: i64) -> Self {
+    pub(crate) fn new(error_rate: f64, min_requests: u64, window_ms: i64) -> Self {
         KillWindow {
             error_rate,
             min_requests,
@@ -94,7 +94,7 @@ impl KillWindow {
     }
 
     /// A measured request of either arm (pinned ones included: they are the canary's).
-    pub fn observe(&mut self, at_ms: i64, canary: bool, error: bool) {
+    pub(crate) fn observe(&mut self, at_ms: i64, canary: bool, error: bool) {
         let sec = at_ms.div_euclid(1000);
         let idx = match self.buckets.iter().rposition(|b| b.0 <= sec) {
             Some(i) if self.buckets[i].0 == sec => i,
@@ -127,7 +127,7 @@ impl KillWindow {
 
     /// ((canary requests, errors), (stable requests, errors)) in the window ending at
     /// `now_ms`, whole seconds.
-    pub fn counts(&self, now_ms: i64) -> ((u64, u64), (u64, u64)) {
+    pub(crate) fn counts(&self, now_ms: i64) -> ((u64, u64), (u64, u64)) {
         self.buckets
             .iter()
             .filter(|b| (b.0 + 1) * 1000 > now_ms - self.window_ms && b.0 * 1000 <= now_ms)
@@ -136,7 +136,7 @@ impl KillWindow {
             })
     }
 
-    pub fn fires(&self, now_ms: i64) -> Option<KillFire> {
+    pub(crate) fn fires(&self, now_ms: i64) -> Option<KillFire> {
         let ((cn, ce), (sn, se)) = self.counts(now_ms);
         if cn < self.min_requests || cn == 0 || (ce as f64 / cn as f64) < self.error_rate {
             return None;
@@ -167,7 +167,7 @@ impl KillWindow {
 
 /// P(X ≥ k) for X ~ Binomial(n, p), summed in log space (n is at most a few thousand
 /// errors per window).
-pub fn binomial_upper_tail(n: u64, k: u64, p: f64) -> f64 {
+pub(crate) fn binomial_upper_tail(n: u64, k: u64, p: f64) -> f64 {
     if k == 0 {
         return 1.0;
     }
@@ -195,14 +195,14 @@ const LOSS_GRID: [f64; 8] = [1.0 / 16.0, 1.0 / 8.0, 0.25, 0.5, 2.0, 4.0, 8.0, 16
 /// Shifts of the measured canary share against the design `w`, both ways.
 const SHARE_GRID: [f64; 6] = [0.5, 0.8, 0.9, 1.0 / 0.9, 1.0 / 0.8, 2.0];
 /// The SRM guard's own false-alarm budget (§6.4).
-pub const ALPHA_SRM: f64 = 0.001;
+pub(crate) const ALPHA_SRM: f64 = 0.001;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Srm {
-    pub assigned_stable: u64,
-    pub assigned_canary: u64,
-    pub measured_stable: u64,
-    pub measured_canary: u64,
+pub(crate) struct Srm {
+    pub(crate) assigned_stable: u64,
+    pub(crate) assigned_canary: u64,
+    pub(crate) measured_stable: u64,
+    pub(crate) measured_canary: u64,
     /// Measured randomized requests per canary probability: (w_bp, canary, stable).
     by_w: Vec<(u32, u64, u64)>,
     /// Per-request labels are independent only when the unit is the request.
@@ -222,7 +222,7 @@ pub struct Srm {
 
 /// A request still unmeasured this long after its assignment is lost (a stream of a
 /// minute is not; a record that never comes is).
-pub const OVERDUE_MS: i64 = 300_000;
+pub(crate) const OVERDUE_MS: i64 = 300_000;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct DatedCell {
@@ -233,7 +233,7 @@ struct DatedCell {
 }
 
 impl Srm {
-    pub fn new(design_test: bool) -> Self {
+    pub(crate) fn new(design_test: bool) -> Self {
         Srm {
             design_test,
             ..Srm::default()
@@ -278,7 +278,7 @@ impl Srm {
     /// counts a request as lost only once it is overdue, and tests each lost request's
     /// arm against its own `w` (like with like: right after a step-up, the requests in
     /// flight are of the new weight, not the rollout's cumulative share).
-    pub fn assigned_at(&mut self, canary: bool, w: f64, at_ms: i64) {
+    pub(crate) fn assigned_at(&mut self, canary: bool, w: f64, at_ms: i64) {
         self.assigned(canary);
         let w_bp = (w * 10_000.0).round() as u32;
         if let Some(c) = self.cell(at_ms, w_bp) {
@@ -287,7 +287,7 @@ impl Srm {
     }
 
     /// Moves every second older than `now_ms − OVERDUE_MS` into the lost counts.
-    pub fn fold(&mut self, now_ms: i64) {
+    pub(crate) fn fold(&mut self, now_ms: i64) {
         self.folded_before = self
             .folded_before
             .max((now_ms - OVERDUE_MS).div_euclid(1000));
@@ -311,7 +311,7 @@ impl Srm {
     }
 
     /// Requests found lost so far: (canary, stable).
-    pub fn lost_counts(&self) -> (u64, u64) {
+    pub(crate) fn lost_counts(&self) -> (u64, u64) {
         self.lost
             .iter()
             .fold((0, 0), |(c, s), x| (c + x.1, s + x.2))
@@ -337,7 +337,7 @@ impl Srm {
     }
 
     /// A measured randomized request, dated and weighted as its assignment was.
-    pub fn measured_at(&mut self, canary: bool, w: f64, at_ms: i64) {
+    pub(crate) fn measured_at(&mut self, canary: bool, w: f64, at_ms: i64) {
         self.measured(canary, w);
         let w_bp = (w * 10_000.0).round() as u32;
         if let Some(c) = self.cell(at_ms, w_bp) {
@@ -384,7 +384,7 @@ impl Srm {
         }))
     }
 
-    pub fn e_value(&self) -> f64 {
+    pub(crate) fn e_value(&self) -> f64 {
         let lost = self.e_lost_dated();
         if self.design_test {
             0.5 * (lost + self.e_design())

@@ -1,7 +1,7 @@
 //! The judge: design-based e-processes per gate over the arm labels given the outcomes
 //! (research note §6), a weighted average across gates, a kill switch and an SRM guard.
-//! In: a policy, then every measured request as an [`Observation`] (and every randomized
-//! assignment for the SRM guard). Out: a [`JudgeReport`] at any look. Pure: no I/O, no
+//! In: a policy, then every measured request as an `Observation` (and every randomized
+//! assignment for the SRM guard). Out: a `JudgeReport` at any look. Pure: no I/O, no
 //! clock (time comes in as milliseconds); the state serializes so a restart resumes the
 //! e-processes where they stood.
 //!
@@ -9,9 +9,9 @@
 //! - gate weights π_k (§6.4): error 0.30, guardrail 0.15, schema 0.15, TTFT 0.10,
 //!   latency 0.10, tokens 0.10, cost 0.10, length 0.10, renormalized over the policy's
 //!   judged gates (a gate with only `max_ms` is a hard limit and has no weight);
-//! - a gate passes once it has [`MIN_PER_ARM_FOR_PASS`] randomized requests per arm and
+//! - a gate passes once it has `MIN_PER_ARM_FOR_PASS` randomized requests per arm and
 //!   does not fail; before that it is "not yet";
-//! - a hard limit needs [`HARD_LIMIT_MIN_CANARY`] canary requests before it can fire;
+//! - a hard limit needs `HARD_LIMIT_MIN_CANARY` canary requests before it can fire;
 //! - continuous gates skip errored requests (the error gate judges those), except for
 //!   the latency hard limit, which sees every canary request;
 //! - the revert is decided on the current e-value at each look (anytime-valid, so looking
@@ -19,10 +19,10 @@
 
 use serde::{Deserialize, Serialize};
 
-pub mod binary;
-pub mod continuous;
-pub mod guards;
-pub mod spec;
+pub(crate) mod binary;
+pub(crate) mod continuous;
+pub(crate) mod guards;
+pub(crate) mod spec;
 pub mod units;
 
 use binary::CountProcess;
@@ -35,34 +35,34 @@ use spec::{FeedbackKind, FeedbackMetric, Gate, JudgeSpec, Metric};
 
 /// One measured request as the judge sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Observation {
-    pub at_ms: i64,
-    pub arm: Arm,
+pub(crate) struct Observation {
+    pub(crate) at_ms: i64,
+    pub(crate) arm: Arm,
     /// The canary probability in force when the request was assigned.
-    pub w: f64,
+    pub(crate) w: f64,
     /// False for pinned / targeted requests: those are reported, never judged.
-    pub randomized: bool,
+    pub(crate) randomized: bool,
     /// An error attributable to the version (`Outcome::is_error`).
-    pub error: bool,
-    pub latency_ms: f64,
-    pub ttft_ms: Option<f64>,
+    pub(crate) error: bool,
+    pub(crate) latency_ms: f64,
+    pub(crate) ttft_ms: Option<f64>,
     /// Prompt + completion tokens.
-    pub tokens: f64,
-    pub cost_usd: f64,
-    pub response_chars: f64,
+    pub(crate) tokens: f64,
+    pub(crate) cost_usd: f64,
+    pub(crate) response_chars: f64,
     /// `Some(failed)` when the request asked for a schema, `None` otherwise.
-    pub schema_failed: Option<bool>,
-    pub guardrail_blocked: bool,
+    pub(crate) schema_failed: Option<bool>,
+    pub(crate) guardrail_blocked: bool,
     /// The sticky unit this request was assigned by (a stable hash of the user,
     /// conversation or header value), for the per-unit analysis of sticky rollouts;
     /// `None` when the request is its own unit (`sticky = "request"`, or no key).
     #[serde(default)]
-    pub unit: Option<u64>,
+    pub(crate) unit: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum GateVerdict {
+pub(crate) enum GateVerdict {
     /// Evidence of harm beyond the tolerance: revert.
     Fail,
     /// Enough data and no evidence of harm.
@@ -73,101 +73,101 @@ pub enum GateVerdict {
 
 /// One gate's evidence at one look.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct GateReport {
-    pub gate: Metric,
+pub(crate) struct GateReport {
+    pub(crate) gate: Metric,
     /// For a feedback gate: the metric's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub feedback: Option<String>,
-    pub verdict: GateVerdict,
+    pub(crate) feedback: Option<String>,
+    pub(crate) verdict: GateVerdict,
     /// The gate's e-value: the mixture over its alternatives, averaged over its one-sided
     /// parts (shift up, tail, shift down), so that it is itself an e-value.
-    pub e_value: f64,
+    pub(crate) e_value: f64,
     /// Its weight π_k in the global average.
-    pub weight: f64,
+    pub(crate) weight: f64,
     /// The canary's effect estimate: a rate ratio (binary gates) or a ratio of geometric
     /// means (continuous gates), canary / stable.
     #[schema(required = true)]
-    pub effect: Option<f64>,
+    pub(crate) effect: Option<f64>,
     /// Confidence interval (1 − α) for `effect`, when there is one: for binary gates the
     /// ratios θ0 whose two-sided e-process has not reached 1/α (a confidence sequence);
     /// for continuous gates an asymptotic normal-mixture confidence sequence.
     #[schema(required = true)]
-    pub ci: Option<(f64, f64)>,
+    pub(crate) ci: Option<(f64, f64)>,
     #[schema(required = true)]
-    pub stable_value: Option<f64>,
+    pub(crate) stable_value: Option<f64>,
     #[schema(required = true)]
-    pub canary_value: Option<f64>,
+    pub(crate) canary_value: Option<f64>,
     /// Randomized observations this gate used, per arm.
-    pub n_stable: u64,
-    pub n_canary: u64,
+    pub(crate) n_stable: u64,
+    pub(crate) n_canary: u64,
 }
 
 /// The sample-ratio guard: assigned against measured canary share.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct SrmReport {
-    pub assigned_stable: u64,
-    pub assigned_canary: u64,
-    pub measured_stable: u64,
-    pub measured_canary: u64,
+pub(crate) struct SrmReport {
+    pub(crate) assigned_stable: u64,
+    pub(crate) assigned_canary: u64,
+    pub(crate) measured_stable: u64,
+    pub(crate) measured_canary: u64,
     /// Randomized requests still unmeasured [`guards::OVERDUE_MS`] after their
     /// assignment (`Judge::note_assignment`): the guard's evidence.
     #[serde(default)]
-    pub lost_canary: u64,
+    pub(crate) lost_canary: u64,
     #[serde(default)]
-    pub lost_stable: u64,
-    pub e_value: f64,
+    pub(crate) lost_stable: u64,
+    pub(crate) e_value: f64,
     /// The design is broken (e ≥ 1/α_srm): the verdict must be inconclusive.
-    pub broken: bool,
+    pub(crate) broken: bool,
 }
 
 /// The per-unit analysis of a sticky rollout at one look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct UnitsReport {
+pub(crate) struct UnitsReport {
     /// Units with requests not yet settled (their labels are still hidden from the
     /// statistic).
-    pub open: u64,
+    pub(crate) open: u64,
     /// Segments (one unit's requests at one weight) settled with information, i.e. with a
     /// canary probability strictly between 0 and 1 given what was known of the unit.
-    pub settled: u64,
+    pub(crate) settled: u64,
     /// Of those, the canary ones.
-    pub settled_canary: u64,
+    pub(crate) settled_canary: u64,
 }
 
 /// The judge's word at one look.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct JudgeReport {
-    pub at_ms: i64,
-    pub alpha: f64,
+pub(crate) struct JudgeReport {
+    pub(crate) at_ms: i64,
+    pub(crate) alpha: f64,
     /// Σ π_k E_k.
-    pub e_global: f64,
+    pub(crate) e_global: f64,
     /// 1/α.
-    pub threshold: f64,
+    pub(crate) threshold: f64,
     /// E_global ≥ 1/α, a hard limit crossed, or the kill switch fired.
-    pub revert: bool,
+    pub(crate) revert: bool,
     /// Why, in words, one line per cause (empty when not reverting).
-    pub reasons: Vec<String>,
-    pub kill_switch_fired: bool,
+    pub(crate) reasons: Vec<String>,
+    pub(crate) kill_switch_fired: bool,
     /// Which rule of the kill switch fired (it compares the arms over the same seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kill_cause: Option<guards::KillCause>,
-    pub gates: Vec<GateReport>,
-    pub srm: SrmReport,
+    pub(crate) kill_cause: Option<guards::KillCause>,
+    pub(crate) gates: Vec<GateReport>,
+    pub(crate) srm: SrmReport,
     /// Sticky rollouts only: how far the per-unit analysis (module `units`) has got. Its
     /// gates' e-values are the per-unit ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub units: Option<UnitsReport>,
+    pub(crate) units: Option<UnitsReport>,
     /// Observations seen, per arm (randomized and not).
-    pub canary_requests: u64,
-    pub stable_requests: u64,
+    pub(crate) canary_requests: u64,
+    pub(crate) stable_requests: u64,
 }
 
 /// Randomized requests per arm a gate needs before it can pass.
-pub const MIN_PER_ARM_FOR_PASS: u64 = 100;
+pub(crate) const MIN_PER_ARM_FOR_PASS: u64 = 100;
 /// Canary requests a hard limit needs before it can fire (one slow request is no p95).
-pub const HARD_LIMIT_MIN_CANARY: usize = 20;
+pub(crate) const HARD_LIMIT_MIN_CANARY: usize = 20;
 
 /// π_k before renormalization (research §6.4).
-pub fn default_weight(metric: Metric) -> f64 {
+pub(crate) fn default_weight(metric: Metric) -> f64 {
     match metric {
         Metric::ErrorRate => 0.30,
         Metric::GuardrailBlockRate | Metric::SchemaFailureRate | Metric::Feedback => 0.15,
@@ -354,7 +354,7 @@ struct Evidence<'a> {
 
 /// The judge's running state for one rollout; serializable so it survives a restart.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Judge {
+pub(crate) struct Judge {
     alpha: f64,
     gates: Vec<JudgedGate>,
     kill: Option<KillWindow>,
@@ -369,7 +369,7 @@ pub struct Judge {
 
 impl Judge {
     /// A judge with no evidence yet, for the gates and feedback metrics `spec` names.
-    pub fn new(spec: &JudgeSpec) -> Self {
+    pub(crate) fn new(spec: &JudgeSpec) -> Self {
         let total = judged_weight_total(spec);
         let mut gates: Vec<JudgedGate> = spec.gates.iter().map(|g| metric_gate(g, total)).collect();
         gates.extend(spec.feedback.iter().map(|f| feedback_gate(f, total)));
@@ -391,12 +391,12 @@ impl Judge {
     /// `at_ms` (the same `at_ms` and `w` its observation will carry). With these the SRM
     /// guard counts a request as lost only once it is [`guards::OVERDUE_MS`] overdue
     /// and tests it against its own `w`.
-    pub fn note_assignment(&mut self, arm: Arm, w: f64, at_ms: i64) {
+    pub(crate) fn note_assignment(&mut self, arm: Arm, w: f64, at_ms: i64) {
         self.srm.assigned_at(arm == Arm::Canary, w, at_ms);
     }
 
     /// A measured request.
-    pub fn observe(&mut self, obs: &Observation) {
+    pub(crate) fn observe(&mut self, obs: &Observation) {
         let canary = obs.arm == Arm::Canary;
         if let Some(kill) = &mut self.kill {
             kill.observe(obs.at_ms, canary, obs.error);
@@ -454,7 +454,7 @@ impl Judge {
     /// Feedback on a request (`true` = 1, `false` = 0 for binary metrics), joined to the arm
     /// and canary probability the request was assigned with. Only randomized requests are
     /// judged, each request at most once per metric (the caller sees to that).
-    pub fn observe_feedback(
+    pub(crate) fn observe_feedback(
         &mut self,
         metric: &str,
         arm: Arm,
@@ -484,7 +484,7 @@ impl Judge {
 
     /// Moves the judge's clock to `now_ms`: per-unit segments that have come of age are
     /// settled (sticky rollouts). Call before each look; observations also move it.
-    pub fn tick(&mut self, now_ms: i64) {
+    pub(crate) fn tick(&mut self, now_ms: i64) {
         self.srm.fold(now_ms);
         if let Some(book) = &mut self.units {
             book.tick(now_ms);
@@ -504,13 +504,13 @@ impl Judge {
     }
 
     /// The verdict now.
-    pub fn report(&self, now_ms: i64) -> JudgeReport {
+    pub(crate) fn report(&self, now_ms: i64) -> JudgeReport {
         self.report_inner(now_ms, true)
     }
 
     /// The same verdicts as [`Judge::report`] without the confidence intervals, which cost
     /// a few thousand e-value evaluations: for the simulator's millions of looks.
-    pub fn look(&self, now_ms: i64) -> JudgeReport {
+    pub(crate) fn look(&self, now_ms: i64) -> JudgeReport {
         self.report_inner(now_ms, false)
     }
 

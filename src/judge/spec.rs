@@ -12,13 +12,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq)]
 pub struct JudgeSpec {
     /// False-rollback budget for the whole rollout.
-    pub alpha: f64,
-    pub gates: Vec<Gate>,
-    pub feedback: Vec<FeedbackMetric>,
-    pub kill_switch: Option<KillSwitch>,
+    pub(crate) alpha: f64,
+    pub(crate) gates: Vec<Gate>,
+    pub(crate) feedback: Vec<FeedbackMetric>,
+    pub(crate) kill_switch: Option<KillSwitch>,
     /// True when the sticky unit is the request: then assignment is randomized per request
     /// and the sample-ratio-mismatch guard applies.
-    pub per_request_units: bool,
+    pub(crate) per_request_units: bool,
 }
 
 /// The metrics a gate can watch.
@@ -36,7 +36,7 @@ pub struct JudgeSpec {
     utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
-pub enum Metric {
+pub(crate) enum Metric {
     ErrorRate,
     LatencyP95,
     TtftP95,
@@ -51,7 +51,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 8] = [
+    pub(crate) const ALL: [Metric; 8] = [
         Metric::ErrorRate,
         Metric::LatencyP95,
         Metric::TtftP95,
@@ -63,7 +63,7 @@ impl Metric {
     ];
 
     /// The key in `[gates.<key>]`.
-    pub fn key(self) -> &'static str {
+    pub(crate) fn key(self) -> &'static str {
         match self {
             Metric::ErrorRate => "error_rate",
             Metric::LatencyP95 => "latency_p95",
@@ -81,7 +81,7 @@ impl Metric {
 impl Metric {
     /// Rates of a yes/no event per request (judged by counting events), as opposed to
     /// continuous per-request quantities (judged on a log scale).
-    pub fn is_binary(self) -> bool {
+    pub(crate) fn is_binary(self) -> bool {
         matches!(
             self,
             Metric::ErrorRate | Metric::SchemaFailureRate | Metric::GuardrailBlockRate
@@ -89,37 +89,37 @@ impl Metric {
     }
 
     /// Gates whose hard limit `max_ms` makes sense.
-    pub fn is_time(self) -> bool {
+    pub(crate) fn is_time(self) -> bool {
         matches!(self, Metric::LatencyP95 | Metric::TtftP95)
     }
 
-    pub fn parse(key: &str) -> Option<Metric> {
+    pub(crate) fn parse(key: &str) -> Option<Metric> {
         Metric::ALL.into_iter().find(|m| m.key() == key)
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Gate {
-    pub metric: Metric,
+pub(crate) struct Gate {
+    pub(crate) metric: Metric,
     /// Tolerance: the canary may be up to this × stable before it counts as harm.
-    pub max_ratio: Option<f64>,
+    pub(crate) max_ratio: Option<f64>,
     /// A fall below this × stable is harm too (two-sided gates such as response length).
-    pub min_ratio: Option<f64>,
+    pub(crate) min_ratio: Option<f64>,
     /// Hard limit in ms (latency, TTFT): the canary's p95 above it reverts at once.
-    pub max_ms: Option<f64>,
+    pub(crate) max_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct KillSwitch {
-    pub error_rate: f64,
-    pub min_requests: u64,
+pub(crate) struct KillSwitch {
+    pub(crate) error_rate: f64,
+    pub(crate) min_requests: u64,
     #[serde(with = "humantime_serde_ms")]
-    pub window: Duration,
+    pub(crate) window: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum FeedbackKind {
+pub(crate) enum FeedbackKind {
     /// true / false (a conversion): judged like an error rate.
     Binary,
     /// A number (a rating, a revenue): judged like a continuous metric.
@@ -127,21 +127,23 @@ pub enum FeedbackKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FeedbackMetric {
-    pub name: String,
-    pub kind: FeedbackKind,
+pub(crate) struct FeedbackMetric {
+    pub(crate) name: String,
+    pub(crate) kind: FeedbackKind,
     /// Whether a higher value is the good direction.
-    pub higher_is_better: bool,
+    pub(crate) higher_is_better: bool,
 }
 
 /// Durations serialize as milliseconds (and read back from them: a rollout's stored policy).
 pub(crate) mod humantime_serde_ms {
     use serde::Deserialize;
     use std::time::Duration;
-    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(d.as_millis() as u64)
     }
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Duration, D::Error> {
         u64::deserialize(d).map(Duration::from_millis)
     }
 }

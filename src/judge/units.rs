@@ -16,10 +16,10 @@
 //! segment accumulates, per gate, a summary of its outcomes (bad count and request count
 //! for binary gates; the sum of standardized scores and the tail count for continuous
 //! gates). It is *settled* by a rule that never looks at its arm: when it has
-//! [`SETTLE_REQUESTS`] requests, when [`SETTLE_AGE_MS`] have passed since its first
+//! [`SETTLE_REQUESTS`] requests, when `SETTLE_AGE_MS` have passed since its first
 //! request, when one gate's tilt r_j (below, computed from outcomes and pooled,
 //! arm-blind statistics only) reaches SETTLE_Q/(1 − SETTLE_Q) · (1 − w)/w (its evidence is
-//! near the cap of 1/w a unit can carry: [`SETTLE_Q`]), or when a request of the same unit
+//! near the cap of 1/w a unit can carry: `SETTLE_Q`), or when a request of the same unit
 //! arrives at another `w`. At settlement its label A (canary or not) is revealed to the
 //! statistic, which multiplies in
 //!
@@ -77,12 +77,12 @@ use super::continuous::{LAMBDA_POWERS, LAMBDA_STEP, TAIL_P, Wealth, Window};
 /// A segment settles once it has this many requests …
 pub const SETTLE_REQUESTS: u32 = 200;
 /// … or this long after its first request …
-pub const SETTLE_AGE_MS: i64 = 900_000;
+pub(crate) const SETTLE_AGE_MS: i64 = 900_000;
 /// … or as soon as one gate's evidence in it is near the cap of what one unit can carry
 /// (see [`settle_log_tilt`]). Chosen on s13 (sticky by user, errors × 5 at 5 %): settling
 /// at 3 minutes gave 62 % power within the hour, at 15 minutes 93–96 %; this early rule
 /// lets units with strong evidence count before that.
-pub const SETTLE_Q: f64 = 0.8;
+pub(crate) const SETTLE_Q: f64 = 0.8;
 /// The log tilt at which a segment settles early: one gate's evidence in it would make a
 /// canary segment's likelihood ratio q/p at least [`SETTLE_Q`]/p, i.e. q ≥ SETTLE_Q, i.e.
 /// r ≥ SETTLE_Q/(1 − SETTLE_Q) · (1 − p)/p at p = w. A rule on outcomes only.
@@ -98,7 +98,7 @@ const LOG_R_CLIP: f64 = 50.0;
 
 /// One gate's per-unit process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum UnitGate {
+pub(crate) enum UnitGate {
     /// A hard limit only, or a feedback gate (judged per request): no unit process.
     Off,
     Binary {
@@ -111,7 +111,7 @@ pub enum UnitGate {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UnitContinuous {
+pub(crate) struct UnitContinuous {
     up_shift: Option<f64>,
     down_shift: Option<f64>,
     tail: bool,
@@ -124,26 +124,26 @@ pub struct UnitContinuous {
 
 /// One segment's summary for one gate.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Acc {
+pub(crate) struct Acc {
     /// Requests the gate applies to (binary) or scored (continuous).
-    pub n: u32,
+    pub(crate) n: u32,
     /// Bad requests (binary) or scores above the pooled q̂95 (tail).
-    pub k: u32,
-    pub s_up: f64,
-    pub s_down: f64,
-    pub n_down: u32,
+    pub(crate) k: u32,
+    pub(crate) s_up: f64,
+    pub(crate) s_down: f64,
+    pub(crate) n_down: u32,
 }
 
 /// One request's contribution to one gate, computed when it arrives.
 #[derive(Debug, Clone, Copy)]
-pub enum Input {
+pub(crate) enum Input {
     None,
     Bad(bool),
     Value(f64),
 }
 
 impl UnitGate {
-    pub fn binary(theta_tol: f64) -> Self {
+    pub(crate) fn binary(theta_tol: f64) -> Self {
         UnitGate::Binary {
             theta_tol,
             pooled_n: 0,
@@ -152,7 +152,7 @@ impl UnitGate {
         }
     }
 
-    pub fn continuous(max_ratio: Option<f64>, min_ratio: Option<f64>, tail: bool) -> Self {
+    pub(crate) fn continuous(max_ratio: Option<f64>, min_ratio: Option<f64>, tail: bool) -> Self {
         UnitGate::Continuous(Box::new(UnitContinuous {
             up_shift: max_ratio.map(f64::ln),
             down_shift: min_ratio.map(f64::ln),
@@ -280,7 +280,7 @@ impl UnitGate {
 
     /// The gate's e-value: for continuous gates the average of its one-sided parts, as
     /// in the per-request gate.
-    pub fn e_value(&self) -> f64 {
+    pub(crate) fn e_value(&self) -> f64 {
         match self {
             UnitGate::Off => 1.0,
             UnitGate::Binary { wealth, .. } => wealth.e_value(),
@@ -305,7 +305,7 @@ impl UnitGate {
 }
 
 /// r_j = θ_j^k · exp(−(θ_j − 1)·n·p̂) with θ_j = θ_tol·RATIO_GRID[j].
-pub fn binary_tilts(theta_tol: f64, n: u32, k: u32, p_hat: f64) -> [f64; 6] {
+pub(crate) fn binary_tilts(theta_tol: f64, n: u32, k: u32, p_hat: f64) -> [f64; 6] {
     std::array::from_fn(|j| {
         let theta = theta_tol * RATIO_GRID[j];
         let log_r = f64::from(k) * theta.ln() - (theta - 1.0) * f64::from(n) * p_hat;
@@ -314,7 +314,7 @@ pub fn binary_tilts(theta_tol: f64, n: u32, k: u32, p_hat: f64) -> [f64; 6] {
 }
 
 /// r_j = exp(λ_j·S − n·λ_j²/2) over the per-request λ grid.
-pub fn shift_tilts(n: u32, s: f64) -> [f64; 6] {
+pub(crate) fn shift_tilts(n: u32, s: f64) -> [f64; 6] {
     std::array::from_fn(|j| {
         let lambda = LAMBDA_STEP * f64::from(LAMBDA_POWERS[j]);
         let log_r = lambda * s - f64::from(n) * lambda * lambda / 2.0;
@@ -337,19 +337,19 @@ struct Segment {
 
 /// Every unit's open segment and what settled segments revealed about its bucket.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UnitBook {
-    pub gates: Vec<UnitGate>,
+pub(crate) struct UnitBook {
+    pub(crate) gates: Vec<UnitGate>,
     open: BTreeMap<u64, Segment>,
     /// The bucket interval [lo, hi) each unit is known to be in.
     known: BTreeMap<u64, (f64, f64)>,
     last_tick_ms: i64,
     /// Segments settled with information (0 < p < 1), and of those, canary.
-    pub settled: u64,
-    pub settled_canary: u64,
+    pub(crate) settled: u64,
+    pub(crate) settled_canary: u64,
 }
 
 impl UnitBook {
-    pub fn new(gates: Vec<UnitGate>) -> Self {
+    pub(crate) fn new(gates: Vec<UnitGate>) -> Self {
         UnitBook {
             gates,
             open: BTreeMap::new(),
@@ -361,7 +361,7 @@ impl UnitBook {
     }
 
     /// The probability that a unit known to lie in [lo, hi) is canary at weight w.
-    pub fn label_probability(lo: f64, hi: f64, w: f64) -> f64 {
+    pub(crate) fn label_probability(lo: f64, hi: f64, w: f64) -> f64 {
         if hi <= lo {
             return if w > lo { 1.0 } else { 0.0 };
         }
@@ -370,7 +370,7 @@ impl UnitBook {
 
     /// A randomized request of unit `unit` (None: a request that is its own unit, settled
     /// at once) with one input per gate.
-    pub fn observe(
+    pub(crate) fn observe(
         &mut self,
         unit: Option<u64>,
         at_ms: i64,
@@ -421,7 +421,7 @@ impl UnitBook {
 
     /// Settles every segment that has come of age by `now_ms` (in key order, so that a
     /// replay settles in the same order).
-    pub fn tick(&mut self, now_ms: i64) {
+    pub(crate) fn tick(&mut self, now_ms: i64) {
         if now_ms <= self.last_tick_ms {
             return;
         }
@@ -466,7 +466,7 @@ impl UnitBook {
     }
 
     /// Units with an open segment.
-    pub fn open_units(&self) -> usize {
+    pub(crate) fn open_units(&self) -> usize {
         self.open.len()
     }
 }

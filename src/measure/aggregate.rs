@@ -15,7 +15,7 @@ use crate::types::{Outcome, Record};
 const NANO_USD_PER_USD: f64 = 1e9;
 
 #[derive(Default)]
-pub struct VersionStats {
+pub(crate) struct VersionStats {
     outcomes: [AtomicU64; Outcome::ALL.len()],
     prompt_tokens: AtomicU64,
     completion_tokens: AtomicU64,
@@ -31,7 +31,7 @@ pub struct VersionStats {
 }
 
 impl VersionStats {
-    pub fn observe(&self, record: &Record) {
+    pub(crate) fn observe(&self, record: &Record) {
         self.outcomes[record.outcome.index()].fetch_add(1, Ordering::Relaxed);
         self.prompt_tokens
             .fetch_add(record.usage.prompt_tokens, Ordering::Relaxed);
@@ -64,7 +64,7 @@ impl VersionStats {
         }
     }
 
-    pub fn snapshot(&self) -> StatsSnapshot {
+    pub(crate) fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             outcomes: std::array::from_fn(|i| self.outcomes[i].load(Ordering::Relaxed)),
             prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
@@ -83,27 +83,27 @@ impl VersionStats {
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct StatsSnapshot {
-    pub outcomes: [u64; Outcome::ALL.len()],
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub estimated: u64,
-    pub cost_nano_usd: u64,
-    pub schema_requests: u64,
-    pub schema_failures: u64,
-    pub guardrail_blocks: u64,
-    pub latency_ms: Snapshot,
-    pub ttft_ms: Snapshot,
-    pub response_chars: Snapshot,
-    pub tokens_per_request: Snapshot,
+pub(crate) struct StatsSnapshot {
+    pub(crate) outcomes: [u64; Outcome::ALL.len()],
+    pub(crate) prompt_tokens: u64,
+    pub(crate) completion_tokens: u64,
+    pub(crate) estimated: u64,
+    pub(crate) cost_nano_usd: u64,
+    pub(crate) schema_requests: u64,
+    pub(crate) schema_failures: u64,
+    pub(crate) guardrail_blocks: u64,
+    pub(crate) latency_ms: Snapshot,
+    pub(crate) ttft_ms: Snapshot,
+    pub(crate) response_chars: Snapshot,
+    pub(crate) tokens_per_request: Snapshot,
 }
 
 impl StatsSnapshot {
-    pub fn requests(&self) -> u64 {
+    pub(crate) fn requests(&self) -> u64 {
         self.outcomes.iter().sum()
     }
 
-    pub fn errors(&self) -> u64 {
+    pub(crate) fn errors(&self) -> u64 {
         Outcome::ALL
             .iter()
             .filter(|o| o.is_error())
@@ -111,7 +111,7 @@ impl StatsSnapshot {
             .sum()
     }
 
-    pub fn merge(&mut self, other: &StatsSnapshot) {
+    pub(crate) fn merge(&mut self, other: &StatsSnapshot) {
         for (a, b) in self.outcomes.iter_mut().zip(other.outcomes) {
             *a += b;
         }
@@ -129,7 +129,7 @@ impl StatsSnapshot {
     }
 
     /// The figures an operator reads, as served by the stats endpoint.
-    pub fn summary(&self) -> StatsSummary {
+    pub(crate) fn summary(&self) -> StatsSummary {
         let requests = self.requests();
         let per_request = |total: f64| {
             if requests == 0 {
@@ -169,45 +169,45 @@ impl StatsSnapshot {
 
 /// Live figures of one version (or arm) since this process started.
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
-pub struct StatsSummary {
-    pub requests: u64,
-    pub errors: u64,
+pub(crate) struct StatsSummary {
+    pub(crate) requests: u64,
+    pub(crate) errors: u64,
     #[schema(required = true)]
-    pub error_rate: Option<f64>,
+    pub(crate) error_rate: Option<f64>,
     /// Requests per outcome: `ok`, `upstream_4xx`, `upstream_5xx`, `upstream_timeout`, …
-    pub outcomes: std::collections::BTreeMap<&'static str, u64>,
-    pub latency_ms: Quantiles,
-    pub ttft_ms: Quantiles,
-    pub response_chars: Quantiles,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
+    pub(crate) outcomes: std::collections::BTreeMap<&'static str, u64>,
+    pub(crate) latency_ms: Quantiles,
+    pub(crate) ttft_ms: Quantiles,
+    pub(crate) response_chars: Quantiles,
+    pub(crate) prompt_tokens: u64,
+    pub(crate) completion_tokens: u64,
     #[schema(required = true)]
-    pub tokens_per_request: Option<f64>,
+    pub(crate) tokens_per_request: Option<f64>,
     /// Requests whose token counts sluice estimated because the upstream sent none.
-    pub estimated_token_requests: u64,
-    pub cost_usd: f64,
+    pub(crate) estimated_token_requests: u64,
+    pub(crate) cost_usd: f64,
     #[schema(required = true)]
-    pub cost_per_request_usd: Option<f64>,
+    pub(crate) cost_per_request_usd: Option<f64>,
     /// Requests that asked for structured output, and those whose answer did not fit.
-    pub schema_requests: u64,
-    pub schema_failures: u64,
+    pub(crate) schema_requests: u64,
+    pub(crate) schema_failures: u64,
     #[schema(required = true)]
-    pub schema_failure_rate: Option<f64>,
-    pub guardrail_blocks: u64,
+    pub(crate) schema_failure_rate: Option<f64>,
+    pub(crate) guardrail_blocks: u64,
     #[schema(required = true)]
-    pub guardrail_block_rate: Option<f64>,
+    pub(crate) guardrail_block_rate: Option<f64>,
 }
 
 /// Quantiles from log-scale histograms with 2 % buckets (within 1 %); null without data.
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
-pub struct Quantiles {
-    pub count: u64,
+pub(crate) struct Quantiles {
+    pub(crate) count: u64,
     #[schema(required = true)]
-    pub p50: Option<f64>,
+    pub(crate) p50: Option<f64>,
     #[schema(required = true)]
-    pub p95: Option<f64>,
+    pub(crate) p95: Option<f64>,
     #[schema(required = true)]
-    pub p99: Option<f64>,
+    pub(crate) p99: Option<f64>,
 }
 
 impl Quantiles {

@@ -20,21 +20,30 @@ use crate::guardrails::{Action, GuardrailCounters, GuardrailSet, Stage};
 use crate::openai::completion::ChoiceText;
 use crate::types::Arm;
 
+/// What one answer is checked against, and where the findings are counted: built per request
+/// from the request's expectation and the route's output guardrails.
 pub struct AnswerChecks {
+    /// What the request asked of the answer (`response_format`, `tools`).
     pub expect: Expectation,
+    /// The shared cache of compiled JSON schemas.
     pub schemas: Arc<SchemaChecker>,
+    /// The route's guardrail set, whose output rules apply; `None` checks no guardrail.
     pub output: Option<Arc<GuardrailSet>>,
+    /// Whether a schema failure is only counted or turns the answer into an error.
     pub on_schema_failure: OnSchemaFailure,
+    /// Where fired rules are counted.
     pub counters: Arc<GuardrailCounters>,
+    /// The version answering, as the counters label it.
     pub version: Arc<str>,
+    /// The arm of that version, as the counters label it.
     pub arm: Arm,
 }
 
 /// What the checks found in a whole answer.
 #[derive(Debug, Default)]
 pub struct WholeVerdict {
-    pub schema: Option<SchemaVerdict>,
-    pub blocked_by: Option<String>,
+    pub(crate) schema: Option<SchemaVerdict>,
+    pub(crate) blocked_by: Option<String>,
     /// Per choice: its redacted text, when a redaction fired in it.
     pub redacted: Vec<Option<String>>,
 }
@@ -48,12 +57,12 @@ impl AnswerChecks {
     }
 
     /// Whether anything is to be checked at all.
-    pub fn active(&self) -> bool {
+    pub(crate) fn active(&self) -> bool {
         self.expect.asks() || self.output_rules().is_some()
     }
 
     /// The schema verdict over every choice (the first failure wins).
-    pub fn schema_verdict(&self, choices: &[ChoiceText]) -> SchemaVerdict {
+    pub(crate) fn schema_verdict(&self, choices: &[ChoiceText]) -> SchemaVerdict {
         if !self.expect.asks() {
             return SchemaVerdict::NotAsked;
         }
@@ -67,11 +76,13 @@ impl AnswerChecks {
     }
 
     /// Whether a schema failure must turn the answer into an error.
-    pub fn schema_is_fatal(&self, verdict: &SchemaVerdict) -> bool {
+    pub(crate) fn schema_is_fatal(&self, verdict: &SchemaVerdict) -> bool {
         self.on_schema_failure == OnSchemaFailure::Error
             && matches!(verdict, SchemaVerdict::Fail { .. })
     }
 
+    /// Checks a whole answer's choices: the schema verdict over all of them (the first failure
+    /// wins), and each choice's output rules, counting what fired.
     pub fn check_whole(&self, choices: &[ChoiceText]) -> WholeVerdict {
         let mut verdict = WholeVerdict {
             schema: Some(self.schema_verdict(choices)),
@@ -92,7 +103,7 @@ impl AnswerChecks {
         verdict
     }
 
-    pub fn count(&self, stage: Stage, fired: &[(String, Action)]) {
+    pub(crate) fn count(&self, stage: Stage, fired: &[(String, Action)]) {
         self.counters
             .add(&self.version, self.arm.as_str(), stage, fired);
     }
@@ -136,7 +147,7 @@ pub fn apply_redactions(body: &[u8], redacted: &[Option<String>]) -> Option<Vec<
 }
 
 /// What to do with one event of a stream.
-pub enum EventAction {
+pub(crate) enum EventAction {
     Keep,
     Replace(Vec<u8>),
     /// Send these bytes, then end the stream.
@@ -150,10 +161,11 @@ pub enum EventAction {
 pub struct StreamChecks {
     checks: AnswerChecks,
     redactors: Vec<StreamRedactor>,
-    pub blocked_by: Option<String>,
+    pub(crate) blocked_by: Option<String>,
 }
 
 impl StreamChecks {
+    /// Checks for one stream, before its first event.
     pub fn new(checks: AnswerChecks) -> Self {
         Self {
             checks,
@@ -170,7 +182,7 @@ impl StreamChecks {
 
     /// One complete event (its `data:` payload), after the observer has seen it;
     /// `choices` is the answer so far.
-    pub fn on_event(&mut self, data: &[u8], choices: &[ChoiceText]) -> EventAction {
+    pub(crate) fn on_event(&mut self, data: &[u8], choices: &[ChoiceText]) -> EventAction {
         if data == b"[DONE]" {
             let verdict = self.checks.schema_verdict(choices);
             if let (true, SchemaVerdict::Fail { path, reason }) =
@@ -267,7 +279,7 @@ impl StreamChecks {
     }
 
     /// Text still held back when the upstream ended without finishing its choices.
-    pub fn flush(&mut self) -> Option<Vec<u8>> {
+    pub(crate) fn flush(&mut self) -> Option<Vec<u8>> {
         let rules = self.checks.output.clone()?;
         let mut out = Vec::new();
         for (i, r) in self.redactors.iter_mut().enumerate() {
@@ -281,7 +293,7 @@ impl StreamChecks {
     }
 
     /// The end of the stream: the schema verdict, and every rule that fired counted once.
-    pub fn conclude(&self, choices: &[ChoiceText]) -> SchemaVerdict {
+    pub(crate) fn conclude(&self, choices: &[ChoiceText]) -> SchemaVerdict {
         if let Some(rules) = self.checks.output_rules() {
             let mut fired: Vec<(String, Action)> = Vec::new();
             for c in choices {

@@ -1,8 +1,8 @@
 //! A lock-free, mergeable histogram on a log scale.
 //!
-//! Buckets grow by [`GROWTH`] (2 %), so a quantile read back is within 1 % of the true
-//! value for anything between [`MIN_VALUE`] and [`MAX_VALUE`]. The request path records with
-//! one atomic add; readers copy the counts into a [`Snapshot`], and snapshots from several
+//! Buckets grow by `GROWTH` (2 %), so a quantile read back is within 1 % of the true
+//! value for anything between `MIN_VALUE` and `MAX_VALUE`. The request path records with
+//! one atomic add; readers copy the counts into a `Snapshot`, and snapshots from several
 //! arms or replicas merge by adding counts.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +33,8 @@ fn value_of(bucket: usize) -> f64 {
     }
 }
 
+/// Counts per log-scale bucket, shared between threads; see the module header for the error
+/// bound.
 pub struct AtomicHistogram {
     counts: Box<[AtomicU64]>,
 }
@@ -46,11 +48,13 @@ impl Default for AtomicHistogram {
 }
 
 impl AtomicHistogram {
+    /// Counts one value (any unit, e.g. milliseconds): NaN and values below 0.001 fall in the
+    /// lowest bucket, values from 1e9 up in the highest.
     pub fn record(&self, value: f64) {
         self.counts[bucket_of(value)].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn snapshot(&self) -> Snapshot {
+    pub(crate) fn snapshot(&self) -> Snapshot {
         Snapshot {
             counts: self
                 .counts
@@ -62,7 +66,7 @@ impl AtomicHistogram {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     counts: Vec<u64>,
 }
 
@@ -75,18 +79,18 @@ impl Default for Snapshot {
 }
 
 impl Snapshot {
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.counts.iter().sum()
     }
 
-    pub fn merge(&mut self, other: &Snapshot) {
+    pub(crate) fn merge(&mut self, other: &Snapshot) {
         for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
             *mine += theirs;
         }
     }
 
     /// Observations at or below `bound`, to the bucket (within 2 %): for Prometheus buckets.
-    pub fn count_le(&self, bound: f64) -> u64 {
+    pub(crate) fn count_le(&self, bound: f64) -> u64 {
         self.counts
             .iter()
             .enumerate()
@@ -96,7 +100,7 @@ impl Snapshot {
     }
 
     /// The sum of the observations, from the buckets' middles (within 1 %).
-    pub fn approx_sum(&self) -> f64 {
+    pub(crate) fn approx_sum(&self) -> f64 {
         self.counts
             .iter()
             .enumerate()
@@ -105,7 +109,7 @@ impl Snapshot {
     }
 
     /// The `q`-quantile (0 ≤ q ≤ 1), or `None` when empty.
-    pub fn quantile(&self, q: f64) -> Option<f64> {
+    pub(crate) fn quantile(&self, q: f64) -> Option<f64> {
         let total = self.count();
         if total == 0 {
             return None;

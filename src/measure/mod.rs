@@ -4,15 +4,15 @@
 //! into the handler for a plain answer, into the stream relay for a streamed one. Whatever
 //! ends the request (an answer, an upstream error, the client hanging up, shutdown), the
 //! meter is finished or dropped, and either way one record goes to the version's live
-//! [`aggregate::VersionStats`] and to the [`sink::RecordSink`] that writes to the database.
+//! `aggregate::VersionStats` and to the [`sink::RecordSink`] that writes to the database.
 
-pub mod aggregate;
+pub(crate) mod aggregate;
 pub mod checks;
 pub mod histogram;
 pub mod schema;
 pub mod sink;
 pub mod sse;
-pub mod tokens;
+pub(crate) mod tokens;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,20 +22,20 @@ use crate::types::{Api, Outcome, Price, Record, Usage};
 
 /// What a finished answer looked like, filled in by the handler or the stream relay.
 #[derive(Debug, Default, Clone)]
-pub struct Observed {
-    pub usage: Option<Usage>,
-    pub response_chars: u64,
-    pub finish_reason: Option<String>,
-    pub first_token: Option<Instant>,
-    pub schema_failed: Option<bool>,
-    pub guardrail_blocked: bool,
+pub(crate) struct Observed {
+    pub(crate) usage: Option<Usage>,
+    pub(crate) response_chars: u64,
+    pub(crate) finish_reason: Option<String>,
+    pub(crate) first_token: Option<Instant>,
+    pub(crate) schema_failed: Option<bool>,
+    pub(crate) guardrail_blocked: bool,
     /// The answer's text, kept only when a shadow copy will want it.
-    pub answer: Option<String>,
+    pub(crate) answer: Option<String>,
     /// The `model` the upstream says answered.
-    pub response_model: Option<String>,
-    pub reasoning_tokens: Option<u64>,
-    pub inputs: Option<u32>,
-    pub dimensions: Option<u32>,
+    pub(crate) response_model: Option<String>,
+    pub(crate) reasoning_tokens: Option<u64>,
+    pub(crate) inputs: Option<u32>,
+    pub(crate) dimensions: Option<u32>,
 }
 
 /// Carries one request's measurement until it ends. Dropping an unfinished meter records the
@@ -52,8 +52,8 @@ pub struct Meter {
     finished: bool,
     /// Estimator for a prompt the upstream did not count; set by the pipeline.
     prompt_estimate: Option<Box<dyn FnOnce() -> u64 + Send>>,
-    pub observed: Observed,
-    pub status: u16,
+    pub(crate) observed: Observed,
+    pub(crate) status: u16,
     /// The request's trace span, ended with the outcome.
     span: Option<opentelemetry::Context>,
     /// A shadow copy to hand over once the request has finished well.
@@ -62,6 +62,8 @@ pub struct Meter {
 }
 
 impl Meter {
+    /// Starts measuring request `request_id` of `workspace`, routed to `target`; the record goes to
+    /// `sink` when the meter finishes or is dropped.
     pub fn start(
         request_id: String,
         workspace: String,
@@ -94,19 +96,19 @@ impl Meter {
     }
 
     /// Marks the request as one of another API than chat completions.
-    pub fn set_api(&mut self, api: Api) {
+    pub(crate) fn set_api(&mut self, api: Api) {
         self.api = api;
     }
 
-    pub fn set_span(&mut self, span: Option<opentelemetry::Context>) {
+    pub(crate) fn set_span(&mut self, span: Option<opentelemetry::Context>) {
         self.span = span;
     }
 
-    pub fn span(&self) -> Option<&opentelemetry::Context> {
+    pub(crate) fn span(&self) -> Option<&opentelemetry::Context> {
         self.span.as_ref()
     }
 
-    pub fn set_shadow(
+    pub(crate) fn set_shadow(
         &mut self,
         ticket: crate::shadow::ShadowTicket,
         queue: Arc<crate::shadow::ShadowQueue>,
@@ -115,29 +117,29 @@ impl Meter {
     }
 
     /// Whether the answer's text must be kept for a shadow copy.
-    pub fn wants_answer(&self) -> bool {
+    pub(crate) fn wants_answer(&self) -> bool {
         self.shadow.is_some()
     }
 
-    pub fn target(&self) -> &Target {
+    pub(crate) fn target(&self) -> &Target {
         &self.target
     }
 
-    pub fn request_id(&self) -> &str {
+    pub(crate) fn request_id(&self) -> &str {
         &self.request_id
     }
 
-    pub fn set_prompt_estimate(&mut self, estimate: impl FnOnce() -> u64 + Send + 'static) {
+    pub(crate) fn set_prompt_estimate(&mut self, estimate: impl FnOnce() -> u64 + Send + 'static) {
         self.prompt_estimate = Some(Box::new(estimate));
     }
 
     /// Prompt tokens counted by sluice, for an answer that came without usage.
-    pub fn estimate_prompt(&mut self) -> u64 {
+    pub(crate) fn estimate_prompt(&mut self) -> u64 {
         self.prompt_estimate.take().map(|f| f()).unwrap_or(0)
     }
 
     /// Ends the measurement with `outcome`; later calls and the drop do nothing.
-    pub fn finish(&mut self, outcome: Outcome) {
+    pub(crate) fn finish(&mut self, outcome: Outcome) {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }

@@ -1,7 +1,7 @@
 //! Structured-output checks: does the answer fit what the request asked for?
 //!
 //! In: the request's `response_format` and `tools`, and the finished answer's text and
-//! tool calls. Out: a [`SchemaVerdict`]. `json_schema` answers are validated with the
+//! tool calls. Out: a `SchemaVerdict`. `json_schema` answers are validated with the
 //! jsonschema crate (each distinct schema compiled once, kept in a bounded cache keyed
 //! by its hash; built without remote `$ref` resolution, so a client's schema cannot make
 //! the gateway fetch URLs); `json_object` answers must parse as JSON objects; each tool
@@ -20,13 +20,13 @@ const SCHEMA_CACHE_CAPACITY: u64 = 1_000;
 /// What a request expects of its answer.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Expectation {
-    pub response: ResponseFormat,
+    pub(crate) response: ResponseFormat,
     /// Tool name → its `parameters` schema (as raw JSON text, hashed for the cache).
-    pub tools: Vec<(String, Arc<str>)>,
+    pub(crate) tools: Vec<(String, Arc<str>)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
-pub enum ResponseFormat {
+pub(crate) enum ResponseFormat {
     #[default]
     Text,
     JsonObject,
@@ -36,7 +36,7 @@ pub enum ResponseFormat {
 
 impl Expectation {
     /// Reads `response_format` and `tools` from a request body's raw fields.
-    pub fn from_request(response_format: Option<&str>, tools: Option<&str>) -> Self {
+    pub(crate) fn from_request(response_format: Option<&str>, tools: Option<&str>) -> Self {
         let response = response_format
             .and_then(|raw| serde_json::from_str::<Value>(raw).ok())
             .map(|v| match v["type"].as_str() {
@@ -63,20 +63,20 @@ impl Expectation {
     }
 
     /// Whether the request asked for structure at all (the schema gate's denominator).
-    pub fn asks(&self) -> bool {
+    pub(crate) fn asks(&self) -> bool {
         self.response != ResponseFormat::Text || !self.tools.is_empty()
     }
 }
 
 /// A tool call of the answer: the function's name and its arguments as sent.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ToolCall {
-    pub name: String,
-    pub arguments: String,
+pub(crate) struct ToolCall {
+    pub(crate) name: String,
+    pub(crate) arguments: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum SchemaVerdict {
+pub(crate) enum SchemaVerdict {
     /// The request asked for no structure.
     NotAsked,
     Pass,
@@ -89,7 +89,7 @@ pub enum SchemaVerdict {
 
 impl SchemaVerdict {
     /// `Some(failed)` when the request asked for structure.
-    pub fn failed(&self) -> Option<bool> {
+    pub(crate) fn failed(&self) -> Option<bool> {
         match self {
             SchemaVerdict::NotAsked => None,
             SchemaVerdict::Pass => Some(false),
@@ -98,6 +98,8 @@ impl SchemaVerdict {
     }
 }
 
+/// Checks answers against their requested schema, compiling each distinct schema once (a
+/// bounded cache shared by every request).
 pub struct SchemaChecker {
     compiled: moka::sync::Cache<u64, Arc<Validator>>,
 }
@@ -126,7 +128,7 @@ impl SchemaChecker {
         Some(validator)
     }
 
-    pub fn check(
+    pub(crate) fn check(
         &self,
         expect: &Expectation,
         text: &str,

@@ -2,24 +2,24 @@
 //!
 //! `submit` never waits: when the queue is full the record is counted as dropped (in
 //! `/metrics` as `sluice_records_dropped_total`), a warning says so at most once per
-//! [`DROP_LOG_INTERVAL`], and the request goes on.
+//! `DROP_LOG_INTERVAL`, and the request goes on.
 //!
-//! Before that, intake is paced: while fewer than a [`HEADROOM_DIVISOR`]th of the queue's
+//! Before that, intake is paced: while fewer than a `HEADROOM_DIVISOR`th of the queue's
 //! slots are free *and the writer is keeping up* (its current write began less than
-//! [`WRITER_STALLED`] ago and the last one did not fail), a new request first waits, at
-//! most [`PACE_WAIT`], for the writer to take its next batch ([`RecordSink::pace`]). A
+//! `WRITER_STALLED` ago and the last one did not fail), a new request first waits, at
+//! most `PACE_WAIT`, for the writer to take its next batch (`RecordSink::pace`). A
 //! writer that is slow but working so slows intake to what it sustains instead of losing
 //! records; a database that is away or hanging never makes a request wait (the writer is
-//! then failing or stalled), and records are dropped and counted as before. The writer waits [`LINGER`] after a
+//! then failing or stalled), and records are dropped and counted as before. The writer waits `LINGER` after a
 //! batch's first record (or less, when a full batch is already queued), then writes up to
-//! [`WRITE_BATCH`] records in one transaction; on shutdown it closes the queue and drains it
+//! `WRITE_BATCH` records in one transaction; on shutdown it closes the queue and drains it
 //! before returning.
 //!
 //! Why linger: a transaction's fixed cost (BEGIN, COMMIT, the pages a commit writes to the
 //! WAL, a round trip to SQLite's worker thread per statement) dwarfs a row's. Without it the
 //! writer woke for every few records at moderate load, and at full load each record cost
 //! ~60 µs of database work (research/perf-profile.md); with it a batch holds everything that
-//! arrived in 50 ms, and a record is in the database within about [`LINGER`] plus one write.
+//! arrived in 50 ms, and a record is in the database within about `LINGER` plus one write.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -34,20 +34,20 @@ use std::sync::Arc;
 
 /// Records written per transaction at most: one SQLite statement of
 /// [`crate::store::SQLITE_MAX_ROWS`] rows.
-pub const WRITE_BATCH: usize = crate::store::SQLITE_MAX_ROWS;
+pub(crate) const WRITE_BATCH: usize = crate::store::SQLITE_MAX_ROWS;
 /// How long the writer lets a batch fill after its first record arrives.
-pub const LINGER: Duration = Duration::from_millis(50);
+pub(crate) const LINGER: Duration = Duration::from_millis(50);
 /// The "records dropped" warning comes at most this often (the counter counts every one).
-pub const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Tries per batch before it is given up (with back-off from 50 ms to 3.2 s: about 6 s).
 const WRITE_ATTEMPTS: u32 = 8;
 
 /// The longest a new request waits for room in a nearly full queue ([`RecordSink::pace`]).
-pub const PACE_WAIT: Duration = Duration::from_millis(10);
+pub(crate) const PACE_WAIT: Duration = Duration::from_millis(10);
 /// New requests are paced while fewer than `capacity / HEADROOM_DIVISOR` slots are free.
-pub const HEADROOM_DIVISOR: usize = 4;
+pub(crate) const HEADROOM_DIVISOR: usize = 4;
 /// A write running longer than this means the database is not merely slow: no pacing.
-pub const WRITER_STALLED: Duration = Duration::from_secs(1);
+pub(crate) const WRITER_STALLED: Duration = Duration::from_secs(1);
 
 /// Recent requests kept in memory for feedback that arrives before their record is written.
 const RECENT_REQUESTS: usize = 10_000;
@@ -82,6 +82,8 @@ impl Recent {
     }
 }
 
+/// The queue between requests and the record writer: every finished request's
+/// [`Record`] goes here, and never waits on the database.
 pub struct RecordSink {
     tx: mpsc::Sender<Record>,
     /// Workspace budgets count tokens and cost from every record.
@@ -111,19 +113,22 @@ pub struct RecordSink {
 #[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
 pub struct SinkCounters {
     /// Records not queued because the queue was full or closed.
-    pub dropped: u64,
+    pub(crate) dropped: u64,
+    /// Records written to the store.
     pub written: u64,
     /// Records lost because the database refused them for every try.
-    pub write_failed: u64,
+    pub(crate) write_failed: u64,
     /// Requests that waited (at most [`PACE_WAIT`] each) for room in a nearly full queue
     /// while the writer was keeping up.
-    pub paced: u64,
+    pub(crate) paced: u64,
 }
 
 /// [`RecordSink::writing`] while a failed batch is being retried.
 const FAILING: u64 = u64::MAX;
 
 impl RecordSink {
+    /// A sink whose queue holds `capacity` records, charging each record's tokens and cost to
+    /// `limits`; and the receiving end, for the writer task.
     pub fn new(capacity: usize, limits: Arc<LimitBook>) -> (Self, mpsc::Receiver<Record>) {
         let (tx, rx) = mpsc::channel(capacity);
         let sink = Self {
@@ -146,11 +151,11 @@ impl RecordSink {
     }
 
     /// Where a recent request went, while its record may still be on its way to the store.
-    pub fn recent(&self, request_id: &str) -> Option<RequestPlacement> {
+    pub(crate) fn recent(&self, request_id: &str) -> Option<RequestPlacement> {
         self.recent.get(request_id)
     }
 
-    pub fn submit(&self, record: Record) {
+    pub(crate) fn submit(&self, record: Record) {
         let placement = RequestPlacement {
             workspace: record.workspace.clone(),
             rollout_id: record.rollout_id.clone(),
@@ -171,7 +176,7 @@ impl RecordSink {
     /// before a request that will yield a record starts, so that intake slows to what the
     /// writer sustains instead of the queue overflowing. Never waits on a database that
     /// fails or hangs: then [`RecordSink::submit`] drops and counts, as it always did.
-    pub async fn pace(&self) {
+    pub(crate) async fn pace(&self) {
         if self.tx.capacity() >= self.headroom || !self.writer_keeping_up() {
             return;
         }
@@ -235,6 +240,7 @@ impl RecordSink {
         *reported = dropped;
     }
 
+    /// The counts so far (each read on its own, so not one instant's snapshot).
     pub fn counters(&self) -> SinkCounters {
         SinkCounters {
             dropped: self.dropped.load(Ordering::Relaxed),
@@ -246,7 +252,7 @@ impl RecordSink {
 
     /// Writes queued records until `stop` is cancelled, then
     /// drains the queue and returns.
-    pub async fn run_writer(
+    pub(crate) async fn run_writer(
         &self,
         mut rx: mpsc::Receiver<Record>,
         store: Store,

@@ -71,7 +71,7 @@ lenient::object! {
 /// limit on `n` is 128. A larger `index` is an upstream's mistake; honouring it would
 /// allocate a slot for every index below it (an index near `usize::MAX` overflowed), so
 /// the observer skips such a choice or call, and answer checks end the stream.
-pub const MAX_STREAM_INDEX: usize = 128;
+pub(crate) const MAX_STREAM_INDEX: usize = 128;
 
 /// What an event told us.
 enum EventKind {
@@ -189,8 +189,11 @@ impl StreamObserver {
 
 /// The most bytes of one unfinished event the relay holds; an upstream that sends more
 /// without a blank line has its stream ended as broken off.
-pub const MAX_PENDING_EVENT_BYTES: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_PENDING_EVENT_BYTES: usize = 16 * 1024 * 1024;
 
+/// A streamed answer on its way to the client: reads the upstream's server-sent events whole,
+/// measures them into the [`Meter`], runs the stream checks, and yields the bytes
+/// to send; the record is written when the stream ends, however it ends.
 pub struct StreamRelay {
     upstream: ByteStream,
     buf: BytesMut,
@@ -217,6 +220,9 @@ pub struct StreamRelay {
 }
 
 impl StreamRelay {
+    /// A relay of `upstream`, recording into `meter`. `strip_usage` drops the usage chunk sluice
+    /// asked for on its own; a wait longer than `idle_limit` for the next event ends the stream
+    /// as broken off; `checks` are the answer checks, if any apply.
     pub fn new(
         upstream: ByteStream,
         meter: Meter,

@@ -14,13 +14,13 @@ const TOKENS_PER_NAME: u64 = 1;
 const REPLY_PRIMING: u64 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
+pub(crate) enum Encoding {
     O200kBase,
     Cl100kBase,
 }
 
 impl Encoding {
-    pub fn for_model(model: &str) -> Self {
+    pub(crate) fn for_model(model: &str) -> Self {
         match get_tokenizer(model) {
             Some(
                 Tokenizer::Cl100kBase
@@ -40,7 +40,7 @@ impl Encoding {
         }
     }
 
-    pub fn count(self, text: &str) -> u64 {
+    pub(crate) fn count(self, text: &str) -> u64 {
         self.bpe().count_ordinary(text) as u64
     }
 }
@@ -49,7 +49,7 @@ impl Encoding {
 // deployment whose upstreams omit usage ever pays for them.
 
 /// Prompt tokens of a chat request body, estimated from its `messages`.
-pub fn count_prompt(encoding: Encoding, body: &[u8]) -> u64 {
+pub(crate) fn count_prompt(encoding: Encoding, body: &[u8]) -> u64 {
     #[derive(serde::Deserialize)]
     struct Messages {
         #[serde(default)]
@@ -96,7 +96,7 @@ pub fn count_prompt(encoding: Encoding, body: &[u8]) -> u64 {
 /// Input tokens of a Responses API request body, estimated from its `instructions` and
 /// `input` (a string, or items whose `content` is a string or parts with `text`), with the
 /// chat framing per item.
-pub fn count_input(encoding: Encoding, body: &[u8]) -> u64 {
+pub(crate) fn count_input(encoding: Encoding, body: &[u8]) -> u64 {
     let Ok(request) = serde_json::from_slice::<Value>(body) else {
         return 0;
     };
@@ -134,7 +134,7 @@ pub fn count_input(encoding: Encoding, body: &[u8]) -> u64 {
 
 /// Tokens of an embeddings request's `input` (strings counted, token arrays taken as they
 /// are), without chat framing: embeddings have none.
-pub fn count_embedding_input(encoding: Encoding, body: &Value) -> u64 {
+pub(crate) fn count_embedding_input(encoding: Encoding, body: &Value) -> u64 {
     fn count(encoding: Encoding, v: &Value) -> u64 {
         match v {
             Value::String(text) => encoding.count(text),

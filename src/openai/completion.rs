@@ -9,24 +9,29 @@ use crate::types::Usage;
 /// One choice of an answer, as the checks need it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ChoiceText {
+    /// The choice's `content` and `refusal` joined, as the checks and the length read it.
     pub text: String,
-    pub tool_calls: Vec<ToolCall>,
+    pub(crate) tool_calls: Vec<ToolCall>,
 }
 
 /// What a whole (non-streamed) chat completion says, for measurement and checks.
 pub struct CompletionSummary {
     /// The `model` the upstream says answered.
-    pub model: Option<String>,
+    pub(crate) model: Option<String>,
+    /// The upstream's `usage`, if it reported one.
     pub usage: Option<Usage>,
+    /// The choices in the order of the body's `choices` array.
     pub choices: Vec<ChoiceText>,
-    pub finish_reason: Option<String>,
+    pub(crate) finish_reason: Option<String>,
 }
 
 impl CompletionSummary {
+    /// Every choice's text, concatenated in order.
     pub fn all_text(&self) -> String {
         self.choices.iter().map(|c| c.text.as_str()).collect()
     }
 
+    /// The answer's length in characters (Unicode scalar values), over every choice.
     pub fn chars(&self) -> u64 {
         self.choices
             .iter()
@@ -39,15 +44,17 @@ impl CompletionSummary {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum NotACompletion {
     #[error("the body is not JSON: {0}")]
+    /// The body does not parse as JSON; the parser's message.
     NotJson(String),
     /// JSON, but an error envelope (`{"error": …}`), as some upstreams send with a 200.
     #[error("the upstream answered 200 with an error: {0}")]
     Error(String),
     #[error("the body has no `choices`")]
+    /// A JSON object without a `choices` array.
     NoChoices,
 }
 
-/// Reads a non-streamed answer as leniently as the SDKs do (see [`super::lenient`]): only a
+/// Reads a non-streamed answer as leniently as the SDKs do (see `super::lenient`): only a
 /// body that is not JSON, an error envelope, or one without a `choices` list is refused.
 pub fn summarize_completion(body: &[u8]) -> Result<CompletionSummary, NotACompletion> {
     use super::lenient::{self, Field};

@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 
 /// The fields whose unreadable values are counted, in the order of [`unreadable_counts`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Field {
+pub(crate) enum Field {
     Content,
     ToolCalls,
     Usage,
@@ -24,7 +24,7 @@ pub enum Field {
 }
 
 impl Field {
-    pub const ALL: [Field; 5] = [
+    pub(crate) const ALL: [Field; 5] = [
         Field::Content,
         Field::ToolCalls,
         Field::Usage,
@@ -33,7 +33,7 @@ impl Field {
     ];
 
     /// The field's name in OpenAI's answer, the metric's `field` label.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Field::Content => "content",
             Field::ToolCalls => "tool_calls",
@@ -47,7 +47,7 @@ impl Field {
 static UNREADABLE: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
 
 /// How many values of each field could not be read since the process started.
-pub fn unreadable_counts() -> [(Field, u64); 5] {
+pub(crate) fn unreadable_counts() -> [(Field, u64); 5] {
     Field::ALL.map(|f| (f, UNREADABLE[f as usize].load(Ordering::Relaxed)))
 }
 
@@ -57,7 +57,7 @@ fn unreadable<T>(field: Field) -> Option<T> {
 }
 
 /// Raw JSON of a field; `null` and absent are both `None`.
-pub type Raw<'a> = Option<&'a RawValue>;
+pub(crate) type Raw<'a> = Option<&'a RawValue>;
 
 fn present(raw: Raw<'_>) -> Option<&str> {
     raw.map(RawValue::get).filter(|t| *t != "null")
@@ -65,7 +65,7 @@ fn present(raw: Raw<'_>) -> Option<&str> {
 
 #[derive(Deserialize)]
 #[doc(hidden)]
-pub struct Borrowed<'a>(#[serde(borrow)] pub Cow<'a, str>);
+pub(crate) struct Borrowed<'a>(#[serde(borrow)] pub Cow<'a, str>);
 
 /// Declares a struct of [`Raw`] fields read from a JSON object as every JSON reader the
 /// SDKs use reads one: the last of duplicate keys wins (a derived `Deserialize` refuses
@@ -113,7 +113,7 @@ pub(crate) use object;
 
 /// A nested object (a choice's `message` or `delta`, a call's `function`), read as `T`
 /// (declared with [`object!`]); one of another shape is counted and absent.
-pub fn nested<'a, T: Deserialize<'a>>(raw: Raw<'a>, field: Field) -> Option<T> {
+pub(crate) fn nested<'a, T: Deserialize<'a>>(raw: Raw<'a>, field: Field) -> Option<T> {
     let text = present(raw)?;
     match serde_json::from_str::<T>(text) {
         Ok(t) => Some(t),
@@ -123,7 +123,7 @@ pub fn nested<'a, T: Deserialize<'a>>(raw: Raw<'a>, field: Field) -> Option<T> {
 
 /// An `index` (of a stream's choice or tool call): absent or `null` is 0; `None` (counted)
 /// when it is not a non-negative integer, and the element is then skipped.
-pub fn index(raw: Raw<'_>, field: Field) -> Option<usize> {
+pub(crate) fn index(raw: Raw<'_>, field: Field) -> Option<usize> {
     match present(raw) {
         None => Some(0),
         Some(text) => text.parse().ok().or_else(|| unreadable(field)),
@@ -131,7 +131,7 @@ pub fn index(raw: Raw<'_>, field: Field) -> Option<usize> {
 }
 
 /// A string field (`finish_reason`, `model`, a function's `name` or `arguments`).
-pub fn string<'a>(raw: Raw<'a>, field: Field) -> Option<Cow<'a, str>> {
+pub(crate) fn string<'a>(raw: Raw<'a>, field: Field) -> Option<Cow<'a, str>> {
     let text = present(raw)?;
     match serde_json::from_str::<Borrowed<'a>>(text) {
         Ok(Borrowed(s)) => Some(s),
@@ -142,7 +142,7 @@ pub fn string<'a>(raw: Raw<'a>, field: Field) -> Option<Cow<'a, str>> {
 /// A message's (or delta's) `content` or `refusal`: a string, or a list of parts whose
 /// `text`-typed parts (`text`, `output_text`) are joined; other parts (`thinking`,
 /// `image_url`, …) carry no answer text.
-pub fn text<'a>(raw: Raw<'a>, field: Field) -> Option<Cow<'a, str>> {
+pub(crate) fn text<'a>(raw: Raw<'a>, field: Field) -> Option<Cow<'a, str>> {
     let text = present(raw)?;
     if text.starts_with('"') {
         return string(raw, field);
@@ -179,7 +179,7 @@ fn count(raw: Raw<'_>, field: Field) -> Option<u64> {
 
 /// The `usage` object: both counts, or `None` when either is missing, `null` or unreadable
 /// (sluice then estimates both, marked `estimated`).
-pub fn usage(raw: Raw<'_>) -> Option<crate::types::Usage> {
+pub(crate) fn usage(raw: Raw<'_>) -> Option<crate::types::Usage> {
     object! {
         struct View<'a> {
             prompt_tokens: "prompt_tokens",
@@ -199,14 +199,14 @@ pub fn usage(raw: Raw<'_>) -> Option<crate::types::Usage> {
 
 /// A list field (`tool_calls`): each element read as `T` on its own; elements that do not
 /// fit, and a value that is not a list, are counted and skipped.
-pub fn list<'a, T: Deserialize<'a>>(raw: Raw<'a>, field: Field) -> Vec<T> {
+pub(crate) fn list<'a, T: Deserialize<'a>>(raw: Raw<'a>, field: Field) -> Vec<T> {
     list_each(raw, field).into_iter().flatten().collect()
 }
 
 /// A list whose positions matter (a whole answer's `choices`: redactions are written back
 /// by position): one entry per element, `None` (counted) for an element that does not fit;
 /// a value that is not a list is counted and empty.
-pub fn list_each<'a, T: Deserialize<'a>>(raw: Raw<'a>, field: Field) -> Vec<Option<T>> {
+pub(crate) fn list_each<'a, T: Deserialize<'a>>(raw: Raw<'a>, field: Field) -> Vec<Option<T>> {
     let Some(text) = present(raw) else {
         return Vec::new();
     };
@@ -225,7 +225,7 @@ pub fn list_each<'a, T: Deserialize<'a>>(raw: Raw<'a>, field: Field) -> Vec<Opti
 
 /// The message of an error envelope (`{"error": {"message": …}}` or `{"error": "…"}`),
 /// which some upstreams send with a 200 or as an in-band stream event.
-pub fn error_message(raw: Raw<'_>) -> Option<String> {
+pub(crate) fn error_message(raw: Raw<'_>) -> Option<String> {
     let text = present(raw)?;
     object! {
         struct Envelope<'a> {

@@ -7,7 +7,7 @@
 //! in `lib.rs`.)
 
 pub mod completion;
-pub mod lenient;
+pub(crate) mod lenient;
 pub mod request;
-pub mod responses;
+pub(crate) mod responses;
 pub mod sse;

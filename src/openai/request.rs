@@ -6,7 +6,7 @@ use serde_json::Value;
 /// Calls `visit` on every text of a chat request's `messages`: a string `content`, and the
 /// `text` of each part of an array `content`. The one walker over message text (input
 /// guardrails mask through it, shadow copies redact through it).
-pub fn for_each_message_text(messages: &mut Value, mut visit: impl FnMut(&mut String)) {
+pub(crate) fn for_each_message_text(messages: &mut Value, mut visit: impl FnMut(&mut String)) {
     for message in messages.as_array_mut().into_iter().flatten() {
         match message.get_mut("content") {
             Some(Value::String(text)) => visit(text),
@@ -26,7 +26,7 @@ pub fn for_each_message_text(messages: &mut Value, mut visit: impl FnMut(&mut St
 /// string, or a list of strings or of items shaped like messages (a string `content`, or
 /// parts with a `text`). Items without text (token arrays, function-call outputs, images)
 /// are skipped.
-pub fn for_each_input_text(value: &mut Value, mut visit: impl FnMut(&mut String)) {
+pub(crate) fn for_each_input_text(value: &mut Value, mut visit: impl FnMut(&mut String)) {
     match value {
         Value::String(text) => visit(text),
         Value::Array(items) => {

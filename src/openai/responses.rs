@@ -14,7 +14,7 @@ use crate::types::Usage;
 
 /// What a Responses request expects of its answer: `text.format` (`json_schema` with a
 /// flat `schema`, or `json_object`) and each function tool's `parameters`.
-pub fn expectation(text: Option<&str>, tools: Option<&str>) -> Expectation {
+pub(crate) fn expectation(text: Option<&str>, tools: Option<&str>) -> Expectation {
     let response = text
         .and_then(|raw| serde_json::from_str::<Value>(raw).ok())
         .map(|v| match v["format"]["type"].as_str() {
@@ -42,53 +42,53 @@ pub fn expectation(text: Option<&str>, tools: Option<&str>) -> Expectation {
 
 /// The `usage` of a Response.
 #[derive(Debug, Deserialize, Clone, Copy, Default)]
-pub struct ResponseUsageView {
+pub(crate) struct ResponseUsageView {
     #[serde(default)]
-    pub input_tokens: u64,
+    pub(crate) input_tokens: u64,
     #[serde(default)]
-    pub output_tokens: u64,
+    pub(crate) output_tokens: u64,
     #[serde(default)]
-    pub output_tokens_details: Option<OutputDetails>,
+    pub(crate) output_tokens_details: Option<OutputDetails>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, Default)]
-pub struct OutputDetails {
+pub(crate) struct OutputDetails {
     #[serde(default)]
-    pub reasoning_tokens: u64,
+    pub(crate) reasoning_tokens: u64,
 }
 
 /// What a Response object says, for measurement and checks.
 #[derive(Debug, Default, Clone)]
-pub struct ResponseSummary {
-    pub id: Option<String>,
-    pub model: Option<String>,
+pub(crate) struct ResponseSummary {
+    pub(crate) id: Option<String>,
+    pub(crate) model: Option<String>,
     /// `completed`, `incomplete`, `failed`, `cancelled`, `in_progress`, `queued`.
-    pub status: Option<String>,
+    pub(crate) status: Option<String>,
     /// `incomplete_details.reason`, e.g. `max_output_tokens` or `content_filter`.
-    pub incomplete_reason: Option<String>,
-    pub usage: Option<Usage>,
-    pub reasoning_tokens: Option<u64>,
+    pub(crate) incomplete_reason: Option<String>,
+    pub(crate) usage: Option<Usage>,
+    pub(crate) reasoning_tokens: Option<u64>,
     /// Every `output_text` and `refusal` of the output in order, and the function calls.
-    pub output: ChoiceText,
+    pub(crate) output: ChoiceText,
 }
 
 impl ResponseSummary {
     /// The finish reason recorded: the incomplete reason when there is one, else the status.
-    pub fn finish_reason(&self) -> Option<String> {
+    pub(crate) fn finish_reason(&self) -> Option<String> {
         self.incomplete_reason
             .clone()
             .or_else(|| self.status.clone())
     }
 
     /// Length of the output text in characters (what the length gate counts).
-    pub fn chars(&self) -> u64 {
+    pub(crate) fn chars(&self) -> u64 {
         self.output.text.chars().count() as u64
     }
 }
 
 /// Reads a Response object (a whole answer, or the `response` of a terminal stream event).
 /// An error means it is not a Response.
-pub fn summarize_response(v: &Value) -> Result<ResponseSummary, String> {
+pub(crate) fn summarize_response(v: &Value) -> Result<ResponseSummary, String> {
     if v["object"] != "response" && v.get("output").is_none() {
         return Err("the body is not a Response (no `object: response`, no `output`)".into());
     }
@@ -130,7 +130,7 @@ pub fn summarize_response(v: &Value) -> Result<ResponseSummary, String> {
 
 /// Replaces the text of each `output_text` part of a Response object with `redact(text)`
 /// where it returns a new text; says whether anything changed.
-pub fn redact_output(v: &mut Value, redact: &mut dyn FnMut(&str) -> Option<String>) -> bool {
+pub(crate) fn redact_output(v: &mut Value, redact: &mut dyn FnMut(&str) -> Option<String>) -> bool {
     let mut changed = false;
     for item in v["output"].as_array_mut().into_iter().flatten() {
         for part in item["content"].as_array_mut().into_iter().flatten() {
@@ -146,19 +146,19 @@ pub fn redact_output(v: &mut Value, redact: &mut dyn FnMut(&str) -> Option<Strin
 /// The parts of one stream event the relay reads on every event (borrowed, no allocation
 /// for the common delta events).
 #[derive(Deserialize)]
-pub struct EventView<'a> {
+pub(crate) struct EventView<'a> {
     #[serde(rename = "type", borrow)]
-    pub kind: Cow<'a, str>,
+    pub(crate) kind: Cow<'a, str>,
     #[serde(default, borrow)]
-    pub delta: Option<Cow<'a, str>>,
+    pub(crate) delta: Option<Cow<'a, str>>,
     #[serde(default)]
-    pub output_index: Option<usize>,
+    pub(crate) output_index: Option<usize>,
     #[serde(default)]
-    pub content_index: Option<usize>,
+    pub(crate) content_index: Option<usize>,
 }
 
 /// Event types whose delta is answer output: the first one stamps the TTFT.
-pub fn is_output_delta(kind: &str) -> bool {
+pub(crate) fn is_output_delta(kind: &str) -> bool {
     matches!(
         kind,
         "response.output_text.delta"
@@ -168,7 +168,7 @@ pub fn is_output_delta(kind: &str) -> bool {
 }
 
 /// Event types that end a Response and carry it whole.
-pub fn is_terminal(kind: &str) -> bool {
+pub(crate) fn is_terminal(kind: &str) -> bool {
     matches!(
         kind,
         "response.completed" | "response.incomplete" | "response.failed"

@@ -24,9 +24,9 @@ pub struct Event<'a> {
     /// The `data` lines joined with LF.
     pub data: Option<Cow<'a, [u8]>>,
     /// The `id` field, unless it contained a NUL (the standard ignores such an id).
-    pub id: Option<Cow<'a, str>>,
+    pub(crate) id: Option<Cow<'a, str>>,
     /// The `retry` field in milliseconds, when it is all ASCII digits.
-    pub retry: Option<u64>,
+    pub(crate) retry: Option<u64>,
 }
 
 /// The line terminator at `buf[i]`, as its length (1 for LF or a lone CR, 2 for CRLF), or
@@ -89,7 +89,7 @@ pub fn event_end_from(buf: &[u8], from: usize) -> Option<usize> {
 ///
 /// On `None`, resume the next search at `buf.len() - 1` (one byte back, which is always
 /// valid), so that a deferred CR is read again with the byte after it.
-pub fn event_end_streaming(buf: &[u8], from: usize, more: bool) -> Option<usize> {
+pub(crate) fn event_end_streaming(buf: &[u8], from: usize, more: bool) -> Option<usize> {
     let end = event_end_from(buf, from)?;
     if more && end == buf.len() && buf[end - 1] == b'\r' {
         None

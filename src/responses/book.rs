@@ -19,24 +19,24 @@ use crate::store::{ResponsePlacement, Store};
 use crate::types::now_ms;
 
 /// Response ids kept in memory.
-pub const RESPONSE_BOOK_CAPACITY: u64 = 200_000;
+pub(crate) const RESPONSE_BOOK_CAPACITY: u64 = 200_000;
 /// Placements waiting to be written; when full, one is dropped (the memory map still has it).
 const RESPONSE_QUEUE_CAPACITY: usize = 4_096;
 /// How long a stored placement is kept: OpenAI keeps stored Responses for 30 days.
-pub const RESPONSE_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+pub(crate) const RESPONSE_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Writes are batched up to this many rows.
 const WRITE_BATCH: usize = 256;
 
 /// Response id → the version that produced it: the most recent ids in memory (bounded),
 /// every id in the `response_versions` table (written in batches by [`run_writer`]).
-pub struct ResponseBook {
+pub(crate) struct ResponseBook {
     recent: moka::sync::Cache<String, Arc<ResponsePlacement>>,
     tx: mpsc::Sender<ResponsePlacement>,
 }
 
 impl ResponseBook {
     /// An empty book, and the queue of placements [`run_writer`] writes to the store.
-    pub fn new() -> (Self, mpsc::Receiver<ResponsePlacement>) {
+    pub(crate) fn new() -> (Self, mpsc::Receiver<ResponsePlacement>) {
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE_CAPACITY);
         let recent = moka::sync::Cache::builder()
             .max_capacity(RESPONSE_BOOK_CAPACITY)
@@ -45,7 +45,7 @@ impl ResponseBook {
     }
 
     /// Notes where a Response was produced; never waits.
-    pub fn note(&self, placement: ResponsePlacement) {
+    pub(crate) fn note(&self, placement: ResponsePlacement) {
         let placement = Arc::new(placement);
         self.recent
             .insert(placement.response_id.clone(), placement.clone());
@@ -59,7 +59,7 @@ impl ResponseBook {
 
     /// Where `response_id` was produced, if `workspace` produced it: another workspace's
     /// id is as unknown as one that never was.
-    pub async fn find(
+    pub(crate) async fn find(
         &self,
         store: &Store,
         workspace: &str,
@@ -86,7 +86,7 @@ impl ResponseBook {
 
 /// Writes noted placements in batches until shutdown, then writes what is queued; prunes
 /// placements older than [`RESPONSE_RETENTION`] once an hour.
-pub async fn run_writer(
+pub(crate) async fn run_writer(
     mut rx: mpsc::Receiver<ResponsePlacement>,
     store: Store,
     stop: CancellationToken,

@@ -10,8 +10,8 @@
 //! fields untouched). Usage always comes in the Response (`response.completed` when
 //! streamed), so nothing is added to the request.
 
-pub mod book;
-pub mod relay;
+pub(crate) mod book;
+pub(crate) mod relay;
 
 use axum::http::HeaderMap;
 use bytes::Bytes;
@@ -85,7 +85,7 @@ fn continued_target(app: &App, model: &str, placement: &ResponsePlacement) -> Op
 }
 
 /// Serves one `POST /v1/responses` for an authenticated caller.
-pub async fn create(app: &App, caller: Caller, headers: &HeaderMap, raw: Bytes) -> Answer {
+pub(crate) async fn create(app: &App, caller: Caller, headers: &HeaderMap, raw: Bytes) -> Answer {
     let request_id = new_request_id();
     let mut request = match ChatRequest::parse(&raw) {
         Ok(r) => r,

@@ -40,17 +40,17 @@ use crate::upstream::{ByteStream, UpstreamError};
 type PartKey = (usize, usize);
 
 /// Where to note the Response id once the stream names it.
-pub struct BookNote {
-    pub book: Arc<ResponseBook>,
-    pub workspace: String,
-    pub route: String,
-    pub version: String,
-    pub arm: crate::types::Arm,
+pub(crate) struct BookNote {
+    pub(crate) book: Arc<ResponseBook>,
+    pub(crate) workspace: String,
+    pub(crate) route: String,
+    pub(crate) version: String,
+    pub(crate) arm: crate::types::Arm,
 }
 
 impl BookNote {
     /// Notes that `response_id` was produced by this request's version.
-    pub fn note(&self, response_id: &str) {
+    pub(crate) fn note(&self, response_id: &str) {
         self.book.note(ResponsePlacement {
             response_id: response_id.to_owned(),
             workspace: self.workspace.clone(),
@@ -119,12 +119,12 @@ impl Observer {
 }
 
 /// The checks of one Responses stream.
-pub struct ResponseChecks {
+pub(crate) struct ResponseChecks {
     checks: AnswerChecks,
     redactors: BTreeMap<PartKey, StreamRedactor>,
     /// What the client was sent of each part.
     sent: BTreeMap<PartKey, String>,
-    pub blocked_by: Option<String>,
+    pub(crate) blocked_by: Option<String>,
 }
 
 fn frame(kind: &str, data: &Value) -> Vec<u8> {
@@ -132,7 +132,7 @@ fn frame(kind: &str, data: &Value) -> Vec<u8> {
 }
 
 /// An `error` event for a stream that must end here.
-pub fn error_event(sequence: u64, message: &str, code: &str) -> Vec<u8> {
+pub(crate) fn error_event(sequence: u64, message: &str, code: &str) -> Vec<u8> {
     frame(
         "error",
         &json!({"type": "error", "sequence_number": sequence, "code": code, "message": message, "param": null}),
@@ -141,7 +141,7 @@ pub fn error_event(sequence: u64, message: &str, code: &str) -> Vec<u8> {
 
 impl ResponseChecks {
     /// Checks with nothing held back or sent yet.
-    pub fn new(checks: AnswerChecks) -> Self {
+    pub(crate) fn new(checks: AnswerChecks) -> Self {
         Self {
             checks,
             redactors: BTreeMap::new(),
@@ -348,7 +348,7 @@ impl ResponseChecks {
 /// The client's body of a streamed Response: the upstream's typed events passed on one by
 /// one, measured into the meter, checked (schema, output guardrails holding text back across
 /// deltas) and the Response id noted in the book.
-pub struct ResponsesRelay {
+pub(crate) struct ResponsesRelay {
     upstream: ByteStream,
     buf: BytesMut,
     observer: Observer,
@@ -370,7 +370,7 @@ pub struct ResponsesRelay {
 impl ResponsesRelay {
     /// A relay of `upstream` that ends the measurement when the stream ends (or after
     /// `idle_limit` of silence, or when dropped).
-    pub fn new(
+    pub(crate) fn new(
         upstream: ByteStream,
         meter: Meter,
         idle_limit: Duration,

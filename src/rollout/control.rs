@@ -52,24 +52,24 @@ const LOOK_TICK: Duration = Duration::from_millis(100);
 
 /// A live rollout as `/metrics` shows it.
 #[derive(Clone)]
-pub struct RolloutMetrics {
-    pub id: String,
-    pub route: String,
-    pub state: RolloutState,
-    pub step: usize,
+pub(crate) struct RolloutMetrics {
+    pub(crate) id: String,
+    pub(crate) route: String,
+    pub(crate) state: RolloutState,
+    pub(crate) step: usize,
     /// Canary weight in [0, 1].
-    pub weight: f64,
-    pub threshold: f64,
+    pub(crate) weight: f64,
+    pub(crate) threshold: f64,
     /// Gate (or feedback metric) → its e-value at the last look.
-    pub e_values: Vec<(String, f64)>,
-    pub shadow: Option<crate::shadow::ShadowCounters>,
+    pub(crate) e_values: Vec<(String, f64)>,
+    pub(crate) shadow: Option<crate::shadow::ShadowCounters>,
     /// `metric/arm` → feedback received.
-    pub feedback: BTreeMap<String, u64>,
+    pub(crate) feedback: BTreeMap<String, u64>,
 }
 
 /// An operator's command on a live rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
+pub(crate) enum Operation {
     Pause,
     Resume,
     /// Straight to 100 %: the canary becomes the route's stable version.
@@ -78,7 +78,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "pause" => Some(Self::Pause),
             "resume" => Some(Self::Resume),
@@ -132,7 +132,7 @@ fn is_due(r: &Running, now: i64) -> bool {
     now - r.last_look_ms >= r.policy.interval.as_millis() as i64
 }
 
-pub struct Controller {
+pub(crate) struct Controller {
     pub(super) store: Store,
     pub(super) catalog: Arc<Catalog>,
     pub(super) policies: BTreeMap<String, Arc<Policy>>,
@@ -154,7 +154,7 @@ impl Controller {
     ///
     /// # Errors
     /// The store cannot be read, or the routing table cannot be built from the config.
-    pub async fn restore(
+    pub(crate) async fn restore(
         store: Store,
         catalog: Arc<Catalog>,
         policies: BTreeMap<String, Arc<Policy>>,
@@ -200,10 +200,6 @@ impl Controller {
         };
         controller.publish(&controller.lock())?;
         Ok(controller)
-    }
-
-    pub fn policies(&self) -> &BTreeMap<String, Arc<Policy>> {
-        &self.policies
     }
 
     /// The in-memory state; a panic elsewhere while it was held does not make it unusable.
@@ -330,7 +326,7 @@ impl Controller {
     /// # Errors
     /// Unknown route, a canary that cannot serve or is already stable, a policy that is
     /// missing or broken, a rollout already live on the route, or the store failing.
-    pub async fn start(
+    pub(crate) async fn start(
         &self,
         route: &str,
         canary: &str,
@@ -416,7 +412,11 @@ impl Controller {
     /// # Errors
     /// Unknown or ended rollout, a pause or resume the state does not allow, or the store
     /// failing.
-    pub async fn operate(&self, id: &str, op: Operation) -> Result<RolloutView, RolloutError> {
+    pub(crate) async fn operate(
+        &self,
+        id: &str,
+        op: Operation,
+    ) -> Result<RolloutView, RolloutError> {
         self.refresh_if_unknown(id).await;
         let _changing = self.changes.lock().await;
         let now = now_ms();
@@ -461,7 +461,7 @@ impl Controller {
     ///
     /// # Errors
     /// No such live rollout, unpinning a workspace without a pin, or the store failing.
-    pub async fn pin(
+    pub(crate) async fn pin(
         &self,
         id: &str,
         workspace: &str,
@@ -537,7 +537,7 @@ impl Controller {
     ///
     /// # Errors
     /// No rollout `id`, or the store failing.
-    pub async fn view(&self, id: &str) -> Result<RolloutView, RolloutError> {
+    pub(crate) async fn view(&self, id: &str) -> Result<RolloutView, RolloutError> {
         self.refresh_if_unknown(id).await;
         let live = self
             .lock()
@@ -576,7 +576,7 @@ impl Controller {
     ///
     /// # Errors
     /// The store failing.
-    pub async fn list(&self) -> Result<Vec<RolloutView>, RolloutError> {
+    pub(crate) async fn list(&self) -> Result<Vec<RolloutView>, RolloutError> {
         let rows = self.store.rollouts(false).await?;
         Ok(rows.iter().map(|row| self.view_of(row)).collect())
     }
@@ -586,7 +586,7 @@ impl Controller {
     ///
     /// # Errors
     /// [`RolloutError::UndeclaredMetric`] when the rollout's policy does not declare `metric`.
-    pub async fn feedback(
+    pub(crate) async fn feedback(
         &self,
         id: &str,
         metric: &str,
@@ -628,7 +628,7 @@ impl Controller {
 
     /// What `/metrics` shows of each live rollout: the snapshot of the last change or look
     /// (no lock taken), with shadow counters as they are now.
-    pub async fn metrics(&self) -> Vec<RolloutMetrics> {
+    pub(crate) async fn metrics(&self) -> Vec<RolloutMetrics> {
         self.metrics
             .load()
             .iter()
@@ -643,7 +643,7 @@ impl Controller {
     ///
     /// # Errors
     /// No rollout `id`, or the store failing.
-    pub async fn events(&self, id: &str) -> Result<Vec<EventRow>, RolloutError> {
+    pub(crate) async fn events(&self, id: &str) -> Result<Vec<EventRow>, RolloutError> {
         if self.store.rollout(id).await?.is_none() {
             return Err(RolloutError::UnknownRollout(id.to_owned()));
         }
@@ -781,7 +781,7 @@ impl Controller {
 
     /// One look at every live rollout whose interval has come: the judges are fed and asked
     /// under the lock; the decisions and checkpoints are written without it.
-    pub async fn look(&self, now: i64) {
+    pub(crate) async fn look(&self, now: i64) {
         let _changing = self.changes.lock().await;
         if self.database_away() {
             self.revert_locally(now);
@@ -934,7 +934,7 @@ impl Controller {
     }
 
     /// Looks every `LOOK_TICK` until `stop` is cancelled.
-    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+    pub(crate) async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(LOOK_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -7,7 +7,7 @@ use crate::store::StoreError;
 
 /// A refused or failed rollout command.
 #[derive(Debug, thiserror::Error)]
-pub enum RolloutError {
+pub(crate) enum RolloutError {
     /// The route is not in the config (404).
     #[error("no route `{0}`")]
     UnknownRoute(String),

@@ -16,36 +16,36 @@ use crate::types::{Arm, Outcome, Record};
 
 /// Observations (and, separately, assignments) buffered per rollout between two looks of
 /// the judge.
-pub const OBSERVATION_QUEUE: usize = 65_536;
+pub(crate) const OBSERVATION_QUEUE: usize = 65_536;
 
 /// One randomized assignment, as the judge's sample-ratio guard needs it
 /// (`Judge::note_assignment`).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Assigned {
-    pub arm: Arm,
+pub(crate) struct Assigned {
+    pub(crate) arm: Arm,
     /// The canary probability it was drawn under.
-    pub w: f64,
+    pub(crate) w: f64,
     /// When (ms since the epoch); its record carries the same `at_ms`.
-    pub at_ms: i64,
+    pub(crate) at_ms: i64,
 }
 
 /// The controller's ends of a tap: observations and assignments since the last look.
-pub struct TapReceivers {
-    pub observations: mpsc::Receiver<Observation>,
-    pub assignments: mpsc::Receiver<Assigned>,
+pub(crate) struct TapReceivers {
+    pub(crate) observations: mpsc::Receiver<Observation>,
+    pub(crate) assignments: mpsc::Receiver<Assigned>,
 }
 
-pub struct RolloutTap {
-    pub rollout_id: Arc<str>,
+pub(crate) struct RolloutTap {
+    pub(crate) rollout_id: Arc<str>,
     tx: mpsc::Sender<Observation>,
     assign_tx: mpsc::Sender<Assigned>,
     dropped: AtomicU64,
     /// Live figures per arm (index by `Arm::index`), since this process took the rollout up.
-    pub arms: [Arc<VersionStats>; 2],
+    pub(crate) arms: [Arc<VersionStats>; 2],
 }
 
 impl RolloutTap {
-    pub fn new(rollout_id: &str) -> (Arc<Self>, TapReceivers) {
+    pub(crate) fn new(rollout_id: &str) -> (Arc<Self>, TapReceivers) {
         let (tx, observations) = mpsc::channel(OBSERVATION_QUEUE);
         let (assign_tx, assignments) = mpsc::channel(OBSERVATION_QUEUE);
         let tap = Self {
@@ -65,17 +65,17 @@ impl RolloutTap {
     }
 
     /// A randomized request was assigned to `arm` at canary probability `w` at `at_ms`.
-    pub fn note_assignment(&self, arm: Arm, w: f64, at_ms: i64) {
+    pub(crate) fn note_assignment(&self, arm: Arm, w: f64, at_ms: i64) {
         let _ = self.assign_tx.try_send(Assigned { arm, w, at_ms });
     }
 
-    pub fn dropped(&self) -> u64 {
+    pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 
     /// A finished request of this rollout; `unit` is its sticky unit's hash (`None` when
     /// the request is its own unit).
-    pub fn observe(&self, record: &Record, unit: Option<u64>) {
+    pub(crate) fn observe(&self, record: &Record, unit: Option<u64>) {
         self.arms[record.arm.index()].observe(record);
         // A client that hung up says nothing about the version, and its latency is cut short.
         if record.outcome == Outcome::ClientDisconnected {
@@ -106,33 +106,33 @@ impl RolloutTap {
 /// replica's observations, and its randomized assignments dated to the second, which the
 /// judging replica gives the SRM guard as if they had happened in its own process.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct Shipment {
-    pub observations: Vec<Observation>,
-    pub assignments: Vec<AssignedCount>,
+pub(crate) struct Shipment {
+    pub(crate) observations: Vec<Observation>,
+    pub(crate) assignments: Vec<AssignedCount>,
     /// The replica's last batch of a clean stop: whatever it measured has been shipped.
     /// A replica that stops heart-beating without one (SIGKILL, a crash) took up to one
     /// flush interval of observations with it, which the judge counts.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub closing: bool,
+    pub(crate) closing: bool,
 }
 
 /// `count` requests assigned to `arm` at canary probability `w` in the second `at_ms`.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct AssignedCount {
-    pub arm: Arm,
-    pub w: f64,
-    pub at_ms: i64,
-    pub count: u32,
+pub(crate) struct AssignedCount {
+    pub(crate) arm: Arm,
+    pub(crate) w: f64,
+    pub(crate) at_ms: i64,
+    pub(crate) count: u32,
 }
 
 impl Shipment {
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
 
     /// Reads a batch; a batch shipped before assignments were dated (a plain array of
     /// observations) is read with none.
-    pub fn from_json(text: &str) -> Self {
+    pub(crate) fn from_json(text: &str) -> Self {
         serde_json::from_str::<Shipment>(text)
             .or_else(|_| {
                 serde_json::from_str::<Vec<Observation>>(text).map(|observations| Shipment {

@@ -1,6 +1,6 @@
 //! The rollout state machine: pure. In: the current [`Position`], the policy the rollout
 //! started with, the judge's report and the canary requests measured in the step
-//! ([`InStep`]). Out: a [`Decision`], and the next `Position` once the caller has stored the
+//! (`InStep`). Out: a `Decision`, and the next `Position` once the caller has stored the
 //! decision. Operator commands are the `paused` / `resumed` / `promoted` / `aborted` helpers.
 //!
 //! Rules, in order: an ended rollout only holds; a revert from the judge always wins, even
@@ -29,11 +29,13 @@ use crate::types::{Arm, RolloutState};
 /// Where a rollout stands: everything the router and a restart need.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Position {
+    /// Live (progressing, paused) or ended, and how.
     pub state: RolloutState,
     /// Index into `policy.steps`; `steps.len()` once promoted.
     pub step: usize,
     /// Canary weight for randomized traffic now, in basis points.
     pub weight_bp: u32,
+    /// When the current step began, in milliseconds since the Unix epoch.
     pub step_started_ms: i64,
     /// The step ran past `max_step_hold` undecided: holding and waiting for an operator.
     pub inconclusive: bool,
@@ -41,19 +43,19 @@ pub struct Position {
 
 /// Canary requests measured since the current step began, by how they were assigned.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InStep {
+pub(crate) struct InStep {
     /// Randomized canary requests: the only ones that are evidence.
-    pub randomized: u64,
+    pub(crate) randomized: u64,
     /// Canary requests that were not randomized (pinned, targeted, continuing a
     /// conversation): reported, counted only at a step without randomized traffic.
-    pub reported: u64,
+    pub(crate) reported: u64,
 }
 
 impl InStep {
     /// Counts `obs` when it is a canary request assigned since the step began at
     /// `step_started_ms`: one assigned at the step before but measured after an advance was
     /// served at the old weight, and is not this step's.
-    pub fn count(&mut self, obs: &Observation, step_started_ms: i64) {
+    pub(crate) fn count(&mut self, obs: &Observation, step_started_ms: i64) {
         if obs.arm != Arm::Canary || obs.at_ms < step_started_ms {
             return;
         }
@@ -68,7 +70,7 @@ impl InStep {
 /// What the machine decided at one look.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Stay where we are; `why` says what is missing (hold time, requests, evidence).
     Hold {
         why: String,
@@ -88,7 +90,7 @@ pub enum Decision {
 }
 
 impl Position {
-    pub fn start(policy: &Policy, now_ms: i64) -> Self {
+    pub(crate) fn start(policy: &Policy, now_ms: i64) -> Self {
         Position {
             state: RolloutState::Progressing,
             step: 0,
@@ -101,7 +103,7 @@ impl Position {
     /// The judge's look at `now_ms`, with the canary requests measured in the current step.
     /// `policy` is the one the rollout started with (its stored copy), never a file edited
     /// since.
-    pub fn decide(
+    pub(crate) fn decide(
         &self,
         policy: &Policy,
         report: &JudgeReport,
@@ -211,7 +213,7 @@ impl Position {
     }
 
     /// The position after `decision` (Hold leaves it as it is).
-    pub fn apply(&self, policy: &Policy, decision: &Decision, now_ms: i64) -> Position {
+    pub(crate) fn apply(&self, policy: &Policy, decision: &Decision, now_ms: i64) -> Position {
         match decision {
             Decision::Hold { .. } => self.clone(),
             Decision::Inconclusive { .. } => Position {
@@ -246,7 +248,7 @@ impl Position {
 
     /// An operator resumed (from paused, or from an inconclusive step): the step's clock
     /// restarts at `now_ms`, so its hold and `max_step_hold` count from here.
-    pub fn resumed(&self, now_ms: i64) -> Position {
+    pub(crate) fn resumed(&self, now_ms: i64) -> Position {
         Position {
             state: RolloutState::Progressing,
             step_started_ms: now_ms,
@@ -256,7 +258,7 @@ impl Position {
     }
 
     /// The canary takes all traffic and becomes the route's stable version.
-    pub fn promoted(&self, policy: &Policy, now_ms: i64) -> Position {
+    pub(crate) fn promoted(&self, policy: &Policy, now_ms: i64) -> Position {
         Position {
             state: RolloutState::Promoted,
             step: policy.steps.len(),
@@ -267,7 +269,7 @@ impl Position {
     }
 
     /// An operator ended the rollout: traffic back on stable.
-    pub fn aborted(&self) -> Position {
+    pub(crate) fn aborted(&self) -> Position {
         Position {
             state: RolloutState::Aborted,
             weight_bp: 0,

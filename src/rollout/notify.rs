@@ -16,7 +16,7 @@ use crate::types::now_ms;
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Posts rollout events to the policy's webhook, in the background (awaited at shutdown).
-pub struct Notifier {
+pub(crate) struct Notifier {
     http: reqwest::Client,
     tasks: Tasks,
 }
@@ -24,7 +24,7 @@ pub struct Notifier {
 impl Notifier {
     /// # Errors
     /// The HTTP client cannot be built (no TLS provider).
-    pub fn new(tasks: Tasks) -> reqwest::Result<Self> {
+    pub(crate) fn new(tasks: Tasks) -> reqwest::Result<Self> {
         Ok(Self {
             http: reqwest::Client::builder()
                 .timeout(WEBHOOK_TIMEOUT)
@@ -35,7 +35,7 @@ impl Notifier {
 
     /// Posts `event` of `r` (as it stands after the event) to its policy's webhook, if any;
     /// a failed post is logged, never retried.
-    pub fn send(&self, r: &Running, event: &NewEvent) {
+    pub(crate) fn send(&self, r: &Running, event: &NewEvent) {
         let Some(url) = r.policy.webhook.clone() else {
             return;
         };
@@ -55,7 +55,7 @@ impl Notifier {
 }
 
 /// The event a judge's decision is stored as, with the decision and report as evidence.
-pub fn decision_event(
+pub(crate) fn decision_event(
     decision: &Decision,
     policy: &Policy,
     next: &Position,

@@ -15,7 +15,7 @@ use crate::judge::spec::{FeedbackKind, FeedbackMetric, Gate, JudgeSpec, KillSwit
 /// How requests are bucketed for the canary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Sticky {
+pub(crate) enum Sticky {
     /// Each request on its own (the default; best judge power).
     Request,
     /// Workspace + the request's `user` field.
@@ -27,66 +27,66 @@ pub enum Sticky {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Step {
+pub(crate) struct Step {
     /// Canary weight for randomized traffic, in basis points (1 % = 100); 0..=10 000.
-    pub weight_bp: u32,
+    pub(crate) weight_bp: u32,
     /// Workspaces that get the canary at 100 % from this step on (targeting, not randomized).
     #[serde(default)]
-    pub workspaces: Vec<String>,
+    pub(crate) workspaces: Vec<String>,
     #[serde(with = "humantime_serde_ms")]
-    pub hold: Duration,
+    pub(crate) hold: Duration,
     /// Canary requests needed in this step before it may advance.
-    pub min_requests: u64,
+    pub(crate) min_requests: u64,
 }
 
 /// A checked policy. It serializes as JSON into the rollout's row (`policy_json`) when a
 /// rollout starts, and a live rollout is judged by that stored copy on every replica and
-/// after every restart ([`Policy::from_stored`]): an edited file applies to the next rollout.
+/// after every restart (`Policy::from_stored`): an edited file applies to the next rollout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Policy {
-    pub name: String,
-    pub description: String,
+    pub(crate) name: String,
+    pub(crate) description: String,
     /// False-rollback budget for the whole rollout.
-    pub alpha: f64,
+    pub(crate) alpha: f64,
     #[serde(with = "humantime_serde_ms")]
-    pub interval: Duration,
+    pub(crate) interval: Duration,
     #[serde(with = "humantime_serde_ms")]
-    pub max_step_hold: Duration,
-    pub sticky: Sticky,
+    pub(crate) max_step_hold: Duration,
+    pub(crate) sticky: Sticky,
     #[serde(default)]
-    pub webhook: Option<String>,
-    pub steps: Vec<Step>,
-    pub gates: Vec<Gate>,
+    pub(crate) webhook: Option<String>,
+    pub(crate) steps: Vec<Step>,
+    pub(crate) gates: Vec<Gate>,
     #[serde(default)]
-    pub kill_switch: Option<KillSwitch>,
+    pub(crate) kill_switch: Option<KillSwitch>,
     /// `[shadow]`: copy a sample of one arm's traffic to the other version.
     #[serde(default)]
-    pub shadow: Option<ShadowConfig>,
+    pub(crate) shadow: Option<ShadowConfig>,
     /// `[feedback.<metric>]`: business metrics posted to `/v1/feedback`, judged as gates.
     #[serde(default)]
-    pub feedback: Vec<FeedbackMetric>,
+    pub(crate) feedback: Vec<FeedbackMetric>,
 }
 
 /// A rollout policy's `[shadow]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ShadowConfig {
+pub(crate) struct ShadowConfig {
     /// Share of the source arm's requests that are copied.
-    pub rate: f64,
+    pub(crate) rate: f64,
     /// Per-workspace overrides of `rate`.
-    pub workspace_rates: std::collections::BTreeMap<String, f64>,
-    pub from: crate::types::Arm,
-    pub to: crate::types::Arm,
-    pub max_usd_per_hour: f64,
+    pub(crate) workspace_rates: std::collections::BTreeMap<String, f64>,
+    pub(crate) from: crate::types::Arm,
+    pub(crate) to: crate::types::Arm,
+    pub(crate) max_usd_per_hour: f64,
     /// Pairs kept per rollout (older ones are deleted).
-    pub keep: u64,
+    pub(crate) keep: u64,
     /// Requests that carry tools are not copied (their tools may have side effects).
-    pub skip_tools: bool,
+    pub(crate) skip_tools: bool,
     /// Mask the request's text with the route's guardrail PII rules before storing it.
-    pub redact: bool,
+    pub(crate) redact: bool,
 }
 
 impl ShadowConfig {
-    pub fn rate_for(&self, workspace: &str) -> f64 {
+    pub(crate) fn rate_for(&self, workspace: &str) -> f64 {
         self.workspace_rates
             .get(workspace)
             .copied()
@@ -97,20 +97,20 @@ impl ShadowConfig {
 use crate::judge::spec::humantime_serde_ms;
 
 /// Defaults for keys a policy leaves out; `policies/default.toml` documents them.
-pub const DEFAULT_ALPHA: f64 = 0.01;
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
-pub const DEFAULT_MAX_STEP_HOLD: Duration = Duration::from_secs(6 * 3600);
+pub(crate) const DEFAULT_ALPHA: f64 = 0.01;
+pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_MAX_STEP_HOLD: Duration = Duration::from_secs(6 * 3600);
 /// Without a `[gates]` table the judge still watches errors: any more than 1.2 × stable.
-pub const DEFAULT_ERROR_RATE_MAX_RATIO: f64 = 1.2;
+pub(crate) const DEFAULT_ERROR_RATE_MAX_RATIO: f64 = 1.2;
 /// Without a `[kill_switch]` table the research note's default still guards the canary.
-pub const DEFAULT_KILL_SWITCH: KillSwitch = KillSwitch {
+pub(crate) const DEFAULT_KILL_SWITCH: KillSwitch = KillSwitch {
     error_rate: 0.5,
     min_requests: 20,
     window: Duration::from_secs(60),
 };
 
 impl Sticky {
-    pub fn parse(s: &str) -> Result<Sticky, String> {
+    pub(crate) fn parse(s: &str) -> Result<Sticky, String> {
         match s {
             "request" => Ok(Sticky::Request),
             "user" => Ok(Sticky::User),
@@ -139,7 +139,7 @@ impl Policy {
     /// # Errors
     /// The text is not a policy (empty, or written by a build whose policy had another
     /// shape); the message says what serde could not read.
-    pub fn from_stored(json: &str) -> Result<Policy, String> {
+    pub(crate) fn from_stored(json: &str) -> Result<Policy, String> {
         let policy: Policy = serde_json::from_str(json).map_err(|e| e.to_string())?;
         if policy.steps.is_empty() {
             return Err("the stored policy has no steps".into());
@@ -159,13 +159,14 @@ impl Policy {
     }
 
     /// The gate watching `metric`, if the policy has one.
-    pub fn gate(&self, metric: Metric) -> Option<&Gate> {
+    #[cfg(test)]
+    pub(crate) fn gate(&self, metric: Metric) -> Option<&Gate> {
         self.gates.iter().find(|g| g.metric == metric)
     }
 
     /// Workspaces targeted (canary at 100 %) at `step`: every step's list up to it, since a
     /// workspace once given the canary keeps it while the rollout lives.
-    pub fn targeted_workspaces(&self, step: usize) -> Vec<&str> {
+    pub(crate) fn targeted_workspaces(&self, step: usize) -> Vec<&str> {
         let mut out: Vec<&str> = Vec::new();
         for s in self.steps.iter().take(step + 1) {
             for w in &s.workspaces {
@@ -248,7 +249,7 @@ fn policy_fields(parent: &[&str]) -> Option<&'static [&'static str]> {
     })
 }
 
-pub fn load_policy(path: &Path) -> Result<Policy, ConfigErrors> {
+pub(crate) fn load_policy(path: &Path) -> Result<Policy, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigIssue {
             file: path.to_owned(),
@@ -264,7 +265,7 @@ pub fn load_policy(path: &Path) -> Result<Policy, ConfigErrors> {
 }
 
 /// Reads every `*.toml` directly in `dir` (not `guardrails/`), by name.
-pub fn load_dir(dir: &Path) -> Result<BTreeMap<String, Policy>, ConfigErrors> {
+pub(crate) fn load_dir(dir: &Path) -> Result<BTreeMap<String, Policy>, ConfigErrors> {
     let entries = std::fs::read_dir(dir).map_err(|e| {
         ConfigErrors(vec![ConfigIssue {
             file: dir.to_owned(),
@@ -295,13 +296,16 @@ pub fn load_dir(dir: &Path) -> Result<BTreeMap<String, Policy>, ConfigErrors> {
 }
 
 /// Parses and checks one policy text; `file` only labels the messages.
+///
+/// # Errors
+/// Every mistake in the text at once ([`ConfigErrors`]), each located by its dotted key.
 pub fn parse_policy(file: &Path, name: &str, text: &str) -> Result<Policy, ConfigErrors> {
     parse_policy_at(file, name, text, "")
 }
 
 /// As [`parse_policy`], for a policy nested under `prefix` in a larger file (a simulation
 /// scenario's `[policy]` table): keys in messages start with `prefix`.
-pub fn parse_policy_at(
+pub(crate) fn parse_policy_at(
     file: &Path,
     name: &str,
     text: &str,

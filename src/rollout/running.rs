@@ -23,91 +23,91 @@ use crate::store::RolloutRow;
 use crate::types::{Arm, now_ms};
 
 /// A live rollout: its stored row, its policy and its judge, with what feeds them.
-pub struct Running {
-    pub row: RolloutRow,
-    pub policy: Arc<Policy>,
-    pub judge: Judge,
+pub(crate) struct Running {
+    pub(crate) row: RolloutRow,
+    pub(crate) policy: Arc<Policy>,
+    pub(crate) judge: Judge,
     /// Observations and randomized assignments from the request path.
-    pub feed: TapReceivers,
-    pub tap: Arc<RolloutTap>,
+    pub(crate) feed: TapReceivers,
+    pub(crate) tap: Arc<RolloutTap>,
     /// Workspace → the arm it is pinned to.
-    pub pins: BTreeMap<String, Arm>,
+    pub(crate) pins: BTreeMap<String, Arm>,
     /// Randomized canary requests measured since the current step began: the evidence a
     /// step's minimum counts.
-    pub canary_in_step: u64,
+    pub(crate) canary_in_step: u64,
     /// Canary requests of the step that were not randomized (pinned, targeted, continued
     /// conversations): reported, never evidence.
-    pub reported_in_step: u64,
-    pub last_look_ms: i64,
-    pub last_report: Option<JudgeReport>,
-    pub last_decision: Option<Decision>,
-    pub shadow: Option<Arc<RolloutShadow>>,
+    pub(crate) reported_in_step: u64,
+    pub(crate) last_look_ms: i64,
+    pub(crate) last_report: Option<JudgeReport>,
+    pub(crate) last_decision: Option<Decision>,
+    pub(crate) shadow: Option<Arc<RolloutShadow>>,
     /// Feedback received, by `metric/arm`.
-    pub feedback: BTreeMap<String, u64>,
+    pub(crate) feedback: BTreeMap<String, u64>,
     /// Cluster: the fence of this replica's judge lease on the rollout, while it holds one.
     /// Only the holder judges; every decision and checkpoint is written with this token.
-    pub fence: Option<i64>,
+    pub(crate) fence: Option<i64>,
     /// Cluster: the last shipped batch judged, per replica (stored with the checkpoint).
-    pub cursor: BTreeMap<String, i64>,
+    pub(crate) cursor: BTreeMap<String, i64>,
     /// Cluster: what the judge knows of each replica's shipping (stored with the checkpoint).
-    pub shippers: BTreeMap<String, Shipper>,
+    pub(crate) shippers: BTreeMap<String, Shipper>,
     /// Cluster: observations the tap dropped that were already reported in a shipped batch.
-    pub dropped_seen: u64,
+    pub(crate) dropped_seen: u64,
     /// Cluster: when to take or renew the judge lease next (ms).
-    pub next_lead_ms: i64,
+    pub(crate) next_lead_ms: i64,
     /// Cluster: the kill switch's window over this replica's own requests (fed as they are
     /// shipped), which it applies on its own only while the database is away.
-    pub own_kill: Option<KillWindow>,
+    pub(crate) own_kill: Option<KillWindow>,
     /// Cluster: a revert this replica's kill switch applied while the database was away,
     /// not yet written. The routing table leaves the rollout out (all traffic on stable)
     /// until it is written or the rollout is found ended or moved on elsewhere.
-    pub local_revert: Option<LocalRevert>,
+    pub(crate) local_revert: Option<LocalRevert>,
 }
 
 /// What the judge stores beside its state so that a successor resumes exactly where it
 /// stopped: the last batch judged per replica, and the canary requests counted in the
 /// current step (JSON in `rollouts.judge_cursor`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct JudgeCursor {
+pub(crate) struct JudgeCursor {
     /// Replica id → the `seq` of its last batch judged.
-    pub cursor: BTreeMap<String, i64>,
+    pub(crate) cursor: BTreeMap<String, i64>,
     /// Replica id → what its batches said of it.
     #[serde(default)]
-    pub shippers: BTreeMap<String, Shipper>,
+    pub(crate) shippers: BTreeMap<String, Shipper>,
     /// Randomized canary requests counted in the current step.
-    pub canary_in_step: u64,
+    pub(crate) canary_in_step: u64,
     /// Canary requests of the step that were not randomized (absent from a checkpoint
     /// written before they were told apart).
     #[serde(default)]
-    pub reported_in_step: u64,
+    pub(crate) reported_in_step: u64,
     /// The step `canary_in_step` counts in.
-    pub step: usize,
+    pub(crate) step: usize,
 }
 
 /// One replica's shipping as the judge saw it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Shipper {
+pub(crate) struct Shipper {
     /// Observations per batch, a moving average (weight 0.2 on the newest batch): one
     /// flush interval's worth at its recent rate. A last batch alone says too little: at a
     /// low rate it often carries the assignments of requests still running and no
     /// observation.
-    pub per_batch: f64,
+    pub(crate) per_batch: f64,
     /// Its closing batch arrived: it stopped cleanly, nothing was lost.
-    pub closed: bool,
+    pub(crate) closed: bool,
     /// When the judge first found it out of the live set (ms), if it has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub absent_since_ms: Option<i64>,
+    pub(crate) absent_since_ms: Option<i64>,
     /// What was counted lost for it (its estimate), once it was counted lost; taken
     /// back if it ships again (it was late, not dead).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lost: Option<u64>,
+    pub(crate) lost: Option<u64>,
 }
 
 impl JudgeCursor {
     /// The replicas counted lost, and the observations estimated lost with them: the sum of
     /// their observations per batch (a moving average: one flush interval at their recent
     /// rate; the true loss is what each measured since its last flush).
-    pub fn lost(&self) -> (Vec<String>, u64) {
+    pub(crate) fn lost(&self) -> (Vec<String>, u64) {
         let lost = self
             .shippers
             .iter()
@@ -116,7 +116,7 @@ impl JudgeCursor {
         (lost.map(|(id, _)| id.clone()).collect(), estimate)
     }
 
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
 }
@@ -124,18 +124,18 @@ impl JudgeCursor {
 /// The controller's state: every live rollout, promoted stables, and the last figures of
 /// rollouts that ended here. Guarded by a plain mutex that is never held across I/O.
 #[derive(Default)]
-pub struct Inner {
-    pub running: BTreeMap<String, Running>,
+pub(crate) struct Inner {
+    pub(crate) running: BTreeMap<String, Running>,
     /// Route → stable version set by a promotion (wins over the config).
-    pub stables: BTreeMap<String, String>,
+    pub(crate) stables: BTreeMap<String, String>,
     /// The last per-arm figures and pins of rollouts that ended in this process (they are
     /// not stored), newest last.
-    pub ended: Vec<(String, EndedFigures)>,
+    pub(crate) ended: Vec<(String, EndedFigures)>,
 }
 
 impl Running {
     /// A rollout taken up by this process, with a fresh feed from the request path.
-    pub fn new(
+    pub(crate) fn new(
         row: RolloutRow,
         policy: Arc<Policy>,
         judge: Judge,
@@ -184,7 +184,7 @@ impl Running {
     }
 
     /// The judge's cursor as a checkpoint stores it.
-    pub fn judge_cursor(&self) -> JudgeCursor {
+    pub(crate) fn judge_cursor(&self) -> JudgeCursor {
         JudgeCursor {
             cursor: self.cursor.clone(),
             shippers: self.shippers.clone(),
@@ -195,7 +195,7 @@ impl Running {
     }
 
     /// The step's canary requests, as the state machine counts them.
-    pub fn in_step(&self) -> InStep {
+    pub(crate) fn in_step(&self) -> InStep {
         InStep {
             randomized: self.canary_in_step,
             reported: self.reported_in_step,
@@ -203,7 +203,7 @@ impl Running {
     }
 
     /// Counts `obs` toward the current step ([`InStep::count`]).
-    pub fn count(&mut self, obs: &Observation) {
+    pub(crate) fn count(&mut self, obs: &Observation) {
         let mut in_step = self.in_step();
         in_step.count(obs, self.row.position.step_started_ms);
         self.canary_in_step = in_step.randomized;
@@ -211,13 +211,13 @@ impl Running {
     }
 
     /// A new step (or a position read from elsewhere at another step): nothing counted yet.
-    pub fn new_step(&mut self) {
+    pub(crate) fn new_step(&mut self) {
         self.canary_in_step = 0;
         self.reported_in_step = 0;
     }
 
     /// The judge's state and last report as stored by a checkpoint (JSON text each).
-    pub fn checkpoint(&self) -> (String, String) {
+    pub(crate) fn checkpoint(&self) -> (String, String) {
         let judge = serde_json::to_string(&self.judge).unwrap_or_default();
         let report = self
             .last_report
@@ -234,7 +234,7 @@ impl Running {
 /// process reads it now: logged when it differs, and used only for a row whose stored copy
 /// cannot be read (written by an older build), with an error in the log. `None` when
 /// neither can be had (also logged): the rollout's canary then gets no traffic here.
-pub fn policy_of(row: &RolloutRow, file: Option<Arc<Policy>>) -> Option<Arc<Policy>> {
+pub(crate) fn policy_of(row: &RolloutRow, file: Option<Arc<Policy>>) -> Option<Arc<Policy>> {
     match Policy::from_stored(&row.policy_json) {
         Ok(stored) => {
             if file.is_some_and(|f| *f != stored) {
@@ -256,7 +256,7 @@ pub fn policy_of(row: &RolloutRow, file: Option<Arc<Policy>>) -> Option<Arc<Poli
 }
 
 /// An ended rollout: its stored row, with the arms' figures when it ended in this process.
-pub fn view_ended(inner: &Inner, row: &RolloutRow) -> RolloutView {
+pub(crate) fn view_ended(inner: &Inner, row: &RolloutRow) -> RolloutView {
     let mut v = view_row(row);
     if let Some((_, last)) = inner.ended.iter().find(|(id, _)| *id == row.id) {
         v.arms = last.arms.clone();
@@ -266,7 +266,7 @@ pub fn view_ended(inner: &Inner, row: &RolloutRow) -> RolloutView {
 }
 
 /// A rollout live in this process.
-pub fn view_running(r: &Running) -> RolloutView {
+pub(crate) fn view_running(r: &Running) -> RolloutView {
     let mut v = view_row(&r.row);
     let arm = |a: Arm, version: &str| ArmView {
         version: version.to_owned(),

@@ -48,7 +48,7 @@ impl Controller {
     ///
     /// # Errors
     /// The store cannot be read (the routing table stays as it was).
-    pub async fn refresh(&self) -> Result<(), StoreError> {
+    pub(crate) async fn refresh(&self) -> Result<(), StoreError> {
         let _changing = self.changes.lock().await;
         self.refresh_locked().await
     }
@@ -158,7 +158,7 @@ impl Controller {
     /// batch per rollout (with how many observations it holds). `seq` numbers the batches.
     /// With `closing` (the last flush of a clean stop) every live rollout gets a batch, empty
     /// or not, marked closing, so that its judge knows nothing was left behind.
-    pub fn drain_for_ship(
+    pub(crate) fn drain_for_ship(
         &self,
         replica: &str,
         seq: &mut i64,

@@ -13,20 +13,20 @@ use crate::judge::Observation;
 use crate::judge::spec::Metric;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
+pub(crate) enum Family {
     Flagger,
     Argo,
 }
 
 impl Family {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Family::Flagger => "Flagger-style",
             Family::Argo => "Argo-style",
         }
     }
     /// The k values (failed checks needed) the tuning tries.
-    pub fn ks(self) -> &'static [usize] {
+    pub(crate) fn ks(self) -> &'static [usize] {
         match self {
             Family::Flagger => &[1, 2, 3, 5],
             Family::Argo => &[1, 2, 3],
@@ -36,7 +36,7 @@ impl Family {
 
 /// One arm's values of the watched metric within a window.
 #[derive(Debug, Clone, Default)]
-pub struct ArmAgg {
+pub(crate) struct ArmAgg {
     n: u64,
     sum: f64,
     values: Vec<f64>,
@@ -65,7 +65,7 @@ impl ArmAgg {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct MinuteAgg {
+pub(crate) struct MinuteAgg {
     canary: ArmAgg,
     stable: ArmAgg,
 }
@@ -90,30 +90,30 @@ impl MinuteAgg {
 
 /// One check: its value (∞ = failed for want of data) and the canary exposure so far.
 #[derive(Debug, Clone, Copy)]
-pub struct Check {
-    pub value: f64,
-    pub canary_requests: u64,
-    pub bad_canary: u64,
+pub(crate) struct Check {
+    pub(crate) value: f64,
+    pub(crate) canary_requests: u64,
+    pub(crate) bad_canary: u64,
 }
 
 /// Both families' checks on one metric.
 #[derive(Debug, Clone)]
-pub struct MetricChecks {
-    pub metric: Metric,
-    pub flagger: Vec<Check>,
-    pub argo: Vec<Check>,
+pub(crate) struct MetricChecks {
+    pub(crate) metric: Metric,
+    pub(crate) flagger: Vec<Check>,
+    pub(crate) argo: Vec<Check>,
     minute: MinuteAgg,
     window: Vec<MinuteAgg>,
 }
 
 /// The baselines' view of one run: per-minute checks on each watched metric.
 #[derive(Debug, Clone, Default)]
-pub struct Checks {
-    pub metrics: Vec<MetricChecks>,
+pub(crate) struct Checks {
+    pub(crate) metrics: Vec<MetricChecks>,
 }
 
 impl Checks {
-    pub fn new(metrics: &[Metric]) -> Self {
+    pub(crate) fn new(metrics: &[Metric]) -> Self {
         Checks {
             metrics: metrics
                 .iter()
@@ -129,11 +129,11 @@ impl Checks {
     }
 
     /// Whether the run must go on for the baselines' sake.
-    pub fn watching(&self) -> bool {
+    pub(crate) fn watching(&self) -> bool {
         !self.metrics.is_empty()
     }
 
-    pub fn of(&self, family: Family, metric: Metric) -> &[Check] {
+    pub(crate) fn of(&self, family: Family, metric: Metric) -> &[Check] {
         let Some(m) = self.metrics.iter().find(|m| m.metric == metric) else {
             return &[];
         };
@@ -144,13 +144,13 @@ impl Checks {
     }
 
     /// A randomized request, measured.
-    pub fn add(&mut self, obs: &Observation) {
+    pub(crate) fn add(&mut self, obs: &Observation) {
         for m in &mut self.metrics {
             m.minute.add(obs, m.metric);
         }
     }
 
-    pub fn close_minute(&mut self, canary_requests: u64, bad_canary: u64) {
+    pub(crate) fn close_minute(&mut self, canary_requests: u64, bad_canary: u64) {
         for m in &mut self.metrics {
             let metric = m.metric;
             let mut minute = std::mem::take(&mut m.minute);
@@ -193,7 +193,7 @@ fn critical(checks: &[Check], k: usize) -> f64 {
 }
 
 /// The threshold that makes at most `target` of the A/A runs fire (fire iff value > T).
-pub fn tune(null_runs: &[&[Check]], k: usize, target: f64) -> f64 {
+pub(crate) fn tune(null_runs: &[&[Check]], k: usize, target: f64) -> f64 {
     let mut crit: Vec<f64> = null_runs.iter().map(|c| critical(c, k)).collect();
     crit.sort_by(|a, b| b.total_cmp(a));
     let allowed = (target * crit.len() as f64).floor() as usize;
@@ -201,7 +201,7 @@ pub fn tune(null_runs: &[&[Check]], k: usize, target: f64) -> f64 {
 }
 
 /// The check at which a run fires with threshold `t` and k failed checks, if any.
-pub fn fires(checks: &[Check], k: usize, t: f64) -> Option<Check> {
+pub(crate) fn fires(checks: &[Check], k: usize, t: f64) -> Option<Check> {
     let mut failed = 0;
     for c in checks {
         if c.value > t {

@@ -5,10 +5,10 @@
 //! baselines side by side), optionally every figure as JSON, and a progress bar on
 //! stderr. Runs are deterministic per seed and spread over threads.
 
-pub mod baselines;
-pub mod report;
-pub mod scenario;
-pub mod traffic;
+pub(crate) mod baselines;
+pub(crate) mod report;
+pub(crate) mod scenario;
+pub(crate) mod traffic;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,37 +24,38 @@ use scenario::{Expect, Scenario};
 use traffic::RunResult;
 
 #[derive(Debug, Clone, clap::Args)]
+/// `sluice simulate`'s arguments: the folder of scenario files and which of them to run.
 pub struct SimulateArgs {
     /// Folder of scenario files.
     #[arg(long, default_value = "evals/scenarios")]
-    pub scenarios: PathBuf,
+    pub(crate) scenarios: PathBuf,
     /// Folder of policies that scenarios name.
     #[arg(long, default_value = "policies")]
-    pub policies: PathBuf,
+    pub(crate) policies: PathBuf,
     /// Seeded runs per scenario where the canary is harmless (and per A/A twin); harmful
     /// scenarios get a quarter (at least 50), since their figures are medians.
     #[arg(long, default_value_t = 2000)]
-    pub runs: usize,
+    pub(crate) runs: usize,
     /// A fast smoke run: 30 runs per harmless scenario, 20 per harmful one.
     #[arg(long)]
-    pub quick: bool,
+    pub(crate) quick: bool,
     /// Only scenarios whose file name contains one of these (repeatable).
     #[arg(long = "only")]
-    pub only: Vec<String>,
+    pub(crate) only: Vec<String>,
     /// Write every figure as JSON here.
     #[arg(long)]
-    pub json: Option<PathBuf>,
+    pub(crate) json: Option<PathBuf>,
     /// Write the HTML report here (one page, inline SVG, no script, no network): per
     /// scenario the distribution of canary requests to revert for sluice and the tuned
     /// baselines, the false-rollback rate with its interval against α, and the first
     /// runs' e-value paths against 1/α.
     #[arg(long, default_value = "simulate-report.html")]
-    pub html: PathBuf,
+    pub(crate) html: PathBuf,
     /// Worker threads (default: the machine's cores).
     #[arg(long)]
-    pub threads: Option<usize>,
+    pub(crate) threads: Option<usize>,
     #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    pub(crate) seed: u64,
 }
 
 /// The false-rollback rate the baselines are tuned to on each A/A twin. It is α = 0.01,
@@ -68,6 +69,11 @@ struct Job {
     run: usize,
 }
 
+/// `sluice simulate`: runs every scenario against the judge and prints the results table.
+///
+/// # Errors
+/// When the scenario folder cannot be read, no scenario is selected, or a scenario file
+/// has a mistake.
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let rows = simulate(&args, true)?;
     let table = report::markdown(
@@ -101,7 +107,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
 }
 
 /// Runs the selected scenarios and returns one row each.
-pub fn simulate(args: &SimulateArgs, progress: bool) -> anyhow::Result<Vec<Row>> {
+pub(crate) fn simulate(args: &SimulateArgs, progress: bool) -> anyhow::Result<Vec<Row>> {
     let scenarios = load_scenarios(args)?;
     let twins = Twins::of(&scenarios);
     let batch = Batch {

@@ -11,16 +11,16 @@ use crate::judge::spec::Metric;
 
 /// A rate with its Wilson 95 % interval.
 #[derive(Debug, Clone, Copy, Serialize)]
-pub struct Rate {
-    pub k: usize,
-    pub n: usize,
-    pub rate: f64,
-    pub lo: f64,
-    pub hi: f64,
+pub(crate) struct Rate {
+    pub(crate) k: usize,
+    pub(crate) n: usize,
+    pub(crate) rate: f64,
+    pub(crate) lo: f64,
+    pub(crate) hi: f64,
 }
 
 /// The rate k/n with its 95 % Wilson score interval (the formula lives in `eval::stats`).
-pub fn wilson(k: usize, n: usize) -> Rate {
+pub(crate) fn wilson(k: usize, n: usize) -> Rate {
     let [lo, hi] = crate::eval::stats::wilson(k as u64, n as u64, crate::eval::stats::Z_95)
         .unwrap_or([0.0, 1.0]);
     let rate = if n == 0 { 0.0 } else { k as f64 / n as f64 };
@@ -39,50 +39,50 @@ fn quantile(values: &[Option<f64>], p: f64) -> Option<f64> {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Delay {
-    pub detected: Rate,
+pub(crate) struct Delay {
+    pub(crate) detected: Rate,
     /// Canary requests until revert: median and p90 over all runs (never = ∞).
-    pub median: Option<f64>,
-    pub p90: Option<f64>,
+    pub(crate) median: Option<f64>,
+    pub(crate) p90: Option<f64>,
     /// Bad canary responses served before the revert (median over all runs).
-    pub bad_median: Option<f64>,
+    pub(crate) bad_median: Option<f64>,
     /// Every run's canary requests to revert (None: never), for the HTML report.
     #[serde(skip)]
-    pub points: Vec<Option<f64>>,
+    pub(crate) points: Vec<Option<f64>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Baseline {
-    pub family: &'static str,
+pub(crate) struct Baseline {
+    pub(crate) family: &'static str,
     /// Failed checks needed to roll back.
-    pub k: usize,
-    pub threshold: f64,
+    pub(crate) k: usize,
+    pub(crate) threshold: f64,
     /// Its false-rollback rate on the A/A twin at that threshold.
-    pub twin_false_rollbacks: Rate,
-    pub delay: Delay,
+    pub(crate) twin_false_rollbacks: Rate,
+    pub(crate) delay: Delay,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Row {
-    pub scenario: String,
-    pub description: String,
-    pub expect: &'static str,
-    pub runs: usize,
-    pub reverted: Rate,
-    pub promoted: Rate,
-    pub inconclusive: Rate,
-    pub kill_switch: usize,
-    pub delay: Delay,
+pub(crate) struct Row {
+    pub(crate) scenario: String,
+    pub(crate) description: String,
+    pub(crate) expect: &'static str,
+    pub(crate) runs: usize,
+    pub(crate) reverted: Rate,
+    pub(crate) promoted: Rate,
+    pub(crate) inconclusive: Rate,
+    pub(crate) kill_switch: usize,
+    pub(crate) delay: Delay,
     /// Minutes until the canary reached 100 % (median over promoted runs).
-    pub time_to_100_min: Option<f64>,
-    pub baselines: Vec<Baseline>,
+    pub(crate) time_to_100_min: Option<f64>,
+    pub(crate) baselines: Vec<Baseline>,
     /// Our median canary requests ÷ the best tuned baseline's.
-    pub ratio_to_best_baseline: Option<f64>,
+    pub(crate) ratio_to_best_baseline: Option<f64>,
     /// The policy's α.
-    pub alpha: f64,
+    pub(crate) alpha: f64,
     /// A few runs' e-value paths (minute, E), for the HTML report.
     #[serde(skip)]
-    pub e_paths: Vec<Vec<(f64, f64)>>,
+    pub(crate) e_paths: Vec<Vec<(f64, f64)>>,
 }
 
 fn delay_of(points: &[Option<(u64, u64)>]) -> Delay {
@@ -97,7 +97,12 @@ fn delay_of(points: &[Option<(u64, u64)>]) -> Delay {
     }
 }
 
-pub fn row(s: &Scenario, runs: &[RunResult], twin: Option<&[RunResult]>, target: f64) -> Row {
+pub(crate) fn row(
+    s: &Scenario,
+    runs: &[RunResult],
+    twin: Option<&[RunResult]>,
+    target: f64,
+) -> Row {
     let n = runs.len();
     let count = |o: Outcome| runs.iter().filter(|r| r.outcome == o).count();
     let points: Vec<Option<(u64, u64)>> = runs
@@ -213,7 +218,7 @@ fn num(x: Option<f64>) -> String {
     x.map_or("—".into(), |x| format!("{x:.0}"))
 }
 
-pub fn markdown(rows: &[Row], alpha_note: &str) -> String {
+pub(crate) fn markdown(rows: &[Row], alpha_note: &str) -> String {
     let mut out = String::new();
     out.push_str(alpha_note);
     out.push_str("\n\n| scenario | expect | runs | reverted (95 % CI) | promoted | inconclusive | canary req. to revert, median / p90 | bad served before revert (median) | time to 100 % (median) | Flagger-style tuned: k, median / p90 | Argo-style tuned: k, median / p90 | ours ÷ best baseline |\n");
@@ -484,7 +489,7 @@ fn paths_svg(paths: &[Vec<(f64, f64)>], alpha: f64) -> String {
 }
 
 /// The whole report: one self-contained page (inline SVG, no script, no network).
-pub fn html(rows: &[Row], note: &str) -> String {
+pub(crate) fn html(rows: &[Row], note: &str) -> String {
     let mut out = String::from(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>sluice simulate</title><style>body{font-family:sans-serif;max-width:720px;margin:2em auto;color:#222}h2{font-size:1.05em;margin-top:2em;border-top:1px solid #ccc;padding-top:1em}p.d{color:#555}</style></head><body><h1>sluice simulate</h1>",
     );

@@ -15,7 +15,7 @@ use crate::rollout::policy::{Policy, load_policy, parse_policy_at};
 /// judge should revert), or a broken design (the judge must not decide on its own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Expect {
+pub(crate) enum Expect {
     Pass,
     Revert,
     NoDecision,
@@ -23,80 +23,80 @@ pub enum Expect {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Traffic {
+pub(crate) struct Traffic {
     #[serde(default = "d_workspaces")]
-    pub workspaces: usize,
+    pub(crate) workspaces: usize,
     /// Share of requests from the workspace `internal` (targeted by workspace steps).
     #[serde(default)]
-    pub internal_share: f64,
+    pub(crate) internal_share: f64,
     #[serde(default = "d_schema_share")]
-    pub schema_share: f64,
+    pub(crate) schema_share: f64,
     /// > 0: requests come from this many users with Pareto activity, assigned by user.
     #[serde(default)]
-    pub sticky_users: usize,
+    pub(crate) sticky_users: usize,
     /// Share of users whose error rate is `bad_user_error_rate` on both arms.
     #[serde(default)]
-    pub bad_user_share: f64,
+    pub(crate) bad_user_share: f64,
     #[serde(default)]
-    pub bad_user_error_rate: f64,
+    pub(crate) bad_user_error_rate: f64,
     /// Share of canary records that never reach the judge (a sample-ratio mismatch).
     #[serde(default)]
-    pub lost_canary_records: f64,
+    pub(crate) lost_canary_records: f64,
     /// A provider incident on both arms: from `incident_at`, for `incident_for`.
-    pub incident_at: Option<String>,
-    pub incident_for: Option<String>,
+    pub(crate) incident_at: Option<String>,
+    pub(crate) incident_for: Option<String>,
     #[serde(default)]
-    pub incident_error_rate: f64,
+    pub(crate) incident_error_rate: f64,
     /// More provider incidents, each on both arms or on one.
     #[serde(default)]
-    pub incidents: Vec<RawIncident>,
+    pub(crate) incidents: Vec<RawIncident>,
     /// Traffic follows a sinusoidal daily curve with this peak / trough ratio (1 = flat)
     /// and this period (default: the run's duration), around the mean `rps`.
     #[serde(default = "one")]
-    pub daily_ratio: f64,
-    pub daily_period: Option<String>,
+    pub(crate) daily_ratio: f64,
+    pub(crate) daily_period: Option<String>,
     /// Bursts: every `burst_every`, for `burst_for`, arrivals × `burst_factor`.
-    pub burst_every: Option<String>,
-    pub burst_for: Option<String>,
+    pub(crate) burst_every: Option<String>,
+    pub(crate) burst_for: Option<String>,
     #[serde(default = "one")]
-    pub burst_factor: f64,
+    pub(crate) burst_factor: f64,
     /// The busiest this many workspaces send long prompts: tokens and latency ×
     /// `heavy_tokens_ratio` on both arms (a different prompt mix per workspace).
     #[serde(default)]
-    pub heavy_workspaces: usize,
+    pub(crate) heavy_workspaces: usize,
     #[serde(default = "d_heavy")]
-    pub heavy_tokens_ratio: f64,
+    pub(crate) heavy_tokens_ratio: f64,
     /// Every request's latency (and so the time until it is measured) uniform in this
     /// range of seconds: long streams, in flight across step-ups.
-    pub stream_seconds: Option<[f64; 2]>,
+    pub(crate) stream_seconds: Option<[f64; 2]>,
     /// Share of requests that get feedback on the policy's first `[feedback]` metric
     /// (binary: bad with `stable.feedback_bad_rate`), arriving `feedback_delay` late.
     #[serde(default)]
-    pub feedback_share: f64,
-    pub feedback_delay: Option<String>,
+    pub(crate) feedback_share: f64,
+    pub(crate) feedback_delay: Option<String>,
 }
 
 /// One provider incident as written in a scenario.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawIncident {
-    pub at: String,
+pub(crate) struct RawIncident {
+    pub(crate) at: String,
     #[serde(rename = "for")]
-    pub length: String,
-    pub error_rate: f64,
+    pub(crate) length: String,
+    pub(crate) error_rate: f64,
     /// "both" (default), "canary" or "stable".
     #[serde(default = "d_both")]
-    pub arms: String,
+    pub(crate) arms: String,
 }
 
 /// A provider incident: [from, to) in ms, its error rate, and the arms it hits.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Incident {
-    pub from_ms: i64,
-    pub to_ms: i64,
-    pub error_rate: f64,
-    pub canary: bool,
-    pub stable: bool,
+pub(crate) struct Incident {
+    pub(crate) from_ms: i64,
+    pub(crate) to_ms: i64,
+    pub(crate) error_rate: f64,
+    pub(crate) canary: bool,
+    pub(crate) stable: bool,
 }
 
 fn d_heavy() -> f64 {
@@ -121,25 +121,25 @@ fn d_schema_share() -> f64 {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Arm {
+pub(crate) struct Arm {
     #[serde(default = "d_error")]
-    pub error_rate: f64,
+    pub(crate) error_rate: f64,
     #[serde(default = "d_latency")]
-    pub latency_ms: f64,
+    pub(crate) latency_ms: f64,
     #[serde(default = "d_ttft")]
-    pub ttft_ms: f64,
+    pub(crate) ttft_ms: f64,
     #[serde(default = "d_sigma")]
-    pub ttft_sigma: f64,
+    pub(crate) ttft_sigma: f64,
     #[serde(default = "d_tokens")]
-    pub tokens: f64,
+    pub(crate) tokens: f64,
     #[serde(default = "d_tokens_sigma")]
-    pub tokens_sigma: f64,
+    pub(crate) tokens_sigma: f64,
     #[serde(default = "d_schema")]
-    pub schema_failure_rate: f64,
+    pub(crate) schema_failure_rate: f64,
     #[serde(default = "d_guard")]
-    pub guardrail_block_rate: f64,
+    pub(crate) guardrail_block_rate: f64,
     #[serde(default = "d_feedback")]
-    pub feedback_bad_rate: f64,
+    pub(crate) feedback_bad_rate: f64,
 }
 
 fn d_feedback() -> f64 {
@@ -183,27 +183,27 @@ fn one() -> f64 {
 /// How the canary differs from stable (1 = no difference), from `onset` on.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Change {
+pub(crate) struct Change {
     #[serde(default = "one")]
-    pub error_ratio: f64,
+    pub(crate) error_ratio: f64,
     #[serde(default = "one")]
-    pub tokens_ratio: f64,
+    pub(crate) tokens_ratio: f64,
     #[serde(default = "one")]
-    pub latency_ratio: f64,
+    pub(crate) latency_ratio: f64,
     /// The TTFT p95 moves by this factor while the median stays (the upper half of the
     /// log-normal is stretched).
     #[serde(default = "one")]
-    pub ttft_p95_ratio: f64,
+    pub(crate) ttft_p95_ratio: f64,
     #[serde(default = "one")]
-    pub schema_failure_ratio: f64,
+    pub(crate) schema_failure_ratio: f64,
     #[serde(default = "one")]
-    pub length_ratio: f64,
+    pub(crate) length_ratio: f64,
     /// Cost per request (at the same tokens), e.g. a pricier model.
     #[serde(default = "one")]
-    pub cost_ratio: f64,
+    pub(crate) cost_ratio: f64,
     #[serde(default = "one")]
-    pub feedback_ratio: f64,
-    pub onset: Option<String>,
+    pub(crate) feedback_ratio: f64,
+    pub(crate) onset: Option<String>,
 }
 
 impl Default for Change {
@@ -231,30 +231,34 @@ struct RawScenario {
 }
 
 #[derive(Debug, Clone)]
-pub struct Scenario {
-    pub name: String,
-    pub description: String,
-    pub expect: Expect,
-    pub duration: Duration,
-    pub rps: f64,
-    pub baseline_metric: Option<Metric>,
-    pub policy: Policy,
-    pub traffic: Traffic,
-    pub stable: Arm,
-    pub canary: Change,
-    pub onset: Duration,
-    pub incident: Option<(Duration, Duration)>,
+pub(crate) struct Scenario {
+    pub(crate) name: String,
+    pub(crate) description: String,
+    pub(crate) expect: Expect,
+    pub(crate) duration: Duration,
+    pub(crate) rps: f64,
+    pub(crate) baseline_metric: Option<Metric>,
+    pub(crate) policy: Policy,
+    pub(crate) traffic: Traffic,
+    pub(crate) stable: Arm,
+    pub(crate) canary: Change,
+    pub(crate) onset: Duration,
+    #[expect(
+        dead_code,
+        reason = "set by the loader; `incidents` is what the run reads"
+    )]
+    pub(crate) incident: Option<(Duration, Duration)>,
     /// Every incident (the single `incident_*` keys included).
-    pub incidents: Vec<Incident>,
-    pub daily_period: Duration,
-    pub burst: Option<(Duration, Duration)>,
-    pub feedback_delay: Duration,
+    pub(crate) incidents: Vec<Incident>,
+    pub(crate) daily_period: Duration,
+    pub(crate) burst: Option<(Duration, Duration)>,
+    pub(crate) feedback_delay: Duration,
 }
 
 impl Scenario {
     /// The same setting with a canary identical to stable: the A/A run on which the
     /// baselines are tuned.
-    pub fn null_twin(&self) -> Scenario {
+    pub(crate) fn null_twin(&self) -> Scenario {
         Scenario {
             name: format!("A/A twin of {}", self.name),
             expect: Expect::Pass,
@@ -275,7 +279,7 @@ impl Scenario {
     }
 
     /// Two scenarios share a twin when everything but the canary's change is the same.
-    pub fn setting_key(&self) -> String {
+    pub(crate) fn setting_key(&self) -> String {
         // The policy's name and description differ per file and change nothing.
         let policy = Policy {
             name: String::new(),
@@ -289,7 +293,7 @@ impl Scenario {
     }
 }
 
-pub fn load(path: &Path, policies_dir: &Path) -> Result<Scenario, ConfigErrors> {
+pub(crate) fn load(path: &Path, policies_dir: &Path) -> Result<Scenario, ConfigErrors> {
     let mut issues = Issues {
         file: path,
         found: Vec::new(),

@@ -15,7 +15,7 @@ use crate::rollout::machine::{Decision, InStep, Position};
 use crate::types::{Arm, RolloutState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Reverted,
     Promoted,
     Inconclusive,
@@ -24,23 +24,23 @@ pub enum Outcome {
 }
 
 #[derive(Debug, Clone)]
-pub struct RunResult {
-    pub outcome: Outcome,
-    pub at_ms: i64,
+pub(crate) struct RunResult {
+    pub(crate) outcome: Outcome,
+    pub(crate) at_ms: i64,
     /// Canary requests served (measured) when the run ended or reverted.
-    pub canary_requests: u64,
+    pub(crate) canary_requests: u64,
     /// Canary responses that were bad (error, schema failure, guardrail block).
-    pub bad_canary: u64,
-    pub kill_switch: bool,
-    pub checks: Checks,
+    pub(crate) bad_canary: u64,
+    pub(crate) kill_switch: bool,
+    pub(crate) checks: Checks,
     /// The judge's global e-value every [`E_PATH_EVERY_MS`] until it decided (the
     /// report draws a few of these against 1/α).
-    pub e_path: Vec<(i64, f64)>,
+    pub(crate) e_path: Vec<(i64, f64)>,
 }
 
 /// How often the e-value path is sampled, and at most how many points are kept.
-pub const E_PATH_EVERY_MS: i64 = 30_000;
-pub const E_PATH_POINTS: usize = 240;
+pub(crate) const E_PATH_EVERY_MS: i64 = 30_000;
+pub(crate) const E_PATH_POINTS: usize = 240;
 
 fn normal(rng: &mut StdRng) -> f64 {
     let u: f64 = rng.random::<f64>().max(1e-300);
@@ -95,7 +95,7 @@ struct InFlight {
 }
 
 /// One run; the baselines watch `watch` (a twin watches every metric its scenarios need).
-pub fn run(s: &Scenario, watch: &[crate::judge::spec::Metric], seed: u64) -> RunResult {
+pub(crate) fn run(s: &Scenario, watch: &[crate::judge::spec::Metric], seed: u64) -> RunResult {
     let mut rng = StdRng::seed_from_u64(seed);
     let population = Population::draw(&s.traffic, &mut rng);
     let mut run = RunState::new(s, watch);

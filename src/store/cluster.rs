@@ -24,27 +24,27 @@ pub(super) fn channel_name(schema: &str) -> String {
 
 /// One replica as the registry holds it.
 #[derive(Debug, Clone, serde::Serialize, PartialEq)]
-pub struct ReplicaRow {
-    pub id: String,
+pub(crate) struct ReplicaRow {
+    pub(crate) id: String,
     /// The address its listener was bound to (or `[cluster] advertise`).
-    pub address: String,
+    pub(crate) address: String,
     /// sluice's version.
-    pub version: String,
+    pub(crate) version: String,
     /// Epoch ms (the replica's clock).
-    pub started_at_ms: i64,
+    pub(crate) started_at_ms: i64,
     /// The database's clock at its last heartbeat.
-    pub heartbeat_at_ms: i64,
+    pub(crate) heartbeat_at_ms: i64,
 }
 
 /// Who holds a lease, under which fence, until when (database clock, ms).
 #[derive(Debug, Clone, serde::Serialize, PartialEq)]
-pub struct LeaseRow {
-    pub name: String,
-    pub holder: String,
+pub(crate) struct LeaseRow {
+    pub(crate) name: String,
+    pub(crate) holder: String,
     /// Grows by one each time the holder changes.
-    pub fence: i64,
+    pub(crate) fence: i64,
     /// The database's clock, epoch ms.
-    pub expires_at_ms: i64,
+    pub(crate) expires_at_ms: i64,
 }
 
 /// What an attempt to take a lease gave.
@@ -53,55 +53,56 @@ pub struct LeaseOutcome {
     /// The fence held now, or `None` while another holder's lease runs.
     pub fence: Option<i64>,
     /// When the lease ends (ms from now): this holder's, or the other holder's.
-    pub expires_in_ms: i64,
+    pub(crate) expires_in_ms: i64,
 }
 
 /// One replica's observations of one rollout since its previous flush, ready to insert.
 #[derive(Debug, Clone, Default)]
-pub struct ShippedBatch {
-    pub rollout_id: String,
-    pub replica: String,
+pub(crate) struct ShippedBatch {
+    pub(crate) rollout_id: String,
+    pub(crate) replica: String,
     /// Grows by one per flush of this replica (per process, whose id is fresh per start).
-    pub seq: i64,
+    pub(crate) seq: i64,
     /// When it was drained (epoch ms, the replica's clock).
-    pub at_ms: i64,
+    pub(crate) at_ms: i64,
     /// The judge's observations, as a JSON array.
-    pub observations: String,
+    pub(crate) observations: String,
     /// Randomized assignments since the previous flush, per arm (stable, canary).
-    pub assigned: [i64; 2],
+    pub(crate) assigned: [i64; 2],
     /// Requests measured, per arm (every one, pinned ones too; for the cluster-wide view).
-    pub requests: [i64; 2],
+    pub(crate) requests: [i64; 2],
     /// Errors, per arm.
-    pub errors: [i64; 2],
+    pub(crate) errors: [i64; 2],
     /// Sum of latencies (ms), per arm.
-    pub latency_ms: [f64; 2],
+    pub(crate) latency_ms: [f64; 2],
     /// Observations this replica had to drop since its previous flush (queue full, database away).
-    pub dropped: i64,
+    pub(crate) dropped: i64,
 }
 
 /// A shipped batch as the judge reads it back.
 #[derive(Debug, Clone)]
-pub struct ObservationBatch {
-    pub replica: String,
-    pub seq: i64,
+pub(crate) struct ObservationBatch {
+    pub(crate) replica: String,
+    pub(crate) seq: i64,
     /// The judge's observations, as a JSON array.
-    pub observations: String,
+    pub(crate) observations: String,
     /// Randomized assignments, per arm (stable, canary).
-    pub assigned: [i64; 2],
+    #[expect(dead_code, reason = "read back from the row, used by nothing yet")]
+    pub(crate) assigned: [i64; 2],
 }
 
 /// Cluster-wide figures of one rollout, summed over every shipped batch.
 #[derive(Debug, Clone, Default, serde::Serialize, PartialEq)]
-pub struct ArmTotals {
+pub(crate) struct ArmTotals {
     /// Requests per arm (stable, canary).
-    pub requests: [i64; 2],
-    pub errors: [i64; 2],
+    pub(crate) requests: [i64; 2],
+    pub(crate) errors: [i64; 2],
     /// Sum of latencies (ms), per arm.
-    pub latency_ms_sum: [f64; 2],
+    pub(crate) latency_ms_sum: [f64; 2],
     /// Observations replicas counted as dropped before shipping.
-    pub dropped: i64,
+    pub(crate) dropped: i64,
     /// Replicas that shipped any.
-    pub replicas: i64,
+    pub(crate) replicas: i64,
 }
 
 /// The column that says which rows of `table` to delete, and which rows may go at all.
@@ -119,7 +120,7 @@ fn key_and_filter(table: PrunedTable) -> (&'static str, &'static str) {
 
 impl Store {
     /// Writes this replica's heartbeat (inserting it the first time); returns the database's clock.
-    pub async fn heartbeat(&self, replica: &ReplicaRow) -> Result<i64, StoreError> {
+    pub(crate) async fn heartbeat(&self, replica: &ReplicaRow) -> Result<i64, StoreError> {
         let sql = sqlx::AssertSqlSafe(format!(
             "INSERT INTO cluster_replicas (id, address, version, started_at_ms, heartbeat_at_ms) \
              VALUES ($1, $2, $3, $4, {DB_NOW_MS}) ON CONFLICT (id) DO UPDATE SET heartbeat_at_ms = excluded.heartbeat_at_ms, \
@@ -136,7 +137,7 @@ impl Store {
     }
 
     /// Every registered replica, oldest first, and the database's clock now.
-    pub async fn replicas(&self) -> Result<(Vec<ReplicaRow>, i64), StoreError> {
+    pub(crate) async fn replicas(&self) -> Result<(Vec<ReplicaRow>, i64), StoreError> {
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT id, address, version, started_at_ms, heartbeat_at_ms, {DB_NOW_MS} FROM cluster_replicas \
              ORDER BY started_at_ms, id"
@@ -164,7 +165,7 @@ impl Store {
     }
 
     /// Forgets replicas silent for longer than `older_than_ms`, and this one on a clean stop.
-    pub async fn remove_replicas(
+    pub(crate) async fn remove_replicas(
         &self,
         id: Option<&str>,
         older_than_ms: i64,
@@ -182,6 +183,9 @@ impl Store {
 
     /// Takes or renews lease `name` for `holder` for `ttl_ms`. The fence grows whenever the
     /// holder changes. While another holder's lease runs: no fence, and when it ends.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the statement fails.
     pub async fn acquire_lease(
         &self,
         name: &str,
@@ -225,7 +229,7 @@ impl Store {
     }
 
     /// Lets a lease go at once (on a clean stop), so another replica need not wait it out.
-    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+    pub(crate) async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
         let sql = sqlx::AssertSqlSafe(format!(
             "UPDATE cluster_leases SET expires_at_ms = {DB_NOW_MS} - 1 WHERE name = $1 AND holder = $2"
         ));
@@ -238,7 +242,7 @@ impl Store {
     }
 
     /// Leases whose name starts with `prefix`.
-    pub async fn leases(&self, prefix: &str) -> Result<Vec<LeaseRow>, StoreError> {
+    pub(crate) async fn leases(&self, prefix: &str) -> Result<Vec<LeaseRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT name, holder, fence, expires_at_ms FROM cluster_leases WHERE name LIKE $1 ORDER BY name",
         )
@@ -260,7 +264,10 @@ impl Store {
 
     /// Ships batches of observations, a few statements per flush at most. A batch already
     /// stored (a retry after a lost acknowledgement) is left as it is.
-    pub async fn ship_observations(&self, batches: &[ShippedBatch]) -> Result<(), StoreError> {
+    pub(crate) async fn ship_observations(
+        &self,
+        batches: &[ShippedBatch],
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for chunk in batches.chunks(SHIP_ROWS_PER_STATEMENT) {
             let mut sql = String::from(
@@ -314,7 +321,7 @@ impl Store {
 
     /// The batches of `rollout_id` past `cursor` (JSON: replica → last seq read), in order
     /// per replica, at most `limit`.
-    pub async fn observations_after(
+    pub(crate) async fn observations_after(
         &self,
         rollout_id: &str,
         cursor: &str,
@@ -344,7 +351,7 @@ impl Store {
     }
 
     /// Every replica's shipped figures of one rollout, summed.
-    pub async fn arm_totals(&self, rollout_id: &str) -> Result<ArmTotals, StoreError> {
+    pub(crate) async fn arm_totals(&self, rollout_id: &str) -> Result<ArmTotals, StoreError> {
         let row = sqlx::query(
             "SELECT CAST(COALESCE(SUM(stable_requests), 0) AS BIGINT), CAST(COALESCE(SUM(canary_requests), 0) AS BIGINT), \
              CAST(COALESCE(SUM(stable_errors), 0) AS BIGINT), CAST(COALESCE(SUM(canary_errors), 0) AS BIGINT), \
@@ -365,7 +372,10 @@ impl Store {
     }
 
     /// Hashes of keys revoked at or after `since_ms` (writer's clock), to forget them.
-    pub async fn revoked_keys_since(&self, since_ms: i64) -> Result<Vec<String>, StoreError> {
+    pub(crate) async fn revoked_keys_since(
+        &self,
+        since_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query("SELECT key_hash FROM api_keys WHERE revoked_at_ms >= $1")
             .bind(since_ms)
             .fetch_all(&self.pool)
@@ -375,7 +385,7 @@ impl Store {
 
     /// Per (version, arm) of `route`, from every replica's stored records: requests,
     /// errors, mean latency (ms), tokens and cost (USD).
-    pub async fn route_totals(&self, route: &str) -> Result<Vec<RouteTotals>, StoreError> {
+    pub(crate) async fn route_totals(&self, route: &str) -> Result<Vec<RouteTotals>, StoreError> {
         let rows = sqlx::query(
             "SELECT version, arm, COUNT(*), \
              CAST(COALESCE(SUM(CASE WHEN outcome IN ('ok', 'client_disconnected', 'guardrail_blocked') THEN 0 ELSE 1 END), 0) AS BIGINT), \
@@ -405,7 +415,7 @@ impl Store {
 
     /// Deletes at most `batch` rows of `table` older than `before_ms`; returns how many went.
     /// Small batches keep each transaction short, so writers never wait long behind one.
-    pub async fn prune(
+    pub(crate) async fn prune(
         &self,
         table: PrunedTable,
         before_ms: i64,
@@ -438,14 +448,14 @@ impl Store {
 
 /// One (version, arm) of a route, summed over every replica's records.
 #[derive(Debug, Clone, serde::Serialize, PartialEq, utoipa::ToSchema)]
-pub struct RouteTotals {
-    pub version: String,
-    pub arm: String,
-    pub requests: i64,
-    pub errors: i64,
-    pub mean_latency_ms: f64,
+pub(crate) struct RouteTotals {
+    pub(crate) version: String,
+    pub(crate) arm: String,
+    pub(crate) requests: i64,
+    pub(crate) errors: i64,
+    pub(crate) mean_latency_ms: f64,
     /// Prompt and completion tokens.
-    pub tokens: i64,
+    pub(crate) tokens: i64,
     /// USD at the versions' prices.
-    pub cost_usd: f64,
+    pub(crate) cost_usd: f64,
 }

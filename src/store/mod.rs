@@ -19,30 +19,32 @@ mod records;
 mod responses;
 mod rollouts;
 
-pub use cluster::{
-    ArmTotals, LeaseOutcome, LeaseRow, ObservationBatch, ReplicaRow, RouteTotals, ShippedBatch,
-};
+pub(crate) use cluster::{ArmTotals, ObservationBatch, ReplicaRow, RouteTotals, ShippedBatch};
 pub use quality::{RequestPlacement, ShadowPair};
 use records::RecordWriter;
-pub use records::SQLITE_MAX_ROWS;
-pub use responses::ResponsePlacement;
+pub(crate) use records::SQLITE_MAX_ROWS;
+pub(crate) use responses::ResponsePlacement;
 pub use rollouts::{Actor, EventRow, Fence, NewEvent, RolloutRow, WriteGuard};
 
 use crate::types::{Api, Arm, Outcome, Record, now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
+pub(crate) enum Engine {
     Sqlite,
     Postgres,
 }
 
 #[derive(Debug, thiserror::Error)]
+/// What a store operation can fail with.
 pub enum StoreError {
     #[error("{0} already exists")]
+    /// An insert met a row with the same key; the text names it (e.g. "workspace `acme`").
     Conflict(String),
     #[error(transparent)]
+    /// The database refused or could not run a query (connection, constraint, SQL).
     Database(#[from] sqlx::Error),
     #[error("migrating the database failed: {0}")]
+    /// Bringing the schema up to date failed at [`Store::connect`].
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The row moved on since it was read (another replica or the judge changed it).
     #[error("rollout {0} changed since it was read")]
@@ -54,7 +56,7 @@ pub enum StoreError {
 
 impl StoreError {
     /// True when the database could not be reached at all (as opposed to refusing a write).
-    pub fn is_unavailable(&self) -> bool {
+    pub(crate) fn is_unavailable(&self) -> bool {
         matches!(
             self,
             StoreError::Database(
@@ -164,6 +166,8 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
 ];
 
 #[derive(Clone)]
+/// The database behind sluice: SQLite for one process, PostgreSQL for a cluster. Cheap to
+/// clone (a pool and a writer handle).
 pub struct Store {
     pool: AnyPool,
     engine: Engine,
@@ -176,21 +180,22 @@ pub struct Store {
 /// A tenant: gateway keys, records and feedback belong to one.
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Workspace {
+    /// The workspace id (see `WorkspaceId` for its rule).
     pub id: String,
     /// Unix time in milliseconds.
-    pub created_at_ms: i64,
+    pub(crate) created_at_ms: i64,
 }
 
 /// A gateway key as listed: never the key itself.
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[schema(as = Key)]
 pub struct KeyInfo {
-    pub id: String,
-    pub workspace: String,
+    pub(crate) id: String,
+    pub(crate) workspace: String,
     /// The first characters of the key, to tell keys apart; never enough to use one.
-    pub prefix: String,
+    pub(crate) prefix: String,
     /// Unix time in milliseconds.
-    pub created_at_ms: i64,
+    pub(crate) created_at_ms: i64,
     /// When it was revoked (Unix ms), or null while it works.
     #[schema(required = true)]
     pub revoked_at_ms: Option<i64>,
@@ -198,6 +203,11 @@ pub struct KeyInfo {
 
 impl Store {
     /// Connects (creating a SQLite file if needed) and brings the schema up to date.
+    /// `url` is `sqlite://PATH` or `postgres://…`.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the database cannot be reached; [`StoreError::Migrate`] when
+    /// the schema cannot be brought up to date.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let engine = if url.starts_with("sqlite:") {
@@ -267,12 +277,12 @@ impl Store {
         Ok(store)
     }
 
-    pub fn engine(&self) -> Engine {
+    pub(crate) fn engine(&self) -> Engine {
         self.engine
     }
 
     /// PostgreSQL: the channel every change is notified on (one per schema).
-    pub fn channel(&self) -> Option<&str> {
+    pub(crate) fn channel(&self) -> Option<&str> {
         self.channel.as_deref()
     }
 
@@ -299,11 +309,16 @@ impl Store {
         Ok(())
     }
 
+    /// Closes the record writer's connection, then the pool's. Call once, at shutdown.
     pub async fn close(&self) {
         self.writer.close().await;
         self.pool.close().await;
     }
 
+    /// Creates workspace `id` (not checked here: the caller parses it first).
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when it exists; [`StoreError::Database`] when the insert fails.
     pub async fn create_workspace(&self, id: &str) -> Result<Workspace, StoreError> {
         let created_at_ms = now_ms();
         let result = sqlx::query("INSERT INTO workspaces (id, created_at_ms) VALUES ($1, $2)")
@@ -323,6 +338,10 @@ impl Store {
         }
     }
 
+    /// Workspace `id`, or `None` when there is none.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the query fails.
     pub async fn workspace(&self, id: &str) -> Result<Option<Workspace>, StoreError> {
         let row = sqlx::query("SELECT id, created_at_ms FROM workspaces WHERE id = $1")
             .bind(id)
@@ -334,7 +353,7 @@ impl Store {
         }))
     }
 
-    pub async fn workspaces(&self) -> Result<Vec<Workspace>, StoreError> {
+    pub(crate) async fn workspaces(&self) -> Result<Vec<Workspace>, StoreError> {
         let rows = sqlx::query("SELECT id, created_at_ms FROM workspaces ORDER BY id")
             .fetch_all(&self.pool)
             .await?;
@@ -347,6 +366,12 @@ impl Store {
             .collect())
     }
 
+    /// Stores a new API key of `workspace`: its id, its SHA-256 `hash` (hex, see
+    /// [`hash_key`](crate::auth::hash_key)) and its display `prefix`. The key itself is never
+    /// stored.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the insert fails (an unknown workspace, a taken id).
     pub async fn create_key(
         &self,
         workspace: &str,
@@ -374,6 +399,10 @@ impl Store {
         })
     }
 
+    /// The keys of `workspace`, revoked ones included, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the query fails.
     pub async fn keys(&self, workspace: &str) -> Result<Vec<KeyInfo>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, workspace_id, key_prefix, created_at_ms, revoked_at_ms FROM api_keys WHERE workspace_id = $1 ORDER BY created_at_ms, id",
@@ -395,6 +424,9 @@ impl Store {
 
     /// Revokes a live key; returns its hash (so caches can forget it), or `None` when the
     /// workspace has no such live key.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the update fails.
     pub async fn revoke_key(
         &self,
         workspace: &str,
@@ -417,6 +449,9 @@ impl Store {
     }
 
     /// The workspace and key id of a live key, by the key's hash.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the query fails.
     pub async fn key_by_hash(&self, hash: &str) -> Result<Option<(String, String)>, StoreError> {
         let row = sqlx::query(
             "SELECT workspace_id, id FROM api_keys WHERE key_hash = $1 AND revoked_at_ms IS NULL",
@@ -429,7 +464,7 @@ impl Store {
 
     /// Writes a batch of measurement records atomically, on the record writer's own
     /// connection: one transaction, one statement per batch on PostgreSQL and one per set
-    /// bit of the batch size on SQLite (one for a full batch of [`SQLITE_MAX_ROWS`]). A
+    /// bit of the batch size on SQLite (one for a full batch of `SQLITE_MAX_ROWS`). A
     /// record already stored (same request id) is left as it is, so a retried batch does not
     /// fail.
     pub async fn insert_records(&self, records: &[Record]) -> Result<(), StoreError> {
@@ -437,6 +472,10 @@ impl Store {
     }
 
     /// Stored records, newest first, optionally of one route only.
+    /// At most `limit` of them.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the query fails or a row does not read back as a record.
     pub async fn records(
         &self,
         route: Option<&str>,
@@ -491,6 +530,10 @@ impl Store {
             .map_err(StoreError::from)
     }
 
+    /// How many request records are stored.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the query fails.
     pub async fn count_records(&self) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT COUNT(*) FROM requests")
             .fetch_one(&self.pool)

@@ -11,6 +11,7 @@ use crate::types::Arm;
 pub struct ShadowPair {
     /// Pass as `after` to page on.
     pub id: i64,
+    /// The rollout whose shadow policy made the copy.
     pub rollout_id: String,
     /// Unix time in milliseconds.
     pub at_ms: i64,
@@ -19,17 +20,25 @@ pub struct ShadowPair {
     /// The W3C trace id when the client sent a `traceparent`.
     #[schema(required = true)]
     pub trace_id: Option<String>,
+    /// The workspace of the API key that made the request.
     pub workspace: String,
     /// The chat request (masked when the policy's `redact`).
     #[schema(value_type = Object)]
     pub request: serde_json::Value,
+    /// The version that answered the client.
     pub primary_version: String,
+    /// The arm that version was on.
     pub primary_arm: Arm,
+    /// The text the client got.
     pub primary_answer: String,
+    /// The primary request's measurement record, as `GET /admin/v1/records` shows one.
     #[schema(value_type = Object)]
     pub primary_record: serde_json::Value,
+    /// The version the copy was sent to.
     pub shadow_version: String,
+    /// The shadow version's text (never shown to the client).
     pub shadow_answer: String,
+    /// The shadow copy's measurement record, in the same shape.
     #[schema(value_type = Object)]
     pub shadow_record: serde_json::Value,
 }
@@ -37,15 +46,18 @@ pub struct ShadowPair {
 /// Where a request went, for joining feedback to its arm.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequestPlacement {
-    pub workspace: String,
-    pub rollout_id: Option<String>,
-    pub arm: Arm,
-    pub w: Option<f64>,
-    pub randomized: bool,
+    pub(crate) workspace: String,
+    pub(crate) rollout_id: Option<String>,
+    pub(crate) arm: Arm,
+    pub(crate) w: Option<f64>,
+    pub(crate) randomized: bool,
 }
 
 impl Store {
     /// Stores a pair and keeps only the newest `keep` of its rollout.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the insert or the trim fails; then neither happened.
     pub async fn insert_shadow_pair(&self, p: &ShadowPair, keep: u64) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -81,7 +93,7 @@ impl Store {
     }
 
     /// A page of a rollout's pairs, oldest first, after the pair id `after`.
-    pub async fn shadow_pairs(
+    pub(crate) async fn shadow_pairs(
         &self,
         rollout_id: &str,
         after: i64,
@@ -122,7 +134,7 @@ impl Store {
     }
 
     /// Where a stored request went.
-    pub async fn request_placement(
+    pub(crate) async fn request_placement(
         &self,
         request_id: &str,
     ) -> Result<Option<RequestPlacement>, StoreError> {
@@ -139,7 +151,7 @@ impl Store {
         }))
     }
 
-    pub async fn feedback_exists(
+    pub(crate) async fn feedback_exists(
         &self,
         request_id: &str,
         metric: &str,
@@ -153,7 +165,7 @@ impl Store {
         Ok(row.is_some())
     }
 
-    pub async fn insert_feedback(
+    pub(crate) async fn insert_feedback(
         &self,
         request_id: &str,
         placement: &RequestPlacement,
@@ -176,7 +188,7 @@ impl Store {
     }
 
     /// Stores a workspace's own limits (as JSON).
-    pub async fn set_limits(
+    pub(crate) async fn set_limits(
         &self,
         workspace: &str,
         limits: &crate::types::Limits,
@@ -198,6 +210,10 @@ impl Store {
     }
 
     /// Every workspace's own limits.
+    /// Rows whose limits do not parse are left out.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the query fails.
     pub async fn all_limits(&self) -> Result<Vec<(String, crate::types::Limits)>, StoreError> {
         let rows = sqlx::query("SELECT workspace_id, limits FROM workspace_limits")
             .fetch_all(&self.pool)

@@ -40,7 +40,7 @@ const COLUMN_COUNT: usize = 27;
 /// is exactly one.
 const SQLITE_MAX_ROWS_LOG2: u32 = 9;
 /// The largest batch [`RecordWriter::insert`] takes in one SQLite statement.
-pub const SQLITE_MAX_ROWS: usize = 1 << SQLITE_MAX_ROWS_LOG2;
+pub(crate) const SQLITE_MAX_ROWS: usize = 1 << SQLITE_MAX_ROWS_LOG2;
 
 /// The PostgreSQL statement: every column as an array, unnested into rows.
 const POSTGRES_INSERT: &str = "INSERT INTO requests (request_id, at_ms, workspace_id, route, version, arm, \

@@ -11,17 +11,17 @@ use crate::types::Arm;
 /// Where a stored Response was produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponsePlacement {
-    pub response_id: String,
+    pub(crate) response_id: String,
     pub workspace: String,
-    pub route: String,
+    pub(crate) route: String,
     pub version: String,
-    pub arm: Arm,
-    pub at_ms: i64,
+    pub(crate) arm: Arm,
+    pub(crate) at_ms: i64,
 }
 
 impl Store {
     /// Stores placements; an id already stored keeps its first placement.
-    pub async fn insert_response_placements(
+    pub(crate) async fn insert_response_placements(
         &self,
         rows: &[ResponsePlacement],
     ) -> Result<(), StoreError> {
@@ -45,6 +45,9 @@ impl Store {
     }
 
     /// The stored placement of `response_id`, if any (of any workspace: the caller checks).
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the query fails or the row's arm does not read back.
     pub async fn response_placement(
         &self,
         response_id: &str,
@@ -71,7 +74,10 @@ impl Store {
     }
 
     /// Forgets placements made before `before_ms`; returns how many.
-    pub async fn prune_response_placements(&self, before_ms: i64) -> Result<u64, StoreError> {
+    pub(crate) async fn prune_response_placements(
+        &self,
+        before_ms: i64,
+    ) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM response_versions WHERE at_ms < $1")
             .bind(before_ms)
             .execute(&self.pool)

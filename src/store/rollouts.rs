@@ -14,24 +14,38 @@ use crate::rollout::machine::Position;
 use crate::types::{Arm, RolloutState};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
+/// A row of `rollouts`: one rollout attempt on a route, live or ended.
 pub struct RolloutRow {
+    /// The rollout's id, as the admin API names it.
     pub id: String,
+    /// The route the rollout runs on.
     pub route: String,
+    /// The version serving the route when the rollout started.
     pub stable_version: String,
+    /// The version being rolled out.
     pub canary_version: String,
+    /// The name of the rollout policy it runs under.
     pub policy: String,
     #[serde(skip)]
+    /// That policy as it was when the rollout started (JSON), so later edits of the file do not
+    /// change a running rollout.
     pub policy_json: String,
     /// Hex; a fresh one per rollout attempt, so a retry re-randomizes.
     #[serde(skip)]
     pub salt: String,
+    /// Where the rollout stands: state, step, canary weight.
     pub position: Position,
+    /// When the rollout started, in milliseconds since the Unix epoch.
     pub started_at_ms: i64,
+    /// When the row last changed, in milliseconds since the Unix epoch.
     pub updated_at_ms: i64,
+    /// When the rollout ended (promoted, rolled back, aborted); `None` while it is live.
     pub ended_at_ms: Option<i64>,
     #[serde(skip)]
+    /// The judge's saved state (JSON), so a restart or another replica resumes it.
     pub judge_state: Option<String>,
     #[serde(skip)]
+    /// The judge's last report (JSON), as the admin API shows it.
     pub last_report: Option<String>,
     /// Grows by one with every change of position or pins; a write made from an older
     /// revision is refused ([`StoreError::Stale`]), so no replica undoes a newer change.
@@ -46,8 +60,11 @@ pub struct RolloutRow {
 /// the lease's fence and `holder` still holds it.
 #[derive(Debug, Clone, Copy)]
 pub struct Fence<'a> {
+    /// The lease's name.
     pub lease: &'a str,
+    /// The replica that holds the lease.
     pub holder: &'a str,
+    /// The fencing token the holder was given when it took the lease.
     pub token: i64,
 }
 
@@ -66,12 +83,14 @@ pub struct WriteGuard<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Actor {
+    /// The sequential judge, on its own.
     Judge,
+    /// A person, through the admin API or the CLI.
     Operator,
 }
 
 impl Actor {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Actor::Judge => "judge",
             Actor::Operator => "operator",
@@ -82,9 +101,13 @@ impl Actor {
 /// An entry for the audit log.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
+    /// Who made the change.
     pub actor: Actor,
+    /// What happened, in snake_case (`started`, `promoted`, `rolled_back`, …).
     pub kind: &'static str,
+    /// Why, in a sentence for the operator.
     pub message: String,
+    /// The figures behind a judge's decision (JSON), if any.
     pub evidence: Option<serde_json::Value>,
 }
 
@@ -92,25 +115,25 @@ pub struct NewEvent {
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[schema(as = Event)]
 pub struct EventRow {
-    pub id: i64,
-    pub rollout_id: String,
+    pub(crate) id: i64,
+    pub(crate) rollout_id: String,
     /// Unix time in milliseconds.
-    pub at_ms: i64,
+    pub(crate) at_ms: i64,
     /// `judge` or `operator`.
     #[schema(value_type = Actor)]
-    pub actor: String,
+    pub(crate) actor: String,
     /// `started`, `advanced`, `paused`, `resumed`, `pinned`, `unpinned`, `promoted`,
     /// `rolled_back`, `aborted`, …
     pub kind: String,
     #[schema(value_type = RolloutState)]
-    pub state: String,
-    pub step: i64,
+    pub(crate) state: String,
+    pub(crate) step: i64,
     /// The canary weight after the change, in basis points.
-    pub weight_bp: i64,
-    pub message: String,
+    pub(crate) weight_bp: i64,
+    pub(crate) message: String,
     /// For the judge's changes: `{decision, report}`.
     #[schema(required = true, value_type = Option<Object>)]
-    pub evidence: Option<serde_json::Value>,
+    pub(crate) evidence: Option<serde_json::Value>,
 }
 
 const ROLLOUT_COLUMNS: &str = "id, route, stable_version, canary_version, policy, policy_json, salt, state, step, weight_bp, \
@@ -172,6 +195,9 @@ async fn append_event<'c>(
 
 impl Store {
     /// Creates a rollout with its first event; `Conflict` when its route already has a live one.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] as said; [`StoreError::Database`] when the insert fails.
     pub async fn insert_rollout(
         &self,
         row: &RolloutRow,
@@ -324,7 +350,7 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    pub async fn rollout(&self, id: &str) -> Result<Option<RolloutRow>, StoreError> {
+    pub(crate) async fn rollout(&self, id: &str) -> Result<Option<RolloutRow>, StoreError> {
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = $1"
         ));
@@ -333,7 +359,7 @@ impl Store {
     }
 
     /// All rollouts, newest first; only the live ones when `live_only`.
-    pub async fn rollouts(&self, live_only: bool) -> Result<Vec<RolloutRow>, StoreError> {
+    pub(crate) async fn rollouts(&self, live_only: bool) -> Result<Vec<RolloutRow>, StoreError> {
         let filter = if live_only {
             "WHERE state IN ('progressing', 'paused')"
         } else {
@@ -349,7 +375,7 @@ impl Store {
             .collect::<Result<_, _>>()?)
     }
 
-    pub async fn set_pin(
+    pub(crate) async fn set_pin(
         &self,
         id: &str,
         workspace: &str,
@@ -386,7 +412,7 @@ impl Store {
         Ok(revision)
     }
 
-    pub async fn pins(&self, id: &str) -> Result<Vec<(String, Arm)>, StoreError> {
+    pub(crate) async fn pins(&self, id: &str) -> Result<Vec<(String, Arm)>, StoreError> {
         let rows = sqlx::query(
             "SELECT workspace, arm FROM rollout_pins WHERE rollout_id = $1 ORDER BY workspace",
         )
@@ -402,6 +428,10 @@ impl Store {
             .collect())
     }
 
+    /// The audit log of rollout `id`, oldest first (empty for an unknown id).
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the query fails.
     pub async fn events(&self, id: &str) -> Result<Vec<EventRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, rollout_id, at_ms, actor, kind, state, step, weight_bp, message, evidence \
@@ -431,7 +461,7 @@ impl Store {
     }
 
     /// Routes whose stable version a promotion changed: route → version.
-    pub async fn route_stables(&self) -> Result<Vec<(String, String)>, StoreError> {
+    pub(crate) async fn route_stables(&self) -> Result<Vec<(String, String)>, StoreError> {
         let rows = sqlx::query("SELECT route, version FROM route_stable ORDER BY route")
             .fetch_all(&self.pool)
             .await?;

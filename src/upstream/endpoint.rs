@@ -14,12 +14,12 @@ use std::borrow::Cow;
 
 use axum::http::Method;
 
-pub use crate::types::Api;
+pub(crate) use crate::types::Api;
 
 impl Api {
     /// The upstream operation of a measured request of this API (a forwarded one keeps its
     /// own path and never takes this).
-    pub fn endpoint(self) -> Endpoint<'static> {
+    pub(crate) fn endpoint(self) -> Endpoint<'static> {
         match self {
             Api::Chat | Api::Forwarded => Endpoint::chat(),
             Api::Responses => Endpoint::responses(),
@@ -30,30 +30,30 @@ impl Api {
 
 /// One upstream operation: the HTTP method and the path below `/v1/` (query included).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint<'a> {
-    pub method: Method,
+pub(crate) struct Endpoint<'a> {
+    pub(crate) method: Method,
     /// E.g. `chat/completions`, `responses/resp_1/input_items?limit=5`.
-    pub path: Cow<'a, str>,
+    pub(crate) path: Cow<'a, str>,
 }
 
 impl<'a> Endpoint<'a> {
     /// `POST chat/completions`.
-    pub fn chat() -> Self {
+    pub(crate) fn chat() -> Self {
         Self::post("chat/completions")
     }
 
     /// `POST responses`.
-    pub fn responses() -> Self {
+    pub(crate) fn responses() -> Self {
         Self::post("responses")
     }
 
     /// `POST embeddings`.
-    pub fn embeddings() -> Self {
+    pub(crate) fn embeddings() -> Self {
         Self::post("embeddings")
     }
 
     /// `POST {path}`.
-    pub fn post(path: &'a str) -> Self {
+    pub(crate) fn post(path: &'a str) -> Self {
         Self {
             method: Method::POST,
             path: Cow::Borrowed(path),
@@ -61,7 +61,7 @@ impl<'a> Endpoint<'a> {
     }
 
     /// `method` on `path` (below `/v1/`, query included).
-    pub fn new(method: Method, path: impl Into<Cow<'a, str>>) -> Self {
+    pub(crate) fn new(method: Method, path: impl Into<Cow<'a, str>>) -> Self {
         Self {
             method,
             path: path.into(),
@@ -69,7 +69,7 @@ impl<'a> Endpoint<'a> {
     }
 
     /// The path without its query.
-    pub fn route(&self) -> &str {
+    pub(crate) fn route(&self) -> &str {
         self.path.split('?').next().unwrap_or_default()
     }
 
@@ -82,12 +82,12 @@ impl<'a> Endpoint<'a> {
     }
 
     /// `{base_url}/{path}` for an OpenAI-compatible server (`base_url` ends in `/v1`).
-    pub fn openai_url(&self, base_url: &str) -> String {
+    pub(crate) fn openai_url(&self, base_url: &str) -> String {
         format!("{}/{}", base_url.trim_end_matches('/'), self.path)
     }
 
     /// The Azure OpenAI URL of this operation for `deployment`.
-    pub fn azure_url(&self, endpoint: &str, api_version: &str, deployment: &str) -> String {
+    pub(crate) fn azure_url(&self, endpoint: &str, api_version: &str, deployment: &str) -> String {
         let endpoint = endpoint.trim_end_matches('/');
         if api_version == AZURE_V1 {
             return format!("{endpoint}/openai/v1/{}", self.path);
@@ -109,7 +109,7 @@ impl<'a> Endpoint<'a> {
 }
 
 /// The `api_version` that selects Azure's GA v1 surface (`/openai/v1/…`, no query).
-pub const AZURE_V1: &str = "v1";
+pub(crate) const AZURE_V1: &str = "v1";
 
 #[cfg(test)]
 mod tests {

@@ -19,7 +19,7 @@ const ALWAYS_FORWARDED: [&str; 1] = ["openai-beta"];
 const TRACE_CONTEXT: [&str; 2] = ["traceparent", "tracestate"];
 
 /// Headers that never leave the gateway towards an upstream, whatever the operator lists.
-pub const NEVER_FORWARDED: [&str; 17] = [
+pub(crate) const NEVER_FORWARDED: [&str; 17] = [
     "authorization",
     "proxy-authorization",
     "api-key",
@@ -40,7 +40,7 @@ pub const NEVER_FORWARDED: [&str; 17] = [
 ];
 
 /// Whether an operator may list `name` in `forward_headers`.
-pub fn forwardable(name: &str) -> bool {
+pub(crate) fn forwardable(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     HeaderName::from_bytes(lower.as_bytes()).is_ok()
         && !NEVER_FORWARDED.contains(&lower.as_str())
@@ -49,7 +49,7 @@ pub fn forwardable(name: &str) -> bool {
 
 /// The client headers a provider passes on. `sluice_traces`: sluice sends its own
 /// `traceparent` (a child of the client's), so the client's is not copied.
-pub fn forwarded_from_client(
+pub(crate) fn forwarded_from_client(
     client: &HeaderMap,
     operator_listed: &[HeaderName],
     sluice_traces: bool,
@@ -81,7 +81,7 @@ pub fn forwarded_from_client(
 
 /// Upstream headers the client gets: all but hop-by-hop ones and those sluice sets itself.
 /// The upstream's own request id is kept as `x-upstream-request-id`.
-pub fn to_client(upstream: &HeaderMap) -> HeaderMap {
+pub(crate) fn to_client(upstream: &HeaderMap) -> HeaderMap {
     const DROP: [&str; 9] = [
         "connection",
         "keep-alive",
@@ -115,7 +115,7 @@ pub fn to_client(upstream: &HeaderMap) -> HeaderMap {
 /// [`to_client`] for an error answer, whose body sluice sends in OpenAI's shape (and so
 /// with its own `Content-Type`): the upstream's advice (`retry-after`, `x-ratelimit-*`, its
 /// request id, …) reaches the client on errors as on successes.
-pub fn to_client_on_error(upstream: &HeaderMap) -> HeaderMap {
+pub(crate) fn to_client_on_error(upstream: &HeaderMap) -> HeaderMap {
     let mut out = to_client(upstream);
     out.remove(header::CONTENT_TYPE);
     out

@@ -31,7 +31,7 @@ enum Flavor {
     },
 }
 
-pub struct HttpProvider {
+pub(crate) struct HttpProvider {
     client: reqwest::Client,
     flavor: Flavor,
     api_key: Option<Secret>,
@@ -39,7 +39,7 @@ pub struct HttpProvider {
     static_headers: HeaderMap,
     /// The operator's `forward_headers`.
     forward: Vec<HeaderName>,
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     stream_usage: StreamUsage,
     /// The upstream refused `stream_options` once: never add it again.
     refused_stream_usage: AtomicBool,
@@ -47,7 +47,7 @@ pub struct HttpProvider {
 
 impl HttpProvider {
     /// The provider `config` describes; `config_dir` anchors a relative `ca_file`.
-    pub fn from_config(
+    pub(crate) fn from_config(
         config: &ProviderConfig,
         api_key: Option<Secret>,
         config_dir: &Path,
@@ -106,12 +106,12 @@ impl HttpProvider {
     }
 
     /// Whether this provider is Azure OpenAI (whose content filter sluice counts).
-    pub fn is_azure(&self) -> bool {
+    pub(crate) fn is_azure(&self) -> bool {
         matches!(self.flavor, Flavor::Azure { .. })
     }
 
     /// The URL of `endpoint` for the version whose upstream model is `model`.
-    pub fn url(&self, endpoint: &Endpoint<'_>, model: &str) -> String {
+    pub(crate) fn url(&self, endpoint: &Endpoint<'_>, model: &str) -> String {
         match &self.flavor {
             Flavor::OpenAi { base_url } => endpoint.openai_url(base_url),
             Flavor::Azure {
@@ -122,16 +122,16 @@ impl HttpProvider {
         }
     }
 
-    pub fn asks_stream_usage(&self) -> bool {
+    pub(crate) fn asks_stream_usage(&self) -> bool {
         self.stream_usage == StreamUsage::Ask && !self.refused_stream_usage.load(Ordering::Relaxed)
     }
 
     /// Returns true when this call is the one that stopped it.
-    pub fn stop_asking_stream_usage(&self) -> bool {
+    pub(crate) fn stop_asking_stream_usage(&self) -> bool {
         !self.refused_stream_usage.swap(true, Ordering::Relaxed)
     }
 
-    pub async fn send(&self, call: Call<'_>) -> Result<Reply, UpstreamError> {
+    pub(crate) async fn send(&self, call: Call<'_>) -> Result<Reply, UpstreamError> {
         let url = self.url(&call.endpoint, call.model);
         let mut request = self.client.request(call.endpoint.method.clone(), url);
         if let Some(client) = call.client_headers {

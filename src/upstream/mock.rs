@@ -35,12 +35,12 @@ const WORDS: [&str; 12] = [
     " it",
 ];
 
-pub struct MockProvider {
-    pub timeout: Duration,
+pub(crate) struct MockProvider {
+    pub(crate) timeout: Duration,
 }
 
 impl MockProvider {
-    pub async fn send(&self, call: Call<'_>) -> Result<Reply, UpstreamError> {
+    pub(crate) async fn send(&self, call: Call<'_>) -> Result<Reply, UpstreamError> {
         let shape = call.mock.as_deref().cloned().unwrap_or_default();
         let fail = shape.error_rate > 0.0 && rand::rng().random_bool(shape.error_rate.min(1.0));
         let spread = || {

@@ -15,14 +15,14 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 /// What one mock Response says.
-pub struct MockResponse<'a> {
-    pub id: &'a str,
-    pub model: &'a str,
-    pub previous_response_id: Option<&'a str>,
-    pub input_tokens: u64,
+pub(crate) struct MockResponse<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) model: &'a str,
+    pub(crate) previous_response_id: Option<&'a str>,
+    pub(crate) input_tokens: u64,
     /// Output tokens, reasoning tokens included (OpenAI bills them as output).
-    pub output_tokens: u64,
-    pub reasoning_tokens: u64,
+    pub(crate) output_tokens: u64,
+    pub(crate) reasoning_tokens: u64,
 }
 
 impl MockResponse<'_> {
@@ -51,7 +51,7 @@ impl MockResponse<'_> {
     }
 
     /// The Response object; `text` is `None` while it is still being written.
-    pub fn object(&self, text: Option<&str>) -> Value {
+    pub(crate) fn object(&self, text: Option<&str>) -> Value {
         let mut v = json!({
             "id": self.id, "object": "response", "created_at": 1_700_000_000u64,
             "model": self.model, "status": if text.is_some() { "completed" } else { "in_progress" },
@@ -66,7 +66,7 @@ impl MockResponse<'_> {
     }
 
     /// Every event of a streamed answer made of `pieces`, framed as server-sent events.
-    pub fn events(&self, pieces: &[&str]) -> Vec<Bytes> {
+    pub(crate) fn events(&self, pieces: &[&str]) -> Vec<Bytes> {
         let text: String = pieces.concat();
         let item = self.message_id();
         let mut out = Vec::with_capacity(pieces.len() + 8);
@@ -120,7 +120,7 @@ impl MockResponse<'_> {
 /// `…/input_items`, `…/cancel`). The mock keeps nothing: a Response reads back as completed
 /// with no output, its input items as an empty list, a cancel as cancelled, a delete as
 /// deleted. Any other path or method is a 404 in OpenAI's shape.
-pub fn stored(method: &Method, path: &str) -> (StatusCode, Value) {
+pub(crate) fn stored(method: &Method, path: &str) -> (StatusCode, Value) {
     let rest = path.trim_start_matches("responses/");
     let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
     let response = |status: &str| {
@@ -148,7 +148,12 @@ pub fn stored(method: &Method, path: &str) -> (StatusCode, Value) {
 
 /// An embeddings answer: one vector of `dimensions` floats per input, deterministic in the
 /// input's position (so tests can compare answers).
-pub fn embeddings(model: &str, inputs: usize, dimensions: usize, prompt_tokens: u64) -> Value {
+pub(crate) fn embeddings(
+    model: &str,
+    inputs: usize,
+    dimensions: usize,
+    prompt_tokens: u64,
+) -> Value {
     let data: Vec<Value> = (0..inputs)
         .map(|i| {
             let vector: Vec<f32> = (0..dimensions)
@@ -163,7 +168,7 @@ pub fn embeddings(model: &str, inputs: usize, dimensions: usize, prompt_tokens: 
 
 /// How many inputs an embeddings request carries: a string or a token array is one, an
 /// array of strings (or of token arrays) is one each.
-pub fn embedding_inputs(input: &Value) -> usize {
+pub(crate) fn embedding_inputs(input: &Value) -> usize {
     match input {
         Value::Array(items) if items.iter().all(Value::is_number) => 1,
         Value::Array(items) => items.len(),

@@ -1,17 +1,17 @@
 //! Upstream: sends the rewritten request to the version's provider and hands back its
 //! status, headers and body as a byte stream, untouched.
 //!
-//! Two kinds: [`http::HttpProvider`] for any OpenAI-compatible server or Azure OpenAI
+//! Two kinds: `http::HttpProvider` for any OpenAI-compatible server or Azure OpenAI
 //! (reqwest, no retries: a retry would hide the version's real latency and error rate from
-//! the judge), and [`mock::MockProvider`], a built-in synthetic model for the demo, tests
-//! and benchmarks. [`endpoint`] says where a call goes (which `/v1` path, and how Azure
-//! spells it); [`headers`] says which headers go with it.
+//! the judge), and `mock::MockProvider`, a built-in synthetic model for the demo, tests
+//! and benchmarks. `endpoint` says where a call goes (which `/v1` path, and how Azure
+//! spells it); `headers` says which headers go with it.
 
-pub mod endpoint;
-pub mod headers;
-pub mod http;
-pub mod mock;
-pub mod mock_responses;
+pub(crate) mod endpoint;
+pub(crate) mod headers;
+pub(crate) mod http;
+pub(crate) mod mock;
+pub(crate) mod mock_responses;
 
 use std::pin::Pin;
 
@@ -22,22 +22,29 @@ use futures_util::Stream;
 use crate::config::MockConfig;
 use crate::types::Outcome;
 
-pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
+pub(crate) type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
 
 /// The upstream's answer before its body is read.
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: ByteStream,
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: ByteStream,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
+/// Why an upstream call gave no usable answer; each maps to an [`Outcome`].
 pub enum UpstreamError {
     #[error("connection failed: {0}")]
+    /// The connection failed (refused, DNS, TLS, reset before an answer); the cause.
     Unreachable(String),
     #[error("no answer within {after_ms} ms")]
-    Timeout { after_ms: u64 },
+    /// No answer within the provider's `timeout_ms`.
+    Timeout {
+        /// How long sluice waited, in milliseconds.
+        after_ms: u64,
+    },
     #[error("the answer broke off: {0}")]
+    /// The body broke off after the status was read; the cause.
     Interrupted(String),
     /// The body came with a `Content-Encoding` other than `identity`, which sluice never
     /// asks for (it sends `Accept-Encoding: identity`) and would not be able to read.
@@ -48,7 +55,7 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    pub fn outcome(&self) -> Outcome {
+    pub(crate) fn outcome(&self) -> Outcome {
         match self {
             UpstreamError::Unreachable(_) => Outcome::UpstreamUnreachable,
             UpstreamError::Timeout { .. } => Outcome::UpstreamTimeout,
@@ -59,37 +66,37 @@ impl UpstreamError {
 }
 
 /// One call to make: the body as it goes upstream, and what the provider needs to know of it.
-pub struct Call<'a> {
+pub(crate) struct Call<'a> {
     /// The API operation: chat completions, responses, embeddings, or another `/v1` path.
-    pub endpoint: endpoint::Endpoint<'a>,
+    pub(crate) endpoint: endpoint::Endpoint<'a>,
     /// The client's request headers; the provider forwards only those
     /// [`headers::forwarded_from_client`] allows. `None` for sluice's own calls (shadow, eval).
-    pub client_headers: Option<&'a HeaderMap>,
+    pub(crate) client_headers: Option<&'a HeaderMap>,
     /// The body's content type when it is not JSON (a forwarded multipart form).
-    pub content_type: Option<axum::http::HeaderValue>,
-    pub body: Bytes,
-    pub stream: bool,
-    pub include_usage: bool,
-    pub model: &'a str,
-    pub request_id: &'a str,
+    pub(crate) content_type: Option<axum::http::HeaderValue>,
+    pub(crate) body: Bytes,
+    pub(crate) stream: bool,
+    pub(crate) include_usage: bool,
+    pub(crate) model: &'a str,
+    pub(crate) request_id: &'a str,
     /// For the mock provider: the version's answer shape.
-    pub mock: Option<std::sync::Arc<MockConfig>>,
+    pub(crate) mock: Option<std::sync::Arc<MockConfig>>,
     /// W3C trace context for the upstream, when tracing.
-    pub traceparent: Option<String>,
+    pub(crate) traceparent: Option<String>,
 }
 
 /// Requests retried without the `stream_options` sluice added, because the upstream refused
 /// it (`sluice_stream_usage_retries_total`).
-pub static STREAM_USAGE_RETRIES: std::sync::atomic::AtomicU64 =
+pub(crate) static STREAM_USAGE_RETRIES: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(0);
 
 /// Whether a 400 body names the field sluice added to a streamed request.
-pub fn names_stream_options(body: &[u8]) -> bool {
+pub(crate) fn names_stream_options(body: &[u8]) -> bool {
     let text = String::from_utf8_lossy(body);
     text.contains("stream_options") || text.contains("include_usage")
 }
 
-pub enum Provider {
+pub(crate) enum Provider {
     Http(Box<http::HttpProvider>),
     Mock(mock::MockProvider),
 }
@@ -100,7 +107,7 @@ impl Provider {
     /// # Errors
     /// When the HTTP client cannot be built (a bad base URL or TLS set-up).
     /// `config_dir` anchors a relative `ca_file`.
-    pub fn from_config(
+    pub(crate) fn from_config(
         config: &crate::config::ProviderConfig,
         key: Option<crate::types::Secret>,
         config_dir: &std::path::Path,
@@ -116,7 +123,7 @@ impl Provider {
         })
     }
 
-    pub async fn send(&self, call: Call<'_>) -> Result<Reply, UpstreamError> {
+    pub(crate) async fn send(&self, call: Call<'_>) -> Result<Reply, UpstreamError> {
         match self {
             Provider::Http(p) => p.send(call).await,
             Provider::Mock(p) => p.send(call).await,
@@ -124,7 +131,7 @@ impl Provider {
     }
 
     /// How long the upstream may stay silent: before its headers and between stream chunks.
-    pub fn timeout(&self) -> std::time::Duration {
+    pub(crate) fn timeout(&self) -> std::time::Duration {
         match self {
             Provider::Http(p) => p.timeout,
             Provider::Mock(p) => p.timeout,
@@ -132,14 +139,14 @@ impl Provider {
     }
 
     /// Whether the provider is Azure OpenAI (whose content-filter results sluice counts).
-    pub fn is_azure(&self) -> bool {
+    pub(crate) fn is_azure(&self) -> bool {
         matches!(self, Provider::Http(p) if p.is_azure())
     }
 
     /// Whether sluice should ask this provider for the usage chunk of a stream
     /// (`stream_options.include_usage`): its `stream_usage` setting, until it refused the
     /// field once.
-    pub fn streams_usage_on_request(&self) -> bool {
+    pub(crate) fn streams_usage_on_request(&self) -> bool {
         match self {
             Provider::Http(p) => p.asks_stream_usage(),
             Provider::Mock(_) => true,
@@ -149,7 +156,7 @@ impl Provider {
     /// Notes that the provider refused `stream_options` with a 400: sluice stops adding it
     /// for this provider (process-wide, until restart). Returns true the first time, so the
     /// caller logs once.
-    pub fn refused_stream_usage(&self) -> bool {
+    pub(crate) fn refused_stream_usage(&self) -> bool {
         STREAM_USAGE_RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match self {
             Provider::Http(p) => p.stop_asking_stream_usage(),
