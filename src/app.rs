@@ -35,6 +35,34 @@ pub struct Server {
     tasks: Tasks,
 }
 
+/// The cluster's loops, when this replica is one of several (PostgreSQL with
+/// `[cluster]` on): heartbeat, the LISTEN for changes, the periodic re-read, and shipping.
+fn spawn_cluster(tasks: &Tasks, app: &Arc<App>, cluster: &Arc<Cluster>) {
+    if let (true, Some(channel)) = (cluster.enabled, app.store.channel()) {
+        tracing::info!(replica = %cluster.id(), address = %cluster.replica.address, "joining the cluster");
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let channel = channel.to_owned();
+        tasks.spawn("cluster-heartbeat", Stage::Side, |stop| {
+            crate::cluster::heartbeat::run(app.clone(), stop)
+        });
+        tasks.spawn("cluster-listener", Stage::Control, {
+            let (app, wake) = (app.clone(), wake.clone());
+            |stop| crate::cluster::listen::run_listener(app, channel, wake, stop)
+        });
+        tasks.spawn("cluster-rereader", Stage::Control, {
+            let app = app.clone();
+            |stop| crate::cluster::listen::run_rereader(app, wake, stop)
+        });
+        // Writer stage: it ships last, after the controller has stopped judging.
+        // Stops with the controller, once the server has drained (no observation comes
+        // after that), so that its closing batch is written before the heartbeat (a
+        // `Side` task) takes this replica out of the live set.
+        tasks.spawn("cluster-shipper", Stage::Control, |stop| {
+            crate::cluster::ship::run(app.clone(), stop)
+        });
+    }
+}
+
 impl Server {
     /// Builds the server `settings` describe: connects the store (migrating it), binds the
     /// listen address, loads the catalog, the limits and the live rollouts, and starts the
@@ -128,29 +156,7 @@ impl Server {
         tasks.spawn("retention", Stage::Side, |stop| {
             crate::cluster::retention::run(app.clone(), stop)
         });
-        if let (true, Some(channel)) = (cluster.enabled, app.store.channel()) {
-            tracing::info!(replica = %cluster.id(), address = %cluster.replica.address, "joining the cluster");
-            let wake = Arc::new(tokio::sync::Notify::new());
-            let channel = channel.to_owned();
-            tasks.spawn("cluster-heartbeat", Stage::Side, |stop| {
-                crate::cluster::heartbeat::run(app.clone(), stop)
-            });
-            tasks.spawn("cluster-listener", Stage::Control, {
-                let (app, wake) = (app.clone(), wake.clone());
-                |stop| crate::cluster::listen::run_listener(app, channel, wake, stop)
-            });
-            tasks.spawn("cluster-rereader", Stage::Control, {
-                let app = app.clone();
-                |stop| crate::cluster::listen::run_rereader(app, wake, stop)
-            });
-            // Writer stage: it ships last, after the controller has stopped judging.
-            // Stops with the controller, once the server has drained (no observation comes
-            // after that), so that its closing batch is written before the heartbeat (a
-            // `Side` task) takes this replica out of the live set.
-            tasks.spawn("cluster-shipper", Stage::Control, |stop| {
-                crate::cluster::ship::run(app.clone(), stop)
-            });
-        }
+        spawn_cluster(&tasks, &app, &cluster);
         Ok(Self {
             listener,
             app,

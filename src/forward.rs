@@ -27,12 +27,13 @@ use futures_util::Stream;
 use serde_json::Value;
 
 use crate::auth::Caller;
+use crate::catalog::Version;
 use crate::error::ApiError;
 use crate::measure::Meter;
 use crate::measure::tokens::count_embedding_input;
-use crate::pipeline::{
-    Answer, Body, ChatRequest, Routed, fail, new_request_id, read_body, trace_id, upstream_error,
-};
+use crate::pipeline::call::{read_body, trace_id, upstream_error};
+use crate::pipeline::finish::fail;
+use crate::pipeline::{Answer, Body, ChatRequest, Routed, new_request_id};
 use crate::resolve::Target;
 use crate::shadow::ShadowTicket;
 use crate::types::{Outcome, Usage};
@@ -141,25 +142,8 @@ pub(crate) async fn embeddings(
     };
     let routed = routed(&target);
     let version = target.version.clone();
-    let input: Value = request
-        .raw("input")
-        .and_then(|r| serde_json::from_str(r).ok())
-        .unwrap_or_default();
-    let inputs = crate::upstream::mock_responses::embedding_inputs(&input) as u32;
     let shadow = embeddings_shadow(app, routed.route.as_str(), &caller.workspace);
-    let mut meter = Meter::start(
-        request_id.clone(),
-        caller.workspace,
-        target,
-        false,
-        app.sink.clone(),
-    );
-    meter.set_api(Api::Embeddings);
-    meter.observed.inputs = Some(inputs);
-    let encoding = version.encoding;
-    meter.set_prompt_estimate(move || {
-        count_embedding_input(encoding, &serde_json::json!({"input": input}))
-    });
+    let mut meter = embeddings_meter(app, &request_id, caller, target, &request);
     let body = request.upstream_body(&version.model, false);
     if let Some(shadow) = shadow {
         let ticket = ShadowTicket {
@@ -184,53 +168,91 @@ pub(crate) async fn embeddings(
         mock: version.mock.as_ref().map(|m| m.load_full()),
         traceparent: None,
     };
-    let result = async {
-        let reply = version
-            .provider
-            .send(call)
-            .await
-            .map_err(|e| fail(&mut meter, upstream_error(e, &version.name)))?;
-        let (status, out_headers, bytes) =
-            read_reply(&mut meter, reply, &version.provider, &version.name).await?;
-        let answer: Value = serde_json::from_slice(&bytes).map_err(|e| {
-            let error = ApiError::UpstreamInvalid {
-                version: version.name.to_string(),
-                reason: format!("not an embeddings answer: {e}"),
-            };
-            fail(&mut meter, error)
-        })?;
-        let usage = match answer["usage"]["prompt_tokens"].as_u64() {
-            Some(prompt_tokens) => Usage {
-                prompt_tokens,
-                completion_tokens: 0,
-                estimated: false,
-            },
-            None => Usage {
-                prompt_tokens: meter.estimate_prompt(),
-                completion_tokens: 0,
-                estimated: true,
-            },
-        };
-        meter.observed.usage = Some(usage);
-        meter.observed.dimensions = dimensions(&answer["data"][0]["embedding"]);
-        meter.observed.answer = crate::shadow::embeddings_summary(&answer);
-        if let Some(model) = answer["model"].as_str() {
-            meter.observed.response_model = Some(model.to_owned());
-        }
-        meter.status = status.as_u16();
-        meter.finish(Outcome::Ok);
-        Ok(Body::Whole {
-            status,
-            headers: out_headers,
-            bytes,
-        })
-    }
-    .await;
+    let result = match version.provider.send(call).await {
+        Ok(reply) => embeddings_answer(&mut meter, reply, &version).await,
+        Err(e) => Err(fail(&mut meter, upstream_error(e, &version.name))),
+    };
     Answer {
         request_id,
         routed: Some(routed),
         result,
     }
+}
+
+/// The meter of an embeddings request: its count of inputs, and their tokens counted when
+/// the upstream does not.
+fn embeddings_meter(
+    app: &App,
+    request_id: &str,
+    caller: Caller,
+    target: Target,
+    request: &ChatRequest,
+) -> Meter {
+    let input: Value = request
+        .raw("input")
+        .and_then(|r| serde_json::from_str(r).ok())
+        .unwrap_or_default();
+    let inputs = crate::upstream::mock_responses::embedding_inputs(&input) as u32;
+    let encoding = target.version.encoding;
+    let mut meter = Meter::start(
+        request_id.to_owned(),
+        caller.workspace,
+        target,
+        false,
+        app.sink.clone(),
+    );
+    meter.set_api(Api::Embeddings);
+    meter.observed.inputs = Some(inputs);
+    meter.set_prompt_estimate(move || {
+        count_embedding_input(encoding, &serde_json::json!({"input": input}))
+    });
+    meter
+}
+
+/// Reads and measures an embeddings answer (tokens, dimensions, the vectors' shape for a
+/// shadow copy), and records it.
+///
+/// Errors: the upstream's error status, an unreadable body, or one that is not JSON;
+/// each recorded.
+async fn embeddings_answer(
+    meter: &mut Meter,
+    reply: Reply,
+    version: &Version,
+) -> Result<Body, ApiError> {
+    let (status, out_headers, bytes) =
+        read_reply(meter, reply, &version.provider, &version.name).await?;
+    let answer: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        let error = ApiError::UpstreamInvalid {
+            version: version.name.to_string(),
+            reason: format!("not an embeddings answer: {e}"),
+        };
+        fail(meter, error)
+    })?;
+    let usage = match answer["usage"]["prompt_tokens"].as_u64() {
+        Some(prompt_tokens) => Usage {
+            prompt_tokens,
+            completion_tokens: 0,
+            estimated: false,
+        },
+        None => Usage {
+            prompt_tokens: meter.estimate_prompt(),
+            completion_tokens: 0,
+            estimated: true,
+        },
+    };
+    meter.observed.usage = Some(usage);
+    meter.observed.dimensions = dimensions(&answer["data"][0]["embedding"]);
+    meter.observed.answer = crate::shadow::embeddings_summary(&answer);
+    if let Some(model) = answer["model"].as_str() {
+        meter.observed.response_model = Some(model.to_owned());
+    }
+    meter.status = status.as_u16();
+    meter.finish(Outcome::Ok);
+    Ok(Body::Whole {
+        status,
+        headers: out_headers,
+        bytes,
+    })
 }
 
 /// The route's live rollout's shadow, when it copies the stable arm's requests and draws
@@ -311,24 +333,9 @@ impl Forward<'_> {
 /// Serves a `/v1` operation with a `model` (completions, moderations, images, audio).
 pub(crate) async fn with_model(app: &App, caller: Caller, forward: Forward<'_>) -> Answer {
     let request_id = new_request_id();
-    let multipart = forward
-        .content_type()
-        .and_then(|v| v.to_str().ok().and_then(multipart_boundary));
-    let (model, body) = match &multipart {
-        Some(boundary) => match form_model(&forward.body, boundary) {
-            Some((model, range)) => (model, Rewrite::Form(range)),
-            None => {
-                let e = ApiError::InvalidRequest {
-                    message: "you must provide a model parameter (a form field `model`)".into(),
-                    param: Some("model"),
-                };
-                return error(request_id, None, e);
-            }
-        },
-        None => match ChatRequest::parse(&forward.body) {
-            Ok(request) => (request.model.clone(), Rewrite::Json(Box::new(request))),
-            Err(e) => return error(request_id, None, e),
-        },
+    let (model, body) = match model_of(&forward) {
+        Ok(found) => found,
+        Err(e) => return error(request_id, None, e),
     };
     let target = match stable_target(app, &model) {
         Ok(t) => t,
@@ -346,9 +353,8 @@ pub(crate) async fn with_model(app: &App, caller: Caller, forward: Forward<'_>) 
         app.sink.clone(),
     );
     meter.set_api(Api::Forwarded);
-    let endpoint = forward.endpoint();
     let call = Call {
-        endpoint,
+        endpoint: forward.endpoint(),
         client_headers: Some(forward.headers),
         content_type: forward.content_type(),
         body: upstream_body,
@@ -359,44 +365,68 @@ pub(crate) async fn with_model(app: &App, caller: Caller, forward: Forward<'_>) 
         mock: version.mock.as_ref().map(|m| m.load_full()),
         traceparent: None,
     };
-    let reply = match version.provider.send(call).await {
-        Ok(reply) => reply,
-        Err(e) => {
-            let e = fail(&mut meter, upstream_error(e, &version.name));
-            return error(request_id, Some(routed), e);
-        }
-    };
-    let json = reply
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    let result = if json || !reply.status.is_success() {
-        // A JSON answer is read whole for its usage; an error for its body.
-        match read_reply(&mut meter, reply, &version.provider, &version.name).await {
-            Ok((status, headers, bytes)) => {
-                if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
-                    meter.observed.usage = usage_of(&v["usage"]);
-                }
-                meter.status = status.as_u16();
-                meter.finish(Outcome::Ok);
-                Ok(Body::Whole {
-                    status,
-                    headers,
-                    bytes,
-                })
-            }
-            Err(e) => Err(e),
-        }
-    } else {
-        meter.status = reply.status.as_u16();
-        Ok(relay_measured(reply, meter))
+    let result = match version.provider.send(call).await {
+        Ok(reply) => forwarded_answer(meter, reply, &version).await,
+        Err(e) => Err(fail(&mut meter, upstream_error(e, &version.name))),
     };
     Answer {
         request_id,
         routed: Some(routed),
         result,
     }
+}
+
+/// A forwarded request's `model` and how to replace it: a multipart form's field, or the
+/// JSON body's.
+///
+/// Errors: a form without a `model` field, or a JSON body [`ChatRequest::parse`] refuses.
+fn model_of(forward: &Forward<'_>) -> Result<(String, Rewrite), ApiError> {
+    let multipart = forward
+        .content_type()
+        .and_then(|v| v.to_str().ok().and_then(multipart_boundary));
+    match &multipart {
+        Some(boundary) => match form_model(&forward.body, boundary) {
+            Some((model, range)) => Ok((model, Rewrite::Form(range))),
+            None => Err(ApiError::InvalidRequest {
+                message: "you must provide a model parameter (a form field `model`)".into(),
+                param: Some("model"),
+            }),
+        },
+        None => {
+            let request = ChatRequest::parse(&forward.body)?;
+            Ok((request.model.clone(), Rewrite::Json(Box::new(request))))
+        }
+    }
+}
+
+/// A forwarded operation's answer: a JSON answer is read whole for its usage, an error for
+/// its body; anything else (audio, a stream) is relayed byte for byte, measured as it goes.
+async fn forwarded_answer(
+    mut meter: Meter,
+    reply: Reply,
+    version: &Version,
+) -> Result<Body, ApiError> {
+    let json = reply
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !json && reply.status.is_success() {
+        meter.status = reply.status.as_u16();
+        return Ok(relay_measured(reply, meter));
+    }
+    let (status, headers, bytes) =
+        read_reply(&mut meter, reply, &version.provider, &version.name).await?;
+    if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+        meter.observed.usage = usage_of(&v["usage"]);
+    }
+    meter.status = status.as_u16();
+    meter.finish(Outcome::Ok);
+    Ok(Body::Whole {
+        status,
+        headers,
+        bytes,
+    })
 }
 
 /// The usage object of a legacy completion (`prompt_tokens`, `completion_tokens`) or of

@@ -8,10 +8,10 @@
 //!
 //! ```text
 //! client ─► http (axum) ─► auth (key → workspace) + limits
-//!        ─► pipeline: parse (model, stream; the rest kept raw)
+//!        ─► pipeline, a file per stage: parse (model, stream; the rest kept raw)
 //!        ─► resolve (route → pin | targeted step | sticky bucket → arm → catalog version)
-//!        ─► input guardrails ─► upstream (mock | OpenAI-compatible HTTP)
-//!        ─► whole answer | stream relay (measure::sse) ─► shared end of answer
+//!        ─► guard: input guardrails ─► call: upstream (mock | OpenAI-compatible HTTP)
+//!        ─► whole answer | stream relay ─► finish: shared end of answer
 //!        ─► measure: one Record (status, latency, TTFT, tokens, cost, length, schema,
 //!                    output guardrails) ─► response (+ x-request-id, x-sluice-*)
 //!                └─► version stats, rollout tap (judge), shadow queue, record sink ─► store
@@ -62,14 +62,16 @@
 //! | `resolve` | L6 | the routing table: route → arm → version, sticky buckets |
 //! | `azure` | L7 | provider content filters (Azure OpenAI's) counted as guardrail blocks |
 //! | `responses::relay` | L7 | the Responses stream relay: typed events measured, checked, held back |
-//! | `measure` | L7 | the Meter → one Record per request; answer checks; stream relay; the record sink |
+//! | `measure` | L7 | the Meter → one Record per request; answer checks; the record sink |
+//! | `pipeline::finish` | L7 | the shared end of an answer (usage, served model, shadow text) and a failed request's record |
+//! | `pipeline::relay` | L7 | the chat stream relay: events passed on as they come, measured, checked, usage chunk dropped |
 //! | `rollout::running` | L8 | a rollout live in this process: its judge, tap and figures |
 //! | `rollout::notify` | L8 | webhooks and decision events |
 //! | `rollout::view` | L8 | RolloutView: how a rollout reads in the admin API |
 //! | `rollout::sync` | L8 | the controller as one of several replicas: re-read, judge leases, shipping |
 //! | `rollout` | L8 | the controller (the only writer of the routing table) |
 //! | `state` | L8 | AppState: what handlers and the pipeline reach |
-//! | `pipeline` | L9 | the hot path without axum: parse → resolve → guard → upstream → answer |
+//! | `pipeline` | L9 | the chat path without axum, a file per stage: parse → resolve → guard → call → whole answer; the request context |
 //! | `cluster::heartbeat` | L9 | the heartbeat loop: registry row, live count, limit shares |
 //! | `cluster::listen` | L9 | LISTEN for changes and re-read the routing state (periodically too) |
 //! | `cluster::ship` | L9 | shipping this replica's rollout observations to the database |

@@ -240,26 +240,60 @@ async fn stop_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
+/// `sluice rollout …`: one admin API call.
+async fn rollout(client: AdminClient, command: RolloutCommand) -> anyhow::Result<()> {
+    match command {
+        RolloutCommand::Start {
+            route,
+            canary,
+            policy,
+        } => client.start_rollout(&route, &canary, &policy).await,
+        RolloutCommand::List => client.list_rollouts().await,
+        RolloutCommand::Status { id } => client.show_rollout(&id).await,
+        RolloutCommand::Pause { id } => client.operate_rollout(&id, "pause").await,
+        RolloutCommand::Resume { id } => client.operate_rollout(&id, "resume").await,
+        RolloutCommand::Promote { id } => client.operate_rollout(&id, "promote").await,
+        RolloutCommand::Abort { id } => client.operate_rollout(&id, "abort").await,
+        RolloutCommand::Pin {
+            id,
+            workspace,
+            arm,
+            remove,
+        } => {
+            let arm = if remove { None } else { arm };
+            client.pin_rollout(&id, &workspace, arm.as_deref()).await
+        }
+    }
+}
+
+/// The settings `sluice serve` runs with: the file's, with `--listen` over its address.
+fn serve_settings(
+    config: &std::path::Path,
+    listen: Option<&str>,
+) -> Result<settings::Settings, ExitCode> {
+    let mut settings = load(config)?;
+    if let Some(listen) = listen {
+        match sluice::settings::listen_address(listen) {
+            Ok(addr) => settings.listen = addr,
+            Err(message) => {
+                eprintln!("--listen: {message}");
+                return Err(ExitCode::from(2));
+            }
+        }
+    }
+    Ok(settings)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, listen } => {
             init_logging("info");
-            let mut settings = match load(&config) {
-                Ok(s) => s,
+            match serve_settings(&config, listen.as_deref()) {
+                Ok(settings) => serve(settings).await,
                 Err(code) => return code,
-            };
-            if let Some(listen) = listen {
-                match sluice::settings::listen_address(&listen) {
-                    Ok(addr) => settings.listen = addr,
-                    Err(message) => {
-                        eprintln!("--listen: {message}");
-                        return ExitCode::from(2);
-                    }
-                }
             }
-            serve(settings).await
         }
         Command::Migrate { config } => {
             init_logging("info");
@@ -294,29 +328,7 @@ async fn main() -> ExitCode {
             sluice::demo::run().await
         }
         Command::Rollout { admin, command } => {
-            let client = AdminClient::new(&admin.url, admin.admin_token);
-            match command {
-                RolloutCommand::Start {
-                    route,
-                    canary,
-                    policy,
-                } => client.start_rollout(&route, &canary, &policy).await,
-                RolloutCommand::List => client.list_rollouts().await,
-                RolloutCommand::Status { id } => client.show_rollout(&id).await,
-                RolloutCommand::Pause { id } => client.operate_rollout(&id, "pause").await,
-                RolloutCommand::Resume { id } => client.operate_rollout(&id, "resume").await,
-                RolloutCommand::Promote { id } => client.operate_rollout(&id, "promote").await,
-                RolloutCommand::Abort { id } => client.operate_rollout(&id, "abort").await,
-                RolloutCommand::Pin {
-                    id,
-                    workspace,
-                    arm,
-                    remove,
-                } => {
-                    let arm = if remove { None } else { arm };
-                    client.pin_rollout(&id, &workspace, arm.as_deref()).await
-                }
-            }
+            rollout(AdminClient::new(&admin.url, admin.admin_token), command).await
         }
         Command::Workspaces { admin, command } => {
             let client = AdminClient::new(&admin.url, admin.admin_token);

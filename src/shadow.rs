@@ -172,6 +172,8 @@ pub(crate) fn start_senders(tasks: &Tasks, rx: mpsc::Receiver<ShadowJob>, store:
     }
 }
 
+/// Sends one shadow copy to the other version, within the shadow's budget, and stores the
+/// pair of answers; a copy that fails is counted, never retried.
 async fn send_copy(job: ShadowJob, store: &Store) {
     let shadow = job.ticket.shadow.clone();
     if !shadow.within_budget() {
@@ -187,6 +189,36 @@ async fn send_copy(job: ShadowJob, store: &Store) {
         }
     };
     let started = Instant::now();
+    let Some((status, answer_bytes)) = call_copy(&job, version, body.clone()).await else {
+        return;
+    };
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let copy = CopyCall {
+        status,
+        latency_ms,
+        request: &body,
+        answer: &answer_bytes,
+    };
+    let (answer, record) = if job.ticket.api == Api::Embeddings {
+        embeddings_copy(&shadow, version, &copy)
+    } else {
+        answer_copy(&shadow, version, job.ticket.api, &copy)
+    };
+    store_pair(&job, store, version, answer, record).await;
+}
+
+/// A shadow copy's call as it went: its status, latency, what was sent and what came back.
+struct CopyCall<'a> {
+    status: u16,
+    latency_ms: f64,
+    request: &'a [u8],
+    answer: &'a [u8],
+}
+
+/// Calls `version` with the copy under a `shadow {version}` span: the status and the whole
+/// body (read until it ends or breaks off); `None` when the call failed (counted).
+async fn call_copy(job: &ShadowJob, version: &Version, body: Bytes) -> Option<(u16, Vec<u8>)> {
+    let shadow = &job.ticket.shadow;
     let span = job.ticket.span.as_ref().and_then(|cx| {
         let attributes = vec![opentelemetry::KeyValue::new(
             "gen_ai.request.model",
@@ -200,7 +232,7 @@ async fn send_copy(job: ShadowJob, store: &Store) {
         endpoint: job.ticket.api.endpoint(),
         client_headers: None,
         content_type: None,
-        body: body.clone(),
+        body,
         stream: false,
         include_usage: false,
         model: &version.model,
@@ -213,7 +245,7 @@ async fn send_copy(job: ShadowJob, store: &Store) {
         let error = reply.as_ref().err().map(|e| e.to_string());
         crate::traces::end(cx, Vec::new(), error);
     }
-    let (status, answer_bytes) = match reply {
+    match reply {
         Ok(reply) => {
             let status = reply.status.as_u16();
             let mut bytes = Vec::new();
@@ -222,47 +254,61 @@ async fn send_copy(job: ShadowJob, store: &Store) {
             while let Some(Ok(chunk)) = body.next().await {
                 bytes.extend_from_slice(&chunk);
             }
-            (status, bytes)
+            Some((status, bytes))
         }
         Err(e) => {
             tracing::debug!(rollout = %shadow.rollout_id, error = %e, "shadow copy failed");
             shadow.failed.fetch_add(1, Ordering::Relaxed);
-            return;
+            None
         }
-    };
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    if job.ticket.api == Api::Embeddings {
-        // Vectors of two models are not comparable: the pair keeps what can be compared
-        // (status, latency, tokens, cost) and the vectors' shape as the answer.
-        let answer: serde_json::Value = serde_json::from_slice(&answer_bytes).unwrap_or_default();
-        let (answer_text, prompt_tokens) = match embeddings_summary(&answer) {
-            Some(text) => (text, answer["usage"]["prompt_tokens"].as_u64()),
-            None => (
-                String::from_utf8_lossy(&answer_bytes)
-                    .chars()
-                    .take(2000)
-                    .collect(),
-                None,
-            ),
-        };
-        let prompt_tokens = prompt_tokens.unwrap_or_else(|| {
-            let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            crate::measure::tokens::count_embedding_input(version.encoding, &request)
-        });
-        let cost_usd = version.price.cost_usd(prompt_tokens, 0);
-        shadow.spend(cost_usd);
-        if !(200..300).contains(&status) {
-            shadow.failed.fetch_add(1, Ordering::Relaxed);
-        }
-        let record = serde_json::json!({
-            "status": status, "latency_ms": latency_ms, "prompt_tokens": prompt_tokens,
-            "completion_tokens": 0, "cost_usd": cost_usd, "finish_reason": null, "tool_calls": null,
-        });
-        store_pair(&job, store, version, answer_text, record).await;
-        return;
     }
-    let summary = match job.ticket.api {
-        Api::Responses => serde_json::from_slice::<serde_json::Value>(&answer_bytes)
+}
+
+/// An embeddings copy's answer and record. Vectors of two models are not comparable: the
+/// pair keeps what can be compared (status, latency, tokens, cost) and the vectors' shape
+/// as the answer.
+fn embeddings_copy(
+    shadow: &RolloutShadow,
+    version: &Version,
+    copy: &CopyCall<'_>,
+) -> (String, serde_json::Value) {
+    let answer: serde_json::Value = serde_json::from_slice(copy.answer).unwrap_or_default();
+    let (answer_text, prompt_tokens) = match embeddings_summary(&answer) {
+        Some(text) => (text, answer["usage"]["prompt_tokens"].as_u64()),
+        None => (
+            String::from_utf8_lossy(copy.answer)
+                .chars()
+                .take(2000)
+                .collect(),
+            None,
+        ),
+    };
+    let prompt_tokens = prompt_tokens.unwrap_or_else(|| {
+        let request: serde_json::Value = serde_json::from_slice(copy.request).unwrap_or_default();
+        crate::measure::tokens::count_embedding_input(version.encoding, &request)
+    });
+    let cost_usd = version.price.cost_usd(prompt_tokens, 0);
+    shadow.spend(cost_usd);
+    if !(200..300).contains(&copy.status) {
+        shadow.failed.fetch_add(1, Ordering::Relaxed);
+    }
+    let record = serde_json::json!({
+        "status": copy.status, "latency_ms": copy.latency_ms, "prompt_tokens": prompt_tokens,
+        "completion_tokens": 0, "cost_usd": cost_usd, "finish_reason": null, "tool_calls": null,
+    });
+    (answer_text, record)
+}
+
+/// A chat or Responses copy's answer text and record (tokens counted when the answer has
+/// no usage, cost spent from the shadow's budget).
+fn answer_copy(
+    shadow: &RolloutShadow,
+    version: &Version,
+    api: Api,
+    copy: &CopyCall<'_>,
+) -> (String, serde_json::Value) {
+    let summary = match api {
+        Api::Responses => serde_json::from_slice::<serde_json::Value>(copy.answer)
             .ok()
             .and_then(|v| summarize_response(&v).ok())
             .map(|s| CompletionSummary {
@@ -271,12 +317,12 @@ async fn send_copy(job: ShadowJob, store: &Store) {
                 finish_reason: s.finish_reason(),
                 choices: vec![s.output],
             }),
-        _ => summarize_completion(&answer_bytes).ok(),
+        _ => summarize_completion(copy.answer).ok(),
     };
     let (answer, usage) = match &summary {
         Some(s) => (s.all_text(), s.usage),
         None => (
-            String::from_utf8_lossy(&answer_bytes)
+            String::from_utf8_lossy(copy.answer)
                 .chars()
                 .take(2000)
                 .collect(),
@@ -286,23 +332,22 @@ async fn send_copy(job: ShadowJob, store: &Store) {
     let (prompt_tokens, completion_tokens) = match usage {
         Some(u) => (u.prompt_tokens, u.completion_tokens),
         None => (
-            count_prompt(version.encoding, &body),
+            count_prompt(version.encoding, copy.request),
             version.encoding.count(&answer),
         ),
     };
     let cost_usd = version.price.cost_usd(prompt_tokens, completion_tokens);
     shadow.spend(cost_usd);
-    if !(200..300).contains(&status) {
+    if !(200..300).contains(&copy.status) {
         shadow.failed.fetch_add(1, Ordering::Relaxed);
     }
-
     let record = serde_json::json!({
-        "status": status, "latency_ms": latency_ms, "prompt_tokens": prompt_tokens,
+        "status": copy.status, "latency_ms": copy.latency_ms, "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens, "cost_usd": cost_usd,
         "finish_reason": summary.as_ref().and_then(|s| s.finish_reason.clone()),
         "tool_calls": summary.as_ref().map(|s| s.choices.iter().flat_map(|c| c.tool_calls.iter().map(|t| t.name.clone())).collect::<Vec<_>>()),
     });
-    store_pair(&job, store, version, answer, record).await;
+    (answer, record)
 }
 
 /// Stores the pair of `job`'s primary and its copy's `answer` and `shadow_record`.

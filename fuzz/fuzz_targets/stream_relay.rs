@@ -1,4 +1,4 @@
-//! The stream relay (`measure::sse::StreamRelay`): an upstream's event stream, cut into
+//! The stream relay (`pipeline::relay::StreamRelay`): an upstream's event stream, cut into
 //! reads at arbitrary places.
 //!
 //! Input: a seed byte (where the reads are cut, and which relay: usage stripped or not,
@@ -25,7 +25,7 @@ use sluice::limits::LimitBook;
 use sluice::measure::Meter;
 use sluice::measure::checks::{AnswerChecks, StreamChecks};
 use sluice::measure::sink::RecordSink;
-use sluice::measure::sse::StreamRelay;
+use sluice::pipeline::relay::StreamRelay;
 use sluice::resolve::Target;
 use sluice::types::{Arm, Limits, Outcome, Record, RouteName};
 use tokio::sync::mpsc;

@@ -5,7 +5,7 @@
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{OriginalUri, Path, State};
-use axum::http::{HeaderMap, Method};
+use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::json;
@@ -20,6 +20,23 @@ use crate::state::AppState;
 
 fn body(app: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|r| body_error(r, app.settings.config.server.max_body_bytes))
+}
+
+/// A request to forward: `path` below `/v1/`, the query of `uri`.
+fn forward_of<'a>(
+    method: Method,
+    path: &'a str,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    body: Bytes,
+) -> Forward<'a> {
+    Forward {
+        method,
+        path,
+        query: uri.query(),
+        headers,
+        body,
+    }
 }
 
 /// `POST /v1/responses`: the Responses API, routed and measured like chat completions
@@ -65,13 +82,7 @@ pub(crate) async fn stored_response(
         Err(e) => return e.into_response(),
     };
     let path = uri.path().trim_start_matches("/v1/");
-    let forward = Forward {
-        method,
-        path,
-        query: uri.query(),
-        headers: &headers,
-        body: raw,
-    };
+    let forward = forward_of(method, path, &uri, &headers, raw);
     respond(forward::stored_response(&app, &caller, &id, forward).await)
 }
 
@@ -104,13 +115,8 @@ pub(crate) async fn with_model(
         Ok(raw) => raw,
         Err(e) => return e.into_response(),
     };
-    let forward = Forward {
-        method: Method::POST,
-        path: uri.path().trim_start_matches("/v1/"),
-        query: uri.query(),
-        headers: &headers,
-        body: raw,
-    };
+    let path = uri.path().trim_start_matches("/v1/");
+    let forward = forward_of(Method::POST, path, &uri, &headers, raw);
     respond(forward::with_model(&app, caller, forward).await)
 }
 
@@ -131,12 +137,6 @@ pub(crate) async fn other(
         Ok(raw) => raw,
         Err(e) => return e.into_response(),
     };
-    let forward = Forward {
-        method,
-        path: &path,
-        query: uri.query(),
-        headers: &headers,
-        body: raw,
-    };
+    let forward = forward_of(method, &path, &uri, &headers, raw);
     respond(forward::passthrough(&app, forward).await)
 }

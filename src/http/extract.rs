@@ -8,7 +8,7 @@
 //! thought is therefore closed, not open.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -70,73 +70,113 @@ pub(crate) async fn authenticate(
     if UNAUTHENTICATED_ROUTES.contains(&path.as_str()) {
         return next.run(request).await;
     }
-    // The catch-all below /v1 (for the passthrough endpoints) matches every path there:
-    // one sluice does not serve is a 404 without a credential, like any path that matches
-    // no route. Every other route, even one added without thought, needs a credential.
-    let caught = request
-        .extensions()
-        .get::<MatchedPath>()
-        .is_some_and(|m| m.as_str() == super::CATCH_ALL);
-    if caught
-        && crate::forward::classify(path.trim_start_matches("/v1/"))
-            != crate::forward::OtherPath::Passthrough
-    {
-        return crate::forward::unknown_path(request.method().as_str(), &path).into_response();
+    if let Some(not_found) = not_served(&request, &path) {
+        return not_found;
     }
     let token = bearer_of(request.headers()).map(str::to_owned);
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    let throttled = |what: &'static str, wait: Duration| {
-        ApiError::Throttled {
-            what,
-            retry_after_s: wait.as_secs_f64().ceil().max(1.0) as u64,
-        }
-        .into_response()
-    };
+    let gate = Gate { app: &app, peer };
     // A locked-out address is refused before its credential is looked at.
     if let Some(wait) = peer.and_then(|ip| app.throttle.locked(ip)) {
         return throttled("failed authentications", wait);
     }
-    let refuse = |error: ApiError| match peer.and_then(|ip| app.throttle.note_failure(ip)) {
-        Some(wait) => throttled("failed authentications", wait),
-        None => error.into_response(),
+    let refused = if path == "/v1" || path.starts_with("/v1/") {
+        gate.key(&mut request, &path, token.as_deref()).await
+    } else {
+        gate.admin(&mut request, token.as_deref())
     };
-    if path == "/v1" || path.starts_with("/v1/") {
-        let caller = match app.keys.authenticate(&app.store, token.as_deref()).await {
+    match refused {
+        None => next.run(request).await,
+        Some(refusal) => refusal,
+    }
+}
+
+/// The 404 of a path below `/v1` that sluice does not serve, answered without a
+/// credential: the catch-all below /v1 (for the passthrough endpoints) matches every path
+/// there, and such a path is as unknown as one that matches no route. Every other route,
+/// even one added without thought, needs a credential.
+fn not_served(request: &Request, path: &str) -> Option<Response> {
+    let caught = request
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|m| m.as_str() == super::CATCH_ALL);
+    let served = crate::forward::classify(path.trim_start_matches("/v1/"))
+        == crate::forward::OtherPath::Passthrough;
+    (caught && !served)
+        .then(|| crate::forward::unknown_path(request.method().as_str(), path).into_response())
+}
+
+/// A 429 for a client address over a limit (`what`), retried after `wait`.
+fn throttled(what: &'static str, wait: Duration) -> Response {
+    ApiError::Throttled {
+        what,
+        retry_after_s: wait.as_secs_f64().ceil().max(1.0) as u64,
+    }
+    .into_response()
+}
+
+/// The credential check of one request from `peer`.
+struct Gate<'a> {
+    app: &'a AppState,
+    peer: Option<IpAddr>,
+}
+
+impl Gate<'_> {
+    /// A refused credential, counted against the address (which it may lock out).
+    fn refuse(&self, error: ApiError) -> Response {
+        match self.peer.and_then(|ip| self.app.throttle.note_failure(ip)) {
+            Some(wait) => throttled("failed authentications", wait),
+            None => error.into_response(),
+        }
+    }
+
+    /// A `/v1` request needs a gateway key: its [`Caller`] goes into the extensions, and a
+    /// route that spends tokens is admitted under the workspace's limits. `Some`: refused.
+    async fn key(
+        &self,
+        request: &mut Request,
+        path: &str,
+        token: Option<&str>,
+    ) -> Option<Response> {
+        let app = self.app;
+        let caller = match app.keys.authenticate(&app.store, token).await {
             Ok(caller) => caller,
-            Err(ApiError::InvalidKey)
-                if admin_token_matches(&app.settings.admin_token, token.as_deref()) =>
-            {
-                return refuse(ApiError::AdminTokenAsKey);
+            Err(ApiError::InvalidKey) if admin_token_matches(&app.settings.admin_token, token) => {
+                return Some(self.refuse(ApiError::AdminTokenAsKey));
             }
-            Err(e @ (ApiError::InvalidKey | ApiError::MissingKey)) => return refuse(e),
-            Err(e) => return e.into_response(),
+            Err(e @ (ApiError::InvalidKey | ApiError::MissingKey)) => return Some(self.refuse(e)),
+            Err(e) => return Some(e.into_response()),
         };
-        if ADMITTED_ROUTES.contains(&path.as_str()) {
+        if ADMITTED_ROUTES.contains(&path) {
             if let Err(e) = app.limits.admit(&caller.workspace) {
-                return e.into_response();
+                return Some(e.into_response());
             }
             // A request that will yield a record waits briefly while the record queue is
             // nearly full and the writer is keeping up (never for a failing database).
             app.sink.pace().await;
         }
         request.extensions_mut().insert(caller);
-    } else if admin_token_matches(&app.settings.admin_token, token.as_deref()) {
-        if let Some(Err(wait)) = peer.map(|ip| app.throttle.admit_admin(ip)) {
-            return throttled("admin calls", wait);
-        }
-        request.extensions_mut().insert(Admin);
-    } else if token
-        .as_deref()
-        .is_some_and(|t| t.starts_with(crate::auth::KEY_PREFIX))
-    {
-        return refuse(ApiError::KeyAsAdminToken);
-    } else {
-        return refuse(ApiError::AdminUnauthorized);
+        None
     }
-    next.run(request).await
+
+    /// Any other request needs the admin token ([`Admin`] goes into the extensions),
+    /// within the address's admin-call limit. `Some`: refused.
+    fn admin(&self, request: &mut Request, token: Option<&str>) -> Option<Response> {
+        if admin_token_matches(&self.app.settings.admin_token, token) {
+            if let Some(Err(wait)) = self.peer.map(|ip| self.app.throttle.admit_admin(ip)) {
+                return Some(throttled("admin calls", wait));
+            }
+            request.extensions_mut().insert(Admin);
+            None
+        } else if token.is_some_and(|t| t.starts_with(crate::auth::KEY_PREFIX)) {
+            Some(self.refuse(ApiError::KeyAsAdminToken))
+        } else {
+            Some(self.refuse(ApiError::AdminUnauthorized))
+        }
+    }
 }
 
 /// The bearer token of a request, if any.

@@ -99,31 +99,59 @@ pub(crate) async fn feedback(
         message: format!("invalid feedback: {e}"),
         param: None,
     })?;
-    let metric_ok = !f.metric.is_empty()
-        && f.metric.len() <= 64
-        && f.metric
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c));
-    if !metric_ok {
-        return Err(ApiError::InvalidRequest {
-            message: format!(
-                "`{}` is not a metric name: use 1–64 of a-z 0-9 _ . -",
-                f.metric
-            ),
-            param: Some("metric"),
-        });
+    let value = f.checked_value()?;
+    let body = record_feedback(&app, &caller, f, value).await?;
+    Ok((axum::http::StatusCode::ACCEPTED, axum::Json(body)).into_response())
+}
+
+impl Feedback {
+    /// The value as a number (true is 1, false 0).
+    ///
+    /// Errors: [`ApiError::InvalidRequest`] for a metric name that is not 1–64 of
+    /// `a-z 0-9 _ . -`, or a value that is not a boolean or a finite number.
+    fn checked_value(&self) -> Result<f64, ApiError> {
+        let metric_ok = !self.metric.is_empty()
+            && self.metric.len() <= 64
+            && self
+                .metric
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c));
+        if !metric_ok {
+            return Err(ApiError::InvalidRequest {
+                message: format!(
+                    "`{}` is not a metric name: use 1–64 of a-z 0-9 _ . -",
+                    self.metric
+                ),
+                param: Some("metric"),
+            });
+        }
+        let value = match &self.value {
+            serde_json::Value::Bool(b) => f64::from(u8::from(*b)),
+            serde_json::Value::Number(n) => {
+                n.as_f64().filter(|x| x.is_finite()).unwrap_or(f64::NAN)
+            }
+            _ => f64::NAN,
+        };
+        if value.is_nan() {
+            return Err(ApiError::InvalidRequest {
+                message: "`value` must be a boolean or a number".into(),
+                param: Some("value"),
+            });
+        }
+        Ok(value)
     }
-    let value = match &f.value {
-        serde_json::Value::Bool(b) => f64::from(u8::from(*b)),
-        serde_json::Value::Number(n) => n.as_f64().filter(|x| x.is_finite()).unwrap_or(f64::NAN),
-        _ => f64::NAN,
-    };
-    if value.is_nan() {
-        return Err(ApiError::InvalidRequest {
-            message: "`value` must be a boolean or a number".into(),
-            param: Some("value"),
-        });
-    }
+}
+
+/// Joins feedback to its request's placement, has the rollout judge it (the first value
+/// per request and metric), stores it, and gives the body of the 202.
+///
+/// Errors: [`ApiError::NotFound`] for a request this workspace did not make; store errors.
+async fn record_feedback(
+    app: &AppState,
+    caller: &Caller,
+    f: Feedback,
+    value: f64,
+) -> Result<serde_json::Value, ApiError> {
     let placement = match app.sink.recent(&f.request_id) {
         Some(p) => Some(p),
         None => app.store.request_placement(&f.request_id).await?,
@@ -146,9 +174,8 @@ pub(crate) async fn feedback(
     app.store
         .insert_feedback(&f.request_id, &placement, &f.metric, value)
         .await?;
-    let body = json!({
+    Ok(json!({
         "request_id": f.request_id, "metric": f.metric, "value": value,
         "rollout": placement.rollout_id, "arm": placement.arm, "judged": judged,
-    });
-    Ok((axum::http::StatusCode::ACCEPTED, axum::Json(body)).into_response())
+    }))
 }

@@ -30,14 +30,8 @@ use tower::ServiceExt;
 
 use crate::config::ServerConfig;
 
-/// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and waits
-/// for the open connections to finish their requests (the caller bounds that wait).
-pub(crate) async fn serve(
-    listener: TcpListener,
-    router: Router,
-    limits: &ServerConfig,
-    shutdown: impl Future<Output = ()>,
-) {
+/// hyper's HTTP/1 and HTTP/2 connection settings under `limits`.
+fn connection_builder(limits: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -48,7 +42,18 @@ pub(crate) async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.http2_max_concurrent_streams);
-    let builder = Arc::new(builder);
+    builder
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and waits
+/// for the open connections to finish their requests (the caller bounds that wait).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: &ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let builder = Arc::new(connection_builder(limits));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     // Ends the wait for a connection's first byte when the server stops.

@@ -12,12 +12,11 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::schema::{Expectation, SchemaChecker, SchemaVerdict};
-use super::sse::MAX_STREAM_INDEX;
 use crate::config::OnSchemaFailure;
 use crate::error::ApiError;
 use crate::guardrails::stream::StreamRedactor;
-use crate::guardrails::{Action, GuardrailCounters, GuardrailSet, Stage};
-use crate::openai::completion::ChoiceText;
+use crate::guardrails::{Action, GuardrailCounters, GuardrailSet, Stage, StageRules};
+use crate::openai::completion::{ChoiceText, MAX_STREAM_INDEX};
 use crate::types::Arm;
 
 /// What one answer is checked against, and where the findings are counted: built per request
@@ -184,21 +183,7 @@ impl StreamChecks {
     /// `choices` is the answer so far.
     pub(crate) fn on_event(&mut self, data: &[u8], choices: &[ChoiceText]) -> EventAction {
         if data == b"[DONE]" {
-            let verdict = self.checks.schema_verdict(choices);
-            if let (true, SchemaVerdict::Fail { path, reason }) =
-                (self.checks.schema_is_fatal(&verdict), &verdict)
-            {
-                let error = ApiError::SchemaInvalid {
-                    version: self.checks.version.to_string(),
-                    path: path.clone(),
-                    reason: reason.clone(),
-                };
-                return EventAction::End {
-                    bytes: error.as_event().to_vec(),
-                    blocked: false,
-                };
-            }
-            return EventAction::Keep;
+            return self.at_done(choices);
         }
         if !self.rewrites() {
             return EventAction::Keep;
@@ -211,52 +196,9 @@ impl StreamChecks {
         };
         let mut changed = false;
         for choice in v["choices"].as_array_mut().into_iter().flatten() {
-            let i = choice["index"].as_u64().unwrap_or(0);
-            let Some(i) = usize::try_from(i).ok().filter(|&i| i < MAX_STREAM_INDEX) else {
-                // The observer does not read such a choice, so its text cannot be checked:
-                // it is not sent.
-                let error = ApiError::UpstreamInvalid {
-                    version: self.checks.version.to_string(),
-                    reason: format!("a choice index of {i} (at most {MAX_STREAM_INDEX} choices)"),
-                };
-                return EventAction::End {
-                    bytes: error.as_event().to_vec(),
-                    blocked: false,
-                };
-            };
-            if self.redactors.len() <= i {
-                self.redactors.resize_with(i + 1, StreamRedactor::default);
-            }
-            let Some(piece) = choice["delta"]["content"].as_str().map(str::to_owned) else {
-                if !choice["finish_reason"].is_null() {
-                    let rest = self.redactors[i].finish(&rules.output);
-                    if let Some(rule) = rest.blocked_by {
-                        return self.block(rule);
-                    }
-                    if !rest.text.is_empty() {
-                        // A `delta` of another shape (a string, a number) carries nothing
-                        // sluice reads; the held text needs an object to go out in.
-                        if !choice["delta"].is_object() {
-                            choice["delta"] = json!({});
-                        }
-                        choice["delta"]["content"] = Value::String(rest.text);
-                        changed = true;
-                    }
-                }
-                continue;
-            };
-            let mut released = self.redactors[i].push(&rules.output, &piece);
-            if !choice["finish_reason"].is_null() && released.blocked_by.is_none() {
-                let rest = self.redactors[i].finish(&rules.output);
-                released.text.push_str(&rest.text);
-                released.blocked_by = rest.blocked_by;
-            }
-            if let Some(rule) = released.blocked_by {
-                return self.block(rule);
-            }
-            if released.text != piece {
-                choice["delta"]["content"] = Value::String(released.text);
-                changed = true;
+            match self.redact_choice(&rules.output, choice) {
+                Ok(redacted) => changed |= redacted,
+                Err(end) => return end,
             }
         }
         if changed {
@@ -264,6 +206,85 @@ impl StreamChecks {
         } else {
             EventAction::Keep
         }
+    }
+
+    /// The end of the stream: a fatal schema failure of the whole answer ends it with an
+    /// error event instead of `[DONE]`.
+    fn at_done(&self, choices: &[ChoiceText]) -> EventAction {
+        let verdict = self.checks.schema_verdict(choices);
+        if let (true, SchemaVerdict::Fail { path, reason }) =
+            (self.checks.schema_is_fatal(&verdict), &verdict)
+        {
+            let error = ApiError::SchemaInvalid {
+                version: self.checks.version.to_string(),
+                path: path.clone(),
+                reason: reason.clone(),
+            };
+            return EventAction::End {
+                bytes: error.as_event().to_vec(),
+                blocked: false,
+            };
+        }
+        EventAction::Keep
+    }
+
+    /// Passes one chunk choice's text through its redactor (releasing what it holds at the
+    /// choice's finish); whether the choice changed. `Err` ends the stream: a block, or an
+    /// index beyond [`MAX_STREAM_INDEX`].
+    fn redact_choice(
+        &mut self,
+        rules: &StageRules,
+        choice: &mut Value,
+    ) -> Result<bool, EventAction> {
+        let i = choice["index"].as_u64().unwrap_or(0);
+        let Some(i) = usize::try_from(i).ok().filter(|&i| i < MAX_STREAM_INDEX) else {
+            // The observer does not read such a choice, so its text cannot be checked:
+            // it is not sent.
+            let error = ApiError::UpstreamInvalid {
+                version: self.checks.version.to_string(),
+                reason: format!("a choice index of {i} (at most {MAX_STREAM_INDEX} choices)"),
+            };
+            return Err(EventAction::End {
+                bytes: error.as_event().to_vec(),
+                blocked: false,
+            });
+        };
+        if self.redactors.len() <= i {
+            self.redactors.resize_with(i + 1, StreamRedactor::default);
+        }
+        let Some(piece) = choice["delta"]["content"].as_str().map(str::to_owned) else {
+            if choice["finish_reason"].is_null() {
+                return Ok(false);
+            }
+            let rest = self.redactors[i].finish(rules);
+            if let Some(rule) = rest.blocked_by {
+                return Err(self.block(rule));
+            }
+            if rest.text.is_empty() {
+                return Ok(false);
+            }
+            // A `delta` of another shape (a string, a number) carries nothing sluice reads;
+            // the held text needs an object to go out in.
+            if !choice["delta"].is_object() {
+                choice["delta"] = json!({});
+            }
+            choice["delta"]["content"] = Value::String(rest.text);
+            return Ok(true);
+        };
+        let mut released = self.redactors[i].push(rules, &piece);
+        if !choice["finish_reason"].is_null() && released.blocked_by.is_none() {
+            let rest = self.redactors[i].finish(rules);
+            released.text.push_str(&rest.text);
+            released.blocked_by = rest.blocked_by;
+        }
+        if let Some(rule) = released.blocked_by {
+            return Err(self.block(rule));
+        }
+        if released.text == piece {
+            return Ok(false);
+        }
+        choice["delta"]["content"] = Value::String(released.text);
+        Ok(true)
     }
 
     fn block(&mut self, rule: String) -> EventAction {

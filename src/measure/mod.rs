@@ -11,7 +11,6 @@ pub mod checks;
 pub mod histogram;
 pub mod schema;
 pub mod sink;
-pub mod sse;
 pub(crate) mod tokens;
 
 use std::sync::Arc;

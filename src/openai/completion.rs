@@ -3,8 +3,11 @@
 
 use std::borrow::Cow;
 
+use super::lenient::{self, Field};
 use crate::measure::schema::ToolCall;
 use crate::types::Usage;
+use serde::Serialize;
+use serde_json::value::{RawValue, to_raw_value};
 
 /// One choice of an answer, as the checks need it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -13,6 +16,12 @@ pub struct ChoiceText {
     pub text: String,
     pub(crate) tool_calls: Vec<ToolCall>,
 }
+
+/// The most choices a stream is read for, and the most tool calls per choice: OpenAI's own
+/// limit on `n` is 128. A larger `index` is an upstream's mistake; honouring it would
+/// allocate a slot for every index below it (an index near `usize::MAX` overflowed), so
+/// the observer skips such a choice or call, and answer checks end the stream.
+pub const MAX_STREAM_INDEX: usize = 128;
 
 /// What a whole (non-streamed) chat completion says, for measurement and checks.
 pub struct CompletionSummary {
@@ -54,49 +63,54 @@ pub enum NotACompletion {
     NoChoices,
 }
 
+// Every field of a whole completion is raw JSON read on its own by `lenient`.
+lenient::object! {
+    struct CompletionView<'a> {
+        choices: "choices",
+        usage: "usage",
+        model: "model",
+        error: "error",
+    }
+}
+
+lenient::object! {
+    struct ChoiceView<'a> {
+        message: "message",
+        finish_reason: "finish_reason",
+    }
+}
+
+lenient::object! {
+    struct MessageView<'a> {
+        content: "content",
+        refusal: "refusal",
+        tool_calls: "tool_calls",
+    }
+}
+
+lenient::object! {
+    struct CallView<'a> {
+        function: "function",
+    }
+}
+
+lenient::object! {
+    struct FunctionView<'a> {
+        name: "name",
+        arguments: "arguments",
+    }
+}
+
 /// Reads a non-streamed answer as leniently as the SDKs do (see `super::lenient`): only a
 /// body that is not JSON, an error envelope, or one without a `choices` list is refused.
 pub fn summarize_completion(body: &[u8]) -> Result<CompletionSummary, NotACompletion> {
-    use super::lenient::{self, Field};
-    lenient::object! {
-        struct Completion<'a> {
-            choices: "choices",
-            usage: "usage",
-            model: "model",
-            error: "error",
-        }
-    }
-    lenient::object! {
-        struct Choice<'a> {
-            message: "message",
-            finish_reason: "finish_reason",
-        }
-    }
-    lenient::object! {
-        struct Message<'a> {
-            content: "content",
-            refusal: "refusal",
-            tool_calls: "tool_calls",
-        }
-    }
-    lenient::object! {
-        struct Call<'a> {
-            function: "function",
-        }
-    }
-    lenient::object! {
-        struct Function<'a> {
-            name: "name",
-            arguments: "arguments",
-        }
-    }
-    let completion: Completion =
+    let completion: CompletionView =
         serde_json::from_slice(body).map_err(|e| NotACompletion::NotJson(e.to_string()))?;
-    let choices: Vec<Option<Choice>> = match completion.choices.map(|c| c.get()) {
+    let choices: Vec<Option<ChoiceView>> = match completion.choices.map(|c| c.get()) {
         // One summary choice per element, so that redactions are written back where their
         // text came from; an element of another shape reads as an empty choice.
         Some(text) if text.starts_with('[') => {
-            lenient::list_each::<Option<Choice>>(completion.choices, Field::Content)
+            lenient::list_each::<Option<ChoiceView>>(completion.choices, Field::Content)
                 .into_iter()
                 .map(Option::flatten)
                 .collect()
@@ -107,24 +121,6 @@ pub fn summarize_completion(body: &[u8]) -> Result<CompletionSummary, NotAComple
                 None => NotACompletion::NoChoices,
             });
         }
-    };
-    let read = |m: &Message| ChoiceText {
-        text: lenient::text(m.content, Field::Content)
-            .into_iter()
-            .chain(lenient::text(m.refusal, Field::Content))
-            .collect(),
-        tool_calls: lenient::list::<Call>(m.tool_calls, Field::ToolCalls)
-            .into_iter()
-            .filter_map(|c| lenient::nested::<Function>(c.function, Field::ToolCalls))
-            .map(|f| ToolCall {
-                name: lenient::string(f.name, Field::ToolCalls)
-                    .unwrap_or_default()
-                    .into_owned(),
-                arguments: lenient::string(f.arguments, Field::ToolCalls)
-                    .unwrap_or_default()
-                    .into_owned(),
-            })
-            .collect(),
     };
     Ok(CompletionSummary {
         model: lenient::string(completion.model, Field::Model).map(Cow::into_owned),
@@ -140,14 +136,36 @@ pub fn summarize_completion(body: &[u8]) -> Result<CompletionSummary, NotAComple
             .map(|c| {
                 match c
                     .as_ref()
-                    .and_then(|c| lenient::nested::<Message>(c.message, Field::Content))
+                    .and_then(|c| lenient::nested::<MessageView>(c.message, Field::Content))
                 {
-                    Some(m) => read(&m),
+                    Some(m) => message_text(&m),
                     None => ChoiceText::default(),
                 }
             })
             .collect(),
     })
+}
+
+/// A message's text (content and refusal) and tool calls.
+fn message_text(m: &MessageView) -> ChoiceText {
+    ChoiceText {
+        text: lenient::text(m.content, Field::Content)
+            .into_iter()
+            .chain(lenient::text(m.refusal, Field::Content))
+            .collect(),
+        tool_calls: lenient::list::<CallView>(m.tool_calls, Field::ToolCalls)
+            .into_iter()
+            .filter_map(|c| lenient::nested::<FunctionView>(c.function, Field::ToolCalls))
+            .map(|f| ToolCall {
+                name: lenient::string(f.name, Field::ToolCalls)
+                    .unwrap_or_default()
+                    .into_owned(),
+                arguments: lenient::string(f.arguments, Field::ToolCalls)
+                    .unwrap_or_default()
+                    .into_owned(),
+            })
+            .collect(),
+    }
 }
 
 /// A whole chat completion re-told as the `chat.completion.chunk` events a stream of it
@@ -157,103 +175,125 @@ pub fn summarize_completion(body: &[u8]) -> Result<CompletionSummary, NotAComple
 ///
 /// Errors as [`summarize_completion`] does, for the same bodies.
 pub fn completion_as_events(body: &[u8]) -> Result<bytes::Bytes, NotACompletion> {
-    use serde::Serialize;
-    use serde_json::value::{RawValue, to_raw_value};
-    type Object = indexmap::IndexMap<String, Box<RawValue>>;
     summarize_completion(body)?;
     // Values are carried over raw (a number beyond f64 stays as written, the last of
     // duplicate keys wins, as in the summary); bytes that are not UTF-8 (which the
     // summary skips in fields it does not read) become U+FFFD, as an event stream's are.
     let text = String::from_utf8_lossy(body);
-    let not_json = |e: serde_json::Error| NotACompletion::NotJson(e.to_string());
-    let whole: Object = serde_json::from_str(&text).map_err(not_json)?;
-    let object = |raw: Option<&RawValue>| -> Object {
-        raw.and_then(|r| serde_json::from_str(r.get()).ok())
-            .unwrap_or_default()
-    };
-    let field = |o: &Object, name: &str| -> Box<RawValue> {
-        o.get(name)
-            .cloned()
-            .unwrap_or_else(|| RawValue::NULL.to_owned())
-    };
-    #[derive(Serialize)]
-    struct Choice {
-        index: Box<RawValue>,
-        delta: Object,
-        finish_reason: Box<RawValue>,
-    }
-    #[derive(Serialize)]
-    struct Chunk<'a> {
-        id: Box<RawValue>,
-        object: &'static str,
-        created: Box<RawValue>,
-        model: Box<RawValue>,
-        choices: &'a [Choice],
-        #[serde(skip_serializing_if = "Option::is_none")]
-        usage: Option<Box<RawValue>>,
-    }
+    let whole: RawObject = serde_json::from_str(&text).map_err(not_json)?;
     let mut out = String::new();
-    let mut push = |choices: &[Choice], usage| -> Result<(), NotACompletion> {
-        let chunk = Chunk {
-            id: field(&whole, "id"),
-            object: "chat.completion.chunk",
-            created: field(&whole, "created"),
-            model: field(&whole, "model"),
-            choices,
-            usage,
-        };
-        // Raw values keep the upstream's white space: a line break in it (a pretty-printed
-        // answer) would end the `data:` line. JSON strings hold no raw line breaks, so
-        // every one is white space between tokens.
-        let json = serde_json::to_string(&chunk).map_err(not_json)?;
-        out.push_str("data: ");
-        out.push_str(&json.replace(['\n', '\r'], " "));
-        out.push_str("\n\n");
-        Ok(())
-    };
     let choices: Vec<Box<RawValue>> = whole
         .get("choices")
         .and_then(|c| serde_json::from_str(c.get()).ok())
         .unwrap_or_default();
     for (i, choice) in choices.iter().enumerate() {
-        let choice = object(Some(choice));
-        let mut delta = object(choice.get("message").map(|m| &**m));
-        if let Some(calls) = delta.get("tool_calls") {
-            let calls: Option<Vec<Box<RawValue>>> = serde_json::from_str(calls.get()).ok();
-            if let Some(calls) = calls {
-                let numbered: Vec<Box<RawValue>> = calls
-                    .into_iter()
-                    .enumerate()
-                    .map(
-                        |(n, call)| match serde_json::from_str::<Object>(call.get()) {
-                            Ok(mut call) => {
-                                call.insert("index".into(), to_raw_value(&n).expect("a number"));
-                                to_raw_value(&call).expect("raw JSON values serialize")
-                            }
-                            Err(_) => call,
-                        },
-                    )
-                    .collect();
-                let raw = to_raw_value(&numbered).expect("raw JSON values serialize");
-                delta.insert("tool_calls".into(), raw);
-            }
-        }
+        let choice = raw_object(Some(choice));
+        let mut delta = raw_object(choice.get("message").map(|m| &**m));
+        number_tool_calls(&mut delta);
         let index = match choice.get("index") {
             Some(index) => index.clone(),
             None => to_raw_value(&i).expect("a number"),
         };
-        let one = [Choice {
+        let one = [ChoiceOut {
             index,
             delta,
-            finish_reason: field(&choice, "finish_reason"),
+            finish_reason: raw_field(&choice, "finish_reason"),
         }];
-        push(&one, None)?;
+        push_chunk(&mut out, &whole, &one, None)?;
     }
     if let Some(usage) = whole.get("usage").filter(|u| u.get() != "null") {
-        push(&[], Some(usage.clone()))?;
+        push_chunk(&mut out, &whole, &[], Some(usage.clone()))?;
     }
     out.push_str("data: [DONE]\n\n");
     Ok(out.into())
+}
+
+/// A JSON object with its values kept raw, in order.
+type RawObject = indexmap::IndexMap<String, Box<RawValue>>;
+
+fn not_json(e: serde_json::Error) -> NotACompletion {
+    NotACompletion::NotJson(e.to_string())
+}
+
+/// `raw` read as an object; anything else is an empty one.
+fn raw_object(raw: Option<&RawValue>) -> RawObject {
+    raw.and_then(|r| serde_json::from_str(r.get()).ok())
+        .unwrap_or_default()
+}
+
+/// A field's raw value, `null` when absent.
+fn raw_field(o: &RawObject, name: &str) -> Box<RawValue> {
+    o.get(name)
+        .cloned()
+        .unwrap_or_else(|| RawValue::NULL.to_owned())
+}
+
+/// Gives each of a message's tool calls its `index`, as a stream's deltas carry it.
+fn number_tool_calls(delta: &mut RawObject) {
+    let Some(calls) = delta.get("tool_calls") else {
+        return;
+    };
+    let Some(calls) = serde_json::from_str::<Vec<Box<RawValue>>>(calls.get()).ok() else {
+        return;
+    };
+    let numbered: Vec<Box<RawValue>> = calls
+        .into_iter()
+        .enumerate()
+        .map(
+            |(n, call)| match serde_json::from_str::<RawObject>(call.get()) {
+                Ok(mut call) => {
+                    call.insert("index".into(), to_raw_value(&n).expect("a number"));
+                    to_raw_value(&call).expect("raw JSON values serialize")
+                }
+                Err(_) => call,
+            },
+        )
+        .collect();
+    let raw = to_raw_value(&numbered).expect("raw JSON values serialize");
+    delta.insert("tool_calls".into(), raw);
+}
+
+#[derive(Serialize)]
+struct ChoiceOut {
+    index: Box<RawValue>,
+    delta: RawObject,
+    finish_reason: Box<RawValue>,
+}
+
+#[derive(Serialize)]
+struct ChunkOut<'a> {
+    id: Box<RawValue>,
+    object: &'static str,
+    created: Box<RawValue>,
+    model: Box<RawValue>,
+    choices: &'a [ChoiceOut],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Box<RawValue>>,
+}
+
+/// Appends one `chat.completion.chunk` event with the whole answer's id, created and model.
+fn push_chunk(
+    out: &mut String,
+    whole: &RawObject,
+    choices: &[ChoiceOut],
+    usage: Option<Box<RawValue>>,
+) -> Result<(), NotACompletion> {
+    let chunk = ChunkOut {
+        id: raw_field(whole, "id"),
+        object: "chat.completion.chunk",
+        created: raw_field(whole, "created"),
+        model: raw_field(whole, "model"),
+        choices,
+        usage,
+    };
+    // Raw values keep the upstream's white space: a line break in it (a pretty-printed
+    // answer) would end the `data:` line. JSON strings hold no raw line breaks, so
+    // every one is white space between tokens.
+    let json = serde_json::to_string(&chunk).map_err(not_json)?;
+    out.push_str("data: ");
+    out.push_str(&json.replace(['\n', '\r'], " "));
+    out.push_str("\n\n");
+    Ok(())
 }
 
 #[cfg(test)]

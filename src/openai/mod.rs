@@ -3,7 +3,7 @@
 //! `completion` reads a whole chat completion; `request` walks a request's message text;
 //! `responses` reads the Responses API (its expectations, a Response, its stream events).
 //! (The request view, the SSE framing and the
-//! error bodies still live in `pipeline`, `measure::sse` and `error`; see the layer table
+//! error bodies still live in `pipeline`, `pipeline::relay` and `error`; see the layer table
 //! in `lib.rs`.)
 
 pub mod completion;

@@ -15,25 +15,23 @@ pub(crate) mod relay;
 
 use axum::http::HeaderMap;
 use bytes::Bytes;
-use opentelemetry::KeyValue;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::guardrails::{self, Stage, StageRules};
-use crate::measure::Meter;
-use crate::measure::checks::AnswerChecks;
+use crate::guardrails::Stage;
 use crate::measure::tokens::count_input;
-use crate::openai::responses::summarize_response;
-use crate::pipeline::{
-    Answer, Body, ChatRequest, Routed, fail, new_request_id, read_body, trace_id, upstream_error,
-};
+use crate::openai::responses::{ResponseSummary, summarize_response};
+use crate::pipeline::call::{self, Outgoing};
+use crate::pipeline::context::{Ctx, Start};
+use crate::pipeline::finish::{self, AnswerEnd};
+use crate::pipeline::resolve::unknown_route;
+use crate::pipeline::whole::settle_whole_verdict;
+use crate::pipeline::{Answer, Body, ChatRequest, Routed, guard, new_request_id};
 use crate::resolve::{Assignment, Target, Unit};
-use crate::shadow::ShadowTicket;
 use crate::state::App;
 use crate::store::ResponsePlacement;
-use crate::traces;
-use crate::types::{Outcome, Usage};
-use crate::upstream::Call;
+use crate::types::Outcome;
+use crate::upstream::Reply;
 use crate::upstream::endpoint::{Api, Endpoint};
 use relay::{BookNote, ResponseChecks, ResponsesRelay};
 
@@ -89,13 +87,7 @@ pub(crate) async fn create(app: &App, caller: Caller, headers: &HeaderMap, raw: 
     let request_id = new_request_id();
     let mut request = match ChatRequest::parse(&raw) {
         Ok(r) => r,
-        Err(e) => {
-            return Answer {
-                request_id,
-                routed: None,
-                result: Err(e),
-            };
-        }
+        Err(e) => return Answer::refused(request_id, e),
     };
     let continues = continuation(&request);
     let placement = match &continues {
@@ -119,37 +111,25 @@ pub(crate) async fn create(app: &App, caller: Caller, headers: &HeaderMap, raw: 
         }
     };
     let Some(target) = target else {
-        let error = ApiError::UnknownRoute(app.routing.load().explain_unknown(&request.model));
-        return Answer {
-            request_id,
-            routed: None,
-            result: Err(error),
-        };
+        return Answer::refused(request_id, unknown_route(app, &request.model));
     };
-    let routed = Routed {
-        route: target.route.clone(),
-        version: target.version.name.clone(),
-        arm: target.arm,
-    };
+    let routed = Routed::of(&target);
     // A conversation sluice has not seen yet is noted under its id when it starts here.
     let new_conversation = match (&continues, &placement) {
         (Some(id), None) if id.starts_with("conv") => Some(id.clone()),
         _ => None,
     };
-    let result = serve(
-        app,
-        Incoming {
-            caller,
-            request_id: &request_id,
-            request: &mut request,
-            raw,
-            headers,
-            target,
-            continued: continues.is_some(),
-            new_conversation,
-        },
-    )
-    .await;
+    let incoming = Incoming {
+        caller,
+        request_id: &request_id,
+        request: &mut request,
+        raw,
+        headers,
+        target,
+        continued: continues.is_some(),
+        new_conversation,
+    };
+    let result = serve(app, incoming).await;
     Answer {
         request_id,
         routed: Some(routed),
@@ -170,6 +150,7 @@ struct Incoming<'a> {
     new_conversation: Option<String>,
 }
 
+/// The chat path's stages with the Responses API's wire format, in order.
 async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
     let Incoming {
         caller,
@@ -181,220 +162,115 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
         continued,
         new_conversation,
     } = incoming;
-    let workspace = caller.workspace.clone();
-    let version = target.version.clone();
-    let provider = version.provider.clone();
-    let route = target.settings.clone();
-    let checks = AnswerChecks {
-        expect: crate::openai::responses::expectation(request.raw("text"), request.raw("tools")),
-        schemas: app.schemas.clone(),
-        output: route.guardrails.clone(),
-        on_schema_failure: route.on_schema_failure,
-        counters: app.guardrail_counts.clone(),
-        version: version.name.clone(),
-        arm: target.arm,
-    };
-    let stored = request.raw("store") != Some("false");
-    let note = stored.then(|| BookNote {
-        book: app.response_book.clone(),
-        workspace: workspace.clone(),
-        route: target.route.to_string(),
-        version: version.name.to_string(),
-        arm: target.arm,
-    });
+    let note = book_note(app, request, &caller, &target);
     if let (Some(id), Some(note)) = (&new_conversation, &note) {
         note.note(id);
     }
-
-    let mut meter = Meter::start(
-        request_id.to_owned(),
-        caller.workspace,
+    let start = Start {
+        request_id,
+        headers,
+        workspace: caller.workspace,
         target,
-        request.stream,
-        app.sink.clone(),
-    );
-    meter.set_api(Api::Responses);
-    let encoding = version.encoding;
-    meter.set_prompt_estimate(move || count_input(encoding, &raw));
+        stream: request.stream,
+        api: Api::Responses,
+        expect: crate::openai::responses::expectation(request.raw("text"), request.raw("tools")),
+    };
+    let mut ctx = Ctx::start(app, start);
+    ctx.estimate_prompt_with(count_input, raw);
     if app.traces.enabled() {
-        let t = meter.target();
-        let attributes = vec![
-            KeyValue::new("gen_ai.operation.name", "responses"),
-            KeyValue::new("gen_ai.request.model", request.model.clone()),
-            KeyValue::new("sluice.route", t.route.to_string()),
-            KeyValue::new("sluice.version", version.name.to_string()),
-            KeyValue::new("sluice.arm", t.arm.as_str()),
-            KeyValue::new("sluice.workspace", workspace.clone()),
-            KeyValue::new("sluice.request_id", request_id.to_owned()),
-            KeyValue::new("gen_ai.request.stream", request.stream),
-        ];
-        let span =
-            app.traces
-                .start_request(headers, format!("responses {}", request.model), attributes);
-        meter.set_span(span);
+        ctx.open_span("responses", &request.model, request.stream, None);
     }
+    guard::input(&mut ctx, |rules| {
+        guard::instructions_and_input(rules, request)
+    })?;
 
-    if let Some(rules) = route
-        .guardrails
-        .as_deref()
-        .map(|g| &g.input)
-        .filter(|r| !r.is_empty())
-    {
-        let applied = guard_input(rules, request);
-        checks.count(Stage::Input, &applied.fired);
-        if let Some(rule) = applied.blocked_by {
-            meter.observed.guardrail_blocked = true;
-            return Err(fail(
-                &mut meter,
-                ApiError::GuardrailBlocked {
-                    stage: "input",
-                    rule,
-                },
-            ));
-        }
+    let body = request.upstream_body(&ctx.version.model, false);
+    if !continued {
+        call::draw_shadow(
+            &mut ctx,
+            Api::Responses,
+            &body,
+            request.raw("tools").is_some(),
+        );
     }
-
-    let body = request.upstream_body(&version.model, false);
-    if let Some(shadow) = meter
-        .target()
-        .rollout
-        .as_ref()
-        .and_then(|a| a.shadow.clone())
-    {
-        let arm = meter.target().arm;
-        if !continued && shadow.draws(arm, &workspace, request.raw("tools").is_some()) {
-            let ticket = ShadowTicket {
-                shadow,
-                api: Api::Responses,
-                body: body.clone(),
-                trace_id: trace_id(headers),
-                span: meter.span().cloned(),
-                traces: app.traces.clone(),
-            };
-            meter.set_shadow(ticket, app.shadows.clone());
-        }
-    }
-    let upstream_span = meter.span().and_then(|cx| {
-        let attributes = vec![KeyValue::new(
-            "gen_ai.request.model",
-            version.model.to_string(),
-        )];
-        app.traces
-            .start_child(cx, format!("upstream {}", version.name), attributes)
-    });
-    let call = Call {
+    let out = Outgoing {
         endpoint: Endpoint::responses(),
-        client_headers: Some(headers),
-        content_type: None,
         body,
         stream: request.stream,
         include_usage: false,
-        model: &version.model,
-        request_id,
-        mock: version.mock.as_ref().map(|m| m.load_full()),
-        traceparent: upstream_span.as_ref().and_then(traces::traceparent),
     };
-    let sent = provider.send(call).await;
-    if let Some(cx) = &upstream_span {
-        let status = sent
-            .as_ref()
-            .map(|r| i64::from(r.status.as_u16()))
-            .unwrap_or(0);
-        let error = sent.as_ref().err().map(|e| e.to_string());
-        traces::end(
-            cx,
-            vec![KeyValue::new("http.response.status_code", status)],
-            error,
-        );
-    }
-    let reply = match sent {
-        Ok(reply) => reply,
-        Err(e) => return Err(fail(&mut meter, upstream_error(e, &version.name))),
-    };
-    let mut out_headers = crate::upstream::headers::to_client(&reply.headers);
-
-    if !reply.status.is_success() {
-        let body = read_body(reply.body, provider.timeout())
-            .await
-            .unwrap_or_default();
-        if crate::azure::is_content_filter_error(&body) {
-            crate::azure::count_filtered(&checks, Stage::Input);
-            meter.observed.guardrail_blocked = true;
-        }
-        let error = ApiError::UpstreamStatus {
-            status: reply.status,
-            body,
-            headers: Box::new(crate::upstream::headers::to_client_on_error(&reply.headers)),
-        };
-        return Err(fail(&mut meter, error));
-    }
+    let reply = call::send(&mut ctx, out).await?;
+    let reply = call::refuse_error_status(&mut ctx, reply).await?;
+    let headers = crate::upstream::headers::to_client(&reply.headers);
 
     if request.stream {
-        meter.status = reply.status.as_u16();
-        let checks = checks.active().then(|| ResponseChecks::new(checks));
-        let relay = ResponsesRelay::new(reply.body, meter, provider.timeout(), checks, note);
+        ctx.meter.status = reply.status.as_u16();
+        let timeout = ctx.version.provider.timeout();
+        let checks = ctx.checks.active().then(|| ResponseChecks::new(ctx.checks));
+        let relay = ResponsesRelay::new(reply.body, ctx.meter, timeout, checks, note);
         return Ok(Body::Events {
             status: reply.status,
-            headers: out_headers,
+            headers,
             events: Box::pin(relay),
         });
     }
+    whole(ctx, reply, headers, note).await
+}
 
-    let bytes = match read_body(reply.body, provider.timeout()).await {
-        Ok(bytes) => bytes,
-        Err(e) => return Err(fail(&mut meter, upstream_error(e, &version.name))),
-    };
+/// Where to note the Response's id, unless the client asked not to store it (`store: false`).
+fn book_note(
+    app: &App,
+    request: &ChatRequest,
+    caller: &Caller,
+    target: &Target,
+) -> Option<BookNote> {
+    let stored = request.raw("store") != Some("false");
+    stored.then(|| BookNote {
+        book: app.response_book.clone(),
+        workspace: caller.workspace.clone(),
+        route: target.route.to_string(),
+        version: target.version.name.to_string(),
+        arm: target.arm,
+    })
+}
+
+/// Reads, measures and checks a whole Response, notes its id, and records it (a Response
+/// whose `status` is `failed` as the upstream's failure).
+///
+/// Errors: the body unreadable or not a Response ([`ApiError::UpstreamInvalid`]), a
+/// guardrail block or a fatal schema failure; each recorded.
+async fn whole(
+    mut ctx: Ctx<'_>,
+    reply: Reply,
+    mut headers: HeaderMap,
+    note: Option<BookNote>,
+) -> Result<Body, ApiError> {
+    let mut bytes = ctx.read(reply.body).await?;
     let parsed = serde_json::from_slice::<serde_json::Value>(&bytes)
         .map_err(|e| e.to_string())
         .and_then(|v| summarize_response(&v).map(|s| (v, s)));
     let (mut value, summary) = match parsed {
         Ok(parsed) => parsed,
-        Err(reason) => {
-            let error = ApiError::UpstreamInvalid {
-                version: version.name.to_string(),
-                reason,
-            };
-            return Err(fail(&mut meter, error));
-        }
+        Err(reason) => return Err(ctx.invalid(reason)),
     };
     if let (Some(id), Some(note)) = (&summary.id, &note) {
         note.note(id);
     }
-    let usage = match summary.usage {
-        Some(usage) => usage,
-        None => Usage {
-            prompt_tokens: meter.estimate_prompt(),
-            completion_tokens: version.encoding.count(&summary.output.text),
-            estimated: true,
-        },
-    };
-    meter.observed.usage = Some(usage);
-    meter.observed.reasoning_tokens = summary.reasoning_tokens;
-    meter.observed.response_chars = summary.chars();
-    meter.observed.finish_reason = summary.finish_reason();
-    meter.observed.response_model = summary.model.clone();
-    if summary.incomplete_reason.as_deref() == Some("content_filter") && provider.is_azure() {
-        crate::azure::count_filtered(&checks, Stage::Output);
-        meter.observed.guardrail_blocked = true;
-    }
-    if let Some(model) = &summary.model {
-        version.note_served_model(model);
-    }
-    if meter.wants_answer() {
-        meter.observed.answer = Some(summary.output.text.clone());
-    }
-    let mut bytes = bytes;
-    if checks.active() {
-        let verdict = checks.check_whole(std::slice::from_ref(&summary.output));
-        crate::pipeline::settle_whole_verdict(
-            &mut meter,
-            &checks,
+    measure_whole(&mut ctx, &summary);
+    if ctx.checks.active() {
+        let verdict = ctx
+            .checks
+            .check_whole(std::slice::from_ref(&summary.output));
+        let version = ctx.version.name.clone();
+        settle_whole_verdict(
+            &mut ctx.meter,
+            &ctx.checks,
             &verdict,
-            &version.name,
-            &mut out_headers,
+            &version,
+            &mut headers,
         )?;
         if verdict.redacted.iter().any(Option::is_some)
-            && let Some(rules) = checks.output.as_deref().map(|g| &g.output)
+            && let Some(rules) = ctx.checks.output.as_deref().map(|g| &g.output)
         {
             let mut redact = |text: &str| rules.apply(text).redacted;
             if crate::openai::responses::redact_output(&mut value, &mut redact) {
@@ -403,48 +279,34 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
         }
     }
     let failed = summary.status.as_deref() == Some("failed");
-    meter.status = reply.status.as_u16();
-    meter.finish(if failed {
+    let outcome = if failed {
         Outcome::Upstream5xx
     } else {
         Outcome::Ok
-    });
+    };
+    finish::record(&mut ctx.meter, reply.status, outcome);
     Ok(Body::Whole {
         status: reply.status,
-        headers: out_headers,
+        headers,
         bytes,
     })
 }
 
-/// Runs the input rules over `instructions` and every text of `input`, masking in place.
-fn guard_input(rules: &StageRules, request: &mut ChatRequest) -> guardrails::Applied {
-    let mut total = guardrails::Applied::default();
-    let mut visit = |text: &mut String| -> bool {
-        let applied = rules.apply(text);
-        total.fired.extend(applied.fired);
-        if total.blocked_by.is_none() {
-            total.blocked_by = applied.blocked_by;
-        }
-        match applied.redacted {
-            Some(redacted) => {
-                *text = redacted;
-                true
-            }
-            None => false,
-        }
+/// The shared end of answer for a whole Response, its reasoning tokens, and a provider's
+/// content filter that cut it counted as an output guardrail block.
+fn measure_whole(ctx: &mut Ctx<'_>, summary: &ResponseSummary) {
+    let end = AnswerEnd {
+        usage: summary.usage,
+        chars: summary.chars(),
+        finish_reason: summary.finish_reason(),
+        model: summary.model.clone(),
     };
-    for field in ["instructions", "input"] {
-        let Some(mut value) = request
-            .raw(field)
-            .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw).ok())
-        else {
-            continue;
-        };
-        let mut changed = false;
-        crate::openai::request::for_each_input_text(&mut value, |text| changed |= visit(text));
-        if changed && let Ok(raw) = serde_json::value::to_raw_value(&value) {
-            request.set_raw(field, raw);
-        }
+    finish::end_of_answer(&mut ctx.meter, end, || summary.output.text.clone());
+    ctx.meter.observed.reasoning_tokens = summary.reasoning_tokens;
+    if summary.incomplete_reason.as_deref() == Some("content_filter")
+        && ctx.version.provider.is_azure()
+    {
+        crate::azure::count_filtered(&ctx.checks, Stage::Output);
+        ctx.meter.observed.guardrail_blocked = true;
     }
-    total
 }

@@ -26,14 +26,15 @@ use crate::guardrails::{Action, Stage, StageRules};
 use crate::measure::Meter;
 use crate::measure::checks::{AnswerChecks, EventAction};
 use crate::measure::schema::SchemaVerdict;
-use crate::measure::sse::MAX_PENDING_EVENT_BYTES;
 use crate::openai::responses::{
     EventView, ResponseSummary, is_output_delta, is_terminal, summarize_response,
 };
 use crate::openai::sse::{event_end_streaming, parse_event};
+use crate::pipeline::finish::{self, AnswerEnd};
+use crate::pipeline::relay::MAX_PENDING_EVENT_BYTES;
 use crate::store::ResponsePlacement;
+use crate::types::Outcome;
 use crate::types::now_ms;
-use crate::types::{Outcome, Usage};
 use crate::upstream::{ByteStream, UpstreamError};
 
 /// One output text part: (output index, content index).
@@ -127,6 +128,14 @@ pub(crate) struct ResponseChecks {
     pub(crate) blocked_by: Option<String>,
 }
 
+/// The (output, content) part an event is about.
+fn part_key(v: &Value) -> PartKey {
+    (
+        v["output_index"].as_u64().unwrap_or(0) as usize,
+        v["content_index"].as_u64().unwrap_or(0) as usize,
+    )
+}
+
 fn frame(kind: &str, data: &Value) -> Vec<u8> {
     format!("event: {kind}\ndata: {data}\n\n").into_bytes()
 }
@@ -213,51 +222,11 @@ impl ResponseChecks {
         let Ok(mut v) = serde_json::from_slice::<Value>(data) else {
             return Ok(None);
         };
-        let key = |v: &Value| {
-            (
-                v["output_index"].as_u64().unwrap_or(0) as usize,
-                v["content_index"].as_u64().unwrap_or(0) as usize,
-            )
-        };
         match kind {
-            "response.output_text.delta" => {
-                let k = key(&v);
-                let piece = v["delta"].as_str().unwrap_or_default().to_owned();
-                let released = self
-                    .redactors
-                    .entry(k)
-                    .or_default()
-                    .push(&rules.output, &piece);
-                if let Some(rule) = released.blocked_by {
-                    return Err(self.block(rule, sequence));
-                }
-                self.sent.entry(k).or_default().push_str(&released.text);
-                if released.text == piece {
-                    return Ok(None);
-                }
-                v["delta"] = Value::String(released.text);
-                Ok(Some(frame(kind, &v)))
-            }
-            "response.output_text.done" => {
-                let k = key(&v);
-                let rest = self.redactors.entry(k).or_default().finish(&rules.output);
-                if let Some(rule) = rest.blocked_by {
-                    return Err(self.block(rule, sequence));
-                }
-                let mut out = Vec::new();
-                if !rest.text.is_empty() {
-                    let delta = json!({"type": "response.output_text.delta",
-                        "sequence_number": v["sequence_number"], "item_id": v["item_id"],
-                        "output_index": k.0, "content_index": k.1, "delta": rest.text, "logprobs": []});
-                    out.extend(frame("response.output_text.delta", &delta));
-                    self.sent.entry(k).or_default().push_str(&rest.text);
-                }
-                v["text"] = Value::String(self.sent.get(&k).cloned().unwrap_or_default());
-                out.extend(frame(kind, &v));
-                Ok(Some(out))
-            }
+            "response.output_text.delta" => self.delta(&rules.output, &mut v, sequence),
+            "response.output_text.done" => self.text_done(&rules.output, &mut v, sequence),
             "response.content_part.done" => {
-                let Some(text) = self.sent.get(&key(&v)) else {
+                let Some(text) = self.sent.get(&part_key(&v)) else {
                     return Ok(None);
                 };
                 v["part"]["text"] = Value::String(text.clone());
@@ -265,18 +234,7 @@ impl ResponseChecks {
             }
             "response.output_item.done" => {
                 let oi = v["output_index"].as_u64().unwrap_or(0) as usize;
-                let mut changed = false;
-                for (ci, part) in v["item"]["content"]
-                    .as_array_mut()
-                    .into_iter()
-                    .flatten()
-                    .enumerate()
-                {
-                    if let Some(text) = self.sent.get(&(oi, ci)) {
-                        part["text"] = Value::String(text.clone());
-                        changed = true;
-                    }
-                }
+                let changed = self.restore_parts(oi, &mut v["item"]);
                 Ok(changed.then(|| frame(kind, &v)))
             }
             k if is_terminal(k) => {
@@ -287,22 +245,77 @@ impl ResponseChecks {
                     .flatten()
                     .enumerate()
                 {
-                    for (ci, part) in item["content"]
-                        .as_array_mut()
-                        .into_iter()
-                        .flatten()
-                        .enumerate()
-                    {
-                        if let Some(text) = self.sent.get(&(oi, ci)) {
-                            part["text"] = Value::String(text.clone());
-                            changed = true;
-                        }
-                    }
+                    changed |= self.restore_parts(oi, item);
                 }
                 Ok(changed.then(|| frame(kind, &v)))
             }
             _ => Ok(None),
         }
+    }
+
+    /// A text delta through its part's redactor: what it releases goes out.
+    fn delta(
+        &mut self,
+        rules: &StageRules,
+        v: &mut Value,
+        sequence: u64,
+    ) -> Result<Option<Vec<u8>>, EventAction> {
+        let k = part_key(v);
+        let piece = v["delta"].as_str().unwrap_or_default().to_owned();
+        let released = self.redactors.entry(k).or_default().push(rules, &piece);
+        if let Some(rule) = released.blocked_by {
+            return Err(self.block(rule, sequence));
+        }
+        self.sent.entry(k).or_default().push_str(&released.text);
+        if released.text == piece {
+            return Ok(None);
+        }
+        v["delta"] = Value::String(released.text);
+        Ok(Some(frame("response.output_text.delta", v)))
+    }
+
+    /// A part's text is done: what its redactor still holds goes out as one more delta, and
+    /// the `done` event carries exactly the text the client was sent.
+    fn text_done(
+        &mut self,
+        rules: &StageRules,
+        v: &mut Value,
+        sequence: u64,
+    ) -> Result<Option<Vec<u8>>, EventAction> {
+        let k = part_key(v);
+        let rest = self.redactors.entry(k).or_default().finish(rules);
+        if let Some(rule) = rest.blocked_by {
+            return Err(self.block(rule, sequence));
+        }
+        let mut out = Vec::new();
+        if !rest.text.is_empty() {
+            let delta = json!({"type": "response.output_text.delta",
+                "sequence_number": v["sequence_number"], "item_id": v["item_id"],
+                "output_index": k.0, "content_index": k.1, "delta": rest.text, "logprobs": []});
+            out.extend(frame("response.output_text.delta", &delta));
+            self.sent.entry(k).or_default().push_str(&rest.text);
+        }
+        v["text"] = Value::String(self.sent.get(&k).cloned().unwrap_or_default());
+        out.extend(frame("response.output_text.done", v));
+        Ok(Some(out))
+    }
+
+    /// Puts the text the client was sent into output item `oi`'s content parts; whether
+    /// any changed.
+    fn restore_parts(&self, oi: usize, item: &mut Value) -> bool {
+        let mut changed = false;
+        for (ci, part) in item["content"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            if let Some(text) = self.sent.get(&(oi, ci)) {
+                part["text"] = Value::String(text.clone());
+                changed = true;
+            }
+        }
+        changed
     }
 
     fn block(&mut self, rule: String, sequence: u64) -> EventAction {
@@ -498,28 +511,15 @@ impl ResponsesRelay {
             self.meter.observed.guardrail_blocked = checks.blocked_by.is_some();
         }
         let summary = observer.summary.unwrap_or_default();
-        let usage = match summary.usage {
-            Some(usage) => usage,
-            None => Usage {
-                prompt_tokens: self.meter.estimate_prompt(),
-                completion_tokens: self.meter.target().version.encoding.count(&text),
-                estimated: true,
-            },
+        let end = AnswerEnd {
+            usage: summary.usage,
+            chars: observer.chars,
+            finish_reason: summary.finish_reason(),
+            model: summary.model.clone().or(observer.model),
         };
-        let model = summary.model.clone().or(observer.model);
-        if let Some(model) = &model {
-            self.meter.target().version.note_served_model(model);
-        }
-        if self.meter.wants_answer() {
-            self.meter.observed.answer = Some(text);
-        }
-        let observed = &mut self.meter.observed;
-        observed.response_model = model;
-        observed.usage = Some(usage);
-        observed.reasoning_tokens = summary.reasoning_tokens;
-        observed.response_chars = observer.chars;
-        observed.finish_reason = summary.finish_reason();
-        observed.first_token = observer.first_token;
+        finish::end_of_answer(&mut self.meter, end, || text);
+        self.meter.observed.reasoning_tokens = summary.reasoning_tokens;
+        self.meter.observed.first_token = observer.first_token;
         self.meter.finish(outcome);
     }
 

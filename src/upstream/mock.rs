@@ -40,6 +40,9 @@ pub(crate) struct MockProvider {
 }
 
 impl MockProvider {
+    /// Answers `call` as the version's `mock` shape says: after the time to first token, a
+    /// server error at the error rate, else the operation's answer (chat completions,
+    /// Responses, embeddings, stored Responses); another operation is a 404. Never fails.
     pub(crate) async fn send(&self, call: Call<'_>) -> Result<Reply, UpstreamError> {
         let shape = call.mock.as_deref().cloned().unwrap_or_default();
         let fail = shape.error_rate > 0.0 && rand::rng().random_bool(shape.error_rate.min(1.0));
@@ -54,109 +57,97 @@ impl MockProvider {
         if fail {
             tokio::time::sleep(ttft).await;
             let body = json!({"error": {"message": "mock upstream failure", "type": "server_error", "param": null, "code": "mock_error"}});
-            return Ok(reply(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "application/json",
-                Bytes::from(body.to_string()),
-            ));
+            return Ok(json_reply(StatusCode::INTERNAL_SERVER_ERROR, &body));
         }
         let tokens = ((f64::from(shape.output_tokens) * spread()).round() as usize).max(1);
         match call.endpoint.route() {
-            "chat/completions" => {}
-            "responses" => return Ok(responses(&call, &shape, ttft, tokens).await),
+            "chat/completions" => Ok(chat(&call, &shape, ttft, tokens).await),
+            "responses" => Ok(responses(&call, &shape, ttft, tokens).await),
             "embeddings" => {
                 tokio::time::sleep(ttft).await;
-                let body: serde_json::Value =
-                    serde_json::from_slice(&call.body).unwrap_or_default();
-                let inputs = mock_responses::embedding_inputs(&body["input"]);
-                let dimensions = body["dimensions"].as_u64().unwrap_or(EMBEDDING_DIMENSIONS);
-                let prompt_tokens = count_embedding_input(Encoding::for_model(call.model), &body);
-                let answer = mock_responses::embeddings(
-                    call.model,
-                    inputs,
-                    dimensions as usize,
-                    prompt_tokens,
-                );
-                return Ok(reply(
-                    StatusCode::OK,
-                    "application/json",
-                    Bytes::from(answer.to_string()),
-                ));
+                Ok(embeddings(&call))
             }
             other if other.starts_with("responses/") => {
                 let (status, body) = mock_responses::stored(&call.endpoint.method, other);
-                return Ok(reply(
-                    status,
-                    "application/json",
-                    Bytes::from(body.to_string()),
-                ));
+                Ok(json_reply(status, &body))
             }
             other => {
                 let body = json!({"error": {"message": format!("the mock provider does not serve /v1/{other}"), "type": "invalid_request_error", "param": null, "code": "not_found"}});
-                return Ok(reply(
-                    StatusCode::NOT_FOUND,
-                    "application/json",
-                    Bytes::from(body.to_string()),
-                ));
+                Ok(json_reply(StatusCode::NOT_FOUND, &body))
             }
         }
-        let id = format!("chatcmpl-mock-{}", call.request_id);
-        let model = call.model.to_owned();
-        let prompt_tokens = count_prompt(Encoding::for_model(&model), &call.body);
-        let per_token = Duration::from_secs_f64(1.0 / shape.tokens_per_s);
-        let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens as usize + tokens});
-        if !call.stream {
-            tokio::time::sleep(ttft + per_token * tokens.saturating_sub(1) as u32).await;
-            let text: String = (0..tokens).map(|i| WORDS[i % WORDS.len()]).collect();
-            let body = json!({
-                "id": id, "object": "chat.completion", "created": 0, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text.trim_start()}, "finish_reason": "stop", "logprobs": null}],
-                "usage": usage,
-            });
-            return Ok(reply(
-                StatusCode::OK,
-                "application/json",
-                Bytes::from(body.to_string()),
-            ));
-        }
+    }
+}
 
-        let chunk = move |delta: serde_json::Value, finish: Option<&str>| {
-            let c = json!({"id": id, "object": "chat.completion.chunk", "created": 0, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
-            Bytes::from(format!("data: {c}\n\n"))
-        };
-        let mut events: Vec<(Duration, Bytes)> = Vec::with_capacity(tokens + 4);
-        events.push((
-            Duration::ZERO,
-            chunk(json!({"role": "assistant", "content": ""}), None),
-        ));
-        for i in 0..tokens {
-            let wait = if i == 0 { ttft } else { per_token };
-            let word = if i == 0 {
-                WORDS[0].trim_start()
-            } else {
-                WORDS[i % WORDS.len()]
-            };
-            events.push((wait, chunk(json!({"content": word}), None)));
-        }
-        events.push((Duration::ZERO, chunk(json!({}), Some("stop"))));
-        if call.include_usage {
-            let c = json!({"id": format!("chatcmpl-mock-{}", call.request_id), "object": "chat.completion.chunk", "created": 0, "model": call.model, "choices": [], "usage": usage});
-            events.push((Duration::ZERO, Bytes::from(format!("data: {c}\n\n"))));
-        }
-        events.push((Duration::ZERO, Bytes::from_static(b"data: [DONE]\n\n")));
-        let body = stream::unfold(events.into_iter(), |mut events| async move {
-            let (wait, bytes) = events.next()?;
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
-            Some((Ok(bytes), events))
+/// A JSON answer with `status`.
+fn json_reply(status: StatusCode, body: &serde_json::Value) -> Reply {
+    reply(status, "application/json", Bytes::from(body.to_string()))
+}
+
+/// An embeddings answer: one vector per input, `dimensions` long (8 unless asked).
+fn embeddings(call: &Call<'_>) -> Reply {
+    let body: serde_json::Value = serde_json::from_slice(&call.body).unwrap_or_default();
+    let inputs = mock_responses::embedding_inputs(&body["input"]);
+    let dimensions = body["dimensions"].as_u64().unwrap_or(EMBEDDING_DIMENSIONS);
+    let prompt_tokens = count_embedding_input(Encoding::for_model(call.model), &body);
+    let answer = mock_responses::embeddings(call.model, inputs, dimensions as usize, prompt_tokens);
+    json_reply(StatusCode::OK, &answer)
+}
+
+/// A chat completion of `tokens` words: whole after the time it would take to stream, or
+/// streamed at the shape's pace (with the usage chunk when asked for).
+async fn chat(call: &Call<'_>, shape: &MockConfig, ttft: Duration, tokens: usize) -> Reply {
+    let id = format!("chatcmpl-mock-{}", call.request_id);
+    let model = call.model.to_owned();
+    let prompt_tokens = count_prompt(Encoding::for_model(&model), &call.body);
+    let per_token = Duration::from_secs_f64(1.0 / shape.tokens_per_s);
+    let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens as usize + tokens});
+    if !call.stream {
+        tokio::time::sleep(ttft + per_token * tokens.saturating_sub(1) as u32).await;
+        let text: String = (0..tokens).map(|i| WORDS[i % WORDS.len()]).collect();
+        let body = json!({
+            "id": id, "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text.trim_start()}, "finish_reason": "stop", "logprobs": null}],
+            "usage": usage,
         });
-        Ok(Reply {
-            status: StatusCode::OK,
-            headers: content_type("text/event-stream"),
-            body: Box::pin(body),
-        })
+        return json_reply(StatusCode::OK, &body);
+    }
+    let chunk = move |delta: serde_json::Value, finish: Option<&str>| {
+        let c = json!({"id": id, "object": "chat.completion.chunk", "created": 0, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        Bytes::from(format!("data: {c}\n\n"))
+    };
+    let mut events: Vec<(Duration, Bytes)> = Vec::with_capacity(tokens + 4);
+    events.push((
+        Duration::ZERO,
+        chunk(json!({"role": "assistant", "content": ""}), None),
+    ));
+    for i in 0..tokens {
+        let wait = if i == 0 { ttft } else { per_token };
+        let word = if i == 0 {
+            WORDS[0].trim_start()
+        } else {
+            WORDS[i % WORDS.len()]
+        };
+        events.push((wait, chunk(json!({"content": word}), None)));
+    }
+    events.push((Duration::ZERO, chunk(json!({}), Some("stop"))));
+    if call.include_usage {
+        let c = json!({"id": format!("chatcmpl-mock-{}", call.request_id), "object": "chat.completion.chunk", "created": 0, "model": call.model, "choices": [], "usage": usage});
+        events.push((Duration::ZERO, Bytes::from(format!("data: {c}\n\n"))));
+    }
+    events.push((Duration::ZERO, Bytes::from_static(b"data: [DONE]\n\n")));
+    let body = stream::unfold(events.into_iter(), |mut events| async move {
+        let (wait, bytes) = events.next()?;
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        Some((Ok(bytes), events))
+    });
+    Reply {
+        status: StatusCode::OK,
+        headers: content_type("text/event-stream"),
+        body: Box::pin(body),
     }
 }
 

@@ -1,5 +1,5 @@
-//! The stream relay: passes an upstream's server-sent events to the client as they arrive
-//! and measures them on the way.
+//! The stream relay: passes an upstream's server-sent events (a streamed chat completion)
+//! to the client as they arrive and measures them on the way.
 //!
 //! Events are forwarded whole (a client never sees half an event), each as soon as its
 //! closing blank line has arrived. On the way the relay stamps the first token, counts the
@@ -16,11 +16,12 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::time::Sleep;
 
-use super::Meter;
-use super::checks::{EventAction, StreamChecks};
-use super::schema::ToolCall;
+use super::finish::{self, AnswerEnd};
 use crate::error::ApiError;
-use crate::openai::completion::ChoiceText;
+use crate::measure::Meter;
+use crate::measure::checks::{EventAction, StreamChecks};
+use crate::measure::schema::ToolCall;
+use crate::openai::completion::{ChoiceText, MAX_STREAM_INDEX};
 use crate::openai::lenient::{self, Field};
 use crate::openai::sse::{BOM, event_end_streaming, parse_event};
 use crate::types::{Outcome, Usage};
@@ -66,12 +67,6 @@ lenient::object! {
         arguments: "arguments",
     }
 }
-
-/// The most choices a stream is read for, and the most tool calls per choice: OpenAI's own
-/// limit on `n` is 128. A larger `index` is an upstream's mistake; honouring it would
-/// allocate a slot for every index below it (an index near `usize::MAX` overflowed), so
-/// the observer skips such a choice or call, and answer checks end the stream.
-pub(crate) const MAX_STREAM_INDEX: usize = 128;
 
 /// What an event told us.
 enum EventKind {
@@ -191,9 +186,10 @@ impl StreamObserver {
 /// without a blank line has its stream ended as broken off.
 pub(crate) const MAX_PENDING_EVENT_BYTES: usize = 16 * 1024 * 1024;
 
-/// A streamed answer on its way to the client: reads the upstream's server-sent events whole,
-/// measures them into the [`Meter`], runs the stream checks, and yields the bytes
-/// to send; the record is written when the stream ends, however it ends.
+/// A streamed chat completion on its way to the client: a [`Stream`] of the bytes the
+/// client gets, event by event. It owns the request's [`Meter`] and finishes it when the
+/// upstream ends, breaks off or falls silent for `idle_limit`, or when the client hangs up
+/// (the relay is dropped).
 pub struct StreamRelay {
     upstream: ByteStream,
     buf: BytesMut,
@@ -220,9 +216,10 @@ pub struct StreamRelay {
 }
 
 impl StreamRelay {
-    /// A relay of `upstream`, recording into `meter`. `strip_usage` drops the usage chunk sluice
-    /// asked for on its own; a wait longer than `idle_limit` for the next event ends the stream
-    /// as broken off; `checks` are the answer checks, if any apply.
+    /// A relay of `upstream`'s events. `strip_usage`: sluice asked for the usage chunk on
+    /// the client's behalf, so it is dropped; `idle_limit`: the longest wait for the next
+    /// whole event (the provider's timeout); `checks`: schema and output-guardrail checks,
+    /// when the request or the route asks for any.
     pub fn new(
         upstream: ByteStream,
         meter: Meter,
@@ -353,35 +350,18 @@ impl StreamRelay {
             self.meter.observed.schema_failed = verdict.failed();
             self.meter.observed.guardrail_blocked = checks.blocked_by.is_some();
         }
-        let usage = match observer.usage {
-            Some(usage) => usage,
-            None => Usage {
-                prompt_tokens: self.meter.estimate_prompt(),
-                completion_tokens: self
-                    .meter
-                    .target()
-                    .version
-                    .encoding
-                    .count(&observer.all_text()),
-                estimated: true,
-            },
-        };
-        if self.meter.wants_answer() {
-            self.meter.observed.answer = Some(observer.all_text());
-        }
-        if let Some(model) = &observer.model {
-            self.meter.target().version.note_served_model(model);
-        }
-        self.meter.observed.response_model = observer.model.clone();
-        let observed = &mut self.meter.observed;
-        observed.usage = Some(usage);
-        observed.response_chars = observer.chars;
         // The provider's own content filter cut the answer: a guardrail block by the provider.
         if observer.finish_reason.as_deref() == Some("content_filter") {
-            observed.guardrail_blocked = true;
+            self.meter.observed.guardrail_blocked = true;
         }
-        observed.finish_reason = observer.finish_reason;
-        observed.first_token = observer.first_token;
+        self.meter.observed.first_token = observer.first_token;
+        let end = AnswerEnd {
+            usage: observer.usage,
+            chars: observer.chars,
+            finish_reason: observer.finish_reason.clone(),
+            model: observer.model.clone(),
+        };
+        finish::end_of_answer(&mut self.meter, end, || observer.all_text());
         self.meter.finish(outcome);
     }
 
