@@ -1,6 +1,6 @@
 //! The shared end of an answer, and its record: what a whole answer and a stream relay
 //! (chat completions and the Responses API alike) do once the answer is known, and how a
-//! request that failed is recorded. [`Meter::finish`] then writes the one record.
+//! request that failed is recorded. `Meter::finish` then writes the one record.
 
 use axum::http::StatusCode;
 

@@ -1,9 +1,9 @@
 //! The hot path of one chat request, without HTTP-framework types, in stages, one file
 //! each, in the order of the diagram in the [crate] docs (the one copy):
 //!
-//! [`parse`] → [`resolve`] → [`guard`] (input guardrails) → [`call`] (upstream) →
-//! [`whole`] answer | stream [`relay`] → [`finish`] (shared end of answer, record).
-//! [`context`] holds what the stages after resolve share; this module runs them in order.
+//! [`parse`] → `resolve` → `guard` (input guardrails) → `call` (upstream) →
+//! `whole` answer | stream [`relay`] → [`finish`] (shared end of answer, record).
+//! `context` holds what the stages after resolve share; this module runs them in order.
 //!
 //! The body is forwarded as the client sent it with two edits: `model` becomes the
 //! version's model, and a streamed request asks for `stream_options.include_usage` (the
