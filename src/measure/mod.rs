@@ -245,6 +245,142 @@ impl Drop for Meter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::LimitBook;
+    use crate::types::{Arm, Limits, RouteName};
+    use tokio::sync::mpsc;
+
+    /// A meter on route `chat`, version `v1` (2.50 USD per million prompt tokens, 10.00 per
+    /// million completion tokens), and the receiver its records go to.
+    fn meter(request_id: &str) -> (Meter, mpsc::Receiver<Record>) {
+        let config = r#"
+[server]
+listen = "127.0.0.1:0"
+[database]
+url = "sqlite::memory:"
+[admin]
+token_env = "ADMIN"
+[providers.sim]
+kind = "mock"
+[versions.v1]
+provider = "sim"
+model = "gpt-4o"
+price = { input_per_mtok = 2.50, output_per_mtok = 10.00 }
+[routes.chat]
+stable = "v1"
+"#;
+        let settings = crate::settings::parse(
+            std::path::Path::new("/nonexistent/sluice.toml"),
+            config,
+            &|name| (name == "ADMIN").then(|| "a-token-long-enough-for-anyone".into()),
+        )
+        .unwrap();
+        let catalog = crate::catalog::Catalog::from_settings(&settings).unwrap();
+        let target = catalog
+            .target(&RouteName::parse("chat").unwrap(), "v1", Arm::Stable)
+            .unwrap();
+        let (sink, records) = sink::RecordSink::new(8, Arc::new(LimitBook::new(Limits::default())));
+        let meter = Meter::start(
+            request_id.into(),
+            "acme".into(),
+            target,
+            true,
+            Arc::new(sink),
+        );
+        (meter, records)
+    }
+
+    #[test]
+    fn a_finished_request_is_recorded_once_with_its_tokens_cost_and_times() {
+        let outer = Instant::now();
+        let (mut meter, mut records) = meter("req_1");
+        meter.set_api(Api::Responses);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        meter.observed.first_token = Some(Instant::now());
+        meter.observed.usage = Some(Usage {
+            prompt_tokens: 1_000,
+            completion_tokens: 200,
+            estimated: false,
+        });
+        meter.observed.response_chars = 42;
+        meter.status = 200;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        meter.finish(Outcome::Ok);
+        let outer_ms = outer.elapsed().as_secs_f64() * 1000.0;
+        meter.finish(Outcome::Upstream5xx);
+        drop(meter);
+        let r = records.try_recv().unwrap();
+        assert!(
+            records.try_recv().is_err(),
+            "one record, however often finished"
+        );
+        assert_eq!(
+            (
+                r.request_id.as_str(),
+                r.workspace.as_str(),
+                r.route.as_str()
+            ),
+            ("req_1", "acme", "chat")
+        );
+        assert_eq!(
+            (r.version.as_str(), r.arm, r.stream),
+            ("v1", Arm::Stable, true)
+        );
+        assert_eq!(
+            (r.outcome, r.status, r.api),
+            (Outcome::Ok, 200, Api::Responses)
+        );
+        assert_eq!(
+            (r.usage.prompt_tokens, r.usage.completion_tokens),
+            (1_000, 200)
+        );
+        assert!(!r.usage.estimated);
+        assert_eq!(r.response_chars, 42);
+        // 1 000 × 2.50 / 10⁶ + 200 × 10.00 / 10⁶
+        assert!((r.cost_usd - 0.0045).abs() < 1e-12, "{}", r.cost_usd);
+        // In milliseconds, within what the test itself saw pass.
+        let ttft = r.ttft_ms.unwrap();
+        assert!(
+            (20.0..=outer_ms).contains(&ttft),
+            "ttft {ttft} ms of {outer_ms}"
+        );
+        assert!(
+            (40.0..=outer_ms).contains(&r.latency_ms) && r.latency_ms >= ttft + 20.0,
+            "latency {} ms, ttft {ttft}, outer {outer_ms}",
+            r.latency_ms
+        );
+    }
+
+    #[test]
+    fn a_request_dropped_unfinished_is_recorded_as_the_client_hanging_up() {
+        let (mut meter, mut records) = meter("req_2");
+        meter.set_prompt_estimate(|| 321);
+        drop(meter);
+        let r = records.try_recv().unwrap();
+        assert_eq!(r.outcome, Outcome::ClientDisconnected);
+        assert_eq!(r.request_id, "req_2");
+        // No usage came back: the prompt was still sent, so sluice's estimate is recorded.
+        assert_eq!((r.usage.prompt_tokens, r.usage.completion_tokens), (321, 0));
+        assert!(r.usage.estimated);
+        assert!((r.cost_usd - 321.0 * 2.5 / 1e6).abs() < 1e-12);
+        assert_eq!(r.ttft_ms, None);
+        assert!(records.try_recv().is_err());
+    }
+
+    #[test]
+    fn an_answer_without_usage_and_without_an_estimate_counts_no_tokens() {
+        let (mut meter, mut records) = meter("req_3");
+        assert!(!meter.wants_answer(), "no shadow copy asked for");
+        assert_eq!(meter.request_id(), "req_3");
+        assert_eq!(meter.estimate_prompt(), 0);
+        meter.set_prompt_estimate(|| 7);
+        assert_eq!(meter.estimate_prompt(), 7);
+        assert_eq!(meter.estimate_prompt(), 0, "an estimate is taken once");
+        meter.finish(Outcome::Upstream5xx);
+        let r = records.try_recv().unwrap();
+        assert_eq!(r.outcome, Outcome::Upstream5xx);
+        assert_eq!((r.usage.prompt_tokens, r.usage.completion_tokens), (0, 0));
+        assert_eq!(r.cost_usd, 0.0);
+    }
 
     #[test]
     fn outcome_names_round_trip() {
