@@ -52,7 +52,8 @@ pub struct LimitBook {
 }
 
 /// This replica's share of `limits` when `share` replicas enforce them together: the rate
-/// and budgets divided, the burst divided and rounded up (so each replica admits at least one).
+/// and budgets divided, the burst divided and rounded up. Only the token and USD budgets are
+/// enforced from it; the request rate is charged per request instead (`cost`).
 fn share_of(limits: &Limits, share: u32) -> Limits {
     if share <= 1 {
         return *limits;
@@ -71,30 +72,32 @@ fn share_of(limits: &Limits, share: u32) -> Limits {
     }
 }
 
-/// Whether a new rate limiter starts with its burst available or spent.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Bucket {
-    /// A limit set or changed: the whole burst is there to use.
-    Full,
-    /// The same limit re-divided among a different number of replicas: nothing to use until
-    /// it refills at the new rate. A full bucket here would hand every surviving replica a
-    /// fresh burst each time the live count changes (a heartbeat missed under load is
-    /// enough), and the cluster would admit more than the limit; an empty one errs on the
-    /// side the limit is for, at the cost of at most one burst's share refused per change.
-    Empty,
-}
-
-fn limiter(limits: &Limits, bucket: Bucket) -> Option<DefaultDirectRateLimiter> {
+/// The rate limiter of a whole (undivided) limit. A replica that shares it with `n - 1`
+/// others charges each request `n` cells of it (`cost`), which is the same as its own bucket
+/// of rate R/n and burst B/n, but kept in the whole limit's units: when the live count
+/// changes, what is left in the bucket stays left. Rebuilt buckets would start full, and
+/// every change of the count (a heartbeat missed under load is enough) would hand every
+/// replica a fresh burst; the cluster then admitted more than its limit.
+fn limiter(limits: &Limits) -> Option<DefaultDirectRateLimiter> {
     let rps = limits.requests_per_second?;
-    let burst = NonZeroU32::new(limits.burst.unwrap_or_else(|| rps.ceil().max(1.0) as u32))?;
+    let burst = NonZeroU32::new(burst_of(limits)?)?;
     let period = Duration::from_secs_f64(1.0 / rps);
     let quota = Quota::with_period(period)?.allow_burst(burst);
-    let rate = RateLimiter::direct(quota);
-    if bucket == Bucket::Empty {
-        // Cannot fail: the quota's burst is exactly `burst`.
-        let _ = rate.check_n(burst);
-    }
-    Some(rate)
+    Some(RateLimiter::direct(quota))
+}
+
+/// The burst of `limits`: as set, or the rate rounded up.
+fn burst_of(limits: &Limits) -> Option<u32> {
+    let rps = limits.requests_per_second?;
+    Some(limits.burst.unwrap_or_else(|| rps.ceil().max(1.0) as u32))
+}
+
+/// Cells of the whole limit one request costs when `share` replicas enforce it: `share`,
+/// but never more than the burst (a burst smaller than the replica count still lets each
+/// replica admit one request at a time).
+fn cost(limits: &Limits, share: u32) -> NonZeroU32 {
+    let burst = burst_of(limits).unwrap_or(1).max(1);
+    NonZeroU32::new(share.clamp(1, burst)).unwrap_or(NonZeroU32::MIN)
 }
 
 impl LimitBook {
@@ -109,29 +112,11 @@ impl LimitBook {
         }
     }
 
-    /// Sets how many replicas share the limits, and rebuilds the rate limiters for it.
-    pub(crate) fn set_share(&self, replicas: u32) {
-        let replicas = replicas.max(1);
-        let before = self
-            .share
-            .swap(replicas, std::sync::atomic::Ordering::Relaxed);
-        if before == replicas {
-            return;
-        }
-        let owns: Vec<(String, Limits)> = {
-            let map = self.workspaces.read().unwrap_or_else(|e| e.into_inner());
-            map.iter().map(|(w, e)| (w.clone(), e.own)).collect()
-        };
-        for (workspace, own) in owns {
-            self.put(&workspace, own, Bucket::Empty);
-        }
-        let defaults = share_of(&self.defaults, replicas);
-        let mut rates = self.default_rates.lock().unwrap_or_else(|e| e.into_inner());
-        for rate in rates.values_mut() {
-            if let Some(fresh) = limiter(&defaults, Bucket::Empty) {
-                *rate = Arc::new(fresh);
-            }
-        }
+    /// Sets how many replicas share the limits. The rate limiters stay as they are: each
+    /// request is charged its replica's share of the whole limit (see `limiter`).
+    pub fn set_share(&self, replicas: u32) {
+        self.share
+            .store(replicas.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     fn share(&self) -> u32 {
@@ -147,14 +132,10 @@ impl LimitBook {
     /// Sets a workspace's own limits (what is left out falls back to the defaults); its
     /// rate limiter starts with the whole burst (of this replica's share) available.
     pub(crate) fn set(&self, workspace: &str, limits: Limits) {
-        self.put(workspace, limits, Bucket::Full);
-    }
-
-    fn put(&self, workspace: &str, limits: Limits, bucket: Bucket) {
         let own = limits;
         let limits = limits.over(self.defaults);
         let entry = Arc::new(Workspace {
-            rate: limiter(&share_of(&limits, self.share()), bucket),
+            rate: limiter(&limits),
             own,
             limits,
         });
@@ -207,15 +188,17 @@ impl LimitBook {
                 }
             }
         }
+        // Unreachable fallback: `cost` never exceeds the burst, the only capacity error.
+        let n = cost(&full, self.share());
         let verdict = match own.as_ref().and_then(|w| w.rate.as_ref()) {
-            Some(rate) => rate.check(),
+            Some(rate) => rate.check_n(n).unwrap_or_else(|_| rate.check()),
             None if limits.requests_per_second.is_some() => {
                 let rate = {
                     let mut rates = self.default_rates.lock().unwrap_or_else(|e| e.into_inner());
                     match rates.get(workspace) {
                         Some(rate) => rate.clone(),
                         None => {
-                            let Some(rate) = limiter(&limits, Bucket::Full) else {
+                            let Some(rate) = limiter(&full) else {
                                 return Ok(());
                             };
                             let rate = Arc::new(rate);
@@ -224,7 +207,7 @@ impl LimitBook {
                         }
                     }
                 };
-                rate.check()
+                rate.check_n(n).unwrap_or_else(|_| rate.check())
             }
             None => return Ok(()),
         };
@@ -311,11 +294,45 @@ mod tests {
             },
         );
         book.set_share(3);
-        // Re-divided, the bucket starts empty (see `Bucket::Empty`); a limit set while the
-        // share is 3 gets a third of the burst.
-        assert_eq!(book.admit("acme").ok(), None);
-        book.set("acme", book.own_limits("acme").unwrap());
         assert_eq!((0..9).filter(|_| book.admit("acme").is_ok()).count(), 3);
+        book.set_share(1);
+        assert_eq!(
+            (0..12).filter(|_| book.admit("acme").is_ok()).count(),
+            0,
+            "alone again: the burst the cluster used is still used"
+        );
+    }
+
+    #[test]
+    fn what_is_left_of_a_burst_stays_left_when_the_replica_count_changes() {
+        let book = LimitBook::new(Limits::default());
+        book.set(
+            "acme",
+            Limits {
+                requests_per_second: Some(0.001),
+                burst: Some(6),
+                ..Limits::default()
+            },
+        );
+        assert_eq!((0..3).filter(|_| book.admit("acme").is_ok()).count(), 3);
+        // Half the burst is left; a third of the cluster's half is one request.
+        book.set_share(3);
+        assert_eq!((0..6).filter(|_| book.admit("acme").is_ok()).count(), 1);
+    }
+
+    #[test]
+    fn a_burst_smaller_than_the_replica_count_still_admits_one_per_replica() {
+        let book = LimitBook::new(Limits::default());
+        book.set(
+            "acme",
+            Limits {
+                requests_per_second: Some(0.001),
+                burst: Some(2),
+                ..Limits::default()
+            },
+        );
+        book.set_share(5);
+        assert_eq!((0..4).filter(|_| book.admit("acme").is_ok()).count(), 1);
     }
 
     #[test]

@@ -321,8 +321,8 @@ async fn a_workspace_limit_holds_for_the_whole_cluster() {
     for i in 0..3 {
         assert_eq!(rig.chat(i, &key, "demo").await.status(), 200);
     }
-    // Every replica knows there are three of them before the limit is set: a re-division
-    // after it would start the buckets empty (limits::Bucket::Empty), not with the burst.
+    // Every replica knows there are three of them before the limit is set, so each has
+    // charged its requests a third of the limit from the first.
     time_until(Duration::from_secs(10), "three live replicas", || async {
         let mut all = true;
         for i in 0..3 {
