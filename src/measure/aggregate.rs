@@ -299,6 +299,11 @@ mod tests {
             guardrail_blocked: true,
             ..record(Outcome::GuardrailBlocked, 1.0)
         });
+        // Only the answer that came back counts its tokens: 10 + 5 of the helper's record.
+        assert!(close(
+            stats.snapshot().tokens_per_request.quantile(0.5),
+            15.0
+        ));
         let s = stats.snapshot().summary();
         assert_eq!(s.requests, 4);
         // A client leaving and a guardrail block are not the version's errors.
@@ -369,9 +374,17 @@ mod tests {
             } else {
                 Outcome::Ok
             };
+            // Every counter of the snapshot gets something on both sides.
             let r = Record {
                 ttft_ms: Some(i as f64 / 2.0),
                 response_chars: i,
+                usage: Usage {
+                    prompt_tokens: i,
+                    completion_tokens: 2 * i,
+                    estimated: i.is_multiple_of(7),
+                },
+                schema_failed: i.is_multiple_of(2).then_some(i.is_multiple_of(3)),
+                guardrail_blocked: i.is_multiple_of(11),
                 ..record(outcome, i as f64)
             };
             // Replica a has the fast half, replica b the slow half.
@@ -389,6 +402,10 @@ mod tests {
         assert!(close(s.latency_ms.p99, 99.0), "{:?}", s.latency_ms);
         assert!(close(s.ttft_ms.p95, 47.5), "{:?}", s.ttft_ms);
         assert_eq!(s.response_chars.count, 90, "timeouts have no answer");
+        assert_eq!(s.estimated_token_requests, 14);
+        assert_eq!((s.schema_requests, s.schema_failures), (50, 16));
+        assert_eq!(s.guardrail_blocks, 9);
+        assert_eq!((s.prompt_tokens, s.completion_tokens), (5050, 10100));
         // Merging into an empty snapshot changes nothing.
         let mut empty = StatsSnapshot::default();
         empty.merge(&merged);
