@@ -435,23 +435,44 @@ async fn route_stats(
         .ok_or_else(|| ApiError::NotFound(format!("no route `{route}`")))?;
     let stable = &*entry.stable.version.name;
     let rollout = entry.rollout.as_ref().map(|ro| &*ro.tap.rollout_id);
-    if let Some(Scope::Cluster) = query.scope {
-        let arms = app.store.route_totals(&route).await?;
-        let requests: i64 = arms.iter().map(|r| r.requests).sum();
-        let body = ClusterRouteStats {
-            route: &route,
-            scope: Scope::Cluster,
-            stable,
-            rollout,
-            arms,
-            total: ClusterTotal { requests },
-        };
-        return Ok(sorted(&StatsBody::Cluster(body)).into_response());
+    match query.scope {
+        Some(Scope::Cluster) => cluster_route_stats(&app, &route, stable, rollout).await,
+        _ => Ok(replica_route_stats(&app, &route, stable, rollout)),
     }
+}
+
+/// `scope=cluster`: the route's figures summed over every replica's shipped batches.
+async fn cluster_route_stats(
+    app: &AppState,
+    route: &str,
+    stable: &str,
+    rollout: Option<&str>,
+) -> Result<Response, ApiError> {
+    let arms = app.store.route_totals(route).await?;
+    let requests: i64 = arms.iter().map(|r| r.requests).sum();
+    let body = ClusterRouteStats {
+        route,
+        scope: Scope::Cluster,
+        stable,
+        rollout,
+        arms,
+        total: ClusterTotal { requests },
+    };
+    Ok(sorted(&StatsBody::Cluster(body)).into_response())
+}
+
+/// This replica's live figures of the route: per version, per arm, in all, with the
+/// guardrail counts of its versions and the record writer's counters.
+fn replica_route_stats(
+    app: &AppState,
+    route: &str,
+    stable: &str,
+    rollout: Option<&str>,
+) -> Response {
     let mut total = StatsSnapshot::default();
     let mut by_version: std::collections::BTreeMap<String, StatsSnapshot> = Default::default();
     let mut arms = std::collections::BTreeMap::new();
-    for (version, arm, stats) in app.catalog.route_stats(&route) {
+    for (version, arm, stats) in app.catalog.route_stats(route) {
         let snapshot = stats.snapshot();
         total.merge(&snapshot);
         by_version
@@ -471,7 +492,7 @@ async fn route_stats(
         .filter(|row| versions.contains_key(&row.version))
         .collect();
     let body = RouteStats {
-        route: &route,
+        route,
         scope: Scope::Replica,
         replica: app.cluster.id(),
         stable,
@@ -482,7 +503,7 @@ async fn route_stats(
         total: total.summary(),
         records: app.sink.counters(),
     };
-    Ok(sorted(&StatsBody::Replica(Box::new(body))).into_response())
+    sorted(&StatsBody::Replica(Box::new(body))).into_response()
 }
 
 /// The body of `GET /routes/{route}/stats`: one replica's figures, or the cluster's.
