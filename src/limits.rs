@@ -78,9 +78,12 @@ fn share_of(limits: &Limits, share: u32) -> Limits {
 /// changes, what is left in the bucket stays left. Rebuilt buckets would start full, and
 /// every change of the count (a heartbeat missed under load is enough) would hand every
 /// replica a fresh burst; the cluster then admitted more than its limit.
-fn limiter(limits: &Limits) -> Option<DefaultDirectRateLimiter> {
+///
+/// Its capacity is the burst, or `share` cells when the burst is smaller (one request per
+/// replica must fit); such a limiter is the only one rebuilt when the share changes.
+fn limiter(limits: &Limits, share: u32) -> Option<DefaultDirectRateLimiter> {
     let rps = limits.requests_per_second?;
-    let burst = NonZeroU32::new(burst_of(limits)?)?;
+    let burst = NonZeroU32::new(burst_of(limits)?.max(share))?;
     let period = Duration::from_secs_f64(1.0 / rps);
     let quota = Quota::with_period(period)?.allow_burst(burst);
     Some(RateLimiter::direct(quota))
@@ -92,12 +95,10 @@ fn burst_of(limits: &Limits) -> Option<u32> {
     Some(limits.burst.unwrap_or_else(|| rps.ceil().max(1.0) as u32))
 }
 
-/// Cells of the whole limit one request costs when `share` replicas enforce it: `share`,
-/// but never more than the burst (a burst smaller than the replica count still lets each
-/// replica admit one request at a time).
-fn cost(limits: &Limits, share: u32) -> NonZeroU32 {
-    let burst = burst_of(limits).unwrap_or(1).max(1);
-    NonZeroU32::new(share.clamp(1, burst)).unwrap_or(NonZeroU32::MIN)
+/// Whether a limiter built for `limits` must be rebuilt when the share goes from `before`
+/// to `after`: only when its burst is smaller than either (its capacity depends on the share).
+fn rebuilt_on_share_change(limits: &Limits, before: u32, after: u32) -> bool {
+    burst_of(limits).is_some_and(|b| b < before.max(after))
 }
 
 impl LimitBook {
@@ -115,8 +116,28 @@ impl LimitBook {
     /// Sets how many replicas share the limits. The rate limiters stay as they are: each
     /// request is charged its replica's share of the whole limit (see `limiter`).
     pub fn set_share(&self, replicas: u32) {
-        self.share
-            .store(replicas.max(1), std::sync::atomic::Ordering::Relaxed);
+        let after = replicas.max(1);
+        let before = self.share.swap(after, std::sync::atomic::Ordering::Relaxed);
+        if before == after {
+            return;
+        }
+        // A burst smaller than the replica count: the limiter's capacity follows the share.
+        let small: Vec<(String, Limits)> = {
+            let map = self.workspaces.read().unwrap_or_else(|e| e.into_inner());
+            map.iter()
+                .filter(|(_, w)| rebuilt_on_share_change(&w.limits, before, after))
+                .map(|(name, w)| (name.clone(), w.own))
+                .collect()
+        };
+        for (workspace, own) in small {
+            self.set(&workspace, own);
+        }
+        if rebuilt_on_share_change(&self.defaults, before, after) {
+            self.default_rates
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        }
     }
 
     fn share(&self) -> u32 {
@@ -135,7 +156,7 @@ impl LimitBook {
         let own = limits;
         let limits = limits.over(self.defaults);
         let entry = Arc::new(Workspace {
-            rate: limiter(&limits),
+            rate: limiter(&limits, self.share()),
             own,
             limits,
         });
@@ -188,8 +209,10 @@ impl LimitBook {
                 }
             }
         }
-        // Unreachable fallback: `cost` never exceeds the burst, the only capacity error.
-        let n = cost(&full, self.share());
+        // A request costs its replica's share of the whole limit (see `limiter`). The
+        // fallback serves the moment between a share change and the rebuild of a limiter
+        // whose capacity was smaller than the new share.
+        let n = NonZeroU32::new(self.share()).unwrap_or(NonZeroU32::MIN);
         let verdict = match own.as_ref().and_then(|w| w.rate.as_ref()) {
             Some(rate) => rate.check_n(n).unwrap_or_else(|_| rate.check()),
             None if limits.requests_per_second.is_some() => {
@@ -198,7 +221,7 @@ impl LimitBook {
                     match rates.get(workspace) {
                         Some(rate) => rate.clone(),
                         None => {
-                            let Some(rate) = limiter(&full) else {
+                            let Some(rate) = limiter(&full, self.share()) else {
                                 return Ok(());
                             };
                             let rate = Arc::new(rate);
@@ -333,6 +356,30 @@ mod tests {
         );
         book.set_share(5);
         assert_eq!((0..4).filter(|_| book.admit("acme").is_ok()).count(), 1);
+    }
+
+    #[test]
+    fn a_burst_smaller_than_the_replica_count_keeps_each_replica_to_its_share_of_the_rate() {
+        let book = LimitBook::new(Limits::default());
+        book.set_share(3);
+        book.set(
+            "acme",
+            Limits {
+                requests_per_second: Some(10.0),
+                burst: Some(1),
+                ..Limits::default()
+            },
+        );
+        let started = std::time::Instant::now();
+        assert!(book.admit("acme").is_ok());
+        // 10/s for three replicas is one request per 300 ms here, not one per 100 ms.
+        std::thread::sleep(Duration::from_millis(150));
+        let refused = book.admit("acme").is_err();
+        if started.elapsed() < Duration::from_millis(290) {
+            assert!(refused, "admitted again after {:?}", started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(book.admit("acme").is_ok());
     }
 
     #[test]
