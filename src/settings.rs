@@ -640,7 +640,7 @@ fn check_http_options(key: &str, provider: &ProviderConfig, file: &Path) -> Vec<
                 format!("cannot read {}: {e}", path.display()),
             )),
             Ok(pem) => {
-                if reqwest::Certificate::from_pem_bundle(&pem).map_or(true, |c| c.is_empty()) {
+                if crate::upstream::http::ca_certificates(&pem).map_or(true, |c| c.is_empty()) {
                     out.push((
                         format!("{key}.ca_file"),
                         format!("{} holds no PEM certificate", path.display()),

@@ -1,17 +1,44 @@
 //! A provider reached over HTTP: any OpenAI-compatible server, or Azure OpenAI.
 //!
-//! One reqwest client per provider, built at start with the provider's private CA
-//! (`ca_file`) and egress proxy (`proxy`; unset, reqwest honours `HTTPS_PROXY`, `HTTP_PROXY`
-//! and `NO_PROXY`). Each call gets the URL of its [`Endpoint`], the provider's credential
-//! (`Authorization: Bearer`, or Azure's `api-key` header), the headers of
-//! [`super::headers`], and sluice's request id as `X-Client-Request-Id`.
+//! One client per provider, built at start: hyper-util's pooled client over hyper-rustls
+//! (HTTP/1.1, or HTTP/2 when TLS's ALPN picks it; `TCP_NODELAY`; a connect timeout of the
+//! provider's `timeout_ms`, at most 10 s, over TCP and TLS together; idle connections kept
+//! 90 s, 256 per host), trusting the platform's roots (rustls-platform-verifier, as reqwest
+//! does) plus the provider's private CA (`ca_file`). A provider whose calls go through an
+//! egress proxy (`proxy`; unset, `HTTPS_PROXY`, `HTTP_PROXY` or `ALL_PROXY` unless `NO_PROXY`
+//! exempts its host) keeps a reqwest client with the same settings, which speaks CONNECT and
+//! proxy credentials.
+//!
+//! The base URL's scheme and host are parsed once; each call adds the path of its
+//! [`Endpoint`] (Azure's depends on the deployment), the provider's credential
+//! (`Authorization: Bearer`, or Azure's `api-key` header, built once), the headers of
+//! [`super::headers`], and sluice's request id as `X-Client-Request-Id`. A path with dot
+//! segments or characters a URL escapes is normalized as a browser would (`url`), so the
+//! upstream sees what it saw when reqwest sent it. Redirects are not followed (a 3xx is the
+//! upstream's answer); the only retries are of a request an HTTP/2 server refused unseen
+//! (`REFUSED_STREAM`, a graceful `GOAWAY`), at most twice, within the timeout.
 
+use std::error::Error as StdError;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use anyhow::Context as _;
+use axum::http::uri::{self, Authority, PathAndQuery, Scheme};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, header};
+use bytes::Bytes;
 use futures_util::TryStreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 
 use super::endpoint::Endpoint;
 use super::headers::forwarded_from_client;
@@ -19,22 +46,54 @@ use super::{Call, Reply, UpstreamError};
 use crate::config::{ProviderConfig, ProviderKind, StreamUsage};
 use crate::types::Secret;
 
-/// How URLs and credentials are spelled.
+const X_CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-client-request-id");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const API_KEY: HeaderName = HeaderName::from_static("api-key");
+/// Retries of a request an HTTP/2 server refused before processing it (reqwest's default).
+const MAX_REFUSED_RETRIES: u32 = 2;
+
+/// How URLs and credentials are spelled. `base_path` is the path of the configured URL
+/// without its trailing `/` (empty for a bare host).
 enum Flavor {
     /// `{base_url}/{path}`, `Authorization: Bearer <key>`.
-    OpenAi { base_url: String },
+    OpenAi { base_path: String },
     /// Azure's URL shapes; the key in `api-key`, or an Entra ID token as a bearer.
     Azure {
-        endpoint: String,
+        base_path: String,
         api_version: String,
-        entra: bool,
     },
 }
 
+/// The provider's credential as a header, built once.
+enum Auth {
+    None,
+    Header(HeaderName, HeaderValue),
+    /// The key cannot be a header value (e.g. a stray newline): every call fails, as with
+    /// reqwest, and the message never holds the key.
+    Invalid,
+}
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// How a provider's calls leave the process.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per provider, read on every call: no box to follow on the hot path"
+)]
+enum Transport {
+    /// The common case: hyper-util's pooled client.
+    Direct(Client<TimedConnector, Full<Bytes>>),
+    /// Through an egress proxy: reqwest's client (CONNECT tunnels, proxy credentials).
+    Proxied(reqwest::Client),
+}
+
 pub(crate) struct HttpProvider {
-    client: reqwest::Client,
+    transport: Transport,
     flavor: Flavor,
-    api_key: Option<Secret>,
+    scheme: Scheme,
+    authority: Authority,
+    auth: Auth,
     /// `headers`, `organization` and `project` from the config.
     static_headers: HeaderMap,
     /// The operator's `forward_headers`.
@@ -47,58 +106,60 @@ pub(crate) struct HttpProvider {
 
 impl HttpProvider {
     /// The provider `config` describes; `config_dir` anchors a relative `ca_file`.
+    ///
+    /// # Errors
+    /// An unreadable `ca_file` or one that is not PEM, a base URL that is not an http(s) URL
+    /// or carries credentials, a bad static header, or a TLS set-up the platform refuses.
     pub(crate) fn from_config(
         config: &ProviderConfig,
         api_key: Option<Secret>,
         config_dir: &Path,
     ) -> anyhow::Result<Self> {
         let timeout = Duration::from_millis(config.timeout_ms);
-        let mut builder = client_builder(timeout);
-        if let Some(ca) = &config.ca_file {
-            let path = config_dir.join(ca);
-            let pem = std::fs::read(&path)
-                .map_err(|e| anyhow::anyhow!("cannot read ca_file {}: {e}", path.display()))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
-                builder = builder.add_root_certificate(cert);
+        let roots = match &config.ca_file {
+            Some(ca) => {
+                let path = config_dir.join(ca);
+                let pem = std::fs::read(&path)
+                    .map_err(|e| anyhow::anyhow!("cannot read ca_file {}: {e}", path.display()))?;
+                ca_certificates(&pem).with_context(|| format!("ca_file {}", path.display()))?
             }
-        }
-        if let Some(proxy) = &config.proxy {
-            builder = builder.proxy(reqwest::Proxy::all(proxy)?);
-        }
-        let flavor = match config.kind {
-            ProviderKind::Azure => Flavor::Azure {
-                endpoint: config.endpoint.clone().unwrap_or_default(),
-                api_version: config.api_version.clone().unwrap_or_default(),
-                entra: config.bearer_token_env.is_some(),
-            },
-            _ => Flavor::OpenAi {
-                base_url: config.base_url.clone().unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let (base, flavor) = flavor(config);
+        let (scheme, authority, base_path) = split_base(base)?;
+        let flavor = match flavor {
+            Flavor::OpenAi { .. } => Flavor::OpenAi { base_path },
+            Flavor::Azure { api_version, .. } => Flavor::Azure {
+                base_path,
+                api_version,
             },
         };
-        let mut static_headers = HeaderMap::new();
-        for (name, value) in &config.headers {
-            static_headers.insert(
-                HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())?,
-                HeaderValue::from_str(value)?,
-            );
-        }
-        if let Some(org) = &config.organization {
-            static_headers.insert("openai-organization", HeaderValue::from_str(org)?);
-        }
-        if let Some(project) = &config.project {
-            static_headers.insert("openai-project", HeaderValue::from_str(project)?);
-        }
-        let forward = config
-            .forward_headers
-            .iter()
-            .filter_map(|n| HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).ok())
-            .collect();
+        let origin = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()?;
+        let transport = if config.proxy.is_some()
+            || hyper_util::client::proxy::matcher::Matcher::from_system()
+                .intercept(&origin)
+                .is_some()
+        {
+            Transport::Proxied(proxied_client(config, timeout, &roots)?)
+        } else {
+            Transport::Direct(direct_client(timeout, roots)?)
+        };
         Ok(Self {
-            client: builder.build()?,
+            transport,
+            auth: auth(config, api_key.as_ref()),
             flavor,
-            api_key,
-            static_headers,
-            forward,
+            scheme,
+            authority,
+            static_headers: static_headers(config)?,
+            forward: config
+                .forward_headers
+                .iter()
+                .filter_map(|n| HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).ok())
+                .collect(),
             timeout,
             stream_usage: config.stream_usage,
             refused_stream_usage: AtomicBool::new(false),
@@ -110,18 +171,6 @@ impl HttpProvider {
         matches!(self.flavor, Flavor::Azure { .. })
     }
 
-    /// The URL of `endpoint` for the version whose upstream model is `model`.
-    pub(crate) fn url(&self, endpoint: &Endpoint<'_>, model: &str) -> String {
-        match &self.flavor {
-            Flavor::OpenAi { base_url } => endpoint.openai_url(base_url),
-            Flavor::Azure {
-                endpoint: ep,
-                api_version,
-                ..
-            } => endpoint.azure_url(ep, api_version, model),
-        }
-    }
-
     pub(crate) fn asks_stream_usage(&self) -> bool {
         self.stream_usage == StreamUsage::Ask && !self.refused_stream_usage.load(Ordering::Relaxed)
     }
@@ -131,94 +180,434 @@ impl HttpProvider {
         !self.refused_stream_usage.swap(true, Ordering::Relaxed)
     }
 
-    pub(crate) async fn send(&self, call: Call<'_>) -> Result<Reply, UpstreamError> {
-        let url = self.url(&call.endpoint, call.model);
-        let mut request = self.client.request(call.endpoint.method.clone(), url);
-        if let Some(client) = call.client_headers {
-            request = request.headers(forwarded_from_client(
-                client,
-                &self.forward,
-                call.traceparent.is_some(),
-            ));
+    /// The URI of `endpoint` for the version whose upstream model is `model`.
+    fn uri(&self, endpoint: &Endpoint<'_>, model: &str) -> Result<Uri, UpstreamError> {
+        let path = match &self.flavor {
+            Flavor::OpenAi { base_path } => endpoint.openai_url(base_path),
+            Flavor::Azure {
+                base_path,
+                api_version,
+            } => endpoint.azure_url(base_path, api_version, model),
+        };
+        let path_and_query = if plain(&path) {
+            PathAndQuery::try_from(path).map_err(builder_error)?
+        } else {
+            let url = url::Url::parse(&format!("{}://{}{path}", self.scheme, self.authority))
+                .map_err(builder_error)?;
+            PathAndQuery::try_from(&url[url::Position::BeforePath..url::Position::AfterQuery])
+                .map_err(builder_error)?
+        };
+        let mut parts = uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        Uri::from_parts(parts).map_err(builder_error)
+    }
+
+    /// The request `call` makes, its headers in reqwest's order and with its defaults: the
+    /// client's forwarded ones, replaced by the provider's of the same name, then sluice's.
+    fn request(&self, call: &Call<'_>) -> Result<Request<Bytes>, UpstreamError> {
+        let uri = self.uri(&call.endpoint, call.model)?;
+        let mut headers = match call.client_headers {
+            Some(client) => {
+                forwarded_from_client(client, &self.forward, call.traceparent.is_some())
+            }
+            None => HeaderMap::with_capacity(16),
+        };
+        for (name, value) in &self.static_headers {
+            headers.insert(name.clone(), value.clone());
         }
-        request = request.headers(self.static_headers.clone());
-        let content_type = call
-            .content_type
-            .clone()
-            .unwrap_or(HeaderValue::from_static("application/json"));
-        if call.endpoint.method != axum::http::Method::GET {
-            request = request.header(header::CONTENT_TYPE, content_type);
+        if call.endpoint.method != Method::GET {
+            let content_type = call
+                .content_type
+                .clone()
+                .unwrap_or(HeaderValue::from_static("application/json"));
+            headers.append(header::CONTENT_TYPE, content_type);
         }
-        request = request
-            .header("x-client-request-id", call.request_id)
-            .header("x-request-id", call.request_id);
+        let id = HeaderValue::from_str(call.request_id).map_err(builder_error)?;
+        headers.append(X_CLIENT_REQUEST_ID, id.clone());
+        headers.append(X_REQUEST_ID, id);
         // Every body sluice reads (measurement, checks, redaction, usage stripping) must be
-        // readable: ask for no coding, and refuse a coded answer below.
-        request = request.header(
+        // readable: ask for no coding, and refuse a coded answer in `reply`.
+        headers.append(
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
         );
-        if !call.body.is_empty() {
-            request = request.body(call.body);
-        }
-        if let Some(key) = &self.api_key {
-            request = match self.flavor {
-                Flavor::Azure { entra: false, .. } => request.header("api-key", key.expose()),
-                _ => request.bearer_auth(key.expose()),
-            };
+        match &self.auth {
+            Auth::None => {}
+            Auth::Header(name, value) => {
+                headers.append(name.clone(), value.clone());
+            }
+            Auth::Invalid => {
+                return Err(UpstreamError::Unreachable(
+                    "builder error: the provider's key is not a valid header value".into(),
+                ));
+            }
         }
         if let Some(tp) = &call.traceparent {
-            request = request.header("traceparent", tp);
+            headers.append(
+                TRACEPARENT,
+                HeaderValue::from_str(tp).map_err(builder_error)?,
+            );
         }
         if call.stream {
-            request = request.header(
+            headers.append(
                 header::ACCEPT,
                 HeaderValue::from_static("text/event-stream"),
             );
         }
+        headers
+            .entry(header::ACCEPT)
+            .or_insert(HeaderValue::from_static("*/*"));
+        let mut request = Request::new(call.body.clone());
+        *request.method_mut() = call.endpoint.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        Ok(request)
+    }
+
+    pub(crate) async fn send(&self, call: Call<'_>) -> Result<Reply, UpstreamError> {
         let after_ms = self.timeout.as_millis() as u64;
-        let response = match tokio::time::timeout(self.timeout, request.send()).await {
-            Err(_) => return Err(UpstreamError::Timeout { after_ms }),
-            Ok(Err(e)) if e.is_timeout() => return Err(UpstreamError::Timeout { after_ms }),
-            // reqwest's error names the URL, never the key (the key is a header).
-            Ok(Err(e)) => return Err(UpstreamError::Unreachable(error_chain(&e))),
-            Ok(Ok(response)) => response,
-        };
-        let status = response.status();
-        if let Some(coding) = response
-            .headers()
-            .get(header::CONTENT_ENCODING)
-            .map(|v| {
-                String::from_utf8_lossy(v.as_bytes())
-                    .trim()
-                    .to_ascii_lowercase()
-            })
-            .filter(|c| !c.is_empty() && c != "identity")
-        {
-            return Err(UpstreamError::Encoded(coding));
+        match tokio::time::timeout(self.timeout, self.exchange(&call)).await {
+            Err(_) => Err(UpstreamError::Timeout { after_ms }),
+            Ok(result) => result,
         }
-        let headers = response.headers().clone();
-        let body = response
-            .bytes_stream()
-            .map_err(|e| UpstreamError::Interrupted(error_chain(&e)));
-        Ok(Reply {
-            status,
-            headers,
-            body: Box::pin(body),
+    }
+
+    /// One call, up to its answer's headers.
+    async fn exchange(&self, call: &Call<'_>) -> Result<Reply, UpstreamError> {
+        match &self.transport {
+            Transport::Direct(client) => {
+                let mut retries = 0;
+                loop {
+                    let request = self.request(call)?.map(Full::new);
+                    match client.request(request).await {
+                        Ok(response) => return reply(response),
+                        Err(e) if retries < MAX_REFUSED_RETRIES && refused_unseen(&e) => {
+                            retries += 1;
+                        }
+                        Err(e) => return Err(self.failure(&e, call)),
+                    }
+                }
+            }
+            Transport::Proxied(client) => {
+                let request =
+                    reqwest::Request::try_from(self.request(call)?.map(reqwest::Body::from))
+                        .map_err(|e| UpstreamError::Unreachable(error_chain(&e)))?;
+                match client.execute(request).await {
+                    Ok(response) => reply(Response::from(response)),
+                    Err(e) if e.is_timeout() => Err(UpstreamError::Timeout {
+                        after_ms: self.timeout.as_millis() as u64,
+                    }),
+                    // reqwest's error names the URL, never the key (the key is a header).
+                    Err(e) => Err(UpstreamError::Unreachable(error_chain(&e))),
+                }
+            }
+        }
+    }
+
+    /// What a failed exchange is: a timeout (connect), or unreachable with the cause and the
+    /// URL (never the key, which is a header), worded as reqwest worded it.
+    fn failure(&self, e: &(dyn StdError + 'static), call: &Call<'_>) -> UpstreamError {
+        if timed_out(e) {
+            return UpstreamError::Timeout {
+                after_ms: self.timeout.as_millis() as u64,
+            };
+        }
+        let url = self
+            .uri(&call.endpoint, call.model)
+            .map(|u| u.to_string())
+            .unwrap_or_default();
+        UpstreamError::Unreachable(format!(
+            "error sending request for url ({url}): {}",
+            error_chain(e)
+        ))
+    }
+}
+
+/// The certificates of a PEM bundle (`ca_file`), read as reqwest reads them.
+///
+/// # Errors
+/// When a PEM block is not a well-formed certificate; an input with no certificate at all
+/// gives an empty list, which `sluice config check` reports.
+pub(crate) fn ca_certificates(pem: &[u8]) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("invalid certificate encoding: {e}"))
+}
+
+/// The configured base URL and the flavour (its path filled in by the caller).
+fn flavor(config: &ProviderConfig) -> (&str, Flavor) {
+    match config.kind {
+        ProviderKind::Azure => (
+            config.endpoint.as_deref().unwrap_or_default(),
+            Flavor::Azure {
+                base_path: String::new(),
+                api_version: config.api_version.clone().unwrap_or_default(),
+            },
+        ),
+        _ => (
+            config.base_url.as_deref().unwrap_or_default(),
+            Flavor::OpenAi {
+                base_path: String::new(),
+            },
+        ),
+    }
+}
+
+/// Scheme, host and path (no trailing `/`) of a base URL, normalized as reqwest's `url`
+/// parse normalized it (IDNA host, escaped path).
+fn split_base(raw: &str) -> anyhow::Result<(Scheme, Authority, String)> {
+    let url = url::Url::parse(raw).with_context(|| format!("`{raw}` is not a URL"))?;
+    anyhow::ensure!(
+        matches!(url.scheme(), "http" | "https") && url.has_host(),
+        "`{raw}` is not an http(s) URL"
+    );
+    anyhow::ensure!(
+        url.username().is_empty() && url.password().is_none(),
+        "`{raw}` carries credentials; give the key with api_key_env"
+    );
+    let parts = url[..url::Position::BeforePath]
+        .parse::<Uri>()?
+        .into_parts();
+    let scheme = parts.scheme.context("a base URL has a scheme")?;
+    let authority = parts.authority.context("a base URL has a host")?;
+    Ok((
+        scheme,
+        authority,
+        url.path().trim_end_matches('/').to_owned(),
+    ))
+}
+
+/// Whether `path` (with its query) reads the same to `url` and to `http::Uri`: no dot
+/// segment, and only characters neither escapes.
+fn plain(path: &str) -> bool {
+    let route = path.split('?').next().unwrap_or_default();
+    path.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&()*+,;=:@/?%".contains(&b))
+        && !route.contains("/.")
+        && !route.contains("%2e")
+        && !route.contains("%2E")
+}
+
+fn auth(config: &ProviderConfig, key: Option<&Secret>) -> Auth {
+    let Some(key) = key else { return Auth::None };
+    let (name, value) = match config.kind {
+        ProviderKind::Azure if config.bearer_token_env.is_none() => {
+            (API_KEY, HeaderValue::from_str(key.expose()))
+        }
+        _ => (
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {}", key.expose())),
+        ),
+    };
+    match value {
+        Ok(mut value) => {
+            value.set_sensitive(true);
+            Auth::Header(name, value)
+        }
+        Err(_) => Auth::Invalid,
+    }
+}
+
+fn static_headers(config: &ProviderConfig) -> anyhow::Result<HeaderMap> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &config.headers {
+        headers.insert(
+            HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())?,
+            HeaderValue::from_str(value)?,
+        );
+    }
+    if let Some(org) = &config.organization {
+        headers.insert("openai-organization", HeaderValue::from_str(org)?);
+    }
+    if let Some(project) = &config.project {
+        headers.insert("openai-project", HeaderValue::from_str(project)?);
+    }
+    Ok(headers)
+}
+
+/// The TLS set-up reqwest makes: the process's crypto provider (ring, see `app`), TLS 1.2
+/// and 1.3, the platform's roots plus `extra_roots`.
+fn tls_config(extra_roots: Vec<CertificateDer<'static>>) -> anyhow::Result<rustls::ClientConfig> {
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    let verifier = if extra_roots.is_empty() {
+        rustls_platform_verifier::Verifier::new(provider.clone())?
+    } else {
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())?
+    };
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth())
+}
+
+/// The TCP connector reqwest configures: keep-alive probes, `TCP_USER_TIMEOUT`, no Nagle.
+fn tcp_connector(connect_timeout: Duration) -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    // Streams are relayed event by event; Nagle would hold small events back ~40 ms.
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(15)));
+    http.set_keepalive_interval(Some(Duration::from_secs(15)));
+    http.set_keepalive_retries(Some(3));
+    #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
+    http.set_tcp_user_timeout(Some(Duration::from_secs(30)));
+    http
+}
+
+fn direct_client(
+    timeout: Duration,
+    roots: Vec<CertificateDer<'static>>,
+) -> anyhow::Result<Client<TimedConnector, Full<Bytes>>> {
+    let connect_timeout = connect_timeout(timeout);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(roots)?)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(tcp_connector(connect_timeout));
+    let connector = TimedConnector {
+        inner: https,
+        limit: connect_timeout,
+    };
+    Ok(Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build(connector))
+}
+
+fn proxied_client(
+    config: &ProviderConfig,
+    timeout: Duration,
+    roots: &[CertificateDer<'static>],
+) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .connect_timeout(connect_timeout(timeout))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256);
+    for cert in roots {
+        builder = builder.add_root_certificate(reqwest::Certificate::from_der(cert.as_ref())?);
+    }
+    if let Some(proxy) = &config.proxy {
+        builder = builder.proxy(reqwest::Proxy::all(proxy)?);
+    }
+    Ok(builder.build()?)
+}
+
+fn connect_timeout(timeout: Duration) -> Duration {
+    timeout.min(Duration::from_secs(10))
+}
+
+/// hyper-rustls's connector under one deadline for TCP connect and TLS handshake together,
+/// as reqwest's `connect_timeout` is. Runs only when the pool has no idle connection.
+#[derive(Clone)]
+struct TimedConnector {
+    inner: HttpsConnector<HttpConnector>,
+    limit: Duration,
+}
+
+type Connection = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+
+impl tower::Service<Uri> for TimedConnector {
+    type Response = Connection;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Connection, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let connecting = self.inner.call(dst);
+        let limit = self.limit;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(connected) => connected,
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("connect timed out after {} ms", limit.as_millis()),
+                )
+                .into()),
+            }
         })
     }
 }
 
-fn client_builder(timeout: Duration) -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
-        // Streams are relayed event by event; Nagle would hold small events back ~40 ms.
-        .tcp_nodelay(true)
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
+/// The answer, its headers moved; an answer with a content coding is refused.
+fn reply<B>(response: Response<B>) -> Result<Reply, UpstreamError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: StdError + 'static,
+{
+    let (parts, body) = response.into_parts();
+    if let Some(coding) = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .filter(|c| !c.is_empty() && c != "identity")
+    {
+        return Err(UpstreamError::Encoded(coding));
+    }
+    let body = body
+        .into_data_stream()
+        .map_err(|e| UpstreamError::Interrupted(error_chain(&e)));
+    Ok(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: Box::pin(body),
+    })
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An HTTP/2 refusal of a request the server never processed, which reqwest retries: a
+/// stream reset with `REFUSED_STREAM`, or a graceful `GOAWAY`.
+fn refused_unseen(e: &(dyn StdError + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && ((h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR))
+                    || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)));
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// Whether a cause in the chain is a timeout (reqwest's `is_timeout`).
+fn timed_out(e: &(dyn StdError + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            || err
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_timeout)
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+fn builder_error(e: impl std::fmt::Display) -> UpstreamError {
+    UpstreamError::Unreachable(format!("builder error: {e}"))
+}
+
+fn error_chain(e: &dyn StdError) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -227,4 +616,220 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn provider(toml: &str) -> HttpProvider {
+        let config: ProviderConfig = toml::from_str(toml).unwrap();
+        HttpProvider::from_config(&config, Some(Secret::new("sk-secret-42")), Path::new(""))
+            .unwrap()
+    }
+
+    fn call<'a>(endpoint: Endpoint<'a>, model: &'a str) -> Call<'a> {
+        Call {
+            endpoint,
+            client_headers: None,
+            content_type: None,
+            body: Bytes::from_static(b"{\"model\":\"m\"}"),
+            stream: false,
+            include_usage: false,
+            model,
+            request_id: "req_1",
+            mock: None,
+            traceparent: None,
+        }
+    }
+
+    /// One connection: reads a request head (and its body), answers `answer`, returns the head.
+    async fn one_shot(answer: &'static str) -> (u16, tokio::task::JoinHandle<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a test's one-connection upstream, ended with the test"
+        )]
+        let served = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+                let n = socket.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the client closed before its request ended");
+                got.extend_from_slice(&buf[..n]);
+            }
+            socket.write_all(answer.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&got).into_owned()
+        });
+        (port, served)
+    }
+
+    #[test]
+    fn paths_reach_the_upstream_as_a_parsed_url_spells_them() {
+        let openai = provider("kind = \"openai\"\nbase_url = \"http://up.example:8080/v1/\"");
+        for path in [
+            "chat/completions",
+            "responses/resp_1/input_items?limit=5&after=x",
+            "files/../../admin",
+            "files/%2E%2E/x",
+            "files/a b?q=it's",
+            "files/caf\u{e9}",
+        ] {
+            let endpoint = Endpoint::new(Method::GET, path);
+            let want = url::Url::parse(&endpoint.openai_url("http://up.example:8080/v1/")).unwrap();
+            assert_eq!(
+                openai.uri(&endpoint, "m").unwrap().to_string(),
+                want.as_str(),
+                "{path}"
+            );
+        }
+        let azure = provider(
+            "kind = \"azure\"\nendpoint = \"https://res.openai.azure.com/\"\napi_version = \"2024-10-21\"",
+        );
+        let endpoint = Endpoint::chat();
+        assert_eq!(
+            azure.uri(&endpoint, "my deployment").unwrap().to_string(),
+            endpoint.azure_url(
+                "https://res.openai.azure.com",
+                "2024-10-21",
+                "my deployment"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_call_carries_the_credential_sluice_headers_and_moves_the_answer_headers() {
+        let (port, served) = one_shot(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-request-id: up-7\r\ncontent-length: 2\r\n\r\n{}",
+        )
+        .await;
+        let p = provider(&format!(
+            "kind = \"openai\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\norganization = \"org-1\""
+        ));
+        let reply = p.send(call(Endpoint::chat(), "m")).await.unwrap();
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.headers["x-request-id"], "up-7");
+        let body: Vec<Bytes> = reply.body.try_collect().await.unwrap();
+        assert_eq!(body.concat(), b"{}");
+        let head = served.await.unwrap().to_ascii_lowercase();
+        assert!(
+            head.starts_with("post /v1/chat/completions http/1.1\r\n"),
+            "{head}"
+        );
+        for line in [
+            "authorization: bearer sk-secret-42",
+            "openai-organization: org-1",
+            "content-type: application/json",
+            "x-client-request-id: req_1",
+            "x-request-id: req_1",
+            "accept-encoding: identity",
+            "accept: */*",
+            &format!("host: 127.0.0.1:{port}"),
+            "content-length: 13",
+        ] {
+            assert!(
+                head.contains(&format!("\r\n{line}\r\n")),
+                "{line} missing in {head}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn azure_sends_its_key_as_api_key_and_a_coded_answer_is_refused() {
+        let (port, served) =
+            one_shot("HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        let p = provider(&format!(
+            "kind = \"azure\"\nendpoint = \"http://127.0.0.1:{port}\"\napi_version = \"v1\""
+        ));
+        let err = p
+            .send(call(Endpoint::responses(), "d"))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, UpstreamError::Encoded(c) if c == "gzip"),
+            "{err}"
+        );
+        let head = served.await.unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("post /openai/v1/responses "), "{head}");
+        assert!(head.contains("\r\napi-key: sk-secret-42\r\n"), "{head}");
+        assert!(!head.contains("authorization"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_names_the_url_never_the_key() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let p = provider(&format!(
+            "kind = \"openai\"\nbase_url = \"http://127.0.0.1:{port}/v1\""
+        ));
+        let err = p.send(call(Endpoint::chat(), "m")).await.err().unwrap();
+        let UpstreamError::Unreachable(text) = &err else {
+            panic!("{err:?}")
+        };
+        assert!(
+            text.contains(&format!("http://127.0.0.1:{port}/v1/chat/completions")),
+            "{text}"
+        );
+        assert!(!text.contains("sk-secret"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_silent_upstream_is_a_timeout_after_the_providers_limit() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a test's silent upstream, ended with the test"
+        )]
+        let _held = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            std::future::pending::<()>().await;
+            drop(socket);
+        });
+        let p = provider(&format!(
+            "kind = \"openai\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\ntimeout_ms = 200"
+        ));
+        let err = p.send(call(Endpoint::chat(), "m")).await.err().unwrap();
+        assert!(
+            matches!(err, UpstreamError::Timeout { after_ms: 200 }),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_interrupted() {
+        let (port, _served) = one_shot(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"id\"",
+        )
+        .await;
+        let p = provider(&format!(
+            "kind = \"openai\"\nbase_url = \"http://127.0.0.1:{port}/v1\""
+        ));
+        let reply = p.send(call(Endpoint::chat(), "m")).await.unwrap();
+        let err = reply.body.try_collect::<Vec<_>>().await.err().unwrap();
+        assert!(matches!(err, UpstreamError::Interrupted(_)), "{err}");
+    }
+
+    #[test]
+    fn a_ca_bundle_reads_its_certificates_and_refuses_a_broken_one() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["ca".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let two = format!("{}\n{}", cert.pem(), cert.pem());
+        assert_eq!(ca_certificates(two.as_bytes()).unwrap().len(), 2);
+        assert!(ca_certificates(b"not a certificate").unwrap().is_empty());
+        let broken = "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
+        assert!(ca_certificates(broken.as_bytes()).is_err());
+    }
 }

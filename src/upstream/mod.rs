@@ -2,8 +2,8 @@
 //! status, headers and body as a byte stream, untouched.
 //!
 //! Two kinds: `http::HttpProvider` for any OpenAI-compatible server or Azure OpenAI
-//! (reqwest, no retries: a retry would hide the version's real latency and error rate from
-//! the judge), and `mock::MockProvider`, a built-in synthetic model for the demo, tests
+//! (hyper-util's pooled client; no retries, bar HTTP/2's refusals of a request the server
+//! never saw: a retry would hide the version's real latency and error rate from the judge), and `mock::MockProvider`, a built-in synthetic model for the demo, tests
 //! and benchmarks. `endpoint` says where a call goes (which `/v1` path, and how Azure
 //! spells it); `headers` says which headers go with it.
 

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Instructions per plain request in one sluice binary, counted by callgrind (steady under
+# other load, unlike the rig's CPU times). Starts the canned nginx mock of the shared rig,
+# `sluice serve` under callgrind in front of it, and a keep-alive client (python, one
+# connection; its own cost is not counted). After WARMUP requests the counters are zeroed,
+# then N requests are sent and dumped, then 2N more: instructions per request is the
+# whole process's (every thread, the record writer's too) count over each window divided
+# by its requests, and (2N-window − N-window) / N cancels what a window costs whatever its
+# length (timers, the heartbeat).
+#   callgrind-request.sh SLUICE_BIN [N=2000] [WARMUP=300]
+# Prints one line per window; leaves the dumps in $WORK (default target/callgrind-work) for
+# callgrind_annotate. For function names, relink the release binary unstripped (only the
+# binary rebuilds): `cargo rustc --release --bin sluice -- -C strip=none`.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/benches/common.sh"
+bin=$(realpath "$1") n=${2:-2000} warmup=${3:-300}
+work=${WORK:-$ROOT/target/callgrind-work}
+rig=$ROOT/../shared/bench
+[ -f "$rig/run.py" ] || rig=$ROOT/../../shared/bench
+mock_dir=$(cd "$rig/mock" && pwd)
+rm -rf "$work" && mkdir -p "$work/tmp"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+mock_port=$(free_port) port=$(free_port)
+cat > "$work/mock.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/mock.pid;
+error_log $work/mock.error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $work/tmp/body;
+  proxy_temp_path $work/tmp/proxy;
+  fastcgi_temp_path $work/tmp/fcgi;
+  uwsgi_temp_path $work/tmp/uwsgi;
+  scgi_temp_path $work/tmp/scgi;
+  keepalive_requests 10000000;
+  keepalive_timeout 120s;
+  etag off;
+  server {
+    listen 127.0.0.1:$mock_port;
+    location = /v1/chat/completions {
+      default_type application/json;
+      alias $mock_dir/chat_completion.json;
+      error_page 405 =200 \$uri;
+    }
+  }
+}
+CONF
+nginx=$(command -v nginx || echo /usr/sbin/nginx)
+"$nginx" -p "$work" -c "$work/mock.conf" &
+mock_pid=$!
+bench_config "127.0.0.1:$port" "sqlite://$work/sluice.db" "http://127.0.0.1:$mock_port/v1" \
+  "http://127.0.0.1:$mock_port/stream/v1" > "$work/sluice.toml"
+export SLUICE_ADMIN_TOKEN=bench-admin-token SLUICE_LOG=warn
+(cd "$work" && exec valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out.%p" \
+  "$bin" serve --config "$work/sluice.toml" 2> "$work/valgrind.log") &
+sluice_pid=$!
+trap 'kill -TERM $sluice_pid $mock_pid 2>/dev/null; wait 2>/dev/null' EXIT
+url="http://127.0.0.1:$port"
+for _ in $(seq 1 600); do
+  curl -fsS "$url/healthz" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+"$bin" workspaces create bench --url "$url" >/dev/null
+key=$("$bin" keys create --workspace bench --url "$url" 2>/dev/null)
+# `exec` made the subshell valgrind, whose launcher execs the tool: one pid throughout.
+python3 - "$port" "$key" "$mock_dir/request.json" "$n" "$warmup" "$sluice_pid" "$work" <<'PY'
+import http.client, subprocess, sys, glob, os, time
+port, key, body_file, n, warmup, pid, work = sys.argv[1:]
+n, warmup = int(n), int(warmup)
+body = open(body_file, 'rb').read()
+conn = http.client.HTTPConnection('127.0.0.1', int(port))
+headers = {'Authorization': f'Bearer {key}', 'Content-Type': 'application/json'}
+def send(count):
+    for _ in range(count):
+        conn.request('POST', '/v1/chat/completions', body, headers)
+        r = conn.getresponse(); r.read()
+        assert r.status == 200, r.status
+def dump():
+    time.sleep(0.5)  # let the record writer finish the window's batch
+    before = set(glob.glob(f'{work}/callgrind.out.*'))
+    subprocess.run(['callgrind_control', '-d', pid], check=True, capture_output=True)
+    for _ in range(600):
+        new = set(glob.glob(f'{work}/callgrind.out.*')) - before
+        if new: return new.pop()
+        time.sleep(0.1)
+    raise SystemExit('no dump')
+def total(path):
+    for line in open(path):
+        if line.startswith('summary:') or line.startswith('totals:'):
+            return int(line.split()[1])
+send(warmup); dump()
+send(n); a = total(dump())
+send(2 * n); b = total(dump())
+print(f'window {n}: {a} Ir, {a / n:.0f} per request')
+print(f'window {2 * n}: {b} Ir, {b / (2 * n):.0f} per request')
+print(f'difference / {n}: {(b - a) / n:.0f} per request')
+PY
