@@ -11,7 +11,7 @@
 #                                         # and callgrind instructions per request as the body,
 #                                         # the stream and the tenants grow, beside nginx; its
 #                                         # own options pass through (--only body,stream,tenants,
-#                                         # --no-callgrind, --duration S, ...); about 25 minutes
+#                                         # --no-callgrind, --duration S, ...); 4-7 minutes
 # Besides run.py's table it prints sluice's CPU per request by thread (SQLite's threads,
 # tokio's workers, the rest), the records written and dropped in each run, and how long the
 # record queue took to drain after the load (benches/rig.py).
