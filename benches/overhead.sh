@@ -7,6 +7,11 @@
 #   benches/overhead.sh --baseline BIN    # also a target `sluice-base` running another build
 #                                         # of sluice (before/after in the same run)
 #   benches/overhead.sh --rounds 3        # any run.py option passes through
+#   benches/overhead.sh --scaling         # how cost grows instead (benches/scaling.py): CPU µs
+#                                         # and callgrind instructions per request as the body,
+#                                         # the stream and the tenants grow, beside nginx; its
+#                                         # own options pass through (--only body,stream,tenants,
+#                                         # --no-callgrind, --duration S, ...); 4-7 minutes
 # Besides run.py's table it prints sluice's CPU per request by thread (SQLite's threads,
 # tokio's workers, the rest), the records written and dropped in each run, and how long the
 # record queue took to drain after the load (benches/rig.py).
@@ -17,11 +22,12 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${BENCH_OUT:-$ROOT/target/bench-results}
 mkdir -p "$OUT"
 
-quick=0 baseline=""
+quick=0 baseline="" scaling=0
 args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
+    --scaling) scaling=1 ;;
     --baseline) baseline=$(realpath "$2"); shift ;;
     *) args+=("$1") ;;
   esac
@@ -33,6 +39,10 @@ bench_setup overhead
 (cd "$ROOT" && cargo build --release --quiet)
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/sluice"
 VERSION=$("$BIN" --version | awk '{print $2}')-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo dev)
+
+if [ $scaling = 1 ]; then
+  exec python3 "$ROOT/benches/scaling.py" --bin "$BIN" --version "$VERSION" --out "$OUT" "${args[@]}"
+fi
 
 targets=(--extra "name=sluice port=18100 version=$VERSION
      cmd=\"bash $ROOT/benches/sluice-target.sh {port} {upstream} {upstream_stream} {workdir} $BIN\"

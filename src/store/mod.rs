@@ -126,6 +126,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "cluster",
         include_str!("../../migrations/sqlite/0007_cluster.sql"),
     ),
+    (
+        8,
+        "revoked_keys",
+        include_str!("../../migrations/sqlite/0008_revoked_keys.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -162,6 +167,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "cluster",
         include_str!("../../migrations/postgres/0007_cluster.sql"),
+    ),
+    (
+        8,
+        "revoked_keys",
+        include_str!("../../migrations/postgres/0008_revoked_keys.sql"),
     ),
 ];
 

@@ -256,3 +256,51 @@ async fn stale_and_fenced_rollout_writes_are_refused() {
         store.close().await;
     }
 }
+
+/// The two key lookups whose cost could grow with the number of keys: a key-cache miss on
+/// the request path (`Store::key_by_hash`) and a cluster replica's re-read of the keys
+/// revoked lately (`Store::revoked_keys_since`). Each must search an index, never scan
+/// every key.
+#[tokio::test]
+async fn key_lookups_search_an_index_on_every_engine() {
+    use sqlx::{Connection, Row};
+    let by_hash =
+        "SELECT workspace_id, id FROM api_keys WHERE key_hash = $1 AND revoked_at_ms IS NULL";
+    let revoked = "SELECT key_hash FROM api_keys WHERE revoked_at_ms >= $1";
+    for (engine, url, _dir) in databases().await {
+        Store::connect(&url).await.unwrap();
+        let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+        let explain = if engine == "sqlite" {
+            "EXPLAIN QUERY PLAN"
+        } else {
+            // An empty table is cheaper to scan: ask whether an index can serve at all.
+            sqlx::query("SET enable_seqscan = off")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            "EXPLAIN"
+        };
+        for (sql, hash, since) in [(by_hash, Some("ab12"), None), (revoked, None, Some(0_i64))] {
+            let query = sqlx::query(sqlx::AssertSqlSafe(format!("{explain} {sql}")));
+            let query = match (hash, since) {
+                (Some(h), _) => query.bind(h),
+                (_, s) => query.bind(s),
+            };
+            let plan: Vec<String> = query
+                .fetch_all(&mut conn)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(if engine == "sqlite" { 3 } else { 0 }))
+                .collect();
+            let plan = plan.join(" / ");
+            let indexed = if engine == "sqlite" {
+                plan.starts_with("SEARCH api_keys USING INDEX")
+            } else {
+                plan.contains("Index") && !plan.contains("Seq Scan")
+            };
+            assert!(indexed, "{engine}: {sql}: {plan}");
+        }
+        conn.close().await.unwrap();
+    }
+}
