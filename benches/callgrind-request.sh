@@ -8,6 +8,7 @@
 # by its requests, and (2N-window − N-window) / N cancels what a window costs whatever its
 # length (timers, the heartbeat).
 #   callgrind-request.sh SLUICE_BIN [N=2000] [WARMUP=300]
+#   STREAM=1 callgrind-request.sh …   # the rig's 40-chunk stream instead of a plain answer
 # Prints one line per window; leaves the dumps in $WORK (default target/callgrind-work) for
 # callgrind_annotate. For function names, relink the release binary unstripped (only the
 # binary rebuilds): `cargo rustc --release --bin sluice -- -C strip=none`.
@@ -45,6 +46,11 @@ http {
       alias $mock_dir/chat_completion.json;
       error_page 405 =200 \$uri;
     }
+    location = /stream/v1/chat/completions {
+      default_type text/event-stream;
+      alias $mock_dir/stream.sse;
+      error_page 405 =200 \$uri;
+    }
   }
 }
 CONF
@@ -66,9 +72,11 @@ done
 "$bin" workspaces create bench --url "$url" >/dev/null
 key=$("$bin" keys create --workspace bench --url "$url" 2>/dev/null)
 # `exec` made the subshell valgrind, whose launcher execs the tool: one pid throughout.
-python3 - "$port" "$key" "$mock_dir/request.json" "$n" "$warmup" "$sluice_pid" "$work" <<'PY'
+python3 - "$port" "$key" "$mock_dir/request.json" "$n" "$warmup" "$sluice_pid" "$work" "${STREAM:-0}" <<'PY'
 import http.client, subprocess, sys, glob, os, time
-port, key, body_file, n, warmup, pid, work = sys.argv[1:]
+port, key, body_file, n, warmup, pid, work, stream = sys.argv[1:]
+if stream == '1':
+    body_file = body_file.replace('request.json', 'request_stream.json')
 n, warmup = int(n), int(warmup)
 body = open(body_file, 'rb').read()
 conn = http.client.HTTPConnection('127.0.0.1', int(port))
