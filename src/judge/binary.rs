@@ -299,4 +299,17 @@ mod tests {
         assert!((hi - 10.668443).abs() < 1e-4, "{hi}");
         assert!((p.e_two_sided(3.0) - 0.259359).abs() < 1e-5);
     }
+
+    #[test]
+    fn two_events_leave_the_interval_open_on_both_sides() {
+        // One bad event per arm at w = 0.5: the two-sided e-value at either edge of the
+        // searched range is 1.934 < 1/α = 20 (computed outside this code), so the interval
+        // is the whole range, reported as from 0 to `RATIO_MAX`.
+        let mut p = CountProcess::default();
+        p.observe(true, 0.5, true);
+        p.observe(false, 0.5, true);
+        let (lo, hi) = p.ratio_ci(0.05).unwrap();
+        assert_eq!(lo, 0.0);
+        assert!((hi - RATIO_MAX).abs() < 1e-6, "{hi}");
+    }
 }
