@@ -298,6 +298,15 @@ mod tests {
         assert!((lo - 1.058460).abs() < 1e-5, "{lo}");
         assert!((hi - 10.668443).abs() < 1e-4, "{hi}");
         assert!((p.e_two_sided(3.0) - 0.259359).abs() < 1e-5);
+        // The mirror image, 10 canary and 30 stable: the reciprocal interval, below 1 at
+        // both ends (a lower end under 1 is a bound, not the open 0).
+        let mut m = CountProcess::default();
+        for i in 0..40 {
+            m.observe(i < 10, 0.5, true);
+        }
+        let (lo, hi) = m.ratio_ci(0.05).unwrap();
+        assert!((lo - 0.093734).abs() < 1e-6, "{lo}");
+        assert!((hi - 0.944769).abs() < 1e-6, "{hi}");
     }
 
     #[test]
