@@ -330,4 +330,68 @@ mod tests {
         assert!(iban_valid("AL47 2121 1009 0000 0002 3569 8741"));
         assert!(!iban_valid("AL47 2121 1009 0000 0002 3569 8742"));
     }
+
+    #[test]
+    fn a_doubled_digit_above_four_loses_nine() {
+        // American Express's test number: its doubled 7 is worth 14 − 9 = 5, and the sum
+        // is 60; 14 / 9 (= 1) in its place would make it 56.
+        assert!(luhn_valid("3782 822463 10005"));
+        assert!(!luhn_valid("3782 822463 10006"));
+    }
+
+    #[test]
+    fn each_ssn_rule_refuses_on_its_own() {
+        // One SSA rule broken at a time, the others kept.
+        assert!(ssn_valid("001-01-0001"));
+        for bad in [
+            "000-45-6789",
+            "666-45-6789",
+            "900-45-6789",
+            "123-00-6789",
+            "123-45-0000",
+            "123-456789",
+        ] {
+            assert!(!ssn_valid(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_candidate_that_fails_its_checksum_is_no_hit() {
+        let scanner = Scanner::new(vec![Detector::Iban, Detector::UsSsn]).unwrap();
+        assert!(
+            scanner
+                .scan("IBAN GB82 WEST 1234 5698 7654 33, SSN 666-45-6789")
+                .is_empty()
+        );
+        let text = "IBAN GB82 WEST 1234 5698 7654 32, SSN 123-45-6789";
+        let found: Vec<&str> = scanner
+            .scan(text)
+            .iter()
+            .flat_map(|h| h.spans.iter().map(|&(s, e)| &text[s..e]))
+            .collect();
+        assert_eq!(found, ["GB82 WEST 1234 5698 7654 32", "123-45-6789"]);
+    }
+
+    #[test]
+    fn a_rule_that_can_match_empty_text_steps_over_whole_characters() {
+        // The loader refuses such rules, but the scanner must still end, and step over a
+        // multi-byte character whole after an empty match.
+        let scanner = Scanner::new(vec![Detector::Regex("x*".into())]).unwrap();
+        let text = "éxxé x";
+        let spans: Vec<(usize, usize)> = scanner.scan(text)[0]
+            .spans
+            .iter()
+            .copied()
+            .filter(|(s, e)| s < e)
+            .collect();
+        assert_eq!(spans, [(2, 4), (7, 8)]);
+    }
+
+    #[test]
+    fn an_iban_with_a_long_run_of_letters_validates() {
+        // Twelve letters in a row, each worth two digits: the remainder must be taken at
+        // every letter, or it outgrows 64 bits. Check digits 21 computed outside this code.
+        assert!(iban_valid("GB21 ABCD EFGH IJKL"));
+        assert!(!iban_valid("GB22 ABCD EFGH IJKL"));
+    }
 }

@@ -558,6 +558,8 @@ mod tests {
         assert_eq!(applied.fired.len(), 2);
         assert!(!rules.is_empty());
         assert!(StageRules::new(vec![]).unwrap().is_empty());
+        // A set's rules show by name in its `Debug` form (as in a configuration dump).
+        assert_eq!(format!("{rules:?}"), r#"["no-emails", "no-cards"]"#);
     }
 
     #[test]
@@ -686,6 +688,38 @@ mod tests {
                 action: Action::Redact,
                 count: 2,
             }]
+        );
+    }
+
+    #[test]
+    fn a_misspelt_key_is_named_with_the_key_meant() {
+        let text = "descripton = \"x\"\n[[output]]\nname = \"r\"\ndetect = \"keywords\"\nkeyword = [\"a\"]\nkeywords = [\"a\"]\naction = \"flag\"\n";
+        let errors = parse_set(Path::new("p.toml"), "p", text)
+            .unwrap_err()
+            .to_string();
+        for want in [
+            "p.toml: descripton: unknown key; did you mean `description`?",
+            "p.toml: output.0.keyword: unknown key; did you mean `keywords`?",
+        ] {
+            assert!(errors.contains(want), "{want}: {errors}");
+        }
+    }
+
+    #[test]
+    fn an_output_rule_may_match_exactly_as_much_as_a_stream_holds_back() {
+        let rule = |pattern: &str| {
+            format!(
+                "[[output]]\nname = \"r\"\ndetect = \"regex\"\naction = \"block\"\npattern = '{pattern}'\n"
+            )
+        };
+        let set = parse_set(Path::new("p.toml"), "p", &rule("x{1024}")).unwrap();
+        assert_eq!(set.output.holdback_chars(), 1025);
+        let errors = parse_set(Path::new("p.toml"), "p", &rule("x{1025}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            errors.contains("can match text of 1025 characters"),
+            "{errors}"
         );
     }
 }

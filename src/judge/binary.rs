@@ -235,4 +235,90 @@ mod tests {
         let (lo, hi) = p.ratio_ci(0.05).unwrap();
         assert!(lo < 3.0 && 3.0 < hi && lo > 1.0, "({lo}, {hi})");
     }
+
+    #[test]
+    fn events_at_two_weights_are_judged_each_at_its_own() {
+        // θ_tol = 1; one canary bad event at w = 0.05 (LR_j = θ_j / (0.95 + 0.05θ_j)) and
+        // one stable bad event at w = 0.5 (p0 = 0.5, q_j = θ_j / (1 + θ_j), so
+        // LR_j = 2 / (1 + θ_j)). Products: 1.09739, 1.17073, 1.26984, 1.36364, 1.38889,
+        // 1.31687; mean = 7.60736 / 6 = 1.267894. Both events in the w = 0.05 cell would
+        // give 2.467.
+        let mut p = CountProcess::default();
+        p.observe(true, 0.05, true);
+        p.observe(false, 0.5, true);
+        assert!(
+            (p.e_value(1.0) - 1.267894).abs() < 1e-5,
+            "{}",
+            p.e_value(1.0)
+        );
+        assert_eq!(p.cells.len(), 2);
+    }
+
+    #[test]
+    fn requests_are_counted_by_arm_and_outcome() {
+        let mut p = CountProcess::default();
+        for (canary, bad) in [(true, true), (true, false), (false, true), (false, false)] {
+            p.observe(canary, 0.25, bad);
+        }
+        p.observe(false, 0.25, false);
+        assert_eq!(
+            (p.n_canary, p.bad_canary, p.n_stable, p.bad_stable),
+            (2, 1, 3, 1)
+        );
+    }
+
+    #[test]
+    fn the_estimate_at_the_edges() {
+        let mut p = CountProcess::default();
+        assert_eq!(p.ratio_estimate(), None, "no bad event");
+        p.observe(true, 1.0, true);
+        p.observe(false, 0.0, true);
+        assert_eq!(
+            p.ratio_estimate(),
+            None,
+            "only events whose arm was certain"
+        );
+        p.observe(false, 0.5, true);
+        assert_eq!(p.ratio_estimate(), Some(0.0), "bad events on stable only");
+        let mut q = CountProcess::default();
+        q.observe(true, 0.5, true);
+        assert_eq!(q.ratio_estimate(), Some(RATIO_MAX), "on the canary only");
+    }
+
+    #[test]
+    fn the_interval_matches_an_independent_inversion() {
+        // 30 canary and 10 stable bad events at w = 0.5: the θ0 where the two-sided
+        // e-value reaches 1/α = 20, found by bisection to 1e-12 outside this code
+        // (Python, the same formulas): 1.058460 and 10.668443.
+        let mut p = CountProcess::default();
+        for i in 0..40 {
+            p.observe(i < 30, 0.5, true);
+        }
+        let (lo, hi) = p.ratio_ci(0.05).unwrap();
+        assert!((lo - 1.058460).abs() < 1e-5, "{lo}");
+        assert!((hi - 10.668443).abs() < 1e-4, "{hi}");
+        assert!((p.e_two_sided(3.0) - 0.259359).abs() < 1e-5);
+        // The mirror image, 10 canary and 30 stable: the reciprocal interval, below 1 at
+        // both ends (a lower end under 1 is a bound, not the open 0).
+        let mut m = CountProcess::default();
+        for i in 0..40 {
+            m.observe(i < 10, 0.5, true);
+        }
+        let (lo, hi) = m.ratio_ci(0.05).unwrap();
+        assert!((lo - 0.093734).abs() < 1e-6, "{lo}");
+        assert!((hi - 0.944769).abs() < 1e-6, "{hi}");
+    }
+
+    #[test]
+    fn two_events_leave_the_interval_open_on_both_sides() {
+        // One bad event per arm at w = 0.5: the two-sided e-value at either edge of the
+        // searched range is 1.934 < 1/α = 20 (computed outside this code), so the interval
+        // is the whole range, reported as from 0 to `RATIO_MAX`.
+        let mut p = CountProcess::default();
+        p.observe(true, 0.5, true);
+        p.observe(false, 0.5, true);
+        let (lo, hi) = p.ratio_ci(0.05).unwrap();
+        assert_eq!(lo, 0.0);
+        assert!((hi - RATIO_MAX).abs() < 1e-6, "{hi}");
+    }
 }
