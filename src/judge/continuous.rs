@@ -5,9 +5,33 @@
 //! The score of request i is `g = clip((z − m̂)/ŝ, −4, 4)` with `z = log y − δ_tol·A`
 //! and m̂, ŝ the mean and standard deviation of log y over the stable arm's last
 //! [`WINDOW`] randomized requests *before* request i (so g is predictable). The tail
-//! score is `1{z > q̂95}` with q̂95 from the same window. Each one-sided process keeps
-//! a log-wealth per alternative λ_j and updates it with
-//! `ℓ_j += A(λ_j g − κ_j) − log(1 − w + w·exp(λ_j g − κ_j))`.
+//! score is `b = 1{z > t̂}` with t̂ the p95 of the stable arm's last [`TAIL_WINDOW`]
+//! randomized log values before request i. Each one-sided process keeps a log-wealth per
+//! alternative j and updates it with `ℓ_j += A·log r_j − log(1 − w + w·r_j)`, where
+//! `r_j = exp(λ_j g − κ_j)` for the shift and `r_j = θ_j^b / (1 − p + p·θ_j)` (p = 5 %)
+//! for the tail.
+//!
+//! **Why the tail process is valid** (any threshold, any prior, any number of looks).
+//! Write request i's factor as `1 + (A_i − w_i)·h_ij` with
+//! `h_ij = (r_ij − 1)/(1 − w_i + w_i·r_ij)`: for A = 1 that is `r/(1 − w + w r)`, for
+//! A = 0 it is `1/(1 − w + w r)`. This is the betting capital of Waudby-Smith and Ramdas,
+//! *Estimating means of bounded random variables by betting* (JRSS B, 2023), for the
+//! mean w_i of the label A_i, with bet h_ij ∈ [−1/(1 − w_i), 1/w_i] fixed once t̂_i
+//! (stable requests before i only) and request i's outcome are known. Let G_i be
+//! everything before request i together with its outcome. Under "the canary changes
+//! nothing beyond its tolerance" sluice's own coin makes `P(A_i = 1 | G_i) = w_i`, so
+//! `E[1 + (A_i − w_i)h_ij | G_i] = 1`. Under the composite one-sided null "at each
+//! threshold the judge uses, the canary exceeds `max_ratio × t` no more often than stable
+//! exceeds t" (p_c ≤ p_s: the canary's p95 is within tolerance), the factor's mean given
+//! the past is `1 + w(1 − w)(h(1) − h(0))(p_c − p_s) ≤ 1`, as `h(1) > h(0)` for every
+//! θ_j > 1. So each product over requests is a nonnegative supermartingale starting at 1,
+//! a [`TAIL_PRIOR`]-weighted average of them (weights fixed in advance, summing to 1) is
+//! one too, and by Ville's inequality it ever reaches 1/α with probability at most α
+//! (Ramdas, Grünwald, Vovk and Shafer, *Game-theoretic statistics and safe anytime-valid
+//! inference*, Statistical Science 2023; Howard, Ramdas, McAuliffe and Sekhon,
+//! *Time-uniform, nonparametric, nonasymptotic confidence sequences*, Annals of
+//! Statistics 2021). Nothing in this argument asks t̂ to be the true p95 or the prior to
+//! be right: they only shape power, which is why both were chosen on power alone.
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +52,21 @@ pub(crate) const LAMBDA_POWERS: [i32; 6] = [1, 2, 4, 7, 12, 20];
 const FOLD_EVERY: u32 = 16;
 /// Nominal exceedance of the stable p95 (κ of the tail process).
 pub(crate) const TAIL_P: f64 = 0.05;
+/// Stable requests whose p95 is the tail process's threshold. The p95 of 256 values
+/// leaves stable's own exceedance anywhere between about 3.6 % and 6.4 % (± one
+/// standard deviation), which blurs a tail shift of a few points; 1024 halves that
+/// (issue 12 point 5: on a model of the tail process alone, `evals/tail_model.py`, s06
+/// goes from 68 % to 72 % reverted). It is the threshold only: m̂ and ŝ keep [`WINDOW`].
+pub(crate) const TAIL_WINDOW: usize = 1024;
+/// Prior weights of the tail process over [`RATIO_GRID`] (exceedance ratios 1.25 … 8),
+/// fixed in advance and summing to 1. At a tolerance of 1.1 on a log-normal TTFT, a p95
+/// up by 1.2, 1.3, 1.5, 2 × exceeds 1.1 × stable's p95 in about 1.3, 1.55, 2, 3 × 5 % of
+/// requests: the small ratios are the regressions the shift process misses, and they
+/// need every nat (their evidence grows by about 0.006 per canary request), while a
+/// ratio of 5 or 8 gains about 0.2 per canary request and loses only a few requests to
+/// a smaller weight. With the longer window, `sluice simulate --only s06 --runs 800`
+/// reverts 79 % of s06 runs within the hour (72 % before; docs/judge.md).
+pub(crate) const TAIL_PRIOR: [f64; 6] = [0.3, 0.3, 0.2, 0.1, 0.05, 0.05];
 
 /// A ring buffer of recent values with running sums.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,6 +198,22 @@ impl Wealth {
     pub(crate) fn e_value(&self) -> f64 {
         super::binary::mean_exp(self.logs())
     }
+
+    /// The mixture e-value with prior weights `prior` (non-negative, summing to 1).
+    pub(crate) fn e_value_with(&self, prior: [f64; 6]) -> f64 {
+        let logs = self.logs();
+        let max = logs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        if max == f64::NEG_INFINITY {
+            return 0.0;
+        }
+        let sum: f64 = logs
+            .iter()
+            .zip(prior)
+            .map(|(l, p)| p * (l - max).exp())
+            .sum();
+        // Capped so that reports stay finite JSON numbers.
+        (max + sum.ln()).exp().min(1e300)
+    }
 }
 
 /// Tilts for a standardized score: r_j = exp(λ_j g − λ_j²/2).
@@ -208,6 +263,10 @@ impl Moments {
     }
 }
 
+fn tail_window() -> Window {
+    Window::new(TAIL_WINDOW)
+}
+
 /// One continuous gate's whole state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct ContinuousGate {
@@ -217,6 +276,11 @@ pub(crate) struct ContinuousGate {
     down_shift: Option<f64>,
     tail: bool,
     stable: Window,
+    /// The stable arm's last [`TAIL_WINDOW`] randomized log values: the tail threshold.
+    /// A checkpoint from before it existed restores it empty (the threshold then comes
+    /// from `stable` until it fills).
+    #[serde(default = "tail_window")]
+    tail_stable: Window,
     canary: Window,
     up: Wealth,
     down: Wealth,
@@ -236,6 +300,7 @@ impl ContinuousGate {
             down_shift: min_ratio.map(f64::ln),
             tail: tail && max_ratio.is_some(),
             stable: Window::new(WINDOW),
+            tail_stable: tail_window(),
             canary: Window::new(CANARY_WINDOW),
             up: Wealth::default(),
             down: Wealth::default(),
@@ -280,8 +345,8 @@ impl ContinuousGate {
                 let g = ((z - m) / s).clamp(-4.0, 4.0);
                 self.up.update(canary, w, shift_tilts(g));
                 if self.tail {
-                    self.tail_up
-                        .update(canary, w, tail_tilts(z > self.stable.q95));
+                    let bad = z > self.tail_threshold();
+                    self.tail_up.update(canary, w, tail_tilts(bad));
                 }
             }
             if let Some(delta) = self.down_shift {
@@ -290,9 +355,31 @@ impl ContinuousGate {
                 self.down.update(canary, w, shift_tilts(-g));
             }
         }
-        // Only after scoring: the window holds data from before this request.
+        // Only after scoring: the windows hold data from before this request.
         if !canary {
             self.stable.push(ly);
+            if self.tail {
+                self.tail_stable.push(ly);
+            }
+        }
+    }
+
+    /// The tail process's threshold on the log scale: the p95 of [`TAIL_WINDOW`] stable
+    /// requests (of `stable`'s shorter window while a restored checkpoint refills it).
+    fn tail_threshold(&self) -> f64 {
+        if self.tail_stable.len() >= MIN_WINDOW {
+            self.tail_stable.q95()
+        } else {
+            self.stable.q95()
+        }
+    }
+
+    /// The tail process's e-value alone (1 for a gate without one).
+    pub(crate) fn tail_e_value(&self) -> f64 {
+        if self.tail {
+            self.tail_up.e_value_with(TAIL_PRIOR)
+        } else {
+            1.0
         }
     }
 
@@ -303,7 +390,7 @@ impl ContinuousGate {
         if self.up_shift.is_some() {
             parts.push(self.up.e_value());
             if self.tail {
-                parts.push(self.tail_up.e_value());
+                parts.push(self.tail_e_value());
             }
         }
         if self.down_shift.is_some() {
@@ -353,6 +440,9 @@ impl ContinuousGate {
 
 #[cfg(test)]
 mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
     use super::*;
 
     #[test]
@@ -388,6 +478,153 @@ mod tests {
             "no stable window yet: no score, no evidence"
         );
         assert_eq!(gate.raw_canary.n, 10);
+    }
+
+    /// 32 stable values alternating log y = 0 and 2: the p95 of both windows is 2.
+    fn gate_with_a_short_stable_history(max_ratio: f64) -> ContinuousGate {
+        let mut gate = ContinuousGate::new(Some(max_ratio), None, true);
+        for i in 0..32 {
+            gate.observe(false, 0.0, if i % 2 == 0 { 1.0 } else { 2f64.exp() });
+        }
+        gate
+    }
+
+    #[test]
+    fn one_tail_update_matches_the_hand_computation() {
+        // Threshold 2 (rank ⌈0.95·32⌉ = 31 of sixteen 0s and sixteen 2s). A canary at
+        // log y = 3 > 2 is a tail event at w = 0.5: κ_j = 0.95 + 0.05θ_j, r_j = θ_j/κ_j,
+        // LR_j = r_j/(0.5 + 0.5 r_j) = 2θ_j/(κ_j + θ_j): θ = 1.25 → 1.10497, 1.5 → 1.18812,
+        // 2 → 1.31148, 3 → 1.46341, 5 → 1.61290, 8 → 1.71123. Prior 0.3, 0.3, 0.2, 0.1,
+        // 0.05, 0.05: 0.33149 + 0.35644 + 0.26230 + 0.14634 + 0.08065 + 0.08556 = 1.26277.
+        let mut gate = gate_with_a_short_stable_history(1.0);
+        gate.observe(true, 0.5, 3f64.exp());
+        let e = gate.tail_e_value();
+        assert!((e - 1.262771).abs() < 1e-5, "{e}");
+        // A canary at log y = 1 is no tail event: LR_j = 2/(κ_j + 1) = 0.99379, 0.98765,
+        // 0.97561, 0.95238, 0.90909, 0.85106; weighted 0.972801.
+        let mut gate = gate_with_a_short_stable_history(1.0);
+        gate.observe(true, 0.5, 1f64.exp());
+        let e = gate.tail_e_value();
+        assert!((e - 0.972801).abs() < 1e-5, "{e}");
+    }
+
+    #[test]
+    fn the_tolerance_moves_the_canary_down_before_the_tail_test() {
+        // max_ratio = e: the canary's log y = 3 scores as z = 2, not above the threshold 2.
+        let mut gate = gate_with_a_short_stable_history(1f64.exp());
+        gate.observe(true, 0.5, 3f64.exp());
+        let e = gate.tail_e_value();
+        assert!((e - 0.972801).abs() < 1e-5, "{e}");
+    }
+
+    #[test]
+    fn the_tail_threshold_is_the_p95_of_the_last_1024_stable_requests() {
+        // 768 stable values at log y = 5, then 256 alternating 0 and 2. The last 256 alone
+        // have p95 2; all 1024 have p95 5 (rank 973 of 128 0s, 128 2s and 768 5s). A
+        // canary at log y = 3 is therefore no tail event (LR weighted 0.972801 as above).
+        let mut gate = ContinuousGate::new(Some(1.0), None, true);
+        for _ in 0..768 {
+            gate.observe(false, 0.0, 5f64.exp());
+        }
+        for i in 0..256 {
+            gate.observe(false, 0.0, if i % 2 == 0 { 1.0 } else { 2f64.exp() });
+        }
+        assert_eq!(gate.stable.q95(), 2.0);
+        gate.observe(true, 0.5, 3f64.exp());
+        let e = gate.tail_e_value();
+        assert!((e - 0.972801).abs() < 1e-5, "{e}");
+    }
+
+    #[test]
+    fn a_checkpoint_from_before_the_tail_window_still_restores() {
+        // A rollout judged by an older sluice stored no `tail_stable`: it restores empty
+        // and the threshold comes from the 256-request window until it has refilled.
+        let gate = gate_with_a_short_stable_history(1.0);
+        let mut json = serde_json::to_value(&gate).unwrap();
+        json.as_object_mut().unwrap().remove("tail_stable");
+        let mut restored: ContinuousGate = serde_json::from_value(json).unwrap();
+        assert!(restored.tail_stable.is_empty());
+        restored.observe(true, 0.5, 3f64.exp());
+        let e = restored.tail_e_value();
+        assert!((e - 1.262771).abs() < 1e-5, "{e}");
+    }
+
+    /// Log TTFT as the simulator draws it: log-normal (σ = 0.5) with 2 % of requests
+    /// five times slower.
+    fn log_ttft(rng: &mut StdRng) -> f64 {
+        let u: f64 = rng.random::<f64>().max(1e-300);
+        let v: f64 = rng.random();
+        let z = (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos();
+        let slow = if rng.random::<f64>() < 0.02 {
+            5f64.ln()
+        } else {
+            0.0
+        };
+        300f64.ln() + 0.5 * z + slow
+    }
+
+    #[test]
+    fn every_tail_update_is_a_martingale_step_at_the_tolerance_boundary() {
+        // A canary exactly max_ratio × stable: given the outcome, the label is canary with
+        // probability w, so w·E(after canary) + (1 − w)·E(after stable) = E(now) exactly.
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut gate = ContinuousGate::new(Some(1.1), None, true);
+        for i in 0..3000 {
+            let w = [0.05, 0.25, 0.5][i / 1000];
+            let canary = rng.random::<f64>() < w;
+            let ly = log_ttft(&mut rng);
+            if i % 97 == 96 {
+                // Under the null an outcome z is log y − log 1.1 on the canary, log y on
+                // stable; one below and one far above the threshold.
+                for z in [ly, ly + 1.0] {
+                    let now = gate.tail_e_value();
+                    let mut c = gate.clone();
+                    c.observe(true, w, (z + 1.1f64.ln()).exp());
+                    let mut s = gate.clone();
+                    s.observe(false, w, z.exp());
+                    let expect = w * c.tail_e_value() + (1.0 - w) * s.tail_e_value();
+                    assert!(
+                        (expect - now).abs() < 1e-9 * now.max(1.0),
+                        "{expect} vs {now}"
+                    );
+                }
+            }
+            let y = if canary { 1.1 * ly.exp() } else { ly.exp() };
+            gate.observe(canary, w, y);
+        }
+    }
+
+    #[test]
+    fn a_a_tail_runs_average_one_and_rarely_cross() {
+        // 400 seeded runs of 2 000 requests at w = 0.2, the canary exactly 1.1 × stable
+        // with max_ratio = 1.1 (the boundary of the null). Ville: P(sup E ≥ 10) ≤ 0.1;
+        // the Monte-Carlo bound is 0.1 + 3·sqrt(0.1·0.9/400) = 0.145. The mean of E
+        // after 100 requests estimates E[E] = 1 (its standard deviation there is about 1,
+        // so the mean of 400 runs is within 0.2 of 1 at four standard errors).
+        let (runs, mut crossed, mut sum_early) = (400, 0, 0.0);
+        for seed in 0..runs {
+            let mut rng = StdRng::seed_from_u64(5000 + seed);
+            let mut gate = ContinuousGate::new(Some(1.1), None, true);
+            let mut hit = false;
+            for i in 0..2000 {
+                let canary = rng.random::<f64>() < 0.2;
+                let y = log_ttft(&mut rng).exp() * if canary { 1.1 } else { 1.0 };
+                gate.observe(canary, 0.2, y);
+                let e = gate.tail_e_value();
+                hit |= e >= 10.0;
+                if i == 99 {
+                    sum_early += e;
+                }
+            }
+            crossed += u32::from(hit);
+        }
+        let rate = f64::from(crossed) / runs as f64;
+        let mean = sum_early / runs as f64;
+        assert!(rate <= 0.145, "sup E ≥ 10 in {rate} of A/A runs");
+        assert!(
+            (0.8..1.2).contains(&mean),
+            "mean E after 100 requests = {mean}"
+        );
     }
 
     #[test]
