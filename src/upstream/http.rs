@@ -363,10 +363,9 @@ fn split_base(raw: &str) -> anyhow::Result<(Scheme, Authority, String)> {
         matches!(url.scheme(), "http" | "https") && url.has_host(),
         "`{raw}` is not an http(s) URL"
     );
-    anyhow::ensure!(
-        url.username().is_empty() && url.password().is_none(),
-        "`{raw}` carries credentials; give the key with api_key_env"
-    );
+    if let Some(problem) = base_url_problem(&url) {
+        anyhow::bail!("`{raw}` {problem}");
+    }
     let parts = url[..url::Position::BeforePath]
         .parse::<Uri>()?
         .into_parts();
@@ -377,6 +376,19 @@ fn split_base(raw: &str) -> anyhow::Result<(Scheme, Authority, String)> {
         authority,
         url.path().trim_end_matches('/').to_owned(),
     ))
+}
+
+/// What sluice cannot keep of a base URL when it spells a call's URL: credentials (the key
+/// goes in a header) or a query or fragment (each call's path and query replace them).
+/// `None` when the URL is usable; `config check` and start both ask.
+pub(crate) fn base_url_problem(url: &url::Url) -> Option<&'static str> {
+    if !url.username().is_empty() || url.password().is_some() {
+        Some("carries credentials; give the key with api_key_env")
+    } else if url.query().is_some() || url.fragment().is_some() {
+        Some("has a query or fragment, which no call would carry; give scheme, host and path only")
+    } else {
+        None
+    }
 }
 
 /// Whether `path` (with its query) reads the same to `url` and to `http::Uri`: no dot
@@ -1052,6 +1064,24 @@ mod tests {
         let err = p.send(call(Endpoint::chat(), "m")).await.err().unwrap();
         assert!(matches!(err, UpstreamError::Unreachable(_)), "{err}");
         assert_eq!(streams.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_base_url_with_a_query_or_credentials_is_refused_at_start() {
+        // Its query would be dropped silently from every call (and reqwest, before, sent
+        // `/v1?q=1` for chat, the route lost in the query).
+        for base in [
+            "http://up.example/v1?tenant=7",
+            "http://up.example/v1#frag",
+            "http://user:pw@up.example/v1",
+        ] {
+            let config: ProviderConfig =
+                toml::from_str(&format!("kind = \"openai\"\nbase_url = \"{base}\"")).unwrap();
+            let err = HttpProvider::from_config(&config, None, Path::new(""))
+                .err()
+                .unwrap_or_else(|| panic!("{base} accepted"));
+            assert!(err.to_string().starts_with(&format!("`{base}` ")), "{err}");
+        }
     }
 
     #[test]
