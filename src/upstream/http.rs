@@ -1084,6 +1084,34 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn the_connect_limit_bounds_a_stalled_tls_handshake_by_itself() {
+        // Without the provider's overall timeout: the connector's own limit must end a TLS
+        // server that accepts TCP and never answers the ClientHello (a limit on TCP alone,
+        // HttpConnector's, would not).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a test's silent upstream, ended with the test"
+        )]
+        let _held = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            std::future::pending::<()>().await;
+            drop(socket);
+        });
+        let client = direct_client(Duration::from_millis(200), Vec::new()).unwrap();
+        let request = Request::get(format!("https://127.0.0.1:{port}/v1/models"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(30), client.request(request))
+            .await
+            .expect("the connect limit ended the handshake")
+            .err()
+            .unwrap();
+        assert!(timed_out(&err), "{}", error_chain(&err));
+    }
+
     #[test]
     fn a_ca_bundle_reads_its_certificates_and_refuses_a_broken_one() {
         let key = rcgen::KeyPair::generate().unwrap();
