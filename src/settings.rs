@@ -272,7 +272,11 @@ fn check_base_url(issues: &mut Issues, key: &str, base_url: Option<&str>) {
             "is required for kind = \"openai\"".into(),
         ),
         Some(raw) => match url::Url::parse(raw) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {
+                if let Some(problem) = crate::upstream::http::base_url_problem(&u) {
+                    issues.push(&format!("{key}.base_url"), format!("`{raw}` {problem}"));
+                }
+            }
             Ok(_) => issues.push(
                 &format!("{key}.base_url"),
                 format!("`{raw}` is not an http(s) URL"),
@@ -562,7 +566,9 @@ fn check_azure(key: &str, provider: &ProviderConfig) -> Vec<(String, String)> {
         )),
         Some(raw) => match url::Url::parse(raw) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {
-                if u.path().trim_matches('/').starts_with("openai") {
+                if let Some(problem) = crate::upstream::http::base_url_problem(&u) {
+                    out.push((format!("{key}.endpoint"), format!("`{raw}` {problem}")));
+                } else if u.path().trim_matches('/').starts_with("openai") {
                     out.push((
                         format!("{key}.endpoint"),
                         format!("`{raw}`: give the resource URL only; sluice adds /openai/…"),
@@ -797,6 +803,36 @@ stable = "small"
 "#;
         let env = env_with(&[("SLUICE_ADMIN_TOKEN", "t")]);
         assert!(parse(Path::new("s.toml"), text, &env).is_ok());
+    }
+
+    #[test]
+    fn a_base_url_whose_query_or_credentials_no_call_keeps_is_refused() {
+        let text = r#"
+[providers.q]
+kind = "openai"
+base_url = "https://gw.example/v1?tenant=7"
+[providers.creds]
+kind = "openai"
+base_url = "https://user:pw@gw.example/v1"
+[providers.az]
+kind = "azure"
+endpoint = "https://res.openai.azure.com/?x=1"
+api_version = "v1"
+api_key_env = "AZ_KEY"
+"#;
+        let env = env_with(&[("SLUICE_ADMIN_TOKEN", "t")]);
+        let errors = parse(Path::new("s.toml"), text, &env).unwrap_err();
+        let lines: Vec<String> = errors.0.iter().map(|i| i.to_string()).collect();
+        for want in [
+            "s.toml: providers.q.base_url: `https://gw.example/v1?tenant=7` has a query",
+            "s.toml: providers.creds.base_url: `https://user:pw@gw.example/v1` carries credentials",
+            "s.toml: providers.az.endpoint: `https://res.openai.azure.com/?x=1` has a query",
+        ] {
+            assert!(
+                lines.iter().any(|l| l.starts_with(want)),
+                "missing `{want}` in {lines:#?}"
+            );
+        }
     }
 
     #[test]

@@ -363,10 +363,9 @@ fn split_base(raw: &str) -> anyhow::Result<(Scheme, Authority, String)> {
         matches!(url.scheme(), "http" | "https") && url.has_host(),
         "`{raw}` is not an http(s) URL"
     );
-    anyhow::ensure!(
-        url.username().is_empty() && url.password().is_none(),
-        "`{raw}` carries credentials; give the key with api_key_env"
-    );
+    if let Some(problem) = base_url_problem(&url) {
+        anyhow::bail!("`{raw}` {problem}");
+    }
     let parts = url[..url::Position::BeforePath]
         .parse::<Uri>()?
         .into_parts();
@@ -377,6 +376,19 @@ fn split_base(raw: &str) -> anyhow::Result<(Scheme, Authority, String)> {
         authority,
         url.path().trim_end_matches('/').to_owned(),
     ))
+}
+
+/// What sluice cannot keep of a base URL when it spells a call's URL: credentials (the key
+/// goes in a header) or a query or fragment (each call's path and query replace them).
+/// `None` when the URL is usable; `config check` and start both ask.
+pub(crate) fn base_url_problem(url: &url::Url) -> Option<&'static str> {
+    if !url.username().is_empty() || url.password().is_some() {
+        Some("carries credentials; give the key with api_key_env")
+    } else if url.query().is_some() || url.fragment().is_some() {
+        Some("has a query or fragment, which no call would carry; give scheme, host and path only")
+    } else {
+        None
+    }
 }
 
 /// Whether `path` (with its query) reads the same to `url` and to `http::Uri`: no dot
@@ -490,6 +502,9 @@ fn proxied_client(
 ) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .tcp_nodelay(true)
+        // As the direct client: a 3xx is the upstream's answer (reqwest would turn a POST
+        // into a GET on 302 and relay what the other URL said).
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(connect_timeout(timeout))
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256);
@@ -817,6 +832,284 @@ mod tests {
         let reply = p.send(call(Endpoint::chat(), "m")).await.unwrap();
         let err = reply.body.try_collect::<Vec<_>>().await.err().unwrap();
         assert!(matches!(err, UpstreamError::Interrupted(_)), "{err}");
+    }
+
+    /// Reads one request (head and body, by content-length); `None` when the peer closed.
+    async fn read_one(socket: &mut (impl AsyncReadExt + Unpin)) -> Option<String> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if got.len() >= end + 4 + length {
+                    return Some(String::from_utf8_lossy(&got).into_owned());
+                }
+            }
+            let n = socket.read(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upstream_closing_each_connection_after_one_answer_serves_fifty_calls_in_a_row() {
+        // Many servers close a keep-alive connection without `Connection: close` (an idle
+        // timeout, a per-connection request cap): a pooled connection they closed must not
+        // become the next call's 502.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a test's upstream and its connections, ended with the test"
+        )]
+        let _served = tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    if read_one(&mut socket).await.is_some() {
+                        let _ = socket
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                            .await;
+                    }
+                });
+            }
+        });
+        let p = provider(&format!(
+            "kind = \"openai\"\nbase_url = \"http://127.0.0.1:{port}/v1\""
+        ));
+        for i in 0..50 {
+            let reply = p
+                .send(call(Endpoint::chat(), "m"))
+                .await
+                .unwrap_or_else(|e| panic!("call {i}: {e}"));
+            assert_eq!(reply.status, 200, "call {i}");
+            let body: Vec<Bytes> = reply.body.try_collect().await.unwrap();
+            assert_eq!(body.concat(), b"{}", "call {i}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ipv6_upstream_is_reached_and_named_in_host() {
+        let Ok(listener) = tokio::net::TcpListener::bind("[::1]:0").await else {
+            eprintln!("no IPv6 loopback here: nothing to test");
+            return;
+        };
+        let port = listener.local_addr().unwrap().port();
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a test's one-connection upstream, ended with the test"
+        )]
+        let served = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let head = read_one(&mut socket).await.unwrap();
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                .await
+                .unwrap();
+            head
+        });
+        let p = provider(&format!(
+            "kind = \"openai\"\nbase_url = \"http://[::1]:{port}/v1/\""
+        ));
+        let reply = p.send(call(Endpoint::chat(), "m")).await.unwrap();
+        assert_eq!(reply.status, 200);
+        let head = served.await.unwrap().to_ascii_lowercase();
+        assert!(
+            head.starts_with("post /v1/chat/completions http/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!("\r\nhost: [::1]:{port}\r\n")),
+            "{head}"
+        );
+    }
+
+    /// A forward proxy (absolute-form requests) answering the first request with a redirect
+    /// and any later one with 200; returns its port and the request lines it saw.
+    async fn redirecting_proxy() -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a test's proxy and its connections, ended with the test"
+        )]
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let log = log.clone();
+                tokio::spawn(async move {
+                    while let Some(request) = read_one(&mut socket).await {
+                        let line = request.lines().next().unwrap_or_default().to_owned();
+                        let first = {
+                            let mut log = log.lock().unwrap();
+                            log.push(line);
+                            log.len() == 1
+                        };
+                        let answer: &[u8] = if first {
+                            b"HTTP/1.1 302 Found\r\nlocation: http://up.example/v1/elsewhere\r\ncontent-length: 0\r\n\r\n"
+                        } else {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"
+                        };
+                        if socket.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, seen)
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_the_answer_through_a_proxy_too() {
+        // reqwest needs the process's provider, which `app` installs at start.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (port, seen) = redirecting_proxy().await;
+        let p = provider(&format!(
+            "kind = \"openai\"\nbase_url = \"http://up.example/v1\"\nproxy = \"http://127.0.0.1:{port}\""
+        ));
+        let reply = p.send(call(Endpoint::chat(), "m")).await.unwrap();
+        let lines = seen.lock().unwrap().clone();
+        assert_eq!(reply.status, 302, "{lines:?}");
+        assert_eq!(
+            lines,
+            ["POST http://up.example/v1/chat/completions HTTP/1.1"]
+        );
+    }
+
+    /// A TLS upstream speaking only HTTP/2 (ALPN `h2`) that resets its first `refuse`
+    /// streams with `REFUSED_STREAM` and answers the others `{}`; its port, the CA's PEM
+    /// and how many streams it saw.
+    async fn h2_upstream(refuse: usize) -> (u16, String, Arc<std::sync::atomic::AtomicUsize>) {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let streams = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = streams.clone();
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a test's upstream and its connections, ended with the test"
+        )]
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let (acceptor, count) = (acceptor.clone(), count.clone());
+                tokio::spawn(async move {
+                    let tls = acceptor.accept(tcp).await.unwrap();
+                    let mut conn = h2::server::handshake(tls).await.unwrap();
+                    while let Some(Ok((_request, mut respond))) = conn.accept().await {
+                        if count.fetch_add(1, Ordering::SeqCst) < refuse {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            continue;
+                        }
+                        let answer = Response::builder().status(200).body(()).unwrap();
+                        let mut send = respond.send_response(answer, false).unwrap();
+                        send.send_data(Bytes::from_static(b"{}"), true).unwrap();
+                    }
+                });
+            }
+        });
+        (port, ca.pem(), streams)
+    }
+
+    fn h2_provider(port: u16, ca_pem: &str, dir: &tempfile::TempDir) -> HttpProvider {
+        std::fs::write(dir.path().join("ca.pem"), ca_pem).unwrap();
+        let config: ProviderConfig = toml::from_str(&format!(
+            "kind = \"openai\"\nbase_url = \"https://127.0.0.1:{port}/v1\"\nca_file = \"ca.pem\""
+        ))
+        .unwrap();
+        HttpProvider::from_config(&config, Some(Secret::new("sk-secret-42")), dir.path()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn http2_by_alpn_retries_a_refused_stream_twice_and_no_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, ca, streams) = h2_upstream(2).await;
+        let p = h2_provider(port, &ca, &dir);
+        let reply = p.send(call(Endpoint::chat(), "m")).await.unwrap();
+        assert_eq!(reply.status, 200);
+        let body: Vec<Bytes> = reply.body.try_collect().await.unwrap();
+        assert_eq!(body.concat(), b"{}");
+        assert_eq!(streams.load(Ordering::SeqCst), 3);
+
+        let (port, ca, streams) = h2_upstream(usize::MAX).await;
+        let p = h2_provider(port, &ca, &dir);
+        let err = p.send(call(Endpoint::chat(), "m")).await.err().unwrap();
+        assert!(matches!(err, UpstreamError::Unreachable(_)), "{err}");
+        assert_eq!(streams.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_base_url_with_a_query_or_credentials_is_refused_at_start() {
+        // Its query would be dropped silently from every call (and reqwest, before, sent
+        // `/v1?q=1` for chat, the route lost in the query).
+        for base in [
+            "http://up.example/v1?tenant=7",
+            "http://up.example/v1#frag",
+            "http://user:pw@up.example/v1",
+        ] {
+            let config: ProviderConfig =
+                toml::from_str(&format!("kind = \"openai\"\nbase_url = \"{base}\"")).unwrap();
+            let err = HttpProvider::from_config(&config, None, Path::new(""))
+                .err()
+                .unwrap_or_else(|| panic!("{base} accepted"));
+            assert!(err.to_string().starts_with(&format!("`{base}` ")), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_connect_limit_bounds_a_stalled_tls_handshake_by_itself() {
+        // Without the provider's overall timeout: the connector's own limit must end a TLS
+        // server that accepts TCP and never answers the ClientHello (a limit on TCP alone,
+        // HttpConnector's, would not).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a test's silent upstream, ended with the test"
+        )]
+        let _held = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            std::future::pending::<()>().await;
+            drop(socket);
+        });
+        let client = direct_client(Duration::from_millis(200), Vec::new()).unwrap();
+        let request = Request::get(format!("https://127.0.0.1:{port}/v1/models"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(30), client.request(request))
+            .await
+            .expect("the connect limit ended the handshake")
+            .err()
+            .unwrap();
+        assert!(timed_out(&err), "{}", error_chain(&err));
     }
 
     #[test]
