@@ -9,6 +9,7 @@
 # length (timers, the heartbeat).
 #   callgrind-request.sh SLUICE_BIN [N=2000] [WARMUP=300]
 #   STREAM=1 callgrind-request.sh …   # the rig's 40-chunk stream instead of a plain answer
+#   GUARDRAILS=policies/guardrails/default.toml callgrind-request.sh …   # both routes run it
 # Prints one line per window; leaves the dumps in $WORK (default target/callgrind-work) for
 # callgrind_annotate. For function names, relink the release binary unstripped (only the
 # binary rebuilds): `cargo rustc --release --bin sluice -- -C strip=none`.
@@ -57,8 +58,14 @@ CONF
 nginx=$(command -v nginx || echo /usr/sbin/nginx)
 "$nginx" -p "$work" -c "$work/mock.conf" &
 mock_pid=$!
+route_extra=""
+if [ -n "${GUARDRAILS:-}" ]; then
+  mkdir -p "$work/policies/guardrails"
+  cp "$GUARDRAILS" "$work/policies/guardrails/bench.toml"
+  route_extra='guardrails = "bench"'
+fi
 bench_config "127.0.0.1:$port" "sqlite://$work/sluice.db" "http://127.0.0.1:$mock_port/v1" \
-  "http://127.0.0.1:$mock_port/stream/v1" > "$work/sluice.toml"
+  "http://127.0.0.1:$mock_port/stream/v1" "$route_extra" > "$work/sluice.toml"
 export SLUICE_ADMIN_TOKEN=bench-admin-token SLUICE_LOG=warn
 (cd "$work" && exec valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out.%p" \
   "$bin" serve --config "$work/sluice.toml" 2> "$work/valgrind.log") &

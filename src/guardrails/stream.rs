@@ -78,26 +78,36 @@ impl StreamRedactor {
                 }
             }
         }
+        // Characters beyond the holdback: the text that no later piece can change.
+        let settled_chars = if all {
+            None
+        } else {
+            match self
+                .pending
+                .chars()
+                .count()
+                .checked_sub(rules.holdback_chars())
+            {
+                Some(n) if n > 0 => Some(n),
+                // Nothing is settled, so no match can fire or go out yet: the scan below
+                // would find only matches starting in the held text, and let out nothing.
+                _ => return Released::default(),
+            }
+        };
         // The held text with its one character of context before it.
         let mut text = String::with_capacity(self.pending.len() + 4);
         text.extend(self.before);
         let from = text.len();
         text.push_str(&self.pending);
         // Matches starting before `settled` are the whole answer's, whatever comes next.
-        let settled = if all {
-            text.len()
-        } else {
-            let holdback = rules.holdback_chars();
-            let pending_chars = self.pending.chars().count();
-            match pending_chars.checked_sub(holdback) {
-                Some(n) if n > 0 => {
-                    from + self
-                        .pending
-                        .char_indices()
-                        .nth(n)
-                        .map_or(self.pending.len(), |(i, _)| i)
-                }
-                _ => from,
+        let settled = match settled_chars {
+            None => text.len(),
+            Some(n) => {
+                from + self
+                    .pending
+                    .char_indices()
+                    .nth(n)
+                    .map_or(self.pending.len(), |(i, _)| i)
             }
         };
         let mut spans = Vec::new();

@@ -14,8 +14,9 @@ use serde_json::{Value, json};
 use super::schema::{Expectation, SchemaChecker, SchemaVerdict};
 use crate::config::OnSchemaFailure;
 use crate::error::ApiError;
-use crate::guardrails::stream::StreamRedactor;
+use crate::guardrails::stream::{Released, StreamRedactor};
 use crate::guardrails::{Action, GuardrailCounters, GuardrailSet, Stage, StageRules};
+use crate::openai::chunk_scan::PlainChunk;
 use crate::openai::completion::{ChoiceText, MAX_STREAM_INDEX};
 use crate::types::Arm;
 
@@ -179,19 +180,30 @@ impl StreamChecks {
             .is_some_and(|r| r.rules.iter().any(|rule| rule.action != Action::Flag))
     }
 
-    /// One complete event (its `data:` payload), after the observer has seen it;
+    /// One complete event (its `data:` payload), after the observer has seen it; `plain`
+    /// is its one-pass reading when it has the common shape (`openai::chunk_scan`), and
     /// `choices` is the answer so far.
-    pub(crate) fn on_event(&mut self, data: &[u8], choices: &[ChoiceText]) -> EventAction {
+    pub(crate) fn on_event(
+        &mut self,
+        data: &[u8],
+        plain: Option<&PlainChunk<'_>>,
+        choices: &[ChoiceText],
+    ) -> EventAction {
         if data == b"[DONE]" {
             return self.at_done(choices);
         }
         if !self.rewrites() {
             return EventAction::Keep;
         }
-        let Ok(mut v) = serde_json::from_slice::<Value>(data) else {
+        let Some(rules) = self.checks.output.clone() else {
             return EventAction::Keep;
         };
-        let Some(rules) = self.checks.output.clone() else {
+        if let Some(chunk) = plain
+            && let Some(action) = self.on_plain_event(&rules.output, data, chunk)
+        {
+            return action;
+        }
+        let Ok(mut v) = serde_json::from_slice::<Value>(data) else {
             return EventAction::Keep;
         };
         let mut changed = false;
@@ -206,6 +218,44 @@ impl StreamChecks {
         } else {
             EventAction::Keep
         }
+    }
+
+    /// The common chunk, its text read in one pass: the event goes out as it came with
+    /// only the text's string replaced, so nothing is parsed or serialized again. `None`
+    /// when the event needs the general path: a choice finishing with no text, whose held
+    /// text needs a `content` key to go out in. The same answers as that path otherwise,
+    /// which sees the same index, text and finish (the one-pass reading equals serde's).
+    fn on_plain_event(
+        &mut self,
+        rules: &StageRules,
+        data: &[u8],
+        chunk: &PlainChunk<'_>,
+    ) -> Option<EventAction> {
+        let Some(c) = &chunk.choice else {
+            return Some(EventAction::Keep);
+        };
+        let (Some(piece), Some(span)) = (&c.content, &c.content_span) else {
+            return c.finish_reason.is_none().then_some(EventAction::Keep);
+        };
+        let i = match self.redactor_index(c.index as u64) {
+            Ok(i) => i,
+            Err(end) => return Some(end),
+        };
+        let released = self.release(rules, i, piece, c.finish_reason.is_some());
+        if let Some(rule) = released.blocked_by {
+            return Some(self.block(rule));
+        }
+        if released.text == **piece {
+            return Some(EventAction::Keep);
+        }
+        let text = serde_json::to_string(&released.text).expect("a string serializes");
+        let mut out = Vec::with_capacity(data.len() + text.len() + 8);
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&data[..span.start]);
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(&data[span.end..]);
+        out.extend_from_slice(b"\n\n");
+        Some(EventAction::Replace(out))
     }
 
     /// The end of the stream: a fatal schema failure of the whole answer ends it with an
@@ -236,22 +286,7 @@ impl StreamChecks {
         rules: &StageRules,
         choice: &mut Value,
     ) -> Result<bool, EventAction> {
-        let i = choice["index"].as_u64().unwrap_or(0);
-        let Some(i) = usize::try_from(i).ok().filter(|&i| i < MAX_STREAM_INDEX) else {
-            // The observer does not read such a choice, so its text cannot be checked:
-            // it is not sent.
-            let error = ApiError::UpstreamInvalid {
-                version: self.checks.version.to_string(),
-                reason: format!("a choice index of {i} (at most {MAX_STREAM_INDEX} choices)"),
-            };
-            return Err(EventAction::End {
-                bytes: error.as_event().to_vec(),
-                blocked: false,
-            });
-        };
-        if self.redactors.len() <= i {
-            self.redactors.resize_with(i + 1, StreamRedactor::default);
-        }
+        let i = self.redactor_index(choice["index"].as_u64().unwrap_or(0))?;
         let Some(piece) = choice["delta"]["content"].as_str().map(str::to_owned) else {
             if choice["finish_reason"].is_null() {
                 return Ok(false);
@@ -271,12 +306,7 @@ impl StreamChecks {
             choice["delta"]["content"] = Value::String(rest.text);
             return Ok(true);
         };
-        let mut released = self.redactors[i].push(rules, &piece);
-        if !choice["finish_reason"].is_null() && released.blocked_by.is_none() {
-            let rest = self.redactors[i].finish(rules);
-            released.text.push_str(&rest.text);
-            released.blocked_by = rest.blocked_by;
-        }
+        let released = self.release(rules, i, &piece, !choice["finish_reason"].is_null());
         if let Some(rule) = released.blocked_by {
             return Err(self.block(rule));
         }
@@ -285,6 +315,42 @@ impl StreamChecks {
         }
         choice["delta"]["content"] = Value::String(released.text);
         Ok(true)
+    }
+
+    /// The redactor of the choice at `index`; `Err` ends the stream for an index beyond
+    /// [`MAX_STREAM_INDEX`].
+    fn redactor_index(&mut self, index: u64) -> Result<usize, EventAction> {
+        let Some(i) = usize::try_from(index)
+            .ok()
+            .filter(|&i| i < MAX_STREAM_INDEX)
+        else {
+            // The observer does not read such a choice, so its text cannot be checked:
+            // it is not sent.
+            let error = ApiError::UpstreamInvalid {
+                version: self.checks.version.to_string(),
+                reason: format!("a choice index of {index} (at most {MAX_STREAM_INDEX} choices)"),
+            };
+            return Err(EventAction::End {
+                bytes: error.as_event().to_vec(),
+                blocked: false,
+            });
+        };
+        if self.redactors.len() <= i {
+            self.redactors.resize_with(i + 1, StreamRedactor::default);
+        }
+        Ok(i)
+    }
+
+    /// Passes `piece` of choice `i` through its redactor, and at the choice's finish
+    /// everything it still holds.
+    fn release(&mut self, rules: &StageRules, i: usize, piece: &str, finished: bool) -> Released {
+        let mut released = self.redactors[i].push(rules, piece);
+        if finished && released.blocked_by.is_none() {
+            let rest = self.redactors[i].finish(rules);
+            released.text.push_str(&rest.text);
+            released.blocked_by = rest.blocked_by;
+        }
+        released
     }
 
     fn block(&mut self, rule: String) -> EventAction {
@@ -515,6 +581,74 @@ mod tests {
         assert!(counted(&c).is_empty());
     }
 
+    /// An event through the checks as the relay passes it: read in one pass when it can be.
+    fn on(s: &mut StreamChecks, data: &[u8], choices: &[ChoiceText]) -> EventAction {
+        let plain = (data != b"[DONE]")
+            .then(|| crate::openai::chunk_scan::scan(data))
+            .flatten();
+        s.on_event(data, plain.as_ref(), choices)
+    }
+
+    /// What an action sends, as the JSON of each event (`None` for an unchanged event).
+    fn sent(action: &EventAction) -> (&'static str, Option<Vec<Value>>) {
+        match action {
+            EventAction::Keep => ("keep", None),
+            EventAction::Replace(b) => ("replace", Some(payloads(b))),
+            EventAction::End { bytes, blocked } => (
+                if *blocked { "block" } else { "end" },
+                Some(payloads(bytes)),
+            ),
+        }
+    }
+
+    // The one-pass path splices the redacted text into the event's bytes; the general
+    // path parses and re-serializes the event. For every event both can read, the client
+    // must get the same JSON from both, and the same end.
+    #[test]
+    fn the_spliced_redaction_sends_what_the_general_path_sends() {
+        let streams: [&[&[u8]]; 5] = [
+            &[
+                br#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#,
+                br#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"content":"write to jane.doe@exa"},"finish_reason":null}]}"#,
+                br#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"content":"mple.com t\u00f6day \"quoted\"\n"},"finish_reason":null}]}"#,
+                br#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"content":" and more text after it, long enough to pass the holdback of every rule here"},"finish_reason":null}]}"#,
+                br#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"content":"."},"finish_reason":"stop"}]}"#,
+            ],
+            &[
+                br#" { "choices" : [ { "index" : 1 , "delta" : { "content" : "mail a@example.com" } , "finish_reason" : "length" } ] } "#,
+            ],
+            &[
+                br#"{"choices":[{"index":0,"delta":{"content":"It is Project "}}]}"#,
+                br#"{"choices":[{"index":0,"delta":{"content":"Nightingale."}}]}"#,
+                br#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+            ],
+            &[
+                br#"{"choices":[]}"#,
+                br#"{"choices":[{"index":0,"delta":{"content":null},"finish_reason":null}]}"#,
+                br#"{"choices":[{"index":0,"delta":{"content":"x@example.org"},"finish_reason":null}]}"#,
+                br#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+            ],
+            &[br#"{"choices":[{"index":4096,"delta":{"content":"x"}}]}"#],
+        ];
+        let mut spliced = 0;
+        for events in streams {
+            let mut fast = StreamChecks::new(checks(None, true, OnSchemaFailure::Pass));
+            let mut general = StreamChecks::new(checks(None, true, OnSchemaFailure::Pass));
+            for data in events {
+                let a = on(&mut fast, data, &[]);
+                let b = general.on_event(data, None, &[]);
+                spliced += usize::from(matches!(a, EventAction::Replace(_)));
+                assert_eq!(sent(&a), sent(&b), "{}", String::from_utf8_lossy(data));
+            }
+            assert_eq!(fast.flush(), general.flush());
+            assert_eq!(fast.blocked_by, general.blocked_by);
+        }
+        assert!(
+            spliced >= 4,
+            "the one-pass path rewrote only {spliced} events"
+        );
+    }
+
     #[test]
     fn an_email_split_across_events_is_redacted_in_the_stream() {
         let mut s = StreamChecks::new(checks(None, true, OnSchemaFailure::Pass));
@@ -526,7 +660,7 @@ mod tests {
         ] {
             text.push_str(piece);
             let data = delta(0, piece, finish);
-            let bytes = match s.on_event(&data, &[choice(&text)]) {
+            let bytes = match on(&mut s, &data, &[choice(&text)]) {
                 EventAction::Keep => {
                     format!("data: {}\n\n", String::from_utf8(data).unwrap()).into_bytes()
                 }
@@ -539,7 +673,7 @@ mod tests {
         }
         assert_eq!(relayed, "write to [redacted:email] today");
         assert!(matches!(
-            s.on_event(b"[DONE]", &[choice(&text)]),
+            on(&mut s, b"[DONE]", &[choice(&text)]),
             EventAction::Keep
         ));
         assert_eq!(s.conclude(&[choice(&text)]), SchemaVerdict::NotAsked);
@@ -554,11 +688,11 @@ mod tests {
         let mut s = StreamChecks::new(checks(None, true, OnSchemaFailure::Pass));
         let held = delta(0, "write to jane.doe@example.com", None);
         assert!(matches!(
-            s.on_event(&held, &[]),
+            on(&mut s, &held, &[]),
             EventAction::Keep | EventAction::Replace(_)
         ));
         let odd = br#"{"choices":[{"index":0,"delta":"odd","finish_reason":"stop"}]}"#;
-        match s.on_event(odd, &[]) {
+        match on(&mut s, odd, &[]) {
             EventAction::Replace(bytes) => {
                 let content = &payloads(&bytes)[0]["choices"][0]["delta"]["content"];
                 assert!(content.as_str().unwrap().ends_with("[redacted:email]"));
@@ -566,7 +700,7 @@ mod tests {
             _ => panic!("the held text goes out in that chunk"),
         }
         let huge = br#"{"choices":[{"index":1000000000,"delta":{"content":"x"}}]}"#;
-        match s.on_event(huge, &[]) {
+        match on(&mut s, huge, &[]) {
             EventAction::End { bytes, blocked } => {
                 assert!(!blocked);
                 assert!(
@@ -583,7 +717,7 @@ mod tests {
     fn a_codename_in_a_stream_ends_it_with_an_error_event() {
         let mut s = StreamChecks::new(checks(None, true, OnSchemaFailure::Pass));
         let data = delta(0, "It is Project Nightingale.", Some("stop"));
-        match s.on_event(&data, &[choice("It is Project Nightingale.")]) {
+        match on(&mut s, &data, &[choice("It is Project Nightingale.")]) {
             EventAction::End { bytes, blocked } => {
                 assert!(blocked);
                 assert_eq!(payloads(&bytes)[0]["error"]["code"], "guardrail_blocked");
@@ -598,7 +732,7 @@ mod tests {
         let answer = [choice(r#"{"id": "seven"}"#)];
         let mut lenient = StreamChecks::new(checks(Some(ORDER), false, OnSchemaFailure::Pass));
         assert!(matches!(
-            lenient.on_event(b"[DONE]", &answer),
+            on(&mut lenient, b"[DONE]", &answer),
             EventAction::Keep
         ));
         assert!(matches!(
@@ -606,7 +740,7 @@ mod tests {
             SchemaVerdict::Fail { .. }
         ));
         let mut strict = StreamChecks::new(checks(Some(ORDER), false, OnSchemaFailure::Error));
-        match strict.on_event(b"[DONE]", &answer) {
+        match on(&mut strict, b"[DONE]", &answer) {
             EventAction::End { bytes, blocked } => {
                 assert!(!blocked, "a schema failure is not a guardrail block");
                 let e = &payloads(&bytes)[0]["error"];
@@ -617,7 +751,7 @@ mod tests {
         }
         let fits = [choice(r#"{"id": 7}"#)];
         assert!(matches!(
-            strict.on_event(b"[DONE]", &fits),
+            on(&mut strict, b"[DONE]", &fits),
             EventAction::Keep
         ));
     }
@@ -629,7 +763,7 @@ mod tests {
         let mut relayed = String::new();
         let data = delta(0, "reach me at jane@example.com", None);
         if let EventAction::Replace(b) =
-            s.on_event(&data, &[choice("reach me at jane@example.com")])
+            on(&mut s, &data, &[choice("reach me at jane@example.com")])
         {
             for p in payloads(&b) {
                 relayed.push_str(p["choices"][0]["delta"]["content"].as_str().unwrap_or(""));

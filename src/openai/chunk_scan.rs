@@ -13,6 +13,7 @@
 //! check that on generated and mutated chunks.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 /// Deeper nesting is left to serde_json (whose own limit is 128).
 pub(crate) const MAX_DEPTH: usize = 64;
@@ -33,6 +34,9 @@ pub(crate) struct PlainChoice<'a> {
     pub(crate) index: usize,
     /// The delta's `content` when it is a string (`None`: absent, `null`, or no delta).
     pub(crate) content: Option<Cow<'a, str>>,
+    /// Where that string is in the event's `data`, quotes included: a redacting stream
+    /// rewrites only these bytes.
+    pub(crate) content_span: Option<Range<usize>>,
     /// `finish_reason` when it is a string.
     pub(crate) finish_reason: Option<Cow<'a, str>>,
 }
@@ -143,6 +147,7 @@ impl<'a> Scanner<'a> {
         let mut c = PlainChoice {
             index: 0,
             content: None,
+            content_span: None,
             finish_reason: None,
         };
         let (mut index, mut delta, mut finish) = (false, false, false);
@@ -163,7 +168,7 @@ impl<'a> Scanner<'a> {
                     if s.peek()? == b'n' {
                         s.literal(b"null")?;
                     } else {
-                        c.content = s.delta()?;
+                        (c.content, c.content_span) = s.delta()?;
                     }
                 }
                 "finish_reason" => {
@@ -177,22 +182,28 @@ impl<'a> Scanner<'a> {
         Some(c)
     }
 
-    /// A delta object: its `content` when a string; tool calls or a refusal are `None`.
-    fn delta(&mut self) -> Option<Option<Cow<'a, str>>> {
+    /// A delta object: its `content` when a string, and where that string is; tool calls
+    /// or a refusal are `None`.
+    #[allow(clippy::type_complexity)]
+    fn delta(&mut self) -> Option<(Option<Cow<'a, str>>, Option<Range<usize>>)> {
         let mut content = None;
+        let mut span = None;
         let mut seen = false;
         self.object(3, |s, key| {
             match key {
                 "content" => {
                     once(&mut seen)?;
+                    s.ws();
+                    let start = s.i;
                     content = s.nullable_string()?;
+                    span = content.is_some().then(|| start..s.i);
                 }
                 "tool_calls" | "refusal" => s.null()?,
                 _ => s.skip(4)?,
             }
             Some(())
         })?;
-        Some(content)
+        Some((content, span))
     }
 
     fn null(&mut self) -> Option<()> {
@@ -347,26 +358,24 @@ mod tests {
 
     #[test]
     fn reads_the_common_chunk() {
-        let chunk = scan(
-            br#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"gpt-4o-mini","system_fingerprint":"fp_1","choices":[{"index":0,"delta":{"content":" word"},"logprobs":null,"finish_reason":null}]}"#,
-        )
-        .unwrap();
+        let data = br#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"gpt-4o-mini","system_fingerprint":"fp_1","choices":[{"index":0,"delta":{"content":" word"},"logprobs":null,"finish_reason":null}]}"#;
+        let chunk = scan(data).unwrap();
         assert_eq!(chunk.model.as_deref(), Some("gpt-4o-mini"));
         let c = chunk.choice.unwrap();
         assert_eq!(c.index, 0);
         assert_eq!(c.content.as_deref(), Some(" word"));
+        assert_eq!(&data[c.content_span.unwrap()], br#"" word""#);
         assert_eq!(c.finish_reason, None);
     }
 
     #[test]
     fn unescapes_text_and_reads_the_finish() {
-        let chunk = scan(
-            br#" { "choices" : [ { "index" : 2 , "delta" : { "role" : "assistant" , "content" : "h\u00e9\"llo\n" } , "finish_reason" : "stop" } ] } "#,
-        )
-        .unwrap();
+        let data = br#" { "choices" : [ { "index" : 2 , "delta" : { "role" : "assistant" , "content" : "h\u00e9\"llo\n" } , "finish_reason" : "stop" } ] } "#;
+        let chunk = scan(data).unwrap();
         let c = chunk.choice.unwrap();
         assert_eq!(c.index, 2);
         assert_eq!(c.content.as_deref(), Some("hé\"llo\n"));
+        assert_eq!(&data[c.content_span.unwrap()], br#""h\u00e9\"llo\n""#);
         assert_eq!(c.finish_reason.as_deref(), Some("stop"));
         assert_eq!(chunk.model, None);
     }

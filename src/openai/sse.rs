@@ -105,17 +105,13 @@ fn lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
         if rest.is_empty() {
             return None;
         }
-        let mut i = 0;
-        while i < rest.len() {
-            if let Some(len) = terminator(rest, i) {
-                let line = &rest[..i];
-                rest = &rest[i + len..];
-                return Some(line);
-            }
-            i += 1;
-        }
-        let line = rest;
-        rest = &[];
+        // memchr: a byte-at-a-time search cost about 2 500 instructions per event.
+        let Some(i) = memchr::memchr2(b'\n', b'\r', rest) else {
+            return Some(std::mem::take(&mut rest));
+        };
+        let len = terminator(rest, i).expect("memchr2 stopped at a CR or an LF");
+        let line = &rest[..i];
+        rest = &rest[i + len..];
         Some(line)
     })
 }

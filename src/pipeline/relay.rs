@@ -8,7 +8,6 @@
 //! the relay, so a client that hangs up drops the relay, which ends the upstream call and
 //! still yields a record.
 
-use std::borrow::Cow;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -100,11 +99,21 @@ impl StreamObserver {
         &mut self.choices[index]
     }
 
+    /// One event's `data`, read the way the relay reads it.
+    #[cfg(test)]
     fn observe(&mut self, data: &[u8]) -> EventKind {
+        let plain = (data != b"[DONE]")
+            .then(|| chunk_scan::scan(data))
+            .flatten();
+        self.observe_read(data, plain.as_ref())
+    }
+
+    /// One event's `data`; `plain` is its one-pass reading when it has the common shape.
+    fn observe_read(&mut self, data: &[u8], plain: Option<&PlainChunk<'_>>) -> EventKind {
         if data == b"[DONE]" {
             return EventKind::Other;
         }
-        match chunk_scan::scan(data) {
+        match plain {
             Some(chunk) => {
                 self.observe_plain(chunk);
                 EventKind::Other
@@ -115,23 +124,23 @@ impl StreamObserver {
 
     /// The common chunk, read in one pass: the same reading as [`Self::observe_lenient`]
     /// gives it (see `openai::chunk_scan`).
-    fn observe_plain(&mut self, chunk: PlainChunk<'_>) {
+    fn observe_plain(&mut self, chunk: &PlainChunk<'_>) {
         if self.model.is_none() {
-            self.model = chunk.model.map(Cow::into_owned);
+            self.model = chunk.model.as_deref().map(str::to_owned);
         }
-        let Some(c) = chunk.choice.filter(|c| c.index < MAX_STREAM_INDEX) else {
+        let Some(c) = chunk.choice.as_ref().filter(|c| c.index < MAX_STREAM_INDEX) else {
             return;
         };
-        if let Some(t) = c.content {
+        if let Some(t) = &c.content {
             self.chars += t.chars().count() as u64;
-            self.choice(c.index).text.push_str(&t);
+            self.choice(c.index).text.push_str(t);
             if !t.is_empty() && self.first_token.is_none() {
                 self.first_token = Some(Instant::now());
             }
         }
-        if let Some(reason) = c.finish_reason {
+        if let Some(reason) = &c.finish_reason {
             self.finish_reason
-                .get_or_insert_with(|| reason.into_owned());
+                .get_or_insert_with(|| reason.as_ref().to_owned());
         }
     }
 
@@ -313,12 +322,19 @@ impl StreamRelay {
                 .then(|| String::from_utf8_lossy(raw).into_owned().into_bytes());
             let event = decoded.as_deref().unwrap_or(raw);
             let data = parse_event(event).data;
+            // Read once, for the measurement and the checks alike.
+            let plain = data
+                .as_deref()
+                .filter(|d| *d != b"[DONE]")
+                .and_then(chunk_scan::scan);
             let kind = match &data {
-                Some(d) => self.observer.observe(d),
+                Some(d) => self.observer.observe_read(d, plain.as_ref()),
                 None => EventKind::Other,
             };
             let action = match (&mut self.checks, &data) {
-                (Some(checks), Some(d)) => checks.on_event(d, &self.observer.choices),
+                (Some(checks), Some(d)) => {
+                    checks.on_event(d, plain.as_ref(), &self.observer.choices)
+                }
                 _ => EventAction::Keep,
             };
             let dropped = self.strip_usage && matches!(kind, EventKind::UsageOnly);
