@@ -24,37 +24,7 @@ mock_dir=$(cd "$rig/mock" && pwd)
 rm -rf "$work" && mkdir -p "$work/tmp"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 mock_port=$(free_port) port=$(free_port)
-cat > "$work/mock.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $work/mock.pid;
-error_log $work/mock.error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $work/tmp/body;
-  proxy_temp_path $work/tmp/proxy;
-  fastcgi_temp_path $work/tmp/fcgi;
-  uwsgi_temp_path $work/tmp/uwsgi;
-  scgi_temp_path $work/tmp/scgi;
-  keepalive_requests 10000000;
-  keepalive_timeout 120s;
-  etag off;
-  server {
-    listen 127.0.0.1:$mock_port;
-    location = /v1/chat/completions {
-      default_type application/json;
-      alias $mock_dir/chat_completion.json;
-      error_page 405 =200 \$uri;
-    }
-    location = /stream/v1/chat/completions {
-      default_type text/event-stream;
-      alias $mock_dir/stream.sse;
-      error_page 405 =200 \$uri;
-    }
-  }
-}
-CONF
+bench_mock_conf "$work" "$mock_port" "$mock_dir" > "$work/mock.conf"
 nginx=$(command -v nginx || echo /usr/sbin/nginx)
 "$nginx" -p "$work" -c "$work/mock.conf" &
 mock_pid=$!

@@ -65,3 +65,41 @@ stable = "mock-stream"
 ${5:-}
 CONF
 }
+
+# Prints an nginx config that serves the shared rig's canned answers on 127.0.0.1:PORT,
+# one worker, as the mock upstream: /v1/chat/completions (plain) and /stream/v1/… (a
+# 40-chunk stream). WORK holds its pid, logs and temp files.
+#   bench_mock_conf WORK PORT MOCK_DIR
+bench_mock_conf() {
+  cat <<CONF
+worker_processes 1;
+daemon off;
+pid $1/mock.pid;
+error_log $1/mock.error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $1/tmp/body;
+  proxy_temp_path $1/tmp/proxy;
+  fastcgi_temp_path $1/tmp/fcgi;
+  uwsgi_temp_path $1/tmp/uwsgi;
+  scgi_temp_path $1/tmp/scgi;
+  keepalive_requests 10000000;
+  keepalive_timeout 120s;
+  etag off;
+  server {
+    listen 127.0.0.1:$2;
+    location = /v1/chat/completions {
+      default_type application/json;
+      alias $3/chat_completion.json;
+      error_page 405 =200 \$uri;
+    }
+    location = /stream/v1/chat/completions {
+      default_type text/event-stream;
+      alias $3/stream.sse;
+      error_page 405 =200 \$uri;
+    }
+  }
+}
+CONF
+}

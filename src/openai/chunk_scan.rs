@@ -44,7 +44,14 @@ pub(crate) struct PlainChoice<'a> {
 /// Reads `data` (one event's `data`) when it is a [`PlainChunk`]; `None` for any other
 /// shape and for anything that is not valid JSON.
 pub(crate) fn scan(data: &[u8]) -> Option<PlainChunk<'_>> {
-    let mut s = Scanner { b: data, i: 0 };
+    // Valid UTF-8 as a whole, every string between two (ASCII) quotes is too: one check
+    // here instead of one per string.
+    let text = std::str::from_utf8(data).ok()?;
+    let mut s = Scanner {
+        text,
+        b: data,
+        i: 0,
+    };
     let mut chunk = PlainChunk {
         model: None,
         choice: None,
@@ -76,9 +83,26 @@ fn once(seen: &mut bool) -> Option<()> {
 }
 
 struct Scanner<'a> {
+    /// The data, checked to be UTF-8.
+    text: &'a str,
+    /// The same, as bytes.
     b: &'a [u8],
     i: usize,
 }
+
+/// Bytes that stop the scan of a string's text: its closing quote, an escape, and the
+/// control characters JSON does not allow unescaped.
+static STRING_STOP: [bool; 256] = {
+    let mut stop = [false; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        stop[c] = true;
+        c += 1;
+    }
+    stop[b'"' as usize] = true;
+    stop[b'\\' as usize] = true;
+    stop
+};
 
 impl<'a> Scanner<'a> {
     fn ws(&mut self) {
@@ -222,7 +246,7 @@ impl<'a> Scanner<'a> {
                     return Some(Some(Cow::Borrowed(text)));
                 }
                 // Escapes are rare (non-ASCII text from some providers): serde_json reads them.
-                let raw = std::str::from_utf8(&self.b[start..self.i]).ok()?;
+                let raw = self.text.get(start..self.i)?;
                 serde_json::from_str::<String>(raw)
                     .ok()
                     .map(|s| Some(s.into()))
@@ -242,7 +266,10 @@ impl<'a> Scanner<'a> {
         let mut i = start;
         let mut escaped = false;
         loop {
-            match *self.b.get(i)? {
+            i += self.b[i..]
+                .iter()
+                .position(|&c| STRING_STOP[usize::from(c)])?;
+            match self.b[i] {
                 b'"' => break,
                 b'\\' => {
                     escaped = true;
@@ -258,13 +285,11 @@ impl<'a> Scanner<'a> {
                         _ => return None,
                     }
                 }
-                0..0x20 => return None,
-                _ => i += 1,
+                _ => return None,
             }
         }
         self.i = i + 1;
-        let text = std::str::from_utf8(&self.b[start..i]).ok()?;
-        Some((text, escaped))
+        Some((self.text.get(start..i)?, escaped))
     }
 
     fn literal(&mut self, word: &[u8]) -> Option<()> {
