@@ -4,7 +4,8 @@
 # sluice in front of it (SQLite in $WORK), and sends N requests with oha at concurrency C in
 # STEPS equal parts (sluice on CPU 1, oha and the mock on CPU 0, as in the rig). After each
 # part it prints the requests so far, sluice's VmRSS (resident now) and VmHWM (the peak so
-# far) from /proc, the records written and dropped (/metrics), and oha's rate.
+# far) from /proc, split into RssAnon (heap and stacks) and RssFile (the binary's pages
+# and the SQLite files' mappings), the records written and dropped (/metrics), and oha's rate.
 #   benches/memory.sh SLUICE_BIN [N=1000000] [C=64] [STEPS=10]
 #   STREAM=1 benches/memory.sh …      # the rig's 40-chunk stream instead of a plain answer
 #   GUARDRAILS=policies/guardrails/default.toml benches/memory.sh …   # both routes run it
@@ -47,9 +48,9 @@ if [ "${STREAM:-0}" = 1 ]; then body=$mock_dir/request_stream.json; fi
 status() { awk -v k="$1" '$1 == k":" {printf "%.1f", $2 / 1024}' "/proc/$sluice_pid/status"; }
 counter() { curl -fsS "$url/metrics" | awk -v k="$1" '$1 == k {printf "%d", $2}'; }
 echo "sluice $("$bin" --version | awk '{print $2}'), $n requests at c=$c in $steps parts$([ "${STREAM:-0}" = 1 ] && echo ', 40-chunk streams')$([ -n "${GUARDRAILS:-}" ] && echo ", guardrails $GUARDRAILS")"
-echo "| requests | VmRSS MiB | VmHWM MiB | records written | dropped | req/s |"
-echo "|---:|---:|---:|---:|---:|---:|"
-echo "| 0 | $(status VmRSS) | $(status VmHWM) | 0 | 0 | |"
+echo "| requests | VmRSS MiB | VmHWM MiB | RssAnon MiB | RssFile MiB | records written | dropped | req/s |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| 0 | $(status VmRSS) | $(status VmHWM) | $(status RssAnon) | $(status RssFile) | 0 | 0 | |"
 per=$((n / steps)) sent=0
 for _ in $(seq 1 "$steps"); do
   rate=$(taskset -c 0 "$BENCH_TOOLS/cargo/bin/oha" -n "$per" -c "$c" --no-tui --output-format json \
@@ -62,5 +63,5 @@ for _ in $(seq 1 "$steps"); do
     [ $(( $(counter sluice_records_written_total) + $(counter sluice_records_dropped_total) )) -ge "$sent" ] && break
     sleep 0.1
   done
-  echo "| $sent | $(status VmRSS) | $(status VmHWM) | $(counter sluice_records_written_total) | $(counter sluice_records_dropped_total) | $rate |"
+  echo "| $sent | $(status VmRSS) | $(status VmHWM) | $(status RssAnon) | $(status RssFile) | $(counter sluice_records_written_total) | $(counter sluice_records_dropped_total) | $rate |"
 done
