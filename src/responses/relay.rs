@@ -219,6 +219,17 @@ impl ResponseChecks {
             Some(g) => g,
             None => return Ok(None),
         };
+        // Only these kinds carry text; the rest go out untouched, unparsed.
+        let rewritten = matches!(
+            kind,
+            "response.output_text.delta"
+                | "response.output_text.done"
+                | "response.content_part.done"
+                | "response.output_item.done"
+        ) || is_terminal(kind);
+        if !rewritten {
+            return Ok(None);
+        }
         let Ok(mut v) = serde_json::from_slice::<Value>(data) else {
             return Ok(None);
         };
