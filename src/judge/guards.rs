@@ -594,6 +594,7 @@ mod tests {
         srm.assigned_at(true, 0.05, 0);
         srm.assigned_at(true, 0.5, 1_000);
         srm.fold(2_000 + OVERDUE_MS);
+        assert_eq!((srm.assigned_canary, srm.assigned_stable), (2, 0));
         assert_eq!(srm.lost_counts(), (2, 0));
         let e = srm.e_value();
         assert!((e - 4.541_562_9).abs() < 1e-6, "{e}");
@@ -609,6 +610,7 @@ mod tests {
             srm.assigned_at(false, 0.25, i * 100);
         }
         srm.fold(1_000 + OVERDUE_MS);
+        assert_eq!((srm.assigned_canary, srm.assigned_stable), (0, 3));
         assert_eq!(srm.lost_counts(), (0, 3));
         let e = srm.e_value();
         assert!((e - 1.054_801_9).abs() < 1e-6, "{e}");
@@ -660,5 +662,39 @@ mod tests {
             k.observe(i * 1000, true, true);
         }
         assert_eq!(k.counts(4_500), ((5, 5), (0, 0)));
+    }
+
+    #[test]
+    fn a_canary_under_the_error_rate_never_fires() {
+        // Stable healthy; the canary at 9 errors of 20 (45 %) is under the rate of 50 %
+        // and does not fire; at 10 of 20 (exactly 50 %) it does.
+        for errors in [9, 10] {
+            let mut k = KillWindow::new(0.5, 20, 60_000);
+            for i in 0..20i64 {
+                k.observe(i * 100, true, i < errors);
+                k.observe(i * 100, false, false);
+            }
+            assert_eq!(
+                k.fires(2_000).map(|f| f.cause),
+                (errors == 10).then_some(KillCause::StableHealthy),
+                "{errors} of 20"
+            );
+        }
+    }
+
+    #[test]
+    fn twice_a_sick_stable_rate_fires_only_when_the_canary_share_of_errors_is_improbable() {
+        // Canary 12 errors of 20 (60 %), stable 25 of 100 (25 %, an incident): twice and
+        // more, but 12 of the 37 errors at a 20/120 share of requests has a binomial tail
+        // of 0.0140 (python3), far above 1e-4: not the canary's own fault.
+        let mut k = KillWindow::new(0.5, 20, 60_000);
+        for i in 0..20i64 {
+            k.observe(i * 100, true, i < 12);
+        }
+        for i in 0..100i64 {
+            k.observe(i * 10, false, i < 25);
+        }
+        assert_eq!(k.counts(2_000), ((20, 12), (100, 25)));
+        assert_eq!(k.fires(2_000), None);
     }
 }
