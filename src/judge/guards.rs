@@ -516,4 +516,185 @@ mod tests {
         srm.fold(103_000 + OVERDUE_MS);
         assert_eq!(srm.lost_counts(), (0, 0));
     }
+
+    #[test]
+    fn the_binomial_tail_sums_every_term_above_k() {
+        // P(X ≥ 2 | n = 10, p = 0.1) = 1 − 0.9¹⁰ − 10·0.1·0.9⁹ = 0.2639010709.
+        let t = binomial_upper_tail(10, 2, 0.1);
+        assert!((t - 0.263_901_070_9).abs() < 1e-9, "{t}");
+    }
+
+    #[test]
+    fn the_design_test_matches_the_hand_computation_and_only_for_per_request_units() {
+        // Measured: 10 canary of 100 at w = 0.05 and 30 of 50 at w = 0.5, nothing lost.
+        // Per ρ in SHARE_GRID, q = wρ/(1 − w + wρ) and the factor is the product over the
+        // weights of (q/w)^canary·((1 − q)/(1 − w))^stable: ρ = 0.5 → 0.0000202, 0.8 →
+        // 0.0704619, 0.9 → 0.3171115, 1/0.9 → 2.6039813, 1/0.8 → 6.0154928, 2 → 13.1131481
+        // (python3); mean 3.6867026. The guard averages it with the lost-records test (1
+        // here): 2.3433513.
+        let mut per_request = Srm::new(true);
+        let mut sticky = Srm::new(false);
+        for srm in [&mut per_request, &mut sticky] {
+            for i in 0..100 {
+                srm.measured_at(i % 10 == 0, 0.05, i * 100);
+            }
+            for i in 0..50 {
+                srm.measured_at(i < 30, 0.5, 10_000 + i * 100);
+            }
+        }
+        assert_eq!(
+            (per_request.measured_canary, per_request.measured_stable),
+            (40, 110)
+        );
+        let e = per_request.e_value();
+        assert!((e - 2.343_351_3).abs() < 1e-6, "{e}");
+        assert_eq!(
+            sticky.e_value(),
+            1.0,
+            "labels of sticky units are not independent"
+        );
+    }
+
+    #[test]
+    fn a_canary_worse_than_a_sick_stable_but_not_twice_as_bad_does_not_fire() {
+        // 400 canary requests at 60 % errors, 4 000 stable at 40 % (an incident): the
+        // canary's 240 of the 1 840 errors are improbable at its 1/11 share of requests
+        // (binomial tail 1.5e-8, python3), but 60 % is less than twice 40 %.
+        let mut k = KillWindow::new(0.5, 20, 60_000);
+        for i in 0..4400i64 {
+            let canary = i % 11 == 0;
+            let error = if canary { (i / 11) % 5 < 3 } else { i % 5 < 2 };
+            k.observe(i * 10, canary, error);
+        }
+        assert_eq!(k.counts(44_000), ((400, 240), (4000, 1600)));
+        assert_eq!(k.fires(44_000), None);
+    }
+
+    #[test]
+    fn requests_lost_at_a_weight_of_zero_or_one_say_nothing_about_the_design() {
+        // At w = 0 (or 1) every request has one arm by design: losing some of them is no
+        // evidence that loss depends on the arm.
+        let mut srm = Srm::new(false);
+        for i in 0..10 {
+            srm.assigned_at(false, 0.0, i * 100);
+            srm.assigned_at(true, 1.0, i * 100);
+        }
+        srm.fold(1_000 + OVERDUE_MS);
+        assert_eq!(srm.lost_counts(), (0, 0));
+        assert_eq!(srm.e_value(), 1.0);
+    }
+
+    #[test]
+    fn each_lost_request_is_judged_at_its_own_weight() {
+        // One canary lost at w = 0.05, one at w = 0.5. Per ρ in LOSS_GRID the factor is
+        // (q₁/0.05)·(q₂/0.5) with q = wρ/(1 − w + wρ): 0.0077146, 0.0290487, 0.1038961,
+        // 0.3418803, 2.5396825, 5.5652174, 10.5349794, 17.2100840; mean 4.5415629
+        // (python3). Both at 0.05 would give 16.848.
+        let mut srm = Srm::new(false);
+        srm.assigned_at(true, 0.05, 0);
+        srm.assigned_at(true, 0.5, 1_000);
+        srm.fold(2_000 + OVERDUE_MS);
+        assert_eq!((srm.assigned_canary, srm.assigned_stable), (2, 0));
+        assert_eq!(srm.lost_counts(), (2, 0));
+        let e = srm.e_value();
+        assert!((e - 4.541_562_9).abs() < 1e-6, "{e}");
+    }
+
+    #[test]
+    fn lost_stable_requests_are_evidence_of_a_loss_on_the_stable_side() {
+        // Three stable requests lost at w = 0.25: per ρ the factor is ((1 − q)/0.75)³:
+        // 2.2281872, 2.0971520, 1.8643605, 1.4927114, 0.512, 0.1865889, 0.0480841,
+        // 0.0093308; mean 1.0548019 (python3).
+        let mut srm = Srm::new(false);
+        for i in 0..3 {
+            srm.assigned_at(false, 0.25, i * 100);
+        }
+        srm.fold(1_000 + OVERDUE_MS);
+        assert_eq!((srm.assigned_canary, srm.assigned_stable), (0, 3));
+        assert_eq!(srm.lost_counts(), (0, 3));
+        let e = srm.e_value();
+        assert!((e - 1.054_801_9).abs() < 1e-6, "{e}");
+    }
+
+    #[test]
+    fn each_rule_of_the_kill_switch_says_why_with_both_arms_rates() {
+        let fire = |cause| KillFire {
+            cause,
+            canary: (40, 30),
+            stable: (360, 80),
+            tail: 2.5e-7,
+        };
+        let head =
+            "kill switch: canary error rate 75 % (30 of 40) in the last 60 s is at or above 50 %";
+        assert_eq!(
+            fire(KillCause::NoStable).describe(60_000, 0.5),
+            format!("{head}, and stable served nothing to compare with")
+        );
+        assert_eq!(
+            fire(KillCause::StableHealthy).describe(60_000, 0.5),
+            format!("{head} while stable is healthy over the same seconds (22.2 %, 80 of 360)")
+        );
+        assert_eq!(
+            fire(KillCause::FarWorse).describe(60_000, 0.5),
+            format!(
+                "{head}, far worse than stable over the same seconds (22.2 %, 80 of 360; \
+                 binomial tail 2.5e-7): not a provider incident on both arms"
+            )
+        );
+    }
+
+    #[test]
+    fn the_kill_window_keeps_one_bucket_per_second_and_forgets_what_left_it() {
+        // Ten requests a second for ten minutes, a 60 s window: the state holds only the
+        // 61 seconds the window can still touch, and the counts are the last 60 s.
+        let mut k = KillWindow::new(0.5, 20, 60_000);
+        for i in 0..6000i64 {
+            k.observe(i * 100, i % 10 == 0, false);
+        }
+        assert_eq!(k.buckets.len(), 61);
+        assert_eq!(k.counts(600_000), ((60, 0), (540, 0)));
+    }
+
+    #[test]
+    fn a_look_counts_no_request_after_it() {
+        let mut k = KillWindow::new(0.5, 4, 60_000);
+        for i in 0..10 {
+            k.observe(i * 1000, true, true);
+        }
+        assert_eq!(k.counts(4_500), ((5, 5), (0, 0)));
+    }
+
+    #[test]
+    fn a_canary_under_the_error_rate_never_fires() {
+        // Stable healthy; the canary at 9 errors of 20 (45 %) is under the rate of 50 %
+        // and does not fire; at 10 of 20 (exactly 50 %) it does.
+        for errors in [9, 10] {
+            let mut k = KillWindow::new(0.5, 20, 60_000);
+            for i in 0..20i64 {
+                k.observe(i * 100, true, i < errors);
+                k.observe(i * 100, false, false);
+            }
+            assert_eq!(
+                k.fires(2_000).map(|f| f.cause),
+                (errors == 10).then_some(KillCause::StableHealthy),
+                "{errors} of 20"
+            );
+        }
+    }
+
+    #[test]
+    fn twice_a_sick_stable_rate_fires_only_when_the_canary_share_of_errors_is_improbable() {
+        // Canary 12 errors of 20 (60 %), stable 25 of 100 (25 %, an incident): twice and
+        // more, but 12 of the 37 errors at a 20/120 share of requests has a binomial tail
+        // of 0.0140 (python3), far above 1e-4: not the canary's own fault.
+        let mut k = KillWindow::new(0.5, 20, 60_000);
+        for i in 0..20i64 {
+            k.observe(i * 100, true, i < 12);
+        }
+        for i in 0..100i64 {
+            k.observe(i * 10, false, i < 25);
+        }
+        assert_eq!(k.counts(2_000), ((20, 12), (100, 25)));
+        assert_eq!(k.fires(2_000), None);
+    }
 }

@@ -544,4 +544,187 @@ mod tests {
         assert_eq!((book.settled, book.open_units()), (before + 1, 0));
         assert_eq!(book.settled_canary, 1);
     }
+
+    /// A book with one gate whose pooled windows hold 32 values alternating log y = 0 and
+    /// 2 (requests that are their own units, stable, unscored): m̂ = 1, ŝ = sqrt(32/31),
+    /// q̂95 = 2 (rank ⌈0.95·32⌉ = 31).
+    fn book_with_a_pooled_history(gate: UnitGate) -> UnitBook {
+        let mut book = UnitBook::new(vec![gate]);
+        for i in 0..32 {
+            let y = if i % 2 == 0 { 1.0 } else { 2f64.exp() };
+            book.observe(None, i, false, 0.05, &[Input::Value(y)]);
+        }
+        book
+    }
+
+    #[test]
+    fn a_settled_continuous_unit_matches_the_hand_computation() {
+        // max_ratio = e^0.5, min_ratio = e^−0.5, no tail. One canary request of unit 7 at
+        // w = 0.05 with log y = 1.5 + ŝ, settled by age (p = 0.05).
+        // Up: z = log y − 0.5 = 1 + ŝ, g = 1; r_j = exp(λ_j − λ_j²/2).
+        // Down: z = log y + 0.5 = 2 + ŝ, g = (1 + ŝ)/ŝ = 1.984251, S = −g;
+        // r_j = exp(−λ_j·1.984251 − λ_j²/2). Canary: LR_j = r_j/(0.95 + 0.05 r_j).
+        // λ = 0.05 … 1: up LR mean 1.2866725, down LR mean 0.5394132 (python3, math only);
+        // the gate's e-value is their average, 0.9130428.
+        let gate = UnitGate::continuous(Some(0.5f64.exp()), Some((-0.5f64).exp()), false);
+        let mut book = book_with_a_pooled_history(gate);
+        let s = (32.0f64 / 31.0).sqrt();
+        book.observe(Some(7), 100, true, 0.05, &[Input::Value((1.5 + s).exp())]);
+        assert_eq!(
+            book.gates[0].e_value(),
+            1.0,
+            "an open segment carries nothing"
+        );
+        book.tick(100 + SETTLE_AGE_MS);
+        assert_eq!((book.settled, book.settled_canary), (33, 1));
+        let e = book.gates[0].e_value();
+        assert!((e - 0.9130428).abs() < 1e-6, "{e}");
+    }
+
+    #[test]
+    fn a_tail_event_is_a_value_strictly_above_the_pooled_p95() {
+        // A time gate (tail on), max_ratio = e^0.5. The same canary as above: z = 1 + ŝ =
+        // 2.016 > q̂95 = 2, one tail event: tail r_j = θ_j·exp(−(θ_j − 1)·0.05), LR mean
+        // 2.5153600; the shift part is 1.2866725 as above; e = 1.9010162.
+        let mut book =
+            book_with_a_pooled_history(UnitGate::continuous(Some(0.5f64.exp()), None, true));
+        let s = (32.0f64 / 31.0).sqrt();
+        book.observe(Some(7), 100, true, 0.05, &[Input::Value((1.5 + s).exp())]);
+        book.tick(100 + SETTLE_AGE_MS);
+        let e = book.gates[0].e_value();
+        assert!((e - 1.9010162).abs() < 1e-6, "{e}");
+        // max_ratio = 1 and a canary at exactly the p95 (log y = 2): no tail event,
+        // tail r_j = exp(−(θ_j − 1)·0.05), LR mean 0.8948156; g = 1/ŝ, shift LR mean
+        // 1.2785765; e = 1.0866960 (1.8969682 had it counted as a tail event).
+        let mut book = book_with_a_pooled_history(UnitGate::continuous(Some(1.0), None, true));
+        book.observe(Some(7), 100, true, 0.05, &[Input::Value(2f64.exp())]);
+        book.tick(100 + SETTLE_AGE_MS);
+        let e = book.gates[0].e_value();
+        assert!((e - 1.0866960).abs() < 1e-6, "{e}");
+    }
+
+    #[test]
+    fn strong_continuous_evidence_settles_a_segment_early_on_either_side() {
+        // Canary values far above (below) the pool score g = +4 (−4) each, clipped. After
+        // n such requests the λ = 1 alternative has log r = 4n − n/2 = 3.5n: 3.5 < log 76
+        // = 4.33 after one, 7 after two, so the second request settles the segment.
+        for (gate, log_y) in [
+            (UnitGate::continuous(Some(1.0), None, false), 20.0),
+            (UnitGate::continuous(None, Some(1.0), false), -15.0),
+        ] {
+            let mut book = book_with_a_pooled_history(gate);
+            let y = f64::exp(log_y);
+            book.observe(Some(3), 100, true, 0.05, &[Input::Value(y)]);
+            assert_eq!((book.settled, book.open_units()), (32, 1), "{log_y}");
+            book.observe(Some(3), 101, true, 0.05, &[Input::Value(y)]);
+            assert_eq!((book.settled, book.open_units()), (33, 0), "{log_y}");
+        }
+    }
+
+    #[test]
+    fn a_segment_without_scores_stays_open_even_at_a_high_weight() {
+        // At w = 0.9 the early-settlement cap is log(4·0.1/0.9) < 0, so any scored request
+        // would reach it; a request the gate cannot score yet (its pool is empty) carries
+        // no evidence and must not settle the segment.
+        let mut book = UnitBook::new(vec![UnitGate::continuous(Some(1.0), Some(1.0), false)]);
+        book.observe(Some(5), 0, true, 0.9, &[Input::Value(100.0)]);
+        assert_eq!((book.settled, book.open_units()), (0, 1));
+    }
+
+    #[test]
+    fn early_settlement_weighs_bad_requests_against_the_pooled_rate() {
+        // Two bad requests that are their own units, then unit 9 sends bad requests at
+        // w = 0.05 (cap log 76 = 4.3307). After its k-th, p̂ = (2 + k + 0.5)/(2 + k + 50)
+        // and θ = 8 gives log r = k·log 8 − 7k·p̂ (the largest of the six):
+        // k = 3: 6.23832 − 21·5.5/55 = 4.1383 < 4.3307; k = 4: 8.31777 − 28·6.5/56 =
+        // 5.0678, so the fourth request settles the segment (without the half
+        // pseudo-event, 6.23832 − 21·4.5/55 = 4.5201 would settle it at the third).
+        let mut book = UnitBook::new(vec![UnitGate::binary(1.0)]);
+        for i in 0..2 {
+            book.observe(None, i, false, 0.05, &[Input::Bad(true)]);
+        }
+        for i in 0..3 {
+            book.observe(Some(9), 10 + i, true, 0.05, &[Input::Bad(true)]);
+        }
+        assert_eq!((book.settled, book.open_units()), (2, 1));
+        book.observe(Some(9), 13, true, 0.05, &[Input::Bad(true)]);
+        assert_eq!((book.settled, book.open_units()), (3, 0));
+    }
+
+    #[test]
+    fn a_request_without_a_unit_is_settled_at_once_at_its_weight() {
+        // One bad canary request that is its own unit, at w = 0.05: p = 0.05, pooled
+        // p̂ = (1 + 0.5)/(1 + 50) = 0.0294118; r_j = θ_j·exp(−(θ_j − 1)·p̂) and LR_j =
+        // r_j/(0.95 + 0.05 r_j) = {1.22608, 1.44359, 1.85467, 2.59166, 3.79189, 5.10472},
+        // mean 2.6687684.
+        let mut book = UnitBook::new(vec![UnitGate::binary(1.0)]);
+        book.observe(None, 0, true, 0.05, &[Input::Bad(true)]);
+        assert_eq!(
+            (book.settled, book.settled_canary, book.open_units()),
+            (1, 1, 0)
+        );
+        let e = book.gates[0].e_value();
+        assert!((e - 2.6687684).abs() < 1e-6, "{e}");
+    }
+
+    #[test]
+    fn a_unit_known_to_one_point_is_canary_exactly_when_the_weight_is_above_it() {
+        // An interval shrunk to nothing (hi ≤ lo: the unit's bucket is lo, or a routing
+        // bug): canary iff lo < w, certain either way.
+        assert_eq!(UnitBook::label_probability(0.25, 0.25, 0.5), 1.0);
+        assert_eq!(UnitBook::label_probability(0.25, 0.25, 0.25), 0.0);
+        assert_eq!(UnitBook::label_probability(0.25, 0.1, 0.05), 0.0);
+    }
+
+    #[test]
+    fn a_segment_settles_at_its_two_hundredth_request() {
+        // Good requests only: no early settlement, and all within a second of each other.
+        let mut book = UnitBook::new(vec![UnitGate::binary(1.0)]);
+        for i in 0..SETTLE_REQUESTS - 1 {
+            book.observe(Some(4), i64::from(i), false, 0.05, &[Input::Bad(false)]);
+        }
+        assert_eq!((book.settled, book.open_units()), (0, 1));
+        book.observe(Some(4), 500, false, 0.05, &[Input::Bad(false)]);
+        assert_eq!((book.settled, book.open_units()), (1, 0));
+    }
+
+    #[test]
+    fn a_unit_whose_requests_disagree_on_the_arm_reveals_nothing() {
+        // A routing bug: the same unit at the same weight served by both arms. Its segment
+        // is dropped at settlement: no label, no evidence, nothing learnt of its bucket.
+        let mut book = UnitBook::new(vec![UnitGate::binary(1.0)]);
+        book.observe(Some(2), 0, true, 0.05, &[Input::Bad(true)]);
+        book.observe(Some(2), 1, false, 0.05, &[Input::Bad(true)]);
+        book.tick(SETTLE_AGE_MS);
+        assert_eq!((book.settled, book.open_units()), (0, 0));
+        assert_eq!(book.gates[0].e_value(), 1.0);
+        assert!(!book.known.contains_key(&2));
+    }
+
+    #[test]
+    fn a_segment_comes_of_age_fifteen_minutes_after_its_first_request() {
+        let start = 3_600_000;
+        let mut book = UnitBook::new(vec![UnitGate::binary(1.0)]);
+        book.observe(Some(6), start, false, 0.05, &[Input::Bad(false)]);
+        book.observe(Some(6), start + 60_000, false, 0.05, &[Input::Bad(false)]);
+        book.tick(start + SETTLE_AGE_MS - 1);
+        assert_eq!((book.settled, book.open_units()), (0, 1));
+        book.tick(start + SETTLE_AGE_MS);
+        assert_eq!((book.settled, book.open_units()), (1, 0));
+    }
+
+    #[test]
+    fn a_segment_whose_label_is_already_known_is_not_counted_as_settled() {
+        // Unit 1 is canary at 5 %, so certainly canary at 25 % (p = 1); unit 2 is stable at
+        // 25 %, so certainly stable at 5 % (p = 0). Only their first segments count.
+        let mut book = UnitBook::new(vec![UnitGate::binary(1.0)]);
+        book.observe(Some(1), 0, true, 0.05, &[Input::Bad(true)]);
+        book.observe(Some(1), 10, true, 0.25, &[Input::Bad(true)]);
+        book.observe(Some(2), 0, false, 0.25, &[Input::Bad(true)]);
+        book.observe(Some(2), 10, false, 0.05, &[Input::Bad(true)]);
+        assert_eq!((book.settled, book.settled_canary), (2, 1));
+        book.tick(10 + SETTLE_AGE_MS);
+        assert_eq!(book.open_units(), 0);
+        assert_eq!((book.settled, book.settled_canary), (2, 1));
+    }
 }
