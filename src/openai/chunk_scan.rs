@@ -220,7 +220,7 @@ impl<'a> Scanner<'a> {
                     s.ws();
                     let start = s.i;
                     content = s.nullable_string()?;
-                    span = content.is_some().then(|| start..s.i);
+                    span = content.is_some().then_some(start..s.i);
                 }
                 "tool_calls" | "refusal" => s.null()?,
                 _ => s.skip(4)?,
