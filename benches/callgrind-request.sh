@@ -28,12 +28,7 @@ bench_mock_conf "$work" "$mock_port" "$mock_dir" > "$work/mock.conf"
 nginx=$(command -v nginx || echo /usr/sbin/nginx)
 "$nginx" -p "$work" -c "$work/mock.conf" &
 mock_pid=$!
-route_extra=""
-if [ -n "${GUARDRAILS:-}" ]; then
-  mkdir -p "$work/policies/guardrails"
-  cp "$GUARDRAILS" "$work/policies/guardrails/bench.toml"
-  route_extra='guardrails = "bench"'
-fi
+route_extra=$(bench_guardrails "$work" "${GUARDRAILS:-}")
 bench_config "127.0.0.1:$port" "sqlite://$work/sluice.db" "http://127.0.0.1:$mock_port/v1" \
   "http://127.0.0.1:$mock_port/stream/v1" "$route_extra" > "$work/sluice.toml"
 export SLUICE_ADMIN_TOKEN=bench-admin-token SLUICE_LOG=warn

@@ -103,3 +103,25 @@ http {
 }
 CONF
 }
+
+# Copies a guardrail policy file (if any) into WORK/policies/guardrails/bench.toml and
+# prints the route line that turns it on (nothing without a file), for bench_config.
+#   route_extra=$(bench_guardrails WORK [POLICY_FILE])
+bench_guardrails() {
+  [ -n "${2:-}" ] || return 0
+  mkdir -p "$1/policies/guardrails"
+  cp "$2" "$1/policies/guardrails/bench.toml"
+  echo 'guardrails = "bench"'
+}
+
+# Waits (up to 10 s) for sluice at URL to answer /healthz, creates the workspace `bench`
+# and prints a new key of it. Needs SLUICE_ADMIN_TOKEN.
+#   key=$(bench_key URL SLUICE_BIN)
+bench_key() {
+  for _ in $(seq 1 200); do
+    curl -fsS "$1/healthz" >/dev/null 2>&1 && break
+    sleep 0.05
+  done
+  "$2" workspaces create bench --url "$1" >/dev/null
+  "$2" keys create --workspace bench --url "$1" 2>/dev/null
+}

@@ -24,12 +24,7 @@ bench_mock_conf "$work" "$mock_port" "$mock_dir" > "$work/mock.conf"
 nginx=$(command -v nginx || echo /usr/sbin/nginx)
 taskset -c 0 "$nginx" -p "$work" -c "$work/mock.conf" &
 mock_pid=$!
-route_extra=""
-if [ -n "${GUARDRAILS:-}" ]; then
-  mkdir -p "$work/policies/guardrails"
-  cp "$GUARDRAILS" "$work/policies/guardrails/bench.toml"
-  route_extra='guardrails = "bench"'
-fi
+route_extra=$(bench_guardrails "$work" "${GUARDRAILS:-}")
 bench_config "127.0.0.1:$port" "sqlite://$work/sluice.db" "http://127.0.0.1:$mock_port/v1" \
   "http://127.0.0.1:$mock_port/stream/v1" "$route_extra" > "$work/sluice.toml"
 export SLUICE_ADMIN_TOKEN=bench-admin-token SLUICE_LOG=warn
@@ -37,12 +32,7 @@ taskset -c 1 "$bin" serve --config "$work/sluice.toml" 2> "$work/sluice.log" &
 sluice_pid=$!
 trap 'kill -TERM $sluice_pid $mock_pid 2>/dev/null; wait 2>/dev/null' EXIT
 url="http://127.0.0.1:$port"
-for _ in $(seq 1 200); do
-  curl -fsS "$url/healthz" >/dev/null 2>&1 && break
-  sleep 0.05
-done
-"$bin" workspaces create bench --url "$url" >/dev/null
-key=$("$bin" keys create --workspace bench --url "$url" 2>/dev/null)
+key=$(bench_key "$url" "$bin")
 body=$mock_dir/request.json
 if [ "${STREAM:-0}" = 1 ]; then body=$mock_dir/request_stream.json; fi
 status() { awk -v k="$1" '$1 == k":" {printf "%.1f", $2 / 1024}' "/proc/$sluice_pid/status"; }

@@ -9,14 +9,10 @@ set -euo pipefail
 . "$(dirname "$0")/common.sh"
 port=$1 upstream=$2 upstream_stream=$3 work=$4 bin=$5 guardrails=${6:-}
 work="$work/sluice-$port"
-mkdir -p "$work/policies/guardrails"
+mkdir -p "$work"
 conf="$work/sluice-bench.toml"
 db="$work/sluice-bench.db"
-route_extra=""
-if [ -n "$guardrails" ]; then
-  cp "$guardrails" "$work/policies/guardrails/bench.toml"
-  route_extra='guardrails = "bench"'
-fi
+route_extra=$(bench_guardrails "$work" "$guardrails")
 rm -f "$db" "$db-wal" "$db-shm" "$work/sluice.key"
 bench_config "127.0.0.1:$port" "sqlite://$db" "$upstream" "$upstream_stream" "$route_extra" > "$conf"
 export SLUICE_ADMIN_TOKEN=bench-admin-token SLUICE_LOG=warn
@@ -24,11 +20,6 @@ export SLUICE_ADMIN_TOKEN=bench-admin-token SLUICE_LOG=warn
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid' TERM INT
 url="http://127.0.0.1:$port"
-for _ in $(seq 1 200); do
-  curl -fsS "$url/healthz" >/dev/null 2>&1 && break
-  sleep 0.05
-done
-"$bin" workspaces create bench --url "$url" >/dev/null
-key=$("$bin" keys create --workspace bench --url "$url" 2>/dev/null)
+key=$(bench_key "$url" "$bin")
 echo "Authorization: Bearer $key" > "$4/sluice-$port.key"
 wait $pid
