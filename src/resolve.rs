@@ -238,6 +238,7 @@ pub fn bucket(salt: u64, key: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rollout::feed::TapReceivers;
 
     #[test]
     fn route_names_are_checked() {
@@ -299,6 +300,217 @@ mod tests {
         ] {
             assert_eq!(sticky_key(&sticky, &anonymous), None, "{sticky:?}");
         }
+    }
+
+    /// Two versions of one route, `v1` its stable, and the table over them.
+    fn table() -> (Catalog, RoutingTable) {
+        let config = r#"
+[server]
+listen = "127.0.0.1:0"
+[database]
+url = "sqlite::memory:"
+[admin]
+token_env = "ADMIN"
+[providers.sim]
+kind = "mock"
+[versions.v1]
+provider = "sim"
+model = "gpt-4o"
+[versions.v2]
+provider = "sim"
+model = "gpt-4.1"
+[routes.chat]
+stable = "v1"
+"#;
+        let settings = crate::settings::parse(
+            std::path::Path::new("/nonexistent/sluice.toml"),
+            config,
+            &|name| (name == "ADMIN").then(|| "a-token-long-enough-for-anyone".into()),
+        )
+        .unwrap();
+        let catalog = Catalog::from_settings(&settings).unwrap();
+        let table = RoutingTable::new(&catalog, &BTreeMap::new()).unwrap();
+        (catalog, table)
+    }
+
+    fn rollout(catalog: &Catalog, weight: f64, sticky: Sticky) -> (LiveRollout, TapReceivers) {
+        let (tap, receivers) = RolloutTap::new("ro_1");
+        let canary = catalog
+            .target(&RouteName::parse("chat").unwrap(), "v2", Arm::Canary)
+            .unwrap();
+        let live = LiveRollout {
+            salt: 7,
+            weight,
+            step: 2,
+            canary,
+            pins: HashMap::from([
+                ("pinned-stable".to_owned(), Arm::Stable),
+                ("pinned-canary".to_owned(), Arm::Canary),
+            ]),
+            targeted: HashSet::from(["early".to_owned()]),
+            sticky,
+            tap,
+            shadow: None,
+        };
+        (live, receivers)
+    }
+
+    fn unit<'a>(workspace: &'a str, request_id: &'a str, headers: &'a HeaderMap) -> Unit<'a> {
+        Unit {
+            workspace,
+            request_id,
+            user: None,
+            headers,
+        }
+    }
+
+    #[test]
+    fn a_route_without_a_rollout_is_served_by_its_stable_and_an_unknown_model_by_none() {
+        let (_catalog, table) = table();
+        let headers = HeaderMap::new();
+        assert!(
+            table
+                .resolve("gpt-4o", &unit("acme", "r1", &headers))
+                .is_none()
+        );
+        let t = table
+            .resolve("chat", &unit("acme", "r1", &headers))
+            .unwrap();
+        assert_eq!((&*t.version.name, t.arm), ("v1", Arm::Stable));
+        assert!(t.rollout.is_none(), "no rollout, no assignment");
+    }
+
+    #[test]
+    fn a_randomized_request_is_canary_exactly_when_its_bucket_is_below_the_weight() {
+        let (catalog, mut table) = table();
+        let (live, mut receivers) = rollout(&catalog, 0.3, Sticky::Request);
+        table.set_rollout("chat", live);
+        let headers = HeaderMap::new();
+        let n = 2_000;
+        let mut canary = 0;
+        for i in 0..n {
+            let id = format!("req_{i}");
+            let t = table.resolve("chat", &unit("acme", &id, &headers)).unwrap();
+            let want = if bucket(7, &id) < 0.3 {
+                (Arm::Canary, "v2")
+            } else {
+                (Arm::Stable, "v1")
+            };
+            assert_eq!((t.arm, &*t.version.name), want, "{id}");
+            canary += usize::from(t.arm == Arm::Canary);
+            let a = t.rollout.expect("an assignment");
+            assert!(a.randomized && a.w == 0.3 && a.step == 2, "{id}");
+            assert_eq!(
+                a.unit, None,
+                "a request that is its own unit carries no unit hash"
+            );
+            // The sample-ratio guard hears of every randomized assignment, as it was drawn.
+            let heard = receivers.assignments.try_recv().unwrap();
+            assert_eq!((heard.arm, heard.w, heard.at_ms), (t.arm, 0.3, a.at_ms));
+        }
+        // Binomial(2 000, 0.3): mean 600, sd 20.5; 5 sd either side.
+        assert!(
+            (497..=703).contains(&canary),
+            "{canary} of {n} on the canary"
+        );
+    }
+
+    #[test]
+    fn a_pin_then_a_targeted_workspace_win_over_the_bucket_and_are_not_randomized() {
+        let (catalog, mut table) = table();
+        // At 0 % no bucket is below the weight, at 100 % every one: only a pin or a
+        // targeted step can give the other arm.
+        for (weight, bucket_arm) in [(0.0, Arm::Stable), (1.0, Arm::Canary)] {
+            let (live, mut receivers) = rollout(&catalog, weight, Sticky::Request);
+            table.set_rollout("chat", live);
+            let headers = HeaderMap::new();
+            for (workspace, arm, randomized) in [
+                ("pinned-stable", Arm::Stable, false),
+                ("pinned-canary", Arm::Canary, false),
+                ("early", Arm::Canary, false),
+                ("acme", bucket_arm, true),
+            ] {
+                for i in 0..50 {
+                    let id = format!("req_{i}");
+                    let t = table
+                        .resolve("chat", &unit(workspace, &id, &headers))
+                        .unwrap();
+                    assert_eq!(t.arm, arm, "{workspace} at {weight}");
+                    let a = t.rollout.unwrap();
+                    assert_eq!(a.randomized, randomized, "{workspace} at {weight}");
+                }
+            }
+            // Only the 50 randomized requests reach the sample-ratio guard.
+            let mut heard = 0;
+            while receivers.assignments.try_recv().is_ok() {
+                heard += 1;
+            }
+            assert_eq!(heard, 50, "at {weight}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_model_is_explained_by_the_routes_and_the_route_it_is_a_version_of() {
+        let (catalog, mut table) = table();
+        assert_eq!(table.route_names().collect::<Vec<_>>(), ["chat"]);
+        let entry = table.route("chat").expect("the configured route");
+        assert_eq!(&*entry.stable.version.name, "v1");
+        assert!(entry.rollout.is_none() && table.route("v1").is_none());
+        let explain = |table: &RoutingTable, model: &str| table.explain_unknown(model);
+        let unknown = |model: &str, version_of: Option<&str>| crate::error::UnknownModel {
+            model: model.into(),
+            routes: vec!["chat".into()],
+            version_of: version_of.map(Into::into),
+        };
+        // A version by sluice's name or by its upstream model's, stable or (during a
+        // rollout) canary; anything else is no route's.
+        assert_eq!(explain(&table, "v1"), unknown("v1", Some("chat")));
+        assert_eq!(explain(&table, "gpt-4o"), unknown("gpt-4o", Some("chat")));
+        assert_eq!(explain(&table, "gpt-4.1"), unknown("gpt-4.1", None));
+        let (live, _receivers) = rollout(&catalog, 0.1, Sticky::Request);
+        table.set_rollout("chat", live);
+        assert!(table.route("chat").unwrap().rollout.is_some());
+        assert_eq!(explain(&table, "v2"), unknown("v2", Some("chat")));
+        assert_eq!(explain(&table, "gpt-4.1"), unknown("gpt-4.1", Some("chat")));
+        assert_eq!(explain(&table, "claude"), unknown("claude", None));
+    }
+
+    #[test]
+    fn a_sticky_unit_keeps_its_arm_and_its_hash_whatever_the_request() {
+        let (catalog, mut table) = table();
+        let (live, _receivers) = rollout(&catalog, 0.5, Sticky::User);
+        table.set_rollout("chat", live);
+        let headers = HeaderMap::new();
+        let (mut seen_canary, mut seen_stable) = (false, false);
+        for u in 0..40 {
+            let user = format!("user-{u}");
+            let key = format!("acme\u{0}{user}");
+            let want = if bucket(7, &key) < 0.5 {
+                Arm::Canary
+            } else {
+                Arm::Stable
+            };
+            for r in 0..5 {
+                let id = format!("req_{u}_{r}");
+                let t = table
+                    .resolve(
+                        "chat",
+                        &Unit {
+                            user: Some(&user),
+                            ..unit("acme", &id, &headers)
+                        },
+                    )
+                    .unwrap();
+                assert_eq!(t.arm, want, "{user}");
+                assert_eq!(t.rollout.unwrap().unit, Some(unit_hash(7, &key)), "{user}");
+            }
+            seen_canary |= want == Arm::Canary;
+            seen_stable |= want == Arm::Stable;
+        }
+        assert!(
+            seen_canary && seen_stable,
+            "40 users at 50 % fell on one arm"
+        );
     }
 
     #[test]
