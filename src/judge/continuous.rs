@@ -800,7 +800,7 @@ mod tests {
             542.305_541,
             761.544_991,
             956.071_602,
-            1074.424_758,
+            1_074.424_758,
         ];
         for (log, expect) in wealth.logs().into_iter().zip(expect) {
             assert!((log - expect).abs() < 1e-5, "{log} vs {expect}");
