@@ -636,4 +636,198 @@ mod tests {
         assert_eq!(w.mean(), 2.5);
         assert_eq!(w.quantile(0.95), 4.0);
     }
+
+    #[test]
+    fn a_gate_with_both_sides_and_a_tail_averages_its_three_parts() {
+        // max_ratio 1, min_ratio 0.5, tail on; the short history gives m̂ = 1, ŝ = √(32/31).
+        // A canary at log y = 1 + ŝ, then a stable request at log y = 1 − ŝ, both at w = ½.
+        // Up: g = 1 then −1. Tail: the canary is above the threshold 2, stable is not.
+        // Down: z = log y − log 0.5 on the canary (g = 1 + log 2/ŝ), log y on stable
+        // (g = −1), each scored as −g. Products of the per-request factors, averaged over
+        // the six alternatives (the tail with its prior), by python3: up 1.4047020, tail
+        // 1.3026706, down 0.6107995; the gate's e-value is their mean, 1.1060574.
+        let mut gate = ContinuousGate::new(Some(1.0), Some(0.5), true);
+        for i in 0..32 {
+            gate.observe(false, 0.0, if i % 2 == 0 { 1.0 } else { 2f64.exp() });
+        }
+        let s = (32.0f64 / 31.0).sqrt();
+        gate.observe(true, 0.5, (1.0 + s).exp());
+        gate.observe(false, 0.5, (1.0 - s).exp());
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
+        assert!(
+            close(gate.up.e_value(), 1.404_702_0),
+            "{}",
+            gate.up.e_value()
+        );
+        assert!(
+            close(gate.tail_e_value(), 1.302_670_6),
+            "{}",
+            gate.tail_e_value()
+        );
+        assert!(
+            close(gate.down.e_value(), 0.610_799_5),
+            "{}",
+            gate.down.e_value()
+        );
+        assert!(close(gate.e_value(), 1.106_057_4), "{}", gate.e_value());
+    }
+
+    #[test]
+    fn the_effect_and_its_interval_match_the_hand_computation() {
+        // The short history (log y 0 and 2, m̂ = 1). Canary residuals log y − m̂ at w = ½:
+        // 0.5, −0.5, 1.0; canary requests at w = 0 and w = 1 carry no information and are
+        // left out. Stable at w = ½, each scored before it joins the window: log y 1.0
+        // (m̂ = 1, residual 0), 1.4 (m̂ = 1, residual 0.4), 0.6 (m̂ = 34.4/34, residual
+        // −0.4117647). Effect exp(1/3 − (−0.0039216)) = 1.4010962. Interval at α = 0.05
+        // (n = 3, ρ² = (−2 log α + log(1 − 2 log α))/500, python3): 0.0044350 … 442.62969.
+        let mut gate = ContinuousGate::new(Some(1.0), None, false);
+        for i in 0..32 {
+            gate.observe(false, 0.0, if i % 2 == 0 { 1.0 } else { 2f64.exp() });
+        }
+        for (w, ly) in [(0.5, 1.5), (0.5, 0.5), (0.5, 2.0), (0.0, 5.0), (1.0, 5.0)] {
+            gate.observe(true, w, f64::exp(ly));
+        }
+        for ly in [1.0, 1.4, 0.6] {
+            gate.observe(false, 0.5, f64::exp(ly));
+        }
+        assert_eq!((gate.residual_canary.n, gate.residual_stable.n), (3, 3));
+        assert_eq!((gate.raw_canary.n, gate.raw_stable.n), (5, 35));
+        let effect = gate.effect().unwrap();
+        assert!((effect - 1.401_096_16).abs() < 1e-8, "{effect}");
+        let (lo, hi) = gate.effect_ci(0.05).unwrap();
+        assert!((lo / 0.004_435_018 - 1.0).abs() < 1e-6, "{lo}");
+        assert!((hi / 442.629_686_1 - 1.0).abs() < 1e-6, "{hi}");
+    }
+
+    #[test]
+    fn the_effect_needs_two_scored_requests_on_each_arm() {
+        let mut gate = ContinuousGate::new(Some(1.0), None, false);
+        for i in 0..32 {
+            gate.observe(false, 0.0, if i % 2 == 0 { 1.0 } else { 2f64.exp() });
+        }
+        let (mut one_canary, mut one_stable) = (gate.clone(), gate.clone());
+        for g in [&mut one_canary, &mut one_stable, &mut gate] {
+            g.observe(true, 0.5, 1.0);
+            g.observe(false, 0.5, 1.0);
+        }
+        one_canary.observe(false, 0.5, 1.0);
+        one_stable.observe(true, 0.5, 1.0);
+        assert_eq!(one_canary.effect(), None, "one canary, two stable");
+        assert_eq!(one_stable.effect(), None, "two canary, one stable");
+        gate.observe(true, 0.5, 1.0);
+        gate.observe(false, 0.5, 1.0);
+        assert!(gate.effect().is_some(), "two of each");
+        assert!(gate.effect_ci(0.05).is_some());
+    }
+
+    #[test]
+    fn the_reported_p95s_are_the_stable_window_and_the_recent_canary_requests() {
+        let mut gate = ContinuousGate::new(Some(1.0), None, true);
+        assert_eq!(gate.p95s(), (None, None), "nothing seen yet");
+        for i in 0..32 {
+            gate.observe(false, 0.0, if i % 2 == 0 { 1.0 } else { 2f64.exp() });
+        }
+        // Every canary request counts, scored or not (pinned ones come this way).
+        for ms in 1..=20 {
+            gate.observe_canary_any(f64::from(ms));
+        }
+        // Stable: rank ⌈0.95·32⌉ = 31 of sixteen 0s and sixteen 2s on the log scale, so
+        // e²; canary: rank ⌈0.95·20⌉ = 19 of 1 … 20 ms.
+        let (stable, canary) = gate.p95s();
+        assert!((stable.unwrap() - 2f64.exp()).abs() < 1e-12, "{stable:?}");
+        assert_eq!(canary, Some(19.0));
+        assert_eq!(gate.canary_recent(), 20);
+    }
+
+    #[test]
+    fn a_gate_is_judged_when_it_bounds_a_ratio_either_way() {
+        assert!(ContinuousGate::new(Some(1.5), None, true).is_judged());
+        assert!(ContinuousGate::new(None, Some(0.5), false).is_judged());
+        assert!(ContinuousGate::new(Some(1.5), Some(0.5), false).is_judged());
+        assert!(
+            !ContinuousGate::new(None, None, true).is_judged(),
+            "a hard limit only"
+        );
+    }
+
+    #[test]
+    fn the_running_sums_follow_the_window_as_it_wraps() {
+        // 38 values 0 … 37 into a window of 34: it holds 4 … 37 (mean 20.5, variance
+        // 34·35/12), and the last six pushes were summed on the run, not recomputed.
+        let mut w = Window::new(34);
+        for v in 0..38 {
+            w.push(f64::from(v));
+        }
+        assert_eq!(w.len(), 34);
+        assert!((w.mean() - 20.5).abs() < 1e-12, "{}", w.mean());
+        let sd = (34.0f64 * 35.0 / 12.0).sqrt();
+        assert!((w.sd() - sd).abs() < 1e-9, "{} vs {sd}", w.sd());
+        assert_eq!(w.quantile(0.0), 4.0);
+        assert_eq!(w.quantile(1.0), 37.0);
+    }
+
+    #[test]
+    fn the_cached_p95_is_current_up_to_the_minimum_window_then_every_sixteen_pushes() {
+        // 30 zeros and two tens: p95 (rank 31 of 32) is 10, current at the 32nd push.
+        let mut w = Window::new(256);
+        for v in [0.0; 30].into_iter().chain([10.0, 10.0]) {
+            w.push(v);
+        }
+        assert_eq!(w.q95(), 10.0);
+        // Fifteen more zeros: the true p95 is 0 (rank 45 of 47), the cache still 10.
+        for _ in 0..15 {
+            w.push(0.0);
+        }
+        assert_eq!((w.q95(), w.quantile(0.95)), (10.0, 0.0));
+        // The sixteenth push past the minimum refreshes it.
+        w.push(0.0);
+        assert_eq!(w.q95(), 0.0);
+    }
+
+    #[test]
+    fn strong_evidence_stays_finite_on_the_log_scale() {
+        // 2 000 canary tail events at w = ½: each factor is 2θ/(κ + θ), κ = 0.95 + 0.05θ,
+        // so the log-wealth of θ = 8 is 2000·log(1.7112299) = 1074.4: as a product, far past
+        // f64's largest number.
+        let mut wealth = Wealth::default();
+        for _ in 0..2000 {
+            wealth.update(true, 0.5, tail_tilts(true));
+        }
+        // By python3, for θ = 1.25 … 8:
+        let expect = [
+            199.640_671,
+            344.742_452,
+            542.305_541,
+            761.544_991,
+            956.071_602,
+            1_074.424_758,
+        ];
+        for (log, expect) in wealth.logs().into_iter().zip(expect) {
+            assert!((log - expect).abs() < 1e-5, "{log} vs {expect}");
+        }
+        assert_eq!(wealth.e_value_with(TAIL_PRIOR), 1e300, "capped, finite");
+    }
+
+    #[test]
+    fn a_restored_gate_takes_its_tail_threshold_from_the_new_window_once_it_holds_32() {
+        // An older checkpoint with 256 stable requests at log y = 5 and no tail window;
+        // then 31 or 32 stable requests alternating log y 0 and 2. The new window's p95
+        // is 2, the old window's (224 fives of 256) is 5: a canary at log y = 3 is a tail
+        // event by the new window only (LR weighted 1.262771 against 0.972801 as above).
+        let mut gate = ContinuousGate::new(Some(1.0), None, true);
+        for _ in 0..256 {
+            gate.observe(false, 0.0, 5f64.exp());
+        }
+        let mut json = serde_json::to_value(&gate).unwrap();
+        json.as_object_mut().unwrap().remove("tail_stable");
+        for (n, expect) in [(31, 0.972801), (32, 1.262771)] {
+            let mut restored: ContinuousGate = serde_json::from_value(json.clone()).unwrap();
+            for i in 0..n {
+                restored.observe(false, 0.0, if i % 2 == 0 { 1.0 } else { 2f64.exp() });
+            }
+            restored.observe(true, 0.5, 3f64.exp());
+            let e = restored.tail_e_value();
+            assert!((e - expect).abs() < 1e-5, "{n}: {e}");
+        }
+    }
 }

@@ -697,4 +697,41 @@ mod tests {
         assert_eq!(k.counts(2_000), ((20, 12), (100, 25)));
         assert_eq!(k.fires(2_000), None);
     }
+
+    #[test]
+    fn the_binomial_tail_is_zero_beyond_n_and_for_a_probability_of_zero() {
+        // More successes than trials, or successes that cannot happen: P = 0.
+        assert_eq!(binomial_upper_tail(3, 4, 0.5), 0.0);
+        assert_eq!(binomial_upper_tail(3, 5, 0.5), 0.0);
+        assert_eq!(binomial_upper_tail(3, 1, 0.0), 0.0);
+        // and a certain success: P(X ≥ k) = 1 for any k ≤ n.
+        assert_eq!(binomial_upper_tail(3, 3, 1.0), 1.0);
+    }
+
+    #[test]
+    fn a_record_dated_in_a_second_already_folded_is_too_late_to_count() {
+        // The fold at OVERDUE_MS + 10 s has judged every second before the tenth. An
+        // assignment dated in the fifth second that arrives after it (a clock stepped
+        // back, a restored checkpoint) is counted as assigned but never found lost.
+        let mut srm = Srm::new(false);
+        srm.fold(10_000 + OVERDUE_MS);
+        srm.assigned_at(true, 0.05, 5_000);
+        srm.fold(20_000 + OVERDUE_MS);
+        assert_eq!(srm.assigned_canary, 1);
+        assert_eq!(srm.lost_counts(), (0, 0));
+        assert_eq!(srm.e_value(), 1.0);
+    }
+
+    #[test]
+    fn requests_measured_at_a_weight_of_zero_or_one_say_nothing_about_the_design() {
+        // Per-request units, every request at w = 0 (stable) or w = 1 (canary): each arm
+        // is certain by design, so the measured labels are no evidence either way.
+        let mut srm = Srm::new(true);
+        for i in 0..10 {
+            srm.measured_at(false, 0.0, i * 100);
+            srm.measured_at(true, 1.0, i * 100);
+        }
+        assert_eq!((srm.measured_canary, srm.measured_stable), (10, 10));
+        assert_eq!(srm.e_value(), 1.0);
+    }
 }

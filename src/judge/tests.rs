@@ -518,3 +518,291 @@ fn sticky_a_a_runs_with_clustered_errors_average_one_and_rarely_cross() {
     let mean = sum_end / runs as f64;
     assert!(mean < 2.0, "mean final E = {mean}");
 }
+
+/// A request with fixed figures and nothing wrong with it, for tests that count.
+fn plain(at_ms: i64, canary: bool, w: f64) -> Observation {
+    Observation {
+        at_ms,
+        arm: if canary { Arm::Canary } else { Arm::Stable },
+        w,
+        randomized: true,
+        error: false,
+        latency_ms: 100.0,
+        ttft_ms: Some(50.0),
+        tokens: 100.0,
+        cost_usd: 1e-4,
+        response_chars: 350.0,
+        schema_failed: None,
+        guardrail_blocked: false,
+        unit: None,
+    }
+}
+
+#[test]
+fn each_gate_reports_both_arms_figures_from_the_requests_it_judges() {
+    // Canary at w = ½: 100, 200, 300 ms with as many tokens, one error (5 000 ms) and one
+    // pinned request (400 ms, a million tokens). Stable: 1 000, 2 000, 3 000 ms with 10,
+    // 20, 30 tokens, and two errors (9 000 ms). Rates count every randomized request;
+    // means skip errors; the canary's p95 (the hard limit's) is over every canary
+    // request, stable's over its judged ones: rank ⌈0.95·n⌉.
+    let p = policy(
+        "[gates.error_rate]\nmax_ratio = 1\n[gates.tokens_per_request]\nmax_ratio = 1\n[gates.latency_p95]\nmax_ratio = 1\n",
+    );
+    let mut judge = Judge::new(&p.judge_spec());
+    for g in &judge.report(0).gates {
+        assert_eq!(
+            (g.stable_value, g.canary_value),
+            (None, None),
+            "{:?}",
+            g.gate
+        );
+    }
+    let requests = [
+        (true, true, false, 100.0, 100.0),
+        (true, true, false, 200.0, 200.0),
+        (true, true, false, 300.0, 300.0),
+        (true, true, true, 5000.0, 0.0),
+        (true, false, false, 400.0, 1e6),
+        (false, true, false, 1000.0, 10.0),
+        (false, true, false, 2000.0, 20.0),
+        (false, true, false, 3000.0, 30.0),
+        (false, true, true, 9000.0, 0.0),
+        (false, true, true, 9000.0, 0.0),
+    ];
+    for (i, &(canary, randomized, error, latency_ms, tokens)) in requests.iter().enumerate() {
+        judge.observe(&Observation {
+            randomized,
+            error,
+            latency_ms,
+            tokens,
+            ..plain(i as i64 * 100, canary, 0.5)
+        });
+    }
+    let r = judge.report(1_000);
+    assert_eq!((r.canary_requests, r.stable_requests), (5, 5));
+    let figures = |m| {
+        let g = r.gates.iter().find(|g| g.gate == m).unwrap();
+        (
+            g.n_stable,
+            g.n_canary,
+            g.stable_value.unwrap(),
+            g.canary_value.unwrap(),
+        )
+    };
+    assert_eq!(figures(Metric::ErrorRate), (5, 4, 0.4, 0.25));
+    assert_eq!(figures(Metric::TokensPerRequest), (3, 3, 20.0, 200.0));
+    let (n_stable, n_canary, stable_p95, canary_p95) = figures(Metric::LatencyP95);
+    assert_eq!((n_stable, n_canary, canary_p95), (3, 3, 5000.0));
+    assert!((stable_p95 - 3000.0).abs() < 1e-9, "{stable_p95}");
+}
+
+#[test]
+fn a_gate_passes_once_each_arm_has_a_hundred_randomized_requests() {
+    let p = policy("[gates.error_rate]\nmax_ratio = 1\n");
+    let verdict = |canary: i64, stable: i64| {
+        let mut judge = Judge::new(&p.judge_spec());
+        for i in 0..canary {
+            judge.observe(&plain(i, true, 0.5));
+        }
+        for i in 0..stable {
+            judge.observe(&plain(i, false, 0.5));
+        }
+        judge.report(1_000).gates[0].verdict
+    };
+    assert_eq!(verdict(100, 100), GateVerdict::Pass);
+    assert_eq!(verdict(99, 100), GateVerdict::NotYet);
+    assert_eq!(verdict(100, 99), GateVerdict::NotYet);
+}
+
+#[test]
+fn feedback_is_judged_in_its_bad_direction_under_its_own_name() {
+    // Weights: error 0.30 and three metrics at 0.15, total 0.75: 0.4 and 0.2 each. Gates:
+    // error_rate, then the metrics by name. `converted` (binary, higher is better): a
+    // canary that did not convert is a bad canary event at w = ½, e = mean over θ of
+    // 2θ/(1 + θ) = 1.4314815. `complaint` (binary, lower is better): a stable complaint
+    // is a bad stable event, mean of 2/(1 + θ) = 0.5685185. `rating` (numeric, higher is
+    // better, so only a fall is harm): after 32 stable ratings of 1 and e² at w = 0
+    // (m̂ = 1, ŝ = √(32/31)), a canary rating of 1 scores g = −1/ŝ, judged as −g:
+    // 1.1232454. Global 0.4 + 0.2·(0.5685185 + 1.4314815 + 1.1232454) = 1.0246491
+    // (python3). A sticky rollout judges feedback per request too.
+    for sticky in ["request", "user"] {
+        let text = format!(
+            "alpha = 0.01\nsticky = \"{sticky}\"\n[[steps]]\nweight = 5\nhold = \"10m\"\nmin_requests = 100\n[gates.error_rate]\nmax_ratio = 1\n[feedback.converted]\nkind = \"binary\"\ngood = \"higher\"\n[feedback.complaint]\nkind = \"binary\"\ngood = \"lower\"\n[feedback.rating]\nkind = \"numeric\"\ngood = \"higher\"\n"
+        );
+        let p =
+            parse_policy(Path::new("test.toml"), "test", &text).unwrap_or_else(|e| panic!("{e}"));
+        let mut judge = Judge::new(&p.judge_spec());
+        for i in 0..32 {
+            let rating = if i % 2 == 0 { 1.0 } else { 2f64.exp() };
+            judge.observe_feedback("rating", Arm::Stable, 0.0, true, rating);
+        }
+        judge.observe_feedback("rating", Arm::Canary, 0.5, true, 1.0);
+        judge.observe_feedback("converted", Arm::Canary, 0.5, true, 0.0);
+        judge.observe_feedback("converted", Arm::Canary, 0.5, true, 1.0);
+        // Not randomized, or no such metric: not judged.
+        judge.observe_feedback("converted", Arm::Canary, 0.5, false, 0.0);
+        judge.observe_feedback("other", Arm::Canary, 0.5, true, 0.0);
+        judge.observe_feedback("complaint", Arm::Stable, 0.5, true, 1.0);
+        judge.observe_feedback("complaint", Arm::Canary, 0.5, true, 0.0);
+        let r = judge.report(0);
+        let names: Vec<_> = r.gates.iter().map(|g| g.feedback.as_deref()).collect();
+        assert_eq!(
+            names,
+            [None, Some("complaint"), Some("converted"), Some("rating")]
+        );
+        let counts: Vec<_> = r.gates.iter().map(|g| (g.n_stable, g.n_canary)).collect();
+        assert_eq!(counts, [(0, 0), (1, 1), (0, 2), (32, 1)], "{sticky}");
+        for (g, (weight, e)) in r.gates.iter().zip([
+            (0.4, 1.0),
+            (0.2, 0.568_518_5),
+            (0.2, 1.431_481_5),
+            (0.2, 1.123_245_4),
+        ]) {
+            assert!(
+                (g.weight - weight).abs() < 1e-12,
+                "{:?}: {}",
+                g.feedback,
+                g.weight
+            );
+            assert!(
+                (g.e_value - e).abs() < 1e-7,
+                "{sticky} {:?}: {}",
+                g.feedback,
+                g.e_value
+            );
+        }
+        assert!((r.e_global - 1.024_649_1).abs() < 1e-7, "{}", r.e_global);
+    }
+}
+
+#[test]
+fn a_hard_limit_blames_the_canary_only_when_stable_is_under_it_or_half_as_slow() {
+    // 20 requests per arm against max_ms = 1 000.
+    let p = policy("[gates.latency_p95]\nmax_ms = 1000\n");
+    let reasons = |stable_ms: f64, canary_ms: f64| {
+        let mut judge = Judge::new(&p.judge_spec());
+        for i in 0..20 {
+            judge.observe(&Observation {
+                latency_ms: stable_ms,
+                ..plain(i, false, 0.05)
+            });
+            judge.observe(&Observation {
+                latency_ms: canary_ms,
+                ..plain(i, true, 0.05)
+            });
+        }
+        judge.report(100).reasons
+    };
+    let head = |p95: u32| {
+        format!(
+            "latency_p95: canary p95 {p95} ms over the last 20 canary requests is above the hard limit 1000 ms"
+        )
+    };
+    assert_eq!(
+        reasons(500.0, 1500.0),
+        [format!("{} (stable p95 is 500 ms)", head(1500))]
+    );
+    assert!(
+        reasons(500.0, 1000.0).is_empty(),
+        "a canary at the limit is not above it"
+    );
+    assert!(
+        reasons(1200.0, 1500.0).is_empty(),
+        "stable over the limit too and the canary less than twice as slow: the provider"
+    );
+    assert_eq!(
+        reasons(1200.0, 2400.0),
+        [format!(
+            "{} (twice stable's p95 of 1200 ms over the same period)",
+            head(2400)
+        )]
+    );
+}
+
+#[test]
+fn a_gate_fails_on_its_own_share_and_the_largest_share_is_blamed_when_only_the_sum_crosses() {
+    // Error 0.30, guardrail 0.15, schema 0.15: weights 0.5, 0.25, 0.25, α = 0.01. Only
+    // canary bad events at w = ½ (tolerance 1): k of them give e = mean over θ of
+    // (2θ/(1 + θ))^k: 6 → 12.479951, 11 → 159.50438, 12 → 271.63105, 13 → 464.79511,
+    // 14 → 798.52805 (python3).
+    let p = policy(
+        "[gates.error_rate]\nmax_ratio = 1\n[gates.guardrail_block_rate]\nmax_ratio = 1\n[gates.schema_failure_rate]\nmax_ratio = 1\n",
+    );
+    let run = |errors: usize, blocks: usize, schema: usize| {
+        let mut judge = Judge::new(&p.judge_spec());
+        // One request every 10 s: the kill switch (20 in 60 s) never has enough.
+        for i in 0..errors.max(blocks).max(schema) {
+            judge.observe(&Observation {
+                error: i < errors,
+                guardrail_blocked: i < blocks,
+                schema_failed: Some(i < schema),
+                ..plain(i as i64 * 10_000, true, 0.5)
+            });
+        }
+        let r = judge.report(200_000);
+        let failed: Vec<Metric> = r
+            .gates
+            .iter()
+            .filter(|g| g.verdict == GateVerdict::Fail)
+            .map(|g| g.gate)
+            .collect();
+        (r, failed)
+    };
+    // 11 errors, 12 blocks, 6 schema failures: shares 79.75, 67.91, 3.12 (E = 150.78).
+    // No share reaches 100, the sum does: the largest share (error, though guardrail's own
+    // e-value is larger) is the cause; schema's 2 % is under the 5 % worth naming.
+    let (r, failed) = run(11, 12, 6);
+    assert!(!r.kill_switch_fired);
+    assert!((r.e_global - 150.779_94).abs() < 1e-4, "{}", r.e_global);
+    assert_eq!(failed, [Metric::ErrorRate]);
+    assert_eq!(
+        r.reasons,
+        [
+            "judge: evidence of harm E = 150.8 ≥ 1/α = 100 (shares: error_rate 53 %, guardrail_block_rate 45 %)"
+        ]
+    );
+    // 13 errors, 14 blocks: shares 232.40 and 199.63, each over 100 on its own: both fail.
+    let (r, failed) = run(13, 14, 0);
+    assert!((r.e_global - 432.279_57).abs() < 1e-4, "{}", r.e_global);
+    assert_eq!(failed.len(), 2);
+    assert!(failed.contains(&Metric::ErrorRate) && failed.contains(&Metric::GuardrailBlockRate));
+}
+
+#[test]
+fn a_hard_limit_beside_judged_gates_takes_no_share_of_the_weight() {
+    // error_rate (0.30) is the only judged gate: it weighs 1, and latency's max_ms gives
+    // that gate no weight, so with no data the global e-value is exactly 1.
+    let p = policy("[gates.error_rate]\nmax_ratio = 1\n[gates.latency_p95]\nmax_ms = 1000\n");
+    let report = Judge::new(&p.judge_spec()).report(0);
+    let weights: Vec<(Metric, f64)> = report.gates.iter().map(|g| (g.gate, g.weight)).collect();
+    assert_eq!(
+        weights,
+        [(Metric::ErrorRate, 1.0), (Metric::LatencyP95, 0.0)]
+    );
+    assert_eq!(report.e_global, 1.0);
+}
+
+#[test]
+fn in_a_sticky_rollout_an_error_is_a_bad_event_for_the_per_unit_process() {
+    // Sticky by user; two canary errors without a user at w = ½, each settled at once
+    // with p = ½. The pooled rate p̂ = (bad + 0.5)/(n + 50) after each is 1.5/51, then
+    // 2.5/52; r_j = θ_j·exp(−(θ_j − 1)·p̂), the factor r_j/(½ + ½r_j), and the mean over
+    // θ of the two factors' products is 2.0191122 (python3). Counted as not bad, the
+    // same requests would give 0.9764117.
+    let text = "alpha = 0.01\nsticky = \"user\"\n[[steps]]\nweight = 5\nhold = \"10m\"\nmin_requests = 100\n[gates.error_rate]\nmax_ratio = 1\n";
+    let p = parse_policy(Path::new("test.toml"), "test", text).unwrap_or_else(|e| panic!("{e}"));
+    let mut judge = Judge::new(&p.judge_spec());
+    for i in 0..2 {
+        judge.observe(&Observation {
+            error: true,
+            ..plain(i, true, 0.5)
+        });
+    }
+    let r = judge.report(10);
+    assert!(r.units.is_some());
+    assert!(
+        (r.gates[0].e_value - 2.019_112_2).abs() < 1e-7,
+        "{}",
+        r.gates[0].e_value
+    );
+}
