@@ -105,6 +105,7 @@ async fn a_frozen_judge_is_replaced_and_its_next_decision_is_refused() {
     // seen, three times at most; each round the successor advances the rollout a step.
     let mut leader = leader;
     let mut refused = false;
+    let mut last_successor = leader;
     for round in 1..=3 {
         let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
         rig.signal(leader, "STOP");
@@ -115,6 +116,7 @@ async fn a_frozen_judge_is_replaced_and_its_next_decision_is_refused() {
         )
         .await;
         eprintln!("round {round}: frozen judge replaced after {took:?} (lease {LEASE_MS} ms)");
+        last_successor = successor;
         let at_takeover = view(&rig, others[0], &id).await["step"].as_i64().unwrap();
         drive_until(
             &rig,
@@ -166,11 +168,21 @@ async fn a_frozen_judge_is_replaced_and_its_next_decision_is_refused() {
     assert_eq!(v["state"], "promoted", "{v:#}");
     let decisions = assert_each_decision_once(&rig, 0, &id).await;
     assert_eq!(decisions.last().unwrap().0, "promoted");
-    assert_eq!(
-        rig.judge_of(0, &id).await.filter(|j| *j == leader),
-        None,
-        "the old leader does not lead again while the successor lives"
-    );
+    // The old leader may lead again only through the lease: on a busy machine the successor
+    // can be starved past its 1.5 s lease, and then it loses the lease and says so. Never
+    // two leaders at once (every decision above was made once).
+    if rig.judge_of(0, &id).await == Some(leader) {
+        wait_some(
+            Duration::from_secs(10),
+            "the successor stepping down before the old leader led again",
+            || async {
+                rig.log(last_successor)
+                    .contains("another replica judges this rollout now")
+                    .then_some(())
+            },
+        )
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
