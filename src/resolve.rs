@@ -304,15 +304,7 @@ mod tests {
 
     /// Two versions of one route, `v1` its stable, and the table over them.
     fn table() -> (Catalog, RoutingTable) {
-        let config = r#"
-[server]
-listen = "127.0.0.1:0"
-[database]
-url = "sqlite::memory:"
-[admin]
-token_env = "ADMIN"
-[providers.sim]
-kind = "mock"
+        let rest = r#"
 [versions.v1]
 provider = "sim"
 model = "gpt-4o"
@@ -322,12 +314,7 @@ model = "gpt-4.1"
 [routes.chat]
 stable = "v1"
 "#;
-        let settings = crate::settings::parse(
-            std::path::Path::new("/nonexistent/sluice.toml"),
-            config,
-            &|name| (name == "ADMIN").then(|| "a-token-long-enough-for-anyone".into()),
-        )
-        .unwrap();
+        let settings = crate::settings::for_tests(rest);
         let catalog = Catalog::from_settings(&settings).unwrap();
         let table = RoutingTable::new(&catalog, &BTreeMap::new()).unwrap();
         (catalog, table)

@@ -666,6 +666,23 @@ fn check_http_options(key: &str, provider: &ProviderConfig, file: &Path) -> Vec<
     out
 }
 
+/// Settings for unit tests: a mock provider `sim`, an in-memory SQLite database and an admin
+/// token, followed by `rest` (the `[versions.*]` and `[routes.*]` a test needs). Panics on a
+/// config that does not parse, which is the test's own mistake.
+#[cfg(test)]
+pub(crate) fn for_tests(rest: &str) -> Settings {
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"sqlite::memory:\"\n\
+         [admin]\ntoken_env = \"ADMIN\"\n[providers.sim]\nkind = \"mock\"\n{rest}"
+    );
+    parse(
+        std::path::Path::new("/nonexistent/sluice.toml"),
+        &config,
+        &|name| (name == "ADMIN").then(|| "a-token-long-enough-for-anyone".into()),
+    )
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -252,15 +252,7 @@ mod tests {
     /// A meter on route `chat`, version `v1` (2.50 USD per million prompt tokens, 10.00 per
     /// million completion tokens), and the receiver its records go to.
     fn meter(request_id: &str) -> (Meter, mpsc::Receiver<Record>) {
-        let config = r#"
-[server]
-listen = "127.0.0.1:0"
-[database]
-url = "sqlite::memory:"
-[admin]
-token_env = "ADMIN"
-[providers.sim]
-kind = "mock"
+        let rest = r#"
 [versions.v1]
 provider = "sim"
 model = "gpt-4o"
@@ -268,12 +260,7 @@ price = { input_per_mtok = 2.50, output_per_mtok = 10.00 }
 [routes.chat]
 stable = "v1"
 "#;
-        let settings = crate::settings::parse(
-            std::path::Path::new("/nonexistent/sluice.toml"),
-            config,
-            &|name| (name == "ADMIN").then(|| "a-token-long-enough-for-anyone".into()),
-        )
-        .unwrap();
+        let settings = crate::settings::for_tests(rest);
         let catalog = crate::catalog::Catalog::from_settings(&settings).unwrap();
         let target = catalog
             .target(&RouteName::parse("chat").unwrap(), "v1", Arm::Stable)
