@@ -6,6 +6,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::helpers::PATIENCE;
 use crate::rig::*;
 
 /// How long an observer may take to see a change before the test fails outright.
@@ -55,7 +56,9 @@ async fn every_kind_of_change_reaches_every_replica_within_a_second() {
         }
     };
     let mut stable = "gpt-4o".to_owned();
-    for cycle in 0..4 {
+    // Eight cycles of 14 observations each: 112, so the p99 (nearest rank) is the 111th,
+    // not the largest; one slow observation on a loaded machine is the 1 % it allows.
+    for cycle in 0..8 {
         let w = cycle % 3;
         let canary = if stable == "gpt-4o" {
             "gpt-4-1"
@@ -199,12 +202,20 @@ async fn every_kind_of_change_reaches_every_replica_within_a_second() {
         );
     }
     let p99 = percentile(&all, 99.0);
+    let max = percentile(&all, 100.0);
     eprintln!(
-        "propagation lag over {} observations: p50 {:?}, p99 {p99:?}",
+        "propagation lag over {} observations: p50 {:?}, p99 {p99:?}, max {max:?}",
         all.len(),
         percentile(&all, 50.0)
     );
+    assert!(
+        all.len() >= 101,
+        "{} observations: too few for a p99 that is not the max",
+        all.len()
+    );
     assert!(p99 < Duration::from_secs(1), "p99 lag {p99:?}");
+    // The rest arrive too, if late (each one has GIVE_UP to arrive at all).
+    assert!(max < Duration::from_secs(5), "max lag {max:?}");
     // The requests routed by the last state: the route's stable is the promoted version.
     for i in 0..3 {
         let (_, v) = rig.admin(i, Method::GET, "/routes", None).await;
@@ -212,56 +223,121 @@ async fn every_kind_of_change_reaches_every_replica_within_a_second() {
     }
 }
 
+/// The LISTEN backends of `schema`'s channel, as PostgreSQL lists them.
+async fn listeners(pool: &sqlx::AnyPool, schema: &str, terminate: bool) -> i64 {
+    let what = if terminate {
+        "COUNT(pg_terminate_backend(pid))"
+    } else {
+        "COUNT(*)"
+    };
+    let sql = format!(
+        "SELECT CAST({what} AS BIGINT) FROM pg_stat_activity \
+         WHERE query LIKE 'LISTEN %' AND query LIKE $1"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(format!("%{schema}%"))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    sqlx::Row::get(&row, 0)
+}
+
+/// Replica `i`'s cluster counter `name`.
+async fn counter(rig: &Rig, i: usize, name: &str) -> u64 {
+    let (_, v) = rig.admin(i, Method::GET, "/cluster", None).await;
+    v["counters"][name].as_u64().unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_listener_is_counted_reconnected_and_misses_nothing() {
     let Some(base) = pg_base() else { return };
-    let rig = Rig::start(2, &base).await;
+    // The longest periodic re-read allowed (5 s): the change below must come through the
+    // reconnect's re-read, well before the next periodic one.
+    let reread = Duration::from_secs(5);
+    let rig = Rig::start_rereading(
+        2,
+        crate::helpers::fresh_pg_schema(&base).await,
+        "",
+        HEARTBEAT_MS,
+        reread.as_millis() as u64,
+    )
+    .await;
     rig.key(0, "acme").await;
-    // Cut every LISTEN connection of this schema's channel, as a network blip would.
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&base).await.unwrap();
-    let (_, cluster) = rig.admin(0, Method::GET, "/cluster", None).await;
-    let _ = cluster;
-    let cut = sqlx::query(
-        "SELECT CAST(COUNT(pg_terminate_backend(pid)) AS BIGINT) FROM pg_stat_activity \
-         WHERE query LIKE 'LISTEN %' AND query LIKE $1",
-    )
-    .bind(format!("%{}%", schema_of(&rig.db_url)))
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    let cut: i64 = sqlx::Row::get(&cut, 0);
-    assert_eq!(cut, 2, "one listener per replica");
-    // A change made right away still arrives (the listener's reconnect re-reads everything).
-    let (status, v) = rig
-        .admin(
-            0,
-            Method::PUT,
-            "/workspaces/acme/limits",
-            Some(json!({"requests_per_second": 42.0})),
-        )
+    let schema = schema_of(&rig.db_url);
+    let mut by_reconnect = false;
+    for round in 1..=3 {
+        // Each replica opens its LISTEN connection after it answers /healthz: wait for both.
+        time_until(PATIENCE, "a LISTEN connection per replica", || {
+            let (pool, schema) = (&pool, &schema);
+            async move { listeners(pool, schema, false).await == 2 }
+        })
         .await;
-    assert_eq!(status, 200, "{v}");
-    time_until(
-        Duration::from_secs(5),
-        "the change on replica 1",
-        || async {
+        // Right after a periodic re-read of replica 1 (the schema is quiet: its only
+        // re-reads are periodic ones), the next is `reread` away.
+        // `asked`: when the last look that still saw the old count was sent; the re-read
+        // came after it, and the next periodic one no sooner than `reread` later.
+        let started = std::time::Instant::now();
+        let mut asked = started;
+        let before = counter(&rig, 1, "rereads").await;
+        loop {
+            let now = std::time::Instant::now();
+            if counter(&rig, 1, "rereads").await > before {
+                break;
+            }
+            asked = now;
+            assert!(started.elapsed() < PATIENCE, "no periodic re-read");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let next_periodic = asked + reread;
+        // Freeze replica 1, cut every LISTEN connection of this schema's channel (as a network
+        // blip would), and change a limit through replica 0: replica 1 cannot hear its
+        // notification, only re-read it once it finds its listener gone and reconnects.
+        rig.signal(1, "STOP");
+        let cut = listeners(&pool, &schema, true).await;
+        let rps = 41.0 + f64::from(round);
+        let (status, v) = rig
+            .admin(
+                0,
+                Method::PUT,
+                "/workspaces/acme/limits",
+                Some(json!({"requests_per_second": rps})),
+            )
+            .await;
+        rig.signal(1, "CONT");
+        assert_eq!(cut, 2, "one listener per replica");
+        assert_eq!(status, 200, "{v}");
+        time_until(PATIENCE, "the change on replica 1", || async {
             let (_, v) = rig
                 .admin(1, Method::GET, "/workspaces/acme/limits", None)
                 .await;
-            v["limits"]["requests_per_second"] == 42.0
-        },
-    )
-    .await;
-    time_until(
-        Duration::from_secs(5),
-        "the drop and reconnect counted",
-        || async {
-            let (_, v) = rig.admin(1, Method::GET, "/cluster", None).await;
-            v["counters"]["listener_drops"].as_u64() >= Some(1)
-                && v["counters"]["listener_reconnects"].as_u64() >= Some(1)
-        },
-    )
+            v["limits"]["requests_per_second"] == rps
+        })
+        .await;
+        let seen = std::time::Instant::now();
+        // Seen well before the next periodic re-read could have brought it (100 ms late is
+        // tolerated): the reconnect's re-read did. Later, it proves nothing either way, and
+        // a slow machine is no fault: try again.
+        if seen + Duration::from_millis(100) < next_periodic {
+            eprintln!(
+                "round {round}: the change reached replica 1 {:?} before its next periodic re-read",
+                next_periodic - seen
+            );
+            by_reconnect = true;
+            break;
+        }
+        eprintln!("round {round}: the change came no sooner than a periodic re-read; again");
+    }
+    assert!(
+        by_reconnect,
+        "in three rounds the change never reached the reconnected replica before its periodic re-read: the reconnect re-reads nothing"
+    );
+    time_until(PATIENCE, "the drop and reconnect counted", || async {
+        let (_, v) = rig.admin(1, Method::GET, "/cluster", None).await;
+        v["counters"]["listener_drops"].as_u64() >= Some(1)
+            && v["counters"]["listener_reconnects"].as_u64() >= Some(1)
+    })
     .await;
     assert!(
         rig.log(1).contains("change listener"),

@@ -80,6 +80,8 @@ pub struct Rig {
     extra: String,
     /// `[cluster] heartbeat_ms` of the replicas this rig starts.
     heartbeat_ms: u64,
+    /// `[cluster] reread_ms` of the replicas this rig starts.
+    reread_ms: u64,
 }
 
 fn free_port() -> u16 {
@@ -112,6 +114,18 @@ impl Rig {
     /// counted gone because a debug build stalled under load (three missed beats at
     /// `HEARTBEAT_MS` is 600 ms) takes a longer beat.
     pub async fn start_with(n: usize, db_url: String, extra: &str, heartbeat_ms: u64) -> Self {
+        Self::start_rereading(n, db_url, extra, heartbeat_ms, REREAD_MS).await
+    }
+
+    /// As [`Rig::start_with`], re-reading the routing state every `reread_ms` without a
+    /// notification.
+    pub async fn start_rereading(
+        n: usize,
+        db_url: String,
+        extra: &str,
+        heartbeat_ms: u64,
+        reread_ms: u64,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         write_policies(dir.path());
         std::fs::write(dir.path().join("policies/ladder.toml"), LADDER_POLICY).unwrap();
@@ -124,6 +138,7 @@ impl Rig {
             http: http_client(),
             extra: extra.to_owned(),
             heartbeat_ms,
+            reread_ms,
         };
         for _ in 0..n {
             rig.add_replica().await;
@@ -136,8 +151,8 @@ impl Rig {
         let i = self.replicas.len();
         let port = free_port();
         let cluster = format!(
-            "\n[cluster]\nheartbeat_ms = {}\nlease_ms = {LEASE_MS}\nflush_ms = {FLUSH_MS}\nreread_ms = {REREAD_MS}\n{}",
-            self.heartbeat_ms, self.extra
+            "\n[cluster]\nheartbeat_ms = {}\nlease_ms = {LEASE_MS}\nflush_ms = {FLUSH_MS}\nreread_ms = {}\n{}",
+            self.heartbeat_ms, self.reread_ms, self.extra
         );
         // The tests poll the admin API every few milliseconds from one address; the test
         // config already lifts the per-address admin limit that would answer them 429.
@@ -276,7 +291,7 @@ impl Rig {
     /// before the replica has taken the rollout up into its routing table.
     pub async fn wait_routed(&self, route: &str, rollout: &str) {
         time_until(
-            Duration::from_secs(5),
+            PATIENCE,
             &format!("every replica routing `{route}` by {rollout}"),
             || async {
                 for i in 0..self.replicas.len() {
