@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::helpers::PATIENCE;
 use crate::rig::*;
 
 /// Two steps: the first passes quickly on 5 canary requests, the second holds an hour.
@@ -65,7 +66,7 @@ async fn pinned_traffic_is_no_evidence_and_a_live_rollout_keeps_its_policy_on_ev
         )
         .await;
     assert_eq!(status, 200);
-    time_until(Duration::from_secs(5), "the pin on replica 1", || async {
+    time_until(PATIENCE, "the pin on replica 1", || async {
         view(&rig, 1, &id).await["pins"] == json!({"vip": "canary"})
     })
     .await;
@@ -73,6 +74,11 @@ async fn pinned_traffic_is_no_evidence_and_a_live_rollout_keeps_its_policy_on_ev
     // Only the pinned workspace sends, through both replicas: no randomized request at all.
     let started = Instant::now();
     let (judge, v) = loop {
+        // At the top: a round without a judge (`continue` below) must not skip it.
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "the judge never looked"
+        );
         rig.drive(&[0, 1], &vip, "chat", 12).await;
         let Some(judge) = rig.judge_of(0, &id).await else {
             continue;

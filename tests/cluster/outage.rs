@@ -9,6 +9,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::json;
 
+use crate::helpers::PATIENCE;
 use crate::rig::*;
 
 /// A PostgreSQL server of the test's own.
@@ -215,11 +216,9 @@ async fn replicas_keep_routing_while_the_database_is_away_and_resume_when_it_ret
     );
 
     // The outage is visible to Prometheus: the database is down, records are failing.
-    time_until(
-        Duration::from_secs(5),
-        "sluice_database_up 0 on /metrics",
-        || async { metric(&rig, 0, "sluice_database_up").await == Some(0.0) },
-    )
+    time_until(PATIENCE, "sluice_database_up 0 on /metrics", || async {
+        metric(&rig, 0, "sluice_database_up").await == Some(0.0)
+    })
     .await;
 
     pg.up();
@@ -235,7 +234,7 @@ async fn replicas_keep_routing_while_the_database_is_away_and_resume_when_it_ret
         },
     )
     .await;
-    time_until(Duration::from_secs(5), "the pause on replica 0", || async {
+    time_until(PATIENCE, "the pause on replica 0", || async {
         let (_, v) = rig
             .admin(0, Method::GET, &format!("/rollouts/{id}"), None)
             .await;
@@ -253,14 +252,10 @@ async fn replicas_keep_routing_while_the_database_is_away_and_resume_when_it_ret
         },
     )
     .await;
-    time_until(
-        Duration::from_secs(5),
-        "the listener's reconnect counted",
-        || async {
-            let (_, v) = rig.admin(0, Method::GET, "/cluster", None).await;
-            v["counters"]["listener_reconnects"].as_u64() >= Some(1)
-        },
-    )
+    time_until(PATIENCE, "the listener's reconnect counted", || async {
+        let (_, v) = rig.admin(0, Method::GET, "/cluster", None).await;
+        v["counters"]["listener_reconnects"].as_u64() >= Some(1)
+    })
     .await;
     // New records reach the database again (the record writer has its own connection).
     let (_, v) = rig
