@@ -40,6 +40,59 @@ fn record(id: &str, at_ms: i64) -> Record {
     }
 }
 
+/// A rollout started at `at_ms` (one event), ended at `ended_ms` when given (a second one).
+async fn add_rollout(store: &Store, id: &str, route: &str, at_ms: i64, ended_ms: Option<i64>) {
+    use sluice::rollout::machine::Position;
+    use sluice::store::{Actor, NewEvent, RolloutRow, WriteGuard};
+    use sluice::types::RolloutState;
+
+    let position = Position {
+        state: RolloutState::Progressing,
+        step: 0,
+        weight_bp: 1_000,
+        step_started_ms: at_ms,
+        inconclusive: false,
+    };
+    let row = RolloutRow {
+        id: id.into(),
+        route: route.into(),
+        stable_version: "a".into(),
+        canary_version: "b".into(),
+        policy: "default".into(),
+        policy_json: "{}".into(),
+        salt: "00".into(),
+        position: position.clone(),
+        started_at_ms: at_ms,
+        updated_at_ms: at_ms,
+        ended_at_ms: None,
+        judge_state: None,
+        last_report: None,
+        revision: 0,
+        judge_cursor: None,
+    };
+    let event = |kind: &'static str| NewEvent {
+        actor: Actor::Operator,
+        kind,
+        message: kind.into(),
+        evidence: None,
+    };
+    store.insert_rollout(&row, &event("started")).await.unwrap();
+    if let Some(ended_ms) = ended_ms {
+        let aborted = Position {
+            state: RolloutState::Aborted,
+            ..position
+        };
+        let guard = WriteGuard {
+            revision: 0,
+            fence: None,
+        };
+        store
+            .update_rollout(id, &aborted, ended_ms, &event("aborted"), None, guard)
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn rows_older_than_the_retention_are_pruned_and_recent_ones_kept() {
     const DAY_MS: i64 = 86_400_000;
@@ -69,9 +122,30 @@ async fn rows_older_than_the_retention_are_pruned_and_recent_ones_kept() {
             "{engine}"
         );
 
-        // Every other table prunes without error, even empty.
+        // Two rollouts whose events are as old as those rows: one still live, one ended.
+        let old_ms = now - 40 * DAY_MS;
+        add_rollout(&store, "ro_live", "chat", old_ms, None).await;
+        add_rollout(&store, "ro_ended", "counted", old_ms, Some(old_ms + 1)).await;
+        assert_eq!(store.events("ro_live").await.unwrap().len(), 1, "{engine}");
+        assert_eq!(store.events("ro_ended").await.unwrap().len(), 2, "{engine}");
+
+        // Every other table prunes without error, even empty; of the old events, only the
+        // ended rollout's go: a live rollout's log is never cut.
         let all: Vec<_> = PrunedTable::ALL.iter().map(|t| (*t, thirty_days)).collect();
-        prune_once(&store, &all, now).await.unwrap();
+        let done = prune_once(&store, &all, now).await.unwrap();
+        assert!(
+            done.contains(&(PrunedTable::RolloutEvents, 2)),
+            "{engine}: {done:?}"
+        );
+        assert_eq!(
+            store.events("ro_live").await.unwrap().len(),
+            1,
+            "{engine}: the live rollout's log kept"
+        );
+        assert!(
+            store.events("ro_ended").await.unwrap().is_empty(),
+            "{engine}"
+        );
         store.close().await;
     }
 }
