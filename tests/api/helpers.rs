@@ -616,6 +616,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The config text the gateway runs on (what `restart` starts again from).
+    config: String,
     /// Holds the config, its policies folder and the SQLite file.
     pub dir: tempfile::TempDir,
 }
@@ -658,31 +660,36 @@ impl TestApp {
         let upstream = MockUpstream::start().await;
         let text = edit(config_toml(&upstream.url, "127.0.0.1:0", &db_url, ""));
         let config_path = dir.path().join("sluice.toml");
-        let settings =
-            sluice::settings::parse(&config_path, &text, &test_env).expect("test config is valid");
-        let server = Server::build_with_traces(settings, traces)
-            .await
-            .expect("sluice starts");
-        let base = format!("http://{}", server.local_addr());
-        let state = server.state();
-        let (stop_tx, stop_rx) = oneshot::channel();
-        #[expect(
-            clippy::disallowed_methods,
-            reason = "the gateway under test, awaited by `stop`"
-        )]
-        let handle = tokio::spawn(server.run_until_stopped(async move {
-            let _ = stop_rx.await;
-        }));
+        let (base, state, stop, server) = launch(&config_path, &text, traces).await;
         Self {
             base,
             state,
             upstream,
             db_url,
             http: http_client(),
-            stop: Some(stop_tx),
-            server: Some(handle),
+            stop: Some(stop),
+            server: Some(server),
+            config: text,
             dir,
         }
+    }
+
+    /// Stops the gateway as SIGTERM would, then starts a new one on the same config and
+    /// database in front of the same mock upstream: nothing it held in memory survives, what
+    /// it stored does. The new gateway listens on a new port (`base` changes).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let config_path = self.dir.path().join("sluice.toml");
+        let (base, state, stop, server) = launch(
+            &config_path,
+            &self.config,
+            sluice::traces::Traces::default(),
+        )
+        .await;
+        self.base = base;
+        self.state = state;
+        self.stop = Some(stop);
+        self.server = Some(server);
     }
 
     /// Stops the gateway as SIGTERM would and waits until it has flushed its records.
@@ -803,6 +810,36 @@ impl TestApp {
     pub async fn store(&self) -> Store {
         Store::connect(&self.db_url).await.unwrap()
     }
+}
+
+/// The gateway built from `text` (read as if from `config_path`) and running on a task until
+/// the returned sender fires: (base URL, state, stop, the task).
+async fn launch(
+    config_path: &Path,
+    text: &str,
+    traces: sluice::traces::Traces,
+) -> (
+    String,
+    AppState,
+    oneshot::Sender<()>,
+    JoinHandle<anyhow::Result<()>>,
+) {
+    let settings =
+        sluice::settings::parse(config_path, text, &test_env).expect("test config is valid");
+    let server = Server::build_with_traces(settings, traces)
+        .await
+        .expect("sluice starts");
+    let base = format!("http://{}", server.local_addr());
+    let state = server.state();
+    let (stop_tx, stop_rx) = oneshot::channel();
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the gateway under test, awaited by `stop`"
+    )]
+    let handle = tokio::spawn(server.run_until_stopped(async move {
+        let _ = stop_rx.await;
+    }));
+    (base, state, stop_tx, handle)
 }
 
 impl Drop for TestApp {
