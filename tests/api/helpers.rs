@@ -61,6 +61,27 @@ where
     }
 }
 
+/// The base URL of a `sluice serve` child that listens on port 0, read from its log once
+/// it says where it listens. A port chosen beforehand and freed for the child could be taken
+/// by anything in between; the port the kernel gives the child itself cannot. The child must
+/// log at `info` (or lower) to the file `log`; fails with that log if it exits first.
+pub async fn listening_base(child: &mut std::process::Child, log: &Path) -> String {
+    eventually("sluice to say where it listens", || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("sluice exited ({status}) before listening; its log:\n{text}");
+        }
+        let address = text
+            .lines()
+            .filter(|l| l.contains("sluice is listening"))
+            .find_map(|l| l.split_once(" address=").map(|(_, a)| a))
+            .and_then(|a| a.split_whitespace().next())
+            .map(|a| format!("http://{a}"));
+        std::future::ready(address)
+    })
+    .await
+}
+
 /// What the mock upstream received in one call.
 #[derive(Debug, Clone)]
 pub struct Received {
