@@ -813,10 +813,21 @@ mod tests {
         let p = provider(&format!(
             "kind = \"openai\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\ntimeout_ms = 200"
         ));
-        let err = p.send(call(Endpoint::chat(), "m")).await.err().unwrap();
+        // Bounded from outside: a limit that is not applied fails here instead of hanging.
+        let started = std::time::Instant::now();
+        let sent =
+            tokio::time::timeout(Duration::from_secs(30), p.send(call(Endpoint::chat(), "m")))
+                .await
+                .expect("the provider's 200 ms limit ends the call");
+        let elapsed = started.elapsed();
+        let err = sent.err().unwrap();
         assert!(
             matches!(err, UpstreamError::Timeout { after_ms: 200 }),
             "{err}"
+        );
+        assert!(
+            elapsed >= Duration::from_millis(200),
+            "gave up after {elapsed:?}, before the limit"
         );
     }
 

@@ -81,8 +81,7 @@ async fn a_rollout_shadow_copies_embeddings_to_the_canary_for_offline_comparison
         4,
         "the stable vectors"
     );
-    let started = std::time::Instant::now();
-    let pair = loop {
+    let pair = eventually("a stored shadow pair", || async {
         let (_, page) = app
             .admin(
                 Method::GET,
@@ -90,15 +89,9 @@ async fn a_rollout_shadow_copies_embeddings_to_the_canary_for_offline_comparison
                 None,
             )
             .await;
-        if let Some(pair) = page["data"].as_array().and_then(|p| p.first()) {
-            break pair.clone();
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(10),
-            "no pair stored"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+        page["data"].as_array().and_then(|p| p.first()).cloned()
+    })
+    .await;
     assert_eq!(pair["shadow_version"], "emb-canary");
     assert_eq!(pair["primary_answer"], "2 vectors × 4 dimensions");
     assert_eq!(pair["shadow_answer"], "2 vectors × 6 dimensions");

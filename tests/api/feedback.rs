@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
-use crate::rollouts::{start, view};
+use crate::rollouts::{decision_report, start, view};
 
 async fn post_feedback(app: &TestApp, key: &str, body: Value) -> (StatusCode, Value) {
     let r = app
@@ -152,8 +152,10 @@ async fn the_judge_reverts_a_canary_whose_conversions_fall() {
         }
         assert!(started.elapsed() < PATIENCE, "never reverted: {v:#}");
     };
-    assert_eq!(v["state"], "rolled_back");
-    let gate = v["judge"]["gates"]
+    assert_eq!(v["state"], "rolled_back", "{v:#}");
+    // The report that decided it, from the event: the view's may be an earlier look's.
+    let report = decision_report(&app, &id, "rolled_back").await;
+    let gate = report["gates"]
         .as_array()
         .unwrap()
         .iter()

@@ -61,6 +61,27 @@ where
     }
 }
 
+/// The base URL of a `sluice serve` child that listens on port 0, read from its log once
+/// it says where it listens. A port chosen beforehand and freed for the child could be taken
+/// by anything in between; the port the kernel gives the child itself cannot. The child must
+/// log at `info` (or lower) to the file `log`; fails with that log if it exits first.
+pub async fn listening_base(child: &mut std::process::Child, log: &Path) -> String {
+    eventually("sluice to say where it listens", || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("sluice exited ({status}) before listening; its log:\n{text}");
+        }
+        let address = text
+            .lines()
+            .filter(|l| l.contains("sluice is listening"))
+            .find_map(|l| l.split_once(" address=").map(|(_, a)| a))
+            .and_then(|a| a.split_whitespace().next())
+            .map(|a| format!("http://{a}"));
+        std::future::ready(address)
+    })
+    .await
+}
+
 /// What the mock upstream received in one call.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -616,6 +637,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The config text the gateway runs on (what `restart` starts again from).
+    config: String,
     /// Holds the config, its policies folder and the SQLite file.
     pub dir: tempfile::TempDir,
 }
@@ -658,31 +681,36 @@ impl TestApp {
         let upstream = MockUpstream::start().await;
         let text = edit(config_toml(&upstream.url, "127.0.0.1:0", &db_url, ""));
         let config_path = dir.path().join("sluice.toml");
-        let settings =
-            sluice::settings::parse(&config_path, &text, &test_env).expect("test config is valid");
-        let server = Server::build_with_traces(settings, traces)
-            .await
-            .expect("sluice starts");
-        let base = format!("http://{}", server.local_addr());
-        let state = server.state();
-        let (stop_tx, stop_rx) = oneshot::channel();
-        #[expect(
-            clippy::disallowed_methods,
-            reason = "the gateway under test, awaited by `stop`"
-        )]
-        let handle = tokio::spawn(server.run_until_stopped(async move {
-            let _ = stop_rx.await;
-        }));
+        let (base, state, stop, server) = launch(&config_path, &text, traces).await;
         Self {
             base,
             state,
             upstream,
             db_url,
             http: http_client(),
-            stop: Some(stop_tx),
-            server: Some(handle),
+            stop: Some(stop),
+            server: Some(server),
+            config: text,
             dir,
         }
+    }
+
+    /// Stops the gateway as SIGTERM would, then starts a new one on the same config and
+    /// database in front of the same mock upstream: nothing it held in memory survives, what
+    /// it stored does. The new gateway listens on a new port (`base` changes).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let config_path = self.dir.path().join("sluice.toml");
+        let (base, state, stop, server) = launch(
+            &config_path,
+            &self.config,
+            sluice::traces::Traces::default(),
+        )
+        .await;
+        self.base = base;
+        self.state = state;
+        self.stop = Some(stop);
+        self.server = Some(server);
     }
 
     /// Stops the gateway as SIGTERM would and waits until it has flushed its records.
@@ -803,6 +831,36 @@ impl TestApp {
     pub async fn store(&self) -> Store {
         Store::connect(&self.db_url).await.unwrap()
     }
+}
+
+/// The gateway built from `text` (read as if from `config_path`) and running on a task until
+/// the returned sender fires: (base URL, state, stop, the task).
+async fn launch(
+    config_path: &Path,
+    text: &str,
+    traces: sluice::traces::Traces,
+) -> (
+    String,
+    AppState,
+    oneshot::Sender<()>,
+    JoinHandle<anyhow::Result<()>>,
+) {
+    let settings =
+        sluice::settings::parse(config_path, text, &test_env).expect("test config is valid");
+    let server = Server::build_with_traces(settings, traces)
+        .await
+        .expect("sluice starts");
+    let base = format!("http://{}", server.local_addr());
+    let state = server.state();
+    let (stop_tx, stop_rx) = oneshot::channel();
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the gateway under test, awaited by `stop`"
+    )]
+    let handle = tokio::spawn(server.run_until_stopped(async move {
+        let _ = stop_rx.await;
+    }));
+    (base, state, stop_tx, handle)
 }
 
 impl Drop for TestApp {

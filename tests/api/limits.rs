@@ -1,6 +1,8 @@
 //! Per-workspace limits: a request rate with a burst, tokens per minute and USD per day,
 //! each answered with 429, `Retry-After` and OpenAI's error shape, one workspace at a time.
 
+use std::time::Instant;
+
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -24,15 +26,18 @@ async fn a_request_rate_answers_429_for_its_workspace_only() {
     let app = TestApp::spawn().await;
     let acme = app.key("acme").await;
     let globex = app.key("globex").await;
+    // One request per 100 s after a burst of 3: the six requests below are sure to come
+    // before the next one is allowed, however slow the machine.
     let (status, body) = app
         .admin(
             Method::PUT,
             "/workspaces/acme/limits",
-            Some(json!({"requests_per_second": 0.5, "burst": 3})),
+            Some(json!({"requests_per_second": 0.01, "burst": 3})),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["limits"]["burst"], 3);
+    let started = Instant::now();
     assert_eq!(statuses(&app, &acme, 5).await, [200, 200, 200, 429, 429]);
     let limited = app.chat_raw(&acme, chat_body("chat", json!({}))).await;
     assert_eq!(limited.status(), 429);
@@ -41,7 +46,12 @@ async fn a_request_rate_answers_429_for_its_workspace_only() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!((1..=2).contains(&retry), "{retry}");
+    // The next request is allowed 100 s after the first: less the time these took.
+    let least = (100.0 - started.elapsed().as_secs_f64()).floor();
+    assert!(
+        retry <= 100 && retry as f64 >= least,
+        "Retry-After {retry} s, expected {least}..=100"
+    );
     let err: Value = limited.json().await.unwrap();
     assert_eq!(
         (err["error"]["code"].as_str(), err["error"]["type"].as_str()),

@@ -6,7 +6,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
-use crate::rollouts::{start, view};
+use crate::rollouts::{decision_report, start, view};
 
 fn order_schema() -> Value {
     json!({"type": "json_schema", "json_schema": {"name": "order", "schema": {
@@ -240,6 +240,7 @@ async fn an_output_block_replaces_the_answer_and_ends_a_stream() {
         .records(Some("guarded"), 10)
         .await
         .unwrap();
+    assert_eq!(records.len(), 2, "one record per request");
     assert!(
         records
             .iter()
@@ -266,21 +267,7 @@ async fn assert_reverted_on(route: &str, canary: &str, extra: Value) -> Value {
             assert_eq!(v["state"], "rolled_back", "{v:#}");
             // The decision's own report, from its event: the view's stored report may be
             // an earlier look's.
-            let (_, events) = app
-                .admin(
-                    reqwest::Method::GET,
-                    &format!("/rollouts/{id}/events"),
-                    None,
-                )
-                .await;
-            let decision = events["data"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .rfind(|e| e["kind"] == "rolled_back")
-                .unwrap_or_else(|| panic!("no rolled_back event: {events:#}"))
-                .clone();
-            v["judge"] = decision["evidence"]["report"].clone();
+            v["judge"] = decision_report(&app, &id, "rolled_back").await;
             return v;
         }
         assert!(started.elapsed() < PATIENCE, "never reverted: {v:#}");

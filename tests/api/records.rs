@@ -1,7 +1,6 @@
 //! Measurement records: live stats per version, batched writes, nothing lost on SIGTERM.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -123,14 +122,6 @@ stable = "slow"
 stable = "unreachable"
 "#;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish_and_loses_no_record() {
     let dir = tempfile::tempdir().unwrap();
@@ -145,20 +136,21 @@ async fn sigterm_lets_in_flight_requests_finish_and_loses_no_record() {
             .replace("UPSTREAM_URL", &upstream.url),
     )
     .unwrap();
-    let port = free_port();
     let secret = "sk-upstream-never-logged-42";
+    let log = dir.path().join("sluice.log");
+    let out = std::fs::File::create(&log).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["serve", "--config"])
         .arg(&config)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--listen", "127.0.0.1:0"])
         .env("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("SIGTERM_TEST_UPSTREAM_KEY", secret)
         .env("SLUICE_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
         .spawn()
         .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let base = listening_base(&mut child, &log).await;
     let http = http_client();
     let health = format!("{base}/healthz");
     eventually("sluice to start", || async {
@@ -222,7 +214,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_loses_no_record() {
         .unwrap();
     assert!(killed.success());
     // Shutdown has begun once the listener is closed; only then let the requests finish.
-    let addr = format!("127.0.0.1:{port}");
+    let addr = base.trim_start_matches("http://").to_owned();
     eventually("the listener closed after SIGTERM", || async {
         tokio::net::TcpStream::connect(&addr)
             .await
@@ -239,20 +231,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_loses_no_record() {
     }
     let exit = tokio::task::spawn_blocking(move || {
         let status = child.wait().unwrap();
-        let mut log = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut log)
-            .unwrap();
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut log)
-            .unwrap();
-        (status, log)
+        (status, std::fs::read_to_string(&log).unwrap())
     })
     .await
     .unwrap();
@@ -276,7 +255,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_loses_no_record() {
 
 const STUCK_DB_CONFIG: &str = r#"
 [server]
-listen = "127.0.0.1:PORT"
+listen = "127.0.0.1:0"
 record_queue = 16
 shutdown_grace_ms = 5000
 
@@ -338,14 +317,7 @@ async fn a_database_that_takes_no_writes_costs_records_but_never_requests() {
     for (engine, db_url, _dir) in databases().await {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("sluice.toml");
-        let port = free_port();
-        std::fs::write(
-            &config,
-            STUCK_DB_CONFIG
-                .replace("PORT", &port.to_string())
-                .replace("DB_URL", &db_url),
-        )
-        .unwrap();
+        std::fs::write(&config, STUCK_DB_CONFIG.replace("DB_URL", &db_url)).unwrap();
         let log = dir.path().join("sluice.log");
         let log_file = std::fs::File::create(&log).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -358,17 +330,13 @@ async fn a_database_that_takes_no_writes_costs_records_but_never_requests() {
             .stderr(log_file)
             .spawn()
             .unwrap();
-        let base = format!("http://127.0.0.1:{port}");
+        let base = listening_base(&mut child, &log).await;
         let http = http_client();
-        let mut up = false;
-        for _ in 0..500 {
-            if http.get(format!("{base}/healthz")).send().await.is_ok() {
-                up = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(up, "sluice did not start on {engine}");
+        let health = format!("{base}/healthz");
+        eventually(&format!("sluice to answer on {engine}"), || async {
+            http.get(&health).send().await.is_ok().then_some(())
+        })
+        .await;
         let admin = |m: Method, path: &str| {
             http.request(m, format!("{base}/admin/v1{path}"))
                 .bearer_auth(ADMIN_TOKEN)
@@ -459,11 +427,7 @@ async fn a_database_that_takes_no_writes_costs_records_but_never_requests() {
 
         // The log says so, rate-limited: a handful of warnings (not one per record), whose
         // counts add up to the counter.
-        let mut text = String::new();
-        std::fs::File::open(&log)
-            .unwrap()
-            .read_to_string(&mut text)
-            .unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
         let warnings: Vec<&str> = text
             .lines()
             .filter(|l| l.contains("WARN") && l.contains("records dropped"))

@@ -1,8 +1,6 @@
 //! The Responses API through sluice: routed, relayed event by event, measured, checked,
 //! and conversations that continue where they began.
 
-use std::time::{Duration, Instant};
-
 use async_openai::types::responses::{
     CreateResponse, CreateResponseArgs, Reasoning, ResponseStreamEvent,
 };
@@ -13,7 +11,7 @@ use sluice::types::Api;
 
 use crate::helpers::*;
 use crate::rollouts::start;
-use crate::upstream_more::REASONING_TOKENS;
+use crate::upstream_more::{CANARY_TEXT, REASONING_TOKENS};
 
 fn request(model: &str, stream: bool) -> CreateResponse {
     CreateResponseArgs::default()
@@ -74,6 +72,10 @@ async fn a_responses_stream_is_relayed_event_by_event_with_the_usage_and_cost_of
         .unwrap();
     assert_eq!(whole.output_text().as_deref(), Some(OK_TEXT));
 
+    // The mock sends each event only once the test has seen the one before: a relay that
+    // held events back (or the whole stream) would leave the client waiting here.
+    let steps = app.upstream.calls.gate_streams();
+    steps.add_permits(1);
     let mut stream = client
         .responses()
         .create_stream(request("chat", true))
@@ -82,7 +84,11 @@ async fn a_responses_stream_is_relayed_event_by_event_with_the_usage_and_cost_of
     let mut kinds = Vec::new();
     let mut text = String::new();
     let mut completed = None;
-    while let Some(event) = stream.next().await {
+    while let Some(event) = tokio::time::timeout(PATIENCE, stream.next())
+        .await
+        .expect("each event reaches the client before the upstream sends the next")
+    {
+        steps.add_permits(1);
         match event.unwrap() {
             ResponseStreamEvent::ResponseCreated(_) => kinds.push("created"),
             ResponseStreamEvent::ResponseOutputTextDelta(d) => {
@@ -372,23 +378,56 @@ async fn a_conversation_continued_with_previous_response_id_stays_on_its_version
 async fn a_conversation_survives_a_restart_through_the_stored_book() {
     let mut app = TestApp::spawn().await;
     let key = app.key("acme").await;
-    let first: Value = responses_raw(&app, &key, json!({"model": "chat", "input": "hello"}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let r = start(&app, "chat", "gpt-4-1", "hold").await;
+    let id = r["id"].as_str().unwrap().to_owned();
+    async fn pin(app: &TestApp, id: &str, arm: &str) {
+        let (status, body) = app
+            .admin(
+                Method::PUT,
+                &format!("/rollouts/{id}/pins/acme"),
+                Some(json!({"arm": arm})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    pin(&app, &id, "canary").await;
+    let first = responses_raw(&app, &key, json!({"model": "chat", "input": "hello"})).await;
+    assert_eq!(headers_of(&first)["x-sluice-version"], "gpt-4-1");
+    let first: Value = first.json().await.unwrap();
     let response_id = first["id"].as_str().unwrap().to_owned();
-    app.stop().await;
-    let store = app.store().await;
-    let placement = store
-        .response_placement(&response_id)
-        .await
-        .unwrap()
-        .expect("the placement was written before the gateway stopped");
+
+    // A new gateway on the same database: the book's memory is gone, its table is not.
+    app.restart().await;
+    pin(&app, &id, "stable").await;
+    let fresh = responses_raw(&app, &key, json!({"model": "chat", "input": "new topic"})).await;
     assert_eq!(
-        (placement.workspace.as_str(), placement.version.as_str()),
-        ("acme", "gpt-4o")
+        headers_of(&fresh)["x-sluice-version"],
+        "gpt-4o",
+        "the workspace's own requests follow the new pin"
     );
+    let _ = fresh.bytes().await;
+    let next = responses_raw(
+        &app,
+        &key,
+        json!({"model": "chat", "input": "and then?", "previous_response_id": response_id}),
+    )
+    .await;
+    assert_eq!(next.status(), StatusCode::OK);
+    assert_eq!(
+        headers_of(&next)["x-sluice-version"],
+        "gpt-4-1",
+        "the conversation stays on the version that began it"
+    );
+    let next: Value = next.json().await.unwrap();
+    assert_eq!(next["output"][0]["content"][0]["text"], CANARY_TEXT);
+    let continued = app
+        .upstream
+        .calls
+        .to("/v1/responses")
+        .into_iter()
+        .find(|c| c.json()["previous_response_id"] == json!(response_id))
+        .expect("the continuation went upstream");
+    assert_eq!(continued.json()["model"], "ok-canary");
 }
 
 #[tokio::test]
@@ -535,8 +574,7 @@ async fn shadow_copies_of_responses_requests_are_stored_as_pairs() {
     )
     .await;
     assert_eq!(response.status(), StatusCode::OK);
-    let started = Instant::now();
-    let pairs = loop {
+    let pair = eventually("a stored shadow pair", || async {
         let (_, page) = app
             .admin(
                 Method::GET,
@@ -544,19 +582,13 @@ async fn shadow_copies_of_responses_requests_are_stored_as_pairs() {
                 None,
             )
             .await;
-        if page["data"].as_array().is_some_and(|p| !p.is_empty()) {
-            break page["data"].clone();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no pair stored"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let pair = &pairs[0];
+        page["data"].as_array().and_then(|p| p.first()).cloned()
+    })
+    .await;
     assert_eq!(pair["shadow_version"], "gpt-4-1");
+    // The two versions answer differently: each side holds its own version's answer.
     assert_eq!(pair["primary_answer"], OK_TEXT);
-    assert_eq!(pair["shadow_answer"], OK_TEXT);
+    assert_eq!(pair["shadow_answer"], CANARY_TEXT);
     assert_eq!(pair["request"]["input"], "mail me at [redacted:email]");
     let copy = app
         .upstream

@@ -1,7 +1,7 @@
 //! Durability: SIGKILL a real `sluice serve` mid-rollout and start it again, on SQLite and
 //! PostgreSQL; the rollout is where it was and an aborted canary stays aborted.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
@@ -60,31 +60,30 @@ struct Sluice {
 }
 
 impl Sluice {
+    /// On port 0 (the config's `listen`): the port is the one its log names.
     async fn start(dir: &std::path::Path, db_url: Option<&str>) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // Emptied first: what a killed predecessor logged names its own port.
+        let log = dir.join("sluice.log");
+        let out = std::fs::File::create(&log).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
         command
             .args(["serve", "--config"])
             .arg(dir.join("sluice.toml"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
             .env("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .env("SLUICE_LOG", "info")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
         if let Some(url) = db_url {
             command.env("SLUICE_DATABASE_URL", url);
         }
-        let child = command.spawn().unwrap();
-        let base = format!("http://127.0.0.1:{port}");
+        let mut child = command.spawn().unwrap();
+        let base = listening_base(&mut child, &log).await;
         let http = http_client();
-        let started = Instant::now();
-        while http.get(format!("{base}/healthz")).send().await.is_err() {
-            assert!(started.elapsed() < PATIENCE, "sluice did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let health = format!("{base}/healthz");
+        eventually("sluice to answer", || async {
+            http.get(&health).send().await.is_ok().then_some(())
+        })
+        .await;
         Self { child, base, http }
     }
 

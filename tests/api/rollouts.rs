@@ -28,6 +28,22 @@ pub async fn view(app: &TestApp, id: &str) -> Value {
     body
 }
 
+/// The judge's report in the evidence of the rollout's latest `kind` event (`rolled_back`,
+/// say): the report that decided it. The view's `judge` may be an earlier look's.
+pub async fn decision_report(app: &TestApp, id: &str, kind: &str) -> Value {
+    let (status, events) = app
+        .admin(Method::GET, &format!("/rollouts/{id}/events"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{events}");
+    events["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .rfind(|e| e["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} event: {events:#}"))["evidence"]["report"]
+        .clone()
+}
+
 /// Polls the rollout until `done` holds, sending traffic meanwhile when `key` is given.
 pub async fn wait_for(
     app: &TestApp,
@@ -109,6 +125,7 @@ async fn the_split_matches_the_weight_within_binomial_limits() {
 
     app.wait_written(n as u64).await;
     let records = app.store().await.records(Some("chat"), 1000).await.unwrap();
+    assert_eq!(records.len(), n, "one record per request");
     let id = r["id"].as_str().unwrap();
     assert!(
         records
@@ -271,11 +288,10 @@ async fn pins_beat_the_percentage_and_are_logged() {
 
     app.wait_written(220).await;
     let records = app.store().await.records(Some("chat"), 1000).await.unwrap();
+    let pinned: Vec<_> = records.iter().filter(|r| r.workspace == "legacy").collect();
+    assert_eq!(pinned.len(), 40, "every pinned request is recorded");
     assert!(
-        records
-            .iter()
-            .filter(|r| r.workspace == "legacy")
-            .all(|r| !r.randomized),
+        pinned.iter().all(|r| !r.randomized),
         "pinned requests are marked"
     );
 
@@ -480,23 +496,40 @@ async fn operators_pause_resume_promote_and_abort_and_each_is_logged() {
     assert_eq!(v["state"], "aborted");
     assert_eq!(drive(&app, &key, "chat", 10, json!({})).await, (10, 0));
 
-    let (_, events) = app
-        .admin(Method::GET, &format!("/rollouts/{id}/events"), None)
-        .await;
-    let log: Vec<(String, String)> = events["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["kind"].as_str().unwrap().to_owned(),
-                e["actor"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    let expect =
-        ["started", "paused", "resumed", "promoted"].map(|k| (k.to_owned(), "operator".to_owned()));
-    assert_eq!(log, expect);
+    // Each rollout's log: (kind, actor), oldest first.
+    let log = |id: String| {
+        let app = &app;
+        async move {
+            let (_, events) = app
+                .admin(Method::GET, &format!("/rollouts/{id}/events"), None)
+                .await;
+            events["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    (
+                        e["kind"].as_str().unwrap().to_owned(),
+                        e["actor"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect::<Vec<(String, String)>>()
+        }
+    };
+    let by_operator = |kinds: &[&str]| -> Vec<(String, String)> {
+        kinds
+            .iter()
+            .map(|k| (k.to_string(), "operator".to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        log(id.clone()).await,
+        by_operator(&["started", "paused", "resumed", "promoted"])
+    );
+    assert_eq!(
+        log(second.to_owned()).await,
+        by_operator(&["started", "aborted"])
+    );
     let (_, list) = app.admin(Method::GET, "/rollouts", None).await;
     assert_eq!(list["data"].as_array().unwrap().len(), 2);
 }
@@ -586,7 +619,10 @@ async fn the_policy_webhook_hears_every_state_change() {
         (heard.lock().unwrap().len() >= 3).then_some(())
     })
     .await;
-    let heard = heard.lock().unwrap().clone();
+    // Each call is posted by a task of its own, so they may arrive in any order; `at_ms`
+    // says when each was sent (the judge's looks are 100 ms and more apart).
+    let mut heard = heard.lock().unwrap().clone();
+    heard.sort_by_key(|v| v["at_ms"].as_i64());
     let events: Vec<&str> = heard.iter().map(|v| v["event"].as_str().unwrap()).collect();
     assert_eq!(events, ["started", "advanced", "promoted"]);
     assert!(

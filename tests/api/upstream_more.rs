@@ -14,11 +14,16 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
+use tokio::sync::Semaphore;
 
 use crate::helpers::{OK_TEXT, OK_USAGE};
 
 /// Reasoning tokens the mock reports when a Responses request asks for `reasoning`.
 pub const REASONING_TOKENS: u64 = 2;
+
+/// What the canary's model (`ok-canary`) answers on the Responses API: not `OK_TEXT`, so a
+/// test can tell which version's answer it holds.
+pub const CANARY_TEXT: &str = "Hello from the canary!";
 
 /// One call the mock got.
 #[derive(Debug, Clone)]
@@ -41,9 +46,19 @@ pub struct Calls {
     pub calls: Mutex<Vec<Call>>,
     /// Responses made, by id: what GET /responses/{id} answers.
     stored: Mutex<BTreeMap<String, Value>>,
+    /// Set by [`Calls::gate_streams`]: each streamed Response event waits for a permit.
+    steps: Mutex<Option<Arc<Semaphore>>>,
 }
 
 impl Calls {
+    /// From now on, a streamed Response sends each of its events only once it takes a permit
+    /// of the returned semaphore (none at first): the test decides when each event goes.
+    pub fn gate_streams(&self) -> Arc<Semaphore> {
+        let steps = Arc::new(Semaphore::new(0));
+        *self.steps.lock().unwrap() = Some(steps.clone());
+        steps
+    }
+
     pub fn all(&self) -> Vec<Call> {
         self.calls.lock().unwrap().clone()
     }
@@ -251,6 +266,7 @@ fn responses(calls: &Calls, request: &Value) -> Response {
             .as_str()
             .unwrap_or(OK_TEXT)
             .to_owned(),
+        "ok-canary" => CANARY_TEXT.to_owned(),
         _ => OK_TEXT.to_owned(),
     };
     let pieces: Vec<String> = match request["x_test_pieces"].as_array() {
@@ -309,7 +325,22 @@ fn responses(calls: &Calls, request: &Value) -> Response {
         json!({"output_index": 0, "item": done["output"][0]}),
     );
     push("response.completed", json!({"response": done}));
-    sse(events)
+    let Some(steps) = calls.steps.lock().unwrap().clone() else {
+        return sse(events);
+    };
+    let gated = futures_util::stream::unfold(events.into_iter(), move |mut events| {
+        let steps = steps.clone();
+        async move {
+            let event = events.next()?;
+            steps.acquire().await.unwrap().forget();
+            Some((Ok::<_, Infallible>(Bytes::from(event)), events))
+        }
+    });
+    (
+        [("content-type", "text/event-stream")],
+        Body::from_stream(gated),
+    )
+        .into_response()
 }
 
 /// GET/DELETE `…/responses/{id}`, GET `…/input_items`, POST `…/cancel`.

@@ -14,7 +14,7 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use crate::helpers::{
     ADMIN_TOKEN, AZURE_KEY, ENTRA_TOKEN, MockUpstream, UPSTREAM_KEY, chat_body, config_toml,
-    eventually, http_client, write_policies,
+    eventually, http_client, listening_base, write_policies,
 };
 use crate::rig::timed;
 use crate::rogue::{self, Rogue};
@@ -38,15 +38,11 @@ impl Proc {
         write_policies(dir.path());
         let upstream = MockUpstream::start().await;
         let rogue = Rogue::start().await;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let db_url = format!("sqlite://{}", dir.path().join("sluice.db").display());
+        // On port 0: the port is the one its log names (`listening_base`).
         let text = config_toml(
             &upstream.url,
-            &format!("127.0.0.1:{port}"),
+            "127.0.0.1:0",
             &db_url,
             &rogue::config(&rogue.url),
         )
@@ -55,7 +51,7 @@ impl Proc {
         std::fs::write(&config, text).unwrap();
         let log = dir.path().join("sluice.log");
         let mut child = spawn(&config, &log);
-        let base = format!("http://127.0.0.1:{port}");
+        let base = listening_base(&mut child, &log).await;
         // A fresh connection per request: a pooled one that the server closes for idleness
         // (after header_read_timeout_ms) just as it is reused would fail for the client.
         let _ = http_client();
@@ -168,7 +164,8 @@ fn spawn(config: &Path, log: &Path) -> Child {
         .env("TEST_UPSTREAM_KEY", UPSTREAM_KEY)
         .env("TEST_AZURE_KEY", AZURE_KEY)
         .env("TEST_ENTRA_TOKEN", ENTRA_TOKEN)
-        .env("SLUICE_LOG", "warn")
+        // Warnings, and the one line that says where it listens.
+        .env("SLUICE_LOG", "warn,sluice=info")
         .env_remove("SLUICE_DATABASE_URL")
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())

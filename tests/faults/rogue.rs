@@ -41,6 +41,9 @@ pub const DRIP_TIMEOUT_MS: u64 = 3_000;
 /// build relaying 16 MiB under a load average of 10 took longer, and the test saw the
 /// timeout's error instead of the cap's.
 pub const UNENDING_TIMEOUT_MS: u64 = 150_000;
+/// The `timeout_ms` of the provider `big-body` goes through: the whole 50 MiB must arrive
+/// within it, which a debug build on a busy shared runtime may take many seconds to do.
+pub const BIG_BODY_TIMEOUT_MS: u64 = 150_000;
 
 #[derive(Default)]
 pub struct Counters {
@@ -84,7 +87,11 @@ pub fn config(url: &str) -> String {
     let mut text = format!(
         "\n[providers.rogue]\nkind = \"openai\"\nbase_url = \"{url}\"\napi_key_env = \"TEST_UPSTREAM_KEY\"\ntimeout_ms = {ROGUE_TIMEOUT_MS}\n"
     );
-    for (name, timeout_ms) in [("drip", DRIP_TIMEOUT_MS), ("unending", UNENDING_TIMEOUT_MS)] {
+    for (name, timeout_ms) in [
+        ("drip", DRIP_TIMEOUT_MS),
+        ("unending", UNENDING_TIMEOUT_MS),
+        ("big", BIG_BODY_TIMEOUT_MS),
+    ] {
         text.push_str(&format!(
             "\n[providers.rogue-{name}]\nkind = \"openai\"\nbase_url = \"{url}\"\napi_key_env = \"TEST_UPSTREAM_KEY\"\ntimeout_ms = {timeout_ms}\n"
         ));
@@ -93,6 +100,7 @@ pub fn config(url: &str) -> String {
         let provider = match *fault {
             "drip" => "rogue-drip",
             "unending-event" => "rogue-unending",
+            "big-body" => "rogue-big",
             _ => "rogue",
         };
         text.push_str(&format!(
