@@ -806,3 +806,48 @@ fn in_a_sticky_rollout_an_error_is_a_bad_event_for_the_per_unit_process() {
         r.gates[0].e_value
     );
 }
+
+/// Sticky by user, w = ½, requests without a user (each settles at once): stable's
+/// tokens log-normal around e⁶, the canary's `ratio` times as many. The tokens gate's
+/// e-value after 1 000 requests.
+fn sticky_tokens_e_value(max_ratio: f64, ratio: f64) -> f64 {
+    let text = format!(
+        "alpha = 0.01\nsticky = \"user\"\n[[steps]]\nweight = 5\nhold = \"10m\"\nmin_requests = 100\n[gates.error_rate]\nmax_ratio = 1\n[gates.tokens_per_request]\nmax_ratio = {max_ratio}\n"
+    );
+    let p = parse_policy(Path::new("test.toml"), "test", &text).unwrap_or_else(|e| panic!("{e}"));
+    let mut judge = Judge::new(&p.judge_spec());
+    let mut rng = StdRng::seed_from_u64(7);
+    for i in 0..1000 {
+        let canary = i % 2 == 1;
+        let mut o = obs(&mut rng, i, canary, 0.5);
+        o.error = false;
+        if canary {
+            o.tokens *= ratio;
+        }
+        judge.observe(&o);
+    }
+    let r = judge.report(1000);
+    assert!(r.units.is_some());
+    eprintln!(
+        "max_ratio {max_ratio}, ratio {ratio}: e = {}",
+        r.gates[1].e_value
+    );
+    assert_eq!(r.gates[1].gate, Metric::TokensPerRequest);
+    r.gates[1].e_value
+}
+
+#[test]
+fn in_a_sticky_rollout_a_value_gate_is_judged_per_unit_against_its_own_tolerance() {
+    // A token count is a value for the per-unit process, not a bad event: four times the
+    // tokens crosses 1/α. And each gate keeps its own max_ratio: twice the tokens is within
+    // a tolerance of 3, where the error gate's tolerance of 1 would call it harm.
+    let four_times = sticky_tokens_e_value(3.0, 4.0);
+    assert!(
+        four_times >= 100.0,
+        "4× against max_ratio 3: e = {four_times}"
+    );
+    let within = sticky_tokens_e_value(3.0, 2.0);
+    assert!(within < 2.0, "2× against max_ratio 3: e = {within}");
+    let strict = sticky_tokens_e_value(1.0, 2.0);
+    assert!(strict >= 100.0, "2× against max_ratio 1: e = {strict}");
+}
