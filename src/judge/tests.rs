@@ -761,6 +761,17 @@ fn a_gate_fails_on_its_own_share_and_the_largest_share_is_blamed_when_only_the_s
             "judge: evidence of harm E = 150.8 ≥ 1/α = 100 (shares: error_rate 53 %, guardrail_block_rate 45 %)"
         ]
     );
+    // 10 errors, 12 blocks: the later gate with the smaller weight holds the larger share
+    // (about 47 against 68, E about 115), so it is the cause, whatever the order.
+    let (r, failed) = run(10, 12, 0);
+    let share = |m: Metric| {
+        let g = r.gates.iter().find(|g| g.gate == m).expect("gate");
+        g.weight * g.e_value
+    };
+    let (errors, blocks) = (share(Metric::ErrorRate), share(Metric::GuardrailBlockRate));
+    assert!(errors < blocks && blocks < 100.0, "{errors} {blocks}");
+    assert!(r.e_global >= 100.0, "{}", r.e_global);
+    assert_eq!(failed, [Metric::GuardrailBlockRate]);
     // 13 errors, 14 blocks: shares 232.40 and 199.63, each over 100 on its own: both fail.
     let (r, failed) = run(13, 14, 0);
     assert!((r.e_global - 432.279_57).abs() < 1e-4, "{}", r.e_global);
