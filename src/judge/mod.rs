@@ -425,6 +425,7 @@ impl Judge {
         for gate in &mut self.gates {
             match &mut gate.process {
                 Process::Binary { counts, .. } => {
+                    counts.advance_to(obs.at_ms);
                     if obs.randomized
                         && let Some(bad) = value_of(gate.metric, obs)
                     {
@@ -486,6 +487,11 @@ impl Judge {
     /// settled (sticky rollouts). Call before each look; observations also move it.
     pub(crate) fn tick(&mut self, now_ms: i64) {
         self.srm.fold(now_ms);
+        for gate in &mut self.gates {
+            if let Process::Binary { counts, .. } = &mut gate.process {
+                counts.advance_to(now_ms);
+            }
+        }
         if let Some(book) = &mut self.units {
             book.tick(now_ms);
         }

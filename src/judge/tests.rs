@@ -618,12 +618,14 @@ fn a_gate_passes_once_each_arm_has_a_hundred_randomized_requests() {
 fn feedback_is_judged_in_its_bad_direction_under_its_own_name() {
     // Weights: error 0.30 and three metrics at 0.15, total 0.75: 0.4 and 0.2 each. Gates:
     // error_rate, then the metrics by name. `converted` (binary, higher is better): a
-    // canary that did not convert is a bad canary event at w = ½, e = mean over θ of
-    // 2θ/(1 + θ) = 1.4314815. `complaint` (binary, lower is better): a stable complaint
-    // is a bad stable event, mean of 2/(1 + θ) = 0.5685185. `rating` (numeric, higher is
-    // better, so only a fall is harm): after 32 stable ratings of 1 and e² at w = 0
-    // (m̂ = 1, ŝ = √(32/31)), a canary rating of 1 scores g = −1/ŝ, judged as −g:
-    // 1.1232454. Global 0.4 + 0.2·(0.5685185 + 1.4314815 + 1.1232454) = 1.0246491
+    // canary that did not convert is a bad canary event at w = ½: the grid's mean of
+    // 2θ/(1 + θ) is 1.4314815, and a binary gate's e-value is 0.9 of that plus 0.1 for
+    // the restarts not begun (`binary.rs`): 1.3883333. `complaint` (binary, lower is
+    // better): a stable complaint is a bad stable event, mean of 2/(1 + θ) = 0.5685185,
+    // so 0.6116667. `rating` (numeric, higher is better, so only a fall is harm): after
+    // 32 stable ratings of 1 and e² at w = 0 (m̂ = 1, ŝ = √(32/31)), a canary rating of
+    // 1 scores g = −1/ŝ, judged as −g: 1.1232454. Global 0.4 + 0.2·(0.6116667 +
+    // 1.3883333 + 1.1232454) = 1.0246491
     // (python3). A sticky rollout judges feedback per request too.
     for sticky in ["request", "user"] {
         let text = format!(
@@ -654,8 +656,8 @@ fn feedback_is_judged_in_its_bad_direction_under_its_own_name() {
         assert_eq!(counts, [(0, 0), (1, 1), (0, 2), (32, 1)], "{sticky}");
         for (g, (weight, e)) in r.gates.iter().zip([
             (0.4, 1.0),
-            (0.2, 0.568_518_5),
-            (0.2, 1.431_481_5),
+            (0.2, 0.611_666_7),
+            (0.2, 1.388_333_3),
             (0.2, 1.123_245_4),
         ]) {
             assert!(
@@ -722,9 +724,12 @@ fn a_hard_limit_blames_the_canary_only_when_stable_is_under_it_or_half_as_slow()
 #[test]
 fn a_gate_fails_on_its_own_share_and_the_largest_share_is_blamed_when_only_the_sum_crosses() {
     // Error 0.30, guardrail 0.15, schema 0.15: weights 0.5, 0.25, 0.25, α = 0.01. Only
-    // canary bad events at w = ½ (tolerance 1): k of them give e = mean over θ of
-    // (2θ/(1 + θ))^k: 6 → 12.479951, 11 → 159.50438, 12 → 271.63105, 13 → 464.79511,
-    // 14 → 798.52805 (python3).
+    // canary bad events at w = ½ (tolerance 1): k of them give M(k) = mean over θ of
+    // (2θ/(1 + θ))^k, and the gate's e-value is 0.9·M(k) + 0.1 (the restarts not begun
+    // stand at 1) while the events fit in two minutes: 6 → 11.331956, 10 → 84.880157,
+    // 11 → 143.65394, 12 → 244.56794. The 13th event, at 120 s, begins restart 1
+    // (weight 0.05) over the events from it on: 13 → 0.9·M(13) + 0.05·M(1) + 0.05 =
+    // 418.43717, 14 → 718.83058 (python3).
     let p = policy(
         "[gates.error_rate]\nmax_ratio = 1\n[gates.guardrail_block_rate]\nmax_ratio = 1\n[gates.schema_failure_rate]\nmax_ratio = 1\n",
     );
@@ -748,21 +753,21 @@ fn a_gate_fails_on_its_own_share_and_the_largest_share_is_blamed_when_only_the_s
             .collect();
         (r, failed)
     };
-    // 11 errors, 12 blocks, 6 schema failures: shares 79.75, 67.91, 3.12 (E = 150.78).
+    // 11 errors, 12 blocks, 6 schema failures: shares 71.83, 61.14, 2.83 (E = 135.80).
     // No share reaches 100, the sum does: the largest share (error, though guardrail's own
     // e-value is larger) is the cause; schema's 2 % is under the 5 % worth naming.
     let (r, failed) = run(11, 12, 6);
     assert!(!r.kill_switch_fired);
-    assert!((r.e_global - 150.779_94).abs() < 1e-4, "{}", r.e_global);
+    assert!((r.e_global - 135.801_95).abs() < 1e-4, "{}", r.e_global);
     assert_eq!(failed, [Metric::ErrorRate]);
     assert_eq!(
         r.reasons,
         [
-            "judge: evidence of harm E = 150.8 ≥ 1/α = 100 (shares: error_rate 53 %, guardrail_block_rate 45 %)"
+            "judge: evidence of harm E = 135.8 ≥ 1/α = 100 (shares: error_rate 53 %, guardrail_block_rate 45 %)"
         ]
     );
     // 10 errors, 12 blocks: the later gate with the smaller weight holds the larger share
-    // (about 47 against 68, E about 115), so it is the cause, whatever the order.
+    // (42.4 against 61.1, E = 103.8), so it is the cause, whatever the order.
     let (r, failed) = run(10, 12, 0);
     let share = |m: Metric| {
         let g = r.gates.iter().find(|g| g.gate == m).expect("gate");
@@ -772,9 +777,9 @@ fn a_gate_fails_on_its_own_share_and_the_largest_share_is_blamed_when_only_the_s
     assert!(errors < blocks && blocks < 100.0, "{errors} {blocks}");
     assert!(r.e_global >= 100.0, "{}", r.e_global);
     assert_eq!(failed, [Metric::GuardrailBlockRate]);
-    // 13 errors, 14 blocks: shares 232.40 and 199.63, each over 100 on its own: both fail.
+    // 13 errors, 14 blocks: shares 209.22 and 179.71, each over 100 on its own: both fail.
     let (r, failed) = run(13, 14, 0);
-    assert!((r.e_global - 432.279_57).abs() < 1e-4, "{}", r.e_global);
+    assert!((r.e_global - 389.176_23).abs() < 1e-4, "{}", r.e_global);
     assert_eq!(failed.len(), 2);
     assert!(failed.contains(&Metric::ErrorRate) && failed.contains(&Metric::GuardrailBlockRate));
 }
