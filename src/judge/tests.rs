@@ -867,3 +867,47 @@ fn in_a_sticky_rollout_a_value_gate_is_judged_per_unit_against_its_own_tolerance
     let strict = sticky_tokens_e_value(1.0, 2.0);
     assert!(strict >= 100.0, "2× against max_ratio 1: e = {strict}");
 }
+
+#[test]
+fn a_two_minute_incident_on_the_canary_alone_after_a_calm_reverts_through_a_restart() {
+    // s16's shape through the judge: 10 requests/s at w = 0.05 for 20 minutes, both arms
+    // failing 1 % (6 canary and 120 stable errors), then two minutes in which the canary
+    // fails 20 % (12 of 60, under the kill switch's 50 %) and stable still 1 %.
+    let p = policy("[gates.error_rate]\nmax_ratio = 1.2\n");
+    let mut judge = Judge::new(&p.judge_spec());
+    let mut whole_only = CountProcess::default();
+    let request = |i: i64, burst: bool| {
+        let canary = i % 20 == 0;
+        let error = match (canary, burst) {
+            (true, false) => (i / 20) % 100 == 0,
+            (true, true) => (i / 20) % 5 == 0,
+            (false, _) => i % 100 == 1,
+        };
+        Observation {
+            error,
+            ..plain(i * 100, canary, 0.05)
+        }
+    };
+    for i in 0..12_000 {
+        let obs = request(i, false);
+        whole_only.observe(obs.arm == Arm::Canary, obs.w, obs.error);
+        judge.observe(&obs);
+    }
+    let calm = judge.report(1_200_000);
+    assert!(!calm.revert && calm.e_global < 1.0, "{}", calm.e_global);
+    for i in 12_000..13_200 {
+        let obs = request(i, true);
+        whole_only.observe(obs.arm == Arm::Canary, obs.w, obs.error);
+        judge.observe(&obs);
+    }
+    let r = judge.report(1_320_000);
+    assert!(r.revert && !r.kill_switch_fired, "{:?}", r.reasons);
+    assert!(r.e_global >= 100.0, "{}", r.e_global);
+    // The same events without a clock (the whole rollout's mixture alone, at π₀) stay
+    // well short: the restarts begun by the observations' own times carried it.
+    assert!(
+        whole_only.e_value(1.2) < 100.0,
+        "{}",
+        whole_only.e_value(1.2)
+    );
+}
