@@ -91,7 +91,8 @@ pub(crate) struct Restart {
 
 /// `Σ_{j=a+1}^{b} RESTART_WEIGHT/(j(j+1)) = RESTART_WEIGHT·(1/(a+1) − 1/(b+1))`.
 fn restart_weight(a: u32, b: u32) -> f64 {
-    RESTART_WEIGHT * (1.0 / f64::from(a + 1) - 1.0 / f64::from(b + 1))
+    // In f64: `b` may be u32::MAX after a clock jump, and `b + 1` must not overflow.
+    RESTART_WEIGHT * (1.0 / (f64::from(a) + 1.0) - 1.0 / (f64::from(b) + 1.0))
 }
 
 impl CountProcess {
@@ -100,7 +101,8 @@ impl CountProcess {
     /// earlier time than before does nothing. Call before observing at `now_ms`.
     pub(crate) fn advance_to(&mut self, now_ms: i64) {
         let origin = *self.origin_ms.get_or_insert(now_ms);
-        let due = u32::try_from((now_ms - origin).max(0) / RESTART_EVERY_MS).unwrap_or(u32::MAX);
+        let due = u32::try_from(now_ms.saturating_sub(origin).max(0) / RESTART_EVERY_MS)
+            .unwrap_or(u32::MAX);
         if due > self.restarted_through {
             self.restarts.push(Restart {
                 k: due,
@@ -109,8 +111,10 @@ impl CountProcess {
             });
             self.restarted_through = due;
         }
-        self.restarts
-            .retain(|r| now_ms - (origin + i64::from(r.k) * RESTART_EVERY_MS) < RESTART_HORIZON_MS);
+        self.restarts.retain(|r| {
+            now_ms.saturating_sub(origin.saturating_add(i64::from(r.k) * RESTART_EVERY_MS))
+                < RESTART_HORIZON_MS
+        });
     }
 
     pub(crate) fn observe(&mut self, canary: bool, w: f64, bad: bool) {
@@ -180,7 +184,7 @@ impl CountProcess {
             .map(|r| r.weight * since(&r.base))
             .sum();
         // Restarts not begun yet stand at 1: Σ_{j>k} π_j = RESTART_WEIGHT/(k+1).
-        let pending = RESTART_WEIGHT / f64::from(self.restarted_through + 1);
+        let pending = RESTART_WEIGHT / (f64::from(self.restarted_through) + 1.0);
         ((1.0 - RESTART_WEIGHT) * since(&[]) + restarted + pending).min(1e300)
     }
 
@@ -480,6 +484,23 @@ mod tests {
         assert_eq!(p.restarted_through, 40);
     }
 
+    #[test]
+    fn a_clock_jump_to_the_end_of_time_neither_overflows_nor_breaks_the_weights() {
+        let mut p = CountProcess::default();
+        p.advance_to(0);
+        p.observe(true, 0.5, true);
+        p.advance_to(i64::MAX);
+        assert_eq!(p.restarted_through, u32::MAX);
+        // Restart u32::MAX is dated origin + u32::MAX · 2 min, long before i64::MAX ms:
+        // aged out at once, and the restarts not begun weigh next to nothing.
+        assert!(p.restarts.is_empty());
+        let e = p.e_value(1.0);
+        assert!(e.is_finite() && e > 0.0, "{e}");
+        p.advance_to(i64::MAX);
+        p.observe(true, 0.5, true);
+        assert!(p.e_value(1.0).is_finite());
+    }
+
     /// Every labelling of `n` bad events, each canary with probability `p`, with the clock
     /// moved by `step_ms` before each; returns E[e-value at the end] and the expectation
     /// the construction promises under the boundary null (1 less the weights of the
@@ -498,7 +519,7 @@ mod tests {
             }
             mean += prob * proc.e_value(theta_tol);
             let live: f64 = proc.restarts.iter().map(|r| r.weight).sum();
-            let pending = RESTART_WEIGHT / f64::from(proc.restarted_through + 1);
+            let pending = RESTART_WEIGHT / (f64::from(proc.restarted_through) + 1.0);
             promised = 1.0 - RESTART_WEIGHT + live + pending;
         }
         (mean, promised)
