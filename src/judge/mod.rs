@@ -425,7 +425,10 @@ impl Judge {
         for gate in &mut self.gates {
             match &mut gate.process {
                 Process::Binary { counts, .. } => {
-                    counts.advance_to(obs.at_ms);
+                    // No `advance_to(obs.at_ms)` here: requests end (and arrive) in an
+                    // order that can depend on their arm, so a restart begun by an
+                    // observation's own time would not be a stopping time. Looks
+                    // (`tick`) carry the controller's clock instead.
                     if obs.randomized
                         && let Some(bad) = value_of(gate.metric, obs)
                     {
@@ -484,7 +487,8 @@ impl Judge {
     }
 
     /// Moves the judge's clock to `now_ms`: per-unit segments that have come of age are
-    /// settled (sticky rollouts). Call before each look; observations also move it.
+    /// settled (sticky rollouts) and the binary gates' restarts that are due begin. Call
+    /// before each look, with the controller's clock; observations move only the units'.
     pub(crate) fn tick(&mut self, now_ms: i64) {
         self.srm.fold(now_ms);
         for gate in &mut self.gates {

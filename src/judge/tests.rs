@@ -726,10 +726,8 @@ fn a_gate_fails_on_its_own_share_and_the_largest_share_is_blamed_when_only_the_s
     // Error 0.30, guardrail 0.15, schema 0.15: weights 0.5, 0.25, 0.25, α = 0.01. Only
     // canary bad events at w = ½ (tolerance 1): k of them give M(k) = mean over θ of
     // (2θ/(1 + θ))^k, and the gate's e-value is 0.9·M(k) + 0.1 (the restarts not begun
-    // stand at 1) while the events fit in two minutes: 6 → 11.331956, 10 → 84.880157,
-    // 11 → 143.65394, 12 → 244.56794. The 13th event, at 120 s, begins restart 1
-    // (weight 0.05) over the events from it on: 13 → 0.9·M(13) + 0.05·M(1) + 0.05 =
-    // 418.43717, 14 → 718.83058 (python3).
+    // stand at 1; with no look, none begins): 6 → 11.331956, 10 → 84.880157,
+    // 11 → 143.65394, 12 → 244.56794, 13 → 418.41560, 14 → 718.77525 (python3).
     let p = policy(
         "[gates.error_rate]\nmax_ratio = 1\n[gates.guardrail_block_rate]\nmax_ratio = 1\n[gates.schema_failure_rate]\nmax_ratio = 1\n",
     );
@@ -777,9 +775,9 @@ fn a_gate_fails_on_its_own_share_and_the_largest_share_is_blamed_when_only_the_s
     assert!(errors < blocks && blocks < 100.0, "{errors} {blocks}");
     assert!(r.e_global >= 100.0, "{}", r.e_global);
     assert_eq!(failed, [Metric::GuardrailBlockRate]);
-    // 13 errors, 14 blocks: shares 209.22 and 179.71, each over 100 on its own: both fail.
+    // 13 errors, 14 blocks: shares 209.21 and 179.69, each over 100 on its own: both fail.
     let (r, failed) = run(13, 14, 0);
-    assert!((r.e_global - 389.176_23).abs() < 1e-4, "{}", r.e_global);
+    assert!((r.e_global - 389.151_61).abs() < 1e-4, "{}", r.e_global);
     assert_eq!(failed.len(), 2);
     assert!(failed.contains(&Metric::ErrorRate) && failed.contains(&Metric::GuardrailBlockRate));
 }
@@ -888,10 +886,14 @@ fn a_two_minute_incident_on_the_canary_alone_after_a_calm_reverts_through_a_rest
             ..plain(i * 100, canary, 0.05)
         }
     };
+    // The controller looks every 5 s (every 50 requests), ticking first.
     for i in 0..12_000 {
         let obs = request(i, false);
         whole_only.observe(obs.arm == Arm::Canary, obs.w, obs.error);
         judge.observe(&obs);
+        if i % 50 == 49 {
+            judge.tick(obs.at_ms);
+        }
     }
     let calm = judge.report(1_200_000);
     assert!(!calm.revert && calm.e_global < 1.0, "{}", calm.e_global);
@@ -899,12 +901,22 @@ fn a_two_minute_incident_on_the_canary_alone_after_a_calm_reverts_through_a_rest
         let obs = request(i, true);
         whole_only.observe(obs.arm == Arm::Canary, obs.w, obs.error);
         judge.observe(&obs);
+        if i % 50 == 49 {
+            judge.tick(obs.at_ms);
+        }
     }
     let r = judge.report(1_320_000);
     assert!(r.revert && !r.kill_switch_fired, "{:?}", r.reasons);
     assert!(r.e_global >= 100.0, "{}", r.e_global);
+    let failed: Vec<Metric> = r
+        .gates
+        .iter()
+        .filter(|g| g.verdict == GateVerdict::Fail)
+        .map(|g| g.gate)
+        .collect();
+    assert_eq!(failed, [Metric::ErrorRate]);
     // The same events without a clock (the whole rollout's mixture alone, at π₀) stay
-    // well short: the restarts begun by the observations' own times carried it.
+    // well short: the restarts begun by the looks' clock carried it.
     assert!(
         whole_only.e_value(1.2) < 100.0,
         "{}",
