@@ -29,13 +29,7 @@ done
 bench_setup cluster
 psql "$BENCH_PG/postgres" -tAc "SELECT 1" >/dev/null || { echo "no PostgreSQL at $BENCH_PG" >&2; exit 1; }
 
-# SLUICE_BIN=path runs a build made elsewhere (the same code in another target directory).
-if [ -n "${SLUICE_BIN:-}" ]; then
-  BIN=$(realpath "$SLUICE_BIN")
-else
-  (cd "$ROOT" && cargo build --profile production --quiet)
-  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/production/sluice"
-fi
+BIN=$(bench_binary)
 VERSION=$("$BIN" --version | awk '{print $2}')-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo dev)
 
 targets=(--extra "name=sluice-sqlite port=18100 version=$VERSION

@@ -24,6 +24,18 @@ bench_setup() {
   fi
 }
 
+# Prints the path of the sluice to measure: $SLUICE_BIN when set (a build made elsewhere,
+# e.g. the same code in another target directory), else the production build of this
+# checkout, built first.
+bench_binary() {
+  if [ -n "${SLUICE_BIN:-}" ]; then
+    realpath "$SLUICE_BIN"
+  else
+    (cd "$ROOT" && cargo build --profile production --quiet) >&2 || return 1
+    echo "${CARGO_TARGET_DIR:-$ROOT/target}/production/sluice"
+  fi
+}
+
 # Prints a sluice config for the rig: `mock` → the canned upstream, `mock-stream` → its
 # streaming path, both routes with ROUTE_EXTRA appended (e.g. a guardrails line).
 #   bench_config LISTEN DATABASE_URL UPSTREAM_URL UPSTREAM_STREAM_URL [ROUTE_EXTRA]

@@ -36,13 +36,7 @@ done
 
 bench_setup overhead
 
-# SLUICE_BIN=path runs a build made elsewhere (the same code in another target directory).
-if [ -n "${SLUICE_BIN:-}" ]; then
-  BIN=$(realpath "$SLUICE_BIN")
-else
-  (cd "$ROOT" && cargo build --profile production --quiet)
-  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/production/sluice"
-fi
+BIN=$(bench_binary)
 VERSION=$("$BIN" --version | awk '{print $2}')-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo dev)
 
 if [ $scaling = 1 ]; then

@@ -19,11 +19,12 @@
 //!
 //! where `M_k` is the same grid mixture of likelihood ratios over the bad events after
 //! `τ_k`, the first look (`Judge::tick`, on the controller's clock) at or after
-//! `origin + k·RESTART_EVERY_MS`, where the counts are snapshotted. Looks, not
-//! observations, move this clock: requests end in an order that can depend on their arm
-//! and outcome, so a restart begun by a request's own time would not be a stopping time
-//! (a review measured E[E] = 1.016–1.027 under the null that way), `π₀ = 1 − RESTART_WEIGHT` and `π_k = RESTART_WEIGHT/(k(k+1))`
-//! (Σ_{k≥1} 1/(k(k+1)) = 1, so the weights, fixed in advance, sum to 1). Validity: each
+//! `origin + k·RESTART_EVERY_MS`, where the counts are snapshotted; `π₀ = 1 −
+//! RESTART_WEIGHT` and `π_k = RESTART_WEIGHT/(k(k+1))` (Σ_{k≥1} 1/(k(k+1)) = 1, so the
+//! weights, fixed in advance, sum to 1). Looks, not observations, move this clock:
+//! requests end in an order that can depend on their arm and outcome, so a restart begun
+//! by a request's own time would not be a stopping time (a review measured E[E] =
+//! 1.016–1.027 under the null that way). Validity: each
 //! `M_k` is a test supermartingale from its start under "canary rate ≤ θ_tol × stable"
 //! (the events after a stopping time, by the same argument as `M₀`), a restart whose time
 //! passed unseen starts at the next call with the summed weight of the ones it stands
@@ -101,7 +102,8 @@ fn restart_weight(a: u32, b: u32) -> f64 {
 impl CountProcess {
     /// Moves the process's clock to `now_ms` (milliseconds, any epoch): starts the
     /// restarts that have come due and drops those older than `RESTART_HORIZON_MS`. An
-    /// earlier time than before does nothing. Call before observing at `now_ms`.
+    /// earlier time than before does nothing. Call at each look with the controller's
+    /// clock, never with an observation's own time (module doc).
     pub(crate) fn advance_to(&mut self, now_ms: i64) {
         let origin = *self.origin_ms.get_or_insert(now_ms);
         let due = u32::try_from(now_ms.saturating_sub(origin).max(0) / RESTART_EVERY_MS)
@@ -358,8 +360,7 @@ mod tests {
         // one stable bad event at w = 0.5 (p0 = 0.5, q_j = θ_j / (1 + θ_j), so
         // LR_j = 2 / (1 + θ_j)). Products: 1.09739, 1.17073, 1.26984, 1.36364, 1.38889,
         // 1.31687; mean = 7.60736 / 6 = 1.267894 (times π₀ = 0.9, plus 0.1 for the
-        // restarts not begun). Both events in the
-        // w = 0.05 cell would give 2.467.
+        // restarts not begun). Both events in the w = 0.05 cell would give 2.467.
         let mut p = CountProcess::default();
         p.observe(true, 0.05, true);
         p.observe(false, 0.5, true);
@@ -496,7 +497,7 @@ mod tests {
     }
 
     #[test]
-    fn a_clock_jump_to_the_end_of_time_neither_overflows_nor_breaks_the_weights() {
+    fn a_clock_jump_to_the_end_of_time_neither_overflows_nor_keeps_a_restart() {
         let mut p = CountProcess::default();
         p.advance_to(0);
         p.observe(true, 0.5, true);

@@ -887,24 +887,23 @@ fn a_two_minute_incident_on_the_canary_alone_after_a_calm_reverts_through_a_rest
         }
     };
     // The controller looks every 5 s (every 50 requests), ticking first.
-    for i in 0..12_000 {
-        let obs = request(i, false);
-        whole_only.observe(obs.arm == Arm::Canary, obs.w, obs.error);
-        judge.observe(&obs);
-        if i % 50 == 49 {
-            judge.tick(obs.at_ms);
+    let feed = |judge: &mut Judge,
+                whole_only: &mut CountProcess,
+                requests: std::ops::Range<i64>,
+                burst: bool| {
+        for i in requests {
+            let obs = request(i, burst);
+            whole_only.observe(obs.arm == Arm::Canary, obs.w, obs.error);
+            judge.observe(&obs);
+            if i % 50 == 49 {
+                judge.tick(obs.at_ms);
+            }
         }
-    }
+    };
+    feed(&mut judge, &mut whole_only, 0..12_000, false);
     let calm = judge.report(1_200_000);
     assert!(!calm.revert && calm.e_global < 1.0, "{}", calm.e_global);
-    for i in 12_000..13_200 {
-        let obs = request(i, true);
-        whole_only.observe(obs.arm == Arm::Canary, obs.w, obs.error);
-        judge.observe(&obs);
-        if i % 50 == 49 {
-            judge.tick(obs.at_ms);
-        }
-    }
+    feed(&mut judge, &mut whole_only, 12_000..13_200, true);
     let r = judge.report(1_320_000);
     assert!(r.revert && !r.kill_switch_fired, "{:?}", r.reasons);
     assert!(r.e_global >= 100.0, "{}", r.e_global);
