@@ -4,7 +4,7 @@
 //! Nearly every event of a stream is one shape: `{"id":…,"object":"chat.completion.chunk",
 //! "created":…,"model":…,"choices":[{"index":0,"delta":{"content":"…"},"finish_reason":null}]}`.
 //! Reading it field by field through `openai::lenient` (each field raw, then read on its own)
-//! costs about 10 000 instructions per event, most of a stream's cost in sluice. [`scan`]
+//! costs about 10 000 instructions per event, most of a stream's cost in sluice. [`scan_str`]
 //! reads that shape in one pass at a few instructions per byte and answers `None` for
 //! anything else (usage, an error, tool calls, a refusal, content parts, several choices, a
 //! duplicate key, an escaped key, a `\u` escape outside the text it reads, nesting deeper
@@ -41,15 +41,21 @@ pub(crate) struct PlainChoice<'a> {
     pub(crate) finish_reason: Option<Cow<'a, str>>,
 }
 
-/// Reads `data` (one event's `data`) when it is a [`PlainChunk`]; `None` for any other
-/// shape and for anything that is not valid JSON.
+/// [`scan_str`] for bytes.
+#[cfg(test)]
 pub(crate) fn scan(data: &[u8]) -> Option<PlainChunk<'_>> {
+    scan_str(std::str::from_utf8(data).ok()?)
+}
+
+/// Reads `data` (one event's `data`, already checked to be UTF-8: the relay checks each
+/// event once) when it is a [`PlainChunk`]; `None` for any other shape and for anything
+/// that is not valid JSON.
+pub(crate) fn scan_str(text: &str) -> Option<PlainChunk<'_>> {
     // Valid UTF-8 as a whole, every string between two (ASCII) quotes is too: one check
-    // here instead of one per string.
-    let text = std::str::from_utf8(data).ok()?;
+    // (the caller's) instead of one per string.
     let mut s = Scanner {
         text,
-        b: data,
+        b: text.as_bytes(),
         i: 0,
     };
     let mut chunk = PlainChunk {
@@ -77,6 +83,71 @@ pub(crate) fn scan(data: &[u8]) -> Option<PlainChunk<'_>> {
     (s.i == s.b.len()).then_some(chunk)
 }
 
+/// The common whole (non-streamed) completion: every choice an object whose message's
+/// `content` and `refusal` are strings or `null`, no tool calls, no error.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct PlainCompletion<'a> {
+    /// The `model` field (`None` when absent or `null`).
+    pub(crate) model: Option<Cow<'a, str>>,
+    /// Both token counts, or `None` when `usage` or either count is absent or `null`.
+    pub(crate) usage: Option<(u64, u64)>,
+    /// The choices in order.
+    pub(crate) choices: Vec<PlainAnswer<'a>>,
+}
+
+/// A choice of a [`PlainCompletion`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct PlainAnswer<'a> {
+    /// The message's `content` when a string.
+    pub(crate) content: Option<Cow<'a, str>>,
+    /// The message's `refusal` when a string.
+    pub(crate) refusal: Option<Cow<'a, str>>,
+    /// `finish_reason` when a string.
+    pub(crate) finish_reason: Option<Cow<'a, str>>,
+}
+
+/// Reads a whole completion's body when it is a [`PlainCompletion`]; `None` for any other
+/// shape (tool calls, content parts, an error, a count that is not a plain non-negative
+/// integer, a value of an unexpected type, duplicate or escaped keys, invalid JSON): the
+/// caller then reads it the lenient way (`openai::completion`), so when this answers, its
+/// reading equals the lenient one (checked on generated and mutated bodies there). The
+/// lenient reading parses each field again at each level of nesting, about 28
+/// instructions per byte of a short answer (issue 13).
+pub(crate) fn scan_completion(text: &str) -> Option<PlainCompletion<'_>> {
+    let mut s = Scanner {
+        text,
+        b: text.as_bytes(),
+        i: 0,
+    };
+    let mut out = PlainCompletion {
+        model: None,
+        usage: None,
+        choices: Vec::new(),
+    };
+    let (mut model, mut choices, mut usage) = (false, false, false);
+    s.object(0, |s, key| {
+        match key {
+            "model" => {
+                once(&mut model)?;
+                out.model = s.nullable_string()?;
+            }
+            "choices" => {
+                once(&mut choices)?;
+                out.choices = s.answers()?;
+            }
+            "usage" => {
+                once(&mut usage)?;
+                out.usage = s.usage()?;
+            }
+            "error" => s.null()?,
+            _ => s.skip(1)?,
+        }
+        Some(())
+    })?;
+    s.ws();
+    (choices && s.i == s.b.len()).then_some(out)
+}
+
 /// Marks a key as seen; a second time is `None` (the lenient reading keeps the last).
 fn once(seen: &mut bool) -> Option<()> {
     (!std::mem::replace(seen, true)).then_some(())
@@ -88,6 +159,40 @@ struct Scanner<'a> {
     /// The same, as bytes.
     b: &'a [u8],
     i: usize,
+}
+
+/// Where the first byte of `b` that stops a string's text is ([`STRING_STOP`]): its
+/// closing quote, an escape, or a control character JSON does not allow unescaped.
+///
+/// Eight bytes at a time (SWAR): the byte-at-a-time loop cost ~8 instructions per byte of
+/// string, a quarter of a streamed request's instructions (issue 13). For a word `w`,
+/// `(w - 0x01…01·n) & !w & 0x80…80` has the high bit set in the lowest byte of `w` that is
+/// below `n` (Anderson, "Bit Twiddling Hacks", *determine if a word has a byte less than
+/// n*); it may also flag bytes above that one, never below, so the lowest flag of the three
+/// tests (`== '"'`, `== '\\'`, `< 0x20`) is exactly the first stop byte. Bytes ≥ 0x80 (UTF-8
+/// sequences) never flag: `!w` clears their high bit.
+#[inline]
+fn string_stop(b: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGH;
+    let mut words = b.chunks_exact(8);
+    let mut at = 0;
+    for word in &mut words {
+        let w = u64::from_le_bytes(word.try_into().expect("chunks of eight"));
+        let stops = below(w ^ (ONES * u64::from(b'"')), 1)
+            | below(w ^ (ONES * u64::from(b'\\')), 1)
+            | below(w, 0x20);
+        if stops != 0 {
+            // Little-endian: the lowest set bit is the first byte in memory.
+            return Some(at + stops.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    let rest = words.remainder();
+    rest.iter()
+        .position(|&c| STRING_STOP[usize::from(c)])
+        .map(|p| at + p)
 }
 
 /// Bytes that stop the scan of a string's text: its closing quote, an escape, and the
@@ -206,6 +311,116 @@ impl<'a> Scanner<'a> {
         Some(c)
     }
 
+    /// A whole completion's `choices`: an array of choice objects.
+    fn answers(&mut self) -> Option<Vec<PlainAnswer<'a>>> {
+        let mut answers = Vec::new();
+        self.eat(b'[')?;
+        if self.peek()? == b']' {
+            self.i += 1;
+            return Some(answers);
+        }
+        loop {
+            answers.push(self.answer()?);
+            match self.peek()? {
+                b',' => self.i += 1,
+                b']' => {
+                    self.i += 1;
+                    return Some(answers);
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn answer(&mut self) -> Option<PlainAnswer<'a>> {
+        let mut a = PlainAnswer {
+            content: None,
+            refusal: None,
+            finish_reason: None,
+        };
+        let (mut message, mut finish) = (false, false);
+        self.object(2, |s, key| {
+            match key {
+                "message" => {
+                    once(&mut message)?;
+                    if s.peek()? == b'n' {
+                        s.literal(b"null")?;
+                    } else {
+                        (a.content, a.refusal) = s.message()?;
+                    }
+                }
+                "finish_reason" => {
+                    once(&mut finish)?;
+                    a.finish_reason = s.nullable_string()?;
+                }
+                _ => s.skip(3)?,
+            }
+            Some(())
+        })?;
+        Some(a)
+    }
+
+    /// A whole answer's message: its `content` and `refusal` when strings.
+    #[allow(clippy::type_complexity)]
+    fn message(&mut self) -> Option<(Option<Cow<'a, str>>, Option<Cow<'a, str>>)> {
+        let (mut content, mut refusal) = (None, None);
+        let (mut seen_content, mut seen_refusal) = (false, false);
+        self.object(3, |s, key| {
+            match key {
+                "content" => {
+                    once(&mut seen_content)?;
+                    content = s.nullable_string()?;
+                }
+                "refusal" => {
+                    once(&mut seen_refusal)?;
+                    refusal = s.nullable_string()?;
+                }
+                "tool_calls" => s.null()?,
+                _ => s.skip(4)?,
+            }
+            Some(())
+        })?;
+        Some((content, refusal))
+    }
+
+    /// `usage`: both counts when both are non-negative integers that fit a `u64`, `None`
+    /// when either (or `usage`) is absent or `null`; any other value is `None` outside
+    /// (the lenient reading counts it as unreadable).
+    fn usage(&mut self) -> Option<Option<(u64, u64)>> {
+        if self.peek()? == b'n' {
+            self.literal(b"null")?;
+            return Some(None);
+        }
+        let (mut prompt, mut completion) = (None, None);
+        let (mut seen_prompt, mut seen_completion) = (false, false);
+        self.object(1, |s, key| {
+            match key {
+                "prompt_tokens" => {
+                    once(&mut seen_prompt)?;
+                    prompt = s.count()?;
+                }
+                "completion_tokens" => {
+                    once(&mut seen_completion)?;
+                    completion = s.count()?;
+                }
+                _ => s.skip(2)?,
+            }
+            Some(())
+        })?;
+        Some(prompt.zip(completion))
+    }
+
+    /// A token count: `null` is `Some(None)`; a number `str::parse::<u64>` reads (as the
+    /// lenient reading does) is its value; anything else is `None`.
+    fn count(&mut self) -> Option<Option<u64>> {
+        if self.peek()? == b'n' {
+            self.literal(b"null")?;
+            return Some(None);
+        }
+        let digits = self.number()?;
+        std::str::from_utf8(digits).ok()?.parse().ok().map(Some)
+    }
+
     /// A delta object: its `content` when a string, and where that string is; tool calls
     /// or a refusal are `None`.
     #[allow(clippy::type_complexity)]
@@ -266,9 +481,7 @@ impl<'a> Scanner<'a> {
         let mut i = start;
         let mut escaped = false;
         loop {
-            i += self.b[i..]
-                .iter()
-                .position(|&c| STRING_STOP[usize::from(c)])?;
+            i += string_stop(&self.b[i..])?;
             match self.b[i] {
                 b'"' => break,
                 b'\\' => {
@@ -438,6 +651,33 @@ mod tests {
         ] {
             assert_eq!(scan(data.as_bytes()), None, "{data}");
         }
+    }
+
+    #[test]
+    fn the_word_at_a_time_stop_finds_the_first_stop_byte() {
+        let naive = |b: &[u8]| b.iter().position(|&c| STRING_STOP[usize::from(c)]);
+        // Every byte value at every position of a 1–19-byte string, after and before
+        // other stop bytes (which the word test may flag above a true stop).
+        for len in 1..20 {
+            for at in 0..len {
+                for byte in 0..=255u8 {
+                    for fill in [b'a', 0xc3, b'"', 0x1f, b'\\', 0xff] {
+                        let mut b = vec![b'x'; len];
+                        b[at] = byte;
+                        for later in b.iter_mut().skip(at + 1) {
+                            *later = fill;
+                        }
+                        assert_eq!(string_stop(&b), naive(&b), "{b:?}");
+                    }
+                }
+            }
+        }
+        let text = "héllo wörld, a longer string with no stop in it at all".repeat(3);
+        assert_eq!(string_stop(text.as_bytes()), None);
+        assert_eq!(
+            string_stop(format!("{text}\"").as_bytes()),
+            Some(text.len())
+        );
     }
 
     #[test]

@@ -125,9 +125,18 @@ impl ChatRequest {
 /// page cache that was ~100 µs of writer time per record, and the writer fell behind and
 /// dropped records (issue 13).
 pub(crate) fn new_request_id() -> String {
-    let ms = (crate::types::now_ms() as u64) & 0xffff_ffff_ffff;
+    let ms = u128::from((crate::types::now_ms() as u64) & 0xffff_ffff_ffff);
     let random = rand::random::<u128>() & ((1 << 80) - 1);
-    format!("req_{ms:012x}{random:020x}")
+    // `format!("req_{ms:012x}{random:020x}")` by hand: the formatting machinery cost ten
+    // times these 32 table lookups on every request.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (ms << 80) | random;
+    let mut id = String::with_capacity(36);
+    id.push_str("req_");
+    for shift in (0..32).rev() {
+        id.push(char::from(HEX[((digits >> (shift * 4)) & 0xf) as usize]));
+    }
+    id
 }
 
 #[cfg(test)]
