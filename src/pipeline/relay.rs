@@ -319,6 +319,8 @@ pub struct StreamRelay {
     at_start: bool,
     /// How much of `buf` is known to hold no event end, so a long event is scanned once.
     searched: usize,
+    /// The opening the stream's chunks repeat, read once (`chunk_scan::SeenPrefix`).
+    prefix: chunk_scan::SeenPrefix,
 }
 
 impl StreamRelay {
@@ -348,6 +350,7 @@ impl StreamRelay {
             cut: None,
             at_start: true,
             searched: 0,
+            prefix: chunk_scan::SeenPrefix::default(),
         }
     }
 
@@ -390,7 +393,7 @@ impl StreamRelay {
             let plain = data
                 .as_deref()
                 .filter(|d| *d != b"[DONE]")
-                .and_then(|d| chunk_scan::scan_str(text_of(text, d)?));
+                .and_then(|d| chunk_scan::scan_after(text_of(text, d)?, &mut self.prefix));
             let kind = match &data {
                 Some(d) => self.observer.observe_read(d, plain.as_ref()),
                 None => EventKind::Other,
