@@ -72,6 +72,17 @@ pub(crate) struct SeenPrefix {
     model_text: Option<Range<usize>>,
 }
 
+impl SeenPrefix {
+    /// Keeps `data`'s opening up to `at` (and the scan's state there), if any.
+    fn keep(&mut self, data: &[u8], at: Option<(usize, bool, Option<Range<usize>>)>) {
+        if let Some((end, model_seen, model_text)) = at {
+            self.bytes.clear();
+            self.bytes.extend_from_slice(&data[..end]);
+            (self.model_seen, self.model_text) = (model_seen, model_text);
+        }
+    }
+}
+
 /// [`scan_str`] resuming after `prefix` when `text` opens with it, and keeping `text`'s
 /// own opening in `prefix` when it did not (and was read to the end).
 pub(crate) fn scan_after<'a>(text: &'a str, prefix: &mut SeenPrefix) -> Option<PlainChunk<'a>> {
@@ -81,13 +92,12 @@ pub(crate) fn scan_after<'a>(text: &'a str, prefix: &mut SeenPrefix) -> Option<P
         model: None,
         choice: None,
     };
-    let (mut model, mut choices) = (false, false);
-    let mut model_text = None;
+    let mut choices = false;
     let resumed = !prefix.bytes.is_empty() && b.starts_with(&prefix.bytes);
+    let (mut model, mut model_text) = (false, None);
     if resumed {
         s.i = prefix.bytes.len();
-        model = prefix.model_seen;
-        model_text = prefix.model_text.clone();
+        (model, model_text) = (prefix.model_seen, prefix.model_text.clone());
         if let Some(at) = &model_text {
             chunk.model = Some(Cow::Borrowed(text.get(at.clone())?));
         }
@@ -152,14 +162,8 @@ pub(crate) fn scan_after<'a>(text: &'a str, prefix: &mut SeenPrefix) -> Option<P
     if s.i != b.len() {
         return None;
     }
-    if !resumed
-        && !escaped_model
-        && let Some((end, model_seen, model_text)) = keep
-    {
-        prefix.bytes.clear();
-        prefix.bytes.extend_from_slice(&b[..end]);
-        prefix.model_seen = model_seen;
-        prefix.model_text = model_text;
+    if !resumed && !escaped_model {
+        prefix.keep(b, keep);
     }
     Some(chunk)
 }

@@ -8,6 +8,7 @@
 //! the relay, so a client that hangs up drops the relay, which ends the upstream call and
 //! still yields a record.
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -382,18 +383,14 @@ impl StreamRelay {
             let raw = &self.buf[end + skip..end + len];
             // The standard decodes a stream as UTF-8 with U+FFFD for each byte that is not;
             // so does the relay, for measurement and for what the client gets.
-            let (text, mut decoded) = match std::str::from_utf8(raw) {
-                Ok(text) => (Some(text), None),
-                Err(_) => (None, Some(String::from_utf8_lossy(raw).into_owned())),
-            };
-            let text = text.or(decoded.as_deref()).expect("one of the two is set");
-            let event = text.as_bytes();
-            let data = parse_event(event).data;
+            // Borrowed when it is UTF-8 (checked once here, not again by the scan).
+            let mut text = String::from_utf8_lossy(raw);
+            let data = parse_event(text.as_bytes()).data;
             // Read once, for the measurement and the checks alike.
             let plain = data
                 .as_deref()
                 .filter(|d| *d != b"[DONE]")
-                .and_then(|d| chunk_scan::scan_after(text_of(text, d)?, &mut self.prefix));
+                .and_then(|d| chunk_scan::scan_after(text_of(&text, d)?, &mut self.prefix));
             let kind = match &data {
                 Some(d) => self.observer.observe_read(d, plain.as_ref()),
                 None => EventKind::Other,
@@ -406,7 +403,10 @@ impl StreamRelay {
             };
             let dropped = self.strip_usage && matches!(kind, EventKind::UsageOnly);
             let replacement = match action {
-                EventAction::Keep if !dropped => decoded.take().map(String::into_bytes),
+                EventAction::Keep if !dropped => match &mut text {
+                    Cow::Owned(decoded) => Some(std::mem::take(decoded).into_bytes()),
+                    Cow::Borrowed(_) => None,
+                },
                 EventAction::Keep => Some(Vec::new()),
                 EventAction::Replace(bytes) => Some(bytes),
                 EventAction::End { bytes, blocked } => {
