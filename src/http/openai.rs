@@ -38,7 +38,7 @@ pub(super) fn respond(answer: Answer) -> Response {
             status,
             headers,
             bytes,
-        }) => (status, headers, bytes).into_response(),
+        }) => whole(status, headers, bytes),
         Ok(Body::Stream {
             status,
             headers,
@@ -69,6 +69,19 @@ pub(super) fn respond(answer: Answer) -> Response {
 }
 
 /// The routes, listed as models: what a client may put in `model`.
+/// A whole answer: the upstream's headers become the response's as they are (merging them
+/// into a new map re-hashed every one), unless they lack a content type, which axum then
+/// supplies.
+fn whole(status: axum::http::StatusCode, headers: HeaderMap, bytes: Bytes) -> Response {
+    if !headers.contains_key(axum::http::header::CONTENT_TYPE) {
+        return (status, headers, bytes).into_response();
+    }
+    let mut response = Response::new(HttpBody::from(bytes));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
 pub(crate) async fn models(State(app): State<AppState>) -> Result<Response, ApiError> {
     let routing = app.routing.load();
     let data: Vec<_> = routing

@@ -93,7 +93,9 @@ pub(crate) fn to_client(upstream: &HeaderMap) -> HeaderMap {
         "proxy-connection",
         "set-cookie",
     ];
-    let mut out = HeaderMap::with_capacity(upstream.len());
+    // Room for the content type and the four headers `respond` adds (id, route, version,
+    // arm): growing the map re-hashes it.
+    let mut out = HeaderMap::with_capacity(upstream.len() + 5);
     for (name, value) in upstream {
         if DROP.contains(&name.as_str()) || name.as_str().starts_with("x-sluice-") {
             continue;
