@@ -158,7 +158,10 @@ async fn sticky_users_stay_in_the_canary_when_the_weight_rises() {
         .admin(Method::POST, &format!("/rollouts/{id}/resume"), None)
         .await;
     assert_eq!(status, StatusCode::OK);
-    let v = wait_for(&app, &id, None, "chat", |v| v["step"] == 1).await;
+    // Resuming restarts the step: requests of the paused step that the controller had not
+    // read before the resume are older than it and do not count, so the step gets its
+    // minimum from traffic sent after the resume (without it the test raced the look).
+    let v = wait_for(&app, &id, Some(&key), "chat", |v| v["step"] == 1).await;
     assert_eq!(v["weight"], 60.0);
     let second = canary_users(&app, &key).await;
     assert!(
