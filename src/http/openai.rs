@@ -68,7 +68,6 @@ pub(super) fn respond(answer: Answer) -> Response {
     response
 }
 
-/// The routes, listed as models: what a client may put in `model`.
 /// A whole answer: the upstream's headers become the response's as they are (merging them
 /// into a new map re-hashed every one), unless they lack a content type, which axum then
 /// supplies.
@@ -82,6 +81,7 @@ fn whole(status: axum::http::StatusCode, headers: HeaderMap, bytes: Bytes) -> Re
     response
 }
 
+/// The routes, listed as models: what a client may put in `model`.
 pub(crate) async fn models(State(app): State<AppState>) -> Result<Response, ApiError> {
     let routing = app.routing.load();
     let data: Vec<_> = routing
