@@ -124,6 +124,17 @@ stable = "unreachable"
 
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish_and_loses_no_record() {
+    sigterm_drains(false).await;
+}
+
+/// Pinned to one CPU, `sluice serve` runs tokio's single-threaded runtime (the bench rig's
+/// set-up, and a container with a one-CPU quota): the same drain, streams and records.
+#[tokio::test]
+async fn on_one_cpu_the_single_threaded_runtime_serves_and_drains_the_same() {
+    sigterm_drains(true).await;
+}
+
+async fn sigterm_drains(one_cpu: bool) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("sluice.db");
     let config = dir.path().join("sluice.toml");
@@ -139,7 +150,15 @@ async fn sigterm_lets_in_flight_requests_finish_and_loses_no_record() {
     let secret = "sk-upstream-never-logged-42";
     let log = dir.path().join("sluice.log");
     let out = std::fs::File::create(&log).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+    // `taskset` execs sluice in its own process, so the pid stays sluice's.
+    let mut command = if one_cpu {
+        let mut taskset = Command::new("taskset");
+        taskset.args(["-c", "0", env!("CARGO_BIN_EXE_sluice")]);
+        taskset
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+    };
+    let mut child = command
         .args(["serve", "--config"])
         .arg(&config)
         .args(["--listen", "127.0.0.1:0"])
@@ -151,6 +170,17 @@ async fn sigterm_lets_in_flight_requests_finish_and_loses_no_record() {
         .spawn()
         .unwrap();
     let base = listening_base(&mut child, &log).await;
+    let started = std::fs::read_to_string(&log).unwrap();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let flavour = if one_cpu || cpus == 1 {
+        "single-threaded"
+    } else {
+        "multi-threaded"
+    };
+    assert!(
+        started.contains(flavour),
+        "expected a {flavour} runtime ({cpus} CPUs):\n{started}"
+    );
     let http = http_client();
     let health = format!("{base}/healthz");
     eventually("sluice to start", || async {
