@@ -14,6 +14,16 @@ bench_setup() {
   export BENCH_RIG
   export BENCH_TOOLS=${BENCH_TOOLS:-$HOME/.cache/sluice-bench}
   export BENCH_WORKDIR=${BENCH_WORKDIR:-$ROOT/target/bench-work}
+  # The peers where `../shared/bench/setup.sh` puts them by default ($BENCH_RIG/.tools),
+  # unless they were installed into $BENCH_TOOLS or named explicitly.
+  local rig_tools=$BENCH_RIG/.tools
+  if [ ! -x "$BENCH_TOOLS/litellm-venv/bin/litellm" ] && [ -x "$rig_tools/litellm-venv/bin/litellm" ]; then
+    export BENCH_LITELLM_VENV=${BENCH_LITELLM_VENV:-$rig_tools/litellm-venv}
+  fi
+  local portkey=portkey/node_modules/@portkey-ai/gateway
+  if [ ! -d "$BENCH_TOOLS/$portkey" ] && [ -d "$rig_tools/$portkey" ]; then
+    export BENCH_PORTKEY_DIR=${BENCH_PORTKEY_DIR:-$rig_tools/$portkey}
+  fi
   mkdir -p "$BENCH_TOOLS" "$BENCH_WORKDIR"
   if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null

@@ -5,8 +5,10 @@ After every measured run of a target that serves sluice's /metrics, this adds to
 
 * the target's CPU per request split by thread: `db` = SQLite's worker threads (sqlx names
   them sqlx-sqlite-worker-N; the record writer is their only busy user under load), `tokio`
-  = the runtime's workers (request path, and the writer's side of the record stream), `rest`
-  = everything else in the process tree (main thread, exited threads, the wrapper shell);
+  = the runtime's threads (its workers, or the main thread where sluice runs the
+  single-threaded runtime on one CPU: the request path, and the writer's side of the record
+  stream), `rest` = everything else in the process tree (the main thread of a multi-threaded
+  runtime, exited threads, the wrapper shell);
 * the records sluice dropped during the run (`sluice_records_dropped_total`, which counts
   the queue-full drops and the batches the database refused) and written;
 * how long after the load stopped the record queue took to drain (written + dropped caught up
@@ -69,7 +71,8 @@ def thread_cpu(root: int) -> dict[str, float]:
             cpu = (int(rest[11]) + int(rest[12])) / rig.CLK_TCK
             if comm.startswith("sqlx-sqlite"):
                 groups["db"] += cpu
-            elif comm.startswith("tokio-rt-worker"):
+            elif comm.startswith("tokio-rt-worker") or (tid == str(pid) and comm == "sluice"):
+                # On one CPU sluice runs tokio's single-threaded runtime on its main thread.
                 groups["tokio"] += cpu
     return groups
 
@@ -203,7 +206,7 @@ def render_tables(meta, rows, targets_info):
     if ours:
         f = rig.fmt
         out.append("\n### sluice: CPU per request by thread, and the record stream\n")
-        out.append("| target | round | case | requests | CPU µs/req (all) | of which nginx LB | db threads | tokio workers | rest "
+        out.append("| target | round | case | requests | CPU µs/req (all) | of which nginx LB | db threads | runtime threads | rest "
                    "| records written | records dropped | queue drained after s |")
         out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in ours:
