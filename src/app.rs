@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::auth::KeyCache;
 use crate::catalog::Catalog;
@@ -192,11 +191,11 @@ impl Server {
             tasks,
         } = self;
         let grace = Duration::from_millis(app.settings.config.server.shutdown_grace_ms);
-        let (stopping_tx, mut stopping) = watch::channel(false);
         let router = crate::http::router(app.clone());
         let watched = tasks.clone();
         let limits = app.settings.config.server.clone();
-        let serve = crate::http::server::serve(listener, router, &limits, async move {
+        // Returns once every connection has ended: the cut ones' records are submitted.
+        crate::http::server::serve(listener, router, &limits, grace, async move {
             tokio::select! {
                 _ = stop => {}
                 failure = watched.failed() => {
@@ -207,16 +206,8 @@ impl Server {
                 grace_ms = grace.as_millis() as u64,
                 "stopping: no new connections, in-flight requests finish"
             );
-            let _ = stopping_tx.send(true);
-        });
-        let mut serve = std::pin::pin!(serve);
-        tokio::select! {
-            () = &mut serve => {}
-            _ = async { let _ = stopping.wait_for(|s| *s).await; tokio::time::sleep(grace).await } => {
-                tracing::warn!("grace period over; cutting the requests still running");
-            }
-        }
-        // Records of requests cut at the grace limit were submitted when they were dropped.
+        })
+        .await;
         tasks.shutdown(grace).await;
         let counters = app.sink.counters();
         tracing::info!(

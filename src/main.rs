@@ -310,8 +310,9 @@ fn main() -> ExitCode {
 }
 
 /// The tokio runtime: a single thread where this process may use one CPU only (pinned with
-/// `taskset`, or a container's one-CPU quota, as [`std::thread::available_parallelism`]
-/// reads them), a worker per CPU otherwise.
+/// `taskset`, or a container's CPU quota under two, which
+/// [`std::thread::available_parallelism`] rounds down to one), a worker per CPU otherwise.
+/// Chosen once, at start.
 ///
 /// Why: on one CPU a multi-threaded runtime still runs two threads (its one worker, and the
 /// main thread that runs the accept loop), and its scheduler pays for cross-thread wake-ups

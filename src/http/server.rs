@@ -26,6 +26,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::config::ServerConfig;
@@ -46,11 +47,15 @@ fn connection_builder(limits: &ServerConfig) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and waits
-/// for the open connections to finish their requests (the caller bounds that wait).
+/// up to `grace` for the open connections to finish their requests. What still runs then
+/// is cut: each connection task drops its requests, and their meters record them (outcome
+/// `client_disconnected`), so that every record is submitted before this returns and the
+/// caller stops the record writer.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     limits: &ServerConfig,
+    grace: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
     let builder = Arc::new(connection_builder(limits));
@@ -58,6 +63,9 @@ pub(crate) async fn serve(
     let graceful = GracefulShutdown::new();
     // Ends the wait for a connection's first byte when the server stops.
     let stopping = CancellationToken::new();
+    // Ends the connections still open when the grace period is over.
+    let cut = CancellationToken::new();
+    let connections = TaskTracker::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -86,12 +94,10 @@ pub(crate) async fn serve(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let stopping = stopping.clone();
+        let cut = cut.clone();
         let first_byte = Duration::from_millis(limits.header_read_timeout_ms);
-        #[expect(
-            clippy::disallowed_methods,
-            reason = "one task per connection; GracefulShutdown tracks them and the caller bounds the wait"
-        )]
-        tokio::spawn(async move {
+        // One task per connection, tracked here: `serve` returns only once each has ended.
+        connections.spawn(async move {
             // A connection that sends nothing is closed after the header timeout (hyper's
             // own clock starts only with the first bytes); an empty peek is a closed one.
             let mut probe = [0u8; 1];
@@ -108,13 +114,29 @@ pub(crate) async fn serve(
             let connection = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+            tokio::select! {
+                served = watcher.watch(connection) => {
+                    if let Err(e) = served {
+                        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                    }
+                }
+                () = cut.cancelled() => {}
             }
             drop(permit);
         });
     }
     drop(listener);
     stopping.cancel();
-    graceful.shutdown().await;
+    connections.close();
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!(
+                connections = connections.len(),
+                "grace period over; cutting the requests still running"
+            );
+            cut.cancel();
+        }
+    }
+    connections.wait().await;
 }

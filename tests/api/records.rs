@@ -150,10 +150,17 @@ async fn sigterm_drains(one_cpu: bool) {
     let secret = "sk-upstream-never-logged-42";
     let log = dir.path().join("sluice.log");
     let out = std::fs::File::create(&log).unwrap();
-    // `taskset` execs sluice in its own process, so the pid stays sluice's.
+    // `taskset` execs sluice in its own process, so the pid stays sluice's. The first CPU
+    // this test may run on (a container may not have CPU 0).
     let mut command = if one_cpu {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let allowed = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .expect("Linux names the CPUs a process may use");
+        let first = allowed.trim().split([',', '-']).next().unwrap().to_owned();
         let mut taskset = Command::new("taskset");
-        taskset.args(["-c", "0", env!("CARGO_BIN_EXE_sluice")]);
+        taskset.args(["-c", &first, env!("CARGO_BIN_EXE_sluice")]);
         taskset
     } else {
         Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -281,6 +288,110 @@ async fn sigterm_drains(one_cpu: bool) {
     assert!(records.iter().all(
         |r| r.outcome == sluice::types::Outcome::Ok && r.usage.completion_tokens == OK_USAGE.1
     ));
+}
+
+/// A request still running when `shutdown_grace_ms` is over is cut, and its record is
+/// still written (outcome `client_disconnected`) before the record writer stops.
+#[tokio::test]
+async fn a_request_cut_at_the_grace_limit_is_still_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sluice.db");
+    let config = dir.path().join("sluice.toml");
+    // The gate never opens: every call to the slow route outlives the grace period.
+    let upstream = MockUpstream::start().await;
+    std::fs::write(
+        &config,
+        SUBPROCESS_CONFIG
+            .replace("shutdown_grace_ms = 60000", "shutdown_grace_ms = 300")
+            .replace("DB_PATH", &db.display().to_string())
+            .replace("UPSTREAM_URL", &upstream.url),
+    )
+    .unwrap();
+    let log = dir.path().join("sluice.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("SIGTERM_TEST_UPSTREAM_KEY", "sk-upstream")
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let base = listening_base(&mut child, &log).await;
+    let http = http_client();
+    let key = workspace_key(&http, &base).await;
+    let mut in_flight = Vec::new();
+    for i in 0..6 {
+        let request = http
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&chat_body("slow", json!({"stream": i % 2 == 0})));
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the test's own clients, all awaited below"
+        )]
+        let client = tokio::spawn(async move { request.send().await.map(|r| r.status()) });
+        in_flight.push(client);
+    }
+    eventually("6 requests held upstream", || async {
+        (upstream.held() >= 6).then_some(())
+    })
+    .await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exit = tokio::task::spawn_blocking(move || {
+        let status = child.wait().unwrap();
+        (status, std::fs::read_to_string(&log).unwrap())
+    })
+    .await
+    .unwrap();
+    assert!(exit.0.success(), "exit {:?}\n{}", exit.0, exit.1);
+    assert!(exit.1.contains("grace period over"), "{}", exit.1);
+    for call in in_flight {
+        // Cut: the connection closes without an answer.
+        assert!(call.await.unwrap().is_err());
+    }
+    let store = sluice::store::Store::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let records = store.records(Some("slow"), 20).await.unwrap();
+    assert_eq!(
+        records.len(),
+        6,
+        "every cut request is recorded:\n{}",
+        exit.1
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r.outcome == sluice::types::Outcome::ClientDisconnected)
+    );
+    assert!(!exit.1.contains("records dropped"), "{}", exit.1);
+}
+
+/// Creates workspace `acme` and returns a key for it.
+async fn workspace_key(http: &reqwest::Client, base: &str) -> String {
+    let admin = |m: Method, path: &str| {
+        http.request(m, format!("{base}/admin/v1{path}"))
+            .bearer_auth(ADMIN_TOKEN)
+    };
+    admin(Method::POST, "/workspaces")
+        .json(&json!({"id": "acme"}))
+        .send()
+        .await
+        .unwrap();
+    let key: Value = admin(Method::POST, "/workspaces/acme/keys")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    key["key"].as_str().unwrap().to_owned()
 }
 
 const STUCK_DB_CONFIG: &str = r#"
