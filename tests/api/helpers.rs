@@ -997,6 +997,27 @@ pub fn write_policies(dir: &Path) {
 }
 
 /// A reqwest client; reqwest is built without a TLS provider, so install sluice's first.
+/// Creates `workspace` on a `sluice serve` process at `base` and returns a fresh key for it.
+pub async fn subprocess_key(http: &reqwest::Client, base: &str, workspace: &str) -> String {
+    let admin = |path: &str| {
+        http.post(format!("{base}/admin/v1{path}"))
+            .bearer_auth(ADMIN_TOKEN)
+    };
+    admin("/workspaces")
+        .json(&json!({"id": workspace}))
+        .send()
+        .await
+        .unwrap();
+    let key: Value = admin(&format!("/workspaces/{workspace}/keys"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    key["key"].as_str().unwrap().to_owned()
+}
+
 pub fn http_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::Connection;
 
 use crate::helpers::*;
@@ -194,23 +194,7 @@ async fn sigterm_drains(one_cpu: bool) {
         http.get(&health).send().await.is_ok().then_some(())
     })
     .await;
-    let admin = |m: Method, path: &str| {
-        http.request(m, format!("{base}/admin/v1{path}"))
-            .bearer_auth(ADMIN_TOKEN)
-    };
-    admin(Method::POST, "/workspaces")
-        .json(&json!({"id": "acme"}))
-        .send()
-        .await
-        .unwrap();
-    let key: Value = admin(Method::POST, "/workspaces/acme/keys")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = key["key"].as_str().unwrap().to_owned();
+    let key = subprocess_key(&http, &base, "acme").await;
 
     let status = http
         .post(format!("{base}/v1/chat/completions"))
@@ -320,7 +304,7 @@ async fn a_request_cut_at_the_grace_limit_is_still_recorded() {
         .unwrap();
     let base = listening_base(&mut child, &log).await;
     let http = http_client();
-    let key = workspace_key(&http, &base).await;
+    let key = subprocess_key(&http, &base, "acme").await;
     let mut in_flight = Vec::new();
     for i in 0..6 {
         let request = http
@@ -371,27 +355,6 @@ async fn a_request_cut_at_the_grace_limit_is_still_recorded() {
             .all(|r| r.outcome == sluice::types::Outcome::ClientDisconnected)
     );
     assert!(!exit.1.contains("records dropped"), "{}", exit.1);
-}
-
-/// Creates workspace `acme` and returns a key for it.
-async fn workspace_key(http: &reqwest::Client, base: &str) -> String {
-    let admin = |m: Method, path: &str| {
-        http.request(m, format!("{base}/admin/v1{path}"))
-            .bearer_auth(ADMIN_TOKEN)
-    };
-    admin(Method::POST, "/workspaces")
-        .json(&json!({"id": "acme"}))
-        .send()
-        .await
-        .unwrap();
-    let key: Value = admin(Method::POST, "/workspaces/acme/keys")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    key["key"].as_str().unwrap().to_owned()
 }
 
 const STUCK_DB_CONFIG: &str = r#"
@@ -478,23 +441,7 @@ async fn a_database_that_takes_no_writes_costs_records_but_never_requests() {
             http.get(&health).send().await.is_ok().then_some(())
         })
         .await;
-        let admin = |m: Method, path: &str| {
-            http.request(m, format!("{base}/admin/v1{path}"))
-                .bearer_auth(ADMIN_TOKEN)
-        };
-        admin(Method::POST, "/workspaces")
-            .json(&json!({"id": "acme"}))
-            .send()
-            .await
-            .unwrap();
-        let key: Value = admin(Method::POST, "/workspaces/acme/keys")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let key = key["key"].as_str().unwrap().to_owned();
+        let key = subprocess_key(&http, &base, "acme").await;
         let chat = || {
             let request = http
                 .post(format!("{base}/v1/chat/completions"))
