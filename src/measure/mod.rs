@@ -42,6 +42,9 @@ pub(crate) struct Observed {
 /// that its future or stream was dropped.
 pub struct Meter {
     started: Instant,
+    /// When the answer was complete, for a record finished after the reply went out
+    /// ([`Meter::finish_after_reply`]); `None` dates the end when the meter finishes.
+    ended: Option<Instant>,
     at_ms: i64,
     request_id: String,
     workspace: String,
@@ -78,6 +81,7 @@ impl Meter {
             .map_or_else(crate::types::now_ms, |a| a.at_ms);
         Self {
             started: Instant::now(),
+            ended: None,
             at_ms,
             request_id,
             workspace,
@@ -159,6 +163,23 @@ impl Meter {
         self.sink.submit(record);
     }
 
+    /// Ends the measurement with `outcome` once the reply that this call's caller is about to
+    /// return has been handed to the client: the record is built and submitted (trace
+    /// span, live stats, the rollout's tap, the shadow copy, the record queue) by a task
+    /// that runs after the current one yields, with the latency dated now.
+    ///
+    /// Why: on a whole answer that work otherwise runs between the upstream's answer and the
+    /// client's, and adds to the latency every caller sees; deferred, it runs while the
+    /// reply is on its way. The record is no less certain: the task is tracked by the sink,
+    /// whose writer waits for it before it stops. Only on the single-threaded runtime, where
+    /// it still runs before anything the client does next; elsewhere the record is finished
+    /// at once ([`sink::RecordSink::after_reply`]).
+    pub(crate) fn finish_after_reply(mut self, outcome: Outcome) {
+        self.ended = Some(Instant::now());
+        let sink = self.sink.clone();
+        sink.after_reply(move || self.finish(outcome));
+    }
+
     fn build_record(&mut self, outcome: Outcome) -> Record {
         let mut observed = std::mem::take(&mut self.observed);
         // The answer stays for the shadow copy and the model for the span (taken in `finish`).
@@ -185,7 +206,12 @@ impl Meter {
             stream: self.stream,
             status: self.status,
             outcome,
-            latency_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            latency_ms: self
+                .ended
+                .unwrap_or_else(Instant::now)
+                .duration_since(self.started)
+                .as_secs_f64()
+                * 1000.0,
             ttft_ms: observed
                 .first_token
                 .map(|t| t.duration_since(self.started).as_secs_f64() * 1000.0),
@@ -274,6 +300,30 @@ stable = "v1"
             Arc::new(sink),
         );
         (meter, records)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_record_finished_after_the_reply_comes_once_the_task_yields_dated_at_the_call() {
+        let (mut meter, mut records) = meter("req_2");
+        meter.status = 200;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        meter.finish_after_reply(Outcome::Ok);
+        // Not before the reply (this task) has yielded…
+        assert!(records.try_recv().is_err());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        tokio::task::yield_now().await;
+        // …then once, with the latency of the answer, not of the wait after it.
+        let r = records.try_recv().expect("recorded once the task yields");
+        assert!(records.try_recv().is_err());
+        assert_eq!(
+            (r.request_id.as_str(), r.outcome, r.status),
+            ("req_2", Outcome::Ok, 200)
+        );
+        assert!(
+            r.latency_ms >= 20.0 && r.latency_ms < 100.0,
+            "latency {} ms: dated at the call (20 ms in), not at the yield (120 ms in)",
+            r.latency_ms
+        );
     }
 
     #[test]

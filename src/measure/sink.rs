@@ -107,6 +107,9 @@ pub struct RecordSink {
     stalled_after: Duration,
     /// When the last "records dropped" warning went out, and the drop count it reported.
     drop_report: std::sync::Mutex<(Option<Instant>, u64)>,
+    /// Records finished after their reply went out ([`RecordSink::after_reply`]); the
+    /// writer waits for them before it stops.
+    after_reply: tokio_util::task::TaskTracker,
 }
 
 /// The measurement record writer's counters.
@@ -146,6 +149,7 @@ impl RecordSink {
             pace_wait: PACE_WAIT,
             stalled_after: WRITER_STALLED,
             drop_report: std::sync::Mutex::new((None, 0)),
+            after_reply: tokio_util::task::TaskTracker::new(),
         };
         (sink, rx)
     }
@@ -169,6 +173,27 @@ impl RecordSink {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             self.report_drops(false);
         }
+    }
+
+    /// Runs `finish` (a meter's finish, which ends in [`RecordSink::submit`]) in a task of
+    /// its own, queued behind the current one: on a whole answer, it runs once the reply has
+    /// been written. Runs it at once instead on a multi-threaded runtime, outside a runtime,
+    /// and once the writer has begun to stop (so that no record arrives after it drained
+    /// the queue).
+    ///
+    /// Why only on the single-threaded runtime: there the task queue is first in, first
+    /// out, and a client's next request can only be read after the reply went out, so the
+    /// task runs before anything the client does next (feedback on the request, a request
+    /// that its spend put over a workspace limit, a read of the live stats) sees sluice. A
+    /// multi-threaded runtime may run that next request on another worker first.
+    pub(crate) fn after_reply(&self, finish: impl FnOnce() + Send + 'static) {
+        let single_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+        if !single_threaded || self.after_reply.is_closed() {
+            finish();
+            return;
+        }
+        self.after_reply.spawn(async move { finish() });
     }
 
     /// Waits, at most [`PACE_WAIT`], while the queue is nearly full and the writer is
@@ -291,7 +316,10 @@ impl RecordSink {
             batch.clear();
             self.report_drops(false);
         }
-        // No new records from here on; what is queued (and `batch`) is still delivered.
+        // Records finished after their reply still come in; then no new ones, and what is
+        // queued (and `batch`) is still delivered.
+        self.after_reply.close();
+        self.after_reply.wait().await;
         rx.close();
         loop {
             let room = WRITE_BATCH - batch.len();
@@ -482,6 +510,51 @@ mod tests {
         // After shutdown the queue is closed: a late record is dropped and counted.
         sink.submit(record(100_000));
         assert_eq!(sink.counters().dropped, 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_record_finished_after_its_reply_is_written_before_the_writer_stops() {
+        let (store, _dir) = store().await;
+        let (sink, rx) = sink(8);
+        let sink = Arc::new(sink);
+        let stop = CancellationToken::new();
+        let writer = {
+            let (sink, store, stop) = (sink.clone(), store.clone(), stop.clone());
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "a test drives the writer by hand"
+            )]
+            tokio::spawn(async move { sink.run_writer(rx, store, stop).await })
+        };
+        // The writer waits for its first record.
+        tokio::task::yield_now().await;
+        // Told to stop first, it runs before the finish queued behind it, and must wait
+        // for that finish before it closes the queue.
+        stop.cancel();
+        let finishing = sink.clone();
+        sink.after_reply(move || finishing.submit(record(1)));
+        assert!(
+            sink.recent("req_1").is_none(),
+            "the finish waits for this task"
+        );
+        writer.await.unwrap();
+        let c = sink.counters();
+        assert_eq!((c.written, c.dropped), (1, 0), "{c:?}");
+        assert_eq!(store.count_records().await.unwrap(), 1);
+        // Once the writer has stopped, a finish runs at once (and its record is dropped and
+        // counted, as any record after shutdown).
+        let late = sink.clone();
+        sink.after_reply(move || late.submit(record(2)));
+        assert_eq!(sink.counters().dropped, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_a_multi_threaded_runtime_a_finish_after_the_reply_runs_at_once() {
+        let (sink, mut rx) = sink(8);
+        let sink = Arc::new(sink);
+        let finishing = sink.clone();
+        sink.after_reply(move || finishing.submit(record(1)));
+        assert_eq!(rx.try_recv().unwrap().request_id, "req_1");
     }
 
     #[tokio::test]

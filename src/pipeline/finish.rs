@@ -1,6 +1,7 @@
 //! The shared end of an answer, and its record: what a whole answer and a stream relay
 //! (chat completions and the Responses API alike) do once the answer is known, and how a
-//! request that failed is recorded. `Meter::finish` then writes the one record.
+//! request that failed is recorded. `Meter::finish` then writes the one record (for an answer
+//! that succeeded, after its reply has gone out).
 
 use axum::http::StatusCode;
 
@@ -51,10 +52,11 @@ pub fn end_of_answer(meter: &mut Meter, end: AnswerEnd, text: impl FnOnce() -> S
     observed.response_model = end.model;
 }
 
-/// Records the request with the upstream's `status` and `outcome`.
-pub fn record(meter: &mut Meter, status: StatusCode, outcome: Outcome) {
+/// Records the request with the upstream's `status` and `outcome` once the reply the caller
+/// returns has gone out ([`Meter::finish_after_reply`]): for a whole answer that succeeded.
+pub fn record_after_reply(mut meter: Meter, status: StatusCode, outcome: Outcome) {
     meter.status = status.as_u16();
-    meter.finish(outcome);
+    meter.finish_after_reply(outcome);
 }
 
 /// Records a failed request (the error's status and outcome) and hands its error back.

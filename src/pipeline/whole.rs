@@ -57,7 +57,7 @@ pub(crate) async fn chat(
             }
         }
     }
-    finish::record(&mut ctx.meter, reply.status, Outcome::Ok);
+    finish::record_after_reply(ctx.meter, reply.status, Outcome::Ok);
     Ok(Body::Whole {
         status: reply.status,
         headers,

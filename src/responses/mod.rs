@@ -284,7 +284,7 @@ async fn whole(
     } else {
         Outcome::Ok
     };
-    finish::record(&mut ctx.meter, reply.status, outcome);
+    finish::record_after_reply(ctx.meter, reply.status, outcome);
     Ok(Body::Whole {
         status: reply.status,
         headers,
