@@ -54,7 +54,7 @@ pub fn end_of_answer(meter: &mut Meter, end: AnswerEnd, text: impl FnOnce() -> S
 
 /// Records the request with the upstream's `status` and `outcome` once the reply the caller
 /// returns has gone out ([`Meter::finish_after_reply`]): for a whole answer that succeeded.
-pub fn record_after_reply(mut meter: Meter, status: StatusCode, outcome: Outcome) {
+pub(crate) fn record_after_reply(mut meter: Meter, status: StatusCode, outcome: Outcome) {
     meter.status = status.as_u16();
     meter.finish_after_reply(outcome);
 }
