@@ -124,12 +124,23 @@ pub(crate) fn traceparent(cx: &Context) -> Option<String> {
     map.remove("traceparent")
 }
 
-/// Ends the span in `cx` with these attributes, as an error when `error` is set.
+/// Ends the span in `cx` now with these attributes, as an error when `error` is set.
 pub(crate) fn end(cx: &Context, attributes: Vec<KeyValue>, error: Option<String>) {
+    end_at(cx, attributes, error, std::time::SystemTime::now());
+}
+
+/// [`end`], dated `at`: a request whose record is finished after its reply ends its span
+/// when the answer was complete, as its record's latency does.
+pub(crate) fn end_at(
+    cx: &Context,
+    attributes: Vec<KeyValue>,
+    error: Option<String>,
+    at: std::time::SystemTime,
+) {
     let span = cx.span();
     span.set_attributes(attributes);
     if let Some(message) = error {
         span.set_status(Status::error(message));
     }
-    span.end();
+    span.end_with_timestamp(at);
 }

@@ -45,6 +45,9 @@ pub struct Meter {
     /// When the answer was complete, for a record finished after the reply went out
     /// ([`Meter::finish_after_reply`]); `None` dates the end when the meter finishes.
     ended: Option<Instant>,
+    /// The outcome a record finished after the reply will have, should its task be dropped
+    /// unrun (a runtime torn down): the request did end that way, not by a hang-up.
+    outcome_after_reply: Option<Outcome>,
     at_ms: i64,
     request_id: String,
     workspace: String,
@@ -82,6 +85,7 @@ impl Meter {
         Self {
             started: Instant::now(),
             ended: None,
+            outcome_after_reply: None,
             at_ms,
             request_id,
             workspace,
@@ -148,7 +152,8 @@ impl Meter {
         }
         let record = self.build_record(outcome);
         if let Some(span) = self.span.take() {
-            end_span(&span, &record, self.observed.response_model.take());
+            let model = self.observed.response_model.take();
+            end_span(&span, &record, model, self.ended);
         }
         self.target.stats.observe(&record);
         if let Some(assignment) = &self.target.rollout {
@@ -176,6 +181,7 @@ impl Meter {
     /// at once ([`sink::RecordSink::after_reply`]).
     pub(crate) fn finish_after_reply(mut self, outcome: Outcome) {
         self.ended = Some(Instant::now());
+        self.outcome_after_reply = Some(outcome);
         let sink = self.sink.clone();
         sink.after_reply(move || self.finish(outcome));
     }
@@ -233,8 +239,14 @@ impl Meter {
     }
 }
 
-/// Ends a request span with the GenAI attributes only known at the end.
-fn end_span(span: &opentelemetry::Context, record: &Record, response_model: Option<String>) {
+/// Ends a request span with the GenAI attributes only known at the end, dated `ended` when
+/// the record is finished after the reply.
+fn end_span(
+    span: &opentelemetry::Context,
+    record: &Record,
+    response_model: Option<String>,
+    ended: Option<Instant>,
+) {
     use opentelemetry::{KeyValue, Value};
     let mut attributes = vec![
         KeyValue::new(
@@ -257,13 +269,18 @@ fn end_span(span: &opentelemetry::Context, record: &Record, response_model: Opti
         attributes.push(KeyValue::new("gen_ai.response.finish_reasons", reasons));
     }
     let error = (record.outcome != Outcome::Ok).then(|| record.outcome.as_str().to_owned());
-    crate::traces::end(span, attributes, error);
+    let now = std::time::SystemTime::now();
+    let at = ended.map_or(now, |ended| now - ended.elapsed());
+    crate::traces::end_at(span, attributes, error, at);
 }
 
 impl Drop for Meter {
     fn drop(&mut self) {
         if !self.finished {
-            self.finish(Outcome::ClientDisconnected);
+            let outcome = self
+                .outcome_after_reply
+                .unwrap_or(Outcome::ClientDisconnected);
+            self.finish(outcome);
         }
     }
 }
@@ -324,6 +341,22 @@ stable = "v1"
             "latency {} ms: dated at the call (20 ms in), not at the yield (120 ms in)",
             r.latency_ms
         );
+    }
+
+    #[test]
+    fn a_record_whose_task_after_the_reply_never_runs_keeps_its_outcome() {
+        let (mut meter, mut records) = meter("req_3");
+        meter.status = 200;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async move { meter.finish_after_reply(Outcome::Ok) });
+        assert!(records.try_recv().is_err(), "queued, not run");
+        drop(runtime);
+        let r = records
+            .try_recv()
+            .expect("recorded when the task is dropped");
+        assert_eq!((r.outcome, r.status), (Outcome::Ok, 200));
     }
 
     #[test]
