@@ -17,6 +17,7 @@ rig=$ROOT/../shared/bench
 mock_dir=$(cd "$rig/mock" && pwd)
 work=${WORK:-$ROOT/target/c1-tail-work}
 rm -rf "$work" && mkdir -p "$work/tmp"
+bench_nginx
 nginx=$(command -v nginx || echo /usr/sbin/nginx)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 mock_port=$(free_port) sluice_port=$(free_port) proxy_port=$(free_port)

@@ -25,12 +25,17 @@ bench_setup() {
     export BENCH_PORTKEY_DIR=${BENCH_PORTKEY_DIR:-$rig_tools/$portkey}
   fi
   mkdir -p "$BENCH_TOOLS" "$BENCH_WORKDIR"
-  if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
-  fi
+  bench_nginx
   if ! "$BENCH_TOOLS/cargo/bin/oha" --version 2>/dev/null | grep -q 1.16.0; then
     echo "[$who] building oha 1.16.0 (a few minutes)" >&2
     cargo install oha --version 1.16.0 --locked --root "$BENCH_TOOLS/cargo"
+  fi
+}
+
+# Installs nginx (apt) unless it is there: the rig's mock and the floor it is compared to.
+bench_nginx() {
+  if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
   fi
 }
 

@@ -42,12 +42,11 @@ pub(crate) struct Observed {
 /// that its future or stream was dropped.
 pub struct Meter {
     started: Instant,
-    /// When the answer was complete, for a record finished after the reply went out
-    /// ([`Meter::finish_after_reply`]); `None` dates the end when the meter finishes.
-    ended: Option<Instant>,
-    /// The outcome a record finished after the reply will have, should its task be dropped
-    /// unrun (a runtime torn down): the request did end that way, not by a hang-up.
-    outcome_after_reply: Option<Outcome>,
+    /// For a record finished after the reply went out ([`Meter::finish_after_reply`]): when
+    /// the answer was complete (its latency's and span's end; `None` dates them when the
+    /// meter finishes), and its outcome, kept should the task be dropped unrun (a runtime
+    /// torn down): the request did end that way, not by a hang-up.
+    after_reply: Option<(Instant, Outcome)>,
     at_ms: i64,
     request_id: String,
     workspace: String,
@@ -84,8 +83,7 @@ impl Meter {
             .map_or_else(crate::types::now_ms, |a| a.at_ms);
         Self {
             started: Instant::now(),
-            ended: None,
-            outcome_after_reply: None,
+            after_reply: None,
             at_ms,
             request_id,
             workspace,
@@ -153,7 +151,7 @@ impl Meter {
         let record = self.build_record(outcome);
         if let Some(span) = self.span.take() {
             let model = self.observed.response_model.take();
-            end_span(&span, &record, model, self.ended);
+            end_span(&span, &record, model, self.after_reply.map(|(at, _)| at));
         }
         self.target.stats.observe(&record);
         if let Some(assignment) = &self.target.rollout {
@@ -180,8 +178,7 @@ impl Meter {
     /// it still runs before anything the client does next; elsewhere the record is finished
     /// at once ([`sink::RecordSink::after_reply`]).
     pub(crate) fn finish_after_reply(mut self, outcome: Outcome) {
-        self.ended = Some(Instant::now());
-        self.outcome_after_reply = Some(outcome);
+        self.after_reply = Some((Instant::now(), outcome));
         let sink = self.sink.clone();
         sink.after_reply(move || self.finish(outcome));
     }
@@ -213,8 +210,8 @@ impl Meter {
             status: self.status,
             outcome,
             latency_ms: self
-                .ended
-                .unwrap_or_else(Instant::now)
+                .after_reply
+                .map_or_else(Instant::now, |(at, _)| at)
                 .duration_since(self.started)
                 .as_secs_f64()
                 * 1000.0,
@@ -278,8 +275,8 @@ impl Drop for Meter {
     fn drop(&mut self) {
         if !self.finished {
             let outcome = self
-                .outcome_after_reply
-                .unwrap_or(Outcome::ClientDisconnected);
+                .after_reply
+                .map_or(Outcome::ClientDisconnected, |(_, outcome)| outcome);
             self.finish(outcome);
         }
     }

@@ -420,6 +420,21 @@ mod tests {
         (Store::connect(&url).await.unwrap(), dir)
     }
 
+    /// The writer of `sink` on `store`, as a task of the test's runtime, until `stop`.
+    fn spawn_writer(
+        sink: &Arc<RecordSink>,
+        store: &Store,
+        rx: mpsc::Receiver<Record>,
+        stop: &CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let (sink, store, stop) = (sink.clone(), store.clone(), stop.clone());
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a test drives the writer by hand"
+        )]
+        tokio::spawn(async move { sink.run_writer(rx, store, stop).await })
+    }
+
     #[test]
     fn a_full_queue_drops_and_counts_instead_of_waiting() {
         let (sink, mut rx) = sink(2);
@@ -471,15 +486,7 @@ mod tests {
         let (sink, rx) = sink(4 * WRITE_BATCH);
         let sink = Arc::new(sink);
         let stop = CancellationToken::new();
-        let shutdown = stop.clone();
-        let writer = {
-            let (sink, store) = (sink.clone(), store.clone());
-            #[expect(
-                clippy::disallowed_methods,
-                reason = "a test drives the writer by hand"
-            )]
-            tokio::spawn(async move { sink.run_writer(rx, store, shutdown).await })
-        };
+        let writer = spawn_writer(&sink, &store, rx, &stop);
         // Written while running.
         for i in 0..3 {
             sink.submit(record(i));
@@ -518,14 +525,7 @@ mod tests {
         let (sink, rx) = sink(8);
         let sink = Arc::new(sink);
         let stop = CancellationToken::new();
-        let writer = {
-            let (sink, store, stop) = (sink.clone(), store.clone(), stop.clone());
-            #[expect(
-                clippy::disallowed_methods,
-                reason = "a test drives the writer by hand"
-            )]
-            tokio::spawn(async move { sink.run_writer(rx, store, stop).await })
-        };
+        let writer = spawn_writer(&sink, &store, rx, &stop);
         // The writer waits for its first record.
         tokio::task::yield_now().await;
         // Told to stop first, it runs before the finish queued behind it, and must wait
@@ -569,14 +569,7 @@ mod tests {
         sink.stalled_after = Duration::from_secs(60);
         let sink = Arc::new(sink);
         let stop = CancellationToken::new();
-        let writer = {
-            let (sink, store, stop) = (sink.clone(), store.clone(), stop.clone());
-            #[expect(
-                clippy::disallowed_methods,
-                reason = "a test drives the writer by hand"
-            )]
-            tokio::spawn(async move { sink.run_writer(rx, store, stop).await })
-        };
+        let writer = spawn_writer(&sink, &store, rx, &stop);
         let total = 40 * capacity;
         for i in 0..total {
             sink.pace().await;

@@ -1,7 +1,7 @@
 //! The shared end of an answer, and its record: what a whole answer and a stream relay
 //! (chat completions and the Responses API alike) do once the answer is known, and how a
-//! request that failed is recorded. `Meter::finish` then writes the one record (for a whole answer
-//! passed on as given, after its reply has gone out).
+//! request that failed is recorded. `Meter::finish` then writes the one record (for a whole
+//! answer passed on as given, after its reply has gone out).
 
 use axum::http::StatusCode;
 
