@@ -176,8 +176,10 @@ for name, w, ratio, baseline, ours in (
     ("s03 1 % -> 5 % at 25 %", 0.25, 5.0, 296, "328"),
     ("s04 1 % -> 2 % at 25 %", 0.25, 2.0, 2307, "3796"),
 ):
-    p1 = 0.01 * ratio
-    bounds = [any_judge_median_bound(0.012, p1, a) for a in (0.01, 0.01 * share_err)]
+    # Not `p1`: that name is the TTFT tail's exceedance, which tail_oracle_median reads
+    # below (a loop variable of that name once made its figures those of a 2 % rate).
+    p_canary = 0.01 * ratio
+    bounds = [any_judge_median_bound(0.012, p_canary, a) for a in (0.01, 0.01 * share_err)]
     oracles = [design_based_oracle_median(w, ratio, a) for a in (0.01, 0.01 * share_err)]
     print(f"{name} | {baseline} | {bounds[0]} | {bounds[1]} | {oracles[0]} | {oracles[1]} | {ours}")
 
@@ -200,8 +202,12 @@ def tail_oracle_median(level: float, runs: int = 4000, seed: int = 11) -> int:
     return stops[len(stops) // 2]
 
 
-print(
-    "s06 TTFT tail +30 % | 731 (Argo-style) | oracle e-process median, alpha: "
-    f"{tail_oracle_median(0.01)}, at the gate's share: {tail_oracle_median(0.01 * share)}, "
-    f"at the tail process's half of it: {tail_oracle_median(0.005 * share)} | sluice 1224"
-)
+levels = (0.01, 0.01 * share, 0.005 * share)
+tail_bounds = [any_judge_median_bound(0.05, p1, a) for a in levels]
+tail_oracles = [tail_oracle_median(a) for a in levels]
+print()
+print("s06 TTFT tail +30 %: median canary requests to revert (exceedance of stable's p95, 5 % against")
+print(f"{p1:.4f}), at alpha / at the TTFT gate's share / at the tail process's half of it")
+print("best tuned threshold judge: 731 (Argo-style); sluice: 1224")
+print(f"any valid judge: {' / '.join(map(str, tail_bounds))}")
+print(f"likelihood ratio of the exceedance, effect known: {' / '.join(map(str, tail_oracles))}")
