@@ -175,6 +175,9 @@ for name, w, ratio, baseline, ours in (
     ("s02 1 % -> 2 % at 5 %", 0.05, 2.0, 1210, "- (28.8 % reverted)"),
     ("s03 1 % -> 5 % at 25 %", 0.25, 5.0, 296, "328"),
     ("s04 1 % -> 2 % at 25 %", 0.25, 2.0, 2307, "3796"),
+    # Counted from the onset at minute 20, which the bounds are told and a judge is not:
+    # the tuned judge's 1 214 from the start less the 600 canary requests before it.
+    ("s08 1 % -> 3 % at 5 % from minute 20", 0.05, 3.0, "614", "- (49.6 % reverted)"),
 ):
     # Not `p1`: that name is the TTFT tail's exceedance, which tail_oracle_median reads
     # below (a loop variable of that name once made its figures those of a 2 % rate).
