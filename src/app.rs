@@ -53,7 +53,8 @@ fn spawn_cluster(tasks: &Tasks, app: &Arc<App>, cluster: &Arc<Cluster>) {
             |stop| crate::cluster::listen::run_rereader(app, wake, stop)
         });
         // Writer stage: it ships last, after the controller has stopped judging.
-        // Stops with the controller, once the server has drained (no observation comes
+        // Stops with the controller, once the server has drained and the records finished
+        // after their replies are in (`RecordSink::finish_replies`: no observation comes
         // after that), so that its closing batch is written before the heartbeat (a
         // `Side` task) takes this replica out of the live set.
         tasks.spawn("cluster-shipper", Stage::Control, |stop| {
@@ -208,6 +209,9 @@ impl Server {
             );
         })
         .await;
+        // A connection ends once its reply is written; its record may still be queued
+        // behind other tasks. Every record is in before anything stops.
+        app.sink.finish_replies().await;
         tasks.shutdown(grace).await;
         let counters = app.sink.counters();
         tracing::info!(

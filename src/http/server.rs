@@ -49,8 +49,9 @@ fn connection_builder(limits: &ServerConfig) -> auto::Builder<TokioExecutor> {
 /// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and waits
 /// up to `grace` for the open connections to finish their requests. What still runs then
 /// is cut: each connection task drops its requests, and their meters record them (outcome
-/// `client_disconnected`), so that every record is submitted before this returns and the
-/// caller stops the record writer.
+/// `client_disconnected`), so that every record is submitted before this returns, or, for
+/// a whole answer finished after its reply on the single-threaded runtime, queued: the
+/// caller runs those (`RecordSink::finish_replies`) before it stops the record writer.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,

@@ -196,6 +196,16 @@ impl RecordSink {
         self.after_reply.spawn(async move { finish() });
     }
 
+    /// Runs every finish still queued by [`RecordSink::after_reply`] and makes later ones
+    /// run at once. The server calls it once its last connection has ended: a connection
+    /// ends as soon as its reply is written, and its record's finish may still wait behind
+    /// other tasks, while what stops next (the cluster shipper's closing batch, then the
+    /// writer) must see every record.
+    pub(crate) async fn finish_replies(&self) {
+        self.after_reply.close();
+        self.after_reply.wait().await;
+    }
+
     /// Waits, at most [`PACE_WAIT`], while the queue is nearly full and the writer is
     /// keeping up; returns at once otherwise (one atomic load when there is room). Called
     /// before a request that will yield a record starts, so that intake slows to what the
@@ -318,8 +328,7 @@ impl RecordSink {
         }
         // Records finished after their reply still come in; then no new ones, and what is
         // queued (and `batch`) is still delivered.
-        self.after_reply.close();
-        self.after_reply.wait().await;
+        self.finish_replies().await;
         rx.close();
         loop {
             let room = WRITE_BATCH - batch.len();
@@ -546,6 +555,52 @@ mod tests {
         let late = sink.clone();
         sink.after_reply(move || late.submit(record(2)));
         assert_eq!(sink.counters().dropped, 1);
+    }
+
+    /// The server's last connection ends once its reply is written, while the record's
+    /// finish may wait behind other queued tasks (a current-thread runtime polls the
+    /// `block_on` future between batches of tasks). What stops next must see the record:
+    /// `finish_replies` runs it first.
+    #[test]
+    fn finish_replies_runs_a_finish_still_queued_behind_other_tasks() {
+        #[expect(clippy::disallowed_methods, reason = "other work in the run queue")]
+        fn busy(depth: u32) {
+            if depth > 0 {
+                tokio::spawn(async move { busy(depth - 1) });
+            }
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (sink, mut rx) = sink(8);
+        let sink = Arc::new(sink);
+        let (queued_at_wait, queued_after) = runtime.block_on(async {
+            for _ in 0..100 {
+                busy(3);
+            }
+            let connections = tokio_util::task::TaskTracker::new();
+            let s = sink.clone();
+            connections.spawn(async move {
+                let finishing = s.clone();
+                s.after_reply(move || finishing.submit(record(1)));
+            });
+            connections.close();
+            // What the server awaits last.
+            connections.wait().await;
+            let at_wait = sink.recent("req_1").is_some();
+            sink.finish_replies().await;
+            (at_wait, rx.try_recv().map(|r| r.request_id).ok())
+        });
+        assert!(
+            !queued_at_wait,
+            "the setup must leave the finish queued when the connections are done"
+        );
+        assert_eq!(queued_after.as_deref(), Some("req_1"));
+        // Later finishes run at once.
+        let late = sink.clone();
+        sink.after_reply(move || late.submit(record(2)));
+        assert!(sink.recent("req_2").is_some());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

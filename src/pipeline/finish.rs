@@ -1,7 +1,7 @@
 //! The shared end of an answer, and its record: what a whole answer and a stream relay
 //! (chat completions and the Responses API alike) do once the answer is known, and how a
 //! request that failed is recorded. `Meter::finish` then writes the one record (for a whole
-//! answer passed on as given, after its reply has gone out).
+//! answer, after its reply has gone out).
 
 use axum::http::StatusCode;
 
@@ -53,8 +53,8 @@ pub fn end_of_answer(meter: &mut Meter, end: AnswerEnd, text: impl FnOnce() -> S
 }
 
 /// Records the request with the upstream's `status` and `outcome` once the reply the caller
-/// returns has gone out ([`Meter::finish_after_reply`]): for a whole answer passed on as the
-/// upstream gave it.
+/// returns has gone out ([`Meter::finish_after_reply`]): for a whole answer, redacted or
+/// not.
 pub(crate) fn record_after_reply(mut meter: Meter, status: StatusCode, outcome: Outcome) {
     meter.status = status.as_u16();
     meter.finish_after_reply(outcome);
