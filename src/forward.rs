@@ -228,7 +228,10 @@ async fn embeddings_answer(
         };
         fail(meter, error)
     })?;
-    let usage = match answer["usage"]["prompt_tokens"].as_u64() {
+    let reported = answer["usage"]["prompt_tokens"]
+        .as_u64()
+        .filter(|&n| n <= crate::types::MAX_REPORTED_TOKENS);
+    let usage = match reported {
         Some(prompt_tokens) => Usage {
             prompt_tokens,
             completion_tokens: 0,
@@ -437,11 +440,12 @@ fn usage_of(u: &Value) -> Option<Usage> {
         .as_u64()
         .or(u["output_tokens"].as_u64())
         .unwrap_or(0);
-    Some(Usage {
+    Usage {
         prompt_tokens: input,
         completion_tokens: output,
         estimated: false,
-    })
+    }
+    .plausible()
 }
 
 /// How `model` is replaced in a forwarded body.

@@ -258,7 +258,11 @@ impl LimitBook {
             s.day = now / DAY_MS;
             s.usd = 0.0;
         }
-        s.tokens += record.usage.prompt_tokens + record.usage.completion_tokens;
+        // Saturating: counts are bounded (`MAX_REPORTED_TOKENS`), a minute's sum need not be.
+        s.tokens = s
+            .tokens
+            .saturating_add(record.usage.prompt_tokens)
+            .saturating_add(record.usage.completion_tokens);
         s.usd += record.cost_usd;
     }
 }

@@ -270,6 +270,12 @@ impl Outcome {
     }
 }
 
+/// The most tokens one call may report in either direction before sluice disbelieves it:
+/// 10⁸, fifty times the largest context window offered today (2 M tokens). A larger count
+/// is an upstream's bug, not a bill; it would overflow sums and spend a workspace's daily
+/// budget at once, so it is read as absent and the tokens are estimated.
+pub const MAX_REPORTED_TOKENS: u64 = 100_000_000;
+
 /// Token counts for one request, and whether they were counted by sluice (estimated) or
 /// reported by the upstream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -280,6 +286,15 @@ pub struct Usage {
     pub completion_tokens: u64,
     /// True when sluice counted the tokens itself because the upstream reported no usage.
     pub estimated: bool,
+}
+
+impl Usage {
+    /// The usage an upstream reported, if both counts are at most [`MAX_REPORTED_TOKENS`];
+    /// `None` (to be estimated) otherwise.
+    pub fn plausible(self) -> Option<Usage> {
+        (self.prompt_tokens <= MAX_REPORTED_TOKENS && self.completion_tokens <= MAX_REPORTED_TOKENS)
+            .then_some(self)
+    }
 }
 
 /// What one request did: the unit of measurement everything downstream is built from.

@@ -52,8 +52,14 @@ pub(crate) fn unreadable_counts() -> [(Field, u64); 5] {
 }
 
 fn unreadable<T>(field: Field) -> Option<T> {
-    UNREADABLE[field as usize].fetch_add(1, Ordering::Relaxed);
+    note_unreadable(field);
     None
+}
+
+/// Counts a value of `field` that was read but cannot be believed (a token count above
+/// [`crate::types::MAX_REPORTED_TOKENS`]), as one that could not be read.
+pub(crate) fn note_unreadable(field: Field) {
+    UNREADABLE[field as usize].fetch_add(1, Ordering::Relaxed);
 }
 
 /// Raw JSON of a field; `null` and absent are both `None`.

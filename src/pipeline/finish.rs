@@ -26,8 +26,15 @@ pub struct AnswerEnd {
 /// finish reason, the served model (noted on the version), and the answer's text when a
 /// shadow copy wants it. `text` is called at most once, and only when needed.
 pub fn end_of_answer(meter: &mut Meter, end: AnswerEnd, text: impl FnOnce() -> String) {
-    let mut text = (end.usage.is_none() || meter.wants_answer()).then(text);
-    let usage = match end.usage {
+    let reported = end.usage.and_then(|u| {
+        let plausible = u.plausible();
+        if plausible.is_none() {
+            crate::openai::lenient::note_unreadable(crate::openai::lenient::Field::Usage);
+        }
+        plausible
+    });
+    let mut text = (reported.is_none() || meter.wants_answer()).then(text);
+    let usage = match reported {
         Some(usage) => usage,
         None => Usage {
             prompt_tokens: meter.estimate_prompt(),

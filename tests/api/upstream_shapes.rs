@@ -305,3 +305,48 @@ async fn the_upstreams_advice_reaches_the_client_on_errors_too() {
         assert_eq!(got["error"]["message"], "slow down");
     }
 }
+
+#[tokio::test]
+async fn token_counts_no_call_could_use_are_estimated_not_billed() {
+    let app = TestApp::spawn().await;
+    let key = app.key("acme").await;
+    // A budget one absurd count would exhaust for the rest of the minute.
+    app.admin(
+        axum::http::Method::PUT,
+        "/workspaces/acme/limits",
+        Some(json!({"tokens_per_minute": 100000})),
+    )
+    .await;
+    // u64::MAX overflowed the sums (a panic that lost the answer in a debug build); 10¹⁵
+    // fits in a u64 and spent the workspace's budget at once.
+    let whole_answer = r#"{"id":"c","object":"chat.completion","created":1,"model":"raw","choices":[{"index":0,"message":{"role":"assistant","content":"Hello world"},"finish_reason":"stop"}],"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":1}}"#;
+    let response = app.chat_raw(&key, whole(whole_answer)).await;
+    assert_eq!(response.status(), 200);
+    let events = [
+        r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"raw","choices":[{"index":0,"delta":{"content":"Hello world"},"finish_reason":"stop"}]}"#,
+        r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"raw","choices":[],"usage":{"prompt_tokens":1000000000000000,"completion_tokens":2}}"#,
+        "[DONE]",
+    ];
+    let text = app
+        .chat_raw(&key, streamed(&events))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("[DONE]"), "{text}");
+    // The budget is untouched: the next request is admitted.
+    let next = app.chat_raw(&key, chat_body("chat", json!({}))).await;
+    assert_eq!(next.status(), 200);
+
+    app.wait_written(3).await;
+    let records = app.store().await.records(Some("raw"), 2).await.unwrap();
+    assert_eq!(records.len(), 2);
+    for r in &records {
+        assert_eq!(r.outcome.as_str(), "ok", "{r:?}");
+        assert!(r.usage.estimated, "{r:?}");
+        assert!(
+            r.usage.prompt_tokens < 1000 && r.usage.completion_tokens < 1000,
+            "{r:?}"
+        );
+    }
+}
