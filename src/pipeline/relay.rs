@@ -88,6 +88,9 @@ struct StreamObserver {
     finish_reason: Option<String>,
     first_token: Option<Instant>,
     saw_error: bool,
+    /// The `[DONE]` event came: with a finish reason, what tells a whole answer from one
+    /// that a connection closed early (a body without a length ends at any byte).
+    saw_done: bool,
     /// The `model` of the first chunk that named one.
     model: Option<String>,
 }
@@ -112,6 +115,7 @@ impl StreamObserver {
     /// One event's `data`; `plain` is its one-pass reading when it has the common shape.
     fn observe_read(&mut self, data: &[u8], plain: Option<&PlainChunk<'_>>) -> EventKind {
         if data == b"[DONE]" {
+            self.saw_done = true;
             return EventKind::Other;
         }
         match plain {
@@ -487,6 +491,14 @@ impl StreamRelay {
     }
 
     fn fail(&mut self, error: UpstreamError) -> Option<Bytes> {
+        // Forward what complete events remain, then the error event.
+        let pending = self.take_events(false);
+        self.fail_after(error, pending)
+    }
+
+    /// Finishes with `error`'s outcome and sends `pending` (complete events still held),
+    /// then the error event, the last thing the client gets.
+    fn fail_after(&mut self, error: UpstreamError, pending: Option<Bytes>) -> Option<Bytes> {
         let outcome = error.outcome();
         tracing::warn!(request_id = self.meter.request_id(), error = %error, "upstream stream broke off");
         let version = self.meter.target().version.name.to_string();
@@ -498,8 +510,6 @@ impl StreamRelay {
             },
         }
         .as_event();
-        // Forward what complete events remain, then the error event.
-        let pending = self.take_events(false);
         self.finish(outcome);
         match pending {
             Some(p) => {
@@ -549,6 +559,20 @@ impl Stream for StreamRelay {
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(this.fail(e).map(Ok)),
                 Poll::Ready(None) => {
                     let out = this.take_events(false);
+                    let observer = &this.observer;
+                    // A body that ends when the connection closes (no length, no chunks)
+                    // ends cleanly wherever it is cut: without `[DONE]` or a finish reason
+                    // (or an error the upstream sent) the answer was cut short.
+                    if this.cut.is_none()
+                        && !observer.saw_done
+                        && observer.finish_reason.is_none()
+                        && !observer.saw_error
+                    {
+                        let error = UpstreamError::Interrupted(
+                            "the connection closed before a finish reason or [DONE]".into(),
+                        );
+                        return Poll::Ready(this.fail_after(error, out).map(Ok));
+                    }
                     // The unterminated tail is the upstream's bytes, passed on as they came
                     // (a client discards it); with checks it is never read, so never sent.
                     let rest = (!this.buf.is_empty() && this.checks.is_none())

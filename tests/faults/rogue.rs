@@ -23,6 +23,7 @@ pub const FAULTS: &[&str] = &[
     "many-events",
     "bad-utf8",
     "no-final-chunk",
+    "close-mid-stream",
     "firehose",
     "unending-event",
 ];
@@ -304,6 +305,19 @@ async fn serve(mut s: TcpStream, counters: &Counters) -> std::io::Result<()> {
                 .await?;
             s.write_all(&chunked(completion("whole").as_bytes()))
                 .await?;
+            s.flush().await?;
+            s.shutdown().await?;
+        }
+        ("close-mid-stream", _) => {
+            // No length and no chunks: the body ends where the connection closes, which
+            // here is halfway through the third event, before any finish reason.
+            s.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
+            )
+            .await?;
+            s.write_all(event("a").as_bytes()).await?;
+            s.write_all(event("b").as_bytes()).await?;
+            s.write_all(&event("c").as_bytes()[..20]).await?;
             s.flush().await?;
             s.shutdown().await?;
         }

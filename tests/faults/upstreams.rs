@@ -256,6 +256,27 @@ async fn a_chunked_body_without_its_last_chunk_is_a_broken_answer() {
 }
 
 #[tokio::test]
+async fn a_stream_whose_connection_closes_before_it_finished_is_a_broken_answer() {
+    timed("close mid-stream", async {
+        let f = FaultApp::start("").await;
+        let got = alongside(&f, "f-close-mid-stream", true).await;
+        assert_eq!(got.status, 200);
+        // The whole events, then the error; the half event is not passed on.
+        assert_eq!(contents(&got), ["a", "b"], "{:?}", got.body);
+        let text = String::from_utf8_lossy(&got.body);
+        assert_eq!(text.matches(r#"data: {"choices""#).count(), 2, "{text}");
+        assert_eq!(
+            got.error_code().as_deref(),
+            Some("upstream_invalid_response")
+        );
+        let r = &f.records("f-close-mid-stream", 1).await[0];
+        assert_eq!(r.outcome, Outcome::StreamInterrupted);
+        assert_eq!(r.response_chars, 2);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn an_event_that_never_ends_is_cut_off_not_held() {
     timed("an event that never ends", async {
         let f = FaultApp::start("").await;
