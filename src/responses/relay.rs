@@ -535,6 +535,13 @@ impl ResponsesRelay {
     }
 
     fn fail(&mut self, error: UpstreamError) -> Option<Bytes> {
+        let pending = self.take_events(false);
+        self.fail_after(error, pending)
+    }
+
+    /// Finishes with `error`'s outcome and sends `pending` (complete events still held),
+    /// then the error event, the last thing the client gets.
+    fn fail_after(&mut self, error: UpstreamError, pending: Option<Bytes>) -> Option<Bytes> {
         let outcome = error.outcome();
         tracing::warn!(request_id = self.meter.request_id(), error = %error, "upstream stream broke off");
         let event = error_event(
@@ -542,7 +549,6 @@ impl ResponsesRelay {
             &format!("the upstream stream broke off: {error}"),
             outcome.as_str(),
         );
-        let pending = self.take_events(false);
         self.finish(outcome);
         match pending {
             Some(p) => {
@@ -591,6 +597,17 @@ impl Stream for ResponsesRelay {
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(this.fail(e).map(Ok)),
                 Poll::Ready(None) => {
                     let out = this.take_events(false);
+                    // A body without length or chunks ends cleanly wherever the connection
+                    // closes: without a terminal event (or an error) the answer was cut.
+                    if this.cut.is_none()
+                        && this.observer.terminal.is_none()
+                        && !this.observer.saw_error
+                    {
+                        let error = UpstreamError::Interrupted(
+                            "the connection closed before a terminal event".into(),
+                        );
+                        return Poll::Ready(this.fail_after(error, out).map(Ok));
+                    }
                     let rest = (!this.buf.is_empty()).then(|| this.buf.clone().freeze());
                     let held = this
                         .checks

@@ -272,6 +272,28 @@ async fn a_stream_whose_connection_closes_before_it_finished_is_a_broken_answer(
         let r = &f.records("f-close-mid-stream", 1).await[0];
         assert_eq!(r.outcome, Outcome::StreamInterrupted);
         assert_eq!(r.response_chars, 2);
+        // The Responses relay: no terminal event came, so the answer was cut too.
+        let response = f
+            .app
+            .http
+            .post(format!("{}/v1/responses", f.app.base))
+            .bearer_auth(&f.key)
+            .json(&json!({"model": "f-close-mid-stream", "input": "Say hello", "stream": true}))
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body = String::from_utf8(response.bytes().await.unwrap().to_vec()).unwrap();
+        let last = body.trim_end().rsplit("\n\n").next().unwrap_or_default();
+        assert!(last.contains("stream_interrupted"), "{body}");
+        let records = f.records("f-close-mid-stream", 2).await;
+        assert!(
+            records
+                .iter()
+                .all(|r| r.outcome == Outcome::StreamInterrupted),
+            "{records:?}"
+        );
     })
     .await;
 }
