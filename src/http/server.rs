@@ -5,17 +5,22 @@
 //!   long is closed (slow-header clients hold no connection for ever). hyper starts that
 //!   clock only once the connection has said which HTTP version it speaks, so a connection
 //!   that sends nothing at all would be held for ever; the same limit applies to its first
-//!   byte here;
+//!   byte here, and to its first request (hyper's timeout covers HTTP/1 heads only: an
+//!   HTTP/2 client could hold a connection with part of its preface, or with a preface and
+//!   no request);
 //! - `max_header_bytes`: a request head larger than this is answered 431 (hyper's floor is
 //!   8 KiB);
 //! - `max_connections`: connections beyond this wait in the kernel's backlog, unaccepted,
 //!   until one closes;
-//! - `http2_max_concurrent_streams`: streams per HTTP/2 connection.
+//! - `http2_max_concurrent_streams`: streams per HTTP/2 connection; an HTTP/2 connection
+//!   is pinged after [`HTTP2_PING_EVERY`] without a frame and closed when the ping is not
+//!   answered within as long again (a peer gone without a FIN).
 //!
 //! Each connection's handler sees its peer as axum's `ConnectInfo<SocketAddr>`.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -31,6 +36,10 @@ use tower::ServiceExt;
 
 use crate::config::ServerConfig;
 
+/// How long an HTTP/2 connection may go without a frame before it is pinged, and how long
+/// the ping may go unanswered before the connection is closed.
+pub(crate) const HTTP2_PING_EVERY: Duration = Duration::from_secs(20);
+
 /// hyper's HTTP/1 and HTTP/2 connection settings under `limits`.
 fn connection_builder(limits: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -42,7 +51,10 @@ fn connection_builder(limits: &ServerConfig) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.http2_max_concurrent_streams);
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        // A peer that stops answering pings is gone: its connection is closed, its slot freed.
+        .keep_alive_interval(Some(HTTP2_PING_EVERY))
+        .keep_alive_timeout(HTTP2_PING_EVERY);
     builder
 }
 
@@ -88,9 +100,15 @@ pub(crate) async fn serve(
         // Streams are relayed event by event; Nagle would hold small events back.
         let _ = stream.set_nodelay(true);
         let router = router.clone();
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            router.clone().oneshot(request)
+        // Set by the connection's first request: until then the header timeout bounds it.
+        let asked = Arc::new(AtomicBool::new(false));
+        let service = hyper::service::service_fn({
+            let asked = asked.clone();
+            move |mut request: hyper::Request<_>| {
+                asked.store(true, Ordering::Relaxed);
+                request.extensions_mut().insert(ConnectInfo(peer));
+                router.clone().oneshot(request)
+            }
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -115,6 +133,14 @@ pub(crate) async fn serve(
             let connection = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();
+            // hyper's header timeout covers HTTP/1 only: an HTTP/2 client could hold the
+            // connection with part of its preface, or a preface and no request, for ever.
+            let no_request = async {
+                tokio::time::sleep(first_byte).await;
+                if asked.load(Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
                 served = watcher.watch(connection) => {
                     if let Err(e) = served {
@@ -122,6 +148,9 @@ pub(crate) async fn serve(
                     }
                 }
                 () = cut.cancelled() => {}
+                () = no_request => {
+                    tracing::debug!(peer = %peer, "no request within the header timeout; closing");
+                }
             }
             drop(permit);
         });

@@ -62,6 +62,50 @@ async fn a_client_that_sends_its_headers_too_slowly_is_cut_off() {
 }
 
 #[tokio::test]
+async fn an_http2_client_that_never_asks_is_cut_off() {
+    let app = app_with("header_read_timeout_ms = 300").await;
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+    const SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+    let openings: [(&str, Vec<u8>); 3] = [
+        ("part of the preface", PREFACE[..20].to_vec()),
+        ("the preface", PREFACE.to_vec()),
+        ("the preface and its settings", [PREFACE, SETTINGS].concat()),
+    ];
+    for (what, opening) in openings {
+        let started = Instant::now();
+        let mut stream = TcpStream::connect(addr(&app)).await.unwrap();
+        stream.write_all(&opening).await.unwrap();
+        // hyper's own header timeout does not cover HTTP/2: these were held for ever.
+        let got = read_to_close(&mut stream, PATIENCE).await;
+        let elapsed = started.elapsed();
+        assert!(
+            got.is_some(),
+            "after {what}, the connection was still open after {PATIENCE:?}"
+        );
+        assert!(
+            elapsed < Duration::from_secs(5),
+            "after {what}, closed after {elapsed:?}"
+        );
+    }
+    // A client that asks is served over HTTP/2, past the timeout.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let ok = h2
+            .get(format!("{}/healthz", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 200);
+        assert_eq!(ok.version(), reqwest::Version::HTTP_2);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_request_head_over_the_limit_is_431() {
     let app = app_with("max_header_bytes = 8192").await;
     let mut stream = TcpStream::connect(addr(&app)).await.unwrap();
