@@ -99,59 +99,19 @@ pub(crate) async fn serve(
         };
         // Streams are relayed event by event; Nagle would hold small events back.
         let _ = stream.set_nodelay(true);
-        let router = router.clone();
-        // Set by the connection's first request: until then the header timeout bounds it.
-        let asked = Arc::new(AtomicBool::new(false));
-        let service = hyper::service::service_fn({
-            let asked = asked.clone();
-            move |mut request: hyper::Request<_>| {
-                asked.store(true, Ordering::Relaxed);
-                request.extensions_mut().insert(ConnectInfo(peer));
-                router.clone().oneshot(request)
-            }
-        });
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let stopping = stopping.clone();
-        let cut = cut.clone();
-        let first_byte = Duration::from_millis(limits.header_read_timeout_ms);
+        let connection = Connection {
+            stream,
+            peer,
+            router: router.clone(),
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+            stopping: stopping.clone(),
+            cut: cut.clone(),
+            first_byte: Duration::from_millis(limits.header_read_timeout_ms),
+        };
         // One task per connection, tracked here: `serve` returns only once each has ended.
         connections.spawn(async move {
-            // A connection that sends nothing is closed after the header timeout (hyper's
-            // own clock starts only with the first bytes); an empty peek is a closed one.
-            let mut probe = [0u8; 1];
-            let spoke = tokio::select! {
-                peeked = tokio::time::timeout(first_byte, stream.peek(&mut probe)) => {
-                    matches!(peeked, Ok(Ok(1..)))
-                }
-                () = stopping.cancelled() => false,
-            };
-            if !spoke {
-                drop(permit);
-                return;
-            }
-            let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            // hyper's header timeout covers HTTP/1 only: an HTTP/2 client could hold the
-            // connection with part of its preface, or a preface and no request, for ever.
-            let no_request = async {
-                tokio::time::sleep(first_byte).await;
-                if asked.load(Ordering::Relaxed) {
-                    std::future::pending::<()>().await;
-                }
-            };
-            tokio::select! {
-                served = watcher.watch(connection) => {
-                    if let Err(e) = served {
-                        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
-                    }
-                }
-                () = cut.cancelled() => {}
-                () = no_request => {
-                    tracing::debug!(peer = %peer, "no request within the header timeout; closing");
-                }
-            }
+            connection.serve().await;
             drop(permit);
         });
     }
@@ -169,4 +129,78 @@ pub(crate) async fn serve(
         }
     }
     connections.wait().await;
+}
+
+/// One accepted connection and what its task needs.
+struct Connection {
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    router: Router,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+    /// The server stops: no first byte is waited for any more.
+    stopping: CancellationToken,
+    /// The grace period is over: the connection is dropped.
+    cut: CancellationToken,
+    /// `header_read_timeout_ms`: the wait for the first byte, then for the first request.
+    first_byte: Duration,
+}
+
+impl Connection {
+    async fn serve(self) {
+        let Connection {
+            stream,
+            peer,
+            router,
+            builder,
+            watcher,
+            stopping,
+            cut,
+            first_byte,
+        } = self;
+        // A connection that sends nothing is closed after the header timeout (hyper's own
+        // clock starts only with the first bytes); an empty peek is a closed one.
+        let mut probe = [0u8; 1];
+        let spoke = tokio::select! {
+            peeked = tokio::time::timeout(first_byte, stream.peek(&mut probe)) => {
+                matches!(peeked, Ok(Ok(1..)))
+            }
+            () = stopping.cancelled() => false,
+        };
+        if !spoke {
+            return;
+        }
+        // Set by the connection's first request: until then the header timeout bounds it.
+        let asked = Arc::new(AtomicBool::new(false));
+        let service = hyper::service::service_fn({
+            let asked = asked.clone();
+            move |mut request: hyper::Request<_>| {
+                asked.store(true, Ordering::Relaxed);
+                request.extensions_mut().insert(ConnectInfo(peer));
+                router.clone().oneshot(request)
+            }
+        });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        // hyper's header timeout covers HTTP/1 only: an HTTP/2 client could hold the
+        // connection with part of its preface, or a preface and no request, for ever.
+        let no_request = async {
+            tokio::time::sleep(first_byte).await;
+            if asked.load(Ordering::Relaxed) {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            served = watcher.watch(connection) => {
+                if let Err(e) = served {
+                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                }
+            }
+            () = cut.cancelled() => {}
+            () = no_request => {
+                tracing::debug!(peer = %peer, "no request within the header timeout; closing");
+            }
+        }
+    }
 }
