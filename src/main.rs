@@ -299,6 +299,9 @@ fn serve_settings(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        restore_sigpipe();
+    }
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -307,6 +310,20 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(cli))
+}
+
+/// Restores SIGPIPE's default action, so that a command whose output is piped into a reader
+/// that stops early (`sluice rollout status ID | head -1`) ends quietly, as `ls | head`
+/// does. Rust ignores SIGPIPE before `main`, so `println!` found a closed pipe and panicked
+/// ("failed printing to stdout: Broken pipe", exit 101). Not for `serve`: a server must not
+/// die of a signal, and its sockets would not raise one anyway (std sends with
+/// `MSG_NOSIGNAL`).
+fn restore_sigpipe() {
+    // SAFETY: `signal` with `SIG_DFL` only resets a disposition; called before any thread
+    // starts, so no other thread observes the change mid-way.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 /// The tokio runtime: a single thread where this process may use one CPU only (pinned with

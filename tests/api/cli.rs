@@ -111,3 +111,37 @@ async fn keys_create_prints_a_working_key() {
         .await;
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test]
+async fn output_into_a_pipe_closed_early_ends_the_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let app = TestApp::spawn().await;
+    // A workspace, so that the listing has a line to write.
+    app.key("acme").await;
+    let base = app.base.clone();
+    let status = tokio::task::spawn_blocking(move || {
+        let mut child = sluice()
+            .args(["workspaces", "list", "--url", &base])
+            .env("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before the command writes, as `| head -1` does after a line.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap();
+    let (status, stderr) = status;
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        status.success() || status.signal() == Some(libc::SIGPIPE),
+        "{status:?}: {stderr}"
+    );
+}
