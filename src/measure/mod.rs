@@ -40,7 +40,7 @@ pub(crate) struct Observed {
 /// Carries one request's measurement until it ends. Dropping an unfinished meter records the
 /// request as `client_disconnected`: the only way a request ends without finishing it is
 /// that its future or stream was dropped. A meter handed to a task by
-/// [`Meter::finish_after_reply`] and dropped with that task unrun records the outcome it
+/// `Meter::finish_after_reply` and dropped with that task unrun records the outcome it
 /// was given instead.
 pub struct Meter {
     started: Instant,
