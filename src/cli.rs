@@ -5,6 +5,36 @@ use std::fmt::Write;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+/// Writes a command's output to stdout. A reader that stopped early (`| head -1`) closed
+/// the pipe: the command then ends quietly with exit status 0, as `ls | head` does, where
+/// `print!` would panic ("failed printing to stdout"). SIGPIPE stays ignored, as Rust sets
+/// it: a signal would also kill a command on a write to a socket its peer closed (hyper
+/// writes with `writev`, which does not take `MSG_NOSIGNAL`).
+///
+/// Exits the process with status 1 on any other write error (a full disk under a
+/// redirect), after saying so on stderr.
+pub fn out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `print!` through [`out`].
+macro_rules! show {
+    ($($arg:tt)*) => { out(format_args!($($arg)*)) };
+}
+
+/// `println!` through [`out`].
+macro_rules! say {
+    ($($arg:tt)*) => { out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 /// A client of one sluice's admin API (`/admin/v1`), printing what the CLI commands show.
 ///
 /// Every call fails (an `anyhow` error with the reason) when no admin token was given, when the
@@ -72,7 +102,7 @@ impl AdminClient {
             Some(json!({"id": id})),
         )
         .await?;
-        println!("workspace {id} created");
+        say!("workspace {id} created");
         Ok(())
     }
 
@@ -83,7 +113,7 @@ impl AdminClient {
     pub async fn list_workspaces(&self) -> anyhow::Result<()> {
         let v = self.call(reqwest::Method::GET, "/workspaces", None).await?;
         for w in v["data"].as_array().into_iter().flatten() {
-            println!("{}", w["id"].as_str().unwrap_or_default());
+            say!("{}", w["id"].as_str().unwrap_or_default());
         }
         Ok(())
     }
@@ -105,7 +135,7 @@ impl AdminClient {
             "key {} for workspace {workspace} (shown once; store it now):",
             v["id"].as_str().unwrap_or_default()
         );
-        println!("{}", v["key"].as_str().unwrap_or_default());
+        say!("{}", v["key"].as_str().unwrap_or_default());
         Ok(())
     }
 
@@ -121,14 +151,14 @@ impl AdminClient {
                 None,
             )
             .await?;
-        println!("{:<20} {:<16} STATE", "ID", "PREFIX");
+        say!("{:<20} {:<16} STATE", "ID", "PREFIX");
         for k in v["data"].as_array().into_iter().flatten() {
             let state = if k["revoked_at_ms"].is_null() {
                 "live"
             } else {
                 "revoked"
             };
-            println!(
+            say!(
                 "{:<20} {:<16} {state}",
                 k["id"].as_str().unwrap_or_default(),
                 k["prefix"].as_str().unwrap_or_default()
@@ -149,7 +179,7 @@ impl AdminClient {
             None,
         )
         .await?;
-        println!("key {key_id} revoked");
+        say!("key {key_id} revoked");
         Ok(())
     }
 }
@@ -162,14 +192,19 @@ impl AdminClient {
     pub async fn cluster_status(&self) -> anyhow::Result<()> {
         let v = self.call(reqwest::Method::GET, "/cluster", None).await?;
         let now = crate::types::now_ms();
-        println!(
+        say!(
             "mode: {}   this replica: {}",
             v["mode"].as_str().unwrap_or_default(),
             v["this_replica"].as_str().unwrap_or_default()
         );
-        println!(
+        say!(
             "{:<18} {:<22} {:<8} {:<6} {:>14} {:>10}  JUDGES",
-            "REPLICA", "ADDRESS", "VERSION", "STATE", "HEARTBEAT AGO", "UP"
+            "REPLICA",
+            "ADDRESS",
+            "VERSION",
+            "STATE",
+            "HEARTBEAT AGO",
+            "UP"
         );
         for r in v["replicas"].as_array().into_iter().flatten() {
             let ago = now - r["last_heartbeat_ms"].as_i64().unwrap_or(now);
@@ -180,7 +215,7 @@ impl AdminClient {
                 .flatten()
                 .filter_map(|j| j.as_str())
                 .collect();
-            println!(
+            say!(
                 "{:<18} {:<22} {:<8} {:<6} {:>12}ms {:>9}s  {}",
                 r["id"].as_str().unwrap_or_default(),
                 r["address"].as_str().unwrap_or_default(),
@@ -223,7 +258,7 @@ impl AdminClient {
                 Some(json!({"route": route, "canary": canary, "policy": policy})),
             )
             .await?;
-        println!("{}", v["id"].as_str().unwrap_or_default());
+        say!("{}", v["id"].as_str().unwrap_or_default());
         eprint!("{}", render_rollout(&v));
         Ok(())
     }
@@ -234,7 +269,7 @@ impl AdminClient {
     /// As on [`AdminClient`].
     pub async fn list_rollouts(&self) -> anyhow::Result<()> {
         let v = self.get("/rollouts").await?;
-        print!("{}", render_rollout_list(&v));
+        show!("{}", render_rollout_list(&v));
         Ok(())
     }
 
@@ -244,7 +279,7 @@ impl AdminClient {
     /// As on [`AdminClient`]; an unknown route is the server's 404.
     pub async fn show_stats(&self, route: &str) -> anyhow::Result<()> {
         let v = self.get(&format!("/routes/{route}/stats")).await?;
-        print!("{}", render_stats(&v));
+        show!("{}", render_stats(&v));
         Ok(())
     }
 
@@ -254,9 +289,9 @@ impl AdminClient {
     /// As on [`AdminClient`]; an unknown id is the server's 404.
     pub async fn show_rollout(&self, id: &str) -> anyhow::Result<()> {
         let v = self.get(&format!("/rollouts/{id}")).await?;
-        print!("{}", render_rollout(&v));
+        show!("{}", render_rollout(&v));
         let events = self.get(&format!("/rollouts/{id}/events")).await?;
-        print!("{}", render_events(&events, 10));
+        show!("{}", render_events(&events, 10));
         Ok(())
     }
 
@@ -269,7 +304,7 @@ impl AdminClient {
         let v = self
             .post(&format!("/rollouts/{id}/{operation}"), None)
             .await?;
-        print!("{}", render_rollout(&v));
+        show!("{}", render_rollout(&v));
         Ok(())
     }
 
@@ -292,7 +327,7 @@ impl AdminClient {
             }
             None => self.call(reqwest::Method::DELETE, &path, None).await?,
         };
-        println!(
+        say!(
             "{}",
             arm.map_or(format!("{workspace} unpinned"), |a| format!(
                 "{workspace} pinned to {a}"

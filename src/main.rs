@@ -299,9 +299,6 @@ fn serve_settings(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve { .. }) {
-        restore_sigpipe();
-    }
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -310,20 +307,6 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(cli))
-}
-
-/// Restores SIGPIPE's default action, so that a command whose output is piped into a reader
-/// that stops early (`sluice rollout status ID | head -1`) ends quietly, as `ls | head`
-/// does. Rust ignores SIGPIPE before `main`, so `println!` found a closed pipe and panicked
-/// ("failed printing to stdout: Broken pipe", exit 101). Not for `serve`: a server must not
-/// die of a signal, and its sockets would not raise one anyway (std sends with
-/// `MSG_NOSIGNAL`).
-fn restore_sigpipe() {
-    // SAFETY: `signal` with `SIG_DFL` only resets a disposition; called before any thread
-    // starts, so no other thread observes the change mid-way.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
 }
 
 /// The tokio runtime: a single thread where this process may use one CPU only (pinned with
@@ -364,7 +347,7 @@ async fn run(cli: Cli) -> ExitCode {
             match load(&config) {
                 Ok(settings) => sluice::store::Store::connect(&settings.database_url)
                     .await
-                    .map(|_| println!("database is up to date"))
+                    .map(|_| sluice::cli::out(format_args!("database is up to date\n")))
                     .map_err(anyhow::Error::from),
                 Err(code) => return code,
             }
@@ -374,13 +357,13 @@ async fn run(cli: Cli) -> ExitCode {
         } => match load(&config) {
             Ok(settings) => {
                 let c = &settings.config;
-                println!(
-                    "{}: ok ({} providers, {} versions, {} routes)",
+                sluice::cli::out(format_args!(
+                    "{}: ok ({} providers, {} versions, {} routes)\n",
                     config.display(),
                     c.providers.len(),
                     c.versions.len(),
                     c.routes.len()
-                );
+                ));
                 Ok(())
             }
             Err(code) => return code,
