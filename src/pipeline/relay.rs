@@ -561,9 +561,13 @@ impl Stream for StreamRelay {
                     let out = this.take_events(false);
                     let observer = &this.observer;
                     // A body that ends when the connection closes (no length, no chunks)
-                    // ends cleanly wherever it is cut: without `[DONE]` or a finish reason
-                    // (or an error the upstream sent) the answer was cut short.
+                    // ends cleanly wherever it is cut. Cut inside an event, with no `[DONE]`,
+                    // finish reason or upstream error before it, the answer was cut short.
+                    // (Cut between events it cannot be told from the providers that send
+                    // neither `[DONE]` nor a finish reason, and stays `ok`.)
+                    let cut_inside_an_event = !this.buf.iter().all(u8::is_ascii_whitespace);
                     if this.cut.is_none()
+                        && cut_inside_an_event
                         && !observer.saw_done
                         && observer.finish_reason.is_none()
                         && !observer.saw_error

@@ -24,6 +24,7 @@ pub const FAULTS: &[&str] = &[
     "bad-utf8",
     "no-final-chunk",
     "close-mid-stream",
+    "close-between-events",
     "firehose",
     "unending-event",
 ];
@@ -318,6 +319,18 @@ async fn serve(mut s: TcpStream, counters: &Counters) -> std::io::Result<()> {
             s.write_all(event("a").as_bytes()).await?;
             s.write_all(event("b").as_bytes()).await?;
             s.write_all(&event("c").as_bytes()[..20]).await?;
+            s.flush().await?;
+            s.shutdown().await?;
+        }
+        ("close-between-events", _) => {
+            // The same, closed after the second event: the way the providers that send
+            // neither `[DONE]` nor a finish reason end every stream.
+            s.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
+            )
+            .await?;
+            s.write_all(event("a").as_bytes()).await?;
+            s.write_all(event("b").as_bytes()).await?;
             s.flush().await?;
             s.shutdown().await?;
         }

@@ -272,7 +272,15 @@ async fn a_stream_whose_connection_closes_before_it_finished_is_a_broken_answer(
         let r = &f.records("f-close-mid-stream", 1).await[0];
         assert_eq!(r.outcome, Outcome::StreamInterrupted);
         assert_eq!(r.response_chars, 2);
-        // The Responses relay: no terminal event came, so the answer was cut too.
+        // Closed between events, with neither `[DONE]` nor a finish reason: some providers
+        // end every stream so, and the client gets it as it came.
+        let whole = alongside(&f, "f-close-between-events", true).await;
+        assert_eq!(contents(&whole), ["a", "b"], "{:?}", whole.body);
+        assert_eq!(whole.error_code(), None, "{:?}", whole.body);
+        let r = &f.records("f-close-between-events", 1).await[0];
+        assert_eq!(r.outcome, Outcome::Ok);
+        // The Responses relay: no terminal event came, so the answer was cut (the Responses
+        // API ends every stream with one).
         let response = f
             .app
             .http
