@@ -274,7 +274,12 @@ fn embeddings_copy(
 ) -> (String, serde_json::Value) {
     let answer: serde_json::Value = serde_json::from_slice(copy.answer).unwrap_or_default();
     let (answer_text, prompt_tokens) = match embeddings_summary(&answer) {
-        Some(text) => (text, answer["usage"]["prompt_tokens"].as_u64()),
+        Some(text) => (
+            text,
+            answer["usage"]["prompt_tokens"]
+                .as_u64()
+                .filter(|&n| n <= crate::types::MAX_REPORTED_TOKENS),
+        ),
         None => (
             String::from_utf8_lossy(copy.answer)
                 .chars()
@@ -329,7 +334,7 @@ fn answer_copy(
             None,
         ),
     };
-    let (prompt_tokens, completion_tokens) = match usage {
+    let (prompt_tokens, completion_tokens) = match usage.and_then(crate::types::Usage::plausible) {
         Some(u) => (u.prompt_tokens, u.completion_tokens),
         None => (
             count_prompt(version.encoding, copy.request),

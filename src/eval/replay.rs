@@ -211,17 +211,18 @@ fn measure(
         usage,
         finish_reason,
     } = read;
-    let (prompt_tokens, completion_tokens, tokens_estimated) = match usage {
-        Some(u) => (u.prompt_tokens, u.completion_tokens, false),
-        None => (
-            match reply.api {
-                Api::Responses => count_input(version.encoding, body),
-                _ => count_prompt(version.encoding, body),
-            },
-            version.encoding.count(&text),
-            true,
-        ),
-    };
+    let (prompt_tokens, completion_tokens, tokens_estimated) =
+        match usage.and_then(crate::types::Usage::plausible) {
+            Some(u) => (u.prompt_tokens, u.completion_tokens, false),
+            None => (
+                match reply.api {
+                    Api::Responses => count_input(version.encoding, body),
+                    _ => count_prompt(version.encoding, body),
+                },
+                version.encoding.count(&text),
+                true,
+            ),
+        };
     let verdict = checker.check(&expectation_of(request), &text, &tool_calls);
     Answer {
         status: reply.status,
