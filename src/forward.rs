@@ -230,7 +230,7 @@ async fn embeddings_answer(
     })?;
     let reported = answer["usage"]["prompt_tokens"]
         .as_u64()
-        .filter(|&n| n <= crate::types::MAX_REPORTED_TOKENS);
+        .and_then(crate::types::plausible_tokens);
     let usage = match reported {
         Some(prompt_tokens) => Usage {
             prompt_tokens,

@@ -278,7 +278,7 @@ fn embeddings_copy(
             text,
             answer["usage"]["prompt_tokens"]
                 .as_u64()
-                .filter(|&n| n <= crate::types::MAX_REPORTED_TOKENS),
+                .and_then(crate::types::plausible_tokens),
         ),
         None => (
             String::from_utf8_lossy(copy.answer)

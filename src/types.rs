@@ -288,12 +288,19 @@ pub struct Usage {
     pub estimated: bool,
 }
 
+/// A token count an upstream reported, if at most [`MAX_REPORTED_TOKENS`]; `None` (to be
+/// estimated) otherwise.
+pub fn plausible_tokens(n: u64) -> Option<u64> {
+    (n <= MAX_REPORTED_TOKENS).then_some(n)
+}
+
 impl Usage {
-    /// The usage an upstream reported, if both counts are at most [`MAX_REPORTED_TOKENS`];
+    /// The usage an upstream reported, if both counts are plausible ([`plausible_tokens`]);
     /// `None` (to be estimated) otherwise.
     pub fn plausible(self) -> Option<Usage> {
-        (self.prompt_tokens <= MAX_REPORTED_TOKENS && self.completion_tokens <= MAX_REPORTED_TOKENS)
-            .then_some(self)
+        plausible_tokens(self.prompt_tokens)?;
+        plausible_tokens(self.completion_tokens)?;
+        Some(self)
     }
 }
 

@@ -107,7 +107,7 @@ pub(crate) async fn serve(
             watcher: graceful.watcher(),
             stopping: stopping.clone(),
             cut: cut.clone(),
-            first_byte: Duration::from_millis(limits.header_read_timeout_ms),
+            header_timeout: Duration::from_millis(limits.header_read_timeout_ms),
         };
         // One task per connection, tracked here: `serve` returns only once each has ended.
         connections.spawn(async move {
@@ -143,7 +143,7 @@ struct Connection {
     /// The grace period is over: the connection is dropped.
     cut: CancellationToken,
     /// `header_read_timeout_ms`: the wait for the first byte, then for the first request.
-    first_byte: Duration,
+    header_timeout: Duration,
 }
 
 impl Connection {
@@ -156,13 +156,13 @@ impl Connection {
             watcher,
             stopping,
             cut,
-            first_byte,
+            header_timeout,
         } = self;
         // A connection that sends nothing is closed after the header timeout (hyper's own
         // clock starts only with the first bytes); an empty peek is a closed one.
         let mut probe = [0u8; 1];
         let spoke = tokio::select! {
-            peeked = tokio::time::timeout(first_byte, stream.peek(&mut probe)) => {
+            peeked = tokio::time::timeout(header_timeout, stream.peek(&mut probe)) => {
                 matches!(peeked, Ok(Ok(1..)))
             }
             () = stopping.cancelled() => false,
@@ -186,7 +186,7 @@ impl Connection {
         // hyper's header timeout covers HTTP/1 only: an HTTP/2 client could hold the
         // connection with part of its preface, or a preface and no request, for ever.
         let no_request = async {
-            tokio::time::sleep(first_byte).await;
+            tokio::time::sleep(header_timeout).await;
             if asked.load(Ordering::Relaxed) {
                 std::future::pending::<()>().await;
             }

@@ -54,10 +54,6 @@ impl Encoding {
 /// `estimated`); for prose the rate of the first 64 KiB is within a few percent of the whole's.
 pub(crate) const EXACT_BYTES: usize = 64 * 1024;
 
-/// Tokens per byte assumed before anything was counted (OpenAI's rule of thumb, four
-/// characters a token).
-const RATE_BEFORE_COUNTING: f64 = 0.25;
-
 /// One estimate's running count: texts are counted exactly until [`EXACT_BYTES`] of them
 /// have been, and the rest at the rate measured so far.
 pub(crate) struct Tally {
@@ -91,11 +87,9 @@ impl Tally {
         if rest.is_empty() {
             return exact;
         }
-        let rate = if self.exact_bytes == 0 {
-            RATE_BEFORE_COUNTING
-        } else {
-            self.exact_tokens as f64 / self.exact_bytes as f64
-        };
+        // Text is left over only once the budget is spent, so `exact_bytes` is near
+        // `EXACT_BYTES` here, never 0.
+        let rate = self.exact_tokens as f64 / self.exact_bytes as f64;
         exact + (rate * rest.len() as f64).round() as u64
     }
 }
@@ -251,11 +245,12 @@ mod tests {
 
     #[test]
     fn the_budget_never_splits_a_character() {
-        // 'é' is two bytes; the budget falls inside one at an odd offset.
-        let text = "é".repeat(EXACT_BYTES);
+        // 'é' is two bytes; after one ASCII byte the budget's end falls inside one (a split
+        // there would panic in `split_at`), so the exact part stops a byte short.
+        let text = format!("a{}", "é".repeat(EXACT_BYTES));
         let mut tally = Tally::new(Encoding::O200kBase);
         assert!(tally.add(&text) > 0);
-        assert!(tally.exact_bytes as usize <= EXACT_BYTES);
+        assert_eq!(tally.exact_bytes as usize, EXACT_BYTES - 1);
     }
 
     #[test]

@@ -190,6 +190,18 @@ async fn read_request(stream: &mut TcpStream) -> std::io::Result<Value> {
     Ok(serde_json::from_slice(&buf[head_end..head_end + len]).unwrap_or(Value::Null))
 }
 
+/// A stream without length or chunks (its body ends where the connection closes): the
+/// events `a` and `b`, then `tail`, then an orderly close.
+async fn close_delimited(mut s: TcpStream, tail: &[u8]) -> std::io::Result<()> {
+    s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
+        .await?;
+    s.write_all(event("a").as_bytes()).await?;
+    s.write_all(event("b").as_bytes()).await?;
+    s.write_all(tail).await?;
+    s.flush().await?;
+    s.shutdown().await
+}
+
 async fn serve(mut s: TcpStream, counters: &Counters) -> std::io::Result<()> {
     let body = read_request(&mut s).await?;
     let model = body["model"].as_str().unwrap_or_default().to_owned();
@@ -312,27 +324,12 @@ async fn serve(mut s: TcpStream, counters: &Counters) -> std::io::Result<()> {
         ("close-mid-stream", _) => {
             // No length and no chunks: the body ends where the connection closes, which
             // here is halfway through the third event, before any finish reason.
-            s.write_all(
-                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
-            )
-            .await?;
-            s.write_all(event("a").as_bytes()).await?;
-            s.write_all(event("b").as_bytes()).await?;
-            s.write_all(&event("c").as_bytes()[..20]).await?;
-            s.flush().await?;
-            s.shutdown().await?;
+            close_delimited(s, &event("c").as_bytes()[..20]).await?;
         }
         ("close-between-events", _) => {
             // The same, closed after the second event: the way the providers that send
             // neither `[DONE]` nor a finish reason end every stream.
-            s.write_all(
-                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
-            )
-            .await?;
-            s.write_all(event("a").as_bytes()).await?;
-            s.write_all(event("b").as_bytes()).await?;
-            s.flush().await?;
-            s.shutdown().await?;
+            close_delimited(s, b"").await?;
         }
         ("firehose", _) => {
             // Large events as fast as the peer takes them, counted, until it goes away.

@@ -18,6 +18,22 @@ async fn alongside(f: &FaultApp, route: &str, stream: bool) -> Got {
     got
 }
 
+/// A streamed Responses API request to `route`: the body the client gets (status 200).
+async fn responses_stream(f: &FaultApp, route: &str) -> bytes::Bytes {
+    let response = f
+        .app
+        .http
+        .post(format!("{}/v1/responses", f.app.base))
+        .bearer_auth(&f.key)
+        .json(&json!({"model": route, "input": "Say hello", "stream": true}))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.bytes().await.unwrap()
+}
+
 /// The content texts of a stream's chunks.
 fn contents(got: &Got) -> Vec<String> {
     got.events()
@@ -211,18 +227,7 @@ async fn bytes_that_are_not_utf8_are_refused_whole_and_replaced_in_a_stream() {
             "ok bad \u{fffd} end".chars().count() as u64
         );
         // The Responses relay decodes the same way: the client never gets the raw byte.
-        let response = f
-            .app
-            .http
-            .post(format!("{}/v1/responses", f.app.base))
-            .bearer_auth(&f.key)
-            .json(&json!({"model": "f-bad-utf8", "input": "Say hello", "stream": true}))
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let body = response.bytes().await.unwrap();
+        let body = responses_stream(&f, "f-bad-utf8").await;
         let text = std::str::from_utf8(&body).expect("the Responses client gets UTF-8 too");
         assert!(text.contains("bad \u{fffd}"), "{text}");
     })
@@ -281,18 +286,8 @@ async fn a_stream_whose_connection_closes_before_it_finished_is_a_broken_answer(
         assert_eq!(r.outcome, Outcome::Ok);
         // The Responses relay: no terminal event came, so the answer was cut (the Responses
         // API ends every stream with one).
-        let response = f
-            .app
-            .http
-            .post(format!("{}/v1/responses", f.app.base))
-            .bearer_auth(&f.key)
-            .json(&json!({"model": "f-close-mid-stream", "input": "Say hello", "stream": true}))
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let body = String::from_utf8(response.bytes().await.unwrap().to_vec()).unwrap();
+        let body =
+            String::from_utf8(responses_stream(&f, "f-close-mid-stream").await.to_vec()).unwrap();
         let last = body.trim_end().rsplit("\n\n").next().unwrap_or_default();
         assert!(last.contains("stream_interrupted"), "{body}");
         let records = f.records("f-close-mid-stream", 2).await;
