@@ -10,13 +10,15 @@
 #   callgrind-request.sh SLUICE_BIN [N=2000] [WARMUP=300]
 #   STREAM=1 callgrind-request.sh …   # the rig's 40-chunk stream instead of a plain answer
 #   GUARDRAILS=policies/guardrails/default.toml callgrind-request.sh …   # both routes run it
+#   callgrind-request.sh nginx …   # the floor instead: the rig's nginx proxy (one process,
+#                                  # keep-alive upstream, proxy_buffering off) counted alike
 # Prints one line per window; leaves the dumps in $WORK (default target/callgrind-work) for
 # callgrind_annotate. For function names, relink the release binary unstripped (only the
 # binary rebuilds): `cargo rustc --release --bin sluice -- -C strip=none`.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/benches/common.sh"
-bin=$(realpath "$1") n=${2:-2000} warmup=${3:-300}
+target=$1 n=${2:-2000} warmup=${3:-300}
 work=${WORK:-$ROOT/target/callgrind-work}
 rig=$ROOT/../shared/bench
 [ -f "$rig/run.py" ] || rig=$ROOT/../../shared/bench
@@ -28,25 +30,58 @@ bench_mock_conf "$work" "$mock_port" "$mock_dir" > "$work/mock.conf"
 nginx=$(command -v nginx || echo /usr/sbin/nginx)
 "$nginx" -p "$work" -c "$work/mock.conf" &
 mock_pid=$!
-route_extra=$(bench_guardrails "$work" "${GUARDRAILS:-}")
-bench_config "127.0.0.1:$port" "sqlite://$work/sluice.db" "http://127.0.0.1:$mock_port/v1" \
-  "http://127.0.0.1:$mock_port/stream/v1" "$route_extra" > "$work/sluice.toml"
-export SLUICE_ADMIN_TOKEN=bench-admin-token SLUICE_LOG=warn
-(cd "$work" && exec valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out.%p" \
-  "$bin" serve --config "$work/sluice.toml" 2> "$work/valgrind.log") &
-sluice_pid=$!
-trap 'kill -TERM $sluice_pid $mock_pid 2>/dev/null; wait 2>/dev/null' EXIT
-url="http://127.0.0.1:$port"
-for _ in $(seq 1 600); do
-  curl -fsS "$url/healthz" >/dev/null 2>&1 && break
-  sleep 0.2
-done
-"$bin" workspaces create bench --url "$url" >/dev/null
-key=$("$bin" keys create --workspace bench --url "$url" 2>/dev/null)
+path=/v1/chat/completions key=none
+if [ "$target" = nginx ]; then
+  [ "${STREAM:-0}" = 1 ] && path=/stream/v1/chat/completions
+  cat > "$work/proxy.conf" <<CONF
+worker_processes 1;
+master_process off;
+daemon off;
+pid $work/proxy.pid;
+error_log $work/proxy.error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $work/tmp/pbody;
+  proxy_temp_path $work/tmp/pproxy;
+  keepalive_requests 10000000;
+  upstream mock { server 127.0.0.1:$mock_port; keepalive 256; keepalive_requests 10000000; }
+  server {
+    listen 127.0.0.1:$port;
+    location / { proxy_pass http://mock; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
+  }
+}
+CONF
+  (cd "$work" && exec valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out.%p" \
+    "$nginx" -p "$work" -c "$work/proxy.conf" 2> "$work/valgrind.log") &
+  target_pid=$!
+  trap 'kill -TERM $target_pid $mock_pid 2>/dev/null; wait 2>/dev/null' EXIT
+  for _ in $(seq 1 600); do
+    curl -s -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null && break
+    sleep 0.2
+  done
+else
+  bin=$(realpath "$target")
+  route_extra=$(bench_guardrails "$work" "${GUARDRAILS:-}")
+  bench_config "127.0.0.1:$port" "sqlite://$work/sluice.db" "http://127.0.0.1:$mock_port/v1" \
+    "http://127.0.0.1:$mock_port/stream/v1" "$route_extra" > "$work/sluice.toml"
+  export SLUICE_ADMIN_TOKEN=bench-admin-token SLUICE_LOG=warn
+  (cd "$work" && exec valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out.%p" \
+    "$bin" serve --config "$work/sluice.toml" 2> "$work/valgrind.log") &
+  target_pid=$!
+  trap 'kill -TERM $target_pid $mock_pid 2>/dev/null; wait 2>/dev/null' EXIT
+  url="http://127.0.0.1:$port"
+  for _ in $(seq 1 600); do
+    curl -fsS "$url/healthz" >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  "$bin" workspaces create bench --url "$url" >/dev/null
+  key=$("$bin" keys create --workspace bench --url "$url" 2>/dev/null)
+fi
 # `exec` made the subshell valgrind, whose launcher execs the tool: one pid throughout.
-python3 - "$port" "$key" "$mock_dir/request.json" "$n" "$warmup" "$sluice_pid" "$work" "${STREAM:-0}" <<'PY'
+python3 - "$port" "$key" "$mock_dir/request.json" "$n" "$warmup" "$target_pid" "$work" "${STREAM:-0}" "$path" <<'PY'
 import http.client, subprocess, sys, glob, os, time
-port, key, body_file, n, warmup, pid, work, stream = sys.argv[1:]
+port, key, body_file, n, warmup, pid, work, stream, path = sys.argv[1:]
 if stream == '1':
     body_file = body_file.replace('request.json', 'request_stream.json')
 n, warmup = int(n), int(warmup)
@@ -55,7 +90,7 @@ conn = http.client.HTTPConnection('127.0.0.1', int(port))
 headers = {'Authorization': f'Bearer {key}', 'Content-Type': 'application/json'}
 def send(count):
     for _ in range(count):
-        conn.request('POST', '/v1/chat/completions', body, headers)
+        conn.request('POST', path, body, headers)
         r = conn.getresponse(); r.read()
         assert r.status == 200, r.status
 def dump():
