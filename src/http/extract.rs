@@ -270,6 +270,25 @@ impl http_body::Body for DeadlineBody {
     }
 }
 
+/// Refuses a request whose `Content-Length` is over `limit` bytes before any of its body is
+/// read: a client that sent `Expect: 100-continue` is told 413 instead of being invited to
+/// send a body that would be refused. A body without a length is held to the limit as it is
+/// read (`DefaultBodyLimit`).
+///
+/// # Errors
+/// [`ApiError::BodyTooLarge`] when the declared length is over `limit`.
+pub(crate) fn declared_size_within(request: &Request, limit: usize) -> Result<(), ApiError> {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > limit as u64 => Err(ApiError::BodyTooLarge { limit }),
+        _ => Ok(()),
+    }
+}
+
 /// Puts `request`'s body under a deadline of `limit` from now (see [`DeadlineBody`]); a
 /// request without a body is left as it is.
 pub(crate) fn body_deadline(request: Request, limit: Duration) -> Request {

@@ -90,7 +90,8 @@ pub fn guarded(routes: Router<AppState>, state: AppState) -> Router {
                 .layer(axum::middleware::map_response(crate::error::openai_shaped))
                 .layer(axum::middleware::map_request(
                     move |request: axum::extract::Request| async move {
-                        extract::body_deadline(request, body_timeout)
+                        extract::declared_size_within(&request, max_body)?;
+                        Ok::<_, ApiError>(extract::body_deadline(request, body_timeout))
                     },
                 ))
                 .layer(DefaultBodyLimit::max(max_body)),

@@ -149,3 +149,33 @@ async fn connections_over_the_limit_wait_until_one_closes() {
         .unwrap();
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn a_declared_body_over_the_limit_is_refused_before_it_is_sent() {
+    let app = TestApp::spawn().await;
+    let key = app.key("acme").await;
+    let mut stream = TcpStream::connect(addr(&app)).await.unwrap();
+    // The test config allows 65 536 bytes; this client asks before sending 70 000.
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: 70000\r\n\
+         Expect: 100-continue\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // No body follows: a server that answers `100 Continue` (or waits for the body) leaves
+    // this read with that line (or with nothing when the time is up).
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + PATIENCE;
+    while !String::from_utf8_lossy(&got).contains("request_too_large") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("\"code\":\"request_too_large\""), "{text}");
+    assert!(app.upstream.received().is_empty());
+}
