@@ -83,8 +83,9 @@ pub fn guarded(routes: Router<AppState>, state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         // One layer of three, not three layers: `Router::layer` boxes each route once per
         // layer, and every request clones its route's boxes (each clone cloning the boxes
-        // under it), so three layers cost ~20 allocations a request where one costs a few.
-        // The first is the outermost, as if each were added with `.layer` in reverse.
+        // under it); three layers cost 14 allocations a request more than one (callgrind,
+        // 136 -> 122 a plain request). The first is the outermost, as if each were added
+        // with `.layer` in reverse.
         .layer(
             tower::ServiceBuilder::new()
                 .layer(axum::middleware::map_response(crate::error::openai_shaped))
