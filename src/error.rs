@@ -235,7 +235,11 @@ impl ApiError {
             Self::UpstreamInvalid { .. } => Outcome::UpstreamInvalid,
             Self::UpstreamTimeout { .. } => Outcome::UpstreamTimeout,
             Self::UpstreamStatus { status, .. } if status.is_client_error() => Outcome::Upstream4xx,
-            Self::UpstreamStatus { .. } => Outcome::Upstream5xx,
+            Self::UpstreamStatus { status, .. } if status.is_server_error() => Outcome::Upstream5xx,
+            // A redirect, a 1xx or a status past 599 is neither an answer nor an error
+            // status: the dashboards should show a moved `base_url`, not a server outage.
+            // It still counts against the version (`Outcome::is_error`).
+            Self::UpstreamStatus { .. } => Outcome::UpstreamInvalid,
             Self::GuardrailBlocked { .. } => Outcome::GuardrailBlocked,
             Self::SchemaInvalid { .. } => Outcome::UpstreamInvalid,
             _ => Outcome::GatewayError,
@@ -467,5 +471,28 @@ mod tests {
         let v = parsed(&e);
         assert_eq!(v["error"]["message"], "upstream error: <html>down</html>");
         assert_eq!(e.outcome(), Outcome::Upstream5xx);
+    }
+
+    #[test]
+    fn an_upstream_status_that_is_no_error_is_counted_as_an_invalid_answer() {
+        for (code, outcome) in [
+            (302, Outcome::UpstreamInvalid),
+            (101, Outcome::UpstreamInvalid),
+            (999, Outcome::UpstreamInvalid),
+            (404, Outcome::Upstream4xx),
+            (599, Outcome::Upstream5xx),
+        ] {
+            let e = ApiError::UpstreamStatus {
+                status: StatusCode::from_u16(code).unwrap(),
+                body: Bytes::new(),
+                headers: Default::default(),
+            };
+            assert_eq!(e.outcome(), outcome, "{code}");
+            assert_eq!(
+                e.status().as_u16(),
+                code,
+                "passed on as the provider answered"
+            );
+        }
     }
 }

@@ -208,7 +208,8 @@ pub enum Outcome {
     UpstreamUnreachable,
     /// The upstream did not answer within the route's timeout.
     UpstreamTimeout,
-    /// The upstream answered 2xx with a body that is not a chat completion.
+    /// The upstream answered 2xx with a body that is not a chat completion, or with a
+    /// status that is neither success nor error (a 3xx redirect, a 1xx, one past 599).
     UpstreamInvalid,
     /// The upstream broke off a stream midway.
     StreamInterrupted,

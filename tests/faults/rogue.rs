@@ -27,6 +27,7 @@ pub const FAULTS: &[&str] = &[
     "close-between-events",
     "firehose",
     "unending-event",
+    "redirect",
 ];
 
 /// How many content events `many-events` sends.
@@ -230,6 +231,20 @@ async fn serve(mut s: TcpStream, counters: &Counters) -> std::io::Result<()> {
             reset(s);
         }
         ("stall", _) => stall(s).await,
+        ("redirect", _) => {
+            // A `base_url` that moved: a redirect with a body, never followed.
+            let body = b"<html>moved</html>";
+            s.write_all(
+                format!(
+                    "HTTP/1.1 302 Found\r\nlocation: https://elsewhere.example/v1/chat/completions\r\ncontent-type: text/html\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await?;
+            s.write_all(body).await?;
+            s.flush().await?;
+        }
         ("stall-mid-stream", _) => {
             s.write_all(SSE_HEAD).await?;
             s.write_all(&chunked(event("a").as_bytes())).await?;

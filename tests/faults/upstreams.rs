@@ -109,6 +109,48 @@ async fn a_reset_mid_stream_ends_with_an_error_event_after_what_came() {
 }
 
 #[tokio::test]
+async fn a_redirect_goes_back_as_the_providers_answer_and_is_counted_as_invalid() {
+    timed("redirect", async {
+        let f = FaultApp::start("").await;
+        // A client that does not follow it either, to see what sluice answered.
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        for stream in [false, true] {
+            let response = http
+                .post(format!("{}/v1/chat/completions", f.app.base))
+                .bearer_auth(&f.key)
+                .json(&chat_body("f-redirect", json!({"stream": stream})))
+                .timeout(Duration::from_secs(60))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 302);
+            assert_eq!(
+                response
+                    .headers()
+                    .get("location")
+                    .map(|v| v.to_str().unwrap()),
+                Some("https://elsewhere.example/v1/chat/completions")
+            );
+            // Its body, not OpenAI-shaped, wrapped as every upstream error body is.
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(
+                body["error"]["message"],
+                "upstream error: <html>moved</html>"
+            );
+        }
+        for r in f.records("f-redirect", 2).await {
+            // Not `upstream_5xx`: a moved `base_url` is no server outage.
+            assert_eq!(r.outcome, Outcome::UpstreamInvalid);
+            assert_eq!(r.status, 302);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_stalled_upstream_is_timed_out_after_timeout_ms() {
     timed("stall", async {
         let f = FaultApp::start("").await;
