@@ -8,6 +8,10 @@
 //!   byte here, and to its first request (hyper's timeout covers HTTP/1 heads only: an
 //!   HTTP/2 client could hold a connection with part of its preface, or with a preface and
 //!   no request);
+//!   The same limit closes a connection idle that long: hyper's HTTP/1 clock runs while it
+//!   waits for the next request's head, and an HTTP/2 connection with no request in flight
+//!   for that long is sent a `GOAWAY` and closed here (an HTTP/2 client that answers pings
+//!   and never asks again held its connection, and one of `max_connections`, for ever);
 //! - `max_header_bytes`: a request head larger than this is answered 431 (hyper's floor is
 //!   8 KiB);
 //! - `max_connections`: connections beyond this wait in the kernel's backlog, unaccepted,
@@ -19,17 +23,20 @@
 //! Each connection's handler sees its peer as axum's `ConnectInfo<SocketAddr>`.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -73,8 +80,8 @@ pub(crate) async fn serve(
 ) {
     let builder = Arc::new(connection_builder(limits));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
-    // Ends the wait for a connection's first byte when the server stops.
+    // The server stops: each connection ends the wait for its first byte, or finishes the
+    // requests it has and closes (HTTP/2: `GOAWAY`).
     let stopping = CancellationToken::new();
     // Ends the connections still open when the grace period is over.
     let cut = CancellationToken::new();
@@ -104,7 +111,6 @@ pub(crate) async fn serve(
             peer,
             router: router.clone(),
             builder: builder.clone(),
-            watcher: graceful.watcher(),
             stopping: stopping.clone(),
             cut: cut.clone(),
             header_timeout: Duration::from_millis(limits.header_read_timeout_ms),
@@ -119,7 +125,7 @@ pub(crate) async fn serve(
     stopping.cancel();
     connections.close();
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = connections.wait() => {}
         () = tokio::time::sleep(grace) => {
             tracing::warn!(
                 connections = connections.len(),
@@ -137,12 +143,13 @@ struct Connection {
     peer: std::net::SocketAddr,
     router: Router,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: hyper_util::server::graceful::Watcher,
-    /// The server stops: no first byte is waited for any more.
+    /// The server stops: no first byte is waited for any more, and the connection closes
+    /// once its requests are answered.
     stopping: CancellationToken,
     /// The grace period is over: the connection is dropped.
     cut: CancellationToken,
-    /// `header_read_timeout_ms`: the wait for the first byte, then for the first request.
+    /// `header_read_timeout_ms`: the wait for the first byte, then for the first request,
+    /// and how long an HTTP/2 connection may have no request in flight.
     header_timeout: Duration,
 }
 
@@ -153,7 +160,6 @@ impl Connection {
             peer,
             router,
             builder,
-            watcher,
             stopping,
             cut,
             header_timeout,
@@ -170,37 +176,147 @@ impl Connection {
         if !spoke {
             return;
         }
-        // Set by the connection's first request: until then the header timeout bounds it.
-        let asked = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(Requests::default());
         let service = hyper::service::service_fn({
-            let asked = asked.clone();
+            let requests = requests.clone();
             move |mut request: hyper::Request<_>| {
-                asked.store(true, Ordering::Relaxed);
+                let held = requests.start(request.version());
                 request.extensions_mut().insert(ConnectInfo(peer));
-                router.clone().oneshot(request)
+                let answer = router.clone().oneshot(request);
+                async move {
+                    let response = answer.await?;
+                    Ok::<_, std::convert::Infallible>(response.map(|body| HeldBody { body, held }))
+                }
             }
         });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
+        let mut connection = std::pin::pin!(connection);
         // hyper's header timeout covers HTTP/1 only: an HTTP/2 client could hold the
         // connection with part of its preface, or a preface and no request, for ever.
         let no_request = async {
             tokio::time::sleep(header_timeout).await;
-            if asked.load(Ordering::Relaxed) {
+            if requests.started.load(Ordering::Relaxed) > 0 {
                 std::future::pending::<()>().await;
             }
         };
-        tokio::select! {
-            served = watcher.watch(connection) => {
-                if let Err(e) = served {
-                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+        let mut no_request = std::pin::pin!(no_request);
+        let idle = requests.idle_for(header_timeout);
+        let mut idle = std::pin::pin!(idle);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                served = connection.as_mut() => {
+                    if let Err(e) = served {
+                        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                () = cut.cancelled() => return,
+                () = &mut no_request => {
+                    tracing::debug!(peer = %peer, "no request within the header timeout; closing");
+                    return;
+                }
+                () = stopping.cancelled(), if !closing => {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                () = &mut idle, if !closing => {
+                    tracing::debug!(peer = %peer, "HTTP/2 connection idle for the header timeout; closing");
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
                 }
             }
-            () = cut.cancelled() => {}
-            () = no_request => {
-                tracing::debug!(peer = %peer, "no request within the header timeout; closing");
+        }
+    }
+}
+
+/// The requests of one connection: how many have started, and, over HTTP/2, how many are
+/// still in flight (until their response body is done or dropped). HTTP/1 requests are
+/// only numbered: hyper's own clock closes an idle HTTP/1 connection, and a request's
+/// path pays nothing more than the count.
+#[derive(Default)]
+struct Requests {
+    started: AtomicU64,
+    /// HTTP/2 requests started.
+    started_h2: AtomicU64,
+    in_flight: AtomicUsize,
+    /// Woken when the last HTTP/2 request in flight ends.
+    ended: Notify,
+}
+
+impl Requests {
+    /// Numbers a request; over HTTP/2, holds it in flight until the guard is dropped.
+    fn start(self: &Arc<Self>, version: hyper::Version) -> Option<InFlight> {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        (version == hyper::Version::HTTP_2).then(|| {
+            self.started_h2.fetch_add(1, Ordering::Relaxed);
+            self.in_flight.fetch_add(1, Ordering::AcqRel);
+            InFlight(self.clone())
+        })
+    }
+
+    /// Resolves once an HTTP/2 connection has had no request in flight for `limit` (and
+    /// none started meanwhile): between `limit` and twice it after its last request ended.
+    /// Never over HTTP/1, whose requests are not held.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let ended = self.ended.notified();
+            if self.in_flight.load(Ordering::Acquire) > 0 {
+                ended.await;
+                continue;
+            }
+            let started = self.started_h2.load(Ordering::Relaxed);
+            tokio::time::sleep(limit).await;
+            if started > 0
+                && self.in_flight.load(Ordering::Acquire) == 0
+                && self.started_h2.load(Ordering::Relaxed) == started
+            {
+                return;
             }
         }
+    }
+}
+
+/// One HTTP/2 request in flight on its connection.
+struct InFlight(Arc<Requests>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.ended.notify_one();
+        }
+    }
+}
+
+/// A response body that holds its HTTP/2 request in flight until it is done or dropped
+/// (a stream's relay runs long after the handler returned).
+struct HeldBody {
+    body: axum::body::Body,
+    held: Option<InFlight>,
+}
+
+impl http_body::Body for HeldBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.held = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -178,4 +179,88 @@ async fn a_declared_body_over_the_limit_is_refused_before_it_is_sent() {
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     assert!(text.contains("\"code\":\"request_too_large\""), "{text}");
     assert!(app.upstream.received().is_empty());
+}
+
+/// An HTTP/2 connection to `app`, driven by its own task: its sender, and the task, which
+/// ends when the server closes the connection.
+async fn h2_connection(
+    app: &TestApp,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let stream = TcpStream::connect(addr(app)).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    // The client answers the server's pings for as long as the connection is open.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the test's client connection, awaited by the test"
+    )]
+    let driven = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (sender, driven)
+}
+
+fn h2_get(app: &TestApp, path: &str) -> hyper::Request<http_body_util::Full<bytes::Bytes>> {
+    hyper::Request::get(format!("{}{path}", app.base))
+        .body(http_body_util::Full::default())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_the_header_timeout() {
+    let app = app_with("header_read_timeout_ms = 300").await;
+    let (mut sender, driven) = h2_connection(&app).await;
+    let ok = sender.send_request(h2_get(&app, "/healthz")).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    drop(ok);
+    let idle_since = Instant::now();
+    // Nothing more is asked: the server says GOAWAY and closes, as an HTTP/1 connection
+    // idle that long is closed. Before, a client that answered pings held it for ever.
+    tokio::time::timeout(PATIENCE, driven)
+        .await
+        .expect("the idle HTTP/2 connection was still open")
+        .unwrap();
+    let idle = idle_since.elapsed();
+    assert!(idle >= Duration::from_millis(300), "closed after {idle:?}");
+    assert!(
+        idle < Duration::from_secs(5),
+        "closed after {idle:?}, not ~300-600 ms"
+    );
+}
+
+#[tokio::test]
+async fn an_http2_request_in_flight_keeps_its_connection_open() {
+    let app = app_with("header_read_timeout_ms = 300").await;
+    let key = app.key("acme").await;
+    let (mut sender, driven) = h2_connection(&app).await;
+    // A stream whose upstream holds it after two events: in flight on the server (its
+    // relay running) for over three header timeouts, until the test releases it.
+    let body = serde_json::to_vec(&chat_body("gated", json!({"stream": true}))).unwrap();
+    let request = hyper::Request::post(format!("{}/v1/chat/completions", app.base))
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    app.upstream.state.release.notify_one();
+    let streamed = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(
+        String::from_utf8_lossy(&streamed).ends_with("data: [DONE]\n\n"),
+        "{streamed:?}"
+    );
+    // No GOAWAY came meanwhile: the connection still takes a new request.
+    let ok = sender.send_request(h2_get(&app, "/healthz")).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert!(!driven.is_finished());
 }
