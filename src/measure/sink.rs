@@ -32,9 +32,9 @@ use crate::store::{RequestPlacement, Store};
 use crate::types::Record;
 use std::sync::Arc;
 
-/// Records written per transaction at most: one SQLite statement of
-/// [`crate::store::SQLITE_MAX_ROWS`] rows.
-pub(crate) const WRITE_BATCH: usize = crate::store::SQLITE_MAX_ROWS;
+/// Records written per transaction at most: eight SQLite statements of
+/// [`crate::store::SQLITE_MAX_ROWS`] rows (one on PostgreSQL).
+pub(crate) const WRITE_BATCH: usize = 8 * crate::store::SQLITE_MAX_ROWS;
 /// How long the writer lets a batch fill after its first record arrives.
 pub(crate) const LINGER: Duration = Duration::from_millis(50);
 /// The "records dropped" warning comes at most this often (the counter counts every one).

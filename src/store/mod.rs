@@ -473,8 +473,8 @@ impl Store {
     }
 
     /// Writes a batch of measurement records atomically, on the record writer's own
-    /// connection: one transaction, one statement per batch on PostgreSQL and one per set
-    /// bit of the batch size on SQLite (one for a full batch of `SQLITE_MAX_ROWS`). A
+    /// connection: one transaction, one statement per batch on PostgreSQL and on SQLite
+    /// one per `SQLITE_MAX_ROWS` (64) rows, then one per set bit of the rest. A
     /// record already stored (same request id) is left as it is, so a retried batch does not
     /// fail.
     pub async fn insert_records(&self, records: &[Record]) -> Result<(), StoreError> {
