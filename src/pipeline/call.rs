@@ -144,11 +144,23 @@ pub(crate) async fn retry_without_usage(
     ctx: &mut Ctx<'_>,
     request: &mut ChatRequest,
     usage: &mut UsageAsk,
-    mut reply: Reply,
+    reply: Reply,
 ) -> Result<Reply, ApiError> {
     if !(usage.strip && reply.status == StatusCode::BAD_REQUEST) {
         return Ok(reply);
     }
+    // Boxed: a rare path, which would otherwise size every request's future by its own
+    // upstream call (1.4 KB).
+    Box::pin(retry_refused(ctx, request, usage, reply)).await
+}
+
+/// [`retry_without_usage`] once the upstream answered 400.
+async fn retry_refused(
+    ctx: &mut Ctx<'_>,
+    request: &mut ChatRequest,
+    usage: &mut UsageAsk,
+    mut reply: Reply,
+) -> Result<Reply, ApiError> {
     let provider = ctx.version.provider.clone();
     let body = read_body(reply.body, provider.timeout())
         .await

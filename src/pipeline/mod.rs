@@ -195,7 +195,8 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
         let upstream = call::event_stream(&mut ctx, reply).await?;
         return Ok(stream(ctx, status, headers, upstream, usage.strip));
     }
-    whole::chat(ctx, reply, headers).await
+    let bytes = ctx.read(reply.body).await?;
+    whole::chat(ctx, reply.status, bytes, headers)
 }
 
 /// Hands the upstream's events to a [`StreamRelay`], which measures and checks them on

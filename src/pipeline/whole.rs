@@ -1,7 +1,7 @@
 //! The whole answer: a non-streamed chat completion read whole, measured, checked (schema,
 //! output guardrails, the provider's content filter) and redacted before the client gets it.
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use bytes::Bytes;
 
 use crate::error::ApiError;
@@ -14,19 +14,23 @@ use crate::pipeline::Body;
 use crate::pipeline::context::Ctx;
 use crate::pipeline::finish::{self, AnswerEnd, fail};
 use crate::types::Outcome;
-use crate::upstream::Reply;
 
-/// Reads, measures and checks a whole chat completion, and records it.
+/// Measures and checks a whole chat completion (`bytes`, the upstream's body as read by
+/// [`Ctx::read`]), and records it.
 ///
-/// Errors: the body unreadable or not a completion, an answer that cannot be redacted
+/// Not `async`: the read is awaited by the caller, so that the request's future holds the
+/// context once (an `async fn` keeps its by-value arguments twice, as upvars and as locals,
+/// and the context is 728 bytes).
+///
+/// Errors: the body not a completion, an answer that cannot be redacted
 /// ([`ApiError::UpstreamInvalid`]), a guardrail block or a fatal schema failure (see
 /// [`settle_whole_verdict`]); each recorded.
-pub(crate) async fn chat(
+pub(crate) fn chat(
     mut ctx: Ctx<'_>,
-    reply: Reply,
+    status: StatusCode,
+    mut bytes: Bytes,
     mut headers: HeaderMap,
 ) -> Result<Body, ApiError> {
-    let mut bytes = ctx.read(reply.body).await?;
     let summary = match summarize_completion(&bytes) {
         Ok(summary) => summary,
         Err(reason) => return Err(ctx.invalid(reason.to_string())),
@@ -57,9 +61,9 @@ pub(crate) async fn chat(
             }
         }
     }
-    finish::record_after_reply(ctx.meter, reply.status, Outcome::Ok);
+    finish::record_after_reply(ctx.meter, status, Outcome::Ok);
     Ok(Body::Whole {
-        status: reply.status,
+        status,
         headers,
         bytes,
     })

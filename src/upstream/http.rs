@@ -280,11 +280,22 @@ impl HttpProvider {
         Ok(request)
     }
 
-    pub(crate) async fn send(&self, call: Call<'_>) -> Result<Reply, UpstreamError> {
-        let after_ms = self.timeout.as_millis() as u64;
-        match tokio::time::timeout(self.timeout, self.exchange(&call)).await {
-            Err(_) => Err(UpstreamError::Timeout { after_ms }),
-            Ok(result) => result,
+    /// One call, up to its answer's headers, within the provider's timeout.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async block keeps `call` once, an async fn twice (as its upvar and its \
+                  local): 408 bytes a request's future instead of 608"
+    )]
+    pub(crate) fn send<'a>(
+        &'a self,
+        call: Call<'a>,
+    ) -> impl Future<Output = Result<Reply, UpstreamError>> + Send + 'a {
+        async move {
+            let after_ms = self.timeout.as_millis() as u64;
+            match tokio::time::timeout(self.timeout, self.exchange(&call)).await {
+                Err(_) => Err(UpstreamError::Timeout { after_ms }),
+                Ok(result) => result,
+            }
         }
     }
 

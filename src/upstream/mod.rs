@@ -126,7 +126,8 @@ impl Provider {
     pub(crate) async fn send(&self, call: Call<'_>) -> Result<Reply, UpstreamError> {
         match self {
             Provider::Http(p) => p.send(call).await,
-            Provider::Mock(p) => p.send(call).await,
+            // Boxed: the mock's future is the larger, and would size every request's.
+            Provider::Mock(p) => Box::pin(p.send(call)).await,
         }
     }
 
