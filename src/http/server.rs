@@ -33,7 +33,7 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
@@ -47,9 +47,13 @@ use crate::config::ServerConfig;
 /// the ping may go unanswered before the connection is closed.
 pub(crate) const HTTP2_PING_EVERY: Duration = Duration::from_secs(20);
 
-/// hyper's HTTP/1 and HTTP/2 connection settings under `limits`.
-fn connection_builder(limits: &ServerConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+/// hyper's HTTP/1 and HTTP/2 connection settings under `limits`; HTTP/2 streams run on
+/// `streams`.
+fn connection_builder(
+    limits: &ServerConfig,
+    streams: StreamExecutor,
+) -> auto::Builder<StreamExecutor> {
+    let mut builder = auto::Builder::new(streams);
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -71,6 +75,8 @@ fn connection_builder(limits: &ServerConfig) -> auto::Builder<TokioExecutor> {
 /// `client_disconnected`), so that every record is submitted before this returns, or, for
 /// a whole answer finished after its reply on the single-threaded runtime, queued: the
 /// caller runs those (`RecordSink::finish_replies`) before it stops the record writer.
+/// Over HTTP/2, hyper runs each request in a task of its own: [`StreamExecutor`] tracks
+/// those with the connections and ends them at the cut, for the same promise.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
@@ -78,14 +84,19 @@ pub(crate) async fn serve(
     grace: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
-    let builder = Arc::new(connection_builder(limits));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     // The server stops: each connection ends the wait for its first byte, or finishes the
     // requests it has and closes (HTTP/2: `GOAWAY`).
     let stopping = CancellationToken::new();
-    // Ends the connections still open when the grace period is over.
+    // Ends the connections, and their HTTP/2 streams, still open when the grace period is
+    // over.
     let cut = CancellationToken::new();
     let connections = TaskTracker::new();
+    let streams = StreamExecutor {
+        tasks: connections.clone(),
+        cut: cut.clone(),
+    };
+    let builder = Arc::new(connection_builder(limits, streams));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -142,7 +153,7 @@ struct Connection {
     stream: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
     router: Router,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<auto::Builder<StreamExecutor>>,
     /// The server stops: no first byte is waited for any more, and the connection closes
     /// once its requests are answered.
     stopping: CancellationToken,
@@ -232,6 +243,31 @@ impl Connection {
     }
 }
 
+/// Where hyper runs an HTTP/2 connection's streams (one task each): tracked with the
+/// connections, so that the server's stop waits for them, and ended at the cut, so that a
+/// request still running then is dropped, and recorded, before the record writer stops.
+#[derive(Clone)]
+struct StreamExecutor {
+    tasks: TaskTracker,
+    cut: CancellationToken,
+}
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        let cut = self.cut.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = stream => {}
+                () = cut.cancelled() => {}
+            }
+        });
+    }
+}
+
 /// The requests of one connection: how many have started, and, over HTTP/2, how many are
 /// still in flight (until their response body is done or dropped). HTTP/1 requests are
 /// only numbered: hyper's own clock closes an idle HTTP/1 connection, and a request's
@@ -262,6 +298,12 @@ impl Requests {
     /// Never over HTTP/1, whose requests are not held.
     async fn idle_for(&self, limit: Duration) {
         loop {
+            if self.started_h2.load(Ordering::Relaxed) == 0
+                && self.started.load(Ordering::Relaxed) > 0
+            {
+                // An HTTP/1 connection (it never turns into HTTP/2): no timer for its life.
+                std::future::pending::<()>().await;
+            }
             let ended = self.ended.notified();
             if self.in_flight.load(Ordering::Acquire) > 0 {
                 ended.await;

@@ -278,6 +278,17 @@ async fn sigterm_drains(one_cpu: bool) {
 /// still written (outcome `client_disconnected`) before the record writer stops.
 #[tokio::test]
 async fn a_request_cut_at_the_grace_limit_is_still_recorded() {
+    cut_at_the_grace_limit(false).await;
+}
+
+/// The same over HTTP/2, where hyper runs each request in a task of its own: those tasks
+/// must be cut and awaited too.
+#[tokio::test]
+async fn an_http2_request_cut_at_the_grace_limit_is_still_recorded() {
+    cut_at_the_grace_limit(true).await;
+}
+
+async fn cut_at_the_grace_limit(http2: bool) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("sluice.db");
     let config = dir.path().join("sluice.toml");
@@ -304,6 +315,14 @@ async fn a_request_cut_at_the_grace_limit_is_still_recorded() {
         .unwrap();
     let base = listening_base(&mut child, &log).await;
     let http = http_client();
+    let http = if http2 {
+        reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap()
+    } else {
+        http
+    };
     let key = subprocess_key(&http, &base, "acme").await;
     let mut in_flight = Vec::new();
     for i in 0..6 {
