@@ -7,8 +7,7 @@
 //!   that sends nothing at all would be held for ever; the same limit applies to its first
 //!   byte here, and to its first request (hyper's timeout covers HTTP/1 heads only: an
 //!   HTTP/2 client could hold a connection with part of its preface, or with a preface and
-//!   no request);
-//!   The same limit closes a connection idle that long: hyper's HTTP/1 clock runs while it
+//!   no request). The same limit closes a connection idle that long: hyper's HTTP/1 clock runs while it
 //!   waits for the next request's head, and an HTTP/2 connection with no request in flight
 //!   for that long is sent a `GOAWAY` and closed here (an HTTP/2 client that answers pings
 //!   and never asks again held its connection, and one of `max_connections`, for ever);

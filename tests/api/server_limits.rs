@@ -216,10 +216,12 @@ fn h2_get(app: &TestApp, path: &str) -> hyper::Request<http_body_util::Full<byte
 async fn an_idle_http2_connection_is_closed_after_the_header_timeout() {
     let app = app_with("header_read_timeout_ms = 300").await;
     let (mut sender, driven) = h2_connection(&app).await;
+    // Taken before the request: the server's idle clock starts when its answer is done,
+    // which may be a moment before this client has it.
+    let idle_since = Instant::now();
     let ok = sender.send_request(h2_get(&app, "/healthz")).await.unwrap();
     assert_eq!(ok.status(), 200);
     drop(ok);
-    let idle_since = Instant::now();
     // Nothing more is asked: the server says GOAWAY and closes, as an HTTP/1 connection
     // idle that long is closed. Before, a client that answered pings held it for ever.
     tokio::time::timeout(PATIENCE, driven)
