@@ -236,8 +236,9 @@ impl ApiError {
             Self::UpstreamTimeout { .. } => Outcome::UpstreamTimeout,
             Self::UpstreamStatus { status, .. } if status.is_client_error() => Outcome::Upstream4xx,
             Self::UpstreamStatus { status, .. } if status.is_server_error() => Outcome::Upstream5xx,
-            // A redirect, a 1xx or a status past 599 is neither an answer nor an error
-            // status: the dashboards should show a moved `base_url`, not a server outage.
+            // A redirect or a status past 599 is neither an answer nor an error status: the
+            // dashboards should show a moved `base_url`, not a server outage. (A final 1xx
+            // never gets here: the upstream client refuses it as `Informational`.)
             // It still counts against the version (`Outcome::is_error`).
             Self::UpstreamStatus { .. } => Outcome::UpstreamInvalid,
             Self::GuardrailBlocked { .. } => Outcome::GuardrailBlocked,
@@ -246,7 +247,6 @@ impl ApiError {
         }
     }
 
-    /// The error as one JSON body in OpenAI's shape.
     /// The error as one server-sent event (`data: {"error": …}` and its blank line), for a
     /// stream that must end with it after its headers have gone out.
     pub(crate) fn as_event(&self) -> Bytes {
@@ -258,6 +258,8 @@ impl ApiError {
         event.into()
     }
 
+    /// The error as one JSON body in OpenAI's shape (an upstream's error status: its own
+    /// body, as it sent it).
     pub(crate) fn body(&self) -> Bytes {
         if let Self::UpstreamStatus { body, .. } = self {
             if is_openai_error(body) {

@@ -185,6 +185,7 @@ fn error_kind(e: &UpstreamError) -> &'static str {
         UpstreamError::Timeout { .. } => "timeout",
         UpstreamError::Interrupted(_) => "interrupted",
         UpstreamError::Encoded(_) => "encoded",
+        UpstreamError::Informational(_) => "informational",
     }
 }
 

@@ -259,10 +259,12 @@ pub(crate) fn upstream_error(e: UpstreamError, version: &str) -> ApiError {
             ApiError::UpstreamUnreachable { version }
         }
         UpstreamError::Interrupted(reason) => ApiError::UpstreamInvalid { version, reason },
-        e @ UpstreamError::Encoded(_) => ApiError::UpstreamInvalid {
-            version,
-            reason: e.to_string(),
-        },
+        e @ (UpstreamError::Encoded(_) | UpstreamError::Informational(_)) => {
+            ApiError::UpstreamInvalid {
+                version,
+                reason: e.to_string(),
+            }
+        }
     }
 }
 

@@ -581,13 +581,17 @@ impl tower::Service<Uri> for TimedConnector {
     }
 }
 
-/// The answer, its headers moved; an answer with a content coding is refused.
+/// The answer, its headers moved; an answer with a content coding, or with a 1xx status
+/// as its final one, is refused.
 fn reply<B>(response: Response<B>) -> Result<Reply, UpstreamError>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: StdError + 'static,
 {
     let (parts, body) = response.into_parts();
+    if parts.status.is_informational() {
+        return Err(UpstreamError::Informational(parts.status));
+    }
     if let Some(coding) = parts
         .headers
         .get(header::CONTENT_ENCODING)

@@ -52,6 +52,12 @@ pub enum UpstreamError {
         "the answer came with `Content-Encoding: {0}` although sluice asks for `identity`; configure the upstream (or a proxy in front of it) not to compress"
     )]
     Encoded(String),
+    /// The upstream ended its answer with an informational status (in practice
+    /// `101 Switching Protocols`, the one 1xx an HTTP client takes as final): no answer, and
+    /// not a status sluice may pass on (HTTP/2 has no 101, and an HTTP/1 client would take
+    /// the connection as upgraded).
+    #[error("the upstream answered `{0}` as its final status")]
+    Informational(StatusCode),
 }
 
 impl UpstreamError {
@@ -60,7 +66,7 @@ impl UpstreamError {
             UpstreamError::Unreachable(_) => Outcome::UpstreamUnreachable,
             UpstreamError::Timeout { .. } => Outcome::UpstreamTimeout,
             UpstreamError::Interrupted(_) => Outcome::StreamInterrupted,
-            UpstreamError::Encoded(_) => Outcome::UpstreamInvalid,
+            UpstreamError::Encoded(_) | UpstreamError::Informational(_) => Outcome::UpstreamInvalid,
         }
     }
 }

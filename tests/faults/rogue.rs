@@ -28,6 +28,7 @@ pub const FAULTS: &[&str] = &[
     "firehose",
     "unending-event",
     "redirect",
+    "switching-protocols",
 ];
 
 /// How many content events `many-events` sends.
@@ -244,6 +245,16 @@ async fn serve(mut s: TcpStream, counters: &Counters) -> std::io::Result<()> {
             .await?;
             s.write_all(body).await?;
             s.flush().await?;
+        }
+        ("switching-protocols", _) => {
+            // An upstream that takes the call for an upgrade: a final 101 (the one 1xx an
+            // HTTP/1 client does not wait past), then the connection held a moment.
+            s.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+            )
+            .await?;
+            s.flush().await?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         ("stall-mid-stream", _) => {
             s.write_all(SSE_HEAD).await?;

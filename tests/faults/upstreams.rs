@@ -151,6 +151,32 @@ async fn a_redirect_goes_back_as_the_providers_answer_and_is_counted_as_invalid(
 }
 
 #[tokio::test]
+async fn a_final_101_is_a_502_not_an_upgrade() {
+    timed("switching protocols", async {
+        let f = FaultApp::start("").await;
+        for stream in [false, true] {
+            // No stream headers have gone out yet: both get the error as a whole answer.
+            let got = alongside(&f, "f-switching-protocols", stream).await;
+            assert_eq!(got.status, 502, "stream {stream}: {:?}", got.body);
+            assert_eq!(
+                got.error_code().as_deref(),
+                Some("upstream_invalid_response")
+            );
+            assert!(
+                String::from_utf8_lossy(&got.body).contains("101 Switching Protocols"),
+                "the message names what came: {:?}",
+                got.body
+            );
+        }
+        for r in f.records("f-switching-protocols", 2).await {
+            assert_eq!(r.outcome, Outcome::UpstreamInvalid);
+            assert_eq!(r.status, 502);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_stalled_upstream_is_timed_out_after_timeout_ms() {
     timed("stall", async {
         let f = FaultApp::start("").await;
