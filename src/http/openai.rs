@@ -53,20 +53,27 @@ pub(super) fn respond(answer: Answer) -> Response {
     };
     let out = response.headers_mut();
     if let Ok(id) = HeaderValue::from_str(&answer.request_id) {
-        out.insert(HeaderName::from_static("x-request-id"), id);
+        out.insert(X_REQUEST_ID, id);
     }
     if let Some(routed) = answer.routed {
-        let set = |out: &mut HeaderMap, name: &'static str, value: &str| {
+        let set = |out: &mut HeaderMap, name: HeaderName, value: &str| {
             if let Ok(v) = HeaderValue::from_str(value) {
-                out.insert(HeaderName::from_static(name), v);
+                out.insert(name, v);
             }
         };
-        set(out, "x-sluice-route", routed.route.as_str());
-        set(out, "x-sluice-version", &routed.version);
-        set(out, "x-sluice-arm", routed.arm.as_str());
+        set(out, X_SLUICE_ROUTE, routed.route.as_str());
+        set(out, X_SLUICE_VERSION, &routed.version);
+        set(out, X_SLUICE_ARM, routed.arm.as_str());
     }
     response
 }
+
+// Constants, not `HeaderName::from_static` at the call: that validates the name on every
+// request unless evaluated in a const context.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_SLUICE_ROUTE: HeaderName = HeaderName::from_static("x-sluice-route");
+const X_SLUICE_VERSION: HeaderName = HeaderName::from_static("x-sluice-version");
+const X_SLUICE_ARM: HeaderName = HeaderName::from_static("x-sluice-arm");
 
 /// A whole answer: the upstream's headers become the response's as they are (merging them
 /// into a new map re-hashed every one), unless they lack a content type, which axum then
