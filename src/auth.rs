@@ -5,6 +5,7 @@
 //! the cache at once; other replicas of a cluster forget it when they re-read the revoked keys
 //! (`cluster::listen`, within a second), and at the latest after `KEY_CACHE_TTL`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use moka::future::Cache;
@@ -23,10 +24,13 @@ pub(crate) const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
 const KEY_CACHE_CAPACITY: u64 = 100_000;
 
 /// The workspace a request acts for.
+///
+/// Shared text, not `String`s: a caller is cloned out of the key cache and again out of the
+/// request's extensions, and a `String` clone is an allocation each time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Caller {
-    pub(crate) workspace: String,
-    pub(crate) key_id: String,
+    pub(crate) workspace: Arc<str>,
+    pub(crate) key_id: Arc<str>,
 }
 
 /// The SHA-256 of an API key, in lowercase hex: what the store keeps instead of the key.
@@ -120,7 +124,10 @@ impl KeyCache {
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         let (workspace, key_id) = found.ok_or(ApiError::InvalidKey)?;
-        let caller = Caller { workspace, key_id };
+        let caller = Caller {
+            workspace: workspace.into(),
+            key_id: key_id.into(),
+        };
         let known = Known {
             caller: caller.clone(),
             digest,

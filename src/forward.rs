@@ -196,7 +196,7 @@ fn embeddings_meter(
     let encoding = target.version.encoding;
     let mut meter = Meter::start(
         request_id.to_owned(),
-        caller.workspace,
+        caller.workspace.to_string(),
         target,
         false,
         app.sink.clone(),
@@ -350,7 +350,7 @@ pub(crate) async fn with_model(app: &App, caller: Caller, forward: Forward<'_>) 
     let stream = matches!(&body, Rewrite::Json(r) if r.stream);
     let mut meter = Meter::start(
         request_id.clone(),
-        caller.workspace,
+        caller.workspace.to_string(),
         target,
         stream,
         app.sink.clone(),

@@ -103,9 +103,13 @@ fn not_served(request: &Request, path: &str) -> Option<Response> {
         .extensions()
         .get::<MatchedPath>()
         .is_some_and(|m| m.as_str() == super::CATCH_ALL);
-    let served = crate::forward::classify(path.trim_start_matches("/v1/"))
-        == crate::forward::OtherPath::Passthrough;
-    (caught && !served)
+    // Classified only when caught: the `&str` pattern search is every chat request's cost
+    // otherwise (270 instructions).
+    let served = || {
+        crate::forward::classify(path.trim_start_matches("/v1/"))
+            == crate::forward::OtherPath::Passthrough
+    };
+    (caught && !served())
         .then(|| crate::forward::unknown_path(request.method().as_str(), path).into_response())
 }
 

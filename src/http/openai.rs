@@ -178,7 +178,7 @@ async fn record_feedback(
     };
     // Another workspace's request is as unknown as a request that never was.
     let placement = placement
-        .filter(|p| p.workspace == caller.workspace)
+        .filter(|p| *p.workspace == *caller.workspace)
         .ok_or_else(|| {
             ApiError::NotFound(format!("no request `{}` in this workspace", f.request_id))
         })?;

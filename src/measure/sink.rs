@@ -54,17 +54,20 @@ const RECENT_REQUESTS: usize = 10_000;
 
 /// The last [`RECENT_REQUESTS`] requests' placements, oldest forgotten first. A plain map
 /// and ring under a mutex held for one insert: cheaper on the request path than a cache
-/// with admission and expiry, and this one needs neither.
+/// with admission and expiry, and this one needs neither. The map and the ring share each
+/// id's text, and the map hashes with foldhash (randomly seeded) instead of SipHash: an
+/// insert is every request's.
 #[derive(Default)]
 struct Recent {
     inner: std::sync::Mutex<(
-        std::collections::HashMap<String, RequestPlacement>,
-        std::collections::VecDeque<String>,
+        std::collections::HashMap<Arc<str>, RequestPlacement, foldhash::quality::RandomState>,
+        std::collections::VecDeque<Arc<str>>,
     )>,
 }
 
 impl Recent {
-    fn insert(&self, request_id: String, placement: RequestPlacement) {
+    fn insert(&self, request_id: &str, placement: RequestPlacement) {
+        let request_id: Arc<str> = request_id.into();
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let (map, order) = &mut *inner;
         if order.len() == RECENT_REQUESTS
@@ -72,7 +75,7 @@ impl Recent {
         {
             map.remove(&oldest);
         }
-        order.push_back(request_id.clone());
+        order.push_back(Arc::clone(&request_id));
         map.insert(request_id, placement);
     }
 
@@ -167,7 +170,7 @@ impl RecordSink {
             w: record.w,
             randomized: record.randomized,
         };
-        self.recent.insert(record.request_id.clone(), placement);
+        self.recent.insert(&record.request_id, placement);
         self.limits.spend(&record);
         if self.tx.try_send(record).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);

@@ -159,7 +159,7 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
     let start = Start {
         request_id,
         headers,
-        workspace: caller.workspace,
+        workspace: caller.workspace.to_string(),
         target,
         stream: request.stream,
         api: Api::Chat,

@@ -169,7 +169,7 @@ async fn serve(app: &App, incoming: Incoming<'_>) -> Result<Body, ApiError> {
     let start = Start {
         request_id,
         headers,
-        workspace: caller.workspace,
+        workspace: caller.workspace.to_string(),
         target,
         stream: request.stream,
         api: Api::Responses,
@@ -227,7 +227,7 @@ fn book_note(
     let stored = request.raw("store") != Some("false");
     stored.then(|| BookNote {
         book: app.response_book.clone(),
-        workspace: caller.workspace.clone(),
+        workspace: caller.workspace.to_string(),
         route: target.route.to_string(),
         version: target.version.name.to_string(),
         arm: target.arm,

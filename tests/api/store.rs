@@ -119,6 +119,13 @@ async fn the_store_behaves_the_same_on_every_engine() {
         assert_eq!(r7, &batch[7], "{engine}");
         let r9 = back.iter().find(|r| r.request_id == "req_0009").unwrap();
         assert_eq!(r9, &batch[9], "{engine}");
+        // Every row as it was sent: the SQLite writer shares a repeated text between rows
+        // (a workspace, a route, an outcome), and a row after one that differed must not
+        // keep the other's.
+        for r in &back {
+            let i: usize = r.request_id["req_".len()..].parse().unwrap();
+            assert_eq!(r, &batch[i], "{engine}");
+        }
         assert_eq!(back[0].request_id, "req_0299", "{engine}: newest first");
         store.close().await;
     }
