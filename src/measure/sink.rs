@@ -59,11 +59,11 @@ const RECENT_REQUESTS: usize = 10_000;
 /// insert is every request's.
 #[derive(Default)]
 struct Recent {
-    inner: std::sync::Mutex<(
-        std::collections::HashMap<Arc<str>, RequestPlacement, foldhash::quality::RandomState>,
-        std::collections::VecDeque<Arc<str>>,
-    )>,
+    inner: std::sync::Mutex<(PlacementMap, std::collections::VecDeque<Arc<str>>)>,
 }
+
+type PlacementMap =
+    std::collections::HashMap<Arc<str>, RequestPlacement, foldhash::quality::RandomState>;
 
 impl Recent {
     fn insert(&self, request_id: &str, placement: RequestPlacement) {
