@@ -218,13 +218,18 @@ enum Text {
     Api,
 }
 
+impl Text {
+    /// How many there are: the last variant's index and one.
+    const COUNT: usize = Text::Api as usize + 1;
+}
+
 /// Each repeating text column's last value, shared by the rows that repeat it. sqlx-sqlite
 /// copies a `&str` argument into a new `Arc<String>` (two allocations, freed on SQLite's
 /// worker thread: 16 a record, of the 120 allocations a plain request costs in all); an
 /// `Arc<str>` it takes as it is, and rows of one workspace, route and version share one.
 #[derive(Default)]
 struct Texts {
-    last: [Option<Arc<str>>; 8],
+    last: [Option<Arc<str>>; Text::COUNT],
 }
 
 impl Texts {
