@@ -19,15 +19,25 @@ use sluice::settings;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's options, read once at its start (`_RJEM_MALLOC_CONF` in the environment
-/// still overrides them). `tcache_gc_incr_bytes`: a thread's cache of freed blocks is
-/// trimmed after every 4 MiB allocated instead of every 64 KiB; at a few hundred small
-/// allocations a request the default trimmed every few requests, and a plain request now
-/// runs 2 % fewer instructions (145 300 → 143 200, `benches/callgrind-request.sh`). The
-/// blocks a cache may hold are bounded as before, so memory does not grow with it.
+/// jemalloc's options, read once at its start (`MALLOC_CONF` in the environment still
+/// overrides each of them). jemalloc is built unprefixed (Cargo.toml), so it is also the
+/// `malloc` of the C linked in (SQLite), and this symbol is `malloc_conf`.
+///
+/// - `tcache_gc_incr_bytes`: a thread's cache of freed blocks is trimmed after every 4 MiB
+///   allocated instead of every 64 KiB; at a few hundred small allocations a request the
+///   default trimmed every few requests (145 300 → 143 200 instructions a plain request,
+///   `benches/callgrind-request.sh`).
+/// - `tcache_nslots_small_min` / `_max`: a thread caches 128–512 freed blocks of each small
+///   size instead of 20–200. With 64 requests in flight the runtime's thread holds more
+///   blocks of one size than 20 (two 8 KiB read buffers a request, hyper's), so the cache
+///   emptied and overflowed in turn, refilled from and flushed to the arena in batches:
+///   3 700 instructions a plain request at c=64 (`CONCURRENCY=64
+///   benches/callgrind-request.sh`), about 500 with these bounds. The bound applies per
+///   size, and the periodic trim above still returns what a thread stops using.
 #[cfg(not(target_env = "msvc"))]
-#[unsafe(export_name = "_rjem_malloc_conf")]
-pub static MALLOC_CONF: &[u8; 29] = b"tcache_gc_incr_bytes:4194304\0";
+#[unsafe(export_name = "malloc_conf")]
+pub static MALLOC_CONF: &[u8; 85] =
+    b"tcache_gc_incr_bytes:4194304,tcache_nslots_small_min:128,tcache_nslots_small_max:512\0";
 
 #[derive(Parser)]
 #[command(
