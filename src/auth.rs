@@ -1,8 +1,8 @@
 //! Auth: a gateway key (`sk-sluice-…`) names its workspace; the admin token opens the admin API.
 //!
 //! Keys are stored only as SHA-256 hashes (they are 190 random bits, so a slow hash adds
-//! nothing). Live keys sit in a bounded cache: a revoke on this replica removes the key from
-//! the cache at once; other replicas of a cluster forget it when they re-read the revoked keys
+//! nothing). Live keys sit in a bounded cache: a revoke on this replica has the cache refuse
+//! the key at once; other replicas of a cluster forget it when they re-read the revoked keys
 //! (`cluster::listen`, within a second), and at the latest after `KEY_CACHE_TTL`.
 
 use std::sync::Arc;

@@ -127,8 +127,9 @@ impl UsageAsk {
         let ask = request.stream && ctx.version.provider.streams_usage_on_request();
         let strip = ask && !request.client_wants_usage;
         let client_options = strip
-            .then(|| request.fields.get("stream_options").cloned())
-            .flatten();
+            .then(|| request.raw("stream_options"))
+            .flatten()
+            .and_then(|raw| RawValue::from_string(raw.to_owned()).ok());
         Self {
             ask,
             strip,
@@ -177,9 +178,7 @@ async fn retry_refused(
     }
     match usage.client_options.take() {
         Some(options) => request.set_raw("stream_options", options),
-        None => {
-            request.fields.shift_remove("stream_options");
-        }
+        None => request.fields.remove("stream_options"),
     }
     usage.strip = false;
     let out = Outgoing {
