@@ -76,7 +76,13 @@ impl Fields {
     }
 
     fn position(&self, field: &str) -> Option<usize> {
-        self.members.iter().position(|m| self.name(m) == field)
+        // Lengths first: most fields differ in length, and a slice compare is a call.
+        self.members.iter().position(|m| match &m.name {
+            Name::Span(span) => {
+                span.len() == field.len() && self.text.as_bytes()[span.clone()] == *field.as_bytes()
+            }
+            Name::Owned(name) => **name == *field,
+        })
     }
 
     /// A field's raw JSON text.
@@ -364,15 +370,14 @@ pub(crate) fn new_request_id() -> String {
     let ms = u128::from((crate::types::now_ms() as u64) & 0xffff_ffff_ffff);
     let random = rand::random::<u128>() & ((1 << 80) - 1);
     // `format!("req_{ms:012x}{random:020x}")` by hand: the formatting machinery cost ten
-    // times these 32 table lookups on every request.
+    // times these 32 table lookups on every request (and pushing char by char, three).
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let digits = (ms << 80) | random;
-    let mut id = String::with_capacity(36);
-    id.push_str("req_");
-    for shift in (0..32).rev() {
-        id.push(char::from(HEX[((digits >> (shift * 4)) & 0xf) as usize]));
+    let mut id = *b"req_00000000000000000000000000000000";
+    for (i, digit) in id[4..].iter_mut().enumerate() {
+        *digit = HEX[((digits >> ((31 - i) * 4)) & 0xf) as usize];
     }
-    id
+    String::from_utf8(id.to_vec()).expect("ASCII")
 }
 
 #[cfg(test)]
