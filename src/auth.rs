@@ -88,19 +88,41 @@ pub(crate) fn bearer(header: Option<&str>) -> Option<&str> {
 /// random bits).
 ///
 /// A revoke knows only the key's SHA-256, so each entry keeps it, and a revoked digest
-/// stays in a short list for one [`KEY_CACHE_TTL`] after its revoke: a hit whose digest is
-/// on it is dropped and read again from the store (which refuses it). A key cached before
-/// the revoke expires within that time; none is cached after it (`revocations`).
+/// stays listed for [`REVOKED_KEPT`] (the cache's TTL and a second) after it was listed: a
+/// hit whose digest is listed is dropped and read again from the store (which refuses
+/// it). A key cached before the revoke expires within that time; a lookup that raced the
+/// revoke does not leave its entry cached (`revocations`).
 pub(crate) struct KeyCache {
     cache: Cache<u128, Cached>,
     /// Keyed with the random key drawn at [`KeyCache::default`].
     tagger: SipHasher24,
     /// Revokes so far: a lookup that began before a revoke does not cache what it read.
     revocations: AtomicU64,
-    /// Digests revoked less than a [`KEY_CACHE_TTL`] ago, and when each was first
-    /// forgotten; `recently_revoked` is false when it is empty, and a hit then takes no lock.
-    revoked: Mutex<Vec<([u8; 32], Instant)>>,
+    /// Digests revoked less than [`REVOKED_KEPT`] ago; `recently_revoked` is false when
+    /// there are none, and a hit then takes no lock.
+    revoked: Mutex<Revoked>,
     recently_revoked: AtomicBool,
+}
+
+/// Recently revoked digests: a set to ask, and the same in the order they were listed, to
+/// drop them from the front as they age out (each step O(1), whatever the number of
+/// revokes: each cluster re-read lists the last minute's again).
+#[derive(Default)]
+struct Revoked {
+    listed: std::collections::HashSet<[u8; 32]>,
+    by_age: std::collections::VecDeque<([u8; 32], Instant)>,
+}
+
+impl Revoked {
+    fn age_out(&mut self, now: Instant) {
+        while let Some((digest, at)) = self.by_age.front() {
+            if now.duration_since(*at) < REVOKED_KEPT {
+                break;
+            }
+            self.listed.remove(digest);
+            self.by_age.pop_front();
+        }
+    }
 }
 
 /// A cached caller and the SHA-256 of its key, to match revokes against.
@@ -119,7 +141,7 @@ impl Default for KeyCache {
                 .build(),
             tagger: SipHasher24::new_with_key(&rand::random()),
             revocations: AtomicU64::new(0),
-            revoked: Mutex::new(Vec::new()),
+            revoked: Mutex::new(Revoked::default()),
             recently_revoked: AtomicBool::new(false),
         }
     }
@@ -166,6 +188,11 @@ impl KeyCache {
                 digest,
             };
             self.cache.insert(tag, cached).await;
+            // On a runtime with several threads a revoke may land between the check and
+            // the insert: then the entry goes again.
+            if self.revocations.load(Ordering::Acquire) != revocations {
+                self.cache.invalidate(&tag).await;
+            }
         }
         Ok(caller)
     }
@@ -181,9 +208,9 @@ impl KeyCache {
         }
         let mut revoked = self.revoked.lock().expect("no panic holds this lock");
         let now = Instant::now();
-        revoked.retain(|(_, at)| now.duration_since(*at) < REVOKED_KEPT);
-        if !revoked.iter().any(|(d, _)| *d == digest) {
-            revoked.push((digest, now));
+        revoked.age_out(now);
+        if revoked.listed.insert(digest) {
+            revoked.by_age.push_back((digest, now));
         }
         self.recently_revoked.store(true, Ordering::Release);
     }
@@ -194,12 +221,11 @@ impl KeyCache {
             return false;
         }
         let mut revoked = self.revoked.lock().expect("no panic holds this lock");
-        let now = Instant::now();
-        revoked.retain(|(_, at)| now.duration_since(*at) < REVOKED_KEPT);
-        if revoked.is_empty() {
+        revoked.age_out(Instant::now());
+        if revoked.by_age.is_empty() {
             self.recently_revoked.store(false, Ordering::Release);
         }
-        revoked.iter().any(|(d, _)| d == digest)
+        revoked.listed.contains(digest)
     }
 }
 
@@ -262,7 +288,7 @@ mod tests {
         cache.forget("not a digest").await;
         assert!(cache.was_revoked(&digest(&revoked.hash)));
         assert!(!cache.was_revoked(&digest(&other.hash)));
-        assert_eq!(cache.revoked.lock().unwrap().len(), 1, "listed once");
+        assert_eq!(cache.revoked.lock().unwrap().by_age.len(), 1, "listed once");
         assert_eq!(cache.revocations.load(Ordering::Acquire), 3);
     }
 

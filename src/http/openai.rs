@@ -63,8 +63,11 @@ pub(super) fn respond(answer: Answer) -> Response {
         };
         set(out, X_SLUICE_ROUTE, routed.route.as_str());
         set(out, X_SLUICE_VERSION, &routed.version);
-        // A static name: no copy into a new buffer.
-        out.insert(X_SLUICE_ARM, HeaderValue::from_static(routed.arm.as_str()));
+        let arm = match routed.arm {
+            crate::types::Arm::Stable => ARM_STABLE,
+            crate::types::Arm::Canary => ARM_CANARY,
+        };
+        out.insert(X_SLUICE_ARM, arm);
     }
     response
 }
@@ -75,6 +78,9 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_SLUICE_ROUTE: HeaderName = HeaderName::from_static("x-sluice-route");
 const X_SLUICE_VERSION: HeaderName = HeaderName::from_static("x-sluice-version");
 const X_SLUICE_ARM: HeaderName = HeaderName::from_static("x-sluice-arm");
+// The arm's names as values, for the same reason (and no copy into a new buffer).
+const ARM_STABLE: HeaderValue = HeaderValue::from_static("stable");
+const ARM_CANARY: HeaderValue = HeaderValue::from_static("canary");
 
 /// A whole answer: the upstream's headers become the response's as they are (merging them
 /// into a new map re-hashed every one), unless they lack a content type, which axum then

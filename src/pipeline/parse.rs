@@ -52,8 +52,10 @@ impl Fields {
     /// `is_data()` holds for JSON that is not an object.
     fn parse(body: &[u8]) -> Result<Self, serde_json::Error> {
         let Ok(text) = std::str::from_utf8(body) else {
-            // serde_json names the byte that is not UTF-8 (and whatever comes first).
-            return Err(serde_json::from_slice::<serde::de::IgnoredAny>(body)
+            // Reading every string as text, serde_json fails on the first byte that is not
+            // UTF-8 ("invalid unicode code point at line …", a syntax error) or on whatever
+            // comes before it, as it did when it read the fields itself.
+            return Err(serde_json::from_slice::<serde_json::Value>(body)
                 .err()
                 .unwrap_or_else(|| serde::de::Error::custom("the body is not UTF-8")));
         };
@@ -198,7 +200,10 @@ impl Fields {
 
 /// Where `part`, borrowed from `base`, sits in it.
 fn span_in(base: &str, part: &str) -> Range<usize> {
-    let start = part.as_ptr() as usize - base.as_ptr() as usize;
+    let start = (part.as_ptr() as usize)
+        .checked_sub(base.as_ptr() as usize)
+        .expect("serde_json borrows from the text it reads");
+    debug_assert!(start + part.len() <= base.len());
     start..start + part.len()
 }
 
@@ -476,6 +481,17 @@ mod tests {
             assert_eq!(sent["f1"], "third");
             assert_eq!(sent["model"], "m");
             assert_eq!(sent[&format!("f{}", fields - 1)], fields - 1);
+        }
+    }
+
+    #[test]
+    fn a_body_not_in_utf8_is_refused_naming_the_bad_byte() {
+        let latin1 = b"{\"model\":\"m\",\"messages\":\"caf\xe9\"}";
+        match ChatRequest::parse(latin1) {
+            Err(ApiError::InvalidJson(message)) => {
+                assert!(message.contains("invalid unicode code point"), "{message}");
+            }
+            other => panic!("{:?}", other.err()),
         }
     }
 
