@@ -45,10 +45,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(object["model"].as_str(), Some(request.model.as_str()));
         assert_eq!(
             request.stream,
-            object
-                .get("stream")
-                .and_then(Value::as_bool)
-                .unwrap_or(false)
+            object.get("stream").and_then(Value::as_bool).unwrap_or(false)
         );
     }
     let ask_usage = data.len() % 2 == 0;

@@ -222,8 +222,8 @@ async fn list_keys(
 /// Revoke a key
 ///
 /// 204; the key stops working at once on this replica (the key cache refuses it from then
-/// on); other replicas of a cluster forget it within a second, at the latest after 30 s. 404 when the workspace has no live key with that
-/// id.
+/// on); other replicas of a cluster forget it within a second, at the latest after 30 s.
+/// 404 when the workspace has no live key with that id.
 #[utoipa::path(
     delete,
     path = "/admin/v1/workspaces/{id}/keys/{key_id}",
