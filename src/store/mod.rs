@@ -131,6 +131,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "revoked_keys",
         include_str!("../../migrations/sqlite/0008_revoked_keys.sql"),
     ),
+    (
+        9,
+        "requests_unread_index",
+        include_str!("../../migrations/sqlite/0009_requests_unread_index.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -172,6 +177,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         8,
         "revoked_keys",
         include_str!("../../migrations/postgres/0008_revoked_keys.sql"),
+    ),
+    (
+        9,
+        "requests_unread_index",
+        include_str!("../../migrations/postgres/0009_requests_unread_index.sql"),
     ),
 ];
 

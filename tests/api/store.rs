@@ -311,3 +311,55 @@ async fn key_lookups_search_an_index_on_every_engine() {
         conn.close().await.unwrap();
     }
 }
+
+/// Every read of the records table searches an index, so none slows as records pile up:
+/// a rollout's totals (by route), feedback's lookup (by request id), the retention prune
+/// (by time) and the recent listing (newest first). Guards the indexes the record writer
+/// keeps: each costs it a b-tree insert on every row, so it keeps only these.
+#[tokio::test]
+async fn record_reads_search_an_index_on_every_engine() {
+    use sqlx::{Connection, Row};
+    let reads = [
+        "SELECT version, arm, COUNT(*) FROM requests WHERE route = $1 GROUP BY version, arm",
+        "SELECT workspace_id, rollout_id, arm FROM requests WHERE request_id = $1",
+        "SELECT request_id FROM requests WHERE at_ms < $1 LIMIT 10",
+        "SELECT request_id, at_ms FROM requests WHERE ($1 IS NULL OR route = $1) \
+         ORDER BY at_ms DESC, request_id LIMIT 10",
+    ];
+    for (engine, url, _dir) in databases().await {
+        Store::connect(&url).await.unwrap();
+        let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+        let explain = if engine == "sqlite" {
+            "EXPLAIN QUERY PLAN"
+        } else {
+            sqlx::query("SET enable_seqscan = off")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            "EXPLAIN"
+        };
+        for sql in reads {
+            let query = sqlx::query(sqlx::AssertSqlSafe(format!("{explain} {sql}")));
+            let query = if sql.contains("at_ms < $1") {
+                query.bind(0_i64)
+            } else {
+                query.bind("r")
+            };
+            let plan: Vec<String> = query
+                .fetch_all(&mut conn)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(if engine == "sqlite" { 3 } else { 0 }))
+                .collect();
+            let plan = plan.join(" / ");
+            let indexed = if engine == "sqlite" {
+                plan.contains("USING INDEX") || plan.contains("USING COVERING INDEX")
+            } else {
+                plan.contains("Index") && !plan.contains("Seq Scan")
+            };
+            assert!(indexed, "{engine}: {sql}: {plan}");
+        }
+        conn.close().await.unwrap();
+    }
+}
