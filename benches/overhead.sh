@@ -12,9 +12,10 @@
 #                                         # the stream and the tenants grow, beside nginx; its
 #                                         # own options pass through (--only body,stream,tenants,
 #                                         # --no-callgrind, --duration S, ...); 4-7 minutes
-# Besides run.py's table it prints sluice's CPU per request by thread (SQLite's threads,
-# tokio's workers, the rest), the records written and dropped in each run, and how long the
-# record queue took to drain after the load (benches/rig.py).
+# Besides run.py's table it prints each hop's CPU per request split into user space and the
+# kernel, sluice's by thread (SQLite's threads, tokio's workers, the rest), the records
+# written and dropped in each run, and how long the record queue took to drain after the
+# load (benches/rig.py).
 # Installs nginx (apt) and oha (cargo install, pinned) on first use into $BENCH_TOOLS.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

@@ -71,10 +71,22 @@ def thread_cpu(root: int) -> dict[str, float]:
             cpu = (int(rest[11]) + int(rest[12])) / rig.CLK_TCK
             if comm.startswith("sqlx-sqlite"):
                 groups["db"] += cpu
-            elif comm.startswith("tokio-rt-worker") or (tid == str(pid) and comm == "sluice"):
+            elif comm.startswith("tokio-rt-worker") or (tid == str(pid) and comm.startswith("sluice")):
                 # On one CPU sluice runs tokio's single-threaded runtime on its main thread.
                 groups["tokio"] += cpu
     return groups
+
+
+def user_sys(root: int) -> tuple[float, float]:
+    """CPU seconds in user space and in the kernel (utime, stime; all threads) over the live
+    process tree of `root`: what each hop costs in its own code and in the kernel's."""
+    user = sys_ = 0.0
+    for pid in rig.proc_tree(root):
+        f = rig._stat_fields(pid)
+        if f:
+            user += int(f[11]) / rig.CLK_TCK
+            sys_ += int(f[12]) / rig.CLK_TCK
+    return user, sys_
 
 
 def proc_comm(pid: int) -> str:
@@ -140,7 +152,11 @@ def run_oha(ctx, t, stream, conc, seconds):
     m0 = sluice_counters(t, ports) if t.proc else None
     cpu0 = thread_cpu(t.proc.pid) if m0 is not None else None
     pg0 = pg_figures(cluster[1]) if cluster else None
+    us0 = user_sys(t.proc.pid) if t.proc else None
     o = _orig_run_oha(ctx, t, stream, conc, seconds)
+    if us0 is not None:
+        us1 = user_sys(t.proc.pid)
+        o["_user_sys"] = (us1[0] - us0[0], us1[1] - us0[1])
     if m0 is None:
         return o
     ok = sum(v for k, v in (o.get("statusCodeDistribution") or {}).items() if str(k) == "200")
@@ -174,6 +190,10 @@ def run_oha(ctx, t, stream, conc, seconds):
 
 def summarize(o):
     r = _orig_summarize(o)
+    if o.get("_user_sys"):
+        n = max(r["requests"], 1)
+        r["user_cpu_us_per_req"] = o["_user_sys"][0] / n * 1e6
+        r["sys_cpu_us_per_req"] = o["_user_sys"][1] / n * 1e6
     x = o.get("_sluice")
     if x:
         n = max(r["requests"], 1)
@@ -202,6 +222,15 @@ _orig_render = rig.render_tables
 
 def render_tables(meta, rows, targets_info):
     out = [_orig_render(meta, rows, targets_info)]
+    split = [r for r in rows if "user_cpu_us_per_req" in r]
+    if split:
+        f = rig.fmt
+        out.append("\n### CPU per request in user space and in the kernel (utime / stime, whole process tree)\n")
+        out.append("| target | round | case | requests | user µs/req | kernel µs/req |")
+        out.append("|---|---|---|---|---|---|")
+        for r in split:
+            out.append(f"| {r['target']} | {r['round']} | {r['case']} | {r['requests']} | "
+                       f"{f(r['user_cpu_us_per_req'], 1)} | {f(r['sys_cpu_us_per_req'], 1)} |")
     ours = [r for r in rows if "sluice_db_cpu_us_per_req" in r]
     if ours:
         f = rig.fmt
