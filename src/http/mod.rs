@@ -76,25 +76,21 @@ pub fn guarded(routes: Router<AppState>, state: AppState) -> Router {
     let body_timeout =
         std::time::Duration::from_millis(state.settings.config.server.body_read_timeout_ms);
     routes
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            extract::authenticate,
-        ))
+        .route_layer(extract::AuthenticateLayer {
+            state: state.clone(),
+        })
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
-        // One layer of three, not three layers: `Router::layer` boxes each route once per
+        // One layer of two, not two layers: `Router::layer` boxes each route once per
         // layer, and every request clones its route's boxes (each clone cloning the boxes
         // under it); three layers cost 14 allocations a request more than one (callgrind,
         // 136 -> 122 a plain request). The first is the outermost, as if each were added
         // with `.layer` in reverse.
         .layer(
             tower::ServiceBuilder::new()
-                .layer(axum::middleware::map_response(crate::error::openai_shaped))
-                .layer(axum::middleware::map_request(
-                    move |request: axum::extract::Request| async move {
-                        extract::declared_size_within(&request, max_body)?;
-                        Ok::<_, ApiError>(extract::body_deadline(request, body_timeout))
-                    },
-                ))
+                .layer(extract::EdgeLayer {
+                    max_body_bytes: max_body,
+                    body_timeout,
+                })
                 .layer(DefaultBodyLimit::max(max_body)),
         )
         .with_state(state)
