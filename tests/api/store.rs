@@ -270,37 +270,19 @@ async fn stale_and_fenced_rollout_writes_are_refused() {
 /// every key.
 #[tokio::test]
 async fn key_lookups_search_an_index_on_every_engine() {
-    use sqlx::{Connection, Row};
+    use sqlx::Connection;
     let by_hash =
         "SELECT workspace_id, id FROM api_keys WHERE key_hash = $1 AND revoked_at_ms IS NULL";
     let revoked = "SELECT key_hash FROM api_keys WHERE revoked_at_ms >= $1";
     for (engine, url, _dir) in databases().await {
-        Store::connect(&url).await.unwrap();
-        let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
-        let explain = if engine == "sqlite" {
-            "EXPLAIN QUERY PLAN"
-        } else {
-            // An empty table is cheaper to scan: ask whether an index can serve at all.
-            sqlx::query("SET enable_seqscan = off")
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            "EXPLAIN"
-        };
-        for (sql, hash, since) in [(by_hash, Some("ab12"), None), (revoked, None, Some(0_i64))] {
-            let query = sqlx::query(sqlx::AssertSqlSafe(format!("{explain} {sql}")));
-            let query = match (hash, since) {
-                (Some(h), _) => query.bind(h),
-                (_, s) => query.bind(s),
-            };
-            let plan: Vec<String> = query
-                .fetch_all(&mut conn)
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get(if engine == "sqlite" { 3 } else { 0 }))
-                .collect();
-            let plan = plan.join(" / ");
+        let mut conn = explaining(engine, &url).await;
+        for (sql, plan) in [
+            (
+                by_hash,
+                query_plan(engine, &mut conn, by_hash, "ab12").await,
+            ),
+            (revoked, query_plan(engine, &mut conn, revoked, 0_i64).await),
+        ] {
             let indexed = if engine == "sqlite" {
                 plan.starts_with("SEARCH api_keys USING INDEX")
             } else {
@@ -318,7 +300,7 @@ async fn key_lookups_search_an_index_on_every_engine() {
 /// keeps: each costs it a b-tree insert on every row, so it keeps only these.
 #[tokio::test]
 async fn record_reads_search_an_index_on_every_engine() {
-    use sqlx::{Connection, Row};
+    use sqlx::Connection;
     let reads = [
         "SELECT version, arm, COUNT(*) FROM requests WHERE route = $1 GROUP BY version, arm",
         "SELECT workspace_id, rollout_id, arm FROM requests WHERE request_id = $1",
@@ -327,32 +309,13 @@ async fn record_reads_search_an_index_on_every_engine() {
          ORDER BY at_ms DESC, request_id LIMIT 10",
     ];
     for (engine, url, _dir) in databases().await {
-        Store::connect(&url).await.unwrap();
-        let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
-        let explain = if engine == "sqlite" {
-            "EXPLAIN QUERY PLAN"
-        } else {
-            sqlx::query("SET enable_seqscan = off")
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            "EXPLAIN"
-        };
+        let mut conn = explaining(engine, &url).await;
         for sql in reads {
-            let query = sqlx::query(sqlx::AssertSqlSafe(format!("{explain} {sql}")));
-            let query = if sql.contains("at_ms < $1") {
-                query.bind(0_i64)
+            let plan = if sql.contains("at_ms < $1") {
+                query_plan(engine, &mut conn, sql, 0_i64).await
             } else {
-                query.bind("r")
+                query_plan(engine, &mut conn, sql, "r").await
             };
-            let plan: Vec<String> = query
-                .fetch_all(&mut conn)
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get(if engine == "sqlite" { 3 } else { 0 }))
-                .collect();
-            let plan = plan.join(" / ");
             let indexed = if engine == "sqlite" {
                 plan.contains("USING INDEX") || plan.contains("USING COVERING INDEX")
             } else {
@@ -362,4 +325,47 @@ async fn record_reads_search_an_index_on_every_engine() {
         }
         conn.close().await.unwrap();
     }
+}
+
+/// A connection to `url` (migrated) on which [`query_plan`] asks `engine` for plans.
+/// PostgreSQL is told to avoid sequential scans: an empty table is cheaper to scan, and the
+/// question is whether an index can serve at all.
+async fn explaining(engine: &str, url: &str) -> sqlx::AnyConnection {
+    use sqlx::Connection;
+    Store::connect(url).await.unwrap();
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    if engine != "sqlite" {
+        sqlx::query("SET enable_seqscan = off")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    conn
+}
+
+/// `engine`'s plan for `sql` with `arg` as `$1`, its lines joined by " / ".
+async fn query_plan<'q, T>(
+    engine: &str,
+    conn: &mut sqlx::AnyConnection,
+    sql: &str,
+    arg: T,
+) -> String
+where
+    T: 'q + sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any> + Send,
+{
+    use sqlx::Row;
+    let explain = if engine == "sqlite" {
+        "EXPLAIN QUERY PLAN"
+    } else {
+        "EXPLAIN"
+    };
+    let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!("{explain} {sql}")))
+        .bind(arg)
+        .fetch_all(conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(if engine == "sqlite" { 3 } else { 0 }))
+        .collect();
+    plan.join(" / ")
 }
